@@ -1,0 +1,129 @@
+#include "common/config.h"
+
+#include <cstdlib>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+ABSL_FLAG(std::string, listen_address, "",
+          "gRPC listen address host:port (default: the service's loopback port)");
+ABSL_FLAG(std::string, metrics_address, "",
+          "Prometheus metrics HTTP address host:port (default: the service's loopback port)");
+ABSL_FLAG(std::string, database_url, "",
+          "PostgreSQL connection URI (libpq), e.g. postgresql://user@host:5432/peerpath");
+ABSL_FLAG(int, db_pool_size, 8, "Maximum number of database connections");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate chain; enables TLS");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_ca_file, "",
+          "PEM CA bundle for client certificates; set to require mutual TLS");
+ABSL_FLAG(bool, allow_plaintext, false,
+          "Allow listening without TLS on a non-loopback address (e.g. behind a mesh with mTLS)");
+ABSL_FLAG(int, max_message_bytes, 4 << 20, "Largest request message accepted, in bytes");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
+          "How long in-flight calls may run after SIGTERM before they are cancelled");
+ABSL_FLAG(bool, enable_reflection, false, "Serve gRPC server reflection");
+ABSL_FLAG(bool, migrate_on_start, true, "Apply pending schema migrations at start-up");
+ABSL_FLAG(absl::Duration, database_wait, absl::Seconds(30),
+          "How long `migrate` waits for an unreachable database before failing");
+ABSL_FLAG(std::string, log_level, "info", "Minimum log level: debug, info, warn or error");
+
+namespace peerpath {
+
+const std::vector<std::string>& ServerFlagNames() {
+  static const auto* const names = new std::vector<std::string>{
+      "listen_address",    "metrics_address", "database_url",      "db_pool_size",
+      "tls_cert_file",     "tls_key_file",    "tls_ca_file",       "allow_plaintext",
+      "max_message_bytes", "shutdown_grace",  "enable_reflection", "migrate_on_start",
+      "database_wait",     "log_level"};
+  return *names;
+}
+
+std::string EnvironmentVariableFor(const std::string& flag_name) {
+  return "PEERPATH_" + absl::AsciiStrToUpper(flag_name);
+}
+
+std::vector<std::string> ParseFlagsAndEnvironment(int argc, char** argv) {
+  for (const std::string& name : ServerFlagNames()) {
+    const std::string variable = EnvironmentVariableFor(name);
+    const char* value = std::getenv(variable.c_str());
+    if (value == nullptr) continue;
+    absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    std::string error;
+    if (flag == nullptr || !flag->ParseFrom(value, &error)) {
+      std::cerr << "invalid value in environment variable " << variable << ": " << error << "\n";
+      std::exit(2);
+    }
+  }
+  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  return std::vector<std::string>(positional.begin() + 1, positional.end());
+}
+
+bool IsLoopbackAddress(const std::string& host_port) {
+  std::string host = host_port;
+  if (!host.empty() && host.front() == '[') {
+    host = host.substr(1, host.find(']') - 1);
+  } else if (auto colon = host.rfind(':'); colon != std::string::npos) {
+    host = host.substr(0, colon);
+  }
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
+
+absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& defaults) {
+  ServerConfig c;
+  c.listen_address = absl::GetFlag(FLAGS_listen_address);
+  if (c.listen_address.empty()) c.listen_address = defaults.listen_address;
+  c.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  if (c.metrics_address.empty()) c.metrics_address = defaults.metrics_address;
+  c.database_url = absl::GetFlag(FLAGS_database_url);
+  c.db_pool_size = absl::GetFlag(FLAGS_db_pool_size);
+  c.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  c.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  c.tls_ca_file = absl::GetFlag(FLAGS_tls_ca_file);
+  c.allow_plaintext = absl::GetFlag(FLAGS_allow_plaintext);
+  c.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  c.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
+  c.enable_reflection = absl::GetFlag(FLAGS_enable_reflection);
+  c.migrate_on_start = absl::GetFlag(FLAGS_migrate_on_start);
+  c.database_wait = absl::GetFlag(FLAGS_database_wait);
+
+  std::vector<std::string> problems;
+  if (!log::ParseLevel(absl::GetFlag(FLAGS_log_level), &c.log_level)) {
+    problems.push_back("--log_level must be debug, info, warn or error");
+  }
+  if (c.database_url.empty()) {
+    problems.push_back("--database_url (or PEERPATH_DATABASE_URL) is required");
+  }
+  if (c.db_pool_size < 1 || c.db_pool_size > 256) {
+    problems.push_back("--db_pool_size must be between 1 and 256");
+  }
+  if (c.max_message_bytes < 1024 || c.max_message_bytes > (64 << 20)) {
+    problems.push_back("--max_message_bytes must be between 1024 and 67108864");
+  }
+  if (c.shutdown_grace < absl::ZeroDuration() || c.shutdown_grace > absl::Minutes(10)) {
+    problems.push_back("--shutdown_grace must be between 0s and 10m");
+  }
+  if (c.tls_cert_file.empty() != c.tls_key_file.empty()) {
+    problems.push_back("--tls_cert_file and --tls_key_file must be set together");
+  }
+  if (!c.tls_ca_file.empty() && c.tls_cert_file.empty()) {
+    problems.push_back("--tls_ca_file (mutual TLS) needs --tls_cert_file and --tls_key_file");
+  }
+  if (c.tls_cert_file.empty() && !c.allow_plaintext && !IsLoopbackAddress(c.listen_address)) {
+    problems.push_back(absl::StrCat(
+        "refusing to serve plaintext on non-loopback address ", c.listen_address,
+        ": set --tls_cert_file/--tls_key_file, or --allow_plaintext where a mesh provides mTLS"));
+  }
+  if (!problems.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad configuration: ", absl::StrJoin(problems, "; ")));
+  }
+  return c;
+}
+
+}  // namespace peerpath

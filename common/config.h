@@ -1,0 +1,55 @@
+#pragma once
+
+// Start-up configuration shared by every PeerPath binary. Each flag has an environment variable
+// PEERPATH_<FLAG_NAME_IN_UPPER_CASE>; a flag on the command line wins over the environment.
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/log.h"
+
+namespace peerpath {
+
+struct ServerConfig {
+  std::string listen_address;   // gRPC, host:port.
+  std::string metrics_address;  // Prometheus /metrics over HTTP, host:port.
+  std::string database_url;
+  int db_pool_size = 8;
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_ca_file;  // Set: clients must present a certificate signed by this CA (mTLS).
+  bool allow_plaintext = false;
+  int max_message_bytes = 4 << 20;
+  absl::Duration shutdown_grace = absl::Seconds(10);
+  bool enable_reflection = false;
+  bool migrate_on_start = true;
+  absl::Duration database_wait = absl::Seconds(30);
+  log::Level log_level = log::Level::kInfo;
+};
+
+struct ServerDefaults {
+  std::string listen_address;
+  std::string metrics_address;
+};
+
+// The flags' names, in the order --help lists them.
+const std::vector<std::string>& ServerFlagNames();
+
+// "database_url" -> "PEERPATH_DATABASE_URL".
+std::string EnvironmentVariableFor(const std::string& flag_name);
+
+// Applies PEERPATH_* environment variables to the flags, then parses argv (which wins). Exits with
+// a message naming the variable or flag on a bad value. Returns the positional arguments after
+// the program name (the subcommand).
+std::vector<std::string> ParseFlagsAndEnvironment(int argc, char** argv);
+
+// Reads the flags into a config, filling empty addresses from `defaults`, and checks the
+// combination (TLS files go together, plaintext only on loopback unless allowed, ranges).
+absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& defaults);
+
+// True for 127.0.0.0/8, ::1 and localhost.
+bool IsLoopbackAddress(const std::string& host_port);
+
+}  // namespace peerpath

@@ -1,0 +1,109 @@
+#include "common/db.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+
+namespace peerpath {
+
+absl::Status StatusFromDatabaseException(const std::exception& e) {
+  if (dynamic_cast<const pqxx::broken_connection*>(&e) != nullptr) {
+    return absl::UnavailableError("database connection lost; retry the call");
+  }
+  if (dynamic_cast<const pqxx::in_doubt_error*>(&e) != nullptr) {
+    return absl::UnavailableError(
+        "database commit outcome unknown; retry with the same "
+        "idempotency key");
+  }
+  if (dynamic_cast<const pqxx::serialization_failure*>(&e) != nullptr ||
+      dynamic_cast<const pqxx::deadlock_detected*>(&e) != nullptr) {
+    return absl::AbortedError("concurrent update; retry the transaction");
+  }
+  if (dynamic_cast<const pqxx::unique_violation*>(&e) != nullptr) {
+    return absl::AlreadyExistsError("the object already exists");
+  }
+  if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) {
+    // The SQLSTATE and message stay in the log; the query text and parameters are not logged
+    // because parameters can hold personal data.
+    log::Error("database error", {{"sqlstate", sql->sqlstate()}, {"error", sql->what()}});
+    if (sql->sqlstate() == "57014") return absl::DeadlineExceededError("database query cancelled");
+    return absl::InternalError("database error");
+  }
+  log::Error("unexpected error in transaction", {{"error", e.what()}});
+  return absl::InternalError("internal error");
+}
+
+std::unique_ptr<pqxx::connection> OpenConnection(const DatabaseOptions& options) {
+  auto conn = std::make_unique<pqxx::connection>(options.url);
+  pqxx::nontransaction setup(*conn);
+  setup.exec0(absl::StrCat("SET search_path TO ", setup.quote_name(options.schema)));
+  setup.exec0(absl::StrCat("SET application_name TO ", setup.quote(options.application_name)));
+  return conn;
+}
+
+Database::Database(DatabaseOptions options) : options_(std::move(options)) {}
+
+Database::~Database() = default;
+
+Database::Lease::~Lease() {
+  if (db_ != nullptr) db_->Release(std::move(conn_));
+}
+
+absl::StatusOr<Database::Lease> Database::Acquire() {
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    const bool ready = available_.wait_for(lock, options_.acquire_timeout, [this] {
+      return !idle_.empty() || open_ < options_.pool_size;
+    });
+    if (!ready) return absl::UnavailableError("database pool exhausted; retry the call");
+    if (!idle_.empty()) {
+      auto conn = std::move(idle_.back());
+      idle_.pop_back();
+      lent_.insert(conn.get());
+      return Lease(this, std::move(conn));
+    }
+    ++open_;  // Reserve the slot, connect outside the lock.
+  }
+  try {
+    auto conn = OpenConnection(options_);
+    std::lock_guard<std::mutex> lock(mu_);
+    lent_.insert(conn.get());
+    return Lease(this, std::move(conn));
+  } catch (const std::exception& e) {
+    Release(nullptr);
+    log::Warn("database connect failed", {{"error", e.what()}});
+    return absl::UnavailableError("database unavailable; retry the call");
+  }
+}
+
+void Database::Release(std::unique_ptr<pqxx::connection> conn) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    lent_.erase(conn.get());
+    if (conn != nullptr && conn->is_open()) {
+      idle_.push_back(std::move(conn));
+    } else {
+      --open_;
+    }
+  }
+  available_.notify_one();
+}
+
+void Database::CancelRunningQueries() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (pqxx::connection* conn : lent_) {
+    try {
+      conn->cancel_query();  // libpqxx documents this as safe from another thread.
+    } catch (const std::exception& e) {
+      log::Warn("cancelling a query failed", {{"error", e.what()}});
+    }
+  }
+}
+
+absl::Status Database::Ping() {
+  return Transact([](pqxx::work& tx) -> absl::Status {
+    tx.exec1("SELECT 1");
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace peerpath

@@ -1,0 +1,102 @@
+#pragma once
+
+// A small connection pool over libpqxx and the one way services run SQL: Transact().
+//
+// libpq allows one thread per connection at a time, so every call borrows a connection for the
+// length of one transaction. Database failures become absl::Status codes a caller can act on:
+// UNAVAILABLE (connection lost or pool exhausted: retry the call), ABORTED (serialization failure
+// or deadlock: retry the transaction), ALREADY_EXISTS (unique violation), INTERNAL (anything else;
+// the SQL error is logged, never returned to clients).
+
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <pqxx/pqxx>
+#include <set>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace peerpath {
+
+struct DatabaseOptions {
+  std::string url;     // libpq connection URI.
+  std::string schema;  // The service's own schema; becomes the search_path of every connection.
+  int pool_size = 8;
+  std::chrono::milliseconds acquire_timeout{5000};
+  std::string application_name = "peerpath";
+};
+
+// Maps an exception thrown by libpqxx (or anything else) inside a transaction to a status.
+absl::Status StatusFromDatabaseException(const std::exception& e);
+
+// Opens a connection with the session settings every PeerPath connection has (search_path,
+// application_name). Throws pqxx exceptions.
+std::unique_ptr<pqxx::connection> OpenConnection(const DatabaseOptions& options);
+
+class Database {
+ public:
+  explicit Database(DatabaseOptions options);
+  Database(const Database&) = delete;
+  Database& operator=(const Database&) = delete;
+  ~Database();
+
+  // Runs fn(pqxx::work&) in one transaction. fn returns absl::Status or absl::StatusOr<T>; the
+  // transaction commits only when that is OK, and rolls back otherwise.
+  template <typename Fn>
+  auto Transact(Fn&& fn) -> std::invoke_result_t<Fn, pqxx::work&> {
+    using Result = std::invoke_result_t<Fn, pqxx::work&>;
+    auto lease = Acquire();
+    if (!lease.ok()) return Result(lease.status());
+    try {
+      pqxx::work tx(lease->connection());
+      Result result = fn(tx);
+      if (result.ok()) tx.commit();
+      return result;
+    } catch (const std::exception& e) {
+      return Result(StatusFromDatabaseException(e));
+    }
+  }
+
+  // Checks the database answers (SELECT 1) on a pooled connection.
+  absl::Status Ping();
+
+  // Asks PostgreSQL to cancel every statement running on a lent-out connection; their
+  // transactions fail with DEADLINE_EXCEEDED. Used when the shutdown grace period ends.
+  void CancelRunningQueries();
+
+  const DatabaseOptions& options() const { return options_; }
+
+ private:
+  class Lease {
+   public:
+    Lease(Database* db, std::unique_ptr<pqxx::connection> conn) : db_(db), conn_(std::move(conn)) {}
+    Lease(Lease&& other) noexcept
+        : db_(std::exchange(other.db_, nullptr)), conn_(std::move(other.conn_)) {}
+    Lease& operator=(Lease&&) = delete;
+    ~Lease();
+    pqxx::connection& connection() { return *conn_; }
+
+   private:
+    Database* db_;
+    std::unique_ptr<pqxx::connection> conn_;
+  };
+
+  absl::StatusOr<Lease> Acquire();
+  // Takes a connection back; a closed one (lost during use) is dropped and its slot freed.
+  void Release(std::unique_ptr<pqxx::connection> conn);
+
+  const DatabaseOptions options_;
+  std::mutex mu_;
+  std::condition_variable available_;
+  std::vector<std::unique_ptr<pqxx::connection>> idle_;
+  std::set<pqxx::connection*> lent_;
+  int open_ = 0;  // Connections lent out or idle.
+};
+
+}  // namespace peerpath

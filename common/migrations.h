@@ -1,0 +1,48 @@
+#pragma once
+
+// Versioned, forward-only schema migrations, one list per service (services/<name>/migrations).
+//
+// ApplyMigrations runs in one transaction under a per-schema advisory lock, so two replicas
+// starting together apply each migration once, and a second run changes nothing. Applied
+// migrations are recorded with a SHA-256 checksum in <schema>.schema_migrations; a migration whose
+// text changed after it was applied stops the service (FAILED_PRECONDITION): files are never
+// edited after they land.
+
+#include <pqxx/pqxx>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace peerpath {
+
+struct Migration {
+  int version;
+  std::string name;
+  std::string sql;
+};
+
+struct AppliedMigration {
+  int version = 0;
+  std::string name;
+  std::string checksum;
+  absl::Time applied_at;
+};
+
+struct MigrationReport {
+  int applied = 0;          // Migrations applied by this run.
+  int already_applied = 0;  // Migrations found applied before this run.
+};
+
+// Hex SHA-256 of the migration text.
+std::string MigrationChecksum(const Migration& migration);
+
+absl::StatusOr<MigrationReport> ApplyMigrations(pqxx::connection& conn, const std::string& schema,
+                                                const std::vector<Migration>& migrations);
+
+// The applied migrations with version > after_version, oldest first, at most `limit`.
+absl::StatusOr<std::vector<AppliedMigration>> ListAppliedMigrations(pqxx::work& tx,
+                                                                    int after_version, int limit);
+
+}  // namespace peerpath

@@ -1,0 +1,285 @@
+#include "common/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <prometheus/exposer.h>
+#include <signal.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <fstream>
+#include <future>
+#include <iostream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/log.h"
+#include "common/operations_service.h"
+#include "common/rpc_observer.h"
+
+namespace peerpath {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const char* flag) {
+  std::ifstream in(path);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat("cannot read ", flag, " file ", path));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const ServerConfig& c) {
+  if (c.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
+  auto cert = ReadFile(c.tls_cert_file, "--tls_cert_file");
+  if (!cert.ok()) return cert.status();
+  auto key = ReadFile(c.tls_key_file, "--tls_key_file");
+  if (!key.ok()) return key.status();
+  grpc::SslServerCredentialsOptions options(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  if (!c.tls_ca_file.empty()) {
+    auto ca = ReadFile(c.tls_ca_file, "--tls_ca_file");
+    if (!ca.ok()) return ca.status();
+    options.pem_root_certs = *ca;
+    options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  options.pem_key_cert_pairs.push_back({*key, *cert});
+  return grpc::SslServerCredentials(options);
+}
+
+// Connects and migrates with backoff until it succeeds, the process stops, or a fatal error
+// (a changed migration) occurs. Then watches the database and keeps health in step with it.
+class Readiness {
+ public:
+  Readiness(const ServiceDefinition& definition, const ServerConfig& config, Database& db,
+            grpc::HealthCheckServiceInterface* health)
+      : definition_(definition), config_(config), db_(db), health_(health) {}
+
+  void Start() {
+    thread_ = std::thread([this] { Run(); });
+  }
+
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Non-zero when start-up failed for good; the process then exits with it.
+  int fatal_exit_code() const { return fatal_exit_code_.load(); }
+
+ private:
+  // Sleeps up to `d`; false when asked to stop.
+  bool SleepFor(absl::Duration d) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return !wake_.wait_for(lock, absl::ToChronoMilliseconds(d), [this] { return stopping_; });
+  }
+
+  void SetServing(bool serving) {
+    health_->SetServingStatus("", serving);
+    health_->SetServingStatus(definition_.grpc_service, serving);
+  }
+
+  absl::Status ConnectAndMigrate() {
+    DatabaseOptions options = db_.options();
+    std::unique_ptr<pqxx::connection> conn;
+    try {
+      conn = OpenConnection(options);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("database unreachable: ", e.what()));
+    }
+    if (!config_.migrate_on_start) return db_.Ping();
+    auto report = ApplyMigrations(*conn, definition_.name, *definition_.migrations);
+    if (!report.ok()) return report.status();
+    log::Info("schema ready", {{"schema", definition_.name},
+                               {"applied", report->applied},
+                               {"already_applied", report->already_applied}});
+    return absl::OkStatus();
+  }
+
+  void Run() {
+    absl::Duration backoff = absl::Milliseconds(200);
+    while (true) {
+      absl::Status status = ConnectAndMigrate();
+      if (status.ok()) break;
+      if (status.code() == absl::StatusCode::kFailedPrecondition) {
+        log::Error("start-up failed", {{"error", std::string(status.message())}});
+        fatal_exit_code_ = 3;
+        kill(getpid(), SIGTERM);
+        return;
+      }
+      log::Warn("database not ready; retrying",
+                {{"error", std::string(status.message())},
+                 {"retry_in_ms", absl::ToInt64Milliseconds(backoff)}});
+      if (!SleepFor(backoff)) return;
+      backoff = std::min(backoff * 2, absl::Seconds(5));
+    }
+    SetServing(true);
+    log::Info("serving");
+    bool serving = true;
+    while (SleepFor(absl::Seconds(5))) {
+      const bool ok = db_.Ping().ok();
+      if (ok != serving) {
+        serving = ok;
+        SetServing(serving);
+        log::Warn(serving ? "database reachable again; serving" : "database lost; not serving");
+      }
+    }
+  }
+
+  const ServiceDefinition& definition_;
+  const ServerConfig& config_;
+  Database& db_;
+  grpc::HealthCheckServiceInterface* health_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  bool stopping_ = false;
+  std::atomic<int> fatal_exit_code_{0};
+};
+
+int Migrate(const ServiceDefinition& definition, const ServerConfig& config) {
+  DatabaseOptions options{config.database_url, definition.name, 1};
+  // A migrate job may start before the database is up.
+  const absl::Time give_up = absl::Now() + config.database_wait;
+  while (true) {
+    absl::Status status;
+    try {
+      auto conn = OpenConnection(options);
+      auto report = ApplyMigrations(*conn, definition.name, *definition.migrations);
+      if (report.ok()) {
+        log::Info("migrations done", {{"schema", definition.name},
+                                      {"applied", report->applied},
+                                      {"already_applied", report->already_applied}});
+        return 0;
+      }
+      status = report.status();
+    } catch (const std::exception& e) {
+      status = absl::UnavailableError(absl::StrCat("database unreachable: ", e.what()));
+    }
+    if (status.code() != absl::StatusCode::kUnavailable || absl::Now() > give_up) {
+      log::Error("migration failed", {{"error", std::string(status.message())}});
+      return 1;
+    }
+    absl::SleepFor(absl::Milliseconds(500));
+  }
+}
+
+int Serve(const ServiceDefinition& definition, const ServerConfig& config) {
+  // Signals are taken by sigwait below, never by a handler on a random thread.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto credentials = ServerCredentials(config);
+  if (!credentials.ok()) {
+    log::Error("bad configuration", {{"error", std::string(credentials.status().message())}});
+    return 2;
+  }
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<prometheus::Exposer> exposer;
+  try {
+    exposer = std::make_unique<prometheus::Exposer>(config.metrics_address);
+  } catch (const std::exception& e) {
+    log::Error("cannot listen for metrics",
+               {{"address", config.metrics_address}, {"error", e.what()}});
+    return 2;
+  }
+  exposer->RegisterCollectable(registry);
+
+  Database db({config.database_url, definition.name, config.db_pool_size});
+  ServiceContext context{config, db, *registry};
+  std::vector<std::unique_ptr<grpc::Service>> services = definition.make_services(context);
+  OperationsService operations(db);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  if (config.enable_reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int grpc_port = 0;
+  builder.AddListeningPort(config.listen_address, *credentials, &grpc_port);
+  builder.SetMaxReceiveMessageSize(config.max_message_bytes);
+  for (auto& service : services) builder.RegisterService(service.get());
+  builder.RegisterService(&operations);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> observers;
+  observers.push_back(std::make_unique<RpcObserverFactory>(*registry));
+  builder.experimental().SetInterceptorCreators(std::move(observers));
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || grpc_port == 0) {
+    log::Error("cannot listen for gRPC", {{"address", config.listen_address}});
+    return 2;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus("", false);
+  health->SetServingStatus(definition.grpc_service, false);
+
+  const auto metrics_ports = exposer->GetListeningPorts();
+  log::Info("listening", {{"grpc_address", config.listen_address},
+                          {"grpc_port", grpc_port},
+                          {"metrics_port", metrics_ports.empty() ? 0 : metrics_ports.front()},
+                          {"tls", !config.tls_cert_file.empty()},
+                          {"mutual_tls", !config.tls_ca_file.empty()},
+                          {"reflection", config.enable_reflection}});
+
+  Readiness readiness(definition, config, db, health);
+  readiness.Start();
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  log::Info("shutting down", {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"},
+                              {"grace_ms", absl::ToInt64Milliseconds(config.shutdown_grace)}});
+  // Health first, so load balancers stop sending new calls; then drain within the grace period.
+  health->Shutdown();
+  readiness.Stop();
+  const absl::Time deadline = absl::Now() + config.shutdown_grace;
+  // gRPC cancels calls still running at the deadline, but a handler blocked in a query would
+  // hold shutdown forever: cancel the queries too, so their handlers return.
+  std::promise<void> drained;
+  std::thread query_canceller([&db, deadline, done = drained.get_future()] {
+    if (done.wait_until(absl::ToChronoTime(deadline)) == std::future_status::timeout) {
+      log::Warn("shutdown grace period over; cancelling running queries");
+      db.CancelRunningQueries();
+    }
+  });
+  server->Shutdown(absl::ToChronoTime(deadline));
+  server->Wait();
+  drained.set_value();
+  query_canceller.join();
+  const int code = readiness.fatal_exit_code();
+  log::Info("stopped", {{"exit_code", code}});
+  return code;
+}
+
+}  // namespace
+
+int RunService(const ServiceDefinition& definition, int argc, char** argv) {
+  absl::SetProgramUsageMessage(absl::StrCat(
+      "PeerPath ", definition.name, " service.\n\nUsage: peerpath-", definition.name,
+      " [serve|migrate] [flags]\nEvery flag can also be set by the environment variable "
+      "PEERPATH_<FLAG_NAME_IN_UPPER_CASE>."));
+  std::vector<std::string> args = ParseFlagsAndEnvironment(argc, argv);
+  const std::string command = args.empty() ? "serve" : args.front();
+  if (args.size() > 1 || (command != "serve" && command != "migrate")) {
+    std::cerr << "usage: peerpath-" << definition.name << " [serve|migrate] [flags]; see --help\n";
+    return 2;
+  }
+  auto config =
+      ServerConfigFromFlags({absl::StrCat("127.0.0.1:", definition.default_grpc_port),
+                             absl::StrCat("127.0.0.1:", definition.default_metrics_port)});
+  log::Configure(definition.name, config.ok() ? config->log_level : log::Level::kInfo);
+  if (!config.ok()) {
+    log::Error("bad configuration", {{"error", std::string(config.status().message())}});
+    return 2;
+  }
+  return command == "migrate" ? Migrate(definition, *config) : Serve(definition, *config);
+}
+
+}  // namespace peerpath

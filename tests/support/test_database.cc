@@ -1,0 +1,92 @@
+#include "tests/support/test_database.h"
+
+#include <cstdlib>
+#include <random>
+#include <stdexcept>
+
+#include "absl/strings/str_cat.h"
+
+namespace peerpath::testing {
+namespace {
+
+constexpr const char* kServices[] = {"matching", "checkin", "consent", "escalation", "evaluation"};
+
+std::string RequiredEnv(const char* name) {
+  const char* value = std::getenv(name);
+  if (value == nullptr || *value == '\0') {
+    throw std::runtime_error(absl::StrCat(
+        name, " is not set: run the tests through tools/test, which starts PostgreSQL"));
+  }
+  return value;
+}
+
+std::string RandomName() {
+  std::random_device rd;
+  std::uniform_int_distribution<uint64_t> dist;
+  return absl::StrCat("pp_", absl::Hex(dist(rd), absl::kZeroPad16));
+}
+
+}  // namespace
+
+std::string AdminUrl(const std::string& database) {
+  std::string url = RequiredEnv("PEERPATH_TEST_PG_ADMIN_URL");
+  const auto slash = url.rfind('/');
+  return url.substr(0, slash + 1) + database;
+}
+
+TestDatabase::TestDatabase(std::string name) : name_(std::move(name)) {}
+
+std::unique_ptr<TestDatabase> TestDatabase::Create() {
+  auto db = Deferred();
+  db->CreateNow();
+  return db;
+}
+
+std::unique_ptr<TestDatabase> TestDatabase::Deferred() {
+  return std::unique_ptr<TestDatabase>(new TestDatabase(RandomName()));
+}
+
+void TestDatabase::CreateNow() {
+  pqxx::connection admin(AdminUrl("postgres"));
+  pqxx::nontransaction tx(admin);
+  tx.exec0("CREATE DATABASE " + name_);
+  created_ = true;
+  pqxx::connection conn(AdminUrl(name_));
+  pqxx::nontransaction setup(conn);
+  setup.exec0("REVOKE CREATE ON SCHEMA public FROM PUBLIC");
+  for (const char* service : kServices) {
+    setup.exec0(
+        absl::StrCat("GRANT CONNECT, CREATE ON DATABASE ", name_, " TO peerpath_", service));
+  }
+}
+
+TestDatabase::~TestDatabase() {
+  if (!created_) return;
+  try {
+    pqxx::connection admin(AdminUrl("postgres"));
+    pqxx::nontransaction tx(admin);
+    tx.exec0("DROP DATABASE IF EXISTS " + name_ + " WITH (FORCE)");
+  } catch (const std::exception&) {
+    // The cluster is thrown away after the run; a leftover database harms nothing.
+  }
+}
+
+std::string TestDatabase::UrlFor(const std::string& service) const {
+  std::string url = AdminUrl(name_);
+  const std::string user = "postgres@";
+  return url.replace(url.find(user), user.size(), absl::StrCat("peerpath_", service, "@"));
+}
+
+std::unique_ptr<pqxx::connection> TestDatabase::Admin() const {
+  return std::make_unique<pqxx::connection>(AdminUrl(name_));
+}
+
+pqxx::result TestDatabase::AdminQuery(const std::string& sql) const {
+  pqxx::connection conn(AdminUrl(name_));
+  pqxx::work tx(conn);
+  pqxx::result r = tx.exec(sql);
+  tx.commit();
+  return r;
+}
+
+}  // namespace peerpath::testing

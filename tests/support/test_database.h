@@ -1,0 +1,41 @@
+#pragma once
+
+// A fresh PostgreSQL database per test, on the throwaway cluster tools/test starts.
+//
+// The cluster's superuser URL comes from PEERPATH_TEST_PG_ADMIN_URL. Without it the test fails
+// (never skips): a skipped database test would pass in ctest and prove nothing.
+
+#include <memory>
+#include <pqxx/pqxx>
+#include <string>
+
+namespace peerpath::testing {
+
+class TestDatabase {
+ public:
+  // Creates database `pp_<random>`; each service role may connect and create its schema there.
+  static std::unique_ptr<TestDatabase> Create();
+  // Names a database that does not exist yet (Create it later with CreateNow()).
+  static std::unique_ptr<TestDatabase> Deferred();
+
+  ~TestDatabase();
+
+  void CreateNow();
+  const std::string& name() const { return name_; }
+  // The URL a service connects with: its own role, this database.
+  std::string UrlFor(const std::string& service) const;
+  // Superuser connection to this database, for setting up and inspecting.
+  std::unique_ptr<pqxx::connection> Admin() const;
+  // Runs one statement as superuser and returns its result.
+  pqxx::result AdminQuery(const std::string& sql) const;
+
+ private:
+  explicit TestDatabase(std::string name);
+  std::string name_;
+  bool created_ = false;
+};
+
+// The superuser URL of the test cluster, with `database` substituted.
+std::string AdminUrl(const std::string& database);
+
+}  // namespace peerpath::testing

@@ -1,0 +1,109 @@
+# Shared steps of tools/test and tools/run-local. Sourced, not run.
+#
+# Everything PeerPath needs comes from Debian 12 packages and the pinned npm packages in
+# tools/package.json; this file installs what is missing, builds, and runs PostgreSQL as an
+# unprivileged user (PostgreSQL refuses to run as root).
+
+set -euo pipefail
+
+PEERPATH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PEERPATH_BUILD="${PEERPATH_BUILD:-$PEERPATH_ROOT/build}"
+PG_BIN=/usr/lib/postgresql/15/bin
+PEERPATH_SERVICES=(matching checkin consent escalation evaluation)
+
+# Why each package is here is in README.md ("Dependencies").
+DEBIAN_PACKAGES=(
+  build-essential cmake ninja-build pkg-config ccache clang-format
+  libgrpc++-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
+  libpqxx-dev prometheus-cpp-dev liblemon-dev nlohmann-json3-dev libssl-dev
+  libcurl4-openssl-dev libcpp-jwt-dev libgtest-dev libgmock-dev libbenchmark-dev
+  postgresql-15 postgresql-client-15
+  python3 python3-grpcio python3-protobuf python3-jsonschema python3-yaml
+  nodejs npm kubectl prometheus
+)
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+install_dependencies() {
+  local missing=()
+  for pkg in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing Debian packages: ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null
+  fi
+  # npm ci installs exactly what package-lock.json pins; skipped when already in place.
+  if [ ! -f "$PEERPATH_ROOT/tools/node_modules/.package-lock.json" ] ||
+     ! cmp -s <(sed 1,3d "$PEERPATH_ROOT/tools/package-lock.json") \
+               <(sed 1,3d "$PEERPATH_ROOT/tools/node_modules/.package-lock.json" 2>/dev/null); then
+    say "installing pinned npm tools (tools/package-lock.json)"
+    (cd "$PEERPATH_ROOT/tools" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+}
+
+build_all() {
+  say "building into $PEERPATH_BUILD"
+  export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
+  cmake -S "$PEERPATH_ROOT" -B "$PEERPATH_BUILD" -G Ninja \
+    -DCMAKE_BUILD_TYPE="${PEERPATH_BUILD_TYPE:-RelWithDebInfo}" >/dev/null
+  cmake --build "$PEERPATH_BUILD" -j "$(nproc)"
+}
+
+# The user PostgreSQL runs as: ourselves, or the `postgres` system user when we are root.
+pg_user() {
+  if [ "$(id -u)" -eq 0 ]; then echo postgres; else id -un; fi
+}
+
+pg_run() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+free_port() {
+  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# start_postgres DIR PORT: initialises DIR/data once (trust auth, loopback only) and starts it.
+start_postgres() {
+  local dir="$1" port="$2"
+  mkdir -p "$dir"
+  if [ "$(id -u)" -eq 0 ]; then chown postgres "$dir"; fi
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    pg_run "$PG_BIN/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null
+  fi
+  pg_run "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${PEERPATH_PG_FSYNC:-on}" \
+    start >/dev/null
+}
+
+stop_postgres() {
+  local dir="$1"
+  [ -f "$dir/data/postmaster.pid" ] || return 0
+  pg_run "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# bootstrap_database PORT DBNAME: the database and one login role per service, as
+# deploy/k8s/db/bootstrap.sql does on a real server. Safe to run again.
+bootstrap_database() {
+  local port="$1" db="$2"
+  psql_admin "$port" postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 ||
+    psql_admin "$port" postgres -c "CREATE DATABASE $db" >/dev/null
+  for s in "${PEERPATH_SERVICES[@]}"; do
+    psql_admin "$port" postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'peerpath_$s'" | grep -q 1 ||
+      psql_admin "$port" postgres -c "CREATE ROLE peerpath_$s LOGIN" >/dev/null
+    psql_admin "$port" "$db" -c "CREATE SCHEMA IF NOT EXISTS $s AUTHORIZATION peerpath_$s" >/dev/null
+  done
+  psql_admin "$port" "$db" -c "REVOKE CREATE ON SCHEMA public FROM PUBLIC" >/dev/null
+}
+
+psql_admin() {
+  local port="$1" db="$2"
+  shift 2
+  psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" "$@"
+}
