@@ -4,6 +4,8 @@
 Today it checks that every service answers over gRPC as an independent client would: health is
 SERVING, the operations API lists the applied migrations. The service issues extend it into the
 end-to-end story (consent, enrollment, check-ins, a routed concern, the program report).
+
+Needs the generated Python stubs on PYTHONPATH (build/python; tools/run-local sets it).
 """
 
 import argparse
@@ -14,6 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyl
 
 import grpc  # noqa: E402
 import peerpath_health  # noqa: E402
+from peerpath.ops.v1 import operations_pb2, operations_pb2_grpc  # noqa: E402
 
 
 def main() -> int:
@@ -32,9 +35,15 @@ def main() -> int:
                 print(f"  {name:<11} {address}: health check failed: {e.code().name}")
                 failures += 1
                 continue
-            ok = status == peerpath_health.SERVING
-            failures += 0 if ok else 1
-            print(f"  {name:<11} {address}: {'SERVING' if ok else f'status {status}'}")
+            if status != peerpath_health.SERVING:
+                print(f"  {name:<11} {address}: health status {status}, not SERVING")
+                failures += 1
+                continue
+            ops = operations_pb2_grpc.OperationsServiceStub(channel)
+            migrations = ops.ListMigrations(operations_pb2.ListMigrationsRequest(), timeout=5)
+            latest = migrations.migrations[-1] if migrations.migrations else None
+            schema = f"schema at {latest.version:04d}_{latest.name}" if latest else "no schema"
+            print(f"  {name:<11} {address}: SERVING, {schema}")
     if failures:
         print(f"demo failed: {failures} service(s) not serving", file=sys.stderr)
         return 1

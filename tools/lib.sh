@@ -19,7 +19,7 @@ DEBIAN_PACKAGES=(
   libcurl4-openssl-dev libcpp-jwt-dev libgtest-dev libgmock-dev libbenchmark-dev
   postgresql-15 postgresql-client-15
   python3 python3-grpcio python3-protobuf python3-jsonschema python3-yaml
-  nodejs npm kubectl prometheus
+  kubectl prometheus
 )
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -33,18 +33,25 @@ install_dependencies() {
   for pkg in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
   done
+  # Node.js may come from another Debian-compatible source (its npm bundled); only install
+  # Debian's when there is none.
+  command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       "${missing[@]}" >/dev/null
   fi
-  # npm ci installs exactly what package-lock.json pins; skipped when already in place.
-  if [ ! -f "$PEERPATH_ROOT/tools/node_modules/.package-lock.json" ] ||
-     ! cmp -s <(sed 1,3d "$PEERPATH_ROOT/tools/package-lock.json") \
-               <(sed 1,3d "$PEERPATH_ROOT/tools/node_modules/.package-lock.json" 2>/dev/null); then
-    say "installing pinned npm tools (tools/package-lock.json)"
-    (cd "$PEERPATH_ROOT/tools" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  # The npm tools are pinned to exact versions in package.json and package-lock.json. `npm ci`
+  # is not used: it rejects this lock file because the registry serves only some of buf's optional
+  # per-platform packages. The stamp skips the install when nothing changed.
+  local stamp="$PEERPATH_ROOT/tools/node_modules/.peerpath-stamp"
+  local want
+  want="$(cat "$PEERPATH_ROOT/tools/package.json" "$PEERPATH_ROOT/tools/package-lock.json" | sha256sum)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    say "installing pinned npm tools (tools/package.json)"
+    (cd "$PEERPATH_ROOT/tools" && npm install --no-audit --no-fund --no-save --loglevel=error >/dev/null)
+    echo "$want" >"$stamp"
   fi
 }
 
