@@ -15,10 +15,13 @@ namespace {
 
 constexpr char kCreateLedger[] = R"sql(
 CREATE TABLE IF NOT EXISTS schema_migrations (
-  version    integer PRIMARY KEY,
+  sequence   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  track      text NOT NULL,
+  version    integer NOT NULL,
   name       text NOT NULL,
   checksum   text NOT NULL,
-  applied_at timestamptz NOT NULL DEFAULT now()
+  applied_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (track, version)
 ))sql";
 
 }  // namespace
@@ -32,7 +35,7 @@ std::string MigrationChecksum(const Migration& migration) {
 }
 
 absl::StatusOr<MigrationReport> ApplyMigrations(pqxx::connection& conn, const std::string& schema,
-                                                const std::vector<Migration>& migrations) {
+                                                const std::vector<MigrationTrack>& tracks) {
   MigrationReport report;
   try {
     pqxx::work tx(conn);
@@ -48,29 +51,34 @@ absl::StatusOr<MigrationReport> ApplyMigrations(pqxx::connection& conn, const st
     tx.exec0("SET LOCAL search_path TO " + tx.quote_name(schema));
     tx.exec0(kCreateLedger);
 
-    std::map<int, std::string> applied;
-    for (const auto& row : tx.exec("SELECT version, checksum FROM schema_migrations")) {
-      applied[row[0].as<int>()] = row[1].as<std::string>();
+    std::map<std::pair<std::string, int>, std::string> applied;
+    for (const auto& row : tx.exec("SELECT track, version, checksum FROM schema_migrations")) {
+      applied[{row[0].as<std::string>(), row[1].as<int>()}] = row[2].as<std::string>();
     }
-    for (const Migration& m : migrations) {
-      const std::string checksum = MigrationChecksum(m);
-      auto it = applied.find(m.version);
-      if (it != applied.end()) {
-        if (it->second != checksum) {
-          return absl::FailedPreconditionError(absl::StrFormat(
-              "migration %04d_%s in schema %s was changed after it was applied (checksum %s, "
-              "database has %s); add a new migration instead of editing an applied one",
-              m.version, m.name, schema, checksum, it->second));
+    for (const MigrationTrack& track : tracks) {
+      for (const Migration& m : *track.migrations) {
+        const std::string checksum = MigrationChecksum(m);
+        auto it = applied.find({track.name, m.version});
+        if (it != applied.end()) {
+          if (it->second != checksum) {
+            return absl::FailedPreconditionError(absl::StrFormat(
+                "migration %s/%04d_%s in schema %s was changed after it was applied (checksum "
+                "%s, database has %s); add a new migration instead of editing an applied one",
+                track.name, m.version, m.name, schema, checksum, it->second));
+          }
+          ++report.already_applied;
+          continue;
         }
-        ++report.already_applied;
-        continue;
+        tx.exec(m.sql);
+        tx.exec_params0(
+            "INSERT INTO schema_migrations (track, version, name, checksum) "
+            "VALUES ($1, $2, $3, $4)",
+            track.name, m.version, m.name, checksum);
+        log::Info(
+            "migration applied",
+            {{"schema", schema}, {"track", track.name}, {"version", m.version}, {"name", m.name}});
+        ++report.applied;
       }
-      tx.exec(m.sql);
-      tx.exec_params0("INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                      m.version, m.name, checksum);
-      log::Info("migration applied",
-                {{"schema", schema}, {"version", m.version}, {"name", m.name}});
-      ++report.applied;
     }
     tx.commit();
   } catch (const std::exception& e) {
@@ -80,15 +88,18 @@ absl::StatusOr<MigrationReport> ApplyMigrations(pqxx::connection& conn, const st
 }
 
 absl::StatusOr<std::vector<AppliedMigration>> ListAppliedMigrations(pqxx::work& tx,
-                                                                    int after_version, int limit) {
+                                                                    int64_t after_sequence,
+                                                                    int limit) {
   std::vector<AppliedMigration> out;
   const auto rows = tx.exec_params(
-      "SELECT version, name, checksum, extract(epoch FROM applied_at)::float8 "
-      "FROM schema_migrations WHERE version > $1 ORDER BY version LIMIT $2",
-      after_version, limit);
+      "SELECT sequence, track, version, name, checksum, "
+      "(extract(epoch FROM applied_at) * 1000000)::int8 "
+      "FROM schema_migrations WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+      after_sequence, limit);
   for (const auto& row : rows) {
-    out.push_back({row[0].as<int>(), row[1].as<std::string>(), row[2].as<std::string>(),
-                   absl::FromUnixMicros(static_cast<int64_t>(row[3].as<double>() * 1e6))});
+    out.push_back({row[0].as<int64_t>(), row[1].as<std::string>(), row[2].as<int>(),
+                   row[3].as<std::string>(), row[4].as<std::string>(),
+                   absl::FromUnixMicros(row[5].as<int64_t>())});
   }
   return out;
 }

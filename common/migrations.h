@@ -1,6 +1,8 @@
 #pragma once
 
-// Versioned, forward-only schema migrations, one list per service (services/<name>/migrations).
+// Versioned, forward-only schema migrations in tracks: the "shared" track (common/migrations: the
+// outbox, audit, idempotency and consumer tables every service keeps in its own schema) and the
+// service's own track (services/<name>/migrations). Tracks apply in order, each by version.
 //
 // ApplyMigrations runs in one transaction under a per-schema advisory lock, so two replicas
 // starting together apply each migration once, and a second run changes nothing. Applied
@@ -8,6 +10,7 @@
 // text changed after it was applied stops the service (FAILED_PRECONDITION): files are never
 // edited after they land.
 
+#include <cstdint>
 #include <pqxx/pqxx>
 #include <string>
 #include <vector>
@@ -23,7 +26,14 @@ struct Migration {
   std::string sql;
 };
 
+struct MigrationTrack {
+  std::string name;  // "shared" or the service name.
+  const std::vector<Migration>* migrations;
+};
+
 struct AppliedMigration {
+  int64_t sequence = 0;  // Order of application in this schema.
+  std::string track;
   int version = 0;
   std::string name;
   std::string checksum;
@@ -39,10 +49,11 @@ struct MigrationReport {
 std::string MigrationChecksum(const Migration& migration);
 
 absl::StatusOr<MigrationReport> ApplyMigrations(pqxx::connection& conn, const std::string& schema,
-                                                const std::vector<Migration>& migrations);
+                                                const std::vector<MigrationTrack>& tracks);
 
-// The applied migrations with version > after_version, oldest first, at most `limit`.
+// The applied migrations after `after_sequence` in order of application, at most `limit`.
 absl::StatusOr<std::vector<AppliedMigration>> ListAppliedMigrations(pqxx::work& tx,
-                                                                    int after_version, int limit);
+                                                                    int64_t after_sequence,
+                                                                    int limit);
 
 }  // namespace peerpath

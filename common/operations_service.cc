@@ -27,30 +27,31 @@ absl::Status OperationsService::ListMigrationsImpl(const ListMigrationsRequest& 
   if (!page_size.ok()) {
     for (auto& v : FieldViolations(page_size.status())) violations.push_back(v);
   }
-  int after_version = 0;
+  int64_t after_sequence = 0;
   absl::StatusOr<std::string> cursor = DecodePageToken(kList, request.page_token());
   if (!cursor.ok()) {
     for (auto& v : FieldViolations(cursor.status())) violations.push_back(v);
-  } else if (!cursor->empty() && !absl::SimpleAtoi(*cursor, &after_version)) {
+  } else if (!cursor->empty() && !absl::SimpleAtoi(*cursor, &after_sequence)) {
     violations.push_back({"page_token", "token is damaged"});
   }
   if (!violations.empty()) return InvalidArgument("invalid ListMigrations request", violations);
 
   // One row more than the page tells whether another page exists.
   auto rows = db_.Transact(
-      [&](pqxx::work& tx) { return ListAppliedMigrations(tx, after_version, *page_size + 1); });
+      [&](pqxx::work& tx) { return ListAppliedMigrations(tx, after_sequence, *page_size + 1); });
   if (!rows.ok()) return rows.status();
   const bool more = static_cast<int>(rows->size()) > *page_size;
   if (more) rows->pop_back();
   for (const AppliedMigration& m : *rows) {
     auto* out = response.add_migrations();
+    out->set_track(m.track);
     out->set_version(m.version);
     out->set_name(m.name);
     out->set_checksum(m.checksum);
     *out->mutable_applied_at() = ToProtoTimestamp(m.applied_at);
   }
   if (more) {
-    response.set_next_page_token(EncodePageToken(kList, std::to_string(rows->back().version)));
+    response.set_next_page_token(EncodePageToken(kList, std::to_string(rows->back().sequence)));
   }
   return absl::OkStatus();
 }

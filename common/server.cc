@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "common/operations_service.h"
 #include "common/rpc_observer.h"
+#include "shared/migrations.h"
 
 namespace peerpath {
 namespace {
@@ -48,6 +49,10 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const
   }
   options.pem_key_cert_pairs.push_back({*key, *cert});
   return grpc::SslServerCredentials(options);
+}
+
+std::vector<MigrationTrack> MigrationTracks(const ServiceDefinition& definition) {
+  return {{"shared", &shared::Migrations()}, {definition.name, definition.migrations}};
 }
 
 // Connects and migrates with backoff until it succeeds, the process stops, or a fatal error
@@ -95,7 +100,7 @@ class Readiness {
       return absl::UnavailableError(absl::StrCat("database unreachable: ", e.what()));
     }
     if (!config_.migrate_on_start) return db_.Ping();
-    auto report = ApplyMigrations(*conn, definition_.name, *definition_.migrations);
+    auto report = ApplyMigrations(*conn, definition_.name, MigrationTracks(definition_));
     if (!report.ok()) return report.status();
     log::Info("schema ready", {{"schema", definition_.name},
                                {"applied", report->applied},
@@ -152,7 +157,7 @@ int Migrate(const ServiceDefinition& definition, const ServerConfig& config) {
     absl::Status status;
     try {
       auto conn = OpenConnection(options);
-      auto report = ApplyMigrations(*conn, definition.name, *definition.migrations);
+      auto report = ApplyMigrations(*conn, definition.name, MigrationTracks(definition));
       if (report.ok()) {
         log::Info("migrations done", {{"schema", definition.name},
                                       {"applied", report->applied},

@@ -35,7 +35,7 @@ struct ServiceDefinition {
   std::string grpc_service;   // "peerpath.consent.v1.ConsentService": health service name.
   int default_grpc_port = 0;  // Loopback port used when --listen_address is not given.
   int default_metrics_port = 0;
-  const std::vector<Migration>* migrations = nullptr;
+  const std::vector<Migration>* migrations = nullptr;  // The service's own track.
   std::function<std::vector<std::unique_ptr<grpc::Service>>(ServiceContext&)> make_services;
 };
 

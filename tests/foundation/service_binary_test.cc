@@ -41,11 +41,13 @@ std::string GrpcServiceName(const std::string& service) {
   return names.at(service);
 }
 
-// The migration files of the service, as the binary should have embedded them.
-std::vector<Migration> MigrationFiles(const std::string& service) {
+// The migration files of a track, as the binary should have embedded them.
+std::vector<Migration> MigrationFiles(const std::string& track) {
   std::vector<Migration> out;
   const std::filesystem::path dir =
-      std::filesystem::path(PEERPATH_SOURCE_DIR) / "services" / service / "migrations";
+      track == "shared"
+          ? std::filesystem::path(PEERPATH_SOURCE_DIR) / "common" / "migrations"
+          : std::filesystem::path(PEERPATH_SOURCE_DIR) / "services" / track / "migrations";
   for (const auto& entry : std::filesystem::directory_iterator(dir)) {
     const std::string file = entry.path().filename().string();
     if (entry.path().extension() != ".sql") continue;
@@ -103,16 +105,19 @@ TEST_F(ServiceBinaryTest, NotServingUntilDatabaseExistsThenServingWithMigrations
   ASSERT_TRUE(process.WaitHealth(true, "", 15s)) << process.Log();
   EXPECT_EQ(HealthStatus(process.Channel(), GrpcServiceName(Service())), "SERVING");
 
-  // Every migration file is applied, with the checksum of the file's text.
-  const auto files = MigrationFiles(Service());
-  ASSERT_FALSE(files.empty()) << "the service ships no migration";
-  auto rows = late_db->AdminQuery("SELECT version, name, checksum FROM " + Service() +
-                                  ".schema_migrations ORDER BY version");
-  ASSERT_EQ(rows.size(), files.size());
-  for (size_t i = 0; i < files.size(); ++i) {
-    EXPECT_EQ(rows[i][0].as<int>(), files[i].version);
-    EXPECT_EQ(rows[i][1].as<std::string>(), files[i].name);
-    EXPECT_EQ(rows[i][2].as<std::string>(), MigrationChecksum(files[i]));
+  // Every migration file of both tracks is applied, with the checksum of the file's text.
+  ASSERT_FALSE(MigrationFiles(Service()).empty()) << "the service ships no migration";
+  for (const std::string& track : {std::string("shared"), Service()}) {
+    const auto files = MigrationFiles(track);
+    auto rows =
+        late_db->AdminQuery("SELECT version, name, checksum FROM " + Service() +
+                            ".schema_migrations WHERE track = '" + track + "' ORDER BY version");
+    ASSERT_EQ(rows.size(), files.size()) << track;
+    for (size_t i = 0; i < files.size(); ++i) {
+      EXPECT_EQ(rows[i][0].as<int>(), files[i].version);
+      EXPECT_EQ(rows[i][1].as<std::string>(), files[i].name);
+      EXPECT_EQ(rows[i][2].as<std::string>(), MigrationChecksum(files[i]));
+    }
   }
 }
 
@@ -143,7 +148,8 @@ TEST_F(ServiceBinaryTest, ChangedMigrationStopsStartUp) {
   ASSERT_EQ(RunToExit(Service(), {"migrate", url}).exit_code, 0);
   db_->AdminQuery("UPDATE " + Service() +
                   ".schema_migrations SET checksum = 'edited' "
-                  "WHERE version = 1");
+                  "WHERE track = '" +
+                  Service() + "' AND version = 1");
   ExitResult migrate = RunToExit(Service(), {"migrate", url});
   EXPECT_EQ(migrate.exit_code, 1);
   EXPECT_NE(migrate.log.find("changed after it was applied"), std::string::npos) << migrate.log;
@@ -245,7 +251,7 @@ TEST_F(ServiceBinaryTest, ValidationErrorCarriesFieldViolationsAClientCanRead) {
 TEST_F(ServiceBinaryTest, PagesThroughMigrationsWithOpaqueTokens) {
   auto process = StartServing();
   auto ops = OperationsService::NewStub(process->Channel());
-  std::vector<int> versions;
+  std::vector<std::string> seen;
   std::string token;
   int pages = 0;
   do {
@@ -256,12 +262,20 @@ TEST_F(ServiceBinaryTest, PagesThroughMigrationsWithOpaqueTokens) {
     ListMigrationsResponse response;
     ASSERT_TRUE(ops->ListMigrations(&ctx, request, &response).ok());
     ASSERT_LE(response.migrations_size(), 1);
-    for (const auto& m : response.migrations()) versions.push_back(m.version());
+    for (const auto& m : response.migrations()) {
+      seen.push_back(m.track() + "/" + std::to_string(m.version()));
+    }
     token = response.next_page_token();
     ASSERT_LT(++pages, 100);
   } while (!token.empty());
-  EXPECT_EQ(versions.size(), MigrationFiles(Service()).size());
-  EXPECT_TRUE(std::is_sorted(versions.begin(), versions.end()));
+  // Shared track first, then the service's own, each in version order.
+  std::vector<std::string> expected;
+  for (const std::string& track : {std::string("shared"), Service()}) {
+    for (const auto& m : MigrationFiles(track)) {
+      expected.push_back(track + "/" + std::to_string(m.version));
+    }
+  }
+  EXPECT_EQ(seen, expected);
 }
 
 TEST_F(ServiceBinaryTest, RequestIdIsEchoedOrGenerated) {
