@@ -10,6 +10,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/auth.h"
 
 ABSL_FLAG(std::string, listen_address, "",
           "gRPC listen address host:port (default: the service's loopback port)");
@@ -32,6 +33,13 @@ ABSL_FLAG(bool, migrate_on_start, true, "Apply pending schema migrations at star
 ABSL_FLAG(absl::Duration, database_wait, absl::Seconds(30),
           "How long `migrate` waits for an unreachable database before failing");
 ABSL_FLAG(std::string, log_level, "info", "Minimum log level: debug, info, warn or error");
+ABSL_FLAG(std::string, jwt_keys_file, "",
+          "Public keys that sign caller tokens: a JWKS document or PEM public keys/certificates");
+ABSL_FLAG(std::string, jwt_issuer, "", "Required `iss` of caller tokens");
+ABSL_FLAG(std::string, jwt_audience, "peerpath", "Required `aud` of caller tokens");
+ABSL_FLAG(absl::Duration, jwt_leeway, absl::Seconds(30), "Clock skew tolerated on exp and nbf");
+ABSL_FLAG(bool, allow_dev_tokens, false,
+          "Trust the development issuer \"peerpath-dev\" (local runs only; never in production)");
 
 namespace peerpath {
 
@@ -40,7 +48,8 @@ const std::vector<std::string>& ServerFlagNames() {
       "listen_address",    "metrics_address", "database_url",      "db_pool_size",
       "tls_cert_file",     "tls_key_file",    "tls_ca_file",       "allow_plaintext",
       "max_message_bytes", "shutdown_grace",  "enable_reflection", "migrate_on_start",
-      "database_wait",     "log_level"};
+      "database_wait",     "log_level",       "jwt_keys_file",     "jwt_issuer",
+      "jwt_audience",      "jwt_leeway",      "allow_dev_tokens"};
   return *names;
 }
 
@@ -74,7 +83,7 @@ bool IsLoopbackAddress(const std::string& host_port) {
   return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
 }
 
-absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& defaults) {
+absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& defaults, bool serving) {
   ServerConfig c;
   c.listen_address = absl::GetFlag(FLAGS_listen_address);
   if (c.listen_address.empty()) c.listen_address = defaults.listen_address;
@@ -91,6 +100,11 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& default
   c.enable_reflection = absl::GetFlag(FLAGS_enable_reflection);
   c.migrate_on_start = absl::GetFlag(FLAGS_migrate_on_start);
   c.database_wait = absl::GetFlag(FLAGS_database_wait);
+  c.jwt_keys_file = absl::GetFlag(FLAGS_jwt_keys_file);
+  c.jwt_issuer = absl::GetFlag(FLAGS_jwt_issuer);
+  c.jwt_audience = absl::GetFlag(FLAGS_jwt_audience);
+  c.jwt_leeway = absl::GetFlag(FLAGS_jwt_leeway);
+  c.allow_dev_tokens = absl::GetFlag(FLAGS_allow_dev_tokens);
 
   std::vector<std::string> problems;
   if (!log::ParseLevel(absl::GetFlag(FLAGS_log_level), &c.log_level)) {
@@ -118,6 +132,20 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& default
     problems.push_back(absl::StrCat(
         "refusing to serve plaintext on non-loopback address ", c.listen_address,
         ": set --tls_cert_file/--tls_key_file, or --allow_plaintext where a mesh provides mTLS"));
+  }
+  if (serving) {
+    if (c.jwt_keys_file.empty()) {
+      problems.push_back("--jwt_keys_file (public keys of the token issuer) is required");
+    }
+    if (c.jwt_issuer.empty()) problems.push_back("--jwt_issuer is required");
+    if (c.jwt_audience.empty()) problems.push_back("--jwt_audience must not be empty");
+    if (c.jwt_leeway < absl::ZeroDuration() || c.jwt_leeway > absl::Minutes(5)) {
+      problems.push_back("--jwt_leeway must be between 0s and 5m");
+    }
+    if (c.jwt_issuer == kDevTokenIssuer && !c.allow_dev_tokens) {
+      problems.push_back(absl::StrCat("the development issuer \"", kDevTokenIssuer,
+                                      "\" is refused unless --allow_dev_tokens is set"));
+    }
   }
   if (!problems.empty()) {
     return absl::InvalidArgumentError(

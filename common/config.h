@@ -27,6 +27,11 @@ struct ServerConfig {
   bool migrate_on_start = true;
   absl::Duration database_wait = absl::Seconds(30);
   log::Level log_level = log::Level::kInfo;
+  std::string jwt_keys_file;
+  std::string jwt_issuer;
+  std::string jwt_audience = "peerpath";
+  absl::Duration jwt_leeway = absl::Seconds(30);
+  bool allow_dev_tokens = false;
 };
 
 struct ServerDefaults {
@@ -46,8 +51,10 @@ std::string EnvironmentVariableFor(const std::string& flag_name);
 std::vector<std::string> ParseFlagsAndEnvironment(int argc, char** argv);
 
 // Reads the flags into a config, filling empty addresses from `defaults`, and checks the
-// combination (TLS files go together, plaintext only on loopback unless allowed, ranges).
-absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& defaults);
+// combination (TLS files go together, plaintext only on loopback unless allowed, ranges; when
+// `serving`, the token verification settings too).
+absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& defaults,
+                                                   bool serving = true);
 
 // True for 127.0.0.0/8, ::1 and localhost.
 bool IsLoopbackAddress(const std::string& host_port);

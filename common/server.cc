@@ -201,8 +201,15 @@ int Serve(const ServiceDefinition& definition, const ServerConfig& config) {
   }
   exposer->RegisterCollectable(registry);
 
+  auto verifier = TokenVerifier::FromFile(
+      config.jwt_keys_file, {config.jwt_issuer, config.jwt_audience, config.jwt_leeway});
+  if (!verifier.ok()) {
+    log::Error("bad configuration", {{"error", std::string(verifier.status().message())}});
+    return 2;
+  }
+
   Database db({config.database_url, definition.name, config.db_pool_size});
-  ServiceContext context{config, db, *registry};
+  ServiceContext context{config, db, *registry, **verifier};
   std::vector<std::unique_ptr<grpc::Service>> services = definition.make_services(context);
   OperationsService operations(db);
 
@@ -232,7 +239,9 @@ int Serve(const ServiceDefinition& definition, const ServerConfig& config) {
                           {"metrics_port", metrics_ports.empty() ? 0 : metrics_ports.front()},
                           {"tls", !config.tls_cert_file.empty()},
                           {"mutual_tls", !config.tls_ca_file.empty()},
-                          {"reflection", config.enable_reflection}});
+                          {"reflection", config.enable_reflection},
+                          {"token_keys", (*verifier)->key_count()},
+                          {"dev_tokens_allowed", config.allow_dev_tokens}});
 
   Readiness readiness(definition, config, db, health);
   readiness.Start();

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "common/auth.h"
 #include "common/config.h"
 #include "common/db.h"
 #include "common/migrations.h"
@@ -28,6 +29,7 @@ struct ServiceContext {
   const ServerConfig& config;
   Database& db;
   prometheus::Registry& metrics;
+  const TokenVerifier& verifier;  // Turns a call's bearer token into the caller's Identity.
 };
 
 struct ServiceDefinition {

@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "tests/support/test_tokens.h"
 
 extern char** environ;
 
@@ -115,6 +116,7 @@ ServiceProcess::ServiceProcess(const std::string& service, const std::string& da
   std::vector<std::string> args{"serve", "--listen_address=127.0.0.1:0",
                                 "--metrics_address=127.0.0.1:0", "--database_url=" + database_url,
                                 "--log_level=debug"};
+  for (const std::string& flag : TokenFlags()) args.push_back(flag);
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   pid_ = Spawn(service, args, log_path_, {});
 }
