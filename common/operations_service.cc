@@ -13,9 +13,16 @@ namespace peerpath {
 using peerpath::ops::v1::ListMigrationsRequest;
 using peerpath::ops::v1::ListMigrationsResponse;
 
-grpc::Status OperationsService::ListMigrations(grpc::ServerContext* /*context*/,
+OperationsService::OperationsService(Database& db, const TokenVerifier& verifier)
+    : db_(db),
+      authorizer_(verifier, "peerpath.ops.v1.OperationsService",
+                  {{"ListMigrations", {Role::kOperations, Role::kProgramAdmin, Role::kService}}}) {}
+
+grpc::Status OperationsService::ListMigrations(grpc::ServerContext* context,
                                                const ListMigrationsRequest* request,
                                                ListMigrationsResponse* response) {
+  absl::StatusOr<Identity> caller = authorizer_.Authorize(*context, "ListMigrations");
+  if (!caller.ok()) return ToGrpc(caller.status());
   return ToGrpc(ListMigrationsImpl(*request, *response));
 }
 

@@ -1,14 +1,16 @@
 #pragma once
 
+#include "common/authorization.h"
 #include "common/db.h"
 #include "peerpath/ops/v1/operations.grpc.pb.h"
 
 namespace peerpath {
 
-// peerpath.ops.v1.OperationsService, served by every binary.
+// peerpath.ops.v1.OperationsService, served by every binary. Callers need the operations,
+// program_admin or service role; the answers hold no personal data.
 class OperationsService final : public peerpath::ops::v1::OperationsService::Service {
  public:
-  explicit OperationsService(Database& db) : db_(db) {}
+  OperationsService(Database& db, const TokenVerifier& verifier);
 
   grpc::Status ListMigrations(grpc::ServerContext* context,
                               const peerpath::ops::v1::ListMigrationsRequest* request,
@@ -19,6 +21,7 @@ class OperationsService final : public peerpath::ops::v1::OperationsService::Ser
                                   peerpath::ops::v1::ListMigrationsResponse& response);
 
   Database& db_;
+  Authorizer authorizer_;
 };
 
 }  // namespace peerpath

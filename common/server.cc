@@ -211,7 +211,7 @@ int Serve(const ServiceDefinition& definition, const ServerConfig& config) {
   Database db({config.database_url, definition.name, config.db_pool_size});
   ServiceContext context{config, db, *registry, **verifier};
   std::vector<std::unique_ptr<grpc::Service>> services = definition.make_services(context);
-  OperationsService operations(db);
+  OperationsService operations(db, **verifier);
 
   grpc::EnableDefaultHealthCheckService(true);
   if (config.enable_reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -285,9 +285,9 @@ int RunService(const ServiceDefinition& definition, int argc, char** argv) {
     std::cerr << "usage: peerpath-" << definition.name << " [serve|migrate] [flags]; see --help\n";
     return 2;
   }
-  auto config =
-      ServerConfigFromFlags({absl::StrCat("127.0.0.1:", definition.default_grpc_port),
-                             absl::StrCat("127.0.0.1:", definition.default_metrics_port)});
+  auto config = ServerConfigFromFlags({absl::StrCat("127.0.0.1:", definition.default_grpc_port),
+                                       absl::StrCat("127.0.0.1:", definition.default_metrics_port)},
+                                      /*serving=*/command == "serve");
   log::Configure(definition.name, config.ok() ? config->log_level : log::Level::kInfo);
   if (!config.ok()) {
     log::Error("bad configuration", {{"error", std::string(config.status().message())}});

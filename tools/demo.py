@@ -5,7 +5,8 @@ Today it checks that every service answers over gRPC as an independent client wo
 SERVING, the operations API lists the applied migrations. The service issues extend it into the
 end-to-end story (consent, enrollment, check-ins, a routed concern, the program report).
 
-Needs the generated Python stubs on PYTHONPATH (build/python; tools/run-local sets it).
+Needs the generated Python stubs on PYTHONPATH (build/python) and an operations token in
+PEERPATH_TOKEN; tools/run-local sets both.
 """
 
 import argparse
@@ -40,7 +41,9 @@ def main() -> int:
                 failures += 1
                 continue
             ops = operations_pb2_grpc.OperationsServiceStub(channel)
-            migrations = ops.ListMigrations(operations_pb2.ListMigrationsRequest(), timeout=5)
+            migrations = ops.ListMigrations(
+                operations_pb2.ListMigrationsRequest(), timeout=5,
+                metadata=(("authorization", "Bearer " + os.environ["PEERPATH_TOKEN"]),))
             latest = migrations.migrations[-1] if migrations.migrations else None
             schema = f"schema at {latest.version:04d}_{latest.name}" if latest else "no schema"
             print(f"  {name:<11} {address}: SERVING, {schema}")

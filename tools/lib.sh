@@ -18,7 +18,8 @@ DEBIAN_PACKAGES=(
   libpqxx-dev prometheus-cpp-dev liblemon-dev nlohmann-json3-dev libssl-dev
   libcurl4-openssl-dev libcpp-jwt-dev libgtest-dev libgmock-dev libbenchmark-dev
   postgresql-15 postgresql-client-15
-  python3 python3-grpcio python3-protobuf python3-jsonschema python3-yaml
+  python3 python3-grpcio python3-protobuf python3-jwt python3-cryptography
+  python3-jsonschema python3-yaml openssl
   kubectl prometheus
 )
 
@@ -112,5 +113,5 @@ bootstrap_database() {
 psql_admin() {
   local port="$1" db="$2"
   shift 2
-  psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" "$@"
+  PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" "$@"
 }

@@ -17,6 +17,9 @@ import unittest
 import uuid
 
 import grpc
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from google.rpc import error_details_pb2, status_pb2
 from peerpath.ops.v1 import operations_pb2, operations_pb2_grpc
@@ -24,6 +27,22 @@ import peerpath_health
 
 BUILD_DIR = os.environ["PEERPATH_BUILD_DIR"]
 ADMIN_URL = os.environ.get("PEERPATH_TEST_PG_ADMIN_URL", "")
+
+# The issuer's signing key, made here with python3-cryptography; tokens are signed by PyJWT, an
+# implementation independent of the service's (cpp-jwt).
+SIGNING_KEY = ec.generate_private_key(ec.SECP256R1())
+ISSUER = "python-test-idp"
+
+
+def token(roles, agency="agency-py", subject="ops-1", lifetime=300):
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": "peerpath", "sub": subject, "agency_id": agency,
+              "roles": roles, "iat": now, "nbf": now, "exp": now + lifetime}
+    return jwt.encode(claims, SIGNING_KEY, algorithm="ES256", headers={"kid": "py-1"})
+
+
+def bearer(roles, **kwargs):
+    return (("authorization", "Bearer " + token(roles, **kwargs)),)
 
 
 def psql(database, sql):
@@ -41,10 +60,15 @@ class ServiceUnderTest:
         psql(self.database, f"GRANT CONNECT, CREATE ON DATABASE {self.database} TO peerpath_consent")
         url = ADMIN_URL.rsplit("/", 1)[0].replace("postgres@", "peerpath_consent@") + "/" + self.database
         self.log = tempfile.NamedTemporaryFile(prefix="peerpath-py-", suffix=".log", delete=False)
+        self.keys = tempfile.NamedTemporaryFile(prefix="peerpath-py-", suffix=".pem", delete=False)
+        self.keys.write(SIGNING_KEY.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        self.keys.close()
         self.process = subprocess.Popen(
             [os.path.join(BUILD_DIR, "services/consent/peerpath-consent"), "serve",
              "--listen_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0",
-             "--database_url=" + url, "--enable_reflection"],
+             "--database_url=" + url, "--enable_reflection",
+             "--jwt_keys_file=" + self.keys.name, "--jwt_issuer=" + ISSUER],
             stdout=self.log, stderr=self.log,
             env={k: v for k, v in os.environ.items() if not k.startswith("PEERPATH_")})
         self.port = self._wait_for_port()
@@ -81,6 +105,7 @@ class ServiceUnderTest:
         self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=20)
         os.unlink(self.log.name)
+        os.unlink(self.keys.name)
         psql("postgres", f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
         return code
 
@@ -98,7 +123,8 @@ class PythonClientTest(unittest.TestCase):
         assert cls.service.stop() == 0
 
     def test_lists_applied_migrations(self):
-        response = self.ops.ListMigrations(operations_pb2.ListMigrationsRequest(), timeout=5)
+        response = self.ops.ListMigrations(operations_pb2.ListMigrationsRequest(), timeout=5,
+                                           metadata=bearer(["operations"]))
         self.assertGreaterEqual(len(response.migrations), 1)
         self.assertEqual(response.migrations[0].version, 1)
         self.assertEqual(len(response.migrations[0].checksum), 64)
@@ -107,7 +133,8 @@ class PythonClientTest(unittest.TestCase):
     def test_validation_error_details_are_readable(self):
         with self.assertRaises(grpc.RpcError) as raised:
             self.ops.ListMigrations(
-                operations_pb2.ListMigrationsRequest(page_size=-3, page_token="forged"), timeout=5)
+                operations_pb2.ListMigrationsRequest(page_size=-3, page_token="forged"), timeout=5,
+                metadata=bearer(["operations"]))
         error = raised.exception
         self.assertEqual(error.code(), grpc.StatusCode.INVALID_ARGUMENT)
         details = dict(error.trailing_metadata()).get("grpc-status-details-bin")
@@ -118,6 +145,24 @@ class PythonClientTest(unittest.TestCase):
         self.assertTrue(status.details[0].Unpack(bad_request))
         fields = sorted(v.field for v in bad_request.field_violations)
         self.assertEqual(fields, ["page_size", "page_token"])
+
+    def test_refuses_missing_expired_and_foreign_tokens(self):
+        request = operations_pb2.ListMigrationsRequest()
+        cases = [
+            ((), grpc.StatusCode.UNAUTHENTICATED, "missing authorization"),
+            (bearer(["operations"], lifetime=-3600), grpc.StatusCode.UNAUTHENTICATED, "expired"),
+            ((("authorization", "Bearer " + jwt.encode(
+                {"iss": ISSUER, "aud": "peerpath", "sub": "x", "agency_id": "a",
+                 "exp": int(time.time()) + 60}, "shared-secret", algorithm="HS256")),),
+             grpc.StatusCode.UNAUTHENTICATED, "HS256"),
+            (bearer(["peer_supporter"]), grpc.StatusCode.PERMISSION_DENIED, "requires one of"),
+        ]
+        for metadata, code, text in cases:
+            with self.subTest(expect=text):
+                with self.assertRaises(grpc.RpcError) as raised:
+                    self.ops.ListMigrations(request, timeout=5, metadata=metadata)
+                self.assertEqual(raised.exception.code(), code)
+                self.assertIn(text, raised.exception.details())
 
     def test_unimplemented_domain_rpc_is_a_clear_code(self):
         call = self.service.channel.unary_unary("/peerpath.consent.v1.ConsentService/CheckAccess")

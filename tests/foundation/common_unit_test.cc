@@ -84,6 +84,10 @@ TEST(Config, EnvironmentVariableNames) {
 
 class ConfigFlags : public ::testing::Test {
  protected:
+  void SetUp() override {
+    absl::FindCommandLineFlag("jwt_keys_file")->ParseFrom("/etc/peerpath/keys.pem", nullptr);
+    absl::FindCommandLineFlag("jwt_issuer")->ParseFrom("https://idp.example.org", nullptr);
+  }
   absl::FlagSaver saver_;
 };
 
@@ -109,6 +113,25 @@ TEST_F(ConfigFlags, RefusesPlaintextOnNonLoopbackUnlessAllowed) {
   auto allowed = ServerConfigFromFlags({"", "127.0.0.1:2"});
   ASSERT_TRUE(allowed.ok()) << allowed.status();
   EXPECT_EQ(allowed->listen_address, "0.0.0.0:7100");
+}
+
+TEST_F(ConfigFlags, TokenSettingsAreRequiredToServeButNotToMigrate) {
+  absl::FindCommandLineFlag("database_url")->ParseFrom("postgresql://x@h/db", nullptr);
+  absl::FindCommandLineFlag("jwt_keys_file")->ParseFrom("", nullptr);
+  auto serve = ServerConfigFromFlags({"127.0.0.1:1", "127.0.0.1:2"}, /*serving=*/true);
+  ASSERT_FALSE(serve.ok());
+  EXPECT_NE(serve.status().message().find("--jwt_keys_file"), absl::string_view::npos);
+  EXPECT_TRUE(ServerConfigFromFlags({"127.0.0.1:1", "127.0.0.1:2"}, /*serving=*/false).ok());
+}
+
+TEST_F(ConfigFlags, DevelopmentIssuerNeedsExplicitPermission) {
+  absl::FindCommandLineFlag("database_url")->ParseFrom("postgresql://x@h/db", nullptr);
+  absl::FindCommandLineFlag("jwt_issuer")->ParseFrom("peerpath-dev", nullptr);
+  auto refused = ServerConfigFromFlags({"127.0.0.1:1", "127.0.0.1:2"});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("--allow_dev_tokens"), absl::string_view::npos);
+  absl::FindCommandLineFlag("allow_dev_tokens")->ParseFrom("true", nullptr);
+  EXPECT_TRUE(ServerConfigFromFlags({"127.0.0.1:1", "127.0.0.1:2"}).ok());
 }
 
 TEST_F(ConfigFlags, DefaultsFillEmptyAddresses) {

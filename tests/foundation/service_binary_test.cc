@@ -17,6 +17,7 @@
 #include "peerpath/ops/v1/operations.grpc.pb.h"
 #include "tests/support/service_process.h"
 #include "tests/support/test_database.h"
+#include "tests/support/test_tokens.h"
 
 namespace peerpath::testing {
 namespace {
@@ -78,6 +79,13 @@ std::string SchemaSnapshot(const TestDatabase& db, const std::string& schema) {
     out += row[0].as<std::string>() + "\n";
   }
   return out;
+}
+
+// A client context carrying an operations token, as a dashboard's backend would send.
+std::unique_ptr<grpc::ClientContext> OpsContext(const std::string& role = "operations") {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->AddMetadata("authorization", "Bearer " + TokenFor("agency-ops", {role}));
+  return ctx;
 }
 
 class ServiceBinaryTest : public ::testing::Test {
@@ -191,16 +199,17 @@ TEST_F(ServiceBinaryTest, HandledCallsShowUpInMetricsWithTheirCode) {
 
   auto ops = OperationsService::NewStub(process->Channel());
   for (int i = 0; i < 3; ++i) {
-    grpc::ClientContext c;
     ListMigrationsResponse response;
-    ASSERT_TRUE(ops->ListMigrations(&c, ListMigrationsRequest(), &response).ok());
+    ASSERT_TRUE(ops->ListMigrations(OpsContext().get(), ListMigrationsRequest(), &response).ok());
   }
-  grpc::ClientContext bad;
   ListMigrationsRequest bad_request;
   bad_request.set_page_size(-5);
   ListMigrationsResponse ignored;
-  EXPECT_EQ(ops->ListMigrations(&bad, bad_request, &ignored).error_code(),
+  EXPECT_EQ(ops->ListMigrations(OpsContext().get(), bad_request, &ignored).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
+  grpc::ClientContext anonymous;
+  EXPECT_EQ(ops->ListMigrations(&anonymous, ListMigrationsRequest(), &ignored).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
 
   const std::string metrics = HttpGet(process->metrics_port(), "/metrics");
   ASSERT_FALSE(metrics.empty());
@@ -210,11 +219,13 @@ TEST_F(ServiceBinaryTest, HandledCallsShowUpInMetricsWithTheirCode) {
     labels["grpc_code"] = code;
     return labels;
   };
-  EXPECT_EQ(MetricValue(metrics, "grpc_server_started_total", ops_labels), 4);
+  EXPECT_EQ(MetricValue(metrics, "grpc_server_started_total", ops_labels), 5);
   EXPECT_EQ(MetricValue(metrics, "grpc_server_handled_total", with(ops_labels, "OK")), 3);
   EXPECT_EQ(MetricValue(metrics, "grpc_server_handled_total", with(ops_labels, "INVALID_ARGUMENT")),
             1);
-  EXPECT_EQ(MetricValue(metrics, "grpc_server_handling_seconds_count", ops_labels), 4);
+  EXPECT_EQ(MetricValue(metrics, "grpc_server_handled_total", with(ops_labels, "UNAUTHENTICATED")),
+            1);
+  EXPECT_EQ(MetricValue(metrics, "grpc_server_handling_seconds_count", ops_labels), 5);
   if (!service->method(0)->server_streaming()) {
     EXPECT_EQ(MetricValue(metrics, "grpc_server_handled_total",
                           {{"grpc_service", GrpcServiceName(Service())},
@@ -228,12 +239,11 @@ TEST_F(ServiceBinaryTest, HandledCallsShowUpInMetricsWithTheirCode) {
 TEST_F(ServiceBinaryTest, ValidationErrorCarriesFieldViolationsAClientCanRead) {
   auto process = StartServing();
   auto ops = OperationsService::NewStub(process->Channel());
-  grpc::ClientContext ctx;
   ListMigrationsRequest request;
   request.set_page_size(-1);
   request.set_page_token("not-a-token");
   ListMigrationsResponse response;
-  grpc::Status status = ops->ListMigrations(&ctx, request, &response);
+  grpc::Status status = ops->ListMigrations(OpsContext().get(), request, &response);
   ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   google::rpc::Status details;
   ASSERT_TRUE(details.ParseFromString(status.error_details()));
@@ -255,12 +265,11 @@ TEST_F(ServiceBinaryTest, PagesThroughMigrationsWithOpaqueTokens) {
   std::string token;
   int pages = 0;
   do {
-    grpc::ClientContext ctx;
     ListMigrationsRequest request;
     request.set_page_size(1);
     request.set_page_token(token);
     ListMigrationsResponse response;
-    ASSERT_TRUE(ops->ListMigrations(&ctx, request, &response).ok());
+    ASSERT_TRUE(ops->ListMigrations(OpsContext().get(), request, &response).ok());
     ASSERT_LE(response.migrations_size(), 1);
     for (const auto& m : response.migrations()) {
       seen.push_back(m.track() + "/" + std::to_string(m.version()));
@@ -282,18 +291,18 @@ TEST_F(ServiceBinaryTest, RequestIdIsEchoedOrGenerated) {
   auto process = StartServing();
   auto ops = OperationsService::NewStub(process->Channel());
   ListMigrationsResponse response;
-  grpc::ClientContext given;
-  given.AddMetadata("x-request-id", "demo-42");
-  ASSERT_TRUE(ops->ListMigrations(&given, ListMigrationsRequest(), &response).ok());
-  auto it = given.GetServerInitialMetadata().find("x-request-id");
-  ASSERT_NE(it, given.GetServerInitialMetadata().end());
+  auto given = OpsContext();
+  given->AddMetadata("x-request-id", "demo-42");
+  ASSERT_TRUE(ops->ListMigrations(given.get(), ListMigrationsRequest(), &response).ok());
+  auto it = given->GetServerInitialMetadata().find("x-request-id");
+  ASSERT_NE(it, given->GetServerInitialMetadata().end());
   EXPECT_EQ(std::string(it->second.data(), it->second.size()), "demo-42");
 
-  grpc::ClientContext unsafe;
-  unsafe.AddMetadata("x-request-id", "jane doe {\"x\":1}");
-  ASSERT_TRUE(ops->ListMigrations(&unsafe, ListMigrationsRequest(), &response).ok());
-  it = unsafe.GetServerInitialMetadata().find("x-request-id");
-  ASSERT_NE(it, unsafe.GetServerInitialMetadata().end());
+  auto unsafe = OpsContext();
+  unsafe->AddMetadata("x-request-id", "jane doe {\"x\":1}");
+  ASSERT_TRUE(ops->ListMigrations(unsafe.get(), ListMigrationsRequest(), &response).ok());
+  it = unsafe->GetServerInitialMetadata().find("x-request-id");
+  ASSERT_NE(it, unsafe->GetServerInitialMetadata().end());
   const std::string generated(it->second.data(), it->second.size());
   EXPECT_EQ(generated.size(), 32u);
   EXPECT_EQ(process->Log().find("jane doe"), std::string::npos);
@@ -308,10 +317,10 @@ TEST_F(ServiceBinaryTest, InFlightCallCompletesAfterSigtermThenExitZero) {
 
   auto ops = OperationsService::NewStub(process->Channel());
   auto in_flight = std::async(std::launch::async, [&] {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + 30s);
+    auto ctx = OpsContext();
+    ctx->set_deadline(std::chrono::system_clock::now() + 30s);
     ListMigrationsResponse response;
-    grpc::Status status = ops->ListMigrations(&ctx, ListMigrationsRequest(), &response);
+    grpc::Status status = ops->ListMigrations(ctx.get(), ListMigrationsRequest(), &response);
     return std::make_pair(status, response.migrations_size());
   });
   // Wait until the server's query is blocked on our lock.
@@ -352,9 +361,8 @@ TEST_F(ServiceBinaryTest, CallStillRunningAfterGraceIsCancelledAndProcessExits) 
   lock_tx.exec0("LOCK TABLE " + Service() + ".schema_migrations IN ACCESS EXCLUSIVE MODE");
   auto ops = OperationsService::NewStub(process->Channel());
   auto in_flight = std::async(std::launch::async, [&] {
-    grpc::ClientContext ctx;
     ListMigrationsResponse response;
-    return ops->ListMigrations(&ctx, ListMigrationsRequest(), &response);
+    return ops->ListMigrations(OpsContext().get(), ListMigrationsRequest(), &response);
   });
   std::this_thread::sleep_for(500ms);
   process->Signal(SIGTERM);
@@ -363,6 +371,41 @@ TEST_F(ServiceBinaryTest, CallStillRunningAfterGraceIsCancelledAndProcessExits) 
   ASSERT_TRUE(code.has_value()) << "did not exit after the grace period\n" << process->Log();
   EXPECT_EQ(*code, 0);
   EXPECT_FALSE(in_flight.get().ok());
+}
+
+TEST_F(ServiceBinaryTest, OperationsApiRefusesMissingBadAndUnprivilegedTokens) {
+  auto process = StartServing();
+  auto ops = OperationsService::NewStub(process->Channel());
+  ListMigrationsResponse response;
+  auto call = [&](grpc::ClientContext* ctx) {
+    return ops->ListMigrations(ctx, ListMigrationsRequest(), &response);
+  };
+  grpc::ClientContext none;
+  grpc::Status status = call(&none);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_NE(status.error_message().find("missing authorization"), std::string::npos);
+
+  grpc::ClientContext garbage;
+  garbage.AddMetadata("authorization", "Bearer not.a.jwt");
+  EXPECT_EQ(call(&garbage).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+
+  grpc::ClientContext peer;
+  peer.AddMetadata("authorization", "Bearer " + TokenFor("agency-a", {"peer_supporter"}));
+  status = call(&peer);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(status.error_message().find("operations"), std::string::npos);
+
+  // Health stays open without a token.
+  EXPECT_EQ(HealthStatus(process->Channel()), "SERVING");
+  EXPECT_TRUE(call(OpsContext("program_admin").get()).ok());
+}
+
+TEST_F(ServiceBinaryTest, DevelopmentIssuerIsRefusedUnlessAllowed) {
+  ExitResult refused = RunToExit(
+      Service(), {"serve", "--database_url=" + db_->UrlFor(Service()),
+                  "--jwt_keys_file=" + Keys().public_keys_file, "--jwt_issuer=peerpath-dev"});
+  EXPECT_EQ(refused.exit_code, 2);
+  EXPECT_NE(refused.log.find("--allow_dev_tokens"), std::string::npos) << refused.log;
 }
 
 }  // namespace
