@@ -1,0 +1,105 @@
+// Transport security of a real binary: TLS, and mutual TLS refusing clients without a trusted
+// certificate. Certificates are made for the test with the openssl command.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "common/channel.h"
+#include "tests/support/service_process.h"
+#include "tests/support/test_database.h"
+
+namespace peerpath::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+class Pki {
+ public:
+  Pki() {
+    char pattern[] = "/tmp/peerpath-pki-XXXXXX";
+    dir_ = mkdtemp(pattern);
+    MakeCa("ca");
+    MakeCa("other-ca");
+    MakeLeaf("server", "ca", "subjectAltName=DNS:localhost,IP:127.0.0.1");
+    MakeLeaf("client", "ca", "extendedKeyUsage=clientAuth");
+    MakeLeaf("stranger", "other-ca", "extendedKeyUsage=clientAuth");
+  }
+  ~Pki() { fs::remove_all(dir_); }
+  std::string File(const std::string& name) const { return (dir_ / name).string(); }
+
+ private:
+  void Run(const std::string& command) {
+    ASSERT_EQ(std::system((command + " >/dev/null 2>&1").c_str()), 0) << command;
+  }
+  void MakeCa(const std::string& name) {
+    Run("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "
+        "/CN=" +
+        name + " -keyout " + File(name + ".key") + " -out " + File(name + ".pem"));
+  }
+  void MakeLeaf(const std::string& name, const std::string& ca, const std::string& ext) {
+    Run("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=" + name +
+        " -keyout " + File(name + ".key") + " -out " + File(name + ".csr"));
+    Run("bash -c 'openssl x509 -req -in " + File(name + ".csr") + " -CA " + File(ca + ".pem") +
+        " -CAkey " + File(ca + ".key") + " -CAcreateserial -days 2 -out " + File(name + ".pem") +
+        " -extfile <(printf \"" + ext + "\")'");
+  }
+  fs::path dir_;
+};
+
+std::string Health(const std::shared_ptr<grpc::Channel>& channel) { return HealthStatus(channel); }
+
+TEST(TransportSecurity, MutualTlsRefusesClientsWithoutATrustedCertificate) {
+  Pki pki;
+  auto db = TestDatabase::Create();
+  ServiceProcess process(
+      "consent", db->UrlFor("consent"),
+      {"--tls_cert_file=" + pki.File("server.pem"), "--tls_key_file=" + pki.File("server.key"),
+       "--tls_ca_file=" + pki.File("ca.pem")});
+  ASSERT_TRUE(process.WaitListening()) << process.Log();
+  const std::string target = "localhost:" + std::to_string(process.grpc_port());
+
+  auto trusted =
+      MakeChannel(target, {pki.File("ca.pem"), pki.File("client.pem"), pki.File("client.key"), ""});
+  ASSERT_TRUE(trusted.ok()) << trusted.status();
+  bool serving = false;
+  for (int i = 0; i < 200 && !serving; ++i) {
+    serving = Health(*trusted) == "SERVING";
+    if (!serving) std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_TRUE(serving) << process.Log();
+
+  auto no_client_cert = MakeChannel(target, {pki.File("ca.pem"), "", "", ""});
+  ASSERT_TRUE(no_client_cert.ok());
+  EXPECT_EQ(Health(*no_client_cert), "error:14");  // UNAVAILABLE: handshake refused.
+
+  auto stranger = MakeChannel(
+      target, {pki.File("ca.pem"), pki.File("stranger.pem"), pki.File("stranger.key"), ""});
+  ASSERT_TRUE(stranger.ok());
+  EXPECT_EQ(Health(*stranger), "error:14");
+
+  auto plaintext = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  EXPECT_EQ(Health(plaintext), "error:14");
+
+  // A client that does not trust the server's CA refuses the server.
+  auto wrong_roots = MakeChannel(
+      target, {pki.File("other-ca.pem"), pki.File("client.pem"), pki.File("client.key"), ""});
+  ASSERT_TRUE(wrong_roots.ok());
+  EXPECT_EQ(Health(*wrong_roots), "error:14");
+}
+
+TEST(TransportSecurity, PlaintextChannelsOnlyToLoopback) {
+  EXPECT_TRUE(MakeChannel("127.0.0.1:7103", {}).ok());
+  auto refused = MakeChannel("consent.peerpath.svc:7100", {});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeChannel("consent:7100", {"/nonexistent/ca.pem", "", "", ""}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MakeChannel("consent:7100", {"/etc/ssl/certs/ca-certificates.crt", "x.pem", "", ""})
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace peerpath::testing
