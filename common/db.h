@@ -46,8 +46,22 @@ class Database {
   Database& operator=(const Database&) = delete;
   ~Database();
 
-  // Runs fn(pqxx::work&) in one transaction. fn returns absl::Status or absl::StatusOr<T>; the
-  // transaction commits only when that is OK, and rolls back otherwise.
+  // Runs fn(pqxx::work&) in one transaction scoped to `agency_id`: row-level security lets the
+  // transaction see and write only that agency's rows (SET LOCAL app.agency_id). fn returns
+  // absl::Status or absl::StatusOr<T>; the transaction commits only when that is OK.
+  template <typename Fn>
+  auto TransactForAgency(const std::string& agency_id, Fn&& fn)
+      -> std::invoke_result_t<Fn, pqxx::work&> {
+    using Result = std::invoke_result_t<Fn, pqxx::work&>;
+    if (agency_id.empty()) return Result(absl::InternalError("transaction without an agency"));
+    return Transact([&](pqxx::work& tx) -> Result {
+      tx.exec_params("SELECT set_config('app.agency_id', $1, true)", agency_id);
+      return fn(tx);
+    });
+  }
+
+  // Runs fn in one transaction with no agency set: tenant tables then show no rows. Only for
+  // tables without tenant data (the migrations ledger) and health checks.
   template <typename Fn>
   auto Transact(Fn&& fn) -> std::invoke_result_t<Fn, pqxx::work&> {
     using Result = std::invoke_result_t<Fn, pqxx::work&>;

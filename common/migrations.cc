@@ -24,6 +24,35 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
   UNIQUE (track, version)
 ))sql";
 
+// Row-level security on every tenant table of the schema, as a second wall behind the code's
+// own agency checks: a row is visible and writable only when its agency_id equals the
+// transaction's app.agency_id (set by Database::Transact). FORCE makes the policy bind the
+// table's owner too. Runs after every migration run, so a table added by any migration is
+// covered; idempotent.
+constexpr char kTenantIsolation[] = R"sql(
+DO $rls$
+DECLARE
+  t record;
+BEGIN
+  FOR t IN
+    SELECT c.relname FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'agency_id' AND NOT a.attisdropped
+    WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+  LOOP
+    EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t.relname);
+    EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t.relname);
+    IF NOT EXISTS (SELECT 1 FROM pg_policies WHERE schemaname = current_schema()
+                   AND tablename = t.relname AND policyname = 'tenant_isolation') THEN
+      EXECUTE format('CREATE POLICY tenant_isolation ON %I '
+                     'USING (agency_id = current_setting(''app.agency_id'', true)) '
+                     'WITH CHECK (agency_id = current_setting(''app.agency_id'', true))',
+                     t.relname);
+    END IF;
+  END LOOP;
+END
+$rls$)sql";
+
 }  // namespace
 
 std::string MigrationChecksum(const Migration& migration) {
@@ -80,6 +109,7 @@ absl::StatusOr<MigrationReport> ApplyMigrations(pqxx::connection& conn, const st
         ++report.applied;
       }
     }
+    tx.exec0(kTenantIsolation);
     tx.commit();
   } catch (const std::exception& e) {
     return StatusFromDatabaseException(e);

@@ -140,6 +140,25 @@ TEST_F(ServiceBinaryTest, EveryTableCarriesTheTenant) {
   for (const auto& row : missing) ADD_FAILURE() << "no agency_id: " << row[0].as<std::string>();
 }
 
+TEST_F(ServiceBinaryTest, EveryTenantTableHasRowLevelSecurityForced) {
+  ASSERT_EQ(RunToExit(Service(), {"migrate", "--database_url=" + db_->UrlFor(Service())}).exit_code,
+            0);
+  auto tables = db_->AdminQuery(
+      "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, EXISTS (SELECT 1 FROM "
+      "pg_policies p WHERE p.schemaname = n.nspname AND p.tablename = c.relname AND "
+      "p.policyname = 'tenant_isolation') FROM pg_class c JOIN pg_namespace n ON n.oid = "
+      "c.relnamespace WHERE n.nspname = '" +
+      Service() +
+      "' AND c.relkind = 'r' AND EXISTS "
+      "(SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'agency_id')");
+  for (const auto& row : tables) {
+    const std::string table = row[0].as<std::string>();
+    EXPECT_TRUE(row[1].as<bool>()) << table << ": row-level security not enabled";
+    EXPECT_TRUE(row[2].as<bool>()) << table << ": row-level security not forced";
+    EXPECT_TRUE(row[3].as<bool>()) << table << ": no tenant_isolation policy";
+  }
+}
+
 TEST_F(ServiceBinaryTest, MigrateTwiceChangesNothing) {
   const std::string url = "--database_url=" + db_->UrlFor(Service());
   ExitResult first = RunToExit(Service(), {"migrate", url});

@@ -1,0 +1,95 @@
+// Row-level security as a second wall behind the code: connected as the service's own role, a
+// transaction sees and writes only the rows of the agency it is scoped to.
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/db.h"
+#include "tests/support/service_process.h"
+#include "tests/support/test_database.h"
+
+namespace peerpath::testing {
+namespace {
+
+class TenantIsolation : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    db_ = TestDatabase::Create();
+    const std::string url = "--database_url=" + db_->UrlFor("consent");
+    ASSERT_EQ(RunToExit("consent", {"migrate", url}).exit_code, 0);
+    // A tenant table the way any migration would add one, then the runner's next pass.
+    db_->AdminQuery(
+        "CREATE TABLE consent.probe (id serial PRIMARY KEY, agency_id text NOT NULL, note text);"
+        "ALTER TABLE consent.probe OWNER TO peerpath_consent");
+    ExitResult again = RunToExit("consent", {"migrate", url});
+    ASSERT_EQ(again.exit_code, 0) << again.log;
+    database_ = std::make_unique<Database>(
+        DatabaseOptions{db_->UrlFor("consent"), "consent", 2, std::chrono::milliseconds(5000)});
+  }
+
+  absl::Status Insert(const std::string& scope, const std::string& row_agency) {
+    return database_->TransactForAgency(scope, [&](pqxx::work& tx) -> absl::Status {
+      tx.exec_params0("INSERT INTO probe (agency_id, note) VALUES ($1, 'x')", row_agency);
+      return absl::OkStatus();
+    });
+  }
+
+  int CountAll(const std::string& scope) {
+    auto count = database_->TransactForAgency(scope, [](pqxx::work& tx) -> absl::StatusOr<int> {
+      return tx.exec1("SELECT count(*) FROM probe")[0].as<int>();  // No WHERE on purpose.
+    });
+    EXPECT_TRUE(count.ok()) << count.status();
+    return count.value_or(-1);
+  }
+
+  std::unique_ptr<TestDatabase> db_;
+  std::unique_ptr<Database> database_;
+};
+
+TEST_F(TenantIsolation, QueryWithoutWhereSeesOnlyTheScopedAgency) {
+  ASSERT_TRUE(Insert("agency-a", "agency-a").ok());
+  ASSERT_TRUE(Insert("agency-a", "agency-a").ok());
+  ASSERT_TRUE(Insert("agency-b", "agency-b").ok());
+  EXPECT_EQ(CountAll("agency-a"), 2);
+  EXPECT_EQ(CountAll("agency-b"), 1);
+  EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM consent.probe")[0][0].as<int>(), 3);
+}
+
+TEST_F(TenantIsolation, NoAgencySetSeesNothing) {
+  ASSERT_TRUE(Insert("agency-a", "agency-a").ok());
+  auto count = database_->Transact([](pqxx::work& tx) -> absl::StatusOr<int> {
+    return tx.exec1("SELECT count(*) FROM probe")[0].as<int>();
+  });
+  ASSERT_TRUE(count.ok()) << count.status();
+  EXPECT_EQ(*count, 0);
+}
+
+TEST_F(TenantIsolation, InsertForAForeignAgencyFails) {
+  absl::Status foreign = Insert("agency-a", "agency-b");
+  EXPECT_FALSE(foreign.ok());
+  EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM consent.probe")[0][0].as<int>(), 0);
+}
+
+TEST_F(TenantIsolation, RowCannotBeMovedToAnotherAgency) {
+  ASSERT_TRUE(Insert("agency-a", "agency-a").ok());
+  absl::Status moved = database_->TransactForAgency("agency-a", [](pqxx::work& tx) {
+    tx.exec0("UPDATE probe SET agency_id = 'agency-b'");
+    return absl::OkStatus();
+  });
+  EXPECT_FALSE(moved.ok());
+  // Nor can another agency touch it.
+  auto deleted =
+      database_->TransactForAgency("agency-b", [](pqxx::work& tx) -> absl::StatusOr<int> {
+        return static_cast<int>(tx.exec0("DELETE FROM probe").affected_rows());
+      });
+  ASSERT_TRUE(deleted.ok());
+  EXPECT_EQ(*deleted, 0);
+  EXPECT_EQ(db_->AdminQuery("SELECT agency_id FROM consent.probe")[0][0].as<std::string>(),
+            "agency-a");
+}
+
+TEST_F(TenantIsolation, EmptyAgencyScopeIsRefusedBeforeTheDatabase) {
+  EXPECT_EQ(Insert("", "").code(), absl::StatusCode::kInternal);
+}
+
+}  // namespace
+}  // namespace peerpath::testing
