@@ -37,6 +37,7 @@ std::unique_ptr<pqxx::connection> OpenConnection(const DatabaseOptions& options)
   pqxx::nontransaction setup(*conn);
   setup.exec0(absl::StrCat("SET search_path TO ", setup.quote_name(options.schema)));
   setup.exec0(absl::StrCat("SET application_name TO ", setup.quote(options.application_name)));
+  setup.exec0(absl::StrCat("SET statement_timeout TO ", options.statement_timeout.count()));
   return conn;
 }
 

@@ -30,6 +30,8 @@ struct DatabaseOptions {
   int pool_size = 8;
   std::chrono::milliseconds acquire_timeout{5000};
   std::string application_name = "peerpath";
+  // statement_timeout of every connection: no query of a call outlives the longest call.
+  std::chrono::milliseconds statement_timeout{30000};
 };
 
 // Maps an exception thrown by libpqxx (or anything else) inside a transaction to a status.
@@ -60,6 +62,20 @@ class Database {
     });
   }
 
+  // Runs fn in one transaction that reads the event log of every agency (the outbox policy
+  // `event_log_*`): only the event log reader and position assigner use it.
+  template <typename Fn>
+  auto TransactForEventLog(Fn&& fn) -> std::invoke_result_t<Fn, pqxx::work&> {
+    return TransactWithSetting("app.event_log", "on", std::forward<Fn>(fn));
+  }
+
+  // Runs fn in one transaction allowed to clean up expired rows of every agency (policies named
+  // `maintenance_*`, which also say what counts as expired).
+  template <typename Fn>
+  auto TransactForMaintenance(Fn&& fn) -> std::invoke_result_t<Fn, pqxx::work&> {
+    return TransactWithSetting("app.maintenance", "on", std::forward<Fn>(fn));
+  }
+
   // Runs fn in one transaction with no agency set: tenant tables then show no rows. Only for
   // tables without tenant data (the migrations ledger) and health checks.
   template <typename Fn>
@@ -75,6 +91,16 @@ class Database {
     } catch (const std::exception& e) {
       return Result(StatusFromDatabaseException(e));
     }
+  }
+
+  template <typename Fn>
+  auto TransactWithSetting(const char* name, const char* value, Fn&& fn)
+      -> std::invoke_result_t<Fn, pqxx::work&> {
+    using Result = std::invoke_result_t<Fn, pqxx::work&>;
+    return Transact([&](pqxx::work& tx) -> Result {
+      tx.exec_params("SELECT set_config($1, $2, true)", name, value);
+      return fn(tx);
+    });
   }
 
   // Checks the database answers (SELECT 1) on a pooled connection.

@@ -1,0 +1,123 @@
+#include "common/event_log.h"
+
+#include <algorithm>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "common/time_util.h"
+
+namespace peerpath {
+namespace {
+
+bool IsEventTypeName(absl::string_view type) {
+  if (type.empty() || type.size() > 200) return false;
+  if (!(std::isalpha(static_cast<unsigned char>(type[0])) || type[0] == '_')) return false;
+  return std::all_of(type.begin(), type.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.';
+  });
+}
+
+// A PostgreSQL text[] literal of names already checked by IsEventTypeName (no quoting needed).
+std::string TextArray(const std::vector<std::string>& names) {
+  return absl::StrCat("{", absl::StrJoin(names, ","), "}");
+}
+
+std::string FromBase64(std::string encoded) {
+  // PostgreSQL's base64 breaks lines every 76 characters; absl's decoder does not skip them.
+  encoded.erase(std::remove(encoded.begin(), encoded.end(), '\n'), encoded.end());
+  std::string out;
+  absl::Base64Unescape(encoded, &out);
+  return out;
+}
+
+}  // namespace
+
+absl::Status AppendEvent(pqxx::work& tx, const std::string& agency_id,
+                         absl::string_view aggregate_id, const google::protobuf::Message& payload) {
+  tx.exec_params0(
+      "INSERT INTO outbox (agency_id, event_type, aggregate_id, payload) "
+      "VALUES ($1, $2, $3, decode($4, 'base64'))",
+      agency_id, payload.GetDescriptor()->full_name(), std::string(aggregate_id),
+      absl::Base64Escape(payload.SerializeAsString()));
+  return absl::OkStatus();
+}
+
+absl::Status ValidateEventLogRequest(int64_t after_position, int page_size,
+                                     const std::vector<std::string>& types) {
+  std::vector<FieldViolation> violations;
+  if (after_position < 0) {
+    violations.push_back({"after_position", "must be 0 (the start of the log) or a position"});
+  }
+  if (page_size < 0) {
+    violations.push_back({"page_size", "must be 0 (the default) or a positive number"});
+  }
+  for (size_t i = 0; i < types.size(); ++i) {
+    if (!IsEventTypeName(types[i])) {
+      violations.push_back({absl::StrCat("event_types[", i, "]"),
+                            "must be a fully qualified message name, e.g. "
+                            "peerpath.checkin.v1.CheckInRecordedEvent"});
+    }
+  }
+  if (types.size() > 100) violations.push_back({"event_types", "at most 100 types"});
+  if (violations.empty()) return absl::OkStatus();
+  return InvalidArgument("invalid event log request", violations);
+}
+
+absl::StatusOr<int64_t> EventLog::AssignPositions() {
+  return db_.TransactForEventLog([](pqxx::work& tx) -> absl::StatusOr<int64_t> {
+    // One assigner per schema at a time, each committing before the next starts: positions of a
+    // later assigner are always above those of an earlier one, and rows its snapshot cannot see
+    // yet (still committing) wait for a later assigner.
+    const bool mine = tx.exec1(
+                            "SELECT pg_try_advisory_xact_lock(hashtextextended("
+                            "'peerpath.event_log.' || current_schema(), 0))")[0]
+                          .as<bool>();
+    if (!mine) return int64_t{0};
+    return static_cast<int64_t>(
+        tx.exec0("UPDATE outbox o SET position = s.pos, positioned_at = now() "
+                 "FROM (SELECT id, nextval('event_log_position') AS pos FROM ("
+                 "  SELECT id FROM outbox WHERE position IS NULL ORDER BY id LIMIT 10000) q) s "
+                 "WHERE o.id = s.id")
+            .affected_rows());
+  });
+}
+
+absl::StatusOr<EventPage> EventLog::Read(int64_t after_position, int limit,
+                                         const std::vector<std::string>& types) {
+  if (auto assigned = AssignPositions(); !assigned.ok()) return assigned.status();
+  return db_.TransactForEventLog([&](pqxx::work& tx) -> absl::StatusOr<EventPage> {
+    EventPage page;
+    const auto rows = tx.exec_params(
+        "SELECT position, event_id::text, event_type, agency_id, aggregate_id, "
+        "(extract(epoch FROM occurred_at) * 1000000)::int8, encode(payload, 'base64') "
+        "FROM outbox WHERE position > $1 "
+        "AND (cardinality($3::text[]) = 0 OR event_type = ANY ($3::text[])) "
+        "ORDER BY position LIMIT $2",
+        after_position, limit, TextArray(types));
+    for (const auto& row : rows) {
+      peerpath::common::v1::Event& event = page.events.emplace_back();
+      event.set_position(row[0].as<int64_t>());
+      event.set_event_id(row[1].as<std::string>());
+      event.set_type(row[2].as<std::string>());
+      event.set_agency_id(row[3].as<std::string>());
+      event.set_aggregate_id(row[4].as<std::string>());
+      *event.mutable_occurred_at() = ToProtoTimestamp(absl::FromUnixMicros(row[5].as<int64_t>()));
+      event.mutable_payload()->set_type_url(
+          absl::StrCat("type.googleapis.com/", row[2].as<std::string>()));
+      event.mutable_payload()->set_value(FromBase64(row[6].as<std::string>()));
+    }
+    page.head_position = tx.exec1("SELECT coalesce(max(position), 0) FROM outbox")[0].as<int64_t>();
+    return page;
+  });
+}
+
+bool EventLog::TryAddSubscriber() {
+  int current = subscribers_.load();
+  while (current < limits_.max_subscribers) {
+    if (subscribers_.compare_exchange_weak(current, current + 1)) return true;
+  }
+  return false;
+}
+
+}  // namespace peerpath

@@ -1,0 +1,130 @@
+#include "common/idempotency.h"
+
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <openssl/evp.h>
+
+#include <algorithm>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+
+namespace peerpath {
+namespace {
+
+bool IsKeyCharacter(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '.' || c == ':' || c == '-';
+}
+
+std::string Serialize(const google::protobuf::Message& message) {
+  std::string out;
+  google::protobuf::io::StringOutputStream stream(&out);
+  google::protobuf::io::CodedOutputStream coded(&stream);
+  coded.SetSerializationDeterministic(true);
+  message.SerializeToCodedStream(&coded);
+  coded.Trim();
+  return out;
+}
+
+}  // namespace
+
+absl::Status ValidateIdempotencyKey(absl::string_view key, absl::string_view field) {
+  if (key.empty()) {
+    return InvalidArgument("idempotency key missing",
+                           {{std::string(field),
+                             "required: a client-generated key (a UUID is recommended) that "
+                             "makes retries safe"}});
+  }
+  if (key.size() > 128 || !std::all_of(key.begin(), key.end(), IsKeyCharacter)) {
+    return InvalidArgument(
+        "idempotency key malformed",
+        {{std::string(field), "must be 1 to 128 characters of [A-Za-z0-9_.:-]"}});
+  }
+  return absl::OkStatus();
+}
+
+std::string RequestFingerprint(const google::protobuf::Message& request) {
+  const std::string bytes = Serialize(request);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr);
+  return std::string(reinterpret_cast<const char*>(digest), length);
+}
+
+absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& call,
+                                         google::protobuf::Message& response) {
+  const std::string fingerprint = absl::BytesToHexString(RequestFingerprint(*call.request));
+  // The common case is one statement. A conflicting claim by a transaction still running makes
+  // this INSERT wait for it; DO NOTHING then means that transaction committed.
+  const pqxx::result claimed = tx.exec_params(
+      "INSERT INTO idempotency_keys (agency_id, idempotency_key, method, request_hash, response) "
+      "VALUES ($1, $2, $3, decode($4, 'hex'), '') ON CONFLICT DO NOTHING RETURNING 1",
+      call.agency_id, call.key, call.method, fingerprint);
+  if (!claimed.empty()) return false;
+
+  const pqxx::result first = tx.exec_params(
+      "SELECT method, encode(request_hash, 'hex'), encode(response, 'base64') "
+      "FROM idempotency_keys WHERE agency_id = $1 AND idempotency_key = $2",
+      call.agency_id, call.key);
+  if (first.empty()) {
+    // Deleted between the two statements: only the 24-hour clean-up does that.
+    return absl::AbortedError("idempotency key changed concurrently; retry the call");
+  }
+  if (first[0][0].as<std::string>() != call.method) {
+    return absl::FailedPreconditionError(absl::StrCat("idempotency_key was already used for ",
+                                                      first[0][0].as<std::string>(),
+                                                      "; use a new key for each distinct call"));
+  }
+  if (first[0][1].as<std::string>() != fingerprint) {
+    return absl::FailedPreconditionError(
+        "idempotency_key was already used with a different request; use a new key for each "
+        "distinct call, and the same request when retrying");
+  }
+  std::string stored;
+  // PostgreSQL's base64 breaks lines every 76 characters; absl's decoder skips no whitespace.
+  std::string encoded = first[0][2].as<std::string>();
+  encoded.erase(std::remove(encoded.begin(), encoded.end(), '\n'), encoded.end());
+  if (!absl::Base64Unescape(encoded, &stored) || !response.ParseFromString(stored)) {
+    return absl::InternalError("stored response of an idempotent call is unreadable");
+  }
+  return true;
+}
+
+absl::Status StoreIdempotentResponse(pqxx::work& tx, const IdempotentCall& call,
+                                     const google::protobuf::Message& response) {
+  tx.exec_params0(
+      "UPDATE idempotency_keys SET response = decode($3, 'hex') "
+      "WHERE agency_id = $1 AND idempotency_key = $2",
+      call.agency_id, call.key, absl::BytesToHexString(Serialize(response)));
+  return absl::OkStatus();
+}
+
+absl::Status RunIdempotent(
+    Database& db, const IdempotentCall& call, google::protobuf::Message& response,
+    const std::function<absl::Status(pqxx::work&, google::protobuf::Message&)>& write) {
+  if (absl::Status valid = ValidateIdempotencyKey(call.key); !valid.ok()) return valid;
+  return db.TransactForAgency(call.agency_id, [&](pqxx::work& tx) -> absl::Status {
+    auto claim = ClaimIdempotencyKey(tx, call, response);
+    if (!claim.ok()) return claim.status();
+    if (*claim) return absl::OkStatus();  // Replayed: the transaction only read.
+    response.Clear();
+    if (absl::Status written = write(tx, response); !written.ok()) return written;
+    return StoreIdempotentResponse(tx, call, response);
+  });
+}
+
+absl::StatusOr<int64_t> DeleteExpiredIdempotencyKeys(Database& db, absl::Duration keep) {
+  keep = std::max(keep, absl::Hours(24));
+  return db.TransactForMaintenance([&](pqxx::work& tx) -> absl::StatusOr<int64_t> {
+    // The policy refuses anything younger than 24 hours whatever `keep` says.
+    return static_cast<int64_t>(
+        tx.exec_params0("DELETE FROM idempotency_keys WHERE created_at < now() - make_interval("
+                        "secs => $1)",
+                        absl::ToDoubleSeconds(keep))
+            .affected_rows());
+  });
+}
+
+}  // namespace peerpath

@@ -1,0 +1,63 @@
+#pragma once
+
+// Idempotent create/record RPCs (DESIGN.md section 3): the call claims (agency, idempotency_key)
+// with INSERT ... ON CONFLICT in the same transaction as its write and stores its response there.
+//
+//   - First call: the key is claimed, the write runs, the response is stored; all commit together.
+//   - Retry with the same key and the same request: the stored response is returned; nothing is
+//     written.
+//   - Same key, different request (or another RPC): FAILED_PRECONDITION.
+//   - Two concurrent calls with one key: PostgreSQL makes the second INSERT wait for the first
+//     transaction; when it commits, the second returns its response; when it rolls back, the
+//     second runs as the first.
+//
+// Keys are kept at least 24 hours (the clean-up deletes only older ones).
+
+#include <google/protobuf/message.h>
+
+#include <functional>
+#include <pqxx/pqxx>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/db.h"
+
+namespace peerpath {
+
+// INVALID_ARGUMENT naming `field` unless `key` is 1-128 characters of [A-Za-z0-9_.:-].
+absl::Status ValidateIdempotencyKey(absl::string_view key,
+                                    absl::string_view field = "idempotency_key");
+
+// Hex-free SHA-256 of the request's deterministic serialisation.
+std::string RequestFingerprint(const google::protobuf::Message& request);
+
+struct IdempotentCall {
+  std::string agency_id;
+  std::string key;
+  std::string method;  // The RPC's name, e.g. "RecordCheckIn".
+  const google::protobuf::Message* request = nullptr;
+};
+
+// Runs `write(tx, response)` once per (agency, key) in one transaction with the key claim and the
+// stored response. On a retry, fills `response` from the first call and returns OK without
+// running `write`. `write` failing rolls everything back (the key stays free).
+absl::Status RunIdempotent(
+    Database& db, const IdempotentCall& call, google::protobuf::Message& response,
+    const std::function<absl::Status(pqxx::work&, google::protobuf::Message&)>& write);
+
+// The same inside a transaction the caller runs (scoped to call.agency_id). Returns true when
+// `response` was replayed from a previous call (the caller must then write nothing and should
+// roll back), false when the key is now claimed and the caller must write, then call
+// StoreIdempotentResponse before committing.
+absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& call,
+                                         google::protobuf::Message& response);
+absl::Status StoreIdempotentResponse(pqxx::work& tx, const IdempotentCall& call,
+                                     const google::protobuf::Message& response);
+
+// Deletes keys of every agency older than `keep` (never less than 24 hours). Returns how many.
+absl::StatusOr<int64_t> DeleteExpiredIdempotencyKeys(Database& db, absl::Duration keep);
+
+}  // namespace peerpath

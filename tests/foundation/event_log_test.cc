@@ -1,0 +1,252 @@
+// The event log against the real PostgreSQL, as the service's own role: the outbox commits with
+// the change, positions never let a late commit be skipped, and a consumer applies each event
+// exactly once and resumes where it stopped.
+#include "common/event_log.h"
+
+#include <gtest/gtest.h>
+
+#include <future>
+#include <thread>
+
+#include "common/event_consumer.h"
+#include "peerpath/common/v1/common.pb.h"
+#include "tests/support/service_process.h"
+#include "tests/support/test_database.h"
+
+namespace peerpath::testing {
+namespace {
+
+using peerpath::common::v1::Date;
+using peerpath::common::v1::Event;
+
+Date Payload(int day) {
+  Date d;
+  d.set_year(2026);
+  d.set_month(1);
+  d.set_day(day);
+  return d;
+}
+
+int DayOf(const Event& event) {
+  Date d;
+  EXPECT_EQ(event.payload().type_url(), "type.googleapis.com/peerpath.common.v1.Date");
+  EXPECT_TRUE(event.payload().UnpackTo(&d));
+  return d.day();
+}
+
+class EventLogTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    db_ = TestDatabase::Create();
+    const std::string url = "--database_url=" + db_->OwnerUrlFor("consent");
+    ASSERT_EQ(RunToExit("consent", {"migrate", url}).exit_code, 0);
+    // The effect a consumer applies: a tenant table like any service's.
+    db_->AdminQuery(
+        "CREATE TABLE consent.applied (agency_id text NOT NULL, event_id text PRIMARY KEY, "
+        "day int NOT NULL);"
+        "ALTER TABLE consent.applied OWNER TO peerpath_consent_owner");
+    ExitResult again = RunToExit("consent", {"migrate", url});
+    ASSERT_EQ(again.exit_code, 0) << again.log;
+    database_ = std::make_unique<Database>(
+        DatabaseOptions{db_->UrlFor("consent"), "consent", 4, std::chrono::milliseconds(5000)});
+    log_ = std::make_unique<EventLog>(*database_);
+  }
+
+  absl::Status Append(const std::string& agency, int day) {
+    return database_->TransactForAgency(agency, [&](pqxx::work& tx) {
+      return AppendEvent(tx, agency, "aggregate-" + std::to_string(day), Payload(day));
+    });
+  }
+
+  std::vector<int> Days(const EventPage& page) {
+    std::vector<int> days;
+    for (const Event& e : page.events) days.push_back(DayOf(e));
+    return days;
+  }
+
+  EventPage ReadAll(int64_t after = 0) {
+    auto page = log_->Read(after, 1000, {});
+    EXPECT_TRUE(page.ok()) << page.status();
+    return page.value_or(EventPage{});
+  }
+
+  // A consumer reading this same log and recording each event in `applied`.
+  std::unique_ptr<EventConsumer> Consumer(std::function<absl::Status(const Event&)> check = {}) {
+    return std::make_unique<EventConsumer>(
+        *database_, ConsumerOptions{.source = "self", .page_size = 2},
+        [this](int64_t after, int size) { return log_->Read(after, size, {}); },
+        [check](pqxx::work& tx, const Event& event) -> absl::Status {
+          if (check) {
+            if (absl::Status s = check(event); !s.ok()) return s;
+          }
+          tx.exec_params0("INSERT INTO applied (agency_id, event_id, day) VALUES ($1, $2, $3)",
+                          event.agency_id(), event.event_id(), DayOf(event));
+          return absl::OkStatus();
+        });
+  }
+
+  int Applied() { return db_->AdminQuery("SELECT count(*) FROM consent.applied")[0][0].as<int>(); }
+
+  std::unique_ptr<TestDatabase> db_;
+  std::unique_ptr<Database> database_;
+  std::unique_ptr<EventLog> log_;
+};
+
+TEST_F(EventLogTest, EventsCommitWithTheChangeAndReadInOrder) {
+  ASSERT_TRUE(Append("agency-a", 1).ok());
+  ASSERT_TRUE(Append("agency-b", 2).ok());
+  // A change that rolls back takes its event with it.
+  absl::Status rolled_back = database_->TransactForAgency("agency-a", [](pqxx::work& tx) {
+    AppendEvent(tx, "agency-a", "x", Payload(9)).IgnoreError();
+    return absl::AbortedError("the change failed");
+  });
+  ASSERT_FALSE(rolled_back.ok());
+  ASSERT_TRUE(Append("agency-a", 3).ok());
+
+  EventPage page = ReadAll();
+  EXPECT_EQ(Days(page), (std::vector<int>{1, 2, 3}));
+  ASSERT_EQ(page.events.size(), 3u);
+  EXPECT_EQ(page.events[0].position(), 1);
+  EXPECT_EQ(page.events[2].position(), 3);
+  EXPECT_EQ(page.head_position, 3);
+  EXPECT_EQ(page.events[1].agency_id(), "agency-b");
+  EXPECT_EQ(page.events[0].aggregate_id(), "aggregate-1");
+  EXPECT_EQ(page.events[0].type(), "peerpath.common.v1.Date");
+  EXPECT_FALSE(page.events[0].event_id().empty());
+  EXPECT_GT(page.events[0].occurred_at().seconds(), 0);
+  EXPECT_EQ(Days(ReadAll(2)), (std::vector<int>{3}));
+  // Filter by type.
+  auto none = log_->Read(0, 10, {"peerpath.checkin.v1.CheckInRecordedEvent"});
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->events.empty());
+}
+
+TEST_F(EventLogTest, AnAgencyScopedTransactionSeesNoEventsAndCannotRewriteThem) {
+  ASSERT_TRUE(Append("agency-a", 1).ok());
+  ReadAll();
+  auto visible = database_->TransactForAgency("agency-b", [](pqxx::work& tx) {
+    return absl::StatusOr<int>(tx.exec1("SELECT count(*) FROM outbox")[0].as<int>());
+  });
+  ASSERT_TRUE(visible.ok());
+  EXPECT_EQ(*visible, 0);
+  for (const char* sql : {"UPDATE outbox SET aggregate_id = 'forged'", "DELETE FROM outbox"}) {
+    absl::Status changed = database_->TransactForAgency("agency-a", [&](pqxx::work& tx) {
+      tx.exec0(sql);
+      return absl::OkStatus();
+    });
+    EXPECT_FALSE(changed.ok()) << sql;
+  }
+  EXPECT_EQ(Days(ReadAll()), (std::vector<int>{1}));
+}
+
+TEST_F(EventLogTest, LateCommitIsNeverSkipped) {
+  // Writer A inserts first (the lower id) but commits last.
+  std::promise<void> a_inserted, a_release;
+  std::thread writer_a([&] {
+    absl::Status status = database_->TransactForAgency("agency-a", [&](pqxx::work& tx) {
+      absl::Status s = AppendEvent(tx, "agency-a", "slow", Payload(1));
+      a_inserted.set_value();
+      a_release.get_future().wait();
+      return s;
+    });
+    EXPECT_TRUE(status.ok()) << status;
+  });
+  a_inserted.get_future().wait();
+  ASSERT_TRUE(Append("agency-a", 2).ok());  // Writer B commits first.
+
+  auto consumer = Consumer();
+  auto first = consumer->PollOnce();
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(*first, 1);  // Only B is visible.
+  EXPECT_EQ(consumer->Position().value_or(-1), 1);
+
+  a_release.set_value();
+  writer_a.join();
+  auto second = consumer->PollOnce();
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(*second, 1);  // A arrives after B, at a higher position: not skipped.
+  EXPECT_EQ(Applied(), 2);
+  EventPage page = ReadAll();
+  EXPECT_EQ(Days(page), (std::vector<int>{2, 1}));
+}
+
+TEST_F(EventLogTest, ConsumerAppliesEachEventOnceAndResumesAfterRestart) {
+  for (int day = 1; day <= 5; ++day)
+    ASSERT_TRUE(Append(day % 2 ? "agency-a" : "agency-b", day).ok());
+  {
+    auto consumer = Consumer();
+    EXPECT_EQ(consumer->PollOnce().value_or(-1), 2);  // Page size 2.
+  }
+  // A new consumer (a restart) resumes after position 2.
+  auto consumer = Consumer();
+  EXPECT_EQ(consumer->Position().value_or(-1), 2);
+  EXPECT_EQ(consumer->PollOnce().value_or(-1), 2);
+  EXPECT_EQ(consumer->PollOnce().value_or(-1), 1);
+  EXPECT_EQ(consumer->PollOnce().value_or(-1), 0);
+  EXPECT_EQ(Applied(), 5);
+
+  // A page delivered again (a retry, another replica) changes nothing.
+  auto replay = std::make_unique<EventConsumer>(
+      *database_, ConsumerOptions{.source = "self"},
+      [this](int64_t, int size) { return log_->Read(0, size, {}); },
+      [](pqxx::work& tx, const Event& event) -> absl::Status {
+        tx.exec_params0("INSERT INTO applied (agency_id, event_id, day) VALUES ($1, $2, 0)",
+                        event.agency_id(), event.event_id());
+        return absl::OkStatus();
+      });
+  EXPECT_EQ(replay->PollOnce().value_or(-1), 0);
+  EXPECT_EQ(Applied(), 5);
+  // Each effect was written under its event's agency (row-level security would refuse others).
+  EXPECT_EQ(
+      db_->AdminQuery("SELECT count(*) FROM consent.applied WHERE agency_id = 'agency-b'")[0][0]
+          .as<int>(),
+      2);
+}
+
+TEST_F(EventLogTest, EffectsForAnotherAgencyAreRefusedByTheDatabase) {
+  ASSERT_TRUE(Append("agency-a", 1).ok());
+  EventConsumer consumer(
+      *database_, ConsumerOptions{.source = "self"},
+      [this](int64_t after, int size) { return log_->Read(after, size, {}); },
+      [](pqxx::work& tx, const Event& event) -> absl::Status {
+        tx.exec_params0("INSERT INTO applied (agency_id, event_id, day) VALUES ('agency-z', $1, 0)",
+                        event.event_id());
+        return absl::OkStatus();
+      });
+  EXPECT_FALSE(consumer.PollOnce().ok());
+  EXPECT_EQ(Applied(), 0);
+  EXPECT_EQ(consumer.Position().value_or(-1), 0);  // Not acknowledged: retried later.
+}
+
+TEST_F(EventLogTest, AnEventThatCanNeverApplyIsSetAsideNotBlocking) {
+  for (int day = 1; day <= 3; ++day) ASSERT_TRUE(Append("agency-a", day).ok());
+  auto consumer = Consumer([](const Event& event) {
+    return DayOf(event) == 2 ? absl::InvalidArgumentError("unreadable") : absl::OkStatus();
+  });
+  EXPECT_EQ(consumer->PollOnce().value_or(-1), 1);  // Page 1-2: 2 is set aside.
+  EXPECT_EQ(consumer->PollOnce().value_or(-1), 1);
+  EXPECT_EQ(Applied(), 2);
+  EXPECT_EQ(db_->AdminQuery("SELECT position FROM consent.consumer_failures")[0][0].as<int>(), 2);
+}
+
+TEST_F(EventLogTest, BackgroundConsumerCatchesUpAndStops) {
+  for (int day = 1; day <= 7; ++day) ASSERT_TRUE(Append("agency-a", day).ok());
+  auto consumer = Consumer();
+  consumer->Start();
+  for (int i = 0; i < 100 && Applied() < 7; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(Applied(), 7);
+  consumer->Stop();
+}
+
+TEST_F(EventLogTest, RequestValidationNamesEachBadField) {
+  absl::Status status = ValidateEventLogRequest(-1, -5, {"ok.Type", "bad type!"});
+  ASSERT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  std::vector<std::string> fields;
+  for (const auto& v : FieldViolations(status)) fields.push_back(v.field);
+  EXPECT_EQ(fields, (std::vector<std::string>{"after_position", "page_size", "event_types[1]"}));
+}
+
+}  // namespace
+}  // namespace peerpath::testing
