@@ -18,6 +18,12 @@ ABSL_FLAG(std::string, metrics_address, "",
           "Prometheus metrics HTTP address host:port (default: the service's loopback port)");
 ABSL_FLAG(std::string, database_url, "",
           "PostgreSQL connection URI (libpq), e.g. postgresql://user@host:5432/peerpath");
+ABSL_FLAG(std::string, migration_database_url, "",
+          "PostgreSQL URI of the role that owns the service's schema and applies migrations "
+          "(default: --database_url)");
+ABSL_FLAG(std::string, database_runtime_role, "",
+          "Role the service serves as, granted table privileges by each migration run (default: "
+          "peerpath_<service>; \"-\" grants nothing)");
 ABSL_FLAG(int, db_pool_size, 8, "Maximum number of database connections");
 ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate chain; enables TLS");
 ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
@@ -26,6 +32,11 @@ ABSL_FLAG(std::string, tls_ca_file, "",
 ABSL_FLAG(bool, allow_plaintext, false,
           "Allow listening without TLS on a non-loopback address (e.g. behind a mesh with mTLS)");
 ABSL_FLAG(int, max_message_bytes, 4 << 20, "Largest request message accepted, in bytes");
+ABSL_FLAG(int, max_concurrent_streams, 100,
+          "Most calls (streams) one client connection may have open at once");
+ABSL_FLAG(absl::Duration, max_call_duration, absl::Seconds(30),
+          "Longest any database statement of a call may run (PostgreSQL statement_timeout); "
+          "event subscriptions are long-lived streams of short reads");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "How long in-flight calls may run after SIGTERM before they are cancelled");
 ABSL_FLAG(bool, enable_reflection, false, "Serve gRPC server reflection");
@@ -45,11 +56,12 @@ namespace peerpath {
 
 const std::vector<std::string>& ServerFlagNames() {
   static const auto* const names = new std::vector<std::string>{
-      "listen_address",    "metrics_address", "database_url",      "db_pool_size",
-      "tls_cert_file",     "tls_key_file",    "tls_ca_file",       "allow_plaintext",
-      "max_message_bytes", "shutdown_grace",  "enable_reflection", "migrate_on_start",
-      "database_wait",     "log_level",       "jwt_keys_file",     "jwt_issuer",
-      "jwt_audience",      "jwt_leeway",      "allow_dev_tokens"};
+      "listen_address",        "metrics_address", "database_url",      "migration_database_url",
+      "database_runtime_role", "db_pool_size",    "tls_cert_file",     "tls_key_file",
+      "tls_ca_file",           "allow_plaintext", "max_message_bytes", "max_concurrent_streams",
+      "max_call_duration",     "shutdown_grace",  "enable_reflection", "migrate_on_start",
+      "database_wait",         "log_level",       "jwt_keys_file",     "jwt_issuer",
+      "jwt_audience",          "jwt_leeway",      "allow_dev_tokens"};
   return *names;
 }
 
@@ -90,12 +102,19 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& default
   c.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   if (c.metrics_address.empty()) c.metrics_address = defaults.metrics_address;
   c.database_url = absl::GetFlag(FLAGS_database_url);
+  c.migration_database_url = absl::GetFlag(FLAGS_migration_database_url);
+  if (c.migration_database_url.empty()) c.migration_database_url = c.database_url;
+  c.database_runtime_role = absl::GetFlag(FLAGS_database_runtime_role);
+  if (c.database_runtime_role.empty()) c.database_runtime_role = defaults.runtime_role;
+  if (c.database_runtime_role == "-") c.database_runtime_role.clear();
   c.db_pool_size = absl::GetFlag(FLAGS_db_pool_size);
   c.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
   c.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
   c.tls_ca_file = absl::GetFlag(FLAGS_tls_ca_file);
   c.allow_plaintext = absl::GetFlag(FLAGS_allow_plaintext);
   c.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  c.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  c.max_call_duration = absl::GetFlag(FLAGS_max_call_duration);
   c.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   c.enable_reflection = absl::GetFlag(FLAGS_enable_reflection);
   c.migrate_on_start = absl::GetFlag(FLAGS_migrate_on_start);
@@ -118,6 +137,12 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& default
   }
   if (c.max_message_bytes < 1024 || c.max_message_bytes > (64 << 20)) {
     problems.push_back("--max_message_bytes must be between 1024 and 67108864");
+  }
+  if (c.max_concurrent_streams < 1 || c.max_concurrent_streams > 10000) {
+    problems.push_back("--max_concurrent_streams must be between 1 and 10000");
+  }
+  if (c.max_call_duration < absl::Milliseconds(100) || c.max_call_duration > absl::Minutes(10)) {
+    problems.push_back("--max_call_duration must be between 100ms and 10m");
   }
   if (c.shutdown_grace < absl::ZeroDuration() || c.shutdown_grace > absl::Minutes(10)) {
     problems.push_back("--shutdown_grace must be between 0s and 10m");

@@ -13,15 +13,19 @@
 namespace peerpath {
 
 struct ServerConfig {
-  std::string listen_address;   // gRPC, host:port.
-  std::string metrics_address;  // Prometheus /metrics over HTTP, host:port.
-  std::string database_url;
+  std::string listen_address;          // gRPC, host:port.
+  std::string metrics_address;         // Prometheus /metrics over HTTP, host:port.
+  std::string database_url;            // The runtime role: owns nothing, no BYPASSRLS.
+  std::string migration_database_url;  // The schema owner's; defaults to database_url.
+  std::string database_runtime_role;   // Granted privileges after migrations; empty: none.
   int db_pool_size = 8;
   std::string tls_cert_file;
   std::string tls_key_file;
   std::string tls_ca_file;  // Set: clients must present a certificate signed by this CA (mTLS).
   bool allow_plaintext = false;
   int max_message_bytes = 4 << 20;
+  int max_concurrent_streams = 100;                      // Per client connection (HTTP/2 SETTINGS).
+  absl::Duration max_call_duration = absl::Seconds(30);  // statement_timeout of every query.
   absl::Duration shutdown_grace = absl::Seconds(10);
   bool enable_reflection = false;
   bool migrate_on_start = true;
@@ -37,6 +41,7 @@ struct ServerConfig {
 struct ServerDefaults {
   std::string listen_address;
   std::string metrics_address;
+  std::string runtime_role = "";
 };
 
 // The flags' names, in the order --help lists them.

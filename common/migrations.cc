@@ -64,10 +64,13 @@ std::string MigrationChecksum(const Migration& migration) {
 }
 
 absl::StatusOr<MigrationReport> ApplyMigrations(pqxx::connection& conn, const std::string& schema,
-                                                const std::vector<MigrationTrack>& tracks) {
+                                                const std::vector<MigrationTrack>& tracks,
+                                                const std::string& runtime_role) {
   MigrationReport report;
   try {
     pqxx::work tx(conn);
+    // A migration (or waiting for another replica's) may take longer than any call may.
+    tx.exec0("SET LOCAL statement_timeout TO 0");
     // Serialises migration runs of this schema across replicas; released at commit/rollback.
     tx.exec_params("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
                    "peerpath.migrations." + schema);
@@ -110,6 +113,28 @@ absl::StatusOr<MigrationReport> ApplyMigrations(pqxx::connection& conn, const st
       }
     }
     tx.exec0(kTenantIsolation);
+    if (!runtime_role.empty() &&
+        runtime_role != tx.exec1("SELECT current_user")[0].as<std::string>()) {
+      const auto role = tx.exec_params(
+          "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = $1", runtime_role);
+      if (role.empty()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("runtime role ", runtime_role,
+                         " does not exist (deploy/k8s/db/bootstrap.sql creates it)"));
+      }
+      if (role[0][0].as<bool>()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "runtime role ", runtime_role, " is a superuser or bypasses row-level security"));
+      }
+      const std::string r = tx.quote_name(runtime_role);
+      const std::string s = tx.quote_name(schema);
+      tx.exec0(absl::StrCat(
+          "GRANT USAGE ON SCHEMA ", s, " TO ", r, ";",
+          "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ", s, " TO ", r, ";",
+          "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA ", s, " TO ", r, ";",
+          "REVOKE INSERT, UPDATE, DELETE ON schema_migrations FROM ", r, ";",
+          "REVOKE UPDATE, DELETE ON audit_log FROM ", r, ";", "REVOKE DELETE ON outbox FROM ", r));
+    }
     tx.commit();
   } catch (const std::exception& e) {
     return StatusFromDatabaseException(e);

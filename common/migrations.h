@@ -48,8 +48,13 @@ struct MigrationReport {
 // Hex SHA-256 of the migration text.
 std::string MigrationChecksum(const Migration& migration);
 
+// `conn` is the schema owner's. When `runtime_role` is set, it is granted what the service needs
+// to serve and nothing more: USAGE on the schema, reading and writing the tables, but not
+// rewriting history (audit_log: INSERT and SELECT only; outbox: no DELETE) nor the migrations
+// ledger (SELECT only). It owns nothing, so it cannot switch row-level security off.
 absl::StatusOr<MigrationReport> ApplyMigrations(pqxx::connection& conn, const std::string& schema,
-                                                const std::vector<MigrationTrack>& tracks);
+                                                const std::vector<MigrationTrack>& tracks,
+                                                const std::string& runtime_role = "");
 
 // The applied migrations after `after_sequence` in order of application, at most `limit`.
 absl::StatusOr<std::vector<AppliedMigration>> ListAppliedMigrations(pqxx::work& tx,

@@ -15,13 +15,18 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/flags/flag.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/audit.h"
+#include "common/idempotency.h"
 #include "common/log.h"
 #include "common/operations_service.h"
 #include "common/rpc_observer.h"
 #include "shared/migrations.h"
+
+ABSL_FLAG(std::string, agency, "", "verify-audit: the agency whose audit chain to verify");
 
 namespace peerpath {
 namespace {
@@ -93,6 +98,7 @@ class Readiness {
 
   absl::Status ConnectAndMigrate() {
     DatabaseOptions options = db_.options();
+    options.url = config_.migration_database_url;
     std::unique_ptr<pqxx::connection> conn;
     try {
       conn = OpenConnection(options);
@@ -100,7 +106,8 @@ class Readiness {
       return absl::UnavailableError(absl::StrCat("database unreachable: ", e.what()));
     }
     if (!config_.migrate_on_start) return db_.Ping();
-    auto report = ApplyMigrations(*conn, definition_.name, MigrationTracks(definition_));
+    auto report = ApplyMigrations(*conn, definition_.name, MigrationTracks(definition_),
+                                  config_.database_runtime_role);
     if (!report.ok()) return report.status();
     log::Info("schema ready", {{"schema", definition_.name},
                                {"applied", report->applied},
@@ -128,7 +135,16 @@ class Readiness {
     SetServing(true);
     log::Info("serving");
     bool serving = true;
+    absl::Time next_cleanup = absl::Now();
     while (SleepFor(absl::Seconds(5))) {
+      if (absl::Now() >= next_cleanup) {
+        // Idempotency keys are promised for 24 hours; keep them 48 and clean up hourly.
+        auto deleted = DeleteExpiredIdempotencyKeys(db_, absl::Hours(48));
+        if (deleted.ok() && *deleted > 0) {
+          log::Info("expired idempotency keys deleted", {{"count", *deleted}});
+        }
+        next_cleanup = absl::Now() + absl::Hours(1);
+      }
       const bool ok = db_.Ping().ok();
       if (ok != serving) {
         serving = ok;
@@ -150,14 +166,15 @@ class Readiness {
 };
 
 int Migrate(const ServiceDefinition& definition, const ServerConfig& config) {
-  DatabaseOptions options{config.database_url, definition.name, 1};
+  DatabaseOptions options{config.migration_database_url, definition.name, 1};
   // A migrate job may start before the database is up.
   const absl::Time give_up = absl::Now() + config.database_wait;
   while (true) {
     absl::Status status;
     try {
       auto conn = OpenConnection(options);
-      auto report = ApplyMigrations(*conn, definition.name, MigrationTracks(definition));
+      auto report = ApplyMigrations(*conn, definition.name, MigrationTracks(definition),
+                                    config.database_runtime_role);
       if (report.ok()) {
         log::Info("migrations done", {{"schema", definition.name},
                                       {"applied", report->applied},
@@ -174,6 +191,30 @@ int Migrate(const ServiceDefinition& definition, const ServerConfig& config) {
     }
     absl::SleepFor(absl::Milliseconds(500));
   }
+}
+
+// verify-audit: recomputes one agency's audit hash chain. Exit 0 intact, 4 broken, 1 error.
+int VerifyAudit(const ServiceDefinition& definition, const ServerConfig& config,
+                const std::string& agency) {
+  if (agency.empty()) {
+    log::Error("verify-audit needs --agency");
+    return 2;
+  }
+  Database db({config.database_url, definition.name, 1});
+  auto result =
+      db.TransactForAgency(agency, [&](pqxx::work& tx) { return VerifyAuditChain(tx, agency); });
+  if (!result.ok()) {
+    log::Error("verify-audit failed", {{"error", std::string(result.status().message())}});
+    return 1;
+  }
+  if (result->first_broken_seq != 0) {
+    log::Error("audit chain broken", {{"agency_id", agency},
+                                      {"first_broken_seq", result->first_broken_seq},
+                                      {"problem", result->problem}});
+    return 4;
+  }
+  log::Info("audit chain intact", {{"agency_id", agency}, {"rows", result->rows_checked}});
+  return 0;
 }
 
 int Serve(const ServiceDefinition& definition, const ServerConfig& config) {
@@ -208,8 +249,11 @@ int Serve(const ServiceDefinition& definition, const ServerConfig& config) {
     return 2;
   }
 
-  Database db({config.database_url, definition.name, config.db_pool_size});
-  ServiceContext context{config, db, *registry, **verifier};
+  DatabaseOptions db_options{config.database_url, definition.name, config.db_pool_size};
+  db_options.statement_timeout = absl::ToChronoMilliseconds(config.max_call_duration);
+  Database db(db_options);
+  StopSignal stopping;
+  ServiceContext context{config, db, *registry, **verifier, stopping};
   std::vector<std::unique_ptr<grpc::Service>> services = definition.make_services(context);
   OperationsService operations(db, **verifier);
 
@@ -219,6 +263,7 @@ int Serve(const ServiceDefinition& definition, const ServerConfig& config) {
   int grpc_port = 0;
   builder.AddListeningPort(config.listen_address, *credentials, &grpc_port);
   builder.SetMaxReceiveMessageSize(config.max_message_bytes);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, config.max_concurrent_streams);
   for (auto& service : services) builder.RegisterService(service.get());
   builder.RegisterService(&operations);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> observers;
@@ -251,7 +296,9 @@ int Serve(const ServiceDefinition& definition, const ServerConfig& config) {
   log::Info("shutting down", {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"},
                               {"grace_ms", absl::ToInt64Milliseconds(config.shutdown_grace)}});
   // Health first, so load balancers stop sending new calls; then drain within the grace period.
+  // Streams that would never end by themselves (event subscriptions) end now.
   health->Shutdown();
+  stopping.Notify();
   readiness.Stop();
   const absl::Time deadline = absl::Now() + config.shutdown_grace;
   // gRPC cancels calls still running at the deadline, but a handler blocked in a query would
@@ -275,25 +322,32 @@ int Serve(const ServiceDefinition& definition, const ServerConfig& config) {
 }  // namespace
 
 int RunService(const ServiceDefinition& definition, int argc, char** argv) {
-  absl::SetProgramUsageMessage(absl::StrCat(
-      "PeerPath ", definition.name, " service.\n\nUsage: peerpath-", definition.name,
-      " [serve|migrate] [flags]\nEvery flag can also be set by the environment variable "
-      "PEERPATH_<FLAG_NAME_IN_UPPER_CASE>."));
+  absl::SetProgramUsageMessage(
+      absl::StrCat("PeerPath ", definition.name, " service.\n\nUsage: peerpath-", definition.name,
+                   " [serve|migrate|verify-audit --agency=A] [flags]\nEvery flag can also be set "
+                   "by the environment variable "
+                   "PEERPATH_<FLAG_NAME_IN_UPPER_CASE>."));
   std::vector<std::string> args = ParseFlagsAndEnvironment(argc, argv);
   const std::string command = args.empty() ? "serve" : args.front();
-  if (args.size() > 1 || (command != "serve" && command != "migrate")) {
-    std::cerr << "usage: peerpath-" << definition.name << " [serve|migrate] [flags]; see --help\n";
+  if (args.size() > 1 ||
+      (command != "serve" && command != "migrate" && command != "verify-audit")) {
+    std::cerr << "usage: peerpath-" << definition.name
+              << " [serve|migrate|verify-audit --agency=A] [flags]; see --help\n";
     return 2;
   }
   auto config = ServerConfigFromFlags({absl::StrCat("127.0.0.1:", definition.default_grpc_port),
-                                       absl::StrCat("127.0.0.1:", definition.default_metrics_port)},
+                                       absl::StrCat("127.0.0.1:", definition.default_metrics_port),
+                                       absl::StrCat("peerpath_", definition.name)},
                                       /*serving=*/command == "serve");
   log::Configure(definition.name, config.ok() ? config->log_level : log::Level::kInfo);
   if (!config.ok()) {
     log::Error("bad configuration", {{"error", std::string(config.status().message())}});
     return 2;
   }
-  return command == "migrate" ? Migrate(definition, *config) : Serve(definition, *config);
+  if (command == "migrate") return Migrate(definition, *config);
+  if (command == "verify-audit")
+    return VerifyAudit(definition, *config, absl::GetFlag(FLAGS_agency));
+  return Serve(definition, *config);
 }
 
 }  // namespace peerpath

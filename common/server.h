@@ -21,6 +21,7 @@
 #include "common/config.h"
 #include "common/db.h"
 #include "common/migrations.h"
+#include "common/stop_signal.h"
 
 namespace peerpath {
 
@@ -30,6 +31,8 @@ struct ServiceContext {
   Database& db;
   prometheus::Registry& metrics;
   const TokenVerifier& verifier;  // Turns a call's bearer token into the caller's Identity.
+  // Notified when shutdown starts: long-lived streams end and background loops stop.
+  const StopSignal& stopping;
 };
 
 struct ServiceDefinition {

@@ -20,7 +20,7 @@ DEBIAN_PACKAGES=(
   postgresql-15 postgresql-client-15
   python3 python3-grpcio python3-protobuf python3-jwt python3-cryptography
   python3-jsonschema python3-yaml openssl
-  kubectl prometheus
+  prometheus
 )
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -37,6 +37,14 @@ install_dependencies() {
   # Node.js may come from another Debian-compatible source (its npm bundled); only install
   # Debian's when there is none.
   command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+  # kubectl (for `kubectl kustomize` in the deploy check) comes from the Kubernetes apt source where
+  # one is configured; Debian 12 itself has none recent enough, and the check says so.
+  if ! command -v kubectl >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    if apt-cache show kubectl >/dev/null 2>&1; then missing+=(kubectl); else
+      say "kubectl is not available from the configured apt sources; deploy overlays will not be rendered"
+    fi
+  fi
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq
@@ -96,16 +104,21 @@ stop_postgres() {
   pg_run "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
 }
 
-# bootstrap_database PORT DBNAME: the database and one login role per service, as
-# deploy/k8s/db/bootstrap.sql does on a real server. Safe to run again.
+# bootstrap_database PORT DBNAME: the database and two login roles per service, as
+# deploy/k8s/db/bootstrap.sql does on a real server: peerpath_<s>_owner owns the schema and
+# migrates it; peerpath_<s> serves, owns nothing and cannot bypass row-level security.
+# Safe to run again.
 bootstrap_database() {
   local port="$1" db="$2"
   psql_admin "$port" postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 ||
     psql_admin "$port" postgres -c "CREATE DATABASE $db" >/dev/null
   for s in "${PEERPATH_SERVICES[@]}"; do
-    psql_admin "$port" postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'peerpath_$s'" | grep -q 1 ||
-      psql_admin "$port" postgres -c "CREATE ROLE peerpath_$s LOGIN" >/dev/null
-    psql_admin "$port" "$db" -c "CREATE SCHEMA IF NOT EXISTS $s AUTHORIZATION peerpath_$s" >/dev/null
+    for role in "peerpath_${s}_owner" "peerpath_$s"; do
+      psql_admin "$port" postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname = '$role'" | grep -q 1 ||
+        psql_admin "$port" postgres -c "CREATE ROLE $role LOGIN NOSUPERUSER NOBYPASSRLS" >/dev/null
+    done
+    psql_admin "$port" "$db" -c "CREATE SCHEMA IF NOT EXISTS $s AUTHORIZATION peerpath_${s}_owner" >/dev/null
+    psql_admin "$port" "$db" -c "GRANT CONNECT ON DATABASE $db TO peerpath_${s}_owner, peerpath_$s" >/dev/null
   done
   psql_admin "$port" "$db" -c "REVOKE CREATE ON SCHEMA public FROM PUBLIC" >/dev/null
 }

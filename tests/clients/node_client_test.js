@@ -43,14 +43,17 @@ test('a Node client lists migrations with a token and is refused without one', a
 
   const database = 'pp_node_' + Math.random().toString(16).slice(2, 14);
   psql('postgres', `CREATE DATABASE ${database}`);
-  psql(database, `GRANT CONNECT, CREATE ON DATABASE ${database} TO peerpath_consent`);
-  const serviceUrl = adminUrl.replace(/\/\/postgres@/, '//peerpath_consent@')
-                             .replace(/\/[^/]*$/, '/' + database);
+  psql(database, `GRANT CONNECT, CREATE ON DATABASE ${database} TO peerpath_consent_owner`);
+  psql(database, `GRANT CONNECT ON DATABASE ${database} TO peerpath_consent`);
+  const base = adminUrl.replace(/\/[^/]*$/, '/' + database);
+  const serviceUrl = base.replace(/\/\/postgres@/, '//peerpath_consent@');
+  const ownerUrl = base.replace(/\/\/postgres@/, '//peerpath_consent_owner@');
   const env = Object.fromEntries(Object.entries(process.env)
                                      .filter(([k]) => !k.startsWith('PEERPATH_')));
   const child = spawn(path.join(build, 'services/consent/peerpath-consent'), [
     'serve', '--listen_address=127.0.0.1:0', '--metrics_address=127.0.0.1:0',
-    '--database_url=' + serviceUrl, '--jwt_keys_file=' + path.join(tmp, 'pub.pem'),
+    '--database_url=' + serviceUrl, '--migration_database_url=' + ownerUrl,
+    '--jwt_keys_file=' + path.join(tmp, 'pub.pem'),
     '--jwt_issuer=node-test-idp'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   const port = await new Promise((resolve, reject) => {

@@ -57,8 +57,12 @@ class ServiceUnderTest:
     def __init__(self):
         self.database = "pp_py_" + uuid.uuid4().hex[:12]
         psql("postgres", f"CREATE DATABASE {self.database}")
-        psql(self.database, f"GRANT CONNECT, CREATE ON DATABASE {self.database} TO peerpath_consent")
-        url = ADMIN_URL.rsplit("/", 1)[0].replace("postgres@", "peerpath_consent@") + "/" + self.database
+        psql(self.database,
+             f"GRANT CONNECT, CREATE ON DATABASE {self.database} TO peerpath_consent_owner;"
+             f"GRANT CONNECT ON DATABASE {self.database} TO peerpath_consent")
+        base = ADMIN_URL.rsplit("/", 1)[0] + "/" + self.database
+        url = base.replace("postgres@", "peerpath_consent@")
+        owner_url = base.replace("postgres@", "peerpath_consent_owner@")
         self.log = tempfile.NamedTemporaryFile(prefix="peerpath-py-", suffix=".log", delete=False)
         self.keys = tempfile.NamedTemporaryFile(prefix="peerpath-py-", suffix=".pem", delete=False)
         self.keys.write(SIGNING_KEY.public_key().public_bytes(
@@ -67,7 +71,8 @@ class ServiceUnderTest:
         self.process = subprocess.Popen(
             [os.path.join(BUILD_DIR, "services/consent/peerpath-consent"), "serve",
              "--listen_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0",
-             "--database_url=" + url, "--enable_reflection",
+             "--database_url=" + url, "--migration_database_url=" + owner_url,
+             "--enable_reflection",
              "--jwt_keys_file=" + self.keys.name, "--jwt_issuer=" + ISSUER],
             stdout=self.log, stderr=self.log,
             env={k: v for k, v in os.environ.items() if not k.startswith("PEERPATH_")})

@@ -21,7 +21,7 @@ TEST(MigrationConcurrency, AllServicesAndTwoReplicasEachMigrateOneDatabaseAtOnce
     for (const std::string& service : kServices) {
       runs.emplace_back(
           service, std::async(std::launch::async, [&db, service] {
-            return RunToExit(service, {"migrate", "--database_url=" + db->UrlFor(service)});
+            return RunToExit(service, {"migrate", "--database_url=" + db->OwnerUrlFor(service)});
           }));
     }
   }
@@ -30,14 +30,15 @@ TEST(MigrationConcurrency, AllServicesAndTwoReplicasEachMigrateOneDatabaseAtOnce
     EXPECT_EQ(result.exit_code, 0) << service << ":\n" << result.log;
   }
   for (const std::string& service : kServices) {
-    auto rows = db->AdminQuery("SELECT count(*), count(DISTINCT version) FROM " + service +
+    auto rows = db->AdminQuery("SELECT count(*), count(DISTINCT (track, version)) FROM " + service +
                                ".schema_migrations");
     EXPECT_GE(rows[0][0].as<int>(), 1) << service;
     EXPECT_EQ(rows[0][0].as<int>(), rows[0][1].as<int>()) << service;
-    // The schema belongs to the service's own role, not to the superuser.
+    // The schema belongs to the service's owner role, neither to the superuser nor to the role
+    // the service serves as.
     auto owner = db->AdminQuery(
         "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = '" + service + "'");
-    EXPECT_EQ(owner[0][0].as<std::string>(), "peerpath_" + service);
+    EXPECT_EQ(owner[0][0].as<std::string>(), "peerpath_" + service + "_owner");
   }
 }
 

@@ -130,19 +130,22 @@ TEST_F(ServiceBinaryTest, NotServingUntilDatabaseExistsThenServingWithMigrations
 }
 
 TEST_F(ServiceBinaryTest, EveryTableCarriesTheTenant) {
-  ASSERT_EQ(RunToExit(Service(), {"migrate", "--database_url=" + db_->UrlFor(Service())}).exit_code,
-            0);
+  ASSERT_EQ(
+      RunToExit(Service(), {"migrate", "--database_url=" + db_->OwnerUrlFor(Service())}).exit_code,
+      0);
   auto missing = db_->AdminQuery(
       "SELECT t.table_name FROM information_schema.tables t WHERE t.table_schema = '" + Service() +
-      "' AND t.table_type = 'BASE TABLE' AND t.table_name <> 'schema_migrations' AND NOT EXISTS "
+      "' AND t.table_type = 'BASE TABLE' AND t.table_name NOT IN ('schema_migrations', "
+      "'consumer_positions', 'consumer_failures') AND NOT EXISTS "
       "(SELECT 1 FROM information_schema.columns c WHERE c.table_schema = t.table_schema AND "
       "c.table_name = t.table_name AND c.column_name = 'agency_id' AND c.is_nullable = 'NO')");
   for (const auto& row : missing) ADD_FAILURE() << "no agency_id: " << row[0].as<std::string>();
 }
 
 TEST_F(ServiceBinaryTest, EveryTenantTableHasRowLevelSecurityForced) {
-  ASSERT_EQ(RunToExit(Service(), {"migrate", "--database_url=" + db_->UrlFor(Service())}).exit_code,
-            0);
+  ASSERT_EQ(
+      RunToExit(Service(), {"migrate", "--database_url=" + db_->OwnerUrlFor(Service())}).exit_code,
+      0);
   auto tables = db_->AdminQuery(
       "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, EXISTS (SELECT 1 FROM "
       "pg_policies p WHERE p.schemaname = n.nspname AND p.tablename = c.relname AND "
@@ -160,7 +163,7 @@ TEST_F(ServiceBinaryTest, EveryTenantTableHasRowLevelSecurityForced) {
 }
 
 TEST_F(ServiceBinaryTest, MigrateTwiceChangesNothing) {
-  const std::string url = "--database_url=" + db_->UrlFor(Service());
+  const std::string url = "--database_url=" + db_->OwnerUrlFor(Service());
   ExitResult first = RunToExit(Service(), {"migrate", url});
   ASSERT_EQ(first.exit_code, 0) << first.log;
   const std::string before = SchemaSnapshot(*db_, Service());
@@ -171,7 +174,7 @@ TEST_F(ServiceBinaryTest, MigrateTwiceChangesNothing) {
 }
 
 TEST_F(ServiceBinaryTest, ChangedMigrationStopsStartUp) {
-  const std::string url = "--database_url=" + db_->UrlFor(Service());
+  const std::string url = "--database_url=" + db_->OwnerUrlFor(Service());
   ASSERT_EQ(RunToExit(Service(), {"migrate", url}).exit_code, 0);
   db_->AdminQuery("UPDATE " + Service() +
                   ".schema_migrations SET checksum = 'edited' "

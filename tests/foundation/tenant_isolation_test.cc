@@ -14,12 +14,12 @@ class TenantIsolation : public ::testing::Test {
  protected:
   void SetUp() override {
     db_ = TestDatabase::Create();
-    const std::string url = "--database_url=" + db_->UrlFor("consent");
+    const std::string url = "--database_url=" + db_->OwnerUrlFor("consent");
     ASSERT_EQ(RunToExit("consent", {"migrate", url}).exit_code, 0);
     // A tenant table the way any migration would add one, then the runner's next pass.
     db_->AdminQuery(
         "CREATE TABLE consent.probe (id serial PRIMARY KEY, agency_id text NOT NULL, note text);"
-        "ALTER TABLE consent.probe OWNER TO peerpath_consent");
+        "ALTER TABLE consent.probe OWNER TO peerpath_consent_owner");
     ExitResult again = RunToExit("consent", {"migrate", url});
     ASSERT_EQ(again.exit_code, 0) << again.log;
     database_ = std::make_unique<Database>(
@@ -85,6 +85,28 @@ TEST_F(TenantIsolation, RowCannotBeMovedToAnotherAgency) {
   EXPECT_EQ(*deleted, 0);
   EXPECT_EQ(db_->AdminQuery("SELECT agency_id FROM consent.probe")[0][0].as<std::string>(),
             "agency-a");
+}
+
+TEST_F(TenantIsolation, RuntimeRoleOwnsNothingAndCannotSwitchTheWallOff) {
+  EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM pg_tables WHERE schemaname = 'consent' AND "
+                            "tableowner = 'peerpath_consent'")[0][0]
+                .as<int>(),
+            0);
+  EXPECT_FALSE(db_->AdminQuery("SELECT rolbypassrls OR rolsuper FROM pg_roles WHERE rolname = "
+                               "'peerpath_consent'")[0][0]
+                   .as<bool>());
+  for (const char* sql :
+       {"ALTER TABLE probe DISABLE ROW LEVEL SECURITY",
+        "ALTER TABLE probe NO FORCE ROW LEVEL SECURITY", "DROP POLICY tenant_isolation ON probe",
+        "INSERT INTO schema_migrations (track, version, name, checksum) "
+        "VALUES ('consent', 999, 'forged', 'x')",
+        "CREATE TABLE sneaky (agency_id text)"}) {
+    absl::Status status = database_->TransactForAgency("agency-a", [&](pqxx::work& tx) {
+      tx.exec0(sql);
+      return absl::OkStatus();
+    });
+    EXPECT_FALSE(status.ok()) << sql;
+  }
 }
 
 TEST_F(TenantIsolation, EmptyAgencyScopeIsRefusedBeforeTheDatabase) {

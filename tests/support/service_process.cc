@@ -116,6 +116,13 @@ ServiceProcess::ServiceProcess(const std::string& service, const std::string& da
   std::vector<std::string> args{"serve", "--listen_address=127.0.0.1:0",
                                 "--metrics_address=127.0.0.1:0", "--database_url=" + database_url,
                                 "--log_level=debug"};
+  // Served as the runtime role; migrated at start-up as the schema's owner role.
+  const std::string runtime_user = "peerpath_" + service + "@";
+  if (auto at = database_url.find(runtime_user); at != std::string::npos) {
+    std::string owner_url = database_url;
+    owner_url.replace(at, runtime_user.size(), "peerpath_" + service + "_owner@");
+    args.push_back("--migration_database_url=" + owner_url);
+  }
   for (const std::string& flag : TokenFlags()) args.push_back(flag);
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   pid_ = Spawn(service, args, log_path_, {});

@@ -55,8 +55,10 @@ void TestDatabase::CreateNow() {
   pqxx::nontransaction setup(conn);
   setup.exec0("REVOKE CREATE ON SCHEMA public FROM PUBLIC");
   for (const char* service : kServices) {
-    setup.exec0(
-        absl::StrCat("GRANT CONNECT, CREATE ON DATABASE ", name_, " TO peerpath_", service));
+    // The owner role creates the schema and migrates; the runtime role only connects.
+    setup.exec0(absl::StrCat("GRANT CONNECT, CREATE ON DATABASE ", name_, " TO peerpath_", service,
+                             "_owner"));
+    setup.exec0(absl::StrCat("GRANT CONNECT ON DATABASE ", name_, " TO peerpath_", service));
   }
 }
 
@@ -75,6 +77,12 @@ std::string TestDatabase::UrlFor(const std::string& service) const {
   std::string url = AdminUrl(name_);
   const std::string user = "postgres@";
   return url.replace(url.find(user), user.size(), absl::StrCat("peerpath_", service, "@"));
+}
+
+std::string TestDatabase::OwnerUrlFor(const std::string& service) const {
+  std::string url = AdminUrl(name_);
+  const std::string user = "postgres@";
+  return url.replace(url.find(user), user.size(), absl::StrCat("peerpath_", service, "_owner@"));
 }
 
 std::unique_ptr<pqxx::connection> TestDatabase::Admin() const {

@@ -22,8 +22,10 @@ class TestDatabase {
 
   void CreateNow();
   const std::string& name() const { return name_; }
-  // The URL a service connects with: its own role, this database.
+  // The URL a service serves with: its runtime role (owns nothing, no BYPASSRLS).
   std::string UrlFor(const std::string& service) const;
+  // The URL of the role that owns the service's schema and migrates it.
+  std::string OwnerUrlFor(const std::string& service) const;
   // Superuser connection to this database, for setting up and inspecting.
   std::unique_ptr<pqxx::connection> Admin() const;
   // Runs one statement as superuser and returns its result.
