@@ -1,7 +1,7 @@
 // peerpath-checkin: flags and wiring only.
 #include "checkin/migrations.h"
 #include "common/server.h"
-#include "peerpath/checkin/v1/checkin.grpc.pb.h"
+#include "services/checkin/checkin_service.h"
 
 int main(int argc, char** argv) {
   peerpath::ServiceDefinition definition{
@@ -11,10 +11,9 @@ int main(int argc, char** argv) {
       .default_metrics_port = 9102,
       .migrations = &peerpath::checkin::Migrations(),
       .make_services =
-          [](peerpath::ServiceContext&) {
-            // Domain RPCs answer UNIMPLEMENTED until their issue builds them.
+          [](peerpath::ServiceContext& context) {
             std::vector<std::unique_ptr<grpc::Service>> services;
-            services.push_back(std::make_unique<peerpath::checkin::v1::CheckInService::Service>());
+            services.push_back(std::make_unique<peerpath::checkin::CheckInService>(context));
             return services;
           },
   };

@@ -1,7 +1,7 @@
 // peerpath-consent: flags and wiring only.
 #include "common/server.h"
 #include "consent/migrations.h"
-#include "peerpath/consent/v1/consent.grpc.pb.h"
+#include "services/consent/consent_service.h"
 
 int main(int argc, char** argv) {
   peerpath::ServiceDefinition definition{
@@ -11,10 +11,9 @@ int main(int argc, char** argv) {
       .default_metrics_port = 9103,
       .migrations = &peerpath::consent::Migrations(),
       .make_services =
-          [](peerpath::ServiceContext&) {
-            // Domain RPCs answer UNIMPLEMENTED until their issue builds them.
+          [](peerpath::ServiceContext& context) {
             std::vector<std::unique_ptr<grpc::Service>> services;
-            services.push_back(std::make_unique<peerpath::consent::v1::ConsentService::Service>());
+            services.push_back(std::make_unique<peerpath::consent::ConsentService>(context));
             return services;
           },
   };

@@ -1,7 +1,7 @@
 // peerpath-escalation: flags and wiring only.
 #include "common/server.h"
 #include "escalation/migrations.h"
-#include "peerpath/escalation/v1/escalation.grpc.pb.h"
+#include "services/escalation/escalation_service.h"
 
 int main(int argc, char** argv) {
   peerpath::ServiceDefinition definition{
@@ -11,11 +11,9 @@ int main(int argc, char** argv) {
       .default_metrics_port = 9104,
       .migrations = &peerpath::escalation::Migrations(),
       .make_services =
-          [](peerpath::ServiceContext&) {
-            // Domain RPCs answer UNIMPLEMENTED until their issue builds them.
+          [](peerpath::ServiceContext& context) {
             std::vector<std::unique_ptr<grpc::Service>> services;
-            services.push_back(
-                std::make_unique<peerpath::escalation::v1::EscalationService::Service>());
+            services.push_back(std::make_unique<peerpath::escalation::EscalationService>(context));
             return services;
           },
   };

@@ -1,7 +1,7 @@
 // peerpath-evaluation: flags and wiring only.
 #include "common/server.h"
 #include "evaluation/migrations.h"
-#include "peerpath/evaluation/v1/evaluation.grpc.pb.h"
+#include "services/evaluation/evaluation_service.h"
 
 int main(int argc, char** argv) {
   peerpath::ServiceDefinition definition{
@@ -11,11 +11,9 @@ int main(int argc, char** argv) {
       .default_metrics_port = 9105,
       .migrations = &peerpath::evaluation::Migrations(),
       .make_services =
-          [](peerpath::ServiceContext&) {
-            // Domain RPCs answer UNIMPLEMENTED until their issue builds them.
+          [](peerpath::ServiceContext& context) {
             std::vector<std::unique_ptr<grpc::Service>> services;
-            services.push_back(
-                std::make_unique<peerpath::evaluation::v1::EvaluationService::Service>());
+            services.push_back(std::make_unique<peerpath::evaluation::EvaluationService>(context));
             return services;
           },
   };

@@ -1,7 +1,7 @@
 // peerpath-matching: flags and wiring only.
 #include "common/server.h"
 #include "matching/migrations.h"
-#include "peerpath/matching/v1/matching.grpc.pb.h"
+#include "services/matching/matching_service.h"
 
 int main(int argc, char** argv) {
   peerpath::ServiceDefinition definition{
@@ -11,11 +11,9 @@ int main(int argc, char** argv) {
       .default_metrics_port = 9101,
       .migrations = &peerpath::matching::Migrations(),
       .make_services =
-          [](peerpath::ServiceContext&) {
-            // Domain RPCs answer UNIMPLEMENTED until their issue builds them.
+          [](peerpath::ServiceContext& context) {
             std::vector<std::unique_ptr<grpc::Service>> services;
-            services.push_back(
-                std::make_unique<peerpath::matching::v1::MatchingService::Service>());
+            services.push_back(std::make_unique<peerpath::matching::MatchingService>(context));
             return services;
           },
   };
