@@ -49,19 +49,35 @@ ABSL_FLAG(std::string, jwt_keys_file, "",
 ABSL_FLAG(std::string, jwt_issuer, "", "Required `iss` of caller tokens");
 ABSL_FLAG(std::string, jwt_audience, "peerpath", "Required `aud` of caller tokens");
 ABSL_FLAG(absl::Duration, jwt_leeway, absl::Seconds(30), "Clock skew tolerated on exp and nbf");
+ABSL_FLAG(std::string, service_token_file, "",
+          "This service's own bearer token (role `service`) for calls to other services; re-read "
+          "when the file changes");
+ABSL_FLAG(std::string, client_tls_ca_file, "",
+          "PEM CA that signs the other services' certificates; set: calls to them use TLS");
+ABSL_FLAG(std::string, client_tls_cert_file, "",
+          "PEM client certificate for calls to other services (mutual TLS), with the key file");
+ABSL_FLAG(std::string, client_tls_key_file, "", "PEM private key of --client_tls_cert_file");
 ABSL_FLAG(bool, allow_dev_tokens, false,
           "Trust the development issuer \"peerpath-dev\" (local runs only; never in production)");
 
 namespace peerpath {
 
 const std::vector<std::string>& ServerFlagNames() {
-  static const auto* const names = new std::vector<std::string>{
-      "listen_address",        "metrics_address", "database_url",      "migration_database_url",
-      "database_runtime_role", "db_pool_size",    "tls_cert_file",     "tls_key_file",
-      "tls_ca_file",           "allow_plaintext", "max_message_bytes", "max_concurrent_streams",
-      "max_call_duration",     "shutdown_grace",  "enable_reflection", "migrate_on_start",
-      "database_wait",         "log_level",       "jwt_keys_file",     "jwt_issuer",
-      "jwt_audience",          "jwt_leeway",      "allow_dev_tokens"};
+  static const auto* const names =
+      new std::vector<std::string>{"listen_address",        "metrics_address",
+                                   "database_url",          "migration_database_url",
+                                   "database_runtime_role", "db_pool_size",
+                                   "tls_cert_file",         "tls_key_file",
+                                   "tls_ca_file",           "allow_plaintext",
+                                   "max_message_bytes",     "max_concurrent_streams",
+                                   "max_call_duration",     "shutdown_grace",
+                                   "enable_reflection",     "migrate_on_start",
+                                   "database_wait",         "log_level",
+                                   "jwt_keys_file",         "jwt_issuer",
+                                   "jwt_audience",          "jwt_leeway",
+                                   "allow_dev_tokens",      "service_token_file",
+                                   "client_tls_ca_file",    "client_tls_cert_file",
+                                   "client_tls_key_file"};
   return *names;
 }
 
@@ -124,6 +140,10 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& default
   c.jwt_audience = absl::GetFlag(FLAGS_jwt_audience);
   c.jwt_leeway = absl::GetFlag(FLAGS_jwt_leeway);
   c.allow_dev_tokens = absl::GetFlag(FLAGS_allow_dev_tokens);
+  c.service_token_file = absl::GetFlag(FLAGS_service_token_file);
+  c.client_tls.ca_file = absl::GetFlag(FLAGS_client_tls_ca_file);
+  c.client_tls.cert_file = absl::GetFlag(FLAGS_client_tls_cert_file);
+  c.client_tls.key_file = absl::GetFlag(FLAGS_client_tls_key_file);
 
   std::vector<std::string> problems;
   if (!log::ParseLevel(absl::GetFlag(FLAGS_log_level), &c.log_level)) {
@@ -146,6 +166,12 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& default
   }
   if (c.shutdown_grace < absl::ZeroDuration() || c.shutdown_grace > absl::Minutes(10)) {
     problems.push_back("--shutdown_grace must be between 0s and 10m");
+  }
+  if (c.client_tls.cert_file.empty() != c.client_tls.key_file.empty()) {
+    problems.push_back("--client_tls_cert_file and --client_tls_key_file must be set together");
+  }
+  if (!c.client_tls.cert_file.empty() && c.client_tls.ca_file.empty()) {
+    problems.push_back("--client_tls_cert_file (mutual TLS) needs --client_tls_ca_file");
   }
   if (c.tls_cert_file.empty() != c.tls_key_file.empty()) {
     problems.push_back("--tls_cert_file and --tls_key_file must be set together");

@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/channel.h"
 #include "common/log.h"
 
 namespace peerpath {
@@ -36,6 +37,10 @@ struct ServerConfig {
   std::string jwt_audience = "peerpath";
   absl::Duration jwt_leeway = absl::Seconds(30);
   bool allow_dev_tokens = false;
+  // Calls to other services: this service's own token, and the TLS settings of its channels
+  // (MakeChannel in common/channel.h).
+  std::string service_token_file;
+  ChannelOptions client_tls;
 };
 
 struct ServerDefaults {
