@@ -69,7 +69,7 @@ build_all() {
   export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
   cmake -S "$PEERPATH_ROOT" -B "$PEERPATH_BUILD" -G Ninja \
     -DCMAKE_BUILD_TYPE="${PEERPATH_BUILD_TYPE:-RelWithDebInfo}" >/dev/null
-  cmake --build "$PEERPATH_BUILD" -j "$(nproc)"
+  cmake --build "$PEERPATH_BUILD" -j "${PEERPATH_JOBS:-$(nproc)}"
 }
 
 # The user PostgreSQL runs as: ourselves, or the `postgres` system user when we are root.
