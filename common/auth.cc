@@ -209,6 +209,28 @@ absl::StatusOr<std::unique_ptr<TokenVerifier>> TokenVerifier::FromText(absl::str
 }
 
 absl::StatusOr<Identity> TokenVerifier::Verify(absl::string_view token) const {
+  const absl::Time now = absl::Now();
+  {
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    auto hit = cache_.find(std::string(token));
+    if (hit != cache_.end()) {
+      if (now <= hit->second.expires + options_.leeway) return hit->second.identity;
+      cache_.erase(hit);
+      return Unauthenticated("token expired");
+    }
+  }
+  absl::Time expires;
+  absl::StatusOr<Identity> identity = VerifyUncached(token, &expires);
+  if (identity.ok()) {
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    if (cache_.size() >= kMaxCachedTokens) cache_.clear();
+    cache_.emplace(std::string(token), Verified{*identity, expires});
+  }
+  return identity;
+}
+
+absl::StatusOr<Identity> TokenVerifier::VerifyUncached(absl::string_view token,
+                                                       absl::Time* expires) const {
   const std::vector<absl::string_view> parts = absl::StrSplit(token, '.');
   if (parts.size() != 3 || parts[2].empty()) {
     return Unauthenticated("malformed token (expected a signed JWT: header.payload.signature)");
@@ -247,7 +269,10 @@ absl::StatusOr<Identity> TokenVerifier::Verify(absl::string_view token) const {
     if (ec) return Unauthenticated(absl::StrCat("invalid token: ", ec.message()));
 
     const nlohmann::json& payload = decoded.payload().create_json_obj();
-    if (!payload.contains("exp")) return Unauthenticated("token has no expiry (exp)");
+    if (!payload.contains("exp") || !payload["exp"].is_number()) {
+      return Unauthenticated("token has no expiry (exp)");
+    }
+    *expires = absl::FromUnixSeconds(payload["exp"].get<int64_t>());
     bool audience_ok = false;
     if (auto aud = payload.find("aud"); aud != payload.end()) {
       if (aud->is_string()) audience_ok = *aud == options_.audience;

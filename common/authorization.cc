@@ -1,5 +1,7 @@
 #include "common/authorization.h"
 
+#include <grpcpp/server_context.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/audit.h"
@@ -13,6 +15,18 @@ absl::StatusOr<Identity> Authorizer::Authorize(const grpc::ServerContextBase& co
                                                const std::string& method) const {
   absl::StatusOr<Identity> caller = verifier_.Authenticate(context);
   if (!caller.ok()) return caller.status();
+  const auto& metadata = context.client_metadata();
+  if (auto acting = metadata.find(kActingAgencyHeader); acting != metadata.end()) {
+    if (!caller->Has(Role::kService)) {
+      return absl::PermissionDeniedError(
+          absl::StrCat(kActingAgencyHeader, " is only accepted from a service identity"));
+    }
+    const std::string agency(acting->second.data(), acting->second.size());
+    if (agency.empty() || agency.size() > 128) {
+      return absl::InvalidArgumentError(absl::StrCat(kActingAgencyHeader, " is malformed"));
+    }
+    caller->agency_id = agency;
+  }
   auto rule = rules_.find(method);
   if (rule != rules_.end()) {
     for (Role role : rule->second) {

@@ -23,6 +23,10 @@ class ServerContextBase;
 
 namespace peerpath {
 
+// A service calling on behalf of one agency names it in this metadata header; it is honoured only
+// for callers with the `service` role (whose token speaks for the deployment, not one agency).
+inline constexpr char kActingAgencyHeader[] = "x-peerpath-agency-id";
+
 // Method name (e.g. "RecordConsent") → roles that may call it.
 using RoleRules = std::map<std::string, std::set<Role>>;
 
@@ -40,7 +44,8 @@ class Authorizer {
         audit_db_(audit_db) {}
 
   // Authenticates the call and checks the caller holds a role allowed for `method`.
-  // UNAUTHENTICATED, PERMISSION_DENIED, or the caller's identity.
+  // UNAUTHENTICATED, PERMISSION_DENIED, or the caller's identity. For a `service` caller, an
+  // `x-peerpath-agency-id` header sets the agency the call acts for.
   absl::StatusOr<Identity> Authorize(const grpc::ServerContextBase& context,
                                      const std::string& method) const;
 

@@ -45,8 +45,9 @@ absl::Status ValidateIdempotencyKey(absl::string_view key, absl::string_view fie
   return absl::OkStatus();
 }
 
-std::string RequestFingerprint(const google::protobuf::Message& request) {
-  const std::string bytes = Serialize(request);
+std::string RequestFingerprint(const google::protobuf::Message& request,
+                               const std::string& caller) {
+  const std::string bytes = absl::StrCat(caller, std::string(1, '\0'), Serialize(request));
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int length = 0;
   EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr);
@@ -55,7 +56,8 @@ std::string RequestFingerprint(const google::protobuf::Message& request) {
 
 absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& call,
                                          google::protobuf::Message& response) {
-  const std::string fingerprint = absl::BytesToHexString(RequestFingerprint(*call.request));
+  const std::string fingerprint =
+      absl::BytesToHexString(RequestFingerprint(*call.request, call.caller));
   // The common case is one statement. A conflicting claim by a transaction still running makes
   // this INSERT wait for it; DO NOTHING then means that transaction committed.
   const pqxx::result claimed = tx.exec_params(
@@ -79,8 +81,8 @@ absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& c
   }
   if (first[0][1].as<std::string>() != fingerprint) {
     return absl::FailedPreconditionError(
-        "idempotency_key was already used with a different request; use a new key for each "
-        "distinct call, and the same request when retrying");
+        "idempotency_key was already used with a different request or by another caller; use a "
+        "new key for each distinct call, and the same request when retrying");
   }
   std::string stored;
   // PostgreSQL's base64 breaks lines every 76 characters; absl's decoder skips no whitespace.

@@ -31,14 +31,18 @@ namespace peerpath {
 absl::Status ValidateIdempotencyKey(absl::string_view key,
                                     absl::string_view field = "idempotency_key");
 
-// Hex-free SHA-256 of the request's deterministic serialisation.
-std::string RequestFingerprint(const google::protobuf::Message& request);
+// SHA-256 (raw bytes) of the caller and the request's deterministic serialisation.
+std::string RequestFingerprint(const google::protobuf::Message& request,
+                               const std::string& caller = "");
 
 struct IdempotentCall {
   std::string agency_id;
   std::string key;
   std::string method;  // The RPC's name, e.g. "RecordCheckIn".
   const google::protobuf::Message* request = nullptr;
+  // The caller's subject: a stored response is replayed only to the caller who made the first
+  // call (another caller reusing the key, even with the same request, is FAILED_PRECONDITION).
+  std::string caller;
 };
 
 // Runs `write(tx, response)` once per (agency, key) in one transaction with the key claim and the

@@ -169,12 +169,12 @@ class PythonClientTest(unittest.TestCase):
                 self.assertEqual(raised.exception.code(), code)
                 self.assertIn(text, raised.exception.details())
 
-    def test_unimplemented_domain_rpc_is_a_clear_code(self):
+    def test_domain_rpc_without_token_is_refused_before_it_runs(self):
         call = self.service.channel.unary_unary("/peerpath.consent.v1.ConsentService/CheckAccess")
         with self.assertRaises(grpc.RpcError) as raised:
             call(b"", timeout=5)
-        self.assertIn(raised.exception.code(),
-                      (grpc.StatusCode.UNIMPLEMENTED,))
+        self.assertEqual(raised.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        self.assertIn("missing authorization", raised.exception.details())
 
 
 if __name__ == "__main__":

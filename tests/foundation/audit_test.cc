@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "common/db.h"
+#include "tests/support/migrated_schema.h"
 #include "tests/support/service_process.h"
 #include "tests/support/test_database.h"
 
@@ -15,11 +16,7 @@ class AuditLog : public ::testing::Test {
  protected:
   void SetUp() override {
     db_ = TestDatabase::Create();
-    ExitResult migrate =
-        RunToExit("consent", {"migrate", "--database_url=" + db_->OwnerUrlFor("consent")});
-    ASSERT_EQ(migrate.exit_code, 0) << migrate.log;
-    database_ = std::make_unique<Database>(
-        DatabaseOptions{db_->UrlFor("consent"), "consent", 2, std::chrono::milliseconds(5000)});
+    database_ = MigrateAndConnect(*db_, "consent", 2);
   }
 
   int64_t Append(const std::string& agency, const std::string& participant,

@@ -57,6 +57,26 @@ TEST(TokenVerifier, AcceptsEs256AndRs256AndReadsTheIdentity) {
   }
 }
 
+TEST(TokenVerifier, AVerifiedTokenIsRememberedOnlyUntilItExpires) {
+  auto verifier = TokenVerifier::FromFile(Keys().public_keys_file,
+                                          {kTestIssuer, kTestAudience, absl::ZeroDuration()});
+  ASSERT_TRUE(verifier.ok());
+  TokenClaims claims = Claims();
+  claims.expires_at = absl::Now() + absl::Seconds(2);
+  const std::string token = Mint(claims);
+  ASSERT_TRUE((*verifier)->Verify(token).ok());
+  ASSERT_TRUE((*verifier)->Verify(token).ok());  // From the cache.
+  absl::SleepFor(absl::Seconds(3));
+  ExpectRefused((*verifier)->Verify(token), "expired");
+  ExpectRefused((*verifier)->Verify(token), "expired");
+  // A remembered token with a changed signature is a different token, checked in full.
+  std::string good = Mint(Claims());
+  ASSERT_TRUE((*verifier)->Verify(good).ok());
+  char& c = good[good.rfind('.') + 5];
+  c = c == 'A' ? 'B' : 'A';
+  ExpectRefused((*verifier)->Verify(good), "");
+}
+
 TEST(TokenVerifier, RefusesExpiredToken) {
   TokenClaims claims = Claims();
   claims.issued_at = absl::Now() - absl::Hours(2);

@@ -108,6 +108,27 @@ TEST_F(EventLogRpc, OtherRolesAndAnonymousCallersAreRefused) {
             4);
 }
 
+TEST_F(EventLogRpc, OnlyAServiceIdentityMayActForAnAgency) {
+  auto stub = ConsentService::NewStub(producer_->Channel());
+  // A service acting for agency-x: refused by the role table, and audited in agency-x's chain.
+  auto as_service = As({"service"});
+  as_service->AddMetadata("x-peerpath-agency-id", "agency-x");
+  peerpath::consent::v1::ReviewEmergencyAccessResponse review;
+  EXPECT_EQ(stub->ReviewEmergencyAccess(as_service.get(), {}, &review).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM consent.audit_log WHERE agency_id = 'agency-x' "
+                            "AND decision = 'denied'")[0][0]
+                .as<int>(),
+            1);
+  // Anyone else naming an agency is refused outright.
+  auto as_admin = As({"program_admin"});
+  as_admin->AddMetadata("x-peerpath-agency-id", "agency-x");
+  grpc::Status status = stub->ReviewEmergencyAccess(as_admin.get(), {}, &review);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(status.error_message().find("only accepted from a service identity"),
+            std::string::npos);
+}
+
 TEST_F(EventLogRpc, BadRequestNamesEachField) {
   auto stub = ConsentService::NewStub(producer_->Channel());
   ListEventsRequest request;

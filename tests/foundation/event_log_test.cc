@@ -10,6 +10,7 @@
 
 #include "common/event_consumer.h"
 #include "peerpath/common/v1/common.pb.h"
+#include "tests/support/migrated_schema.h"
 #include "tests/support/service_process.h"
 #include "tests/support/test_database.h"
 
@@ -38,17 +39,14 @@ class EventLogTest : public ::testing::Test {
  protected:
   void SetUp() override {
     db_ = TestDatabase::Create();
-    const std::string url = "--database_url=" + db_->OwnerUrlFor("consent");
-    ASSERT_EQ(RunToExit("consent", {"migrate", url}).exit_code, 0);
-    // The effect a consumer applies: a tenant table like any service's.
+    MigrateAndConnect(*db_, "consent");
+    // The effect a consumer applies: a tenant table like any service's, covered by the runner's
+    // next pass.
     db_->AdminQuery(
         "CREATE TABLE consent.applied (agency_id text NOT NULL, event_id text PRIMARY KEY, "
         "day int NOT NULL);"
         "ALTER TABLE consent.applied OWNER TO peerpath_consent_owner");
-    ExitResult again = RunToExit("consent", {"migrate", url});
-    ASSERT_EQ(again.exit_code, 0) << again.log;
-    database_ = std::make_unique<Database>(
-        DatabaseOptions{db_->UrlFor("consent"), "consent", 4, std::chrono::milliseconds(5000)});
+    database_ = MigrateAndConnect(*db_, "consent");
     log_ = std::make_unique<EventLog>(*database_);
   }
 

@@ -11,6 +11,7 @@
 #include "common/audit.h"
 #include "common/status.h"
 #include "peerpath/common/v1/common.pb.h"
+#include "tests/support/migrated_schema.h"
 #include "tests/support/service_process.h"
 #include "tests/support/test_database.h"
 
@@ -24,11 +25,7 @@ class Idempotency : public ::testing::Test {
  protected:
   void SetUp() override {
     db_ = TestDatabase::Create();
-    ExitResult migrate =
-        RunToExit("consent", {"migrate", "--database_url=" + db_->OwnerUrlFor("consent")});
-    ASSERT_EQ(migrate.exit_code, 0) << migrate.log;
-    database_ = std::make_unique<Database>(
-        DatabaseOptions{db_->UrlFor("consent"), "consent", 4, std::chrono::milliseconds(5000)});
+    database_ = MigrateAndConnect(*db_, "consent", 4);
   }
 
   static Date Request(int day) {
@@ -42,7 +39,7 @@ class Idempotency : public ::testing::Test {
   // A "record" call: appends an audit row (the write) and answers with an id.
   absl::Status Record(const std::string& agency, const std::string& key, const Date& request,
                       Event& response, const std::string& method = "RecordThing") {
-    return RunIdempotent(*database_, {agency, key, method, &request}, response,
+    return RunIdempotent(*database_, {agency, key, method, &request, "staff-1"}, response,
                          [&](pqxx::work& tx, google::protobuf::Message& out) -> absl::Status {
                            ++writes_;
                            auto seq = AppendAudit(tx, agency,
@@ -84,6 +81,26 @@ TEST_F(Idempotency, SameKeyWithDifferentRequestIsFailedPrecondition) {
   EXPECT_EQ(AuditRows(), 1);
 }
 
+TEST_F(Idempotency, AnotherCallerCannotReplayTheFirstCallersResponse) {
+  const Date request = Request(5);
+  auto record = [&](const std::string& caller, Event& response) {
+    return RunIdempotent(*database_, {"agency-a", "key-who", "RecordThing", &request, caller},
+                         response, [&](pqxx::work&, google::protobuf::Message& out) {
+                           ++writes_;
+                           static_cast<Event&>(out).set_event_id("for-" + caller);
+                           return absl::OkStatus();
+                         });
+  };
+  Event first, again, other;
+  ASSERT_TRUE(record("staff-1", first).ok());
+  ASSERT_TRUE(record("staff-1", again).ok());
+  EXPECT_EQ(again.event_id(), "for-staff-1");
+  absl::Status stranger = record("staff-2", other);
+  EXPECT_EQ(stranger.code(), absl::StatusCode::kFailedPrecondition) << stranger;
+  EXPECT_TRUE(other.event_id().empty());
+  EXPECT_EQ(writes_, 1);
+}
+
 TEST_F(Idempotency, KeysBelongToOneAgency) {
   Event a, b;
   ASSERT_TRUE(Record("agency-a", "shared-key", Request(1), a).ok());
@@ -96,7 +113,7 @@ TEST_F(Idempotency, FailedWriteLeavesTheKeyFree) {
   const Date request = Request(3);
   Event response;
   absl::Status failed =
-      RunIdempotent(*database_, {"agency-a", "key-f", "RecordThing", &request}, response,
+      RunIdempotent(*database_, {"agency-a", "key-f", "RecordThing", &request, "staff-1"}, response,
                     [](pqxx::work& tx, google::protobuf::Message&) -> absl::Status {
                       AppendAudit(tx, "agency-a",
                                   {"s", "clinician", "x", "", "", "", AuditDecision::kAllowed, ""})
@@ -127,7 +144,7 @@ TEST_F(Idempotency, ConcurrentCallsWithOneKeyExecuteOnce) {
   Event first_response;
   std::thread first([&] {
     absl::Status status = RunIdempotent(
-        *database_, {"agency-a", "key-c", "RecordThing", &request}, first_response,
+        *database_, {"agency-a", "key-c", "RecordThing", &request, "staff-1"}, first_response,
         [&](pqxx::work& tx, google::protobuf::Message& out) -> absl::Status {
           ++writes_;
           first_claimed.set_value();

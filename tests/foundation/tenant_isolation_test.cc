@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/db.h"
+#include "tests/support/migrated_schema.h"
 #include "tests/support/service_process.h"
 #include "tests/support/test_database.h"
 
@@ -14,16 +15,12 @@ class TenantIsolation : public ::testing::Test {
  protected:
   void SetUp() override {
     db_ = TestDatabase::Create();
-    const std::string url = "--database_url=" + db_->OwnerUrlFor("consent");
-    ASSERT_EQ(RunToExit("consent", {"migrate", url}).exit_code, 0);
+    MigrateAndConnect(*db_, "consent");
     // A tenant table the way any migration would add one, then the runner's next pass.
     db_->AdminQuery(
         "CREATE TABLE consent.probe (id serial PRIMARY KEY, agency_id text NOT NULL, note text);"
         "ALTER TABLE consent.probe OWNER TO peerpath_consent_owner");
-    ExitResult again = RunToExit("consent", {"migrate", url});
-    ASSERT_EQ(again.exit_code, 0) << again.log;
-    database_ = std::make_unique<Database>(
-        DatabaseOptions{db_->UrlFor("consent"), "consent", 2, std::chrono::milliseconds(5000)});
+    database_ = MigrateAndConnect(*db_, "consent", 2);
   }
 
   absl::Status Insert(const std::string& scope, const std::string& row_agency) {
