@@ -1,9 +1,19 @@
 #pragma once
 
+#include <prometheus/counter.h>
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/time/time.h"
 #include "common/authorization.h"
+#include "common/event_consumer.h"
 #include "common/event_log.h"
 #include "common/server.h"
+#include "common/stop_signal.h"
 #include "peerpath/consent/v1/consent.grpc.pb.h"
+#include "services/consent/relationships.h"
 
 namespace peerpath::consent {
 
@@ -11,18 +21,73 @@ using ConsentServiceBase =
     WithEventLogRpcs<v1::ConsentService::Service, v1::ListEventsRequest, v1::ListEventsResponse,
                      v1::SubscribeRequest, v1::SubscribeResponse>;
 
-// peerpath.consent.v1.ConsentService. Serves the event log; the domain RPCs answer UNIMPLEMENTED
-// until the consent issue builds them.
+// Service-specific settings (flags in main.cc).
+struct ConsentOptions {
+  // host:port of the matching service; empty: the active-matches table is not fed.
+  std::string matching_address;
+  // host:port of the escalation service; empty: concern ids are recorded, not verified.
+  std::string escalation_address;
+  // How often the expiry sweeper runs.
+  absl::Duration expiry_sweep_interval = absl::Seconds(30);
+};
+
+// peerpath.consent.v1.ConsentService: consents, access decisions, gates, the accounting of
+// disclosures and break-glass access; serves its event log; runs the expiry sweeper and, with
+// --matching_address, the consumer of the matching service's log.
 class ConsentService final : public ConsentServiceBase {
  public:
-  explicit ConsentService(ServiceContext& context);
+  explicit ConsentService(ServiceContext& context, ConsentOptions options = {});
+  // For tests: other relationship sources.
+  ConsentService(ServiceContext& context, ConsentOptions options,
+                 std::unique_ptr<ActiveMatches> matches, std::unique_ptr<SafetyConcerns> concerns);
+  ~ConsentService() override;
 
   // Which roles may call each RPC (object-level rules come after, in the handlers).
   static const RoleRules& Rules();
 
+  grpc::Status RecordConsent(grpc::ServerContext* context, const v1::RecordConsentRequest* request,
+                             v1::RecordConsentResponse* response) override;
+  grpc::Status GetConsent(grpc::ServerContext* context, const v1::GetConsentRequest* request,
+                          v1::GetConsentResponse* response) override;
+  grpc::Status ListConsents(grpc::ServerContext* context, const v1::ListConsentsRequest* request,
+                            v1::ListConsentsResponse* response) override;
+  grpc::Status RevokeConsent(grpc::ServerContext* context, const v1::RevokeConsentRequest* request,
+                             v1::RevokeConsentResponse* response) override;
+  grpc::Status CheckAccess(grpc::ServerContext* context, const v1::CheckAccessRequest* request,
+                           v1::CheckAccessResponse* response) override;
+  grpc::Status CheckGates(grpc::ServerContext* context, const v1::CheckGatesRequest* request,
+                          v1::CheckGatesResponse* response) override;
+  grpc::Status ShareInformation(grpc::ServerContext* context,
+                                const v1::ShareInformationRequest* request,
+                                v1::ShareInformationResponse* response) override;
+  grpc::Status ListDisclosures(grpc::ServerContext* context,
+                               const v1::ListDisclosuresRequest* request,
+                               v1::ListDisclosuresResponse* response) override;
+  grpc::Status RequestEmergencyAccess(grpc::ServerContext* context,
+                                      const v1::RequestEmergencyAccessRequest* request,
+                                      v1::RequestEmergencyAccessResponse* response) override;
+  grpc::Status ListEmergencyAccesses(grpc::ServerContext* context,
+                                     const v1::ListEmergencyAccessesRequest* request,
+                                     v1::ListEmergencyAccessesResponse* response) override;
+  grpc::Status ReviewEmergencyAccess(grpc::ServerContext* context,
+                                     const v1::ReviewEmergencyAccessRequest* request,
+                                     v1::ReviewEmergencyAccessResponse* response) override;
+
+  // One pass of the expiry sweeper: marks ended consents EXPIRED with their events. Returns how
+  // many.
+  absl::StatusOr<int> SweepExpiredConsents();
+
  private:
+  ServiceContext& context_;
   Authorizer authorizer_;
   EventLog events_;
+  std::unique_ptr<ActiveMatches> matches_;
+  std::unique_ptr<SafetyConcerns> concerns_;
+  prometheus::Counter* break_glass_ = nullptr;
+  std::unique_ptr<EventConsumer> matching_consumer_;
+  std::unique_ptr<EventConsumer> escalation_consumer_;
+  StopSignal stop_sweeper_;
+  std::thread sweeper_;
 };
 
 }  // namespace peerpath::consent

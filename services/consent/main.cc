@@ -1,7 +1,51 @@
 // peerpath-consent: flags and wiring only.
+#include <cstdlib>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/time/time.h"
 #include "common/server.h"
 #include "consent/migrations.h"
 #include "services/consent/consent_service.h"
+
+ABSL_FLAG(std::string, matching_address, "",
+          "consent: host:port of the matching service, whose MatchStarted/MatchEnded events feed "
+          "the peer supporters' active matches (env PEERPATH_MATCHING_ADDRESS); empty: the local "
+          "table is not fed");
+ABSL_FLAG(std::string, escalation_address, "",
+          "consent: host:port of the escalation service, whose ConcernOpened/Resolved/Cancelled "
+          "events say which safety concerns are open for break-glass access (env "
+          "PEERPATH_ESCALATION_ADDRESS); empty: concern ids are recorded but not verified");
+ABSL_FLAG(std::string, consent_expiry_sweep_interval, "",
+          "consent: how often the expiry sweeper marks ended consents EXPIRED, e.g. 30s (env "
+          "PEERPATH_CONSENT_EXPIRY_SWEEP_INTERVAL; default 30s)");
+
+namespace {
+
+// The flag, or when it is empty the environment variable PEERPATH_<FLAG>.
+std::string FlagOrEnv(const std::string& value, const char* env) {
+  if (!value.empty()) return value;
+  const char* from_env = std::getenv(env);
+  return from_env == nullptr ? "" : from_env;
+}
+
+peerpath::consent::ConsentOptions Options() {
+  peerpath::consent::ConsentOptions options;
+  options.matching_address =
+      FlagOrEnv(absl::GetFlag(FLAGS_matching_address), "PEERPATH_MATCHING_ADDRESS");
+  options.escalation_address =
+      FlagOrEnv(absl::GetFlag(FLAGS_escalation_address), "PEERPATH_ESCALATION_ADDRESS");
+  const std::string interval = FlagOrEnv(absl::GetFlag(FLAGS_consent_expiry_sweep_interval),
+                                         "PEERPATH_CONSENT_EXPIRY_SWEEP_INTERVAL");
+  absl::Duration parsed;
+  if (!interval.empty() && absl::ParseDuration(interval, &parsed) &&
+      parsed > absl::ZeroDuration()) {
+    options.expiry_sweep_interval = parsed;
+  }
+  return options;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   peerpath::ServiceDefinition definition{
@@ -13,7 +57,8 @@ int main(int argc, char** argv) {
       .make_services =
           [](peerpath::ServiceContext& context) {
             std::vector<std::unique_ptr<grpc::Service>> services;
-            services.push_back(std::make_unique<peerpath::consent::ConsentService>(context));
+            services.push_back(
+                std::make_unique<peerpath::consent::ConsentService>(context, Options()));
             return services;
           },
   };

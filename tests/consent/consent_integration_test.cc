@@ -1,0 +1,929 @@
+// The consent service as clients see it: the real peerpath-consent binary over gRPC against a
+// real PostgreSQL database.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "common/time_util.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+#include "peerpath/consent/v1/consent.grpc.pb.h"
+#include "peerpath/consent/v1/events.pb.h"
+#include "peerpath/escalation/v1/escalation.grpc.pb.h"
+#include "peerpath/escalation/v1/events.pb.h"
+#include "peerpath/matching/v1/events.pb.h"
+#include "tests/support/service_process.h"
+#include "tests/support/test_database.h"
+#include "tests/support/test_tokens.h"
+
+namespace peerpath::testing {
+namespace {
+
+using namespace std::chrono_literals;
+namespace v1 = peerpath::consent::v1;
+
+constexpr char kAgency[] = "agency-a";
+
+// Stands in for the escalation service's event log (the escalation service is built at the same
+// time as this one): ListEvents over real gRPC, positions from 1.
+class FakeEscalationLog final : public peerpath::escalation::v1::EscalationService::Service {
+ public:
+  FakeEscalationLog() {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(this);
+    server_ = builder.BuildAndStart();
+  }
+  ~FakeEscalationLog() override { server_->Shutdown(); }
+  int port() const { return port_; }
+
+  void Add(const std::string& agency, const google::protobuf::Message& payload) {
+    std::lock_guard<std::mutex> lock(mu_);
+    peerpath::common::v1::Event event;
+    event.set_position(static_cast<int64_t>(events_.size()) + 1);
+    event.set_agency_id(agency);
+    event.set_type(payload.GetDescriptor()->full_name());
+    event.mutable_payload()->PackFrom(payload);
+    events_.push_back(event);
+  }
+
+  grpc::Status ListEvents(grpc::ServerContext*,
+                          const peerpath::escalation::v1::ListEventsRequest* request,
+                          peerpath::escalation::v1::ListEventsResponse* response) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& event : events_) {
+      if (event.position() > request->after_position()) *response->add_events() = event;
+    }
+    response->set_head_position(static_cast<int64_t>(events_.size()));
+    return grpc::Status::OK;
+  }
+
+ private:
+  int port_ = 0;
+  std::unique_ptr<grpc::Server> server_;
+  std::mutex mu_;
+  std::vector<peerpath::common::v1::Event> events_;
+};
+
+class ConsentServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    db_ = TestDatabase::Create();
+    StartConsent({});
+  }
+
+  void StartConsent(std::vector<std::string> flags) {
+    server_.reset();
+    flags.push_back("--consent_expiry_sweep_interval=200ms");
+    server_ = std::make_unique<ServiceProcess>("consent", db_->UrlFor("consent"), flags);
+    ASSERT_TRUE(server_->WaitListening()) << server_->Log();
+    ASSERT_TRUE(server_->WaitHealth(true)) << server_->Log();
+    stub_ = v1::ConsentService::NewStub(server_->Channel());
+  }
+
+  // Starts a producer's real binary (sharing this database) and returns the flags that make the
+  // consent service consume its log.
+  std::vector<std::string> StartProducer(const std::string& service) {
+    producer_ = std::make_unique<ServiceProcess>(service, db_->UrlFor(service));
+    EXPECT_TRUE(producer_->WaitHealth(true)) << producer_->Log();
+    const std::string token_file = ::testing::TempDir() + "/consent-service-token";
+    { std::ofstream(token_file) << TokenFor(kAgency, {"service"}, "svc-consent"); }
+    return {absl::StrCat("--", service, "_address=127.0.0.1:", producer_->grpc_port()),
+            "--service_token_file=" + token_file};
+  }
+
+  // Commits an event into a producer's outbox the way its own transactions do.
+  void Emit(const std::string& schema, const google::protobuf::Message& payload,
+            const std::string& aggregate) {
+    db_->AdminQuery(absl::StrCat(
+        "INSERT INTO ", schema, ".outbox (agency_id, event_type, aggregate_id, payload) VALUES ('",
+        kAgency, "', '", payload.GetDescriptor()->full_name(), "', '", aggregate, "', decode('",
+        absl::BytesToHexString(payload.SerializeAsString()), "', 'hex'))"));
+  }
+
+  static std::unique_ptr<grpc::ClientContext> As(const std::vector<std::string>& roles,
+                                                 const std::string& subject = "staff-1",
+                                                 const std::string& agency = kAgency) {
+    auto context = std::make_unique<grpc::ClientContext>();
+    context->set_deadline(std::chrono::system_clock::now() + 10s);
+    context->AddMetadata("authorization", "Bearer " + TokenFor(agency, roles, subject));
+    return context;
+  }
+
+  static v1::Consent Consent(const std::string& participant, v1::RecipientKind kind,
+                             const std::string& recipient, std::vector<v1::Purpose> purposes,
+                             std::vector<v1::DataCategory> categories,
+                             v1::ConsentDirective directive = v1::CONSENT_DIRECTIVE_PERMIT) {
+    v1::Consent c;
+    c.set_participant_id(participant);
+    c.set_given_by(v1::CONSENT_GIVER_PARTICIPANT);
+    c.mutable_recipient()->set_kind(kind);
+    c.mutable_recipient()->set_id(recipient);
+    for (auto p : purposes) c.add_purposes(p);
+    for (auto k : categories) c.add_data_categories(k);
+    c.set_directive(directive);
+    c.set_obtained_method(v1::OBTAINED_METHOD_WRITTEN);
+    c.set_form_reference("form-123");
+    return c;
+  }
+
+  grpc::Status Record(const v1::Consent& consent, v1::RecordConsentResponse* response,
+                      const std::vector<std::string>& roles = {"case_manager"},
+                      const std::string& subject = "staff-1", const std::string& key = "") {
+    v1::RecordConsentRequest request;
+    *request.mutable_consent() = consent;
+    request.set_idempotency_key(key.empty() ? absl::StrCat("k-", ++keys_) : key);
+    return stub_->RecordConsent(As(roles, subject).get(), request, response);
+  }
+
+  std::string RecordOk(const v1::Consent& consent) {
+    v1::RecordConsentResponse response;
+    grpc::Status status = Record(consent, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response.consent().consent_id();
+  }
+
+  v1::CheckAccessResponse Check(const std::string& participant, v1::Actor actor,
+                                v1::DataCategory category, v1::Purpose purpose) {
+    v1::CheckAccessRequest request;
+    request.set_participant_id(participant);
+    *request.mutable_actor() = std::move(actor);
+    request.set_data_category(category);
+    request.set_purpose(purpose);
+    v1::CheckAccessResponse response;
+    grpc::Status status =
+        stub_->CheckAccess(As({"service"}, "svc-checkin").get(), request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response;
+  }
+
+  static v1::Actor Person(const std::string& subject, std::vector<std::string> roles) {
+    v1::Actor a;
+    a.set_subject(subject);
+    for (auto& r : roles) a.add_roles(r);
+    return a;
+  }
+
+  static std::set<std::string> ViolatedFields(const grpc::Status& status) {
+    google::rpc::Status details;
+    std::set<std::string> fields;
+    if (!details.ParseFromString(status.error_details())) return fields;
+    for (const auto& any : details.details()) {
+      google::rpc::BadRequest bad;
+      if (any.UnpackTo(&bad)) {
+        for (const auto& v : bad.field_violations()) fields.insert(v.field());
+      }
+    }
+    return fields;
+  }
+
+  int Count(const std::string& sql) { return db_->AdminQuery(sql)[0][0].as<int>(); }
+
+  int Events(const std::string& type, const std::string& aggregate = "") {
+    return Count(absl::StrCat(
+        "SELECT count(*) FROM consent.outbox WHERE event_type = "
+        "'peerpath.consent.v1.",
+        type, "'", aggregate.empty() ? "" : " AND aggregate_id = '" + aggregate + "'"));
+  }
+
+  void Match(const std::string& supporter, const std::string& participant) {
+    db_->AdminQuery(
+        absl::StrCat("INSERT INTO consent.active_matches (agency_id, match_id, supporter_subject, "
+                     "participant_id) VALUES ('",
+                     kAgency, "', 'm-", supporter, "-", participant, "', '", supporter, "', '",
+                     participant, "')"));
+  }
+
+  std::unique_ptr<TestDatabase> db_;
+  std::unique_ptr<ServiceProcess> producer_;
+  std::unique_ptr<ServiceProcess> server_;
+  std::unique_ptr<v1::ConsentService::Stub> stub_;
+  int keys_ = 0;
+};
+
+TEST_F(ConsentServiceTest, RecordConsentNamesEveryBadField) {
+  v1::Consent bad;
+  bad.add_purposes(v1::PURPOSE_TREATMENT);
+  bad.add_purposes(v1::PURPOSE_TREATMENT);
+  bad.add_data_categories(static_cast<v1::DataCategory>(77));
+  bad.set_obtained_method(v1::OBTAINED_METHOD_VERBAL_WITNESSED);
+  *bad.mutable_valid_from() = ToProtoTimestamp(absl::Now() + absl::Hours(2));
+  *bad.mutable_valid_until() = ToProtoTimestamp(absl::Now() + absl::Hours(1));
+  v1::RecordConsentResponse response;
+  grpc::Status status = Record(bad, &response, {"case_manager"}, "staff-1", "bad key!");
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  const std::set<std::string> fields = ViolatedFields(status);
+  for (const char* field :
+       {"consent.participant_id", "consent.given_by", "consent.recipient", "consent.purposes[1]",
+        "consent.data_categories[0]", "consent.directive", "consent.valid_until",
+        "consent.witnessed_by", "idempotency_key"}) {
+    EXPECT_TRUE(fields.contains(field)) << field;
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM consent.consents"), 0);
+}
+
+TEST_F(ConsentServiceTest, PeerSupporterRecordsOnlyAgreementToPeerInvolvementInActiveMatches) {
+  const v1::Consent agreement =
+      Consent("p-1", v1::RECIPIENT_KIND_PERSON, "peer-7", {v1::PURPOSE_PEER_SUPPORT},
+              {v1::DATA_CATEGORY_CHECK_IN_SUMMARIES});
+  v1::RecordConsentResponse response;
+  // Not matched yet: refused and audited.
+  EXPECT_EQ(Record(agreement, &response, {"peer_supporter"}, "peer-7").error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  Match("peer-7", "p-1");
+  grpc::Status status = Record(agreement, &response, {"peer_supporter"}, "peer-7");
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.consent().status(), v1::CONSENT_STATUS_ACTIVE);
+
+  v1::Consent broader = agreement;
+  broader.add_purposes(v1::PURPOSE_TREATMENT);
+  EXPECT_EQ(Record(broader, &response, {"peer_supporter"}, "peer-7").error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  v1::Consent for_someone_else = agreement;
+  for_someone_else.mutable_recipient()->set_id("peer-8");
+  EXPECT_EQ(Record(for_someone_else, &response, {"peer_supporter"}, "peer-7").error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  v1::Consent deny = agreement;
+  deny.set_directive(v1::CONSENT_DIRECTIVE_DENY);
+  EXPECT_EQ(Record(deny, &response, {"peer_supporter"}, "peer-7").error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Count("SELECT count(*) FROM consent.consents"), 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM consent.audit_log WHERE decision = 'denied' AND action = "
+                  "'peerpath.consent.v1.ConsentService.RecordConsent'"),
+            4);
+
+  // Outside their matches a peer supporter cannot read consents either.
+  v1::ListConsentsRequest list;
+  list.set_participant_id("p-2");
+  v1::ListConsentsResponse listed;
+  EXPECT_EQ(stub_->ListConsents(As({"peer_supporter"}, "peer-7").get(), list, &listed).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  list.set_participant_id("p-1");
+  ASSERT_TRUE(stub_->ListConsents(As({"peer_supporter"}, "peer-7").get(), list, &listed).ok());
+  EXPECT_EQ(listed.consents_size(), 1);
+}
+
+// role × purpose × category × period × directive.
+TEST_F(ConsentServiceTest, PermitDenyTable) {
+  const absl::Time now = absl::Now();
+  // p-table: clinicians may see appointment status and concerns for care coordination; the
+  // county may see check-in summaries for treatment until yesterday (ended) and from tomorrow
+  // (not yet valid); a directive forbids contact details to case managers.
+  RecordOk(
+      Consent("p-table", v1::RECIPIENT_KIND_ROLE, "clinician", {v1::PURPOSE_CARE_COORDINATION},
+              {v1::DATA_CATEGORY_APPOINTMENT_STATUS, v1::DATA_CATEGORY_CONCERNS_AND_ESCALATIONS}));
+  v1::Consent later = Consent("p-table", v1::RECIPIENT_KIND_ROLE, "supervisor",
+                              {v1::PURPOSE_TREATMENT}, {v1::DATA_CATEGORY_CHECK_IN_SUMMARIES});
+  *later.mutable_valid_from() = ToProtoTimestamp(now + absl::Hours(24));
+  const std::string later_id = RecordOk(later);
+  v1::Consent ended = Consent("p-table", v1::RECIPIENT_KIND_ROLE, "supervisor",
+                              {v1::PURPOSE_EVALUATION}, {v1::DATA_CATEGORY_CHECK_IN_SUMMARIES});
+  *ended.mutable_valid_from() = ToProtoTimestamp(now - absl::Hours(48));
+  *ended.mutable_valid_until() = ToProtoTimestamp(now + absl::Seconds(1));
+  const std::string ended_id = RecordOk(ended);
+  RecordOk(Consent("p-table", v1::RECIPIENT_KIND_ROLE, "case_manager",
+                   {v1::PURPOSE_CARE_COORDINATION},
+                   {v1::DATA_CATEGORY_CONTACT_DETAILS, v1::DATA_CATEGORY_APPOINTMENT_STATUS}));
+  const std::string deny_id = RecordOk(
+      Consent("p-table", v1::RECIPIENT_KIND_PERSON, "cm-2", {v1::PURPOSE_CARE_COORDINATION},
+              {v1::DATA_CATEGORY_CONTACT_DETAILS}, v1::CONSENT_DIRECTIVE_DENY));
+  std::this_thread::sleep_for(1500ms);  // `ended` is now past its end.
+
+  struct Row {
+    std::string subject;
+    std::string role;
+    v1::Purpose purpose;
+    v1::DataCategory category;
+    v1::AccessDecision decision;
+    v1::AccessReason reason;
+    std::string consent_id;  // Checked when set.
+  };
+  const std::vector<Row> table = {
+      {"c-1", "clinician", v1::PURPOSE_CARE_COORDINATION, v1::DATA_CATEGORY_APPOINTMENT_STATUS,
+       v1::ACCESS_DECISION_PERMIT, v1::ACCESS_REASON_PERMITTED_BY_CONSENT, ""},
+      {"c-1", "clinician", v1::PURPOSE_TREATMENT, v1::DATA_CATEGORY_APPOINTMENT_STATUS,
+       v1::ACCESS_DECISION_DENY, v1::ACCESS_REASON_NO_CONSENT, ""},
+      {"c-1", "clinician", v1::PURPOSE_CARE_COORDINATION, v1::DATA_CATEGORY_CONTACT_DETAILS,
+       v1::ACCESS_DECISION_DENY, v1::ACCESS_REASON_NO_CONSENT, ""},
+      {"pe-1", "peer_supporter", v1::PURPOSE_CARE_COORDINATION,
+       v1::DATA_CATEGORY_APPOINTMENT_STATUS, v1::ACCESS_DECISION_DENY, v1::ACCESS_REASON_NO_CONSENT,
+       ""},
+      {"s-1", "supervisor", v1::PURPOSE_TREATMENT, v1::DATA_CATEGORY_CHECK_IN_SUMMARIES,
+       v1::ACCESS_DECISION_DENY, v1::ACCESS_REASON_CONSENT_NOT_YET_VALID, later_id},
+      {"s-1", "supervisor", v1::PURPOSE_EVALUATION, v1::DATA_CATEGORY_CHECK_IN_SUMMARIES,
+       v1::ACCESS_DECISION_DENY, v1::ACCESS_REASON_CONSENT_EXPIRED, ended_id},
+      {"cm-1", "case_manager", v1::PURPOSE_CARE_COORDINATION, v1::DATA_CATEGORY_CONTACT_DETAILS,
+       v1::ACCESS_DECISION_PERMIT, v1::ACCESS_REASON_PERMITTED_BY_CONSENT, ""},
+      {"cm-2", "case_manager", v1::PURPOSE_CARE_COORDINATION, v1::DATA_CATEGORY_CONTACT_DETAILS,
+       v1::ACCESS_DECISION_DENY, v1::ACCESS_REASON_DENIED_BY_DIRECTIVE, deny_id},
+      {"cm-2", "case_manager", v1::PURPOSE_CARE_COORDINATION, v1::DATA_CATEGORY_APPOINTMENT_STATUS,
+       v1::ACCESS_DECISION_PERMIT, v1::ACCESS_REASON_PERMITTED_BY_CONSENT, ""},
+  };
+  for (const Row& row : table) {
+    SCOPED_TRACE(absl::StrCat(row.subject, " ", v1::Purpose_Name(row.purpose), " ",
+                              v1::DataCategory_Name(row.category)));
+    const v1::CheckAccessResponse r =
+        Check("p-table", Person(row.subject, {row.role}), row.category, row.purpose);
+    EXPECT_EQ(r.decision(), row.decision);
+    EXPECT_EQ(r.reason(), row.reason);
+    if (!row.consent_id.empty()) {
+      EXPECT_EQ(r.consent_id(), row.consent_id);
+    }
+    EXPECT_FALSE(r.message().empty());
+  }
+}
+
+TEST_F(ConsentServiceTest, RevokedConsentDeniesNextCheckUnderConcurrentChecks) {
+  const std::string id =
+      RecordOk(Consent("p-rev", v1::RECIPIENT_KIND_ROLE, "clinician", {v1::PURPOSE_TREATMENT},
+                       {v1::DATA_CATEGORY_APPOINTMENT_STATUS}));
+  ASSERT_EQ(Check("p-rev", Person("c-1", {"clinician"}), v1::DATA_CATEGORY_APPOINTMENT_STATUS,
+                  v1::PURPOSE_TREATMENT)
+                .decision(),
+            v1::ACCESS_DECISION_PERMIT);
+  std::atomic<bool> revoked_returned{false};
+  std::atomic<bool> stop{false};
+  std::atomic<int> permits_after_revoke{0};
+  std::atomic<int> checks{0};
+  std::vector<std::thread> checkers;
+  for (int t = 0; t < 4; ++t) {
+    checkers.emplace_back([&] {
+      auto stub = v1::ConsentService::NewStub(server_->Channel());
+      while (!stop) {
+        // Read the flag before the call starts: a permit of a call started after the revoke
+        // returned is a violation.
+        const bool after = revoked_returned.load();
+        v1::CheckAccessRequest request;
+        request.set_participant_id("p-rev");
+        *request.mutable_actor() = Person("c-1", {"clinician"});
+        request.set_data_category(v1::DATA_CATEGORY_APPOINTMENT_STATUS);
+        request.set_purpose(v1::PURPOSE_TREATMENT);
+        v1::CheckAccessResponse response;
+        if (stub->CheckAccess(As({"service"}, "svc").get(), request, &response).ok()) {
+          ++checks;
+          if (after && response.decision() == v1::ACCESS_DECISION_PERMIT) ++permits_after_revoke;
+        }
+      }
+    });
+  }
+  std::this_thread::sleep_for(300ms);
+  v1::RevokeConsentRequest revoke;
+  revoke.set_consent_id(id);
+  revoke.set_reason("participant withdrew consent by phone");
+  v1::RevokeConsentResponse revoked;
+  ASSERT_TRUE(stub_->RevokeConsent(As({"case_manager"}).get(), revoke, &revoked).ok());
+  revoked_returned = true;
+  const v1::CheckAccessResponse first =
+      Check("p-rev", Person("c-1", {"clinician"}), v1::DATA_CATEGORY_APPOINTMENT_STATUS,
+            v1::PURPOSE_TREATMENT);
+  std::this_thread::sleep_for(300ms);
+  stop = true;
+  for (auto& t : checkers) t.join();
+  EXPECT_EQ(first.decision(), v1::ACCESS_DECISION_DENY);
+  EXPECT_EQ(first.reason(), v1::ACCESS_REASON_CONSENT_REVOKED);
+  EXPECT_EQ(first.consent_id(), id);
+  EXPECT_EQ(permits_after_revoke.load(), 0);
+  EXPECT_GT(checks.load(), 10);
+  EXPECT_EQ(revoked.consent().status(), v1::CONSENT_STATUS_REVOKED);
+
+  // A repeated revocation returns it unchanged; history is kept; one event.
+  v1::RevokeConsentRequest again = revoke;
+  again.set_reason("second reason");
+  v1::RevokeConsentResponse second;
+  ASSERT_TRUE(stub_->RevokeConsent(As({"case_manager"}).get(), again, &second).ok());
+  EXPECT_EQ(second.consent().revocation_reason(), "participant withdrew consent by phone");
+  EXPECT_EQ(Events("ConsentRevokedEvent", id), 1);
+  v1::GetConsentRequest get;
+  get.set_consent_id(id);
+  v1::GetConsentResponse got;
+  ASSERT_TRUE(stub_->GetConsent(As({"clinician"}).get(), get, &got).ok());
+  EXPECT_EQ(got.consent().status(), v1::CONSENT_STATUS_REVOKED);
+  EXPECT_FALSE(got.consent().in_effect());
+}
+
+TEST_F(ConsentServiceTest, ExpiryIsNoticedWithoutACallAndEmittedOnce) {
+  v1::Consent c = Consent("p-exp", v1::RECIPIENT_KIND_ROLE, "clinician", {v1::PURPOSE_TREATMENT},
+                          {v1::DATA_CATEGORY_CHECK_IN_SUMMARIES});
+  *c.mutable_valid_until() = ToProtoTimestamp(absl::Now() + absl::Seconds(1));
+  const std::string id = RecordOk(c);
+  EXPECT_EQ(Check("p-exp", Person("c-1", {"clinician"}), v1::DATA_CATEGORY_CHECK_IN_SUMMARIES,
+                  v1::PURPOSE_TREATMENT)
+                .decision(),
+            v1::ACCESS_DECISION_PERMIT);
+  for (int i = 0; i < 100 && Events("ConsentExpiredEvent", id) == 0; ++i) {
+    std::this_thread::sleep_for(100ms);
+  }
+  std::this_thread::sleep_for(600ms);  // Further sweeps emit nothing more.
+  EXPECT_EQ(Events("ConsentExpiredEvent", id), 1);
+  EXPECT_EQ(db_->AdminQuery("SELECT status FROM consent.consents WHERE id = '" + id + "'")[0][0]
+                .as<std::string>(),
+            "expired");
+  const v1::CheckAccessResponse r =
+      Check("p-exp", Person("c-1", {"clinician"}), v1::DATA_CATEGORY_CHECK_IN_SUMMARIES,
+            v1::PURPOSE_TREATMENT);
+  EXPECT_EQ(r.decision(), v1::ACCESS_DECISION_DENY);
+  EXPECT_EQ(r.reason(), v1::ACCESS_REASON_CONSENT_EXPIRED);
+  // An expired consent cannot be revoked.
+  v1::RevokeConsentRequest revoke;
+  revoke.set_consent_id(id);
+  revoke.set_reason("too late");
+  v1::RevokeConsentResponse ignored;
+  EXPECT_EQ(stub_->RevokeConsent(As({"clinician"}).get(), revoke, &ignored).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(ConsentServiceTest, SubstanceUseRecordsNeedAConsentNamingThem) {
+  RecordOk(Consent("p-sud", v1::RECIPIENT_KIND_ORGANIZATION, "county", {v1::PURPOSE_TREATMENT},
+                   {v1::DATA_CATEGORY_CHECK_IN_SUMMARIES, v1::DATA_CATEGORY_APPOINTMENT_STATUS}));
+  v1::CheckAccessRequest request;
+  request.set_participant_id("p-sud");
+  request.mutable_recipient()->set_kind(v1::RECIPIENT_KIND_ORGANIZATION);
+  request.mutable_recipient()->set_id("county");
+  request.set_data_category(v1::DATA_CATEGORY_SUBSTANCE_USE_TREATMENT_RECORDS);
+  request.set_purpose(v1::PURPOSE_TREATMENT);
+  v1::CheckAccessResponse r;
+  ASSERT_TRUE(stub_->CheckAccess(As({"clinician"}).get(), request, &r).ok());
+  EXPECT_EQ(r.decision(), v1::ACCESS_DECISION_DENY);
+  EXPECT_EQ(r.reason(), v1::ACCESS_REASON_PART2_CATEGORY_NOT_NAMED);
+
+  const std::string named =
+      RecordOk(Consent("p-sud", v1::RECIPIENT_KIND_ORGANIZATION, "county", {v1::PURPOSE_TREATMENT},
+                       {v1::DATA_CATEGORY_SUBSTANCE_USE_TREATMENT_RECORDS}));
+  ASSERT_TRUE(stub_->CheckAccess(As({"clinician"}).get(), request, &r).ok());
+  EXPECT_EQ(r.decision(), v1::ACCESS_DECISION_PERMIT);
+  EXPECT_TRUE(r.redisclosure_notice_required());
+  EXPECT_EQ(r.consent_id(), named);
+
+  // Shared with the notice, one disclosure per permitting consent.
+  v1::ShareInformationRequest share;
+  share.set_participant_id("p-sud");
+  *share.mutable_to_recipient() = request.recipient();
+  share.set_purpose(v1::PURPOSE_TREATMENT);
+  share.add_data_categories(v1::DATA_CATEGORY_SUBSTANCE_USE_TREATMENT_RECORDS);
+  share.add_data_categories(v1::DATA_CATEGORY_APPOINTMENT_STATUS);
+  share.set_idempotency_key("share-sud-1");
+  v1::ShareInformationResponse shared;
+  grpc::Status status = stub_->ShareInformation(As({"clinician"}).get(), share, &shared);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(shared.disclosures_size(), 2);
+  EXPECT_TRUE(shared.redisclosure_notice());
+  EXPECT_NE(shared.redisclosure_notice_text().find("42 CFR part 2"), std::string::npos);
+  EXPECT_TRUE(shared.disclosures(0).redisclosure_notice());
+  EXPECT_EQ(shared.disclosures(0).consent_id(), named);
+  EXPECT_FALSE(shared.disclosures(1).redisclosure_notice());
+}
+
+TEST_F(ConsentServiceTest, OtherAgenciesAndOperationsSeeNothing) {
+  const std::string id =
+      RecordOk(Consent("p-x", v1::RECIPIENT_KIND_ROLE, "clinician", {v1::PURPOSE_TREATMENT},
+                       {v1::DATA_CATEGORY_APPOINTMENT_STATUS}));
+  v1::GetConsentRequest get;
+  get.set_consent_id(id);
+  v1::GetConsentResponse got;
+  EXPECT_EQ(
+      stub_->GetConsent(As({"clinician"}, "staff-b", "agency-b").get(), get, &got).error_code(),
+      grpc::StatusCode::NOT_FOUND);
+  v1::RevokeConsentRequest revoke;
+  revoke.set_consent_id(id);
+  revoke.set_reason("not ours");
+  v1::RevokeConsentResponse revoked;
+  EXPECT_EQ(stub_->RevokeConsent(As({"clinician"}, "staff-b", "agency-b").get(), revoke, &revoked)
+                .error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  // The other agency's decision knows no consent at all.
+  v1::CheckAccessRequest check;
+  check.set_participant_id("p-x");
+  *check.mutable_actor() = Person("c-1", {"clinician"});
+  check.set_data_category(v1::DATA_CATEGORY_APPOINTMENT_STATUS);
+  check.set_purpose(v1::PURPOSE_TREATMENT);
+  v1::CheckAccessResponse decided;
+  ASSERT_TRUE(stub_->CheckAccess(As({"service"}, "svc", "agency-b").get(), check, &decided).ok());
+  EXPECT_EQ(decided.decision(), v1::ACCESS_DECISION_DENY);
+  EXPECT_EQ(decided.reason(), v1::ACCESS_REASON_NO_CONSENT);
+  EXPECT_EQ(stub_->GetConsent(As({"operations"}).get(), get, &got).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(stub_->CheckAccess(As({"operations"}).get(), check, &decided).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Count("SELECT count(*) FROM consent.consents WHERE status = 'active'"), 1);
+}
+
+TEST_F(ConsentServiceTest, PeerSupportersAndIntegrationsCheckOnlyForThemselves) {
+  RecordOk(Consent("p-self", v1::RECIPIENT_KIND_ORGANIZATION, "county", {v1::PURPOSE_BILLING},
+                   {v1::DATA_CATEGORY_APPOINTMENT_STATUS}));
+  v1::CheckAccessRequest request;
+  request.set_participant_id("p-self");
+  request.set_data_category(v1::DATA_CATEGORY_APPOINTMENT_STATUS);
+  request.set_purpose(v1::PURPOSE_BILLING);
+  v1::CheckAccessResponse response;
+  // An integration caller is the organisation its subject names.
+  ASSERT_TRUE(stub_->CheckAccess(As({"integration"}, "county").get(), request, &response).ok());
+  EXPECT_EQ(response.decision(), v1::ACCESS_DECISION_PERMIT);
+  ASSERT_TRUE(stub_->CheckAccess(As({"integration"}, "city").get(), request, &response).ok());
+  EXPECT_EQ(response.decision(), v1::ACCESS_DECISION_DENY);
+  // Asking about someone else is refused.
+  *request.mutable_actor() = Person("c-1", {"clinician"});
+  EXPECT_EQ(
+      stub_->CheckAccess(As({"integration"}, "county").get(), request, &response).error_code(),
+      grpc::StatusCode::PERMISSION_DENIED);
+  Match("peer-3", "p-self");
+  EXPECT_EQ(
+      stub_->CheckAccess(As({"peer_supporter"}, "peer-3").get(), request, &response).error_code(),
+      grpc::StatusCode::PERMISSION_DENIED);
+  request.clear_actor();
+  ASSERT_TRUE(stub_->CheckAccess(As({"peer_supporter"}, "peer-3").get(), request, &response).ok());
+  EXPECT_EQ(response.decision(), v1::ACCESS_DECISION_DENY);
+  // Outside their matches a peer supporter may not ask at all; a service must name the accessor.
+  request.set_participant_id("p-unmatched");
+  EXPECT_EQ(
+      stub_->CheckAccess(As({"peer_supporter"}, "peer-3").get(), request, &response).error_code(),
+      grpc::StatusCode::PERMISSION_DENIED);
+  grpc::Status no_accessor = stub_->CheckAccess(As({"service"}, "svc").get(), request, &response);
+  EXPECT_EQ(no_accessor.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(ViolatedFields(no_accessor), (std::set<std::string>{"accessor"}));
+}
+
+TEST_F(ConsentServiceTest, IdempotentResubmissionRecordsOnce) {
+  const v1::Consent c =
+      Consent("p-idem", v1::RECIPIENT_KIND_TEAM, "on-call", {v1::PURPOSE_CARE_COORDINATION},
+              {v1::DATA_CATEGORY_CONCERNS_AND_ESCALATIONS});
+  v1::RecordConsentResponse first;
+  v1::RecordConsentResponse second;
+  ASSERT_TRUE(Record(c, &first, {"case_manager"}, "staff-1", "same-key").ok());
+  ASSERT_TRUE(Record(c, &second, {"case_manager"}, "staff-1", "same-key").ok());
+  EXPECT_EQ(first.consent().consent_id(), second.consent().consent_id());
+  v1::Consent changed = c;
+  changed.set_participant_id("p-other");
+  v1::RecordConsentResponse third;
+  EXPECT_EQ(Record(changed, &third, {"case_manager"}, "staff-1", "same-key").error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(Count("SELECT count(*) FROM consent.consents"), 1);
+  EXPECT_EQ(Events("ConsentGrantedEvent"), 1);
+}
+
+TEST_F(ConsentServiceTest, DisclosuresAreAccountedAndADeniedShareWritesOnlyTheAuditRow) {
+  const std::string consent =
+      RecordOk(Consent("p-share", v1::RECIPIENT_KIND_ORGANIZATION, "county",
+                       {v1::PURPOSE_CARE_COORDINATION}, {v1::DATA_CATEGORY_APPOINTMENT_STATUS}));
+  v1::ShareInformationRequest share;
+  share.set_participant_id("p-share");
+  share.mutable_to_recipient()->set_kind(v1::RECIPIENT_KIND_ORGANIZATION);
+  share.mutable_to_recipient()->set_id("county");
+  share.set_purpose(v1::PURPOSE_CARE_COORDINATION);
+  share.add_data_categories(v1::DATA_CATEGORY_APPOINTMENT_STATUS);
+  share.add_data_categories(v1::DATA_CATEGORY_CONTACT_DETAILS);
+  share.set_idempotency_key("share-denied");
+  const int audit_before = Count("SELECT count(*) FROM consent.audit_log");
+  v1::ShareInformationResponse shared;
+  grpc::Status denied = stub_->ShareInformation(As({"case_manager"}).get(), share, &shared);
+  ASSERT_EQ(denied.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  google::rpc::Status details;
+  ASSERT_TRUE(details.ParseFromString(denied.error_details()));
+  google::rpc::ErrorInfo info;
+  ASSERT_TRUE(details.details(0).UnpackTo(&info));
+  EXPECT_EQ(info.reason(), "ACCESS_DENIED");
+  EXPECT_EQ(info.metadata().at("data_category"), "DATA_CATEGORY_CONTACT_DETAILS");
+  EXPECT_EQ(info.metadata().at("access_reason"), "ACCESS_REASON_NO_CONSENT");
+  EXPECT_EQ(Count("SELECT count(*) FROM consent.disclosures"), 0);
+  EXPECT_EQ(Events("DisclosureRecordedEvent"), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM consent.audit_log"), audit_before + 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM consent.audit_log WHERE decision = 'denied' AND "
+                  "participant_id = 'p-share'"),
+            1);
+
+  // The same key after a consent is recorded is decided afresh.
+  RecordOk(Consent("p-share", v1::RECIPIENT_KIND_ORGANIZATION, "county",
+                   {v1::PURPOSE_CARE_COORDINATION}, {v1::DATA_CATEGORY_CONTACT_DETAILS}));
+  grpc::Status ok = stub_->ShareInformation(As({"case_manager"}, "cm-9").get(), share, &shared);
+  ASSERT_TRUE(ok.ok()) << ok.error_message();
+  ASSERT_EQ(shared.disclosures_size(), 2);
+  EXPECT_EQ(shared.disclosures(0).consent_id(), consent);
+  EXPECT_EQ(shared.disclosures(0).disclosed_by(), "cm-9");
+  EXPECT_FALSE(shared.redisclosure_notice());
+  // A retry records nothing more.
+  v1::ShareInformationResponse retried;
+  ASSERT_TRUE(stub_->ShareInformation(As({"case_manager"}, "cm-9").get(), share, &retried).ok());
+  EXPECT_EQ(retried.disclosures(0).disclosure_id(), shared.disclosures(0).disclosure_id());
+  EXPECT_EQ(Count("SELECT count(*) FROM consent.disclosures"), 2);
+  EXPECT_EQ(Events("DisclosureRecordedEvent"), 2);
+
+  // The accounting, oldest first, paged.
+  v1::ListDisclosuresRequest list;
+  list.set_participant_id("p-share");
+  list.set_page_size(1);
+  v1::ListDisclosuresResponse page1;
+  ASSERT_TRUE(stub_->ListDisclosures(As({"supervisor"}).get(), list, &page1).ok());
+  ASSERT_EQ(page1.disclosures_size(), 1);
+  ASSERT_FALSE(page1.next_page_token().empty());
+  list.set_page_token(page1.next_page_token());
+  v1::ListDisclosuresResponse page2;
+  ASSERT_TRUE(stub_->ListDisclosures(As({"supervisor"}).get(), list, &page2).ok());
+  ASSERT_EQ(page2.disclosures_size(), 1);
+  EXPECT_TRUE(page2.next_page_token().empty());
+  EXPECT_NE(page1.disclosures(0).disclosure_id(), page2.disclosures(0).disclosure_id());
+  // A period that ended before the disclosures lists none; peer supporters may not list.
+  v1::ListDisclosuresRequest old;
+  old.set_participant_id("p-share");
+  *old.mutable_period()->mutable_end_time() = ToProtoTimestamp(absl::Now() - absl::Hours(1));
+  v1::ListDisclosuresResponse none;
+  ASSERT_TRUE(stub_->ListDisclosures(As({"supervisor"}).get(), old, &none).ok());
+  EXPECT_EQ(none.disclosures_size(), 0);
+  EXPECT_EQ(stub_->ListDisclosures(As({"peer_supporter"}).get(), old, &none).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+}
+
+TEST_F(ConsentServiceTest, EventsEmittedExactlyOncePerChange) {
+  const std::string a =
+      RecordOk(Consent("p-ev", v1::RECIPIENT_KIND_ROLE, "clinician", {v1::PURPOSE_TREATMENT},
+                       {v1::DATA_CATEGORY_APPOINTMENT_STATUS}));
+  const std::string b =
+      RecordOk(Consent("p-ev", v1::RECIPIENT_KIND_ROLE, "clinician",
+                       {v1::PURPOSE_CARE_COORDINATION}, {v1::DATA_CATEGORY_APPOINTMENT_STATUS}));
+  v1::RevokeConsentRequest revoke;
+  revoke.set_consent_id(a);
+  revoke.set_reason("withdrawn");
+  v1::RevokeConsentResponse revoked;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(stub_->RevokeConsent(As({"clinician"}).get(), revoke, &revoked).ok());
+  }
+  EXPECT_EQ(Events("ConsentGrantedEvent", a), 1);
+  EXPECT_EQ(Events("ConsentGrantedEvent", b), 1);
+  EXPECT_EQ(Events("ConsentRevokedEvent"), 1);
+  // Read back through the log RPC: payloads carry ids, never the reason.
+  v1::ListEventsRequest request;
+  v1::ListEventsResponse response;
+  ASSERT_TRUE(stub_->ListEvents(As({"service"}, "svc").get(), request, &response).ok());
+  ASSERT_EQ(response.events_size(), 3);
+  v1::ConsentRevokedEvent event;
+  ASSERT_TRUE(response.events(2).payload().UnpackTo(&event));
+  EXPECT_EQ(event.consent_id(), a);
+  EXPECT_EQ(event.participant_id(), "p-ev");
+  EXPECT_EQ(response.events(2).payload().value().find("withdrawn"), std::string::npos);
+}
+
+TEST_F(ConsentServiceTest, GatesAnswerForTheCheckInService) {
+  auto gates = [&](std::vector<std::string> names) {
+    v1::CheckGatesRequest request;
+    request.set_participant_id("p-gate");
+    for (auto& n : names) request.add_gates(n);
+    v1::CheckGatesResponse response;
+    grpc::Status status =
+        stub_->CheckGates(As({"service"}, "svc-checkin").get(), request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response;
+  };
+  v1::CheckGatesResponse none = gates({});
+  ASSERT_EQ(none.results_size(), 3);
+  EXPECT_FALSE(none.all_held());
+  EXPECT_EQ(none.results(0).reason(), v1::GATE_REASON_NO_CONSENT);
+
+  RecordOk(Consent("p-gate", v1::RECIPIENT_KIND_ROLE, "peer_supporter", {v1::PURPOSE_PEER_SUPPORT},
+                   {v1::DATA_CATEGORY_CHECK_IN_SUMMARIES}));
+  const std::string sharing = RecordOk(
+      Consent("p-gate", v1::RECIPIENT_KIND_TEAM, "receiving-team", {v1::PURPOSE_CARE_COORDINATION},
+              {v1::DATA_CATEGORY_CONCERNS_AND_ESCALATIONS, v1::DATA_CATEGORY_APPOINTMENT_STATUS}));
+  v1::CheckGatesResponse held = gates({});
+  EXPECT_TRUE(held.all_held());
+
+  v1::RevokeConsentRequest revoke;
+  revoke.set_consent_id(sharing);
+  revoke.set_reason("withdrawn");
+  v1::RevokeConsentResponse revoked;
+  ASSERT_TRUE(stub_->RevokeConsent(As({"clinician"}).get(), revoke, &revoked).ok());
+  v1::CheckGatesResponse after =
+      gates({"consent_aligned_communication", "agreement_to_peer_involvement"});
+  ASSERT_EQ(after.results_size(), 2);
+  EXPECT_FALSE(after.results(0).held());
+  EXPECT_EQ(after.results(0).reason(), v1::GATE_REASON_CONSENT_REVOKED);
+  EXPECT_TRUE(after.results(1).held());
+
+  v1::CheckGatesRequest bad;
+  bad.set_participant_id("p-gate");
+  bad.add_gates("consent_information_sharing");
+  bad.add_gates("made_up");
+  bad.add_gates("consent_information_sharing");
+  v1::CheckGatesResponse ignored;
+  grpc::Status status = stub_->CheckGates(As({"service"}).get(), bad, &ignored);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(ViolatedFields(status), (std::set<std::string>{"gates[1]", "gates[2]"}));
+}
+
+TEST_F(ConsentServiceTest, BreakGlassIsLimitedAuditedCountedAndReviewed) {
+  v1::RequestEmergencyAccessRequest request;
+  request.set_participant_id("p-bg");
+  request.set_concern_id("6f1c2a52-7d4b-4a51-9a0e-1f2b3c4d5e6f");
+  request.set_reason("participant unreachable after a crisis call");
+  request.add_data_categories(v1::DATA_CATEGORY_CONTACT_DETAILS);
+  request.set_idempotency_key("bg-1");
+  v1::RequestEmergencyAccessResponse granted;
+  v1::RequestEmergencyAccessRequest bad = request;
+  bad.set_reason("short");
+  bad.add_data_categories(v1::DATA_CATEGORY_SUBSTANCE_USE_TREATMENT_RECORDS);
+  bad.set_concern_id("nope");
+  grpc::Status invalid =
+      stub_->RequestEmergencyAccess(As({"clinician"}, "dr-1").get(), bad, &granted);
+  EXPECT_EQ(ViolatedFields(invalid),
+            (std::set<std::string>{"reason", "data_categories[1]", "concern_id"}));
+  EXPECT_EQ(
+      stub_->RequestEmergencyAccess(As({"case_manager"}).get(), request, &granted).error_code(),
+      grpc::StatusCode::PERMISSION_DENIED);
+  ASSERT_TRUE(
+      stub_->RequestEmergencyAccess(As({"clinician"}, "dr-1").get(), request, &granted).ok());
+  v1::RequestEmergencyAccessResponse retried;
+  ASSERT_TRUE(
+      stub_->RequestEmergencyAccess(As({"clinician"}, "dr-1").get(), request, &retried).ok());
+  EXPECT_EQ(retried.emergency_access().emergency_access_id(),
+            granted.emergency_access().emergency_access_id());
+  EXPECT_EQ(granted.emergency_access().state(), v1::EMERGENCY_ACCESS_STATE_ACTIVE);
+
+  // Only dr-1, only treatment, only the granted category.
+  auto check = [&](const std::string& subject, v1::DataCategory category, v1::Purpose purpose) {
+    return Check("p-bg", Person(subject, {"clinician"}), category, purpose);
+  };
+  const v1::CheckAccessResponse permitted =
+      check("dr-1", v1::DATA_CATEGORY_CONTACT_DETAILS, v1::PURPOSE_TREATMENT);
+  EXPECT_EQ(permitted.reason(), v1::ACCESS_REASON_PERMITTED_BY_EMERGENCY_ACCESS);
+  EXPECT_EQ(check("dr-2", v1::DATA_CATEGORY_CONTACT_DETAILS, v1::PURPOSE_TREATMENT).decision(),
+            v1::ACCESS_DECISION_DENY);
+  EXPECT_EQ(check("dr-1", v1::DATA_CATEGORY_APPOINTMENT_STATUS, v1::PURPOSE_TREATMENT).decision(),
+            v1::ACCESS_DECISION_DENY);
+  EXPECT_EQ(check("dr-1", v1::DATA_CATEGORY_CONTACT_DETAILS, v1::PURPOSE_BILLING).decision(),
+            v1::ACCESS_DECISION_DENY);
+  EXPECT_EQ(Count("SELECT count(*) FROM consent.audit_log WHERE decision = 'break_glass'"), 2);
+  EXPECT_EQ(MetricValue(HttpGet(server_->metrics_port(), "/metrics"),
+                        "peerpath_break_glass_accesses_total", {}),
+            1);
+  EXPECT_EQ(Events("EmergencyAccessGrantedEvent"), 1);
+
+  // The admin's review queue; nobody reviews their own grant.
+  v1::ListEmergencyAccessesResponse queue;
+  ASSERT_TRUE(stub_
+                  ->ListEmergencyAccesses(As({"program_admin"}, "admin-1").get(),
+                                          v1::ListEmergencyAccessesRequest(), &queue)
+                  .ok());
+  ASSERT_EQ(queue.emergency_accesses_size(), 1);
+  EXPECT_EQ(queue.unreviewed_count(), 1);
+  v1::ListEmergencyAccessesRequest others;
+  others.set_clinician_id("dr-1");
+  EXPECT_EQ(
+      stub_->ListEmergencyAccesses(As({"clinician"}, "dr-2").get(), others, &queue).error_code(),
+      grpc::StatusCode::PERMISSION_DENIED);
+  v1::ReviewEmergencyAccessRequest review;
+  review.set_emergency_access_id(granted.emergency_access().emergency_access_id());
+  review.set_outcome(v1::EMERGENCY_ACCESS_REVIEW_OUTCOME_INAPPROPRIATE);
+  v1::ReviewEmergencyAccessResponse reviewed;
+  EXPECT_EQ(ViolatedFields(stub_->ReviewEmergencyAccess(As({"program_admin"}, "admin-1").get(),
+                                                        review, &reviewed)),
+            (std::set<std::string>{"note"}));
+  review.set_note("no consent was needed: the team could call the emergency contact");
+  EXPECT_EQ(stub_
+                ->ReviewEmergencyAccess(As({"program_admin", "clinician"}, "dr-1").get(), review,
+                                        &reviewed)
+                .error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  ASSERT_TRUE(
+      stub_->ReviewEmergencyAccess(As({"program_admin"}, "admin-1").get(), review, &reviewed).ok());
+  EXPECT_EQ(reviewed.emergency_access().state(), v1::EMERGENCY_ACCESS_STATE_ENDED);
+  // An inappropriate grant ends at once.
+  EXPECT_EQ(check("dr-1", v1::DATA_CATEGORY_CONTACT_DETAILS, v1::PURPOSE_TREATMENT).decision(),
+            v1::ACCESS_DECISION_DENY);
+  review.set_outcome(v1::EMERGENCY_ACCESS_REVIEW_OUTCOME_APPROPRIATE);
+  EXPECT_EQ(stub_->ReviewEmergencyAccess(As({"program_admin"}, "admin-1").get(), review, &reviewed)
+                .error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(ConsentServiceTest, ListConsentsPagesNewestFirstWithHistory) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    ids.push_back(
+        RecordOk(Consent("p-list", v1::RECIPIENT_KIND_ROLE, "clinician", {v1::PURPOSE_TREATMENT},
+                         {v1::DATA_CATEGORY_APPOINTMENT_STATUS})));
+  }
+  v1::RevokeConsentRequest revoke;
+  revoke.set_consent_id(ids[0]);
+  revoke.set_reason("withdrawn");
+  v1::RevokeConsentResponse revoked;
+  ASSERT_TRUE(stub_->RevokeConsent(As({"clinician"}).get(), revoke, &revoked).ok());
+  v1::ListConsentsRequest request;
+  request.set_participant_id("p-list");
+  request.set_page_size(2);
+  std::vector<std::string> seen;
+  for (int page = 0; page < 5; ++page) {
+    v1::ListConsentsResponse response;
+    ASSERT_TRUE(stub_->ListConsents(As({"service"}, "svc").get(), request, &response).ok());
+    for (const auto& c : response.consents()) seen.push_back(c.consent_id());
+    if (response.next_page_token().empty()) break;
+    request.set_page_token(response.next_page_token());
+  }
+  EXPECT_EQ(seen, (std::vector<std::string>{ids[4], ids[3], ids[2], ids[1], ids[0]}));
+  // A token with other filters is refused.
+  request.add_statuses(v1::CONSENT_STATUS_REVOKED);
+  v1::ListConsentsResponse response;
+  EXPECT_EQ(stub_->ListConsents(As({"service"}, "svc").get(), request, &response).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  request.clear_page_token();
+  ASSERT_TRUE(stub_->ListConsents(As({"service"}, "svc").get(), request, &response).ok());
+  ASSERT_EQ(response.consents_size(), 1);
+  EXPECT_EQ(response.consents(0).consent_id(), ids[0]);
+}
+
+TEST_F(ConsentServiceTest, MatchingEventsGrantAndEndAPeerSupportersAccess) {
+  StartConsent(StartProducer("matching"));
+  RecordOk(Consent("p-m", v1::RECIPIENT_KIND_ROLE, "peer_supporter", {v1::PURPOSE_PEER_SUPPORT},
+                   {v1::DATA_CATEGORY_CHECK_IN_SUMMARIES}));
+  v1::ListConsentsRequest list;
+  list.set_participant_id("p-m");
+  auto list_code = [&] {
+    v1::ListConsentsResponse response;
+    return stub_->ListConsents(As({"peer_supporter"}, "peer-sub-1").get(), list, &response)
+        .error_code();
+  };
+  auto wait_for = [&](grpc::StatusCode code) {
+    for (int i = 0; i < 100 && list_code() != code; ++i) std::this_thread::sleep_for(100ms);
+    return list_code();
+  };
+  EXPECT_EQ(list_code(), grpc::StatusCode::PERMISSION_DENIED);
+  peerpath::matching::v1::MatchStartedEvent started;
+  started.set_match_id("match-1");
+  started.set_supporter_id("sup-1");
+  started.set_supporter_subject("peer-sub-1");
+  started.set_participant_id("p-m");
+  Emit("matching", started, "match-1");
+  EXPECT_EQ(wait_for(grpc::StatusCode::OK), grpc::StatusCode::OK) << server_->Log();
+  peerpath::matching::v1::MatchEndedEvent ended;
+  ended.set_match_id("match-1");
+  ended.set_supporter_id("sup-1");
+  ended.set_supporter_subject("peer-sub-1");
+  ended.set_participant_id("p-m");
+  Emit("matching", ended, "match-1");
+  EXPECT_EQ(wait_for(grpc::StatusCode::PERMISSION_DENIED), grpc::StatusCode::PERMISSION_DENIED);
+}
+
+TEST_F(ConsentServiceTest, BreakGlassNeedsAnOpenImmediateSafetyConcernAndEndsWithIt) {
+  FakeEscalationLog escalation;
+  auto opened = [&](const std::string& id, const std::string& participant,
+                    peerpath::common::v1::ConcernCategory category) {
+    peerpath::escalation::v1::ConcernOpenedEvent event;
+    event.set_concern_id(id);
+    event.set_participant_id(participant);
+    event.set_category(category);
+    escalation.Add(kAgency, event);
+  };
+  const std::string safety = "11111111-1111-4111-8111-111111111111";
+  const std::string other_kind = "22222222-2222-4222-8222-222222222222";
+  const std::string other_person = "33333333-3333-4333-8333-333333333333";
+  opened(safety, "p-c", peerpath::common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY);
+  opened(other_kind, "p-c", peerpath::common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING);
+  opened(other_person, "p-d", peerpath::common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY);
+  const std::string token_file = ::testing::TempDir() + "/consent-escalation-token";
+  { std::ofstream(token_file) << TokenFor(kAgency, {"service"}, "svc-consent"); }
+  StartConsent({absl::StrCat("--escalation_address=127.0.0.1:", escalation.port()),
+                "--service_token_file=" + token_file});
+
+  auto request = [&](const std::string& concern, const std::string& key) {
+    v1::RequestEmergencyAccessRequest r;
+    r.set_participant_id("p-c");
+    r.set_concern_id(concern);
+    r.set_reason("participant unreachable after a crisis call");
+    r.add_data_categories(v1::DATA_CATEGORY_CONTACT_DETAILS);
+    r.set_idempotency_key(key);
+    v1::RequestEmergencyAccessResponse response;
+    return stub_->RequestEmergencyAccess(As({"clinician"}, "dr-1").get(), r, &response)
+        .error_code();
+  };
+  EXPECT_EQ(request("44444444-4444-4444-8444-444444444444", "k1"), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(request(other_kind, "k2"), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(request(other_person, "k3"), grpc::StatusCode::FAILED_PRECONDITION);
+  // Opened just before the call: found by catching up with the log.
+  const std::string fresh = "55555555-5555-4555-8555-555555555555";
+  opened(fresh, "p-c", peerpath::common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY);
+  EXPECT_EQ(request(fresh, "k4"), grpc::StatusCode::OK);
+  EXPECT_EQ(request(safety, "k5"), grpc::StatusCode::OK);
+  EXPECT_EQ(Count("SELECT count(*) FROM consent.emergency_accesses"), 2);
+
+  // Resolving the concerns ends their grants: no more break-glass permits.
+  auto permit = [&] {
+    return Check("p-c", Person("dr-1", {"clinician"}), v1::DATA_CATEGORY_CONTACT_DETAILS,
+                 v1::PURPOSE_TREATMENT)
+        .decision();
+  };
+  EXPECT_EQ(permit(), v1::ACCESS_DECISION_PERMIT);
+  for (const std::string& id : {fresh, safety}) {
+    peerpath::escalation::v1::ConcernResolvedEvent resolved;
+    resolved.set_concern_id(id);
+    resolved.set_participant_id("p-c");
+    escalation.Add(kAgency, resolved);
+  }
+  for (int i = 0; i < 100 && permit() == v1::ACCESS_DECISION_PERMIT; ++i) {
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(permit(), v1::ACCESS_DECISION_DENY);
+  EXPECT_EQ(request(safety, "k6"), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+}  // namespace
+}  // namespace peerpath::testing
