@@ -1,7 +1,30 @@
 // peerpath-matching: flags and wiring only.
+#include <cstdlib>
+#include <string>
+
+#include "absl/flags/flag.h"
 #include "common/server.h"
 #include "matching/migrations.h"
 #include "services/matching/matching_service.h"
+
+ABSL_FLAG(std::string, checkin_address, "",
+          "matching: host:port of the check-in service whose CheckInRecordedEvents count "
+          "supporters' check-ins for their workload; empty: not consumed (env "
+          "PEERPATH_CHECKIN_ADDRESS)");
+ABSL_FLAG(std::string, escalation_address, "",
+          "matching: host:port of the escalation service whose concern events count the open "
+          "concerns supporters raised for their workload; empty: not consumed (env "
+          "PEERPATH_ESCALATION_ADDRESS)");
+
+namespace {
+
+std::string FlagOrEnv(const std::string& flag_value, const char* env) {
+  if (!flag_value.empty()) return flag_value;
+  const char* value = std::getenv(env);
+  return value == nullptr ? "" : value;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   peerpath::ServiceDefinition definition{
@@ -13,7 +36,13 @@ int main(int argc, char** argv) {
       .make_services =
           [](peerpath::ServiceContext& context) {
             std::vector<std::unique_ptr<grpc::Service>> services;
-            services.push_back(std::make_unique<peerpath::matching::MatchingService>(context));
+            services.push_back(std::make_unique<peerpath::matching::MatchingService>(
+                context,
+                peerpath::matching::MatchingOptions{
+                    .checkin_address =
+                        FlagOrEnv(absl::GetFlag(FLAGS_checkin_address), "PEERPATH_CHECKIN_ADDRESS"),
+                    .escalation_address = FlagOrEnv(absl::GetFlag(FLAGS_escalation_address),
+                                                    "PEERPATH_ESCALATION_ADDRESS")}));
             return services;
           },
   };

@@ -1,0 +1,188 @@
+#include "services/matching/assignment.h"
+
+#include <lemon/network_simplex.h>
+#include <lemon/smart_graph.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+
+namespace peerpath::matching {
+namespace {
+
+// Values are compared in thousandths: costs must be integers for an exact network simplex.
+constexpr double kScale = 1000.0;
+
+void Finish(const AssignmentProblem& problem, AssignmentResult& result) {
+  result.total_value = 0;
+  result.assigned = 0;
+  std::vector<double> value(result.supporter_of.size(), 0);
+  for (const auto& c : problem.candidates) {
+    if (result.supporter_of[c.request] == c.supporter) {
+      value[c.request] = std::max(value[c.request], c.value);
+    }
+  }
+  for (size_t r = 0; r < result.supporter_of.size(); ++r) {
+    if (result.supporter_of[r] < 0) continue;
+    result.total_value += value[r];
+    ++result.assigned;
+  }
+}
+
+// Greedy over `order` into the capacity `left`, for requests still unassigned.
+void FillGreedily(const AssignmentProblem& problem, const std::vector<int>& order,
+                  std::vector<int>& left, std::vector<int>& supporter_of) {
+  for (int i : order) {
+    const auto& c = problem.candidates[i];
+    if (supporter_of[c.request] >= 0) continue;
+    if (left[c.supporter] < problem.units[c.request]) continue;
+    left[c.supporter] -= problem.units[c.request];
+    supporter_of[c.request] = c.supporter;
+  }
+}
+
+std::vector<int> ByValueDescending(const AssignmentProblem& problem) {
+  std::vector<int> order(problem.candidates.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    return problem.candidates[a].value > problem.candidates[b].value;
+  });
+  return order;
+}
+
+}  // namespace
+
+AssignmentResult AssignGreedy(const AssignmentProblem& problem) {
+  AssignmentResult result;
+  result.supporter_of.assign(problem.units.size(), -1);
+  std::vector<int> left = problem.capacity;
+  FillGreedily(problem, ByValueDescending(problem), left, result.supporter_of);
+  Finish(problem, result);
+  result.upper_bound = result.total_value;
+  return result;
+}
+
+namespace {
+
+// One min-cost flow over the requests still unassigned (supporter_of −1), within the capacities
+// `left`. Requests the flow serves whole are assigned (and their units taken from `left`).
+// Returns the flow's value (an upper bound for these requests and capacities), and how many
+// requests it assigned in *assigned.
+double SolveFlow(const AssignmentProblem& problem, bool uniform, int64_t unit,
+                 std::vector<int>& left, std::vector<int>& supporter_of, int* assigned) {
+  const int requests = static_cast<int>(problem.units.size());
+  const int supporters = static_cast<int>(problem.capacity.size());
+  auto demand = [&](int r) -> int64_t { return uniform ? 1 : problem.units[r]; };
+  using Graph = lemon::SmartDigraph;
+  Graph graph;
+  graph.reserveNode(requests + supporters + 2);
+  graph.reserveArc(static_cast<int>(problem.candidates.size()) + requests + supporters + 1);
+  const Graph::Node source = graph.addNode();
+  const Graph::Node sink = graph.addNode();
+  std::vector<Graph::Node> request_node(requests), supporter_node(supporters);
+  for (auto& n : request_node) n = graph.addNode();
+  for (auto& n : supporter_node) n = graph.addNode();
+  Graph::ArcMap<int64_t> upper(graph), cost(graph);
+  int64_t total_demand = 0;
+  for (int r = 0; r < requests; ++r) {
+    if (supporter_of[r] >= 0) continue;
+    const auto arc = graph.addArc(source, request_node[r]);
+    upper[arc] = demand(r);
+    cost[arc] = 0;
+    total_demand += demand(r);
+  }
+  for (int s = 0; s < supporters; ++s) {
+    const auto arc = graph.addArc(supporter_node[s], sink);
+    upper[arc] = std::max<int64_t>(0, left[s]) / unit;
+    cost[arc] = 0;
+  }
+  const auto bypass = graph.addArc(source, sink);
+  upper[bypass] = total_demand;
+  cost[bypass] = 0;
+  std::vector<std::pair<size_t, Graph::Arc>> pair_arcs;
+  pair_arcs.reserve(problem.candidates.size());
+  for (size_t i = 0; i < problem.candidates.size(); ++i) {
+    const auto& c = problem.candidates[i];
+    if (supporter_of[c.request] >= 0) continue;
+    const auto arc = graph.addArc(request_node[c.request], supporter_node[c.supporter]);
+    upper[arc] = demand(c.request);
+    // Cost per unit of flow; a request's whole flow is worth −value.
+    cost[arc] = -std::llround(c.value * kScale / static_cast<double>(demand(c.request)));
+    pair_arcs.emplace_back(i, arc);
+  }
+  lemon::NetworkSimplex<Graph, int64_t, int64_t> solver(graph);
+  solver.upperMap(upper).costMap(cost).stSupply(source, sink, total_demand);
+  *assigned = 0;
+  // Always OPTIMAL: the bypass arc makes every supply feasible and costs are bounded.
+  if (solver.run() != lemon::NetworkSimplex<Graph, int64_t, int64_t>::OPTIMAL) return 0;
+  for (const auto& [i, arc] : pair_arcs) {
+    const auto& c = problem.candidates[i];
+    if (solver.flow(arc) == demand(c.request) && supporter_of[c.request] < 0) {
+      supporter_of[c.request] = c.supporter;
+      left[c.supporter] -= problem.units[c.request];
+      ++*assigned;
+    }
+  }
+  return -static_cast<double>(solver.totalCost()) / kScale;
+}
+
+}  // namespace
+
+AssignmentResult AssignOptimal(const AssignmentProblem& problem) {
+  const int requests = static_cast<int>(problem.units.size());
+  const bool uniform =
+      requests == 0 || std::all_of(problem.units.begin(), problem.units.end(),
+                                   [&](int u) { return u == problem.units.front(); });
+  // Uniform units u: one unit of flow per request and ⌊capacity / u⌋ slots per supporter.
+  const int64_t unit = uniform && requests > 0 ? problem.units.front() : 1;
+  AssignmentResult result;
+  result.supporter_of.assign(requests, -1);
+  std::vector<int> left = problem.capacity;
+  int assigned = 0;
+  result.upper_bound = SolveFlow(problem, uniform, unit, left, result.supporter_of, &assigned);
+  if (uniform) {
+    result.exact = true;
+    Finish(problem, result);
+    return result;
+  }
+  // Mixed units: the flow is the LP relaxation. Keep the requests it served whole, solve again
+  // for the split ones in the capacity left (a few rounds while that assigns more), fill what
+  // is still open greedily, and never return less than the greedy baseline.
+  for (int round = 0; round < 8 && assigned > 0; ++round) {
+    SolveFlow(problem, uniform, unit, left, result.supporter_of, &assigned);
+  }
+  FillGreedily(problem, ByValueDescending(problem), left, result.supporter_of);
+  Finish(problem, result);
+  AssignmentResult greedy = AssignGreedy(problem);
+  const double bound = result.upper_bound;
+  if (greedy.total_value > result.total_value) result = std::move(greedy);
+  result.upper_bound = std::max(bound, result.total_value);
+  result.exact = result.total_value >= bound - 1e-6;
+  return result;
+}
+
+bool IsFeasible(const AssignmentProblem& problem, const std::vector<int>& supporter_of,
+                double* value) {
+  if (supporter_of.size() != problem.units.size()) return false;
+  std::vector<double> best(supporter_of.size(), -1);
+  for (const auto& c : problem.candidates) {
+    if (supporter_of[c.request] == c.supporter) {
+      best[c.request] = std::max(best[c.request], c.value);
+    }
+  }
+  std::vector<int64_t> used(problem.capacity.size(), 0);
+  double total = 0;
+  for (size_t r = 0; r < supporter_of.size(); ++r) {
+    const int s = supporter_of[r];
+    if (s < 0) continue;
+    if (best[r] < 0) return false;
+    total += best[r];
+    used[s] += problem.units[r];
+    if (used[s] > problem.capacity[s]) return false;
+  }
+  if (value != nullptr) *value = total;
+  return true;
+}
+
+}  // namespace peerpath::matching

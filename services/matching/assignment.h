@@ -1,0 +1,54 @@
+#pragma once
+// Batch assignment as a minimum-cost flow (LEMON's network simplex): pure, no gRPC, no SQL.
+//
+// Graph: source → request (capacity: the request's units), request → supporter for every eligible
+// pair (capacity: the request's units, cost: −value per unit), supporter → sink (capacity: the
+// supporter's remaining units), and a zero-cost bypass source → sink so that leaving a request
+// unassigned is always feasible. The minimum-cost flow is the maximum-value assignment.
+//
+// Exactness. When every request needs the same number of units u (the common case, and always
+// when acuity weights are not used), supporters' capacities become ⌊remaining / u⌋ slots and
+// the flow is a transportation problem: network simplex returns an integral optimum, which is an
+// optimal assignment (proven against exhaustive search in tests). With mixed units the problem
+// is a generalised assignment problem (NP-hard) and a flow may split a request across
+// supporters; then the flow is its LP relaxation: requests the flow serves whole are kept, the
+// flow is solved again for the split ones in the capacity left (a few rounds, while that assigns
+// more), what is still open is filled greedily, and the result is never worse than the greedy
+// baseline (the better of the two is returned). `upper_bound` is the first LP value, so the
+// remaining optimality gap is reported, not hidden (`exact` only when it is zero).
+#include <vector>
+
+namespace peerpath::matching {
+
+struct AssignmentProblem {
+  struct Candidate {
+    int request = 0;
+    int supporter = 0;
+    double value = 0;  // > 0: what assigning the pair is worth.
+  };
+  std::vector<int> units;     // Per request: units it takes (≥ 1).
+  std::vector<int> capacity;  // Per supporter: remaining units (≥ 0).
+  std::vector<Candidate> candidates;
+};
+
+struct AssignmentResult {
+  std::vector<int> supporter_of;  // Per request: the supporter index, or −1.
+  double total_value = 0;
+  int assigned = 0;
+  // An upper bound on the optimum (the flow's value); equals total_value when `exact`.
+  double upper_bound = 0;
+  bool exact = false;  // Proven optimal (uniform units).
+};
+
+// The maximum-value assignment (see the file comment).
+AssignmentResult AssignOptimal(const AssignmentProblem& problem);
+
+// Baseline: pairs by value descending, each taken when its request is free and the supporter
+// has the units.
+AssignmentResult AssignGreedy(const AssignmentProblem& problem);
+
+// Whether `supporter_of` respects candidates and capacities; its value in *value.
+bool IsFeasible(const AssignmentProblem& problem, const std::vector<int>& supporter_of,
+                double* value);
+
+}  // namespace peerpath::matching

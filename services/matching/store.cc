@@ -1,0 +1,896 @@
+#include "services/matching/store.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include <cstdio>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/time_util.h"
+
+namespace peerpath::matching::store {
+namespace {
+
+// Arrays travel as text joined with the unit separator (keys and tags never contain it).
+constexpr char kSep[] = "\x1f";
+
+std::string Join(const google::protobuf::RepeatedPtrField<std::string>& values) {
+  return absl::StrJoin(values, kSep);
+}
+std::vector<std::string> Split(const pqxx::field& f) {
+  if (f.is_null() || f.size() == 0) return {};
+  return absl::StrSplit(f.c_str(), kSep[0]);
+}
+std::string Text(const pqxx::field& f) { return f.is_null() ? std::string() : f.c_str(); }
+
+// Micros since the epoch of a timestamptz column (NULL stays NULL).
+std::string Micros(absl::string_view column) {
+  return absl::StrCat("(extract(epoch FROM ", column, ") * 1000000)::bigint");
+}
+bool SetTime(const pqxx::field& f, google::protobuf::Timestamp* out) {
+  if (f.is_null()) return false;
+  *out = ToProtoTimestamp(absl::FromUnixMicros(f.as<int64_t>()));
+  return true;
+}
+void SetDate(const pqxx::field& f, common::v1::Date* out) {
+  int y = 0, m = 0, d = 0;
+  if (!f.is_null() && std::sscanf(f.c_str(), "%d-%d-%d", &y, &m, &d) == 3) {
+    out->set_year(y);
+    out->set_month(m);
+    out->set_day(d);
+  }
+}
+std::string DateText(const common::v1::Date& d) {
+  if (d.year() == 0) return "";
+  return absl::StrFormat("%04d-%02d-%02d", d.year(), d.month(), d.day());
+}
+
+template <typename Enum>
+struct Names {
+  Enum value;
+  const char* text;
+};
+
+constexpr Names<v1::SupporterStatus> kStatuses[] = {{v1::SUPPORTER_STATUS_ACTIVE, "active"},
+                                                    {v1::SUPPORTER_STATUS_ON_BREAK, "on_break"},
+                                                    {v1::SUPPORTER_STATUS_INACTIVE, "inactive"}};
+constexpr Names<v1::SupporterStatusReason> kReasons[] = {
+    {v1::SUPPORTER_STATUS_REASON_JOINED, "joined"},
+    {v1::SUPPORTER_STATUS_REASON_PLANNED_BREAK, "planned_break"},
+    {v1::SUPPORTER_STATUS_REASON_WELLBEING_BREAK, "wellbeing_break"},
+    {v1::SUPPORTER_STATUS_REASON_RETURNED, "returned"},
+    {v1::SUPPORTER_STATUS_REASON_LEFT_PROGRAM, "left_program"},
+    {v1::SUPPORTER_STATUS_REASON_ADMINISTRATIVE, "administrative"},
+    {v1::SUPPORTER_STATUS_REASON_OTHER, "other"}};
+constexpr Names<v1::TrainingStatus> kTraining[] = {{v1::TRAINING_STATUS_IN_TRAINING, "in_training"},
+                                                   {v1::TRAINING_STATUS_CERTIFIED, "certified"},
+                                                   {v1::TRAINING_STATUS_LAPSED, "lapsed"}};
+constexpr Names<v1::AgeBand> kAgeBands[] = {
+    {v1::AGE_BAND_18_24, "18_24"}, {v1::AGE_BAND_25_34, "25_34"},
+    {v1::AGE_BAND_35_44, "35_44"}, {v1::AGE_BAND_45_54, "45_54"},
+    {v1::AGE_BAND_55_64, "55_64"}, {v1::AGE_BAND_65_PLUS, "65_plus"}};
+constexpr Names<v1::MeetingMode> kModes[] = {{v1::MEETING_MODE_IN_PERSON, "in_person"},
+                                             {v1::MEETING_MODE_PHONE, "phone"},
+                                             {v1::MEETING_MODE_VIDEO, "video"}};
+constexpr Names<v1::Urgency> kUrgencies[] = {{v1::URGENCY_ROUTINE, "routine"},
+                                             {v1::URGENCY_PRIORITY, "priority"},
+                                             {v1::URGENCY_URGENT, "urgent"}};
+constexpr Names<v1::MatchRequestStatus> kRequestStatuses[] = {
+    {v1::MATCH_REQUEST_STATUS_OPEN, "open"},
+    {v1::MATCH_REQUEST_STATUS_PROPOSED, "proposed"},
+    {v1::MATCH_REQUEST_STATUS_ASSIGNED, "assigned"},
+    {v1::MATCH_REQUEST_STATUS_CANCELLED, "cancelled"}};
+constexpr Names<v1::MatchStatus> kMatchStatuses[] = {{v1::MATCH_STATUS_PROPOSED, "proposed"},
+                                                     {v1::MATCH_STATUS_ACTIVE, "active"},
+                                                     {v1::MATCH_STATUS_ENDED, "ended"},
+                                                     {v1::MATCH_STATUS_DECLINED, "declined"}};
+constexpr Names<v1::MatchEndReason> kEndReasons[] = {
+    {v1::MATCH_END_REASON_COMPLETED, "completed"},
+    {v1::MATCH_END_REASON_POOR_FIT, "poor_fit"},
+    {v1::MATCH_END_REASON_SUPPORTER_UNAVAILABLE, "supporter_unavailable"},
+    {v1::MATCH_END_REASON_PARTICIPANT_WITHDREW, "participant_withdrew"},
+    {v1::MATCH_END_REASON_MOVED_TO_CLINICAL_CARE, "moved_to_clinical_care"}};
+constexpr Names<v1::MatchOrigin> kOrigins[] = {
+    {v1::MATCH_ORIGIN_PROPOSAL_ACCEPTED, "proposal_accepted"},
+    {v1::MATCH_ORIGIN_BATCH_ASSIGNMENT, "batch_assignment"}};
+
+template <typename Enum, size_t N>
+std::string ToText(const Names<Enum> (&names)[N], Enum value) {
+  for (const auto& n : names) {
+    if (n.value == value) return n.text;
+  }
+  return "";
+}
+template <typename Enum, size_t N>
+Enum FromText(const Names<Enum> (&names)[N], absl::string_view text) {
+  for (const auto& n : names) {
+    if (text == n.text) return n.value;
+  }
+  return static_cast<Enum>(0);
+}
+
+std::string ModesText(const v1::Supporter& s) {
+  std::vector<std::string> modes;
+  for (int m : s.meeting_modes()) modes.push_back(ToText(kModes, static_cast<v1::MeetingMode>(m)));
+  return absl::StrJoin(modes, kSep);
+}
+
+// [{"weekday": 1, "start": "09:00", "end": "12:00"}, ...] as in the schema comment.
+std::string AvailabilityJson(const v1::Supporter& s) {
+  std::vector<std::string> windows;
+  for (const auto& w : s.availability()) {
+    windows.push_back(absl::StrFormat(
+        R"({"weekday": %d, "start": "%02d:%02d", "end": "%02d:%02d"})", w.weekday(),
+        w.start_minute() / 60, w.start_minute() % 60, w.end_minute() / 60, w.end_minute() % 60));
+  }
+  return absl::StrCat("[", absl::StrJoin(windows, ", "), "]");
+}
+
+const std::string& SupporterColumns() {
+  static const std::string* const columns = new std::string(absl::StrCat(
+      "s.id, s.agency_id, s.subject, s.display_name, array_to_string(s.lived_experience, "
+      "E'\\x1f'), "
+      "array_to_string(s.languages, E'\\x1f'), s.gender, s.age_band, s.region, s.area_code, "
+      "array_to_string(s.meeting_modes, E'\\x1f'), "
+      "(SELECT string_agg(concat_ws(',', w->>'weekday', w->>'start', w->>'end'), ';') "
+      "   FROM jsonb_array_elements(s.availability) w), "
+      "s.capacity_units, "
+      "(SELECT coalesce(sum(m.units), 0) FROM matches m WHERE m.agency_id = s.agency_id "
+      "   AND m.supporter_id = s.id AND m.status = 'active'), "
+      "CASE WHEN s.training_status = 'certified' AND s.training_expires_on < "
+      "  (now() AT TIME ZONE 'UTC')::date THEN 'lapsed' ELSE s.training_status END, "
+      "to_char(s.training_expires_on, 'YYYY-MM-DD'), s.supervisor_id, s.status, ",
+      Micros("s.status_changed_at"), ", ", Micros("s.last_break_started_at"), ", s.version, ",
+      Micros("s.created_at"), ", s.created_by, ", Micros("s.updated_at"), ", s.updated_by"));
+  return *columns;
+}
+
+int Minutes(absl::string_view hhmm) {
+  std::vector<std::string> parts = absl::StrSplit(hhmm, ':');
+  int h = 0, m = 0;
+  if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &h) || !absl::SimpleAtoi(parts[1], &m)) {
+    return 0;
+  }
+  return h * 60 + m;
+}
+
+v1::Supporter ToSupporter(const pqxx::row& row) {
+  v1::Supporter s;
+  s.set_supporter_id(row[0].c_str());
+  s.set_agency_id(row[1].c_str());
+  s.set_subject(Text(row[2]));
+  s.set_display_name(row[3].c_str());
+  for (auto& v : Split(row[4])) s.add_lived_experience_areas(std::move(v));
+  for (auto& v : Split(row[5])) s.add_languages(std::move(v));
+  s.set_gender(Text(row[6]));
+  s.set_age_band(FromText(kAgeBands, Text(row[7])));
+  s.set_region(Text(row[8]));
+  s.set_area_code(Text(row[9]));
+  for (auto& v : Split(row[10])) s.add_meeting_modes(FromText(kModes, v));
+  if (!row[11].is_null()) {
+    for (absl::string_view window : absl::StrSplit(row[11].c_str(), ';')) {
+      std::vector<std::string> parts = absl::StrSplit(window, ',');
+      if (parts.size() != 3) continue;
+      auto* w = s.add_availability();
+      int weekday = 0;
+      (void)absl::SimpleAtoi(parts[0], &weekday);
+      w->set_weekday(static_cast<v1::Weekday>(weekday));
+      w->set_start_minute(Minutes(parts[1]));
+      w->set_end_minute(Minutes(parts[2]));
+    }
+  }
+  s.set_capacity_units(row[12].as<int>());
+  s.set_units_in_use(row[13].as<int>());
+  s.set_training_status(FromText(kTraining, row[14].c_str()));
+  SetDate(row[15], s.mutable_training_expires_on());
+  if (s.training_expires_on().year() == 0) s.clear_training_expires_on();
+  s.set_supervisor_subject(Text(row[16]));
+  s.set_status(FromText(kStatuses, row[17].c_str()));
+  SetTime(row[18], s.mutable_status_changed_at());
+  if (!SetTime(row[19], s.mutable_last_break_started_at())) s.clear_last_break_started_at();
+  s.set_version(row[20].as<int64_t>());
+  SetTime(row[21], s.mutable_created_at());
+  s.set_created_by(row[22].c_str());
+  SetTime(row[23], s.mutable_updated_at());
+  s.set_updated_by(row[24].c_str());
+  return s;
+}
+
+std::string ToJson(const google::protobuf::Message& message) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(message, &json, options);
+  return json;
+}
+
+void FromJson(const pqxx::field& f, google::protobuf::Message* message) {
+  if (f.is_null()) return;
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = true;
+  (void)google::protobuf::util::JsonStringToMessage(f.c_str(), message, options);
+}
+
+const std::string& RequestColumns() {
+  static const std::string* const columns = new std::string(absl::StrCat(
+      "r.id, r.agency_id, r.participant_id, r.pathway_key, r.acuity_units, r.hard_constraints, "
+      "r.preferences, array_to_string(r.excluded_supporter_ids, E'\\x1f'), "
+      "r.preferred_supporter_id, r.previous_match_id, r.urgency, r.status, r.cancel_reason, ",
+      Micros("r.requested_at"), ", r.requested_by, ", Micros("r.updated_at"),
+      ", (SELECT m.id FROM matches m WHERE m.agency_id = r.agency_id AND m.request_id = r.id "
+      "   AND m.status IN ('active', 'ended') LIMIT 1)"));
+  return *columns;
+}
+
+v1::MatchRequest ToRequest(const pqxx::row& row) {
+  v1::MatchRequest r;
+  r.set_match_request_id(row[0].c_str());
+  r.set_agency_id(row[1].c_str());
+  r.set_participant_id(row[2].c_str());
+  r.set_pathway_key(Text(row[3]));
+  r.set_acuity_units(row[4].as<int>());
+  FromJson(row[5], r.mutable_hard_constraints());
+  FromJson(row[6], r.mutable_preferences());
+  r.mutable_hard_constraints()->clear_excluded_supporter_ids();
+  for (auto& id : Split(row[7]))
+    r.mutable_hard_constraints()->add_excluded_supporter_ids(std::move(id));
+  if (!row[8].is_null())
+    r.mutable_preferences()->mutable_continuity()->set_supporter_id(row[8].c_str());
+  r.set_previous_match_id(Text(row[9]));
+  r.set_urgency(FromText(kUrgencies, row[10].c_str()));
+  r.set_status(FromText(kRequestStatuses, row[11].c_str()));
+  r.set_cancel_reason(Text(row[12]));
+  SetTime(row[13], r.mutable_requested_at());
+  r.set_requested_by(row[14].c_str());
+  SetTime(row[15], r.mutable_updated_at());
+  r.set_match_id(Text(row[16]));
+  return r;
+}
+
+const std::string& MatchColumns() {
+  static const std::string* const columns = new std::string(absl::StrCat(
+      "m.id, m.agency_id, m.request_id, m.supporter_id, "
+      "(SELECT s.subject FROM supporters s WHERE s.agency_id = m.agency_id AND s.id = "
+      "m.supporter_id), "
+      "m.participant_id, m.units, m.score, "
+      "(SELECT string_agg(e::text, E'\\x1f' ORDER BY o) FROM jsonb_array_elements(m.explanation) "
+      "   WITH ORDINALITY AS x(e, o)), "
+      "m.status, m.origin, m.batch_id, ",
+      Micros("m.proposed_at"), ", m.proposed_by, ", Micros("m.started_at"), ", m.started_by, ",
+      Micros("m.ended_at"), ", m.ended_by, m.end_reason, ", Micros("m.declined_at"), ", m.rank, ",
+      "(SELECT ", Micros("f.rematch_suggested_at"),
+      " FROM follow_ups f WHERE f.agency_id = m.agency_id AND f.match_id = m.id), m.continuity"));
+  return *columns;
+}
+
+v1::Match ToMatch(const pqxx::row& row) {
+  v1::Match m;
+  m.set_match_id(row[0].c_str());
+  m.set_agency_id(row[1].c_str());
+  m.set_match_request_id(row[2].c_str());
+  m.set_supporter_id(row[3].c_str());
+  m.set_supporter_subject(Text(row[4]));
+  m.set_participant_id(row[5].c_str());
+  m.set_units(row[6].as<int>());
+  m.set_score(row[7].is_null() ? 0 : row[7].as<double>());
+  if (!row[8].is_null()) {
+    for (absl::string_view line : absl::StrSplit(row[8].c_str(), kSep[0])) {
+      google::protobuf::util::JsonParseOptions options;
+      options.ignore_unknown_fields = true;
+      (void)google::protobuf::util::JsonStringToMessage(std::string(line), m.add_explanation(),
+                                                        options);
+    }
+  }
+  m.set_status(FromText(kMatchStatuses, row[9].c_str()));
+  m.set_origin(FromText(kOrigins, Text(row[10])));
+  m.set_batch_id(Text(row[11]));
+  SetTime(row[12], m.mutable_proposed_at());
+  m.set_proposed_by(row[13].c_str());
+  if (!SetTime(row[14], m.mutable_started_at())) m.clear_started_at();
+  m.set_started_by(Text(row[15]));
+  if (!SetTime(row[16], m.mutable_ended_at())) m.clear_ended_at();
+  m.set_ended_by(Text(row[17]));
+  m.set_end_reason(FromText(kEndReasons, Text(row[18])));
+  if (!SetTime(row[19], m.mutable_declined_at())) m.clear_declined_at();
+  m.set_rank(row[20].as<int>());
+  if (!SetTime(row[21], m.mutable_rematch_suggested_at())) m.clear_rematch_suggested_at();
+  return m;
+}
+
+std::string ExplanationJson(const std::vector<v1::CriterionExplanation>& lines) {
+  std::vector<std::string> json;
+  for (const auto& line : lines) json.push_back(ToJson(line));
+  return absl::StrCat("[", absl::StrJoin(json, ","), "]");
+}
+
+const std::string& FollowUpColumns() {
+  static const std::string* const columns = new std::string(absl::StrCat(
+      "f.id, f.match_id, m.participant_id, m.supporter_id, to_char(f.due_on, 'YYYY-MM-DD'), "
+      "f.participant_rating, f.participant_comments, ",
+      Micros("f.participant_recorded_at"), ", f.participant_recorded_by, ",
+      "f.supporter_rating, f.supporter_comments, ", Micros("f.supporter_recorded_at"),
+      ", f.supporter_recorded_by, ", Micros("f.rematch_suggested_at"),
+      ", to_char(f.due_on, 'YYYY-MM-DD')"));
+  return *columns;
+}
+
+v1::FollowUp ToFollowUp(const pqxx::row& row) {
+  v1::FollowUp f;
+  f.set_follow_up_id(row[0].c_str());
+  f.set_match_id(row[1].c_str());
+  f.set_participant_id(row[2].c_str());
+  f.set_supporter_id(row[3].c_str());
+  SetDate(row[4], f.mutable_due_on());
+  if (!row[5].is_null()) {
+    auto* a = f.mutable_participant_answer();
+    a->set_rating(row[5].as<int>());
+    a->set_comment(Text(row[6]));
+    SetTime(row[7], a->mutable_recorded_at());
+    a->set_recorded_by(Text(row[8]));
+  }
+  if (!row[9].is_null()) {
+    auto* a = f.mutable_supporter_answer();
+    a->set_rating(row[9].as<int>());
+    a->set_comment(Text(row[10]));
+    SetTime(row[11], a->mutable_recorded_at());
+    a->set_recorded_by(Text(row[12]));
+  }
+  if (!SetTime(row[13], f.mutable_rematch_suggested_at())) f.clear_rematch_suggested_at();
+  return f;
+}
+
+constexpr char kFollowUpFrom[] =
+    " FROM follow_ups f JOIN matches m ON m.agency_id = f.agency_id AND m.id = f.match_id ";
+
+}  // namespace
+
+std::string StatusText(v1::SupporterStatus status) { return ToText(kStatuses, status); }
+std::string ReasonText(v1::SupporterStatusReason reason) { return ToText(kReasons, reason); }
+std::string EndReasonText(v1::MatchEndReason reason) { return ToText(kEndReasons, reason); }
+std::string RequestStatusText(v1::MatchRequestStatus status) {
+  return ToText(kRequestStatuses, status);
+}
+std::string UrgencyText(v1::Urgency urgency) { return ToText(kUrgencies, urgency); }
+std::string MatchStatusText(v1::MatchStatus status) { return ToText(kMatchStatuses, status); }
+
+// --- Supporters -------------------------------------------------------------------------------
+
+v1::Supporter InsertSupporter(pqxx::work& tx, const std::string& agency, const v1::Supporter& s,
+                              const std::string& actor) {
+  const pqxx::row row = tx.exec_params1(
+      "WITH s AS ("
+      "  INSERT INTO supporters (agency_id, subject, display_name, lived_experience, languages,"
+      "    gender, age_band, region, area_code, meeting_modes, availability, capacity_units,"
+      "    training_status, training_expires_on, supervisor_id, created_by, updated_by)"
+      "  VALUES ($1, NULLIF($2, ''), $3, string_to_array($4, E'\\x1f'), string_to_array($5, "
+      "E'\\x1f'),"
+      "    NULLIF($6, ''), NULLIF($7, ''), NULLIF($8, ''), NULLIF($9, ''),"
+      "    string_to_array($10, E'\\x1f'), $11::jsonb, $12, $13, NULLIF($14, '')::date,"
+      "    NULLIF($15, ''), $16, $16)"
+      "  RETURNING id, agency_id),"
+      " h AS (INSERT INTO supporter_status_history (agency_id, supporter_id, status, reason, "
+      "changed_by)"
+      "  SELECT agency_id, id, 'active', 'joined', $16 FROM s)"
+      "SELECT id FROM s",
+      agency, s.subject(), s.display_name(), Join(s.lived_experience_areas()), Join(s.languages()),
+      s.gender(), ToText(kAgeBands, s.age_band()), s.region(), s.area_code(), ModesText(s),
+      AvailabilityJson(s), s.capacity_units(), ToText(kTraining, s.training_status()),
+      DateText(s.training_expires_on()), s.supervisor_subject(), actor);
+  return *FindSupporter(tx, row[0].c_str(), false);
+}
+
+std::optional<v1::Supporter> FindSupporter(pqxx::work& tx, const std::string& id, bool lock) {
+  const pqxx::result rows = tx.exec_params(
+      absl::StrCat("SELECT ", SupporterColumns(), " FROM supporters s WHERE s.id = $1::uuid",
+                   lock ? " FOR UPDATE" : ""),
+      id);
+  if (rows.empty()) return std::nullopt;
+  return ToSupporter(rows[0]);
+}
+
+std::optional<v1::Supporter> FindSupporterBySubject(pqxx::work& tx, const std::string& subject) {
+  const pqxx::result rows = tx.exec_params(
+      absl::StrCat("SELECT ", SupporterColumns(), " FROM supporters s WHERE s.subject = $1"),
+      subject);
+  if (rows.empty()) return std::nullopt;
+  return ToSupporter(rows[0]);
+}
+
+std::vector<v1::SupporterStatusChange> StatusHistory(pqxx::work& tx, const std::string& id) {
+  std::vector<v1::SupporterStatusChange> history;
+  for (const auto& row :
+       tx.exec_params(absl::StrCat("SELECT previous_status, status, reason, note, changed_by, ",
+                                   Micros("changed_at"),
+                                   " FROM supporter_status_history WHERE supporter_id = $1::uuid"
+                                   " ORDER BY changed_at DESC, id LIMIT 100"),
+                      id)) {
+    v1::SupporterStatusChange change;
+    change.set_previous_status(FromText(kStatuses, Text(row[0])));
+    change.set_status(FromText(kStatuses, row[1].c_str()));
+    change.set_reason(FromText(kReasons, row[2].c_str()));
+    change.set_note(row[3].c_str());
+    change.set_changed_by(row[4].c_str());
+    SetTime(row[5], change.mutable_changed_at());
+    history.push_back(std::move(change));
+  }
+  return history;
+}
+
+v1::Supporter UpdateSupporter(pqxx::work& tx, const v1::Supporter& s,
+                              const std::vector<std::string>& paths, const std::string& actor) {
+  // Only the columns `paths` names are written: a value derived on read (training reported as
+  // LAPSED after its expiry) is never stored by an update that did not ask for it.
+  tx.exec_params0(
+      "UPDATE supporters AS s SET"
+      "  subject = CASE WHEN 'subject' = ANY (mask.paths) THEN NULLIF($2, '') ELSE s.subject END,"
+      "  display_name = CASE WHEN 'display_name' = ANY (mask.paths) THEN $3 ELSE s.display_name "
+      "END,"
+      "  lived_experience = CASE WHEN 'lived_experience_areas' = ANY (mask.paths) THEN "
+      "string_to_array($4, E'\\x1f') ELSE s.lived_experience END,"
+      "  languages = CASE WHEN 'languages' = ANY (mask.paths) THEN string_to_array($5, E'\\x1f') "
+      "ELSE s.languages END,"
+      "  gender = CASE WHEN 'gender' = ANY (mask.paths) THEN NULLIF($6, '') ELSE s.gender END,"
+      "  age_band = CASE WHEN 'age_band' = ANY (mask.paths) THEN NULLIF($7, '') ELSE s.age_band "
+      "END,"
+      "  region = CASE WHEN 'region' = ANY (mask.paths) THEN NULLIF($8, '') ELSE s.region END,"
+      "  area_code = CASE WHEN 'area_code' = ANY (mask.paths) THEN NULLIF($9, '') ELSE s.area_code "
+      "END,"
+      "  meeting_modes = CASE WHEN 'meeting_modes' = ANY (mask.paths) THEN string_to_array($10, "
+      "E'\\x1f') ELSE s.meeting_modes END,"
+      "  availability = CASE WHEN 'availability' = ANY (mask.paths) THEN $11::jsonb ELSE "
+      "s.availability END,"
+      "  capacity_units = CASE WHEN 'capacity_units' = ANY (mask.paths) THEN $12::integer ELSE "
+      "s.capacity_units END,"
+      "  training_status = CASE WHEN 'training_status' = ANY (mask.paths) THEN $13 ELSE "
+      "s.training_status END,"
+      "  training_expires_on = CASE WHEN 'training_expires_on' = ANY (mask.paths) THEN NULLIF($14, "
+      "'')::date ELSE s.training_expires_on END,"
+      "  supervisor_id = CASE WHEN 'supervisor_subject' = ANY (mask.paths) THEN NULLIF($15, '') "
+      "ELSE s.supervisor_id END,"
+      "  version = s.version + 1, updated_at = now(), updated_by = $16"
+      " FROM (SELECT string_to_array($17, E'\\x1f') AS paths) AS mask"
+      " WHERE s.id = $1::uuid",
+      s.supporter_id(), s.subject(), s.display_name(), Join(s.lived_experience_areas()),
+      Join(s.languages()), s.gender(), ToText(kAgeBands, s.age_band()), s.region(), s.area_code(),
+      ModesText(s), AvailabilityJson(s), s.capacity_units(), ToText(kTraining, s.training_status()),
+      DateText(s.training_expires_on()), s.supervisor_subject(), actor, absl::StrJoin(paths, kSep));
+  return *FindSupporter(tx, s.supporter_id(), false);
+}
+
+v1::SupporterStatusChange ChangeStatus(pqxx::work& tx, const std::string& agency,
+                                       const v1::Supporter& before, v1::SupporterStatus status,
+                                       v1::SupporterStatusReason reason, const std::string& note,
+                                       const std::string& actor) {
+  const pqxx::row row = tx.exec_params1(
+      absl::StrCat(
+          "WITH u AS (UPDATE supporters SET status = $3, status_changed_at = now(),"
+          "  last_break_started_at = CASE WHEN $3 = 'on_break' THEN now() ELSE "
+          "last_break_started_at END,"
+          "  version = version + 1, updated_at = now(), updated_by = $6"
+          "  WHERE id = $2::uuid RETURNING id)"
+          " INSERT INTO supporter_status_history (agency_id, supporter_id, previous_status, status,"
+          "  reason, note, changed_by)"
+          " SELECT $1, id, $4, $3, $5, $7, $6 FROM u RETURNING ",
+          Micros("changed_at")),
+      agency, before.supporter_id(), ToText(kStatuses, status), ToText(kStatuses, before.status()),
+      ToText(kReasons, reason), actor, note);
+  v1::SupporterStatusChange change;
+  change.set_previous_status(before.status());
+  change.set_status(status);
+  change.set_reason(reason);
+  change.set_note(note);
+  change.set_changed_by(actor);
+  SetTime(row[0], change.mutable_changed_at());
+  return change;
+}
+
+int ActiveMatchCount(pqxx::work& tx, const std::string& supporter_id) {
+  return tx
+      .exec_params1(
+          "SELECT count(*) FROM matches WHERE supporter_id = $1::uuid AND status = 'active'",
+          supporter_id)[0]
+      .as<int>();
+}
+
+std::vector<v1::Supporter> ListSupporters(pqxx::work& tx, const SupporterFilter& filter,
+                                          const std::string& after_name,
+                                          const std::string& after_id, int limit) {
+  std::vector<v1::Supporter> out;
+  for (const auto& row : tx.exec_params(
+           absl::StrCat("SELECT ", SupporterColumns(),
+                        " FROM supporters s WHERE ($1 = '' OR s.status = ANY (string_to_array($1, "
+                        "E'\\x1f')))"
+                        " AND ($2 = '' OR s.supervisor_id = $2) AND ($3 = '' OR s.subject = $3)"
+                        " AND ($4 = '' OR EXISTS (SELECT 1 FROM unnest(s.languages) l"
+                        "      WHERE lower(split_part(l, '-', 1)) = $4))"
+                        " AND ($5 = '' OR s.region = $5)"
+                        " AND ($6 = '' OR (s.display_name, s.id) > ($6, NULLIF($7, '')::uuid))"
+                        " ORDER BY s.display_name, s.id LIMIT $8"),
+           absl::StrJoin(filter.statuses, kSep), filter.supervisor_subject, filter.subject,
+           filter.language, filter.region, after_name, after_id, limit)) {
+    out.push_back(ToSupporter(row));
+  }
+  return out;
+}
+
+std::vector<v1::Supporter> ActiveRoster(pqxx::work& tx, bool lock) {
+  // Lock first, then read in a statement of its own: its snapshot is taken after the locks, so
+  // the units in use include every match committed by a transaction we waited for.
+  if (lock) tx.exec("SELECT id FROM supporters WHERE status = 'active' ORDER BY id FOR UPDATE");
+  std::vector<v1::Supporter> out;
+  for (const auto& row :
+       tx.exec(absl::StrCat("SELECT ", SupporterColumns(),
+                            " FROM supporters s WHERE s.status = 'active' ORDER BY s.id"))) {
+    out.push_back(ToSupporter(row));
+  }
+  return out;
+}
+
+int RosterSize(pqxx::work& tx) { return tx.exec1("SELECT count(*) FROM supporters")[0].as<int>(); }
+
+std::vector<std::string> ExistingSupporters(pqxx::work& tx, const std::vector<std::string>& ids) {
+  std::vector<std::string> out;
+  for (const auto& row :
+       tx.exec_params("SELECT id FROM supporters WHERE id = ANY (string_to_array($1, ',')::uuid[])",
+                      absl::StrJoin(ids, ","))) {
+    out.push_back(row[0].c_str());
+  }
+  return out;
+}
+
+// --- Match requests ---------------------------------------------------------------------------
+
+v1::MatchRequest InsertMatchRequest(pqxx::work& tx, const std::string& agency,
+                                    const v1::MatchRequest& r, const std::string& actor) {
+  v1::HardConstraints hard = r.hard_constraints();
+  hard.clear_excluded_supporter_ids();
+  const pqxx::row row = tx.exec_params1(
+      "INSERT INTO match_requests (agency_id, participant_id, pathway_key, acuity_units,"
+      "  hard_constraints, preferences, excluded_supporter_ids, preferred_supporter_id,"
+      "  previous_match_id, urgency, requested_by)"
+      " VALUES ($1, $2, NULLIF($3, ''), $4, $5::jsonb, $6::jsonb,"
+      "  string_to_array($7, ',')::uuid[], NULLIF($8, '')::uuid, NULLIF($9, '')::uuid, $10, $11)"
+      " RETURNING id",
+      agency, r.participant_id(), r.pathway_key(), r.acuity_units(), ToJson(hard),
+      ToJson(r.preferences()), absl::StrJoin(r.hard_constraints().excluded_supporter_ids(), ","),
+      r.preferences().continuity().supporter_id(), r.previous_match_id(),
+      ToText(kUrgencies, r.urgency()), actor);
+  return *FindMatchRequest(tx, row[0].c_str(), false);
+}
+
+std::optional<v1::MatchRequest> FindMatchRequest(pqxx::work& tx, const std::string& id, bool lock) {
+  const pqxx::result rows = tx.exec_params(
+      absl::StrCat("SELECT ", RequestColumns(), " FROM match_requests r WHERE r.id = $1::uuid",
+                   lock ? " FOR UPDATE" : ""),
+      id);
+  if (rows.empty()) return std::nullopt;
+  return ToRequest(rows[0]);
+}
+
+std::optional<std::string> RequestInProgress(pqxx::work& tx, const std::string& participant) {
+  const pqxx::result rows = tx.exec_params(
+      "SELECT id FROM match_requests WHERE participant_id = $1 AND status IN ('open', 'proposed')",
+      participant);
+  if (rows.empty()) return std::nullopt;
+  return std::string(rows[0][0].c_str());
+}
+
+std::optional<std::string> PreviousSupporter(pqxx::work& tx, const std::string& participant) {
+  const pqxx::result rows = tx.exec_params(
+      "SELECT supporter_id FROM matches WHERE participant_id = $1 AND status = 'ended'"
+      " ORDER BY ended_at DESC LIMIT 1",
+      participant);
+  if (rows.empty()) return std::nullopt;
+  return std::string(rows[0][0].c_str());
+}
+
+void SetRequestStatus(pqxx::work& tx, const std::string& id, const std::string& status,
+                      const std::string& cancel_reason) {
+  tx.exec_params0(
+      "UPDATE match_requests SET status = $2, cancel_reason = NULLIF($3, ''), updated_at = now()"
+      " WHERE id = $1::uuid",
+      id, status, cancel_reason);
+}
+
+std::vector<v1::MatchRequest> RequestsToAssign(pqxx::work& tx, bool include_proposed) {
+  std::vector<v1::MatchRequest> out;
+  for (const auto& row : tx.exec(absl::StrCat(
+           "SELECT ", RequestColumns(), " FROM match_requests r WHERE r.status IN ('open'",
+           include_proposed ? ", 'proposed'" : "", ") ORDER BY r.requested_at, r.id FOR UPDATE"))) {
+    out.push_back(ToRequest(row));
+  }
+  return out;
+}
+
+std::vector<v1::MatchRequest> ListMatchRequests(pqxx::work& tx, const RequestFilter& filter,
+                                                const std::string& after_micros,
+                                                const std::string& after_id, int limit) {
+  std::vector<v1::MatchRequest> out;
+  for (const auto& row : tx.exec_params(
+           absl::StrCat("SELECT ", RequestColumns(),
+                        " FROM match_requests r"
+                        " WHERE ($1 = '' OR r.status = ANY (string_to_array($1, E'\\x1f')))"
+                        " AND ($2 = '' OR r.urgency = ANY (string_to_array($2, E'\\x1f')))"
+                        " AND ($3 = '' OR r.participant_id = $3)"
+                        " AND ($4 = '' OR r.requested_by = $4)"
+                        " AND ($5 = '' OR (",
+                        Micros("r.requested_at"),
+                        ", r.id) > (NULLIF($5, '')::bigint, NULLIF($6, '')::uuid))"
+                        " ORDER BY r.requested_at, r.id LIMIT $7"),
+           absl::StrJoin(filter.statuses, kSep), absl::StrJoin(filter.urgencies, kSep),
+           filter.participant_id, filter.requested_by, after_micros, after_id, limit)) {
+    out.push_back(ToRequest(row));
+  }
+  return out;
+}
+
+// --- Matches ----------------------------------------------------------------------------------
+
+v1::Match InsertProposal(pqxx::work& tx, const std::string& agency, const NewMatch& m,
+                         const std::string& actor) {
+  const pqxx::row row = tx.exec_params1(
+      "INSERT INTO matches (agency_id, request_id, supporter_id, participant_id, units, score,"
+      "  explanation, proposed_by, rank, continuity)"
+      " VALUES ($1, $2::uuid, $3::uuid, $4, $5, $6, $7::jsonb, $8, $9, $10) RETURNING id",
+      agency, m.request_id, m.supporter_id, m.participant_id, m.units, m.score,
+      ExplanationJson(m.explanation), actor, m.rank, m.continuity);
+  return *FindMatch(tx, row[0].c_str(), false);
+}
+
+v1::Match InsertActiveMatch(pqxx::work& tx, const std::string& agency, const NewMatch& m,
+                            const std::string& batch_id, const std::string& actor) {
+  const pqxx::row row = tx.exec_params1(
+      "WITH m AS (INSERT INTO matches (agency_id, request_id, supporter_id, participant_id, units,"
+      "  score, explanation, proposed_by, rank, continuity, status, started_at, started_by, origin,"
+      "  batch_id)"
+      " VALUES ($1, $2::uuid, $3::uuid, $4, $5, $6, $7::jsonb, $8, 0, $9, 'active', now(), $8,"
+      "  'batch_assignment', $10::uuid) RETURNING id, agency_id),"
+      " f AS (INSERT INTO follow_ups (agency_id, match_id, due_on)"
+      "  SELECT agency_id, id, (now() AT TIME ZONE 'UTC')::date + 14 FROM m)"
+      " SELECT id FROM m",
+      agency, m.request_id, m.supporter_id, m.participant_id, m.units, m.score,
+      ExplanationJson(m.explanation), actor, m.continuity, batch_id);
+  return *FindMatch(tx, row[0].c_str(), false);
+}
+
+void DeclineProposals(pqxx::work& tx, const std::string& request_id,
+                      const std::string& except_match_id) {
+  tx.exec_params0(
+      "UPDATE matches SET status = 'declined', declined_at = now()"
+      " WHERE request_id = $1::uuid AND status = 'proposed' AND ($2 = '' OR id <> NULLIF($2, "
+      "'')::uuid)",
+      request_id, except_match_id);
+}
+
+std::optional<v1::Match> FindMatch(pqxx::work& tx, const std::string& id, bool lock) {
+  const pqxx::result rows = tx.exec_params(
+      absl::StrCat("SELECT ", MatchColumns(), " FROM matches m WHERE m.id = $1::uuid",
+                   lock ? " FOR UPDATE" : ""),
+      id);
+  if (rows.empty()) return std::nullopt;
+  return ToMatch(rows[0]);
+}
+
+std::optional<v1::Match> ActiveMatchOf(pqxx::work& tx, const std::string& participant) {
+  const pqxx::result rows = tx.exec_params(
+      absl::StrCat("SELECT ", MatchColumns(),
+                   " FROM matches m WHERE m.participant_id = $1 AND m.status = 'active'"),
+      participant);
+  if (rows.empty()) return std::nullopt;
+  return ToMatch(rows[0]);
+}
+
+v1::Match StartMatch(pqxx::work& tx, const std::string& agency, const std::string& match_id,
+                     const std::string& actor) {
+  tx.exec_params0(
+      "WITH m AS (UPDATE matches SET status = 'active', started_at = now(), started_by = $3,"
+      "  origin = 'proposal_accepted' WHERE id = $2::uuid RETURNING id)"
+      " INSERT INTO follow_ups (agency_id, match_id, due_on)"
+      " SELECT $1, id, (now() AT TIME ZONE 'UTC')::date + 14 FROM m",
+      agency, match_id, actor);
+  return *FindMatch(tx, match_id, false);
+}
+
+v1::Match EndMatch(pqxx::work& tx, const std::string& match_id, const std::string& reason,
+                   const std::string& actor) {
+  tx.exec_params0(
+      "UPDATE matches SET status = 'ended', ended_at = greatest(now(), started_at), ended_by = $3,"
+      " end_reason = $2 WHERE id = $1::uuid",
+      match_id, reason, actor);
+  return *FindMatch(tx, match_id, false);
+}
+
+int UnitsInUse(pqxx::work& tx, const std::string& supporter_id) {
+  return tx
+      .exec_params1(
+          "SELECT coalesce(sum(units), 0) FROM matches WHERE supporter_id = $1::uuid"
+          " AND status = 'active'",
+          supporter_id)[0]
+      .as<int>();
+}
+
+std::vector<v1::Match> ListMatches(pqxx::work& tx, const MatchFilter& filter,
+                                   const std::string& after_micros, int after_rank,
+                                   const std::string& after_id, int limit) {
+  std::vector<v1::Match> out;
+  const std::string proposed = Micros("m.proposed_at");
+  for (const auto& row : tx.exec_params(
+           absl::StrCat(
+               "SELECT ", MatchColumns(),
+               " FROM matches m"
+               " WHERE ($1 = '' OR m.participant_id = $1)"
+               " AND ($2 = '' OR m.supporter_id = NULLIF($2, '')::uuid)"
+               " AND ($3 = '' OR m.status = ANY (string_to_array($3, E'\\x1f')))"
+               " AND ($4 = '' OR m.request_id = NULLIF($4, '')::uuid)"
+               " AND ($5 = '' OR m.batch_id = NULLIF($5, '')::uuid)"
+               " AND (NOT $6 OR (m.status = 'active' AND EXISTS (SELECT 1 FROM follow_ups f"
+               "   WHERE f.agency_id = m.agency_id AND f.match_id = m.id"
+               "   AND f.rematch_suggested_at IS NOT NULL)))"
+               " AND ($7 = '' OR (m.status IN ('active', 'ended') AND EXISTS (SELECT 1 FROM"
+               "   supporters s WHERE s.agency_id = m.agency_id AND s.id = m.supporter_id"
+               "   AND s.subject = $7)))"
+               " AND ($8 = '' OR ",
+               proposed, " < NULLIF($8, '')::bigint OR (", proposed,
+               " = NULLIF($8, '')::bigint AND (m.rank, m.id) > ($9, NULLIF($10, '')::uuid)))"
+               " ORDER BY m.proposed_at DESC, m.rank, m.id LIMIT $11"),
+           filter.participant_id, filter.supporter_id, absl::StrJoin(filter.statuses, kSep),
+           filter.request_id, filter.batch_id, filter.rematch_suggested_only,
+           filter.supporter_subject, after_micros, after_rank, after_id, limit)) {
+    out.push_back(ToMatch(row));
+  }
+  return out;
+}
+
+std::optional<v1::Match> ActiveMatchOfSubject(pqxx::work& tx, const std::string& subject,
+                                              const std::string& participant) {
+  const pqxx::result rows = tx.exec_params(
+      absl::StrCat("SELECT ", MatchColumns(),
+                   " FROM matches m JOIN supporters s ON s.agency_id = m.agency_id"
+                   "  AND s.id = m.supporter_id"
+                   " WHERE m.participant_id = $2 AND m.status = 'active' AND s.subject = $1"),
+      subject, participant);
+  if (rows.empty()) return std::nullopt;
+  return ToMatch(rows[0]);
+}
+
+// --- Follow-ups -------------------------------------------------------------------------------
+
+std::optional<v1::FollowUp> FindFollowUp(pqxx::work& tx, const std::string& match_id, bool lock) {
+  const pqxx::result rows =
+      tx.exec_params(absl::StrCat("SELECT ", FollowUpColumns(), kFollowUpFrom,
+                                  " WHERE f.match_id = $1::uuid", lock ? " FOR UPDATE OF f" : ""),
+                     match_id);
+  if (rows.empty()) return std::nullopt;
+  return ToFollowUp(rows[0]);
+}
+
+v1::FollowUp RecordFollowUpSide(pqxx::work& tx, const std::string& follow_up_id,
+                                v1::FollowUpSide side, int rating, const std::string& comment,
+                                const std::string& actor) {
+  const bool participant = side == v1::FOLLOW_UP_SIDE_PARTICIPANT;
+  const std::string prefix = participant ? "participant" : "supporter";
+  const pqxx::row row = tx.exec_params1(
+      absl::StrCat("UPDATE follow_ups SET ", prefix, "_rating = $2, ", prefix,
+                   "_comments = NULLIF($3, ''), ", prefix, "_recorded_at = now(), ", prefix,
+                   "_recorded_by = $4 WHERE id = $1::uuid RETURNING match_id"),
+      follow_up_id, rating, comment, actor);
+  return *FindFollowUp(tx, row[0].c_str(), false);
+}
+
+v1::FollowUp MarkRematchSuggested(pqxx::work& tx, const std::string& follow_up_id) {
+  const pqxx::row row = tx.exec_params1(
+      "UPDATE follow_ups SET rematch_suggested_at = now() WHERE id = $1::uuid RETURNING match_id",
+      follow_up_id);
+  return *FindFollowUp(tx, row[0].c_str(), false);
+}
+
+std::vector<v1::FollowUp> DueFollowUps(pqxx::work& tx, const DueFilter& filter,
+                                       const std::string& after_due_on, const std::string& after_id,
+                                       int limit) {
+  std::vector<v1::FollowUp> out;
+  const absl::CivilDay d = filter.due_on_or_before;
+  const std::string due = absl::StrFormat("%04d-%02d-%02d", d.year(), d.month(), d.day());
+  for (const auto& row : tx.exec_params(
+           absl::StrCat(
+               "SELECT ", FollowUpColumns(), kFollowUpFrom,
+               " WHERE m.status = 'active' AND f.due_on <= $1::date"
+               " AND (CASE $2 WHEN 'participant' THEN f.participant_rating IS NULL"
+               "      WHEN 'supporter' THEN f.supporter_rating IS NULL"
+               "      ELSE f.participant_rating IS NULL OR f.supporter_rating IS NULL END)"
+               " AND ($3 = '' OR m.supporter_id = NULLIF($3, '')::uuid)"
+               " AND ($4 = '' OR (f.due_on, f.id) > (NULLIF($4, '')::date, NULLIF($5, '')::uuid))"
+               " ORDER BY f.due_on, f.id LIMIT $6"),
+           due,
+           filter.missing_side == v1::FOLLOW_UP_SIDE_PARTICIPANT ? "participant"
+           : filter.missing_side == v1::FOLLOW_UP_SIDE_SUPPORTER ? "supporter"
+                                                                 : "",
+           filter.supporter_id, after_due_on, after_id, limit)) {
+    out.push_back(ToFollowUp(row));
+  }
+  return out;
+}
+
+Workload LoadWorkload(pqxx::work& tx, const std::string& supporter_id, absl::CivilDay today) {
+  const pqxx::row row = tx.exec_params1(
+      "SELECT count(*) FILTER (WHERE m.status = 'active'),"
+      "  coalesce(sum(m.units) FILTER (WHERE m.status = 'active'), 0),"
+      "  (SELECT count(*) FROM follow_ups f JOIN matches a ON a.agency_id = f.agency_id"
+      "    AND a.id = f.match_id WHERE a.supporter_id = $1::uuid AND a.status = 'active'"
+      "    AND f.due_on <= $2::date AND f.supporter_rating IS NULL)"
+      " FROM matches m WHERE m.supporter_id = $1::uuid",
+      supporter_id, absl::StrFormat("%04d-%02d-%02d", today.year(), today.month(), today.day()));
+  return {row[0].as<int>(), row[1].as<int>(), row[2].as<int>()};
+}
+
+void RecordCheckIn(pqxx::work& tx, const std::string& agency, const std::string& check_in_id,
+                   const std::string& supporter_ref, int64_t occurred_at_micros) {
+  tx.exec_params0(
+      "INSERT INTO supporter_check_ins (agency_id, check_in_id, supporter_ref, occurred_at)"
+      " VALUES ($1, $2, $3, to_timestamp($4::double precision / 1000000))"
+      " ON CONFLICT DO NOTHING",
+      agency, check_in_id, supporter_ref, occurred_at_micros);
+}
+
+void RecordConcernOpened(pqxx::work& tx, const std::string& agency, const std::string& concern_id,
+                         const std::string& raised_by) {
+  tx.exec_params0(
+      "INSERT INTO supporter_concerns (agency_id, concern_id, raised_by) VALUES ($1, $2, $3)"
+      " ON CONFLICT DO NOTHING",
+      agency, concern_id, raised_by);
+}
+
+void RecordConcernClosed(pqxx::work& tx, const std::string& agency, const std::string& concern_id) {
+  tx.exec_params0(
+      "UPDATE supporter_concerns SET open = false WHERE agency_id = $1 AND concern_id = $2", agency,
+      concern_id);
+}
+
+void AdvanceActivity(pqxx::work& tx, const std::string& agency, const std::string& source,
+                     int64_t occurred_at_micros) {
+  tx.exec_params0(
+      "INSERT INTO activity_as_of (agency_id, source, as_of)"
+      " VALUES ($1, $2, to_timestamp($3::double precision / 1000000))"
+      " ON CONFLICT (agency_id, source) DO UPDATE SET as_of = greatest(activity_as_of.as_of,"
+      " excluded.as_of)",
+      agency, source, occurred_at_micros);
+}
+
+Activity LoadActivity(pqxx::work& tx, const std::string& supporter_id, const std::string& subject) {
+  const pqxx::row row = tx.exec_params1(
+      absl::StrCat(
+          "SELECT (SELECT count(*) FROM supporter_check_ins WHERE supporter_ref IN ($1, $2)"
+          "   AND occurred_at > now() - interval '7 days' AND occurred_at <= now()),"
+          " (SELECT count(*) FROM supporter_concerns WHERE open AND raised_by IN ($1, $2)),"
+          " (SELECT ",
+          Micros("min(as_of)"), " FROM activity_as_of)"),
+      supporter_id, subject.empty() ? supporter_id : subject);
+  Activity activity;
+  activity.check_ins_last_7_days = row[0].as<int>();
+  activity.open_concerns_raised = row[1].as<int>();
+  if (!row[2].is_null()) activity.as_of_micros = row[2].as<int64_t>();
+  return activity;
+}
+
+bool TryLockBatch(pqxx::work& tx, const std::string& agency) {
+  return tx
+      .exec_params1(
+          "SELECT pg_try_advisory_xact_lock(hashtext('peerpath.matching.batch'),"
+          " hashtext($1))",
+          agency)[0]
+      .as<bool>();
+}
+
+std::string NewUuid(pqxx::work& tx) { return tx.exec1("SELECT gen_random_uuid()")[0].c_str(); }
+
+std::vector<std::string> ParticipantsWithActiveMatch(pqxx::work& tx) {
+  std::vector<std::string> out;
+  for (const auto& row : tx.exec("SELECT participant_id FROM matches WHERE status = 'active'")) {
+    out.push_back(row[0].c_str());
+  }
+  return out;
+}
+
+}  // namespace peerpath::matching::store
