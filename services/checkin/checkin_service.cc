@@ -1,9 +1,39 @@
 #include "services/checkin/checkin_service.h"
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+
+#include <algorithm>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "common/audit.h"
+#include "common/channel.h"
+#include "common/event_source.h"
+#include "common/idempotency.h"
+#include "common/log.h"
+#include "common/pagination.h"
+#include "common/rpc_observer.h"
+#include "common/status.h"
+#include "common/time_util.h"
+#include "google/rpc/error_details.pb.h"
+#include "peerpath/checkin/v1/events.pb.h"
+#include "peerpath/escalation/v1/escalation.grpc.pb.h"
+#include "peerpath/escalation/v1/events.pb.h"
+#include "peerpath/matching/v1/matching.grpc.pb.h"
+#include "services/checkin/engagement.h"
+#include "services/checkin/pathway.h"
+#include "services/checkin/schedule.h"
+#include "services/checkin/store.h"
+
 namespace peerpath::checkin {
 
+using enum Role;
+
 const RoleRules& CheckInService::Rules() {
-  using enum Role;
   static const auto* const rules = new RoleRules{
       {"PublishPathwayVersion", {kProgramAdmin}},
       // A pathway definition holds no personal data.
@@ -36,9 +66,1633 @@ const RoleRules& CheckInService::Rules() {
   return *rules;
 }
 
-CheckInService::CheckInService(ServiceContext& context)
+namespace {
+
+constexpr char kServiceName[] = "peerpath.checkin.v1.CheckInService";
+constexpr char kErrorDomain[] = "checkin.peerpath";
+
+// Roles in the order a caller holding several acts under: staff before peer support, so a
+// staff member who is also a peer supporter is not narrowed to their matches.
+constexpr Role kRolePreference[] = {kClinician,   kCaseManager, kSupervisor, kProgramAdmin,
+                                    kIntegration, kService,     kOperations, kPeerSupporter};
+
+std::string Action(const char* method) { return absl::StrCat(kServiceName, ".", method); }
+
+absl::CivilDay CivilOf(const common::v1::Date& d) {
+  return absl::CivilDay(d.year(), d.month(), d.day());
+}
+
+common::v1::Date DateOf(absl::CivilDay d) {
+  common::v1::Date out;
+  out.set_year(static_cast<int>(d.year()));
+  out.set_month(d.month());
+  out.set_day(d.day());
+  return out;
+}
+
+Schedule ScheduleOf(const v1::CheckInSchedule& s, absl::CivilDay starts,
+                    std::optional<absl::CivilDay> ends) {
+  Schedule out;
+  out.kind = s.has_weekly() ? Schedule::Kind::kWeekly : Schedule::Kind::kEveryNDays;
+  for (int d : s.weekly().weekdays()) out.weekdays.push_back(d);
+  out.interval_days = s.every_n_days().interval_days();
+  out.window_days = s.window_days() == 0 ? 1 : s.window_days();
+  out.starts_on = starts;
+  out.ends_on = ends;
+  return out;
+}
+
+Schedule ScheduleOf(const v1::Enrollment& e) {
+  return ScheduleOf(e.schedule(), CivilOf(e.starts_on()),
+                    e.has_ends_on() ? std::optional(CivilOf(e.ends_on())) : std::nullopt);
+}
+
+std::string EndReasonText(v1::EnrollmentEndReason r) {
+  std::string name = v1::EnrollmentEndReason_Name(r).substr(sizeof("ENROLLMENT_END_REASON_") - 1);
+  std::transform(name.begin(), name.end(), name.begin(), ::tolower);
+  return name;
+}
+
+absl::Status UnmetGates(const std::vector<std::pair<std::string, std::string>>& unmet,
+                        const std::vector<bool>& is_consent) {
+  std::vector<std::string> names;
+  google::rpc::PreconditionFailure failure;
+  for (size_t i = 0; i < unmet.size(); ++i) {
+    names.push_back(unmet[i].first);
+    auto* v = failure.add_violations();
+    v->set_type(is_consent[i] ? "CONSENT_GATE" : "OWNER_GATE");
+    v->set_subject(unmet[i].first);
+    v->set_description(unmet[i].second);
+  }
+  google::rpc::ErrorInfo info;
+  info.set_reason("ENROLLMENT_GATES_NOT_MET");
+  info.set_domain(kErrorDomain);
+  (*info.mutable_metadata())["unmet_gates"] = absl::StrJoin(names, ",");
+  absl::Status status = absl::FailedPreconditionError(
+      absl::StrCat("enrollment cannot proceed; gates not met: ", absl::StrJoin(names, ", ")));
+  status.SetPayload("type.googleapis.com/google.rpc.ErrorInfo",
+                    absl::Cord(info.SerializeAsString()));
+  status.SetPayload("type.googleapis.com/google.rpc.PreconditionFailure",
+                    absl::Cord(failure.SerializeAsString()));
+  return status;
+}
+
+void AddViolations(std::vector<FieldViolation>& to, const absl::Status& status) {
+  for (auto& v : FieldViolations(status)) to.push_back(std::move(v));
+}
+
+// The participant's three latest wellbeing scores with `current` added, newest first.
+bool RaisesWellbeingDecline(std::vector<std::pair<absl::Time, int>> previous,
+                            std::pair<absl::Time, int> current, int drop_points,
+                            std::vector<int>* three_oldest_first) {
+  auto newest_first = [](const auto& a, const auto& b) { return a.first > b.first; };
+  std::sort(previous.begin(), previous.end(), newest_first);
+  if (previous.size() > 3) previous.resize(3);
+  // On equal times the check-in being recorded is the newest (it is recorded last).
+  std::vector<std::pair<absl::Time, int>> with = {current};
+  with.insert(with.end(), previous.begin(), previous.end());
+  std::stable_sort(with.begin(), with.end(), newest_first);
+  with.resize(std::min<size_t>(3, with.size()));
+  const bool among = std::any_of(with.begin(), with.end(), [&](const auto& p) {
+    return p.first == current.first && p.second == current.second;
+  });
+  if (!among || with.size() < 3) return false;
+  auto oldest_first = [](const std::vector<std::pair<absl::Time, int>>& v) {
+    std::vector<int> out;
+    for (auto it = v.rbegin(); it != v.rend(); ++it) out.push_back(it->second);
+    return out;
+  };
+  const std::vector<int> now = oldest_first(with);
+  if (!WellbeingDeclined(now, drop_points)) return false;
+  // One concern per decline: the three before this check-in did not already show it.
+  if (WellbeingDeclined(oldest_first(previous), drop_points)) return false;
+  *three_oldest_first = now;
+  return true;
+}
+
+}  // namespace
+
+struct CheckInService::Call {
+  grpc::ServerContext* context = nullptr;
+  const char* method = "";
+  Identity caller;
+  std::string role;  // The role the caller acts under (audit, events).
+  bool as_peer = false;
+  std::string request_id;
+};
+
+CheckInService::CheckInService(ServiceContext& context, CheckInOptions options,
+                               std::unique_ptr<ConsentGates> consent_gates)
     : CheckInServiceBase(authorizer_, events_, context.stopping),
-      authorizer_(context.verifier, "peerpath.checkin.v1.CheckInService", Rules(), &context.db),
-      events_(context.db) {}
+      context_(context),
+      options_(std::move(options)),
+      authorizer_(context.verifier, kServiceName, Rules(), &context.db),
+      events_(context.db),
+      consent_gates_(consent_gates != nullptr ? std::move(consent_gates)
+                                              : MakeUnconfiguredConsentGates()) {
+  if (!options_.matching_address.empty()) {
+    auto channel = MakeChannel(options_.matching_address, context.config.client_tls);
+    if (!channel.ok()) {
+      log::Error("matching channel refused",
+                 {{"code", absl::StatusCodeToString(channel.status().code())}});
+    } else {
+      std::shared_ptr<matching::v1::MatchingService::Stub> stub =
+          matching::v1::MatchingService::NewStub(*channel);
+      matching_consumer_ = std::make_unique<EventConsumer>(
+          context.db, ConsumerOptions{.source = "matching", .idle_poll = absl::Milliseconds(200)},
+          ListEventsFetcher<matching::v1::ListEventsRequest, matching::v1::ListEventsResponse>(
+              stub, std::make_shared<ServiceToken>(context.config.service_token_file)),
+          [](pqxx::work& tx, const common::v1::Event& event) {
+            ApplyMatchEvent(tx, event);
+            return absl::OkStatus();
+          },
+          &context.metrics);
+      matching_consumer_->Start();
+    }
+  }
+  if (!options_.escalation_address.empty()) {
+    auto channel = MakeChannel(options_.escalation_address, context.config.client_tls);
+    if (!channel.ok()) {
+      log::Error("escalation channel refused",
+                 {{"code", absl::StatusCodeToString(channel.status().code())}});
+    } else {
+      std::shared_ptr<escalation::v1::EscalationService::Stub> stub =
+          escalation::v1::EscalationService::NewStub(*channel);
+      escalation_consumer_ = std::make_unique<EventConsumer>(
+          context.db, ConsumerOptions{.source = "escalation", .idle_poll = absl::Milliseconds(200)},
+          ListEventsFetcher<escalation::v1::ListEventsRequest, escalation::v1::ListEventsResponse>(
+              stub, std::make_shared<ServiceToken>(context.config.service_token_file)),
+          [](pqxx::work& tx, const common::v1::Event& event) -> absl::Status {
+            escalation::v1::RoutineEngagementStoppedEvent stopped;
+            if (!event.payload().UnpackTo(&stopped)) return absl::OkStatus();
+            const absl::Time at = stopped.has_stopped_at()
+                                      ? FromProtoTimestamp(stopped.stopped_at())
+                                      : FromProtoTimestamp(event.occurred_at());
+            for (const auto& e :
+                 StopRoutineEngagement(tx, stopped.participant_id(), stopped.enrollment_id(),
+                                       stopped.concern_id(), at)) {
+              if (auto s = AppendEvent(tx, event.agency_id(), e.enrollment_id(), e); !s.ok()) {
+                return s;
+              }
+            }
+            return absl::OkStatus();
+          },
+          &context.metrics);
+      escalation_consumer_->Start();
+    }
+  }
+  if (options_.sweep_interval > absl::ZeroDuration()) {
+    sweeper_ = std::thread([this] {
+      while (!stop_sweeper_.stopped() && !context_.stopping.stopped()) {
+        auto swept = Sweep();
+        if (!swept.ok()) {
+          log::Warn("check-in sweep failed",
+                    {{"code", absl::StatusCodeToString(swept.status().code())}});
+        } else if (*swept > 0) {
+          log::Info("check-in sweep", {{"events", *swept}});
+        }
+        stop_sweeper_.WaitFor(options_.sweep_interval);
+      }
+    });
+  }
+}
+
+CheckInService::~CheckInService() {
+  if (matching_consumer_ != nullptr) matching_consumer_->Stop();
+  if (escalation_consumer_ != nullptr) escalation_consumer_->Stop();
+  stop_sweeper_.Notify();
+  if (sweeper_.joinable()) sweeper_.join();
+}
+
+absl::StatusOr<int> CheckInService::Sweep() {
+  auto agencies = context_.db.TransactForMaintenance(
+      [](pqxx::work& tx) -> absl::StatusOr<std::vector<std::string>> {
+        return AgenciesWithActiveEnrollments(tx);
+      });
+  if (!agencies.ok()) return agencies.status();
+  int events = 0;
+  for (const auto& agency : *agencies) {
+    int written = 0;
+    absl::Status swept = context_.db.TransactForAgency(
+        agency, [&](pqxx::work& tx) { return SweepAgency(tx, agency, written); });
+    if (!swept.ok()) return swept;
+    events += written;
+  }
+  return events;
+}
+
+absl::Status CheckInService::SweepAgency(pqxx::work& tx, const std::string& agency, int& events) {
+  for (const auto& missed : MarkMissedOccurrences(tx)) {
+    if (auto s = AppendEvent(tx, agency, missed.enrollment_id(), missed); !s.ok()) return s;
+    ++events;
+  }
+  const v1::ProgramPolicy policy = LoadPolicy(tx, agency, options_.default_time_zone);
+  const absl::Duration at_risk = absl::Seconds(policy.at_risk_after().seconds());
+  const absl::Duration lost = absl::Seconds(policy.lost_to_follow_up_after().seconds());
+  const absl::Time now = absl::Now();
+  for (const auto& e : EnrollmentsSilentSince(tx, now - at_risk)) {
+    const absl::Time since =
+        FromProtoTimestamp(e.has_last_contact_at() ? e.last_contact_at() : e.enrolled_at());
+    v1::EngagementStage from = e.engagement_stage();
+    for (v1::EngagementStage to : NoContactStages(from, since, now, at_risk, lost)) {
+      v1::EngagementStageChangedEvent changed;
+      changed.set_enrollment_id(e.enrollment_id());
+      changed.set_participant_id(e.participant_id());
+      auto supporter = ActiveSupporterOf(tx, e.participant_id());
+      changed.set_supporter_id(supporter ? supporter->supporter_id : "");
+      changed.set_pathway_key(e.pathway_key());
+      changed.set_from_stage(from);
+      changed.set_to_stage(to);
+      changed.set_cause(v1::ENGAGEMENT_STAGE_CHANGE_CAUSE_NO_CONTACT);
+      if (e.has_last_contact_at()) *changed.mutable_last_contact_at() = e.last_contact_at();
+      *changed.mutable_changed_at() = ToProtoTimestamp(now);
+      SetEngagementStage(tx, e.enrollment_id(), to);
+      if (auto s = AppendEvent(tx, agency, e.enrollment_id(), changed); !s.ok()) return s;
+      ++events;
+      from = to;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CheckInService::Call> CheckInService::Begin(grpc::ServerContext& context,
+                                                           const char* method) {
+  auto caller = authorizer_.Authorize(context, method);
+  if (!caller.ok()) return caller.status();
+  Call call;
+  call.context = &context;
+  call.method = method;
+  call.caller = *caller;
+  call.request_id = RequestId(context);
+  const auto& allowed = Rules().at(method);
+  for (Role role : kRolePreference) {
+    if (caller->Has(role) && allowed.contains(role)) {
+      call.role = RoleName(role);
+      call.as_peer = role == kPeerSupporter;
+      break;
+    }
+  }
+  return call;
+}
+
+void CheckInService::EnsureDefaults(pqxx::work& tx, const std::string& agency_id) {
+  {
+    std::lock_guard<std::mutex> lock(seeded_mu_);
+    if (seeded_agencies_.contains(agency_id)) return;
+  }
+  EnsureDefaultPathways(tx, agency_id);
+  // Remembered only once committed would be exact; a rolled-back seed is redone by the next
+  // transaction that misses a default pathway (LoadPathway below seeds again on a miss).
+  std::lock_guard<std::mutex> lock(seeded_mu_);
+  seeded_agencies_.insert(agency_id);
+}
+
+absl::Status CheckInService::RequireParticipantAccess(pqxx::work& tx, const Call& call,
+                                                      const std::string& participant_id) {
+  if (!call.as_peer) return absl::OkStatus();
+  if (IsActiveSupporter(tx, call.caller.subject, participant_id)) return absl::OkStatus();
+  authorizer_.AuditRefusal(*call.context, call.caller, call.method, "participant", "",
+                           participant_id);
+  return absl::PermissionDeniedError(
+      "the participant is not in your active matches: only their active peer supporter or staff "
+      "of the agency may do this");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pathways and policy
+// ---------------------------------------------------------------------------------------------
+
+grpc::Status CheckInService::GetPathwayVersion(grpc::ServerContext* context,
+                                               const v1::GetPathwayVersionRequest* request,
+                                               v1::GetPathwayVersionResponse* response) {
+  auto call = Begin(*context, "GetPathwayVersion");
+  if (!call.ok()) return ToGrpc(call.status());
+  std::vector<FieldViolation> violations;
+  if (!IsKey(request->pathway_key())) {
+    violations.push_back({"pathway_key", "required: a pathway key such as step_down"});
+  }
+  if (request->version() < 0) violations.push_back({"version", "must be 0 (latest) or more"});
+  if (!violations.empty()) return ToGrpc(InvalidArgument("invalid request", violations));
+  return ToGrpc(context_.db.TransactForAgency(call->caller.agency_id, [&](pqxx::work& tx) {
+    EnsureDefaults(tx, call->caller.agency_id);
+    auto pathway = LoadPathway(tx, request->pathway_key(), request->version());
+    if (!pathway) return absl::NotFoundError("no such pathway version in your agency");
+    *response->mutable_pathway() = std::move(*pathway);
+    return absl::OkStatus();
+  }));
+}
+
+grpc::Status CheckInService::ListPathwayVersions(grpc::ServerContext* context,
+                                                 const v1::ListPathwayVersionsRequest* request,
+                                                 v1::ListPathwayVersionsResponse* response) {
+  auto call = Begin(*context, "ListPathwayVersions");
+  if (!call.ok()) return ToGrpc(call.status());
+  if (!request->pathway_key().empty() && !IsKey(request->pathway_key())) {
+    return ToGrpc(InvalidArgument("invalid request", {{"pathway_key", "malformed pathway key"}}));
+  }
+  auto size = ResolvePageSize(request->page_size());
+  if (!size.ok()) return ToGrpc(size.status());
+  // An agency has few pathway versions: one page of up to the page size (no token yet).
+  return ToGrpc(context_.db.TransactForAgency(call->caller.agency_id, [&](pqxx::work& tx) {
+    EnsureDefaults(tx, call->caller.agency_id);
+    for (auto& p : ListPathways(tx, request->pathway_key(), request->latest_only(), *size)) {
+      *response->add_pathways() = std::move(p);
+    }
+    return absl::OkStatus();
+  }));
+}
+
+grpc::Status CheckInService::GetProgramPolicy(grpc::ServerContext* context,
+                                              const v1::GetProgramPolicyRequest*,
+                                              v1::GetProgramPolicyResponse* response) {
+  auto call = Begin(*context, "GetProgramPolicy");
+  if (!call.ok()) return ToGrpc(call.status());
+  return ToGrpc(context_.db.TransactForAgency(call->caller.agency_id, [&](pqxx::work& tx) {
+    *response->mutable_policy() =
+        LoadPolicy(tx, call->caller.agency_id, options_.default_time_zone);
+    return absl::OkStatus();
+  }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Enrollments
+// ---------------------------------------------------------------------------------------------
+
+grpc::Status CheckInService::CreateEnrollment(grpc::ServerContext* context,
+                                              const v1::CreateEnrollmentRequest* request,
+                                              v1::CreateEnrollmentResponse* response) {
+  auto call = Begin(*context, "CreateEnrollment");
+  if (!call.ok()) return ToGrpc(call.status());
+  return ToGrpc(CreateEnrollmentImpl(*call, *request, *response));
+}
+
+absl::Status CheckInService::CreateEnrollmentImpl(const Call& call,
+                                                  const v1::CreateEnrollmentRequest& request,
+                                                  v1::CreateEnrollmentResponse& response) {
+  const std::string& agency = call.caller.agency_id;
+  std::vector<FieldViolation> violations;
+  if (request.participant_id().empty() || request.participant_id().size() > 128) {
+    violations.push_back({"participant_id", "required: 1 to 128 characters"});
+  }
+  if (!IsKey(request.pathway_key())) {
+    violations.push_back({"pathway_key", "required: a pathway key such as early_engagement"});
+  }
+  if (request.pathway_version() < 0) {
+    violations.push_back({"pathway_version", "must be 0 (latest) or a version"});
+  }
+  if (request.schedule().recurrence_case() == v1::CheckInSchedule::RECURRENCE_NOT_SET) {
+    violations.push_back({"schedule", "required: weekly on weekdays or every N days"});
+  }
+  AddViolations(violations, ValidateIdempotencyKey(request.idempotency_key()));
+  if (!violations.empty()) return InvalidArgument("invalid enrollment", violations);
+
+  // 1. Read what the decision needs (no transaction is held while the consent service answers).
+  struct Plan {
+    v1::PathwayVersion pathway;
+    v1::ProgramPolicy policy;
+    std::set<std::string> peer_owners;
+  };
+  auto plan = context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::StatusOr<Plan> {
+    EnsureDefaults(tx, agency);
+    Plan p;
+    auto pathway = LoadPathway(tx, request.pathway_key(), request.pathway_version());
+    if (!pathway) return absl::NotFoundError("no such pathway or version in your agency");
+    p.pathway = std::move(*pathway);
+    p.policy = LoadPolicy(tx, agency, options_.default_time_zone);
+    const auto& o = request.owners();
+    p.peer_owners = KnownPeerSupporters(tx, {o.appointment_owner(), o.receiving_clinician(),
+                                             o.receiving_team(), o.clinical_follow_up_owner()});
+    return p;
+  });
+  if (!plan.ok()) return plan.status();
+  auto zone = LoadZone(plan->policy.time_zone());
+  if (!zone.ok()) return absl::InternalError("the agency's time zone is not known");
+  const absl::Time now = absl::Now();
+  const absl::CivilDay today = absl::ToCivilDay(now, *zone);
+  const absl::CivilDay starts = request.has_starts_on() ? CivilOf(request.starts_on()) : today;
+  violations = ValidateEnrollmentShape(plan->pathway, request);
+  if (violations.empty()) {
+    if (starts < today) violations.push_back({"starts_on", "must not be before today"});
+    if (request.has_review_on() && CivilOf(request.review_on()) < starts) {
+      violations.push_back({"review_on", "must be on or after starts_on"});
+    }
+    const auto schedule = ScheduleOf(
+        request.schedule(), starts,
+        request.has_ends_on() ? std::optional(CivilOf(request.ends_on())) : std::nullopt);
+    for (auto& v : ValidateSchedule(schedule, "schedule")) violations.push_back(std::move(v));
+  }
+  if (!violations.empty()) {
+    return InvalidArgument(
+        absl::StrCat("enrollment does not fit pathway '", plan->pathway.pathway_key(), "' v",
+                     plan->pathway.version()),
+        violations);
+  }
+
+  // 2. Every gate, every time: owner gates here, consent gates by the consent service.
+  std::vector<std::string> consent_names;
+  for (const auto& gate : plan->pathway.gates()) {
+    if (gate.gate_case() == v1::Gate::kConsentGate) consent_names.push_back(gate.consent_gate());
+  }
+  auto consent = consent_gates_->Check(agency, request.participant_id(), consent_names);
+  std::vector<std::pair<std::string, std::string>> unmet;
+  std::vector<bool> unmet_is_consent;
+  std::vector<v1::GateResult> results;
+  std::vector<std::string> consent_ids;
+  const auto checked_at = ToProtoTimestamp(now);
+  const auto is_peer = [&](const std::string& id) { return plan->peer_owners.contains(id); };
+  for (const auto& gate : plan->pathway.gates()) {
+    v1::GateResult result;
+    *result.mutable_gate() = gate;
+    *result.mutable_checked_at() = checked_at;
+    if (gate.gate_case() == v1::Gate::kConsentGate) {
+      if (!consent.ok()) continue;  // Refused below, after the idempotency check.
+      for (const auto& answer : *consent) {
+        if (answer.gate != gate.consent_gate()) continue;
+        result.set_held(answer.held);
+        for (const auto& id : answer.consent_ids) {
+          result.add_consent_ids(id);
+          if (answer.held) consent_ids.push_back(id);
+        }
+        if (!answer.held) {
+          unmet.push_back({answer.gate, answer.reason});
+          unmet_is_consent.push_back(true);
+        }
+      }
+    } else {
+      auto why = UnmetOwnerGate(gate.owner_gate(), request.owners(), is_peer);
+      result.set_held(!why.has_value());
+      if (why) {
+        unmet.push_back({GateName(gate), *why});
+        unmet_is_consent.push_back(false);
+      }
+    }
+    results.push_back(std::move(result));
+  }
+
+  // 3. Write, once per idempotency key.
+  const IdempotentCall idem{agency, request.idempotency_key(), "CreateEnrollment", &request,
+                            call.caller.subject};
+  return context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
+    auto replayed = ClaimIdempotencyKey(tx, idem, response);
+    if (!replayed.ok()) return replayed.status();
+    if (*replayed) return absl::OkStatus();
+    if (!consent.ok()) return consent.status();
+    if (!unmet.empty()) return UnmetGates(unmet, unmet_is_consent);
+    v1::Enrollment e;
+    e.set_enrollment_id(NewUuid());
+    e.set_participant_id(request.participant_id());
+    e.set_pathway_key(plan->pathway.pathway_key());
+    e.set_pathway_version(plan->pathway.version());
+    *e.mutable_owners() = request.owners();
+    *e.mutable_schedule() = request.schedule();
+    if (e.schedule().window_days() == 0) e.mutable_schedule()->set_window_days(1);
+    e.set_time_zone(plan->policy.time_zone());
+    *e.mutable_starts_on() = DateOf(starts);
+    if (request.has_ends_on()) *e.mutable_ends_on() = request.ends_on();
+    if (request.has_review_on()) *e.mutable_review_on() = request.review_on();
+    e.set_enrolled_by(call.caller.subject);
+    for (auto& r : results) *e.add_gate_results() = r;
+    auto stored = InsertEnrollment(tx, agency, e);
+    if (!stored) {
+      return absl::AlreadyExistsError(
+          "the participant already has an active enrollment in this pathway");
+    }
+    v1::EnrollmentStartedEvent started;
+    started.set_enrollment_id(stored->enrollment_id());
+    started.set_participant_id(stored->participant_id());
+    started.set_pathway_key(stored->pathway_key());
+    started.set_pathway_version(stored->pathway_version());
+    started.set_acuity_units(std::max(1, plan->pathway.acuity_units()));
+    *started.mutable_starts_on() = stored->starts_on();
+    if (stored->has_ends_on()) *started.mutable_ends_on() = stored->ends_on();
+    if (stored->has_review_on()) *started.mutable_review_on() = stored->review_on();
+    started.set_appointment_owner(stored->owners().appointment_owner());
+    started.set_receiving_clinician(stored->owners().receiving_clinician());
+    started.set_receiving_team(stored->owners().receiving_team());
+    started.set_clinical_follow_up_owner(stored->owners().clinical_follow_up_owner());
+    for (const auto& id : consent_ids) started.add_consent_ids(id);
+    started.set_enrolled_by_role(call.role);
+    *started.mutable_enrolled_at() = stored->enrolled_at();
+    if (auto s = AppendEvent(tx, agency, stored->enrollment_id(), started); !s.ok()) return s;
+    AppendAuditRow(tx, agency,
+                   {.actor = call.caller.subject,
+                    .actor_role = call.role,
+                    .action = Action(call.method),
+                    .object_type = "enrollment",
+                    .object_id = stored->enrollment_id(),
+                    .participant_id = stored->participant_id(),
+                    .decision = AuditDecision::kAllowed,
+                    .request_id = call.request_id});
+    *response.mutable_enrollment() = std::move(*stored);
+    return StoreIdempotentResponse(tx, idem, response);
+  });
+}
+
+grpc::Status CheckInService::GetEnrollment(grpc::ServerContext* context,
+                                           const v1::GetEnrollmentRequest* request,
+                                           v1::GetEnrollmentResponse* response) {
+  auto call = Begin(*context, "GetEnrollment");
+  if (!call.ok()) return ToGrpc(call.status());
+  if (!IsUuid(request->enrollment_id())) {
+    return ToGrpc(InvalidArgument("invalid request", {{"enrollment_id", "required: a UUID"}}));
+  }
+  return ToGrpc(context_.db.TransactForAgency(call->caller.agency_id, [&](pqxx::work& tx) {
+    auto e = LoadEnrollment(tx, request->enrollment_id());
+    if (!e) return absl::NotFoundError("no such enrollment in your agency");
+    if (auto s = RequireParticipantAccess(tx, *call, e->participant_id()); !s.ok()) return s;
+    AppendAuditRow(tx, call->caller.agency_id,
+                   {.actor = call->caller.subject,
+                    .actor_role = call->role,
+                    .action = Action(call->method),
+                    .object_type = "enrollment",
+                    .object_id = e->enrollment_id(),
+                    .participant_id = e->participant_id(),
+                    .decision = AuditDecision::kAllowed,
+                    .request_id = call->request_id});
+    *response->mutable_enrollment() = std::move(*e);
+    return absl::OkStatus();
+  }));
+}
+
+grpc::Status CheckInService::ListEnrollments(grpc::ServerContext* context,
+                                             const v1::ListEnrollmentsRequest* request,
+                                             v1::ListEnrollmentsResponse* response) {
+  auto call = Begin(*context, "ListEnrollments");
+  if (!call.ok()) return ToGrpc(call.status());
+  std::vector<FieldViolation> violations;
+  auto size = ResolvePageSize(request->page_size());
+  if (!size.ok()) AddViolations(violations, size.status());
+  auto cursor = DecodePageToken("ListEnrollments", request->page_token());
+  if (!cursor.ok()) AddViolations(violations, cursor.status());
+  if (!request->supporter_id().empty() && !IsUuid(request->supporter_id())) {
+    violations.push_back({"supporter_id", "must be a UUID"});
+  }
+  if (!request->pathway_key().empty() && !IsKey(request->pathway_key())) {
+    violations.push_back({"pathway_key", "malformed pathway key"});
+  }
+  if (!violations.empty()) return ToGrpc(InvalidArgument("invalid request", violations));
+  EnrollmentFilter filter;
+  filter.participant_id = request->participant_id();
+  filter.pathway_key = request->pathway_key();
+  filter.supporter_id = request->supporter_id();
+  for (int s : request->statuses()) {
+    filter.statuses.push_back(s == v1::ENROLLMENT_STATUS_ENDED ? "ended" : "active");
+  }
+  if (call->as_peer) filter.supporter_subject = call->caller.subject;
+  filter.limit = *size + 1;
+  if (!cursor->empty()) {
+    std::pair<std::string, std::string> parts = absl::StrSplit(*cursor, '/');
+    if (!absl::SimpleAtoi(parts.first, &filter.after_enrolled_micros) || !IsUuid(parts.second)) {
+      return ToGrpc(InvalidArgument("invalid request", {{"page_token", "stale or foreign"}}));
+    }
+    filter.after_id = parts.second;
+  }
+  return ToGrpc(context_.db.TransactForAgency(call->caller.agency_id, [&](pqxx::work& tx) {
+    auto rows = checkin::ListEnrollments(tx, filter);
+    const bool more = static_cast<int>(rows.size()) > *size;
+    if (more) rows.resize(*size);
+    for (auto& e : rows) {
+      AppendAuditRow(tx, call->caller.agency_id,
+                     {.actor = call->caller.subject,
+                      .actor_role = call->role,
+                      .action = Action(call->method),
+                      .object_type = "enrollment",
+                      .object_id = e.enrollment_id(),
+                      .participant_id = e.participant_id(),
+                      .decision = AuditDecision::kAllowed,
+                      .request_id = call->request_id});
+      *response->add_enrollments() = std::move(e);
+    }
+    if (more) {
+      const auto& last = response->enrollments(response->enrollments_size() - 1);
+      response->set_next_page_token(
+          EncodePageToken("ListEnrollments",
+                          absl::StrCat(absl::ToUnixMicros(FromProtoTimestamp(last.enrolled_at())),
+                                       "/", last.enrollment_id())));
+    }
+    return absl::OkStatus();
+  }));
+}
+
+grpc::Status CheckInService::EndEnrollment(grpc::ServerContext* context,
+                                           const v1::EndEnrollmentRequest* request,
+                                           v1::EndEnrollmentResponse* response) {
+  auto call = Begin(*context, "EndEnrollment");
+  if (!call.ok()) return ToGrpc(call.status());
+  std::vector<FieldViolation> violations;
+  if (!IsUuid(request->enrollment_id())) {
+    violations.push_back({"enrollment_id", "required: a UUID"});
+  }
+  if (request->reason() == v1::ENROLLMENT_END_REASON_UNSPECIFIED ||
+      !v1::EnrollmentEndReason_IsValid(request->reason())) {
+    violations.push_back({"reason", "required: why the enrollment ends"});
+  }
+  if (!violations.empty()) return ToGrpc(InvalidArgument("invalid request", violations));
+  const std::string& agency = call->caller.agency_id;
+  return ToGrpc(context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
+    auto e = LoadEnrollment(tx, request->enrollment_id(), /*lock=*/true);
+    if (!e) return absl::NotFoundError("no such enrollment in your agency");
+    if (e->status() == v1::ENROLLMENT_STATUS_ENDED) {
+      if (e->ended_by() == call->caller.subject && e->end_reason() == request->reason()) {
+        *response->mutable_enrollment() = std::move(*e);  // A retry.
+        return absl::OkStatus();
+      }
+      return absl::FailedPreconditionError("the enrollment has already ended");
+    }
+    v1::Enrollment ended = checkin::EndEnrollment(
+        tx, e->enrollment_id(), EndReasonText(request->reason()), call->caller.subject);
+    const auto [check_ins, missed] = EnrollmentCounts(tx, ended.enrollment_id());
+    v1::EnrollmentEndedEvent event;
+    event.set_enrollment_id(ended.enrollment_id());
+    event.set_participant_id(ended.participant_id());
+    event.set_pathway_key(ended.pathway_key());
+    event.set_pathway_version(ended.pathway_version());
+    event.set_reason(request->reason());
+    event.set_engagement_stage(ended.engagement_stage());
+    event.set_check_in_count(check_ins);
+    event.set_missed_check_in_count(missed);
+    event.set_ended_by_role(call->role);
+    *event.mutable_enrolled_at() = ended.enrolled_at();
+    *event.mutable_ended_at() = ended.ended_at();
+    if (auto s = AppendEvent(tx, agency, ended.enrollment_id(), event); !s.ok()) return s;
+    AppendAuditRow(tx, agency,
+                   {.actor = call->caller.subject,
+                    .actor_role = call->role,
+                    .action = Action(call->method),
+                    .object_type = "enrollment",
+                    .object_id = ended.enrollment_id(),
+                    .participant_id = ended.participant_id(),
+                    .decision = AuditDecision::kAllowed,
+                    .request_id = call->request_id});
+    *response->mutable_enrollment() = std::move(ended);
+    return absl::OkStatus();
+  }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Check-ins
+// ---------------------------------------------------------------------------------------------
+
+grpc::Status CheckInService::RecordCheckIn(grpc::ServerContext* context,
+                                           const v1::RecordCheckInRequest* request,
+                                           v1::RecordCheckInResponse* response) {
+  auto call = Begin(*context, "RecordCheckIn");
+  if (!call.ok()) return ToGrpc(call.status());
+  return ToGrpc(RecordCheckInImpl(*call, *request, *response));
+}
+
+absl::Status CheckInService::RecordCheckInImpl(const Call& call,
+                                               const v1::RecordCheckInRequest& request,
+                                               v1::RecordCheckInResponse& response) {
+  const std::string& agency = call.caller.agency_id;
+  std::vector<FieldViolation> violations;
+  if (!IsUuid(request.enrollment_id())) {
+    violations.push_back({"enrollment_id", "required: the enrollment's UUID"});
+  }
+  if (!request.scheduled_check_in_id().empty() && !IsUuid(request.scheduled_check_in_id())) {
+    violations.push_back({"scheduled_check_in_id", "must be a UUID"});
+  }
+  const absl::Time occurred_at = FromProtoTimestamp(request.occurred_at());
+  if (!request.has_occurred_at()) {
+    violations.push_back({"occurred_at", "required: when the check-in took place"});
+  } else if (occurred_at > absl::Now() + absl::Minutes(10)) {
+    violations.push_back({"occurred_at", "more than 10 minutes in the future"});
+  }
+  if (request.contact_mode() == v1::CONTACT_MODE_UNSPECIFIED ||
+      !v1::ContactMode_IsValid(request.contact_mode())) {
+    violations.push_back({"contact_mode", "required: in person, phone, video or message"});
+  }
+  AddViolations(violations, ValidateIdempotencyKey(request.idempotency_key()));
+  if (!violations.empty()) return InvalidArgument("invalid check-in", violations);
+
+  const IdempotentCall idem{agency, request.idempotency_key(), "RecordCheckIn", &request,
+                            call.caller.subject};
+  return context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
+    auto replayed = ClaimIdempotencyKey(tx, idem, response);
+    if (!replayed.ok()) return replayed.status();
+    if (*replayed) return absl::OkStatus();
+    auto ctx = LoadCheckInContext(tx, agency, request.enrollment_id(),
+                                  request.scheduled_check_in_id(), occurred_at);
+    if (!ctx) return absl::NotFoundError("no such enrollment in your agency");
+    const v1::Enrollment& e = ctx->enrollment;
+    const v1::PathwayVersion& pathway = ctx->pathway;
+    if (call.as_peer && (!ctx->supporter || ctx->supporter->subject != call.caller.subject)) {
+      authorizer_.AuditRefusal(*call.context, call.caller, call.method, "enrollment",
+                               e.enrollment_id(), e.participant_id());
+      return absl::PermissionDeniedError(
+          "the participant is not in your active matches: only their active peer supporter or "
+          "staff of the agency may record a check-in");
+    }
+    if (e.status() == v1::ENROLLMENT_STATUS_ENDED &&
+        occurred_at > FromProtoTimestamp(e.ended_at())) {
+      return absl::FailedPreconditionError("the enrollment ended before occurred_at");
+    }
+    auto zone = LoadZone(e.time_zone());
+    if (!zone.ok()) return absl::InternalError("the enrollment's time zone is not known");
+    const absl::Time start = absl::FromCivil(absl::CivilSecond(CivilOf(e.starts_on())), *zone);
+    std::vector<FieldViolation> problems;
+    if (occurred_at < start) {
+      problems.push_back({"occurred_at", "before the enrollment's first day"});
+    }
+    for (auto& v : ValidateAnswers(pathway, request.answers())) problems.push_back(std::move(v));
+    if (!problems.empty()) {
+      return InvalidArgument(absl::StrCat("check-in does not match pathway '",
+                                          pathway.pathway_key(), "' v", pathway.version()),
+                             problems);
+    }
+
+    // Which occurrence it completes, and how late it is documented.
+    std::optional<Occurrence> occurrence;
+    std::string occurrence_id;
+    if (!request.scheduled_check_in_id().empty()) {
+      auto it = std::find_if(ctx->occurrences.begin(), ctx->occurrences.end(),
+                             [&](auto& o) { return o.id == request.scheduled_check_in_id(); });
+      if (it == ctx->occurrences.end()) {
+        return absl::NotFoundError("no such scheduled check-in for this enrollment");
+      }
+      if (it->status == "completed" || it->status == "cancelled") {
+        return absl::FailedPreconditionError(
+            absl::StrCat("the scheduled check-in is already ", it->status));
+      }
+      occurrence = OccurrenceOn(ScheduleOf(e), it->due_on, *zone);
+      occurrence->window_end = it->window_end;
+      occurrence_id = it->id;
+    } else if (e.routine()) {
+      auto candidate = LatestOccurrenceStartedBy(ScheduleOf(e), occurred_at, *zone);
+      if (candidate && occurred_at < candidate->window_end) {
+        auto it = std::find_if(ctx->occurrences.begin(), ctx->occurrences.end(),
+                               [&](auto& o) { return o.due_on == candidate->due_on; });
+        if (it == ctx->occurrences.end()) {
+          occurrence = candidate;
+          occurrence_id = NewUuid();
+        } else if (it->status == "due" || it->status == "missed") {
+          occurrence = candidate;
+          occurrence->window_end = it->window_end;
+          occurrence_id = it->id;
+        }
+      }
+    }
+
+    v1::CheckIn& c = *response.mutable_check_in();
+    c.set_check_in_id(NewUuid());
+    c.set_agency_id(agency);
+    c.set_enrollment_id(e.enrollment_id());
+    c.set_participant_id(e.participant_id());
+    c.set_scheduled_check_in_id(occurrence_id);
+    if (call.as_peer) c.set_supporter_id(ctx->supporter->supporter_id);
+    c.set_recorded_by(call.caller.subject);
+    c.set_recorded_by_role(call.role);
+    c.set_pathway_key(pathway.pathway_key());
+    c.set_pathway_version(pathway.version());
+    // Answers in the pathway's field order.
+    for (const auto& field : pathway.fields()) {
+      for (const auto& a : request.answers()) {
+        if (a.field_key() == field.key()) *c.add_answers() = a;
+      }
+    }
+    const std::optional<int> wellbeing = WellbeingScore(pathway, request.answers());
+    c.set_wellbeing_score(wellbeing.value_or(0));
+    c.set_contact_mode(request.contact_mode());
+    *c.mutable_occurred_at() = request.occurred_at();
+    *c.mutable_recorded_at() = ToProtoTimestamp(ctx->now);
+    if (occurrence) {
+      *c.mutable_window_end() = ToProtoTimestamp(occurrence->window_end);
+      const absl::Duration late = LateBy(occurrence->window_end, ctx->now);
+      if (late > absl::ZeroDuration()) {
+        c.set_late(true);
+        c.mutable_late_by()->set_seconds(absl::ToInt64Seconds(late));
+        c.mutable_late_by()->set_nanos(
+            static_cast<int32_t>(absl::ToInt64Nanoseconds(late % absl::Seconds(1))));
+      }
+    }
+
+    // Rules, trend and contact state, all decided before the one write.
+    const std::vector<const v1::RoutingRule*> fired = FiringRules(pathway, request.answers());
+    bool stops = false;
+    std::vector<std::string> fired_ids;
+    for (const auto* rule : fired) {
+      fired_ids.push_back(rule->rule_id());
+      stops = stops || rule->stops_routine_engagement();
+    }
+    const bool stops_now = stops && e.routine();
+    std::vector<int> decline;
+    const bool declined =
+        wellbeing && RaisesWellbeingDecline(ctx->latest_wellbeing, {occurred_at, *wellbeing},
+                                            ctx->wellbeing_drop_points, &decline);
+    const bool reconnection = e.engagement_stage() != v1::ENGAGEMENT_STAGE_ENGAGED;
+    const std::string supporter_id = ctx->supporter ? ctx->supporter->supporter_id : "";
+
+    std::vector<std::unique_ptr<google::protobuf::Message>> events;
+    CheckInWrite write;
+    auto add_event = [&](std::unique_ptr<google::protobuf::Message> event) {
+      write.event_ids.push_back(NewUuid());
+      write.events.push_back(event.get());
+      events.push_back(std::move(event));
+      return write.event_ids.back();
+    };
+    auto recorded = std::make_unique<v1::CheckInRecordedEvent>();
+    recorded->set_check_in_id(c.check_in_id());
+    recorded->set_enrollment_id(e.enrollment_id());
+    recorded->set_participant_id(e.participant_id());
+    recorded->set_supporter_id(c.supporter_id());
+    recorded->set_recorded_by_role(call.role);
+    recorded->set_pathway_key(pathway.pathway_key());
+    recorded->set_pathway_version(pathway.version());
+    recorded->set_scheduled_check_in_id(occurrence_id);
+    recorded->set_wellbeing_score(c.wellbeing_score());
+    recorded->set_contact_mode(c.contact_mode());
+    recorded->set_late(c.late());
+    if (c.late()) *recorded->mutable_late_by() = c.late_by();
+    for (const auto& id : fired_ids) recorded->add_fired_rule_ids(id);
+    recorded->set_reconnection(reconnection);
+    *recorded->mutable_occurred_at() = c.occurred_at();
+    *recorded->mutable_recorded_at() = c.recorded_at();
+    add_event(std::move(recorded));
+    if (reconnection) {
+      auto r = std::make_unique<v1::ReconnectionRecordedEvent>();
+      r->set_enrollment_id(e.enrollment_id());
+      r->set_participant_id(e.participant_id());
+      r->set_supporter_id(c.supporter_id());
+      r->set_pathway_key(pathway.pathway_key());
+      r->set_check_in_id(c.check_in_id());
+      r->set_previous_stage(e.engagement_stage());
+      *r->mutable_previous_stage_since() = e.engagement_stage_changed_at();
+      if (e.has_last_contact_at()) *r->mutable_previous_contact_at() = e.last_contact_at();
+      *r->mutable_reconnected_at() = c.occurred_at();
+      add_event(std::move(r));
+      auto stage = std::make_unique<v1::EngagementStageChangedEvent>();
+      stage->set_enrollment_id(e.enrollment_id());
+      stage->set_participant_id(e.participant_id());
+      stage->set_supporter_id(supporter_id);
+      stage->set_pathway_key(pathway.pathway_key());
+      stage->set_from_stage(e.engagement_stage());
+      stage->set_to_stage(v1::ENGAGEMENT_STAGE_ENGAGED);
+      stage->set_cause(v1::ENGAGEMENT_STAGE_CHANGE_CAUSE_CONTACT);
+      *stage->mutable_last_contact_at() = c.occurred_at();
+      *stage->mutable_changed_at() = c.recorded_at();
+      add_event(std::move(stage));
+    }
+    auto concern = [&](v1::ConcernSource source, const std::string& rule_id,
+                       common::v1::ConcernCategory category, common::v1::ConcernSeverity severity,
+                       bool stops_routine) {
+      auto raised = std::make_unique<v1::ConcernRaisedEvent>();
+      raised->set_enrollment_id(e.enrollment_id());
+      raised->set_participant_id(e.participant_id());
+      raised->set_supporter_id(supporter_id);
+      raised->set_pathway_key(pathway.pathway_key());
+      raised->set_pathway_version(pathway.version());
+      raised->set_category(category);
+      raised->set_severity(severity);
+      raised->set_source(source);
+      raised->set_rule_id(rule_id);
+      raised->set_check_in_id(c.check_in_id());
+      raised->set_stops_routine_engagement(stops_routine);
+      raised->set_receiving_clinician(e.owners().receiving_clinician());
+      raised->set_receiving_team(e.owners().receiving_team());
+      if (source == v1::CONCERN_SOURCE_WELLBEING_DECLINE) {
+        for (int s : decline) raised->add_wellbeing_scores(s);
+      }
+      *raised->mutable_raised_at() = c.recorded_at();
+      const std::string event_id = add_event(std::move(raised));
+      auto* out = response.add_raised_concerns();
+      out->set_source(source);
+      out->set_rule_id(rule_id);
+      out->set_category(category);
+      out->set_severity(severity);
+      out->set_stops_routine_engagement(stops_routine);
+      out->set_event_id(event_id);
+    };
+    for (const auto* rule : fired) {
+      concern(v1::CONCERN_SOURCE_ROUTING_RULE, rule->rule_id(), rule->category(), rule->severity(),
+              rule->stops_routine_engagement() && stops_now);
+    }
+    if (declined) {
+      concern(v1::CONCERN_SOURCE_WELLBEING_DECLINE, "",
+              common::v1::CONCERN_CATEGORY_WELLBEING_DECLINE,
+              pathway.wellbeing_decline_severity() == common::v1::CONCERN_SEVERITY_UNSPECIFIED
+                  ? common::v1::CONCERN_SEVERITY_ROUTINE
+                  : pathway.wellbeing_decline_severity(),
+              false);
+    }
+    if (stops_now) {
+      auto stopped = std::make_unique<v1::EnrollmentRoutineStoppedEvent>();
+      stopped->set_enrollment_id(e.enrollment_id());
+      stopped->set_participant_id(e.participant_id());
+      stopped->set_pathway_key(pathway.pathway_key());
+      stopped->set_cause(v1::ROUTINE_STOP_CAUSE_ROUTING_RULE);
+      for (const auto* rule : fired) {
+        if (rule->stops_routine_engagement()) {
+          stopped->set_rule_id(rule->rule_id());
+          break;
+        }
+      }
+      stopped->set_check_in_id(c.check_in_id());
+      *stopped->mutable_stopped_at() = c.recorded_at();
+      add_event(std::move(stopped));
+    }
+    response.set_routine_engagement_stopped(stops_now);
+    response.set_reconnection(reconnection);
+
+    write.agency_id = agency;
+    write.check_in = c;
+    if (occurrence) {
+      write.occurrence_due_on = absl::FormatCivilTime(occurrence->due_on);
+      write.occurrence_window_start = occurrence->window_start;
+    }
+    write.fired_rule_ids = fired_ids;
+    write.stops_routine = stops_now;
+    write.reconnection = reconnection;
+    write.audit.actor = call.caller.subject;
+    write.audit.actor_role = call.role;
+    write.audit.action = Action(call.method);
+    write.audit.request_id = call.request_id;
+    write.idempotency_key = request.idempotency_key();
+    {
+      google::protobuf::io::StringOutputStream stream(&write.response_bytes);
+      google::protobuf::io::CodedOutputStream coded(&stream);
+      coded.SetSerializationDeterministic(true);
+      response.SerializeToCodedStream(&coded);
+    }
+    WriteCheckIn(tx, write);
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status CheckInService::GetCheckIn(grpc::ServerContext* context,
+                                        const v1::GetCheckInRequest* request,
+                                        v1::GetCheckInResponse* response) {
+  auto call = Begin(*context, "GetCheckIn");
+  if (!call.ok()) return ToGrpc(call.status());
+  if (!IsUuid(request->check_in_id())) {
+    return ToGrpc(InvalidArgument("invalid request", {{"check_in_id", "required: a UUID"}}));
+  }
+  return ToGrpc(context_.db.TransactForAgency(call->caller.agency_id, [&](pqxx::work& tx) {
+    auto c = LoadCheckIn(tx, request->check_in_id());
+    if (!c) return absl::NotFoundError("no such check-in in your agency");
+    if (auto s = RequireParticipantAccess(tx, *call, c->participant_id()); !s.ok()) return s;
+    // Answers go to the peer relationship (supporter, supervisor); others need a consent
+    // decision this service does not ask for yet, so they are withheld (never shown by default).
+    const bool relationship = call->as_peer || call->role == "supervisor";
+    if (!relationship) {
+      c->clear_answers();
+      c->set_wellbeing_score(0);
+      c->set_answers_withheld(true);
+    }
+    AppendAuditRow(tx, call->caller.agency_id,
+                   {.actor = call->caller.subject,
+                    .actor_role = call->role,
+                    .action = Action(call->method),
+                    .object_type = "check_in",
+                    .object_id = c->check_in_id(),
+                    .participant_id = c->participant_id(),
+                    .decision = AuditDecision::kAllowed,
+                    .request_id = call->request_id});
+    *response->mutable_check_in() = std::move(*c);
+    return absl::OkStatus();
+  }));
+}
+
+grpc::Status CheckInService::ListCheckIns(grpc::ServerContext* context,
+                                          const v1::ListCheckInsRequest* request,
+                                          v1::ListCheckInsResponse* response) {
+  auto call = Begin(*context, "ListCheckIns");
+  if (!call.ok()) return ToGrpc(call.status());
+  std::vector<FieldViolation> violations;
+  auto size = ResolvePageSize(request->page_size());
+  if (!size.ok()) AddViolations(violations, size.status());
+  auto cursor = DecodePageToken("ListCheckIns", request->page_token());
+  if (!cursor.ok()) AddViolations(violations, cursor.status());
+  if (!request->enrollment_id().empty() && !IsUuid(request->enrollment_id())) {
+    violations.push_back({"enrollment_id", "must be a UUID"});
+  }
+  if (!violations.empty()) return ToGrpc(InvalidArgument("invalid request", violations));
+  CheckInFilter filter;
+  filter.enrollment_id = request->enrollment_id();
+  filter.participant_id = request->participant_id();
+  filter.late_only = request->late_only();
+  if (call->as_peer) filter.supporter_subject = call->caller.subject;
+  filter.limit = *size + 1;
+  if (!cursor->empty()) {
+    std::pair<std::string, std::string> parts = absl::StrSplit(*cursor, '/');
+    if (!absl::SimpleAtoi(parts.first, &filter.after_occurred_micros) || !IsUuid(parts.second)) {
+      return ToGrpc(InvalidArgument("invalid request", {{"page_token", "stale or foreign"}}));
+    }
+    filter.after_id = parts.second;
+  }
+  const bool relationship = call->as_peer || call->role == "supervisor";
+  return ToGrpc(context_.db.TransactForAgency(call->caller.agency_id, [&](pqxx::work& tx) {
+    auto rows = checkin::ListCheckIns(tx, filter);
+    const bool more = static_cast<int>(rows.size()) > *size;
+    if (more) rows.resize(*size);
+    for (auto& c : rows) {
+      if (!relationship) {
+        c.clear_answers();
+        c.set_wellbeing_score(0);
+        c.set_answers_withheld(true);
+      }
+      AppendAuditRow(tx, call->caller.agency_id,
+                     {.actor = call->caller.subject,
+                      .actor_role = call->role,
+                      .action = Action(call->method),
+                      .object_type = "check_in",
+                      .object_id = c.check_in_id(),
+                      .participant_id = c.participant_id(),
+                      .decision = AuditDecision::kAllowed,
+                      .request_id = call->request_id});
+      *response->add_check_ins() = std::move(c);
+    }
+    if (more) {
+      const auto& last = response->check_ins(response->check_ins_size() - 1);
+      response->set_next_page_token(EncodePageToken(
+          "ListCheckIns", absl::StrCat(absl::ToUnixMicros(FromProtoTimestamp(last.occurred_at())),
+                                       "/", last.check_in_id())));
+    }
+    return absl::OkStatus();
+  }));
+}
+
+grpc::Status CheckInService::ListDueCheckIns(grpc::ServerContext* context,
+                                             const v1::ListDueCheckInsRequest* request,
+                                             v1::ListDueCheckInsResponse* response) {
+  auto call = Begin(*context, "ListDueCheckIns");
+  if (!call.ok()) return ToGrpc(call.status());
+  std::vector<FieldViolation> violations;
+  if (!request->supporter_id().empty() && !IsUuid(request->supporter_id())) {
+    violations.push_back({"supporter_id", "must be a UUID"});
+  }
+  if (!call->as_peer && request->supporter_id().empty()) {
+    violations.push_back({"supporter_id", "required for a supervisor"});
+  }
+  auto size = ResolvePageSize(request->page_size());
+  if (!size.ok()) AddViolations(violations, size.status());
+  if (!violations.empty()) return ToGrpc(InvalidArgument("invalid request", violations));
+  const std::string& agency = call->caller.agency_id;
+  return ToGrpc(context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
+    // A peer supporter sees their own matches only, whatever supporter_id says.
+    const std::string subject = call->as_peer ? call->caller.subject : "";
+    const std::string supporter = call->as_peer ? "" : request->supporter_id();
+    if (call->as_peer && !request->supporter_id().empty()) {
+      auto mine = tx.exec_params(
+          "SELECT 1 FROM supporter_matches WHERE supporter_id::text = $1 AND "
+          "supporter_subject = $2 LIMIT 1",
+          request->supporter_id(), call->caller.subject);
+      if (mine.empty()) return absl::PermissionDeniedError("you may list only your own");
+    }
+    const auto policy = LoadPolicy(tx, agency, options_.default_time_zone);
+    auto agency_zone = LoadZone(policy.time_zone());
+    if (!agency_zone.ok()) return absl::InternalError("the agency's time zone is not known");
+    const absl::CivilDay day =
+        request->has_day() ? CivilOf(request->day()) : absl::ToCivilDay(absl::Now(), *agency_zone);
+    std::vector<OccurrenceRow> rows;
+    for (const auto& e : EnrollmentsOfSupporter(tx, subject, supporter)) {
+      auto zone = LoadZone(e.time_zone());
+      if (!zone.ok()) continue;
+      for (const auto& o : OccurrencesOpenOn(ScheduleOf(e), day, *zone)) {
+        rows.push_back({e.enrollment_id(), o.due_on, o.window_start, o.window_end});
+      }
+    }
+    std::set<int> wanted(request->statuses().begin(), request->statuses().end());
+    if (wanted.empty()) {
+      wanted = {v1::SCHEDULED_CHECK_IN_STATUS_DUE, v1::SCHEDULED_CHECK_IN_STATUS_COMPLETED,
+                v1::SCHEDULED_CHECK_IN_STATUS_MISSED};
+    }
+    int n = 0;
+    for (auto& s : MaterializeOccurrences(tx, agency, rows)) {
+      if (!wanted.contains(s.status()) || n++ >= *size) continue;
+      *response->add_scheduled_check_ins() = std::move(s);
+    }
+    return absl::OkStatus();
+  }));
+}
+
+}  // namespace peerpath::checkin
+
+namespace peerpath::checkin {
+
+// ---------------------------------------------------------------------------------------------
+// Contact attempts and program policy
+// ---------------------------------------------------------------------------------------------
+
+grpc::Status CheckInService::RecordContactAttempt(grpc::ServerContext* context,
+                                                  const v1::RecordContactAttemptRequest* request,
+                                                  v1::RecordContactAttemptResponse* response) {
+  auto call = Begin(*context, "RecordContactAttempt");
+  if (!call.ok()) return ToGrpc(call.status());
+  return ToGrpc(RecordContactAttemptImpl(*call, *request, *response));
+}
+
+absl::Status CheckInService::RecordContactAttemptImpl(
+    const Call& call, const v1::RecordContactAttemptRequest& request,
+    v1::RecordContactAttemptResponse& response) {
+  const std::string& agency = call.caller.agency_id;
+  std::vector<FieldViolation> violations;
+  if (!IsUuid(request.enrollment_id())) {
+    violations.push_back({"enrollment_id", "required: the enrollment's UUID"});
+  }
+  if (request.channel() == v1::CONTACT_CHANNEL_UNSPECIFIED ||
+      !v1::ContactChannel_IsValid(request.channel())) {
+    violations.push_back({"channel", "required: phone, message, email, video or in person"});
+  }
+  if (request.outcome() == v1::CONTACT_OUTCOME_UNSPECIFIED ||
+      !v1::ContactOutcome_IsValid(request.outcome())) {
+    violations.push_back({"outcome", "required: reached, no answer, left message or wrong number"});
+  }
+  const absl::Time attempted_at = FromProtoTimestamp(request.attempted_at());
+  if (!request.has_attempted_at()) {
+    violations.push_back({"attempted_at", "required: when the attempt was made"});
+  } else if (attempted_at > absl::Now() + absl::Minutes(10)) {
+    violations.push_back({"attempted_at", "more than 10 minutes in the future"});
+  }
+  AddViolations(violations, ValidateIdempotencyKey(request.idempotency_key()));
+  if (!violations.empty()) return InvalidArgument("invalid contact attempt", violations);
+
+  const IdempotentCall idem{agency, request.idempotency_key(), "RecordContactAttempt", &request,
+                            call.caller.subject};
+  return context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
+    auto replayed = ClaimIdempotencyKey(tx, idem, response);
+    if (!replayed.ok()) return replayed.status();
+    if (*replayed) return absl::OkStatus();
+    auto ctx = LoadCheckInContext(tx, agency, request.enrollment_id(), "", attempted_at);
+    if (!ctx) return absl::NotFoundError("no such enrollment in your agency");
+    const v1::Enrollment& e = ctx->enrollment;
+    if (call.as_peer && (!ctx->supporter || ctx->supporter->subject != call.caller.subject)) {
+      authorizer_.AuditRefusal(*call.context, call.caller, call.method, "enrollment",
+                               e.enrollment_id(), e.participant_id());
+      return absl::PermissionDeniedError(
+          "the participant is not in your active matches: only their active peer supporter or "
+          "staff of the agency may record a contact attempt");
+    }
+    if (e.status() == v1::ENROLLMENT_STATUS_ENDED &&
+        attempted_at > FromProtoTimestamp(e.ended_at())) {
+      return absl::FailedPreconditionError("the enrollment ended before attempted_at");
+    }
+    EngagementState before{
+        .stage = e.engagement_stage(),
+        .failed_attempts_in_a_row = e.failed_attempts_in_a_row(),
+        .stage_changed_at = FromProtoTimestamp(e.engagement_stage_changed_at()),
+        .last_contact_at = e.has_last_contact_at()
+                               ? std::optional(FromProtoTimestamp(e.last_contact_at()))
+                               : std::nullopt};
+    const AttemptResult result = ApplyContactAttempt(before, request.outcome(), attempted_at,
+                                                     ctx->now, ctx->missed_contact_failed_attempts);
+    const std::string supporter_id = ctx->supporter ? ctx->supporter->supporter_id : "";
+
+    v1::ContactAttempt& a = *response.mutable_contact_attempt();
+    a.set_contact_attempt_id(NewUuid());
+    a.set_enrollment_id(e.enrollment_id());
+    a.set_participant_id(e.participant_id());
+    if (call.as_peer) a.set_supporter_id(supporter_id);
+    a.set_attempted_by(call.caller.subject);
+    a.set_channel(request.channel());
+    a.set_outcome(request.outcome());
+    a.set_is_reconnection(result.reconnection);
+    *a.mutable_attempted_at() = request.attempted_at();
+    *a.mutable_recorded_at() = ToProtoTimestamp(ctx->now);
+    response.set_missed_contact_raised(result.missed_contact_raised);
+    response.set_reconnection(result.reconnection);
+    response.set_engagement_stage(result.after.stage);
+    response.set_failed_attempts_in_a_row(result.after.failed_attempts_in_a_row);
+
+    std::vector<std::unique_ptr<google::protobuf::Message>> events;
+    ContactAttemptWrite write;
+    auto add_event = [&](std::unique_ptr<google::protobuf::Message> event) {
+      write.event_ids.push_back(NewUuid());
+      write.events.push_back(event.get());
+      events.push_back(std::move(event));
+      return write.event_ids.back();
+    };
+    auto recorded = std::make_unique<v1::ContactAttemptRecordedEvent>();
+    recorded->set_contact_attempt_id(a.contact_attempt_id());
+    recorded->set_enrollment_id(e.enrollment_id());
+    recorded->set_participant_id(e.participant_id());
+    recorded->set_supporter_id(a.supporter_id());
+    recorded->set_pathway_key(e.pathway_key());
+    recorded->set_channel(a.channel());
+    recorded->set_outcome(a.outcome());
+    recorded->set_failed_attempts_in_a_row(result.after.failed_attempts_in_a_row);
+    recorded->set_missed_contact_raised(result.missed_contact_raised);
+    recorded->set_reconnection(result.reconnection);
+    *recorded->mutable_attempted_at() = a.attempted_at();
+    add_event(std::move(recorded));
+    auto stage_changed = [&](v1::EngagementStageChangeCause cause) {
+      auto stage = std::make_unique<v1::EngagementStageChangedEvent>();
+      stage->set_enrollment_id(e.enrollment_id());
+      stage->set_participant_id(e.participant_id());
+      stage->set_supporter_id(supporter_id);
+      stage->set_pathway_key(e.pathway_key());
+      stage->set_from_stage(e.engagement_stage());
+      stage->set_to_stage(result.after.stage);
+      stage->set_cause(cause);
+      if (result.after.last_contact_at) {
+        *stage->mutable_last_contact_at() = ToProtoTimestamp(*result.after.last_contact_at);
+      }
+      *stage->mutable_changed_at() = a.recorded_at();
+      add_event(std::move(stage));
+    };
+    if (result.reconnection) {
+      auto r = std::make_unique<v1::ReconnectionRecordedEvent>();
+      r->set_enrollment_id(e.enrollment_id());
+      r->set_participant_id(e.participant_id());
+      r->set_supporter_id(a.supporter_id());
+      r->set_pathway_key(e.pathway_key());
+      r->set_contact_attempt_id(a.contact_attempt_id());
+      r->set_previous_stage(e.engagement_stage());
+      *r->mutable_previous_stage_since() = e.engagement_stage_changed_at();
+      if (e.has_last_contact_at()) *r->mutable_previous_contact_at() = e.last_contact_at();
+      *r->mutable_reconnected_at() = a.attempted_at();
+      add_event(std::move(r));
+      stage_changed(v1::ENGAGEMENT_STAGE_CHANGE_CAUSE_CONTACT);
+    }
+    if (result.missed_contact_raised) {
+      if (result.after.stage != e.engagement_stage()) {
+        stage_changed(v1::ENGAGEMENT_STAGE_CHANGE_CAUSE_FAILED_ATTEMPTS);
+      }
+      const auto severity =
+          ctx->pathway.missed_contact_severity() == common::v1::CONCERN_SEVERITY_UNSPECIFIED
+              ? common::v1::CONCERN_SEVERITY_ROUTINE
+              : ctx->pathway.missed_contact_severity();
+      auto raised = std::make_unique<v1::ConcernRaisedEvent>();
+      raised->set_enrollment_id(e.enrollment_id());
+      raised->set_participant_id(e.participant_id());
+      raised->set_supporter_id(supporter_id);
+      raised->set_pathway_key(e.pathway_key());
+      raised->set_pathway_version(e.pathway_version());
+      raised->set_category(common::v1::CONCERN_CATEGORY_DISENGAGEMENT);
+      raised->set_severity(severity);
+      raised->set_source(v1::CONCERN_SOURCE_MISSED_CONTACT);
+      raised->set_contact_attempt_id(a.contact_attempt_id());
+      raised->set_receiving_clinician(e.owners().receiving_clinician());
+      raised->set_receiving_team(e.owners().receiving_team());
+      raised->set_failed_attempts(result.after.failed_attempts_in_a_row);
+      *raised->mutable_raised_at() = a.recorded_at();
+      const std::string event_id = add_event(std::move(raised));
+      auto* out = response.add_raised_concerns();
+      out->set_source(v1::CONCERN_SOURCE_MISSED_CONTACT);
+      out->set_category(common::v1::CONCERN_CATEGORY_DISENGAGEMENT);
+      out->set_severity(severity);
+      out->set_event_id(event_id);
+    }
+    write.agency_id = agency;
+    write.attempt = a;
+    write.stage = result.after.stage;
+    write.stage_changed_at = result.after.stage_changed_at;
+    write.failed_attempts_in_a_row = result.after.failed_attempts_in_a_row;
+    write.last_contact_at = result.after.last_contact_at;
+    write.audit.actor = call.caller.subject;
+    write.audit.actor_role = call.role;
+    write.audit.action = Action(call.method);
+    write.audit.request_id = call.request_id;
+    write.idempotency_key = request.idempotency_key();
+    {
+      google::protobuf::io::StringOutputStream stream(&write.response_bytes);
+      google::protobuf::io::CodedOutputStream coded(&stream);
+      coded.SetSerializationDeterministic(true);
+      response.SerializeToCodedStream(&coded);
+    }
+    WriteContactAttempt(tx, write);
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status CheckInService::UpdateProgramPolicy(grpc::ServerContext* context,
+                                                 const v1::UpdateProgramPolicyRequest* request,
+                                                 v1::UpdateProgramPolicyResponse* response) {
+  auto call = Begin(*context, "UpdateProgramPolicy");
+  if (!call.ok()) return ToGrpc(call.status());
+  const std::string& agency = call->caller.agency_id;
+  return ToGrpc(context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
+    v1::ProgramPolicy policy = LoadPolicy(tx, agency, options_.default_time_zone);
+    const v1::ProgramPolicy& in = request->policy();
+    std::vector<FieldViolation> violations;
+    if (request->update_mask().paths().empty()) {
+      violations.push_back({"update_mask", "name the fields to change"});
+    }
+    constexpr int64_t kDay = 86400;
+    for (const std::string& path : request->update_mask().paths()) {
+      if (path == "time_zone") {
+        if (!LoadZone(in.time_zone()).ok()) {
+          violations.push_back({"policy.time_zone", "an IANA time zone, e.g. Europe/Paris"});
+        }
+        policy.set_time_zone(in.time_zone());
+      } else if (path == "missed_contact_failed_attempts") {
+        if (in.missed_contact_failed_attempts() < 1 || in.missed_contact_failed_attempts() > 50) {
+          violations.push_back({"policy.missed_contact_failed_attempts", "1 to 50"});
+        }
+        policy.set_missed_contact_failed_attempts(in.missed_contact_failed_attempts());
+      } else if (path == "at_risk_after") {
+        const int64_t s = in.at_risk_after().seconds();
+        if (s % kDay != 0 || s < kDay || s > 365 * kDay || in.at_risk_after().nanos() != 0) {
+          violations.push_back({"policy.at_risk_after", "whole days, 1 to 365"});
+        }
+        *policy.mutable_at_risk_after() = in.at_risk_after();
+      } else if (path == "lost_to_follow_up_after") {
+        const int64_t s = in.lost_to_follow_up_after().seconds();
+        if (s % kDay != 0 || s < kDay || s > 730 * kDay ||
+            in.lost_to_follow_up_after().nanos() != 0) {
+          violations.push_back({"policy.lost_to_follow_up_after", "whole days, at most 730"});
+        }
+        *policy.mutable_lost_to_follow_up_after() = in.lost_to_follow_up_after();
+      } else if (path == "wellbeing_drop_points") {
+        if (in.wellbeing_drop_points() < 1 || in.wellbeing_drop_points() > 4) {
+          violations.push_back({"policy.wellbeing_drop_points", "1 to 4"});
+        }
+        policy.set_wellbeing_drop_points(in.wellbeing_drop_points());
+      } else {
+        violations.push_back(
+            {"update_mask", absl::StrCat("unknown path '", path.substr(0, 64), "'")});
+      }
+    }
+    if (violations.empty() &&
+        policy.lost_to_follow_up_after().seconds() <= policy.at_risk_after().seconds()) {
+      violations.push_back({"policy.lost_to_follow_up_after", "must be longer than at_risk_after"});
+    }
+    if (!violations.empty()) return InvalidArgument("invalid program policy", violations);
+    *response->mutable_policy() = StorePolicy(tx, agency, policy, call->caller.subject);
+    AppendAuditRow(tx, agency,
+                   {.actor = call->caller.subject,
+                    .actor_role = call->role,
+                    .action = Action(call->method),
+                    .object_type = "program_policy",
+                    .object_id = agency,
+                    .participant_id = "",
+                    .decision = AuditDecision::kAllowed,
+                    .request_id = call->request_id});
+    return absl::OkStatus();
+  }));
+}
+
+}  // namespace peerpath::checkin
+
+namespace peerpath::checkin {
+
+grpc::Status CheckInService::PublishPathwayVersion(grpc::ServerContext* context,
+                                                   const v1::PublishPathwayVersionRequest* request,
+                                                   v1::PublishPathwayVersionResponse* response) {
+  auto call = Begin(*context, "PublishPathwayVersion");
+  if (!call.ok()) return ToGrpc(call.status());
+  std::vector<FieldViolation> violations = ValidatePathwayDefinition(request->pathway());
+  if (request->base_version() < 0) {
+    violations.push_back({"base_version", "0 for a new key, else the latest version"});
+  }
+  AddViolations(violations, ValidateIdempotencyKey(request->idempotency_key()));
+  if (!violations.empty()) return ToGrpc(InvalidArgument("invalid pathway version", violations));
+  const std::string& agency = call->caller.agency_id;
+  const IdempotentCall idem{agency, request->idempotency_key(), "PublishPathwayVersion", request,
+                            call->caller.subject};
+  return ToGrpc(context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
+    auto replayed = ClaimIdempotencyKey(tx, idem, *response);
+    if (!replayed.ok()) return replayed.status();
+    if (*replayed) return absl::OkStatus();
+    EnsureDefaults(tx, agency);
+    auto published = PublishPathway(tx, agency, request->pathway(), request->base_version(),
+                                    call->caller.subject);
+    if (!published) {
+      return absl::AbortedError(
+          "base_version is not the latest version of this pathway (another version was "
+          "published, or the key is not new): read the latest and apply the change again");
+    }
+    AppendAuditRow(tx, agency,
+                   {.actor = call->caller.subject,
+                    .actor_role = call->role,
+                    .action = Action(call->method),
+                    .object_type = "pathway_version",
+                    .object_id = published->pathway_version_id(),
+                    .participant_id = "",
+                    .decision = AuditDecision::kAllowed,
+                    .request_id = call->request_id});
+    *response->mutable_pathway() = std::move(*published);
+    return StoreIdempotentResponse(tx, idem, *response);
+  }));
+}
+
+}  // namespace peerpath::checkin
+
+namespace peerpath::checkin {
+
+// ---------------------------------------------------------------------------------------------
+// Appointments
+// ---------------------------------------------------------------------------------------------
+
+grpc::Status CheckInService::ScheduleAppointment(grpc::ServerContext* context,
+                                                 const v1::ScheduleAppointmentRequest* request,
+                                                 v1::ScheduleAppointmentResponse* response) {
+  auto call = Begin(*context, "ScheduleAppointment");
+  if (!call.ok()) return ToGrpc(call.status());
+  std::vector<FieldViolation> violations;
+  if (!IsUuid(request->enrollment_id())) {
+    violations.push_back({"enrollment_id", "required: the enrollment's UUID"});
+  }
+  if (request->kind() == v1::APPOINTMENT_KIND_UNSPECIFIED ||
+      !v1::AppointmentKind_IsValid(request->kind())) {
+    violations.push_back({"kind", "required: first appointment, clinical review, therapy, other"});
+  }
+  if (!request->has_scheduled_at()) violations.push_back({"scheduled_at", "required"});
+  if (request->owner_id().size() > 128)
+    violations.push_back({"owner_id", "at most 128 characters"});
+  AddViolations(violations, ValidateIdempotencyKey(request->idempotency_key()));
+  if (!violations.empty()) return ToGrpc(InvalidArgument("invalid appointment", violations));
+  const std::string& agency = call->caller.agency_id;
+  const IdempotentCall idem{agency, request->idempotency_key(), "ScheduleAppointment", request,
+                            call->caller.subject};
+  return ToGrpc(context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
+    auto replayed = ClaimIdempotencyKey(tx, idem, *response);
+    if (!replayed.ok()) return replayed.status();
+    if (*replayed) return absl::OkStatus();
+    auto e = LoadEnrollment(tx, request->enrollment_id());
+    if (!e) return absl::NotFoundError("no such enrollment in your agency");
+    if (e->status() == v1::ENROLLMENT_STATUS_ENDED) {
+      return absl::FailedPreconditionError("the enrollment has ended");
+    }
+    std::string owner = request->owner_id();
+    if (owner.empty()) {
+      owner = request->kind() == v1::APPOINTMENT_KIND_CLINICAL_REVIEW
+                  ? e->owners().receiving_clinician()
+                  : e->owners().appointment_owner();
+    }
+    if (owner.empty()) {
+      return InvalidArgument("invalid appointment",
+                             {{"owner_id",
+                               "required: the enrollment has no default owner for "
+                               "this kind of appointment"}});
+    }
+    if (!KnownPeerSupporters(tx, {owner}).empty()) {
+      return absl::FailedPreconditionError(
+          "a peer supporter cannot own an appointment: peer support is never the accountable "
+          "owner");
+    }
+    v1::Appointment a;
+    a.set_appointment_id(NewUuid());
+    a.set_enrollment_id(e->enrollment_id());
+    a.set_participant_id(e->participant_id());
+    a.set_kind(request->kind());
+    *a.mutable_scheduled_at() = request->scheduled_at();
+    a.set_owner_id(owner);
+    *response->mutable_appointment() = InsertAppointment(tx, agency, a, call->caller.subject, "");
+    AppendAuditRow(tx, agency,
+                   {.actor = call->caller.subject,
+                    .actor_role = call->role,
+                    .action = Action(call->method),
+                    .object_type = "appointment",
+                    .object_id = a.appointment_id(),
+                    .participant_id = a.participant_id(),
+                    .decision = AuditDecision::kAllowed,
+                    .request_id = call->request_id});
+    return StoreIdempotentResponse(tx, idem, *response);
+  }));
+}
+
+grpc::Status CheckInService::RecordAppointmentOutcome(
+    grpc::ServerContext* context, const v1::RecordAppointmentOutcomeRequest* request,
+    v1::RecordAppointmentOutcomeResponse* response) {
+  auto call = Begin(*context, "RecordAppointmentOutcome");
+  if (!call.ok()) return ToGrpc(call.status());
+  std::vector<FieldViolation> violations;
+  if (!IsUuid(request->appointment_id())) {
+    violations.push_back({"appointment_id", "required: the appointment's UUID"});
+  }
+  const auto outcome = request->outcome();
+  if (outcome == v1::APPOINTMENT_OUTCOME_UNSPECIFIED ||
+      outcome == v1::APPOINTMENT_OUTCOME_PENDING || !v1::AppointmentOutcome_IsValid(outcome)) {
+    violations.push_back({"outcome", "attended, missed, cancelled or rescheduled"});
+  }
+  if ((outcome == v1::APPOINTMENT_OUTCOME_RESCHEDULED) != request->has_rescheduled_to()) {
+    violations.push_back({"rescheduled_to", "required for RESCHEDULED and only then"});
+  }
+  AddViolations(violations, ValidateIdempotencyKey(request->idempotency_key()));
+  if (!violations.empty()) return ToGrpc(InvalidArgument("invalid outcome", violations));
+  const std::string& agency = call->caller.agency_id;
+  const IdempotentCall idem{agency, request->idempotency_key(), "RecordAppointmentOutcome", request,
+                            call->caller.subject};
+  return ToGrpc(context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
+    auto replayed = ClaimIdempotencyKey(tx, idem, *response);
+    if (!replayed.ok()) return replayed.status();
+    if (*replayed) return absl::OkStatus();
+    auto a = LoadAppointment(tx, request->appointment_id());
+    if (!a) return absl::NotFoundError("no such appointment in your agency");
+    if (a->outcome() != v1::APPOINTMENT_OUTCOME_PENDING) {
+      return absl::FailedPreconditionError("the appointment already has an outcome");
+    }
+    auto e = LoadEnrollment(tx, a->enrollment_id());
+    if (!e) return absl::InternalError("appointment without enrollment");
+    std::string outcome_text =
+        v1::AppointmentOutcome_Name(outcome).substr(sizeof("APPOINTMENT_OUTCOME_") - 1);
+    std::transform(outcome_text.begin(), outcome_text.end(), outcome_text.begin(), ::tolower);
+    v1::AppointmentOutcomeRecordedEvent event;
+    if (outcome == v1::APPOINTMENT_OUTCOME_RESCHEDULED) {
+      v1::Appointment replacement;
+      replacement.set_appointment_id(NewUuid());
+      replacement.set_enrollment_id(a->enrollment_id());
+      replacement.set_participant_id(a->participant_id());
+      replacement.set_kind(a->kind());
+      *replacement.mutable_scheduled_at() = request->rescheduled_to();
+      replacement.set_owner_id(a->owner_id());
+      SetAppointmentOutcome(tx, a->appointment_id(), outcome_text, call->caller.subject, "");
+      *response->mutable_replacement() =
+          InsertAppointment(tx, agency, replacement, call->caller.subject, a->appointment_id());
+      event.set_rescheduled_to_appointment_id(replacement.appointment_id());
+      *event.mutable_rescheduled_to() = request->rescheduled_to();
+    }
+    *response->mutable_appointment() =
+        outcome == v1::APPOINTMENT_OUTCOME_RESCHEDULED
+            ? *LoadAppointment(tx, a->appointment_id())
+            : SetAppointmentOutcome(tx, a->appointment_id(), outcome_text, call->caller.subject,
+                                    "");
+    event.set_appointment_id(a->appointment_id());
+    event.set_enrollment_id(a->enrollment_id());
+    event.set_participant_id(a->participant_id());
+    event.set_pathway_key(e->pathway_key());
+    event.set_kind(a->kind());
+    *event.mutable_scheduled_at() = a->scheduled_at();
+    event.set_outcome(outcome);
+    event.set_peer_contact_before(
+        PeerContactBefore(tx, a->enrollment_id(), FromProtoTimestamp(a->scheduled_at())));
+    event.set_recorded_by_role(call->role);
+    *event.mutable_recorded_at() = response->appointment().outcome_recorded_at();
+    if (auto s = AppendEvent(tx, agency, a->enrollment_id(), event); !s.ok()) return s;
+    if (outcome == v1::APPOINTMENT_OUTCOME_MISSED) {
+      auto pathway = LoadPathway(tx, e->pathway_key(), e->pathway_version());
+      if (!pathway) return absl::InternalError("enrollment without pathway version");
+      for (const auto& rule : pathway->missed_appointment_rules()) {
+        if (rule.appointment_kind() != a->kind()) continue;
+        auto supporter = ActiveSupporterOf(tx, e->participant_id());
+        v1::ConcernRaisedEvent raised;
+        raised.set_enrollment_id(e->enrollment_id());
+        raised.set_participant_id(e->participant_id());
+        raised.set_supporter_id(supporter ? supporter->supporter_id : "");
+        raised.set_pathway_key(e->pathway_key());
+        raised.set_pathway_version(e->pathway_version());
+        raised.set_category(rule.category());
+        raised.set_severity(rule.severity());
+        raised.set_source(v1::CONCERN_SOURCE_MISSED_APPOINTMENT);
+        raised.set_rule_id(rule.rule_id());
+        raised.set_appointment_id(a->appointment_id());
+        raised.set_receiving_clinician(e->owners().receiving_clinician());
+        raised.set_receiving_team(e->owners().receiving_team());
+        *raised.mutable_raised_at() = event.recorded_at();
+        if (auto s = AppendEvent(tx, agency, e->enrollment_id(), raised); !s.ok()) return s;
+        auto* out = response->add_raised_concerns();
+        out->set_source(v1::CONCERN_SOURCE_MISSED_APPOINTMENT);
+        out->set_rule_id(rule.rule_id());
+        out->set_category(rule.category());
+        out->set_severity(rule.severity());
+      }
+    }
+    AppendAuditRow(tx, agency,
+                   {.actor = call->caller.subject,
+                    .actor_role = call->role,
+                    .action = Action(call->method),
+                    .object_type = "appointment",
+                    .object_id = a->appointment_id(),
+                    .participant_id = a->participant_id(),
+                    .decision = AuditDecision::kAllowed,
+                    .request_id = call->request_id});
+    return StoreIdempotentResponse(tx, idem, *response);
+  }));
+}
+
+}  // namespace peerpath::checkin
+
+namespace peerpath::checkin {
+
+grpc::Status CheckInService::ResumeRoutineEngagement(
+    grpc::ServerContext* context, const v1::ResumeRoutineEngagementRequest* request,
+    v1::ResumeRoutineEngagementResponse* response) {
+  auto call = Begin(*context, "ResumeRoutineEngagement");
+  if (!call.ok()) return ToGrpc(call.status());
+  if (!IsUuid(request->enrollment_id())) {
+    return ToGrpc(InvalidArgument("invalid request", {{"enrollment_id", "required: a UUID"}}));
+  }
+  const std::string& agency = call->caller.agency_id;
+  return ToGrpc(context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
+    auto e = LoadEnrollment(tx, request->enrollment_id(), /*lock=*/true);
+    if (!e) return absl::NotFoundError("no such enrollment in your agency");
+    if (e->status() == v1::ENROLLMENT_STATUS_ENDED) {
+      return absl::FailedPreconditionError("the enrollment has ended");
+    }
+    if (e->routine()) {
+      *response->mutable_enrollment() = std::move(*e);  // Already routine: unchanged.
+      return absl::OkStatus();
+    }
+    v1::Enrollment resumed = ResumeRoutine(tx, e->enrollment_id());
+    v1::EnrollmentRoutineResumedEvent event;
+    event.set_enrollment_id(resumed.enrollment_id());
+    event.set_participant_id(resumed.participant_id());
+    event.set_pathway_key(resumed.pathway_key());
+    *event.mutable_stopped_at() = e->routine_stopped_at();
+    *event.mutable_resumed_at() = ToProtoTimestamp(absl::Now());
+    if (auto s = AppendEvent(tx, agency, resumed.enrollment_id(), event); !s.ok()) return s;
+    AppendAuditRow(tx, agency,
+                   {.actor = call->caller.subject,
+                    .actor_role = call->role,
+                    .action = Action(call->method),
+                    .object_type = "enrollment",
+                    .object_id = resumed.enrollment_id(),
+                    .participant_id = resumed.participant_id(),
+                    .decision = AuditDecision::kAllowed,
+                    .request_id = call->request_id});
+    *response->mutable_enrollment() = std::move(resumed);
+    return absl::OkStatus();
+  }));
+}
 
 }  // namespace peerpath::checkin

@@ -1,9 +1,19 @@
 #pragma once
 
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "absl/time/time.h"
 #include "common/authorization.h"
+#include "common/event_consumer.h"
 #include "common/event_log.h"
 #include "common/server.h"
+#include "common/stop_signal.h"
 #include "peerpath/checkin/v1/checkin.grpc.pb.h"
+#include "services/checkin/consent_gates.h"
 
 namespace peerpath::checkin {
 
@@ -11,18 +21,107 @@ using CheckInServiceBase =
     WithEventLogRpcs<v1::CheckInService::Service, v1::ListEventsRequest, v1::ListEventsResponse,
                      v1::SubscribeRequest, v1::SubscribeResponse>;
 
-// peerpath.checkin.v1.CheckInService. Serves the event log; the domain RPCs answer UNIMPLEMENTED
-// until the checkin issue builds them.
+// Settings of this service beyond the common ones (flags in main.cc).
+struct CheckInOptions {
+  std::string consent_address;     // ConsentService (gates); empty: consent gates never hold.
+  std::string matching_address;    // MatchingService event log (who is whose supporter).
+  std::string escalation_address;  // EscalationService event log (routine engagement stops).
+  std::string default_time_zone = "UTC";  // Program policy default for agencies without one.
+  // How often missed windows and time without contact are swept; zero: never.
+  absl::Duration sweep_interval = absl::Seconds(60);
+};
+
+// peerpath.checkin.v1.CheckInService. Handlers authorize, validate, call the pathway and schedule
+// rules and the store, and map the answer. RPCs not built yet answer UNIMPLEMENTED.
 class CheckInService final : public CheckInServiceBase {
  public:
-  explicit CheckInService(ServiceContext& context);
+  CheckInService(ServiceContext& context, CheckInOptions options,
+                 std::unique_ptr<ConsentGates> consent_gates);
+  ~CheckInService() override;
 
   // Which roles may call each RPC (object-level rules come after, in the handlers).
   static const RoleRules& Rules();
 
+  grpc::Status PublishPathwayVersion(grpc::ServerContext* context,
+                                     const v1::PublishPathwayVersionRequest* request,
+                                     v1::PublishPathwayVersionResponse* response) override;
+  grpc::Status GetPathwayVersion(grpc::ServerContext* context,
+                                 const v1::GetPathwayVersionRequest* request,
+                                 v1::GetPathwayVersionResponse* response) override;
+  grpc::Status ListPathwayVersions(grpc::ServerContext* context,
+                                   const v1::ListPathwayVersionsRequest* request,
+                                   v1::ListPathwayVersionsResponse* response) override;
+  grpc::Status CreateEnrollment(grpc::ServerContext* context,
+                                const v1::CreateEnrollmentRequest* request,
+                                v1::CreateEnrollmentResponse* response) override;
+  grpc::Status GetEnrollment(grpc::ServerContext* context, const v1::GetEnrollmentRequest* request,
+                             v1::GetEnrollmentResponse* response) override;
+  grpc::Status ListEnrollments(grpc::ServerContext* context,
+                               const v1::ListEnrollmentsRequest* request,
+                               v1::ListEnrollmentsResponse* response) override;
+  grpc::Status EndEnrollment(grpc::ServerContext* context, const v1::EndEnrollmentRequest* request,
+                             v1::EndEnrollmentResponse* response) override;
+  grpc::Status ResumeRoutineEngagement(grpc::ServerContext* context,
+                                       const v1::ResumeRoutineEngagementRequest* request,
+                                       v1::ResumeRoutineEngagementResponse* response) override;
+  grpc::Status RecordCheckIn(grpc::ServerContext* context, const v1::RecordCheckInRequest* request,
+                             v1::RecordCheckInResponse* response) override;
+  grpc::Status GetCheckIn(grpc::ServerContext* context, const v1::GetCheckInRequest* request,
+                          v1::GetCheckInResponse* response) override;
+  grpc::Status ListCheckIns(grpc::ServerContext* context, const v1::ListCheckInsRequest* request,
+                            v1::ListCheckInsResponse* response) override;
+  grpc::Status ListDueCheckIns(grpc::ServerContext* context,
+                               const v1::ListDueCheckInsRequest* request,
+                               v1::ListDueCheckInsResponse* response) override;
+  grpc::Status RecordContactAttempt(grpc::ServerContext* context,
+                                    const v1::RecordContactAttemptRequest* request,
+                                    v1::RecordContactAttemptResponse* response) override;
+  grpc::Status ScheduleAppointment(grpc::ServerContext* context,
+                                   const v1::ScheduleAppointmentRequest* request,
+                                   v1::ScheduleAppointmentResponse* response) override;
+  grpc::Status RecordAppointmentOutcome(grpc::ServerContext* context,
+                                        const v1::RecordAppointmentOutcomeRequest* request,
+                                        v1::RecordAppointmentOutcomeResponse* response) override;
+  grpc::Status UpdateProgramPolicy(grpc::ServerContext* context,
+                                   const v1::UpdateProgramPolicyRequest* request,
+                                   v1::UpdateProgramPolicyResponse* response) override;
+  grpc::Status GetProgramPolicy(grpc::ServerContext* context,
+                                const v1::GetProgramPolicyRequest* request,
+                                v1::GetProgramPolicyResponse* response) override;
+
  private:
+  struct Call;
+  absl::StatusOr<Call> Begin(grpc::ServerContext& context, const char* method);
+  // Publishes the default pathways for the agency once per process (and on first use ever).
+  void EnsureDefaults(pqxx::work& tx, const std::string& agency_id);
+  // NOT_FOUND/PERMISSION_DENIED unless the caller may act for the participant.
+  absl::Status RequireParticipantAccess(pqxx::work& tx, const Call& call,
+                                        const std::string& participant_id);
+
+  // One sweep of every agency: missed occurrences, then disengagement stages. Returns the number
+  // of events written.
+  absl::StatusOr<int> Sweep();
+  absl::Status SweepAgency(pqxx::work& tx, const std::string& agency_id, int& events);
+
+  absl::Status CreateEnrollmentImpl(const Call& call, const v1::CreateEnrollmentRequest& request,
+                                    v1::CreateEnrollmentResponse& response);
+  absl::Status RecordContactAttemptImpl(const Call& call,
+                                        const v1::RecordContactAttemptRequest& request,
+                                        v1::RecordContactAttemptResponse& response);
+  absl::Status RecordCheckInImpl(const Call& call, const v1::RecordCheckInRequest& request,
+                                 v1::RecordCheckInResponse& response);
+
+  ServiceContext& context_;
+  const CheckInOptions options_;
   Authorizer authorizer_;
   EventLog events_;
+  std::unique_ptr<ConsentGates> consent_gates_;
+  std::unique_ptr<EventConsumer> matching_consumer_;
+  std::unique_ptr<EventConsumer> escalation_consumer_;
+  StopSignal stop_sweeper_;
+  std::thread sweeper_;
+  std::mutex seeded_mu_;
+  std::set<std::string> seeded_agencies_;
 };
 
 }  // namespace peerpath::checkin

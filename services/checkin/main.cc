@@ -1,7 +1,43 @@
 // peerpath-checkin: flags and wiring only.
+#include <cstdlib>
+
+#include "absl/flags/flag.h"
+#include "absl/time/time.h"
 #include "checkin/migrations.h"
+#include "common/log.h"
 #include "common/server.h"
 #include "services/checkin/checkin_service.h"
+#include "services/checkin/consent_gates.h"
+
+ABSL_FLAG(std::string, consent_address, "",
+          "checkin: host:port of the consent service, asked for the consent gates of every "
+          "enrollment (env PEERPATH_CONSENT_ADDRESS); empty: every consent gate is reported unmet");
+ABSL_FLAG(std::string, matching_address, "",
+          "checkin: host:port of the matching service, whose MatchStarted/MatchEnded events tell "
+          "which peer supporter is in an active match with which participant (env "
+          "PEERPATH_MATCHING_ADDRESS); empty: the relationship table is not fed");
+ABSL_FLAG(std::string, escalation_address, "",
+          "checkin: host:port of the escalation service, whose RoutineEngagementStoppedEvent stops "
+          "routine engagement of enrollments (env PEERPATH_ESCALATION_ADDRESS); empty: not read");
+ABSL_FLAG(std::string, default_time_zone, "",
+          "checkin: IANA time zone of agencies that never set one in their program policy (env "
+          "PEERPATH_DEFAULT_TIME_ZONE; default UTC)");
+
+ABSL_FLAG(std::string, checkin_sweep_interval, "",
+          "checkin: how often missed check-in windows and time without contact (at risk, lost to "
+          "follow-up) are swept, e.g. 60s; 0 turns the sweeper off (env "
+          "PEERPATH_CHECKIN_SWEEP_INTERVAL; default 60s)");
+
+namespace {
+
+// A flag, else its PEERPATH_<NAME> environment variable, else `fallback`.
+std::string FlagOrEnv(const std::string& flag, const char* env, const std::string& fallback = "") {
+  if (!flag.empty()) return flag;
+  const char* value = std::getenv(env);
+  return value != nullptr && *value != '\0' ? value : fallback;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   peerpath::ServiceDefinition definition{
@@ -12,8 +48,38 @@ int main(int argc, char** argv) {
       .migrations = &peerpath::checkin::Migrations(),
       .make_services =
           [](peerpath::ServiceContext& context) {
+            peerpath::checkin::CheckInOptions options{
+                .consent_address =
+                    FlagOrEnv(absl::GetFlag(FLAGS_consent_address), "PEERPATH_CONSENT_ADDRESS"),
+                .matching_address =
+                    FlagOrEnv(absl::GetFlag(FLAGS_matching_address), "PEERPATH_MATCHING_ADDRESS"),
+                .escalation_address = FlagOrEnv(absl::GetFlag(FLAGS_escalation_address),
+                                                "PEERPATH_ESCALATION_ADDRESS"),
+                .default_time_zone = FlagOrEnv(absl::GetFlag(FLAGS_default_time_zone),
+                                               "PEERPATH_DEFAULT_TIME_ZONE", "UTC"),
+            };
+            const std::string sweep = FlagOrEnv(absl::GetFlag(FLAGS_checkin_sweep_interval),
+                                                "PEERPATH_CHECKIN_SWEEP_INTERVAL", "60s");
+            if (!absl::ParseDuration(sweep, &options.sweep_interval) ||
+                options.sweep_interval < absl::ZeroDuration()) {
+              peerpath::log::Error("checkin_sweep_interval is not a duration", {});
+              std::exit(2);
+            }
+            std::unique_ptr<peerpath::checkin::ConsentGates> gates;
+            if (!options.consent_address.empty()) {
+              auto grpc_gates =
+                  peerpath::checkin::MakeGrpcConsentGates(options.consent_address, context.config);
+              if (!grpc_gates.ok()) {
+                // Refusing to start beats starting with gates that can never be confirmed.
+                peerpath::log::Error("consent_address unusable",
+                                     {{"error", std::string(grpc_gates.status().message())}});
+                std::exit(2);
+              }
+              gates = std::move(*grpc_gates);
+            }
             std::vector<std::unique_ptr<grpc::Service>> services;
-            services.push_back(std::make_unique<peerpath::checkin::CheckInService>(context));
+            services.push_back(std::make_unique<peerpath::checkin::CheckInService>(
+                context, std::move(options), std::move(gates)));
             return services;
           },
   };

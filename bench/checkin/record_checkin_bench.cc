@@ -1,0 +1,213 @@
+// RecordCheckIn, the hot path of every peer supporter's day.
+//
+//   checkin_record_bench                 the pure answer validation and rule evaluation
+//                                        (Google Benchmark)
+//   PEERPATH_TEST_PG_ADMIN_URL=... checkin_record_bench
+//                                        also: the real binary over gRPC at 1, 8 and 32 clients
+//                                        (each its own supporter and enrollment, a new
+//                                        idempotency key per call), printed beside pgbench's
+//                                        single-row prepared INSERTs of a similar size (about
+//                                        600 bytes) into the same PostgreSQL, same client counts.
+// PEERPATH_BENCH_SECONDS (default 5) sets the length of each phase. The ratio is the figure to
+// read: both sides share the cluster's durability settings (tools/test runs with fsync=off).
+#include <benchmark/benchmark.h>
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <regex>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/time_util.h"
+#include "peerpath/checkin/v1/checkin.grpc.pb.h"
+#include "services/checkin/pathway.h"
+#include "tests/support/service_process.h"
+#include "tests/support/test_database.h"
+#include "tests/support/test_tokens.h"
+
+namespace peerpath::checkin {
+namespace {
+
+Answers StructuredAnswers(int wellbeing) {
+  Answers answers;
+  auto add = [&](const char* key) {
+    auto* a = answers.Add();
+    a->set_field_key(key);
+    return a;
+  };
+  add("opening_question")->set_text_value("How has the week been since we last spoke?");
+  add("current_stressors")->set_text_value("Work hours changed; sleeping less; rent is due.");
+  add("current_supports")->set_text_value("Sister nearby, Tuesday group, walks with the dog.");
+  add("wellbeing")->set_scale_value(wellbeing);
+  add("encouragement_to_seek_support_given")->set_bool_value(true);
+  add("concern_noticed")->set_enum_value("none");
+  return answers;
+}
+
+void BM_ValidateAndRouteStructuredCheckIn(benchmark::State& state) {
+  const v1::PathwayVersion& pathway = DefaultPathways()[3];
+  const Answers answers = StructuredAnswers(4);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(ValidateAnswers(pathway, answers));
+    benchmark::DoNotOptimize(FiringRules(pathway, answers));
+  }
+}
+BENCHMARK(BM_ValidateAndRouteStructuredCheckIn);
+
+struct Figures {
+  double per_second = 0;
+  double p50_ms = 0;
+  double p99_ms = 0;
+  long calls = 0;
+  long errors = 0;
+};
+
+Figures Hammer(int clients, absl::Duration length, const std::function<bool(int)>& call) {
+  std::atomic<bool> stop{false};
+  std::vector<std::vector<double>> latencies(clients);
+  std::atomic<long> errors{0};
+  std::vector<std::thread> threads;
+  const absl::Time start = absl::Now();
+  for (int t = 0; t < clients; ++t) {
+    threads.emplace_back([&, t] {
+      while (!stop.load(std::memory_order_relaxed)) {
+        const absl::Time begin = absl::Now();
+        if (!call(t)) ++errors;
+        latencies[t].push_back(absl::ToDoubleMilliseconds(absl::Now() - begin));
+      }
+    });
+  }
+  std::this_thread::sleep_for(absl::ToChronoNanoseconds(length));
+  stop = true;
+  for (auto& t : threads) t.join();
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  std::vector<double> all;
+  for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+  std::sort(all.begin(), all.end());
+  Figures f;
+  f.calls = static_cast<long>(all.size());
+  f.errors = errors;
+  f.per_second = static_cast<double>(all.size()) / seconds;
+  if (!all.empty()) {
+    f.p50_ms = all[all.size() / 2];
+    f.p99_ms = all[std::min(all.size() - 1, all.size() * 99 / 100)];
+  }
+  return f;
+}
+
+// pgbench's transactions per second for one single-row prepared INSERT per transaction.
+double PgbenchInsertRate(const std::string& url, int clients, int seconds) {
+  const std::string script =
+      std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") + "/checkin_insert.sql";
+  {
+    std::ofstream out(script);
+    out << "INSERT INTO bench_rows (agency_id, participant_id, answers) VALUES ('agency-a', "
+           "'p-bench', '{\"answers\": \""
+        << std::string(560, 'x') << "\"}');\n";
+  }
+  const std::string command =
+      absl::StrCat("pgbench -n -M prepared -f ", script, " -c ", clients, " -j ",
+                   std::min(clients, 4), " -T ", seconds, " '", url, "' 2>&1");
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return 0;
+  std::string output;
+  char buffer[512];
+  while (fgets(buffer, sizeof buffer, pipe) != nullptr) output += buffer;
+  pclose(pipe);
+  std::smatch m;
+  if (std::regex_search(output, m, std::regex(R"(tps = ([0-9.]+))"))) return std::stod(m[1]);
+  std::fprintf(stderr, "pgbench failed:\n%s\n", output.c_str());
+  return 0;
+}
+
+void OverGrpc() {
+  using peerpath::testing::ServiceProcess;
+  using peerpath::testing::TestDatabase;
+  using peerpath::testing::TokenFor;
+  const char* seconds_env = std::getenv("PEERPATH_BENCH_SECONDS");
+  const int seconds = seconds_env ? std::max(1, std::atoi(seconds_env)) : 5;
+  auto db = TestDatabase::Create();
+  ServiceProcess server("checkin", db->UrlFor("checkin"),
+                        {"--db_pool_size=16", "--log_level=info"});
+  if (!server.WaitListening() || !server.WaitHealth(true)) {
+    std::fprintf(stderr, "checkin did not start:\n%s\n", server.Log().c_str());
+    return;
+  }
+  auto stub = v1::CheckInService::NewStub(server.Channel());
+  constexpr int kMaxClients = 32;
+  std::vector<std::string> enrollments, tokens;
+  const std::string staff = "Bearer " + TokenFor("agency-a", {"case_manager"}, "staff-1");
+  for (int i = 0; i < kMaxClients; ++i) {
+    db->AdminQuery(absl::StrCat(
+        "INSERT INTO checkin.supporter_matches (agency_id, match_id, supporter_id, "
+        "supporter_subject, participant_id, started_at) VALUES ('agency-a', gen_random_uuid(), "
+        "gen_random_uuid(), 'peer-",
+        i, "', 'p-", i, "', now())"));
+    v1::CreateEnrollmentRequest request;
+    request.set_participant_id(absl::StrCat("p-", i));
+    request.set_pathway_key("structured_checkin");
+    request.mutable_schedule()->mutable_weekly()->add_weekdays(v1::WEEKDAY_MONDAY);
+    request.set_idempotency_key(absl::StrCat("enroll-", i));
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", staff);
+    v1::CreateEnrollmentResponse response;
+    grpc::Status status = stub->CreateEnrollment(&context, request, &response);
+    if (!status.ok()) {
+      std::fprintf(stderr, "enrollment failed: %s\n", status.error_message().c_str());
+      return;
+    }
+    enrollments.push_back(response.enrollment().enrollment_id());
+    tokens.push_back("Bearer " +
+                     TokenFor("agency-a", {"peer_supporter"}, absl::StrCat("peer-", i)));
+  }
+  std::atomic<long> key{0};
+  auto record = [&](int client) {
+    v1::RecordCheckInRequest request;
+    request.set_enrollment_id(enrollments[client]);
+    *request.mutable_occurred_at() = ToProtoTimestamp(absl::Now());
+    request.set_contact_mode(v1::CONTACT_MODE_PHONE);
+    *request.mutable_answers() = StructuredAnswers(3 + static_cast<int>(key % 2));
+    request.set_idempotency_key(absl::StrCat("bench-", key++));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    context.AddMetadata("authorization", tokens[client]);
+    v1::RecordCheckInResponse response;
+    return stub->RecordCheckIn(&context, request, &response).ok();
+  };
+  db->AdminQuery(
+      "CREATE TABLE public.bench_rows (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), agency_id "
+      "text NOT NULL, participant_id text NOT NULL, answers jsonb NOT NULL, recorded_at "
+      "timestamptz NOT NULL DEFAULT now())");
+  const std::string admin_url = peerpath::testing::AdminUrl(db->name());
+  std::printf("\nRecordCheckIn over gRPC vs single-row prepared INSERT (pgbench), %d s each\n",
+              seconds);
+  std::printf("%8s %14s %10s %10s %8s %16s %8s\n", "clients", "checkins/s", "p50 ms", "p99 ms",
+              "errors", "pgbench INSERT/s", "ratio");
+  for (int clients : {1, 8, 32}) {
+    const Figures f = Hammer(clients, absl::Seconds(seconds), record);
+    const double inserts = PgbenchInsertRate(admin_url, clients, seconds);
+    std::printf("%8d %14.0f %10.2f %10.2f %8ld %16.0f %8.2f\n", clients, f.per_second, f.p50_ms,
+                f.p99_ms, f.errors, inserts, inserts > 0 ? f.per_second / inserts : 0.0);
+    std::fflush(stdout);
+  }
+  const int stored = db->AdminQuery("SELECT count(*) FROM checkin.check_ins")[0][0].as<int>();
+  std::printf("check-ins stored: %d\n", stored);
+}
+
+}  // namespace
+}  // namespace peerpath::checkin
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  if (std::getenv("PEERPATH_TEST_PG_ADMIN_URL") != nullptr) peerpath::checkin::OverGrpc();
+  return 0;
+}

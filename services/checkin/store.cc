@@ -1,0 +1,917 @@
+#include "services/checkin/store.h"
+
+#include <google/protobuf/util/json_util.h>
+#include <openssl/rand.h>
+
+#include <algorithm>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/time_util.h"
+#include "peerpath/matching/v1/events.pb.h"
+#include "services/checkin/pathway.h"
+
+// A timestamptz column as microseconds since the epoch (NULL stays NULL).
+#define PP_US(x) "(extract(epoch FROM " x ") * 1000000)::int8"
+// A microseconds parameter as timestamptz; '' is NULL.
+#define PP_TS(p) "to_timestamp(NULLIF(" p ", '')::int8 / 1000000.0)"
+
+namespace peerpath::checkin {
+namespace {
+
+std::string EnumText(const google::protobuf::EnumDescriptor* d, int value,
+                     absl::string_view prefix) {
+  const auto* v = d->FindValueByNumber(value);
+  if (v == nullptr) return "";
+  std::string name = v->name();
+  if (absl::StartsWith(name, prefix)) name = name.substr(prefix.size());
+  return absl::AsciiStrToLower(name);
+}
+
+int EnumValue(const google::protobuf::EnumDescriptor* d, absl::string_view text,
+              absl::string_view prefix) {
+  const auto* v = d->FindValueByName(absl::StrCat(prefix, absl::AsciiStrToUpper(text)));
+  return v == nullptr ? 0 : v->number();
+}
+
+std::string Micros(absl::Time t) { return absl::StrCat(absl::ToUnixMicros(t)); }
+
+absl::Time TimeOf(const pqxx::field& f) { return absl::FromUnixMicros(f.as<int64_t>()); }
+
+common::v1::Date DateOf(absl::string_view text) {
+  common::v1::Date date;
+  std::vector<std::string> parts = absl::StrSplit(text, '-');
+  int y = 0, m = 0, d = 0;
+  if (parts.size() == 3 && absl::SimpleAtoi(parts[0], &y) && absl::SimpleAtoi(parts[1], &m) &&
+      absl::SimpleAtoi(parts[2], &d)) {
+    date.set_year(y);
+    date.set_month(m);
+    date.set_day(d);
+  }
+  return date;
+}
+
+std::string DateText(const common::v1::Date& d) {
+  return absl::StrFormat("%04d-%02d-%02d", d.year(), d.month(), d.day());
+}
+
+std::string Json(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  std::string out;
+  (void)google::protobuf::util::MessageToJsonString(message, &out, options);
+  return out;
+}
+
+void FromJson(const std::string& json, google::protobuf::Message* message) {
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = true;
+  (void)google::protobuf::util::JsonStringToMessage(json, message, options);
+}
+
+// A text[] literal with every element quoted (base64 and type names need no escaping).
+std::string ArrayLiteral(const std::vector<std::string>& values) {
+  std::vector<std::string> quoted;
+  for (const auto& v : values) quoted.push_back(absl::StrCat("\"", v, "\""));
+  return absl::StrCat("{", absl::StrJoin(quoted, ","), "}");
+}
+
+// Runs `sql` as the connection's prepared statement `name` (prepared on first use per pooled
+// connection): the hot path's large statements are parsed and planned once, not per call.
+template <typename... Args>
+pqxx::result Prepared(pqxx::work& tx, const char* name, const std::string& sql, Args&&... args) {
+  tx.conn().prepare(name, sql);
+  return tx.exec_prepared(name, std::forward<Args>(args)...);
+}
+
+constexpr char kEnrollmentColumns[] =
+    "e.id::text, e.agency_id, e.participant_id, e.pathway_key, e.pathway_version, "
+    "coalesce(e.appointment_owner, ''), coalesce(e.receiving_clinician, ''), "
+    "coalesce(e.receiving_team, ''), coalesce(e.clinical_follow_up_owner, ''), "
+    "e.schedule_kind, coalesce(array_to_string(e.schedule_weekdays, ','), ''), "
+    "coalesce(e.schedule_every_days, 0), extract(day FROM e.check_in_window)::int, "
+    "e.time_zone, to_char(e.starts_on, 'YYYY-MM-DD'), coalesce(to_char(e.ends_on, "
+    "'YYYY-MM-DD'), ''), coalesce(to_char(e.review_on, 'YYYY-MM-DD'), ''), "
+    "e.status, e.routine, " PP_US("e.routine_stopped_at") ", e.engagement_stage, " PP_US(
+        "e.engagement_stage_changed_at") ", e.failed_attempts_in_a_row, " PP_US("e.last_contact_at") ", "
+    "e.gate_results::text, " PP_US("e.enrolled_at") ", e.enrolled_by, " PP_US(
+        "e.ended_at") ", coalesce(e.ended_by, ''), coalesce(e.end_reason, ''), "
+                      "e.consent_gates_held, e.acuity_units";
+constexpr int kEnrollmentColumnCount = 32;
+
+v1::Enrollment EnrollmentOf(const pqxx::row& r, int o = 0) {
+  v1::Enrollment e;
+  e.set_enrollment_id(r[o + 0].c_str());
+  e.set_agency_id(r[o + 1].c_str());
+  e.set_participant_id(r[o + 2].c_str());
+  e.set_pathway_key(r[o + 3].c_str());
+  e.set_pathway_version(r[o + 4].as<int>());
+  auto* owners = e.mutable_owners();
+  owners->set_appointment_owner(r[o + 5].c_str());
+  owners->set_receiving_clinician(r[o + 6].c_str());
+  owners->set_receiving_team(r[o + 7].c_str());
+  owners->set_clinical_follow_up_owner(r[o + 8].c_str());
+  auto* schedule = e.mutable_schedule();
+  if (std::string(r[o + 9].c_str()) == "weekly") {
+    for (absl::string_view d : absl::StrSplit(r[o + 10].c_str(), ',', absl::SkipEmpty())) {
+      int day = 0;
+      if (absl::SimpleAtoi(d, &day)) schedule->mutable_weekly()->add_weekdays(v1::Weekday(day));
+    }
+  } else {
+    schedule->mutable_every_n_days()->set_interval_days(r[o + 11].as<int>());
+  }
+  schedule->set_window_days(r[o + 12].as<int>());
+  e.set_time_zone(r[o + 13].c_str());
+  *e.mutable_starts_on() = DateOf(r[o + 14].c_str());
+  if (!std::string(r[o + 15].c_str()).empty()) *e.mutable_ends_on() = DateOf(r[o + 15].c_str());
+  if (!std::string(r[o + 16].c_str()).empty()) *e.mutable_review_on() = DateOf(r[o + 16].c_str());
+  e.set_status(std::string(r[o + 17].c_str()) == "active" ? v1::ENROLLMENT_STATUS_ACTIVE
+                                                          : v1::ENROLLMENT_STATUS_ENDED);
+  e.set_routine(r[o + 18].as<bool>());
+  if (!r[o + 19].is_null()) *e.mutable_routine_stopped_at() = ToProtoTimestamp(TimeOf(r[o + 19]));
+  e.set_engagement_stage(v1::EngagementStage(
+      EnumValue(v1::EngagementStage_descriptor(), r[o + 20].c_str(), "ENGAGEMENT_STAGE_")));
+  *e.mutable_engagement_stage_changed_at() = ToProtoTimestamp(TimeOf(r[o + 21]));
+  e.set_failed_attempts_in_a_row(r[o + 22].as<int>());
+  if (!r[o + 23].is_null()) *e.mutable_last_contact_at() = ToProtoTimestamp(TimeOf(r[o + 23]));
+  v1::Enrollment gates;
+  FromJson(absl::StrCat("{\"gate_results\":", r[o + 24].c_str(), "}"), &gates);
+  e.mutable_gate_results()->Swap(gates.mutable_gate_results());
+  *e.mutable_enrolled_at() = ToProtoTimestamp(TimeOf(r[o + 25]));
+  e.set_enrolled_by(r[o + 26].c_str());
+  if (!r[o + 27].is_null()) *e.mutable_ended_at() = ToProtoTimestamp(TimeOf(r[o + 27]));
+  e.set_ended_by(r[o + 28].c_str());
+  e.set_end_reason(v1::EnrollmentEndReason(EnumValue(v1::EnrollmentEndReason_descriptor(),
+                                                     r[o + 29].c_str(), "ENROLLMENT_END_REASON_")));
+  e.set_consent_gates_held(r[o + 30].as<bool>());
+  return e;
+}
+
+constexpr char kCheckInColumns[] =
+    "c.id::text, c.agency_id, c.enrollment_id::text, coalesce(c.scheduled_check_in_id::text, ''), "
+    "c.participant_id, coalesce(c.supporter_id::text, ''), c.recorded_by, c.recorded_by_role, "
+    "c.pathway_key, c.pathway_version, c.answers::text, coalesce(c.wellbeing, 0), "
+    "coalesce(c.contact_mode, ''), " PP_US("c.occurred_at") ", " PP_US(
+        "c.recorded_at") ", " PP_US("c.window_end") ", (extract(epoch FROM c.late_by) * "
+                                                    "1000000)::int8";
+
+v1::CheckIn CheckInOf(const pqxx::row& r) {
+  v1::CheckIn c;
+  c.set_check_in_id(r[0].c_str());
+  c.set_agency_id(r[1].c_str());
+  c.set_enrollment_id(r[2].c_str());
+  c.set_scheduled_check_in_id(r[3].c_str());
+  c.set_participant_id(r[4].c_str());
+  c.set_supporter_id(r[5].c_str());
+  c.set_recorded_by(r[6].c_str());
+  c.set_recorded_by_role(r[7].c_str());
+  c.set_pathway_key(r[8].c_str());
+  c.set_pathway_version(r[9].as<int>());
+  v1::CheckIn answers;
+  FromJson(r[10].c_str(), &answers);
+  c.mutable_answers()->Swap(answers.mutable_answers());
+  c.set_wellbeing_score(r[11].as<int>());
+  c.set_contact_mode(
+      v1::ContactMode(EnumValue(v1::ContactMode_descriptor(), r[12].c_str(), "CONTACT_MODE_")));
+  *c.mutable_occurred_at() = ToProtoTimestamp(TimeOf(r[13]));
+  *c.mutable_recorded_at() = ToProtoTimestamp(TimeOf(r[14]));
+  if (!r[15].is_null()) *c.mutable_window_end() = ToProtoTimestamp(TimeOf(r[15]));
+  if (!r[16].is_null()) {
+    c.set_late(true);
+    const int64_t us = r[16].as<int64_t>();
+    c.mutable_late_by()->set_seconds(us / 1000000);
+    c.mutable_late_by()->set_nanos(static_cast<int32_t>((us % 1000000) * 1000));
+  }
+  return c;
+}
+
+v1::PathwayVersion PathwayOf(const pqxx::row& r, int o) {
+  v1::PathwayVersion p;
+  FromJson(r[o + 0].c_str(), &p);
+  p.set_pathway_version_id(r[o + 1].c_str());
+  p.set_agency_id(r[o + 2].c_str());
+  p.set_pathway_key(r[o + 3].c_str());
+  p.set_version(r[o + 4].as<int>());
+  *p.mutable_published_at() = ToProtoTimestamp(TimeOf(r[o + 5]));
+  p.set_published_by(r[o + 6].c_str());
+  return p;
+}
+
+constexpr char kPathwayColumns[] =
+    "p.definition::text, p.id::text, p.agency_id, p.pathway_key, p.version, " PP_US(
+        "p.published_at") ", p.published_by";
+
+}  // namespace
+
+std::string NewUuid() {
+  unsigned char b[16];
+  RAND_bytes(b, sizeof b);
+  b[6] = (b[6] & 0x0F) | 0x40;
+  b[8] = (b[8] & 0x3F) | 0x80;
+  const std::string hex =
+      absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(b), sizeof b));
+  return absl::StrCat(hex.substr(0, 8), "-", hex.substr(8, 4), "-", hex.substr(12, 4), "-",
+                      hex.substr(16, 4), "-", hex.substr(20, 12));
+}
+
+bool IsUuid(absl::string_view t) {
+  if (t.size() != 36) return false;
+  for (size_t i = 0; i < t.size(); ++i) {
+    const bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+    if (dash != (t[i] == '-')) return false;
+    if (!dash && !absl::ascii_isxdigit(t[i])) return false;
+  }
+  return true;
+}
+
+v1::ProgramPolicy LoadPolicy(pqxx::work& tx, const std::string& agency_id,
+                             const std::string& default_time_zone) {
+  v1::ProgramPolicy policy;
+  policy.set_agency_id(agency_id);
+  policy.set_time_zone(default_time_zone);
+  policy.set_missed_contact_failed_attempts(3);
+  policy.mutable_at_risk_after()->set_seconds(28 * 86400);
+  policy.mutable_lost_to_follow_up_after()->set_seconds(90 * 86400);
+  policy.set_wellbeing_drop_points(2);
+  policy.set_updated_by(kDefaultPublisher);
+  const pqxx::result r = tx.exec(
+      "SELECT time_zone, missed_contact_failed_attempts, extract(epoch FROM at_risk_after)::int8, "
+      "extract(epoch FROM lost_to_follow_up_after)::int8, wellbeing_drop_points, " PP_US(
+          "updated_at") ", updated_by FROM program_policies");
+  if (r.empty()) return policy;
+  policy.set_time_zone(r[0][0].c_str());
+  policy.set_missed_contact_failed_attempts(r[0][1].as<int>());
+  policy.mutable_at_risk_after()->set_seconds(r[0][2].as<int64_t>());
+  policy.mutable_lost_to_follow_up_after()->set_seconds(r[0][3].as<int64_t>());
+  policy.set_wellbeing_drop_points(r[0][4].as<int>());
+  *policy.mutable_updated_at() = ToProtoTimestamp(TimeOf(r[0][5]));
+  policy.set_updated_by(r[0][6].c_str());
+  return policy;
+}
+
+void EnsureDefaultPathways(pqxx::work& tx, const std::string& agency_id) {
+  std::vector<std::string> keys, names, definitions, flags, units;
+  for (const auto& p : DefaultPathways()) {
+    keys.push_back(p.pathway_key());
+    definitions.push_back(absl::Base64Escape(Json(p)));
+    units.push_back(absl::StrCat(p.acuity_units()));
+    flags.push_back(p.requires_end_or_review() ? "t" : "f");
+    names.push_back(absl::Base64Escape(p.display_name()));
+  }
+  // One statement; a concurrent first use by another call inserts nothing twice.
+  tx.exec_params0(
+      "INSERT INTO pathway_versions (agency_id, pathway_key, version, display_name, definition, "
+      "requires_end_or_review, requires_clinical_owner, acuity_units, published_by) "
+      "SELECT $1, k, 1, convert_from(decode(n, 'base64'), 'UTF8'), "
+      "convert_from(decode(d, 'base64'), 'UTF8')::jsonb, f::boolean, k = 'crisis_transition', "
+      "u::smallint, $7 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) "
+      "AS x(k, n, d, f, u) ON CONFLICT (agency_id, pathway_key, version) DO NOTHING",
+      agency_id, ArrayLiteral(keys), ArrayLiteral(names), ArrayLiteral(definitions),
+      ArrayLiteral(flags), ArrayLiteral(units), std::string(kDefaultPublisher));
+}
+
+std::optional<v1::PathwayVersion> LoadPathway(pqxx::work& tx, const std::string& pathway_key,
+                                              int version) {
+  const pqxx::result r = tx.exec_params(
+      absl::StrCat("SELECT ", kPathwayColumns,
+                   " FROM pathway_versions p WHERE p.pathway_key = $1 AND ($2 = 0 OR p.version = "
+                   "$2) ORDER BY p.version DESC LIMIT 1"),
+      pathway_key, version);
+  if (r.empty()) return std::nullopt;
+  return PathwayOf(r[0], 0);
+}
+
+std::vector<v1::PathwayVersion> ListPathways(pqxx::work& tx, const std::string& pathway_key,
+                                             bool latest_only, int limit) {
+  const pqxx::result r = tx.exec_params(
+      absl::StrCat("SELECT ", kPathwayColumns,
+                   " FROM pathway_versions p WHERE ($1 = '' OR p.pathway_key = $1) AND (NOT $2 OR "
+                   "p.version = (SELECT max(q.version) FROM pathway_versions q WHERE "
+                   "q.pathway_key = p.pathway_key)) ORDER BY p.pathway_key, p.version DESC "
+                   "LIMIT $3"),
+      pathway_key, latest_only, limit);
+  std::vector<v1::PathwayVersion> out;
+  for (const auto& row : r) out.push_back(PathwayOf(row, 0));
+  return out;
+}
+
+std::optional<v1::PathwayVersion> PublishPathway(pqxx::work& tx, const std::string& agency_id,
+                                                 const v1::PathwayVersion& pathway,
+                                                 int base_version,
+                                                 const std::string& published_by) {
+  v1::PathwayVersion definition = pathway;
+  definition.clear_pathway_version_id();
+  definition.clear_agency_id();
+  definition.clear_version();
+  definition.clear_published_at();
+  definition.clear_published_by();
+  if (definition.acuity_units() == 0) definition.set_acuity_units(1);
+  bool clinical_owner = false;
+  for (const auto& g : definition.gates()) {
+    clinical_owner = clinical_owner || g.owner_gate() == v1::OWNER_GATE_CLINICAL_FOLLOW_UP_OWNER;
+  }
+  const pqxx::result r = tx.exec_params(
+      absl::StrCat(
+          "WITH p AS (INSERT INTO pathway_versions (agency_id, pathway_key, version, "
+          "display_name, definition, requires_end_or_review, requires_clinical_owner, "
+          "acuity_units, published_by) SELECT $1, $2, $3 + 1, $4, $5::jsonb, $6, $7, $8, $9 "
+          "WHERE (SELECT coalesce(max(version), 0) FROM pathway_versions WHERE pathway_key = $2) "
+          "= $3 ON CONFLICT (agency_id, pathway_key, version) DO NOTHING RETURNING *) SELECT ",
+          kPathwayColumns, " FROM p"),
+      agency_id, definition.pathway_key(), base_version, definition.display_name(),
+      Json(definition), definition.requires_end_or_review(), clinical_owner,
+      definition.acuity_units(), published_by);
+  if (r.empty()) return std::nullopt;
+  return PathwayOf(r[0], 0);
+}
+
+std::set<std::string> KnownPeerSupporters(pqxx::work& tx, const std::vector<std::string>& ids) {
+  std::set<std::string> out;
+  if (ids.empty()) return out;
+  const pqxx::result r = tx.exec_params(
+      "SELECT DISTINCT x FROM unnest($1::text[]) x JOIN supporter_matches m "
+      "ON m.supporter_subject = x OR m.supporter_id::text = x",
+      ArrayLiteral(ids));
+  for (const auto& row : r) out.insert(row[0].c_str());
+  return out;
+}
+
+std::optional<ActiveSupporter> ActiveSupporterOf(pqxx::work& tx,
+                                                 const std::string& participant_id) {
+  const pqxx::result r = tx.exec_params(
+      "SELECT supporter_id::text, supporter_subject FROM supporter_matches "
+      "WHERE participant_id = $1 AND active ORDER BY started_at DESC NULLS LAST LIMIT 1",
+      participant_id);
+  if (r.empty()) return std::nullopt;
+  return ActiveSupporter{r[0][0].c_str(), r[0][1].c_str()};
+}
+
+bool IsActiveSupporter(pqxx::work& tx, const std::string& subject,
+                       const std::string& participant_id) {
+  return !tx.exec_params(
+                "SELECT 1 FROM supporter_matches WHERE participant_id = $1 AND "
+                "supporter_subject = $2 AND active LIMIT 1",
+                participant_id, subject)
+              .empty();
+}
+
+std::optional<v1::Enrollment> InsertEnrollment(pqxx::work& tx, const std::string& agency_id,
+                                               const v1::Enrollment& e) {
+  const auto& s = e.schedule();
+  std::vector<std::string> weekdays;
+  for (int d : s.weekly().weekdays()) weekdays.push_back(absl::StrCat(d));
+  v1::Enrollment gates;
+  *gates.mutable_gate_results() = e.gate_results();
+  const pqxx::result r = tx.exec_params(
+      absl::StrCat(
+          "WITH e AS (INSERT INTO enrollments (id, agency_id, participant_id, pathway_key, "
+          "pathway_version, appointment_owner, receiving_clinician, receiving_team, "
+          "clinical_follow_up_owner, schedule_kind, schedule_weekdays, schedule_every_days, "
+          "check_in_window, time_zone, starts_on, ends_on, review_on, enrolled_by, gate_results, "
+          "consent_gates_held, acuity_units) VALUES ($1::uuid, $2, $3, $4, $5, NULLIF($6, ''), "
+          "NULLIF($7, ''), NULLIF($8, ''), NULLIF($9, ''), $10, "
+          "CASE WHEN $10 = 'weekly' THEN $11::smallint[] END, NULLIF($12, 0), "
+          "make_interval(days => $13), $14, $15::date, NULLIF($16, '')::date, "
+          "NULLIF($17, '')::date, $18, coalesce(($19::jsonb)->'gate_results', '[]'), true, $20) "
+          "ON CONFLICT (agency_id, participant_id, pathway_key) WHERE status = 'active' "
+          "DO NOTHING RETURNING *) SELECT ",
+          kEnrollmentColumns, " FROM e"),
+      e.enrollment_id(), agency_id, e.participant_id(), e.pathway_key(), e.pathway_version(),
+      e.owners().appointment_owner(), e.owners().receiving_clinician(), e.owners().receiving_team(),
+      e.owners().clinical_follow_up_owner(),
+      std::string(s.has_weekly() ? "weekly" : "every_n_days"), ArrayLiteral(weekdays),
+      s.every_n_days().interval_days(), std::max(1, s.window_days()), e.time_zone(),
+      DateText(e.starts_on()), e.has_ends_on() ? DateText(e.ends_on()) : std::string(),
+      e.has_review_on() ? DateText(e.review_on()) : std::string(), e.enrolled_by(), Json(gates), 0);
+  if (r.empty()) return std::nullopt;
+  return EnrollmentOf(r[0]);
+}
+
+std::optional<v1::Enrollment> LoadEnrollment(pqxx::work& tx, const std::string& enrollment_id,
+                                             bool lock) {
+  const pqxx::result r = tx.exec_params(
+      absl::StrCat("SELECT ", kEnrollmentColumns, " FROM enrollments e WHERE e.id = $1::uuid",
+                   lock ? " FOR UPDATE" : ""),
+      enrollment_id);
+  if (r.empty()) return std::nullopt;
+  return EnrollmentOf(r[0]);
+}
+
+std::vector<v1::Enrollment> ListEnrollments(pqxx::work& tx, const EnrollmentFilter& f) {
+  const pqxx::result r = tx.exec_params(
+      absl::StrCat("SELECT ", kEnrollmentColumns,
+                   " FROM enrollments e WHERE ($1 = '' OR e.participant_id = $1) "
+                   "AND ($2 = '' OR e.pathway_key = $2) "
+                   "AND (cardinality($3::text[]) = 0 OR e.status = ANY ($3::text[])) "
+                   "AND ($4 = '' OR EXISTS (SELECT 1 FROM supporter_matches m WHERE m.active AND "
+                   "m.participant_id = e.participant_id AND m.supporter_subject = $4)) "
+                   "AND ($5 = '' OR EXISTS (SELECT 1 FROM supporter_matches m WHERE m.active AND "
+                   "m.participant_id = e.participant_id AND m.supporter_id::text = $5)) "
+                   "AND ($6 = '' OR (e.enrolled_at, e.id) < (" PP_TS(
+                       "$6") ", $7::uuid)) "
+                             "ORDER BY e.enrolled_at DESC, e.id DESC LIMIT $8"),
+      f.participant_id, f.pathway_key, ArrayLiteral(f.statuses), f.supporter_subject,
+      f.supporter_id, f.after_id.empty() ? std::string() : absl::StrCat(f.after_enrolled_micros),
+      f.after_id.empty() ? std::string("00000000-0000-0000-0000-000000000000") : f.after_id,
+      f.limit);
+  std::vector<v1::Enrollment> out;
+  for (const auto& row : r) out.push_back(EnrollmentOf(row));
+  return out;
+}
+
+v1::Enrollment EndEnrollment(pqxx::work& tx, const std::string& enrollment_id,
+                             const std::string& reason, const std::string& ended_by) {
+  const pqxx::row r = tx.exec_params1(
+      absl::StrCat("WITH c AS (UPDATE scheduled_check_ins SET status = 'cancelled', "
+                   "status_changed_at = now() WHERE enrollment_id = $1::uuid AND status = 'due' "
+                   "RETURNING 1), e AS (UPDATE enrollments SET status = 'ended', ended_at = now(), "
+                   "ended_by = $3, end_reason = $2 WHERE id = $1::uuid RETURNING *) "
+                   "SELECT ",
+                   kEnrollmentColumns, ", (SELECT count(*) FROM c) FROM e"),
+      enrollment_id, reason, ended_by);
+  return EnrollmentOf(r);
+}
+
+std::pair<int, int> EnrollmentCounts(pqxx::work& tx, const std::string& enrollment_id) {
+  const pqxx::row r = tx.exec_params1(
+      "SELECT (SELECT count(*) FROM check_ins WHERE enrollment_id = $1::uuid), "
+      "(SELECT count(*) FROM scheduled_check_ins WHERE enrollment_id = $1::uuid AND "
+      "status = 'missed')",
+      enrollment_id);
+  return {r[0].as<int>(), r[1].as<int>()};
+}
+
+std::optional<CheckInContext> LoadCheckInContext(pqxx::work& tx, const std::string& agency_id,
+                                                 const std::string& enrollment_id,
+                                                 const std::string& scheduled_check_in_id,
+                                                 absl::Time occurred_at) {
+  (void)agency_id;
+  const std::string utc_day = absl::FormatTime("%Y-%m-%d", occurred_at, absl::UTCTimeZone());
+  static const std::string kSql = absl::StrCat(
+          "SELECT ", kEnrollmentColumns, ", ", kPathwayColumns, ", " PP_US("now()"),
+          ", m.supporter_id::text, m.supporter_subject, "
+          "coalesce((SELECT wellbeing_drop_points FROM program_policies), 2), "
+          "(SELECT string_agg(w.us || ':' || w.wellbeing, ',') FROM (SELECT " PP_US(
+              "occurred_at") " AS us, wellbeing FROM check_ins c WHERE c.participant_id = "
+                             "e.participant_id AND "
+                             "c.wellbeing IS NOT NULL ORDER BY occurred_at DESC, recorded_at DESC "
+                             "LIMIT 3) w), "
+                             "(SELECT string_agg(s.id::text || ' ' || to_char(s.due_on, "
+                             "'YYYY-MM-DD') || ' ' || "
+                             "s.status || ' ' || " PP_US(
+                                 "s.window_end") ", ',') FROM scheduled_check_ins s "
+                                                 "WHERE s.enrollment_id = e.id AND (s.id::text = "
+                                                 "$2 OR s.due_on BETWEEN $3::date - 16 "
+                                                 "AND $3::date + 1)) "
+                                                 ", coalesce((SELECT "
+                                                 "missed_contact_failed_attempts FROM "
+                                                 "program_policies), 3) "
+                                                 "FROM enrollments e JOIN pathway_versions p ON "
+                                                 "p.pathway_key = e.pathway_key AND "
+                                                 "p.version = e.pathway_version LEFT JOIN LATERAL "
+                                                 "(SELECT supporter_id, "
+                                                 "supporter_subject FROM supporter_matches sm "
+                                                 "WHERE sm.participant_id = "
+                                                 "e.participant_id AND sm.active ORDER BY "
+                                                 "sm.started_at DESC NULLS LAST LIMIT 1) m ON "
+                                                 "true WHERE e.id = $1::uuid FOR UPDATE OF e");
+  const pqxx::result r =
+      Prepared(tx, "checkin_context", kSql, enrollment_id, scheduled_check_in_id, utc_day);
+  if (r.empty()) return std::nullopt;
+  const pqxx::row& row = r[0];
+  CheckInContext c;
+  c.enrollment = EnrollmentOf(row);
+  int o = kEnrollmentColumnCount;
+  c.pathway = PathwayOf(row, o);
+  o += 7;
+  c.now = TimeOf(row[o]);
+  if (!row[o + 1].is_null()) c.supporter = ActiveSupporter{row[o + 1].c_str(), row[o + 2].c_str()};
+  c.wellbeing_drop_points = row[o + 3].as<int>();
+  if (!row[o + 4].is_null()) {
+    for (absl::string_view item : absl::StrSplit(row[o + 4].c_str(), ',')) {
+      std::pair<std::string, std::string> parts = absl::StrSplit(item, ':');
+      int64_t us = 0;
+      int score = 0;
+      if (absl::SimpleAtoi(parts.first, &us) && absl::SimpleAtoi(parts.second, &score)) {
+        c.latest_wellbeing.push_back({absl::FromUnixMicros(us), score});
+      }
+    }
+  }
+  c.missed_contact_failed_attempts = row[o + 6].as<int>();
+  if (!row[o + 5].is_null()) {
+    for (absl::string_view item : absl::StrSplit(row[o + 5].c_str(), ',')) {
+      std::vector<std::string> parts = absl::StrSplit(item, ' ');
+      if (parts.size() != 4) continue;
+      const common::v1::Date d = DateOf(parts[1]);
+      int64_t us = 0;
+      (void)absl::SimpleAtoi(parts[3], &us);
+      c.occurrences.push_back({parts[0], absl::CivilDay(d.year(), d.month(), d.day()), parts[2],
+                               absl::FromUnixMicros(us)});
+    }
+  }
+  return c;
+}
+
+void WriteCheckIn(pqxx::work& tx, const CheckInWrite& w) {
+  const v1::CheckIn& c = w.check_in;
+  v1::CheckIn answers;
+  *answers.mutable_answers() = c.answers();
+  std::string answers_json = Json(answers);
+  if (answers_json.empty()) answers_json = "{}";
+  std::vector<std::string> types, payloads;
+  for (const auto* event : w.events) {
+    types.push_back(event->GetDescriptor()->full_name());
+    payloads.push_back(absl::Base64Escape(event->SerializeAsString()));
+  }
+  const bool scheduled = !c.scheduled_check_in_id().empty();
+  const std::string late_us =
+      c.late() ? absl::StrCat(c.late_by().seconds() * 1000000 + c.late_by().nanos() / 1000) : "";
+  static const std::string kSql =
+      "WITH occ AS (INSERT INTO scheduled_check_ins (id, agency_id, enrollment_id, due_on, "
+      "window_start, window_end, status, status_changed_at) SELECT NULLIF($4::text, '')::uuid, $1, $3::uuid, "
+      "NULLIF($19, '')::date, " PP_TS("$20") ", " PP_TS("$21") ", 'completed', now() WHERE $22 "
+      "ON CONFLICT (agency_id, enrollment_id, due_on) DO UPDATE SET status = 'completed', "
+      "status_changed_at = now() RETURNING 1), "
+      "ci AS (INSERT INTO check_ins (id, agency_id, enrollment_id, scheduled_check_in_id, "
+      "participant_id, supporter_id, recorded_by, recorded_by_role, pathway_key, pathway_version, "
+      "answers, wellbeing, contact_mode, occurred_at, recorded_at, window_end, late_by, "
+      "fired_rule_ids, is_reconnection) VALUES ($2::uuid, $1, $3::uuid, NULLIF($4::text, '')::uuid, $5, "
+      "NULLIF($6, '')::uuid, $7, $8, $9, $10, $11::jsonb, NULLIF($12, 0)::smallint, $13, " PP_TS(
+          "$14") ", now(), " PP_TS("$21") ", make_interval(secs => NULLIF($15, '')::int8 / "
+                                          "1000000.0), $16::text[], $17) RETURNING 1), "
+      "en AS (UPDATE enrollments SET last_contact_at = GREATEST(coalesce(last_contact_at, "
+      "" PP_TS("$14") "), " PP_TS("$14") "), failed_attempts_in_a_row = 0, "
+      "engagement_stage_changed_at = CASE WHEN engagement_stage <> 'engaged' THEN now() ELSE "
+      "engagement_stage_changed_at END, engagement_stage = 'engaged', "
+      "routine_stopped_at = CASE WHEN $18 AND routine THEN now() ELSE routine_stopped_at END, "
+      "routine = routine AND NOT $18 WHERE id = $3::uuid RETURNING 1), "
+      "cancel AS (UPDATE scheduled_check_ins SET status = 'cancelled', status_changed_at = now() "
+      "WHERE $18 AND enrollment_id = $3::uuid AND status = 'due' AND id::text <> $4::text "
+      "RETURNING 1), "
+      "ev AS (INSERT INTO outbox (event_id, agency_id, event_type, aggregate_id, payload) "
+      "SELECT i::uuid, $1, t, $3, decode(p, 'base64') FROM unnest($23::text[], $24::text[], "
+      "$31::text[]) WITH ORDINALITY AS x(t, p, i, n) ORDER BY n RETURNING 1), "
+      "idem AS (UPDATE idempotency_keys SET response = decode($25, 'base64') WHERE agency_id = "
+      "$1 AND idempotency_key = $26 RETURNING 1) "
+      "SELECT audit_append($1, $27::text, $28::text, $29::text, 'check_in'::text, $2::text, $5::text, 'allowed'::text, $30::text), "
+      "(SELECT count(*) FROM occ), (SELECT count(*) FROM ci), (SELECT count(*) FROM en), "
+      "(SELECT count(*) FROM cancel), (SELECT count(*) FROM ev), (SELECT count(*) FROM idem)";
+  const pqxx::row r = Prepared(
+      tx, "checkin_write", kSql, w.agency_id, c.check_in_id(), c.enrollment_id(),
+      c.scheduled_check_in_id(), c.participant_id(), c.supporter_id(), c.recorded_by(),
+      c.recorded_by_role(), c.pathway_key(), c.pathway_version(), answers_json, c.wellbeing_score(),
+      EnumText(v1::ContactMode_descriptor(), c.contact_mode(), "CONTACT_MODE_"),
+      Micros(FromProtoTimestamp(c.occurred_at())), late_us, ArrayLiteral(w.fired_rule_ids),
+      w.reconnection, w.stops_routine, w.occurrence_due_on,
+      scheduled ? Micros(w.occurrence_window_start) : std::string(),
+      c.has_window_end() ? Micros(FromProtoTimestamp(c.window_end())) : std::string(),
+      scheduled && !w.occurrence_due_on.empty(), ArrayLiteral(types), ArrayLiteral(payloads),
+      absl::Base64Escape(w.response_bytes), w.idempotency_key, w.audit.actor, w.audit.actor_role,
+      w.audit.action, w.audit.request_id, ArrayLiteral(w.event_ids))[0];
+  if (r[2].as<int>() != 1 || r[6].as<int>() != 1) {
+    throw std::runtime_error("check-in write incomplete");
+  }
+}
+
+void WriteContactAttempt(pqxx::work& tx, const ContactAttemptWrite& w) {
+  const v1::ContactAttempt& a = w.attempt;
+  std::vector<std::string> types, payloads;
+  for (const auto* event : w.events) {
+    types.push_back(event->GetDescriptor()->full_name());
+    payloads.push_back(absl::Base64Escape(event->SerializeAsString()));
+  }
+  const pqxx::row r = tx.exec_params1(
+      "WITH ca AS (INSERT INTO contact_attempts (id, agency_id, enrollment_id, participant_id, "
+      "supporter_id, attempted_by, channel, outcome, is_reconnection, attempted_at, recorded_at) "
+      "VALUES ($2::uuid, $1, $3::uuid, $4, NULLIF($5::text, '')::uuid, $6, $7, $8, $9, " PP_TS(
+          "$10") ", now()) RETURNING 1), "
+                 "en AS (UPDATE enrollments SET engagement_stage = $11, "
+                 "engagement_stage_changed_at = " PP_TS("$12") ", failed_attempts_in_a_row = $13, "
+      "last_contact_at = " PP_TS("$14") " WHERE id = $3::uuid RETURNING 1), "
+      "ev AS (INSERT INTO outbox (event_id, agency_id, event_type, aggregate_id, payload) "
+      "SELECT i::uuid, $1, t, $3, decode(p, 'base64') FROM unnest($15::text[], $16::text[], "
+      "$17::text[]) WITH ORDINALITY AS x(t, p, i, n) ORDER BY n RETURNING 1), "
+      "idem AS (UPDATE idempotency_keys SET response = decode($18, 'base64') WHERE agency_id = "
+      "$1 AND idempotency_key = $19 RETURNING 1) "
+      "SELECT audit_append($1, $20::text, $21::text, $22::text, 'contact_attempt'::text, "
+      "$2::text, $4::text, 'allowed'::text, $23::text), (SELECT count(*) FROM ca), "
+      "(SELECT count(*) FROM en), (SELECT count(*) FROM ev), (SELECT count(*) FROM idem)",
+      w.agency_id, a.contact_attempt_id(), a.enrollment_id(), a.participant_id(), a.supporter_id(),
+      a.attempted_by(), EnumText(v1::ContactChannel_descriptor(), a.channel(), "CONTACT_CHANNEL_"),
+      EnumText(v1::ContactOutcome_descriptor(), a.outcome(), "CONTACT_OUTCOME_"),
+      a.is_reconnection(), Micros(FromProtoTimestamp(a.attempted_at())),
+      EnumText(v1::EngagementStage_descriptor(), w.stage, "ENGAGEMENT_STAGE_"),
+      Micros(w.stage_changed_at), w.failed_attempts_in_a_row,
+      w.last_contact_at ? Micros(*w.last_contact_at) : std::string(), ArrayLiteral(types),
+      ArrayLiteral(payloads), ArrayLiteral(w.event_ids), absl::Base64Escape(w.response_bytes),
+      w.idempotency_key, w.audit.actor, w.audit.actor_role, w.audit.action, w.audit.request_id);
+  if (r[1].as<int>() != 1 || r[2].as<int>() != 1 || r[4].as<int>() != 1) {
+    throw std::runtime_error("contact attempt write incomplete");
+  }
+}
+
+namespace {
+
+constexpr char kAppointmentColumns[] =
+    "a.id::text, a.agency_id, a.enrollment_id::text, a.participant_id, a.kind, " PP_US(
+        "a.scheduled_at") ", a.owner_id, a.outcome, " PP_US("a.outcome_recorded_at") ", "
+    "coalesce(a.outcome_recorded_by, ''), coalesce(a.rescheduled_to::text, ''), coalesce((SELECT "
+    "f.id::text FROM appointments f WHERE f.rescheduled_to = a.id), ''), " PP_US(
+        "a.created_at") ", a.created_by";
+
+v1::Appointment AppointmentOf(const pqxx::row& r) {
+  v1::Appointment a;
+  a.set_appointment_id(r[0].c_str());
+  a.set_agency_id(r[1].c_str());
+  a.set_enrollment_id(r[2].c_str());
+  a.set_participant_id(r[3].c_str());
+  a.set_kind(v1::AppointmentKind(
+      EnumValue(v1::AppointmentKind_descriptor(), r[4].c_str(), "APPOINTMENT_KIND_")));
+  *a.mutable_scheduled_at() = ToProtoTimestamp(TimeOf(r[5]));
+  a.set_owner_id(r[6].c_str());
+  a.set_outcome(v1::AppointmentOutcome(
+      EnumValue(v1::AppointmentOutcome_descriptor(), r[7].c_str(), "APPOINTMENT_OUTCOME_")));
+  if (!r[8].is_null()) *a.mutable_outcome_recorded_at() = ToProtoTimestamp(TimeOf(r[8]));
+  a.set_outcome_recorded_by(r[9].c_str());
+  a.set_rescheduled_to_appointment_id(r[10].c_str());
+  a.set_rescheduled_from_appointment_id(r[11].c_str());
+  *a.mutable_created_at() = ToProtoTimestamp(TimeOf(r[12]));
+  a.set_created_by(r[13].c_str());
+  return a;
+}
+
+}  // namespace
+
+v1::Appointment InsertAppointment(pqxx::work& tx, const std::string& agency_id,
+                                  const v1::Appointment& a, const std::string& created_by,
+                                  const std::string& rescheduled_from) {
+  tx.exec_params0(
+      "INSERT INTO appointments (id, agency_id, enrollment_id, participant_id, kind, "
+      "scheduled_at, owner_id, created_by) VALUES ($1::uuid, $2, $3::uuid, $4, $5, " PP_TS(
+          "$6") ", $7, $8)",
+      a.appointment_id(), agency_id, a.enrollment_id(), a.participant_id(),
+      EnumText(v1::AppointmentKind_descriptor(), a.kind(), "APPOINTMENT_KIND_"),
+      Micros(FromProtoTimestamp(a.scheduled_at())), a.owner_id(), created_by);
+  if (!rescheduled_from.empty()) {
+    tx.exec_params0("UPDATE appointments SET rescheduled_to = $2::uuid WHERE id = $1::uuid",
+                    rescheduled_from, a.appointment_id());
+  }
+  return *LoadAppointment(tx, a.appointment_id());
+}
+
+std::optional<v1::Appointment> LoadAppointment(pqxx::work& tx, const std::string& id) {
+  const pqxx::result r =
+      tx.exec_params(absl::StrCat("SELECT ", kAppointmentColumns,
+                                  " FROM appointments a WHERE a.id = $1::uuid FOR UPDATE OF a"),
+                     id);
+  if (r.empty()) return std::nullopt;
+  return AppointmentOf(r[0]);
+}
+
+v1::Appointment SetAppointmentOutcome(pqxx::work& tx, const std::string& id,
+                                      const std::string& outcome, const std::string& recorded_by,
+                                      const std::string& rescheduled_to) {
+  tx.exec_params0(
+      "UPDATE appointments SET outcome = $2, outcome_recorded_at = now(), outcome_recorded_by = "
+      "$3 WHERE id = $1::uuid",
+      id, outcome, recorded_by);
+  (void)rescheduled_to;
+  return *LoadAppointment(tx, id);
+}
+
+bool PeerContactBefore(pqxx::work& tx, const std::string& enrollment_id, absl::Time t) {
+  return tx
+      .exec_params1(
+          "SELECT EXISTS (SELECT 1 FROM check_ins WHERE enrollment_id = $1::uuid AND "
+          "occurred_at < " PP_TS("$2") ") OR EXISTS (SELECT 1 FROM contact_attempts WHERE "
+          "enrollment_id = $1::uuid AND outcome = 'reached' AND attempted_at < " PP_TS("$2") ")",
+          enrollment_id, Micros(t))[0]
+      .as<bool>();
+}
+
+std::vector<v1::EnrollmentRoutineStoppedEvent> StopRoutineEngagement(
+    pqxx::work& tx, const std::string& participant_id, const std::string& enrollment_id,
+    const std::string& concern_id, absl::Time stopped_at) {
+  const pqxx::result r = tx.exec_params(
+      "WITH e AS (UPDATE enrollments SET routine = false, routine_stopped_at = " PP_TS("$3")
+      " WHERE status = 'active' AND routine AND participant_id = $1 AND ($2 = '' OR id::text = "
+      "$2) RETURNING id, participant_id, pathway_key), c AS (UPDATE scheduled_check_ins s SET "
+      "status = 'cancelled', status_changed_at = now() FROM e WHERE s.enrollment_id = e.id AND "
+      "s.status = 'due' RETURNING s.enrollment_id) SELECT e.id::text, e.participant_id, "
+      "e.pathway_key, (SELECT count(*) FROM c WHERE c.enrollment_id = e.id) FROM e",
+      participant_id, enrollment_id, Micros(stopped_at));
+  std::vector<v1::EnrollmentRoutineStoppedEvent> out;
+  for (const auto& row : r) {
+    v1::EnrollmentRoutineStoppedEvent e;
+    e.set_enrollment_id(row[0].c_str());
+    e.set_participant_id(row[1].c_str());
+    e.set_pathway_key(row[2].c_str());
+    e.set_cause(v1::ROUTINE_STOP_CAUSE_SAFETY_CONCERN);
+    e.set_concern_id(concern_id);
+    e.set_cancelled_occurrences(row[3].as<int>());
+    *e.mutable_stopped_at() = ToProtoTimestamp(stopped_at);
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+v1::Enrollment ResumeRoutine(pqxx::work& tx, const std::string& enrollment_id) {
+  tx.exec_params0("UPDATE enrollments SET routine = true WHERE id = $1::uuid", enrollment_id);
+  return *LoadEnrollment(tx, enrollment_id);
+}
+
+std::vector<std::string> AgenciesWithActiveEnrollments(pqxx::work& tx) {
+  std::vector<std::string> out;
+  for (const auto& row : tx.exec("SELECT DISTINCT agency_id FROM enrollments WHERE status = "
+                                 "'active' ORDER BY 1")) {
+    out.push_back(row[0].c_str());
+  }
+  return out;
+}
+
+std::vector<v1::CheckInMissedEvent> MarkMissedOccurrences(pqxx::work& tx) {
+  const pqxx::result r = tx.exec(
+      "WITH m AS (UPDATE scheduled_check_ins s SET status = 'missed', status_changed_at = now() "
+      "FROM enrollments e WHERE e.id = s.enrollment_id AND s.status = 'due' AND s.window_end < "
+      "now() RETURNING s.id, s.enrollment_id, e.participant_id, e.pathway_key, s.due_on, "
+      "s.window_end) SELECT m.id::text, m.enrollment_id::text, m.participant_id, m.pathway_key, "
+      "to_char(m.due_on, 'YYYY-MM-DD'), " PP_US("m.window_end") ", coalesce((SELECT "
+      "sm.supporter_id::text FROM supporter_matches sm WHERE sm.participant_id = "
+      "m.participant_id AND sm.active ORDER BY sm.started_at DESC NULLS LAST LIMIT 1), '') "
+      "FROM m ORDER BY m.window_end");
+  std::vector<v1::CheckInMissedEvent> out;
+  for (const auto& row : r) {
+    v1::CheckInMissedEvent e;
+    e.set_scheduled_check_in_id(row[0].c_str());
+    e.set_enrollment_id(row[1].c_str());
+    e.set_participant_id(row[2].c_str());
+    e.set_pathway_key(row[3].c_str());
+    *e.mutable_due_on() = DateOf(row[4].c_str());
+    *e.mutable_window_end() = ToProtoTimestamp(TimeOf(row[5]));
+    e.set_supporter_id(row[6].c_str());
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+std::vector<v1::Enrollment> EnrollmentsSilentSince(pqxx::work& tx, absl::Time cutoff) {
+  const pqxx::result r = tx.exec_params(
+      absl::StrCat("SELECT ", kEnrollmentColumns,
+                   " FROM enrollments e WHERE e.status = 'active' AND e.engagement_stage <> "
+                   "'lost_to_follow_up' AND coalesce(e.last_contact_at, e.enrolled_at) < " PP_TS(
+                       "$1") " ORDER BY e.id FOR UPDATE SKIP LOCKED"),
+      Micros(cutoff));
+  std::vector<v1::Enrollment> out;
+  for (const auto& row : r) out.push_back(EnrollmentOf(row));
+  return out;
+}
+
+void SetEngagementStage(pqxx::work& tx, const std::string& enrollment_id,
+                        v1::EngagementStage stage) {
+  tx.exec_params0(
+      "UPDATE enrollments SET engagement_stage = $2, engagement_stage_changed_at = now() WHERE "
+      "id = $1::uuid",
+      enrollment_id, EnumText(v1::EngagementStage_descriptor(), stage, "ENGAGEMENT_STAGE_"));
+}
+
+v1::ProgramPolicy StorePolicy(pqxx::work& tx, const std::string& agency_id,
+                              const v1::ProgramPolicy& p, const std::string& updated_by) {
+  tx.exec_params0(
+      "INSERT INTO program_policies (agency_id, time_zone, missed_contact_failed_attempts, "
+      "at_risk_after, lost_to_follow_up_after, wellbeing_drop_points, updated_at, updated_by) "
+      "VALUES ($1, $2, $3, make_interval(secs => $4), make_interval(secs => $5), $6, now(), $7) "
+      "ON CONFLICT (agency_id) DO UPDATE SET time_zone = EXCLUDED.time_zone, "
+      "missed_contact_failed_attempts = EXCLUDED.missed_contact_failed_attempts, "
+      "at_risk_after = EXCLUDED.at_risk_after, lost_to_follow_up_after = "
+      "EXCLUDED.lost_to_follow_up_after, wellbeing_drop_points = EXCLUDED.wellbeing_drop_points, "
+      "updated_at = now(), updated_by = EXCLUDED.updated_by",
+      agency_id, p.time_zone(), p.missed_contact_failed_attempts(),
+      static_cast<double>(p.at_risk_after().seconds()),
+      static_cast<double>(p.lost_to_follow_up_after().seconds()), p.wellbeing_drop_points(),
+      updated_by);
+  return LoadPolicy(tx, agency_id, p.time_zone());
+}
+
+std::optional<v1::CheckIn> LoadCheckIn(pqxx::work& tx, const std::string& check_in_id) {
+  const pqxx::result r = tx.exec_params(
+      absl::StrCat("SELECT ", kCheckInColumns, " FROM check_ins c WHERE c.id = $1::uuid"),
+      check_in_id);
+  if (r.empty()) return std::nullopt;
+  return CheckInOf(r[0]);
+}
+
+std::vector<v1::CheckIn> ListCheckIns(pqxx::work& tx, const CheckInFilter& f) {
+  const pqxx::result r = tx.exec_params(
+      absl::StrCat("SELECT ", kCheckInColumns,
+                   " FROM check_ins c WHERE ($1 = '' OR c.enrollment_id::text = $1) "
+                   "AND ($2 = '' OR c.participant_id = $2) "
+                   "AND ($3 = '' OR EXISTS (SELECT 1 FROM supporter_matches m WHERE m.active AND "
+                   "m.participant_id = c.participant_id AND m.supporter_subject = $3)) "
+                   "AND (NOT $4 OR c.late_by IS NOT NULL) "
+                   "AND ($5 = '' OR (c.occurred_at, c.id) < (" PP_TS(
+                       "$5") ", $6::uuid)) "
+                             "ORDER BY c.occurred_at DESC, c.id DESC LIMIT $7"),
+      f.enrollment_id, f.participant_id, f.supporter_subject, f.late_only,
+      f.after_id.empty() ? std::string() : absl::StrCat(f.after_occurred_micros),
+      f.after_id.empty() ? std::string("00000000-0000-0000-0000-000000000000") : f.after_id,
+      f.limit);
+  std::vector<v1::CheckIn> out;
+  for (const auto& row : r) out.push_back(CheckInOf(row));
+  return out;
+}
+
+std::vector<v1::Enrollment> EnrollmentsOfSupporter(pqxx::work& tx, const std::string& subject,
+                                                   const std::string& supporter_id) {
+  const pqxx::result r = tx.exec_params(
+      absl::StrCat("SELECT ", kEnrollmentColumns,
+                   " FROM enrollments e WHERE e.status = 'active' AND e.routine AND EXISTS "
+                   "(SELECT 1 FROM supporter_matches m WHERE m.active AND m.participant_id = "
+                   "e.participant_id AND (m.supporter_subject = $1 OR m.supporter_id::text = $2))"),
+      subject, supporter_id);
+  std::vector<v1::Enrollment> out;
+  for (const auto& row : r) out.push_back(EnrollmentOf(row));
+  return out;
+}
+
+std::vector<v1::ScheduledCheckIn> MaterializeOccurrences(pqxx::work& tx,
+                                                         const std::string& agency_id,
+                                                         const std::vector<OccurrenceRow>& rows) {
+  std::vector<v1::ScheduledCheckIn> out;
+  if (rows.empty()) return out;
+  std::vector<std::string> enrollments, days, starts, ends;
+  for (const auto& row : rows) {
+    enrollments.push_back(row.enrollment_id);
+    days.push_back(absl::FormatCivilTime(row.due_on));
+    starts.push_back(Micros(row.window_start));
+    ends.push_back(Micros(row.window_end));
+  }
+  // Creates what is missing, then reads every asked occurrence with its state; DUE past its
+  // window shows as MISSED.
+  tx.exec_params0(
+      "INSERT INTO scheduled_check_ins (agency_id, enrollment_id, due_on, window_start, "
+      "window_end) SELECT $1, e::uuid, d::date, to_timestamp(s::int8 / 1000000.0), "
+      "to_timestamp(x::int8 / 1000000.0) FROM unnest($2::text[], $3::text[], $4::text[], "
+      "$5::text[]) AS u(e, d, s, x) ON CONFLICT (agency_id, enrollment_id, due_on) DO NOTHING",
+      agency_id, ArrayLiteral(enrollments), ArrayLiteral(days), ArrayLiteral(starts),
+      ArrayLiteral(ends));
+  const pqxx::result r = tx.exec_params(
+      "SELECT s.id::text, s.enrollment_id::text, e.participant_id, e.pathway_key, "
+      "to_char(s.due_on, 'YYYY-MM-DD'), " PP_US("s.window_start") ", " PP_US("s.window_end")
+      ", CASE WHEN s.status = 'due' AND s.window_end < now() THEN 'missed' ELSE s.status END, "
+      "coalesce((SELECT c.id::text FROM check_ins c WHERE c.scheduled_check_in_id = s.id), '') "
+      "FROM unnest($1::text[], $2::text[]) AS u(e, d) JOIN scheduled_check_ins s ON "
+      "s.enrollment_id = u.e::uuid AND s.due_on = u.d::date JOIN enrollments e ON e.id = "
+      "s.enrollment_id ORDER BY s.window_end, e.participant_id, s.enrollment_id",
+      ArrayLiteral(enrollments), ArrayLiteral(days));
+  for (const auto& row : r) {
+    v1::ScheduledCheckIn s;
+    s.set_scheduled_check_in_id(row[0].c_str());
+    s.set_enrollment_id(row[1].c_str());
+    s.set_participant_id(row[2].c_str());
+    s.set_pathway_key(row[3].c_str());
+    *s.mutable_due_on() = DateOf(row[4].c_str());
+    *s.mutable_window_start() = ToProtoTimestamp(TimeOf(row[5]));
+    *s.mutable_window_end() = ToProtoTimestamp(TimeOf(row[6]));
+    s.set_status(v1::ScheduledCheckInStatus(EnumValue(
+        v1::ScheduledCheckInStatus_descriptor(), row[7].c_str(), "SCHEDULED_CHECK_IN_STATUS_")));
+    s.set_check_in_id(row[8].c_str());
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+void ApplyMatchEvent(pqxx::work& tx, const common::v1::Event& event) {
+  matching::v1::MatchStartedEvent started;
+  matching::v1::MatchEndedEvent ended;
+  if (event.payload().UnpackTo(&started)) {
+    tx.exec_params0(
+        "INSERT INTO supporter_matches (agency_id, match_id, supporter_id, supporter_subject, "
+        "participant_id, started_at) VALUES ($1, $2::uuid, $3::uuid, $4, $5, " PP_TS(
+            "$6") ") ON CONFLICT (agency_id, match_id) DO NOTHING",
+        event.agency_id(), started.match_id(), started.supporter_id(), started.supporter_subject(),
+        started.participant_id(),
+        started.has_started_at() ? Micros(FromProtoTimestamp(started.started_at()))
+                                 : Micros(FromProtoTimestamp(event.occurred_at())));
+  } else if (event.payload().UnpackTo(&ended)) {
+    // An end seen before its start (never in one ordered log) still records the ended match.
+    tx.exec_params0(
+        "INSERT INTO supporter_matches (agency_id, match_id, supporter_id, supporter_subject, "
+        "participant_id, active, ended_at) VALUES ($1, $2::uuid, $3::uuid, $4, $5, false, "
+        "coalesce(" PP_TS("$6") ", now())) ON CONFLICT (agency_id, match_id) DO UPDATE SET "
+        "active = false, ended_at = EXCLUDED.ended_at",
+        event.agency_id(), ended.match_id(), ended.supporter_id(), ended.supporter_subject(),
+        ended.participant_id(),
+        ended.has_ended_at() ? Micros(FromProtoTimestamp(ended.ended_at())) : std::string());
+  }
+}
+
+void AppendAuditRow(pqxx::work& tx, const std::string& agency_id, const AuditEntry& entry) {
+  (void)AppendAudit(tx, agency_id, entry);
+}
+
+}  // namespace peerpath::checkin

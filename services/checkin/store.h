@@ -1,0 +1,222 @@
+#pragma once
+// Every SQL statement of the check-in service, and nothing else. Functions run inside a
+// transaction the caller opened for one agency (Database::TransactForAgency): row-level security
+// shows them only that agency's rows.
+#include <optional>
+#include <pqxx/pqxx>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/audit.h"
+#include "peerpath/checkin/v1/checkin.pb.h"
+#include "peerpath/checkin/v1/events.pb.h"
+#include "peerpath/common/v1/common.pb.h"
+
+namespace peerpath::checkin {
+
+// A new random (version 4) UUID in its text form.
+std::string NewUuid();
+bool IsUuid(absl::string_view text);
+
+// The agency's program policy, or the defaults with `default_time_zone` when it never edited it.
+v1::ProgramPolicy LoadPolicy(pqxx::work& tx, const std::string& agency_id,
+                             const std::string& default_time_zone);
+
+// Publishes the default pathways (version 1) for the agency unless it already has them.
+void EnsureDefaultPathways(pqxx::work& tx, const std::string& agency_id);
+
+// One version (or the latest when `version` is 0) of a pathway.
+std::optional<v1::PathwayVersion> LoadPathway(pqxx::work& tx, const std::string& pathway_key,
+                                              int version);
+
+// Versions of the agency's pathways by key, newest version first (only the latest of each key
+// with `latest_only`).
+std::vector<v1::PathwayVersion> ListPathways(pqxx::work& tx, const std::string& pathway_key,
+                                             bool latest_only, int limit);
+
+// Publishes `pathway` as version base_version + 1 of its key. nullopt when base_version is not the
+// latest version of the key (0: the key must be new).
+std::optional<v1::PathwayVersion> PublishPathway(pqxx::work& tx, const std::string& agency_id,
+                                                 const v1::PathwayVersion& pathway,
+                                                 int base_version, const std::string& published_by);
+
+// The ids among `ids` known as peer supporters (supporter ids or subjects of any match).
+std::set<std::string> KnownPeerSupporters(pqxx::work& tx, const std::vector<std::string>& ids);
+
+// The participant's active peer supporter, if any.
+struct ActiveSupporter {
+  std::string supporter_id;
+  std::string subject;
+};
+std::optional<ActiveSupporter> ActiveSupporterOf(pqxx::work& tx, const std::string& participant_id);
+// True when `subject` is the participant's active peer supporter.
+bool IsActiveSupporter(pqxx::work& tx, const std::string& subject,
+                       const std::string& participant_id);
+
+// Inserts an enrollment (owners, schedule, dates, gate results already set on `e`, with
+// `enrollment_id` chosen by the caller). Returns it as stored, or nullopt when the participant
+// already has an active enrollment in the pathway.
+std::optional<v1::Enrollment> InsertEnrollment(pqxx::work& tx, const std::string& agency_id,
+                                               const v1::Enrollment& e);
+
+// An enrollment, locked for update when `lock`.
+std::optional<v1::Enrollment> LoadEnrollment(pqxx::work& tx, const std::string& enrollment_id,
+                                             bool lock = false);
+
+struct EnrollmentFilter {
+  std::string participant_id;
+  std::string pathway_key;
+  std::vector<std::string> statuses;  // "active", "ended"
+  // Only participants whose active supporter has this subject (peer supporters' own view).
+  std::string supporter_subject;
+  std::string supporter_id;
+  // Cursor: strictly after (enrolled_at, id) in newest-first order.
+  int64_t after_enrolled_micros = 0;
+  std::string after_id;
+  int limit = 50;
+};
+std::vector<v1::Enrollment> ListEnrollments(pqxx::work& tx, const EnrollmentFilter& filter);
+
+// Ends an active enrollment; cancels its due occurrences. Returns the updated enrollment.
+v1::Enrollment EndEnrollment(pqxx::work& tx, const std::string& enrollment_id,
+                             const std::string& reason, const std::string& ended_by);
+// Check-ins recorded and occurrences missed over the life of an enrollment.
+std::pair<int, int> EnrollmentCounts(pqxx::work& tx, const std::string& enrollment_id);
+
+// What RecordCheckIn needs to decide, read in one round trip.
+struct CheckInContext {
+  absl::Time now;  // The transaction's time: recorded_at.
+  v1::Enrollment enrollment;
+  v1::PathwayVersion pathway;
+  std::optional<ActiveSupporter> supporter;  // The participant's active supporter.
+  int wellbeing_drop_points = 2;
+  int missed_contact_failed_attempts = 3;
+  // The participant's latest wellbeing scores (up to three), newest first.
+  std::vector<std::pair<absl::Time, int>> latest_wellbeing;
+  // Occurrences of the enrollment around `occurred_at` (or the named one): due day → status, id.
+  struct Occurrence {
+    std::string id;
+    absl::CivilDay due_on;
+    std::string status;
+    absl::Time window_end;
+  };
+  std::vector<Occurrence> occurrences;
+};
+// Locks the enrollment. nullopt when the enrollment does not exist in the agency.
+std::optional<CheckInContext> LoadCheckInContext(pqxx::work& tx, const std::string& agency_id,
+                                                 const std::string& enrollment_id,
+                                                 const std::string& scheduled_check_in_id,
+                                                 absl::Time occurred_at);
+
+// Everything RecordCheckIn writes, in one statement: the occurrence (created or completed), the
+// check-in, the enrollment's contact state, the events, the audit row and the stored idempotent
+// response.
+struct CheckInWrite {
+  std::string agency_id;
+  v1::CheckIn check_in;           // With ids, times and lateness set.
+  std::string occurrence_due_on;  // "YYYY-MM-DD" when it completes an occurrence.
+  absl::Time occurrence_window_start;
+  std::vector<std::string> fired_rule_ids;
+  bool stops_routine = false;
+  bool reconnection = false;
+  // Events in the order they are appended.
+  std::vector<const google::protobuf::Message*> events;
+  std::vector<std::string> event_ids;  // One per event (UUIDs chosen by the caller).
+  AuditEntry audit;
+  std::string idempotency_key;
+  std::string response_bytes;  // The serialised RecordCheckInResponse.
+};
+void WriteCheckIn(pqxx::work& tx, const CheckInWrite& write);
+
+// Everything RecordContactAttempt writes, in one statement: the attempt, the enrollment's
+// engagement state, the events, the audit row and the stored idempotent response.
+struct ContactAttemptWrite {
+  std::string agency_id;
+  v1::ContactAttempt attempt;
+  v1::EngagementStage stage = v1::ENGAGEMENT_STAGE_ENGAGED;
+  absl::Time stage_changed_at;
+  int failed_attempts_in_a_row = 0;
+  std::optional<absl::Time> last_contact_at;
+  std::vector<const google::protobuf::Message*> events;
+  std::vector<std::string> event_ids;
+  AuditEntry audit;
+  std::string idempotency_key;
+  std::string response_bytes;
+};
+void WriteContactAttempt(pqxx::work& tx, const ContactAttemptWrite& write);
+
+// Inserts an appointment (id chosen by the caller) and returns it as stored.
+v1::Appointment InsertAppointment(pqxx::work& tx, const std::string& agency_id,
+                                  const v1::Appointment& appointment, const std::string& created_by,
+                                  const std::string& rescheduled_from);
+// An appointment, locked for update.
+std::optional<v1::Appointment> LoadAppointment(pqxx::work& tx, const std::string& appointment_id);
+// Records the outcome of a pending appointment; returns it as stored.
+v1::Appointment SetAppointmentOutcome(pqxx::work& tx, const std::string& appointment_id,
+                                      const std::string& outcome, const std::string& recorded_by,
+                                      const std::string& rescheduled_to);
+// True when a peer contact (check-in or reached attempt) of the enrollment took place before `t`.
+bool PeerContactBefore(pqxx::work& tx, const std::string& enrollment_id, absl::Time t);
+
+// Stops routine engagement of the participant's active routine enrollments (only `enrollment_id`
+// when set): cancels their due occurrences. Returns one event per enrollment that was routine.
+std::vector<v1::EnrollmentRoutineStoppedEvent> StopRoutineEngagement(
+    pqxx::work& tx, const std::string& participant_id, const std::string& enrollment_id,
+    const std::string& concern_id, absl::Time stopped_at);
+
+// Makes an enrollment routine again; returns it as stored.
+v1::Enrollment ResumeRoutine(pqxx::work& tx, const std::string& enrollment_id);
+
+// Agencies with active enrollments (maintenance transaction: every agency).
+std::vector<std::string> AgenciesWithActiveEnrollments(pqxx::work& tx);
+
+// Marks DUE occurrences whose window ended MISSED and returns them with the event they need.
+std::vector<v1::CheckInMissedEvent> MarkMissedOccurrences(pqxx::work& tx);
+
+// Active enrollments without contact since before `cutoff` that are not yet lost to follow-up,
+// locked (others being swept concurrently are skipped).
+std::vector<v1::Enrollment> EnrollmentsSilentSince(pqxx::work& tx, absl::Time cutoff);
+void SetEngagementStage(pqxx::work& tx, const std::string& enrollment_id,
+                        v1::EngagementStage stage);
+
+// Stores the agency's program policy (all fields of `policy`) and returns it as stored.
+v1::ProgramPolicy StorePolicy(pqxx::work& tx, const std::string& agency_id,
+                              const v1::ProgramPolicy& policy, const std::string& updated_by);
+
+std::optional<v1::CheckIn> LoadCheckIn(pqxx::work& tx, const std::string& check_in_id);
+struct CheckInFilter {
+  std::string enrollment_id;
+  std::string participant_id;
+  std::string supporter_subject;  // Peer supporters: only their active matches' participants.
+  bool late_only = false;
+  int64_t after_occurred_micros = 0;
+  std::string after_id;
+  int limit = 50;
+};
+std::vector<v1::CheckIn> ListCheckIns(pqxx::work& tx, const CheckInFilter& filter);
+
+// Active routine enrollments of the supporter's active matches (by supporter subject or id).
+std::vector<v1::Enrollment> EnrollmentsOfSupporter(pqxx::work& tx, const std::string& subject,
+                                                   const std::string& supporter_id);
+// Creates the occurrences (ON CONFLICT nothing) and returns them with their state.
+struct OccurrenceRow {
+  std::string enrollment_id;
+  absl::CivilDay due_on;
+  absl::Time window_start;
+  absl::Time window_end;
+};
+std::vector<v1::ScheduledCheckIn> MaterializeOccurrences(pqxx::work& tx,
+                                                         const std::string& agency_id,
+                                                         const std::vector<OccurrenceRow>& rows);
+
+// Applies a matching service event (MatchStartedEvent / MatchEndedEvent) to the relationship
+// table; other events are ignored.
+void ApplyMatchEvent(pqxx::work& tx, const common::v1::Event& event);
+
+// Appends an event to the outbox (common/event_log.h) and an audit row.
+void AppendAuditRow(pqxx::work& tx, const std::string& agency_id, const AuditEntry& entry);
+
+}  // namespace peerpath::checkin

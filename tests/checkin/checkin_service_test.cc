@@ -1,0 +1,951 @@
+// The check-in service end to end: the real binary on a real PostgreSQL, a stand-in consent
+// service over real gRPC (its gates held or not as each test says), peer relationships seeded the
+// way the matching service's events leave them.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "absl/strings/escaping.h"
+#include "absl/time/clock.h"
+#include "common/time_util.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+#include "peerpath/checkin/v1/checkin.grpc.pb.h"
+#include "peerpath/consent/v1/consent.grpc.pb.h"
+#include "peerpath/escalation/v1/events.pb.h"
+#include "peerpath/matching/v1/events.pb.h"
+#include "tests/support/service_process.h"
+#include "tests/support/test_database.h"
+#include "tests/support/test_tokens.h"
+
+namespace peerpath::testing {
+namespace {
+
+using namespace std::chrono_literals;
+namespace v1 = peerpath::checkin::v1;
+
+constexpr char kAgency[] = "agency-a";
+constexpr char kSupporterId[] = "11111111-1111-4111-8111-111111111111";
+
+// ConsentService.CheckGates answering from a set of held gates.
+class FakeConsent final : public consent::v1::ConsentService::Service {
+ public:
+  grpc::Status CheckGates(grpc::ServerContext* context,
+                          const consent::v1::CheckGatesRequest* request,
+                          consent::v1::CheckGatesResponse* response) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++calls_;
+    const auto auth = context->client_metadata().find("authorization");
+    if (auth == context->client_metadata().end()) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "no token");
+    }
+    bool all = true;
+    for (const auto& gate : request->gates()) {
+      auto* r = response->add_results();
+      r->set_gate(gate);
+      r->set_held(held_.contains(gate));
+      if (r->held()) {
+        r->add_consent_ids("c-" + gate);
+      } else {
+        r->set_message("no consent for care coordination is in effect");
+        all = false;
+      }
+    }
+    response->set_all_held(all);
+    return grpc::Status::OK;
+  }
+  void Hold(std::set<std::string> gates) {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_ = std::move(gates);
+  }
+  int calls() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::set<std::string> held_;
+  int calls_ = 0;
+};
+
+google::rpc::Status Details(const grpc::Status& status) {
+  google::rpc::Status details;
+  details.ParseFromString(status.error_details());
+  return details;
+}
+
+std::set<std::string> BadFields(const grpc::Status& status) {
+  std::set<std::string> out;
+  const google::rpc::Status details = Details(status);
+  for (const auto& any : details.details()) {
+    google::rpc::BadRequest bad;
+    if (any.UnpackTo(&bad)) {
+      for (const auto& v : bad.field_violations()) out.insert(v.field());
+    }
+  }
+  return out;
+}
+
+std::set<std::string> UnmetGates(const grpc::Status& status) {
+  std::set<std::string> out;
+  const google::rpc::Status details = Details(status);
+  for (const auto& any : details.details()) {
+    google::rpc::PreconditionFailure failure;
+    if (any.UnpackTo(&failure)) {
+      for (const auto& v : failure.violations()) out.insert(v.subject());
+    }
+  }
+  return out;
+}
+
+v1::Answer Enum(const std::string& key, const std::string& value) {
+  v1::Answer a;
+  a.set_field_key(key);
+  a.set_enum_value(value);
+  return a;
+}
+v1::Answer Bool(const std::string& key, bool value) {
+  v1::Answer a;
+  a.set_field_key(key);
+  a.set_bool_value(value);
+  return a;
+}
+v1::Answer Text(const std::string& key, const std::string& value) {
+  v1::Answer a;
+  a.set_field_key(key);
+  a.set_text_value(value);
+  return a;
+}
+v1::Answer Scale(const std::string& key, int value) {
+  v1::Answer a;
+  a.set_field_key(key);
+  a.set_scale_value(value);
+  return a;
+}
+v1::Answer Date(const std::string& key) {
+  v1::Answer a;
+  a.set_field_key(key);
+  a.mutable_date_value()->set_year(2026);
+  a.mutable_date_value()->set_month(12);
+  a.mutable_date_value()->set_day(1);
+  return a;
+}
+
+// A complete, valid set of answers per default pathway.
+std::vector<v1::Answer> ValidAnswers(const std::string& pathway) {
+  if (pathway == "early_engagement") {
+    return {Enum("peer_support_offer", "offered"),
+            Enum("person_preference", "wants_peer_support"),
+            Enum("engagement_barrier_identified", "unsure_what_to_expect"),
+            Bool("peer_contact_completed", true),
+            Bool("information_shared_with_consent", true),
+            Enum("next_appointment_status", "scheduled"),
+            Enum("follow_up_action", "support_first_appointment")};
+  }
+  if (pathway == "step_down") {
+    return {Text("step_down_reason", "stable"),
+            Text("peer_support_purpose", "routine"),
+            Text("recovery_goals", "walks"),
+            Text("warning_signs", "sleep"),
+            Text("community_connection_plan", "group"),
+            Date("clinical_review_date"),
+            Text("escalation_route", "call the team")};
+  }
+  if (pathway == "crisis_transition") {
+    return {Enum("transition_source", "crisis_stabilization"),
+            Text("peer_role", "bridge"),
+            Enum("consent_status", "full"),
+            Date("first_appointment_date"),
+            Enum("engagement_concern", "may_cancel"),
+            Enum("peer_contact_outcome", "reached"),
+            Enum("concerns_routed", "none"),
+            Bool("receiving_clinician_notified", true)};
+  }
+  return {Text("opening_question", "How was the week?"), Scale("wellbeing", 4),
+          Bool("encouragement_to_seek_support_given", true), Enum("concern_noticed", "none")};
+}
+
+class CheckInServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &consent_port_);
+    builder.RegisterService(&consent_);
+    consent_server_ = builder.BuildAndStart();
+    ASSERT_NE(consent_server_, nullptr);
+    token_file_ = ::testing::TempDir() + "/checkin-service-token";
+    { std::ofstream(token_file_) << TokenFor("peerpath", {"service"}, "peerpath-checkin"); }
+    db_ = TestDatabase::Create();
+    service_ = std::make_unique<ServiceProcess>(
+        "checkin", db_->UrlFor("checkin"),
+        std::vector<std::string>{"--consent_address=127.0.0.1:" + std::to_string(consent_port_),
+                                 "--service_token_file=" + token_file_,
+                                 "--checkin_sweep_interval=300ms"});
+    ASSERT_TRUE(service_->WaitListening()) << service_->Log();
+    ASSERT_TRUE(service_->WaitHealth(true)) << service_->Log();
+    stub_ = v1::CheckInService::NewStub(service_->Channel());
+    // What the matching service's MatchStartedEvent leaves: peer-1 supports p-1 .. p-9.
+    for (int i = 1; i <= 9; ++i) Match("p-" + std::to_string(i), "peer-1", kSupporterId);
+  }
+
+  void TearDown() override {
+    if (consent_server_) consent_server_->Shutdown();
+  }
+
+  void Match(const std::string& participant, const std::string& subject,
+             const std::string& supporter_id) {
+    db_->AdminQuery(
+        "INSERT INTO checkin.supporter_matches (agency_id, match_id, supporter_id, "
+        "supporter_subject, participant_id, started_at) VALUES ('" +
+        std::string(kAgency) + "', gen_random_uuid(), '" + supporter_id + "', '" + subject +
+        "', '" + participant + "', now())");
+  }
+
+  static std::unique_ptr<grpc::ClientContext> As(const std::vector<std::string>& roles,
+                                                 const std::string& subject = "staff-1",
+                                                 const std::string& agency = kAgency) {
+    auto context = std::make_unique<grpc::ClientContext>();
+    context->set_deadline(std::chrono::system_clock::now() + 20s);
+    context->AddMetadata("authorization", "Bearer " + TokenFor(agency, roles, subject));
+    return context;
+  }
+
+  int Count(const std::string& sql) { return db_->AdminQuery(sql)[0][0].as<int>(); }
+  int Events(const std::string& type) {
+    return Count(
+        "SELECT count(*) FROM checkin.outbox WHERE event_type = "
+        "'peerpath.checkin.v1." +
+        type + "'");
+  }
+
+  v1::CreateEnrollmentRequest Enrollment(const std::string& pathway,
+                                         const std::string& participant) {
+    v1::CreateEnrollmentRequest request;
+    request.set_participant_id(participant);
+    request.set_pathway_key(pathway);
+    request.mutable_schedule()->mutable_every_n_days()->set_interval_days(1);
+    auto* owners = request.mutable_owners();
+    owners->set_appointment_owner("scheduling-team");
+    owners->set_receiving_clinician("dr-lee");
+    owners->set_receiving_team("east-team");
+    owners->set_clinical_follow_up_owner("dr-lee");
+    if (pathway == "step_down") {
+      request.mutable_review_on()->set_year(2099);
+      request.mutable_review_on()->set_month(1);
+      request.mutable_review_on()->set_day(1);
+    }
+    request.set_idempotency_key("enroll-" + pathway + "-" + participant + "-" +
+                                std::to_string(++keys_));
+    return request;
+  }
+
+  grpc::Status Enroll(const v1::CreateEnrollmentRequest& request, v1::Enrollment* out = nullptr) {
+    v1::CreateEnrollmentResponse response;
+    grpc::Status status = stub_->CreateEnrollment(As({"case_manager"}).get(), request, &response);
+    if (out != nullptr) *out = response.enrollment();
+    return status;
+  }
+
+  // Enrolls with every gate held; returns the enrollment id.
+  std::string Enrolled(const std::string& pathway, const std::string& participant) {
+    consent_.Hold({"consent_information_sharing", "agreement_to_peer_involvement",
+                   "consent_aligned_communication"});
+    v1::Enrollment e;
+    grpc::Status status = Enroll(Enrollment(pathway, participant), &e);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return e.enrollment_id();
+  }
+
+  v1::RecordCheckInRequest CheckIn(const std::string& enrollment_id,
+                                   std::vector<v1::Answer> answers) {
+    v1::RecordCheckInRequest request;
+    request.set_enrollment_id(enrollment_id);
+    *request.mutable_occurred_at() = ToProtoTimestamp(absl::Now());
+    request.set_contact_mode(v1::CONTACT_MODE_PHONE);
+    for (auto& a : answers) *request.add_answers() = std::move(a);
+    request.set_idempotency_key("check-in-" + std::to_string(++keys_));
+    return request;
+  }
+
+  grpc::Status Record(const v1::RecordCheckInRequest& request, v1::RecordCheckInResponse* response,
+                      const std::string& subject = "peer-1",
+                      const std::string& role = "peer_supporter",
+                      const std::string& agency = kAgency) {
+    return stub_->RecordCheckIn(As({role}, subject, agency).get(), request, response);
+  }
+
+  FakeConsent consent_;
+  int consent_port_ = 0;
+  std::unique_ptr<grpc::Server> consent_server_;
+  std::string token_file_;
+  std::unique_ptr<TestDatabase> db_;
+  std::unique_ptr<ServiceProcess> service_;
+  std::unique_ptr<v1::CheckInService::Stub> stub_;
+  int keys_ = 0;
+};
+
+TEST_F(CheckInServiceTest, EarlyEngagementProceedsOnlyWhenEveryGateHolds) {
+  consent_.Hold({});
+  v1::CreateEnrollmentRequest request = Enrollment("early_engagement", "p-1");
+  request.clear_owners();
+  grpc::Status status = Enroll(request);
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << status.error_message();
+  EXPECT_EQ(UnmetGates(status), (std::set<std::string>{"consent_information_sharing",
+                                                       "appointment_owner", "escalation_route"}));
+  EXPECT_NE(status.error_message().find("consent_information_sharing"), std::string::npos);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.enrollments"), 0);
+
+  // Owners named, consent still missing: only the consent gate is unmet.
+  request = Enrollment("early_engagement", "p-1");
+  status = Enroll(request);
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(UnmetGates(status), (std::set<std::string>{"consent_information_sharing"}));
+
+  // The same key after consent was recorded: decided afresh, and it proceeds.
+  consent_.Hold({"consent_information_sharing"});
+  v1::Enrollment e;
+  status = Enroll(request, &e);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(e.pathway_version(), 1);
+  EXPECT_TRUE(e.routine());
+  EXPECT_EQ(e.engagement_stage(), v1::ENGAGEMENT_STAGE_ENGAGED);
+  ASSERT_EQ(e.gate_results_size(), 3);
+  for (const auto& g : e.gate_results()) EXPECT_TRUE(g.held());
+  EXPECT_EQ(e.gate_results(0).consent_ids(0), "c-consent_information_sharing");
+  EXPECT_EQ(Events("EnrollmentStartedEvent"), 1);
+
+  // A retry returns the same enrollment; a second active enrollment in the pathway is refused.
+  v1::Enrollment again;
+  ASSERT_TRUE(Enroll(request, &again).ok());
+  EXPECT_EQ(again.enrollment_id(), e.enrollment_id());
+  EXPECT_EQ(Enroll(Enrollment("early_engagement", "p-1")).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_EQ(Events("EnrollmentStartedEvent"), 1);
+}
+
+TEST_F(CheckInServiceTest, StepDownNeedsReviewDateAgreementAndReceivingTeam) {
+  consent_.Hold({});
+  v1::CreateEnrollmentRequest request = Enrollment("step_down", "p-2");
+  request.clear_review_on();
+  grpc::Status status = Enroll(request);
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(BadFields(status).contains("ends_on"));
+
+  request = Enrollment("step_down", "p-2");
+  request.mutable_owners()->clear_receiving_team();
+  status = Enroll(request);
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(UnmetGates(status),
+            (std::set<std::string>{"receiving_team_confirmed", "agreement_to_peer_involvement"}));
+
+  consent_.Hold({"agreement_to_peer_involvement"});
+  EXPECT_TRUE(Enroll(Enrollment("step_down", "p-2")).ok());
+}
+
+TEST_F(CheckInServiceTest, CrisisTransitionWithoutClinicalFollowUpOwnerIsRefused) {
+  consent_.Hold({"consent_aligned_communication"});
+  v1::CreateEnrollmentRequest request = Enrollment("crisis_transition", "p-3");
+  request.mutable_owners()->clear_clinical_follow_up_owner();
+  grpc::Status status = Enroll(request);
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(UnmetGates(status), (std::set<std::string>{"clinical_follow_up_owner"}));
+  // A peer supporter named as the clinical owner does not count.
+  request.mutable_owners()->set_clinical_follow_up_owner("peer-1");
+  EXPECT_EQ(UnmetGates(Enroll(request)), (std::set<std::string>{"clinical_follow_up_owner"}));
+  consent_.Hold({});
+  EXPECT_EQ(UnmetGates(Enroll(Enrollment("crisis_transition", "p-3"))),
+            (std::set<std::string>{"consent_aligned_communication"}));
+  consent_.Hold({"consent_aligned_communication"});
+  EXPECT_TRUE(Enroll(Enrollment("crisis_transition", "p-3")).ok());
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.enrollments"), 1);
+}
+
+TEST_F(CheckInServiceTest, EachDefaultPathwayRecordsValidAndRefusesEachKindOfInvalidCheckIn) {
+  int participant = 4;
+  for (const std::string pathway :
+       {"early_engagement", "step_down", "crisis_transition", "structured_checkin"}) {
+    SCOPED_TRACE(pathway);
+    const std::string id = Enrolled(pathway, "p-" + std::to_string(participant++));
+    v1::RecordCheckInResponse response;
+    grpc::Status status = Record(CheckIn(id, ValidAnswers(pathway)), &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(response.check_in().pathway_key(), pathway);
+    EXPECT_EQ(response.check_in().supporter_id(), kSupporterId);
+    EXPECT_FALSE(response.check_in().scheduled_check_in_id().empty());  // Today's occurrence.
+    EXPECT_FALSE(response.check_in().late());
+    EXPECT_TRUE(response.raised_concerns().empty());
+
+    // Missing every required field but one; an unknown field; a wrong type.
+    std::vector<v1::Answer> answers = ValidAnswers(pathway);
+    const std::string first = answers.front().field_key();
+    std::vector<v1::Answer> bad = {Text("not_a_field", "x"), answers.back()};
+    bad.push_back(Scale(first, 1));  // Wrong type for every pathway's first field.
+    status = Record(CheckIn(id, bad), &response);
+    ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    std::set<std::string> fields = BadFields(status);
+    EXPECT_TRUE(fields.contains("answers.not_a_field"));
+    EXPECT_TRUE(fields.contains("answers." + first));
+    for (size_t i = 1; i + 1 < answers.size(); ++i) {
+      if (pathway == "structured_checkin" && answers[i].has_text_value()) continue;
+      EXPECT_TRUE(fields.contains("answers." + answers[i].field_key())) << answers[i].field_key();
+    }
+  }
+  // Enum and scale values outside their options and bounds.
+  const std::string id = Enrolled("structured_checkin", "p-9");
+  std::vector<v1::Answer> answers = ValidAnswers("structured_checkin");
+  answers[1] = Scale("wellbeing", 9);
+  answers[3] = Enum("concern_noticed", "unheard_of");
+  v1::RecordCheckInResponse response;
+  grpc::Status status = Record(CheckIn(id, answers), &response);
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(BadFields(status),
+            (std::set<std::string>{"answers.wellbeing", "answers.concern_noticed"}));
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins"), 4);
+  EXPECT_EQ(Events("CheckInRecordedEvent"), 4);
+}
+
+TEST_F(CheckInServiceTest, ImmediateSafetyRuleFiresExactlyOnceAndStopsRoutineEngagement) {
+  const std::string id = Enrolled("structured_checkin", "p-1");
+  std::vector<v1::Answer> answers = ValidAnswers("structured_checkin");
+  answers[3] = Enum("concern_noticed", "immediate_safety");
+  v1::RecordCheckInResponse response;
+  ASSERT_TRUE(Record(CheckIn(id, answers), &response).ok());
+  ASSERT_EQ(response.raised_concerns_size(), 1);
+  EXPECT_EQ(response.raised_concerns(0).rule_id(), "immediate_safety");
+  EXPECT_EQ(response.raised_concerns(0).severity(), common::v1::CONCERN_SEVERITY_CRITICAL);
+  EXPECT_TRUE(response.routine_engagement_stopped());
+  EXPECT_EQ(Events("ConcernRaisedEvent"), 1);
+  EXPECT_EQ(Events("EnrollmentRoutineStoppedEvent"), 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.outbox WHERE event_id = '" +
+                  response.raised_concerns(0).event_id() + "'"),
+            1);
+  // The events carry no free text.
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.outbox WHERE position(convert_to('How was the "
+                  "week', 'UTF8') in payload) > 0"),
+            0);
+
+  v1::GetEnrollmentRequest get;
+  get.set_enrollment_id(id);
+  v1::GetEnrollmentResponse got;
+  ASSERT_TRUE(stub_->GetEnrollment(As({"clinician"}).get(), get, &got).ok());
+  EXPECT_FALSE(got.enrollment().routine());
+  EXPECT_TRUE(got.enrollment().has_routine_stopped_at());
+
+  // A second disclosure raises its own concern but does not stop what is already stopped.
+  answers[1] = Scale("wellbeing", 4);
+  ASSERT_TRUE(Record(CheckIn(id, answers), &response).ok());
+  EXPECT_EQ(response.raised_concerns_size(), 1);
+  EXPECT_FALSE(response.routine_engagement_stopped());
+  EXPECT_EQ(Events("ConcernRaisedEvent"), 2);
+  EXPECT_EQ(Events("EnrollmentRoutineStoppedEvent"), 1);
+
+  // Only a clinician resumes routine engagement, after review.
+  v1::ResumeRoutineEngagementRequest resume;
+  resume.set_enrollment_id(id);
+  v1::ResumeRoutineEngagementResponse resumed;
+  EXPECT_EQ(stub_->ResumeRoutineEngagement(As({"peer_supporter"}, "peer-1").get(), resume, &resumed)
+                .error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  ASSERT_TRUE(stub_->ResumeRoutineEngagement(As({"clinician"}).get(), resume, &resumed).ok());
+  EXPECT_TRUE(resumed.enrollment().routine());
+  ASSERT_TRUE(stub_->ResumeRoutineEngagement(As({"clinician"}).get(), resume, &resumed).ok());
+  EXPECT_EQ(Events("EnrollmentRoutineResumedEvent"), 1);
+}
+
+TEST_F(CheckInServiceTest, RetryWithSameKeyStoresOnce) {
+  const std::string id = Enrolled("structured_checkin", "p-1");
+  std::vector<v1::Answer> answers = ValidAnswers("structured_checkin");
+  answers[3] = Enum("concern_noticed", "basic_needs");
+  const v1::RecordCheckInRequest request = CheckIn(id, answers);
+  v1::RecordCheckInResponse first, second;
+  ASSERT_TRUE(Record(request, &first).ok());
+  ASSERT_TRUE(Record(request, &second).ok());
+  EXPECT_EQ(first.check_in().check_in_id(), second.check_in().check_in_id());
+  EXPECT_EQ(first.SerializeAsString(), second.SerializeAsString());
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins"), 1);
+  EXPECT_EQ(Events("CheckInRecordedEvent"), 1);
+  EXPECT_EQ(Events("ConcernRaisedEvent"), 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.audit_log WHERE action LIKE '%RecordCheckIn'"), 1);
+
+  v1::RecordCheckInRequest changed = request;
+  changed.set_contact_mode(v1::CONTACT_MODE_VIDEO);
+  EXPECT_EQ(Record(changed, &second).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins"), 1);
+}
+
+TEST_F(CheckInServiceTest, WrongSupporterOtherAgencyAndWrongRoleAreRefused) {
+  const std::string id = Enrolled("structured_checkin", "p-1");
+  const v1::RecordCheckInRequest request = CheckIn(id, ValidAnswers("structured_checkin"));
+  v1::RecordCheckInResponse response;
+  // Another peer supporter (matched with someone else, not with p-1).
+  Match("p-20", "peer-2", "22222222-2222-4222-8222-222222222222");
+  EXPECT_EQ(Record(request, &response, "peer-2").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.audit_log WHERE decision = 'denied' AND "
+                  "participant_id = 'p-1'"),
+            1);
+  // A match that ended no longer lets its supporter record.
+  db_->AdminQuery(
+      "UPDATE checkin.supporter_matches SET active = false, ended_at = now() WHERE "
+      "participant_id = 'p-1'");
+  EXPECT_EQ(Record(request, &response).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  // Staff of another agency do not even learn it exists.
+  EXPECT_EQ(Record(request, &response, "staff-9", "clinician", "agency-b").error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Record(request, &response, "ops", "operations").error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins"), 0);
+  // Staff of the agency may record.
+  EXPECT_TRUE(Record(request, &response, "staff-1", "case_manager").ok());
+  EXPECT_TRUE(response.check_in().supporter_id().empty());
+}
+
+TEST_F(CheckInServiceTest, WellbeingFallOfTwoOverThreeCheckInsRaisesOneConcern) {
+  const std::string id = Enrolled("structured_checkin", "p-1");
+  int raised = 0;
+  for (int score : {4, 3, 2, 2}) {
+    std::vector<v1::Answer> answers = ValidAnswers("structured_checkin");
+    answers[1] = Scale("wellbeing", score);
+    v1::RecordCheckInResponse response;
+    ASSERT_TRUE(Record(CheckIn(id, answers), &response).ok());
+    for (const auto& c : response.raised_concerns()) {
+      EXPECT_EQ(c.source(), v1::CONCERN_SOURCE_WELLBEING_DECLINE);
+      EXPECT_EQ(score, 2);
+      ++raised;
+    }
+  }
+  EXPECT_EQ(raised, 1);
+  EXPECT_EQ(Events("ConcernRaisedEvent"), 1);
+}
+
+TEST_F(CheckInServiceTest, LateDocumentationIsAcceptedAndFlaggedWithItsDelay) {
+  const std::string id = Enrolled("structured_checkin", "p-1");
+  db_->AdminQuery("UPDATE checkin.enrollments SET starts_on = starts_on - 7");
+  v1::RecordCheckInRequest request = CheckIn(id, ValidAnswers("structured_checkin"));
+  request.mutable_occurred_at()->set_seconds(request.occurred_at().seconds() - 3 * 86400);
+  v1::RecordCheckInResponse response;
+  ASSERT_TRUE(Record(request, &response).ok());
+  EXPECT_TRUE(response.check_in().late());
+  // Its occurrence's window closed at the end of that local (UTC) day: 2 to 3 days ago.
+  EXPECT_GT(response.check_in().late_by().seconds(), 2 * 86400 - 60);
+  EXPECT_LE(response.check_in().late_by().seconds(), 3 * 86400);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins WHERE late_by > interval '1 day'"), 1);
+
+  v1::ListCheckInsRequest list;
+  list.set_late_only(true);
+  v1::ListCheckInsResponse listed;
+  ASSERT_TRUE(stub_->ListCheckIns(As({"supervisor"}).get(), list, &listed).ok());
+  ASSERT_EQ(listed.check_ins_size(), 1);
+  EXPECT_TRUE(listed.check_ins(0).late());
+}
+
+TEST_F(CheckInServiceTest, DueCheckInsListTheSupportersOccurrencesOfTheDay) {
+  const std::string id = Enrolled("structured_checkin", "p-1");
+  v1::ListDueCheckInsRequest due;
+  v1::ListDueCheckInsResponse listed;
+  ASSERT_TRUE(stub_->ListDueCheckIns(As({"peer_supporter"}, "peer-1").get(), due, &listed).ok());
+  ASSERT_EQ(listed.scheduled_check_ins_size(), 1);
+  EXPECT_EQ(listed.scheduled_check_ins(0).status(), v1::SCHEDULED_CHECK_IN_STATUS_DUE);
+  v1::RecordCheckInRequest request = CheckIn(id, ValidAnswers("structured_checkin"));
+  request.set_scheduled_check_in_id(listed.scheduled_check_ins(0).scheduled_check_in_id());
+  v1::RecordCheckInResponse response;
+  ASSERT_TRUE(Record(request, &response).ok());
+  listed.Clear();
+  ASSERT_TRUE(stub_->ListDueCheckIns(As({"peer_supporter"}, "peer-1").get(), due, &listed).ok());
+  ASSERT_EQ(listed.scheduled_check_ins_size(), 1);
+  EXPECT_EQ(listed.scheduled_check_ins(0).status(), v1::SCHEDULED_CHECK_IN_STATUS_COMPLETED);
+  EXPECT_EQ(listed.scheduled_check_ins(0).check_in_id(), response.check_in().check_in_id());
+  // Completing it twice is refused.
+  request.set_idempotency_key("another-key");
+  EXPECT_EQ(Record(request, &response).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  // Another supporter sees nothing of it.
+  listed.Clear();
+  ASSERT_TRUE(stub_->ListDueCheckIns(As({"peer_supporter"}, "peer-2").get(), due, &listed).ok());
+  EXPECT_EQ(listed.scheduled_check_ins_size(), 0);
+}
+
+TEST_F(CheckInServiceTest, EndedEnrollmentKeepsItsHistoryAndRefusesLaterCheckIns) {
+  const std::string id = Enrolled("structured_checkin", "p-1");
+  v1::RecordCheckInResponse recorded;
+  ASSERT_TRUE(Record(CheckIn(id, ValidAnswers("structured_checkin")), &recorded).ok());
+  v1::EndEnrollmentRequest end;
+  end.set_enrollment_id(id);
+  end.set_reason(v1::ENROLLMENT_END_REASON_COMPLETED);
+  v1::EndEnrollmentResponse ended;
+  ASSERT_TRUE(stub_->EndEnrollment(As({"case_manager"}).get(), end, &ended).ok());
+  EXPECT_EQ(ended.enrollment().status(), v1::ENROLLMENT_STATUS_ENDED);
+  ASSERT_TRUE(stub_->EndEnrollment(As({"case_manager"}).get(), end, &ended).ok());  // Retry.
+  EXPECT_EQ(Events("EnrollmentEndedEvent"), 1);
+  v1::RecordCheckInRequest later = CheckIn(id, ValidAnswers("structured_checkin"));
+  later.mutable_occurred_at()->set_seconds(later.occurred_at().seconds() + 120);
+  v1::RecordCheckInResponse response;
+  EXPECT_EQ(Record(later, &response).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  v1::ListEnrollmentsRequest list;
+  v1::ListEnrollmentsResponse listed;
+  ASSERT_TRUE(stub_->ListEnrollments(As({"peer_supporter"}, "peer-1").get(), list, &listed).ok());
+  EXPECT_EQ(listed.enrollments_size(), 1);
+  listed.Clear();
+  ASSERT_TRUE(stub_->ListEnrollments(As({"peer_supporter"}, "peer-2").get(), list, &listed).ok());
+  EXPECT_EQ(listed.enrollments_size(), 0);
+}
+
+TEST_F(CheckInServiceTest, DefaultPathwaysAreSeededPerAgencyOnFirstUse) {
+  v1::GetPathwayVersionRequest request;
+  request.set_pathway_key("crisis_transition");
+  v1::GetPathwayVersionResponse response;
+  ASSERT_TRUE(stub_
+                  ->GetPathwayVersion(As({"peer_supporter"}, "peer-1", "agency-c").get(), request,
+                                      &response)
+                  .ok());
+  EXPECT_EQ(response.pathway().version(), 1);
+  EXPECT_EQ(response.pathway().fields_size(), 8);
+  EXPECT_EQ(response.pathway().agency_id(), "agency-c");
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.pathway_versions WHERE agency_id = 'agency-c'"), 4);
+  request.set_pathway_key("no_such_pathway");
+  EXPECT_EQ(stub_->GetPathwayVersion(As({"clinician"}).get(), request, &response).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(CheckInServiceTest, ThirdFailedAttemptRaisesOneMissedContactConcernAndReachedReconnects) {
+  const std::string id = Enrolled("crisis_transition", "p-1");
+  int raised = 0;
+  v1::RecordContactAttemptResponse response;
+  for (int i = 0; i < 4; ++i) {
+    v1::RecordContactAttemptRequest request;
+    request.set_enrollment_id(id);
+    request.set_channel(v1::CONTACT_CHANNEL_PHONE);
+    request.set_outcome(i == 1 ? v1::CONTACT_OUTCOME_LEFT_MESSAGE : v1::CONTACT_OUTCOME_NO_ANSWER);
+    *request.mutable_attempted_at() = ToProtoTimestamp(absl::Now());
+    request.set_idempotency_key("attempt-" + std::to_string(i));
+    ASSERT_TRUE(
+        stub_->RecordContactAttempt(As({"peer_supporter"}, "peer-1").get(), request, &response)
+            .ok());
+    EXPECT_EQ(response.failed_attempts_in_a_row(), i + 1);
+    if (response.missed_contact_raised()) {
+      ++raised;
+      EXPECT_EQ(i, 2);
+      ASSERT_EQ(response.raised_concerns_size(), 1);
+      // Crisis transitions raise missed contacts as urgent.
+      EXPECT_EQ(response.raised_concerns(0).severity(), common::v1::CONCERN_SEVERITY_URGENT);
+    }
+    // A retry of the same attempt changes nothing.
+    ASSERT_TRUE(
+        stub_->RecordContactAttempt(As({"peer_supporter"}, "peer-1").get(), request, &response)
+            .ok());
+    EXPECT_EQ(response.failed_attempts_in_a_row(), i + 1);
+  }
+  EXPECT_EQ(raised, 1);
+  EXPECT_EQ(response.engagement_stage(), v1::ENGAGEMENT_STAGE_MISSED_CONTACT);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.contact_attempts"), 4);
+  EXPECT_EQ(Events("ConcernRaisedEvent"), 1);
+  EXPECT_EQ(Events("ContactAttemptRecordedEvent"), 4);
+
+  // A check-in is a contact: the reconnection.
+  v1::RecordCheckInResponse checked_in;
+  ASSERT_TRUE(Record(CheckIn(id, ValidAnswers("crisis_transition")), &checked_in).ok());
+  EXPECT_TRUE(checked_in.reconnection());
+  EXPECT_EQ(Events("ReconnectionRecordedEvent"), 1);
+  v1::GetEnrollmentRequest get;
+  get.set_enrollment_id(id);
+  v1::GetEnrollmentResponse got;
+  ASSERT_TRUE(stub_->GetEnrollment(As({"case_manager"}).get(), get, &got).ok());
+  EXPECT_EQ(got.enrollment().engagement_stage(), v1::ENGAGEMENT_STAGE_ENGAGED);
+  EXPECT_EQ(got.enrollment().failed_attempts_in_a_row(), 0);
+}
+
+TEST_F(CheckInServiceTest, ProgramPolicyThresholdIsPerAgency) {
+  v1::UpdateProgramPolicyRequest update;
+  update.mutable_policy()->set_missed_contact_failed_attempts(1);
+  update.mutable_update_mask()->add_paths("missed_contact_failed_attempts");
+  v1::UpdateProgramPolicyResponse updated;
+  EXPECT_EQ(stub_->UpdateProgramPolicy(As({"supervisor"}).get(), update, &updated).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  ASSERT_TRUE(stub_->UpdateProgramPolicy(As({"program_admin"}).get(), update, &updated).ok());
+  EXPECT_EQ(updated.policy().missed_contact_failed_attempts(), 1);
+  EXPECT_EQ(updated.policy().at_risk_after().seconds(), 28 * 86400);
+
+  v1::UpdateProgramPolicyRequest bad;
+  bad.mutable_policy()->set_time_zone("Mars/Olympus");
+  bad.mutable_policy()->set_wellbeing_drop_points(9);
+  bad.mutable_update_mask()->add_paths("time_zone");
+  bad.mutable_update_mask()->add_paths("wellbeing_drop_points");
+  bad.mutable_update_mask()->add_paths("colour");
+  grpc::Status status = stub_->UpdateProgramPolicy(As({"program_admin"}).get(), bad, &updated);
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(
+      BadFields(status),
+      (std::set<std::string>{"policy.time_zone", "policy.wellbeing_drop_points", "update_mask"}));
+
+  const std::string id = Enrolled("structured_checkin", "p-1");
+  v1::RecordContactAttemptRequest request;
+  request.set_enrollment_id(id);
+  request.set_channel(v1::CONTACT_CHANNEL_MESSAGE);
+  request.set_outcome(v1::CONTACT_OUTCOME_WRONG_NUMBER);
+  *request.mutable_attempted_at() = ToProtoTimestamp(absl::Now());
+  request.set_idempotency_key("attempt-1");
+  v1::RecordContactAttemptResponse response;
+  ASSERT_TRUE(stub_->RecordContactAttempt(As({"case_manager"}).get(), request, &response).ok());
+  EXPECT_TRUE(response.missed_contact_raised());
+  // Another agency keeps the default of three.
+  v1::GetProgramPolicyResponse other;
+  ASSERT_TRUE(stub_
+                  ->GetProgramPolicy(As({"operations"}, "ops", "agency-b").get(),
+                                     v1::GetProgramPolicyRequest(), &other)
+                  .ok());
+  EXPECT_EQ(other.policy().missed_contact_failed_attempts(), 3);
+  // A wrong supporter may not record attempts either.
+  Match("p-20", "peer-2", "22222222-2222-4222-8222-222222222222");
+  request.set_idempotency_key("attempt-2");
+  EXPECT_EQ(stub_->RecordContactAttempt(As({"peer_supporter"}, "peer-2").get(), request, &response)
+                .error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+}
+
+TEST_F(CheckInServiceTest, MatchingEventsFeedWhoMayRecord) {
+  // The real matching binary's log, as its own transactions leave it.
+  auto matching = std::make_unique<ServiceProcess>("matching", db_->UrlFor("matching"));
+  ASSERT_TRUE(matching->WaitHealth(true)) << matching->Log();
+  const std::string match_id = "33333333-3333-4333-8333-333333333333";
+  const std::string supporter_id = "44444444-4444-4444-8444-444444444444";
+  auto emit = [&](const google::protobuf::Message& payload) {
+    db_->AdminQuery(
+        "INSERT INTO matching.outbox (agency_id, event_type, aggregate_id, payload) VALUES ('" +
+        std::string(kAgency) + "', '" + payload.GetDescriptor()->full_name() + "', '" + match_id +
+        "', decode('" + absl::BytesToHexString(payload.SerializeAsString()) + "', 'hex'))");
+  };
+  matching::v1::MatchStartedEvent started;
+  started.set_match_id(match_id);
+  started.set_supporter_id(supporter_id);
+  started.set_supporter_subject("peer-7");
+  started.set_participant_id("p-70");
+  emit(started);
+
+  const std::string token_file = ::testing::TempDir() + "/checkin-consumer-token";
+  { std::ofstream(token_file) << TokenFor("peerpath", {"service"}, "peerpath-checkin"); }
+  ServiceProcess consumer("checkin", db_->UrlFor("checkin"),
+                          {"--matching_address=127.0.0.1:" + std::to_string(matching->grpc_port()),
+                           "--consent_address=127.0.0.1:" + std::to_string(consent_port_),
+                           "--service_token_file=" + token_file});
+  ASSERT_TRUE(consumer.WaitHealth(true)) << consumer.Log();
+  auto wait_for = [&](const std::string& sql, int expected) {
+    for (int i = 0; i < 100 && Count(sql) != expected; ++i) std::this_thread::sleep_for(100ms);
+    return Count(sql);
+  };
+  EXPECT_EQ(wait_for("SELECT count(*) FROM checkin.supporter_matches WHERE supporter_subject = "
+                     "'peer-7' AND active",
+                     1),
+            1);
+  const std::string id = Enrolled("structured_checkin", "p-70");
+  v1::RecordCheckInResponse response;
+  auto stub = v1::CheckInService::NewStub(consumer.Channel());
+  v1::RecordCheckInRequest request = CheckIn(id, ValidAnswers("structured_checkin"));
+  ASSERT_TRUE(stub->RecordCheckIn(As({"peer_supporter"}, "peer-7").get(), request, &response).ok());
+  EXPECT_EQ(response.check_in().supporter_id(), supporter_id);
+
+  matching::v1::MatchEndedEvent ended;
+  ended.set_match_id(match_id);
+  ended.set_supporter_id(supporter_id);
+  ended.set_supporter_subject("peer-7");
+  ended.set_participant_id("p-70");
+  emit(ended);
+  EXPECT_EQ(wait_for("SELECT count(*) FROM checkin.supporter_matches WHERE supporter_subject = "
+                     "'peer-7' AND active",
+                     0),
+            0);
+  request.set_idempotency_key("after-the-match-ended");
+  EXPECT_EQ(
+      stub->RecordCheckIn(As({"peer_supporter"}, "peer-7").get(), request, &response).error_code(),
+      grpc::StatusCode::PERMISSION_DENIED);
+}
+
+TEST_F(CheckInServiceTest, PublishedVersionAppliesToNewEnrollmentsOnly) {
+  const std::string old_id = Enrolled("structured_checkin", "p-1");
+  v1::GetPathwayVersionRequest get;
+  get.set_pathway_key("structured_checkin");
+  v1::GetPathwayVersionResponse current;
+  ASSERT_TRUE(stub_->GetPathwayVersion(As({"program_admin"}).get(), get, &current).ok());
+  v1::PublishPathwayVersionRequest publish;
+  *publish.mutable_pathway() = current.pathway();
+  auto* field = publish.mutable_pathway()->add_fields();
+  field->set_key("housing_stable");
+  field->set_label("Housing stable");
+  field->set_required(true);
+  field->mutable_bool_field();
+  publish.set_base_version(1);
+  publish.set_idempotency_key("publish-v2");
+  v1::PublishPathwayVersionResponse published;
+  EXPECT_EQ(
+      stub_->PublishPathwayVersion(As({"supervisor"}).get(), publish, &published).error_code(),
+      grpc::StatusCode::PERMISSION_DENIED);
+  grpc::Status status =
+      stub_->PublishPathwayVersion(As({"program_admin"}).get(), publish, &published);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(published.pathway().version(), 2);
+  // A stale edit is refused; a retry is not.
+  publish.set_idempotency_key("publish-again");
+  EXPECT_EQ(
+      stub_->PublishPathwayVersion(As({"program_admin"}).get(), publish, &published).error_code(),
+      grpc::StatusCode::ABORTED);
+  publish.set_idempotency_key("publish-v2");
+  ASSERT_TRUE(stub_->PublishPathwayVersion(As({"program_admin"}).get(), publish, &published).ok());
+  EXPECT_EQ(published.pathway().version(), 2);
+  v1::PublishPathwayVersionRequest bad = publish;
+  bad.mutable_pathway()->mutable_fields(0)->clear_spec();
+  bad.set_idempotency_key("publish-bad");
+  status = stub_->PublishPathwayVersion(As({"program_admin"}).get(), bad, &published);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(BadFields(status).contains("pathway.fields[0]"));
+
+  // The enrollment made before keeps version 1: the new field is not asked of it.
+  v1::RecordCheckInResponse response;
+  ASSERT_TRUE(Record(CheckIn(old_id, ValidAnswers("structured_checkin")), &response).ok());
+  EXPECT_EQ(response.check_in().pathway_version(), 1);
+  const std::string new_id = Enrolled("structured_checkin", "p-2");
+  status = Record(CheckIn(new_id, ValidAnswers("structured_checkin")), &response);
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(BadFields(status), (std::set<std::string>{"answers.housing_stable"}));
+  std::vector<v1::Answer> answers = ValidAnswers("structured_checkin");
+  answers.push_back(Bool("housing_stable", true));
+  ASSERT_TRUE(Record(CheckIn(new_id, answers), &response).ok());
+  EXPECT_EQ(response.check_in().pathway_version(), 2);
+  v1::ListPathwayVersionsRequest list;
+  list.set_pathway_key("structured_checkin");
+  v1::ListPathwayVersionsResponse listed;
+  ASSERT_TRUE(stub_->ListPathwayVersions(As({"clinician"}).get(), list, &listed).ok());
+  ASSERT_EQ(listed.pathways_size(), 2);
+  EXPECT_EQ(listed.pathways(0).version(), 2);
+}
+
+TEST_F(CheckInServiceTest, MissedFirstAppointmentInEarlyEngagementRaisesDisengagementConcern) {
+  const std::string id = Enrolled("early_engagement", "p-1");
+  v1::ScheduleAppointmentRequest schedule;
+  schedule.set_enrollment_id(id);
+  schedule.set_kind(v1::APPOINTMENT_KIND_FIRST_APPOINTMENT);
+  *schedule.mutable_scheduled_at() = ToProtoTimestamp(absl::Now() + absl::Hours(48));
+  schedule.set_idempotency_key("first-appointment");
+  v1::ScheduleAppointmentResponse scheduled;
+  EXPECT_EQ(stub_->ScheduleAppointment(As({"peer_supporter"}, "peer-1").get(), schedule, &scheduled)
+                .error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  ASSERT_TRUE(stub_->ScheduleAppointment(As({"case_manager"}).get(), schedule, &scheduled).ok());
+  EXPECT_EQ(scheduled.appointment().owner_id(), "scheduling-team");  // The enrollment's owner.
+  EXPECT_EQ(scheduled.appointment().outcome(), v1::APPOINTMENT_OUTCOME_PENDING);
+  v1::ScheduleAppointmentRequest peer_owned = schedule;
+  peer_owned.set_owner_id("peer-1");
+  peer_owned.set_idempotency_key("peer-owned");
+  EXPECT_EQ(
+      stub_->ScheduleAppointment(As({"case_manager"}).get(), peer_owned, &scheduled).error_code(),
+      grpc::StatusCode::FAILED_PRECONDITION);
+
+  v1::RecordAppointmentOutcomeRequest outcome;
+  outcome.set_appointment_id(scheduled.appointment().appointment_id());
+  outcome.set_outcome(v1::APPOINTMENT_OUTCOME_MISSED);
+  outcome.set_idempotency_key("missed");
+  v1::RecordAppointmentOutcomeResponse recorded;
+  ASSERT_TRUE(stub_->RecordAppointmentOutcome(As({"clinician"}).get(), outcome, &recorded).ok());
+  ASSERT_EQ(recorded.raised_concerns_size(), 1);
+  EXPECT_EQ(recorded.raised_concerns(0).category(), common::v1::CONCERN_CATEGORY_DISENGAGEMENT);
+  EXPECT_EQ(recorded.raised_concerns(0).source(), v1::CONCERN_SOURCE_MISSED_APPOINTMENT);
+  EXPECT_EQ(recorded.appointment().outcome(), v1::APPOINTMENT_OUTCOME_MISSED);
+  ASSERT_TRUE(
+      stub_->RecordAppointmentOutcome(As({"clinician"}).get(), outcome, &recorded).ok());  // Retry.
+  EXPECT_EQ(Events("ConcernRaisedEvent"), 1);
+  EXPECT_EQ(Events("AppointmentOutcomeRecordedEvent"), 1);
+  outcome.set_idempotency_key("missed-again");
+  EXPECT_EQ(
+      stub_->RecordAppointmentOutcome(As({"clinician"}).get(), outcome, &recorded).error_code(),
+      grpc::StatusCode::FAILED_PRECONDITION);
+
+  // Rescheduling creates the replacement; attending raises nothing.
+  schedule.set_idempotency_key("second-appointment");
+  ASSERT_TRUE(stub_->ScheduleAppointment(As({"case_manager"}).get(), schedule, &scheduled).ok());
+  outcome.set_appointment_id(scheduled.appointment().appointment_id());
+  outcome.set_outcome(v1::APPOINTMENT_OUTCOME_RESCHEDULED);
+  *outcome.mutable_rescheduled_to() = ToProtoTimestamp(absl::Now() + absl::Hours(96));
+  outcome.set_idempotency_key("rescheduled");
+  ASSERT_TRUE(stub_->RecordAppointmentOutcome(As({"clinician"}).get(), outcome, &recorded).ok());
+  EXPECT_EQ(recorded.appointment().rescheduled_to_appointment_id(),
+            recorded.replacement().appointment_id());
+  EXPECT_EQ(recorded.replacement().rescheduled_from_appointment_id(),
+            recorded.appointment().appointment_id());
+  EXPECT_EQ(recorded.replacement().owner_id(), "scheduling-team");
+  EXPECT_TRUE(recorded.raised_concerns().empty());
+}
+
+TEST_F(CheckInServiceTest, SweeperMarksMissedWindowsAndStagesDisengagement) {
+  const std::string id = Enrolled("structured_checkin", "p-1");
+  db_->AdminQuery(
+      "INSERT INTO checkin.scheduled_check_ins (agency_id, enrollment_id, due_on, window_start, "
+      "window_end) VALUES ('agency-a', '" +
+      id + "', current_date - 2, now() - interval '2 days', now() - interval '1 day')");
+  db_->AdminQuery("UPDATE checkin.enrollments SET enrolled_at = now() - interval '100 days'");
+  auto wait_for = [&](const std::string& type, int expected) {
+    for (int i = 0; i < 100 && Events(type) < expected; ++i) std::this_thread::sleep_for(100ms);
+    return Events(type);
+  };
+  EXPECT_EQ(wait_for("CheckInMissedEvent", 1), 1);
+  EXPECT_EQ(wait_for("EngagementStageChangedEvent", 2), 2);  // At risk, then lost.
+  std::this_thread::sleep_for(700ms);                        // Further sweeps change nothing.
+  EXPECT_EQ(Events("CheckInMissedEvent"), 1);
+  EXPECT_EQ(Events("EngagementStageChangedEvent"), 2);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.scheduled_check_ins WHERE status = 'missed'"), 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.enrollments WHERE engagement_stage = "
+                  "'lost_to_follow_up'"),
+            1);
+  // The next contact is a reconnection.
+  v1::RecordCheckInResponse response;
+  ASSERT_TRUE(Record(CheckIn(id, ValidAnswers("structured_checkin")), &response).ok());
+  EXPECT_TRUE(response.reconnection());
+  EXPECT_EQ(Events("ReconnectionRecordedEvent"), 1);
+}
+
+TEST_F(CheckInServiceTest, EscalationSafetyConcernStopsRoutineEngagement) {
+  auto escalation = std::make_unique<ServiceProcess>("escalation", db_->UrlFor("escalation"));
+  ASSERT_TRUE(escalation->WaitHealth(true)) << escalation->Log();
+  const std::string token_file = ::testing::TempDir() + "/checkin-escalation-token";
+  { std::ofstream(token_file) << TokenFor("peerpath", {"service"}, "peerpath-checkin"); }
+  ServiceProcess consumer(
+      "checkin", db_->UrlFor("checkin"),
+      {"--escalation_address=127.0.0.1:" + std::to_string(escalation->grpc_port()),
+       "--consent_address=127.0.0.1:" + std::to_string(consent_port_),
+       "--service_token_file=" + token_file, "--checkin_sweep_interval=0s"});
+  ASSERT_TRUE(consumer.WaitHealth(true)) << consumer.Log();
+  const std::string first = Enrolled("structured_checkin", "p-1");
+  const std::string second = Enrolled("early_engagement", "p-1");
+  escalation::v1::RoutineEngagementStoppedEvent stopped;
+  stopped.set_concern_id("55555555-5555-4555-8555-555555555555");
+  stopped.set_participant_id("p-1");  // No enrollment named: every active one of p-1.
+  stopped.set_category(common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY);
+  *stopped.mutable_stopped_at() = ToProtoTimestamp(absl::Now());
+  db_->AdminQuery(
+      "INSERT INTO escalation.outbox (agency_id, event_type, aggregate_id, payload) VALUES ('" +
+      std::string(kAgency) +
+      "', 'peerpath.escalation.v1.RoutineEngagementStoppedEvent', 'c-1', "
+      "decode('" +
+      absl::BytesToHexString(stopped.SerializeAsString()) + "', 'hex'))");
+  for (int i = 0; i < 100 && Events("EnrollmentRoutineStoppedEvent") < 2; ++i) {
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(Events("EnrollmentRoutineStoppedEvent"), 2);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.enrollments WHERE NOT routine AND "
+                  "routine_stopped_at IS NOT NULL"),
+            2);
+  // Recording stays possible; the schedule no longer offers due check-ins.
+  v1::RecordCheckInResponse response;
+  ASSERT_TRUE(Record(CheckIn(first, ValidAnswers("structured_checkin")), &response).ok());
+  EXPECT_TRUE(response.check_in().scheduled_check_in_id().empty());
+  v1::ListDueCheckInsResponse due;
+  ASSERT_TRUE(stub_
+                  ->ListDueCheckIns(As({"peer_supporter"}, "peer-1").get(),
+                                    v1::ListDueCheckInsRequest(), &due)
+                  .ok());
+  EXPECT_EQ(due.scheduled_check_ins_size(), 0);
+  (void)second;
+}
+
+}  // namespace
+}  // namespace peerpath::testing
