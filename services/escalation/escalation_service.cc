@@ -1,6 +1,129 @@
 #include "services/escalation/escalation_service.h"
 
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <set>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/audit.h"
+#include "common/channel.h"
+#include "common/event_source.h"
+#include "common/idempotency.h"
+#include "common/log.h"
+#include "common/pagination.h"
+#include "common/status.h"
+#include "common/time_util.h"
+#include "peerpath/checkin/v1/checkin.grpc.pb.h"
+#include "peerpath/checkin/v1/events.pb.h"
+#include "services/escalation/concern_events.h"
+#include "services/escalation/policy_codec.h"
+#include "services/escalation/webhook_notifier.h"
+
 namespace peerpath::escalation {
+namespace {
+
+constexpr char kService[] = "peerpath.escalation.v1.EscalationService";
+constexpr int kMaxDescription = 1000;
+constexpr int kMaxReason = 500;
+
+std::string Action(absl::string_view rpc) { return absl::StrCat(kService, ".", rpc); }
+
+bool IsUuid(absl::string_view text) {
+  if (text.size() != 36) return false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+    if (dash ? text[i] != '-' : !absl::ascii_isxdigit(static_cast<unsigned char>(text[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+Actor ActorOf(const Identity& caller) {
+  Actor actor;
+  actor.subject = caller.subject;
+  actor.clinician = caller.Has(Role::kClinician);
+  actor.case_manager = caller.Has(Role::kCaseManager);
+  actor.supervisor = caller.Has(Role::kSupervisor);
+  actor.peer_supporter = caller.Has(Role::kPeerSupporter);
+  return actor;
+}
+
+Viewer ViewerOf(const Identity& caller) {
+  Viewer viewer;
+  viewer.subject = caller.subject;
+  if (caller.Has(Role::kClinician)) viewer.team_kinds.push_back("clinical_on_call");
+  if (caller.Has(Role::kCaseManager)) viewer.team_kinds.push_back("case_management_team");
+  return viewer;
+}
+
+// The role a staff member acts in for concerns, most clinical first.
+std::string ActingRole(const Identity& caller) {
+  for (Role role :
+       {Role::kClinician, Role::kCaseManager, Role::kSupervisor, Role::kPeerSupporter}) {
+    if (caller.Has(role)) return RoleName(role);
+  }
+  return "";
+}
+
+// Peer supporters may see that a concern they raised is being handled, not how.
+void ApplyView(v1::Concern& concern, bool full) {
+  concern.set_view(full ? v1::CONCERN_VIEW_FULL : v1::CONCERN_VIEW_STATUS);
+  if (full) return;
+  concern.set_outcome(v1::CONCERN_OUTCOME_UNSPECIFIED);
+  concern.clear_acknowledged_by();
+  concern.clear_resolved_by();
+  concern.clear_cancelled_by();
+  concern.clear_cancel_reason();
+  concern.clear_transitions();
+}
+
+void SetOverdue(v1::Concern& concern, absl::Time now) {
+  concern.set_overdue((concern.state() == v1::CONCERN_STATE_OPEN ||
+                       concern.state() == v1::CONCERN_STATE_ACKNOWLEDGED) &&
+                      concern.has_next_deadline() &&
+                      FromProtoTimestamp(concern.next_deadline()) <= now);
+}
+
+absl::Status Audit(pqxx::work& tx, const Identity& caller, const std::string& rpc,
+                   const std::string& concern_id, const std::string& participant_id) {
+  AuditEntry entry;
+  entry.actor = caller.subject;
+  entry.actor_role = ActingRole(caller);
+  entry.action = Action(rpc);
+  entry.object_type = "concern";
+  entry.object_id = concern_id;
+  entry.participant_id = participant_id;
+  auto seq = AppendAudit(tx, caller.agency_id, entry);
+  return seq.ok() ? absl::OkStatus() : seq.status();
+}
+
+absl::Status ValidateConcernId(const std::string& id) {
+  if (id.empty()) return InvalidArgument("concern_id is required", {{"concern_id", "required"}});
+  if (!IsUuid(id))
+    return InvalidArgument("concern_id is not a UUID", {{"concern_id", "not a UUID"}});
+  return absl::OkStatus();
+}
+
+v1::ConcernSource SourceFromCheckIn(checkin::v1::ConcernSource source) {
+  switch (source) {
+    case checkin::v1::CONCERN_SOURCE_MISSED_CONTACT:
+      return v1::CONCERN_SOURCE_MISSED_CONTACT;
+    case checkin::v1::CONCERN_SOURCE_WELLBEING_DECLINE:
+      return v1::CONCERN_SOURCE_WELLBEING_TREND;
+    case checkin::v1::CONCERN_SOURCE_MISSED_APPOINTMENT:
+      return v1::CONCERN_SOURCE_MISSED_APPOINTMENT;
+    default:
+      return v1::CONCERN_SOURCE_CHECK_IN_RULE;
+  }
+}
+
+}  // namespace
+
+struct EscalationService::Change {};
 
 const RoleRules& EscalationService::Rules() {
   using enum Role;
@@ -21,10 +144,982 @@ const RoleRules& EscalationService::Rules() {
   return *rules;
 }
 
-EscalationService::EscalationService(ServiceContext& context)
+EscalationService::EscalationService(ServiceContext& context, EscalationOptions options)
     : EscalationServiceBase(authorizer_, events_, context.stopping),
-      authorizer_(context.verifier, "peerpath.escalation.v1.EscalationService", Rules(),
-                  &context.db),
-      events_(context.db) {}
+      context_(context),
+      authorizer_(context.verifier, kService, Rules(), &context.db),
+      events_(context.db),
+      time_zone_name_(options.time_zone),
+      time_zone_(options.zone) {
+  const absl::Duration interval = options.sweep_interval;
+  if (options.webhook_url.empty()) {
+    notifier_ = std::make_unique<LogNotifier>();
+  } else {
+    notifier_ = std::make_unique<WebhookNotifier>(WebhookOptions{.url = options.webhook_url});
+  }
+  sweeper_ = std::make_unique<DeadlineSweeper>(context.db, *notifier_, &context.metrics, interval);
+  sweeper_->set_watch_hub(&hub_);
+  sweeper_->Start(context.stopping);
+
+  const std::string& checkin = options.checkin_address;
+  if (!checkin.empty()) {
+    auto channel = MakeChannel(checkin, context.config.client_tls);
+    if (!channel.ok()) {
+      log::Error("check-in channel not created",
+                 {{"code", absl::StatusCodeToString(channel.status().code())}});
+      std::exit(2);
+    }
+    std::shared_ptr<checkin::v1::CheckInService::Stub> stub =
+        checkin::v1::CheckInService::NewStub(*channel);
+    checkin_consumer_ = std::make_unique<EventConsumer>(
+        context.db, ConsumerOptions{.source = "checkin"},
+        ListEventsFetcher<checkin::v1::ListEventsRequest, checkin::v1::ListEventsResponse>(
+            stub, std::make_shared<ServiceToken>(context.config.service_token_file)),
+        [this](pqxx::work& tx, const common::v1::Event& event) {
+          return ApplyCheckInEvent(tx, event);
+        },
+        &context.metrics);
+    checkin_consumer_->Start();
+  }
+}
+
+EscalationService::~EscalationService() {
+  if (checkin_consumer_ != nullptr) checkin_consumer_->Stop();
+  sweeper_.reset();
+}
+
+RoutingPolicy EscalationService::DefaultPolicyFor() const {
+  return DefaultPolicy(time_zone_name_, time_zone_);
+}
+
+absl::StatusOr<ConcernRecord> EscalationService::OpenConcern(
+    pqxx::work& tx, ConcernRecord record, const PersonDirectory& people, absl::Time now,
+    std::vector<Notification>& notifications) {
+  v1::Concern& c = record.concern;
+  auto policy = Store::Policy(tx, c.agency_id(), 0, DefaultPolicyFor());
+  if (!policy.ok()) return policy.status();
+  const RoutingRule* rule = RuleFor(*policy, c.category(), c.severity());
+  if (rule == nullptr) return absl::InternalError("routing policy has no rule for the concern");
+  const absl::Time opened = c.has_opened_at() ? FromProtoTimestamp(c.opened_at()) : now;
+  // The clock starts when the concern was raised (for check-in concerns, consumer lag counts).
+  auto routed = RouteFrom(*rule, 0, people, policy->calendar, opened);
+  if (!routed.ok()) {
+    if (routed.status().code() == absl::StatusCode::kNotFound) {
+      return absl::FailedPreconditionError(
+          "the routing policy has no target this concern can be routed to");
+    }
+    return routed.status();
+  }
+  record.policy_id = policy->policy_id;
+  c.set_policy_version(policy->version);
+  c.set_state(v1::CONCERN_STATE_OPEN);
+  c.set_current_level(routed->level);
+  *c.mutable_current_target() = TargetToProto(routed->target);
+  *c.mutable_opened_at() = ToProtoTimestamp(opened);
+  // The deadline must lie after the opening (a stored CHECK): a limit is at least a minute.
+  *c.mutable_ack_deadline() = ToProtoTimestamp(routed->ack_deadline);
+  record.notify_at = routed->notify_at;
+  auto stored = Store::InsertConcern(tx, record, routed->skipped_levels);
+  if (!stored.ok()) return stored.status();
+  const v1::Concern& s = stored->concern;
+  if (auto st = AppendEvent(tx, s.agency_id(), s.concern_id(), OpenedEvent(s)); !st.ok()) return st;
+  if (auto st = AppendEvent(tx, s.agency_id(), s.concern_id(),
+                            RoutedEvent(s, v1::ROUTING_REASON_INITIAL, routed->skipped_levels,
+                                        routed->notify_at, "system:routing", opened));
+      !st.ok()) {
+    return st;
+  }
+  if (s.category() == common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY) {
+    if (auto st = AppendEvent(tx, s.agency_id(), s.concern_id(), EngagementStoppedEvent(s));
+        !st.ok()) {
+      return st;
+    }
+  }
+  // A routine concern raised out of hours is announced when business hours begin (the sweeper's
+  // first deadline pass covers it); everything else at once.
+  if (routed->notify_at <= now) {
+    notifications.push_back({s.agency_id(), s.concern_id(), "opened", s.category(), s.severity(),
+                             s.current_level(), routed->target, routed->ack_deadline});
+  }
+  return stored;
+}
+
+// ---------------------------------------------------------------------------------------------
+// RaiseConcern
+
+grpc::Status EscalationService::RaiseConcern(grpc::ServerContext* context,
+                                             const v1::RaiseConcernRequest* request,
+                                             v1::RaiseConcernResponse* response) {
+  auto caller = authorizer_.Authorize(*context, "RaiseConcern");
+  if (!caller.ok()) return ToGrpc(caller.status());
+  return ToGrpc(RaiseConcernImpl(*context, *caller, *request, *response));
+}
+
+absl::Status EscalationService::RaiseConcernImpl(const grpc::ServerContext& context,
+                                                 const Identity& caller,
+                                                 const v1::RaiseConcernRequest& request,
+                                                 v1::RaiseConcernResponse& response) {
+  (void)context;
+  std::vector<FieldViolation> violations;
+  if (request.participant_id().empty() || request.participant_id().size() > 128) {
+    violations.push_back({"participant_id", "required, 1 to 128 characters"});
+  }
+  if (request.category() == common::v1::CONCERN_CATEGORY_UNSPECIFIED ||
+      !common::v1::ConcernCategory_IsValid(request.category())) {
+    violations.push_back({"category", "required: a known concern category"});
+  }
+  if (request.severity() == common::v1::CONCERN_SEVERITY_UNSPECIFIED ||
+      !common::v1::ConcernSeverity_IsValid(request.severity())) {
+    violations.push_back({"severity", "required: ROUTINE, URGENT or CRITICAL"});
+  }
+  if (!request.enrollment_id().empty() && !IsUuid(request.enrollment_id())) {
+    violations.push_back({"enrollment_id", "not a UUID"});
+  }
+  if (request.description().size() > kMaxDescription) {
+    violations.push_back({"description", "at most 1,000 characters"});
+  }
+  if (absl::Status key = ValidateIdempotencyKey(request.idempotency_key()); !key.ok()) {
+    violations.push_back({"idempotency_key", std::string(key.message())});
+  }
+  if (!violations.empty()) return InvalidArgument("the concern cannot be raised", violations);
+
+  const absl::Time now = now_();
+  std::vector<Notification> notifications;
+  const IdempotentCall call{caller.agency_id, request.idempotency_key(), "RaiseConcern", &request,
+                            caller.subject};
+  absl::Status status = context_.db.TransactForAgency(caller.agency_id, [&](pqxx::work& tx) {
+    auto replayed = ClaimIdempotencyKey(tx, call, response);
+    if (!replayed.ok()) return replayed.status();
+    if (*replayed) return absl::OkStatus();
+    ConcernRecord record;
+    v1::Concern& c = record.concern;
+    c.set_agency_id(caller.agency_id);
+    c.set_participant_id(request.participant_id());
+    c.set_enrollment_id(request.enrollment_id());
+    c.set_category(request.category());
+    c.set_severity(request.severity());
+    c.set_source(v1::CONCERN_SOURCE_MANUAL);
+    c.set_description(request.description());
+    c.set_raised_by(caller.subject);
+    c.set_raised_by_role(ActingRole(caller));
+    *c.mutable_opened_at() = ToProtoTimestamp(now);
+    PersonDirectory people;
+    if (caller.Has(Role::kPeerSupporter)) people.peer_supporters.insert(caller.subject);
+    auto opened = OpenConcern(tx, std::move(record), people, now, notifications);
+    if (!opened.ok()) return opened.status();
+    *response.mutable_concern() = opened->concern;
+    ApplyView(*response.mutable_concern(),
+              opened->routed_to_viewer &&
+                  ActsFor(ActorOf(caller), TargetFromProto(opened->concern.current_target())));
+    SetOverdue(*response.mutable_concern(), now);
+    if (auto s = Audit(tx, caller, "RaiseConcern", opened->concern.concern_id(),
+                       request.participant_id());
+        !s.ok()) {
+      return s;
+    }
+    return StoreIdempotentResponse(tx, call, response);
+  });
+  if (status.ok()) {
+    for (const Notification& n : notifications) notifier_->Notify(n);
+    if (!notifications.empty() || response.concern().state() == v1::CONCERN_STATE_OPEN) {
+      ConcernChangeNote note;
+      note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
+      note.concern = response.concern();
+      note.concern.clear_description();
+      note.occurred_at = now;
+      hub_.Publish(note);
+    }
+  }
+  return status;
+}
+
+// ---------------------------------------------------------------------------------------------
+// GetConcern / ListConcerns
+
+grpc::Status EscalationService::GetConcern(grpc::ServerContext* context,
+                                           const v1::GetConcernRequest* request,
+                                           v1::GetConcernResponse* response) {
+  auto caller = authorizer_.Authorize(*context, "GetConcern");
+  if (!caller.ok()) return ToGrpc(caller.status());
+  return ToGrpc(GetConcernImpl(*context, *caller, *request, *response));
+}
+
+absl::Status EscalationService::GetConcernImpl(const grpc::ServerContext& context,
+                                               const Identity& caller,
+                                               const v1::GetConcernRequest& request,
+                                               v1::GetConcernResponse& response) {
+  if (auto s = ValidateConcernId(request.concern_id()); !s.ok()) return s;
+  const absl::Time now = now_();
+  bool hidden = false;
+  absl::Status status = context_.db.TransactForAgency(caller.agency_id, [&](pqxx::work& tx) {
+    auto found = Store::FindConcern(tx, caller.agency_id, request.concern_id(), ViewerOf(caller),
+                                    /*lock=*/false);
+    if (!found.ok()) return found.status();
+    const bool raiser = found->has_value() && (*found)->concern.raised_by() == caller.subject;
+    const bool full =
+        found->has_value() && (*found)->routed_to_viewer && !caller.Has(Role::kPeerSupporter);
+    if (!found->has_value() || (!full && !raiser)) {
+      hidden = true;
+      return absl::NotFoundError("concern not found");
+    }
+    v1::Concern& c = *response.mutable_concern();
+    c = (*found)->concern;
+    if (full) {
+      auto transitions = Store::Transitions(tx, caller.agency_id, c.concern_id());
+      if (!transitions.ok()) return transitions.status();
+      for (auto& t : *transitions) *c.add_transitions() = std::move(t);
+    }
+    ApplyView(c, full);
+    SetOverdue(c, now);
+    return Audit(tx, caller, "GetConcern", c.concern_id(), c.participant_id());
+  });
+  if (hidden) {
+    authorizer_.AuditRefusal(context, caller, "GetConcern", "concern", request.concern_id(), "");
+  }
+  return status;
+}
+
+grpc::Status EscalationService::ListConcerns(grpc::ServerContext* context,
+                                             const v1::ListConcernsRequest* request,
+                                             v1::ListConcernsResponse* response) {
+  auto caller = authorizer_.Authorize(*context, "ListConcerns");
+  if (!caller.ok()) return ToGrpc(caller.status());
+  return ToGrpc(ListConcernsImpl(*caller, *request, *response));
+}
+
+absl::Status EscalationService::ListConcernsImpl(const Identity& caller,
+                                                 const v1::ListConcernsRequest& request,
+                                                 v1::ListConcernsResponse& response) {
+  std::vector<FieldViolation> violations;
+  auto page_size = ResolvePageSize(request.page_size());
+  if (!page_size.ok()) violations.push_back({"page_size", "must not be negative"});
+  // The token is bound to the filters: a token from other filters is refused.
+  v1::ListConcernsRequest filters = request;
+  filters.clear_page_size();
+  filters.clear_page_token();
+  const std::string list_name = absl::StrCat("escalation.concerns.", RequestFingerprint(filters));
+  auto cursor = DecodePageToken(list_name, request.page_token());
+  if (!cursor.ok()) {
+    violations.push_back({"page_token", "not a token of this list with these filters"});
+  }
+  if (!request.target().target_id().empty() &&
+      request.target().kind() == v1::TARGET_KIND_UNSPECIFIED) {
+    violations.push_back({"target.kind", "required when target.target_id is set"});
+  }
+  if (!violations.empty()) return InvalidArgument("the list request is invalid", violations);
+
+  const absl::Time now = now_();
+  Store::ListFilter filter;
+  for (int s : request.states())
+    filter.states.push_back(StateCode(static_cast<v1::ConcernState>(s)));
+  for (int s : request.severities()) {
+    filter.severities.push_back(SeverityCode(static_cast<Severity>(s)));
+  }
+  for (int c : request.categories()) {
+    filter.categories.push_back(CategoryCode(static_cast<Category>(c)));
+  }
+  filter.target_kind = TargetKindCode(request.target().kind());
+  filter.target_id = request.target().target_id();
+  filter.participant_id = request.participant_id();
+  filter.overdue_only = request.overdue_only();
+  filter.now = now;
+  const bool peer = caller.Has(Role::kPeerSupporter) && !caller.Has(Role::kClinician) &&
+                    !caller.Has(Role::kCaseManager) && !caller.Has(Role::kSupervisor);
+  return context_.db.TransactForAgency(caller.agency_id, [&](pqxx::work& tx) -> absl::Status {
+    auto rows = Store::ListConcerns(tx, caller.agency_id, ViewerOf(caller), filter, *cursor,
+                                    *page_size + 1);
+    if (!rows.ok()) return rows.status();
+    const int count = std::min<int>(rows->size(), *page_size);
+    for (int i = 0; i < count; ++i) {
+      v1::Concern* c = response.add_concerns();
+      *c = (*rows)[i].concern;
+      c->clear_description();
+      ApplyView(*c, (*rows)[i].routed_to_viewer && !peer);
+      SetOverdue(*c, now);
+    }
+    if (static_cast<int>(rows->size()) > *page_size) {
+      const v1::Concern& last = (*rows)[count - 1].concern;
+      response.set_next_page_token(EncodePageToken(
+          list_name, absl::StrCat(absl::ToUnixMicros(FromProtoTimestamp(last.opened_at())), "/",
+                                  last.concern_id())));
+    }
+    return Audit(tx, caller, "ListConcerns", "", request.participant_id());
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Acknowledge / Resolve / Cancel / Reassign
+
+absl::Status EscalationService::ChangeConcern(
+    const grpc::ServerContext& context, const Identity& caller, const std::string& method,
+    const std::string& concern_id, v1::ConcernChangeKind change_kind,
+    const std::function<absl::Status(pqxx::work&, ConcernRecord&, const RoutingPolicy&)>& act,
+    v1::Concern& out) {
+  bool hidden = false;
+  bool changed = false;
+  ConcernChangeNote note;
+  bool refused = false;
+  const absl::Time now = now_();
+  absl::Status status = context_.db.TransactForAgency(caller.agency_id, [&](pqxx::work& tx) {
+    auto found =
+        Store::FindConcern(tx, caller.agency_id, concern_id, ViewerOf(caller), /*lock=*/true);
+    if (!found.ok()) return found.status();
+    if (!found->has_value() ||
+        (!(*found)->routed_to_viewer && (*found)->concern.raised_by() != caller.subject)) {
+      hidden = true;
+      return absl::NotFoundError("concern not found");
+    }
+    ConcernRecord& record = **found;
+    auto policy = Store::PolicyById(tx, caller.agency_id, record.policy_id);
+    if (!policy.ok()) return policy.status();
+    const std::string before = record.concern.SerializeAsString();
+    note.previous_target = TargetFromProto(record.concern.current_target());
+    if (absl::Status s = act(tx, record, *policy); !s.ok()) {
+      refused = s.code() == absl::StatusCode::kPermissionDenied;
+      return s;
+    }
+    changed = record.concern.SerializeAsString() != before;
+    note.kind = change_kind;
+    note.concern = record.concern;
+    note.concern.clear_description();
+    note.concern.clear_cancel_reason();
+    note.occurred_at = now;
+    out = record.concern;
+    ApplyView(out, record.routed_to_viewer &&
+                       !(caller.Has(Role::kPeerSupporter) &&
+                         !ActsFor(ActorOf(caller), TargetFromProto(out.current_target()))));
+    SetOverdue(out, now);
+    return Audit(tx, caller, method, concern_id, record.concern.participant_id());
+  });
+  if (hidden || refused) {
+    authorizer_.AuditRefusal(context, caller, method, "concern", concern_id, "");
+  }
+  if (status.ok() && changed) hub_.Publish(note);
+  return status;
+}
+
+namespace {
+
+// Where the caller stands with a concern's levels.
+struct Standing {
+  bool current = false;       // Acts for the current target.
+  std::optional<int> higher;  // The lowest later level they act for.
+};
+
+Standing StandingOf(const Identity& caller, const ConcernRecord& record,
+                    const RoutingPolicy& policy) {
+  Standing standing;
+  const Actor actor = ActorOf(caller);
+  standing.current = ActsFor(actor, TargetFromProto(record.concern.current_target()));
+  if (const RoutingRule* rule =
+          RuleFor(policy, record.concern.category(), record.concern.severity())) {
+    standing.higher = HigherLevelFor(*rule, record.concern.current_level(), actor);
+  }
+  return standing;
+}
+
+absl::Status ClosedError(const v1::Concern& c) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "concern is already ", c.state() == v1::CONCERN_STATE_RESOLVED ? "resolved" : "cancelled"));
+}
+
+absl::Status NotYoursError(const v1::Concern& c, bool was_routed_to_caller) {
+  if (was_routed_to_caller) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "concern has escalated past you: it is now at level ", c.current_level(), " (",
+        TargetKindCode(c.current_target().kind()), " ", c.current_target().target_id(), ")"));
+  }
+  return absl::PermissionDeniedError(
+      "only the concern's current target or a higher level of its escalation chain may act on it");
+}
+
+// Moves the concern to the caller's higher level, if they act from there.
+void TakeOver(ConcernRecord& record, const RoutingPolicy& policy, const Standing& standing) {
+  if (standing.current || !standing.higher) return;
+  const RoutingRule* rule = RuleFor(policy, record.concern.category(), record.concern.severity());
+  record.concern.set_current_level(*standing.higher);
+  *record.concern.mutable_current_target() = TargetToProto(rule->TargetAt(*standing.higher));
+}
+
+}  // namespace
+
+grpc::Status EscalationService::AcknowledgeConcern(grpc::ServerContext* context,
+                                                   const v1::AcknowledgeConcernRequest* request,
+                                                   v1::AcknowledgeConcernResponse* response) {
+  auto caller = authorizer_.Authorize(*context, "AcknowledgeConcern");
+  if (!caller.ok()) return ToGrpc(caller.status());
+  if (auto s = ValidateConcernId(request->concern_id()); !s.ok()) return ToGrpc(s);
+  const Identity& who = *caller;
+  const absl::Time now = now_();
+  auto act = [&](pqxx::work& tx, ConcernRecord& record, const RoutingPolicy& policy) {
+    v1::Concern& c = record.concern;
+    if (c.state() == v1::CONCERN_STATE_RESOLVED || c.state() == v1::CONCERN_STATE_CANCELLED) {
+      return ClosedError(c);
+    }
+    if (c.state() == v1::CONCERN_STATE_ACKNOWLEDGED) {
+      if (c.acknowledged_by() == who.subject && record.acknowledged_level == c.current_level()) {
+        return absl::OkStatus();  // A retry: unchanged.
+      }
+      return absl::FailedPreconditionError(
+          absl::StrCat("concern already acknowledged by ", c.acknowledged_by(), " at ",
+                       absl::FormatTime(absl::RFC3339_sec, FromProtoTimestamp(c.acknowledged_at()),
+                                        absl::UTCTimeZone())));
+    }
+    const Standing standing = StandingOf(who, record, policy);
+    if (!standing.current && !standing.higher) return NotYoursError(c, record.routed_to_viewer);
+    TakeOver(record, policy, standing);
+    const RoutingRule* rule = RuleFor(policy, c.category(), c.severity());
+    c.set_state(v1::CONCERN_STATE_ACKNOWLEDGED);
+    *c.mutable_acknowledged_at() = ToProtoTimestamp(now);
+    c.set_acknowledged_by(who.subject);
+    record.acknowledged_level = c.current_level();
+    *c.mutable_resolution_deadline() =
+        ToProtoTimestamp(ResolutionDeadline(*rule, policy.calendar, now));
+    *c.mutable_next_deadline() = c.resolution_deadline();
+    record.next_deadline_kind = "resolution";
+    if (auto s = Store::UpdateConcern(tx, record); !s.ok()) return s;
+    TransitionRecord t;
+    t.kind = "acknowledged";
+    t.from_status = "open";
+    t.to_status = "acknowledged";
+    t.level = c.current_level();
+    t.target = TargetFromProto(c.current_target());
+    t.actor = who.subject;
+    t.actor_role = ActingRole(who);
+    if (auto s = Store::AppendTransition(tx, who.agency_id, c.concern_id(), t); !s.ok()) return s;
+    return AppendEvent(tx, who.agency_id, c.concern_id(), AcknowledgedEvent(c, ActingRole(who)));
+  };
+  return ToGrpc(ChangeConcern(*context, who, "AcknowledgeConcern", request->concern_id(),
+                              v1::CONCERN_CHANGE_KIND_ACKNOWLEDGED, act,
+                              *response->mutable_concern()));
+}
+
+grpc::Status EscalationService::ResolveConcern(grpc::ServerContext* context,
+                                               const v1::ResolveConcernRequest* request,
+                                               v1::ResolveConcernResponse* response) {
+  auto caller = authorizer_.Authorize(*context, "ResolveConcern");
+  if (!caller.ok()) return ToGrpc(caller.status());
+  std::vector<FieldViolation> violations;
+  if (request->concern_id().empty() || !IsUuid(request->concern_id())) {
+    violations.push_back({"concern_id", "required, a UUID"});
+  }
+  if (request->outcome() == v1::CONCERN_OUTCOME_UNSPECIFIED ||
+      !v1::ConcernOutcome_IsValid(request->outcome())) {
+    violations.push_back({"outcome", "required: a known outcome"});
+  }
+  if (!violations.empty()) return ToGrpc(InvalidArgument("cannot resolve", violations));
+  const Identity& who = *caller;
+  const absl::Time now = now_();
+  auto act = [&](pqxx::work& tx, ConcernRecord& record, const RoutingPolicy& policy) {
+    v1::Concern& c = record.concern;
+    if (c.state() == v1::CONCERN_STATE_RESOLVED) {
+      if (c.resolved_by() == who.subject && c.outcome() == request->outcome()) {
+        return absl::OkStatus();
+      }
+      return absl::FailedPreconditionError(
+          absl::StrCat("concern already resolved by ", c.resolved_by()));
+    }
+    if (c.state() == v1::CONCERN_STATE_CANCELLED) return ClosedError(c);
+    const Standing standing = StandingOf(who, record, policy);
+    const bool acknowledger = c.state() == v1::CONCERN_STATE_ACKNOWLEDGED &&
+                              c.acknowledged_by() == who.subject &&
+                              record.acknowledged_level == c.current_level();
+    if (!standing.current && !standing.higher && !acknowledger) {
+      return NotYoursError(c, record.routed_to_viewer);
+    }
+    if (!acknowledger) TakeOver(record, policy, standing);
+    const RoutingRule* rule = RuleFor(policy, c.category(), c.severity());
+    if (c.state() == v1::CONCERN_STATE_OPEN) {
+      // Acknowledged first, in the same transaction, so time to acknowledge stays measurable.
+      c.set_state(v1::CONCERN_STATE_ACKNOWLEDGED);
+      *c.mutable_acknowledged_at() = ToProtoTimestamp(now);
+      c.set_acknowledged_by(who.subject);
+      record.acknowledged_level = c.current_level();
+      *c.mutable_resolution_deadline() =
+          ToProtoTimestamp(ResolutionDeadline(*rule, policy.calendar, now));
+      TransitionRecord t;
+      t.kind = "acknowledged";
+      t.from_status = "open";
+      t.to_status = "acknowledged";
+      t.level = c.current_level();
+      t.target = TargetFromProto(c.current_target());
+      t.actor = who.subject;
+      t.actor_role = ActingRole(who);
+      if (auto s = Store::AppendTransition(tx, who.agency_id, c.concern_id(), t); !s.ok()) return s;
+      if (auto s =
+              AppendEvent(tx, who.agency_id, c.concern_id(), AcknowledgedEvent(c, ActingRole(who)));
+          !s.ok()) {
+        return s;
+      }
+    }
+    c.set_state(v1::CONCERN_STATE_RESOLVED);
+    *c.mutable_resolved_at() = ToProtoTimestamp(now);
+    c.set_resolved_by(who.subject);
+    c.set_outcome(request->outcome());
+    c.clear_next_deadline();
+    record.next_deadline_kind.clear();
+    if (auto s = Store::UpdateConcern(tx, record); !s.ok()) return s;
+    TransitionRecord t;
+    t.kind = "resolved";
+    t.from_status = "acknowledged";
+    t.to_status = "resolved";
+    t.level = c.current_level();
+    t.actor = who.subject;
+    t.actor_role = ActingRole(who);
+    if (auto s = Store::AppendTransition(tx, who.agency_id, c.concern_id(), t); !s.ok()) return s;
+    return AppendEvent(tx, who.agency_id, c.concern_id(), ResolvedEvent(c, ActingRole(who)));
+  };
+  return ToGrpc(ChangeConcern(*context, who, "ResolveConcern", request->concern_id(),
+                              v1::CONCERN_CHANGE_KIND_RESOLVED, act, *response->mutable_concern()));
+}
+
+grpc::Status EscalationService::CancelConcern(grpc::ServerContext* context,
+                                              const v1::CancelConcernRequest* request,
+                                              v1::CancelConcernResponse* response) {
+  auto caller = authorizer_.Authorize(*context, "CancelConcern");
+  if (!caller.ok()) return ToGrpc(caller.status());
+  std::vector<FieldViolation> violations;
+  if (request->concern_id().empty() || !IsUuid(request->concern_id())) {
+    violations.push_back({"concern_id", "required, a UUID"});
+  }
+  const std::string reason(absl::StripAsciiWhitespace(request->reason()));
+  if (reason.empty() || request->reason().size() > kMaxReason) {
+    violations.push_back({"reason", "required: 1 to 500 characters, not only spaces"});
+  }
+  if (!violations.empty()) return ToGrpc(InvalidArgument("cannot cancel", violations));
+  const Identity& who = *caller;
+  const absl::Time now = now_();
+  auto act = [&](pqxx::work& tx, ConcernRecord& record, const RoutingPolicy& policy) {
+    v1::Concern& c = record.concern;
+    if (c.state() == v1::CONCERN_STATE_CANCELLED) {
+      if (c.cancelled_by() == who.subject) return absl::OkStatus();
+      return ClosedError(c);
+    }
+    if (c.state() == v1::CONCERN_STATE_RESOLVED) return ClosedError(c);
+    const Standing standing = StandingOf(who, record, policy);
+    const bool staff_target = standing.current || standing.higher.has_value();
+    if (!staff_target) {
+      if (c.raised_by() != who.subject) return NotYoursError(c, record.routed_to_viewer);
+      if (who.Has(Role::kPeerSupporter) &&
+          c.category() == common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY) {
+        return absl::FailedPreconditionError(
+            "a peer supporter can never cancel an immediate-safety concern; its clinical target "
+            "closes it");
+      }
+      if (c.state() != v1::CONCERN_STATE_OPEN) {
+        return absl::FailedPreconditionError(
+            "the concern has been acknowledged; only its owner can cancel it now");
+      }
+    }
+    const v1::ConcernState from = c.state();
+    c.set_state(v1::CONCERN_STATE_CANCELLED);
+    *c.mutable_cancelled_at() = ToProtoTimestamp(now);
+    c.set_cancelled_by(who.subject);
+    c.set_cancel_reason(request->reason());
+    c.clear_next_deadline();
+    record.next_deadline_kind.clear();
+    if (auto s = Store::UpdateConcern(tx, record); !s.ok()) return s;
+    TransitionRecord t;
+    t.kind = "cancelled";
+    t.from_status = StateCode(from);
+    t.to_status = "cancelled";
+    t.level = c.current_level();
+    t.actor = who.subject;
+    t.actor_role = ActingRole(who);
+    if (auto s = Store::AppendTransition(tx, who.agency_id, c.concern_id(), t); !s.ok()) return s;
+    return AppendEvent(tx, who.agency_id, c.concern_id(), CancelledEvent(c, from, ActingRole(who)));
+  };
+  return ToGrpc(ChangeConcern(*context, who, "CancelConcern", request->concern_id(),
+                              v1::CONCERN_CHANGE_KIND_CANCELLED, act,
+                              *response->mutable_concern()));
+}
+
+grpc::Status EscalationService::ReassignConcern(grpc::ServerContext* context,
+                                                const v1::ReassignConcernRequest* request,
+                                                v1::ReassignConcernResponse* response) {
+  auto caller = authorizer_.Authorize(*context, "ReassignConcern");
+  if (!caller.ok()) return ToGrpc(caller.status());
+  std::vector<FieldViolation> violations;
+  if (request->concern_id().empty() || !IsUuid(request->concern_id())) {
+    violations.push_back({"concern_id", "required, a UUID"});
+  }
+  if (request->target().kind() == v1::TARGET_KIND_UNSPECIFIED ||
+      !v1::TargetKind_IsValid(request->target().kind())) {
+    violations.push_back({"target.kind", "required"});
+  }
+  if (request->target().target_id().empty() || request->target().target_id().size() > 128) {
+    violations.push_back({"target.target_id", "required, 1 to 128 characters"});
+  }
+  if (!violations.empty()) return ToGrpc(InvalidArgument("cannot reassign", violations));
+  const Identity& who = *caller;
+  const absl::Time now = now_();
+  std::vector<Notification> notifications;
+  auto act = [&](pqxx::work& tx, ConcernRecord& record, const RoutingPolicy& policy) {
+    v1::Concern& c = record.concern;
+    const Standing standing = StandingOf(who, record, policy);
+    if (!standing.current && !standing.higher) return NotYoursError(c, record.routed_to_viewer);
+    if (c.state() != v1::CONCERN_STATE_OPEN) {
+      return absl::FailedPreconditionError("only an OPEN concern can be reassigned");
+    }
+    const Target to = TargetFromProto(request->target());
+    if (IsPersonKind(to.kind) && c.raised_by_role() == "peer_supporter" && to.id == c.raised_by()) {
+      return absl::FailedPreconditionError(
+          "peer supporters raise concerns but never hold them: the new target is a peer "
+          "supporter");
+    }
+    if (c.category() == common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY && !IsClinicalKind(to.kind)) {
+      return absl::FailedPreconditionError(
+          "an immediate-safety concern stays with clinical review (clinical on-call or the "
+          "receiving clinician)");
+    }
+    if (to == TargetFromProto(c.current_target())) return absl::OkStatus();
+    *c.mutable_current_target() = request->target();
+    if (auto s = Store::UpdateConcern(tx, record); !s.ok()) return s;
+    TransitionRecord t;
+    t.kind = "routed";
+    t.from_status = "open";
+    t.to_status = "open";
+    t.level = c.current_level();
+    t.target = to;
+    t.actor = who.subject;
+    t.actor_role = ActingRole(who);
+    if (auto s = Store::AppendTransition(tx, who.agency_id, c.concern_id(), t); !s.ok()) return s;
+    notifications.push_back({who.agency_id, c.concern_id(), "reassigned", c.category(),
+                             c.severity(), c.current_level(), to,
+                             FromProtoTimestamp(c.ack_deadline())});
+    return AppendEvent(tx, who.agency_id, c.concern_id(),
+                       RoutedEvent(c, v1::ROUTING_REASON_REASSIGNED, {}, now, who.subject, now));
+  };
+  absl::Status status =
+      ChangeConcern(*context, who, "ReassignConcern", request->concern_id(),
+                    v1::CONCERN_CHANGE_KIND_REASSIGNED, act, *response->mutable_concern());
+  if (status.ok()) {
+    for (const Notification& n : notifications) notifier_->Notify(n);
+  }
+  return ToGrpc(status);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing policy
+
+grpc::Status EscalationService::GetRoutingPolicy(grpc::ServerContext* context,
+                                                 const v1::GetRoutingPolicyRequest* request,
+                                                 v1::GetRoutingPolicyResponse* response) {
+  auto caller = authorizer_.Authorize(*context, "GetRoutingPolicy");
+  if (!caller.ok()) return ToGrpc(caller.status());
+  if (request->version() < 0) {
+    return ToGrpc(InvalidArgument("bad version", {{"version", "must not be negative"}}));
+  }
+  return ToGrpc(context_.db.TransactForAgency(caller->agency_id, [&](pqxx::work& tx) {
+    auto policy = Store::Policy(tx, caller->agency_id, request->version(), DefaultPolicyFor());
+    if (!policy.ok()) return policy.status();
+    *response->mutable_policy() = PolicyToProto(*policy, caller->agency_id);
+    return absl::OkStatus();
+  }));
+}
+
+grpc::Status EscalationService::UpdateRoutingPolicy(grpc::ServerContext* context,
+                                                    const v1::UpdateRoutingPolicyRequest* request,
+                                                    v1::UpdateRoutingPolicyResponse* response) {
+  auto caller = authorizer_.Authorize(*context, "UpdateRoutingPolicy");
+  if (!caller.ok()) return ToGrpc(caller.status());
+  return ToGrpc(UpdateRoutingPolicyImpl(*caller, *request, *response));
+}
+
+absl::Status EscalationService::UpdateRoutingPolicyImpl(
+    const Identity& caller, const v1::UpdateRoutingPolicyRequest& request,
+    v1::UpdateRoutingPolicyResponse& response) {
+  std::vector<FieldViolation> violations;
+  std::set<std::string> paths(request.update_mask().paths().begin(),
+                              request.update_mask().paths().end());
+  if (paths.empty()) paths = {"rules", "time_zone", "business_hours", "holidays"};
+  for (const std::string& path : paths) {
+    if (path != "rules" && path != "time_zone" && path != "business_hours" && path != "holidays") {
+      violations.push_back({"update_mask", absl::StrCat("unknown path '", path, "'")});
+    }
+  }
+  if (request.base_version() < 1) violations.push_back({"base_version", "required, at least 1"});
+  if (absl::Status key = ValidateIdempotencyKey(request.idempotency_key()); !key.ok()) {
+    violations.push_back({"idempotency_key", std::string(key.message())});
+  }
+  if (!violations.empty()) return InvalidArgument("the policy update is invalid", violations);
+
+  const IdempotentCall call{caller.agency_id, request.idempotency_key(), "UpdateRoutingPolicy",
+                            &request, caller.subject};
+  return context_.db.TransactForAgency(caller.agency_id, [&](pqxx::work& tx) -> absl::Status {
+    auto replayed = ClaimIdempotencyKey(tx, call, response);
+    if (!replayed.ok()) return replayed.status();
+    if (*replayed) return absl::OkStatus();
+    auto base = Store::Policy(tx, caller.agency_id, request.base_version(), DefaultPolicyFor());
+    if (!base.ok()) {
+      if (base.status().code() == absl::StatusCode::kNotFound) {
+        return InvalidArgument("base_version does not exist",
+                               {{"base_version", "no such version of the routing policy"}});
+      }
+      return base.status();
+    }
+    // Merge the named fields of the request over the base version, then read it back as a whole.
+    v1::RoutingPolicy merged = PolicyToProto(*base, caller.agency_id);
+    const v1::RoutingPolicy& edit = request.policy();
+    if (paths.contains("time_zone")) merged.set_time_zone(edit.time_zone());
+    if (paths.contains("business_hours")) *merged.mutable_business_hours() = edit.business_hours();
+    if (paths.contains("holidays")) *merged.mutable_holidays() = edit.holidays();
+    if (paths.contains("rules")) {
+      for (const auto& rule : edit.rules()) {
+        auto* existing = merged.mutable_rules();
+        auto it = std::find_if(existing->begin(), existing->end(), [&](const v1::RoutingRule& r) {
+          return r.category() == rule.category() && r.severity() == rule.severity();
+        });
+        if (it != existing->end()) {
+          *it = rule;
+        } else {
+          *merged.add_rules() = rule;
+        }
+      }
+    }
+    // Problems of the edit itself name the request's fields (its own rule indices); problems of
+    // the merged whole (e.g. business hours now required) name the policy's fields.
+    std::vector<FieldViolation> problems;
+    std::vector<FieldViolation> read_problems;
+    RoutingPolicy edit_policy = PolicyFromProto(edit, read_problems);
+    for (const auto& v : read_problems) {
+      for (const std::string& path : paths) {
+        if (absl::StartsWith(v.field, "policy." + path)) problems.push_back(v);
+      }
+    }
+    if (paths.contains("rules")) {
+      edit_policy.calendar.windows = {{1, 0, 1}};  // Hours are checked on the merged whole.
+      for (const auto& v : ValidatePolicy(edit_policy)) problems.push_back(v);
+    }
+    std::vector<FieldViolation> ignored;
+    RoutingPolicy policy = PolicyFromProto(merged, ignored);
+    for (const auto& v : ValidatePolicy(policy)) {
+      if (!absl::StartsWith(v.field, "policy.rules[")) problems.push_back(v);
+    }
+    if (!problems.empty()) return InvalidArgument("the routing policy is invalid", problems);
+    if (std::string safety = SafetyRuleViolation(policy); !safety.empty()) {
+      return absl::FailedPreconditionError(safety);
+    }
+    policy.time_zone = merged.time_zone();
+    auto published =
+        Store::InsertPolicy(tx, caller.agency_id, policy, request.base_version(), caller.subject);
+    if (!published.ok()) return published.status();
+    *response.mutable_policy() = PolicyToProto(*published, caller.agency_id);
+    AuditEntry entry;
+    entry.actor = caller.subject;
+    entry.actor_role = "program_admin";
+    entry.action = Action("UpdateRoutingPolicy");
+    entry.object_type = "routing_policy";
+    entry.object_id = published->policy_id;
+    auto audited = AppendAudit(tx, caller.agency_id, entry);
+    if (!audited.ok()) return audited.status();
+    return StoreIdempotentResponse(tx, call, response);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// WatchConcerns
+
+grpc::Status EscalationService::WatchConcerns(
+    grpc::ServerContext* context, const v1::WatchConcernsRequest* request,
+    grpc::ServerWriter<v1::WatchConcernsResponse>* writer) {
+  auto caller = authorizer_.Authorize(*context, "WatchConcerns");
+  if (!caller.ok()) return ToGrpc(caller.status());
+  return ToGrpc(WatchConcernsImpl(*context, *caller, *request, *writer));
+}
+
+absl::Status EscalationService::WatchConcernsImpl(
+    grpc::ServerContext& context, const Identity& caller, const v1::WatchConcernsRequest& request,
+    grpc::ServerWriter<v1::WatchConcernsResponse>& writer) {
+  std::vector<FieldViolation> violations;
+  if (request.target().kind() == v1::TARGET_KIND_UNSPECIFIED ||
+      !v1::TargetKind_IsValid(request.target().kind())) {
+    violations.push_back({"target.kind", "required"});
+  }
+  if (request.target().target_id().empty()) violations.push_back({"target.target_id", "required"});
+  if (!violations.empty()) return InvalidArgument("cannot watch", violations);
+  const Target target = TargetFromProto(request.target());
+  bool allowed = false;
+  switch (target.kind) {
+    case v1::TARGET_KIND_CLINICAL_ON_CALL:
+      allowed = caller.Has(Role::kClinician);
+      break;
+    case v1::TARGET_KIND_RECEIVING_CLINICIAN:
+      allowed = caller.Has(Role::kClinician) && target.id == caller.subject;
+      break;
+    case v1::TARGET_KIND_CASE_MANAGEMENT_TEAM:
+      allowed = caller.Has(Role::kCaseManager);
+      break;
+    case v1::TARGET_KIND_SUPPORTER_SUPERVISOR:
+      allowed = caller.Has(Role::kSupervisor) && target.id == caller.subject;
+      break;
+    default:
+      break;
+  }
+  if (!allowed) {
+    authorizer_.AuditRefusal(context, caller, "WatchConcerns", "target", target.id, "");
+    return absl::PermissionDeniedError("the caller does not act for this target");
+  }
+  std::set<int> severities(request.severities().begin(), request.severities().end());
+  // Subscribed before the snapshot is read: nothing committed after it can be missed.
+  std::shared_ptr<WatchHub::Watcher> watcher = hub_.Add(caller.agency_id, target, severities);
+  if (watcher == nullptr) {
+    return absl::ResourceExhaustedError("too many concurrent WatchConcerns streams; retry later");
+  }
+  struct Release {
+    WatchHub& hub;
+    std::shared_ptr<WatchHub::Watcher> watcher;
+    ~Release() { hub.Remove(watcher); }
+  } release{hub_, watcher};
+
+  const absl::Time as_of = now_();
+  std::vector<ConcernRecord> snapshot;
+  absl::Status read = context_.db.TransactForAgency(caller.agency_id, [&](pqxx::work& tx) {
+    auto rows = Store::OpenForTarget(tx, caller.agency_id, target);
+    if (!rows.ok()) return rows.status();
+    snapshot = std::move(*rows);
+    return Audit(tx, caller, "WatchConcerns", "", "");
+  });
+  if (!read.ok()) return read;
+  std::map<std::string, std::string> in_snapshot;  // concern id → serialised state shown.
+  int sent = 0;
+  for (ConcernRecord& record : snapshot) {
+    v1::Concern& c = record.concern;
+    if (!severities.empty() && !severities.contains(c.severity())) continue;
+    c.clear_description();
+    ApplyView(c, true);
+    SetOverdue(c, as_of);
+    v1::WatchConcernsResponse message;
+    *message.mutable_snapshot_concern() = c;
+    if (!writer.Write(message)) return absl::CancelledError("watcher went away");
+    c.clear_view();
+    c.clear_overdue();
+    in_snapshot[c.concern_id()] = c.SerializeAsString();
+    ++sent;
+  }
+  {
+    v1::WatchConcernsResponse marker;
+    marker.mutable_snapshot_end()->set_concern_count(sent);
+    *marker.mutable_snapshot_end()->mutable_as_of() = ToProtoTimestamp(as_of);
+    if (!writer.Write(marker)) return absl::CancelledError("watcher went away");
+  }
+  // Changes queued while the snapshot was read that it already reflects are not sent again:
+  // for a concern in the snapshot, everything up to the change that produced the state shown.
+  {
+    std::lock_guard<std::mutex> lock(watcher->mu);
+    std::map<std::string, size_t> last_reflected;
+    for (size_t i = 0; i < watcher->queue.size(); ++i) {
+      v1::Concern shown = watcher->queue[i].concern;
+      shown.clear_view();
+      shown.clear_overdue();
+      shown.clear_cancel_reason();
+      auto it = in_snapshot.find(shown.concern_id());
+      if (it != in_snapshot.end() && it->second == shown.SerializeAsString()) {
+        last_reflected[shown.concern_id()] = i + 1;
+      }
+    }
+    std::deque<ConcernChangeNote> kept;
+    for (size_t i = 0; i < watcher->queue.size(); ++i) {
+      auto it = last_reflected.find(watcher->queue[i].concern.concern_id());
+      if (it != last_reflected.end() && i < it->second) continue;
+      kept.push_back(std::move(watcher->queue[i]));
+    }
+    watcher->queue = std::move(kept);
+  }
+  absl::Time last_sent = absl::Now();
+  while (true) {
+    std::deque<ConcernChangeNote> batch;
+    {
+      std::unique_lock<std::mutex> lock(watcher->mu);
+      watcher->wake.wait_for(lock, std::chrono::milliseconds(200),
+                             [&] { return !watcher->queue.empty() || watcher->fell_behind; });
+      if (watcher->fell_behind) {
+        return absl::AbortedError(
+            "the watcher fell more than 1,000 changes behind; reconnect for a fresh snapshot");
+      }
+      batch.swap(watcher->queue);
+    }
+    if (context.IsCancelled()) return absl::CancelledError("watcher cancelled");
+    if (context_.stopping.stopped())
+      return absl::UnavailableError("server shutting down; reconnect");
+    for (ConcernChangeNote& note : batch) {
+      v1::WatchConcernsResponse message;
+      v1::ConcernChange* change = message.mutable_change();
+      change->set_kind(note.kind);
+      *change->mutable_concern() = std::move(note.concern);
+      ApplyView(*change->mutable_concern(), true);
+      SetOverdue(*change->mutable_concern(), note.occurred_at);
+      change->set_in_scope(InScope(change->concern(), target));
+      *change->mutable_occurred_at() = ToProtoTimestamp(note.occurred_at);
+      if (!writer.Write(message)) return absl::CancelledError("watcher went away");
+      last_sent = absl::Now();
+    }
+    if (absl::Now() - last_sent >= absl::Seconds(30)) {
+      v1::WatchConcernsResponse heartbeat;
+      *heartbeat.mutable_heartbeat()->mutable_sent_at() = ToProtoTimestamp(absl::Now());
+      if (!writer.Write(heartbeat)) return absl::CancelledError("watcher went away");
+      last_sent = absl::Now();
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Check-in events
+
+absl::Status EscalationService::ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event) {
+  if (!event.payload().Is<checkin::v1::ConcernRaisedEvent>()) return absl::OkStatus();
+  checkin::v1::ConcernRaisedEvent raised;
+  if (!event.payload().UnpackTo(&raised)) {
+    return absl::InvalidArgumentError("ConcernRaisedEvent payload unreadable");
+  }
+  // Exactly one concern per event, whatever the delivery count.
+  auto existing = Store::FindBySourceEvent(tx, event.agency_id(), event.event_id());
+  if (!existing.ok()) return existing.status();
+  if (existing->has_value()) return absl::OkStatus();
+  ConcernRecord record;
+  v1::Concern& c = record.concern;
+  c.set_agency_id(event.agency_id());
+  c.set_participant_id(raised.participant_id().empty() ? "unknown" : raised.participant_id());
+  if (IsUuid(raised.enrollment_id())) c.set_enrollment_id(raised.enrollment_id());
+  // Never dropped: an unspecified severity is critical, an unspecified category clinical
+  // worsening.
+  c.set_category(raised.category() == common::v1::CONCERN_CATEGORY_UNSPECIFIED ||
+                         !common::v1::ConcernCategory_IsValid(raised.category())
+                     ? common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING
+                     : raised.category());
+  c.set_severity(raised.severity() == common::v1::CONCERN_SEVERITY_UNSPECIFIED ||
+                         !common::v1::ConcernSeverity_IsValid(raised.severity())
+                     ? common::v1::CONCERN_SEVERITY_CRITICAL
+                     : raised.severity());
+  c.set_source(SourceFromCheckIn(raised.source()));
+  c.set_source_event_id(event.event_id());
+  if (raised.cause_case() == checkin::v1::ConcernRaisedEvent::kCheckInId &&
+      IsUuid(raised.check_in_id())) {
+    c.set_source_check_in_id(raised.check_in_id());
+  }
+  c.set_raised_by("system:checkin");
+  c.set_raised_by_role("service");
+  const absl::Time now = now_();
+  absl::Time opened = raised.has_raised_at() ? FromProtoTimestamp(raised.raised_at())
+                                             : FromProtoTimestamp(event.occurred_at());
+  if (opened == absl::UnixEpoch() || opened > now) opened = now;
+  *c.mutable_opened_at() = ToProtoTimestamp(opened);
+  PersonDirectory people;
+  if (!raised.receiving_clinician().empty())
+    people.receiving_clinician = raised.receiving_clinician();
+  if (!raised.supporter_id().empty()) people.peer_supporters.insert(raised.supporter_id());
+  std::vector<Notification> notifications;
+  auto opened_concern = OpenConcern(tx, std::move(record), people, now, notifications);
+  if (!opened_concern.ok()) return opened_concern.status();
+  // Delivered even if the consumer's transaction later rolls back: a duplicate page is
+  // harmless, a missing one is not.
+  for (const Notification& n : notifications) notifier_->Notify(n);
+  ConcernChangeNote note;
+  note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
+  note.concern = opened_concern->concern;
+  note.occurred_at = now;
+  hub_.Publish(note);
+  return absl::OkStatus();
+}
 
 }  // namespace peerpath::escalation

@@ -1,9 +1,18 @@
 #pragma once
 
+#include <functional>
+#include <memory>
+
 #include "common/authorization.h"
+#include "common/event_consumer.h"
 #include "common/event_log.h"
 #include "common/server.h"
 #include "peerpath/escalation/v1/escalation.grpc.pb.h"
+#include "services/escalation/notifier.h"
+#include "services/escalation/routing.h"
+#include "services/escalation/store.h"
+#include "services/escalation/sweeper.h"
+#include "services/escalation/watch_hub.h"
 
 namespace peerpath::escalation {
 
@@ -11,18 +20,98 @@ using EscalationServiceBase =
     WithEventLogRpcs<v1::EscalationService::Service, v1::ListEventsRequest, v1::ListEventsResponse,
                      v1::SubscribeRequest, v1::SubscribeResponse>;
 
-// peerpath.escalation.v1.EscalationService. Serves the event log; the domain RPCs answer
-// UNIMPLEMENTED until the escalation issue builds them.
+// The service's own settings (main.cc reads them from flags and the environment).
+struct EscalationOptions {
+  std::string time_zone = "UTC";  // Of the built-in routing policy (IANA name, loaded).
+  absl::TimeZone zone = absl::UTCTimeZone();
+  absl::Duration sweep_interval = absl::Seconds(1);
+  std::string webhook_url;      // Empty: notifications are only logged.
+  std::string checkin_address;  // Empty: check-in ConcernRaisedEvents are not consumed.
+};
+
+// peerpath.escalation.v1.EscalationService: concerns, routing policies, the deadline sweeper and
+// the consumer of the check-in service's concern events.
 class EscalationService final : public EscalationServiceBase {
  public:
-  explicit EscalationService(ServiceContext& context);
+  // Starts the deadline sweeper and, with a check-in address, the check-in consumer.
+  explicit EscalationService(ServiceContext& context, EscalationOptions options = {});
+  ~EscalationService() override;
 
   // Which roles may call each RPC (object-level rules come after, in the handlers).
   static const RoleRules& Rules();
 
+  grpc::Status RaiseConcern(grpc::ServerContext* context, const v1::RaiseConcernRequest* request,
+                            v1::RaiseConcernResponse* response) override;
+  grpc::Status GetConcern(grpc::ServerContext* context, const v1::GetConcernRequest* request,
+                          v1::GetConcernResponse* response) override;
+  grpc::Status ListConcerns(grpc::ServerContext* context, const v1::ListConcernsRequest* request,
+                            v1::ListConcernsResponse* response) override;
+  grpc::Status AcknowledgeConcern(grpc::ServerContext* context,
+                                  const v1::AcknowledgeConcernRequest* request,
+                                  v1::AcknowledgeConcernResponse* response) override;
+  grpc::Status ResolveConcern(grpc::ServerContext* context,
+                              const v1::ResolveConcernRequest* request,
+                              v1::ResolveConcernResponse* response) override;
+  grpc::Status CancelConcern(grpc::ServerContext* context, const v1::CancelConcernRequest* request,
+                             v1::CancelConcernResponse* response) override;
+  grpc::Status ReassignConcern(grpc::ServerContext* context,
+                               const v1::ReassignConcernRequest* request,
+                               v1::ReassignConcernResponse* response) override;
+  grpc::Status GetRoutingPolicy(grpc::ServerContext* context,
+                                const v1::GetRoutingPolicyRequest* request,
+                                v1::GetRoutingPolicyResponse* response) override;
+  grpc::Status UpdateRoutingPolicy(grpc::ServerContext* context,
+                                   const v1::UpdateRoutingPolicyRequest* request,
+                                   v1::UpdateRoutingPolicyResponse* response) override;
+
+  grpc::Status WatchConcerns(grpc::ServerContext* context, const v1::WatchConcernsRequest* request,
+                             grpc::ServerWriter<v1::WatchConcernsResponse>* writer) override;
+
+  // Applies one check-in ConcernRaisedEvent inside the consumer's transaction (public for tests).
+  absl::Status ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event);
+
  private:
+  struct Change;  // A concern changed by a person, for the shared lock-check-write path.
+
+  absl::Status RaiseConcernImpl(const grpc::ServerContext& context, const Identity& caller,
+                                const v1::RaiseConcernRequest& request,
+                                v1::RaiseConcernResponse& response);
+  absl::Status GetConcernImpl(const grpc::ServerContext& context, const Identity& caller,
+                              const v1::GetConcernRequest& request,
+                              v1::GetConcernResponse& response);
+  absl::Status ListConcernsImpl(const Identity& caller, const v1::ListConcernsRequest& request,
+                                v1::ListConcernsResponse& response);
+  // The body of Acknowledge/Resolve/Cancel/Reassign: locks the concern, checks visibility, runs
+  // `act` (which decides and writes), audits; NOT_FOUND is audited as a refusal.
+  absl::Status ChangeConcern(
+      const grpc::ServerContext& context, const Identity& caller, const std::string& method,
+      const std::string& concern_id, v1::ConcernChangeKind change_kind,
+      const std::function<absl::Status(pqxx::work&, ConcernRecord&, const RoutingPolicy&)>& act,
+      v1::Concern& out);
+  absl::Status WatchConcernsImpl(grpc::ServerContext& context, const Identity& caller,
+                                 const v1::WatchConcernsRequest& request,
+                                 grpc::ServerWriter<v1::WatchConcernsResponse>& writer);
+  absl::Status UpdateRoutingPolicyImpl(const Identity& caller,
+                                       const v1::UpdateRoutingPolicyRequest& request,
+                                       v1::UpdateRoutingPolicyResponse& response);
+
+  // Opens and routes a concern in `tx` (events, transitions); fills `notifications`.
+  absl::StatusOr<ConcernRecord> OpenConcern(pqxx::work& tx, ConcernRecord record,
+                                            const PersonDirectory& people, absl::Time now,
+                                            std::vector<Notification>& notifications);
+
+  RoutingPolicy DefaultPolicyFor() const;
+
+  ServiceContext& context_;
   Authorizer authorizer_;
   EventLog events_;
+  std::string time_zone_name_;
+  absl::TimeZone time_zone_;
+  std::function<absl::Time()> now_ = [] { return absl::Now(); };
+  WatchHub hub_;
+  std::unique_ptr<Notifier> notifier_;
+  std::unique_ptr<DeadlineSweeper> sweeper_;
+  std::unique_ptr<EventConsumer> checkin_consumer_;
 };
 
 }  // namespace peerpath::escalation

@@ -1,7 +1,64 @@
 // peerpath-escalation: flags and wiring only.
+#include <cstdlib>
+#include <iostream>
+
+#include "absl/flags/flag.h"
 #include "common/server.h"
 #include "escalation/migrations.h"
 #include "services/escalation/escalation_service.h"
+
+ABSL_FLAG(std::string, agency_time_zone, "",
+          "escalation: IANA time zone of the built-in routing policy (version 1 of every "
+          "agency); default UTC (env PEERPATH_AGENCY_TIME_ZONE)");
+ABSL_FLAG(std::string, deadline_sweep_interval, "",
+          "escalation: how often the deadline sweeper runs, e.g. 1s (the default) (env "
+          "PEERPATH_DEADLINE_SWEEP_INTERVAL)");
+ABSL_FLAG(std::string, notification_webhook_url, "",
+          "escalation: URL that receives a personal-data-free JSON POST per notification, with "
+          "retries; empty: notifications are only logged (env "
+          "PEERPATH_NOTIFICATION_WEBHOOK_URL)");
+ABSL_FLAG(std::string, checkin_address, "",
+          "escalation: host:port of the check-in service whose ConcernRaisedEvents open concerns; "
+          "empty: not consumed (env PEERPATH_CHECKIN_ADDRESS)");
+
+namespace {
+
+std::string FlagOrEnv(const std::string& flag_value, const char* env) {
+  if (!flag_value.empty()) return flag_value;
+  const char* value = std::getenv(env);
+  return value == nullptr ? "" : value;
+}
+
+// Fatal on bad configuration at start-up, never a silent default.
+[[noreturn]] void BadFlag(const std::string& message) {
+  std::cerr << "peerpath-escalation: " << message << "\n";
+  std::exit(2);
+}
+
+peerpath::escalation::EscalationOptions OptionsFromFlags() {
+  peerpath::escalation::EscalationOptions options;
+  const std::string zone =
+      FlagOrEnv(absl::GetFlag(FLAGS_agency_time_zone), "PEERPATH_AGENCY_TIME_ZONE");
+  if (!zone.empty()) {
+    options.time_zone = zone;
+    if (!absl::LoadTimeZone(zone, &options.zone)) {
+      BadFlag("--agency_time_zone '" + zone + "' is not an IANA time zone");
+    }
+  }
+  const std::string interval =
+      FlagOrEnv(absl::GetFlag(FLAGS_deadline_sweep_interval), "PEERPATH_DEADLINE_SWEEP_INTERVAL");
+  if (!interval.empty() && (!absl::ParseDuration(interval, &options.sweep_interval) ||
+                            options.sweep_interval <= absl::ZeroDuration())) {
+    BadFlag("--deadline_sweep_interval '" + interval + "' is not a positive duration");
+  }
+  options.webhook_url =
+      FlagOrEnv(absl::GetFlag(FLAGS_notification_webhook_url), "PEERPATH_NOTIFICATION_WEBHOOK_URL");
+  options.checkin_address =
+      FlagOrEnv(absl::GetFlag(FLAGS_checkin_address), "PEERPATH_CHECKIN_ADDRESS");
+  return options;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   peerpath::ServiceDefinition definition{
@@ -13,7 +70,8 @@ int main(int argc, char** argv) {
       .make_services =
           [](peerpath::ServiceContext& context) {
             std::vector<std::unique_ptr<grpc::Service>> services;
-            services.push_back(std::make_unique<peerpath::escalation::EscalationService>(context));
+            services.push_back(std::make_unique<peerpath::escalation::EscalationService>(
+                context, OptionsFromFlags()));
             return services;
           },
   };

@@ -1,0 +1,242 @@
+// Escalation hot paths, against a real PostgreSQL (PEERPATH_TEST_PG_ADMIN_URL, as tools/test sets):
+//
+//   1. route-and-persist: RaiseConcern over gRPC on the real binary (validate, route, insert the
+//      concern with its transitions, events and audit row, store the idempotent response), with
+//      16 calls in flight, beside plain single-row INSERTs (one transaction each, 16 connections)
+//      into a table of the same database in the same run;
+//   2. the deadline sweeper (in-process) with 100,000 open concerns of which 0, then 100 are due,
+//      and the plan of its query (an index scan on concerns_next_deadline, not a table scan);
+//   3. the pure routing function (Google Benchmark).
+//
+// PEERPATH_BENCH_SECONDS (default 5) sets the length of each timed phase.
+#include <benchmark/benchmark.h>
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/db.h"
+#include "peerpath/escalation/v1/escalation.grpc.pb.h"
+#include "services/escalation/notifier.h"
+#include "services/escalation/routing.h"
+#include "services/escalation/sweeper.h"
+#include "tests/support/service_process.h"
+#include "tests/support/test_database.h"
+#include "tests/support/test_tokens.h"
+
+namespace peerpath::escalation {
+namespace {
+
+using namespace std::chrono_literals;
+
+void BM_RouteCriticalConcern(benchmark::State& state) {
+  const RoutingPolicy policy = DefaultPolicy("UTC", absl::UTCTimeZone());
+  const RoutingRule* rule = RuleFor(policy, common::v1::CONCERN_CATEGORY_BASIC_NEEDS,
+                                    common::v1::CONCERN_SEVERITY_ROUTINE);
+  absl::Time now = absl::FromUnixSeconds(1795000000);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(RouteFrom(*rule, 0, PersonDirectory{}, policy.calendar, now));
+    now += absl::Minutes(7);
+  }
+}
+BENCHMARK(BM_RouteCriticalConcern)->Repetitions(5)->ReportAggregatesOnly(true);
+
+struct Figures {
+  double per_second = 0;
+  double p50_ms = 0;
+  double p99_ms = 0;
+  long calls = 0;
+  long errors = 0;
+};
+
+// Runs `call(thread)` from `in_flight` threads for `length`; latency of each call.
+Figures Hammer(int in_flight, absl::Duration length, const std::function<bool(int)>& call) {
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::vector<double> all;
+  std::atomic<long> errors{0};
+  std::vector<std::thread> threads;
+  const absl::Time start = absl::Now();
+  for (int t = 0; t < in_flight; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<double> mine;
+      while (!stop) {
+        const absl::Time before = absl::Now();
+        if (!call(t)) ++errors;
+        mine.push_back(absl::ToDoubleMilliseconds(absl::Now() - before));
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      all.insert(all.end(), mine.begin(), mine.end());
+    });
+  }
+  std::this_thread::sleep_for(absl::ToChronoNanoseconds(length));
+  stop = true;
+  for (auto& t : threads) t.join();
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  std::sort(all.begin(), all.end());
+  Figures f;
+  f.calls = static_cast<long>(all.size());
+  f.errors = errors;
+  f.per_second = f.calls / seconds;
+  if (!all.empty()) {
+    f.p50_ms = all[all.size() / 2];
+    f.p99_ms = all[std::min(all.size() - 1, all.size() * 99 / 100)];
+  }
+  return f;
+}
+
+void Print(const char* name, const Figures& f) {
+  std::printf("%-44s %9.0f/s  p50 %7.2f ms  p99 %7.2f ms  (%ld calls, %ld errors)\n", name,
+              f.per_second, f.p50_ms, f.p99_ms, f.calls, f.errors);
+}
+
+void RunDatabaseBenchmarks() {
+  const char* seconds_env = std::getenv("PEERPATH_BENCH_SECONDS");
+  const absl::Duration length = absl::Seconds(seconds_env ? std::atoi(seconds_env) : 5);
+  constexpr int kInFlight = 16;
+  auto db = testing::TestDatabase::Create();
+  testing::ServiceProcess service("escalation", db->UrlFor("escalation"),
+                                  {"--deadline_sweep_interval=1h"});
+  if (!service.WaitListening() || !service.WaitHealth(true)) {
+    std::fprintf(stderr, "escalation did not start:\n%s\n", service.Log().c_str());
+    return;
+  }
+  auto stub = v1::EscalationService::NewStub(service.Channel());
+  const std::string token = testing::TokenFor("bench", {"clinician"}, "dr-bench");
+  // One agency per caller thread: the audit chain of an agency is appended one at a time.
+  std::vector<std::string> agency_tokens;
+  for (int t = 0; t < kInFlight; ++t) {
+    agency_tokens.push_back(
+        testing::TokenFor(absl::StrCat("bench-", t), {"clinician"}, "dr-bench"));
+  }
+  std::atomic<long> key{0};
+  bool spread = false;
+  auto raise = [&](int thread) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 10s);
+    context.AddMetadata("authorization", "Bearer " + (spread ? agency_tokens[thread] : token));
+    v1::RaiseConcernRequest request;
+    request.set_participant_id(absl::StrCat("client-", key % 997));
+    request.set_category(common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING);
+    request.set_severity(common::v1::CONCERN_SEVERITY_URGENT);
+    request.set_description("bench");
+    request.set_idempotency_key(absl::StrCat("bench-", key++));
+    v1::RaiseConcernResponse response;
+    return stub->RaiseConcern(&context, request, &response).ok();
+  };
+  for (int i = 0; i < 50; ++i) raise(0);  // Warm-up: pool, policy version 1.
+  spread = true;
+  for (int t = 0; t < kInFlight; ++t) raise(t);
+  spread = false;
+
+  db->AdminQuery(
+      "CREATE TABLE public.plain_insert (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), "
+      "agency_id text NOT NULL, participant_id text NOT NULL, severity text NOT NULL, "
+      "created_at timestamptz NOT NULL DEFAULT now())");
+  std::vector<std::unique_ptr<pqxx::connection>> connections;
+  for (int i = 0; i < kInFlight; ++i) {
+    connections.push_back(std::make_unique<pqxx::connection>(testing::AdminUrl(db->name())));
+  }
+  auto insert = [&](int thread) {
+    pqxx::work tx(*connections[thread]);
+    tx.exec_params0(
+        "INSERT INTO public.plain_insert (agency_id, participant_id, severity) "
+        "VALUES ($1, $2, 'urgent')",
+        "bench", absl::StrCat("client-", thread));
+    tx.commit();
+    return true;
+  };
+  // Interleaved phases so both see the same machine load.
+  const Figures plain = Hammer(kInFlight, length, insert);
+  const Figures routed = Hammer(kInFlight, length, raise);
+  spread = true;
+  const Figures routed_spread = Hammer(kInFlight, length, raise);
+  std::printf("\n== route-and-persist vs plain INSERT (%d in flight, %.0f s each) ==\n", kInFlight,
+              absl::ToDoubleSeconds(length));
+  Print("plain single-row INSERT (libpq, 1 tx each)", plain);
+  Print("RaiseConcern over gRPC, one agency", routed);
+  Print("RaiseConcern over gRPC, 16 agencies", routed_spread);
+  std::printf(
+      "ratio RaiseConcern / INSERT: %.2f (target >= 0.5); RaiseConcern p99 %.2f ms "
+      "(target < 20 ms)\n",
+      plain.per_second > 0 ? routed.per_second / plain.per_second : 0, routed.p99_ms);
+
+  // 100,000 open concerns, none due; then 100 due.
+  db->AdminQuery(
+      "INSERT INTO escalation.concerns (agency_id, participant_id, category, severity, source, "
+      "raised_by, raised_by_role, policy_id, policy_version, target_kind, target_id, "
+      "ack_deadline, next_deadline, next_deadline_kind, notify_at, notified_at, opened_at) "
+      "SELECT 'bench', 'client-' || (g % 5000), 'clinical_worsening', 'urgent', 'manual', "
+      "'dr-bench', 'clinician', p.id, 1, 'clinical_on_call', 'clinical-on-call', "
+      "now() + interval '4 hours' + g * interval '1 second', "
+      "now() + interval '4 hours' + g * interval '1 second', 'acknowledgement', now(), now(), "
+      "now() "
+      "FROM generate_series(1, 100000) g, escalation.routing_policies p "
+      "WHERE p.agency_id = 'bench' AND p.version = 1");
+  db->AdminQuery("ANALYZE escalation.concerns");
+  const int open =
+      db->AdminQuery(
+            "SELECT count(*) FROM escalation.concerns WHERE status IN ('open', 'acknowledged')")
+          [0][0]
+              .as<int>();
+  Database database(DatabaseOptions{.url = db->UrlFor("escalation"), .schema = "escalation"});
+  LogNotifier notifier;
+  DeadlineSweeper sweeper(database, notifier, nullptr);
+  std::printf("\n== deadline sweeper with %d open concerns ==\n", open);
+  std::vector<double> idle;
+  for (int i = 0; i < 20; ++i) {
+    const absl::Time before = absl::Now();
+    auto result = sweeper.SweepOnce(absl::Now());
+    idle.push_back(absl::ToDoubleMilliseconds(absl::Now() - before));
+    if (!result.ok() || result->due != 0) std::printf("unexpected sweep result\n");
+  }
+  std::sort(idle.begin(), idle.end());
+  std::printf("sweep, nothing due:  median %.2f ms, max %.2f ms (20 sweeps; target < 100 ms)\n",
+              idle[idle.size() / 2], idle.back());
+  db->AdminQuery(
+      "UPDATE escalation.concerns SET opened_at = now() - interval '5 hours', "
+      "ack_deadline = now() - interval '1 minute', next_deadline = now() - interval '1 minute' "
+      "WHERE id IN (SELECT id FROM escalation.concerns WHERE agency_id = 'bench' "
+      "ORDER BY next_deadline LIMIT 100)");
+  const absl::Time before = absl::Now();
+  auto result = sweeper.SweepOnce(absl::Now());
+  const double due_ms = absl::ToDoubleMilliseconds(absl::Now() - before);
+  std::printf("sweep, 100 due:      %.2f ms (%d due, %d escalated: %.2f ms per escalation)\n",
+              due_ms, result.ok() ? result->due : -1, result.ok() ? result->acted : -1,
+              result.ok() && result->acted > 0 ? due_ms / result->acted : 0.0);
+  // The plan of the sweeper's query, as the runtime role runs it.
+  auto plan = database.TransactWithSetting(
+      "app.escalation_sweeper", "on", [](pqxx::work& tx) -> absl::StatusOr<std::string> {
+        std::string text;
+        for (const auto& row :
+             tx.exec("EXPLAIN SELECT agency_id, id::text FROM concerns WHERE status IN ('open', "
+                     "'acknowledged') AND next_deadline <= ts_from_us(" +
+                     std::to_string(absl::ToUnixMicros(absl::Now())) +
+                     ") ORDER BY next_deadline LIMIT 500")) {
+          text += "  " + row[0].as<std::string>() + "\n";
+        }
+        return text;
+      });
+  std::printf("sweeper query plan:\n%s\n", plan.ok() ? plan->c_str() : "(failed)");
+}
+
+}  // namespace
+}  // namespace peerpath::escalation
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  if (std::getenv("PEERPATH_TEST_PG_ADMIN_URL") != nullptr) {
+    peerpath::escalation::RunDatabaseBenchmarks();
+  } else {
+    std::printf("PEERPATH_TEST_PG_ADMIN_URL not set: database benchmarks skipped\n");
+  }
+  return 0;
+}

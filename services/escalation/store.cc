@@ -1,0 +1,545 @@
+#include "services/escalation/store.h"
+
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/time_util.h"
+#include "services/escalation/policy_codec.h"
+
+namespace peerpath::escalation {
+namespace {
+
+template <typename Enum>
+using Codes = std::vector<std::pair<Enum, const char*>>;
+
+const Codes<Category>& CategoryCodes() {
+  static const auto* codes =
+      new Codes<Category>{{common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY, "immediate_safety"},
+                          {common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING, "clinical_worsening"},
+                          {common::v1::CONCERN_CATEGORY_BASIC_NEEDS, "housing_or_basic_needs"},
+                          {common::v1::CONCERN_CATEGORY_DISENGAGEMENT, "disengagement"},
+                          {common::v1::CONCERN_CATEGORY_ROLE_BOUNDARY, "role_boundary"},
+                          {common::v1::CONCERN_CATEGORY_SUPPORTER_WELLBEING, "supporter_wellbeing"},
+                          {common::v1::CONCERN_CATEGORY_WELLBEING_DECLINE, "wellbeing_decline"}};
+  return *codes;
+}
+const Codes<Severity>& SeverityCodes() {
+  static const auto* codes =
+      new Codes<Severity>{{common::v1::CONCERN_SEVERITY_ROUTINE, "routine"},
+                          {common::v1::CONCERN_SEVERITY_URGENT, "urgent"},
+                          {common::v1::CONCERN_SEVERITY_CRITICAL, "critical"}};
+  return *codes;
+}
+const Codes<v1::ConcernSource>& SourceCodes() {
+  static const auto* codes =
+      new Codes<v1::ConcernSource>{{v1::CONCERN_SOURCE_CHECK_IN_RULE, "check_in_rule"},
+                                   {v1::CONCERN_SOURCE_MANUAL, "manual"},
+                                   {v1::CONCERN_SOURCE_MISSED_CONTACT, "missed_contact"},
+                                   {v1::CONCERN_SOURCE_WELLBEING_TREND, "wellbeing_trend"},
+                                   {v1::CONCERN_SOURCE_MISSED_APPOINTMENT, "missed_appointment"}};
+  return *codes;
+}
+const Codes<v1::ConcernState>& StateCodes() {
+  static const auto* codes =
+      new Codes<v1::ConcernState>{{v1::CONCERN_STATE_OPEN, "open"},
+                                  {v1::CONCERN_STATE_ACKNOWLEDGED, "acknowledged"},
+                                  {v1::CONCERN_STATE_RESOLVED, "resolved"},
+                                  {v1::CONCERN_STATE_CANCELLED, "cancelled"}};
+  return *codes;
+}
+const Codes<TargetKind>& TargetKindCodes() {
+  static const auto* codes =
+      new Codes<TargetKind>{{v1::TARGET_KIND_CLINICAL_ON_CALL, "clinical_on_call"},
+                            {v1::TARGET_KIND_RECEIVING_CLINICIAN, "receiving_clinician"},
+                            {v1::TARGET_KIND_CASE_MANAGEMENT_TEAM, "case_management_team"},
+                            {v1::TARGET_KIND_SUPPORTER_SUPERVISOR, "supervisor"}};
+  return *codes;
+}
+const Codes<v1::ConcernOutcome>& OutcomeCodes() {
+  static const auto* codes = new Codes<v1::ConcernOutcome>{
+      {v1::CONCERN_OUTCOME_CLINICAL_REVIEW_DONE, "clinical_review_done"},
+      {v1::CONCERN_OUTCOME_REFERRED, "referred"},
+      {v1::CONCERN_OUTCOME_NO_ACTION_NEEDED, "no_action_needed"},
+      {v1::CONCERN_OUTCOME_PARTICIPANT_SAFE, "participant_safe"},
+      {v1::CONCERN_OUTCOME_OTHER, "other"}};
+  return *codes;
+}
+const Codes<v1::DeadlineKind>& DeadlineKindCodes() {
+  static const auto* codes = new Codes<v1::DeadlineKind>{
+      {v1::DEADLINE_KIND_ACKNOWLEDGEMENT, "acknowledgement"},
+      {v1::DEADLINE_KIND_RESOLUTION, "resolution"},
+      {v1::DEADLINE_KIND_RESOLUTION_AFTER_REALERT, "resolution_after_realert"}};
+  return *codes;
+}
+const Codes<v1::TransitionKind>& TransitionCodes() {
+  static const auto* codes =
+      new Codes<v1::TransitionKind>{{v1::TRANSITION_KIND_OPENED, "opened"},
+                                    {v1::TRANSITION_KIND_ROUTED, "routed"},
+                                    {v1::TRANSITION_KIND_ACKNOWLEDGED, "acknowledged"},
+                                    {v1::TRANSITION_KIND_REALERTED, "realerted"},
+                                    {v1::TRANSITION_KIND_ESCALATED, "escalated"},
+                                    {v1::TRANSITION_KIND_RESOLVED, "resolved"},
+                                    {v1::TRANSITION_KIND_CANCELLED, "cancelled"}};
+  return *codes;
+}
+
+template <typename Enum>
+std::string ToCode(const Codes<Enum>& codes, Enum value) {
+  for (const auto& [e, code] : codes) {
+    if (e == value) return code;
+  }
+  return "";
+}
+template <typename Enum>
+Enum FromCode(const Codes<Enum>& codes, const std::string& code) {
+  for (const auto& [e, c] : codes) {
+    if (code == c) return e;
+  }
+  return static_cast<Enum>(0);
+}
+
+int64_t Micros(absl::Time t) { return t == absl::Time() ? 0 : absl::ToUnixMicros(t); }
+absl::Time FromMicros(int64_t us) { return us == 0 ? absl::Time() : absl::FromUnixMicros(us); }
+void SetTime(int64_t us, google::protobuf::Timestamp* ts) {
+  if (us != 0) *ts = ToProtoTimestamp(absl::FromUnixMicros(us));
+}
+int64_t ProtoMicros(const v1::Concern& c, const google::protobuf::Timestamp& ts, bool has) {
+  (void)c;
+  return has ? absl::ToUnixMicros(FromProtoTimestamp(ts)) : 0;
+}
+
+// The columns ConcernFromRow reads, in order; $2 team kinds (text[]) and $3 subject of the viewer.
+constexpr char kConcernColumns[] = R"sql(
+  c.id::text, c.agency_id, c.participant_id, coalesce(c.enrollment_id::text, ''), c.category,
+  c.severity, c.source, coalesce(c.source_event_id, ''), coalesce(c.source_check_in_id::text, ''),
+  coalesce(c.description, ''), c.raised_by, c.raised_by_role, c.status, c.current_level,
+  c.target_kind, c.target_id, c.policy_id::text, c.policy_version, us_from_ts(c.opened_at),
+  us_from_ts(c.ack_deadline), us_from_ts(c.resolve_deadline), us_from_ts(c.next_deadline),
+  coalesce(c.next_deadline_kind, ''), us_from_ts(c.notify_at), c.breach_count,
+  us_from_ts(c.acknowledged_at), coalesce(c.acknowledged_by, ''), coalesce(c.acknowledged_level, -1),
+  us_from_ts(c.resolved_at), coalesce(c.resolved_by, ''), coalesce(c.outcome, ''),
+  us_from_ts(c.cancelled_at), coalesce(c.cancelled_by, ''), coalesce(c.cancel_reason, ''))sql";
+
+// Whether the concern is or was routed to the viewer ($2 team kinds, $3 subject).
+constexpr char kRoutedToViewer[] = R"sql(
+  EXISTS (SELECT 1 FROM concern_transitions t
+          WHERE t.agency_id = c.agency_id AND t.concern_id = c.id AND t.target_kind IS NOT NULL
+            AND (t.target_kind = ANY ($2::text[])
+                 OR (t.target_kind IN ('receiving_clinician', 'supervisor') AND t.target_id = $3))))sql";
+
+std::string PgArray(const std::vector<std::string>& values) {
+  std::string out = "{";
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (i) out += ",";
+    out += "\"";
+    for (char ch : values[i]) {
+      if (ch == '"' || ch == '\\') out += '\\';
+      out += ch;
+    }
+    out += "\"";
+  }
+  return out + "}";
+}
+
+ConcernRecord ConcernFromRow(const pqxx::row& row, bool with_viewer) {
+  ConcernRecord record;
+  v1::Concern& c = record.concern;
+  int i = 0;
+  c.set_concern_id(row[i++].as<std::string>());
+  c.set_agency_id(row[i++].as<std::string>());
+  c.set_participant_id(row[i++].as<std::string>());
+  c.set_enrollment_id(row[i++].as<std::string>());
+  c.set_category(FromCode(CategoryCodes(), row[i++].as<std::string>()));
+  c.set_severity(FromCode(SeverityCodes(), row[i++].as<std::string>()));
+  c.set_source(FromCode(SourceCodes(), row[i++].as<std::string>()));
+  c.set_source_event_id(row[i++].as<std::string>());
+  c.set_source_check_in_id(row[i++].as<std::string>());
+  c.set_description(row[i++].as<std::string>());
+  c.set_raised_by(row[i++].as<std::string>());
+  c.set_raised_by_role(row[i++].as<std::string>());
+  c.set_state(FromCode(StateCodes(), row[i++].as<std::string>()));
+  c.set_current_level(row[i++].as<int>());
+  c.mutable_current_target()->set_kind(FromCode(TargetKindCodes(), row[i++].as<std::string>()));
+  c.mutable_current_target()->set_target_id(row[i++].as<std::string>());
+  record.policy_id = row[i++].as<std::string>();
+  c.set_policy_version(row[i++].as<int>());
+  SetTime(row[i++].as<int64_t>(), c.mutable_opened_at());
+  SetTime(row[i++].as<int64_t>(), c.mutable_ack_deadline());
+  const int64_t resolve = row[i++].as<int64_t>();
+  if (resolve) SetTime(resolve, c.mutable_resolution_deadline());
+  const int64_t next = row[i++].as<int64_t>();
+  if (next) SetTime(next, c.mutable_next_deadline());
+  record.next_deadline_kind = row[i++].as<std::string>();
+  record.notify_at = FromMicros(row[i++].as<int64_t>());
+  c.set_breach_count(row[i++].as<int>());
+  const int64_t acked = row[i++].as<int64_t>();
+  if (acked) SetTime(acked, c.mutable_acknowledged_at());
+  c.set_acknowledged_by(row[i++].as<std::string>());
+  record.acknowledged_level = row[i++].as<int>();
+  const int64_t resolved = row[i++].as<int64_t>();
+  if (resolved) SetTime(resolved, c.mutable_resolved_at());
+  c.set_resolved_by(row[i++].as<std::string>());
+  c.set_outcome(FromCode(OutcomeCodes(), row[i++].as<std::string>()));
+  const int64_t cancelled = row[i++].as<int64_t>();
+  if (cancelled) SetTime(cancelled, c.mutable_cancelled_at());
+  c.set_cancelled_by(row[i++].as<std::string>());
+  c.set_cancel_reason(row[i++].as<std::string>());
+  if (with_viewer) record.routed_to_viewer = row[i++].as<bool>();
+  return record;
+}
+
+absl::StatusOr<RoutingPolicy> PolicyFromRow(const pqxx::row& row) {
+  auto policy = PolicyFromStored(row[2].as<std::string>(), row[3].as<std::string>(),
+                                 row[4].as<std::string>(), row[5].as<std::string>());
+  if (!policy.ok()) return policy.status();
+  policy->policy_id = row[0].as<std::string>();
+  policy->version = row[1].as<int>();
+  policy->created_at = absl::FromUnixMicros(row[6].as<int64_t>());
+  policy->created_by = row[7].as<std::string>();
+  return policy;
+}
+
+constexpr char kPolicyColumns[] =
+    "id::text, version, rules::text, time_zone, business_hours::text, "
+    "array_to_string(holidays, ','), us_from_ts(created_at), created_by";
+
+}  // namespace
+
+std::string CategoryCode(Category category) { return ToCode(CategoryCodes(), category); }
+std::string SeverityCode(Severity severity) { return ToCode(SeverityCodes(), severity); }
+std::string SourceCode(v1::ConcernSource source) { return ToCode(SourceCodes(), source); }
+std::string StateCode(v1::ConcernState state) { return ToCode(StateCodes(), state); }
+std::string TargetKindCode(TargetKind kind) { return ToCode(TargetKindCodes(), kind); }
+std::string OutcomeCode(v1::ConcernOutcome outcome) { return ToCode(OutcomeCodes(), outcome); }
+std::string DeadlineKindCode(v1::DeadlineKind kind) { return ToCode(DeadlineKindCodes(), kind); }
+v1::ConcernState StateFromCode(const std::string& code) { return FromCode(StateCodes(), code); }
+
+absl::StatusOr<RoutingPolicy> Store::Policy(pqxx::work& tx, const std::string& agency_id,
+                                            int version, const RoutingPolicy& default_policy) {
+  const std::string select =
+      absl::StrCat("SELECT ", kPolicyColumns,
+                   " FROM routing_policies WHERE agency_id = $1 AND ($2 = 0 OR version = $2) "
+                   "ORDER BY version DESC LIMIT 1");
+  pqxx::result rows = tx.exec_params(select, agency_id, version);
+  if (rows.empty() && version <= 1) {
+    const StoredPolicyText stored = PolicyToStored(default_policy);
+    tx.exec_params(
+        "INSERT INTO routing_policies (agency_id, version, rules, time_zone, business_hours, "
+        "holidays, created_by) VALUES ($1, 1, $2::jsonb, $3, $4::jsonb, $5::date[], "
+        "'system:default') ON CONFLICT (agency_id, version) DO NOTHING",
+        agency_id, stored.rules_json, default_policy.time_zone, stored.business_hours_json,
+        stored.holidays);
+    rows = tx.exec_params(select, agency_id, version);
+  }
+  if (rows.empty()) {
+    return absl::NotFoundError(absl::StrCat("routing policy version ", version, " not found"));
+  }
+  return PolicyFromRow(rows[0]);
+}
+
+absl::StatusOr<RoutingPolicy> Store::PolicyById(pqxx::work& tx, const std::string& agency_id,
+                                                const std::string& policy_id) {
+  pqxx::result rows =
+      tx.exec_params(absl::StrCat("SELECT ", kPolicyColumns,
+                                  " FROM routing_policies WHERE agency_id = $1 AND id = $2::uuid"),
+                     agency_id, policy_id);
+  if (rows.empty()) return absl::InternalError("concern's routing policy missing");
+  return PolicyFromRow(rows[0]);
+}
+
+absl::StatusOr<RoutingPolicy> Store::InsertPolicy(pqxx::work& tx, const std::string& agency_id,
+                                                  RoutingPolicy policy, int base_version,
+                                                  const std::string& created_by) {
+  const StoredPolicyText stored = PolicyToStored(policy);
+  // Inserting base_version + 1 only when base_version is the newest: a concurrent edit makes
+  // this insert nothing (or conflict on the unique version) and the caller gets ABORTED.
+  pqxx::result rows = tx.exec_params(
+      "INSERT INTO routing_policies (agency_id, version, rules, time_zone, business_hours, "
+      "holidays, created_by) "
+      "SELECT $1, $2 + 1, $3::jsonb, $4, $5::jsonb, $6::date[], $7 "
+      "WHERE $2 = (SELECT max(version) FROM routing_policies WHERE agency_id = $1) "
+      "ON CONFLICT (agency_id, version) DO NOTHING "
+      "RETURNING id::text, us_from_ts(created_at)",
+      agency_id, base_version, stored.rules_json, policy.time_zone, stored.business_hours_json,
+      stored.holidays, created_by);
+  if (rows.empty()) {
+    return absl::AbortedError(absl::StrCat(
+        "base_version ", base_version,
+        " is no longer the current routing policy; read the current version and apply the "
+        "change again"));
+  }
+  policy.policy_id = rows[0][0].as<std::string>();
+  policy.created_at = absl::FromUnixMicros(rows[0][1].as<int64_t>());
+  policy.version = base_version + 1;
+  policy.created_by = created_by;
+  return policy;
+}
+
+absl::StatusOr<ConcernRecord> Store::InsertConcern(pqxx::work& tx, const ConcernRecord& record,
+                                                   const std::vector<int>& skipped_levels) {
+  (void)skipped_levels;
+  const v1::Concern& c = record.concern;
+  const int64_t opened = ProtoMicros(c, c.opened_at(), c.has_opened_at());
+  // One round trip: the concern and its OPENED and ROUTED transitions.
+  const std::string sql = absl::StrCat(R"sql(
+    WITH c AS (
+      INSERT INTO concerns (agency_id, participant_id, enrollment_id, category, severity, source,
+        source_event_id, source_check_in_id, description, raised_by, raised_by_role, status,
+        policy_id, policy_version, current_level, target_kind, target_id, ack_deadline,
+        next_deadline, next_deadline_kind, notify_at, notified_at, opened_at)
+      VALUES ($1, $2, NULLIF($3, '')::uuid, $4, $5, $6, NULLIF($7, ''), NULLIF($8, '')::uuid,
+        NULLIF($9, ''), $10, $11, 'open', $12::uuid, $13, $14, $15, $16, ts_from_us($17),
+        ts_from_us($17), 'acknowledgement', ts_from_us($18),
+        CASE WHEN ts_from_us($18) <= now() THEN now() END, coalesce(ts_from_us($19), now()))
+      RETURNING *),
+    opened AS (
+      INSERT INTO concern_transitions (agency_id, concern_id, kind, status_after, level,
+        target_kind, target_id, actor, actor_role, occurred_at)
+      SELECT agency_id, id, 'opened', 'open', current_level, target_kind, target_id, raised_by,
+        raised_by_role, opened_at FROM c),
+    routed AS (
+      INSERT INTO concern_transitions (agency_id, concern_id, kind, from_status, status_after,
+        level, target_kind, target_id, actor, occurred_at)
+      SELECT agency_id, id, 'routed', 'open', 'open', current_level, target_kind, target_id,
+        'system:routing', opened_at FROM c)
+    SELECT )sql",
+                                       kConcernColumns, ", true FROM c");
+  pqxx::result rows =
+      tx.exec_params(sql, c.agency_id(), c.participant_id(), c.enrollment_id(),
+                     CategoryCode(c.category()), SeverityCode(c.severity()), SourceCode(c.source()),
+                     c.source_event_id(), c.source_check_in_id(), c.description(), c.raised_by(),
+                     c.raised_by_role(), record.policy_id, c.policy_version(), c.current_level(),
+                     TargetKindCode(c.current_target().kind()), c.current_target().target_id(),
+                     ProtoMicros(c, c.ack_deadline(), true), Micros(record.notify_at), opened);
+  return ConcernFromRow(rows[0], true);
+}
+
+absl::StatusOr<std::optional<ConcernRecord>> Store::FindConcern(pqxx::work& tx,
+                                                                const std::string& agency_id,
+                                                                const std::string& concern_id,
+                                                                const Viewer& viewer, bool lock) {
+  const std::string sql =
+      absl::StrCat("SELECT ", kConcernColumns, ", ", kRoutedToViewer,
+                   " FROM concerns c WHERE c.agency_id = $1 AND c.id = $4::uuid",
+                   lock ? " FOR UPDATE OF c" : "");
+  pqxx::result rows =
+      tx.exec_params(sql, agency_id, PgArray(viewer.team_kinds), viewer.subject, concern_id);
+  if (rows.empty()) return std::optional<ConcernRecord>();
+  return std::optional<ConcernRecord>(ConcernFromRow(rows[0], true));
+}
+
+absl::StatusOr<std::optional<ConcernRecord>> Store::FindBySourceEvent(
+    pqxx::work& tx, const std::string& agency_id, const std::string& source_event_id) {
+  pqxx::result rows = tx.exec_params(
+      absl::StrCat("SELECT ", kConcernColumns,
+                   " FROM concerns c WHERE c.agency_id = $1 AND c.source_event_id = $2"),
+      agency_id, source_event_id);
+  if (rows.empty()) return std::optional<ConcernRecord>();
+  return std::optional<ConcernRecord>(ConcernFromRow(rows[0], false));
+}
+
+absl::Status Store::UpdateConcern(pqxx::work& tx, const ConcernRecord& record) {
+  const v1::Concern& c = record.concern;
+  tx.exec_params0(
+      R"sql(
+      UPDATE concerns SET status = $3, current_level = $4, target_kind = $5, target_id = $6,
+        ack_deadline = ts_from_us($7), resolve_deadline = ts_from_us($8),
+        next_deadline = ts_from_us($9), next_deadline_kind = NULLIF($10, ''),
+        notify_at = ts_from_us($11),
+        notified_at = CASE WHEN ts_from_us($11) <= now() THEN coalesce(notified_at, now()) END,
+        breach_count = $12, acknowledged_at = ts_from_us($13),
+        acknowledged_by = NULLIF($14, ''), acknowledged_level = NULLIF($15, -1),
+        resolved_at = ts_from_us($16), resolved_by = NULLIF($17, ''), outcome = NULLIF($18, ''),
+        cancelled_at = ts_from_us($19), cancelled_by = NULLIF($20, ''),
+        cancel_reason = NULLIF($21, '')
+      WHERE agency_id = $1 AND id = $2::uuid)sql",
+      c.agency_id(), c.concern_id(), StateCode(c.state()), c.current_level(),
+      TargetKindCode(c.current_target().kind()), c.current_target().target_id(),
+      ProtoMicros(c, c.ack_deadline(), c.has_ack_deadline()),
+      ProtoMicros(c, c.resolution_deadline(), c.has_resolution_deadline()),
+      ProtoMicros(c, c.next_deadline(), c.has_next_deadline()), record.next_deadline_kind,
+      Micros(record.notify_at), c.breach_count(),
+      ProtoMicros(c, c.acknowledged_at(), c.has_acknowledged_at()), c.acknowledged_by(),
+      record.acknowledged_level, ProtoMicros(c, c.resolved_at(), c.has_resolved_at()),
+      c.resolved_by(), OutcomeCode(c.outcome()),
+      ProtoMicros(c, c.cancelled_at(), c.has_cancelled_at()), c.cancelled_by(), c.cancel_reason());
+  return absl::OkStatus();
+}
+
+absl::Status Store::AppendTransition(pqxx::work& tx, const std::string& agency_id,
+                                     const std::string& concern_id, const TransitionRecord& t) {
+  tx.exec_params0(
+      "INSERT INTO concern_transitions (agency_id, concern_id, kind, from_status, status_after, "
+      "level, target_kind, target_id, actor, actor_role, missed_deadline_kind, missed_deadline) "
+      "VALUES ($1, $2::uuid, $3, NULLIF($4, ''), $5, $6, NULLIF($7, ''), NULLIF($8, ''), $9, "
+      "NULLIF($10, ''), NULLIF($11, ''), ts_from_us($12))",
+      agency_id, concern_id, t.kind, t.from_status, t.to_status, t.level,
+      t.target ? TargetKindCode(t.target->kind) : "", t.target ? t.target->id : "", t.actor,
+      t.actor_role, t.missed_deadline_kind, Micros(t.missed_deadline));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<v1::ConcernTransition>> Store::Transitions(
+    pqxx::work& tx, const std::string& agency_id, const std::string& concern_id) {
+  std::vector<v1::ConcernTransition> out;
+  for (const auto& row : tx.exec_params(
+           "SELECT kind, coalesce(from_status, ''), status_after, level, coalesce(target_kind, "
+           "''), "
+           "coalesce(target_id, ''), actor, coalesce(actor_role, ''), us_from_ts(occurred_at), "
+           "coalesce(missed_deadline_kind, ''), us_from_ts(missed_deadline) "
+           "FROM concern_transitions WHERE agency_id = $1 AND concern_id = $2::uuid ORDER BY seq",
+           agency_id, concern_id)) {
+    v1::ConcernTransition t;
+    t.set_kind(FromCode(TransitionCodes(), row[0].as<std::string>()));
+    t.set_from_state(FromCode(StateCodes(), row[1].as<std::string>()));
+    t.set_to_state(FromCode(StateCodes(), row[2].as<std::string>()));
+    t.set_level(row[3].as<int>());
+    if (!row[4].as<std::string>().empty()) {
+      t.mutable_target()->set_kind(FromCode(TargetKindCodes(), row[4].as<std::string>()));
+      t.mutable_target()->set_target_id(row[5].as<std::string>());
+    }
+    t.set_actor(row[6].as<std::string>());
+    t.set_actor_role(row[7].as<std::string>());
+    SetTime(row[8].as<int64_t>(), t.mutable_occurred_at());
+    t.set_missed_deadline_kind(FromCode(DeadlineKindCodes(), row[9].as<std::string>()));
+    SetTime(row[10].as<int64_t>(), t.mutable_missed_deadline());
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+absl::StatusOr<bool> Store::InsertBreach(pqxx::work& tx, const std::string& agency_id,
+                                         const std::string& concern_id,
+                                         const std::string& deadline_kind, int level,
+                                         absl::Time deadline, const std::optional<Target>& to) {
+  pqxx::result rows = tx.exec_params(
+      "INSERT INTO escalation_breaches (agency_id, concern_id, deadline_kind, level, deadline, "
+      "escalated_to_kind, escalated_to_id) VALUES ($1, $2::uuid, $3, $4, ts_from_us($5), "
+      "NULLIF($6, ''), NULLIF($7, '')) "
+      "ON CONFLICT (agency_id, concern_id, deadline_kind, level) DO NOTHING RETURNING 1",
+      agency_id, concern_id, deadline_kind, level, Micros(deadline),
+      to ? TargetKindCode(to->kind) : "", to ? to->id : "");
+  return !rows.empty();
+}
+
+absl::StatusOr<std::vector<ConcernRecord>> Store::ListConcerns(
+    pqxx::work& tx, const std::string& agency_id, const Viewer& viewer, const ListFilter& filter,
+    const std::string& cursor, int limit) {
+  int64_t cursor_us = 0;
+  std::string cursor_id;
+  if (!cursor.empty()) {
+    std::pair<std::string, std::string> parts = absl::StrSplit(cursor, absl::MaxSplits('/', 1));
+    if (!absl::SimpleAtoi(parts.first, &cursor_us)) {
+      return absl::InvalidArgumentError("page_token is malformed");
+    }
+    cursor_id = parts.second;
+  }
+  const std::string sql =
+      absl::StrCat("SELECT * FROM (SELECT ", kConcernColumns, ", ", kRoutedToViewer,
+                   R"sql( AS routed FROM concerns c
+      WHERE c.agency_id = $1
+        AND (cardinality($4::text[]) = 0 OR c.status = ANY ($4::text[]))
+        AND (cardinality($5::text[]) = 0 OR c.severity = ANY ($5::text[]))
+        AND (cardinality($6::text[]) = 0 OR c.category = ANY ($6::text[]))
+        AND ($7 = '' OR c.target_kind = $7) AND ($8 = '' OR c.target_id = $8)
+        AND ($9 = '' OR c.participant_id = $9)
+        AND (NOT $10 OR (c.status IN ('open', 'acknowledged')
+                         AND c.next_deadline <= ts_from_us($11)))
+        AND ($12::bigint = 0 OR (c.opened_at, c.id) < (ts_from_us($12), $13::uuid))
+      ) s WHERE s.routed OR s.raised_by = $3
+      ORDER BY 19 DESC, 1 DESC LIMIT $14)sql");
+  std::vector<ConcernRecord> out;
+  for (const auto& row : tx.exec_params(
+           sql, agency_id, PgArray(viewer.team_kinds), viewer.subject, PgArray(filter.states),
+           PgArray(filter.severities), PgArray(filter.categories), filter.target_kind,
+           filter.target_id, filter.participant_id, filter.overdue_only, Micros(filter.now),
+           cursor_us, cursor_id.empty() ? "00000000-0000-0000-0000-000000000000" : cursor_id,
+           limit)) {
+    out.push_back(ConcernFromRow(row, true));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<ConcernRecord>> Store::OpenForTarget(pqxx::work& tx,
+                                                                const std::string& agency_id,
+                                                                const Target& target) {
+  std::vector<ConcernRecord> out;
+  for (const auto& row : tx.exec_params(
+           absl::StrCat("SELECT ", kConcernColumns,
+                        " FROM concerns c WHERE c.agency_id = $1 AND c.target_kind = $2 AND "
+                        "c.target_id = $3 AND c.status IN ('open', 'acknowledged') "
+                        "ORDER BY c.opened_at, c.id"),
+           agency_id, TargetKindCode(target.kind), target.id)) {
+    out.push_back(ConcernFromRow(row, false));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<Store::DueConcern>> Store::DueConcerns(Database& db, absl::Time now,
+                                                                  int limit) {
+  return db.TransactWithSetting(
+      "app.escalation_sweeper", "on",
+      [&](pqxx::work& tx) -> absl::StatusOr<std::vector<DueConcern>> {
+        std::vector<DueConcern> due;
+        for (const auto& row : tx.exec_params(
+                 "SELECT agency_id, id::text FROM concerns "
+                 "WHERE status IN ('open', 'acknowledged') AND next_deadline <= ts_from_us($1) "
+                 "ORDER BY next_deadline LIMIT $2",
+                 Micros(now), limit)) {
+          due.push_back({row[0].as<std::string>(), row[1].as<std::string>()});
+        }
+        return due;
+      });
+}
+
+absl::StatusOr<std::vector<Store::DueConcern>> Store::PendingNotifications(Database& db,
+                                                                           absl::Time now,
+                                                                           int limit) {
+  return db.TransactWithSetting(
+      "app.escalation_sweeper", "on",
+      [&](pqxx::work& tx) -> absl::StatusOr<std::vector<DueConcern>> {
+        std::vector<DueConcern> due;
+        for (const auto& row : tx.exec_params(
+                 "SELECT agency_id, id::text FROM concerns WHERE notified_at IS NULL AND "
+                 "status IN ('open', 'acknowledged') AND notify_at <= ts_from_us($1) "
+                 "ORDER BY notify_at LIMIT $2",
+                 Micros(now), limit)) {
+          due.push_back({row[0].as<std::string>(), row[1].as<std::string>()});
+        }
+        return due;
+      });
+}
+
+absl::StatusOr<std::optional<ConcernRecord>> Store::MarkNotified(pqxx::work& tx,
+                                                                 const std::string& agency_id,
+                                                                 const std::string& concern_id,
+                                                                 absl::Time now) {
+  pqxx::result rows = tx.exec_params(
+      absl::StrCat("UPDATE concerns c SET notified_at = ts_from_us($3) WHERE c.agency_id = $1 AND "
+                   "c.id = $2::uuid AND c.notified_at IS NULL AND c.notify_at <= ts_from_us($3) "
+                   "AND c.status IN ('open', 'acknowledged') RETURNING ",
+                   kConcernColumns),
+      agency_id, concern_id, Micros(now));
+  if (rows.empty()) return std::optional<ConcernRecord>();
+  return std::optional<ConcernRecord>(ConcernFromRow(rows[0], false));
+}
+
+absl::StatusOr<Store::Counts> Store::CountOpen(Database& db, absl::Time now) {
+  return db.TransactWithSetting(
+      "app.escalation_sweeper", "on", [&](pqxx::work& tx) -> absl::StatusOr<Counts> {
+        Counts counts;
+        for (const auto& row : tx.exec_params(
+                 "SELECT severity, count(*), count(*) FILTER (WHERE next_deadline <= "
+                 "ts_from_us($1)) FROM concerns WHERE status IN ('open', 'acknowledged') "
+                 "GROUP BY severity",
+                 Micros(now))) {
+          counts.open[row[0].as<std::string>()] = row[1].as<int64_t>();
+          counts.overdue[row[0].as<std::string>()] = row[2].as<int64_t>();
+        }
+        return counts;
+      });
+}
+
+}  // namespace peerpath::escalation

@@ -1,0 +1,147 @@
+#pragma once
+
+// Every SQL statement of the escalation service, and nothing else. Functions take the caller's
+// transaction (Database::TransactForAgency) unless they say otherwise; they speak the domain
+// (policies, concerns, transitions, breaches), not rows.
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <pqxx/pqxx>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/db.h"
+#include "peerpath/escalation/v1/escalation.pb.h"
+#include "services/escalation/routing.h"
+
+namespace peerpath::escalation {
+
+// Text codes of the schema ↔ API enums.
+std::string CategoryCode(Category category);
+std::string SeverityCode(Severity severity);
+std::string SourceCode(v1::ConcernSource source);
+std::string StateCode(v1::ConcernState state);
+std::string TargetKindCode(TargetKind kind);
+std::string OutcomeCode(v1::ConcernOutcome outcome);
+std::string DeadlineKindCode(v1::DeadlineKind kind);
+v1::ConcernState StateFromCode(const std::string& code);
+
+// A stored concern: the API message (no transitions, no view) and the sweeper's bookkeeping.
+struct ConcernRecord {
+  v1::Concern concern;
+  std::string policy_id;
+  // What happens when next_deadline passes: "acknowledgement", "resolution",
+  // "resolution_after_realert", "chain_exhausted"; empty once closed.
+  std::string next_deadline_kind;
+  absl::Time notify_at;
+  int acknowledged_level = -1;
+  // True when the concern is or was routed to the reader (see Viewer).
+  bool routed_to_viewer = false;
+};
+
+// Who reads: the kinds of team target they act for and their subject (person targets).
+struct Viewer {
+  std::vector<std::string> team_kinds;  // "clinical_on_call", "case_management_team".
+  std::string subject;
+};
+
+// One transition to append.
+struct TransitionRecord {
+  std::string kind;  // "opened", "routed", "acknowledged", ...
+  std::string from_status;
+  std::string to_status;
+  int level = 0;
+  std::optional<Target> target;
+  std::string actor;
+  std::string actor_role;
+  std::string missed_deadline_kind;
+  absl::Time missed_deadline;  // absl::Time() when none.
+};
+
+class Store {
+ public:
+  // The agency's policy at `version` (0: the current one). Version 1, the built-in default, is
+  // stored on first use. NOT_FOUND for a version that does not exist.
+  static absl::StatusOr<RoutingPolicy> Policy(pqxx::work& tx, const std::string& agency_id,
+                                              int version, const RoutingPolicy& default_policy);
+  static absl::StatusOr<RoutingPolicy> PolicyById(pqxx::work& tx, const std::string& agency_id,
+                                                  const std::string& policy_id);
+  // Publishes `policy` as version base_version + 1. ABORTED when that version exists already.
+  static absl::StatusOr<RoutingPolicy> InsertPolicy(pqxx::work& tx, const std::string& agency_id,
+                                                    RoutingPolicy policy, int base_version,
+                                                    const std::string& created_by);
+
+  // Inserts the concern with its OPENED and ROUTED transitions. `record.concern` carries the
+  // content and routing; the id and opened_at are assigned when empty.
+  static absl::StatusOr<ConcernRecord> InsertConcern(pqxx::work& tx, const ConcernRecord& record,
+                                                     const std::vector<int>& skipped_levels);
+
+  // The concern, locked FOR UPDATE when `lock`; nullopt when it does not exist in the agency.
+  static absl::StatusOr<std::optional<ConcernRecord>> FindConcern(pqxx::work& tx,
+                                                                  const std::string& agency_id,
+                                                                  const std::string& concern_id,
+                                                                  const Viewer& viewer, bool lock);
+  static absl::StatusOr<std::optional<ConcernRecord>> FindBySourceEvent(
+      pqxx::work& tx, const std::string& agency_id, const std::string& source_event_id);
+
+  // Writes the concern's mutable columns (state, level, target, deadlines, actors, outcome).
+  static absl::Status UpdateConcern(pqxx::work& tx, const ConcernRecord& record);
+  static absl::Status AppendTransition(pqxx::work& tx, const std::string& agency_id,
+                                       const std::string& concern_id, const TransitionRecord& t);
+  static absl::StatusOr<std::vector<v1::ConcernTransition>> Transitions(
+      pqxx::work& tx, const std::string& agency_id, const std::string& concern_id);
+
+  // Records a missed deadline; false when it was recorded before (exactly once per concern,
+  // kind and level).
+  static absl::StatusOr<bool> InsertBreach(pqxx::work& tx, const std::string& agency_id,
+                                           const std::string& concern_id,
+                                           const std::string& deadline_kind, int level,
+                                           absl::Time deadline, const std::optional<Target>& to);
+
+  struct ListFilter {
+    std::vector<std::string> states, severities, categories;
+    std::string target_kind, target_id, participant_id;
+    bool overdue_only = false;
+    absl::Time now;
+  };
+  // Concerns the viewer may see (routed to them, or raised by them), newest first, after the
+  // cursor "<opened_at micros>/<id>".
+  static absl::StatusOr<std::vector<ConcernRecord>> ListConcerns(
+      pqxx::work& tx, const std::string& agency_id, const Viewer& viewer, const ListFilter& filter,
+      const std::string& cursor, int limit);
+
+  // OPEN or ACKNOWLEDGED concerns whose current target is `target`, oldest first (the
+  // concerns_open_by_target index).
+  static absl::StatusOr<std::vector<ConcernRecord>> OpenForTarget(pqxx::work& tx,
+                                                                  const std::string& agency_id,
+                                                                  const Target& target);
+
+  // Across agencies (own transaction, read only): concerns whose next deadline is at or before
+  // `now`, oldest deadline first, through the partial deadline index.
+  struct DueConcern {
+    std::string agency_id;
+    std::string concern_id;
+  };
+  static absl::StatusOr<std::vector<DueConcern>> DueConcerns(Database& db, absl::Time now,
+                                                             int limit);
+
+  // Across agencies: concerns whose target is still to be told (notify_at has come).
+  static absl::StatusOr<std::vector<DueConcern>> PendingNotifications(Database& db, absl::Time now,
+                                                                      int limit);
+  // Marks the concern's target as told; nullopt when someone else did (or nothing is pending).
+  static absl::StatusOr<std::optional<ConcernRecord>> MarkNotified(pqxx::work& tx,
+                                                                   const std::string& agency_id,
+                                                                   const std::string& concern_id,
+                                                                   absl::Time now);
+
+  // Across agencies: open (OPEN or ACKNOWLEDGED) and overdue concerns per severity code.
+  struct Counts {
+    std::map<std::string, int64_t> open, overdue;
+  };
+  static absl::StatusOr<Counts> CountOpen(Database& db, absl::Time now);
+};
+
+}  // namespace peerpath::escalation

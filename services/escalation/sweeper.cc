@@ -1,0 +1,273 @@
+#include "services/escalation/sweeper.h"
+
+#include <optional>
+#include <vector>
+
+#include "common/event_log.h"
+#include "common/log.h"
+#include "common/time_util.h"
+#include "peerpath/escalation/v1/events.pb.h"
+#include "services/escalation/policy_codec.h"
+#include "services/escalation/store.h"
+
+namespace peerpath::escalation {
+namespace {
+
+constexpr char kSweeperActor[] = "system:sweeper";
+constexpr int kBatch = 500;
+
+google::protobuf::Duration ProtoDuration(absl::Duration d) {
+  google::protobuf::Duration proto;
+  proto.set_seconds(absl::ToInt64Seconds(d));
+  proto.set_nanos(static_cast<int32_t>(absl::ToInt64Nanoseconds(d % absl::Seconds(1))));
+  return proto;
+}
+
+}  // namespace
+
+DeadlineSweeper::DeadlineSweeper(Database& db, Notifier& notifier, prometheus::Registry* metrics,
+                                 absl::Duration interval)
+    : db_(db), notifier_(notifier), interval_(interval) {
+  if (metrics != nullptr) {
+    open_ = &prometheus::BuildGauge()
+                 .Name("peerpath_open_concerns")
+                 .Help("Concerns OPEN or ACKNOWLEDGED, by severity")
+                 .Register(*metrics);
+    overdue_ = &prometheus::BuildGauge()
+                    .Name("peerpath_overdue_concerns")
+                    .Help("Open or acknowledged concerns past their next deadline, by severity")
+                    .Register(*metrics);
+  }
+}
+
+DeadlineSweeper::~DeadlineSweeper() {
+  stop_.Notify();
+  if (thread_.joinable()) thread_.join();
+}
+
+void DeadlineSweeper::Start(const StopSignal& stopping) {
+  thread_ = std::thread([this, &stopping] {
+    while (!stop_.WaitFor(interval_) && !stopping.stopped()) {
+      const absl::Time now = absl::Now();
+      auto result = SweepOnce(now);
+      if (!result.ok()) {
+        log::Warn("deadline sweep failed",
+                  {{"code", absl::StatusCodeToString(result.status().code())}});
+      } else if (result->acted > 0) {
+        log::Info("deadline sweep", {{"due", result->due}, {"acted", result->acted}});
+      }
+      (void)RefreshGauges(now);
+    }
+  });
+}
+
+absl::Status DeadlineSweeper::RefreshGauges(absl::Time now) {
+  if (open_ == nullptr) return absl::OkStatus();
+  auto counts = Store::CountOpen(db_, now);
+  if (!counts.ok()) return counts.status();
+  for (const char* severity : {"routine", "urgent", "critical"}) {
+    open_->Add({{"severity", severity}}).Set(static_cast<double>(counts->open[severity]));
+    overdue_->Add({{"severity", severity}}).Set(static_cast<double>(counts->overdue[severity]));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SweepResult> DeadlineSweeper::SweepOnce(absl::Time now) {
+  SweepResult result;
+  while (true) {
+    auto due = Store::DueConcerns(db_, now, kBatch);
+    if (!due.ok()) return due.status();
+    int acted_in_batch = 0;
+    for (const auto& concern : *due) {
+      ++result.due;
+      auto acted = ActOn(concern.agency_id, concern.concern_id, now);
+      if (!acted.ok()) {
+        log::Warn("deadline not processed; retried on the next sweep",
+                  {{"concern_id", concern.concern_id},
+                   {"code", absl::StatusCodeToString(acted.status().code())}});
+        continue;
+      }
+      if (*acted) {
+        ++result.acted;
+        ++acted_in_batch;
+      }
+    }
+    // A concern acted on gets a later deadline; stop when a batch moved nothing (only failures
+    // or races remain) or was not full.
+    if (static_cast<int>(due->size()) < kBatch || acted_in_batch == 0) break;
+  }
+  // Targets whose notification waited for business hours.
+  auto pending = Store::PendingNotifications(db_, now, kBatch);
+  if (!pending.ok()) return pending.status();
+  for (const auto& concern : *pending) {
+    auto marked = db_.TransactForAgency(
+        concern.agency_id, [&](pqxx::work& tx) -> absl::StatusOr<std::optional<ConcernRecord>> {
+          return Store::MarkNotified(tx, concern.agency_id, concern.concern_id, now);
+        });
+    if (!marked.ok() || !marked->has_value()) continue;
+    const v1::Concern& c = (*marked)->concern;
+    notifier_.Notify({concern.agency_id, concern.concern_id, "business_hours_started", c.category(),
+                      c.severity(), c.current_level(), TargetFromProto(c.current_target()),
+                      FromProtoTimestamp(c.next_deadline())});
+    ++result.notified;
+  }
+  return result;
+}
+
+absl::StatusOr<bool> DeadlineSweeper::ActOn(const std::string& agency_id,
+                                            const std::string& concern_id, absl::Time now) {
+  std::vector<Notification> notifications;
+  ConcernChangeNote note;
+  auto acted = db_.TransactForAgency(agency_id, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
+    auto found = Store::FindConcern(tx, agency_id, concern_id, Viewer{}, /*lock=*/true);
+    if (!found.ok()) return found.status();
+    // Re-checked under the row lock: another sweeper, an acknowledgement or a resolution may
+    // have come first.
+    if (!found->has_value()) return false;
+    ConcernRecord record = std::move(**found);
+    v1::Concern& c = record.concern;
+    if ((c.state() != v1::CONCERN_STATE_OPEN && c.state() != v1::CONCERN_STATE_ACKNOWLEDGED) ||
+        !c.has_next_deadline() || FromProtoTimestamp(c.next_deadline()) > now) {
+      return false;
+    }
+    auto policy = Store::PolicyById(tx, agency_id, record.policy_id);
+    if (!policy.ok()) return policy.status();
+    const RoutingRule* rule = RuleFor(*policy, c.category(), c.severity());
+    if (rule == nullptr) return absl::InternalError("concern's rule missing from its policy");
+    const BusinessCalendar& calendar = policy->calendar;
+
+    const int level = c.current_level();
+    const absl::Time missed = FromProtoTimestamp(c.next_deadline());
+    const std::string kind = record.next_deadline_kind;
+    const v1::ConcernState from_state = c.state();
+    PersonDirectory people;
+    if (c.raised_by_role() == "peer_supporter") people.peer_supporters.insert(c.raised_by());
+    const Target current = TargetFromProto(c.current_target());
+    const absl::Time repeat_deadline =
+        DeadlineAfter(rule->AckLimitAt(level), now, rule->business_hours_only, calendar);
+
+    auto realert = [&](v1::ReAlertReason reason, const std::string& missed_kind) -> absl::Status {
+      TransitionRecord t;
+      t.kind = "realerted";
+      t.from_status = StateCode(from_state);
+      t.to_status = StateCode(c.state());
+      t.level = c.current_level();
+      t.target = TargetFromProto(c.current_target());
+      t.actor = kSweeperActor;
+      t.missed_deadline_kind = missed_kind;
+      t.missed_deadline = missed;
+      if (auto s = Store::AppendTransition(tx, agency_id, concern_id, t); !s.ok()) return s;
+      v1::ConcernReAlertedEvent e;
+      e.set_concern_id(concern_id);
+      e.set_category(c.category());
+      e.set_severity(c.severity());
+      e.set_reason(reason);
+      e.set_level(c.current_level());
+      *e.mutable_target() = c.current_target();
+      *e.mutable_missed_deadline() = ToProtoTimestamp(missed);
+      *e.mutable_missed_by() = ProtoDuration(now - missed);
+      *e.mutable_realerted_at() = ToProtoTimestamp(now);
+      *e.mutable_next_deadline() = c.next_deadline();
+      notifications.push_back({agency_id, concern_id, "realerted", c.category(), c.severity(),
+                               c.current_level(), TargetFromProto(c.current_target()),
+                               FromProtoTimestamp(c.next_deadline())});
+      return AppendEvent(tx, agency_id, concern_id, e);
+    };
+
+    if (kind == "resolution") {
+      // Acknowledged but not resolved in the window: re-alert the owner, escalate if it is still
+      // unresolved when the level's acknowledgement limit has passed again.
+      auto inserted =
+          Store::InsertBreach(tx, agency_id, concern_id, "resolution", level, missed, std::nullopt);
+      if (!inserted.ok()) return inserted.status();
+      if (!*inserted) return absl::InternalError("resolution breach already recorded");
+      c.set_breach_count(c.breach_count() + 1);
+      *c.mutable_next_deadline() = ToProtoTimestamp(repeat_deadline);
+      record.next_deadline_kind = "resolution_after_realert";
+      if (auto s = Store::UpdateConcern(tx, record); !s.ok()) return s;
+      if (auto s = realert(v1::RE_ALERT_REASON_RESOLUTION_OVERDUE, "resolution"); !s.ok()) return s;
+    } else if (kind == "chain_exhausted") {
+      c.set_breach_count(c.breach_count() + 1);
+      *c.mutable_next_deadline() = ToProtoTimestamp(repeat_deadline);
+      if (auto s = Store::UpdateConcern(tx, record); !s.ok()) return s;
+      if (auto s = realert(v1::RE_ALERT_REASON_CHAIN_EXHAUSTED, ""); !s.ok()) return s;
+    } else {
+      // "acknowledgement" or "resolution_after_realert": escalate one level.
+      auto next = RouteFrom(*rule, level + 1, people, calendar, now);
+      const bool exhausted = !next.ok();
+      if (exhausted && next.status().code() != absl::StatusCode::kNotFound) return next.status();
+      std::optional<Target> to;
+      if (!exhausted) to = next->target;
+      auto inserted = Store::InsertBreach(tx, agency_id, concern_id, kind, level, missed, to);
+      if (!inserted.ok()) return inserted.status();
+      if (!*inserted) return absl::InternalError("breach already recorded for this level");
+      c.set_breach_count(c.breach_count() + 1);
+      v1::ConcernEscalatedEvent e;
+      e.set_concern_id(concern_id);
+      e.set_category(c.category());
+      e.set_severity(c.severity());
+      e.set_deadline_kind(kind == "acknowledgement" ? v1::DEADLINE_KIND_ACKNOWLEDGEMENT
+                                                    : v1::DEADLINE_KIND_RESOLUTION_AFTER_REALERT);
+      e.set_from_level(level);
+      *e.mutable_missed_deadline() = ToProtoTimestamp(missed);
+      *e.mutable_missed_by() = ProtoDuration(now - missed);
+      *e.mutable_detected_at() = ToProtoTimestamp(now);
+      e.set_chain_exhausted(exhausted);
+      if (!exhausted) {
+        c.set_state(v1::CONCERN_STATE_OPEN);
+        c.set_current_level(next->level);
+        *c.mutable_current_target() = TargetToProto(next->target);
+        *c.mutable_ack_deadline() = ToProtoTimestamp(next->ack_deadline);
+        *c.mutable_next_deadline() = ToProtoTimestamp(next->ack_deadline);
+        c.clear_resolution_deadline();
+        record.next_deadline_kind = "acknowledgement";
+        record.notify_at = next->notify_at;
+        e.set_to_level(next->level);
+        *e.mutable_to_target() = c.current_target();
+        for (int skipped : next->skipped_levels) e.add_skipped_levels(skipped);
+        *e.mutable_ack_deadline() = c.ack_deadline();
+        // A business-hours-only level is told when business hours begin (pending notification).
+        if (next->notify_at <= now) {
+          notifications.push_back({agency_id, concern_id, "escalated", c.category(), c.severity(),
+                                   next->level, next->target, next->ack_deadline});
+        }
+      } else {
+        e.set_to_level(level);
+        *c.mutable_next_deadline() = ToProtoTimestamp(repeat_deadline);
+        record.next_deadline_kind = "chain_exhausted";
+      }
+      if (auto s = Store::UpdateConcern(tx, record); !s.ok()) return s;
+      TransitionRecord t;
+      t.kind = "escalated";
+      t.from_status = StateCode(from_state);
+      t.to_status = StateCode(c.state());
+      t.level = c.current_level();
+      t.target = TargetFromProto(c.current_target());
+      t.actor = kSweeperActor;
+      t.missed_deadline_kind = kind;
+      t.missed_deadline = missed;
+      if (auto s = Store::AppendTransition(tx, agency_id, concern_id, t); !s.ok()) return s;
+      if (auto s = AppendEvent(tx, agency_id, concern_id, e); !s.ok()) return s;
+      if (exhausted) {
+        if (auto s = realert(v1::RE_ALERT_REASON_CHAIN_EXHAUSTED, ""); !s.ok()) return s;
+      }
+    }
+    // Escalations (also a breach at an exhausted chain) and re-alerts.
+    note.kind = kind == "resolution" || kind == "chain_exhausted"
+                    ? v1::CONCERN_CHANGE_KIND_REALERTED
+                    : v1::CONCERN_CHANGE_KIND_ESCALATED;
+    note.concern = c;
+    note.concern.clear_description();
+    note.previous_target = current;
+    note.occurred_at = now;
+    return true;
+  });
+  if (acted.ok() && *acted) {
+    // After commit: a notification never announces a change that rolled back.
+    for (const Notification& n : notifications) notifier_.Notify(n);
+    if (hub_ != nullptr) hub_->Publish(note);
+  }
+  return acted;
+}
+
+}  // namespace peerpath::escalation

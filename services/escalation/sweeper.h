@@ -1,0 +1,64 @@
+#pragma once
+
+// The deadline sweeper: finds concerns whose stored next deadline has passed (through the
+// partial index on next_deadline) and escalates, re-alerts or records the breach, each concern in
+// its own transaction under a row lock, so a missed deadline takes effect exactly once, also
+// across restarts and with several replicas. Also refreshes the open/overdue gauges.
+
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/db.h"
+#include "common/stop_signal.h"
+#include "services/escalation/notifier.h"
+#include "services/escalation/watch_hub.h"
+
+namespace peerpath::escalation {
+
+struct SweepResult {
+  int due = 0;       // Concerns found due.
+  int acted = 0;     // Escalations and re-alerts written.
+  int notified = 0;  // Notifications that waited for business hours, sent.
+};
+
+class DeadlineSweeper {
+ public:
+  DeadlineSweeper(Database& db, Notifier& notifier, prometheus::Registry* metrics,
+                  absl::Duration interval = absl::Seconds(1));
+  DeadlineSweeper(const DeadlineSweeper&) = delete;
+  DeadlineSweeper& operator=(const DeadlineSweeper&) = delete;
+  ~DeadlineSweeper();
+
+  // Where committed changes go (WatchConcerns); optional.
+  void set_watch_hub(WatchHub* hub) { hub_ = hub; }
+
+  // Runs sweeps every `interval` in a background thread until `stopping` or destruction.
+  void Start(const StopSignal& stopping);
+
+  // One sweep at `now`: acts on every concern due by then (in batches).
+  absl::StatusOr<SweepResult> SweepOnce(absl::Time now);
+
+  // Sets the gauges from the database.
+  absl::Status RefreshGauges(absl::Time now);
+
+ private:
+  // Acts on one due concern; false when it was no longer due (someone acted first).
+  absl::StatusOr<bool> ActOn(const std::string& agency_id, const std::string& concern_id,
+                             absl::Time now);
+
+  Database& db_;
+  Notifier& notifier_;
+  WatchHub* hub_ = nullptr;
+  const absl::Duration interval_;
+  prometheus::Family<prometheus::Gauge>* open_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* overdue_ = nullptr;
+  StopSignal stop_;
+  std::thread thread_;
+};
+
+}  // namespace peerpath::escalation

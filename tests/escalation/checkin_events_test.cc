@@ -1,0 +1,130 @@
+// Concerns raised by the check-in service: a real peerpath-checkin binary serves its event log,
+// rows are written into its outbox as its own transactions would, and the escalation binary
+// consumes them through --checkin_address: exactly one concern per event, routed at once, also
+// when the log is delivered again.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "common/time_util.h"
+#include "peerpath/checkin/v1/events.pb.h"
+#include "tests/support/service_process.h"
+#include "tests/support/test_database.h"
+#include "tests/support/test_tokens.h"
+
+namespace peerpath::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+class CheckInEventsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    db_ = TestDatabase::Create();
+    checkin_ = std::make_unique<ServiceProcess>("checkin", db_->UrlFor("checkin"));
+    ASSERT_TRUE(checkin_->WaitListening()) << checkin_->Log();
+    ASSERT_TRUE(checkin_->WaitHealth(true)) << checkin_->Log();
+    token_file_ = std::filesystem::temp_directory_path() /
+                  absl::StrCat("escalation-token-", getpid(), "-", rand());
+    std::ofstream(token_file_) << TokenFor("platform", {"service"}, "svc-escalation");
+    escalation_ = StartEscalation();
+  }
+  void TearDown() override { std::filesystem::remove(token_file_); }
+
+  std::unique_ptr<ServiceProcess> StartEscalation() {
+    auto process = std::make_unique<ServiceProcess>(
+        "escalation", db_->UrlFor("escalation"),
+        std::vector<std::string>{
+            absl::StrCat("--checkin_address=127.0.0.1:", checkin_->grpc_port()),
+            "--service_token_file=" + token_file_.string()});
+    EXPECT_TRUE(process->WaitListening()) << process->Log();
+    EXPECT_TRUE(process->WaitHealth(true)) << process->Log();
+    return process;
+  }
+
+  // Writes a committed ConcernRaisedEvent the way the check-in service's transactions do.
+  void Emit(const checkin::v1::ConcernRaisedEvent& payload) {
+    db_->AdminQuery(
+        "INSERT INTO checkin.outbox (agency_id, event_type, aggregate_id, payload) VALUES "
+        "('agency-a', 'peerpath.checkin.v1.ConcernRaisedEvent', '" +
+        payload.enrollment_id() + "', decode('" +
+        absl::BytesToHexString(payload.SerializeAsString()) + "', 'hex'))");
+  }
+
+  int Count(const std::string& sql) { return db_->AdminQuery(sql)[0][0].as<int>(); }
+
+  bool WaitForConcerns(int n) {
+    for (int i = 0; i < 200; ++i) {
+      if (Count("SELECT count(*) FROM escalation.concerns") >= n) return true;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  }
+
+  std::unique_ptr<TestDatabase> db_;
+  std::unique_ptr<ServiceProcess> checkin_;
+  std::unique_ptr<ServiceProcess> escalation_;
+  std::filesystem::path token_file_;
+};
+
+checkin::v1::ConcernRaisedEvent Raised(common::v1::ConcernCategory category,
+                                       common::v1::ConcernSeverity severity) {
+  checkin::v1::ConcernRaisedEvent e;
+  e.set_enrollment_id("5f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b");
+  e.set_participant_id("client-7");
+  e.set_supporter_id("peer-9");
+  e.set_category(category);
+  e.set_severity(severity);
+  e.set_source(checkin::v1::CONCERN_SOURCE_ROUTING_RULE);
+  e.set_check_in_id("0b7e2a41-3c6d-4f58-9e1a-2b3c4d5e6f70");
+  e.set_receiving_clinician("dr-lee");
+  *e.mutable_raised_at() = ToProtoTimestamp(absl::Now() - absl::Minutes(2));
+  return e;
+}
+
+TEST_F(CheckInEventsTest, EachConcernRaisedEventOpensExactlyOneRoutedConcern) {
+  Emit(
+      Raised(common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY, common::v1::CONCERN_SEVERITY_CRITICAL));
+  Emit(
+      Raised(common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING, common::v1::CONCERN_SEVERITY_URGENT));
+  Emit(Raised(common::v1::CONCERN_CATEGORY_UNSPECIFIED, common::v1::CONCERN_SEVERITY_UNSPECIFIED));
+  ASSERT_TRUE(WaitForConcerns(3)) << escalation_->Log();
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE raised_by = 'system:checkin' "
+                  "AND raised_by_role = 'service' AND source = 'check_in_rule' AND "
+                  "source_check_in_id IS NOT NULL AND source_event_id IS NOT NULL"),
+            3);
+  // Critical safety: clinical on-call at once; the clock started when check-in raised it.
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE category = 'immediate_safety' "
+                  "AND target_kind = 'clinical_on_call' AND ack_deadline < now() + interval "
+                  "'14 minutes'"),
+            1);
+  // Urgent clinical worsening: the enrollment's receiving clinician.
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE category = "
+                  "'clinical_worsening' AND severity = 'urgent' AND target_kind = "
+                  "'receiving_clinician' AND target_id = 'dr-lee'"),
+            1);
+  // Never dropped: unspecified becomes critical clinical worsening.
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE category = "
+                  "'clinical_worsening' AND severity = 'critical'"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.outbox WHERE event_type = "
+                  "'peerpath.escalation.v1.RoutineEngagementStoppedEvent'"),
+            1);
+
+  // The whole log delivered again (position lost, restart): still one concern per event.
+  escalation_.reset();
+  db_->AdminQuery("UPDATE escalation.consumer_positions SET position = 0");
+  escalation_ = StartEscalation();
+  Emit(Raised(common::v1::CONCERN_CATEGORY_DISENGAGEMENT, common::v1::CONCERN_SEVERITY_ROUTINE));
+  ASSERT_TRUE(WaitForConcerns(4)) << escalation_->Log();
+  std::this_thread::sleep_for(500ms);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns"), 4);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concern_transitions WHERE kind = 'opened'"), 4);
+}
+
+}  // namespace
+}  // namespace peerpath::testing

@@ -1,0 +1,666 @@
+// The escalation service through its real binary and a real PostgreSQL: raising, routing,
+// visibility by role and agency, acknowledgement races, resolution, cancellation, routing policy
+// versions, and the deadline sweeper escalating exactly once across SIGKILL restarts.
+#include <google/protobuf/util/time_util.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "peerpath/escalation/v1/escalation.grpc.pb.h"
+#include "peerpath/escalation/v1/events.pb.h"
+#include "tests/support/service_process.h"
+#include "tests/support/test_database.h"
+#include "tests/support/test_tokens.h"
+
+namespace peerpath::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using common::v1::CONCERN_CATEGORY_BASIC_NEEDS;
+using common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING;
+using common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY;
+using common::v1::CONCERN_SEVERITY_CRITICAL;
+using common::v1::CONCERN_SEVERITY_URGENT;
+namespace v1 = peerpath::escalation::v1;
+
+class EscalationServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    db_ = TestDatabase::Create();
+    service_ = Start({"--deadline_sweep_interval=1h"});
+  }
+
+  std::unique_ptr<ServiceProcess> Start(std::vector<std::string> args) {
+    args.push_back("--agency_time_zone=America/Chicago");
+    auto process = std::make_unique<ServiceProcess>("escalation", db_->UrlFor("escalation"), args);
+    EXPECT_TRUE(process->WaitListening()) << process->Log();
+    EXPECT_TRUE(process->WaitHealth(true)) << process->Log();
+    stub_ = v1::EscalationService::NewStub(process->Channel());
+    return process;
+  }
+
+  static std::unique_ptr<grpc::ClientContext> As(const std::string& agency,
+                                                 const std::vector<std::string>& roles,
+                                                 const std::string& subject) {
+    auto context = std::make_unique<grpc::ClientContext>();
+    context->set_deadline(std::chrono::system_clock::now() + 20s);
+    context->AddMetadata("authorization", "Bearer " + TokenFor(agency, roles, subject));
+    return context;
+  }
+
+  v1::RaiseConcernRequest Raise(common::v1::ConcernCategory category,
+                                common::v1::ConcernSeverity severity, const std::string& key) {
+    v1::RaiseConcernRequest request;
+    request.set_participant_id("client-42");
+    request.set_category(category);
+    request.set_severity(severity);
+    request.set_description("said they had a plan tonight");
+    request.set_idempotency_key(key);
+    return request;
+  }
+
+  v1::Concern MustRaise(const v1::RaiseConcernRequest& request,
+                        const std::string& subject = "peer-1",
+                        const std::string& role = "peer_supporter",
+                        const std::string& agency = "agency-a") {
+    v1::RaiseConcernResponse response;
+    grpc::Status status =
+        stub_->RaiseConcern(As(agency, {role}, subject).get(), request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response.concern();
+  }
+
+  grpc::Status Acknowledge(const std::string& id, const std::string& subject,
+                           const std::string& role = "clinician",
+                           const std::string& agency = "agency-a",
+                           v1::AcknowledgeConcernResponse* out = nullptr) {
+    v1::AcknowledgeConcernRequest request;
+    request.set_concern_id(id);
+    v1::AcknowledgeConcernResponse response;
+    return stub_->AcknowledgeConcern(As(agency, {role}, subject).get(), request,
+                                     out ? out : &response);
+  }
+
+  int Count(const std::string& sql) { return db_->AdminQuery(sql)[0][0].as<int>(); }
+
+  std::unique_ptr<TestDatabase> db_;
+  std::unique_ptr<ServiceProcess> service_;
+  std::unique_ptr<v1::EscalationService::Stub> stub_;
+};
+
+TEST_F(EscalationServiceTest, CriticalSafetyConcernGoesToClinicalOnCallWithin15Minutes) {
+  const v1::Concern c =
+      MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "k-1"));
+  EXPECT_EQ(c.state(), v1::CONCERN_STATE_OPEN);
+  EXPECT_EQ(c.current_level(), 0);
+  EXPECT_EQ(c.current_target().kind(), v1::TARGET_KIND_CLINICAL_ON_CALL);
+  EXPECT_EQ(c.current_target().target_id(), "clinical-on-call");
+  EXPECT_EQ(c.source(), v1::CONCERN_SOURCE_MANUAL);
+  EXPECT_EQ(c.raised_by(), "peer-1");
+  EXPECT_EQ(c.policy_version(), 1);
+  EXPECT_EQ(google::protobuf::util::TimeUtil::DurationToSeconds(c.ack_deadline() - c.opened_at()),
+            15 * 60);
+  // Opened, routed, and routine engagement stopped: one transaction, in this order.
+  auto events = db_->AdminQuery("SELECT event_type FROM escalation.outbox WHERE aggregate_id = '" +
+                                c.concern_id() + "' ORDER BY id");
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0][0].as<std::string>(), "peerpath.escalation.v1.ConcernOpenedEvent");
+  EXPECT_EQ(events[1][0].as<std::string>(), "peerpath.escalation.v1.ConcernRoutedEvent");
+  EXPECT_EQ(events[2][0].as<std::string>(), "peerpath.escalation.v1.RoutineEngagementStoppedEvent");
+  // Free text never leaves the service's concern row.
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.outbox WHERE position('said they had a plan' "
+                  "in encode(payload, 'escape')) > 0"),
+            0);
+  EXPECT_EQ(service_->Log().find("said they had a plan"), std::string::npos);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.audit_log WHERE action = "
+                  "'peerpath.escalation.v1.EscalationService.RaiseConcern'"),
+            1);
+}
+
+TEST_F(EscalationServiceTest, RetryWithSameKeyReturnsTheSameConcernAndStoresOnce) {
+  const auto request = Raise(CONCERN_CATEGORY_BASIC_NEEDS, CONCERN_SEVERITY_URGENT, "k-2");
+  const v1::Concern first = MustRaise(request);
+  const v1::Concern second = MustRaise(request);
+  EXPECT_EQ(first.concern_id(), second.concern_id());
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns"), 1);
+  auto changed = request;
+  changed.set_severity(CONCERN_SEVERITY_CRITICAL);
+  v1::RaiseConcernResponse response;
+  grpc::Status status =
+      stub_->RaiseConcern(As("agency-a", {"peer_supporter"}, "peer-1").get(), changed, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(EscalationServiceTest, BadRaiseNamesEveryField) {
+  v1::RaiseConcernRequest request;
+  request.set_enrollment_id("not-a-uuid");
+  request.set_description(std::string(1001, 'x'));
+  v1::RaiseConcernResponse response;
+  grpc::Status status =
+      stub_->RaiseConcern(As("agency-a", {"clinician"}, "dr-1").get(), request, &response);
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  for (const char* field : {"participant_id", "category", "severity", "enrollment_id",
+                            "description", "idempotency_key"}) {
+    EXPECT_NE(status.error_details().find(field), std::string::npos) << field;
+  }
+}
+
+TEST_F(EscalationServiceTest, RolesWithoutConcernWorkAreRefused) {
+  v1::RaiseConcernResponse response;
+  for (const char* role : {"program_admin", "operations", "integration"}) {
+    grpc::Status status = stub_->RaiseConcern(
+        As("agency-a", {role}, "x-1").get(),
+        Raise(CONCERN_CATEGORY_BASIC_NEEDS, CONCERN_SEVERITY_URGENT, "k-3"), &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << role;
+  }
+  const v1::Concern c =
+      MustRaise(Raise(CONCERN_CATEGORY_BASIC_NEEDS, CONCERN_SEVERITY_URGENT, "k-4"));
+  // A peer supporter never acknowledges.
+  EXPECT_EQ(Acknowledge(c.concern_id(), "peer-1", "peer_supporter").error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  // A clinician may see... only what is routed to them: a case-management concern is hidden.
+  EXPECT_EQ(Acknowledge(c.concern_id(), "dr-1", "clinician").error_code(),
+            grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(EscalationServiceTest, OtherAgencyNeitherSeesNorActs) {
+  const v1::Concern c =
+      MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "k-5"));
+  v1::GetConcernRequest get;
+  get.set_concern_id(c.concern_id());
+  v1::GetConcernResponse response;
+  EXPECT_EQ(
+      stub_->GetConcern(As("agency-b", {"clinician"}, "dr-b").get(), get, &response).error_code(),
+      grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Acknowledge(c.concern_id(), "dr-b", "clinician", "agency-b").error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  v1::ListConcernsResponse list;
+  ASSERT_TRUE(stub_
+                  ->ListConcerns(As("agency-b", {"clinician"}, "dr-b").get(),
+                                 v1::ListConcernsRequest(), &list)
+                  .ok());
+  EXPECT_EQ(list.concerns_size(), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE status = 'open'"), 1);
+  EXPECT_GE(Count("SELECT count(*) FROM escalation.audit_log WHERE agency_id = 'agency-b' AND "
+                  "decision = 'denied'"),
+            2);
+}
+
+TEST_F(EscalationServiceTest, RaiserSeesStatusTargetSeesEverything) {
+  const v1::Concern c =
+      MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "k-6"));
+  v1::ResolveConcernRequest resolve;
+  resolve.set_concern_id(c.concern_id());
+  resolve.set_outcome(v1::CONCERN_OUTCOME_PARTICIPANT_SAFE);
+  v1::ResolveConcernResponse resolved;
+  ASSERT_TRUE(
+      stub_->ResolveConcern(As("agency-a", {"clinician"}, "dr-1").get(), resolve, &resolved).ok());
+
+  v1::GetConcernRequest get;
+  get.set_concern_id(c.concern_id());
+  v1::GetConcernResponse as_raiser;
+  ASSERT_TRUE(
+      stub_->GetConcern(As("agency-a", {"peer_supporter"}, "peer-1").get(), get, &as_raiser).ok());
+  EXPECT_EQ(as_raiser.concern().view(), v1::CONCERN_VIEW_STATUS);
+  EXPECT_EQ(as_raiser.concern().state(), v1::CONCERN_STATE_RESOLVED);
+  EXPECT_EQ(as_raiser.concern().outcome(), v1::CONCERN_OUTCOME_UNSPECIFIED);
+  EXPECT_TRUE(as_raiser.concern().resolved_by().empty());
+  EXPECT_EQ(as_raiser.concern().transitions_size(), 0);
+
+  v1::GetConcernResponse as_target;
+  ASSERT_TRUE(stub_->GetConcern(As("agency-a", {"clinician"}, "dr-2").get(), get, &as_target).ok());
+  EXPECT_EQ(as_target.concern().view(), v1::CONCERN_VIEW_FULL);
+  EXPECT_EQ(as_target.concern().outcome(), v1::CONCERN_OUTCOME_PARTICIPANT_SAFE);
+  EXPECT_EQ(as_target.concern().resolved_by(), "dr-1");
+  // Resolving an OPEN concern acknowledges it first: opened, routed, acknowledged, resolved.
+  ASSERT_EQ(as_target.concern().transitions_size(), 4);
+  EXPECT_EQ(as_target.concern().transitions(2).kind(), v1::TRANSITION_KIND_ACKNOWLEDGED);
+  EXPECT_EQ(as_target.concern().transitions(2).actor(), "dr-1");
+  EXPECT_EQ(as_target.concern().transitions(3).kind(), v1::TRANSITION_KIND_RESOLVED);
+  EXPECT_EQ(as_target.concern().transitions(3).to_state(), v1::CONCERN_STATE_RESOLVED);
+
+  // Another peer supporter and a case manager cannot see it at all.
+  v1::GetConcernResponse hidden;
+  EXPECT_EQ(stub_->GetConcern(As("agency-a", {"peer_supporter"}, "peer-2").get(), get, &hidden)
+                .error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(
+      stub_->GetConcern(As("agency-a", {"case_manager"}, "cm-1").get(), get, &hidden).error_code(),
+      grpc::StatusCode::NOT_FOUND);
+  // A retry of the resolution is safe; another outcome is refused.
+  ASSERT_TRUE(
+      stub_->ResolveConcern(As("agency-a", {"clinician"}, "dr-1").get(), resolve, &resolved).ok());
+  resolve.set_outcome(v1::CONCERN_OUTCOME_REFERRED);
+  EXPECT_EQ(stub_->ResolveConcern(As("agency-a", {"clinician"}, "dr-1").get(), resolve, &resolved)
+                .error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(EscalationServiceTest, ListShowsEachCallerWhatTheyMaySee) {
+  MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "k-7"));
+  MustRaise(Raise(CONCERN_CATEGORY_BASIC_NEEDS, CONCERN_SEVERITY_URGENT, "k-8"));
+  MustRaise(Raise(CONCERN_CATEGORY_BASIC_NEEDS, CONCERN_SEVERITY_URGENT, "k-9"), "peer-2");
+  auto list = [&](const std::string& role, const std::string& subject,
+                  v1::ListConcernsRequest request = {}) {
+    v1::ListConcernsResponse response;
+    grpc::Status status =
+        stub_->ListConcerns(As("agency-a", {role}, subject).get(), request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response;
+  };
+  EXPECT_EQ(list("clinician", "dr-1").concerns_size(), 1);
+  EXPECT_EQ(list("case_manager", "cm-1").concerns_size(), 2);
+  EXPECT_EQ(list("peer_supporter", "peer-1").concerns_size(), 2);
+  EXPECT_EQ(list("peer_supporter", "peer-2").concerns_size(), 1);
+  EXPECT_EQ(list("peer_supporter", "peer-1").concerns(0).view(), v1::CONCERN_VIEW_STATUS);
+  // Paging: one at a time, newest first, then the token ends.
+  v1::ListConcernsRequest paged;
+  paged.set_page_size(1);
+  auto first = list("case_manager", "cm-1", paged);
+  ASSERT_EQ(first.concerns_size(), 1);
+  ASSERT_FALSE(first.next_page_token().empty());
+  paged.set_page_token(first.next_page_token());
+  auto second = list("case_manager", "cm-1", paged);
+  ASSERT_EQ(second.concerns_size(), 1);
+  EXPECT_NE(first.concerns(0).concern_id(), second.concerns(0).concern_id());
+  EXPECT_TRUE(second.next_page_token().empty());
+  // A token used with other filters, and a negative page size, are refused.
+  paged.add_severities(CONCERN_SEVERITY_CRITICAL);
+  paged.set_page_size(-1);
+  v1::ListConcernsResponse response;
+  grpc::Status status =
+      stub_->ListConcerns(As("agency-a", {"case_manager"}, "cm-1").get(), paged, &response);
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_details().find("page_token"), std::string::npos);
+  EXPECT_NE(status.error_details().find("page_size"), std::string::npos);
+}
+
+TEST_F(EscalationServiceTest, TwoCliniciansAcknowledgeAtOnceOneWinsTheOtherIsTold) {
+  for (int round = 0; round < 5; ++round) {
+    const v1::Concern c = MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY,
+                                          CONCERN_SEVERITY_CRITICAL, absl::StrCat("race-", round)));
+    std::atomic<bool> go{false};
+    grpc::Status results[2];
+    std::thread clinicians[2];
+    for (int i = 0; i < 2; ++i) {
+      clinicians[i] = std::thread([&, i] {
+        while (!go) std::this_thread::yield();
+        results[i] = Acknowledge(c.concern_id(), absl::StrCat("dr-", i));
+      });
+    }
+    go = true;
+    for (auto& t : clinicians) t.join();
+    const int winners = results[0].ok() + results[1].ok();
+    ASSERT_EQ(winners, 1) << results[0].error_message() << " / " << results[1].error_message();
+    const grpc::Status& loser = results[0].ok() ? results[1] : results[0];
+    const std::string winner = results[0].ok() ? "dr-0" : "dr-1";
+    EXPECT_EQ(loser.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_NE(loser.error_message().find("concern already acknowledged by " + winner),
+              std::string::npos)
+        << loser.error_message();
+    EXPECT_EQ(Count("SELECT count(*) FROM escalation.concern_transitions WHERE kind = "
+                    "'acknowledged' AND concern_id = '" +
+                    c.concern_id() + "'"),
+              1);
+    // The winner's retry is safe.
+    v1::AcknowledgeConcernResponse again;
+    ASSERT_TRUE(Acknowledge(c.concern_id(), winner, "clinician", "agency-a", &again).ok());
+    EXPECT_EQ(again.concern().acknowledged_by(), winner);
+    EXPECT_TRUE(again.concern().has_resolution_deadline());
+  }
+}
+
+TEST_F(EscalationServiceTest, PeerSupporterCannotCancelSafetyConcernButCanCancelOwnOpenOne) {
+  const v1::Concern safety =
+      MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "k-10"));
+  v1::CancelConcernRequest cancel;
+  cancel.set_concern_id(safety.concern_id());
+  cancel.set_reason("raised for the wrong participant");
+  v1::CancelConcernResponse response;
+  EXPECT_EQ(
+      stub_->CancelConcern(As("agency-a", {"peer_supporter"}, "peer-1").get(), cancel, &response)
+          .error_code(),
+      grpc::StatusCode::FAILED_PRECONDITION);
+  const v1::Concern routine =
+      MustRaise(Raise(CONCERN_CATEGORY_BASIC_NEEDS, CONCERN_SEVERITY_URGENT, "k-11"));
+  cancel.set_concern_id(routine.concern_id());
+  cancel.set_reason("   ");
+  EXPECT_EQ(
+      stub_->CancelConcern(As("agency-a", {"peer_supporter"}, "peer-1").get(), cancel, &response)
+          .error_code(),
+      grpc::StatusCode::INVALID_ARGUMENT);
+  cancel.set_reason("duplicate of another concern");
+  ASSERT_TRUE(
+      stub_->CancelConcern(As("agency-a", {"peer_supporter"}, "peer-1").get(), cancel, &response)
+          .ok());
+  EXPECT_EQ(response.concern().state(), v1::CONCERN_STATE_CANCELLED);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE id = '" + routine.concern_id() +
+                  "' AND next_deadline IS NULL"),
+            1);
+  // The reason stays in the service.
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.outbox WHERE position('duplicate of' in "
+                  "encode(payload, 'escape')) > 0"),
+            0);
+  // Acknowledging a cancelled concern is refused with the reason why.
+  EXPECT_EQ(Acknowledge(routine.concern_id(), "cm-1", "case_manager").error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+// A two-level rule for critical clinical worsening: on-call, then the case-management team.
+v1::UpdateRoutingPolicyRequest TwoLevelPolicy(int base_version, const std::string& key) {
+  v1::UpdateRoutingPolicyRequest request;
+  request.set_base_version(base_version);
+  request.set_idempotency_key(key);
+  request.mutable_update_mask()->add_paths("rules");
+  v1::RoutingRule* rule = request.mutable_policy()->add_rules();
+  rule->set_category(CONCERN_CATEGORY_CLINICAL_WORSENING);
+  rule->set_severity(CONCERN_SEVERITY_CRITICAL);
+  rule->mutable_target()->set_kind(v1::TARGET_KIND_CLINICAL_ON_CALL);
+  rule->mutable_target()->set_target_id("night-team");
+  rule->mutable_ack_deadline()->mutable_duration()->set_seconds(600);
+  rule->mutable_resolution_window()->mutable_duration()->set_seconds(3600);
+  v1::EscalationStep* step = rule->add_escalation_chain();
+  step->mutable_target()->set_kind(v1::TARGET_KIND_CASE_MANAGEMENT_TEAM);
+  step->mutable_target()->set_target_id("cm-team");
+  step->mutable_ack_deadline()->mutable_duration()->set_seconds(1800);
+  return request;
+}
+
+TEST_F(EscalationServiceTest, PolicyChangeAppliesToNewConcernsOnly) {
+  const v1::Concern before =
+      MustRaise(Raise(CONCERN_CATEGORY_CLINICAL_WORSENING, CONCERN_SEVERITY_CRITICAL, "k-12"));
+  v1::UpdateRoutingPolicyResponse updated;
+  ASSERT_TRUE(stub_
+                  ->UpdateRoutingPolicy(As("agency-a", {"program_admin"}, "admin-1").get(),
+                                        TwoLevelPolicy(1, "p-1"), &updated)
+                  .ok());
+  EXPECT_EQ(updated.policy().version(), 2);
+  EXPECT_EQ(updated.policy().rules_size(), 21);
+  const v1::Concern after =
+      MustRaise(Raise(CONCERN_CATEGORY_CLINICAL_WORSENING, CONCERN_SEVERITY_CRITICAL, "k-13"));
+  EXPECT_EQ(after.policy_version(), 2);
+  EXPECT_EQ(after.current_target().target_id(), "night-team");
+  EXPECT_EQ(
+      google::protobuf::util::TimeUtil::DurationToSeconds(after.ack_deadline() - after.opened_at()),
+      600);
+  v1::GetConcernRequest get;
+  get.set_concern_id(before.concern_id());
+  v1::GetConcernResponse old;
+  ASSERT_TRUE(stub_->GetConcern(As("agency-a", {"clinician"}, "dr-1").get(), get, &old).ok());
+  EXPECT_EQ(old.concern().policy_version(), 1);
+  EXPECT_EQ(old.concern().ack_deadline(), before.ack_deadline());
+  // Versions are kept; a stale base is ABORTED; other roles and unsafe rules are refused.
+  v1::GetRoutingPolicyRequest get_policy;
+  get_policy.set_version(1);
+  v1::GetRoutingPolicyResponse v1_policy;
+  ASSERT_TRUE(stub_
+                  ->GetRoutingPolicy(As("agency-a", {"peer_supporter"}, "peer-1").get(), get_policy,
+                                     &v1_policy)
+                  .ok());
+  EXPECT_EQ(v1_policy.policy().created_by(), "system:default");
+  EXPECT_EQ(stub_
+                ->UpdateRoutingPolicy(As("agency-a", {"program_admin"}, "admin-1").get(),
+                                      TwoLevelPolicy(1, "p-2"), &updated)
+                .error_code(),
+            grpc::StatusCode::ABORTED);
+  EXPECT_EQ(stub_
+                ->UpdateRoutingPolicy(As("agency-a", {"clinician"}, "dr-1").get(),
+                                      TwoLevelPolicy(2, "p-3"), &updated)
+                .error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  auto unsafe = TwoLevelPolicy(2, "p-4");
+  unsafe.mutable_policy()->mutable_rules(0)->set_category(CONCERN_CATEGORY_IMMEDIATE_SAFETY);
+  unsafe.mutable_policy()->mutable_rules(0)->mutable_target()->set_kind(
+      v1::TARGET_KIND_CASE_MANAGEMENT_TEAM);
+  grpc::Status status = stub_->UpdateRoutingPolicy(
+      As("agency-a", {"program_admin"}, "admin-1").get(), unsafe, &updated);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(status.error_message().find("immediate-safety"), std::string::npos);
+  auto bad = TwoLevelPolicy(2, "p-5");
+  bad.mutable_policy()->mutable_rules(0)->mutable_target()->clear_target_id();
+  bad.mutable_policy()->set_time_zone("Mars/Olympus");
+  bad.mutable_update_mask()->add_paths("time_zone");
+  status =
+      stub_->UpdateRoutingPolicy(As("agency-a", {"program_admin"}, "admin-1").get(), bad, &updated);
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_details().find("policy.rules[0].target.target_id"), std::string::npos);
+  EXPECT_NE(status.error_details().find("policy.time_zone"), std::string::npos);
+}
+
+TEST_F(EscalationServiceTest, MissedDeadlinesEscalateExactlyOnceAcrossSigkillRestarts) {
+  v1::UpdateRoutingPolicyResponse updated;
+  ASSERT_TRUE(stub_
+                  ->UpdateRoutingPolicy(As("agency-a", {"program_admin"}, "admin-1").get(),
+                                        TwoLevelPolicy(1, "p-1"), &updated)
+                  .ok());
+  constexpr int kConcerns = 300;
+  for (int i = 0; i < kConcerns; ++i) {
+    MustRaise(Raise(CONCERN_CATEGORY_CLINICAL_WORSENING, CONCERN_SEVERITY_CRITICAL,
+                    absl::StrCat("due-", i)),
+              "dr-raiser", "clinician");
+  }
+  // Every acknowledgement deadline has passed (as if the service was down for two hours).
+  db_->AdminQuery(
+      "UPDATE escalation.concerns SET opened_at = opened_at - interval '2 hours', "
+      "ack_deadline = ack_deadline - interval '2 hours', "
+      "next_deadline = next_deadline - interval '2 hours'");
+  service_->Signal(SIGKILL);
+  service_->WaitExit(5s);
+  // A sweeper that runs all the time, killed in the middle of its work, twice.
+  for (int kill = 0; kill < 2; ++kill) {
+    auto sweeping = Start({"--deadline_sweep_interval=10ms"});
+    std::this_thread::sleep_for(std::chrono::milliseconds(150 + 100 * kill));
+    sweeping->Signal(SIGKILL);
+    sweeping->WaitExit(5s);
+    // How far the killed sweeper got (for the record; any count from 0 to all is valid).
+    RecordProperty(absl::StrCat("escalated_after_kill_", kill),
+                   Count("SELECT count(*) FROM escalation.escalation_breaches"));
+  }
+  service_ = Start({"--deadline_sweep_interval=10ms"});
+  for (int wait = 0; wait < 300; ++wait) {
+    if (Count("SELECT count(*) FROM escalation.concerns WHERE current_level = 0") == 0) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE current_level = 1 AND "
+                  "status = 'open' AND target_id = 'cm-team' AND breach_count = 1"),
+            kConcerns);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.escalation_breaches WHERE deadline_kind = "
+                  "'acknowledgement' AND level = 0 AND escalated_to_id = 'cm-team'"),
+            kConcerns);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concern_transitions WHERE kind = 'escalated'"),
+            kConcerns);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.outbox WHERE event_type = "
+                  "'peerpath.escalation.v1.ConcernEscalatedEvent'"),
+            kConcerns);
+  // The new level's deadline runs from the escalation: 30 minutes, in the future.
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE next_deadline > now() + "
+                  "interval '25 minutes'"),
+            kConcerns);
+  // The case-management team now holds them; the on-call clinician was escalated past.
+  const std::string id =
+      db_->AdminQuery("SELECT id::text FROM escalation.concerns LIMIT 1")[0][0].as<std::string>();
+  grpc::Status past = Acknowledge(id, "dr-raiser", "clinician");
+  EXPECT_EQ(past.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(past.error_message().find("escalated past you"), std::string::npos);
+  EXPECT_TRUE(Acknowledge(id, "cm-1", "case_manager").ok());
+}
+
+TEST_F(EscalationServiceTest, ExhaustedChainRecordsTheBreachAndReAlerts) {
+  const v1::Concern c =
+      MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "k-14"));
+  db_->AdminQuery(
+      "UPDATE escalation.concerns SET opened_at = opened_at - interval '1 hour', "
+      "ack_deadline = ack_deadline - interval '1 hour', "
+      "next_deadline = next_deadline - interval '1 hour'");
+  service_ = Start({"--deadline_sweep_interval=20ms"});
+  for (int wait = 0; wait < 100; ++wait) {
+    if (Count("SELECT count(*) FROM escalation.escalation_breaches") == 1) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.escalation_breaches WHERE escalated_to_kind "
+                  "IS NULL"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE current_level = 0 AND "
+                  "next_deadline_kind = 'chain_exhausted' AND next_deadline > now()"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.outbox WHERE event_type = "
+                  "'peerpath.escalation.v1.ConcernReAlertedEvent'"),
+            1);
+}
+
+TEST_F(EscalationServiceTest, AcknowledgedButUnresolvedReAlertsThenEscalates) {
+  v1::UpdateRoutingPolicyResponse updated;
+  ASSERT_TRUE(stub_
+                  ->UpdateRoutingPolicy(As("agency-a", {"program_admin"}, "admin-1").get(),
+                                        TwoLevelPolicy(1, "p-1"), &updated)
+                  .ok());
+  const v1::Concern c =
+      MustRaise(Raise(CONCERN_CATEGORY_CLINICAL_WORSENING, CONCERN_SEVERITY_CRITICAL, "k-15"),
+                "dr-raiser", "clinician");
+  ASSERT_TRUE(Acknowledge(c.concern_id(), "dr-1").ok());
+  const std::string where = " WHERE id = '" + c.concern_id() + "'";
+  db_->AdminQuery("UPDATE escalation.concerns SET next_deadline = now() - interval '1 second'" +
+                  where);
+  service_ = Start({"--deadline_sweep_interval=20ms"});
+  for (int wait = 0; wait < 100; ++wait) {
+    if (Count("SELECT count(*) FROM escalation.escalation_breaches") == 1) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns" + where +
+                  " AND status = 'acknowledged' AND next_deadline_kind = "
+                  "'resolution_after_realert'"),
+            1);
+  // Still unresolved when the level's limit passes again: OPEN at the next level.
+  db_->AdminQuery("UPDATE escalation.concerns SET next_deadline = now() - interval '1 second'" +
+                  where);
+  for (int wait = 0; wait < 100; ++wait) {
+    if (Count("SELECT count(*) FROM escalation.escalation_breaches") == 2) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns" + where +
+                  " AND status = 'open' AND current_level = 1 AND breach_count = 2"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.escalation_breaches WHERE deadline_kind = "
+                  "'resolution_after_realert' AND escalated_to_id = 'cm-team'"),
+            1);
+}
+
+TEST_F(EscalationServiceTest, OutOfHoursNotificationWaitsForBusinessHours) {
+  const v1::Concern c =
+      MustRaise(Raise(CONCERN_CATEGORY_BASIC_NEEDS, common::v1::CONCERN_SEVERITY_ROUTINE, "n-1"));
+  const std::string where = " WHERE id = '" + c.concern_id() + "'";
+  // As if raised on a Saturday: business hours begin in an hour.
+  db_->AdminQuery(
+      "UPDATE escalation.concerns SET notify_at = now() + interval '1 hour', "
+      "notified_at = NULL" +
+      where);
+  service_ = Start({"--deadline_sweep_interval=20ms"});
+  std::this_thread::sleep_for(500ms);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns" + where + " AND notified_at IS NULL"),
+            1);
+  EXPECT_EQ(service_->Log().find("business_hours_started"), std::string::npos);
+  // Business hours have begun: the target is told, once.
+  db_->AdminQuery("UPDATE escalation.concerns SET notify_at = now() - interval '1 second'" + where);
+  for (int wait = 0; wait < 100; ++wait) {
+    if (Count("SELECT count(*) FROM escalation.concerns" + where + " AND notified_at IS NULL") ==
+        0) {
+      break;
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  std::this_thread::sleep_for(300ms);
+  const std::string log = service_->Log();
+  const size_t first = log.find("business_hours_started");
+  ASSERT_NE(first, std::string::npos);
+  EXPECT_EQ(log.find("business_hours_started", first + 1), std::string::npos);
+  EXPECT_EQ(log.find("said they had a plan"), std::string::npos);
+}
+
+TEST_F(EscalationServiceTest, GaugesCountOpenAndOverdueConcerns) {
+  MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "k-16"));
+  MustRaise(Raise(CONCERN_CATEGORY_BASIC_NEEDS, CONCERN_SEVERITY_URGENT, "k-17"));
+  service_ = Start({"--deadline_sweep_interval=50ms"});
+  double open = 0;
+  for (int wait = 0; wait < 100 && open < 1; ++wait) {
+    std::this_thread::sleep_for(100ms);
+    open = MetricValue(HttpGet(service_->metrics_port(), "/metrics"), "peerpath_open_concerns",
+                       {{"severity", "critical"}});
+  }
+  const std::string metrics = HttpGet(service_->metrics_port(), "/metrics");
+  EXPECT_EQ(MetricValue(metrics, "peerpath_open_concerns", {{"severity", "critical"}}), 1);
+  EXPECT_EQ(MetricValue(metrics, "peerpath_open_concerns", {{"severity", "urgent"}}), 1);
+  EXPECT_EQ(MetricValue(metrics, "peerpath_overdue_concerns", {{"severity", "critical"}}), 0);
+}
+
+TEST_F(EscalationServiceTest, WatchSendsSnapshotThenMarkerThenChangesInOrder) {
+  const v1::Concern before =
+      MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "w-1"));
+  MustRaise(Raise(CONCERN_CATEGORY_BASIC_NEEDS, CONCERN_SEVERITY_URGENT, "w-2"));  // Not theirs.
+  auto context = As("agency-a", {"clinician"}, "dr-1");
+  context->set_deadline(std::chrono::system_clock::now() + 30s);
+  v1::WatchConcernsRequest request;
+  request.mutable_target()->set_kind(v1::TARGET_KIND_CLINICAL_ON_CALL);
+  request.mutable_target()->set_target_id("clinical-on-call");
+  auto stream = stub_->WatchConcerns(context.get(), request);
+  v1::WatchConcernsResponse message;
+  ASSERT_TRUE(stream->Read(&message));
+  ASSERT_TRUE(message.has_snapshot_concern());
+  EXPECT_EQ(message.snapshot_concern().concern_id(), before.concern_id());
+  EXPECT_TRUE(message.snapshot_concern().description().empty());
+  ASSERT_TRUE(stream->Read(&message));
+  ASSERT_TRUE(message.has_snapshot_end());
+  EXPECT_EQ(message.snapshot_end().concern_count(), 1);
+
+  const v1::Concern during =
+      MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "w-3"));
+  ASSERT_TRUE(Acknowledge(before.concern_id(), "dr-2").ok());
+  v1::ResolveConcernRequest resolve;
+  resolve.set_concern_id(before.concern_id());
+  resolve.set_outcome(v1::CONCERN_OUTCOME_CLINICAL_REVIEW_DONE);
+  v1::ResolveConcernResponse resolved;
+  ASSERT_TRUE(
+      stub_->ResolveConcern(As("agency-a", {"clinician"}, "dr-2").get(), resolve, &resolved).ok());
+
+  std::vector<std::pair<v1::ConcernChangeKind, std::string>> seen;
+  std::vector<bool> in_scope;
+  while (seen.size() < 3 && stream->Read(&message)) {
+    if (!message.has_change()) continue;
+    seen.emplace_back(message.change().kind(), message.change().concern().concern_id());
+    in_scope.push_back(message.change().in_scope());
+  }
+  context->TryCancel();
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[0], std::make_pair(v1::CONCERN_CHANGE_KIND_OPENED, during.concern_id()));
+  EXPECT_EQ(seen[1], std::make_pair(v1::CONCERN_CHANGE_KIND_ACKNOWLEDGED, before.concern_id()));
+  EXPECT_EQ(seen[2], std::make_pair(v1::CONCERN_CHANGE_KIND_RESOLVED, before.concern_id()));
+  EXPECT_EQ(in_scope, (std::vector<bool>{true, true, false}));
+}
+
+TEST_F(EscalationServiceTest, WatchIsOnlyForWhoActsForTheTarget) {
+  v1::WatchConcernsRequest request;
+  request.mutable_target()->set_kind(v1::TARGET_KIND_CLINICAL_ON_CALL);
+  request.mutable_target()->set_target_id("clinical-on-call");
+  v1::WatchConcernsResponse message;
+  auto context = As("agency-a", {"case_manager"}, "cm-1");
+  auto stream = stub_->WatchConcerns(context.get(), request);
+  EXPECT_FALSE(stream->Read(&message));
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  request.mutable_target()->set_kind(v1::TARGET_KIND_SUPPORTER_SUPERVISOR);
+  request.mutable_target()->set_target_id("sup-2");
+  auto as_other = As("agency-a", {"supervisor"}, "sup-1");
+  auto other = stub_->WatchConcerns(as_other.get(), request);
+  EXPECT_FALSE(other->Read(&message));
+  EXPECT_EQ(other->Finish().error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  request.clear_target();
+  auto as_clinician = As("agency-a", {"clinician"}, "dr-1");
+  auto bad = stub_->WatchConcerns(as_clinician.get(), request);
+  EXPECT_FALSE(bad->Read(&message));
+  EXPECT_EQ(bad->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+}  // namespace
+}  // namespace peerpath::testing
