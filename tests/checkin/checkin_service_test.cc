@@ -3,6 +3,7 @@
 // way the matching service's events leave them.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <mutex>
@@ -178,7 +179,7 @@ class CheckInServiceTest : public ::testing::Test {
     builder.RegisterService(&consent_);
     consent_server_ = builder.BuildAndStart();
     ASSERT_NE(consent_server_, nullptr);
-    token_file_ = ::testing::TempDir() + "/checkin-service-token";
+    token_file_ = ::testing::TempDir() + "/checkin-service-token-" + std::to_string(getpid());
     { std::ofstream(token_file_) << TokenFor("peerpath", {"service"}, "peerpath-checkin"); }
     db_ = TestDatabase::Create();
     service_ = std::make_unique<ServiceProcess>(
@@ -724,7 +725,8 @@ TEST_F(CheckInServiceTest, MatchingEventsFeedWhoMayRecord) {
   started.set_participant_id("p-70");
   emit(started);
 
-  const std::string token_file = ::testing::TempDir() + "/checkin-consumer-token";
+  const std::string token_file =
+      ::testing::TempDir() + "/checkin-consumer-token-" + std::to_string(getpid());
   { std::ofstream(token_file) << TokenFor("peerpath", {"service"}, "peerpath-checkin"); }
   ServiceProcess consumer("checkin", db_->UrlFor("checkin"),
                           {"--matching_address=127.0.0.1:" + std::to_string(matching->grpc_port()),
@@ -906,7 +908,8 @@ TEST_F(CheckInServiceTest, SweeperMarksMissedWindowsAndStagesDisengagement) {
 TEST_F(CheckInServiceTest, EscalationSafetyConcernStopsRoutineEngagement) {
   auto escalation = std::make_unique<ServiceProcess>("escalation", db_->UrlFor("escalation"));
   ASSERT_TRUE(escalation->WaitHealth(true)) << escalation->Log();
-  const std::string token_file = ::testing::TempDir() + "/checkin-escalation-token";
+  const std::string token_file =
+      ::testing::TempDir() + "/checkin-escalation-token-" + std::to_string(getpid());
   { std::ofstream(token_file) << TokenFor("peerpath", {"service"}, "peerpath-checkin"); }
   ServiceProcess consumer(
       "checkin", db_->UrlFor("checkin"),

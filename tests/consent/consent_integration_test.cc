@@ -1,6 +1,7 @@
 // The consent service as clients see it: the real peerpath-consent binary over gRPC against a
 // real PostgreSQL database.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <fstream>
@@ -90,7 +91,8 @@ class ConsentServiceTest : public ::testing::Test {
   std::vector<std::string> StartProducer(const std::string& service) {
     producer_ = std::make_unique<ServiceProcess>(service, db_->UrlFor(service));
     EXPECT_TRUE(producer_->WaitHealth(true)) << producer_->Log();
-    const std::string token_file = ::testing::TempDir() + "/consent-service-token";
+    const std::string token_file =
+        ::testing::TempDir() + "/consent-service-token-" + std::to_string(getpid());
     { std::ofstream(token_file) << TokenFor(kAgency, {"service"}, "svc-consent"); }
     return {absl::StrCat("--", service, "_address=127.0.0.1:", producer_->grpc_port()),
             "--service_token_file=" + token_file};
@@ -879,7 +881,8 @@ TEST_F(ConsentServiceTest, BreakGlassNeedsAnOpenImmediateSafetyConcernAndEndsWit
   opened(safety, "p-c", peerpath::common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY);
   opened(other_kind, "p-c", peerpath::common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING);
   opened(other_person, "p-d", peerpath::common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY);
-  const std::string token_file = ::testing::TempDir() + "/consent-escalation-token";
+  const std::string token_file =
+      ::testing::TempDir() + "/consent-escalation-token-" + std::to_string(getpid());
   { std::ofstream(token_file) << TokenFor(kAgency, {"service"}, "svc-consent"); }
   StartConsent({absl::StrCat("--escalation_address=127.0.0.1:", escalation.port()),
                 "--service_token_file=" + token_file});

@@ -2,6 +2,7 @@
 // gRPC from the real binary, only for the `service` role, and a consumer that keeps polling with
 // backoff while the producer is down and catches up when it is back.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <mutex>
@@ -170,7 +171,8 @@ TEST_F(EventLogRpc, ConsumerWaitsOutAProducerOutageAndCatchesUp) {
                 .exit_code,
             0);
   Database consumer_db({db_->UrlFor("evaluation"), "evaluation", 2});
-  const std::string token_file = ::testing::TempDir() + "/service-token";
+  const std::string token_file =
+      ::testing::TempDir() + "/service-token-" + std::to_string(getpid());
   { std::ofstream(token_file) << TokenFor("platform", {"service"}, "svc-evaluation"); }
   const int port = producer_->grpc_port();
   auto channel =

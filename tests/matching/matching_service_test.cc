@@ -3,6 +3,7 @@
 // supporter's capacity (also concurrently), re-matching, follow-ups, batch assignment, the
 // relationship check other services rely on, events exactly once, and the refusals.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <fstream>
@@ -832,7 +833,8 @@ TEST_F(MatchingServiceTest, WorkloadCountsCheckInsAndOpenConcernsFromOtherServic
   resolved.set_participant_id("p-1");
   concerns.Add(kAgency, resolved, now);
 
-  const std::string token_file = ::testing::TempDir() + "/matching-service-token";
+  const std::string token_file =
+      ::testing::TempDir() + "/matching-service-token-" + std::to_string(getpid());
   { std::ofstream(token_file) << TokenFor("platform", {"service"}, "svc-matching"); }
   ServiceProcess consuming("matching", db_->UrlFor("matching"),
                            {"--checkin_address=127.0.0.1:" + std::to_string(checkin_port),
