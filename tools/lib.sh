@@ -123,6 +123,23 @@ bootstrap_database() {
   psql_admin "$port" "$db" -c "REVOKE CREATE ON SCHEMA public FROM PUBLIC" >/dev/null
 }
 
+# start_throwaway_postgres: a PostgreSQL 15 in a temporary folder on a free loopback port, stopped
+# and removed when the calling script exits (also on failure or Ctrl-C). Exports the superuser
+# URL the tests and benchmarks use (PEERPATH_TEST_PG_ADMIN_URL); services under test connect as
+# their own roles. Durability does not matter here (fsync off, unless PEERPATH_PG_FSYNC=on).
+start_throwaway_postgres() {
+  PEERPATH_THROWAWAY_PG="$(mktemp -d /tmp/peerpath-test-pg.XXXXXX)"
+  trap 'stop_postgres "$PEERPATH_THROWAWAY_PG"; rm -rf "$PEERPATH_THROWAWAY_PG"' EXIT
+  trap 'exit 130' INT TERM
+  local port
+  port="$(free_port)"
+  say "starting PostgreSQL 15 on 127.0.0.1:$port ($PEERPATH_THROWAWAY_PG)"
+  PEERPATH_PG_FSYNC="${PEERPATH_PG_FSYNC:-off}" start_postgres "$PEERPATH_THROWAWAY_PG" "$port"
+  bootstrap_database "$port" peerpath
+  export PEERPATH_TEST_PG_ADMIN_URL="postgresql://postgres@127.0.0.1:$port/postgres"
+  export PEERPATH_TEST_PG_PORT="$port"
+}
+
 psql_admin() {
   local port="$1" db="$2"
   shift 2
