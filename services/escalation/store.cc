@@ -294,16 +294,17 @@ absl::StatusOr<ConcernRecord> Store::InsertConcern(pqxx::work& tx, const Concern
         ts_from_us($17), 'acknowledgement', ts_from_us($18),
         CASE WHEN ts_from_us($18) <= now() THEN now() END, coalesce(ts_from_us($19), now()))
       RETURNING *),
-    opened AS (
-      INSERT INTO concern_transitions (agency_id, concern_id, kind, status_after, level,
-        target_kind, target_id, actor, actor_role, occurred_at)
-      SELECT agency_id, id, 'opened', 'open', current_level, target_kind, target_id, raised_by,
-        raised_by_role, opened_at FROM c),
-    routed AS (
+    -- One INSERT, rows in order, so that `seq` (GetConcern's order) puts OPENED before ROUTED:
+    -- two data-modifying CTEs run in an unspecified order (ROUTED came first).
+    transitions AS (
       INSERT INTO concern_transitions (agency_id, concern_id, kind, from_status, status_after,
-        level, target_kind, target_id, actor, occurred_at)
-      SELECT agency_id, id, 'routed', 'open', 'open', current_level, target_kind, target_id,
-        'system:routing', opened_at FROM c)
+        level, target_kind, target_id, actor, actor_role, occurred_at)
+      SELECT c.agency_id, c.id, k.kind, CASE WHEN k.n = 2 THEN 'open' END, 'open',
+        c.current_level, c.target_kind, c.target_id,
+        CASE WHEN k.n = 1 THEN c.raised_by ELSE 'system:routing' END,
+        CASE WHEN k.n = 1 THEN c.raised_by_role END, c.opened_at
+      FROM c CROSS JOIN (VALUES (1, 'opened'), (2, 'routed')) AS k (n, kind)
+      ORDER BY k.n)
     SELECT )sql",
                                        kConcernColumns, ", true FROM c");
   pqxx::result rows =
