@@ -7,6 +7,7 @@
 #include <grpcpp/client_context.h>
 #include <sys/stat.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <mutex>
@@ -18,8 +19,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/channel.h"
 #include "common/event_consumer.h"
 #include "common/event_log.h"
+#include "common/log.h"
+#include "common/server.h"
 
 namespace peerpath {
 
@@ -80,6 +84,27 @@ EventFetcher ListEventsFetcher(std::shared_ptr<Stub> stub, std::shared_ptr<Servi
     page.events.assign(response.events().begin(), response.events().end());
     return page;
   };
+}
+
+// A consumer of the event log of `Service` (a generated producing service) at `address`, with
+// this service's channel settings and token (--client_tls_*, --service_token_file). A channel
+// that cannot be made (plaintext to a non-loopback address, unreadable certificates) is a
+// configuration error: logged, and the process exits with code 2 at start-up.
+template <typename Service, typename ListRequest, typename ListResponse>
+std::unique_ptr<EventConsumer> ConsumerOf(ServiceContext& context, const std::string& address,
+                                          ConsumerOptions options, EventHandler apply) {
+  auto channel = MakeChannel(address, context.config.client_tls);
+  if (!channel.ok()) {
+    log::Error("bad configuration: cannot reach an event source",
+               {{"source", options.source}, {"error", std::string(channel.status().message())}});
+    std::exit(2);
+  }
+  std::shared_ptr<typename Service::Stub> stub = Service::NewStub(*channel);
+  return std::make_unique<EventConsumer>(
+      context.db, std::move(options),
+      ListEventsFetcher<ListRequest, ListResponse>(
+          stub, std::make_shared<ServiceToken>(context.config.service_token_file)),
+      std::move(apply), &context.metrics);
 }
 
 }  // namespace peerpath

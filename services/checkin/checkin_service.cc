@@ -191,55 +191,38 @@ CheckInService::CheckInService(ServiceContext& context, CheckInOptions options,
       consent_gates_(consent_gates != nullptr ? std::move(consent_gates)
                                               : MakeUnconfiguredConsentGates()) {
   if (!options_.matching_address.empty()) {
-    auto channel = MakeChannel(options_.matching_address, context.config.client_tls);
-    if (!channel.ok()) {
-      log::Error("matching channel refused",
-                 {{"code", absl::StatusCodeToString(channel.status().code())}});
-    } else {
-      std::shared_ptr<matching::v1::MatchingService::Stub> stub =
-          matching::v1::MatchingService::NewStub(*channel);
-      matching_consumer_ = std::make_unique<EventConsumer>(
-          context.db, ConsumerOptions{.source = "matching", .idle_poll = absl::Milliseconds(200)},
-          ListEventsFetcher<matching::v1::ListEventsRequest, matching::v1::ListEventsResponse>(
-              stub, std::make_shared<ServiceToken>(context.config.service_token_file)),
-          [](pqxx::work& tx, const common::v1::Event& event) {
-            ApplyMatchEvent(tx, event);
-            return absl::OkStatus();
-          },
-          &context.metrics);
-      matching_consumer_->Start();
-    }
+    matching_consumer_ = ConsumerOf<matching::v1::MatchingService, matching::v1::ListEventsRequest,
+                                    matching::v1::ListEventsResponse>(
+        context, options_.matching_address,
+        ConsumerOptions{.source = "matching", .idle_poll = absl::Milliseconds(200)},
+        [](pqxx::work& tx, const common::v1::Event& event) {
+          ApplyMatchEvent(tx, event);
+          return absl::OkStatus();
+        });
+    matching_consumer_->Start();
   }
   if (!options_.escalation_address.empty()) {
-    auto channel = MakeChannel(options_.escalation_address, context.config.client_tls);
-    if (!channel.ok()) {
-      log::Error("escalation channel refused",
-                 {{"code", absl::StatusCodeToString(channel.status().code())}});
-    } else {
-      std::shared_ptr<escalation::v1::EscalationService::Stub> stub =
-          escalation::v1::EscalationService::NewStub(*channel);
-      escalation_consumer_ = std::make_unique<EventConsumer>(
-          context.db, ConsumerOptions{.source = "escalation", .idle_poll = absl::Milliseconds(200)},
-          ListEventsFetcher<escalation::v1::ListEventsRequest, escalation::v1::ListEventsResponse>(
-              stub, std::make_shared<ServiceToken>(context.config.service_token_file)),
-          [](pqxx::work& tx, const common::v1::Event& event) -> absl::Status {
-            escalation::v1::RoutineEngagementStoppedEvent stopped;
-            if (!event.payload().UnpackTo(&stopped)) return absl::OkStatus();
-            const absl::Time at = stopped.has_stopped_at()
-                                      ? FromProtoTimestamp(stopped.stopped_at())
-                                      : FromProtoTimestamp(event.occurred_at());
-            for (const auto& e :
-                 StopRoutineEngagement(tx, stopped.participant_id(), stopped.enrollment_id(),
-                                       stopped.concern_id(), at)) {
-              if (auto s = AppendEvent(tx, event.agency_id(), e.enrollment_id(), e); !s.ok()) {
-                return s;
+    escalation_consumer_ =
+        ConsumerOf<escalation::v1::EscalationService, escalation::v1::ListEventsRequest,
+                   escalation::v1::ListEventsResponse>(
+            context, options_.escalation_address,
+            ConsumerOptions{.source = "escalation", .idle_poll = absl::Milliseconds(200)},
+            [](pqxx::work& tx, const common::v1::Event& event) -> absl::Status {
+              escalation::v1::RoutineEngagementStoppedEvent stopped;
+              if (!event.payload().UnpackTo(&stopped)) return absl::OkStatus();
+              const absl::Time at = stopped.has_stopped_at()
+                                        ? FromProtoTimestamp(stopped.stopped_at())
+                                        : FromProtoTimestamp(event.occurred_at());
+              for (const auto& e :
+                   StopRoutineEngagement(tx, stopped.participant_id(), stopped.enrollment_id(),
+                                         stopped.concern_id(), at)) {
+                if (auto s = AppendEvent(tx, event.agency_id(), e.enrollment_id(), e); !s.ok()) {
+                  return s;
+                }
               }
-            }
-            return absl::OkStatus();
-          },
-          &context.metrics);
-      escalation_consumer_->Start();
-    }
+              return absl::OkStatus();
+            });
+    escalation_consumer_->Start();
   }
   if (options_.sweep_interval > absl::ZeroDuration()) {
     sweeper_ = std::thread([this] {

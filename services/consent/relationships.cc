@@ -41,19 +41,9 @@ absl::Status ApplyMatchingEvent(pqxx::work& tx, const common::v1::Event& event) 
 std::unique_ptr<EventConsumer> MakeMatchingConsumer(ServiceContext& context,
                                                     const std::string& address) {
   if (address.empty()) return nullptr;
-  auto channel = MakeChannel(address, context.config.client_tls);
-  if (!channel.ok()) {
-    log::Error("matching channel not created",
-               {{"code", absl::StatusCodeToString(channel.status().code())}});
-    return nullptr;
-  }
-  std::shared_ptr<matching::v1::MatchingService::Stub> stub =
-      matching::v1::MatchingService::NewStub(*channel);
-  return std::make_unique<EventConsumer>(
-      context.db, ConsumerOptions{.source = "matching"},
-      ListEventsFetcher<matching::v1::ListEventsRequest, matching::v1::ListEventsResponse>(
-          stub, std::make_shared<ServiceToken>(context.config.service_token_file)),
-      ApplyMatchingEvent, &context.metrics);
+  return ConsumerOf<matching::v1::MatchingService, matching::v1::ListEventsRequest,
+                    matching::v1::ListEventsResponse>(
+      context, address, ConsumerOptions{.source = "matching"}, ApplyMatchingEvent);
 }
 
 absl::Status ApplyEscalationEvent(pqxx::work& tx, const common::v1::Event& event) {
@@ -88,19 +78,9 @@ absl::Status ApplyEscalationEvent(pqxx::work& tx, const common::v1::Event& event
 std::unique_ptr<EventConsumer> MakeEscalationConsumer(ServiceContext& context,
                                                       const std::string& address) {
   if (address.empty()) return nullptr;
-  auto channel = MakeChannel(address, context.config.client_tls);
-  if (!channel.ok()) {
-    log::Error("escalation channel not created",
-               {{"code", absl::StatusCodeToString(channel.status().code())}});
-    return nullptr;
-  }
-  std::shared_ptr<escalation::v1::EscalationService::Stub> stub =
-      escalation::v1::EscalationService::NewStub(*channel);
-  return std::make_unique<EventConsumer>(
-      context.db, ConsumerOptions{.source = "escalation"},
-      ListEventsFetcher<escalation::v1::ListEventsRequest, escalation::v1::ListEventsResponse>(
-          stub, std::make_shared<ServiceToken>(context.config.service_token_file)),
-      ApplyEscalationEvent, &context.metrics);
+  return ConsumerOf<escalation::v1::EscalationService, escalation::v1::ListEventsRequest,
+                    escalation::v1::ListEventsResponse>(
+      context, address, ConsumerOptions{.source = "escalation"}, ApplyEscalationEvent);
 }
 
 absl::Status ConsumedSafetyConcerns::CheckOpenConcern(pqxx::work& tx,

@@ -163,22 +163,12 @@ EscalationService::EscalationService(ServiceContext& context, EscalationOptions 
 
   const std::string& checkin = options.checkin_address;
   if (!checkin.empty()) {
-    auto channel = MakeChannel(checkin, context.config.client_tls);
-    if (!channel.ok()) {
-      log::Error("check-in channel not created",
-                 {{"code", absl::StatusCodeToString(channel.status().code())}});
-      std::exit(2);
-    }
-    std::shared_ptr<checkin::v1::CheckInService::Stub> stub =
-        checkin::v1::CheckInService::NewStub(*channel);
-    checkin_consumer_ = std::make_unique<EventConsumer>(
-        context.db, ConsumerOptions{.source = "checkin"},
-        ListEventsFetcher<checkin::v1::ListEventsRequest, checkin::v1::ListEventsResponse>(
-            stub, std::make_shared<ServiceToken>(context.config.service_token_file)),
+    checkin_consumer_ = ConsumerOf<checkin::v1::CheckInService, checkin::v1::ListEventsRequest,
+                                   checkin::v1::ListEventsResponse>(
+        context, checkin, ConsumerOptions{.source = "checkin"},
         [this](pqxx::work& tx, const common::v1::Event& event) {
           return ApplyCheckInEvent(tx, event);
-        },
-        &context.metrics);
+        });
     checkin_consumer_->Start();
   }
 }

@@ -71,37 +71,17 @@ absl::Status ApplyEscalationEvent(pqxx::work& tx, const common::v1::Event& event
 std::unique_ptr<EventConsumer> MakeCheckInConsumer(ServiceContext& context,
                                                    const std::string& address) {
   if (address.empty()) return nullptr;
-  auto channel = MakeChannel(address, context.config.client_tls);
-  if (!channel.ok()) {
-    log::Error("check-in channel not created",
-               {{"code", absl::StatusCodeToString(channel.status().code())}});
-    return nullptr;
-  }
-  std::shared_ptr<checkin::v1::CheckInService::Stub> stub =
-      checkin::v1::CheckInService::NewStub(*channel);
-  return std::make_unique<EventConsumer>(
-      context.db, ConsumerOptions{.source = "checkin"},
-      ListEventsFetcher<checkin::v1::ListEventsRequest, checkin::v1::ListEventsResponse>(
-          stub, std::make_shared<ServiceToken>(context.config.service_token_file)),
-      ApplyCheckInEvent, &context.metrics);
+  return ConsumerOf<checkin::v1::CheckInService, checkin::v1::ListEventsRequest,
+                    checkin::v1::ListEventsResponse>(
+      context, address, ConsumerOptions{.source = "checkin"}, ApplyCheckInEvent);
 }
 
 std::unique_ptr<EventConsumer> MakeEscalationConsumer(ServiceContext& context,
                                                       const std::string& address) {
   if (address.empty()) return nullptr;
-  auto channel = MakeChannel(address, context.config.client_tls);
-  if (!channel.ok()) {
-    log::Error("escalation channel not created",
-               {{"code", absl::StatusCodeToString(channel.status().code())}});
-    return nullptr;
-  }
-  std::shared_ptr<escalation::v1::EscalationService::Stub> stub =
-      escalation::v1::EscalationService::NewStub(*channel);
-  return std::make_unique<EventConsumer>(
-      context.db, ConsumerOptions{.source = "escalation"},
-      ListEventsFetcher<escalation::v1::ListEventsRequest, escalation::v1::ListEventsResponse>(
-          stub, std::make_shared<ServiceToken>(context.config.service_token_file)),
-      ApplyEscalationEvent, &context.metrics);
+  return ConsumerOf<escalation::v1::EscalationService, escalation::v1::ListEventsRequest,
+                    escalation::v1::ListEventsResponse>(
+      context, address, ConsumerOptions{.source = "escalation"}, ApplyEscalationEvent);
 }
 
 }  // namespace peerpath::matching
