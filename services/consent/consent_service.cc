@@ -170,6 +170,15 @@ struct Refusal {
   std::string participant_id;
 };
 
+// Audits a refusal a handler decided inside its transaction (after that transaction ended, so
+// the audit row survives its rollback).
+void AuditIfRefused(const Authorizer& authorizer, const grpc::ServerContextBase& context,
+                    const Identity& caller, const std::string& method, const Refusal& refusal) {
+  if (!refusal.refused) return;
+  authorizer.AuditRefusal(context, caller, method, refusal.object_type, refusal.object_id,
+                          refusal.participant_id);
+}
+
 constexpr char kNotMatched[] =
     "a peer supporter may act only for participants in their active matches";
 
@@ -368,10 +377,7 @@ grpc::Status ConsentService::RecordConsent(grpc::ServerContext* context,
         *response->mutable_consent() = std::move(stored);
         return StoreIdempotentResponse(tx, call, *response);
       });
-  if (refusal.refused) {
-    authorizer_.AuditRefusal(*context, *caller, "RecordConsent", refusal.object_type,
-                             refusal.object_id, refusal.participant_id);
-  }
+  AuditIfRefused(authorizer_, *context, *caller, "RecordConsent", refusal);
   return ToGrpc(status);
 }
 
@@ -404,10 +410,7 @@ grpc::Status ConsentService::GetConsent(grpc::ServerContext* context,
         *response->mutable_consent() = std::move(*consent);
         return absl::OkStatus();
       });
-  if (refusal.refused) {
-    authorizer_.AuditRefusal(*context, *caller, "GetConsent", refusal.object_type,
-                             refusal.object_id, refusal.participant_id);
-  }
+  AuditIfRefused(authorizer_, *context, *caller, "GetConsent", refusal);
   return ToGrpc(status);
 }
 
@@ -458,10 +461,7 @@ grpc::Status ConsentService::ListConsents(grpc::ServerContext* context,
         for (auto& c : page.consents) *response->add_consents() = std::move(c);
         return absl::OkStatus();
       });
-  if (refusal.refused) {
-    authorizer_.AuditRefusal(*context, *caller, "ListConsents", refusal.object_type,
-                             refusal.object_id, refusal.participant_id);
-  }
+  AuditIfRefused(authorizer_, *context, *caller, "ListConsents", refusal);
   return ToGrpc(status);
 }
 
@@ -541,10 +541,7 @@ grpc::Status ConsentService::RevokeConsent(grpc::ServerContext* context,
         *response->mutable_consent() = std::move(*revoked);
         return absl::OkStatus();
       });
-  if (refusal.refused) {
-    authorizer_.AuditRefusal(*context, *caller, "RevokeConsent", refusal.object_type,
-                             refusal.object_id, refusal.participant_id);
-  }
+  AuditIfRefused(authorizer_, *context, *caller, "RevokeConsent", refusal);
   return ToGrpc(status);
 }
 
@@ -611,10 +608,7 @@ grpc::Status ConsentService::CheckAccess(grpc::ServerContext* context,
         FillDecision(decision, now, *response);
         return absl::OkStatus();
       });
-  if (refusal.refused) {
-    authorizer_.AuditRefusal(*context, *caller, "CheckAccess", refusal.object_type,
-                             refusal.object_id, refusal.participant_id);
-  }
+  AuditIfRefused(authorizer_, *context, *caller, "CheckAccess", refusal);
   return ToGrpc(status);
 }
 
@@ -679,10 +673,7 @@ grpc::Status ConsentService::CheckGates(grpc::ServerContext* context,
         *response->mutable_evaluated_at() = ToProtoTimestamp(now);
         return absl::OkStatus();
       });
-  if (refusal.refused) {
-    authorizer_.AuditRefusal(*context, *caller, "CheckGates", refusal.object_type,
-                             refusal.object_id, refusal.participant_id);
-  }
+  AuditIfRefused(authorizer_, *context, *caller, "CheckGates", refusal);
   return ToGrpc(status);
 }
 
@@ -1065,10 +1056,7 @@ grpc::Status ConsentService::ReviewEmergencyAccess(grpc::ServerContext* context,
         *response->mutable_emergency_access() = std::move(reviewed);
         return absl::OkStatus();
       });
-  if (refusal.refused) {
-    authorizer_.AuditRefusal(*context, *caller, "ReviewEmergencyAccess", refusal.object_type,
-                             refusal.object_id, refusal.participant_id);
-  }
+  AuditIfRefused(authorizer_, *context, *caller, "ReviewEmergencyAccess", refusal);
   return ToGrpc(status);
 }
 
