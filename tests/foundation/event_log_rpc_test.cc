@@ -130,6 +130,20 @@ TEST_F(EventLogRpc, OnlyAServiceIdentityMayActForAnAgency) {
             std::string::npos);
 }
 
+TEST_F(EventLogRpc, SubscribeIsRefusedToOtherRolesBeforeAnyEventIsSent) {
+  Emit("agency-a", "c-1");
+  auto stub = ConsentService::NewStub(producer_->Channel());
+  for (const std::vector<std::string>& roles :
+       {std::vector<std::string>{}, std::vector<std::string>{"clinician"}}) {
+    auto context = As(roles);
+    auto stream = stub->Subscribe(context.get(), SubscribeRequest());
+    SubscribeResponse message;
+    EXPECT_FALSE(stream->Read(&message));
+    EXPECT_EQ(stream->Finish().error_code(), roles.empty() ? grpc::StatusCode::UNAUTHENTICATED
+                                                           : grpc::StatusCode::PERMISSION_DENIED);
+  }
+}
+
 TEST_F(EventLogRpc, BadRequestNamesEachField) {
   auto stub = ConsentService::NewStub(producer_->Channel());
   ListEventsRequest request;

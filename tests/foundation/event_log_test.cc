@@ -238,6 +238,15 @@ TEST_F(EventLogTest, BackgroundConsumerCatchesUpAndStops) {
   consumer->Stop();
 }
 
+TEST_F(EventLogTest, SubscribersBeyondTheCapAreTurnedAway) {
+  EventLog capped(*database_, EventLogLimits{.max_subscribers = 2});
+  EXPECT_TRUE(capped.TryAddSubscriber());
+  EXPECT_TRUE(capped.TryAddSubscriber());
+  EXPECT_FALSE(capped.TryAddSubscriber());
+  capped.RemoveSubscriber();
+  EXPECT_TRUE(capped.TryAddSubscriber());
+}
+
 TEST_F(EventLogTest, RequestValidationNamesEachBadField) {
   absl::Status status = ValidateEventLogRequest(-1, -5, {"ok.Type", "bad type!"});
   ASSERT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
