@@ -1,6 +1,7 @@
 #include "common/audit.h"
 
 #include "common/db.h"
+#include "common/log.h"
 
 namespace peerpath {
 namespace {
@@ -21,22 +22,32 @@ const char* DecisionName(AuditDecision decision) {
 
 absl::StatusOr<int64_t> AppendAudit(pqxx::work& tx, const std::string& agency_id,
                                     const AuditEntry& e) {
-  return tx
-      .exec_params1("SELECT audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9)", agency_id, e.actor,
-                    e.actor_role, e.action, e.object_type, e.object_id, e.participant_id,
-                    DecisionName(e.decision), e.request_id)[0]
+  return ExecPrepared(tx, "peerpath_audit_append",
+                      "SELECT audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9)", agency_id,
+                      e.actor, e.actor_role, e.action, e.object_type, e.object_id,
+                      e.participant_id, DecisionName(e.decision), e.request_id)[0][0]
       .as<int64_t>();
+}
+
+absl::StatusOr<int> ChainAudit(pqxx::work& tx, int limit) {
+  return tx.exec_params1("SELECT audit_chain($1)", limit)[0].as<int>();
 }
 
 absl::StatusOr<AuditVerification> VerifyAuditChain(pqxx::work& tx, const std::string& agency_id) {
   AuditVerification result;
+  // What has committed but is not chained yet is chained first, so it is checked too.
+  if (auto chained = ChainAudit(tx, kChainAllPending); !chained.ok()) return chained.status();
+  result.pending = tx.exec_params1("SELECT count(*) FROM audit_log WHERE agency_id = $1 AND "
+                                   "seq IS NULL",
+                                   agency_id)[0]
+                       .as<int64_t>();
   // Row by row in seq order: the seq must be the row number, prev_hash the previous row's hash
   // (zeros for the first), and row_hash the hash of prev_hash and the row's canonical text.
   const auto rows = tx.exec_params(
       "SELECT seq, row_number() OVER w AS expected_seq, "
       "prev_hash = coalesce(lag(row_hash) OVER w, decode(repeat('00', 32), 'hex')) AS linked, "
       "row_hash = sha256(prev_hash || convert_to(audit_canonical(a), 'UTF8')) AS intact "
-      "FROM audit_log a WHERE agency_id = $1 WINDOW w AS (ORDER BY seq) ORDER BY seq",
+      "FROM audit_log a WHERE agency_id = $1 AND seq IS NOT NULL WINDOW w AS (ORDER BY seq) ORDER BY seq",
       agency_id);
   for (const auto& row : rows) {
     ++result.rows_checked;
@@ -58,6 +69,58 @@ absl::StatusOr<AuditVerification> VerifyAuditChain(pqxx::work& tx, const std::st
     }
   }
   return result;
+}
+
+
+AuditChainer::AuditChainer(Database& db, prometheus::Registry& metrics, absl::Duration interval)
+    : db_(db),
+      interval_(interval),
+      chained_(prometheus::BuildCounter()
+                   .Name("peerpath_audit_rows_chained_total")
+                   .Help("Audit rows given their place in the per-agency hash chain")
+                   .Register(metrics)
+                   .Add({})) {}
+
+AuditChainer::~AuditChainer() { Stop(); }
+
+void AuditChainer::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
+
+void AuditChainer::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void AuditChainer::Run() {
+  absl::Time last_warning = absl::InfinitePast();
+  bool stopping = false;
+  while (!stopping) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      stopping = wake_.wait_for(lock, absl::ToChronoMilliseconds(interval_),
+                                [this] { return stopping_; });
+    }
+    // A full batch means more are waiting: chain again at once. Stopping, one last pass.
+    while (true) {
+      auto count = db_.Transact([](pqxx::work& tx) { return ChainAudit(tx, kChainBatch); });
+      if (!count.ok()) {
+        // Before the first migration the function does not exist; the database may be away.
+        if (absl::Now() - last_warning > absl::Minutes(1)) {
+          log::Warn("audit chaining failed; retrying",
+                    {{"error", std::string(count.status().message())}});
+          last_warning = absl::Now();
+        }
+        break;
+      }
+      chained_.Increment(*count);
+      if (*count < kChainBatch) break;
+    }
+  }
 }
 
 }  // namespace peerpath

@@ -1,15 +1,25 @@
 #pragma once
 
-// The audit log (common/migrations/0001_audit_log.sql): append in the same transaction as the
-// action it records; verify the per-agency hash chain.
+// The audit log (common/migrations/0001_audit_log.sql, 0004_audit_chain_after_commit.sql): append
+// in the same transaction as the action it records; chain committed rows per agency (AuditChainer,
+// in every service); verify the per-agency hash chain.
 
+#include <prometheus/counter.h>
+#include <prometheus/registry.h>
+
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <pqxx/pqxx>
 #include <string>
+#include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace peerpath {
+
+class Database;
 
 enum class AuditDecision { kAllowed, kDenied, kBreakGlass };
 
@@ -24,18 +34,50 @@ struct AuditEntry {
   std::string request_id;
 };
 
-// Appends one row for `agency_id` inside `tx` (one round trip); returns its sequence number.
+// Appends one row for `agency_id` inside `tx` (one round trip, no lock); returns its row id. The
+// row receives its place in the agency's chain (seq and hashes) after commit, from ChainAudit.
 // The transaction must be scoped to the same agency (Database::TransactForAgency).
 absl::StatusOr<int64_t> AppendAudit(pqxx::work& tx, const std::string& agency_id,
                                     const AuditEntry& entry);
 
+inline constexpr int kChainBatch = 5000;
+inline constexpr int kChainAllPending = 1 << 30;
+
+// Chains up to `limit` committed, unchained rows per agency (any agency: the function runs as
+// the table's owner); returns how many. Agencies another session is chaining are skipped.
+absl::StatusOr<int> ChainAudit(pqxx::work& tx, int limit);
+
+// Chains the audit log every `interval` on a thread of its own, until Stop().
+class AuditChainer {
+ public:
+  AuditChainer(Database& db, prometheus::Registry& metrics, absl::Duration interval);
+  AuditChainer(const AuditChainer&) = delete;
+  AuditChainer& operator=(const AuditChainer&) = delete;
+  ~AuditChainer();
+  void Start();
+  void Stop();
+
+ private:
+  void Run();
+
+  Database& db_;
+  const absl::Duration interval_;
+  prometheus::Counter& chained_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  bool stopping_ = false;
+};
+
 struct AuditVerification {
   int64_t rows_checked = 0;
+  int64_t pending = 0;           // Rows not chained yet (another session was chaining them).
   int64_t first_broken_seq = 0;  // 0: the chain is intact.
   std::string problem;           // Why that row breaks the chain.
 };
 
-// Recomputes the chain of `agency_id` (scoped transaction) and reports the first broken row:
+// Chains what is pending, then recomputes the chain of `agency_id` (scoped transaction) and
+// reports the first broken row:
 // a changed row (hash mismatch), a removed row (gap in seq) or a re-linked row (prev_hash).
 absl::StatusOr<AuditVerification> VerifyAuditChain(pqxx::work& tx, const std::string& agency_id);
 

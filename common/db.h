@@ -37,6 +37,16 @@ struct DatabaseOptions {
 // Maps an exception thrown by libpqxx (or anything else) inside a transaction to a status.
 absl::Status StatusFromDatabaseException(const std::exception& e);
 
+// Runs a statement prepared once per connection under `name`: parsed and planned by PostgreSQL
+// once per connection rather than at every call (as exec_params is). Every use of one `name`
+// must pass the same `sql`.
+template <typename... Args>
+pqxx::result ExecPrepared(pqxx::transaction_base& tx, const char* name, const std::string& sql,
+                          Args&&... args) {
+  tx.conn().prepare(name, sql);
+  return tx.exec_prepared(name, std::forward<Args>(args)...);
+}
+
 // Opens a connection with the session settings every PeerPath connection has (search_path,
 // application_name). Throws pqxx exceptions.
 std::unique_ptr<pqxx::connection> OpenConnection(const DatabaseOptions& options);
@@ -57,7 +67,8 @@ class Database {
     using Result = std::invoke_result_t<Fn, pqxx::work&>;
     if (agency_id.empty()) return Result(absl::InternalError("transaction without an agency"));
     return Transact([&](pqxx::work& tx) -> Result {
-      tx.exec_params("SELECT set_config('app.agency_id', $1, true)", agency_id);
+      ExecPrepared(tx, "peerpath_set_agency", "SELECT set_config('app.agency_id', $1, true)",
+                   agency_id);
       return fn(tx);
     });
   }
@@ -98,7 +109,7 @@ class Database {
       -> std::invoke_result_t<Fn, pqxx::work&> {
     using Result = std::invoke_result_t<Fn, pqxx::work&>;
     return Transact([&](pqxx::work& tx) -> Result {
-      tx.exec_params("SELECT set_config($1, $2, true)", name, value);
+      ExecPrepared(tx, "peerpath_set_setting", "SELECT set_config($1, $2, true)", name, value);
       return fn(tx);
     });
   }

@@ -60,7 +60,8 @@ absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& c
       absl::BytesToHexString(RequestFingerprint(*call.request, call.caller));
   // The common case is one statement. A conflicting claim by a transaction still running makes
   // this INSERT wait for it; DO NOTHING then means that transaction committed.
-  const pqxx::result claimed = tx.exec_params(
+  const pqxx::result claimed = ExecPrepared(
+      tx, "peerpath_idempotency_claim",
       "INSERT INTO idempotency_keys (agency_id, idempotency_key, method, request_hash, response) "
       "VALUES ($1, $2, $3, decode($4, 'hex'), '') ON CONFLICT DO NOTHING RETURNING 1",
       call.agency_id, call.key, call.method, fingerprint);
@@ -96,7 +97,8 @@ absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& c
 
 absl::Status StoreIdempotentResponse(pqxx::work& tx, const IdempotentCall& call,
                                      const google::protobuf::Message& response) {
-  tx.exec_params0(
+  ExecPrepared(
+      tx, "peerpath_idempotency_store",
       "UPDATE idempotency_keys SET response = decode($3, 'hex') "
       "WHERE agency_id = $1 AND idempotency_key = $2",
       call.agency_id, call.key, absl::BytesToHexString(Serialize(response)));

@@ -56,6 +56,9 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const
   return grpc::SslServerCredentials(options);
 }
 
+// How often the audit rows written since are chained (common/audit.h).
+constexpr absl::Duration kAuditChainInterval = absl::Milliseconds(250);
+
 std::vector<MigrationTrack> MigrationTracks(const ServiceDefinition& definition) {
   return {{"shared", &shared::Migrations()}, {definition.name, definition.migrations}};
 }
@@ -213,7 +216,9 @@ int VerifyAudit(const ServiceDefinition& definition, const ServerConfig& config,
                                       {"problem", result->problem}});
     return 4;
   }
-  log::Info("audit chain intact", {{"agency_id", agency}, {"rows", result->rows_checked}});
+  log::Info("audit chain intact", {{"agency_id", agency},
+                                   {"rows", result->rows_checked},
+                                   {"pending", result->pending}});
   return 0;
 }
 
@@ -290,6 +295,8 @@ int Serve(const ServiceDefinition& definition, const ServerConfig& config) {
 
   Readiness readiness(definition, config, db, health);
   readiness.Start();
+  AuditChainer audit_chainer(db, *registry, kAuditChainInterval);
+  audit_chainer.Start();
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
@@ -314,6 +321,7 @@ int Serve(const ServiceDefinition& definition, const ServerConfig& config) {
   server->Wait();
   drained.set_value();
   query_canceller.join();
+  audit_chainer.Stop();  // Chains what the last calls wrote.
   const int code = readiness.fatal_exit_code();
   log::Info("stopped", {{"exit_code", code}});
   return code;

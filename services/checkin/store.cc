@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/db.h"
 #include "common/time_util.h"
 #include "peerpath/matching/v1/events.pb.h"
 #include "services/checkin/pathway.h"
@@ -83,11 +84,6 @@ std::string ArrayLiteral(const std::vector<std::string>& values) {
 
 // Runs `sql` as the connection's prepared statement `name` (prepared on first use per pooled
 // connection): the hot path's large statements are parsed and planned once, not per call.
-template <typename... Args>
-pqxx::result Prepared(pqxx::work& tx, const char* name, const std::string& sql, Args&&... args) {
-  tx.conn().prepare(name, sql);
-  return tx.exec_prepared(name, std::forward<Args>(args)...);
-}
 
 constexpr char kEnrollmentColumns[] =
     "e.id::text, e.agency_id, e.participant_id, e.pathway_key, e.pathway_version, "
@@ -481,7 +477,7 @@ std::optional<CheckInContext> LoadCheckInContext(pqxx::work& tx, const std::stri
                                                  "sm.started_at DESC NULLS LAST LIMIT 1) m ON "
                                                  "true WHERE e.id = $1::uuid FOR UPDATE OF e");
   const pqxx::result r =
-      Prepared(tx, "checkin_context", kSql, enrollment_id, scheduled_check_in_id, utc_day);
+      ExecPrepared(tx, "checkin_context", kSql, enrollment_id, scheduled_check_in_id, utc_day);
   if (r.empty()) return std::nullopt;
   const pqxx::row& row = r[0];
   CheckInContext c;
@@ -561,7 +557,7 @@ void WriteCheckIn(pqxx::work& tx, const CheckInWrite& w) {
       "SELECT audit_append($1, $27::text, $28::text, $29::text, 'check_in'::text, $2::text, $5::text, 'allowed'::text, $30::text), "
       "(SELECT count(*) FROM occ), (SELECT count(*) FROM ci), (SELECT count(*) FROM en), "
       "(SELECT count(*) FROM cancel), (SELECT count(*) FROM ev), (SELECT count(*) FROM idem)";
-  const pqxx::row r = Prepared(
+  const pqxx::row r = ExecPrepared(
       tx, "checkin_write", kSql, w.agency_id, c.check_in_id(), c.enrollment_id(),
       c.scheduled_check_in_id(), c.participant_id(), c.supporter_id(), c.recorded_by(),
       c.recorded_by_role(), c.pathway_key(), c.pathway_version(), answers_json, c.wellbeing_score(),

@@ -19,15 +19,37 @@ class AuditLog : public ::testing::Test {
     database_ = MigrateAndConnect(*db_, "consent", 2);
   }
 
+  static AuditEntry Entry(const std::string& participant,
+                          AuditDecision decision = AuditDecision::kAllowed) {
+    return {"clinician-9", "clinician", "consent.CheckAccess", "consent", "c-1",
+            participant,   decision,    "req-1"};
+  }
+
+  // Appends one row; returns its id. It is chained later (Chain, Verify).
   int64_t Append(const std::string& agency, const std::string& participant,
                  AuditDecision decision = AuditDecision::kAllowed) {
-    auto seq = database_->TransactForAgency(agency, [&](pqxx::work& tx) {
-      return AppendAudit(tx, agency,
-                         {"clinician-9", "clinician", "consent.CheckAccess", "consent", "c-1",
-                          participant, decision, "req-1"});
+    auto id = database_->TransactForAgency(agency, [&](pqxx::work& tx) {
+      return AppendAudit(tx, agency, Entry(participant, decision));
     });
-    EXPECT_TRUE(seq.ok()) << seq.status();
-    return seq.value_or(-1);
+    EXPECT_TRUE(id.ok()) << id.status();
+    return id.value_or(-1);
+  }
+
+  int Chain() {
+    auto chained = database_->Transact([](pqxx::work& tx) { return ChainAudit(tx, 1000); });
+    EXPECT_TRUE(chained.ok()) << chained.status();
+    return chained.value_or(-1);
+  }
+
+  // seq of each row of the agency, in the order the rows were appended (0: not chained).
+  std::vector<int64_t> SeqsInAppendOrder(const std::string& agency) {
+    std::vector<int64_t> seqs;
+    for (const auto& row : db_->AdminQuery(
+             "SELECT coalesce(seq, 0) FROM consent.audit_log WHERE agency_id = '" + agency +
+             "' ORDER BY id")) {
+      seqs.push_back(row[0].as<int64_t>());
+    }
+    return seqs;
   }
 
   AuditVerification Verify(const std::string& agency) {
@@ -46,34 +68,81 @@ class AuditLog : public ::testing::Test {
   std::unique_ptr<Database> database_;
 };
 
-TEST_F(AuditLog, AppendsNumberPerAgencyAndVerifies) {
-  for (int i = 1; i <= 5; ++i) EXPECT_EQ(Append("agency-a", "p-" + std::to_string(i)), i);
-  EXPECT_EQ(Append("agency-b", "p-x", AuditDecision::kDenied), 1);
+TEST_F(AuditLog, AppendsUnchainedThenChainsNumberedPerAgency) {
+  for (int i = 1; i <= 5; ++i) Append("agency-a", "p-" + std::to_string(i));
+  Append("agency-b", "p-x", AuditDecision::kDenied);
+  // Written in the action's transaction without a place in the chain yet.
+  EXPECT_EQ(SeqsInAppendOrder("agency-a"), std::vector<int64_t>(5, 0));
+  EXPECT_EQ(Chain(), 6);
+  EXPECT_EQ(SeqsInAppendOrder("agency-a"), (std::vector<int64_t>{1, 2, 3, 4, 5}));
+  EXPECT_EQ(SeqsInAppendOrder("agency-b"), (std::vector<int64_t>{1}));
+  EXPECT_EQ(Chain(), 0);  // Nothing pending: nothing rechained.
+  Append("agency-a", "p-6");
+  EXPECT_EQ(Chain(), 1);
+  EXPECT_EQ(SeqsInAppendOrder("agency-a").back(), 6);
   AuditVerification a = Verify("agency-a");
-  EXPECT_EQ(a.rows_checked, 5);
+  EXPECT_EQ(a.rows_checked, 6);
+  EXPECT_EQ(a.pending, 0);
   EXPECT_EQ(a.first_broken_seq, 0) << a.problem;
   EXPECT_EQ(Verify("agency-b").rows_checked, 1);
   ExitResult command = VerifyCommand("agency-a");
   EXPECT_EQ(command.exit_code, 0) << command.log;
-  EXPECT_NE(command.log.find("\"rows\":5"), std::string::npos) << command.log;
+  EXPECT_NE(command.log.find("\"rows\":6"), std::string::npos) << command.log;
 }
 
-TEST_F(AuditLog, ServiceRoleCannotChangeOrRemoveRows) {
-  Append("agency-a", "p-1");
-  for (const char* sql : {"UPDATE audit_log SET actor = 'someone-else'", "DELETE FROM audit_log",
-                          "TRUNCATE audit_log"}) {
-    absl::Status status = database_->TransactForAgency("agency-a", [&](pqxx::work& tx) {
-      tx.exec0(sql);
-      return absl::OkStatus();
-    });
-    EXPECT_FALSE(status.ok()) << sql;
+TEST_F(AuditLog, VerificationChainsWhatIsPendingFirst) {
+  for (int i = 1; i <= 3; ++i) Append("agency-a", "p-" + std::to_string(i));
+  AuditVerification result = Verify("agency-a");
+  EXPECT_EQ(result.rows_checked, 3);
+  EXPECT_EQ(result.first_broken_seq, 0) << result.problem;
+  EXPECT_EQ(SeqsInAppendOrder("agency-a"), (std::vector<int64_t>{1, 2, 3}));
+}
+
+TEST_F(AuditLog, WritersOfOneAgencyDoNotWaitForEachOther) {
+  // Two open transactions of one agency append; the later one commits first and is chained
+  // first; the earlier one, committed last, is chained after it. Nothing is skipped.
+  pqxx::connection first(db_->UrlFor("consent")), second(db_->UrlFor("consent"));
+  for (auto* c : {&first, &second}) pqxx::nontransaction(*c).exec0("SET search_path TO consent");
+  pqxx::work slow(first), fast(second);
+  for (auto* tx : {&slow, &fast}) {
+    tx->exec0("SET LOCAL app.agency_id = 'agency-a'");
   }
-  EXPECT_EQ(Verify("agency-a").first_broken_seq, 0);
-  EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM consent.audit_log")[0][0].as<int>(), 1);
+  ASSERT_TRUE(AppendAudit(slow, "agency-a", Entry("p-slow")).ok());
+  ASSERT_TRUE(AppendAudit(fast, "agency-a", Entry("p-fast")).ok());  // Would block before.
+  fast.commit();
+  EXPECT_EQ(Chain(), 1);
+  slow.commit();
+  EXPECT_EQ(Chain(), 1);
+  EXPECT_EQ(SeqsInAppendOrder("agency-a"), (std::vector<int64_t>{2, 1}));
+  AuditVerification result = Verify("agency-a");
+  EXPECT_EQ(result.rows_checked, 2);
+  EXPECT_EQ(result.first_broken_seq, 0) << result.problem;
+}
+
+TEST_F(AuditLog, ChainingCannotChangeARowsContent) {
+  Append("agency-a", "p-1");
+  // Even the table's owner may only give an unchained row its place once, nothing else.
+  auto as_owner = [&](const std::string& sql) {
+    pqxx::connection owner(db_->OwnerUrlFor("consent"));
+    pqxx::work tx(owner);
+    tx.exec0("SET LOCAL search_path TO consent");
+    tx.exec0("SET LOCAL app.audit_chain = 'on'");
+    tx.exec0(sql);
+    tx.commit();
+  };
+  EXPECT_THROW(as_owner("UPDATE audit_log SET seq = 1, prev_hash = sha256(''), "
+                        "row_hash = sha256(''), actor = 'x'"),
+               std::exception);
+  EXPECT_EQ(Chain(), 1);
+  EXPECT_THROW(as_owner("UPDATE audit_log SET seq = 7"), std::exception);
+  AuditVerification result = Verify("agency-a");
+  EXPECT_EQ(result.rows_checked, 1);
+  EXPECT_EQ(result.first_broken_seq, 0) << result.problem;
 }
 
 TEST_F(AuditLog, TamperedRowIsNamedByTheVerifier) {
   for (int i = 1; i <= 6; ++i) Append("agency-a", "p-" + std::to_string(i));
+  Chain();
   // A superuser can switch triggers off; the chain still shows what was done.
   db_->AdminQuery(
       "SET session_replication_role = replica; "
@@ -92,6 +161,7 @@ TEST_F(AuditLog, TamperedRowIsNamedByTheVerifier) {
 
 TEST_F(AuditLog, RemovedRowIsNamedByTheVerifier) {
   for (int i = 1; i <= 4; ++i) Append("agency-a", "p-" + std::to_string(i));
+  Chain();
   db_->AdminQuery(
       "SET session_replication_role = replica; "
       "DELETE FROM consent.audit_log WHERE agency_id = 'agency-a' AND seq = 2");
@@ -100,15 +170,29 @@ TEST_F(AuditLog, RemovedRowIsNamedByTheVerifier) {
   EXPECT_EQ(result.problem, "row missing (sequence gap)");
 }
 
+TEST_F(AuditLog, UnchainedRowIsRechainedAtTheEndAndLeavesAGap) {
+  for (int i = 1; i <= 4; ++i) Append("agency-a", "p-" + std::to_string(i));
+  Chain();
+  // A forger unchains row 2 to change it: the chainer gives it a new place, row 2 is missing.
+  db_->AdminQuery(
+      "SET session_replication_role = replica; UPDATE consent.audit_log SET seq = NULL, "
+      "prev_hash = NULL, row_hash = NULL, participant_id = 'p-forged' WHERE agency_id = "
+      "'agency-a' AND seq = 2");
+  AuditVerification result = Verify("agency-a");
+  EXPECT_EQ(result.first_broken_seq, 2);
+  EXPECT_EQ(result.problem, "row missing (sequence gap)");
+}
+
 TEST_F(AuditLog, RehashedRowBreaksTheLinkOfTheNext) {
   for (int i = 1; i <= 3; ++i) Append("agency-a", "p-" + std::to_string(i));
+  Chain();
   // A careful forger recomputes row 2's own hash; row 3 still points at the old one.
   db_->AdminQuery(
       "SET session_replication_role = replica; SET search_path TO consent; "
       "UPDATE audit_log a SET actor = 'x', row_hash = sha256(a.prev_hash || convert_to("
       "audit_canonical((a.agency_id, a.seq, a.occurred_at, 'x', a.actor_role, a.action, "
       "a.object_type, a.object_id, a.participant_id, a.decision, a.request_id, a.prev_hash, "
-      "a.row_hash)::audit_log), 'UTF8')) WHERE agency_id = 'agency-a' AND seq = 2");
+      "a.row_hash, a.id)::audit_log), 'UTF8')) WHERE agency_id = 'agency-a' AND seq = 2");
   AuditVerification result = Verify("agency-a");
   EXPECT_EQ(result.first_broken_seq, 3);
   EXPECT_EQ(result.problem, "previous-hash link broken");
