@@ -23,9 +23,9 @@ const char* DecisionName(AuditDecision decision) {
 absl::StatusOr<int64_t> AppendAudit(pqxx::work& tx, const std::string& agency_id,
                                     const AuditEntry& e) {
   return ExecPrepared(tx, "peerpath_audit_append",
-                      "SELECT audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9)", agency_id,
-                      e.actor, e.actor_role, e.action, e.object_type, e.object_id,
-                      e.participant_id, DecisionName(e.decision), e.request_id)[0][0]
+                      "SELECT audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9)", agency_id, e.actor,
+                      e.actor_role, e.action, e.object_type, e.object_id, e.participant_id,
+                      DecisionName(e.decision), e.request_id)[0][0]
       .as<int64_t>();
 }
 
@@ -37,9 +37,10 @@ absl::StatusOr<AuditVerification> VerifyAuditChain(pqxx::work& tx, const std::st
   AuditVerification result;
   // What has committed but is not chained yet is chained first, so it is checked too.
   if (auto chained = ChainAudit(tx, kChainAllPending); !chained.ok()) return chained.status();
-  result.pending = tx.exec_params1("SELECT count(*) FROM audit_log WHERE agency_id = $1 AND "
-                                   "seq IS NULL",
-                                   agency_id)[0]
+  result.pending = tx.exec_params1(
+                         "SELECT count(*) FROM audit_log WHERE agency_id = $1 AND "
+                         "seq IS NULL",
+                         agency_id)[0]
                        .as<int64_t>();
   // Row by row in seq order: the seq must be the row number, prev_hash the previous row's hash
   // (zeros for the first), and row_hash the hash of prev_hash and the row's canonical text.
@@ -47,7 +48,8 @@ absl::StatusOr<AuditVerification> VerifyAuditChain(pqxx::work& tx, const std::st
       "SELECT seq, row_number() OVER w AS expected_seq, "
       "prev_hash = coalesce(lag(row_hash) OVER w, decode(repeat('00', 32), 'hex')) AS linked, "
       "row_hash = sha256(prev_hash || convert_to(audit_canonical(a), 'UTF8')) AS intact "
-      "FROM audit_log a WHERE agency_id = $1 AND seq IS NOT NULL WINDOW w AS (ORDER BY seq) ORDER BY seq",
+      "FROM audit_log a WHERE agency_id = $1 AND seq IS NOT NULL WINDOW w AS (ORDER BY seq) ORDER "
+      "BY seq",
       agency_id);
   for (const auto& row : rows) {
     ++result.rows_checked;
@@ -70,7 +72,6 @@ absl::StatusOr<AuditVerification> VerifyAuditChain(pqxx::work& tx, const std::st
   }
   return result;
 }
-
 
 AuditChainer::AuditChainer(Database& db, prometheus::Registry& metrics, absl::Duration interval)
     : db_(db),
@@ -102,8 +103,8 @@ void AuditChainer::Run() {
   while (!stopping) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      stopping = wake_.wait_for(lock, absl::ToChronoMilliseconds(interval_),
-                                [this] { return stopping_; });
+      stopping =
+          wake_.wait_for(lock, absl::ToChronoMilliseconds(interval_), [this] { return stopping_; });
     }
     // A full batch means more are waiting: chain again at once. Stopping, one last pass.
     while (true) {

@@ -104,6 +104,23 @@ class Database {
     }
   }
 
+  // Runs fn(pqxx::nontransaction&) on a pooled connection without BEGIN or COMMIT: each
+  // statement is a transaction of its own and no agency is set, so tenant tables show no rows
+  // unless the statement itself scopes to an agency (a function that sets app.agency_id first).
+  // For reads that must cost a single round trip.
+  template <typename Fn>
+  auto RunWithoutTransaction(Fn&& fn) -> std::invoke_result_t<Fn, pqxx::nontransaction&> {
+    using Result = std::invoke_result_t<Fn, pqxx::nontransaction&>;
+    auto lease = Acquire();
+    if (!lease.ok()) return Result(lease.status());
+    try {
+      pqxx::nontransaction tx(lease->connection());
+      return fn(tx);
+    } catch (const std::exception& e) {
+      return Result(StatusFromDatabaseException(e));
+    }
+  }
+
   template <typename Fn>
   auto TransactWithSetting(const char* name, const char* value, Fn&& fn)
       -> std::invoke_result_t<Fn, pqxx::work&> {

@@ -97,11 +97,10 @@ absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& c
 
 absl::Status StoreIdempotentResponse(pqxx::work& tx, const IdempotentCall& call,
                                      const google::protobuf::Message& response) {
-  ExecPrepared(
-      tx, "peerpath_idempotency_store",
-      "UPDATE idempotency_keys SET response = decode($3, 'hex') "
-      "WHERE agency_id = $1 AND idempotency_key = $2",
-      call.agency_id, call.key, absl::BytesToHexString(Serialize(response)));
+  ExecPrepared(tx, "peerpath_idempotency_store",
+               "UPDATE idempotency_keys SET response = decode($3, 'hex') "
+               "WHERE agency_id = $1 AND idempotency_key = $2",
+               call.agency_id, call.key, absl::BytesToHexString(Serialize(response)));
   return absl::OkStatus();
 }
 

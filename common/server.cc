@@ -216,9 +216,8 @@ int VerifyAudit(const ServiceDefinition& definition, const ServerConfig& config,
                                       {"problem", result->problem}});
     return 4;
   }
-  log::Info("audit chain intact", {{"agency_id", agency},
-                                   {"rows", result->rows_checked},
-                                   {"pending", result->pending}});
+  log::Info("audit chain intact",
+            {{"agency_id", agency}, {"rows", result->rows_checked}, {"pending", result->pending}});
   return 0;
 }
 

@@ -583,6 +583,21 @@ grpc::Status ConsentService::CheckAccess(grpc::ServerContext* context,
   const bool peer = PeerOnly(*caller);
   const absl::Time now = absl::Now();
   const AccessQuery query{request->data_category(), request->purpose()};
+  if (!peer) {
+    // The hot path: one round trip, nothing written. A decision that rests on an emergency
+    // access is audited as break-glass, so that one is decided again below, in a transaction.
+    auto decision = context_.db.RunWithoutTransaction(
+        [&](pqxx::nontransaction& tx) -> absl::StatusOr<AccessDecision> {
+          const store::DecisionInputs inputs = store::ReadDecisionInputs(
+              tx, caller->agency_id, request->participant_id(), accessor.person_subject);
+          return DecideAccess(inputs.consents, inputs.grants, accessor, query, now);
+        });
+    if (!decision.ok()) return ToGrpc(decision.status());
+    if (decision->reason != v1::ACCESS_REASON_PERMITTED_BY_EMERGENCY_ACCESS) {
+      FillDecision(*decision, now, *response);
+      return grpc::Status::OK;
+    }
+  }
   Refusal refusal;
   absl::Status status =
       context_.db.TransactForAgency(caller->agency_id, [&](pqxx::work& tx) -> absl::Status {

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/db.h"
 #include "common/time_util.h"
 
 namespace peerpath::consent::store {
@@ -267,45 +268,10 @@ std::optional<v1::Consent> RevokeConsent(pqxx::work& tx, const std::string& cons
   return ConsentOf(r[0]);
 }
 
-DecisionInputs LoadDecisionInputs(pqxx::work& tx, const std::string& participant_id,
-                                  const std::string& clinician_subject, bool lock) {
-  const pqxx::result r = tx.exec_params(
-      absl::StrCat(
-          "SELECT 'c', id::text, recipient_kind, recipient_id, array_to_string(purposes, ','), "
-          "array_to_string(data_categories, ','), directive, " PP_MICROS(
-              "valid_from") ", " PP_MICROS("valid_until") ", status, " PP_MICROS("revoked_at") ", "
-                                                                                               "fal"
-                                                                                               "se"
-                                                                                               " FR"
-                                                                                               "OM "
-                                                                                               "(SE"
-                                                                                               "LEC"
-                                                                                               "T "
-                                                                                               "* "
-                                                                                               "FRO"
-                                                                                               "M "
-                                                                                               "con"
-                                                                                               "sen"
-                                                                                               "ts "
-                                                                                               "WHE"
-                                                                                               "RE "
-                                                                                               "par"
-                                                                                               "tic"
-                                                                                               "ipa"
-                                                                                               "nt_"
-                                                                                               "id "
-                                                                                               "= "
-                                                                                               "$1",
-          lock ? " FOR SHARE" : "",
-          ") c UNION ALL "
-          "SELECT 'e', id::text, 'person', clinician_id, 'treatment', "
-          "array_to_string(data_categories, ','), 'permit', " PP_MICROS(
-              "granted_at") ", " PP_MICROS("expires_at") ", 'active', NULL, ended_at IS NOT NULL"
-                                                         " FROM emergency_accesses WHERE "
-                                                         "participant_id = $1 AND $2 <> '' "
-                                                         "AND clinician_id = $2 AND ended_at IS "
-                                                         "NULL AND expires_at > now()"),
-      participant_id, clinician_subject);
+namespace {
+
+// Rows of LoadDecisionInputs' query and of the decision_inputs function (same columns).
+DecisionInputs DecisionInputsOf(const pqxx::result& r) {
   DecisionInputs out;
   for (const auto& row : r) {
     uint32_t categories = 0;
@@ -339,6 +305,35 @@ DecisionInputs LoadDecisionInputs(pqxx::work& tx, const std::string& participant
     out.consents.push_back(std::move(c));
   }
   return out;
+}
+
+}  // namespace
+
+DecisionInputs LoadDecisionInputs(pqxx::work& tx, const std::string& participant_id,
+                                  const std::string& clinician_subject, bool lock) {
+  return DecisionInputsOf(tx.exec_params(
+      absl::StrCat(
+          "SELECT 'c', id::text, recipient_kind, recipient_id, array_to_string(purposes, ','), "
+          "array_to_string(data_categories, ','), directive, ",
+          PP_MICROS("valid_from"), ", ", PP_MICROS("valid_until"), ", status, ",
+          PP_MICROS("revoked_at"), ", false FROM (SELECT * FROM consents WHERE participant_id = $1",
+          lock ? " FOR SHARE" : "",
+          ") c UNION ALL "
+          "SELECT 'e', id::text, 'person', clinician_id, 'treatment', "
+          "array_to_string(data_categories, ','), 'permit', ",
+          PP_MICROS("granted_at"), ", ", PP_MICROS("expires_at"),
+          ", 'active', NULL, ended_at IS NOT NULL FROM emergency_accesses WHERE "
+          "participant_id = $1 AND $2 <> '' AND clinician_id = $2 AND ended_at IS NULL AND "
+          "expires_at > now()"),
+      participant_id, clinician_subject));
+}
+
+DecisionInputs ReadDecisionInputs(pqxx::nontransaction& tx, const std::string& agency_id,
+                                  const std::string& participant_id,
+                                  const std::string& clinician_subject) {
+  return DecisionInputsOf(ExecPrepared(tx, "consent_decision_inputs",
+                                       "SELECT * FROM decision_inputs($1, $2, $3)", agency_id,
+                                       participant_id, clinician_subject));
 }
 
 v1::Disclosure InsertDisclosure(pqxx::work& tx, const std::string& agency_id,

@@ -44,6 +44,11 @@ struct DecisionInputs {
 // revocation cannot slip between the decision and what the caller writes on it.
 DecisionInputs LoadDecisionInputs(pqxx::work& tx, const std::string& participant_id,
                                   const std::string& clinician_subject, bool lock);
+// The same, read outside an explicit transaction in one round trip: the decision_inputs function
+// scopes itself to `agency_id` (Database::RunWithoutTransaction). Nothing is locked.
+DecisionInputs ReadDecisionInputs(pqxx::nontransaction& tx, const std::string& agency_id,
+                                  const std::string& participant_id,
+                                  const std::string& clinician_subject);
 
 // Disclosures.
 v1::Disclosure InsertDisclosure(pqxx::work& tx, const std::string& agency_id,

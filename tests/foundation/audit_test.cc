@@ -21,8 +21,8 @@ class AuditLog : public ::testing::Test {
 
   static AuditEntry Entry(const std::string& participant,
                           AuditDecision decision = AuditDecision::kAllowed) {
-    return {"clinician-9", "clinician", "consent.CheckAccess", "consent", "c-1",
-            participant,   decision,    "req-1"};
+    return {"clinician-9", "clinician", "consent.CheckAccess", "consent", "c-1", participant,
+            decision,      "req-1"};
   }
 
   // Appends one row; returns its id. It is chained later (Chain, Verify).
@@ -44,9 +44,9 @@ class AuditLog : public ::testing::Test {
   // seq of each row of the agency, in the order the rows were appended (0: not chained).
   std::vector<int64_t> SeqsInAppendOrder(const std::string& agency) {
     std::vector<int64_t> seqs;
-    for (const auto& row : db_->AdminQuery(
-             "SELECT coalesce(seq, 0) FROM consent.audit_log WHERE agency_id = '" + agency +
-             "' ORDER BY id")) {
+    for (const auto& row :
+         db_->AdminQuery("SELECT coalesce(seq, 0) FROM consent.audit_log WHERE agency_id = '" +
+                         agency + "' ORDER BY id")) {
       seqs.push_back(row[0].as<int64_t>());
     }
     return seqs;
