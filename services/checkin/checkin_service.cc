@@ -178,7 +178,25 @@ struct CheckInService::Call {
   Identity caller;
   std::string role;  // The role the caller acts under (audit, events).
   bool as_peer = false;
+  // Acting as a supervisor: only for the participants of the supporters they supervise.
+  bool as_supervisor = false;
   std::string request_id;
+
+  // Whether the caller may act for the participant whose active supporter is `supporter`: a
+  // peer supporter only as that supporter, a supervisor only as that supporter's supervisor,
+  // other staff roles always (within the agency).
+  bool InRelationship(const std::optional<ActiveSupporter>& supporter) const {
+    if (as_peer) return supporter && supporter->subject == caller.subject;
+    if (as_supervisor) return supporter && supporter->supervisor_subject == caller.subject;
+    return true;
+  }
+
+  std::string NotInRelationship() const {
+    return as_supervisor ? "the participant's peer supporter is not one you supervise: only their "
+                           "supporter's supervisor or other staff of the agency may do this"
+                         : "the participant is not in your active matches: only their active peer "
+                           "supporter or staff of the agency may do this";
+  }
 };
 
 CheckInService::CheckInService(ServiceContext& context, CheckInOptions options,
@@ -312,6 +330,7 @@ absl::StatusOr<CheckInService::Call> CheckInService::Begin(grpc::ServerContext& 
     if (caller->Has(role) && allowed.contains(role)) {
       call.role = RoleName(role);
       call.as_peer = role == kPeerSupporter;
+      call.as_supervisor = role == kSupervisor;
       break;
     }
   }
@@ -332,13 +351,18 @@ void CheckInService::EnsureDefaults(pqxx::work& tx, const std::string& agency_id
 
 absl::Status CheckInService::RequireParticipantAccess(pqxx::work& tx, const Call& call,
                                                       const std::string& participant_id) {
-  if (!call.as_peer) return absl::OkStatus();
-  if (IsActiveSupporter(tx, call.caller.subject, participant_id)) return absl::OkStatus();
+  if (call.as_peer) {
+    if (IsActiveSupporter(tx, call.caller.subject, participant_id)) return absl::OkStatus();
+  } else if (call.as_supervisor) {
+    if (IsSupervisingSupporterOf(tx, call.caller.subject, participant_id)) {
+      return absl::OkStatus();
+    }
+  } else {
+    return absl::OkStatus();
+  }
   authorizer_.AuditRefusal(*call.context, call.caller, call.method, "participant", "",
                            participant_id);
-  return absl::PermissionDeniedError(
-      "the participant is not in your active matches: only their active peer supporter or staff "
-      "of the agency may do this");
+  return absl::PermissionDeniedError(call.NotInRelationship());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -519,6 +543,7 @@ absl::Status CheckInService::CreateEnrollmentImpl(const Call& call,
     auto replayed = ClaimIdempotencyKey(tx, idem, response);
     if (!replayed.ok()) return replayed.status();
     if (*replayed) return absl::OkStatus();
+    if (auto s = RequireParticipantAccess(tx, call, request.participant_id()); !s.ok()) return s;
     if (!consent.ok()) return consent.status();
     if (!unmet.empty()) return UnmetGates(unmet, unmet_is_consent);
     v1::Enrollment e;
@@ -622,6 +647,7 @@ grpc::Status CheckInService::ListEnrollments(grpc::ServerContext* context,
     filter.statuses.push_back(s == v1::ENROLLMENT_STATUS_ENDED ? "ended" : "active");
   }
   if (call->as_peer) filter.supporter_subject = call->caller.subject;
+  if (call->as_supervisor) filter.supervisor_subject = call->caller.subject;
   filter.limit = *size + 1;
   if (!cursor->empty()) {
     std::pair<std::string, std::string> parts = absl::StrSplit(*cursor, '/');
@@ -675,6 +701,7 @@ grpc::Status CheckInService::EndEnrollment(grpc::ServerContext* context,
   return ToGrpc(context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
     auto e = LoadEnrollment(tx, request->enrollment_id(), /*lock=*/true);
     if (!e) return absl::NotFoundError("no such enrollment in your agency");
+    if (auto s = RequireParticipantAccess(tx, *call, e->participant_id()); !s.ok()) return s;
     if (e->status() == v1::ENROLLMENT_STATUS_ENDED) {
       if (e->ended_by() == call->caller.subject && e->end_reason() == request->reason()) {
         *response->mutable_enrollment() = std::move(*e);  // A retry.
@@ -759,12 +786,10 @@ absl::Status CheckInService::RecordCheckInImpl(const Call& call,
     if (!ctx) return absl::NotFoundError("no such enrollment in your agency");
     const v1::Enrollment& e = ctx->enrollment;
     const v1::PathwayVersion& pathway = ctx->pathway;
-    if (call.as_peer && (!ctx->supporter || ctx->supporter->subject != call.caller.subject)) {
+    if (!call.InRelationship(ctx->supporter)) {
       authorizer_.AuditRefusal(*call.context, call.caller, call.method, "enrollment",
                                e.enrollment_id(), e.participant_id());
-      return absl::PermissionDeniedError(
-          "the participant is not in your active matches: only their active peer supporter or "
-          "staff of the agency may record a check-in");
+      return absl::PermissionDeniedError(call.NotInRelationship());
     }
     if (e.status() == v1::ENROLLMENT_STATUS_ENDED &&
         occurred_at > FromProtoTimestamp(e.ended_at())) {
@@ -1054,6 +1079,7 @@ grpc::Status CheckInService::ListCheckIns(grpc::ServerContext* context,
   filter.participant_id = request->participant_id();
   filter.late_only = request->late_only();
   if (call->as_peer) filter.supporter_subject = call->caller.subject;
+  if (call->as_supervisor) filter.supervisor_subject = call->caller.subject;
   filter.limit = *size + 1;
   if (!cursor->empty()) {
     std::pair<std::string, std::string> parts = absl::StrSplit(*cursor, '/');
@@ -1127,7 +1153,9 @@ grpc::Status CheckInService::ListDueCheckIns(grpc::ServerContext* context,
     const absl::CivilDay day =
         request->has_day() ? CivilOf(request->day()) : absl::ToCivilDay(absl::Now(), *agency_zone);
     std::vector<OccurrenceRow> rows;
-    for (const auto& e : EnrollmentsOfSupporter(tx, subject, supporter)) {
+    // A supervisor sees the supporters they supervise only.
+    const std::string supervisor = call->as_supervisor ? call->caller.subject : "";
+    for (const auto& e : EnrollmentsOfSupporter(tx, subject, supporter, supervisor)) {
       auto zone = LoadZone(e.time_zone());
       if (!zone.ok()) continue;
       for (const auto& o : OccurrencesOpenOn(ScheduleOf(e), day, *zone)) {
@@ -1198,12 +1226,10 @@ absl::Status CheckInService::RecordContactAttemptImpl(
     auto ctx = LoadCheckInContext(tx, agency, request.enrollment_id(), "", attempted_at);
     if (!ctx) return absl::NotFoundError("no such enrollment in your agency");
     const v1::Enrollment& e = ctx->enrollment;
-    if (call.as_peer && (!ctx->supporter || ctx->supporter->subject != call.caller.subject)) {
+    if (!call.InRelationship(ctx->supporter)) {
       authorizer_.AuditRefusal(*call.context, call.caller, call.method, "enrollment",
                                e.enrollment_id(), e.participant_id());
-      return absl::PermissionDeniedError(
-          "the participant is not in your active matches: only their active peer supporter or "
-          "staff of the agency may record a contact attempt");
+      return absl::PermissionDeniedError(call.NotInRelationship());
     }
     if (e.status() == v1::ENROLLMENT_STATUS_ENDED &&
         attempted_at > FromProtoTimestamp(e.ended_at())) {
@@ -1483,6 +1509,7 @@ grpc::Status CheckInService::ScheduleAppointment(grpc::ServerContext* context,
     if (*replayed) return absl::OkStatus();
     auto e = LoadEnrollment(tx, request->enrollment_id());
     if (!e) return absl::NotFoundError("no such enrollment in your agency");
+    if (auto s = RequireParticipantAccess(tx, *call, e->participant_id()); !s.ok()) return s;
     if (e->status() == v1::ENROLLMENT_STATUS_ENDED) {
       return absl::FailedPreconditionError("the enrollment has ended");
     }
@@ -1557,6 +1584,7 @@ grpc::Status CheckInService::RecordAppointmentOutcome(
     }
     auto e = LoadEnrollment(tx, a->enrollment_id());
     if (!e) return absl::InternalError("appointment without enrollment");
+    if (auto s = RequireParticipantAccess(tx, *call, e->participant_id()); !s.ok()) return s;
     std::string outcome_text =
         v1::AppointmentOutcome_Name(outcome).substr(sizeof("APPOINTMENT_OUTCOME_") - 1);
     std::transform(outcome_text.begin(), outcome_text.end(), outcome_text.begin(), ::tolower);

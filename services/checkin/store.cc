@@ -340,11 +340,21 @@ std::set<std::string> KnownPeerSupporters(pqxx::work& tx, const std::vector<std:
 std::optional<ActiveSupporter> ActiveSupporterOf(pqxx::work& tx,
                                                  const std::string& participant_id) {
   const pqxx::result r = tx.exec_params(
-      "SELECT supporter_id::text, supporter_subject FROM supporter_matches "
+      "SELECT supporter_id::text, supporter_subject, supervisor_subject FROM supporter_matches "
       "WHERE participant_id = $1 AND active ORDER BY started_at DESC NULLS LAST LIMIT 1",
       participant_id);
   if (r.empty()) return std::nullopt;
-  return ActiveSupporter{r[0][0].c_str(), r[0][1].c_str()};
+  return ActiveSupporter{r[0][0].c_str(), r[0][1].c_str(), r[0][2].c_str()};
+}
+
+bool IsSupervisingSupporterOf(pqxx::work& tx, const std::string& subject,
+                              const std::string& participant_id) {
+  return !subject.empty() &&
+         !ExecPrepared(tx, "checkin_is_supervising",
+                       "SELECT 1 FROM supporter_matches WHERE participant_id = $1 AND "
+                       "supervisor_subject = $2 AND active LIMIT 1",
+                       participant_id, subject)
+              .empty();
 }
 
 bool IsActiveSupporter(pqxx::work& tx, const std::string& subject,
@@ -410,11 +420,14 @@ std::vector<v1::Enrollment> ListEnrollments(pqxx::work& tx, const EnrollmentFilt
                    "m.participant_id = e.participant_id AND m.supporter_id::text = $5)) "
                    "AND ($6 = '' OR (e.enrolled_at, e.id) < (" PP_TS(
                        "$6") ", $7::uuid)) "
+                             "AND ($9 = '' OR EXISTS (SELECT 1 FROM supporter_matches m WHERE "
+                             "m.active AND m.participant_id = e.participant_id AND "
+                             "m.supervisor_subject = $9)) "
                              "ORDER BY e.enrolled_at DESC, e.id DESC LIMIT $8"),
       f.participant_id, f.pathway_key, ArrayLiteral(f.statuses), f.supporter_subject,
       f.supporter_id, f.after_id.empty() ? std::string() : absl::StrCat(f.after_enrolled_micros),
       f.after_id.empty() ? std::string("00000000-0000-0000-0000-000000000000") : f.after_id,
-      f.limit);
+      f.limit, f.supervisor_subject);
   std::vector<v1::Enrollment> out;
   for (const auto& row : r) out.push_back(EnrollmentOf(row));
   return out;
@@ -466,12 +479,13 @@ std::optional<CheckInContext> LoadCheckInContext(pqxx::work& tx, const std::stri
                                                  "AND $3::date + 1)) "
                                                  ", coalesce((SELECT "
                                                  "missed_contact_failed_attempts FROM "
-                                                 "program_policies), 3) "
+                                                 "program_policies), 3), m.supervisor_subject "
                                                  "FROM enrollments e JOIN pathway_versions p ON "
                                                  "p.pathway_key = e.pathway_key AND "
                                                  "p.version = e.pathway_version LEFT JOIN LATERAL "
                                                  "(SELECT supporter_id, "
-                                                 "supporter_subject FROM supporter_matches sm "
+                                                 "supporter_subject, supervisor_subject FROM "
+                                                 "supporter_matches sm "
                                                  "WHERE sm.participant_id = "
                                                  "e.participant_id AND sm.active ORDER BY "
                                                  "sm.started_at DESC NULLS LAST LIMIT 1) m ON "
@@ -486,7 +500,9 @@ std::optional<CheckInContext> LoadCheckInContext(pqxx::work& tx, const std::stri
   c.pathway = PathwayOf(row, o);
   o += 7;
   c.now = TimeOf(row[o]);
-  if (!row[o + 1].is_null()) c.supporter = ActiveSupporter{row[o + 1].c_str(), row[o + 2].c_str()};
+  if (!row[o + 1].is_null()) {
+    c.supporter = ActiveSupporter{row[o + 1].c_str(), row[o + 2].c_str(), row[o + 7].c_str()};
+  }
   c.wellbeing_drop_points = row[o + 3].as<int>();
   if (!row[o + 4].is_null()) {
     for (absl::string_view item : absl::StrSplit(row[o + 4].c_str(), ',')) {
@@ -809,26 +825,30 @@ std::vector<v1::CheckIn> ListCheckIns(pqxx::work& tx, const CheckInFilter& f) {
                    "AND ($3 = '' OR EXISTS (SELECT 1 FROM supporter_matches m WHERE m.active AND "
                    "m.participant_id = c.participant_id AND m.supporter_subject = $3)) "
                    "AND (NOT $4 OR c.late_by IS NOT NULL) "
+                   "AND ($8 = '' OR EXISTS (SELECT 1 FROM supporter_matches m WHERE m.active AND "
+                   "m.participant_id = c.participant_id AND m.supervisor_subject = $8)) "
                    "AND ($5 = '' OR (c.occurred_at, c.id) < (" PP_TS(
                        "$5") ", $6::uuid)) "
                              "ORDER BY c.occurred_at DESC, c.id DESC LIMIT $7"),
       f.enrollment_id, f.participant_id, f.supporter_subject, f.late_only,
       f.after_id.empty() ? std::string() : absl::StrCat(f.after_occurred_micros),
       f.after_id.empty() ? std::string("00000000-0000-0000-0000-000000000000") : f.after_id,
-      f.limit);
+      f.limit, f.supervisor_subject);
   std::vector<v1::CheckIn> out;
   for (const auto& row : r) out.push_back(CheckInOf(row));
   return out;
 }
 
 std::vector<v1::Enrollment> EnrollmentsOfSupporter(pqxx::work& tx, const std::string& subject,
-                                                   const std::string& supporter_id) {
+                                                   const std::string& supporter_id,
+                                                   const std::string& supervisor_subject) {
   const pqxx::result r = tx.exec_params(
       absl::StrCat("SELECT ", kEnrollmentColumns,
                    " FROM enrollments e WHERE e.status = 'active' AND e.routine AND EXISTS "
                    "(SELECT 1 FROM supporter_matches m WHERE m.active AND m.participant_id = "
-                   "e.participant_id AND (m.supporter_subject = $1 OR m.supporter_id::text = $2))"),
-      subject, supporter_id);
+                   "e.participant_id AND (m.supporter_subject = $1 OR m.supporter_id::text = $2) "
+                   "AND ($3 = '' OR m.supervisor_subject = $3))"),
+      subject, supporter_id, supervisor_subject);
   std::vector<v1::Enrollment> out;
   for (const auto& row : r) out.push_back(EnrollmentOf(row));
   return out;
@@ -884,15 +904,22 @@ std::vector<v1::ScheduledCheckIn> MaterializeOccurrences(pqxx::work& tx,
 void ApplyMatchEvent(pqxx::work& tx, const common::v1::Event& event) {
   matching::v1::MatchStartedEvent started;
   matching::v1::MatchEndedEvent ended;
+  matching::v1::SupporterSupervisionChangedEvent supervision;
   if (event.payload().UnpackTo(&started)) {
     tx.exec_params0(
         "INSERT INTO supporter_matches (agency_id, match_id, supporter_id, supporter_subject, "
-        "participant_id, started_at) VALUES ($1, $2::uuid, $3::uuid, $4, $5, " PP_TS(
-            "$6") ") ON CONFLICT (agency_id, match_id) DO NOTHING",
+        "participant_id, started_at, supervisor_subject) VALUES ($1, $2::uuid, $3::uuid, $4, $5, "
+        "" PP_TS("$6") ", $7) ON CONFLICT (agency_id, match_id) DO NOTHING",
         event.agency_id(), started.match_id(), started.supporter_id(), started.supporter_subject(),
         started.participant_id(),
         started.has_started_at() ? Micros(FromProtoTimestamp(started.started_at()))
-                                 : Micros(FromProtoTimestamp(event.occurred_at())));
+                                 : Micros(FromProtoTimestamp(event.occurred_at())),
+        started.supervisor_subject());
+  } else if (event.payload().UnpackTo(&supervision)) {
+    // Events of one log arrive in order: matches started later already carry the new one.
+    tx.exec_params0(
+        "UPDATE supporter_matches SET supervisor_subject = $2 WHERE supporter_id = $1::uuid",
+        supervision.supporter_id(), supervision.supervisor_subject());
   } else if (event.payload().UnpackTo(&ended)) {
     // An end seen before its start (never in one ordered log) still records the ended match.
     tx.exec_params0(

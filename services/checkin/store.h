@@ -50,9 +50,13 @@ std::set<std::string> KnownPeerSupporters(pqxx::work& tx, const std::vector<std:
 struct ActiveSupporter {
   std::string supporter_id;
   std::string subject;
+  std::string supervisor_subject;  // The supporter's supervisor; empty when none is known.
 };
 std::optional<ActiveSupporter> ActiveSupporterOf(pqxx::work& tx, const std::string& participant_id);
 // True when `subject` is the participant's active peer supporter.
+// True when `subject` supervises the supporter of one of the participant's active matches.
+bool IsSupervisingSupporterOf(pqxx::work& tx, const std::string& subject,
+                              const std::string& participant_id);
 bool IsActiveSupporter(pqxx::work& tx, const std::string& subject,
                        const std::string& participant_id);
 
@@ -72,6 +76,8 @@ struct EnrollmentFilter {
   std::vector<std::string> statuses;  // "active", "ended"
   // Only participants whose active supporter has this subject (peer supporters' own view).
   std::string supporter_subject;
+  // Only participants whose active supporter this subject supervises (supervisors' view).
+  std::string supervisor_subject;
   std::string supporter_id;
   // Cursor: strictly after (enrolled_at, id) in newest-first order.
   int64_t after_enrolled_micros = 0;
@@ -190,7 +196,8 @@ std::optional<v1::CheckIn> LoadCheckIn(pqxx::work& tx, const std::string& check_
 struct CheckInFilter {
   std::string enrollment_id;
   std::string participant_id;
-  std::string supporter_subject;  // Peer supporters: only their active matches' participants.
+  std::string supporter_subject;   // Peer supporters: only their active matches' participants.
+  std::string supervisor_subject;  // Supervisors: only their supporters' participants.
   bool late_only = false;
   int64_t after_occurred_micros = 0;
   std::string after_id;
@@ -200,7 +207,8 @@ std::vector<v1::CheckIn> ListCheckIns(pqxx::work& tx, const CheckInFilter& filte
 
 // Active routine enrollments of the supporter's active matches (by supporter subject or id).
 std::vector<v1::Enrollment> EnrollmentsOfSupporter(pqxx::work& tx, const std::string& subject,
-                                                   const std::string& supporter_id);
+                                                   const std::string& supporter_id,
+                                                   const std::string& supervisor_subject = "");
 // Creates the occurrences (ON CONFLICT nothing) and returns them with their state.
 struct OccurrenceRow {
   std::string enrollment_id;

@@ -97,7 +97,8 @@ bool IsSelf(const Identity& caller, const v1::Supporter& s) {
 }
 
 v1::MatchStartedEvent StartedEvent(const v1::Match& m, const v1::MatchRequest& r,
-                                   const v1::FollowUp& follow_up, bool continuity) {
+                                   const v1::FollowUp& follow_up, bool continuity,
+                                   const std::string& supervisor_subject) {
   v1::MatchStartedEvent e;
   e.set_match_id(m.match_id());
   e.set_match_request_id(m.match_request_id());
@@ -116,6 +117,7 @@ v1::MatchStartedEvent StartedEvent(const v1::Match& m, const v1::MatchRequest& r
   *e.mutable_started_at() = m.started_at();
   e.set_started_by(m.started_by());
   *e.mutable_follow_up_due_on() = follow_up.due_on();
+  e.set_supervisor_subject(supervisor_subject);
   return e;
 }
 
@@ -356,6 +358,19 @@ grpc::Status MatchingService::UpdateSupporter(grpc::ServerContext* context,
           }
         }
         *response->mutable_supporter() = store::UpdateSupporter(tx, merged, paths, caller.subject);
+        if (response->supporter().supervisor_subject() != stored->supervisor_subject()) {
+          v1::SupporterSupervisionChangedEvent event;
+          event.set_supporter_id(stored->supporter_id());
+          event.set_supporter_subject(response->supporter().subject());
+          event.set_previous_supervisor_subject(stored->supervisor_subject());
+          event.set_supervisor_subject(response->supporter().supervisor_subject());
+          event.set_changed_by(caller.subject);
+          *event.mutable_changed_at() = ToProtoTimestamp(absl::Now());
+          if (absl::Status e = AppendEvent(tx, caller.agency_id, stored->supporter_id(), event);
+              !e.ok()) {
+            return e;
+          }
+        }
         return Audit(tx, caller, "UpdateSupporter", "supporter", in.supporter_id(), "");
       });
   return ToGrpc(status);
@@ -732,8 +747,9 @@ grpc::Status MatchingService::AcceptProposal(grpc::ServerContext* context,
     store::SetRequestStatus(tx, m->match_request_id(), "assigned", "");
     const v1::FollowUp follow_up = *store::FindFollowUp(tx, m->match_id(), false);
     const bool continuity = r->preferences().continuity().supporter_id() == m->supporter_id();
-    if (absl::Status e = AppendEvent(tx, caller.agency_id, m->match_id(),
-                                     StartedEvent(started, *r, follow_up, continuity));
+    if (absl::Status e =
+            AppendEvent(tx, caller.agency_id, m->match_id(),
+                        StartedEvent(started, *r, follow_up, continuity, s->supervisor_subject()));
         !e.ok()) {
       return e;
     }
@@ -1230,8 +1246,9 @@ grpc::Status MatchingService::AssignBatch(grpc::ServerContext* context,
       store::DeclineProposals(tx, req.match_request_id(), m.match_id());
       store::SetRequestStatus(tx, req.match_request_id(), "assigned", "");
       const v1::FollowUp follow_up = *store::FindFollowUp(tx, m.match_id(), false);
-      if (absl::Status ev = AppendEvent(tx, caller.agency_id, m.match_id(),
-                                        StartedEvent(m, req, follow_up, e.continuity));
+      if (absl::Status ev = AppendEvent(
+              tx, caller.agency_id, m.match_id(),
+              StartedEvent(m, req, follow_up, e.continuity, roster[s].supervisor_subject()));
           !ev.ok()) {
         return ev;
       }

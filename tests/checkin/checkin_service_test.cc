@@ -198,13 +198,14 @@ class CheckInServiceTest : public ::testing::Test {
     if (consent_server_) consent_server_->Shutdown();
   }
 
+  // An active match of `participant` with supporter `subject`, who `supervisor` supervises.
   void Match(const std::string& participant, const std::string& subject,
-             const std::string& supporter_id) {
+             const std::string& supporter_id, const std::string& supervisor = "supervisor-1") {
     db_->AdminQuery(
         "INSERT INTO checkin.supporter_matches (agency_id, match_id, supporter_id, "
-        "supporter_subject, participant_id, started_at) VALUES ('" +
+        "supporter_subject, participant_id, started_at, supervisor_subject) VALUES ('" +
         std::string(kAgency) + "', gen_random_uuid(), '" + supporter_id + "', '" + subject +
-        "', '" + participant + "', now())");
+        "', '" + participant + "', now(), '" + supervisor + "')");
   }
 
   static std::unique_ptr<grpc::ClientContext> As(const std::vector<std::string>& roles,
@@ -539,7 +540,7 @@ TEST_F(CheckInServiceTest, LateDocumentationIsAcceptedAndFlaggedWithItsDelay) {
   v1::ListCheckInsRequest list;
   list.set_late_only(true);
   v1::ListCheckInsResponse listed;
-  ASSERT_TRUE(stub_->ListCheckIns(As({"supervisor"}).get(), list, &listed).ok());
+  ASSERT_TRUE(stub_->ListCheckIns(As({"supervisor"}, "supervisor-1").get(), list, &listed).ok());
   ASSERT_EQ(listed.check_ins_size(), 1);
   EXPECT_TRUE(listed.check_ins(0).late());
 }
@@ -723,6 +724,7 @@ TEST_F(CheckInServiceTest, MatchingEventsFeedWhoMayRecord) {
   started.set_supporter_id(supporter_id);
   started.set_supporter_subject("peer-7");
   started.set_participant_id("p-70");
+  started.set_supervisor_subject("supervisor-7");
   emit(started);
 
   const std::string token_file =
@@ -747,6 +749,27 @@ TEST_F(CheckInServiceTest, MatchingEventsFeedWhoMayRecord) {
   v1::RecordCheckInRequest request = CheckIn(id, ValidAnswers("structured_checkin"));
   ASSERT_TRUE(stub->RecordCheckIn(As({"peer_supporter"}, "peer-7").get(), request, &response).ok());
   EXPECT_EQ(response.check_in().supporter_id(), supporter_id);
+  v1::GetEnrollmentRequest get;
+  get.set_enrollment_id(id);
+  v1::GetEnrollmentResponse got;
+  EXPECT_TRUE(stub->GetEnrollment(As({"supervisor"}, "supervisor-7").get(), get, &got).ok());
+  EXPECT_EQ(stub->GetEnrollment(As({"supervisor"}, "supervisor-8").get(), get, &got).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+
+  // The supporter's supervisor changes: the new one takes over, the old one loses access.
+  matching::v1::SupporterSupervisionChangedEvent supervision;
+  supervision.set_supporter_id(supporter_id);
+  supervision.set_supporter_subject("peer-7");
+  supervision.set_previous_supervisor_subject("supervisor-7");
+  supervision.set_supervisor_subject("supervisor-8");
+  emit(supervision);
+  EXPECT_EQ(wait_for("SELECT count(*) FROM checkin.supporter_matches WHERE supervisor_subject = "
+                     "'supervisor-8' AND active",
+                     1),
+            1);
+  EXPECT_TRUE(stub->GetEnrollment(As({"supervisor"}, "supervisor-8").get(), get, &got).ok());
+  EXPECT_EQ(stub->GetEnrollment(As({"supervisor"}, "supervisor-7").get(), get, &got).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
 
   matching::v1::MatchEndedEvent ended;
   ended.set_match_id(match_id);
@@ -762,6 +785,68 @@ TEST_F(CheckInServiceTest, MatchingEventsFeedWhoMayRecord) {
   EXPECT_EQ(
       stub->RecordCheckIn(As({"peer_supporter"}, "peer-7").get(), request, &response).error_code(),
       grpc::StatusCode::PERMISSION_DENIED);
+}
+
+TEST_F(CheckInServiceTest, SupervisorsSeeAndRecordOnlyForTheirSupportersParticipants) {
+  // p-1 is supported by peer-1 (supervised by supervisor-1), p-20 by peer-2 (supervisor-2).
+  Match("p-20", "peer-2", "22222222-2222-4222-8222-222222222222", "supervisor-2");
+  const std::string mine = Enrolled("structured_checkin", "p-20");
+  const std::string theirs = Enrolled("structured_checkin", "p-1");
+  v1::RecordCheckInResponse recorded;
+  ASSERT_TRUE(Record(CheckIn(theirs, ValidAnswers("structured_checkin")), &recorded).ok());
+  ASSERT_TRUE(Record(CheckIn(mine, ValidAnswers("structured_checkin")), &recorded, "peer-2").ok());
+
+  auto as_supervisor_2 = [] { return As({"supervisor"}, "supervisor-2"); };
+  // Lists hold only the supervised supporters' participants.
+  v1::ListEnrollmentsResponse enrollments;
+  ASSERT_TRUE(
+      stub_->ListEnrollments(as_supervisor_2().get(), v1::ListEnrollmentsRequest(), &enrollments)
+          .ok());
+  ASSERT_EQ(enrollments.enrollments_size(), 1);
+  EXPECT_EQ(enrollments.enrollments(0).participant_id(), "p-20");
+  v1::ListCheckInsResponse check_ins;
+  ASSERT_TRUE(
+      stub_->ListCheckIns(as_supervisor_2().get(), v1::ListCheckInsRequest(), &check_ins).ok());
+  ASSERT_EQ(check_ins.check_ins_size(), 1);
+  EXPECT_EQ(check_ins.check_ins(0).participant_id(), "p-20");
+  // Staff roles other than supervisors see the whole agency.
+  check_ins.Clear();
+  ASSERT_TRUE(
+      stub_->ListCheckIns(As({"clinician"}).get(), v1::ListCheckInsRequest(), &check_ins).ok());
+  EXPECT_EQ(check_ins.check_ins_size(), 2);
+
+  // Reading, recording and ending for another supervisor's participant are refused and audited.
+  v1::GetEnrollmentRequest get;
+  get.set_enrollment_id(theirs);
+  v1::GetEnrollmentResponse got;
+  EXPECT_EQ(stub_->GetEnrollment(as_supervisor_2().get(), get, &got).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  const int refusals_before = Count(
+      "SELECT count(*) FROM checkin.audit_log WHERE decision = 'denied' AND actor = "
+      "'supervisor-2'");
+  EXPECT_EQ(refusals_before, 1);
+  grpc::Status refused = Record(CheckIn(theirs, ValidAnswers("structured_checkin")), &recorded,
+                                "supervisor-2", "supervisor");
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(refused.error_message().find("not one you supervise"), std::string::npos)
+      << refused.error_message();
+  v1::EndEnrollmentRequest end;
+  end.set_enrollment_id(theirs);
+  end.set_reason(v1::ENROLLMENT_END_REASON_COMPLETED);
+  v1::EndEnrollmentResponse ended;
+  EXPECT_EQ(stub_->EndEnrollment(as_supervisor_2().get(), end, &ended).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.audit_log WHERE decision = 'denied' AND actor = "
+                  "'supervisor-2'"),
+            3);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins"), 2);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.enrollments WHERE status = 'ended'"), 0);
+
+  // Their own supporter's participant: allowed.
+  EXPECT_TRUE(stub_->GetEnrollment(As({"supervisor"}, "supervisor-1").get(), get, &got).ok());
+  EXPECT_TRUE(Record(CheckIn(theirs, ValidAnswers("structured_checkin")), &recorded, "supervisor-1",
+                     "supervisor")
+                  .ok());
 }
 
 TEST_F(CheckInServiceTest, PublishedVersionAppliesToNewEnrollmentsOnly) {

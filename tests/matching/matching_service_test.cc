@@ -200,6 +200,18 @@ TEST_F(MatchingServiceTest, RosterCreateGetUpdateListAndTakeABreak) {
   EXPECT_EQ(stub_->UpdateSupporter(As({"supervisor"}, "supervisor-2").get(), update, &updated)
                 .error_code(),
             grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Events("SupporterSupervisionChangedEvent"), 0) << "capacity is not supervision";
+  // A program admin moves her to another supervisor: one event says so.
+  v1::UpdateSupporterRequest move;
+  move.mutable_supporter()->set_supporter_id(created.supporter_id());
+  move.mutable_supporter()->set_supervisor_subject("supervisor-2");
+  move.mutable_update_mask()->add_paths("supervisor_subject");
+  ASSERT_TRUE(stub_->UpdateSupporter(Admin().get(), move, &updated).ok());
+  EXPECT_EQ(updated.supporter().supervisor_subject(), "supervisor-2");
+  EXPECT_EQ(Events("SupporterSupervisionChangedEvent"), 1);
+  move.mutable_supporter()->set_supervisor_subject("supervisor-1");
+  ASSERT_TRUE(stub_->UpdateSupporter(Admin().get(), move, &updated).ok());
+  EXPECT_EQ(Events("SupporterSupervisionChangedEvent"), 2);
 
   // She takes a break herself: history kept, event published, no new matches.
   v1::SetSupporterStatusRequest pause;
@@ -420,6 +432,8 @@ TEST_F(MatchingServiceTest, AcceptStartsTheRelationshipAndEndingStopsIt) {
   EXPECT_EQ(started.supporter_subject(), "sup-a");
   EXPECT_EQ(started.participant_id(), "p-1");
   EXPECT_TRUE(started.continuity());
+  // And the supervisor, whom check-in lets see this participant.
+  EXPECT_EQ(started.supervisor_subject(), "supervisor-1");
 
   // Accepting again is a safe retry.
   v1::AcceptProposalResponse again;
