@@ -101,6 +101,17 @@ std::vector<std::string> ParseFlagsAndEnvironment(int argc, char** argv) {
   return std::vector<std::string>(positional.begin() + 1, positional.end());
 }
 
+std::string FlagOrEnv(const std::string& flag_value, const char* env, const std::string& fallback) {
+  if (!flag_value.empty()) return flag_value;
+  const char* value = std::getenv(env);
+  return value != nullptr && *value != '\0' ? value : fallback;
+}
+
+void ExitOnBadConfiguration(const std::string& program, const std::string& message) {
+  std::cerr << program << ": " << message << "\n";
+  std::exit(2);
+}
+
 bool IsLoopbackAddress(const std::string& host_port) {
   std::string host = host_port;
   if (!host.empty() && host.front() == '[') {

@@ -66,6 +66,15 @@ std::vector<std::string> ParseFlagsAndEnvironment(int argc, char** argv);
 absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& defaults,
                                                    bool serving = true);
 
+// A service's own flag: its value when set, else the environment variable `env`, else `fallback`
+// (the services' main.cc, for flags beyond the server's).
+std::string FlagOrEnv(const std::string& flag_value, const char* env,
+                      const std::string& fallback = "");
+
+// Bad configuration at start-up is fatal, never a silent default: prints "<program>: <message>"
+// and exits with code 2.
+[[noreturn]] void ExitOnBadConfiguration(const std::string& program, const std::string& message);
+
 // True for 127.0.0.0/8, ::1 and localhost.
 bool IsLoopbackAddress(const std::string& host_port);
 

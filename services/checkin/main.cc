@@ -28,16 +28,7 @@ ABSL_FLAG(std::string, checkin_sweep_interval, "",
           "follow-up) are swept, e.g. 60s; 0 turns the sweeper off (env "
           "PEERPATH_CHECKIN_SWEEP_INTERVAL; default 60s)");
 
-namespace {
-
-// A flag, else its PEERPATH_<NAME> environment variable, else `fallback`.
-std::string FlagOrEnv(const std::string& flag, const char* env, const std::string& fallback = "") {
-  if (!flag.empty()) return flag;
-  const char* value = std::getenv(env);
-  return value != nullptr && *value != '\0' ? value : fallback;
-}
-
-}  // namespace
+using peerpath::FlagOrEnv;
 
 int main(int argc, char** argv) {
   peerpath::ServiceDefinition definition{
@@ -62,8 +53,9 @@ int main(int argc, char** argv) {
                                                 "PEERPATH_CHECKIN_SWEEP_INTERVAL", "60s");
             if (!absl::ParseDuration(sweep, &options.sweep_interval) ||
                 options.sweep_interval < absl::ZeroDuration()) {
-              peerpath::log::Error("checkin_sweep_interval is not a duration", {});
-              std::exit(2);
+              peerpath::ExitOnBadConfiguration(
+                  "peerpath-checkin",
+                  "--checkin_sweep_interval '" + sweep + "' is not a duration of 0 or more");
             }
             std::unique_ptr<peerpath::checkin::ConsentGates> gates;
             if (!options.consent_address.empty()) {

@@ -1,5 +1,4 @@
 // peerpath-consent: flags and wiring only.
-#include <cstdlib>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -20,14 +19,10 @@ ABSL_FLAG(std::string, consent_expiry_sweep_interval, "",
           "consent: how often the expiry sweeper marks ended consents EXPIRED, e.g. 30s (env "
           "PEERPATH_CONSENT_EXPIRY_SWEEP_INTERVAL; default 30s)");
 
-namespace {
+using peerpath::ExitOnBadConfiguration;
+using peerpath::FlagOrEnv;
 
-// The flag, or when it is empty the environment variable PEERPATH_<FLAG>.
-std::string FlagOrEnv(const std::string& value, const char* env) {
-  if (!value.empty()) return value;
-  const char* from_env = std::getenv(env);
-  return from_env == nullptr ? "" : from_env;
-}
+namespace {
 
 peerpath::consent::ConsentOptions Options() {
   peerpath::consent::ConsentOptions options;
@@ -37,10 +32,10 @@ peerpath::consent::ConsentOptions Options() {
       FlagOrEnv(absl::GetFlag(FLAGS_escalation_address), "PEERPATH_ESCALATION_ADDRESS");
   const std::string interval = FlagOrEnv(absl::GetFlag(FLAGS_consent_expiry_sweep_interval),
                                          "PEERPATH_CONSENT_EXPIRY_SWEEP_INTERVAL");
-  absl::Duration parsed;
-  if (!interval.empty() && absl::ParseDuration(interval, &parsed) &&
-      parsed > absl::ZeroDuration()) {
-    options.expiry_sweep_interval = parsed;
+  if (!interval.empty() && (!absl::ParseDuration(interval, &options.expiry_sweep_interval) ||
+                            options.expiry_sweep_interval <= absl::ZeroDuration())) {
+    ExitOnBadConfiguration("peerpath-consent", "--consent_expiry_sweep_interval '" + interval +
+                                                   "' is not a positive duration");
   }
   return options;
 }

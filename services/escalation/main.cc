@@ -1,6 +1,4 @@
 // peerpath-escalation: flags and wiring only.
-#include <cstdlib>
-#include <iostream>
 
 #include "absl/flags/flag.h"
 #include "common/server.h"
@@ -21,19 +19,10 @@ ABSL_FLAG(std::string, checkin_address, "",
           "escalation: host:port of the check-in service whose ConcernRaisedEvents open concerns; "
           "empty: not consumed (env PEERPATH_CHECKIN_ADDRESS)");
 
+using peerpath::ExitOnBadConfiguration;
+using peerpath::FlagOrEnv;
+
 namespace {
-
-std::string FlagOrEnv(const std::string& flag_value, const char* env) {
-  if (!flag_value.empty()) return flag_value;
-  const char* value = std::getenv(env);
-  return value == nullptr ? "" : value;
-}
-
-// Fatal on bad configuration at start-up, never a silent default.
-[[noreturn]] void BadFlag(const std::string& message) {
-  std::cerr << "peerpath-escalation: " << message << "\n";
-  std::exit(2);
-}
 
 peerpath::escalation::EscalationOptions OptionsFromFlags() {
   peerpath::escalation::EscalationOptions options;
@@ -42,14 +31,16 @@ peerpath::escalation::EscalationOptions OptionsFromFlags() {
   if (!zone.empty()) {
     options.time_zone = zone;
     if (!absl::LoadTimeZone(zone, &options.zone)) {
-      BadFlag("--agency_time_zone '" + zone + "' is not an IANA time zone");
+      ExitOnBadConfiguration("peerpath-escalation",
+                             "--agency_time_zone '" + zone + "' is not an IANA time zone");
     }
   }
   const std::string interval =
       FlagOrEnv(absl::GetFlag(FLAGS_deadline_sweep_interval), "PEERPATH_DEADLINE_SWEEP_INTERVAL");
   if (!interval.empty() && (!absl::ParseDuration(interval, &options.sweep_interval) ||
                             options.sweep_interval <= absl::ZeroDuration())) {
-    BadFlag("--deadline_sweep_interval '" + interval + "' is not a positive duration");
+    ExitOnBadConfiguration("peerpath-escalation", "--deadline_sweep_interval '" + interval +
+                                                      "' is not a positive duration");
   }
   options.webhook_url =
       FlagOrEnv(absl::GetFlag(FLAGS_notification_webhook_url), "PEERPATH_NOTIFICATION_WEBHOOK_URL");

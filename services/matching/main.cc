@@ -1,5 +1,4 @@
 // peerpath-matching: flags and wiring only.
-#include <cstdlib>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -16,15 +15,7 @@ ABSL_FLAG(std::string, escalation_address, "",
           "concerns supporters raised for their workload; empty: not consumed (env "
           "PEERPATH_ESCALATION_ADDRESS)");
 
-namespace {
-
-std::string FlagOrEnv(const std::string& flag_value, const char* env) {
-  if (!flag_value.empty()) return flag_value;
-  const char* value = std::getenv(env);
-  return value == nullptr ? "" : value;
-}
-
-}  // namespace
+using peerpath::FlagOrEnv;
 
 int main(int argc, char** argv) {
   peerpath::ServiceDefinition definition{
