@@ -29,6 +29,43 @@ absl::StatusOr<int64_t> AppendAudit(pqxx::work& tx, const std::string& agency_id
       .as<int64_t>();
 }
 
+absl::Status AppendAudits(pqxx::work& tx, const std::string& agency_id,
+                          const std::vector<AuditEntry>& entries) {
+  if (entries.empty()) return absl::OkStatus();
+  // One text[] literal per column, every element quoted with " and \ escaped.
+  std::vector<std::string> columns(8, "{");
+  auto add = [&](int column, const std::string& text) {
+    std::string& out = columns[column];
+    if (out.size() > 1) out += ',';
+    out += '"';
+    for (const char c : text) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '"';
+  };
+  for (const AuditEntry& e : entries) {
+    add(0, e.actor);
+    add(1, e.actor_role);
+    add(2, e.action);
+    add(3, e.object_type);
+    add(4, e.object_id);
+    add(5, e.participant_id);
+    add(6, DecisionName(e.decision));
+    add(7, e.request_id);
+  }
+  for (std::string& c : columns) c += '}';
+  tx.exec_params1(
+      "SELECT count(audit_append($1, a.actor, a.role, a.action, a.object_type, a.object_id,"
+      "  a.participant, a.decision, a.request_id)) FROM (SELECT * FROM unnest($2::text[],"
+      "  $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])"
+      "  WITH ORDINALITY AS u(actor, role, action, object_type, object_id, participant, decision,"
+      "  request_id, n) ORDER BY n) a",
+      agency_id, columns[0], columns[1], columns[2], columns[3], columns[4], columns[5], columns[6],
+      columns[7]);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<int> ChainAudit(pqxx::work& tx, int limit) {
   return tx.exec_params1("SELECT audit_chain($1)", limit)[0].as<int>();
 }

@@ -13,6 +13,7 @@
 #include <pqxx/pqxx>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -39,6 +40,11 @@ struct AuditEntry {
 // The transaction must be scoped to the same agency (Database::TransactForAgency).
 absl::StatusOr<int64_t> AppendAudit(pqxx::work& tx, const std::string& agency_id,
                                     const AuditEntry& entry);
+
+// AppendAudit for many rows in one round trip (batch writers such as matching's AssignBatch), in
+// the order given.
+absl::Status AppendAudits(pqxx::work& tx, const std::string& agency_id,
+                          const std::vector<AuditEntry>& entries);
 
 inline constexpr int kChainBatch = 5000;
 inline constexpr int kChainAllPending = 1 << 30;

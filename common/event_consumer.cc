@@ -109,36 +109,64 @@ absl::StatusOr<int> EventConsumer::ApplyInTransaction(const EventPage& page, boo
             .as<int64_t>();
     int count = 0;
     const common::v1::Event* last = nullptr;
-    for (const common::v1::Event& event : page.events) {
-      if (event.position() <= position) continue;  // Delivered before: already took effect.
-      tx.exec_params("SELECT set_config('app.agency_id', $1, true)", event.agency_id());
-      if (isolate) tx.exec0("SAVEPOINT peerpath_event");
-      absl::Status status;
-      try {
-        status = apply_(tx, event);
-      } catch (const std::exception& e) {
-        status = StatusFromDatabaseException(e);
+    if (!isolate && options_.apply_batch) {
+      // Runs of consecutive events of one agency, one handler call (and one scope) each.
+      std::vector<const common::v1::Event*> run;
+      auto flush = [&]() -> absl::Status {
+        if (run.empty()) return absl::OkStatus();
+        tx.exec_params("SELECT set_config('app.agency_id', $1, true)", run.front()->agency_id());
+        absl::Status status;
+        try {
+          status = options_.apply_batch(tx, run);
+        } catch (const std::exception& e) {
+          status = StatusFromDatabaseException(e);
+        }
+        if (!status.ok()) return status;
+        count += static_cast<int>(run.size());
+        last = run.back();
+        run.clear();
+        return absl::OkStatus();
+      };
+      for (const common::v1::Event& event : page.events) {
+        if (event.position() <= position) continue;  // Delivered before: already took effect.
+        if (!run.empty() && run.front()->agency_id() != event.agency_id()) {
+          if (absl::Status st = flush(); !st.ok()) return st;
+        }
+        run.push_back(&event);
       }
-      if (!status.ok()) {
-        if (!isolate || !IsPermanent(status)) return status;
-        tx.exec0("ROLLBACK TO SAVEPOINT peerpath_event");
-        log::Error("event set aside: it can never apply",
-                   {{"source", options_.source},
-                    {"position", event.position()},
-                    {"event_type", event.type()},
-                    {"error", std::string(status.message())}});
-        tx.exec_params0(
-            "INSERT INTO consumer_failures (source, position, event_id, event_type, error) "
-            "VALUES ($1, $2, $3::uuid, $4, $5) ON CONFLICT DO NOTHING",
-            options_.source, event.position(), event.event_id(), event.type(),
-            std::string(status.message()));
-        ++failed;
-      } else {
-        if (isolate) tx.exec0("RELEASE SAVEPOINT peerpath_event");
-        ++count;
+      if (absl::Status st = flush(); !st.ok()) return st;
+    } else {
+      for (const common::v1::Event& event : page.events) {
+        if (event.position() <= position) continue;  // Delivered before: already took effect.
+        tx.exec_params("SELECT set_config('app.agency_id', $1, true)", event.agency_id());
+        if (isolate) tx.exec0("SAVEPOINT peerpath_event");
+        absl::Status status;
+        try {
+          status = apply_(tx, event);
+        } catch (const std::exception& e) {
+          status = StatusFromDatabaseException(e);
+        }
+        if (!status.ok()) {
+          if (!isolate || !IsPermanent(status)) return status;
+          tx.exec0("ROLLBACK TO SAVEPOINT peerpath_event");
+          log::Error("event set aside: it can never apply",
+                     {{"source", options_.source},
+                      {"position", event.position()},
+                      {"event_type", event.type()},
+                      {"error", std::string(status.message())}});
+          tx.exec_params0(
+              "INSERT INTO consumer_failures (source, position, event_id, event_type, error) "
+              "VALUES ($1, $2, $3::uuid, $4, $5) ON CONFLICT DO NOTHING",
+              options_.source, event.position(), event.event_id(), event.type(),
+              std::string(status.message()));
+          ++failed;
+        } else {
+          if (isolate) tx.exec0("RELEASE SAVEPOINT peerpath_event");
+          ++count;
+        }
+        position = event.position();
+        last = &event;
       }
-      position = event.position();
-      last = &event;
     }
     if (last != nullptr) {
       tx.exec_params0(

@@ -17,6 +17,7 @@
 #include <pqxx/pqxx>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -28,12 +29,21 @@
 
 namespace peerpath {
 
+// Applies a run of consecutive events of one agency inside `tx` (scoped to that agency), with the
+// same contract as EventHandler below; the result must equal applying them one by one. It saves
+// the round trips of a per-event handler for consumers that must keep up with a busy producer.
+using EventBatchHandler = std::function<absl::Status(
+    pqxx::work& tx, const std::vector<const common::v1::Event*>& events)>;
+
 struct ConsumerOptions {
   std::string source;  // The producer's name ("checkin"): the key of the stored position.
   int page_size = 500;
   absl::Duration idle_poll = absl::Milliseconds(250);  // Wait when caught up.
   absl::Duration min_backoff = absl::Milliseconds(200);
   absl::Duration max_backoff = absl::Seconds(10);
+  // Optional: applies a page's events in runs of one agency. When a run fails permanently the
+  // page is redone one event at a time with the EventHandler, which sets the culprit aside.
+  EventBatchHandler apply_batch = nullptr;
 };
 
 // Fetches the producer's events after `after_position` (its ListEvents RPC, with a deadline).

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <pqxx/pqxx>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -34,6 +35,12 @@ namespace peerpath {
 // about `aggregate_id`, inside `tx`. Payloads carry ids and codes only (never free text).
 absl::Status AppendEvent(pqxx::work& tx, const std::string& agency_id,
                          absl::string_view aggregate_id, const google::protobuf::Message& payload);
+
+// AppendEvent for many events in one round trip (batch writers such as matching's AssignBatch),
+// in the order given; each is (aggregate_id, payload). The payloads must outlive the call.
+absl::Status AppendEvents(
+    pqxx::work& tx, const std::string& agency_id,
+    const std::vector<std::pair<std::string, const google::protobuf::Message*>>& events);
 
 struct EventPage {
   std::vector<peerpath::common::v1::Event> events;  // In position order.

@@ -227,6 +227,70 @@ TEST_F(EventLogTest, AnEventThatCanNeverApplyIsSetAsideNotBlocking) {
   EXPECT_EQ(db_->AdminQuery("SELECT position FROM consent.consumer_failures")[0][0].as<int>(), 2);
 }
 
+TEST_F(EventLogTest, BatchHandlerTakesRunsOfOneAgencyAndFallsBackPerEventOnAPermanentError) {
+  // a a b b a (days 1-5), day 4 can never apply.
+  const char* agencies[] = {"agency-a", "agency-a", "agency-b", "agency-b", "agency-a"};
+  for (int day = 1; day <= 5; ++day) ASSERT_TRUE(Append(agencies[day - 1], day).ok());
+  std::vector<std::vector<int>> runs;
+  auto insert = [](pqxx::work& tx, const Event& event) -> absl::Status {
+    if (DayOf(event) == 4) return absl::InvalidArgumentError("unreadable");
+    tx.exec_params0("INSERT INTO applied (agency_id, event_id, day) VALUES ($1, $2, $3)",
+                    event.agency_id(), event.event_id(), DayOf(event));
+    return absl::OkStatus();
+  };
+  EventConsumer consumer(
+      *database_,
+      ConsumerOptions{
+          .source = "self",
+          .apply_batch =
+              [&](pqxx::work& tx, const std::vector<const Event*>& events) {
+                std::vector<int> days;
+                for (const Event* e : events) {
+                  days.push_back(DayOf(*e));
+                  // The transaction is scoped to the run's agency.
+                  EXPECT_EQ(
+                      tx.exec1("SELECT current_setting('app.agency_id')")[0].as<std::string>(),
+                      e->agency_id());
+                }
+                runs.push_back(days);
+                for (const Event* e : events) {
+                  if (absl::Status st = insert(tx, *e); !st.ok()) return st;
+                }
+                return absl::OkStatus();
+              }},
+      [this](int64_t after, int size) { return log_->Read(after, size, {}); }, insert);
+  // The whole page fails in the batch (day 4), is rolled back and redone one event at a time:
+  // four apply, day 4 is set aside.
+  EXPECT_EQ(consumer.PollOnce().value_or(-1), 4);
+  EXPECT_EQ(runs, (std::vector<std::vector<int>>{{1, 2}, {3, 4}}));
+  EXPECT_EQ(Applied(), 4);
+  EXPECT_EQ(db_->AdminQuery("SELECT position FROM consent.consumer_failures")[0][0].as<int>(), 4);
+  EXPECT_EQ(consumer.Position().value_or(-1), 5);
+
+  // A clean page goes through the batch handler only, in runs split where the agency changes.
+  runs.clear();
+  ASSERT_TRUE(Append("agency-b", 6).ok());
+  ASSERT_TRUE(Append("agency-b", 7).ok());
+  ASSERT_TRUE(Append("agency-a", 8).ok());
+  EXPECT_EQ(consumer.PollOnce().value_or(-1), 3);
+  EXPECT_EQ(runs, (std::vector<std::vector<int>>{{6, 7}, {8}}));
+  EXPECT_EQ(Applied(), 7);
+  // Delivered again: at or below the stored position, nothing reaches the handler.
+  runs.clear();
+  EventConsumer again(
+      *database_,
+      ConsumerOptions{.source = "self",
+                      .apply_batch =
+                          [&](pqxx::work&, const std::vector<const Event*>& events) {
+                            runs.push_back({static_cast<int>(events.size())});
+                            return absl::OkStatus();
+                          }},
+      [this](int64_t, int size) { return log_->Read(0, size, {}); }, insert);
+  EXPECT_EQ(again.PollOnce().value_or(-1), 0);
+  EXPECT_TRUE(runs.empty());
+  EXPECT_EQ(Applied(), 7);
+}
+
 TEST_F(EventLogTest, BackgroundConsumerCatchesUpAndStops) {
   for (int day = 1; day <= 7; ++day) ASSERT_TRUE(Append("agency-a", day).ok());
   auto consumer = Consumer();
