@@ -5,17 +5,41 @@
 // time (the benchmark time, graph building included), total value and assigned count of both,
 // the gain over greedy, the gap to the flow's upper bound (0 = proven optimal) and peak RSS.
 //
+//
+// With PEERPATH_TEST_PG_ADMIN_URL set (tools/bench sets it), also end to end against the real
+// binary and PostgreSQL: AssignBatch over gRPC on a seeded agency (requests and roster loaded
+// from the database, candidates screened, solved, answered; then once more committing every
+// match with its follow-up, event and audit row), the server's peak RSS, and ProposeMatches
+// latency (p50, p99) with 10,000 supporters in the roster.
+//
 //   matching_assign_batch_bench                       # all sizes
 //   matching_assign_batch_bench --benchmark_filter=/1000/200/  # only 1,000 × 200
+//   PEERPATH_BENCH_MATCHING_SIZES=1000x200,10000x2000 # end-to-end sizes (default: all three)
 #include <benchmark/benchmark.h>
+#include <dirent.h>
+#include <grpcpp/grpcpp.h>
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <random>
+#include <sstream>
+#include <string>
+#include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "peerpath/matching/v1/matching.grpc.pb.h"
 #include "services/matching/assignment.h"
 #include "services/matching/model.h"
+#include "tests/support/service_process.h"
+#include "tests/support/test_database.h"
+#include "tests/support/test_tokens.h"
 
 namespace peerpath::matching {
 namespace {
@@ -97,7 +121,249 @@ void Sizes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_AssignBatch)->Apply(Sizes)->Iterations(1)->Unit(benchmark::kMillisecond);
 
+// --- End to end -------------------------------------------------------------------------------
+
+using peerpath::testing::ServiceProcess;
+using peerpath::testing::TestDatabase;
+using peerpath::testing::TokenFor;
+
+constexpr char kAgency[] = "agency-a";
+
+// Seeds `supporters` ACTIVE, certified supporters (capacity 1–8 units) and `requests` OPEN
+// requests straight into the service's tables. Regions hold 50 supporters each and every request
+// requires one region, so about 50 candidates remain after the hard constraints (fewer for the
+// tenth that also requires Spanish, spoken by a third). Preferences: lived experience, age band,
+// availability; urgency routine, priority or urgent. `mixed_units`: acuity 1–3, else 1.
+void Seed(const TestDatabase& db, int requests, int supporters, bool mixed_units) {
+  const int regions = std::max(1, supporters / 50);
+  db.AdminQuery("SELECT setseed(0.2026)");
+  db.AdminQuery(absl::StrCat(
+      "INSERT INTO matching.supporters (agency_id, subject, display_name, lived_experience,"
+      "  languages, gender, age_band, region, meeting_modes, availability, capacity_units,"
+      "  training_status, training_expires_on, supervisor_id, created_by, updated_by)"
+      " SELECT '",
+      kAgency,
+      "', 'sup-' || i, 'Supporter ' || i,"
+      "  ARRAY[(ARRAY['postpartum_depression', 'psychosis', 'substance_use', 'grief', 'anxiety',"
+      "    'bipolar', 'eating', 'trauma'])[1 + i % 8], (ARRAY['recovery', 'housing', 'parenting',"
+      "    'employment'])[1 + i % 4]],"
+      "  CASE WHEN i % 3 = 0 THEN ARRAY['en', 'es-MX'] ELSE ARRAY['en'] END,"
+      "  CASE WHEN i % 2 = 0 THEN 'female' ELSE 'male' END,"
+      "  (ARRAY['18_24', '25_34', '35_44', '45_54', '55_64', '65_plus'])[1 + i % 6],"
+      "  'region-' || (i % ",
+      regions,
+      "),"
+      "  CASE WHEN i % 2 = 0 THEN ARRAY['phone', 'video'] ELSE ARRAY['in_person', 'phone'] END,"
+      "  jsonb_build_array(jsonb_build_object('weekday', 1 + i % 5, 'start', '09:00', 'end',"
+      "    '12:00'), jsonb_build_object('weekday', 1 + (i + 2) % 5, 'start', '14:00', 'end',"
+      "    '17:00')),"
+      "  1 + floor(random() * 8)::int, 'certified', DATE '2099-12-31',"
+      "  'supervisor-' || (i % 50), 'bench', 'bench'"
+      " FROM generate_series(0, ",
+      supporters - 1, ") i"));
+  db.AdminQuery(absl::StrCat(
+      "INSERT INTO matching.match_requests (agency_id, participant_id, acuity_units,"
+      "  hard_constraints, preferences, urgency, requested_by, requested_at)"
+      " SELECT '",
+      kAgency, "', 'p-' || j, ", mixed_units ? "1 + floor(random() * 3)::int" : "1",
+      ","
+      "  CASE WHEN j % 10 = 0 THEN jsonb_build_object('region', 'region-' || (j % ",
+      regions,
+      "), 'languages', jsonb_build_array('es'))"
+      "    ELSE jsonb_build_object('region', 'region-' || (j % ",
+      regions,
+      ")) END,"
+      "  jsonb_build_object("
+      "    'lived_experience', jsonb_build_object('areas', jsonb_build_array((ARRAY["
+      "      'postpartum_depression', 'psychosis', 'substance_use', 'grief', 'anxiety', 'bipolar',"
+      "      'eating', 'trauma'])[1 + floor(random() * 8)::int]), 'weight', 3),"
+      "    'age_band', jsonb_build_object('age_bands', jsonb_build_array(1 + floor(random() *"
+      "      6)::int), 'weight', 1),"
+      "    'availability', jsonb_build_object('windows', jsonb_build_array(jsonb_build_object("
+      "      'weekday', 1 + floor(random() * 5)::int, 'start_minute', 540, 'end_minute', 720)),"
+      "      'weight', 2)),"
+      "  (ARRAY['routine', 'routine', 'routine', 'routine', 'routine', 'routine', 'routine',"
+      "    'priority', 'priority', 'urgent'])[1 + floor(random() * 10)::int],"
+      "  'bench', now() - make_interval(secs => (",
+      requests,
+      " - j) / 1000.0)"
+      " FROM generate_series(0, ",
+      requests - 1, ") j"));
+  db.AdminQuery("ANALYZE");
+}
+
+// Peak resident set (VmHWM) of the running service serving `database`, in MiB; 0 if not found.
+double ServerPeakRssMiB(const std::string& database) {
+  double mib = 0;
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return 0;
+  while (dirent* entry = readdir(proc)) {
+    int pid = 0;
+    if (!absl::SimpleAtoi(entry->d_name, &pid)) continue;
+    std::ifstream cmdline(absl::StrCat("/proc/", pid, "/cmdline"));
+    std::stringstream text;
+    text << cmdline.rdbuf();
+    if (text.str().find("peerpath-matching") == std::string::npos ||
+        text.str().find("/" + database) == std::string::npos) {
+      continue;
+    }
+    std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+    std::string line;
+    while (std::getline(status, line)) {
+      if (line.rfind("VmHWM:", 0) == 0) {
+        std::vector<std::string> parts = absl::StrSplit(line, ' ', absl::SkipEmpty());
+        double kib = 0;
+        if (parts.size() >= 2 && absl::SimpleAtod(parts[1], &kib)) mib = kib / 1024.0;
+      }
+    }
+  }
+  closedir(proc);
+  return mib;
+}
+
+struct Service {
+  std::unique_ptr<TestDatabase> db;
+  std::unique_ptr<ServiceProcess> process;
+  std::unique_ptr<v1::MatchingService::Stub> stub;
+};
+
+bool Start(Service& service) {
+  service.db = TestDatabase::Create();
+  service.process = std::make_unique<ServiceProcess>("matching", service.db->UrlFor("matching"));
+  if (!service.process->WaitListening() || !service.process->WaitHealth(true)) {
+    std::fprintf(stderr, "matching did not start:\n%s\n", service.process->Log().c_str());
+    return false;
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  service.stub = v1::MatchingService::NewStub(
+      grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", service.process->grpc_port()),
+                                grpc::InsecureChannelCredentials(), args));
+  return true;
+}
+
+std::unique_ptr<grpc::ClientContext> Coordinator() {
+  auto context = std::make_unique<grpc::ClientContext>();
+  context->set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(5));
+  context->AddMetadata("authorization",
+                       "Bearer " + TokenFor(kAgency, {"supervisor"}, "supervisor-0"));
+  return context;
+}
+
+void AssignBatchEndToEnd(int requests, int supporters, bool mixed_units) {
+  Service service;
+  if (!Start(service)) return;
+  const absl::Time seed_start = absl::Now();
+  Seed(*service.db, requests, supporters, mixed_units);
+  std::printf("\n%d x %d, %s (seeded in %.1f s)\n", requests, supporters,
+              mixed_units ? "acuity 1-3" : "unit weights",
+              absl::ToDoubleSeconds(absl::Now() - seed_start));
+  for (int run = 0; run < 3; ++run) {
+    const bool dry_run = run < 2;
+    v1::AssignBatchRequest request;
+    request.set_dry_run(dry_run);
+    if (!dry_run) request.set_idempotency_key(absl::StrCat("bench-", requests));
+    v1::AssignBatchResponse response;
+    const absl::Time begin = absl::Now();
+    const grpc::Status status = service.stub->AssignBatch(Coordinator().get(), request, &response);
+    const double seconds = absl::ToDoubleSeconds(absl::Now() - begin);
+    if (!status.ok()) {
+      std::printf("  AssignBatch failed: %s\n", status.error_message().c_str());
+      return;
+    }
+    const double solve = static_cast<double>(response.solve_duration().seconds()) +
+                         response.solve_duration().nanos() / 1e9;
+    std::printf(
+        "  AssignBatch %-20s %7.3f s end to end (server %6.3f s)  assigned %d of %d, "
+        "objective %.0f (%s, bound +%.2f%%), server peak RSS %.0f MiB\n",
+        run == 0 ? "dry run (cold):" : (dry_run ? "dry run (warm):" : "committing:"), seconds,
+        solve, response.assignments_size(), response.requests_considered(),
+        response.objective_value(), response.proven_optimal() ? "proven optimal" : "LP bound",
+        100.0 * (response.objective_upper_bound() - response.objective_value()) /
+            std::max(1.0, response.objective_value()),
+        ServerPeakRssMiB(service.db->name()));
+  }
+}
+
+double Percentile(std::vector<double> values, double p) {
+  if (values.empty()) return 0;
+  std::sort(values.begin(), values.end());
+  return values[std::min(values.size() - 1, static_cast<size_t>(values.size() * p))];
+}
+
+// ProposeMatches one caller at a time: a request with a region (about 50 candidates), and one
+// without hard constraints (every supporter with capacity is a candidate).
+void ProposeMatchesEndToEnd(int supporters) {
+  Service service;
+  if (!Start(service)) return;
+  Seed(*service.db, 400, supporters, false);
+  service.db->AdminQuery(
+      "UPDATE matching.match_requests SET hard_constraints = '{}' WHERE participant_id IN"
+      " (SELECT 'p-' || j FROM generate_series(200, 399) j)");
+  const pqxx::result ids = service.db->AdminQuery(
+      "SELECT id, hard_constraints = '{}' FROM matching.match_requests ORDER BY participant_id");
+  std::vector<std::string> constrained, open;
+  for (const auto& row : ids) (row[1].as<bool>() ? open : constrained).push_back(row[0].c_str());
+  std::printf("\nProposeMatches over gRPC, %d supporters in the roster, one caller:\n", supporters);
+  const char* seconds_env = std::getenv("PEERPATH_BENCH_SECONDS");
+  const absl::Duration length = absl::Seconds(seconds_env ? std::atoi(seconds_env) : 5);
+  int key = 0;
+  for (const auto* set : {&constrained, &open}) {
+    std::vector<double> micros;
+    int errors = 0;
+    const absl::Time end = absl::Now() + length;
+    for (size_t i = 0; absl::Now() < end || micros.size() < 20; ++i) {
+      v1::ProposeMatchesRequest request;
+      request.set_match_request_id((*set)[i % set->size()]);
+      request.set_idempotency_key(absl::StrCat("propose-", key++));
+      v1::ProposeMatchesResponse response;
+      auto context = Coordinator();
+      const absl::Time begin = absl::Now();
+      const grpc::Status status = service.stub->ProposeMatches(context.get(), request, &response);
+      const double us = absl::ToDoubleMicroseconds(absl::Now() - begin);
+      if (!status.ok()) {
+        if (errors++ == 0) std::printf("  error: %s\n", status.error_message().c_str());
+        continue;
+      }
+      if (i >= 5) micros.push_back(us);  // The first calls warm connections and caches.
+    }
+    std::printf("  %-44s p50 %7.2f ms  p99 %7.2f ms  (%zu calls, %d errors)\n",
+                set == &constrained ? "a region required (~50 candidates):"
+                                    : "no hard constraint (all supporters):",
+                Percentile(micros, 0.5) / 1000, Percentile(micros, 0.99) / 1000, micros.size(),
+                errors);
+  }
+}
+
+void EndToEnd() {
+  std::vector<std::pair<int, int>> sizes = {{1000, 200}, {10000, 2000}, {50000, 10000}};
+  if (const char* env = std::getenv("PEERPATH_BENCH_MATCHING_SIZES")) {
+    sizes.clear();
+    for (absl::string_view size : absl::StrSplit(env, ',', absl::SkipEmpty())) {
+      std::pair<std::string, std::string> rs = absl::StrSplit(size, 'x');
+      int r = 0, s = 0;
+      if (absl::SimpleAtoi(rs.first, &r) && absl::SimpleAtoi(rs.second, &s))
+        sizes.push_back({r, s});
+    }
+  }
+  std::printf("\nAssignBatch over gRPC against PostgreSQL (requests x supporters):\n");
+  for (auto [r, s] : sizes) {
+    for (bool mixed : {false, true}) AssignBatchEndToEnd(r, s, mixed);
+  }
+  ProposeMatchesEndToEnd(10000);
+}
+
 }  // namespace
 }  // namespace peerpath::matching
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  if (std::getenv("PEERPATH_TEST_PG_ADMIN_URL") != nullptr) {
+    peerpath::matching::EndToEnd();
+  } else {
+    std::printf("PEERPATH_TEST_PG_ADMIN_URL not set: end-to-end figures skipped\n");
+  }
+  return 0;
+}

@@ -129,13 +129,22 @@ double SolveFlow(const AssignmentProblem& problem, bool uniform, int64_t unit,
 
 }  // namespace
 
-AssignmentResult AssignOptimal(const AssignmentProblem& problem) {
+namespace {
+
+// AssignOptimal for one connected component (or the whole problem).
+AssignmentResult AssignConnected(const AssignmentProblem& problem) {
   const int requests = static_cast<int>(problem.units.size());
-  const bool uniform =
-      requests == 0 || std::all_of(problem.units.begin(), problem.units.end(),
-                                   [&](int u) { return u == problem.units.front(); });
-  // Uniform units u: one unit of flow per request and ⌊capacity / u⌋ slots per supporter.
-  const int64_t unit = uniform && requests > 0 ? problem.units.front() : 1;
+  // Uniform when every request that has a candidate takes the same units u: then one unit of
+  // flow per request and ⌊capacity / u⌋ slots per supporter (requests without a candidate only
+  // take the bypass).
+  int common_units = 0;
+  bool uniform = true;
+  for (const auto& c : problem.candidates) {
+    const int u = problem.units[c.request];
+    if (common_units == 0) common_units = u;
+    uniform = uniform && u == common_units;
+  }
+  const int64_t unit = uniform && common_units > 0 ? common_units : 1;
   AssignmentResult result;
   result.supporter_of.assign(requests, -1);
   std::vector<int> left = problem.capacity;
@@ -159,6 +168,80 @@ AssignmentResult AssignOptimal(const AssignmentProblem& problem) {
   if (greedy.total_value > result.total_value) result = std::move(greedy);
   result.upper_bound = std::max(bound, result.total_value);
   result.exact = result.total_value >= bound - 1e-6;
+  return result;
+}
+
+// Connected components of the candidate graph (requests and supporters joined by candidate
+// pairs): the component of each candidate, and how many components there are.
+int Components(const AssignmentProblem& problem, std::vector<int>& component_of_candidate) {
+  const int requests = static_cast<int>(problem.units.size());
+  std::vector<int> parent(requests + problem.capacity.size());
+  std::iota(parent.begin(), parent.end(), 0);
+  auto find = [&](int x) {
+    while (parent[x] != x) x = parent[x] = parent[parent[x]];
+    return x;
+  };
+  for (const auto& c : problem.candidates) {
+    const int a = find(c.request), b = find(requests + c.supporter);
+    if (a != b) parent[a] = b;
+  }
+  std::vector<int> id(parent.size(), -1);
+  int count = 0;
+  component_of_candidate.resize(problem.candidates.size());
+  for (size_t i = 0; i < problem.candidates.size(); ++i) {
+    const int root = find(problem.candidates[i].request);
+    if (id[root] < 0) id[root] = count++;
+    component_of_candidate[i] = id[root];
+  }
+  return count;
+}
+
+}  // namespace
+
+AssignmentResult AssignOptimal(const AssignmentProblem& problem) {
+  // Requests and supporters that share no candidate do not compete: each connected component is
+  // solved on its own (exact, and much faster when hard constraints such as a required region
+  // split the roster), and a component whose requests all take the same units is exact even
+  // when units differ elsewhere.
+  std::vector<int> component_of;
+  const int components = Components(problem, component_of);
+  if (components <= 1) return AssignConnected(problem);
+  std::vector<AssignmentProblem> parts(components);
+  std::vector<std::vector<int>> request_of(components), supporter_of(components);
+  std::vector<int> local_request(problem.units.size(), -1);
+  std::vector<int> local_supporter(problem.capacity.size(), -1);
+  for (size_t i = 0; i < problem.candidates.size(); ++i) {
+    const auto& c = problem.candidates[i];
+    const int k = component_of[i];
+    AssignmentProblem& part = parts[k];
+    if (local_request[c.request] < 0) {
+      local_request[c.request] = static_cast<int>(part.units.size());
+      part.units.push_back(problem.units[c.request]);
+      request_of[k].push_back(c.request);
+    }
+    if (local_supporter[c.supporter] < 0) {
+      local_supporter[c.supporter] = static_cast<int>(part.capacity.size());
+      part.capacity.push_back(problem.capacity[c.supporter]);
+      supporter_of[k].push_back(c.supporter);
+    }
+    part.candidates.push_back({local_request[c.request], local_supporter[c.supporter], c.value});
+  }
+  AssignmentResult result;
+  result.supporter_of.assign(problem.units.size(), -1);
+  result.exact = true;
+  for (int k = 0; k < components; ++k) {
+    const AssignmentResult part = AssignConnected(parts[k]);
+    for (size_t r = 0; r < part.supporter_of.size(); ++r) {
+      if (part.supporter_of[r] >= 0) {
+        result.supporter_of[request_of[k][r]] = supporter_of[k][part.supporter_of[r]];
+      }
+    }
+    result.upper_bound += part.upper_bound;
+    result.exact = result.exact && part.exact;
+  }
+  Finish(problem, result);
+  if (result.exact) result.upper_bound = result.total_value;
+  result.upper_bound = std::max(result.upper_bound, result.total_value);
   return result;
 }
 

@@ -16,6 +16,11 @@
 // more), what is still open is filled greedily, and the result is never worse than the greedy
 // baseline (the better of the two is returned). `upper_bound` is the first LP value, so the
 // remaining optimality gap is reported, not hidden (`exact` only when it is zero).
+//
+// Components. Requests and supporters that share no candidate pair do not compete, so each
+// connected component of the candidate graph is solved on its own: the same optimum, much less
+// work when hard constraints (a required region or language) split the roster, and a component
+// whose requests all take the same units is exact even when units differ elsewhere.
 #include <vector>
 
 namespace peerpath::matching {
@@ -37,7 +42,7 @@ struct AssignmentResult {
   int assigned = 0;
   // An upper bound on the optimum (the flow's value); equals total_value when `exact`.
   double upper_bound = 0;
-  bool exact = false;  // Proven optimal (uniform units).
+  bool exact = false;  // Proven optimal (uniform units in every component, or the bound reached).
 };
 
 // The maximum-value assignment (see the file comment).

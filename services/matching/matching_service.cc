@@ -51,19 +51,25 @@ std::string AuditRole(const Identity& caller) {
   return "";
 }
 
+AuditEntry AllowedEntry(const Identity& caller, const std::string& method,
+                        const std::string& object_type, const std::string& object_id,
+                        const std::string& participant_id) {
+  return {.actor = caller.subject,
+          .actor_role = AuditRole(caller),
+          .action = "matching." + method,
+          .object_type = object_type,
+          .object_id = object_id,
+          .participant_id = participant_id,
+          .decision = AuditDecision::kAllowed,
+          .request_id = ""};
+}
+
 absl::Status Audit(Tx& tx, const Identity& caller, const std::string& method,
                    const std::string& object_type, const std::string& object_id,
                    const std::string& participant_id) {
-  auto appended = AppendAudit(tx, caller.agency_id,
-                              {.actor = caller.subject,
-                               .actor_role = AuditRole(caller),
-                               .action = "matching." + method,
-                               .object_type = object_type,
-                               .object_id = object_id,
-                               .participant_id = participant_id,
-                               .decision = AuditDecision::kAllowed,
-                               .request_id = ""});
-  return appended.status();
+  return AppendAudit(tx, caller.agency_id,
+                     AllowedEntry(caller, method, object_type, object_id, participant_id))
+      .status();
 }
 
 absl::Status RequireUuid(const std::string& value, const std::string& field) {
@@ -664,38 +670,50 @@ grpc::Status MatchingService::ProposeMatches(grpc::ServerContext* context,
               absl::StrCat("the request is ", v1::MatchRequestStatus_Name(r->status())));
         }
         store::DeclineProposals(tx, r->match_request_id(), "");
-        const std::vector<v1::Supporter> roster = store::ActiveRoster(tx, false);
         const absl::CivilDay today = Today();
-        const auto ranked = RankCandidates(roster, *r, today);
+        // The database narrows the roster to who may pass the hard constraints; the model
+        // decides. Only when nobody is eligible is the whole roster read, to explain why.
+        const std::vector<v1::Supporter> roster = store::CandidateRoster(tx, *r, today);
+        const auto ranked = RankCandidates(roster, *r, today, static_cast<size_t>(max_candidates));
         response->set_eligible_count(static_cast<int>(ranked.size()));
         if (ranked.empty()) {
           store::SetRequestStatus(tx, r->match_request_id(), "open", "");
-          *response->mutable_no_candidate() = ExplainNoCandidate(roster, *r, today);
+          *response->mutable_no_candidate() =
+              ExplainNoCandidate(store::ActiveRoster(tx, false), *r, today);
         }
+        // The proposals in one statement and their events in one more.
+        std::vector<store::NewMatch> proposals;
         for (size_t i = 0; i < ranked.size() && static_cast<int>(i) < max_candidates; ++i) {
           const v1::Supporter& s = roster[ranked[i].roster_index];
           const Evaluation& e = ranked[i].evaluation;
-          v1::Match m = store::InsertProposal(
-              tx, caller.agency_id,
-              {r->match_request_id(), s.supporter_id(), r->participant_id(), r->acuity_units(),
-               e.score, static_cast<int>(i) + 1, e.continuity, e.explanation},
-              caller.subject);
-          v1::MatchProposedEvent event;
+          proposals.push_back({r->match_request_id(), s.supporter_id(), r->participant_id(),
+                               r->acuity_units(), e.score, static_cast<int>(i) + 1, e.continuity,
+                               e.explanation});
+        }
+        std::vector<v1::Match> stored =
+            store::InsertProposals(tx, caller.agency_id, proposals, caller.subject);
+        std::vector<v1::MatchProposedEvent> events(stored.size());
+        std::vector<std::pair<std::string, const google::protobuf::Message*>> payloads;
+        for (size_t i = 0; i < stored.size(); ++i) {
+          const v1::Match& m = stored[i];
+          v1::MatchProposedEvent& event = events[i];
           event.set_match_id(m.match_id());
           event.set_match_request_id(r->match_request_id());
           event.set_participant_id(r->participant_id());
-          event.set_supporter_id(s.supporter_id());
+          event.set_supporter_id(m.supporter_id());
           event.set_rank(m.rank());
           event.set_score(m.score());
           event.set_acuity_units(m.units());
           event.set_urgency(r->urgency());
           event.set_proposed_by(caller.subject);
           *event.mutable_proposed_at() = m.proposed_at();
-          if (absl::Status e2 = AppendEvent(tx, caller.agency_id, m.match_id(), event); !e2.ok()) {
-            return e2;
-          }
+          payloads.emplace_back(m.match_id(), &event);
+        }
+        if (absl::Status e = AppendEvents(tx, caller.agency_id, payloads); !e.ok()) return e;
+        for (size_t i = 0; i < stored.size(); ++i) {
+          const v1::Supporter& s = roster[ranked[i].roster_index];
           auto* candidate = response->add_candidates();
-          *candidate->mutable_match() = std::move(m);
+          *candidate->mutable_match() = std::move(stored[i]);
           candidate->set_supporter_display_name(s.display_name());
           candidate->set_supporter_units_in_use(s.units_in_use());
           candidate->set_supporter_capacity_units(s.capacity_units());
@@ -1196,26 +1214,35 @@ grpc::Status MatchingService::AssignBatch(grpc::ServerContext* context,
     const absl::CivilDay today = Today();
     AssignmentProblem problem;
     for (const auto& s : roster) problem.capacity.push_back(RemainingUnits(s));
-    std::vector<std::vector<Evaluation>> evaluations(requests.size());
-    std::vector<std::vector<int>> candidate_supporters(requests.size());
+    // Each request is screened against the supporters who can meet its most selective hard
+    // constraint (not the whole roster), and scored without explanation: only the pairs the
+    // solver assigns are explained (Evaluate) below.
+    const CandidateIndex index(roster, today);
+    std::vector<int> candidate_count(requests.size(), 0);
+    problem.units.reserve(requests.size());
     for (size_t r = 0; r < requests.size(); ++r) {
-      problem.units.push_back(std::max(1, requests[r].acuity_units()));
-      if (already.contains(requests[r].participant_id())) continue;
-      for (size_t s = 0; s < roster.size(); ++s) {
-        if (Screen(roster[s], requests[r], today).has_value()) continue;
-        Evaluation e = Evaluate(roster[s], requests[r], today);
-        problem.candidates.push_back({static_cast<int>(r), static_cast<int>(s),
-                                      BatchValue(e.score, e.continuity, requests[r].urgency())});
-        candidate_supporters[r].push_back(static_cast<int>(s));
-        evaluations[r].push_back(std::move(e));
+      const v1::MatchRequest& req = requests[r];
+      problem.units.push_back(std::max(1, req.acuity_units()));
+      if (already.contains(req.participant_id())) continue;
+      const std::string& previous = req.preferences().continuity().supporter_id();
+      for (int s : index.Candidates(req)) {
+        if (Screen(roster[s], req, today).has_value()) continue;
+        const double score = ScorePreferences(roster[s], req.preferences(), nullptr);
+        const bool continuity = !previous.empty() && previous == roster[s].supporter_id();
+        problem.candidates.push_back(
+            {static_cast<int>(r), s, BatchValue(score, continuity, req.urgency())});
+        ++candidate_count[r];
       }
     }
     const AssignmentResult result = AssignOptimal(problem);
+    response->set_proven_optimal(result.exact);
     const std::string batch_id = request->dry_run() ? "" : store::NewUuid(tx);
     response->set_batch_id(batch_id);
     response->set_dry_run(request->dry_run());
     response->set_requests_considered(static_cast<int>(requests.size()));
     std::vector<size_t> unmatched;
+    std::vector<size_t> assigned;
+    std::vector<store::NewMatch> new_matches;
     for (size_t r = 0; r < requests.size(); ++r) {
       const v1::MatchRequest& req = requests[r];
       const int s = result.supporter_of[r];
@@ -1223,10 +1250,8 @@ grpc::Status MatchingService::AssignBatch(grpc::ServerContext* context,
         unmatched.push_back(r);
         continue;
       }
-      const size_t k =
-          std::find(candidate_supporters[r].begin(), candidate_supporters[r].end(), s) -
-          candidate_supporters[r].begin();
-      const Evaluation& e = evaluations[r][k];
+      // Only assigned pairs are explained (and stored with their explanation).
+      Evaluation e = Evaluate(roster[s], req, today);
       auto* a = response->add_assignments();
       a->set_match_request_id(req.match_request_id());
       a->set_participant_id(req.participant_id());
@@ -1238,27 +1263,35 @@ grpc::Status MatchingService::AssignBatch(grpc::ServerContext* context,
       response->set_objective_value(response->objective_value() +
                                     BatchValue(e.score, e.continuity, req.urgency()));
       if (request->dry_run()) continue;
-      v1::Match m = store::InsertActiveMatch(
-          tx, caller.agency_id,
-          {req.match_request_id(), roster[s].supporter_id(), req.participant_id(), problem.units[r],
-           e.score, 0, e.continuity, e.explanation},
-          batch_id, caller.subject);
-      store::DeclineProposals(tx, req.match_request_id(), m.match_id());
-      store::SetRequestStatus(tx, req.match_request_id(), "assigned", "");
-      const v1::FollowUp follow_up = *store::FindFollowUp(tx, m.match_id(), false);
-      if (absl::Status ev = AppendEvent(
-              tx, caller.agency_id, m.match_id(),
-              StartedEvent(m, req, follow_up, e.continuity, roster[s].supervisor_subject()));
-          !ev.ok()) {
-        return ev;
-      }
-      a->set_match_id(m.match_id());
-      if (absl::Status au =
-              Audit(tx, caller, "AssignBatch", "match", m.match_id(), req.participant_id());
-          !au.ok()) {
-        return au;
-      }
+      assigned.push_back(r);
+      new_matches.push_back({req.match_request_id(), roster[s].supporter_id(), req.participant_id(),
+                             problem.units[r], e.score, 0, e.continuity, std::move(e.explanation)});
     }
+    // One statement writes every match, follow-up, declined proposal and request status, one
+    // more every event and one more every audit row: a handful of round trips for any size.
+    const std::vector<store::StartedMatch> started =
+        store::InsertBatchMatches(tx, caller.agency_id, new_matches, batch_id, caller.subject);
+    std::vector<v1::MatchStartedEvent> events;
+    std::vector<AuditEntry> audits;
+    events.reserve(started.size());
+    audits.reserve(started.size());
+    for (size_t i = 0; i < started.size(); ++i) {
+      const v1::MatchRequest& req = requests[assigned[i]];
+      const v1::Match& m = started[i].match;
+      const v1::Supporter& s = roster[result.supporter_of[assigned[i]]];
+      events.push_back(StartedEvent(m, req, started[i].follow_up, new_matches[i].continuity,
+                                    s.supervisor_subject()));
+      audits.push_back(
+          AllowedEntry(caller, "AssignBatch", "match", m.match_id(), req.participant_id()));
+      response->mutable_assignments(static_cast<int>(i))->set_match_id(m.match_id());
+    }
+    std::vector<std::pair<std::string, const google::protobuf::Message*>> payloads;
+    payloads.reserve(events.size());
+    for (size_t i = 0; i < events.size(); ++i) {
+      payloads.emplace_back(started[i].match.match_id(), &events[i]);
+    }
+    if (absl::Status ev = AppendEvents(tx, caller.agency_id, payloads); !ev.ok()) return ev;
+    if (absl::Status au = AppendAudits(tx, caller.agency_id, audits); !au.ok()) return au;
     std::stable_sort(unmatched.begin(), unmatched.end(), [&](size_t a, size_t b) {
       return requests[a].urgency() > requests[b].urgency();
     });
@@ -1271,16 +1304,20 @@ grpc::Status MatchingService::AssignBatch(grpc::ServerContext* context,
         u->mutable_no_candidate()->set_reason(v1::UNMATCHED_REASON_PARTICIPANT_ALREADY_MATCHED);
         u->mutable_no_candidate()->set_text(
             "the participant already has an ACTIVE match (end or re-match it first)");
-      } else if (candidate_supporters[r].empty()) {
+      } else if (candidate_count[r] == 0) {
         *u->mutable_no_candidate() = ExplainNoCandidate(roster, requests[r], today);
       } else {
         u->mutable_no_candidate()->set_reason(
             v1::UNMATCHED_REASON_CAPACITY_GIVEN_TO_OTHER_REQUESTS);
         u->mutable_no_candidate()->set_text(absl::StrCat(
-            candidate_supporters[r].size(),
+            candidate_count[r],
             " candidates had capacity, but the optimal assignment gave it to other requests"));
       }
     }
+    // The flow's bound is computed in thousandths: never report it below the value reached.
+    response->set_objective_upper_bound(
+        result.exact ? response->objective_value()
+                     : std::max(response->objective_value(), result.upper_bound));
     const auto elapsed = std::chrono::steady_clock::now() - start;
     response->mutable_solve_duration()->set_seconds(
         std::chrono::duration_cast<std::chrono::seconds>(elapsed).count());

@@ -160,17 +160,6 @@ std::optional<CandidateFilter> CheckHard(const v1::Supporter& s, const v1::Match
   return std::nullopt;
 }
 
-void AddSoft(std::vector<CriterionExplanation>* lines, MatchCriterion criterion, int weight,
-             double satisfaction, bool unknown, std::string text) {
-  CriterionExplanation line;
-  line.set_criterion(criterion);
-  line.set_weight(weight);
-  line.set_satisfaction(satisfaction);
-  line.set_outcome(unknown ? v1::CRITERION_OUTCOME_UNKNOWN : OutcomeOf(satisfaction));
-  line.set_text(std::move(text));
-  lines->push_back(std::move(line));
-}
-
 }  // namespace
 
 int AcuityUnitsForPathway(absl::string_view pathway_key) {
@@ -212,19 +201,37 @@ int RemainingUnits(const v1::Supporter& supporter) {
 
 double ScorePreferences(const v1::Supporter& s, const v1::Preferences& p,
                         std::vector<CriterionExplanation>* lines) {
-  std::vector<CriterionExplanation> soft;
+  // The numbers first; a line's text (and its proto) only when an explanation is wanted: batch
+  // assignment scores every eligible pair and explains only the pairs it assigns.
+  struct Soft {
+    MatchCriterion criterion;
+    int weight;
+    double satisfaction;
+    bool unknown;
+    std::string text;
+  };
+  const bool explain = lines != nullptr;
+  Soft soft[5];
+  int count = 0;
+  auto add = [&](MatchCriterion criterion, int weight, double sat, bool unknown, std::string text) {
+    soft[count++] = {criterion, weight, sat, unknown, std::move(text)};
+  };
   if (p.has_lived_experience() && !p.lived_experience().areas().empty()) {
     const auto& pref = p.lived_experience();
-    std::vector<std::string> shared;
+    int shared = 0;
+    std::vector<std::string> names;
     for (const std::string& area : pref.areas()) {
-      if (Contains(s.lived_experience_areas(), area)) shared.push_back(Readable(area));
+      if (!Contains(s.lived_experience_areas(), area)) continue;
+      ++shared;
+      if (explain) names.push_back(Readable(area));
     }
-    const double sat = static_cast<double>(shared.size()) / pref.areas_size();
-    AddSoft(&soft, v1::MATCH_CRITERION_LIVED_EXPERIENCE, EffectiveWeight(pref.weight()), sat, false,
-            shared.empty() ? absl::StrCat("shares none of the wished lived experience (0 of ",
-                                          pref.areas_size(), ")")
-                           : absl::StrCat("shares lived experience: ", absl::StrJoin(shared, ", "),
-                                          " (", shared.size(), " of ", pref.areas_size(), ")"));
+    const double sat = static_cast<double>(shared) / pref.areas_size();
+    add(v1::MATCH_CRITERION_LIVED_EXPERIENCE, EffectiveWeight(pref.weight()), sat, false,
+        !explain      ? std::string()
+        : shared == 0 ? absl::StrCat("shares none of the wished lived experience (0 of ",
+                                     pref.areas_size(), ")")
+                      : absl::StrCat("shares lived experience: ", absl::StrJoin(names, ", "), " (",
+                                     shared, " of ", pref.areas_size(), ")"));
   }
   if (p.has_age_band() && !p.age_band().age_bands().empty()) {
     const auto& pref = p.age_band();
@@ -236,21 +243,23 @@ double ScorePreferences(const v1::Supporter& s, const v1::Preferences& p,
         if (std::abs(band - s.age_band()) == 1) sat = std::max(sat, 0.5);
       }
     }
-    AddSoft(&soft, v1::MATCH_CRITERION_AGE_BAND, EffectiveWeight(pref.weight()), sat, unknown,
-            unknown ? "age band not stated"
-                    : absl::StrCat("age band ", AgeBandName(s.age_band()),
-                                   sat >= 1
-                                       ? " as wished"
-                                       : (sat > 0 ? " next to the wished one" : " not as wished")));
+    add(v1::MATCH_CRITERION_AGE_BAND, EffectiveWeight(pref.weight()), sat, unknown,
+        !explain ? std::string()
+        : unknown
+            ? "age band not stated"
+            : absl::StrCat("age band ", AgeBandName(s.age_band()),
+                           sat >= 1 ? " as wished"
+                                    : (sat > 0 ? " next to the wished one" : " not as wished")));
   }
   if (p.has_gender() && !p.gender().genders().empty()) {
     const auto& pref = p.gender();
     const bool unknown = s.gender().empty();
     const double sat = !unknown && Contains(pref.genders(), s.gender()) ? 1 : 0;
-    AddSoft(&soft, v1::MATCH_CRITERION_GENDER, EffectiveWeight(pref.weight()), sat, unknown,
-            unknown ? "gender not stated"
-                    : absl::StrCat("gender ", Readable(s.gender()),
-                                   sat > 0 ? " as wished" : " not as wished"));
+    add(v1::MATCH_CRITERION_GENDER, EffectiveWeight(pref.weight()), sat, unknown,
+        !explain  ? std::string()
+        : unknown ? "gender not stated"
+                  : absl::StrCat("gender ", Readable(s.gender()),
+                                 sat > 0 ? " as wished" : " not as wished"));
   }
   if (p.has_availability() && !p.availability().windows().empty()) {
     const auto& pref = p.availability();
@@ -264,26 +273,36 @@ double ScorePreferences(const v1::Supporter& s, const v1::Preferences& p,
       }
     }
     const double sat = static_cast<double>(overlapping) / pref.windows_size();
-    AddSoft(
-        &soft, v1::MATCH_CRITERION_AVAILABILITY, EffectiveWeight(pref.weight()), sat, false,
-        absl::StrCat(overlapping, " of ", pref.windows_size(), " availability windows overlap"));
+    add(v1::MATCH_CRITERION_AVAILABILITY, EffectiveWeight(pref.weight()), sat, false,
+        !explain ? std::string()
+                 : absl::StrCat(overlapping, " of ", pref.windows_size(),
+                                " availability windows overlap"));
   }
   if (p.has_region() && !p.region().region().empty()) {
     const auto& pref = p.region();
     const double sat = s.region() == pref.region() ? 1 : 0;
-    AddSoft(
-        &soft, v1::MATCH_CRITERION_REGION, EffectiveWeight(pref.weight()), sat, s.region().empty(),
-        sat > 0
+    add(v1::MATCH_CRITERION_REGION, EffectiveWeight(pref.weight()), sat, s.region().empty(),
+        !explain ? std::string()
+        : sat > 0
             ? absl::StrCat("from the participant's region (", Readable(pref.region()), ")")
             : absl::StrCat("not from the participant's region (", Readable(pref.region()), ")"));
   }
   double total_weight = 0;
-  for (const auto& line : soft) total_weight += line.weight();
+  for (int i = 0; i < count; ++i) total_weight += soft[i].weight;
   double score = 0;
-  for (auto& line : soft) {
-    line.set_points(100.0 * line.weight() * line.satisfaction() / total_weight);
-    score += line.points();
-    if (lines != nullptr) lines->push_back(line);
+  for (int i = 0; i < count; ++i) {
+    const double points = 100.0 * soft[i].weight * soft[i].satisfaction / total_weight;
+    score += points;
+    if (!explain) continue;
+    CriterionExplanation line;
+    line.set_criterion(soft[i].criterion);
+    line.set_weight(soft[i].weight);
+    line.set_satisfaction(soft[i].satisfaction);
+    line.set_outcome(soft[i].unknown ? v1::CRITERION_OUTCOME_UNKNOWN
+                                     : OutcomeOf(soft[i].satisfaction));
+    line.set_text(std::move(soft[i].text));
+    line.set_points(points);
+    lines->push_back(std::move(line));
   }
   return score;
 }
@@ -379,11 +398,16 @@ v1::NoCandidate ExplainNoCandidate(const std::vector<v1::Supporter>& roster,
 }
 
 std::vector<RankedCandidate> RankCandidates(const std::vector<v1::Supporter>& roster,
-                                            const v1::MatchRequest& request, absl::CivilDay today) {
+                                            const v1::MatchRequest& request, absl::CivilDay today,
+                                            size_t explain) {
   std::vector<RankedCandidate> ranked;
+  const std::string& previous = request.preferences().continuity().supporter_id();
   for (size_t i = 0; i < roster.size(); ++i) {
-    Evaluation e = Evaluate(roster[i], request, today);
-    if (e.eligible()) ranked.push_back({i, std::move(e)});
+    if (Screen(roster[i], request, today).has_value()) continue;
+    RankedCandidate c{i, {}};
+    c.evaluation.score = ScorePreferences(roster[i], request.preferences(), nullptr);
+    c.evaluation.continuity = !previous.empty() && previous == roster[i].supporter_id();
+    ranked.push_back(std::move(c));
   }
   auto load = [&](const RankedCandidate& c) {
     const auto& s = roster[c.roster_index];
@@ -396,7 +420,49 @@ std::vector<RankedCandidate> RankCandidates(const std::vector<v1::Supporter>& ro
     if (load(a) != load(b)) return load(a) < load(b);
     return roster[a.roster_index].supporter_id() < roster[b.roster_index].supporter_id();
   });
+  // Explained (the same score, with its lines) only as far as the caller shows them.
+  for (size_t i = 0; i < ranked.size() && i < explain; ++i) {
+    ranked[i].evaluation = Evaluate(roster[ranked[i].roster_index], request, today);
+  }
   return ranked;
+}
+
+CandidateIndex::CandidateIndex(const std::vector<v1::Supporter>& roster, absl::CivilDay today) {
+  for (size_t i = 0; i < roster.size(); ++i) {
+    const v1::Supporter& s = roster[i];
+    if (s.status() != v1::SUPPORTER_STATUS_ACTIVE || s.subject().empty()) continue;
+    if (!TrainingCurrent(s, today)) continue;
+    const int index = static_cast<int>(i);
+    available_.push_back(index);
+    by_region_[s.region()].push_back(index);
+    std::vector<std::string> languages;
+    for (const std::string& tag : s.languages()) languages.push_back(PrimaryLanguage(tag));
+    std::sort(languages.begin(), languages.end());
+    languages.erase(std::unique(languages.begin(), languages.end()), languages.end());
+    for (auto& language : languages) by_language_[std::move(language)].push_back(index);
+  }
+}
+
+std::vector<int> CandidateIndex::Candidates(const v1::MatchRequest& request) const {
+  static const std::vector<int>* const kNone = new std::vector<int>();
+  const v1::HardConstraints& hard = request.hard_constraints();
+  if (!hard.region().empty()) {
+    const auto it = by_region_.find(hard.region());
+    return it == by_region_.end() ? *kNone : it->second;
+  }
+  if (!hard.languages().empty()) {
+    std::vector<int> out;
+    for (const std::string& tag : hard.languages()) {
+      const auto it = by_language_.find(PrimaryLanguage(tag));
+      if (it != by_language_.end()) out.insert(out.end(), it->second.begin(), it->second.end());
+    }
+    if (hard.languages_size() > 1) {
+      std::sort(out.begin(), out.end());
+      out.erase(std::unique(out.begin(), out.end()), out.end());
+    }
+    return out;
+  }
+  return available_;
 }
 
 bool IsUuid(absl::string_view text) {

@@ -3,8 +3,10 @@
 // acuity-weighted capacity), weighted soft preferences with one human-readable explanation line
 // per criterion, continuity, candidate ranking and the AssignBatch objective. No gRPC, no SQL,
 // time injected (`today` in the agency's time zone). The proto messages are used as plain data.
+#include <cstdint>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/strings/string_view.h"
@@ -74,9 +76,28 @@ struct RankedCandidate {
 };
 
 // Eligible candidates, best first: the eligible continuity-preferred supporter first, then by
-// score descending, then lower share of capacity in use, then supporter_id.
+// score descending, then lower share of capacity in use, then supporter_id. Only the first
+// `explain` carry their explanation lines (all carry score and continuity).
 std::vector<RankedCandidate> RankCandidates(const std::vector<v1::Supporter>& roster,
-                                            const v1::MatchRequest& request, absl::CivilDay today);
+                                            const v1::MatchRequest& request, absl::CivilDay today,
+                                            size_t explain = SIZE_MAX);
+
+// The roster indexed for batch candidate generation, so that a request is screened against the
+// supporters who can meet its most selective hard constraint instead of the whole roster: the
+// ACTIVE supporters with an account and current training, by region and by primary language.
+class CandidateIndex {
+ public:
+  CandidateIndex(const std::vector<v1::Supporter>& roster, absl::CivilDay today);
+  // Roster indexes, ascending: a superset of the supporters eligible for `request` (those in its
+  // required region, else speaking one of its required languages, else all available). Callers
+  // still Screen each one.
+  std::vector<int> Candidates(const v1::MatchRequest& request) const;
+
+ private:
+  std::vector<int> available_;
+  std::unordered_map<std::string, std::vector<int>> by_region_;
+  std::unordered_map<std::string, std::vector<int>> by_language_;
+};
 
 // Every problem of a profile for CreateSupporter (field names under `prefix`, e.g. "supporter.").
 // With `mask` non-empty, only those fields are checked (UpdateSupporter).

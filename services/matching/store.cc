@@ -3,7 +3,9 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <cstdio>
+#include <map>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -300,10 +302,42 @@ v1::Match ToMatch(const pqxx::row& row) {
   return m;
 }
 
+// `text` as a JSON string literal.
+std::string JsonString(absl::string_view text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      absl::StrAppend(&out, absl::StrFormat("\\u%04x", static_cast<unsigned char>(c)));
+    } else {
+      out += c;
+    }
+  }
+  out += '"';
+  return out;
+}
+
 std::string ExplanationJson(const std::vector<v1::CriterionExplanation>& lines) {
   std::vector<std::string> json;
   for (const auto& line : lines) json.push_back(ToJson(line));
   return absl::StrCat("[", absl::StrJoin(json, ","), "]");
+}
+
+// New matches as a JSON array of records, for jsonb_to_recordset (one statement for many).
+std::string MatchRowsJson(const std::vector<NewMatch>& matches) {
+  std::string rows = "[";
+  for (size_t i = 0; i < matches.size(); ++i) {
+    const NewMatch& m = matches[i];
+    absl::StrAppend(&rows, i == 0 ? "" : ",", "{\"request_id\":", JsonString(m.request_id),
+                    ",\"supporter_id\":", JsonString(m.supporter_id),
+                    ",\"participant_id\":", JsonString(m.participant_id), ",\"units\":", m.units,
+                    ",\"score\":", absl::StrFormat("%.17g", m.score), ",\"rank\":", m.rank,
+                    ",\"continuity\":", m.continuity ? "true" : "false",
+                    ",\"explanation\":", ExplanationJson(m.explanation), "}");
+  }
+  return rows + "]";
 }
 
 const std::string& FollowUpColumns() {
@@ -529,6 +563,45 @@ std::vector<v1::Supporter> ActiveRoster(pqxx::work& tx, bool lock) {
   return out;
 }
 
+std::vector<v1::Supporter> CandidateRoster(pqxx::work& tx, const v1::MatchRequest& r,
+                                           absl::CivilDay today) {
+  const v1::HardConstraints& hard = r.hard_constraints();
+  std::vector<std::string> languages, modes;
+  for (const std::string& tag : hard.languages()) {
+    languages.push_back(absl::AsciiStrToLower(tag.substr(0, tag.find('-'))));
+  }
+  for (int m : hard.meeting_modes())
+    modes.push_back(ToText(kModes, static_cast<v1::MeetingMode>(m)));
+  // An OLTP read: its estimated cost (one sub-select per supporter) would otherwise cross
+  // jit_above_cost and spend ~20 ms compiling a query that runs in a few.
+  tx.exec0("SET LOCAL jit = off");
+  std::vector<v1::Supporter> out;
+  // A superset of the eligible (the model's Screen decides): training is compared with the
+  // agency's `today`, the rest as Screen does; the load only for those that pass the rest.
+  for (const auto& row : tx.exec_params(
+           absl::StrCat(
+               "SELECT ", SupporterColumns(),
+               " FROM supporters s WHERE s.status = 'active' AND s.subject IS NOT NULL"
+               " AND s.training_status = 'certified' AND s.training_expires_on >= $1::date"
+               " AND ($2 = '' OR s.region = $2)"
+               " AND ($3 = '' OR s.meeting_modes && string_to_array($3, E'\\x1f'))"
+               " AND ($4 = '' OR s.gender = ANY (string_to_array($4, E'\\x1f')))"
+               " AND ($5 = '' OR EXISTS (SELECT 1 FROM unnest(s.languages) l"
+               "      WHERE lower(split_part(l, '-', 1)) = ANY (string_to_array($5, E'\\x1f'))))"
+               " AND ($6 = '' OR s.id <> ALL (string_to_array($6, E'\\x1f')::uuid[]))"
+               " AND s.capacity_units - (SELECT coalesce(sum(m.units), 0) FROM matches m"
+               "   WHERE m.agency_id = s.agency_id AND m.supporter_id = s.id"
+               "   AND m.status = 'active') >= $7"
+               " ORDER BY s.id"),
+           absl::StrFormat("%04d-%02d-%02d", today.year(), today.month(), today.day()),
+           hard.region(), absl::StrJoin(modes, kSep), Join(hard.genders()),
+           absl::StrJoin(languages, kSep), Join(hard.excluded_supporter_ids()),
+           std::max(1, r.acuity_units()))) {
+    out.push_back(ToSupporter(row));
+  }
+  return out;
+}
+
 int RosterSize(pqxx::work& tx) { return tx.exec1("SELECT count(*) FROM supporters")[0].as<int>(); }
 
 std::vector<std::string> ExistingSupporters(pqxx::work& tx, const std::vector<std::string>& ids) {
@@ -629,31 +702,76 @@ std::vector<v1::MatchRequest> ListMatchRequests(pqxx::work& tx, const RequestFil
 
 // --- Matches ----------------------------------------------------------------------------------
 
-v1::Match InsertProposal(pqxx::work& tx, const std::string& agency, const NewMatch& m,
-                         const std::string& actor) {
-  const pqxx::row row = tx.exec_params1(
-      "INSERT INTO matches (agency_id, request_id, supporter_id, participant_id, units, score,"
-      "  explanation, proposed_by, rank, continuity)"
-      " VALUES ($1, $2::uuid, $3::uuid, $4, $5, $6, $7::jsonb, $8, $9, $10) RETURNING id",
-      agency, m.request_id, m.supporter_id, m.participant_id, m.units, m.score,
-      ExplanationJson(m.explanation), actor, m.rank, m.continuity);
-  return *FindMatch(tx, row[0].c_str(), false);
+std::vector<v1::Match> InsertProposals(pqxx::work& tx, const std::string& agency,
+                                       const std::vector<NewMatch>& proposals,
+                                       const std::string& actor) {
+  if (proposals.empty()) return {};
+  std::map<std::string, size_t> position;
+  for (size_t i = 0; i < proposals.size(); ++i) position[proposals[i].supporter_id] = i;
+  std::vector<v1::Match> out(proposals.size());
+  for (const auto& row : tx.exec_params(
+           absl::StrCat(
+               "WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(request_id uuid,"
+               "  supporter_id uuid, participant_id text, units integer, score double precision,"
+               "  rank integer, continuity boolean, explanation jsonb)),"
+               " m AS (INSERT INTO matches (agency_id, request_id, supporter_id, participant_id,"
+               "  units, score, explanation, proposed_by, rank, continuity)"
+               "  SELECT $2, request_id, supporter_id, participant_id, units, score, explanation,"
+               "   $3, rank, continuity FROM x RETURNING *)"
+               " SELECT ",
+               MatchColumns(), " FROM m"),
+           MatchRowsJson(proposals), agency, actor)) {
+    v1::Match m = ToMatch(row);
+    out[position.at(m.supporter_id())] = std::move(m);
+  }
+  return out;
 }
 
-v1::Match InsertActiveMatch(pqxx::work& tx, const std::string& agency, const NewMatch& m,
-                            const std::string& batch_id, const std::string& actor) {
-  const pqxx::row row = tx.exec_params1(
-      "WITH m AS (INSERT INTO matches (agency_id, request_id, supporter_id, participant_id, units,"
-      "  score, explanation, proposed_by, rank, continuity, status, started_at, started_by, origin,"
-      "  batch_id)"
-      " VALUES ($1, $2::uuid, $3::uuid, $4, $5, $6, $7::jsonb, $8, 0, $9, 'active', now(), $8,"
-      "  'batch_assignment', $10::uuid) RETURNING id, agency_id),"
+std::vector<StartedMatch> InsertBatchMatches(pqxx::work& tx, const std::string& agency,
+                                             const std::vector<NewMatch>& matches,
+                                             const std::string& batch_id,
+                                             const std::string& actor) {
+  if (matches.empty()) return {};
+  // The foreign-key checks of the rows inserted here run once per row, on plans the connection
+  // cached: planned while `matches` was small they scan it, and a batch that grows it by
+  // thousands of rows would become quadratic. Dropping the cached plans makes the checks plan
+  // again at the end of this statement, when the table holds the batch's rows (an index scan).
+  tx.exec0("DISCARD PLANS");
+  tx.exec_params0(
+      "WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(request_id uuid,"
+      "  supporter_id uuid, participant_id text, units integer, score double precision,"
+      "  continuity boolean, explanation jsonb)),"
+      " m AS (INSERT INTO matches (agency_id, request_id, supporter_id, participant_id, units,"
+      "  score, explanation, proposed_by, rank, continuity, status, started_at, started_by,"
+      "  origin, batch_id)"
+      "  SELECT $2, request_id, supporter_id, participant_id, units, score, explanation, $3, 0,"
+      "   continuity, 'active', now(), $3, 'batch_assignment', $4::uuid FROM x"
+      "  RETURNING id, agency_id),"
       " f AS (INSERT INTO follow_ups (agency_id, match_id, due_on)"
-      "  SELECT agency_id, id, (now() AT TIME ZONE 'UTC')::date + 14 FROM m)"
-      " SELECT id FROM m",
-      agency, m.request_id, m.supporter_id, m.participant_id, m.units, m.score,
-      ExplanationJson(m.explanation), actor, m.continuity, batch_id);
-  return *FindMatch(tx, row[0].c_str(), false);
+      "  SELECT agency_id, id, (now() AT TIME ZONE 'UTC')::date + 14 FROM m),"
+      " d AS (UPDATE matches p SET status = 'declined', declined_at = now()"
+      "  WHERE p.status = 'proposed' AND p.request_id IN (SELECT request_id FROM x))"
+      " UPDATE match_requests q SET status = 'assigned', cancel_reason = NULL, updated_at = now()"
+      " WHERE q.id IN (SELECT request_id FROM x)",
+      MatchRowsJson(matches), agency, actor, batch_id);
+  std::map<std::string, size_t> position;
+  for (size_t i = 0; i < matches.size(); ++i) position[matches[i].request_id] = i;
+  std::vector<StartedMatch> out(matches.size());
+  for (const auto& row : tx.exec_params(
+           absl::StrCat("SELECT ", MatchColumns(), " FROM matches m WHERE m.batch_id = $1::uuid"),
+           batch_id)) {
+    v1::Match m = ToMatch(row);
+    out[position.at(m.match_request_id())].match = std::move(m);
+  }
+  std::map<std::string, size_t> of_match;
+  for (size_t i = 0; i < out.size(); ++i) of_match[out[i].match.match_id()] = i;
+  for (const auto& row : tx.exec_params(absl::StrCat("SELECT ", FollowUpColumns(), kFollowUpFrom,
+                                                     " WHERE m.batch_id = $1::uuid"),
+                                        batch_id)) {
+    v1::FollowUp f = ToFollowUp(row);
+    out[of_match.at(f.match_id())].follow_up = std::move(f);
+  }
+  return out;
 }
 
 void DeclineProposals(pqxx::work& tx, const std::string& request_id,

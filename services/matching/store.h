@@ -48,6 +48,12 @@ std::vector<v1::Supporter> ListSupporters(pqxx::work& tx, const SupporterFilter&
                                           const std::string& after_id, int limit);
 // Every ACTIVE supporter of the agency (candidate loading); with `lock`, locked FOR UPDATE.
 std::vector<v1::Supporter> ActiveRoster(pqxx::work& tx, bool lock);
+// The ACTIVE supporters who may pass `r`'s hard constraints (trained on `today`, the required
+// region, meeting mode, gender and language, not excluded, units free), found by the database
+// instead of loading the whole roster: a superset of the eligible, ordered by id (callers still
+// Screen each one).
+std::vector<v1::Supporter> CandidateRoster(pqxx::work& tx, const v1::MatchRequest& r,
+                                           absl::CivilDay today);
 // How many supporters the agency has in all (for the candidate funnel).
 int RosterSize(pqxx::work& tx);
 // Which of `ids` are supporters of the agency.
@@ -90,12 +96,20 @@ struct NewMatch {
   bool continuity = false;
   std::vector<v1::CriterionExplanation> explanation;
 };
-// Inserts a PROPOSED match.
-v1::Match InsertProposal(pqxx::work& tx, const std::string& agency, const NewMatch& m,
-                         const std::string& actor);
-// Inserts a match ACTIVE at once (AssignBatch) with its follow-up.
-v1::Match InsertActiveMatch(pqxx::work& tx, const std::string& agency, const NewMatch& m,
-                            const std::string& batch_id, const std::string& actor);
+// Inserts one ProposeMatches call's PROPOSED matches in one statement; returns them in order.
+std::vector<v1::Match> InsertProposals(pqxx::work& tx, const std::string& agency,
+                                       const std::vector<NewMatch>& proposals,
+                                       const std::string& actor);
+struct StartedMatch {
+  v1::Match match;
+  v1::FollowUp follow_up;
+};
+// AssignBatch's writes in one statement, whatever the batch's size: inserts `matches` ACTIVE at
+// once with their follow-ups, declines the other proposals of their requests and marks the
+// requests ASSIGNED. Returns the stored matches and follow-ups in the order of `matches`.
+std::vector<StartedMatch> InsertBatchMatches(pqxx::work& tx, const std::string& agency,
+                                             const std::vector<NewMatch>& matches,
+                                             const std::string& batch_id, const std::string& actor);
 // Declines the request's PROPOSED matches other than `except_match_id`.
 void DeclineProposals(pqxx::work& tx, const std::string& request_id,
                       const std::string& except_match_id);

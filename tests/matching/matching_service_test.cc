@@ -8,6 +8,7 @@
 #include <atomic>
 #include <fstream>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -660,6 +661,8 @@ TEST_F(MatchingServiceTest, AssignBatchMaximisesTotalValueAndSaysWhyOthersWait) 
   EXPECT_EQ(assigned["p-1"], a.supporter_id());
   EXPECT_EQ(assigned["p-2"], b.supporter_id());
   EXPECT_DOUBLE_EQ(result.objective_value(), 300);
+  EXPECT_TRUE(result.proven_optimal()) << "every request takes one unit: exact";
+  EXPECT_DOUBLE_EQ(result.objective_upper_bound(), 300);
   ASSERT_EQ(result.unmatched_size(), 2);
   std::map<std::string, v1::UnmatchedReason> why;
   for (const auto& u : result.unmatched()) why[u.participant_id()] = u.no_candidate().reason();
@@ -678,6 +681,154 @@ TEST_F(MatchingServiceTest, AssignBatchMaximisesTotalValueAndSaysWhyOthersWait) 
             grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(stub_->AssignBatch(As({"peer_supporter"}).get(), run, &replay).error_code(),
             grpc::StatusCode::PERMISSION_DENIED);
+}
+
+TEST_F(MatchingServiceTest, AssignBatchWritesEveryMatchFollowUpEventAndAuditRowInOneGo) {
+  // The batch's writes are set-based: every assigned request gets an ACTIVE match with its
+  // explanation and follow-up, its other proposals declined, one MatchStartedEvent (naming the
+  // supervisor) and one audit row each. Participant ids are the agency's own text: quotes,
+  // backslashes, commas and braces must survive the bulk statements unchanged.
+  for (int i = 0; i < 3; ++i) CreateSupporter(Profile(absl::StrCat("sup-", i), 2));
+  const std::vector<std::string> participants = {
+      "p-plain", "p-\"quoted\"", "p-back\\slash", "p-comma,{brace}", "p-5", "p-6", "p-7"};
+  for (const auto& p : participants) {
+    CreateRequest(p, [](v1::MatchRequest& r) {
+      r.mutable_preferences()->mutable_lived_experience()->add_areas("postpartum_depression");
+    });
+  }
+  // One request already has proposals: the batch assigns it and declines them.
+  const std::string proposed_request =
+      db_->AdminQuery(
+             "SELECT id FROM matching.match_requests WHERE participant_id = 'p-plain'")[0][0]
+          .c_str();
+  ASSERT_EQ(Propose(proposed_request, 3).candidates_size(), 3);
+
+  v1::AssignBatchRequest run;
+  run.set_include_proposed(true);
+  run.set_idempotency_key(Key());
+  v1::AssignBatchResponse result;
+  ASSERT_TRUE(stub_->AssignBatch(As({"supervisor"}).get(), run, &result).ok());
+  EXPECT_EQ(result.requests_considered(), 7);
+  ASSERT_EQ(result.assignments_size(), 6) << "three supporters with two units each";
+  ASSERT_EQ(result.unmatched_size(), 1);
+  EXPECT_EQ(result.unmatched(0).no_candidate().reason(),
+            v1::UNMATCHED_REASON_CAPACITY_GIVEN_TO_OTHER_REQUESTS);
+  std::set<std::string> assigned_participants;
+  for (const auto& a : result.assignments()) {
+    assigned_participants.insert(a.participant_id());
+    v1::GetMatchRequest get;
+    get.set_match_id(a.match_id());
+    v1::GetMatchResponse got;
+    ASSERT_TRUE(stub_->GetMatch(As({"supervisor"}).get(), get, &got).ok()) << a.participant_id();
+    EXPECT_EQ(got.match().status(), v1::MATCH_STATUS_ACTIVE);
+    EXPECT_EQ(got.match().origin(), v1::MATCH_ORIGIN_BATCH_ASSIGNMENT);
+    EXPECT_EQ(got.match().batch_id(), result.batch_id());
+    EXPECT_EQ(got.match().participant_id(), a.participant_id()) << "stored unchanged";
+    EXPECT_EQ(got.match().supporter_id(), a.supporter_id());
+    EXPECT_DOUBLE_EQ(got.match().score(), a.score());
+    ASSERT_FALSE(got.match().explanation().empty());
+    EXPECT_EQ(got.match().explanation(0).text(),
+              "shares lived experience: postpartum depression (1 of 1)");
+    EXPECT_FALSE(got.follow_up().follow_up_id().empty()) << "the two-week follow-up is due";
+    EXPECT_EQ(got.follow_up().match_id(), a.match_id());
+  }
+  EXPECT_EQ(assigned_participants.size(), 6u);
+  for (const char* tricky : {"p-\"quoted\"", "p-back\\slash", "p-comma,{brace}"}) {
+    EXPECT_EQ(assigned_participants.count(tricky) +
+                  (result.unmatched(0).participant_id() == tricky ? 1 : 0),
+              1u)
+        << tricky;
+  }
+  EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM matching.match_requests WHERE status = "
+                            "'assigned'")[0][0]
+                .as<int>(),
+            6);
+  EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM matching.follow_ups")[0][0].as<int>(), 6);
+  if (assigned_participants.count("p-plain") > 0) {
+    EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM matching.matches WHERE request_id = '" +
+                              proposed_request + "' AND status = 'declined'")[0][0]
+                  .as<int>(),
+              3)
+        << "the request's proposals are declined";
+  }
+  // One event per match, each naming its match, participant and the supervisor.
+  ASSERT_EQ(Events("MatchStartedEvent"), 6);
+  std::set<std::string> event_participants;
+  for (const auto& row : db_->AdminQuery(
+           "SELECT aggregate_id, encode(payload, 'hex') FROM matching.outbox WHERE event_type = "
+           "'peerpath.matching.v1.MatchStartedEvent'")) {
+    std::string bytes;
+    const std::string hex = row[1].c_str();
+    for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+      bytes.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+    }
+    v1::MatchStartedEvent event;
+    ASSERT_TRUE(event.ParseFromString(bytes));
+    EXPECT_EQ(event.match_id(), row[0].c_str());
+    EXPECT_EQ(event.supervisor_subject(), "supervisor-1");
+    EXPECT_FALSE(event.follow_up_due_on().year() == 0);
+    event_participants.insert(event.participant_id());
+  }
+  EXPECT_EQ(event_participants, assigned_participants);
+  // One audit row per match (and one for the batch), with the participant.
+  std::set<std::string> audited;
+  for (const auto& row : db_->AdminQuery(
+           "SELECT participant_id FROM matching.audit_log WHERE action = 'matching.AssignBatch' "
+           "AND object_type = 'match' AND actor = 'coordinator-1' AND actor_role = 'supervisor'")) {
+    audited.insert(row[0].c_str());
+  }
+  EXPECT_EQ(audited, assigned_participants);
+  EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM matching.audit_log WHERE action = "
+                            "'matching.AssignBatch' AND object_type = 'batch'")[0][0]
+                .as<int>(),
+            1);
+}
+
+TEST_F(MatchingServiceTest, AssignBatchAndConcurrentAcceptsNeverExceedCapacity) {
+  // One supporter with 3 units; six participants (1 unit each) proposed to her. A batch (that
+  // may also assign PROPOSED requests) and six accepts race: at most 3 units end up in use and
+  // no participant has two matches.
+  const v1::Supporter supporter = CreateSupporter(Profile("sup-a", 3));
+  std::vector<std::string> proposals;
+  for (int i = 0; i < 6; ++i) {
+    const v1::MatchRequest r = CreateRequest(absl::StrCat("p-", i));
+    const auto proposed = Propose(r.match_request_id(), 1);
+    ASSERT_EQ(proposed.candidates_size(), 1);
+    proposals.push_back(proposed.candidates(0).match().match_id());
+  }
+  std::atomic<int> failed_other{0};
+  std::vector<std::thread> threads;
+  threads.emplace_back([&] {
+    v1::AssignBatchRequest run;
+    run.set_include_proposed(true);
+    run.set_idempotency_key(Key());
+    v1::AssignBatchResponse result;
+    const grpc::Status status = stub_->AssignBatch(As({"supervisor"}).get(), run, &result);
+    if (!status.ok() && status.error_code() != grpc::StatusCode::ABORTED) ++failed_other;
+  });
+  for (const auto& id : proposals) {
+    threads.emplace_back([&, id] {
+      v1::AcceptProposalResponse response;
+      const grpc::Status status = Accept(id, &response);
+      if (!status.ok() && status.error_code() != grpc::StatusCode::FAILED_PRECONDITION) {
+        ++failed_other;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failed_other.load(), 0);
+  EXPECT_EQ(db_->AdminQuery("SELECT coalesce(sum(units), 0) FROM matching.matches WHERE status = "
+                            "'active'")[0][0]
+                .as<int>(),
+            3)
+      << "every unit taken once, none twice";
+  EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM (SELECT participant_id FROM matching.matches "
+                            "WHERE status = 'active' GROUP BY participant_id HAVING count(*) > "
+                            "1) twice")[0][0]
+                .as<int>(),
+            0);
+  EXPECT_EQ(Events("MatchStartedEvent"), 3);
+  (void)supporter;
 }
 
 TEST_F(MatchingServiceTest, SupporterOnBreakOrLapsedCannotTakeAPendingProposal) {

@@ -3,6 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+
 namespace peerpath::matching {
 namespace {
 
@@ -221,6 +226,125 @@ TEST(Validate, ReportsEveryBadFieldOfAMatchRequest) {
                                       "match_request.hard_constraints.excluded_supporter_ids[0]",
                                       "match_request.preferences.lived_experience.areas",
                                       "match_request.preferences.lived_experience.weight"}));
+}
+
+// A random roster and request over small value sets, so that every constraint both passes and
+// fails often.
+v1::Supporter RandomSupporter(std::mt19937& rng, int i) {
+  std::uniform_int_distribution<int> pick(0, 99);
+  v1::Supporter s = Eligible(absl::StrCat("s-", i));
+  s.clear_languages();
+  s.clear_meeting_modes();
+  if (pick(rng) < 10) s.set_status(v1::SUPPORTER_STATUS_ON_BREAK);
+  if (pick(rng) < 5) s.clear_subject();
+  if (pick(rng) < 10) s.set_training_status(v1::TRAINING_STATUS_LAPSED);
+  const char* languages[] = {"en", "es-MX", "ES", "tl", "fr-CA"};
+  for (const char* l : languages) {
+    if (pick(rng) < 35) s.add_languages(l);
+  }
+  for (int m = 1; m <= 3; ++m) {
+    if (pick(rng) < 50) s.add_meeting_modes(static_cast<v1::MeetingMode>(m));
+  }
+  const char* regions[] = {"north", "south", ""};
+  s.set_region(regions[pick(rng) % 3]);
+  const char* genders[] = {"female", "male", ""};
+  s.set_gender(genders[pick(rng) % 3]);
+  s.set_age_band(static_cast<v1::AgeBand>(pick(rng) % 7));
+  const char* areas[] = {"grief", "psychosis", "postpartum_depression"};
+  for (const char* a : areas) {
+    if (pick(rng) < 40) s.add_lived_experience_areas(a);
+  }
+  for (int w = 0; w < pick(rng) % 3; ++w) {
+    auto* window = s.add_availability();
+    window->set_weekday(static_cast<v1::Weekday>(1 + pick(rng) % 5));
+    window->set_start_minute(540 + 30 * (pick(rng) % 8));
+    window->set_end_minute(window->start_minute() + 60 + 30 * (pick(rng) % 4));
+  }
+  s.set_capacity_units(pick(rng) % 5);
+  s.set_units_in_use(pick(rng) % 3);
+  return s;
+}
+
+v1::MatchRequest RandomRequest(std::mt19937& rng, const std::vector<v1::Supporter>& roster) {
+  std::uniform_int_distribution<int> pick(0, 99);
+  v1::MatchRequest r = Request();
+  r.set_acuity_units(1 + pick(rng) % 3);
+  auto& hard = *r.mutable_hard_constraints();
+  if (pick(rng) < 40) hard.add_languages(pick(rng) < 50 ? "es" : "EN-us");
+  if (pick(rng) < 15) hard.add_languages("tl");
+  if (pick(rng) < 30) hard.add_meeting_modes(static_cast<v1::MeetingMode>(1 + pick(rng) % 3));
+  if (pick(rng) < 40) hard.set_region(pick(rng) < 50 ? "north" : "south");
+  if (pick(rng) < 20) hard.add_genders("female");
+  if (pick(rng) < 30 && !roster.empty()) {
+    hard.add_excluded_supporter_ids(roster[pick(rng) % roster.size()].supporter_id());
+  }
+  auto& prefs = *r.mutable_preferences();
+  if (pick(rng) < 70) {
+    prefs.mutable_lived_experience()->add_areas(pick(rng) < 50 ? "grief" : "psychosis");
+    prefs.mutable_lived_experience()->set_weight(pick(rng) % 4);
+  }
+  if (pick(rng) < 50) {
+    prefs.mutable_age_band()->add_age_bands(static_cast<v1::AgeBand>(1 + pick(rng) % 6));
+    prefs.mutable_age_band()->set_weight(1 + pick(rng) % 3);
+  }
+  if (pick(rng) < 40) prefs.mutable_gender()->add_genders("male");
+  if (pick(rng) < 50) {
+    auto* window = prefs.mutable_availability()->add_windows();
+    window->set_weekday(static_cast<v1::Weekday>(1 + pick(rng) % 5));
+    window->set_start_minute(600);
+    window->set_end_minute(720);
+  }
+  if (pick(rng) < 30) prefs.mutable_region()->set_region("south");
+  if (pick(rng) < 20 && !roster.empty()) {
+    prefs.mutable_continuity()->set_supporter_id(roster[pick(rng) % roster.size()].supporter_id());
+  }
+  return r;
+}
+
+TEST(ScorePreferences, WithoutExplanationGivesExactlyTheExplainedScore) {
+  // AssignBatch scores every eligible pair without explanation and explains only the assigned
+  // ones: both paths must agree to the bit.
+  std::mt19937 rng(11);
+  std::vector<v1::Supporter> roster;
+  for (int i = 0; i < 60; ++i) roster.push_back(RandomSupporter(rng, i));
+  for (int round = 0; round < 300; ++round) {
+    const v1::MatchRequest request = RandomRequest(rng, roster);
+    for (const auto& s : roster) {
+      std::vector<v1::CriterionExplanation> lines;
+      const double explained = ScorePreferences(s, request.preferences(), &lines);
+      EXPECT_EQ(ScorePreferences(s, request.preferences(), nullptr), explained);
+      EXPECT_EQ(Evaluate(s, request, kToday).score, explained);
+      double points = 0;
+      for (const auto& line : lines) points += line.points();
+      EXPECT_EQ(points, explained);
+    }
+  }
+}
+
+TEST(CandidateIndex, NeverMissesAnEligibleSupporter) {
+  // The index narrows the roster by region or language before screening: it may keep
+  // ineligible supporters (Screen drops them) but must never lose an eligible one.
+  std::mt19937 rng(5);
+  for (int round = 0; round < 50; ++round) {
+    std::vector<v1::Supporter> roster;
+    for (int i = 0; i < 80; ++i) roster.push_back(RandomSupporter(rng, i));
+    const CandidateIndex index(roster, kToday);
+    for (int q = 0; q < 40; ++q) {
+      const v1::MatchRequest request = RandomRequest(rng, roster);
+      const std::vector<int> candidates = index.Candidates(request);
+      EXPECT_TRUE(std::is_sorted(candidates.begin(), candidates.end()));
+      EXPECT_EQ(std::adjacent_find(candidates.begin(), candidates.end()), candidates.end());
+      for (size_t i = 0; i < roster.size(); ++i) {
+        if (Screen(roster[i], request, kToday).has_value()) continue;
+        EXPECT_TRUE(std::binary_search(candidates.begin(), candidates.end(), static_cast<int>(i)))
+            << "round " << round << ": eligible supporter " << i << " missing";
+      }
+      // RankCandidates (Screen, then Evaluate) agrees with Evaluate alone.
+      size_t eligible = 0;
+      for (const auto& s : roster) eligible += Evaluate(s, request, kToday).eligible() ? 1 : 0;
+      EXPECT_EQ(RankCandidates(roster, request, kToday).size(), eligible);
+    }
+  }
 }
 
 }  // namespace
