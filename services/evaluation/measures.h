@@ -1,0 +1,170 @@
+#pragma once
+
+// The measures of evaluation.proto computed from the read models' facts for one agency and
+// period: pure functions over plain structs (report_store.cc loads them), so a test can compute a
+// report by hand from the same facts. Times are UTC; local dates are UTC dates until the
+// producers publish the agency's time zone.
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "peerpath/evaluation/v1/evaluation.pb.h"
+
+namespace peerpath::evaluation {
+
+// Version of the definitions (ListMeasureDefinitionsResponse.definitions_version).
+inline constexpr int kDefinitionsVersion = 1;
+
+struct MeasureInfo {
+  v1::Measure measure;
+  std::string id;    // "crisis_recontact_30d"
+  std::string name;  // For people.
+  v1::MeasureUnit unit;
+  v1::ValueKind value_kind;
+  std::vector<std::vector<v1::Dimension>> breakdowns;  // Report order; {} is the total.
+  // Empty when computable; otherwise why not (what the producers do not emit yet).
+  std::string unavailable_reason;
+};
+
+// Every measure, in Measure order.
+const std::vector<MeasureInfo>& Measures();
+// The definition as ListMeasureDefinitions returns it (text from the proto's comments).
+v1::MeasureDefinition DefinitionOf(const MeasureInfo& info);
+
+// ---- Facts (one agency) ----
+
+struct EnrollmentFact {
+  std::string enrollment_id;
+  std::string participant_id;
+  std::string pathway_key;
+  absl::Time started_at;
+  std::optional<absl::Time> ended_at;
+};
+
+enum class AppointmentOutcome { kAttended, kMissed, kOther };
+
+struct AppointmentFact {
+  std::string enrollment_id;
+  std::string participant_id;
+  std::string pathway_key;
+  bool first_appointment = false;
+  AppointmentOutcome outcome = AppointmentOutcome::kOther;
+  absl::Time scheduled_at;
+  bool peer_contact_before = false;
+};
+
+struct StageChangeFact {
+  std::string enrollment_id;
+  std::string participant_id;
+  std::string pathway_key;
+  bool lost_to_follow_up = false;  // Else: to MISSED_CONTACT after failed attempts.
+  absl::Time changed_at;
+};
+
+struct OutcomeFact {
+  std::string participant_id;
+  v1::ServiceOutcomeKind kind = v1::SERVICE_OUTCOME_KIND_UNSPECIFIED;
+  v1::DischargeSetting setting = v1::DISCHARGE_SETTING_UNSPECIFIED;
+  absl::Time occurred_at;
+};
+
+struct MatchFact {
+  std::string match_id;
+  std::string supporter_id;
+  std::string participant_id;
+  std::string match_request_id;
+  std::string previous_match_id;
+  absl::Time started_at;
+  std::optional<absl::Time> ended_at;
+  std::string rematch_request_id;  // Set when ended by Rematch.
+};
+
+struct RatingFact {
+  std::string participant_id;
+  std::string supporter_id;
+  bool participant_side = true;
+  int rating = 0;
+  absl::Time recorded_at;
+};
+
+struct ConcernFact {
+  std::string participant_id;
+  std::string enrollment_id;  // Empty when not tied to one.
+  std::string pathway_key;    // Of that enrollment; empty when untied or not known.
+  int category = 0;           // peerpath.common.v1.ConcernCategory
+  int severity = 0;           // peerpath.common.v1.ConcernSeverity
+  absl::Time opened_at;
+  std::optional<absl::Time> acknowledged_at;
+  bool breached = false;
+};
+
+struct WellbeingFact {
+  std::string enrollment_id;
+  std::string participant_id;
+  std::string pathway_key;
+  int64_t scores_in_period = 0;
+  absl::Time first_at;
+  int first_score = 0;
+  int last_score = 0;  // Latest in the period.
+};
+
+// Everything a report of one agency and period reads (report_store.cc: LoadFacts).
+struct ReportFacts {
+  absl::Time period_start;                  // UTC midnight of the first day.
+  absl::Time period_end;                    // UTC midnight after the last day.
+  absl::Time now;                           // When the report is computed.
+  std::vector<EnrollmentFact> enrollments;  // Started before period_end, not ended before start.
+  std::vector<AppointmentFact> appointments;
+  std::vector<StageChangeFact> stage_changes;
+  std::map<std::string, std::vector<absl::Time>> reconnections;  // By enrollment.
+  std::vector<OutcomeFact> outcomes;  // Of the period, 31 days before and 91 days after.
+  std::vector<MatchFact> matches;
+  std::vector<RatingFact> ratings;                                     // Recorded in the period.
+  std::vector<ConcernFact> concerns;                                   // Opened in the period.
+  std::vector<std::pair<std::string, absl::Time>> emergency_accesses;  // In the period.
+  std::map<std::string, int64_t> supporter_contacts;                   // In the period.
+  std::set<std::pair<std::string, int64_t>> contact_days;  // (participant, civil day number).
+  std::vector<WellbeingFact> wellbeing;
+};
+
+// A computed cell, before suppression.
+struct ComputedCell {
+  v1::Measure measure = v1::MEASURE_UNSPECIFIED;
+  int breakdown = 0;  // Index into MeasureInfo::breakdowns.
+  std::vector<v1::DimensionValue> dimensions;
+  v1::ValueKind kind = v1::VALUE_KIND_UNSPECIFIED;
+  bool unavailable = false;
+  int64_t count = 0;
+  int64_t numerator = 0;
+  int64_t denominator = 0;
+  std::vector<double> numbers;         // NUMERIC_SUMMARY values.
+  std::vector<int64_t> micros;         // DURATION_SUMMARY values.
+  int64_t people = 0;                  // Distinct people behind the cell.
+  std::vector<int64_t> people_groups;  // Every group whose size decides suppression.
+  std::string shared_key;              // Cells showing the same group of people.
+};
+
+// Every cell of one scope (pathway_key empty: all pathways; the agency scope), in report order.
+std::vector<ComputedCell> ComputeScope(const ReportFacts& facts, const std::string& pathway_key);
+// The same for several scopes at once (the facts' per-person lookups are built once).
+std::vector<std::vector<ComputedCell>> ComputeScopes(const ReportFacts& facts,
+                                                     const std::vector<std::string>& pathways);
+
+// Fills a ReportCell from a computed one (suppressed: no value).
+void ToReportCell(const ComputedCell& cell, bool suppressed, v1::ReportCell& out);
+
+// Nearest-rank percentile of sorted values: the value at rank ceil(n * percent / 100).
+template <typename T>
+T NearestRank(const std::vector<T>& sorted, int percent) {
+  const size_t n = sorted.size();
+  size_t rank = (n * static_cast<size_t>(percent) + 99) / 100;
+  if (rank == 0) rank = 1;
+  return sorted[rank - 1];
+}
+
+}  // namespace peerpath::evaluation

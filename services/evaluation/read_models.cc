@@ -1,0 +1,628 @@
+#include "services/evaluation/read_models.h"
+
+#include <optional>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "common/db.h"
+#include "common/time_util.h"
+#include "peerpath/checkin/v1/events.pb.h"
+#include "peerpath/consent/v1/events.pb.h"
+#include "peerpath/escalation/v1/events.pb.h"
+#include "peerpath/matching/v1/events.pb.h"
+
+namespace peerpath::evaluation {
+namespace {
+
+// A timestamp parameter: microseconds since the epoch, turned back into a timestamptz exactly.
+#define PP_TS(n) "(timestamptz 'epoch' + $" #n "::bigint * interval '1 microsecond')"
+
+bool IsUuid(const std::string& text) {
+  if (text.size() != 36) return false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+    if (dash ? text[i] != '-' : !absl::ascii_isxdigit(static_cast<unsigned char>(text[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+int64_t Micros(const google::protobuf::Timestamp& ts) {
+  return absl::ToUnixMicros(FromProtoTimestamp(ts));
+}
+
+// The first day of the UTC month of `micros`, as YYYY-MM-01.
+std::string MonthOf(int64_t micros) {
+  const absl::CivilSecond civil =
+      absl::ToCivilSecond(absl::FromUnixMicros(micros), absl::UTCTimeZone());
+  return absl::FormatCivilTime(absl::CivilDay(absl::CivilMonth(civil)));
+}
+
+std::string DayOf(int64_t micros) {
+  return absl::FormatCivilTime(
+      absl::CivilDay(absl::ToCivilSecond(absl::FromUnixMicros(micros), absl::UTCTimeZone())));
+}
+
+template <typename Payload>
+absl::Status Unpack(const common::v1::Event& event, Payload& payload) {
+  if (!event.payload().UnpackTo(&payload)) {
+    return absl::InvalidArgumentError(absl::StrCat("unreadable payload of type ", event.type()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RequireUuids(std::initializer_list<std::pair<const char*, const std::string*>> ids) {
+  for (const auto& [field, value] : ids) {
+    if (!IsUuid(*value)) return absl::InvalidArgumentError(absl::StrCat(field, " is not a UUID"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RequireText(std::initializer_list<std::pair<const char*, const std::string*>> ids) {
+  for (const auto& [field, value] : ids) {
+    if (value->empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is empty"));
+  }
+  return absl::OkStatus();
+}
+
+// Claims the event id; false when it was applied before.
+bool Claim(pqxx::work& tx, const common::v1::Event& event) {
+  return !ExecPrepared(tx, "eval_claim",
+                       "INSERT INTO applied_events (agency_id, event_id) VALUES ($1, $2::uuid) "
+                       "ON CONFLICT DO NOTHING RETURNING 1",
+                       event.agency_id(), event.event_id())
+              .empty();
+}
+
+// A peer support contact (a check-in or a REACHED attempt), with a wellbeing score (1 to 5) or 0,
+// in one round trip with the claim of the event id: the bulk of the traffic.
+void ApplyContact(pqxx::work& tx, const common::v1::Event& event, const std::string& participant,
+                  const std::string& supporter, int64_t at, int score,
+                  const std::string& enrollment, const std::string& pathway,
+                  const std::string& source_id) {
+  ExecPrepared(
+      tx, "eval_contact",
+      "WITH fresh AS (INSERT INTO applied_events (agency_id, event_id) VALUES ($1, $2::uuid) "
+      "  ON CONFLICT DO NOTHING RETURNING 1), "
+      "d AS (INSERT INTO contact_days (agency_id, participant_id, day) "
+      "  SELECT $1, $3, $5::date FROM fresh ON CONFLICT DO NOTHING RETURNING 1), "
+      "s AS (INSERT INTO supporter_contacts_month (agency_id, supporter_id, month, contacts) "
+      "  SELECT $1, $4, $6::date, 1 FROM fresh WHERE $4 <> '' "
+      "  ON CONFLICT (agency_id, month, supporter_id) "
+      "  DO UPDATE SET contacts = supporter_contacts_month.contacts + 1 RETURNING 1), "
+      "wf AS (INSERT INTO wellbeing_first (agency_id, enrollment_id, first_at, first_id, "
+      "  first_score) SELECT $1, $9::uuid, " PP_TS(7) ", $11::uuid, $8::smallint FROM fresh WHERE $8::smallint > 0 "
+      "  ON CONFLICT (agency_id, enrollment_id) DO UPDATE SET first_at = EXCLUDED.first_at, "
+      "  first_id = EXCLUDED.first_id, first_score = EXCLUDED.first_score "
+      "  WHERE (EXCLUDED.first_at, EXCLUDED.first_id) < "
+      "        (wellbeing_first.first_at, wellbeing_first.first_id) RETURNING 1), "
+      "wm AS (INSERT INTO wellbeing_month (agency_id, enrollment_id, participant_id, pathway_key, "
+      "  month, scores, last_at, last_id, last_score) "
+      "  SELECT $1, $9::uuid, $3, $10, $6::date, 1, " PP_TS(7) ", $11::uuid, $8::smallint FROM fresh "
+      "  WHERE $8::smallint > 0 ON CONFLICT (agency_id, month, enrollment_id) DO UPDATE SET "
+      "  scores = wellbeing_month.scores + 1, "
+      "  last_score = CASE WHEN (EXCLUDED.last_at, EXCLUDED.last_id) > "
+      "    (wellbeing_month.last_at, wellbeing_month.last_id) THEN EXCLUDED.last_score "
+      "    ELSE wellbeing_month.last_score END, "
+      "  last_id = CASE WHEN (EXCLUDED.last_at, EXCLUDED.last_id) > "
+      "    (wellbeing_month.last_at, wellbeing_month.last_id) THEN EXCLUDED.last_id "
+      "    ELSE wellbeing_month.last_id END, "
+      "  last_at = GREATEST(EXCLUDED.last_at, wellbeing_month.last_at) RETURNING 1) "
+      "SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM s) + (SELECT count(*) FROM wf) + "
+      "(SELECT count(*) FROM wm)",
+      event.agency_id(), event.event_id(), participant, supporter, DayOf(at), MonthOf(at), at,
+      score, enrollment, pathway, source_id);
+}
+
+absl::Status ApplyEnrollment(pqxx::work& tx, const common::v1::Event& event,
+                             const std::string& enrollment, const std::string& participant,
+                             const std::string& pathway, int64_t started, const int64_t* ended) {
+  if (auto st = RequireUuids({{"enrollment_id", &enrollment}}); !st.ok()) return st;
+  if (auto st = RequireText({{"participant_id", &participant}, {"pathway_key", &pathway}});
+      !st.ok()) {
+    return st;
+  }
+  if (!Claim(tx, event)) return absl::OkStatus();
+  if (ended == nullptr) {
+    ExecPrepared(tx, "eval_enrollment_started",
+                 "INSERT INTO enrollments (agency_id, enrollment_id, participant_id, pathway_key, "
+                 "started_at) VALUES ($1, $2::uuid, $3, $4, " PP_TS(5) ") "
+                 "ON CONFLICT (agency_id, enrollment_id) DO UPDATE SET "
+                 "participant_id = EXCLUDED.participant_id, pathway_key = EXCLUDED.pathway_key, "
+                 "started_at = EXCLUDED.started_at",
+                 event.agency_id(), enrollment, participant, pathway, started);
+  } else {
+    ExecPrepared(tx, "eval_enrollment_ended",
+                 "INSERT INTO enrollments (agency_id, enrollment_id, participant_id, pathway_key, "
+                 "started_at, ended_at) VALUES ($1, $2::uuid, $3, $4, " PP_TS(5) ", "
+                 "GREATEST(" PP_TS(5) ", " PP_TS(6) ")) "
+                 "ON CONFLICT (agency_id, enrollment_id) DO UPDATE SET "
+                 "ended_at = GREATEST(enrollments.started_at, EXCLUDED.ended_at)",
+                 event.agency_id(), enrollment, participant, pathway, started, *ended);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event) {
+  namespace c = checkin::v1;
+  const std::string& type = event.type();
+  if (type == "peerpath.checkin.v1.EnrollmentStartedEvent") {
+    c::EnrollmentStartedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    return ApplyEnrollment(tx, event, e.enrollment_id(), e.participant_id(), e.pathway_key(),
+                           Micros(e.enrolled_at()), nullptr);
+  }
+  if (type == "peerpath.checkin.v1.EnrollmentEndedEvent") {
+    c::EnrollmentEndedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    const int64_t ended = Micros(e.ended_at());
+    return ApplyEnrollment(tx, event, e.enrollment_id(), e.participant_id(), e.pathway_key(),
+                           Micros(e.enrolled_at()), &ended);
+  }
+  if (type == "peerpath.checkin.v1.CheckInRecordedEvent") {
+    c::CheckInRecordedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (auto st = RequireUuids(
+            {{"check_in_id", &e.check_in_id()}, {"enrollment_id", &e.enrollment_id()}});
+        !st.ok()) {
+      return st;
+    }
+    if (auto st = RequireText({{"participant_id", &e.participant_id()}}); !st.ok()) return st;
+    const int score =
+        e.wellbeing_score() >= 1 && e.wellbeing_score() <= 5 ? e.wellbeing_score() : 0;
+    ApplyContact(tx, event, e.participant_id(), e.supporter_id(), Micros(e.occurred_at()), score,
+                 e.enrollment_id(), e.pathway_key(), e.check_in_id());
+    return absl::OkStatus();
+  }
+  if (type == "peerpath.checkin.v1.ContactAttemptRecordedEvent") {
+    c::ContactAttemptRecordedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (e.outcome() != c::CONTACT_OUTCOME_REACHED) {
+      Claim(tx, event);
+      return absl::OkStatus();
+    }
+    if (auto st = RequireUuids({{"contact_attempt_id", &e.contact_attempt_id()},
+                                {"enrollment_id", &e.enrollment_id()}});
+        !st.ok()) {
+      return st;
+    }
+    if (auto st = RequireText({{"participant_id", &e.participant_id()}}); !st.ok()) return st;
+    ApplyContact(tx, event, e.participant_id(), e.supporter_id(), Micros(e.attempted_at()), 0,
+                 e.enrollment_id(), e.pathway_key(), e.contact_attempt_id());
+    return absl::OkStatus();
+  }
+  if (type == "peerpath.checkin.v1.ReconnectionRecordedEvent") {
+    c::ReconnectionRecordedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (auto st = RequireUuids({{"enrollment_id", &e.enrollment_id()}}); !st.ok()) return st;
+    if (!Claim(tx, event)) return absl::OkStatus();
+    ExecPrepared(tx, "eval_reconnection",
+                 "INSERT INTO reconnections (agency_id, enrollment_id, reconnected_at) "
+                 "VALUES ($1, $2::uuid, " PP_TS(3) ") ON CONFLICT DO NOTHING",
+                 event.agency_id(), e.enrollment_id(), Micros(e.reconnected_at()));
+    return absl::OkStatus();
+  }
+  if (type == "peerpath.checkin.v1.EngagementStageChangedEvent") {
+    c::EngagementStageChangedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    const char* stage = nullptr;
+    if (e.to_stage() == c::ENGAGEMENT_STAGE_MISSED_CONTACT &&
+        e.cause() == c::ENGAGEMENT_STAGE_CHANGE_CAUSE_FAILED_ATTEMPTS) {
+      stage = "missed_contact";
+    } else if (e.to_stage() == c::ENGAGEMENT_STAGE_LOST_TO_FOLLOW_UP) {
+      stage = "lost_to_follow_up";
+    }
+    if (stage == nullptr) {
+      Claim(tx, event);
+      return absl::OkStatus();
+    }
+    if (auto st = RequireUuids({{"enrollment_id", &e.enrollment_id()}}); !st.ok()) return st;
+    if (auto st = RequireText(
+            {{"participant_id", &e.participant_id()}, {"pathway_key", &e.pathway_key()}});
+        !st.ok()) {
+      return st;
+    }
+    if (!Claim(tx, event)) return absl::OkStatus();
+    ExecPrepared(tx, "eval_stage_change",
+                 "INSERT INTO stage_changes (agency_id, enrollment_id, participant_id, "
+                 "pathway_key, to_stage, changed_at) VALUES ($1, $2::uuid, $3, $4, $5, " PP_TS(
+                     6) ") ON CONFLICT DO NOTHING",
+                 event.agency_id(), e.enrollment_id(), e.participant_id(), e.pathway_key(),
+                 std::string(stage), Micros(e.changed_at()));
+    return absl::OkStatus();
+  }
+  if (type == "peerpath.checkin.v1.AppointmentOutcomeRecordedEvent") {
+    c::AppointmentOutcomeRecordedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (auto st = RequireUuids(
+            {{"appointment_id", &e.appointment_id()}, {"enrollment_id", &e.enrollment_id()}});
+        !st.ok()) {
+      return st;
+    }
+    if (auto st = RequireText(
+            {{"participant_id", &e.participant_id()}, {"pathway_key", &e.pathway_key()}});
+        !st.ok()) {
+      return st;
+    }
+    const char* outcome = nullptr;
+    switch (e.outcome()) {
+      case c::APPOINTMENT_OUTCOME_ATTENDED:
+        outcome = "attended";
+        break;
+      case c::APPOINTMENT_OUTCOME_MISSED:
+        outcome = "missed";
+        break;
+      case c::APPOINTMENT_OUTCOME_CANCELLED:
+        outcome = "cancelled";
+        break;
+      case c::APPOINTMENT_OUTCOME_RESCHEDULED:
+        outcome = "rescheduled";
+        break;
+      default:
+        return absl::InvalidArgumentError("appointment outcome without a final outcome");
+    }
+    if (!Claim(tx, event)) return absl::OkStatus();
+    // An appointment's outcome is recorded once; a later record of the same appointment wins.
+    ExecPrepared(tx, "eval_appointment",
+                 "INSERT INTO appointments (agency_id, appointment_id, enrollment_id, "
+                 "participant_id, pathway_key, first_appointment, outcome, scheduled_at, "
+                 "peer_contact_before) VALUES ($1, $2::uuid, $3::uuid, $4, $5, $6, $7, " PP_TS(8)
+                 ", $9) ON CONFLICT (agency_id, appointment_id) DO UPDATE SET "
+                 "outcome = EXCLUDED.outcome, scheduled_at = EXCLUDED.scheduled_at, "
+                 "peer_contact_before = EXCLUDED.peer_contact_before",
+                 event.agency_id(), e.appointment_id(), e.enrollment_id(), e.participant_id(),
+                 e.pathway_key(), e.kind() == c::APPOINTMENT_KIND_FIRST_APPOINTMENT,
+                 std::string(outcome), Micros(e.scheduled_at()), e.peer_contact_before());
+    return absl::OkStatus();
+  }
+  Claim(tx, event);
+  return absl::OkStatus();
+}
+
+namespace {
+
+// A PostgreSQL array literal of text values, each quoted.
+std::string ArrayLiteral(const std::vector<std::string>& values) {
+  std::string out = "{";
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (i > 0) out += ',';
+    out += '"';
+    for (char ch : values[i]) {
+      if (ch == '"' || ch == '\\') out += '\\';
+      out += ch;
+    }
+    out += '"';
+  }
+  return out + "}";
+}
+
+}  // namespace
+
+absl::Status ApplyCheckInBatch(pqxx::work& tx,
+                               const std::vector<const common::v1::Event*>& events) {
+  std::vector<std::string> ids, participants, supporters, days, months, ats, scores, enrollments,
+      pathways, sources;
+  std::string agency;
+  for (const common::v1::Event* event : events) {
+    agency = event->agency_id();
+    std::string participant, supporter, enrollment, pathway, source;
+    int64_t at = 0;
+    int score = 0;
+    if (event->type() == "peerpath.checkin.v1.CheckInRecordedEvent") {
+      checkin::v1::CheckInRecordedEvent e;
+      if (auto st = Unpack(*event, e); !st.ok()) return st;
+      participant = e.participant_id();
+      supporter = e.supporter_id();
+      enrollment = e.enrollment_id();
+      pathway = e.pathway_key();
+      source = e.check_in_id();
+      at = Micros(e.occurred_at());
+      score = e.wellbeing_score() >= 1 && e.wellbeing_score() <= 5 ? e.wellbeing_score() : 0;
+    } else if (event->type() == "peerpath.checkin.v1.ContactAttemptRecordedEvent") {
+      checkin::v1::ContactAttemptRecordedEvent e;
+      if (auto st = Unpack(*event, e); !st.ok()) return st;
+      if (e.outcome() != checkin::v1::CONTACT_OUTCOME_REACHED) {
+        if (auto st = ApplyCheckInEvent(tx, *event); !st.ok()) return st;
+        continue;
+      }
+      participant = e.participant_id();
+      supporter = e.supporter_id();
+      enrollment = e.enrollment_id();
+      pathway = e.pathway_key();
+      source = e.contact_attempt_id();
+      at = Micros(e.attempted_at());
+    } else {
+      if (auto st = ApplyCheckInEvent(tx, *event); !st.ok()) return st;
+      continue;
+    }
+    if (!IsUuid(event->event_id()) || !IsUuid(enrollment) || !IsUuid(source)) {
+      return absl::InvalidArgumentError("event, enrollment or contact id is not a UUID");
+    }
+    if (participant.empty()) return absl::InvalidArgumentError("participant_id is empty");
+    ids.push_back(event->event_id());
+    participants.push_back(participant);
+    supporters.push_back(supporter);
+    days.push_back(DayOf(at));
+    months.push_back(MonthOf(at));
+    ats.push_back(absl::StrCat(at));
+    scores.push_back(absl::StrCat(score));
+    enrollments.push_back(enrollment);
+    pathways.push_back(pathway);
+    sources.push_back(source);
+  }
+  if (ids.empty()) return absl::OkStatus();
+  ExecPrepared(
+      tx, "eval_contact_batch",
+      "WITH input AS (SELECT DISTINCT ON (event_id) * FROM unnest($2::uuid[], $3::text[], "
+      "  $4::text[], $5::date[], $6::date[], $7::bigint[], $8::smallint[], $9::uuid[], "
+      "  $10::text[], $11::uuid[]) AS t(event_id, participant, supporter, day, month, at, score, "
+      "  enrollment, pathway, source_id)), "
+      "fresh AS (INSERT INTO applied_events (agency_id, event_id) SELECT $1, event_id FROM input "
+      "  ON CONFLICT DO NOTHING RETURNING event_id), "
+      "rows AS (SELECT input.*, timestamptz 'epoch' + input.at * interval '1 microsecond' AS ts "
+      "  FROM input JOIN fresh USING (event_id)), "
+      "d AS (INSERT INTO contact_days (agency_id, participant_id, day) "
+      "  SELECT DISTINCT $1, participant, day FROM rows ON CONFLICT DO NOTHING RETURNING 1), "
+      "s AS (INSERT INTO supporter_contacts_month AS m (agency_id, supporter_id, month, contacts) "
+      "  SELECT $1, supporter, month, count(*) FROM rows WHERE supporter <> '' GROUP BY 2, 3 "
+      "  ON CONFLICT (agency_id, month, supporter_id) "
+      "  DO UPDATE SET contacts = m.contacts + EXCLUDED.contacts RETURNING 1), "
+      "wf AS (INSERT INTO wellbeing_first AS w (agency_id, enrollment_id, first_at, first_id, "
+      "  first_score) SELECT DISTINCT ON (enrollment) $1, enrollment, ts, source_id, score "
+      "  FROM rows WHERE score > 0 ORDER BY enrollment, ts, source_id "
+      "  ON CONFLICT (agency_id, enrollment_id) DO UPDATE SET first_at = EXCLUDED.first_at, "
+      "  first_id = EXCLUDED.first_id, first_score = EXCLUDED.first_score "
+      "  WHERE (EXCLUDED.first_at, EXCLUDED.first_id) < (w.first_at, w.first_id) RETURNING 1), "
+      "wm AS (INSERT INTO wellbeing_month AS w (agency_id, enrollment_id, participant_id, "
+      "  pathway_key, month, scores, last_at, last_id, last_score) "
+      "  SELECT DISTINCT ON (enrollment, month) $1, enrollment, participant, pathway, month, "
+      "  count(*) OVER (PARTITION BY enrollment, month), ts, source_id, score FROM rows "
+      "  WHERE score > 0 ORDER BY enrollment, month, ts DESC, source_id DESC "
+      "  ON CONFLICT (agency_id, month, enrollment_id) DO UPDATE SET "
+      "  scores = w.scores + EXCLUDED.scores, "
+      "  last_score = CASE WHEN (EXCLUDED.last_at, EXCLUDED.last_id) > (w.last_at, w.last_id) "
+      "    THEN EXCLUDED.last_score ELSE w.last_score END, "
+      "  last_id = CASE WHEN (EXCLUDED.last_at, EXCLUDED.last_id) > (w.last_at, w.last_id) "
+      "    THEN EXCLUDED.last_id ELSE w.last_id END, "
+      "  last_at = GREATEST(EXCLUDED.last_at, w.last_at) RETURNING 1) "
+      "SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM s) + (SELECT count(*) FROM wf) + "
+      "(SELECT count(*) FROM wm)",
+      agency, ArrayLiteral(ids), ArrayLiteral(participants), ArrayLiteral(supporters),
+      ArrayLiteral(days), ArrayLiteral(months), ArrayLiteral(ats), ArrayLiteral(scores),
+      ArrayLiteral(enrollments), ArrayLiteral(pathways), ArrayLiteral(sources));
+  return absl::OkStatus();
+}
+
+absl::Status ApplyMatchingEvent(pqxx::work& tx, const common::v1::Event& event) {
+  namespace m = matching::v1;
+  const std::string& type = event.type();
+  if (type == "peerpath.matching.v1.MatchStartedEvent") {
+    m::MatchStartedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (auto st = RequireUuids({{"match_id", &e.match_id()}}); !st.ok()) return st;
+    if (auto st = RequireText(
+            {{"supporter_id", &e.supporter_id()}, {"participant_id", &e.participant_id()}});
+        !st.ok()) {
+      return st;
+    }
+    if (!Claim(tx, event)) return absl::OkStatus();
+    ExecPrepared(tx, "eval_match_started",
+                 "INSERT INTO matches (agency_id, match_id, supporter_id, participant_id, "
+                 "match_request_id, previous_match_id, started_at) VALUES ($1, $2::uuid, $3, $4, "
+                 "$5, $6, " PP_TS(7) ") ON CONFLICT (agency_id, match_id) DO UPDATE SET "
+                 "match_request_id = EXCLUDED.match_request_id, "
+                 "previous_match_id = EXCLUDED.previous_match_id, started_at = EXCLUDED.started_at",
+                 event.agency_id(), e.match_id(), e.supporter_id(), e.participant_id(),
+                 e.match_request_id(), e.previous_match_id(), Micros(e.started_at()));
+    return absl::OkStatus();
+  }
+  if (type == "peerpath.matching.v1.MatchEndedEvent") {
+    m::MatchEndedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (auto st = RequireUuids({{"match_id", &e.match_id()}}); !st.ok()) return st;
+    if (auto st = RequireText(
+            {{"supporter_id", &e.supporter_id()}, {"participant_id", &e.participant_id()}});
+        !st.ok()) {
+      return st;
+    }
+    if (!Claim(tx, event)) return absl::OkStatus();
+    ExecPrepared(tx, "eval_match_ended",
+                 "INSERT INTO matches (agency_id, match_id, supporter_id, participant_id, "
+                 "started_at, ended_at, rematch_request_id) VALUES ($1, $2::uuid, $3, $4, "
+                 PP_TS(5) ", GREATEST(" PP_TS(5) ", " PP_TS(6) "), $7) "
+                 "ON CONFLICT (agency_id, match_id) DO UPDATE SET "
+                 "ended_at = EXCLUDED.ended_at, rematch_request_id = EXCLUDED.rematch_request_id",
+                 event.agency_id(), e.match_id(), e.supporter_id(), e.participant_id(),
+                 Micros(e.started_at()), Micros(e.ended_at()), e.rematch_request_id());
+    return absl::OkStatus();
+  }
+  if (type == "peerpath.matching.v1.FollowUpRecordedEvent") {
+    m::FollowUpRecordedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (auto st = RequireUuids({{"follow_up_id", &e.follow_up_id()}, {"match_id", &e.match_id()}});
+        !st.ok()) {
+      return st;
+    }
+    if (e.rating() < 1 || e.rating() > 5) return absl::InvalidArgumentError("rating not 1 to 5");
+    if (e.side() != m::FOLLOW_UP_SIDE_PARTICIPANT && e.side() != m::FOLLOW_UP_SIDE_SUPPORTER) {
+      return absl::InvalidArgumentError("follow-up side unspecified");
+    }
+    if (!Claim(tx, event)) return absl::OkStatus();
+    ExecPrepared(
+        tx, "eval_follow_up",
+        "INSERT INTO follow_up_ratings (agency_id, follow_up_id, match_id, "
+        "participant_id, supporter_id, side, rating, recorded_at) VALUES ($1, $2::uuid, "
+        "$3::uuid, $4, $5, $6, $7, " PP_TS(8) ") ON CONFLICT DO NOTHING",
+        event.agency_id(), e.follow_up_id(), e.match_id(), e.participant_id(), e.supporter_id(),
+        std::string(e.side() == m::FOLLOW_UP_SIDE_PARTICIPANT ? "participant" : "supporter"),
+        e.rating(), Micros(e.recorded_at()));
+    return absl::OkStatus();
+  }
+  Claim(tx, event);
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Upserts what one concern event knows; columns it does not carry keep what is stored. `field`
+// names what else the event means: acknowledged, closed or breached.
+void UpsertConcern(pqxx::work& tx, const common::v1::Event& event, const std::string& concern,
+                   const std::string& participant, const std::string& enrollment, int category,
+                   int severity, const google::protobuf::Timestamp* opened,
+                   const google::protobuf::Timestamp* acknowledged,
+                   const google::protobuf::Timestamp* closed, bool breached) {
+  auto ts = [](const google::protobuf::Timestamp* t) -> std::optional<int64_t> {
+    if (t == nullptr || (t->seconds() == 0 && t->nanos() == 0)) return std::nullopt;
+    return Micros(*t);
+  };
+  auto text = [](const std::string& s) -> std::optional<std::string> {
+    if (s.empty()) return std::nullopt;
+    return s;
+  };
+  auto code = [](int v) -> std::optional<int> {
+    if (v == 0) return std::nullopt;
+    return v;
+  };
+  ExecPrepared(
+      tx, "eval_concern",
+      "INSERT INTO concerns AS c (agency_id, concern_id, participant_id, enrollment_id, category, "
+      "severity, opened_at, acknowledged_at, closed_at, breached) VALUES ($1, $2::uuid, $3, "
+      "$4::uuid, $5, $6, " PP_TS(7) ", " PP_TS(8) ", " PP_TS(9) ", $10) "
+      "ON CONFLICT (agency_id, concern_id) DO UPDATE SET "
+      "participant_id = coalesce(c.participant_id, EXCLUDED.participant_id), "
+      "enrollment_id = coalesce(c.enrollment_id, EXCLUDED.enrollment_id), "
+      "category = coalesce(c.category, EXCLUDED.category), "
+      "severity = coalesce(c.severity, EXCLUDED.severity), "
+      "opened_at = coalesce(c.opened_at, EXCLUDED.opened_at), "
+      "acknowledged_at = LEAST(c.acknowledged_at, EXCLUDED.acknowledged_at), "
+      "closed_at = LEAST(c.closed_at, EXCLUDED.closed_at), "
+      "breached = c.breached OR EXCLUDED.breached",
+      event.agency_id(), concern, text(participant), text(enrollment), code(category),
+      code(severity), ts(opened), ts(acknowledged), ts(closed), breached);
+}
+
+}  // namespace
+
+absl::Status ApplyEscalationEvent(pqxx::work& tx, const common::v1::Event& event) {
+  namespace e1 = escalation::v1;
+  const std::string& type = event.type();
+  auto check = [](const std::string& concern, const std::string& enrollment) {
+    if (!IsUuid(concern)) return absl::InvalidArgumentError("concern_id is not a UUID");
+    if (!enrollment.empty() && !IsUuid(enrollment)) {
+      return absl::InvalidArgumentError("enrollment_id is not a UUID");
+    }
+    return absl::OkStatus();
+  };
+  if (type == "peerpath.escalation.v1.ConcernOpenedEvent") {
+    e1::ConcernOpenedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (auto st = check(e.concern_id(), e.enrollment_id()); !st.ok()) return st;
+    if (auto st = RequireText({{"participant_id", &e.participant_id()}}); !st.ok()) return st;
+    if (!Claim(tx, event)) return absl::OkStatus();
+    UpsertConcern(tx, event, e.concern_id(), e.participant_id(), e.enrollment_id(), e.category(),
+                  e.severity(), &e.opened_at(), nullptr, nullptr, false);
+    return absl::OkStatus();
+  }
+  if (type == "peerpath.escalation.v1.ConcernRoutedEvent") {
+    e1::ConcernRoutedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (auto st = check(e.concern_id(), ""); !st.ok()) return st;
+    if (!Claim(tx, event)) return absl::OkStatus();
+    // The latest acknowledgement deadline (each escalation moves it later): the overdue gauge.
+    ExecPrepared(tx, "eval_concern_routed",
+                 "INSERT INTO concerns AS c (agency_id, concern_id, ack_deadline) VALUES ($1, "
+                 "$2::uuid, " PP_TS(3) ") ON CONFLICT (agency_id, concern_id) DO UPDATE SET "
+                 "ack_deadline = GREATEST(c.ack_deadline, EXCLUDED.ack_deadline)",
+                 event.agency_id(), e.concern_id(), Micros(e.ack_deadline()));
+    return absl::OkStatus();
+  }
+  if (type == "peerpath.escalation.v1.ConcernAcknowledgedEvent") {
+    e1::ConcernAcknowledgedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (auto st = check(e.concern_id(), ""); !st.ok()) return st;
+    if (!Claim(tx, event)) return absl::OkStatus();
+    UpsertConcern(tx, event, e.concern_id(), "", "", e.category(), e.severity(), &e.opened_at(),
+                  &e.acknowledged_at(), nullptr, false);
+    return absl::OkStatus();
+  }
+  if (type == "peerpath.escalation.v1.ConcernEscalatedEvent") {
+    e1::ConcernEscalatedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (auto st = check(e.concern_id(), ""); !st.ok()) return st;
+    if (!Claim(tx, event)) return absl::OkStatus();
+    UpsertConcern(tx, event, e.concern_id(), "", "", e.category(), e.severity(), nullptr, nullptr,
+                  nullptr, true);
+    return absl::OkStatus();
+  }
+  if (type == "peerpath.escalation.v1.ConcernReAlertedEvent") {
+    e1::ConcernReAlertedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (auto st = check(e.concern_id(), ""); !st.ok()) return st;
+    if (!Claim(tx, event)) return absl::OkStatus();
+    UpsertConcern(tx, event, e.concern_id(), "", "", e.category(), e.severity(), nullptr, nullptr,
+                  nullptr, true);
+    return absl::OkStatus();
+  }
+  if (type == "peerpath.escalation.v1.ConcernResolvedEvent") {
+    e1::ConcernResolvedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (auto st = check(e.concern_id(), e.enrollment_id()); !st.ok()) return st;
+    if (!Claim(tx, event)) return absl::OkStatus();
+    UpsertConcern(tx, event, e.concern_id(), e.participant_id(), e.enrollment_id(), e.category(),
+                  e.severity(), &e.opened_at(), nullptr, &e.resolved_at(), false);
+    return absl::OkStatus();
+  }
+  if (type == "peerpath.escalation.v1.ConcernCancelledEvent") {
+    e1::ConcernCancelledEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (auto st = check(e.concern_id(), e.enrollment_id()); !st.ok()) return st;
+    if (!Claim(tx, event)) return absl::OkStatus();
+    UpsertConcern(tx, event, e.concern_id(), e.participant_id(), e.enrollment_id(), e.category(),
+                  e.severity(), &e.opened_at(), nullptr, &e.cancelled_at(), false);
+    return absl::OkStatus();
+  }
+  Claim(tx, event);
+  return absl::OkStatus();
+}
+
+absl::Status ApplyConsentEvent(pqxx::work& tx, const common::v1::Event& event) {
+  if (event.type() == "peerpath.consent.v1.EmergencyAccessGrantedEvent") {
+    consent::v1::EmergencyAccessGrantedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (auto st = RequireUuids({{"emergency_access_id", &e.emergency_access_id()}}); !st.ok()) {
+      return st;
+    }
+    if (auto st = RequireText({{"participant_id", &e.participant_id()}}); !st.ok()) return st;
+    if (!Claim(tx, event)) return absl::OkStatus();
+    ExecPrepared(tx, "eval_emergency_access",
+                 "INSERT INTO emergency_accesses (agency_id, emergency_access_id, participant_id, "
+                 "granted_at) VALUES ($1, $2::uuid, $3, " PP_TS(4) ") ON CONFLICT DO NOTHING",
+                 event.agency_id(), e.emergency_access_id(), e.participant_id(),
+                 Micros(e.granted_at()));
+    return absl::OkStatus();
+  }
+  Claim(tx, event);
+  return absl::OkStatus();
+}
+
+absl::Status ResetReadModels(pqxx::work& tx) {
+  tx.exec("SELECT set_config('app.evaluation_replay', 'on', true)");
+  for (const char* table :
+       {"applied_events", "enrollments", "stage_changes", "reconnections", "appointments",
+        "contact_days", "supporter_contacts_month", "wellbeing_first", "wellbeing_month", "matches",
+        "follow_up_ratings", "concerns", "emergency_accesses"}) {
+    tx.exec0(absl::StrCat("DELETE FROM ", table));
+  }
+  tx.exec0(
+      "DELETE FROM consumer_positions WHERE source IN ('checkin', 'matching', 'escalation', "
+      "'consent')");
+  tx.exec0(
+      "DELETE FROM consumer_failures WHERE source IN ('checkin', 'matching', 'escalation', "
+      "'consent')");
+  return absl::OkStatus();
+}
+
+}  // namespace peerpath::evaluation

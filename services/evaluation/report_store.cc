@@ -1,0 +1,255 @@
+#include "services/evaluation/report_store.h"
+
+#include "common/db.h"
+
+namespace peerpath::evaluation {
+namespace {
+
+#define PP_TS(n) "(timestamptz 'epoch' + $" #n "::bigint * interval '1 microsecond')"
+#define PP_MICROS(column) "(extract(epoch FROM " column ") * 1000000)::bigint"
+
+absl::Time At(const pqxx::field& f) { return absl::FromUnixMicros(f.as<int64_t>()); }
+
+std::optional<absl::Time> MaybeAt(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return At(f);
+}
+
+}  // namespace
+
+std::string OutcomeKindName(v1::ServiceOutcomeKind kind) {
+  switch (kind) {
+    case v1::SERVICE_OUTCOME_KIND_FIRST_APPOINTMENT_ATTENDED:
+      return "first_appointment_attended";
+    case v1::SERVICE_OUTCOME_KIND_FIRST_APPOINTMENT_MISSED:
+      return "first_appointment_missed";
+    case v1::SERVICE_OUTCOME_KIND_CRISIS_CONTACT:
+      return "crisis_contact";
+    case v1::SERVICE_OUTCOME_KIND_EMERGENCY_VISIT_MENTAL_ILLNESS:
+      return "emergency_visit";
+    case v1::SERVICE_OUTCOME_KIND_HOSPITALIZATION_MENTAL_ILLNESS:
+      return "hospitalization";
+    case v1::SERVICE_OUTCOME_KIND_DISCHARGE:
+      return "discharge";
+    case v1::SERVICE_OUTCOME_KIND_OUTPATIENT_FOLLOW_UP:
+      return "outpatient_follow_up";
+    default:
+      return "";
+  }
+}
+
+v1::ServiceOutcomeKind OutcomeKindFromName(const std::string& name) {
+  for (int k = 1; k <= 7; ++k) {
+    const auto kind = static_cast<v1::ServiceOutcomeKind>(k);
+    if (OutcomeKindName(kind) == name) return kind;
+  }
+  return v1::SERVICE_OUTCOME_KIND_UNSPECIFIED;
+}
+
+absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
+                                      absl::Time period_end, absl::Time now) {
+  ReportFacts f;
+  f.period_start = period_start;
+  f.period_end = period_end;
+  f.now = now;
+  const int64_t p0 = absl::ToUnixMicros(period_start);
+  const int64_t p1 = absl::ToUnixMicros(period_end);
+  const std::string agency = "current_setting('app.agency_id', true)";
+
+  for (const auto& row : ExecPrepared(
+           tx, "eval_load_enrollments",
+           "SELECT enrollment_id::text, participant_id, pathway_key, " PP_MICROS(
+               "started_at") ", " PP_MICROS("ended_at") " FROM enrollments WHERE agency_id = " +
+               agency +
+               " AND started_at < " PP_TS(2) " AND (ended_at IS NULL OR ended_at >= " PP_TS(1) ")",
+           p0, p1)) {
+    f.enrollments.push_back({row[0].as<std::string>(), row[1].as<std::string>(),
+                             row[2].as<std::string>(), At(row[3]), MaybeAt(row[4])});
+  }
+  // Appointments of the period, and attended ones up to 31 days after it (follow-ups).
+  for (const auto& row : ExecPrepared(
+           tx, "eval_load_appointments",
+           "SELECT enrollment_id::text, participant_id, pathway_key, first_appointment, "
+           "outcome, " PP_MICROS(
+               "scheduled_at") ", peer_contact_before FROM appointments WHERE agency_id = " +
+               agency +
+               " AND scheduled_at >= " PP_TS(1) " AND scheduled_at < " PP_TS(
+                   2) " + interval '32 days'",
+           p0, p1)) {
+    const std::string outcome = row[4].as<std::string>();
+    f.appointments.push_back({row[0].as<std::string>(), row[1].as<std::string>(),
+                              row[2].as<std::string>(), row[3].as<bool>(),
+                              outcome == "attended" ? AppointmentOutcome::kAttended
+                              : outcome == "missed" ? AppointmentOutcome::kMissed
+                                                    : AppointmentOutcome::kOther,
+                              At(row[5]), row[6].as<bool>()});
+  }
+  for (const auto& row :
+       ExecPrepared(tx, "eval_load_stage_changes",
+                    "SELECT enrollment_id::text, participant_id, pathway_key, to_stage, " PP_MICROS(
+                        "changed_at") " FROM stage_changes WHERE agency_id = " +
+                        agency + " AND changed_at >= " PP_TS(1) " AND changed_at < " PP_TS(2),
+                    p0, p1)) {
+    f.stage_changes.push_back({row[0].as<std::string>(), row[1].as<std::string>(),
+                               row[2].as<std::string>(),
+                               row[3].as<std::string>() == "lost_to_follow_up", At(row[4])});
+  }
+  for (const auto& row : ExecPrepared(
+           tx, "eval_load_reconnections",
+           "SELECT enrollment_id::text, " PP_MICROS("reconnected_at") " FROM reconnections "
+                                                                      "WHERE agency_id = " +
+               agency +
+               " AND reconnected_at >= " PP_TS(1) " AND "
+                                                  "reconnected_at < " PP_TS(
+                                                      2) " + interval '32 days'",
+           p0, p1)) {
+    f.reconnections[row[0].as<std::string>()].push_back(At(row[1]));
+  }
+  for (const auto& row : ExecPrepared(
+           tx, "eval_load_outcomes",
+           "SELECT participant_id, kind, discharge_setting, " PP_MICROS(
+               "occurred_at") " FROM service_outcomes WHERE agency_id = " +
+               agency +
+               " AND occurred_at >= " PP_TS(1) " - interval '32 days' AND occurred_at < " PP_TS(
+                   2) " + interval '92 days'",
+           p0, p1)) {
+    OutcomeFact o;
+    o.participant_id = row[0].as<std::string>();
+    o.kind = OutcomeKindFromName(row[1].as<std::string>());
+    const std::string setting = row[2].is_null() ? "" : row[2].as<std::string>();
+    o.setting = setting == "inpatient_mental_health" ? v1::DISCHARGE_SETTING_INPATIENT_MENTAL_HEALTH
+                : setting == "crisis_stabilization"  ? v1::DISCHARGE_SETTING_CRISIS_STABILIZATION
+                                                     : v1::DISCHARGE_SETTING_UNSPECIFIED;
+    o.occurred_at = At(row[3]);
+    f.outcomes.push_back(std::move(o));
+  }
+  for (const auto& row : ExecPrepared(
+           tx, "eval_load_matches",
+           "SELECT match_id::text, supporter_id, participant_id, match_request_id, "
+           "previous_match_id, " PP_MICROS("started_at") ", " PP_MICROS(
+               "ended_at") ", "
+                           "rematch_request_id FROM matches WHERE agency_id = " +
+               agency +
+               " AND started_at < " PP_TS(2) " + interval '15 days' AND (ended_at IS NULL OR "
+                                             "ended_at >= " PP_TS(1) " - interval '31 days')",
+           p0, p1)) {
+    f.matches.push_back({row[0].as<std::string>(), row[1].as<std::string>(),
+                         row[2].as<std::string>(), row[3].as<std::string>(),
+                         row[4].as<std::string>(), At(row[5]), MaybeAt(row[6]),
+                         row[7].as<std::string>()});
+  }
+  for (const auto& row :
+       ExecPrepared(tx, "eval_load_ratings",
+                    "SELECT participant_id, supporter_id, side, rating, " PP_MICROS(
+                        "recorded_at") " FROM follow_up_ratings WHERE agency_id = " +
+                        agency + " AND recorded_at >= " PP_TS(1) " AND recorded_at < " PP_TS(2),
+                    p0, p1)) {
+    f.ratings.push_back({row[0].as<std::string>(), row[1].as<std::string>(),
+                         row[2].as<std::string>() == "participant", row[3].as<int>(), At(row[4])});
+  }
+  for (const auto& row : ExecPrepared(
+           tx, "eval_load_concerns",
+           "SELECT c.participant_id, coalesce(c.enrollment_id::text, ''), "
+           "coalesce(e.pathway_key, ''), c.category, c.severity, " PP_MICROS(
+               "c.opened_at") ", " PP_MICROS("c.acknowledged_at") ", c.breached FROM concerns c "
+                                                                  "LEFT JOIN enrollments e "
+                                                                  "ON e.agency_id = c.agency_id "
+                                                                  "AND e.enrollment_id = "
+                                                                  "c.enrollment_id "
+                                                                  "WHERE c.agency_id = " +
+               agency +
+               " AND c.opened_at >= " PP_TS(1) " AND c.opened_at < " PP_TS(
+                   2) " AND c.participant_id IS NOT NULL AND c.category IS "
+                      "NOT NULL AND c.severity IS NOT NULL",
+           p0, p1)) {
+    f.concerns.push_back({row[0].as<std::string>(), row[1].as<std::string>(),
+                          row[2].as<std::string>(), row[3].as<int>(), row[4].as<int>(), At(row[5]),
+                          MaybeAt(row[6]), row[7].as<bool>()});
+  }
+  for (const auto& row :
+       ExecPrepared(tx, "eval_load_accesses",
+                    "SELECT participant_id, " PP_MICROS("granted_at") " FROM emergency_accesses "
+                                                                      "WHERE agency_id = " +
+                        agency + " AND granted_at >= " PP_TS(1) " AND granted_at < " PP_TS(2),
+                    p0, p1)) {
+    f.emergency_accesses.emplace_back(row[0].as<std::string>(), At(row[1]));
+  }
+  for (const auto& row : ExecPrepared(
+           tx, "eval_load_supporter_contacts",
+           "SELECT supporter_id, sum(contacts)::bigint FROM supporter_contacts_month "
+           "WHERE agency_id = " +
+               agency +
+               " AND month >= (" PP_TS(1) " AT TIME ZONE 'UTC')::date "
+                                          "AND month < (" PP_TS(
+                                              2) " AT TIME ZONE 'UTC')::date GROUP BY supporter_id",
+           p0, p1)) {
+    f.supporter_contacts[row[0].as<std::string>()] = row[1].as<int64_t>();
+  }
+  // Contact days only of the people with an index event (emergency visit, discharge) in the
+  // period, from its first day to 31 days after its last.
+  for (const auto& row : ExecPrepared(
+           tx, "eval_load_contact_days",
+           "SELECT d.participant_id, (d.day - date '1970-01-01')::bigint FROM contact_days d "
+           "WHERE d.agency_id = " +
+               agency +
+               " AND d.day >= (" PP_TS(1) " AT TIME ZONE "
+                                          "'UTC')::date AND d.day <= (" PP_TS(
+                                              2) " AT TIME ZONE 'UTC')::date + 31 AND "
+                                                 "d.participant_id IN (SELECT o.participant_id "
+                                                 "FROM service_outcomes o WHERE "
+                                                 "o.agency_id = " +
+               agency +
+               " AND o.kind IN ('emergency_visit', 'discharge') AND "
+               "o.occurred_at >= " PP_TS(1) " AND o.occurred_at < " PP_TS(2) ")",
+           p0, p1)) {
+    f.contact_days.emplace(row[0].as<std::string>(), row[1].as<int64_t>());
+  }
+  // Per enrollment with scores in the period: how many, the latest, and its first ever score.
+  for (const auto& row : ExecPrepared(
+           tx, "eval_load_wellbeing",
+           "SELECT m.enrollment_id::text, m.participant_id, m.pathway_key, m.scores, " PP_MICROS(
+               "f.first_at") ", f.first_score, m.last_score FROM ("
+                             "  SELECT DISTINCT ON (enrollment_id) enrollment_id, participant_id, "
+                             "pathway_key, "
+                             "    sum(scores) OVER (PARTITION BY enrollment_id)::bigint AS scores, "
+                             "last_score "
+                             "  FROM wellbeing_month WHERE agency_id = " +
+               agency +
+               " AND month >= (" PP_TS(1) "  AT TIME ZONE 'UTC')::date AND month < (" PP_TS(
+                   2) " AT TIME ZONE 'UTC')::date "
+                      "  ORDER BY enrollment_id, last_at DESC, last_id DESC) m "
+                      "JOIN wellbeing_first f ON f.agency_id = " +
+               agency +
+               " AND "
+               "f.enrollment_id = m.enrollment_id",
+           p0, p1)) {
+    f.wellbeing.push_back({row[0].as<std::string>(), row[1].as<std::string>(),
+                           row[2].as<std::string>(), row[3].as<int64_t>(), At(row[4]),
+                           row[5].as<int>(), row[6].as<int>()});
+  }
+  return f;
+}
+
+std::vector<std::string> KnownPathways(pqxx::work& tx) {
+  std::vector<std::string> out;
+  for (const auto& row :
+       ExecPrepared(tx, "eval_known_pathways",
+                    "SELECT DISTINCT pathway_key FROM enrollments WHERE agency_id = "
+                    "current_setting('app.agency_id', true) ORDER BY 1")) {
+    out.push_back(row[0].as<std::string>());
+  }
+  return out;
+}
+
+std::vector<std::string> KnownPrograms(pqxx::work& tx) {
+  std::vector<std::string> out;
+  for (const auto& row : ExecPrepared(
+           tx, "eval_known_programs",
+           "SELECT DISTINCT program_id FROM enrollments WHERE agency_id = "
+           "current_setting('app.agency_id', true) AND program_id IS NOT NULL ORDER BY 1")) {
+    out.push_back(row[0].as<std::string>());
+  }
+  return out;
+}
+
+}  // namespace peerpath::evaluation

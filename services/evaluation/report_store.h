@@ -1,0 +1,28 @@
+#pragma once
+
+// Reading the read models for a report, and the service outcomes county systems report.
+
+#include <pqxx/pqxx>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "services/evaluation/measures.h"
+
+namespace peerpath::evaluation {
+
+// Loads what a report of the agency (the transaction's) for [period_start, period_end) reads:
+// rows per enrollment, appointment, match, concern, outcome and per person-day or month, never
+// per check-in event.
+absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
+                                      absl::Time period_end, absl::Time now);
+
+// The agency's pathway keys and program ids ever carried by an enrollment, sorted.
+std::vector<std::string> KnownPathways(pqxx::work& tx);
+std::vector<std::string> KnownPrograms(pqxx::work& tx);
+
+// ServiceOutcomeKind as stored (migrations/0001) and back.
+std::string OutcomeKindName(v1::ServiceOutcomeKind kind);
+v1::ServiceOutcomeKind OutcomeKindFromName(const std::string& name);
+
+}  // namespace peerpath::evaluation
