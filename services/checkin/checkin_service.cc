@@ -170,6 +170,35 @@ bool RaisesWellbeingDecline(std::vector<std::pair<absl::Time, int>> previous,
   return true;
 }
 
+// [start, end) of a TimeRange as micros text for the store ("" for an unset bound), with a
+// violation under `field` when the end is not after the start.
+void RangeMicros(const common::v1::TimeRange& range, const std::string& field,
+                 std::vector<FieldViolation>& violations, std::string& from, std::string& to) {
+  from = range.has_start_time()
+             ? absl::StrCat(absl::ToUnixMicros(FromProtoTimestamp(range.start_time())))
+             : "";
+  to = range.has_end_time() ? absl::StrCat(absl::ToUnixMicros(FromProtoTimestamp(range.end_time())))
+                            : "";
+  if (range.has_start_time() && range.has_end_time() &&
+      FromProtoTimestamp(range.end_time()) <= FromProtoTimestamp(range.start_time())) {
+    violations.push_back({field + ".end_time", "must be after start_time"});
+  }
+}
+
+// A page token's list name bound to the request's filters (FNV-1a of the request without its
+// paging fields), so a token is refused when the filters change between pages.
+std::string ListNameWithFilters(const char* list, google::protobuf::Message& filters) {
+  std::string bytes;
+  google::protobuf::io::StringOutputStream out(&bytes);
+  google::protobuf::io::CodedOutputStream coded(&out);
+  coded.SetSerializationDeterministic(true);
+  filters.SerializeToCodedStream(&coded);
+  coded.Trim();
+  uint64_t hash = 1469598103934665603ull;
+  for (const unsigned char c : bytes) hash = (hash ^ c) * 1099511628211ull;
+  return absl::StrCat(list, "/", absl::Hex(hash));
+}
+
 }  // namespace
 
 struct CheckInService::Call {
@@ -1702,6 +1731,172 @@ grpc::Status CheckInService::ResumeRoutineEngagement(
                     .decision = AuditDecision::kAllowed,
                     .request_id = call->request_id});
     *response->mutable_enrollment() = std::move(resumed);
+    return absl::OkStatus();
+  }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Appointments list and wellbeing trend
+// ---------------------------------------------------------------------------------------------
+
+grpc::Status CheckInService::ListAppointments(grpc::ServerContext* context,
+                                              const v1::ListAppointmentsRequest* request,
+                                              v1::ListAppointmentsResponse* response) {
+  auto call = Begin(*context, "ListAppointments");
+  if (!call.ok()) return ToGrpc(call.status());
+  v1::ListAppointmentsRequest filters = *request;
+  filters.clear_page_size();
+  filters.clear_page_token();
+  const std::string list = ListNameWithFilters("ListAppointments", filters);
+  std::vector<FieldViolation> violations;
+  auto size = ResolvePageSize(request->page_size());
+  if (!size.ok()) AddViolations(violations, size.status());
+  auto cursor = DecodePageToken(list, request->page_token());
+  if (!cursor.ok()) AddViolations(violations, cursor.status());
+  if (!request->enrollment_id().empty() && !IsUuid(request->enrollment_id())) {
+    violations.push_back({"enrollment_id", "must be a UUID"});
+  }
+  if (request->participant_id().size() > 128) {
+    violations.push_back({"participant_id", "at most 128 characters"});
+  }
+  if (request->owner_id().size() > 128) {
+    violations.push_back({"owner_id", "at most 128 characters"});
+  }
+  AppointmentFilter filter;
+  for (int i = 0; i < request->kinds_size(); ++i) {
+    const int k = request->kinds(i);
+    if (k == v1::APPOINTMENT_KIND_UNSPECIFIED || !v1::AppointmentKind_IsValid(k)) {
+      violations.push_back({absl::StrCat("kinds[", i, "]"), "not an appointment kind"});
+    } else {
+      filter.kinds.push_back(static_cast<v1::AppointmentKind>(k));
+    }
+  }
+  for (int i = 0; i < request->outcomes_size(); ++i) {
+    const int o = request->outcomes(i);
+    if (o == v1::APPOINTMENT_OUTCOME_UNSPECIFIED || !v1::AppointmentOutcome_IsValid(o)) {
+      violations.push_back({absl::StrCat("outcomes[", i, "]"), "not an appointment outcome"});
+    } else {
+      filter.outcomes.push_back(static_cast<v1::AppointmentOutcome>(o));
+    }
+  }
+  RangeMicros(request->scheduled(), "scheduled", violations, filter.scheduled_from_micros,
+              filter.scheduled_to_micros);
+  if (cursor.ok() && !cursor->empty()) {
+    std::pair<std::string, std::string> parts = absl::StrSplit(*cursor, '/');
+    int64_t micros = 0;
+    if (!absl::SimpleAtoi(parts.first, &micros) || !IsUuid(parts.second)) {
+      violations.push_back({"page_token", "stale or foreign"});
+    } else {
+      filter.after_micros = parts.first;
+      filter.after_id = parts.second;
+    }
+  }
+  if (!violations.empty()) return ToGrpc(InvalidArgument("invalid request", violations));
+  filter.enrollment_id = request->enrollment_id();
+  filter.participant_id = request->participant_id();
+  filter.owner_id = request->owner_id();
+  if (call->as_peer) filter.supporter_subject = call->caller.subject;
+  if (call->as_supervisor) filter.supervisor_subject = call->caller.subject;
+  filter.limit = *size + 1;
+  return ToGrpc(context_.db.TransactForAgency(call->caller.agency_id, [&](pqxx::work& tx) {
+    // A named participant outside the caller's matches or supervision is refused, not an
+    // empty page.
+    if (!request->participant_id().empty()) {
+      if (auto s = RequireParticipantAccess(tx, *call, request->participant_id()); !s.ok()) {
+        return s;
+      }
+    }
+    auto rows = checkin::ListAppointments(tx, filter);
+    const bool more = static_cast<int>(rows.size()) > *size;
+    if (more) rows.resize(*size);
+    for (auto& a : rows) {
+      AppendAuditRow(tx, call->caller.agency_id,
+                     {.actor = call->caller.subject,
+                      .actor_role = call->role,
+                      .action = Action(call->method),
+                      .object_type = "appointment",
+                      .object_id = a.appointment_id(),
+                      .participant_id = a.participant_id(),
+                      .decision = AuditDecision::kAllowed,
+                      .request_id = call->request_id});
+      *response->add_appointments() = std::move(a);
+    }
+    if (more) {
+      const auto& last = response->appointments(response->appointments_size() - 1);
+      response->set_next_page_token(EncodePageToken(
+          list, absl::StrCat(absl::ToUnixMicros(FromProtoTimestamp(last.scheduled_at())), "/",
+                             last.appointment_id())));
+    }
+    return absl::OkStatus();
+  }));
+}
+
+grpc::Status CheckInService::GetWellbeingTrend(grpc::ServerContext* context,
+                                               const v1::GetWellbeingTrendRequest* request,
+                                               v1::GetWellbeingTrendResponse* response) {
+  auto call = Begin(*context, "GetWellbeingTrend");
+  if (!call.ok()) return ToGrpc(call.status());
+  std::vector<FieldViolation> violations;
+  if (request->participant_id().empty() || request->participant_id().size() > 128) {
+    violations.push_back({"participant_id", "required: 1 to 128 characters"});
+  }
+  if (!request->enrollment_id().empty() && !IsUuid(request->enrollment_id())) {
+    violations.push_back({"enrollment_id", "must be a UUID"});
+  }
+  std::string from, to;
+  RangeMicros(request->range(), "range", violations, from, to);
+  if (request->max_points() < 0 || request->max_points() > 100) {
+    violations.push_back({"max_points", "1 to 100, or 0 for 12"});
+  }
+  if (!violations.empty()) return ToGrpc(InvalidArgument("invalid request", violations));
+  const std::string& agency = call->caller.agency_id;
+  // Clinicians and case managers see check-in summaries only as the participant's consent
+  // allows; asked before any data is read, and never assumed.
+  if (!call->as_peer && !call->as_supervisor) {
+    const consent::v1::Purpose purpose = call->role == "clinician"
+                                             ? consent::v1::PURPOSE_TREATMENT
+                                             : consent::v1::PURPOSE_CARE_COORDINATION;
+    auto answer = consent_gates_->CheckAccess(
+        agency, request->participant_id(), call->caller.subject, {call->role},
+        consent::v1::DATA_CATEGORY_CHECK_IN_SUMMARIES, purpose);
+    if (!answer.ok()) return ToGrpc(answer.status());
+    if (!answer->permitted) {
+      authorizer_.AuditRefusal(*context, call->caller, call->method, "participant", "",
+                               request->participant_id());
+      return ToGrpc(absl::PermissionDeniedError(
+          absl::StrCat("the participant's consent does not permit check-in summaries to you: ",
+                       answer->reason)));
+    }
+  }
+  return ToGrpc(context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
+    if (auto s = RequireParticipantAccess(tx, *call, request->participant_id()); !s.ok()) return s;
+    if (!request->enrollment_id().empty()) {
+      auto e = LoadEnrollment(tx, request->enrollment_id());
+      if (!e || e->participant_id() != request->participant_id()) {
+        return absl::NotFoundError("no such enrollment of this participant in your agency");
+      }
+    }
+    const int max_points = request->max_points() == 0 ? 12 : request->max_points();
+    for (auto& p : WellbeingPoints(tx, request->participant_id(), request->enrollment_id(), from,
+                                   to, max_points)) {
+      *response->add_points() = std::move(p);
+    }
+    const int drop = LoadPolicy(tx, agency, options_.default_time_zone).wellbeing_drop_points();
+    std::vector<int> latest;
+    for (const auto& p : WellbeingPoints(tx, request->participant_id(), "", "", "", 3)) {
+      latest.push_back(p.score());
+    }
+    response->set_declining(latest.size() == 3 && WellbeingDeclined(latest, drop));
+    response->set_drop_points(drop);
+    AppendAuditRow(tx, agency,
+                   {.actor = call->caller.subject,
+                    .actor_role = call->role,
+                    .action = Action(call->method),
+                    .object_type = "participant",
+                    .object_id = request->participant_id(),
+                    .participant_id = request->participant_id(),
+                    .decision = AuditDecision::kAllowed,
+                    .request_id = call->request_id});
     return absl::OkStatus();
   }));
 }

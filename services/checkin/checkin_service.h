@@ -88,6 +88,12 @@ class CheckInService final : public CheckInServiceBase {
   grpc::Status GetProgramPolicy(grpc::ServerContext* context,
                                 const v1::GetProgramPolicyRequest* request,
                                 v1::GetProgramPolicyResponse* response) override;
+  grpc::Status ListAppointments(grpc::ServerContext* context,
+                                const v1::ListAppointmentsRequest* request,
+                                v1::ListAppointmentsResponse* response) override;
+  grpc::Status GetWellbeingTrend(grpc::ServerContext* context,
+                                 const v1::GetWellbeingTrendRequest* request,
+                                 v1::GetWellbeingTrendResponse* response) override;
 
  private:
   struct Call;

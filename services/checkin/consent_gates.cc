@@ -25,6 +25,15 @@ class UnconfiguredConsentGates final : public ConsentGates {
     }
     return answers;
   }
+  absl::StatusOr<AccessAnswer> CheckAccess(const std::string&, const std::string&,
+                                           const std::string&, const std::vector<std::string>&,
+                                           consent::v1::DataCategory,
+                                           consent::v1::Purpose) override {
+    return AccessAnswer{.permitted = false,
+                        .reason =
+                            "consent cannot be confirmed: this check-in service has no "
+                            "consent service configured (--consent_address)"};
+  }
 };
 
 class GrpcConsentGates final : public ConsentGates {
@@ -41,10 +50,7 @@ class GrpcConsentGates final : public ConsentGates {
       return absl::UnavailableError("consent gates cannot be checked: no service token");
     }
     grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-    context.AddMetadata("authorization", absl::StrCat("Bearer ", *bearer));
-    // The agency the question is about (the service token's own agency is the platform's).
-    context.AddMetadata("x-peerpath-agency-id", agency_id);
+    Prepare(context, *bearer, agency_id);
     consent::v1::CheckGatesRequest request;
     request.set_participant_id(participant_id);
     for (const auto& gate : gates) request.add_gates(gate);
@@ -74,7 +80,43 @@ class GrpcConsentGates final : public ConsentGates {
     return answers;
   }
 
+  absl::StatusOr<AccessAnswer> CheckAccess(const std::string& agency_id,
+                                           const std::string& participant_id,
+                                           const std::string& subject,
+                                           const std::vector<std::string>& roles,
+                                           consent::v1::DataCategory category,
+                                           consent::v1::Purpose purpose) override {
+    auto bearer = token_->Get();
+    if (!bearer.ok()) return absl::UnavailableError("consent cannot be asked: no service token");
+    grpc::ClientContext context;
+    Prepare(context, *bearer, agency_id);
+    consent::v1::CheckAccessRequest request;
+    request.set_participant_id(participant_id);
+    request.mutable_actor()->set_subject(subject);
+    for (const auto& role : roles) request.mutable_actor()->add_roles(role);
+    request.set_data_category(category);
+    request.set_purpose(purpose);
+    consent::v1::CheckAccessResponse response;
+    const grpc::Status status = stub_->CheckAccess(&context, request, &response);
+    if (!status.ok()) {
+      return absl::UnavailableError(absl::StrCat("the consent service could not decide (",
+                                                 static_cast<int>(status.error_code()),
+                                                 "); nothing is shared, retry later"));
+    }
+    const bool permitted = response.decision() == consent::v1::ACCESS_DECISION_PERMIT;
+    return AccessAnswer{.permitted = permitted, .reason = permitted ? "" : response.message()};
+  }
+
  private:
+  // Deadline, this service's token, and the agency the question is about (the service token's
+  // own agency is the platform's).
+  static void Prepare(grpc::ClientContext& context, const std::string& bearer,
+                      const std::string& agency_id) {
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    context.AddMetadata("authorization", absl::StrCat("Bearer ", bearer));
+    context.AddMetadata("x-peerpath-agency-id", agency_id);
+  }
+
   std::unique_ptr<consent::v1::ConsentService::Stub> stub_;
   std::shared_ptr<ServiceToken> token_;
 };

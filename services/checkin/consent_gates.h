@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/config.h"
+#include "peerpath/consent/v1/consent.pb.h"
 
 namespace peerpath::checkin {
 
@@ -18,6 +19,12 @@ struct ConsentGateAnswer {
   std::vector<std::string> consent_ids;
 };
 
+// A consent decision for one staff member's access to a participant's data (CheckAccess).
+struct AccessAnswer {
+  bool permitted = false;
+  std::string reason;  // Why not (for people; no personal data).
+};
+
 class ConsentGates {
  public:
   virtual ~ConsentGates() = default;
@@ -26,10 +33,19 @@ class ConsentGates {
   virtual absl::StatusOr<std::vector<ConsentGateAnswer>> Check(
       const std::string& agency_id, const std::string& participant_id,
       const std::vector<std::string>& gates) = 0;
+  // Whether the consent service permits `subject` acting in `roles` to receive the participant's
+  // data of `category` for `purpose`. UNAVAILABLE when it cannot be asked: the caller must then
+  // refuse, never share.
+  virtual absl::StatusOr<AccessAnswer> CheckAccess(const std::string& agency_id,
+                                                   const std::string& participant_id,
+                                                   const std::string& subject,
+                                                   const std::vector<std::string>& roles,
+                                                   consent::v1::DataCategory category,
+                                                   consent::v1::Purpose purpose) = 0;
 };
 
-// Without a consent service (--consent_address unset): every consent gate is reported unmet with
-// that reason.
+// Without a consent service (--consent_address unset): every consent gate is reported unmet and
+// every access denied, with that reason.
 std::unique_ptr<ConsentGates> MakeUnconfiguredConsentGates();
 
 // ConsentService.CheckGates over gRPC at `address`, with this service's own token

@@ -676,6 +676,67 @@ v1::Appointment InsertAppointment(pqxx::work& tx, const std::string& agency_id,
   return *LoadAppointment(tx, a.appointment_id());
 }
 
+std::vector<v1::Appointment> ListAppointments(pqxx::work& tx, const AppointmentFilter& f) {
+  std::vector<std::string> kinds, outcomes;
+  for (auto k : f.kinds)
+    kinds.push_back(EnumText(v1::AppointmentKind_descriptor(), k, "APPOINTMENT_KIND_"));
+  for (auto o : f.outcomes) {
+    outcomes.push_back(EnumText(v1::AppointmentOutcome_descriptor(), o, "APPOINTMENT_OUTCOME_"));
+  }
+  const pqxx::result r = tx.exec_params(
+      absl::StrCat(
+          "SELECT ", kAppointmentColumns,
+          " FROM appointments a WHERE ($1 = '' OR a.enrollment_id = NULLIF($1, '')::uuid) "
+          "AND ($2 = '' OR a.participant_id = $2) AND ($3 = '' OR a.owner_id = $3) "
+          "AND (cardinality($4::text[]) = 0 OR a.kind = ANY ($4::text[])) "
+          "AND (cardinality($5::text[]) = 0 OR a.outcome = ANY ($5::text[])) "
+          "AND ($6 = '' OR a.scheduled_at >= " PP_TS(
+              "$6") ") "
+                    "AND ($7 = '' OR a.scheduled_at < " PP_TS(
+                        "$7") ") "
+                              "AND ($8 = '' OR EXISTS (SELECT 1 FROM supporter_matches m WHERE "
+                              "m.active AND "
+                              "m.participant_id = a.participant_id AND m.supporter_subject = $8)) "
+                              "AND ($9 = '' OR EXISTS (SELECT 1 FROM supporter_matches m WHERE "
+                              "m.active AND "
+                              "m.participant_id = a.participant_id AND m.supervisor_subject = $9)) "
+                              "AND ($10 = '' OR (a.scheduled_at, a.id) > (" PP_TS(
+                                  "$10") ", $11::uuid)) "
+                                         "ORDER BY a.scheduled_at, a.id LIMIT $12"),
+      f.enrollment_id, f.participant_id, f.owner_id, ArrayLiteral(kinds), ArrayLiteral(outcomes),
+      f.scheduled_from_micros, f.scheduled_to_micros, f.supporter_subject, f.supervisor_subject,
+      f.after_micros,
+      f.after_id.empty() ? std::string("00000000-0000-0000-0000-000000000000") : f.after_id,
+      f.limit);
+  std::vector<v1::Appointment> out;
+  for (const auto& row : r) out.push_back(AppointmentOf(row));
+  return out;
+}
+
+std::vector<v1::WellbeingPoint> WellbeingPoints(pqxx::work& tx, const std::string& participant_id,
+                                                const std::string& enrollment_id,
+                                                const std::string& from_micros,
+                                                const std::string& to_micros, int limit) {
+  const pqxx::result r = tx.exec_params(
+      "SELECT id::text, enrollment_id::text, " PP_US("occurred_at") ", wellbeing FROM check_ins "
+      "WHERE participant_id = $1 AND wellbeing IS NOT NULL "
+      "AND ($2 = '' OR enrollment_id = NULLIF($2, '')::uuid) "
+      "AND ($3 = '' OR occurred_at >= " PP_TS("$3") ") "
+      "AND ($4 = '' OR occurred_at < " PP_TS("$4") ") "
+      "ORDER BY occurred_at DESC, recorded_at DESC, id DESC LIMIT $5",
+      participant_id, enrollment_id, from_micros, to_micros, limit);
+  std::vector<v1::WellbeingPoint> out;
+  for (auto it = r.rbegin(); it != r.rend(); ++it) {
+    v1::WellbeingPoint p;
+    p.set_check_in_id((*it)[0].c_str());
+    p.set_enrollment_id((*it)[1].c_str());
+    *p.mutable_occurred_at() = ToProtoTimestamp(TimeOf((*it)[2]));
+    p.set_score((*it)[3].as<int>());
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
 std::optional<v1::Appointment> LoadAppointment(pqxx::work& tx, const std::string& id) {
   const pqxx::result r =
       tx.exec_params(absl::StrCat("SELECT ", kAppointmentColumns,

@@ -86,6 +86,33 @@ struct EnrollmentFilter {
 };
 std::vector<v1::Enrollment> ListEnrollments(pqxx::work& tx, const EnrollmentFilter& filter);
 
+struct AppointmentFilter {
+  std::string enrollment_id;
+  std::string participant_id;
+  std::string owner_id;
+  std::vector<v1::AppointmentKind> kinds;
+  std::vector<v1::AppointmentOutcome> outcomes;
+  std::string scheduled_from_micros;  // Inclusive; empty: unbounded.
+  std::string scheduled_to_micros;    // Exclusive; empty: unbounded.
+  // Relationship scope as in EnrollmentFilter (peer supporters', supervisors' views).
+  std::string supporter_subject;
+  std::string supervisor_subject;
+  // Cursor: strictly after (scheduled_at, id) in ascending order.
+  std::string after_micros;
+  std::string after_id;
+  int limit = 50;
+};
+// Appointments by scheduled_at ascending, then id.
+std::vector<v1::Appointment> ListAppointments(pqxx::work& tx, const AppointmentFilter& filter);
+
+// The participant's wellbeing scores (check-ins with one), of one enrollment when
+// `enrollment_id` is set and in [from, to) when set (micros, empty: unbounded): the latest
+// `limit`, oldest first.
+std::vector<v1::WellbeingPoint> WellbeingPoints(pqxx::work& tx, const std::string& participant_id,
+                                                const std::string& enrollment_id,
+                                                const std::string& from_micros,
+                                                const std::string& to_micros, int limit);
+
 // Ends an active enrollment; cancels its due occurrences. Returns the updated enrollment.
 v1::Enrollment EndEnrollment(pqxx::work& tx, const std::string& enrollment_id,
                              const std::string& reason, const std::string& ended_by);

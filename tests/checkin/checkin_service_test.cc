@@ -59,9 +59,28 @@ class FakeConsent final : public consent::v1::ConsentService::Service {
     response->set_all_held(all);
     return grpc::Status::OK;
   }
+  // Permits what Permit() named (subject of the actor); records each question.
+  grpc::Status CheckAccess(grpc::ServerContext*, const consent::v1::CheckAccessRequest* request,
+                           consent::v1::CheckAccessResponse* response) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    access_questions_.push_back(*request);
+    const bool permit = permitted_.contains(request->actor().subject());
+    response->set_decision(permit ? consent::v1::ACCESS_DECISION_PERMIT
+                                  : consent::v1::ACCESS_DECISION_DENY);
+    if (!permit) response->set_message("no consent names this recipient");
+    return grpc::Status::OK;
+  }
   void Hold(std::set<std::string> gates) {
     std::lock_guard<std::mutex> lock(mu_);
     held_ = std::move(gates);
+  }
+  void Permit(std::set<std::string> subjects) {
+    std::lock_guard<std::mutex> lock(mu_);
+    permitted_ = std::move(subjects);
+  }
+  std::vector<consent::v1::CheckAccessRequest> access_questions() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return access_questions_;
   }
   int calls() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -71,6 +90,8 @@ class FakeConsent final : public consent::v1::ConsentService::Service {
  private:
   std::mutex mu_;
   std::set<std::string> held_;
+  std::set<std::string> permitted_;
+  std::vector<consent::v1::CheckAccessRequest> access_questions_;
   int calls_ = 0;
 };
 
@@ -1033,6 +1054,156 @@ TEST_F(CheckInServiceTest, EscalationSafetyConcernStopsRoutineEngagement) {
                   .ok());
   EXPECT_EQ(due.scheduled_check_ins_size(), 0);
   (void)second;
+}
+
+TEST_F(CheckInServiceTest, ListAppointmentsShowsEachRoleOnlyWhatItMaySee) {
+  Match("p-10", "peer-2", "22222222-2222-4222-8222-222222222222", "supervisor-2");
+  const std::string mine = Enrolled("early_engagement", "p-1");
+  const std::string theirs = Enrolled("early_engagement", "p-10");
+  auto schedule = [&](const std::string& enrollment, v1::AppointmentKind kind, int hours) {
+    v1::ScheduleAppointmentRequest r;
+    r.set_enrollment_id(enrollment);
+    r.set_kind(kind);
+    *r.mutable_scheduled_at() = ToProtoTimestamp(absl::Now() + absl::Hours(hours));
+    r.set_idempotency_key("appointment-" + std::to_string(++keys_));
+    v1::ScheduleAppointmentResponse out;
+    EXPECT_TRUE(stub_->ScheduleAppointment(As({"case_manager"}).get(), r, &out).ok());
+    return out.appointment().appointment_id();
+  };
+  const std::string later = schedule(mine, v1::APPOINTMENT_KIND_CLINICAL_REVIEW, 72);
+  const std::string first = schedule(mine, v1::APPOINTMENT_KIND_FIRST_APPOINTMENT, 24);
+  const std::string middle = schedule(mine, v1::APPOINTMENT_KIND_THERAPY, 48);
+  const std::string other = schedule(theirs, v1::APPOINTMENT_KIND_FIRST_APPOINTMENT, 30);
+  auto list = [&](const v1::ListAppointmentsRequest& r, const std::string& role,
+                  const std::string& subject, v1::ListAppointmentsResponse* out,
+                  const std::string& agency = kAgency) {
+    out->Clear();
+    return stub_->ListAppointments(As({role}, subject, agency).get(), r, out);
+  };
+  auto ids = [](const v1::ListAppointmentsResponse& r) {
+    std::vector<std::string> out;
+    for (const auto& a : r.appointments()) out.push_back(a.appointment_id());
+    return out;
+  };
+  v1::ListAppointmentsRequest all;
+  v1::ListAppointmentsResponse got;
+  ASSERT_TRUE(list(all, "clinician", "dr-lee", &got).ok());
+  EXPECT_EQ(ids(got), (std::vector<std::string>{first, other, middle, later}));  // By time.
+  ASSERT_TRUE(list(all, "peer_supporter", "peer-1", &got).ok());
+  EXPECT_EQ(ids(got), (std::vector<std::string>{first, middle, later}));
+  ASSERT_TRUE(list(all, "supervisor", "supervisor-2", &got).ok());
+  EXPECT_EQ(ids(got), (std::vector<std::string>{other}));
+  ASSERT_TRUE(list(all, "clinician", "dr-other", &got, "agency-b").ok());
+  EXPECT_TRUE(got.appointments().empty());
+  EXPECT_EQ(list(all, "operations", "ops-1", &got).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  v1::ListAppointmentsRequest outside;
+  outside.set_participant_id("p-10");
+  EXPECT_EQ(list(outside, "peer_supporter", "peer-1", &got).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+
+  // Filters, and pages whose token is bound to them.
+  v1::ListAppointmentsRequest firsts;
+  firsts.add_kinds(v1::APPOINTMENT_KIND_FIRST_APPOINTMENT);
+  ASSERT_TRUE(list(firsts, "clinician", "dr-lee", &got).ok());
+  EXPECT_EQ(ids(got), (std::vector<std::string>{first, other}));
+  v1::ListAppointmentsRequest page;
+  page.set_enrollment_id(mine);
+  page.set_page_size(2);
+  ASSERT_TRUE(list(page, "clinician", "dr-lee", &got).ok());
+  EXPECT_EQ(ids(got), (std::vector<std::string>{first, middle}));
+  ASSERT_FALSE(got.next_page_token().empty());
+  page.set_page_token(got.next_page_token());
+  v1::ListAppointmentsRequest changed = page;
+  changed.add_outcomes(v1::APPOINTMENT_OUTCOME_PENDING);
+  ASSERT_TRUE(list(page, "clinician", "dr-lee", &got).ok());
+  EXPECT_EQ(ids(got), (std::vector<std::string>{later}));
+  EXPECT_TRUE(got.next_page_token().empty());
+  grpc::Status status = list(changed, "clinician", "dr-lee", &got);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(BadFields(status), (std::set<std::string>{"page_token"}));
+
+  v1::ListAppointmentsRequest bad;
+  bad.set_enrollment_id("nope");
+  bad.add_kinds(v1::APPOINTMENT_KIND_UNSPECIFIED);
+  bad.add_outcomes(static_cast<v1::AppointmentOutcome>(99));
+  *bad.mutable_scheduled()->mutable_start_time() = ToProtoTimestamp(absl::Now());
+  *bad.mutable_scheduled()->mutable_end_time() = ToProtoTimestamp(absl::Now() - absl::Hours(1));
+  bad.set_page_size(-1);
+  status = list(bad, "clinician", "dr-lee", &got);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(BadFields(status), (std::set<std::string>{"enrollment_id", "kinds[0]", "outcomes[0]",
+                                                      "scheduled.end_time", "page_size"}));
+}
+
+TEST_F(CheckInServiceTest, WellbeingTrendFollowsTheRelationshipAndTheParticipantsConsent) {
+  const std::string id = Enrolled("structured_checkin", "p-1");
+  int seconds = 40;
+  for (int score : {5, 4, 2}) {
+    std::vector<v1::Answer> answers = ValidAnswers("structured_checkin");
+    answers[1] = Scale("wellbeing", score);
+    v1::RecordCheckInRequest request = CheckIn(id, answers);
+    *request.mutable_occurred_at() = ToProtoTimestamp(absl::Now() - absl::Seconds(seconds));
+    seconds -= 10;
+    v1::RecordCheckInResponse recorded;
+    ASSERT_TRUE(Record(request, &recorded).ok());
+  }
+  auto trend = [&](const v1::GetWellbeingTrendRequest& r, const std::string& role,
+                   const std::string& subject, v1::GetWellbeingTrendResponse* out) {
+    out->Clear();
+    return stub_->GetWellbeingTrend(As({role}, subject).get(), r, out);
+  };
+  auto scores = [](const v1::GetWellbeingTrendResponse& r) {
+    std::vector<int> out;
+    for (const auto& p : r.points()) out.push_back(p.score());
+    return out;
+  };
+  v1::GetWellbeingTrendRequest request;
+  request.set_participant_id("p-1");
+  v1::GetWellbeingTrendResponse got;
+  ASSERT_TRUE(trend(request, "peer_supporter", "peer-1", &got).ok());
+  EXPECT_EQ(scores(got), (std::vector<int>{5, 4, 2}));  // Oldest first.
+  EXPECT_TRUE(got.declining());                         // 5 -> 2: a fall of 3 >= 2.
+  EXPECT_EQ(got.drop_points(), 2);
+  EXPECT_EQ(got.points(0).enrollment_id(), id);
+  request.set_max_points(2);
+  ASSERT_TRUE(trend(request, "supervisor", "supervisor-1", &got).ok());
+  EXPECT_EQ(scores(got), (std::vector<int>{4, 2}));
+  EXPECT_TRUE(got.declining());  // Whatever the filters: the last three.
+
+  // Outside the relationship, and staff without the participant's consent, see nothing.
+  EXPECT_EQ(trend(request, "peer_supporter", "peer-2", &got).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(trend(request, "supervisor", "supervisor-2", &got).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  consent_.Permit({});
+  EXPECT_EQ(trend(request, "clinician", "dr-lee", &got).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_TRUE(got.points().empty());
+  consent_.Permit({"dr-lee"});
+  ASSERT_TRUE(trend(request, "clinician", "dr-lee", &got).ok());
+  EXPECT_EQ(scores(got), (std::vector<int>{4, 2}));
+  const auto questions = consent_.access_questions();
+  ASSERT_EQ(questions.size(), 2u);
+  EXPECT_EQ(questions[1].participant_id(), "p-1");
+  EXPECT_EQ(questions[1].data_category(), consent::v1::DATA_CATEGORY_CHECK_IN_SUMMARIES);
+  EXPECT_EQ(questions[1].purpose(), consent::v1::PURPOSE_TREATMENT);
+  EXPECT_EQ(questions[1].actor().roles(0), "clinician");
+  EXPECT_EQ(trend(request, "operations", "ops-1", &got).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+
+  // Another participant's enrollment; bad fields named.
+  const std::string other = Enrolled("structured_checkin", "p-2");
+  request.set_enrollment_id(other);
+  EXPECT_EQ(trend(request, "peer_supporter", "peer-1", &got).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  v1::GetWellbeingTrendRequest bad;
+  bad.set_max_points(101);
+  bad.set_enrollment_id("x");
+  grpc::Status status = trend(bad, "peer_supporter", "peer-1", &got);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(BadFields(status),
+            (std::set<std::string>{"participant_id", "enrollment_id", "max_points"}));
 }
 
 }  // namespace
