@@ -4,6 +4,7 @@
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 
 #include <algorithm>
+#include <map>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -1063,18 +1064,10 @@ grpc::Status CheckInService::GetCheckIn(grpc::ServerContext* context,
   if (!IsUuid(request->check_in_id())) {
     return ToGrpc(InvalidArgument("invalid request", {{"check_in_id", "required: a UUID"}}));
   }
-  return ToGrpc(context_.db.TransactForAgency(call->caller.agency_id, [&](pqxx::work& tx) {
+  auto read = context_.db.TransactForAgency(call->caller.agency_id, [&](pqxx::work& tx) {
     auto c = LoadCheckIn(tx, request->check_in_id());
     if (!c) return absl::NotFoundError("no such check-in in your agency");
     if (auto s = RequireParticipantAccess(tx, *call, c->participant_id()); !s.ok()) return s;
-    // Answers go to the peer relationship (supporter, supervisor); others need a consent
-    // decision this service does not ask for yet, so they are withheld (never shown by default).
-    const bool relationship = call->as_peer || call->role == "supervisor";
-    if (!relationship) {
-      c->clear_answers();
-      c->set_wellbeing_score(0);
-      c->set_answers_withheld(true);
-    }
     AppendAuditRow(tx, call->caller.agency_id,
                    {.actor = call->caller.subject,
                     .actor_role = call->role,
@@ -1086,7 +1079,41 @@ grpc::Status CheckInService::GetCheckIn(grpc::ServerContext* context,
                     .request_id = call->request_id});
     *response->mutable_check_in() = std::move(*c);
     return absl::OkStatus();
-  }));
+  });
+  if (!read.ok()) return ToGrpc(read);
+  if (absl::Status shown = WithholdAnswersWithoutConsent(*call, {response->mutable_check_in()});
+      !shown.ok()) {
+    response->Clear();
+    return ToGrpc(shown);
+  }
+  return grpc::Status::OK;
+}
+
+absl::Status CheckInService::WithholdAnswersWithoutConsent(const Call& call,
+                                                           std::vector<v1::CheckIn*> check_ins) {
+  // Answers go to the peer relationship (supporter, supervisor); other staff see them only when
+  // the participant's consent permits check-in summaries to them (asked once per participant).
+  if (call.as_peer || call.as_supervisor) return absl::OkStatus();
+  const consent::v1::Purpose purpose = call.role == "clinician"
+                                           ? consent::v1::PURPOSE_TREATMENT
+                                           : consent::v1::PURPOSE_CARE_COORDINATION;
+  std::map<std::string, bool> permitted;
+  for (v1::CheckIn* c : check_ins) {
+    auto known = permitted.find(c->participant_id());
+    if (known == permitted.end()) {
+      auto answer = consent_gates_->CheckAccess(
+          call.caller.agency_id, c->participant_id(), call.caller.subject, {call.role},
+          consent::v1::DATA_CATEGORY_CHECK_IN_SUMMARIES, purpose);
+      if (!answer.ok()) return answer.status();
+      known = permitted.emplace(c->participant_id(), answer->permitted).first;
+    }
+    if (!known->second) {
+      c->clear_answers();
+      c->set_wellbeing_score(0);
+      c->set_answers_withheld(true);
+    }
+  }
+  return absl::OkStatus();
 }
 
 grpc::Status CheckInService::ListCheckIns(grpc::ServerContext* context,
@@ -1117,17 +1144,11 @@ grpc::Status CheckInService::ListCheckIns(grpc::ServerContext* context,
     }
     filter.after_id = parts.second;
   }
-  const bool relationship = call->as_peer || call->role == "supervisor";
-  return ToGrpc(context_.db.TransactForAgency(call->caller.agency_id, [&](pqxx::work& tx) {
+  auto read = context_.db.TransactForAgency(call->caller.agency_id, [&](pqxx::work& tx) {
     auto rows = checkin::ListCheckIns(tx, filter);
     const bool more = static_cast<int>(rows.size()) > *size;
     if (more) rows.resize(*size);
     for (auto& c : rows) {
-      if (!relationship) {
-        c.clear_answers();
-        c.set_wellbeing_score(0);
-        c.set_answers_withheld(true);
-      }
       AppendAuditRow(tx, call->caller.agency_id,
                      {.actor = call->caller.subject,
                       .actor_role = call->role,
@@ -1146,7 +1167,15 @@ grpc::Status CheckInService::ListCheckIns(grpc::ServerContext* context,
                                        "/", last.check_in_id())));
     }
     return absl::OkStatus();
-  }));
+  });
+  if (!read.ok()) return ToGrpc(read);
+  std::vector<v1::CheckIn*> listed;
+  for (auto& c : *response->mutable_check_ins()) listed.push_back(&c);
+  if (absl::Status shown = WithholdAnswersWithoutConsent(*call, listed); !shown.ok()) {
+    response->Clear();
+    return ToGrpc(shown);
+  }
+  return grpc::Status::OK;
 }
 
 grpc::Status CheckInService::ListDueCheckIns(grpc::ServerContext* context,

@@ -103,6 +103,10 @@ class CheckInService final : public CheckInServiceBase {
   // NOT_FOUND/PERMISSION_DENIED unless the caller may act for the participant.
   absl::Status RequireParticipantAccess(pqxx::work& tx, const Call& call,
                                         const std::string& participant_id);
+  // Clears the answers of the check-ins whose participant's consent does not permit check-in
+  // summaries to the caller (staff outside the peer relationship); UNAVAILABLE when the consent
+  // service cannot be asked.
+  absl::Status WithholdAnswersWithoutConsent(const Call& call, std::vector<v1::CheckIn*> check_ins);
 
   // One sweep of every agency: missed occurrences, then disengagement stages. Returns the number
   // of events written.

@@ -1206,5 +1206,57 @@ TEST_F(CheckInServiceTest, WellbeingTrendFollowsTheRelationshipAndTheParticipant
             (std::set<std::string>{"participant_id", "enrollment_id", "max_points"}));
 }
 
+TEST_F(CheckInServiceTest, StaffSeeAnswersOnlyWithTheParticipantsConsent) {
+  const std::string one = Enrolled("structured_checkin", "p-1");
+  const std::string two = Enrolled("structured_checkin", "p-2");
+  v1::RecordCheckInResponse first, second;
+  ASSERT_TRUE(Record(CheckIn(one, ValidAnswers("structured_checkin")), &first).ok());
+  ASSERT_TRUE(Record(CheckIn(two, ValidAnswers("structured_checkin")), &second).ok());
+  v1::GetCheckInRequest get;
+  get.set_check_in_id(first.check_in().check_in_id());
+  v1::GetCheckInResponse got;
+  // The supporter sees the answers without asking anyone.
+  ASSERT_TRUE(stub_->GetCheckIn(As({"peer_supporter"}, "peer-1").get(), get, &got).ok());
+  EXPECT_FALSE(got.check_in().answers_withheld());
+  EXPECT_EQ(got.check_in().wellbeing_score(), 4);
+  EXPECT_TRUE(consent_.access_questions().empty());
+  // A clinician without the participant's consent: the check-in, without its answers.
+  consent_.Permit({});
+  ASSERT_TRUE(stub_->GetCheckIn(As({"clinician"}, "dr-lee").get(), get, &got).ok());
+  EXPECT_TRUE(got.check_in().answers_withheld());
+  EXPECT_TRUE(got.check_in().answers().empty());
+  EXPECT_EQ(got.check_in().wellbeing_score(), 0);
+  consent_.Permit({"dr-lee"});
+  ASSERT_TRUE(stub_->GetCheckIn(As({"clinician"}, "dr-lee").get(), get, &got).ok());
+  EXPECT_FALSE(got.check_in().answers_withheld());
+  EXPECT_EQ(got.check_in().answers_size(), 4);
+  EXPECT_EQ(consent_.access_questions().back().purpose(), consent::v1::PURPOSE_TREATMENT);
+
+  // A list asks once per participant; a case manager asks for care coordination.
+  consent_.Permit({"cm-1"});
+  const size_t asked = consent_.access_questions().size();
+  v1::ListCheckInsRequest list;
+  v1::ListCheckInsResponse listed;
+  ASSERT_TRUE(stub_->ListCheckIns(As({"case_manager"}, "cm-1").get(), list, &listed).ok());
+  ASSERT_EQ(listed.check_ins_size(), 2);
+  for (const auto& c : listed.check_ins()) EXPECT_FALSE(c.answers_withheld());
+  EXPECT_EQ(consent_.access_questions().size(), asked + 2);
+  EXPECT_EQ(consent_.access_questions().back().purpose(), consent::v1::PURPOSE_CARE_COORDINATION);
+  ASSERT_TRUE(stub_->ListCheckIns(As({"case_manager"}, "cm-2").get(), list, &listed).ok());
+  for (const auto& c : listed.check_ins()) EXPECT_TRUE(c.answers_withheld());
+
+  // The consent service gone: nothing is shown, the caller is told to retry.
+  consent_server_->Shutdown();
+  consent_server_.reset();
+  got.Clear();
+  listed.Clear();
+  grpc::Status status = stub_->GetCheckIn(As({"clinician"}, "dr-lee").get(), get, &got);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_FALSE(got.has_check_in());
+  status = stub_->ListCheckIns(As({"case_manager"}, "cm-1").get(), list, &listed);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_TRUE(listed.check_ins().empty());
+}
+
 }  // namespace
 }  // namespace peerpath::testing
