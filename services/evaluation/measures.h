@@ -128,7 +128,9 @@ struct ReportFacts {
   std::vector<ConcernFact> concerns;                                   // Opened in the period.
   std::vector<std::pair<std::string, absl::Time>> emergency_accesses;  // In the period.
   std::map<std::string, int64_t> supporter_contacts;                   // In the period.
-  std::set<std::pair<std::string, int64_t>> contact_days;  // (participant, civil day number).
+  // (participant, civil day number): for each index event of the period, the first contact day on
+  // or after its day and after it (all FollowUpBetween needs).
+  std::set<std::pair<std::string, int64_t>> contact_days;
   std::vector<WellbeingFact> wellbeing;
 };
 

@@ -185,22 +185,22 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
            p0, p1)) {
     f.supporter_contacts[row[0].as<std::string>()] = row[1].as<int64_t>();
   }
-  // Contact days only of the people with an index event (emergency visit, discharge) in the
-  // period, from its first day to 31 days after its last.
+  // The follow-up measures ask whether a person had a contact on a day in [from, to], where from
+  // is an index event's day (emergency visit) or the day after (discharge): the answer is the
+  // first contact day on or after `from`. So for each index event of the period only those two
+  // days are read (an index probe each), never every contact day of the window.
   for (const auto& row : ExecPrepared(
            tx, "eval_load_contact_days",
-           "SELECT d.participant_id, (d.day - date '1970-01-01')::bigint FROM contact_days d "
-           "WHERE d.agency_id = " +
+           "SELECT DISTINCT o.participant_id, (f.day - date '1970-01-01')::bigint "
+           "FROM service_outcomes o CROSS JOIN (VALUES (0), (1)) AS k(shift) "
+           "CROSS JOIN LATERAL (SELECT d.day FROM contact_days d WHERE d.agency_id = o.agency_id "
+           "  AND d.participant_id = o.participant_id "
+           "  AND d.day >= (o.occurred_at AT TIME ZONE 'UTC')::date + k.shift "
+           "  ORDER BY d.day LIMIT 1) f "
+           "WHERE o.agency_id = " +
                agency +
-               " AND d.day >= (" PP_TS(1) " AT TIME ZONE "
-                                          "'UTC')::date AND d.day <= (" PP_TS(
-                                              2) " AT TIME ZONE 'UTC')::date + 31 AND "
-                                                 "d.participant_id IN (SELECT o.participant_id "
-                                                 "FROM service_outcomes o WHERE "
-                                                 "o.agency_id = " +
-               agency +
-               " AND o.kind IN ('emergency_visit', 'discharge') AND "
-               "o.occurred_at >= " PP_TS(1) " AND o.occurred_at < " PP_TS(2) ")",
+               " AND o.kind IN ('emergency_visit', 'discharge') "
+               "AND o.occurred_at >= " PP_TS(1) " AND o.occurred_at < " PP_TS(2),
            p0, p1)) {
     f.contact_days.emplace(row[0].as<std::string>(), row[1].as<int64_t>());
   }

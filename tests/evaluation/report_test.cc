@@ -412,6 +412,51 @@ TEST_F(ReportTest, HandComputedValuesOfTheSyntheticProgram) {
   EXPECT_EQ(CellOf(Report(p.agency(), "step_down"), "enrollments_started").count().count(), 25);
 }
 
+// HEDIS FUM/FUH style follow-ups, where a peer support contact qualifies: an emergency visit's
+// follow-up may be on its day, a discharge's only from the day after; a contact before the index
+// event never counts.
+TEST_F(ReportTest, FollowUpsAfterEmergencyVisitsAndDischargesCountPeerContactsInTheirWindows) {
+  Program p("agency-follow-up");
+  int n = 0;
+  auto contact = [&](const std::string& person, int month, int day) {
+    ++n;
+    p.CheckIn(person, 1000 + n, 0, "sup01", At(month, day), 3);
+  };
+  for (int i = 1; i <= 44; ++i) {
+    const std::string e = Person("e", i), h = Person("h", i);
+    p.Outcome(e, ev::v1::SERVICE_OUTCOME_KIND_EMERGENCY_VISIT_MENTAL_ILLNESS, At(3, 10));
+    p.Outcome(h, ev::v1::SERVICE_OUTCOME_KIND_DISCHARGE, At(3, 10),
+              ev::v1::DISCHARGE_SETTING_INPATIENT_MENTAL_HEALTH);
+    if (i <= 11) {  // Before (not counted), then within 7 days.
+      contact(e, 3, 5);
+      contact(e, 3, 12);
+    } else if (i <= 22) {  // On the visit's day.
+      contact(e, 3, 10);
+    } else if (i <= 33) {  // 15 days after: 30-day only.
+      contact(e, 3, 25);
+    } else {  // Only before.
+      contact(e, 3, 5);
+    }
+    if (i <= 11) {  // On the discharge day (not counted), then 2 days after.
+      contact(h, 3, 10);
+      contact(h, 3, 12);
+    } else if (i <= 22) {  // Only on the discharge day.
+      contact(h, 3, 10);
+    } else if (i <= 33) {  // 10 days after: 30-day only.
+      contact(h, 3, 20);
+    } else {  // The day after.
+      contact(h, 3, 11);
+    }
+  }
+  for (const Delivery& d : p.deliveries()) Apply(d);
+  RecordOutcomes(p);
+  const auto r = Report(p.agency());
+  ExpectRate(CellOf(r, "follow_up_after_emergency_visit_7d"), 22, 44);
+  ExpectRate(CellOf(r, "follow_up_after_emergency_visit_30d"), 33, 44);
+  ExpectRate(CellOf(r, "follow_up_after_hospitalization_7d"), 22, 44);
+  ExpectRate(CellOf(r, "follow_up_after_hospitalization_30d"), 33, 44);
+}
+
 TEST_F(ReportTest, DuplicateAndOutOfOrderDeliveryChangeNothing) {
   Program p = MainProgram();
   for (const Delivery& d : p.deliveries()) Apply(d);
