@@ -32,6 +32,10 @@ PEERPATH_TLS_CERT_FILE: /etc/peerpath/tls/tls.crt
 PEERPATH_TLS_KEY_FILE: /etc/peerpath/tls/tls.key
 PEERPATH_TLS_CA_FILE: /etc/peerpath/tls/ca.crt
 PEERPATH_ALLOW_PLAINTEXT: "false"
+# Calls to the other services: TLS with the pod's own certificate as client certificate.
+PEERPATH_CLIENT_TLS_CA_FILE: /etc/peerpath/tls/ca.crt
+PEERPATH_CLIENT_TLS_CERT_FILE: /etc/peerpath/tls/tls.crt
+PEERPATH_CLIENT_TLS_KEY_FILE: /etc/peerpath/tls/tls.key
 {{- else }}
 PEERPATH_ALLOW_PLAINTEXT: "true"
 {{- end }}
@@ -64,4 +68,28 @@ app.kubernetes.io/name: peerpath-{{ .name }}
 app.kubernetes.io/component: {{ .name }}
 app.kubernetes.io/part-of: peerpath
 app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end -}}
+
+
+{{/*
+Where the other services call one service: its `address` value, or its Service in the release
+namespace. Called with (dict "root" $ "name" "<service>").
+*/}}
+{{- define "peerpath.address" -}}
+{{- $v := index .root.Values .name -}}
+{{- default (printf "peerpath-%s:%v" .name $v.grpcPort) $v.address -}}
+{{- end -}}
+
+{{/*
+One service's own flags (ConfigMap peerpath-<service>-config): its ports and the addresses of the
+services it calls. Called with (dict "root" $ "name" "<service>").
+*/}}
+{{- define "peerpath.serviceConfig" -}}
+{{- $root := .root -}}
+{{- $v := index $root.Values .name -}}
+PEERPATH_LISTEN_ADDRESS: {{ printf "0.0.0.0:%v" $v.grpcPort | quote }}
+PEERPATH_METRICS_ADDRESS: {{ printf "0.0.0.0:%v" $v.metricsPort | quote }}
+{{- range $callee := $v.calls }}
+PEERPATH_{{ upper $callee }}_ADDRESS: {{ include "peerpath.address" (dict "root" $root "name" $callee) | quote }}
+{{- end }}
 {{- end -}}

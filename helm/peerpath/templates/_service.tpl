@@ -28,8 +28,7 @@ metadata:
   labels:
     {{- include "peerpath.labels" . | nindent 4 }}
 data:
-  PEERPATH_LISTEN_ADDRESS: {{ printf "0.0.0.0:%v" $v.grpcPort | quote }}
-  PEERPATH_METRICS_ADDRESS: {{ printf "0.0.0.0:%v" $v.metricsPort | quote }}
+  {{- include "peerpath.serviceConfig" . | nindent 2 }}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -58,7 +57,7 @@ spec:
         prometheus.io/port: {{ $v.metricsPort | quote }}
         prometheus.io/path: /metrics
         # The environment comes from ConfigMaps: a change to them rolls the pods.
-        checksum/config: {{ printf "%s|%v|%v" (include "peerpath.commonConfig" $root) $v.grpcPort $v.metricsPort | sha256sum }}
+        checksum/config: {{ printf "%s|%s" (include "peerpath.commonConfig" $root) (include "peerpath.serviceConfig" .) | sha256sum }}
     spec:
       serviceAccountName: {{ $app }}
       automountServiceAccountToken: false
@@ -129,12 +128,20 @@ spec:
                 secretKeyRef:
                   name: {{ $app }}-db
                   key: url
+            # This service's own bearer token (role `service`) for its calls to other services.
+            - name: PEERPATH_SERVICE_TOKEN_FILE
+              value: /etc/peerpath/service-token/token
           volumeMounts:
             - name: jwt-keys
               mountPath: /etc/peerpath/jwt
               readOnly: true
             - name: tmp
               mountPath: /tmp
+            # The whole Secret, not a subPath: a rotated token then reaches the running pod, and
+            # the binary re-reads the file when it changes.
+            - name: service-token
+              mountPath: /etc/peerpath/service-token
+              readOnly: true
             {{- if $root.Values.tls.enabled }}
             - name: tls
               mountPath: /etc/peerpath/tls
@@ -194,6 +201,14 @@ spec:
           emptyDir:
             medium: Memory
             sizeLimit: 16Mi
+        - name: service-token
+          secret:
+            secretName: {{ $v.serviceTokenSecret }}
+            optional: false
+            defaultMode: 0440
+            items:
+              - key: token
+                path: token
         {{- if $root.Values.tls.enabled }}
         - name: tls
           secret:
