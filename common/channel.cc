@@ -26,9 +26,14 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& ta
                                                            const ChannelOptions& options) {
   grpc::ChannelArguments args;
   if (options.ca_file.empty()) {
-    if (!options.cert_file.empty() || !IsLoopbackAddress(target)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "a plaintext channel is only allowed to loopback; give a CA file for ", target));
+    if (!options.cert_file.empty()) {
+      return absl::InvalidArgumentError("a client certificate needs a CA file (TLS)");
+    }
+    if (!options.allow_plaintext && !IsLoopbackAddress(target)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("a plaintext channel is only allowed to loopback (or with --allow_plaintext "
+                       "behind a mesh that provides mTLS); give a CA file for ",
+                       target));
     }
     return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
   }

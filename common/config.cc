@@ -30,7 +30,8 @@ ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
 ABSL_FLAG(std::string, tls_ca_file, "",
           "PEM CA bundle for client certificates; set to require mutual TLS");
 ABSL_FLAG(bool, allow_plaintext, false,
-          "Allow listening without TLS on a non-loopback address (e.g. behind a mesh with mTLS)");
+          "Allow plaintext gRPC off loopback, listening and calling the other services (only "
+          "behind a service mesh that provides mTLS)");
 ABSL_FLAG(int, max_message_bytes, 4 << 20, "Largest request message accepted, in bytes");
 ABSL_FLAG(int, max_concurrent_streams, 100,
           "Most calls (streams) one client connection may have open at once");
@@ -155,6 +156,7 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& default
   c.client_tls.ca_file = absl::GetFlag(FLAGS_client_tls_ca_file);
   c.client_tls.cert_file = absl::GetFlag(FLAGS_client_tls_cert_file);
   c.client_tls.key_file = absl::GetFlag(FLAGS_client_tls_key_file);
+  c.client_tls.allow_plaintext = c.allow_plaintext;
 
   std::vector<std::string> problems;
   if (!log::ParseLevel(absl::GetFlag(FLAGS_log_level), &c.log_level)) {

@@ -89,10 +89,18 @@ TEST(TransportSecurity, MutualTlsRefusesClientsWithoutATrustedCertificate) {
   EXPECT_EQ(Health(*wrong_roots), "error:14");
 }
 
-TEST(TransportSecurity, PlaintextChannelsOnlyToLoopback) {
+TEST(TransportSecurity, PlaintextChannelsOnlyToLoopbackUnlessAMeshProvidesMtls) {
   EXPECT_TRUE(MakeChannel("127.0.0.1:7103", {}).ok());
   auto refused = MakeChannel("consent.peerpath.svc:7100", {});
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  // The operator's --allow_plaintext (a mesh encrypts): plaintext to peers is allowed too, but
+  // a client certificate without a CA is still a mistake.
+  ChannelOptions mesh;
+  mesh.allow_plaintext = true;
+  EXPECT_TRUE(MakeChannel("consent.peerpath.svc:7100", mesh).ok());
+  mesh.cert_file = "x.pem";
+  mesh.key_file = "x.key";
+  EXPECT_EQ(MakeChannel("consent:7100", mesh).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(MakeChannel("consent:7100", {"/nonexistent/ca.pem", "", "", ""}).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(MakeChannel("consent:7100", {"/etc/ssl/certs/ca-certificates.crt", "x.pem", "", ""})
