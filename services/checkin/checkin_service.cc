@@ -243,10 +243,7 @@ CheckInService::CheckInService(ServiceContext& context, CheckInOptions options,
                                     matching::v1::ListEventsResponse>(
         context, options_.matching_address,
         ConsumerOptions{.source = "matching", .idle_poll = absl::Milliseconds(200)},
-        [](pqxx::work& tx, const common::v1::Event& event) {
-          ApplyMatchEvent(tx, event);
-          return absl::OkStatus();
-        });
+        ApplySupporterMatchEvent);
     matching_consumer_->Start();
   }
   if (!options_.escalation_address.empty()) {

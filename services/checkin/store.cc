@@ -337,35 +337,6 @@ std::set<std::string> KnownPeerSupporters(pqxx::work& tx, const std::vector<std:
   return out;
 }
 
-std::optional<ActiveSupporter> ActiveSupporterOf(pqxx::work& tx,
-                                                 const std::string& participant_id) {
-  const pqxx::result r = tx.exec_params(
-      "SELECT supporter_id::text, supporter_subject, supervisor_subject FROM supporter_matches "
-      "WHERE participant_id = $1 AND active ORDER BY started_at DESC NULLS LAST LIMIT 1",
-      participant_id);
-  if (r.empty()) return std::nullopt;
-  return ActiveSupporter{r[0][0].c_str(), r[0][1].c_str(), r[0][2].c_str()};
-}
-
-bool IsSupervisingSupporterOf(pqxx::work& tx, const std::string& subject,
-                              const std::string& participant_id) {
-  return !subject.empty() &&
-         !ExecPrepared(tx, "checkin_is_supervising",
-                       "SELECT 1 FROM supporter_matches WHERE participant_id = $1 AND "
-                       "supervisor_subject = $2 AND active LIMIT 1",
-                       participant_id, subject)
-              .empty();
-}
-
-bool IsActiveSupporter(pqxx::work& tx, const std::string& subject,
-                       const std::string& participant_id) {
-  return !tx.exec_params(
-                "SELECT 1 FROM supporter_matches WHERE participant_id = $1 AND "
-                "supporter_subject = $2 AND active LIMIT 1",
-                participant_id, subject)
-              .empty();
-}
-
 std::optional<v1::Enrollment> InsertEnrollment(pqxx::work& tx, const std::string& agency_id,
                                                const v1::Enrollment& e) {
   const auto& s = e.schedule();
@@ -960,38 +931,6 @@ std::vector<v1::ScheduledCheckIn> MaterializeOccurrences(pqxx::work& tx,
     out.push_back(std::move(s));
   }
   return out;
-}
-
-void ApplyMatchEvent(pqxx::work& tx, const common::v1::Event& event) {
-  matching::v1::MatchStartedEvent started;
-  matching::v1::MatchEndedEvent ended;
-  matching::v1::SupporterSupervisionChangedEvent supervision;
-  if (event.payload().UnpackTo(&started)) {
-    tx.exec_params0(
-        "INSERT INTO supporter_matches (agency_id, match_id, supporter_id, supporter_subject, "
-        "participant_id, started_at, supervisor_subject) VALUES ($1, $2::uuid, $3::uuid, $4, $5, "
-        "" PP_TS("$6") ", $7) ON CONFLICT (agency_id, match_id) DO NOTHING",
-        event.agency_id(), started.match_id(), started.supporter_id(), started.supporter_subject(),
-        started.participant_id(),
-        started.has_started_at() ? Micros(FromProtoTimestamp(started.started_at()))
-                                 : Micros(FromProtoTimestamp(event.occurred_at())),
-        started.supervisor_subject());
-  } else if (event.payload().UnpackTo(&supervision)) {
-    // Events of one log arrive in order: matches started later already carry the new one.
-    tx.exec_params0(
-        "UPDATE supporter_matches SET supervisor_subject = $2 WHERE supporter_id = $1::uuid",
-        supervision.supporter_id(), supervision.supervisor_subject());
-  } else if (event.payload().UnpackTo(&ended)) {
-    // An end seen before its start (never in one ordered log) still records the ended match.
-    tx.exec_params0(
-        "INSERT INTO supporter_matches (agency_id, match_id, supporter_id, supporter_subject, "
-        "participant_id, active, ended_at) VALUES ($1, $2::uuid, $3::uuid, $4, $5, false, "
-        "coalesce(" PP_TS("$6") ", now())) ON CONFLICT (agency_id, match_id) DO UPDATE SET "
-        "active = false, ended_at = EXCLUDED.ended_at",
-        event.agency_id(), ended.match_id(), ended.supporter_id(), ended.supporter_subject(),
-        ended.participant_id(),
-        ended.has_ended_at() ? Micros(FromProtoTimestamp(ended.ended_at())) : std::string());
-  }
 }
 
 void AppendAuditRow(pqxx::work& tx, const std::string& agency_id, const AuditEntry& entry) {

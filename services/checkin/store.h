@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/audit.h"
+#include "common/supporter_matches.h"
 #include "peerpath/checkin/v1/checkin.pb.h"
 #include "peerpath/checkin/v1/events.pb.h"
 #include "peerpath/common/v1/common.pb.h"
@@ -45,20 +46,6 @@ std::optional<v1::PathwayVersion> PublishPathway(pqxx::work& tx, const std::stri
 
 // The ids among `ids` known as peer supporters (supporter ids or subjects of any match).
 std::set<std::string> KnownPeerSupporters(pqxx::work& tx, const std::vector<std::string>& ids);
-
-// The participant's active peer supporter, if any.
-struct ActiveSupporter {
-  std::string supporter_id;
-  std::string subject;
-  std::string supervisor_subject;  // The supporter's supervisor; empty when none is known.
-};
-std::optional<ActiveSupporter> ActiveSupporterOf(pqxx::work& tx, const std::string& participant_id);
-// True when `subject` is the participant's active peer supporter.
-// True when `subject` supervises the supporter of one of the participant's active matches.
-bool IsSupervisingSupporterOf(pqxx::work& tx, const std::string& subject,
-                              const std::string& participant_id);
-bool IsActiveSupporter(pqxx::work& tx, const std::string& subject,
-                       const std::string& participant_id);
 
 // Inserts an enrollment (owners, schedule, dates, gate results already set on `e`, with
 // `enrollment_id` chosen by the caller). Returns it as stored, or nullopt when the participant
@@ -249,7 +236,6 @@ std::vector<v1::ScheduledCheckIn> MaterializeOccurrences(pqxx::work& tx,
 
 // Applies a matching service event (MatchStartedEvent / MatchEndedEvent) to the relationship
 // table; other events are ignored.
-void ApplyMatchEvent(pqxx::work& tx, const common::v1::Event& event);
 
 // Appends an event to the outbox (common/event_log.h) and an audit row.
 void AppendAuditRow(pqxx::work& tx, const std::string& agency_id, const AuditEntry& entry);

@@ -15,9 +15,11 @@
 #include "common/log.h"
 #include "common/pagination.h"
 #include "common/status.h"
+#include "common/supporter_matches.h"
 #include "common/time_util.h"
 #include "peerpath/checkin/v1/checkin.grpc.pb.h"
 #include "peerpath/checkin/v1/events.pb.h"
+#include "peerpath/matching/v1/matching.grpc.pb.h"
 #include "services/escalation/concern_events.h"
 #include "services/escalation/policy_codec.h"
 #include "services/escalation/webhook_notifier.h"
@@ -57,6 +59,7 @@ Viewer ViewerOf(const Identity& caller) {
   viewer.subject = caller.subject;
   if (caller.Has(Role::kClinician)) viewer.team_kinds.push_back("clinical_on_call");
   if (caller.Has(Role::kCaseManager)) viewer.team_kinds.push_back("case_management_team");
+  if (caller.Has(Role::kSupervisor)) viewer.team_kinds.push_back("supervised_supporters");
   return viewer;
 }
 
@@ -171,10 +174,18 @@ EscalationService::EscalationService(ServiceContext& context, EscalationOptions 
         });
     checkin_consumer_->Start();
   }
+  if (!options.matching_address.empty()) {
+    matching_consumer_ = ConsumerOf<matching::v1::MatchingService, matching::v1::ListEventsRequest,
+                                    matching::v1::ListEventsResponse>(
+        context, options.matching_address, ConsumerOptions{.source = "matching"},
+        ApplySupporterMatchEvent);
+    matching_consumer_->Start();
+  }
 }
 
 EscalationService::~EscalationService() {
   if (checkin_consumer_ != nullptr) checkin_consumer_->Stop();
+  if (matching_consumer_ != nullptr) matching_consumer_->Stop();
   sweeper_.reset();
 }
 
@@ -249,7 +260,6 @@ absl::Status EscalationService::RaiseConcernImpl(const grpc::ServerContext& cont
                                                  const Identity& caller,
                                                  const v1::RaiseConcernRequest& request,
                                                  v1::RaiseConcernResponse& response) {
-  (void)context;
   std::vector<FieldViolation> violations;
   if (request.participant_id().empty() || request.participant_id().size() > 128) {
     violations.push_back({"participant_id", "required, 1 to 128 characters"});
@@ -281,6 +291,28 @@ absl::Status EscalationService::RaiseConcernImpl(const grpc::ServerContext& cont
     auto replayed = ClaimIdempotencyKey(tx, call, response);
     if (!replayed.ok()) return replayed.status();
     if (*replayed) return absl::OkStatus();
+    // Who works with the participant (kept from the matching log): a caller who is only a peer
+    // supporter raises for their active matches, one who is only a supervisor for the
+    // participants of the supporters they supervise; clinicians and case managers for anyone of
+    // the agency.
+    const std::optional<ActiveSupporter> supporter =
+        ActiveSupporterOf(tx, request.participant_id());
+    if (!caller.Has(Role::kClinician) && !caller.Has(Role::kCaseManager)) {
+      const bool as_supervisor =
+          caller.Has(Role::kSupervisor) &&
+          IsSupervisingSupporterOf(tx, caller.subject, request.participant_id());
+      const bool as_supporter = caller.Has(Role::kPeerSupporter) &&
+                                ((supporter && supporter->subject == caller.subject) ||
+                                 IsActiveSupporter(tx, caller.subject, request.participant_id()));
+      if (!as_supervisor && !as_supporter) {
+        authorizer_.AuditRefusal(context, caller, "RaiseConcern", "participant", "",
+                                 request.participant_id());
+        return absl::PermissionDeniedError(
+            "the participant is not in your active matches or supervision: only their peer "
+            "supporter, that supporter's supervisor or the agency's clinical and case-management "
+            "staff may raise a concern about them");
+      }
+    }
     ConcernRecord record;
     v1::Concern& c = record.concern;
     c.set_agency_id(caller.agency_id);
@@ -295,6 +327,10 @@ absl::Status EscalationService::RaiseConcernImpl(const grpc::ServerContext& cont
     *c.mutable_opened_at() = ToProtoTimestamp(now);
     PersonDirectory people;
     if (caller.Has(Role::kPeerSupporter)) people.peer_supporters.insert(caller.subject);
+    if (supporter) {
+      people.peer_supporters.insert(supporter->subject);
+      if (!supporter->supervisor_subject.empty()) people.supervisor = supporter->supervisor_subject;
+    }
     auto opened = OpenConcern(tx, std::move(record), people, now, notifications);
     if (!opened.ok()) return opened.status();
     *response.mutable_concern() = opened->concern;
@@ -1098,6 +1134,10 @@ absl::Status EscalationService::ApplyCheckInEvent(pqxx::work& tx, const common::
   if (!raised.receiving_clinician().empty())
     people.receiving_clinician = raised.receiving_clinician();
   if (!raised.supporter_id().empty()) people.peer_supporters.insert(raised.supporter_id());
+  if (auto supporter = ActiveSupporterOf(tx, raised.participant_id())) {
+    people.peer_supporters.insert(supporter->subject);
+    if (!supporter->supervisor_subject.empty()) people.supervisor = supporter->supervisor_subject;
+  }
   std::vector<Notification> notifications;
   auto opened_concern = OpenConcern(tx, std::move(record), people, now, notifications);
   if (!opened_concern.ok()) return opened_concern.status();

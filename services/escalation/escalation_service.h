@@ -27,6 +27,9 @@ struct EscalationOptions {
   absl::Duration sweep_interval = absl::Seconds(1);
   std::string webhook_url;      // Empty: notifications are only logged.
   std::string checkin_address;  // Empty: check-in ConcernRaisedEvents are not consumed.
+  // Empty: the peer relationship is not known (no supporter's supervisor to route to, and only
+  // staff other than peer supporters and supervisors may raise concerns).
+  std::string matching_address;
 };
 
 // peerpath.escalation.v1.EscalationService: concerns, routing policies, the deadline sweeper and
@@ -112,6 +115,7 @@ class EscalationService final : public EscalationServiceBase {
   std::unique_ptr<Notifier> notifier_;
   std::unique_ptr<DeadlineSweeper> sweeper_;
   std::unique_ptr<EventConsumer> checkin_consumer_;
+  std::unique_ptr<EventConsumer> matching_consumer_;
 };
 
 }  // namespace peerpath::escalation

@@ -18,6 +18,10 @@ ABSL_FLAG(std::string, notification_webhook_url, "",
 ABSL_FLAG(std::string, checkin_address, "",
           "escalation: host:port of the check-in service whose ConcernRaisedEvents open concerns; "
           "empty: not consumed (env PEERPATH_CHECKIN_ADDRESS)");
+ABSL_FLAG(std::string, matching_address, "",
+          "escalation: host:port of the matching service whose match events say who supports and "
+          "supervises whom (routing to the supporter's supervisor, who may raise and see "
+          "concerns); empty: not known (env PEERPATH_MATCHING_ADDRESS)");
 
 using peerpath::ExitOnBadConfiguration;
 using peerpath::FlagOrEnv;
@@ -46,6 +50,8 @@ peerpath::escalation::EscalationOptions OptionsFromFlags() {
       FlagOrEnv(absl::GetFlag(FLAGS_notification_webhook_url), "PEERPATH_NOTIFICATION_WEBHOOK_URL");
   options.checkin_address =
       FlagOrEnv(absl::GetFlag(FLAGS_checkin_address), "PEERPATH_CHECKIN_ADDRESS");
+  options.matching_address =
+      FlagOrEnv(absl::GetFlag(FLAGS_matching_address), "PEERPATH_MATCHING_ADDRESS");
   return options;
 }
 

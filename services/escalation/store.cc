@@ -122,12 +122,20 @@ constexpr char kConcernColumns[] = R"sql(
   us_from_ts(c.resolved_at), coalesce(c.resolved_by, ''), coalesce(c.outcome, ''),
   us_from_ts(c.cancelled_at), coalesce(c.cancelled_by, ''), coalesce(c.cancel_reason, ''))sql";
 
-// Whether the concern is or was routed to the viewer ($2 team kinds, $3 subject).
+// Whether the viewer sees the concern in full ($2 team kinds, $3 subject): it is or was routed to
+// them, or (for a supervisor, kSupervisedSupporters in $2) it concerns one of their supporters:
+// raised by a supporter they supervise, or about a participant in such a supporter's active
+// match (supporter_matches, kept from the matching log).
 constexpr char kRoutedToViewer[] = R"sql(
-  EXISTS (SELECT 1 FROM concern_transitions t
-          WHERE t.agency_id = c.agency_id AND t.concern_id = c.id AND t.target_kind IS NOT NULL
-            AND (t.target_kind = ANY ($2::text[])
-                 OR (t.target_kind IN ('receiving_clinician', 'supervisor') AND t.target_id = $3))))sql";
+  (EXISTS (SELECT 1 FROM concern_transitions t
+           WHERE t.agency_id = c.agency_id AND t.concern_id = c.id AND t.target_kind IS NOT NULL
+             AND (t.target_kind = ANY ($2::text[])
+                  OR (t.target_kind IN ('receiving_clinician', 'supervisor') AND t.target_id = $3)))
+   OR ('supervised_supporters' = ANY ($2::text[]) AND EXISTS (
+         SELECT 1 FROM supporter_matches m
+         WHERE m.agency_id = c.agency_id AND m.supervisor_subject = $3
+           AND (m.supporter_subject = c.raised_by
+                OR (m.active AND m.participant_id = c.participant_id))))))sql";
 
 std::string PgArray(const std::vector<std::string>& values) {
   std::string out = "{";

@@ -44,7 +44,9 @@ struct ConcernRecord {
 
 // Who reads: the kinds of team target they act for and their subject (person targets).
 struct Viewer {
-  std::vector<std::string> team_kinds;  // "clinical_on_call", "case_management_team".
+  // "clinical_on_call", "case_management_team"; "supervised_supporters" for a supervisor, who
+  // also sees the concerns of the supporters they supervise.
+  std::vector<std::string> team_kinds;
   std::string subject;
 };
 

@@ -31,6 +31,20 @@ class EscalationServiceTest : public ::testing::Test {
   void SetUp() override {
     db_ = TestDatabase::Create();
     service_ = Start({"--deadline_sweep_interval=1h"});
+    // What the matching log leaves: peer-1 (supervised by sup-1) and, since earlier, peer-2
+    // (supervised by sup-2) both support client-42.
+    Match("peer-1", "client-42", "sup-1", "1 day");
+    Match("peer-2", "client-42", "sup-2", "2 days");
+  }
+
+  void Match(const std::string& supporter, const std::string& participant,
+             const std::string& supervisor, const std::string& ago) {
+    db_->AdminQuery(
+        "INSERT INTO escalation.supporter_matches (agency_id, match_id, supporter_id, "
+        "supporter_subject, participant_id, started_at, supervisor_subject) VALUES ('agency-a', "
+        "gen_random_uuid(), gen_random_uuid(), '" +
+        supporter + "', '" + participant + "', now() - interval '" + ago + "', '" + supervisor +
+        "')");
   }
 
   std::unique_ptr<ServiceProcess> Start(std::vector<std::string> args) {
@@ -660,6 +674,70 @@ TEST_F(EscalationServiceTest, WatchIsOnlyForWhoActsForTheTarget) {
   auto bad = stub_->WatchConcerns(as_clinician.get(), request);
   EXPECT_FALSE(bad->Read(&message));
   EXPECT_EQ(bad->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(EscalationServiceTest, OnlyTheRelationshipRaisesAndSupervisorsSeeTheirSupportersConcerns) {
+  // Outside the relationship: refused, nothing stored, the refusal audited.
+  v1::RaiseConcernRequest request =
+      Raise(common::v1::CONCERN_CATEGORY_ROLE_BOUNDARY, CONCERN_SEVERITY_URGENT, "r-1");
+  v1::RaiseConcernResponse response;
+  EXPECT_EQ(
+      stub_->RaiseConcern(As("agency-a", {"peer_supporter"}, "peer-3").get(), request, &response)
+          .error_code(),
+      grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(stub_->RaiseConcern(As("agency-a", {"supervisor"}, "sup-9").get(), request, &response)
+                .error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  v1::RaiseConcernRequest elsewhere = request;
+  elsewhere.set_participant_id("client-7");
+  EXPECT_EQ(
+      stub_->RaiseConcern(As("agency-a", {"peer_supporter"}, "peer-1").get(), elsewhere, &response)
+          .error_code(),
+      grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns"), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.audit_log WHERE decision = 'denied' AND action "
+                  "= 'peerpath.escalation.v1.EscalationService.RaiseConcern'"),
+            3);
+  // Clinicians for anyone of the agency; the supervisor of a supporter for that participant.
+  elsewhere.set_idempotency_key("r-2");
+  MustRaise(elsewhere, "dr-1", "clinician");
+  v1::RaiseConcernRequest by_supervisor = request;
+  by_supervisor.set_idempotency_key("r-3");
+  MustRaise(by_supervisor, "sup-2", "supervisor");
+
+  // A role-boundary concern goes first to the supporter's supervisor: the participant's latest
+  // active supporter is peer-1, supervised by sup-1.
+  const v1::Concern mine = MustRaise(request, "peer-1");
+  EXPECT_EQ(mine.current_target().kind(), v1::TARGET_KIND_SUPPORTER_SUPERVISOR);
+  EXPECT_EQ(mine.current_target().target_id(), "sup-1");
+  EXPECT_EQ(Acknowledge(mine.concern_id(), "sup-1", "supervisor").error_code(),
+            grpc::StatusCode::OK);
+
+  // Each supervisor sees the concerns of their supporters and their participants, in full;
+  // a supervisor of nobody sees none.
+  auto list = [&](const std::string& subject) {
+    v1::ListConcernsRequest all;
+    v1::ListConcernsResponse listed;
+    EXPECT_TRUE(
+        stub_->ListConcerns(As("agency-a", {"supervisor"}, subject).get(), all, &listed).ok());
+    return listed;
+  };
+  const v1::ListConcernsResponse sup1 = list("sup-1");
+  ASSERT_EQ(sup1.concerns_size(), 2);  // client-42's two concerns (peer-1's and sup-2's).
+  for (const auto& c : sup1.concerns()) {
+    EXPECT_EQ(c.participant_id(), "client-42");
+    EXPECT_EQ(c.view(), v1::CONCERN_VIEW_FULL);
+  }
+  EXPECT_EQ(list("sup-2").concerns_size(), 2);
+  EXPECT_EQ(list("sup-9").concerns_size(), 0);
+  v1::GetConcernRequest get;
+  get.set_concern_id(mine.concern_id());
+  v1::GetConcernResponse got;
+  ASSERT_TRUE(stub_->GetConcern(As("agency-a", {"supervisor"}, "sup-2").get(), get, &got).ok());
+  EXPECT_EQ(got.concern().view(), v1::CONCERN_VIEW_FULL);
+  EXPECT_EQ(
+      stub_->GetConcern(As("agency-a", {"supervisor"}, "sup-9").get(), get, &got).error_code(),
+      grpc::StatusCode::NOT_FOUND);
 }
 
 }  // namespace
