@@ -221,6 +221,20 @@ struct CheckInService::Call {
     return true;
   }
 
+  // The audit row of an allowed access to one object, in the handler's transaction.
+  void Audit(pqxx::work& tx, const std::string& object_type, const std::string& object_id,
+             const std::string& participant_id) const {
+    AppendAuditRow(tx, caller.agency_id,
+                   {.actor = caller.subject,
+                    .actor_role = role,
+                    .action = Action(method),
+                    .object_type = object_type,
+                    .object_id = object_id,
+                    .participant_id = participant_id,
+                    .decision = AuditDecision::kAllowed,
+                    .request_id = request_id});
+  }
+
   std::string NotInRelationship() const {
     return as_supervisor ? "the participant's peer supporter is not one you supervise: only their "
                            "supporter's supervisor or other staff of the agency may do this"
@@ -609,15 +623,7 @@ absl::Status CheckInService::CreateEnrollmentImpl(const Call& call,
     started.set_enrolled_by_role(call.role);
     *started.mutable_enrolled_at() = stored->enrolled_at();
     if (auto s = AppendEvent(tx, agency, stored->enrollment_id(), started); !s.ok()) return s;
-    AppendAuditRow(tx, agency,
-                   {.actor = call.caller.subject,
-                    .actor_role = call.role,
-                    .action = Action(call.method),
-                    .object_type = "enrollment",
-                    .object_id = stored->enrollment_id(),
-                    .participant_id = stored->participant_id(),
-                    .decision = AuditDecision::kAllowed,
-                    .request_id = call.request_id});
+    call.Audit(tx, "enrollment", stored->enrollment_id(), stored->participant_id());
     *response.mutable_enrollment() = std::move(*stored);
     return StoreIdempotentResponse(tx, idem, response);
   });
@@ -635,15 +641,7 @@ grpc::Status CheckInService::GetEnrollment(grpc::ServerContext* context,
     auto e = LoadEnrollment(tx, request->enrollment_id());
     if (!e) return absl::NotFoundError("no such enrollment in your agency");
     if (auto s = RequireParticipantAccess(tx, *call, e->participant_id()); !s.ok()) return s;
-    AppendAuditRow(tx, call->caller.agency_id,
-                   {.actor = call->caller.subject,
-                    .actor_role = call->role,
-                    .action = Action(call->method),
-                    .object_type = "enrollment",
-                    .object_id = e->enrollment_id(),
-                    .participant_id = e->participant_id(),
-                    .decision = AuditDecision::kAllowed,
-                    .request_id = call->request_id});
+    call->Audit(tx, "enrollment", e->enrollment_id(), e->participant_id());
     *response->mutable_enrollment() = std::move(*e);
     return absl::OkStatus();
   }));
@@ -688,15 +686,7 @@ grpc::Status CheckInService::ListEnrollments(grpc::ServerContext* context,
     const bool more = static_cast<int>(rows.size()) > *size;
     if (more) rows.resize(*size);
     for (auto& e : rows) {
-      AppendAuditRow(tx, call->caller.agency_id,
-                     {.actor = call->caller.subject,
-                      .actor_role = call->role,
-                      .action = Action(call->method),
-                      .object_type = "enrollment",
-                      .object_id = e.enrollment_id(),
-                      .participant_id = e.participant_id(),
-                      .decision = AuditDecision::kAllowed,
-                      .request_id = call->request_id});
+      call->Audit(tx, "enrollment", e.enrollment_id(), e.participant_id());
       *response->add_enrollments() = std::move(e);
     }
     if (more) {
@@ -752,15 +742,7 @@ grpc::Status CheckInService::EndEnrollment(grpc::ServerContext* context,
     *event.mutable_enrolled_at() = ended.enrolled_at();
     *event.mutable_ended_at() = ended.ended_at();
     if (auto s = AppendEvent(tx, agency, ended.enrollment_id(), event); !s.ok()) return s;
-    AppendAuditRow(tx, agency,
-                   {.actor = call->caller.subject,
-                    .actor_role = call->role,
-                    .action = Action(call->method),
-                    .object_type = "enrollment",
-                    .object_id = ended.enrollment_id(),
-                    .participant_id = ended.participant_id(),
-                    .decision = AuditDecision::kAllowed,
-                    .request_id = call->request_id});
+    call->Audit(tx, "enrollment", ended.enrollment_id(), ended.participant_id());
     *response->mutable_enrollment() = std::move(ended);
     return absl::OkStatus();
   }));
@@ -1065,15 +1047,7 @@ grpc::Status CheckInService::GetCheckIn(grpc::ServerContext* context,
     auto c = LoadCheckIn(tx, request->check_in_id());
     if (!c) return absl::NotFoundError("no such check-in in your agency");
     if (auto s = RequireParticipantAccess(tx, *call, c->participant_id()); !s.ok()) return s;
-    AppendAuditRow(tx, call->caller.agency_id,
-                   {.actor = call->caller.subject,
-                    .actor_role = call->role,
-                    .action = Action(call->method),
-                    .object_type = "check_in",
-                    .object_id = c->check_in_id(),
-                    .participant_id = c->participant_id(),
-                    .decision = AuditDecision::kAllowed,
-                    .request_id = call->request_id});
+    call->Audit(tx, "check_in", c->check_in_id(), c->participant_id());
     *response->mutable_check_in() = std::move(*c);
     return absl::OkStatus();
   });
@@ -1146,15 +1120,7 @@ grpc::Status CheckInService::ListCheckIns(grpc::ServerContext* context,
     const bool more = static_cast<int>(rows.size()) > *size;
     if (more) rows.resize(*size);
     for (auto& c : rows) {
-      AppendAuditRow(tx, call->caller.agency_id,
-                     {.actor = call->caller.subject,
-                      .actor_role = call->role,
-                      .action = Action(call->method),
-                      .object_type = "check_in",
-                      .object_id = c.check_in_id(),
-                      .participant_id = c.participant_id(),
-                      .decision = AuditDecision::kAllowed,
-                      .request_id = call->request_id});
+      call->Audit(tx, "check_in", c.check_in_id(), c.participant_id());
       *response->add_check_ins() = std::move(c);
     }
     if (more) {
@@ -1472,15 +1438,7 @@ grpc::Status CheckInService::UpdateProgramPolicy(grpc::ServerContext* context,
     }
     if (!violations.empty()) return InvalidArgument("invalid program policy", violations);
     *response->mutable_policy() = StorePolicy(tx, agency, policy, call->caller.subject);
-    AppendAuditRow(tx, agency,
-                   {.actor = call->caller.subject,
-                    .actor_role = call->role,
-                    .action = Action(call->method),
-                    .object_type = "program_policy",
-                    .object_id = agency,
-                    .participant_id = "",
-                    .decision = AuditDecision::kAllowed,
-                    .request_id = call->request_id});
+    call->Audit(tx, "program_policy", agency, "");
     return absl::OkStatus();
   }));
 }
@@ -1515,15 +1473,7 @@ grpc::Status CheckInService::PublishPathwayVersion(grpc::ServerContext* context,
           "base_version is not the latest version of this pathway (another version was "
           "published, or the key is not new): read the latest and apply the change again");
     }
-    AppendAuditRow(tx, agency,
-                   {.actor = call->caller.subject,
-                    .actor_role = call->role,
-                    .action = Action(call->method),
-                    .object_type = "pathway_version",
-                    .object_id = published->pathway_version_id(),
-                    .participant_id = "",
-                    .decision = AuditDecision::kAllowed,
-                    .request_id = call->request_id});
+    call->Audit(tx, "pathway_version", published->pathway_version_id(), "");
     *response->mutable_pathway() = std::move(*published);
     return StoreIdempotentResponse(tx, idem, *response);
   }));
@@ -1593,15 +1543,7 @@ grpc::Status CheckInService::ScheduleAppointment(grpc::ServerContext* context,
     *a.mutable_scheduled_at() = request->scheduled_at();
     a.set_owner_id(owner);
     *response->mutable_appointment() = InsertAppointment(tx, agency, a, call->caller.subject, "");
-    AppendAuditRow(tx, agency,
-                   {.actor = call->caller.subject,
-                    .actor_role = call->role,
-                    .action = Action(call->method),
-                    .object_type = "appointment",
-                    .object_id = a.appointment_id(),
-                    .participant_id = a.participant_id(),
-                    .decision = AuditDecision::kAllowed,
-                    .request_id = call->request_id});
+    call->Audit(tx, "appointment", a.appointment_id(), a.participant_id());
     return StoreIdempotentResponse(tx, idem, *response);
   }));
 }
@@ -1703,15 +1645,7 @@ grpc::Status CheckInService::RecordAppointmentOutcome(
         out->set_severity(rule.severity());
       }
     }
-    AppendAuditRow(tx, agency,
-                   {.actor = call->caller.subject,
-                    .actor_role = call->role,
-                    .action = Action(call->method),
-                    .object_type = "appointment",
-                    .object_id = a->appointment_id(),
-                    .participant_id = a->participant_id(),
-                    .decision = AuditDecision::kAllowed,
-                    .request_id = call->request_id});
+    call->Audit(tx, "appointment", a->appointment_id(), a->participant_id());
     return StoreIdempotentResponse(tx, idem, *response);
   }));
 }
@@ -1747,15 +1681,7 @@ grpc::Status CheckInService::ResumeRoutineEngagement(
     *event.mutable_stopped_at() = e->routine_stopped_at();
     *event.mutable_resumed_at() = ToProtoTimestamp(absl::Now());
     if (auto s = AppendEvent(tx, agency, resumed.enrollment_id(), event); !s.ok()) return s;
-    AppendAuditRow(tx, agency,
-                   {.actor = call->caller.subject,
-                    .actor_role = call->role,
-                    .action = Action(call->method),
-                    .object_type = "enrollment",
-                    .object_id = resumed.enrollment_id(),
-                    .participant_id = resumed.participant_id(),
-                    .decision = AuditDecision::kAllowed,
-                    .request_id = call->request_id});
+    call->Audit(tx, "enrollment", resumed.enrollment_id(), resumed.participant_id());
     *response->mutable_enrollment() = std::move(resumed);
     return absl::OkStatus();
   }));
@@ -1836,15 +1762,7 @@ grpc::Status CheckInService::ListAppointments(grpc::ServerContext* context,
     const bool more = static_cast<int>(rows.size()) > *size;
     if (more) rows.resize(*size);
     for (auto& a : rows) {
-      AppendAuditRow(tx, call->caller.agency_id,
-                     {.actor = call->caller.subject,
-                      .actor_role = call->role,
-                      .action = Action(call->method),
-                      .object_type = "appointment",
-                      .object_id = a.appointment_id(),
-                      .participant_id = a.participant_id(),
-                      .decision = AuditDecision::kAllowed,
-                      .request_id = call->request_id});
+      call->Audit(tx, "appointment", a.appointment_id(), a.participant_id());
       *response->add_appointments() = std::move(a);
     }
     if (more) {
@@ -1914,15 +1832,7 @@ grpc::Status CheckInService::GetWellbeingTrend(grpc::ServerContext* context,
     }
     response->set_declining(latest.size() == 3 && WellbeingDeclined(latest, drop));
     response->set_drop_points(drop);
-    AppendAuditRow(tx, agency,
-                   {.actor = call->caller.subject,
-                    .actor_role = call->role,
-                    .action = Action(call->method),
-                    .object_type = "participant",
-                    .object_id = request->participant_id(),
-                    .participant_id = request->participant_id(),
-                    .decision = AuditDecision::kAllowed,
-                    .request_id = call->request_id});
+    call->Audit(tx, "participant", request->participant_id(), request->participant_id());
     return absl::OkStatus();
   }));
 }
