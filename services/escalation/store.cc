@@ -1,5 +1,8 @@
 #include "services/escalation/store.h"
 
+#include <mutex>
+#include <optional>
+#include <unordered_map>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -213,6 +216,37 @@ constexpr char kPolicyColumns[] =
     "id::text, version, rules::text, time_zone, business_hours::text, "
     "array_to_string(holidays, ','), us_from_ts(created_at), created_by";
 
+// A stored policy never changes (an edit is a new version with a new id), so the parsed ones are
+// kept by agency and id: routing a concern then reads one id, not the whole policy, and parses
+// nothing. Bounded: emptied when it grows past kMaxPolicies.
+class PolicyCache {
+ public:
+  std::optional<RoutingPolicy> Get(const std::string& agency_id, const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = policies_.find(Key(agency_id, id));
+    if (it == policies_.end()) return std::nullopt;
+    return it->second;
+  }
+  void Put(const std::string& agency_id, const RoutingPolicy& policy) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (policies_.size() >= kMaxPolicies) policies_.clear();
+    policies_.emplace(Key(agency_id, policy.policy_id), policy);
+  }
+
+ private:
+  static constexpr size_t kMaxPolicies = 4096;
+  static std::string Key(const std::string& agency_id, const std::string& id) {
+    return absl::StrCat(agency_id, "/", id);
+  }
+  std::mutex mu_;
+  std::unordered_map<std::string, RoutingPolicy> policies_;
+};
+
+PolicyCache& Policies() {
+  static PolicyCache* const cache = new PolicyCache;
+  return *cache;
+}
+
 }  // namespace
 
 std::string CategoryCode(Category category) { return ToCode(CategoryCodes(), category); }
@@ -226,11 +260,10 @@ v1::ConcernState StateFromCode(const std::string& code) { return FromCode(StateC
 
 absl::StatusOr<RoutingPolicy> Store::Policy(pqxx::work& tx, const std::string& agency_id,
                                             int version, const RoutingPolicy& default_policy) {
-  const std::string select =
-      absl::StrCat("SELECT ", kPolicyColumns,
-                   " FROM routing_policies WHERE agency_id = $1 AND ($2 = 0 OR version = $2) "
-                   "ORDER BY version DESC LIMIT 1");
-  pqxx::result rows = tx.exec_params(select, agency_id, version);
+  const char* const latest =
+      "SELECT id::text FROM routing_policies WHERE agency_id = $1 AND ($2 = 0 OR version = $2) "
+      "ORDER BY version DESC LIMIT 1";
+  pqxx::result rows = tx.exec_params(latest, agency_id, version);
   if (rows.empty() && version <= 1) {
     const StoredPolicyText stored = PolicyToStored(default_policy);
     tx.exec_params(
@@ -239,22 +272,25 @@ absl::StatusOr<RoutingPolicy> Store::Policy(pqxx::work& tx, const std::string& a
         "'system:default') ON CONFLICT (agency_id, version) DO NOTHING",
         agency_id, stored.rules_json, default_policy.time_zone, stored.business_hours_json,
         stored.holidays);
-    rows = tx.exec_params(select, agency_id, version);
+    rows = tx.exec_params(latest, agency_id, version);
   }
   if (rows.empty()) {
     return absl::NotFoundError(absl::StrCat("routing policy version ", version, " not found"));
   }
-  return PolicyFromRow(rows[0]);
+  return PolicyById(tx, agency_id, rows[0][0].as<std::string>());
 }
 
 absl::StatusOr<RoutingPolicy> Store::PolicyById(pqxx::work& tx, const std::string& agency_id,
                                                 const std::string& policy_id) {
+  if (auto cached = Policies().Get(agency_id, policy_id)) return *std::move(cached);
   pqxx::result rows =
       tx.exec_params(absl::StrCat("SELECT ", kPolicyColumns,
                                   " FROM routing_policies WHERE agency_id = $1 AND id = $2::uuid"),
                      agency_id, policy_id);
   if (rows.empty()) return absl::InternalError("concern's routing policy missing");
-  return PolicyFromRow(rows[0]);
+  auto policy = PolicyFromRow(rows[0]);
+  if (policy.ok()) Policies().Put(agency_id, *policy);
+  return policy;
 }
 
 absl::StatusOr<RoutingPolicy> Store::InsertPolicy(pqxx::work& tx, const std::string& agency_id,
