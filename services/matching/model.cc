@@ -414,12 +414,19 @@ std::vector<RankedCandidate> RankCandidates(const std::vector<v1::Supporter>& ro
     return s.capacity_units() == 0 ? 1.0
                                    : static_cast<double>(s.units_in_use()) / s.capacity_units();
   };
-  std::sort(ranked.begin(), ranked.end(), [&](const RankedCandidate& a, const RankedCandidate& b) {
+  auto better = [&](const RankedCandidate& a, const RankedCandidate& b) {
     if (a.evaluation.continuity != b.evaluation.continuity) return a.evaluation.continuity;
     if (a.evaluation.score != b.evaluation.score) return a.evaluation.score > b.evaluation.score;
     if (load(a) != load(b)) return load(a) < load(b);
     return roster[a.roster_index].supporter_id() < roster[b.roster_index].supporter_id();
-  });
+  };
+  // Only the shown head needs its order (10,000 candidates, 5 shown: a partial sort).
+  if (explain < ranked.size()) {
+    std::partial_sort(ranked.begin(), ranked.begin() + static_cast<std::ptrdiff_t>(explain),
+                      ranked.end(), better);
+  } else {
+    std::sort(ranked.begin(), ranked.end(), better);
+  }
   // Explained (the same score, with its lines) only as far as the caller shows them.
   for (size_t i = 0; i < ranked.size() && i < explain; ++i) {
     ranked[i].evaluation = Evaluate(roster[ranked[i].roster_index], request, today);

@@ -77,7 +77,8 @@ struct RankedCandidate {
 
 // Eligible candidates, best first: the eligible continuity-preferred supporter first, then by
 // score descending, then lower share of capacity in use, then supporter_id. Only the first
-// `explain` carry their explanation lines (all carry score and continuity).
+// `explain` are in that order and carry their explanation lines (all carry score and
+// continuity); the rest follow in no particular order.
 std::vector<RankedCandidate> RankCandidates(const std::vector<v1::Supporter>& roster,
                                             const v1::MatchRequest& request, absl::CivilDay today,
                                             size_t explain = SIZE_MAX);

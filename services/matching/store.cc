@@ -131,22 +131,36 @@ std::string AvailabilityJson(const v1::Supporter& s) {
   return absl::StrCat("[", absl::StrJoin(windows, ", "), "]");
 }
 
-const std::string& SupporterColumns() {
-  static const std::string* const columns = new std::string(absl::StrCat(
+// The columns ToSupporter reads; `units` is the expression of the units in use (by default a
+// sub-select per row; roster reads join them once, as `l.units`).
+std::string SupporterColumnsWith(absl::string_view units) {
+  return absl::StrCat(
       "s.id, s.agency_id, s.subject, s.display_name, array_to_string(s.lived_experience, "
       "E'\\x1f'), "
       "array_to_string(s.languages, E'\\x1f'), s.gender, s.age_band, s.region, s.area_code, "
       "array_to_string(s.meeting_modes, E'\\x1f'), "
       "(SELECT string_agg(concat_ws(',', w->>'weekday', w->>'start', w->>'end'), ';') "
       "   FROM jsonb_array_elements(s.availability) w), "
-      "s.capacity_units, "
-      "(SELECT coalesce(sum(m.units), 0) FROM matches m WHERE m.agency_id = s.agency_id "
-      "   AND m.supporter_id = s.id AND m.status = 'active'), "
-      "CASE WHEN s.training_status = 'certified' AND s.training_expires_on < "
+      "s.capacity_units, ",
+      units,
+      ", CASE WHEN s.training_status = 'certified' AND s.training_expires_on < "
       "  (now() AT TIME ZONE 'UTC')::date THEN 'lapsed' ELSE s.training_status END, "
       "to_char(s.training_expires_on, 'YYYY-MM-DD'), s.supervisor_id, s.status, ",
       Micros("s.status_changed_at"), ", ", Micros("s.last_break_started_at"), ", s.version, ",
-      Micros("s.created_at"), ", s.created_by, ", Micros("s.updated_at"), ", s.updated_by"));
+      Micros("s.created_at"), ", s.created_by, ", Micros("s.updated_at"), ", s.updated_by");
+}
+
+const std::string& SupporterColumns() {
+  static const std::string* const columns = new std::string(SupporterColumnsWith(
+      "(SELECT coalesce(sum(m.units), 0) FROM matches m WHERE m.agency_id = s.agency_id "
+      "   AND m.supporter_id = s.id AND m.status = 'active')"));
+  return *columns;
+}
+
+// SupporterColumns for a read that joins the units in use as `l.units`.
+const std::string& SupporterColumnsJoined() {
+  static const std::string* const columns =
+      new std::string(SupporterColumnsWith("coalesce(l.units, 0)"));
   return *columns;
 }
 
@@ -555,9 +569,13 @@ std::vector<v1::Supporter> ActiveRoster(pqxx::work& tx, bool lock) {
   // the units in use include every match committed by a transaction we waited for.
   if (lock) tx.exec("SELECT id FROM supporters WHERE status = 'active' ORDER BY id FOR UPDATE");
   std::vector<v1::Supporter> out;
-  for (const auto& row :
-       tx.exec(absl::StrCat("SELECT ", SupporterColumns(),
-                            " FROM supporters s WHERE s.status = 'active' ORDER BY s.id"))) {
+  // The units in use of the whole roster aggregated once and joined (not a sub-select per row).
+  for (const auto& row : tx.exec(absl::StrCat(
+           "WITH l AS (SELECT supporter_id, sum(units) AS units FROM matches "
+           "  WHERE status = 'active' GROUP BY supporter_id) SELECT ",
+           SupporterColumnsJoined(),
+           " FROM supporters s LEFT JOIN l ON l.supporter_id = s.id WHERE s.status = 'active'"
+           " ORDER BY s.id"))) {
     out.push_back(ToSupporter(row));
   }
   return out;
@@ -580,8 +598,11 @@ std::vector<v1::Supporter> CandidateRoster(pqxx::work& tx, const v1::MatchReques
   // agency's `today`, the rest as Screen does; the load only for those that pass the rest.
   for (const auto& row : tx.exec_params(
            absl::StrCat(
-               "SELECT ", SupporterColumns(),
-               " FROM supporters s WHERE s.status = 'active' AND s.subject IS NOT NULL"
+               "SELECT ", SupporterColumnsJoined(),
+               " FROM supporters s CROSS JOIN LATERAL (SELECT sum(m.units) AS units"
+               "   FROM matches m WHERE m.agency_id = s.agency_id AND m.supporter_id = s.id"
+               "   AND m.status = 'active') l"
+               " WHERE s.status = 'active' AND s.subject IS NOT NULL"
                " AND s.training_status = 'certified' AND s.training_expires_on >= $1::date"
                " AND ($2 = '' OR s.region = $2)"
                " AND ($3 = '' OR s.meeting_modes && string_to_array($3, E'\\x1f'))"
@@ -589,9 +610,7 @@ std::vector<v1::Supporter> CandidateRoster(pqxx::work& tx, const v1::MatchReques
                " AND ($5 = '' OR EXISTS (SELECT 1 FROM unnest(s.languages) l"
                "      WHERE lower(split_part(l, '-', 1)) = ANY (string_to_array($5, E'\\x1f'))))"
                " AND ($6 = '' OR s.id <> ALL (string_to_array($6, E'\\x1f')::uuid[]))"
-               " AND s.capacity_units - (SELECT coalesce(sum(m.units), 0) FROM matches m"
-               "   WHERE m.agency_id = s.agency_id AND m.supporter_id = s.id"
-               "   AND m.status = 'active') >= $7"
+               " AND s.capacity_units - coalesce(l.units, 0) >= $7"
                " ORDER BY s.id"),
            absl::StrFormat("%04d-%02d-%02d", today.year(), today.month(), today.day()),
            hard.region(), absl::StrJoin(modes, kSep), Join(hard.genders()),
