@@ -642,6 +642,27 @@ grpc::Status MatchingService::CancelMatchRequest(grpc::ServerContext* context,
 
 // --- Proposals and matches --------------------------------------------------------------------
 
+std::shared_ptr<const MatchingService::CachedRoster> MatchingService::RosterOf(
+    pqxx::work& tx, const std::string& agency_id) {
+  // The version first, then (on a miss) the roster: a roster read after its version can only be
+  // newer than its label, which the next call's version check then replaces; never older.
+  const int64_t version = store::RosterVersion(tx, agency_id);
+  {
+    std::lock_guard<std::mutex> lock(rosters_mu_);
+    auto it = rosters_.find(agency_id);
+    if (it != rosters_.end() && it->second->version == version) return it->second;
+  }
+  auto fresh = std::make_shared<CachedRoster>();
+  fresh->version = version;
+  fresh->supporters = store::ActiveRoster(tx, false);
+  fresh->indexed_on = Today();
+  fresh->index = std::make_unique<CandidateIndex>(fresh->supporters, fresh->indexed_on);
+  std::lock_guard<std::mutex> lock(rosters_mu_);
+  if (rosters_.size() >= 64 && !rosters_.contains(agency_id)) rosters_.clear();  // Bounded.
+  rosters_[agency_id] = fresh;
+  return fresh;
+}
+
 grpc::Status MatchingService::ProposeMatches(grpc::ServerContext* context,
                                              const v1::ProposeMatchesRequest* request,
                                              v1::ProposeMatchesResponse* response) {
@@ -671,9 +692,27 @@ grpc::Status MatchingService::ProposeMatches(grpc::ServerContext* context,
         }
         store::DeclineProposals(tx, r->match_request_id(), "");
         const absl::CivilDay today = Today();
-        // The database narrows the roster to who may pass the hard constraints; the model
-        // decides. Only when nobody is eligible is the whole roster read, to explain why.
-        const std::vector<v1::Supporter> roster = store::CandidateRoster(tx, *r, today);
+        // The roster comes from memory while no supporter changed; the index narrows it to who
+        // may pass the most selective hard constraint, their units in use are read now, and the
+        // model decides. Only when nobody is eligible is the roster explained step by step.
+        const std::shared_ptr<const CachedRoster> cached = RosterOf(tx, caller.agency_id);
+        std::optional<CandidateIndex> today_index;  // Only on the day after it was built.
+        if (cached->indexed_on != today) today_index.emplace(cached->supporters, today);
+        const CandidateIndex& index = today_index ? *today_index : *cached->index;
+        std::vector<v1::Supporter> roster;
+        std::vector<std::string> ids;
+        for (int i : index.Candidates(*r)) {
+          roster.push_back(cached->supporters[static_cast<size_t>(i)]);
+          ids.push_back(roster.back().supporter_id());
+        }
+        // Every candidate's load at once: by id for a narrowed roster, the whole agency's
+        // otherwise (one grouped scan beats thousands of probes).
+        if (ids.size() > 1000) ids.clear();
+        const std::unordered_map<std::string, int> units = store::UnitsInUse(tx, ids);
+        for (v1::Supporter& s : roster) {
+          auto it = units.find(s.supporter_id());
+          s.set_units_in_use(it == units.end() ? 0 : it->second);
+        }
         const auto ranked = RankCandidates(roster, *r, today, static_cast<size_t>(max_candidates));
         response->set_eligible_count(static_cast<int>(ranked.size()));
         if (ranked.empty()) {

@@ -1,13 +1,18 @@
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "common/authorization.h"
 #include "common/event_consumer.h"
 #include "common/event_log.h"
 #include "common/server.h"
 #include "peerpath/matching/v1/matching.grpc.pb.h"
+#include "services/matching/model.h"
 
 namespace peerpath::matching {
 
@@ -90,11 +95,23 @@ class MatchingService final : public MatchingServiceBase {
                                  v1::IsActiveSupporterResponse* response) override;
 
  private:
+  // ProposeMatches' copy of an agency's ACTIVE roster (profiles only: the units in use are read
+  // fresh on every call), exact while the agency's roster version stays (migrations/0005).
+  struct CachedRoster {
+    int64_t version = 0;
+    std::vector<v1::Supporter> supporters;
+    absl::CivilDay indexed_on;  // The day `index` was built for (training expiry).
+    std::unique_ptr<CandidateIndex> index;
+  };
+  std::shared_ptr<const CachedRoster> RosterOf(pqxx::work& tx, const std::string& agency_id);
+
   ServiceContext& context_;
   Authorizer authorizer_;
   EventLog events_;
   std::unique_ptr<EventConsumer> checkin_consumer_;
   std::unique_ptr<EventConsumer> escalation_consumer_;
+  std::mutex rosters_mu_;
+  std::unordered_map<std::string, std::shared_ptr<const CachedRoster>> rosters_;
 };
 
 }  // namespace peerpath::matching

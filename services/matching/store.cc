@@ -5,7 +5,6 @@
 #include <cstdio>
 #include <map>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -581,42 +580,23 @@ std::vector<v1::Supporter> ActiveRoster(pqxx::work& tx, bool lock) {
   return out;
 }
 
-std::vector<v1::Supporter> CandidateRoster(pqxx::work& tx, const v1::MatchRequest& r,
-                                           absl::CivilDay today) {
-  const v1::HardConstraints& hard = r.hard_constraints();
-  std::vector<std::string> languages, modes;
-  for (const std::string& tag : hard.languages()) {
-    languages.push_back(absl::AsciiStrToLower(tag.substr(0, tag.find('-'))));
-  }
-  for (int m : hard.meeting_modes())
-    modes.push_back(ToText(kModes, static_cast<v1::MeetingMode>(m)));
-  // An OLTP read: its estimated cost (one sub-select per supporter) would otherwise cross
-  // jit_above_cost and spend ~20 ms compiling a query that runs in a few.
-  tx.exec0("SET LOCAL jit = off");
-  std::vector<v1::Supporter> out;
-  // A superset of the eligible (the model's Screen decides): training is compared with the
-  // agency's `today`, the rest as Screen does; the load only for those that pass the rest.
-  for (const auto& row : tx.exec_params(
-           absl::StrCat(
-               "SELECT ", SupporterColumnsJoined(),
-               " FROM supporters s CROSS JOIN LATERAL (SELECT sum(m.units) AS units"
-               "   FROM matches m WHERE m.agency_id = s.agency_id AND m.supporter_id = s.id"
-               "   AND m.status = 'active') l"
-               " WHERE s.status = 'active' AND s.subject IS NOT NULL"
-               " AND s.training_status = 'certified' AND s.training_expires_on >= $1::date"
-               " AND ($2 = '' OR s.region = $2)"
-               " AND ($3 = '' OR s.meeting_modes && string_to_array($3, E'\\x1f'))"
-               " AND ($4 = '' OR s.gender = ANY (string_to_array($4, E'\\x1f')))"
-               " AND ($5 = '' OR EXISTS (SELECT 1 FROM unnest(s.languages) l"
-               "      WHERE lower(split_part(l, '-', 1)) = ANY (string_to_array($5, E'\\x1f'))))"
-               " AND ($6 = '' OR s.id <> ALL (string_to_array($6, E'\\x1f')::uuid[]))"
-               " AND s.capacity_units - coalesce(l.units, 0) >= $7"
-               " ORDER BY s.id"),
-           absl::StrFormat("%04d-%02d-%02d", today.year(), today.month(), today.day()),
-           hard.region(), absl::StrJoin(modes, kSep), Join(hard.genders()),
-           absl::StrJoin(languages, kSep), Join(hard.excluded_supporter_ids()),
-           std::max(1, r.acuity_units()))) {
-    out.push_back(ToSupporter(row));
+int64_t RosterVersion(pqxx::work& tx, const std::string& agency_id) {
+  return tx
+      .exec_params1(
+          "SELECT coalesce((SELECT version FROM roster_versions WHERE agency_id = $1), 0)",
+          agency_id)[0]
+      .as<int64_t>();
+}
+
+std::unordered_map<std::string, int> UnitsInUse(pqxx::work& tx,
+                                                const std::vector<std::string>& supporter_ids) {
+  std::unordered_map<std::string, int> out;
+  for (const auto& row :
+       tx.exec_params("SELECT supporter_id::text, sum(units) FROM matches WHERE status = 'active' "
+                      "AND ($1 = '' OR supporter_id = ANY (string_to_array($1, ',')::uuid[])) "
+                      "GROUP BY supporter_id",
+                      absl::StrJoin(supporter_ids, ","))) {
+    out.emplace(row[0].c_str(), row[1].as<int>());
   }
   return out;
 }

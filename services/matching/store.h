@@ -6,6 +6,7 @@
 #include <optional>
 #include <pqxx/pqxx>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/time/civil_time.h"
@@ -48,12 +49,13 @@ std::vector<v1::Supporter> ListSupporters(pqxx::work& tx, const SupporterFilter&
                                           const std::string& after_id, int limit);
 // Every ACTIVE supporter of the agency (candidate loading); with `lock`, locked FOR UPDATE.
 std::vector<v1::Supporter> ActiveRoster(pqxx::work& tx, bool lock);
-// The ACTIVE supporters who may pass `r`'s hard constraints (trained on `today`, the required
-// region, meeting mode, gender and language, not excluded, units free), found by the database
-// instead of loading the whole roster: a superset of the eligible, ordered by id (callers still
-// Screen each one).
-std::vector<v1::Supporter> CandidateRoster(pqxx::work& tx, const v1::MatchRequest& r,
-                                           absl::CivilDay today);
+// The agency's roster version (migrations/0005): moves with every change to a supporter; 0 before
+// the first supporter.
+int64_t RosterVersion(pqxx::work& tx, const std::string& agency_id);
+// Units in use per supporter id (ACTIVE matches) of `supporter_ids`, or of every supporter when
+// it is empty; supporters without any are absent.
+std::unordered_map<std::string, int> UnitsInUse(pqxx::work& tx,
+                                                const std::vector<std::string>& supporter_ids);
 // How many supporters the agency has in all (for the candidate funnel).
 int RosterSize(pqxx::work& tx);
 // Which of `ids` are supporters of the agency.

@@ -1029,5 +1029,46 @@ TEST_F(MatchingServiceTest, WorkloadCountsCheckInsAndOpenConcernsFromOtherServic
   escalation_server->Shutdown();
 }
 
+TEST_F(MatchingServiceTest, ProposalsFollowEveryRosterChangeAtOnce) {
+  // ProposeMatches keeps the parsed roster between calls: a break, a new supporter and a full
+  // caseload after it was read must each show in the very next proposal.
+  const v1::Supporter first = CreateSupporter(Profile("sup-first"));
+  const v1::Supporter second = CreateSupporter(Profile("sup-second"));
+  auto proposed_ids = [&](const std::string& participant) {
+    const v1::MatchRequest request = CreateRequest(participant, [](v1::MatchRequest&) {});
+    std::set<std::string> ids;
+    const v1::ProposeMatchesResponse proposed = Propose(request.match_request_id(), 10);
+    for (const auto& c : proposed.candidates()) ids.insert(c.match().supporter_id());
+    return std::make_pair(request, ids);
+  };
+  auto [r1, ids1] = proposed_ids("p-1");
+  EXPECT_EQ(ids1, (std::set<std::string>{first.supporter_id(), second.supporter_id()}));
+
+  v1::SetSupporterStatusRequest pause;
+  pause.set_supporter_id(second.supporter_id());
+  pause.set_status(v1::SUPPORTER_STATUS_ON_BREAK);
+  pause.set_reason(v1::SUPPORTER_STATUS_REASON_PLANNED_BREAK);
+  v1::SetSupporterStatusResponse paused;
+  ASSERT_TRUE(stub_->SetSupporterStatus(Admin().get(), pause, &paused).ok());
+  const v1::Supporter third = CreateSupporter(Profile("sup-third"));
+  auto [r2, ids2] = proposed_ids("p-2");
+  EXPECT_EQ(ids2, (std::set<std::string>{first.supporter_id(), third.supporter_id()}));
+
+  // sup-third fills up (a supporter of 1 unit taking p-2): no longer proposed.
+  const v1::Supporter small = CreateSupporter(Profile("sup-small", 1));
+  auto [r3, ids3] = proposed_ids("p-3");
+  ASSERT_TRUE(ids3.contains(small.supporter_id()));
+  v1::AcceptProposalRequest accept;
+  const v1::ProposeMatchesResponse again = Propose(r3.match_request_id(), 10);
+  for (const auto& c : again.candidates()) {
+    if (c.match().supporter_id() == small.supporter_id()) accept.set_match_id(c.match().match_id());
+  }
+  v1::AcceptProposalResponse accepted;
+  ASSERT_TRUE(stub_->AcceptProposal(As({"supervisor"}).get(), accept, &accepted).ok());
+  auto [r4, ids4] = proposed_ids("p-4");
+  EXPECT_FALSE(ids4.contains(small.supporter_id()));
+  EXPECT_TRUE(ids4.contains(first.supporter_id()));
+}
+
 }  // namespace
 }  // namespace peerpath::testing
