@@ -32,37 +32,29 @@ absl::StatusOr<int64_t> AppendAudit(pqxx::work& tx, const std::string& agency_id
 absl::Status AppendAudits(pqxx::work& tx, const std::string& agency_id,
                           const std::vector<AuditEntry>& entries) {
   if (entries.empty()) return absl::OkStatus();
-  // One text[] literal per column, every element quoted with " and \ escaped.
-  std::vector<std::string> columns(8, "{");
-  auto add = [&](int column, const std::string& text) {
-    std::string& out = columns[column];
-    if (out.size() > 1) out += ',';
-    out += '"';
-    for (const char c : text) {
-      if (c == '"' || c == '\\') out += '\\';
-      out += c;
-    }
-    out += '"';
-  };
+  std::vector<std::vector<std::string>> columns(8);
   for (const AuditEntry& e : entries) {
-    add(0, e.actor);
-    add(1, e.actor_role);
-    add(2, e.action);
-    add(3, e.object_type);
-    add(4, e.object_id);
-    add(5, e.participant_id);
-    add(6, DecisionName(e.decision));
-    add(7, e.request_id);
+    columns[0].push_back(e.actor);
+    columns[1].push_back(e.actor_role);
+    columns[2].push_back(e.action);
+    columns[3].push_back(e.object_type);
+    columns[4].push_back(e.object_id);
+    columns[5].push_back(e.participant_id);
+    columns[6].push_back(DecisionName(e.decision));
+    columns[7].push_back(e.request_id);
   }
-  for (std::string& c : columns) c += '}';
-  tx.exec_params1(
-      "SELECT count(audit_append($1, a.actor, a.role, a.action, a.object_type, a.object_id,"
-      "  a.participant, a.decision, a.request_id)) FROM (SELECT * FROM unnest($2::text[],"
-      "  $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])"
-      "  WITH ORDINALITY AS u(actor, role, action, object_type, object_id, participant, decision,"
-      "  request_id, n) ORDER BY n) a",
-      agency_id, columns[0], columns[1], columns[2], columns[3], columns[4], columns[5], columns[6],
-      columns[7]);
+  // The rows audit_append would insert (migrations/0004), in one statement; ids follow the order.
+  tx.exec_params0(
+      "INSERT INTO audit_log (agency_id, occurred_at, actor, actor_role, action, object_type,"
+      "  object_id, participant_id, decision, request_id)"
+      " SELECT $1, clock_timestamp(), a.actor, a.role, a.action, a.object_type, a.object_id,"
+      "  a.participant, a.decision, a.request_id FROM unnest($2::text[], $3::text[], $4::text[],"
+      "  $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) WITH ORDINALITY AS"
+      "  a(actor, role, action, object_type, object_id, participant, decision, request_id, n)"
+      " ORDER BY a.n",
+      agency_id, TextArrayLiteral(columns[0]), TextArrayLiteral(columns[1]),
+      TextArrayLiteral(columns[2]), TextArrayLiteral(columns[3]), TextArrayLiteral(columns[4]),
+      TextArrayLiteral(columns[5]), TextArrayLiteral(columns[6]), TextArrayLiteral(columns[7]));
   return absl::OkStatus();
 }
 

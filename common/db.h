@@ -37,6 +37,10 @@ struct DatabaseOptions {
 // Maps an exception thrown by libpqxx (or anything else) inside a transaction to a status.
 absl::Status StatusFromDatabaseException(const std::exception& e);
 
+// A PostgreSQL array literal of text values for a `$n::text[]` parameter: every element quoted,
+// with `"` and `\` escaped, so any text (commas, braces, quotes, "NULL") arrives as itself.
+std::string TextArrayLiteral(const std::vector<std::string>& values);
+
 // Runs a statement prepared once per connection under `name`: parsed and planned by PostgreSQL
 // once per connection rather than at every call (as exec_params is). Every use of one `name`
 // must pass the same `sql`.

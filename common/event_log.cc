@@ -47,29 +47,17 @@ absl::Status AppendEvents(
     pqxx::work& tx, const std::string& agency_id,
     const std::vector<std::pair<std::string, const google::protobuf::Message*>>& events) {
   if (events.empty()) return absl::OkStatus();
-  // Three text[] literals; every element quoted (types and base64 need no escaping, aggregate
-  // ids get " and \ escaped).
-  auto quoted = [](absl::string_view text) {
-    std::string out = "\"";
-    for (const char c : text) {
-      if (c == '"' || c == '\\') out += '\\';
-      out += c;
-    }
-    return out + "\"";
-  };
   std::vector<std::string> types, ids, payloads;
   for (const auto& [aggregate_id, payload] : events) {
-    types.push_back(quoted(payload->GetDescriptor()->full_name()));
-    ids.push_back(quoted(aggregate_id));
-    payloads.push_back(quoted(absl::Base64Escape(payload->SerializeAsString())));
+    types.push_back(payload->GetDescriptor()->full_name());
+    ids.push_back(aggregate_id);
+    payloads.push_back(absl::Base64Escape(payload->SerializeAsString()));
   }
   tx.exec_params0(
       "INSERT INTO outbox (agency_id, event_type, aggregate_id, payload) "
       "SELECT $1, t, a, decode(p, 'base64') FROM unnest($2::text[], $3::text[], $4::text[]) "
       "WITH ORDINALITY AS e(t, a, p, n) ORDER BY n",
-      agency_id, absl::StrCat("{", absl::StrJoin(types, ","), "}"),
-      absl::StrCat("{", absl::StrJoin(ids, ","), "}"),
-      absl::StrCat("{", absl::StrJoin(payloads, ","), "}"));
+      agency_id, TextArrayLiteral(types), TextArrayLiteral(ids), TextArrayLiteral(payloads));
   return absl::OkStatus();
 }
 

@@ -75,13 +75,6 @@ void FromJson(const std::string& json, google::protobuf::Message* message) {
   (void)google::protobuf::util::JsonStringToMessage(json, message, options);
 }
 
-// A text[] literal with every element quoted (base64 and type names need no escaping).
-std::string ArrayLiteral(const std::vector<std::string>& values) {
-  std::vector<std::string> quoted;
-  for (const auto& v : values) quoted.push_back(absl::StrCat("\"", v, "\""));
-  return absl::StrCat("{", absl::StrJoin(quoted, ","), "}");
-}
-
 // Runs `sql` as the connection's prepared statement `name` (prepared on first use per pooled
 // connection): the hot path's large statements are parsed and planned once, not per call.
 
@@ -267,8 +260,8 @@ void EnsureDefaultPathways(pqxx::work& tx, const std::string& agency_id) {
       "convert_from(decode(d, 'base64'), 'UTF8')::jsonb, f::boolean, k = 'crisis_transition', "
       "u::smallint, $7 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) "
       "AS x(k, n, d, f, u) ON CONFLICT (agency_id, pathway_key, version) DO NOTHING",
-      agency_id, ArrayLiteral(keys), ArrayLiteral(names), ArrayLiteral(definitions),
-      ArrayLiteral(flags), ArrayLiteral(units), std::string(kDefaultPublisher));
+      agency_id, TextArrayLiteral(keys), TextArrayLiteral(names), TextArrayLiteral(definitions),
+      TextArrayLiteral(flags), TextArrayLiteral(units), std::string(kDefaultPublisher));
 }
 
 std::optional<v1::PathwayVersion> LoadPathway(pqxx::work& tx, const std::string& pathway_key,
@@ -332,7 +325,7 @@ std::set<std::string> KnownPeerSupporters(pqxx::work& tx, const std::vector<std:
   const pqxx::result r = tx.exec_params(
       "SELECT DISTINCT x FROM unnest($1::text[]) x JOIN supporter_matches m "
       "ON m.supporter_subject = x OR m.supporter_id::text = x",
-      ArrayLiteral(ids));
+      TextArrayLiteral(ids));
   for (const auto& row : r) out.insert(row[0].c_str());
   return out;
 }
@@ -361,7 +354,7 @@ std::optional<v1::Enrollment> InsertEnrollment(pqxx::work& tx, const std::string
       e.enrollment_id(), agency_id, e.participant_id(), e.pathway_key(), e.pathway_version(),
       e.owners().appointment_owner(), e.owners().receiving_clinician(), e.owners().receiving_team(),
       e.owners().clinical_follow_up_owner(),
-      std::string(s.has_weekly() ? "weekly" : "every_n_days"), ArrayLiteral(weekdays),
+      std::string(s.has_weekly() ? "weekly" : "every_n_days"), TextArrayLiteral(weekdays),
       s.every_n_days().interval_days(), std::max(1, s.window_days()), e.time_zone(),
       DateText(e.starts_on()), e.has_ends_on() ? DateText(e.ends_on()) : std::string(),
       e.has_review_on() ? DateText(e.review_on()) : std::string(), e.enrolled_by(), Json(gates), 0);
@@ -395,7 +388,7 @@ std::vector<v1::Enrollment> ListEnrollments(pqxx::work& tx, const EnrollmentFilt
                              "m.active AND m.participant_id = e.participant_id AND "
                              "m.supervisor_subject = $9)) "
                              "ORDER BY e.enrolled_at DESC, e.id DESC LIMIT $8"),
-      f.participant_id, f.pathway_key, ArrayLiteral(f.statuses), f.supporter_subject,
+      f.participant_id, f.pathway_key, TextArrayLiteral(f.statuses), f.supporter_subject,
       f.supporter_id, f.after_id.empty() ? std::string() : absl::StrCat(f.after_enrolled_micros),
       f.after_id.empty() ? std::string("00000000-0000-0000-0000-000000000000") : f.after_id,
       f.limit, f.supervisor_subject);
@@ -549,13 +542,14 @@ void WriteCheckIn(pqxx::work& tx, const CheckInWrite& w) {
       c.scheduled_check_in_id(), c.participant_id(), c.supporter_id(), c.recorded_by(),
       c.recorded_by_role(), c.pathway_key(), c.pathway_version(), answers_json, c.wellbeing_score(),
       EnumText(v1::ContactMode_descriptor(), c.contact_mode(), "CONTACT_MODE_"),
-      Micros(FromProtoTimestamp(c.occurred_at())), late_us, ArrayLiteral(w.fired_rule_ids),
+      Micros(FromProtoTimestamp(c.occurred_at())), late_us, TextArrayLiteral(w.fired_rule_ids),
       w.reconnection, w.stops_routine, w.occurrence_due_on,
       scheduled ? Micros(w.occurrence_window_start) : std::string(),
       c.has_window_end() ? Micros(FromProtoTimestamp(c.window_end())) : std::string(),
-      scheduled && !w.occurrence_due_on.empty(), ArrayLiteral(types), ArrayLiteral(payloads),
-      absl::Base64Escape(w.response_bytes), w.idempotency_key, w.audit.actor, w.audit.actor_role,
-      w.audit.action, w.audit.request_id, ArrayLiteral(w.event_ids))[0];
+      scheduled && !w.occurrence_due_on.empty(), TextArrayLiteral(types),
+      TextArrayLiteral(payloads), absl::Base64Escape(w.response_bytes), w.idempotency_key,
+      w.audit.actor, w.audit.actor_role, w.audit.action, w.audit.request_id,
+      TextArrayLiteral(w.event_ids))[0];
   if (r[2].as<int>() != 1 || r[6].as<int>() != 1) {
     throw std::runtime_error("check-in write incomplete");
   }
@@ -590,8 +584,8 @@ void WriteContactAttempt(pqxx::work& tx, const ContactAttemptWrite& w) {
       a.is_reconnection(), Micros(FromProtoTimestamp(a.attempted_at())),
       EnumText(v1::EngagementStage_descriptor(), w.stage, "ENGAGEMENT_STAGE_"),
       Micros(w.stage_changed_at), w.failed_attempts_in_a_row,
-      w.last_contact_at ? Micros(*w.last_contact_at) : std::string(), ArrayLiteral(types),
-      ArrayLiteral(payloads), ArrayLiteral(w.event_ids), absl::Base64Escape(w.response_bytes),
+      w.last_contact_at ? Micros(*w.last_contact_at) : std::string(), TextArrayLiteral(types),
+      TextArrayLiteral(payloads), TextArrayLiteral(w.event_ids), absl::Base64Escape(w.response_bytes),
       w.idempotency_key, w.audit.actor, w.audit.actor_role, w.audit.action, w.audit.request_id);
   if (r[1].as<int>() != 1 || r[2].as<int>() != 1 || r[4].as<int>() != 1) {
     throw std::runtime_error("contact attempt write incomplete");
@@ -674,9 +668,9 @@ std::vector<v1::Appointment> ListAppointments(pqxx::work& tx, const AppointmentF
                               "AND ($10 = '' OR (a.scheduled_at, a.id) > (" PP_TS(
                                   "$10") ", $11::uuid)) "
                                          "ORDER BY a.scheduled_at, a.id LIMIT $12"),
-      f.enrollment_id, f.participant_id, f.owner_id, ArrayLiteral(kinds), ArrayLiteral(outcomes),
-      f.scheduled_from_micros, f.scheduled_to_micros, f.supporter_subject, f.supervisor_subject,
-      f.after_micros,
+      f.enrollment_id, f.participant_id, f.owner_id, TextArrayLiteral(kinds),
+      TextArrayLiteral(outcomes), f.scheduled_from_micros, f.scheduled_to_micros,
+      f.supporter_subject, f.supervisor_subject, f.after_micros,
       f.after_id.empty() ? std::string("00000000-0000-0000-0000-000000000000") : f.after_id,
       f.limit);
   std::vector<v1::Appointment> out;
@@ -905,8 +899,8 @@ std::vector<v1::ScheduledCheckIn> MaterializeOccurrences(pqxx::work& tx,
       "window_end) SELECT $1, e::uuid, d::date, to_timestamp(s::int8 / 1000000.0), "
       "to_timestamp(x::int8 / 1000000.0) FROM unnest($2::text[], $3::text[], $4::text[], "
       "$5::text[]) AS u(e, d, s, x) ON CONFLICT (agency_id, enrollment_id, due_on) DO NOTHING",
-      agency_id, ArrayLiteral(enrollments), ArrayLiteral(days), ArrayLiteral(starts),
-      ArrayLiteral(ends));
+      agency_id, TextArrayLiteral(enrollments), TextArrayLiteral(days), TextArrayLiteral(starts),
+      TextArrayLiteral(ends));
   const pqxx::result r = tx.exec_params(
       "SELECT s.id::text, s.enrollment_id::text, e.participant_id, e.pathway_key, "
       "to_char(s.due_on, 'YYYY-MM-DD'), " PP_US("s.window_start") ", " PP_US("s.window_end")
@@ -915,7 +909,7 @@ std::vector<v1::ScheduledCheckIn> MaterializeOccurrences(pqxx::work& tx,
       "FROM unnest($1::text[], $2::text[]) AS u(e, d) JOIN scheduled_check_ins s ON "
       "s.enrollment_id = u.e::uuid AND s.due_on = u.d::date JOIN enrollments e ON e.id = "
       "s.enrollment_id ORDER BY s.window_end, e.participant_id, s.enrollment_id",
-      ArrayLiteral(enrollments), ArrayLiteral(days));
+      TextArrayLiteral(enrollments), TextArrayLiteral(days));
   for (const auto& row : r) {
     v1::ScheduledCheckIn s;
     s.set_scheduled_check_in_id(row[0].c_str());

@@ -78,10 +78,6 @@ google::protobuf::Timestamp Ts(const pqxx::field& f) {
   return ToProtoTimestamp(absl::FromUnixMicros(f.as<int64_t>()));
 }
 
-std::string ArrayLiteral(const std::vector<std::string>& values) {
-  return absl::StrCat("{", absl::StrJoin(values, ","), "}");
-}
-
 template <typename Add>
 void ForEachListed(const pqxx::field& f, Add add) {
   for (absl::string_view part : absl::StrSplit(f.c_str(), ',', absl::SkipEmpty())) add(part);
@@ -179,7 +175,7 @@ template <typename Repeated, typename ToText>
 std::string ListLiteral(const Repeated& values, ToText to_text) {
   std::vector<std::string> texts;
   for (int v : values) texts.push_back(to_text(v));
-  return ArrayLiteral(texts);
+  return TextArrayLiteral(texts);
 }
 
 }  // namespace
@@ -242,7 +238,7 @@ ConsentPage ListConsents(pqxx::work& tx, const std::string& participant_id,
                                   PP_TS("$3"),
                                   ", NULLIF($4, '')::uuid))"
                                   " ORDER BY created_at DESC, id DESC LIMIT $5"),
-                     participant_id, ArrayLiteral(statuses), absl::StrCat(after_created_micros),
+                     participant_id, TextArrayLiteral(statuses), absl::StrCat(after_created_micros),
                      after_id, limit + 1);
   ConsentPage page;
   for (const auto& row : r) {
@@ -417,7 +413,7 @@ EmergencyAccessPage ListEmergencyAccesses(pqxx::work& tx, const EmergencyAccessF
           "AND ($10 = '' OR clinician_id = $10)) FROM (SELECT 1) one LEFT JOIN page ON true "
           "ORDER BY page.g, page.i"),
       f.include_reviewed, f.participant_id, f.clinician_id, OptMicros(f.granted_from),
-      OptMicros(f.granted_to), ArrayLiteral(f.states), absl::StrCat(after_micros), after_id,
+      OptMicros(f.granted_to), TextArrayLiteral(f.states), absl::StrCat(after_micros), after_id,
       limit + 1, visible_clinician);
   EmergencyAccessPage page;
   for (const auto& row : r) {

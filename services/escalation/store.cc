@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/db.h"
 #include "common/time_util.h"
 #include "services/escalation/policy_codec.h"
 
@@ -139,20 +140,6 @@ constexpr char kRoutedToViewer[] = R"sql(
          WHERE m.agency_id = c.agency_id AND m.supervisor_subject = $3
            AND (m.supporter_subject = c.raised_by
                 OR (m.active AND m.participant_id = c.participant_id))))))sql";
-
-std::string PgArray(const std::vector<std::string>& values) {
-  std::string out = "{";
-  for (size_t i = 0; i < values.size(); ++i) {
-    if (i) out += ",";
-    out += "\"";
-    for (char ch : values[i]) {
-      if (ch == '"' || ch == '\\') out += '\\';
-      out += ch;
-    }
-    out += "\"";
-  }
-  return out + "}";
-}
 
 ConcernRecord ConcernFromRow(const pqxx::row& row, bool with_viewer) {
   ConcernRecord record;
@@ -369,8 +356,8 @@ absl::StatusOr<std::optional<ConcernRecord>> Store::FindConcern(pqxx::work& tx,
       absl::StrCat("SELECT ", kConcernColumns, ", ", kRoutedToViewer,
                    " FROM concerns c WHERE c.agency_id = $1 AND c.id = $4::uuid",
                    lock ? " FOR UPDATE OF c" : "");
-  pqxx::result rows =
-      tx.exec_params(sql, agency_id, PgArray(viewer.team_kinds), viewer.subject, concern_id);
+  pqxx::result rows = tx.exec_params(sql, agency_id, TextArrayLiteral(viewer.team_kinds),
+                                     viewer.subject, concern_id);
   if (rows.empty()) return std::optional<ConcernRecord>();
   return std::optional<ConcernRecord>(ConcernFromRow(rows[0], true));
 }
@@ -497,11 +484,11 @@ absl::StatusOr<std::vector<ConcernRecord>> Store::ListConcerns(
       ORDER BY 19 DESC, 1 DESC LIMIT $14)sql");
   std::vector<ConcernRecord> out;
   for (const auto& row : tx.exec_params(
-           sql, agency_id, PgArray(viewer.team_kinds), viewer.subject, PgArray(filter.states),
-           PgArray(filter.severities), PgArray(filter.categories), filter.target_kind,
-           filter.target_id, filter.participant_id, filter.overdue_only, Micros(filter.now),
-           cursor_us, cursor_id.empty() ? "00000000-0000-0000-0000-000000000000" : cursor_id,
-           limit)) {
+           sql, agency_id, TextArrayLiteral(viewer.team_kinds), viewer.subject,
+           TextArrayLiteral(filter.states), TextArrayLiteral(filter.severities),
+           TextArrayLiteral(filter.categories), filter.target_kind, filter.target_id,
+           filter.participant_id, filter.overdue_only, Micros(filter.now), cursor_us,
+           cursor_id.empty() ? "00000000-0000-0000-0000-000000000000" : cursor_id, limit)) {
     out.push_back(ConcernFromRow(row, true));
   }
   return out;

@@ -282,25 +282,6 @@ absl::Status ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event) {
   return absl::OkStatus();
 }
 
-namespace {
-
-// A PostgreSQL array literal of text values, each quoted.
-std::string ArrayLiteral(const std::vector<std::string>& values) {
-  std::string out = "{";
-  for (size_t i = 0; i < values.size(); ++i) {
-    if (i > 0) out += ',';
-    out += '"';
-    for (char ch : values[i]) {
-      if (ch == '"' || ch == '\\') out += '\\';
-      out += ch;
-    }
-    out += '"';
-  }
-  return out + "}";
-}
-
-}  // namespace
-
 absl::Status ApplyCheckInBatch(pqxx::work& tx,
                                const std::vector<const common::v1::Event*>& events) {
   std::vector<std::string> ids, participants, supporters, days, months, ats, scores, enrollments,
@@ -390,9 +371,10 @@ absl::Status ApplyCheckInBatch(pqxx::work& tx,
       "  last_at = GREATEST(EXCLUDED.last_at, w.last_at) RETURNING 1) "
       "SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM s) + (SELECT count(*) FROM wf) + "
       "(SELECT count(*) FROM wm)",
-      agency, ArrayLiteral(ids), ArrayLiteral(participants), ArrayLiteral(supporters),
-      ArrayLiteral(days), ArrayLiteral(months), ArrayLiteral(ats), ArrayLiteral(scores),
-      ArrayLiteral(enrollments), ArrayLiteral(pathways), ArrayLiteral(sources));
+      agency, TextArrayLiteral(ids), TextArrayLiteral(participants), TextArrayLiteral(supporters),
+      TextArrayLiteral(days), TextArrayLiteral(months), TextArrayLiteral(ats),
+      TextArrayLiteral(scores), TextArrayLiteral(enrollments), TextArrayLiteral(pathways),
+      TextArrayLiteral(sources));
   return absl::OkStatus();
 }
 

@@ -90,6 +90,30 @@ TEST_F(AuditLog, AppendsUnchainedThenChainsNumberedPerAgency) {
   EXPECT_NE(command.log.find("\"rows\":6"), std::string::npos) << command.log;
 }
 
+TEST_F(AuditLog, ManyRowsInOneStatementKeepTheirOrderAndAnyText) {
+  // Text that an unescaped array literal would split, unquote or turn into NULL.
+  const std::vector<std::string> odd = {"a,b",  "{x}", "say \"hi\"", "back\\slash",
+                                        "NULL", "",    "ünï"};
+  std::vector<AuditEntry> entries;
+  for (const std::string& participant : odd) entries.push_back(Entry(participant));
+  ASSERT_TRUE(
+      database_
+          ->TransactForAgency("agency-a",
+                              [&](pqxx::work& tx) { return AppendAudits(tx, "agency-a", entries); })
+          .ok());
+  const auto rows =
+      db_->AdminQuery("SELECT participant_id, actor FROM consent.audit_log ORDER BY id");
+  ASSERT_EQ(rows.size(), odd.size());
+  for (size_t i = 0; i < odd.size(); ++i) {
+    EXPECT_EQ(rows[i][0].as<std::string>(), odd[i]);
+    EXPECT_EQ(rows[i][1].as<std::string>(), "clinician-9");
+  }
+  EXPECT_EQ(Chain(), static_cast<int>(odd.size()));
+  const AuditVerification verified = Verify("agency-a");
+  EXPECT_EQ(verified.rows_checked, static_cast<int64_t>(odd.size()));
+  EXPECT_EQ(verified.first_broken_seq, 0) << verified.problem;
+}
+
 TEST_F(AuditLog, VerificationChainsWhatIsPendingFirst) {
   for (int i = 1; i <= 3; ++i) Append("agency-a", "p-" + std::to_string(i));
   AuditVerification result = Verify("agency-a");
