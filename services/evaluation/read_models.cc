@@ -488,83 +488,87 @@ void UpsertConcern(pqxx::work& tx, const common::v1::Event& event, const std::st
 
 }  // namespace
 
+namespace {
+
+// Reads `Payload`, checks it, claims the event and applies it: a second delivery changes nothing.
+template <typename Payload, typename Check, typename Apply>
+absl::Status ApplyOnce(pqxx::work& tx, const common::v1::Event& event, Check check, Apply apply) {
+  Payload e;
+  if (auto st = Unpack(event, e); !st.ok()) return st;
+  if (auto st = check(e); !st.ok()) return st;
+  if (Claim(tx, event)) apply(e);
+  return absl::OkStatus();
+}
+
+absl::Status CheckConcernIds(const std::string& concern, const std::string& enrollment) {
+  if (!IsUuid(concern)) return absl::InvalidArgumentError("concern_id is not a UUID");
+  if (!enrollment.empty() && !IsUuid(enrollment)) {
+    return absl::InvalidArgumentError("enrollment_id is not a UUID");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status ApplyEscalationEvent(pqxx::work& tx, const common::v1::Event& event) {
   namespace e1 = escalation::v1;
   const std::string& type = event.type();
-  auto check = [](const std::string& concern, const std::string& enrollment) {
-    if (!IsUuid(concern)) return absl::InvalidArgumentError("concern_id is not a UUID");
-    if (!enrollment.empty() && !IsUuid(enrollment)) {
-      return absl::InvalidArgumentError("enrollment_id is not a UUID");
-    }
-    return absl::OkStatus();
+  // Only the concern id to check (the event names no participant or enrollment).
+  auto concern_only = [](const auto& e) { return CheckConcernIds(e.concern_id(), ""); };
+  // A breach marks the concern (escalations and re-alerts alike).
+  auto breached = [&](const auto& e) {
+    UpsertConcern(tx, event, e.concern_id(), "", "", e.category(), e.severity(), nullptr, nullptr,
+                  nullptr, true);
   };
   if (type == "peerpath.escalation.v1.ConcernOpenedEvent") {
-    e1::ConcernOpenedEvent e;
-    if (auto st = Unpack(event, e); !st.ok()) return st;
-    if (auto st = check(e.concern_id(), e.enrollment_id()); !st.ok()) return st;
-    if (auto st = RequireText({{"participant_id", &e.participant_id()}}); !st.ok()) return st;
-    if (!Claim(tx, event)) return absl::OkStatus();
-    UpsertConcern(tx, event, e.concern_id(), e.participant_id(), e.enrollment_id(), e.category(),
-                  e.severity(), &e.opened_at(), nullptr, nullptr, false);
-    return absl::OkStatus();
+    return ApplyOnce<e1::ConcernOpenedEvent>(
+        tx, event,
+        [](const auto& e) {
+          if (auto st = CheckConcernIds(e.concern_id(), e.enrollment_id()); !st.ok()) return st;
+          return RequireText({{"participant_id", &e.participant_id()}});
+        },
+        [&](const auto& e) {
+          UpsertConcern(tx, event, e.concern_id(), e.participant_id(), e.enrollment_id(),
+                        e.category(), e.severity(), &e.opened_at(), nullptr, nullptr, false);
+        });
   }
   if (type == "peerpath.escalation.v1.ConcernRoutedEvent") {
-    e1::ConcernRoutedEvent e;
-    if (auto st = Unpack(event, e); !st.ok()) return st;
-    if (auto st = check(e.concern_id(), ""); !st.ok()) return st;
-    if (!Claim(tx, event)) return absl::OkStatus();
-    // The latest acknowledgement deadline (each escalation moves it later): the overdue gauge.
-    ExecPrepared(tx, "eval_concern_routed",
-                 "INSERT INTO concerns AS c (agency_id, concern_id, ack_deadline) VALUES ($1, "
-                 "$2::uuid, " PP_TS(3) ") ON CONFLICT (agency_id, concern_id) DO UPDATE SET "
-                 "ack_deadline = GREATEST(c.ack_deadline, EXCLUDED.ack_deadline)",
-                 event.agency_id(), e.concern_id(), Micros(e.ack_deadline()));
-    return absl::OkStatus();
+    return ApplyOnce<e1::ConcernRoutedEvent>(tx, event, concern_only, [&](const auto& e) {
+      // The latest acknowledgement deadline (each escalation moves it later): the overdue gauge.
+      ExecPrepared(tx, "eval_concern_routed",
+                   "INSERT INTO concerns AS c (agency_id, concern_id, ack_deadline) VALUES ($1, "
+                   "$2::uuid, " PP_TS(3) ") ON CONFLICT (agency_id, concern_id) DO UPDATE SET "
+                   "ack_deadline = GREATEST(c.ack_deadline, EXCLUDED.ack_deadline)",
+                   event.agency_id(), e.concern_id(), Micros(e.ack_deadline()));
+    });
   }
   if (type == "peerpath.escalation.v1.ConcernAcknowledgedEvent") {
-    e1::ConcernAcknowledgedEvent e;
-    if (auto st = Unpack(event, e); !st.ok()) return st;
-    if (auto st = check(e.concern_id(), ""); !st.ok()) return st;
-    if (!Claim(tx, event)) return absl::OkStatus();
-    UpsertConcern(tx, event, e.concern_id(), "", "", e.category(), e.severity(), &e.opened_at(),
-                  &e.acknowledged_at(), nullptr, false);
-    return absl::OkStatus();
+    return ApplyOnce<e1::ConcernAcknowledgedEvent>(tx, event, concern_only, [&](const auto& e) {
+      UpsertConcern(tx, event, e.concern_id(), "", "", e.category(), e.severity(), &e.opened_at(),
+                    &e.acknowledged_at(), nullptr, false);
+    });
   }
   if (type == "peerpath.escalation.v1.ConcernEscalatedEvent") {
-    e1::ConcernEscalatedEvent e;
-    if (auto st = Unpack(event, e); !st.ok()) return st;
-    if (auto st = check(e.concern_id(), ""); !st.ok()) return st;
-    if (!Claim(tx, event)) return absl::OkStatus();
-    UpsertConcern(tx, event, e.concern_id(), "", "", e.category(), e.severity(), nullptr, nullptr,
-                  nullptr, true);
-    return absl::OkStatus();
+    return ApplyOnce<e1::ConcernEscalatedEvent>(tx, event, concern_only, breached);
   }
   if (type == "peerpath.escalation.v1.ConcernReAlertedEvent") {
-    e1::ConcernReAlertedEvent e;
-    if (auto st = Unpack(event, e); !st.ok()) return st;
-    if (auto st = check(e.concern_id(), ""); !st.ok()) return st;
-    if (!Claim(tx, event)) return absl::OkStatus();
-    UpsertConcern(tx, event, e.concern_id(), "", "", e.category(), e.severity(), nullptr, nullptr,
-                  nullptr, true);
-    return absl::OkStatus();
+    return ApplyOnce<e1::ConcernReAlertedEvent>(tx, event, concern_only, breached);
   }
+  // Resolved or cancelled: closed at that time.
+  auto closed_check = [](const auto& e) {
+    return CheckConcernIds(e.concern_id(), e.enrollment_id());
+  };
   if (type == "peerpath.escalation.v1.ConcernResolvedEvent") {
-    e1::ConcernResolvedEvent e;
-    if (auto st = Unpack(event, e); !st.ok()) return st;
-    if (auto st = check(e.concern_id(), e.enrollment_id()); !st.ok()) return st;
-    if (!Claim(tx, event)) return absl::OkStatus();
-    UpsertConcern(tx, event, e.concern_id(), e.participant_id(), e.enrollment_id(), e.category(),
-                  e.severity(), &e.opened_at(), nullptr, &e.resolved_at(), false);
-    return absl::OkStatus();
+    return ApplyOnce<e1::ConcernResolvedEvent>(tx, event, closed_check, [&](const auto& e) {
+      UpsertConcern(tx, event, e.concern_id(), e.participant_id(), e.enrollment_id(), e.category(),
+                    e.severity(), &e.opened_at(), nullptr, &e.resolved_at(), false);
+    });
   }
   if (type == "peerpath.escalation.v1.ConcernCancelledEvent") {
-    e1::ConcernCancelledEvent e;
-    if (auto st = Unpack(event, e); !st.ok()) return st;
-    if (auto st = check(e.concern_id(), e.enrollment_id()); !st.ok()) return st;
-    if (!Claim(tx, event)) return absl::OkStatus();
-    UpsertConcern(tx, event, e.concern_id(), e.participant_id(), e.enrollment_id(), e.category(),
-                  e.severity(), &e.opened_at(), nullptr, &e.cancelled_at(), false);
-    return absl::OkStatus();
+    return ApplyOnce<e1::ConcernCancelledEvent>(tx, event, closed_check, [&](const auto& e) {
+      UpsertConcern(tx, event, e.concern_id(), e.participant_id(), e.enrollment_id(), e.category(),
+                    e.severity(), &e.opened_at(), nullptr, &e.cancelled_at(), false);
+    });
   }
   Claim(tx, event);
   return absl::OkStatus();
