@@ -655,6 +655,8 @@ std::shared_ptr<const MatchingService::CachedRoster> MatchingService::RosterOf(
   auto fresh = std::make_shared<CachedRoster>();
   fresh->version = version;
   fresh->supporters = store::ActiveRoster(tx, false);
+  // Profiles only: the units in use are given apart on every call (RankCandidates).
+  for (v1::Supporter& s : fresh->supporters) s.set_units_in_use(0);
   fresh->indexed_on = Today();
   fresh->index = std::make_unique<CandidateIndex>(fresh->supporters, fresh->indexed_on);
   std::lock_guard<std::mutex> lock(rosters_mu_);
@@ -699,32 +701,31 @@ grpc::Status MatchingService::ProposeMatches(grpc::ServerContext* context,
         std::optional<CandidateIndex> today_index;  // Only on the day after it was built.
         if (cached->indexed_on != today) today_index.emplace(cached->supporters, today);
         const CandidateIndex& index = today_index ? *today_index : *cached->index;
-        std::vector<v1::Supporter> roster;
-        std::vector<std::string> ids;
-        for (int i : index.Candidates(*r)) {
-          roster.push_back(cached->supporters[static_cast<size_t>(i)]);
-          ids.push_back(roster.back().supporter_id());
-        }
+        const std::vector<int> candidates = index.Candidates(*r);
         // Every candidate's load at once: by id for a narrowed roster, the whole agency's
         // otherwise (one grouped scan beats thousands of probes).
-        if (ids.size() > 1000) ids.clear();
-        const std::unordered_map<std::string, int> units = store::UnitsInUse(tx, ids);
-        for (v1::Supporter& s : roster) {
-          auto it = units.find(s.supporter_id());
-          s.set_units_in_use(it == units.end() ? 0 : it->second);
+        std::vector<std::string> ids;
+        if (candidates.size() <= 1000) {
+          for (int i : candidates) ids.push_back(cached->supporters[i].supporter_id());
         }
-        const auto ranked = RankCandidates(roster, *r, today, static_cast<size_t>(max_candidates));
+        const std::unordered_map<std::string, int> units = store::UnitsInUse(tx, ids);
+        const auto ranked = RankCandidates(cached->supporters, candidates, units, *r, today,
+                                           static_cast<size_t>(max_candidates));
         response->set_eligible_count(static_cast<int>(ranked.size()));
         if (ranked.empty()) {
           store::SetRequestStatus(tx, r->match_request_id(), "open", "");
           *response->mutable_no_candidate() =
               ExplainNoCandidate(store::ActiveRoster(tx, false), *r, today);
         }
-        // The proposals in one statement and their events in one more.
+        // The shown ones, copied with their units in use and explained; their proposals in one
+        // statement and their events in one more.
+        std::vector<v1::Supporter> shown;
         std::vector<store::NewMatch> proposals;
         for (size_t i = 0; i < ranked.size() && static_cast<int>(i) < max_candidates; ++i) {
-          const v1::Supporter& s = roster[ranked[i].roster_index];
-          const Evaluation& e = ranked[i].evaluation;
+          v1::Supporter& s = shown.emplace_back(cached->supporters[ranked[i].roster_index]);
+          auto load = units.find(s.supporter_id());
+          s.set_units_in_use(load == units.end() ? 0 : load->second);
+          const Evaluation e = Evaluate(s, *r, today);
           proposals.push_back({r->match_request_id(), s.supporter_id(), r->participant_id(),
                                r->acuity_units(), e.score, static_cast<int>(i) + 1, e.continuity,
                                e.explanation});
@@ -750,7 +751,7 @@ grpc::Status MatchingService::ProposeMatches(grpc::ServerContext* context,
         }
         if (absl::Status e = AppendEvents(tx, caller.agency_id, payloads); !e.ok()) return e;
         for (size_t i = 0; i < stored.size(); ++i) {
-          const v1::Supporter& s = roster[ranked[i].roster_index];
+          const v1::Supporter& s = shown[i];
           auto* candidate = response->add_candidates();
           *candidate->mutable_match() = std::move(stored[i]);
           candidate->set_supporter_display_name(s.display_name());

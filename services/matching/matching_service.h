@@ -95,8 +95,9 @@ class MatchingService final : public MatchingServiceBase {
                                  v1::IsActiveSupporterResponse* response) override;
 
  private:
-  // ProposeMatches' copy of an agency's ACTIVE roster (profiles only: the units in use are read
-  // fresh on every call), exact while the agency's roster version stays (migrations/0005).
+  // ProposeMatches' copy of an agency's ACTIVE roster (profiles only, units_in_use 0: the units
+  // in use are read fresh on every call), exact while the agency's roster version stays
+  // (migrations/0005).
   struct CachedRoster {
     int64_t version = 0;
     std::vector<v1::Supporter> supporters;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <numeric>
 #include <set>
 
 #include "absl/strings/ascii.h"
@@ -397,13 +398,22 @@ v1::NoCandidate ExplainNoCandidate(const std::vector<v1::Supporter>& roster,
   return result;
 }
 
-std::vector<RankedCandidate> RankCandidates(const std::vector<v1::Supporter>& roster,
-                                            const v1::MatchRequest& request, absl::CivilDay today,
-                                            size_t explain) {
+namespace {
+
+// RankCandidates over `indexes` of `roster`, with each supporter's units in use from `in_use`;
+// nothing explained yet, only the first `head` in order.
+template <typename InUse>
+std::vector<RankedCandidate> Rank(const std::vector<v1::Supporter>& roster,
+                                  const std::vector<int>& indexes, InUse in_use,
+                                  const v1::MatchRequest& request, absl::CivilDay today,
+                                  size_t head) {
   std::vector<RankedCandidate> ranked;
   const std::string& previous = request.preferences().continuity().supporter_id();
-  for (size_t i = 0; i < roster.size(); ++i) {
+  const int units = std::max(1, request.acuity_units());
+  for (int index : indexes) {
+    const size_t i = static_cast<size_t>(index);
     if (Screen(roster[i], request, today).has_value()) continue;
+    if (roster[i].capacity_units() - in_use(i) < units) continue;  // Screen's capacity step.
     RankedCandidate c{i, {}};
     c.evaluation.score = ScorePreferences(roster[i], request.preferences(), nullptr);
     c.evaluation.continuity = !previous.empty() && previous == roster[i].supporter_id();
@@ -411,8 +421,9 @@ std::vector<RankedCandidate> RankCandidates(const std::vector<v1::Supporter>& ro
   }
   auto load = [&](const RankedCandidate& c) {
     const auto& s = roster[c.roster_index];
-    return s.capacity_units() == 0 ? 1.0
-                                   : static_cast<double>(s.units_in_use()) / s.capacity_units();
+    return s.capacity_units() == 0
+               ? 1.0
+               : static_cast<double>(in_use(c.roster_index)) / s.capacity_units();
   };
   auto better = [&](const RankedCandidate& a, const RankedCandidate& b) {
     if (a.evaluation.continuity != b.evaluation.continuity) return a.evaluation.continuity;
@@ -421,17 +432,42 @@ std::vector<RankedCandidate> RankCandidates(const std::vector<v1::Supporter>& ro
     return roster[a.roster_index].supporter_id() < roster[b.roster_index].supporter_id();
   };
   // Only the shown head needs its order (10,000 candidates, 5 shown: a partial sort).
-  if (explain < ranked.size()) {
-    std::partial_sort(ranked.begin(), ranked.begin() + static_cast<std::ptrdiff_t>(explain),
+  if (head < ranked.size()) {
+    std::partial_sort(ranked.begin(), ranked.begin() + static_cast<std::ptrdiff_t>(head),
                       ranked.end(), better);
   } else {
     std::sort(ranked.begin(), ranked.end(), better);
   }
+  return ranked;
+}
+
+}  // namespace
+
+std::vector<RankedCandidate> RankCandidates(const std::vector<v1::Supporter>& roster,
+                                            const v1::MatchRequest& request, absl::CivilDay today,
+                                            size_t explain) {
+  std::vector<int> all(roster.size());
+  std::iota(all.begin(), all.end(), 0);
+  std::vector<RankedCandidate> ranked = Rank(
+      roster, all, [&](size_t i) { return roster[i].units_in_use(); }, request, today, explain);
   // Explained (the same score, with its lines) only as far as the caller shows them.
   for (size_t i = 0; i < ranked.size() && i < explain; ++i) {
     ranked[i].evaluation = Evaluate(roster[ranked[i].roster_index], request, today);
   }
   return ranked;
+}
+
+std::vector<RankedCandidate> RankCandidates(
+    const std::vector<v1::Supporter>& roster, const std::vector<int>& indexes,
+    const std::unordered_map<std::string, int>& units_in_use, const v1::MatchRequest& request,
+    absl::CivilDay today, size_t head) {
+  return Rank(
+      roster, indexes,
+      [&](size_t i) {
+        auto it = units_in_use.find(roster[i].supporter_id());
+        return it == units_in_use.end() ? 0 : it->second;
+      },
+      request, today, head);
 }
 
 CandidateIndex::CandidateIndex(const std::vector<v1::Supporter>& roster, absl::CivilDay today) {

@@ -83,6 +83,15 @@ std::vector<RankedCandidate> RankCandidates(const std::vector<v1::Supporter>& ro
                                             const v1::MatchRequest& request, absl::CivilDay today,
                                             size_t explain = SIZE_MAX);
 
+// The same ranking over `indexes` of a shared, read-only roster whose units in use are given
+// apart (by supporter id; absent: 0) instead of in the protos, which must then carry 0 (Screen's
+// capacity step is taken with `units_in_use`). Only the first `head` are in order, and none is
+// explained: callers explain the ones they show (Evaluate on a copy with its units set).
+std::vector<RankedCandidate> RankCandidates(
+    const std::vector<v1::Supporter>& roster, const std::vector<int>& indexes,
+    const std::unordered_map<std::string, int>& units_in_use, const v1::MatchRequest& request,
+    absl::CivilDay today, size_t head);
+
 // The roster indexed for batch candidate generation, so that a request is screened against the
 // supporters who can meet its most selective hard constraint instead of the whole roster: the
 // ACTIVE supporters with an account and current training, by region and by primary language.

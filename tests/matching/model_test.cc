@@ -347,5 +347,42 @@ TEST(CandidateIndex, NeverMissesAnEligibleSupporter) {
   }
 }
 
+TEST(RankCandidates, UnitsGivenApartRankExactlyAsUnitsInTheProtos) {
+  // ProposeMatches ranks a shared roster whose protos carry 0 units, with the units in use read
+  // apart: the same candidates, in the same order, with the same scores, as the protos with
+  // their units would give.
+  std::mt19937 rng(11);
+  int compared = 0;
+  for (int round = 0; round < 30; ++round) {
+    std::vector<v1::Supporter> roster;
+    for (int i = 0; i < 60; ++i) roster.push_back(RandomSupporter(rng, i));
+    std::uniform_int_distribution<int> load(0, 5);
+    std::unordered_map<std::string, int> units;
+    std::vector<v1::Supporter> shared = roster;
+    for (size_t i = 0; i < roster.size(); ++i) {
+      const int in_use = std::min(load(rng), roster[i].capacity_units());
+      roster[i].set_units_in_use(in_use);
+      if (in_use > 0) units[roster[i].supporter_id()] = in_use;
+      shared[i].set_units_in_use(0);
+    }
+    const CandidateIndex index(shared, kToday);
+    for (int q = 0; q < 20; ++q) {
+      const v1::MatchRequest request = RandomRequest(rng, roster);
+      const size_t head = 1 + static_cast<size_t>(q % 7);
+      const auto expected = RankCandidates(roster, request, kToday, head);
+      const auto got =
+          RankCandidates(shared, index.Candidates(request), units, request, kToday, head);
+      ASSERT_EQ(got.size(), expected.size()) << "round " << round;
+      for (size_t i = 0; i < std::min(head, got.size()); ++i) {
+        EXPECT_EQ(got[i].roster_index, expected[i].roster_index) << "round " << round << " #" << i;
+        EXPECT_DOUBLE_EQ(got[i].evaluation.score, expected[i].evaluation.score);
+        EXPECT_EQ(got[i].evaluation.continuity, expected[i].evaluation.continuity);
+        ++compared;
+      }
+    }
+  }
+  EXPECT_GT(compared, 500);  // Not vacuous: most requests have several candidates.
+}
+
 }  // namespace
 }  // namespace peerpath::matching
