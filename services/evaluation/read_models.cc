@@ -75,6 +75,24 @@ bool Claim(pqxx::work& tx, const common::v1::Event& event) {
               .empty();
 }
 
+// Reads `Payload`, checks it, claims the event and applies it: a second delivery changes nothing.
+template <typename Payload, typename Check, typename Apply>
+absl::Status ApplyOnce(pqxx::work& tx, const common::v1::Event& event, Check check, Apply apply) {
+  Payload e;
+  if (auto st = Unpack(event, e); !st.ok()) return st;
+  if (auto st = check(e); !st.ok()) return st;
+  if (Claim(tx, event)) apply(e);
+  return absl::OkStatus();
+}
+
+absl::Status CheckConcernIds(const std::string& concern, const std::string& enrollment) {
+  if (!IsUuid(concern)) return absl::InvalidArgumentError("concern_id is not a UUID");
+  if (!enrollment.empty() && !IsUuid(enrollment)) {
+    return absl::InvalidArgumentError("enrollment_id is not a UUID");
+  }
+  return absl::OkStatus();
+}
+
 // A peer support contact (a check-in or a REACHED attempt), with a wellbeing score (1 to 5) or 0,
 // in one round trip with the claim of the event id: the bulk of the traffic.
 void ApplyContact(pqxx::work& tx, const common::v1::Event& event, const std::string& participant,
@@ -381,45 +399,36 @@ absl::Status ApplyCheckInBatch(pqxx::work& tx,
 absl::Status ApplyMatchingEvent(pqxx::work& tx, const common::v1::Event& event) {
   namespace m = matching::v1;
   const std::string& type = event.type();
-  if (type == "peerpath.matching.v1.MatchStartedEvent") {
-    m::MatchStartedEvent e;
-    if (auto st = Unpack(event, e); !st.ok()) return st;
+  // Both ends of a match name it and its two people.
+  auto match_ids = [](const auto& e) {
     if (auto st = RequireUuids({{"match_id", &e.match_id()}}); !st.ok()) return st;
-    if (auto st = RequireText(
-            {{"supporter_id", &e.supporter_id()}, {"participant_id", &e.participant_id()}});
-        !st.ok()) {
-      return st;
-    }
-    if (!Claim(tx, event)) return absl::OkStatus();
-    ExecPrepared(tx, "eval_match_started",
-                 "INSERT INTO matches (agency_id, match_id, supporter_id, participant_id, "
-                 "match_request_id, previous_match_id, started_at) VALUES ($1, $2::uuid, $3, $4, "
-                 "$5, $6, " PP_TS(7) ") ON CONFLICT (agency_id, match_id) DO UPDATE SET "
-                 "match_request_id = EXCLUDED.match_request_id, "
-                 "previous_match_id = EXCLUDED.previous_match_id, started_at = EXCLUDED.started_at",
-                 event.agency_id(), e.match_id(), e.supporter_id(), e.participant_id(),
-                 e.match_request_id(), e.previous_match_id(), Micros(e.started_at()));
-    return absl::OkStatus();
+    return RequireText(
+        {{"supporter_id", &e.supporter_id()}, {"participant_id", &e.participant_id()}});
+  };
+  if (type == "peerpath.matching.v1.MatchStartedEvent") {
+    return ApplyOnce<m::MatchStartedEvent>(tx, event, match_ids, [&](const auto& e) {
+      ExecPrepared(tx, "eval_match_started",
+                   "INSERT INTO matches (agency_id, match_id, supporter_id, participant_id, "
+                   "match_request_id, previous_match_id, started_at) VALUES ($1, $2::uuid, $3, "
+                   "$4, $5, $6, " PP_TS(7) ") ON CONFLICT (agency_id, match_id) DO UPDATE SET "
+                   "match_request_id = EXCLUDED.match_request_id, "
+                   "previous_match_id = EXCLUDED.previous_match_id, "
+                   "started_at = EXCLUDED.started_at",
+                   event.agency_id(), e.match_id(), e.supporter_id(), e.participant_id(),
+                   e.match_request_id(), e.previous_match_id(), Micros(e.started_at()));
+    });
   }
   if (type == "peerpath.matching.v1.MatchEndedEvent") {
-    m::MatchEndedEvent e;
-    if (auto st = Unpack(event, e); !st.ok()) return st;
-    if (auto st = RequireUuids({{"match_id", &e.match_id()}}); !st.ok()) return st;
-    if (auto st = RequireText(
-            {{"supporter_id", &e.supporter_id()}, {"participant_id", &e.participant_id()}});
-        !st.ok()) {
-      return st;
-    }
-    if (!Claim(tx, event)) return absl::OkStatus();
-    ExecPrepared(tx, "eval_match_ended",
-                 "INSERT INTO matches (agency_id, match_id, supporter_id, participant_id, "
-                 "started_at, ended_at, rematch_request_id) VALUES ($1, $2::uuid, $3, $4, "
-                 PP_TS(5) ", GREATEST(" PP_TS(5) ", " PP_TS(6) "), $7) "
-                 "ON CONFLICT (agency_id, match_id) DO UPDATE SET "
-                 "ended_at = EXCLUDED.ended_at, rematch_request_id = EXCLUDED.rematch_request_id",
-                 event.agency_id(), e.match_id(), e.supporter_id(), e.participant_id(),
-                 Micros(e.started_at()), Micros(e.ended_at()), e.rematch_request_id());
-    return absl::OkStatus();
+    return ApplyOnce<m::MatchEndedEvent>(tx, event, match_ids, [&](const auto& e) {
+      ExecPrepared(tx, "eval_match_ended",
+                   "INSERT INTO matches (agency_id, match_id, supporter_id, participant_id, "
+                   "started_at, ended_at, rematch_request_id) VALUES ($1, $2::uuid, $3, $4, "
+                   PP_TS(5) ", GREATEST(" PP_TS(5) ", " PP_TS(6) "), $7) "
+                   "ON CONFLICT (agency_id, match_id) DO UPDATE SET "
+                   "ended_at = EXCLUDED.ended_at, rematch_request_id = EXCLUDED.rematch_request_id",
+                   event.agency_id(), e.match_id(), e.supporter_id(), e.participant_id(),
+                   Micros(e.started_at()), Micros(e.ended_at()), e.rematch_request_id());
+    });
   }
   if (type == "peerpath.matching.v1.FollowUpRecordedEvent") {
     m::FollowUpRecordedEvent e;
@@ -484,28 +493,6 @@ void UpsertConcern(pqxx::work& tx, const common::v1::Event& event, const std::st
       "breached = c.breached OR EXCLUDED.breached",
       event.agency_id(), concern, text(participant), text(enrollment), code(category),
       code(severity), ts(opened), ts(acknowledged), ts(closed), breached);
-}
-
-}  // namespace
-
-namespace {
-
-// Reads `Payload`, checks it, claims the event and applies it: a second delivery changes nothing.
-template <typename Payload, typename Check, typename Apply>
-absl::Status ApplyOnce(pqxx::work& tx, const common::v1::Event& event, Check check, Apply apply) {
-  Payload e;
-  if (auto st = Unpack(event, e); !st.ok()) return st;
-  if (auto st = check(e); !st.ok()) return st;
-  if (Claim(tx, event)) apply(e);
-  return absl::OkStatus();
-}
-
-absl::Status CheckConcernIds(const std::string& concern, const std::string& enrollment) {
-  if (!IsUuid(concern)) return absl::InvalidArgumentError("concern_id is not a UUID");
-  if (!enrollment.empty() && !IsUuid(enrollment)) {
-    return absl::InvalidArgumentError("enrollment_id is not a UUID");
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
