@@ -86,25 +86,32 @@ EventFetcher ListEventsFetcher(std::shared_ptr<Stub> stub, std::shared_ptr<Servi
   };
 }
 
-// A consumer of the event log of `Service` (a generated producing service) at `address`, with
+// The fetcher of the event log of `Service` (a generated producing service) at `address`, with
 // this service's channel settings and token (--client_tls_*, --service_token_file). A channel
 // that cannot be made (plaintext to a non-loopback address, unreadable certificates) is a
-// configuration error: logged, and the process exits with code 2 at start-up.
+// configuration error: logged under `source`, and the process exits with code 2 at start-up.
 template <typename Service, typename ListRequest, typename ListResponse>
-std::unique_ptr<EventConsumer> ConsumerOf(ServiceContext& context, const std::string& address,
-                                          ConsumerOptions options, EventHandler apply) {
+EventFetcher FetcherOf(ServiceContext& context, const std::string& address,
+                       const std::string& source) {
   auto channel = MakeChannel(address, context.config.client_tls);
   if (!channel.ok()) {
     log::Error("bad configuration: cannot reach an event source",
-               {{"source", options.source}, {"error", std::string(channel.status().message())}});
+               {{"source", source}, {"error", std::string(channel.status().message())}});
     std::exit(2);
   }
   std::shared_ptr<typename Service::Stub> stub = Service::NewStub(*channel);
-  return std::make_unique<EventConsumer>(
-      context.db, std::move(options),
-      ListEventsFetcher<ListRequest, ListResponse>(
-          stub, std::make_shared<ServiceToken>(context.config.service_token_file)),
-      std::move(apply), &context.metrics);
+  return ListEventsFetcher<ListRequest, ListResponse>(
+      stub, std::make_shared<ServiceToken>(context.config.service_token_file));
+}
+
+// A consumer of that log (FetcherOf) applying each event with `apply`.
+template <typename Service, typename ListRequest, typename ListResponse>
+std::unique_ptr<EventConsumer> ConsumerOf(ServiceContext& context, const std::string& address,
+                                          ConsumerOptions options, EventHandler apply) {
+  EventFetcher fetch =
+      FetcherOf<Service, ListRequest, ListResponse>(context, address, options.source);
+  return std::make_unique<EventConsumer>(context.db, std::move(options), std::move(fetch),
+                                         std::move(apply), &context.metrics);
 }
 
 }  // namespace peerpath

@@ -310,15 +310,8 @@ template <typename Service, typename ListRequest, typename ListResponse>
 void EvaluationService::StartConsumer(Source& source, const std::string& address,
                                       EventHandler apply, EventBatchHandler apply_batch) {
   if (address.empty()) return;
-  auto channel = MakeChannel(address, context_.config.client_tls);
-  if (!channel.ok()) {
-    log::Error("bad configuration: cannot reach an event source",
-               {{"source", source.name}, {"error", std::string(channel.status().message())}});
-    std::exit(2);
-  }
-  std::shared_ptr<typename Service::Stub> stub = Service::NewStub(*channel);
-  EventFetcher fetch = ListEventsFetcher<ListRequest, ListResponse>(
-      stub, std::make_shared<ServiceToken>(context_.config.service_token_file));
+  EventFetcher fetch =
+      FetcherOf<Service, ListRequest, ListResponse>(context_, address, source.name);
   std::shared_ptr<SourceTracker> tracker = source.tracker;
   auto now = now_;
   EventFetcher tracked = [fetch, tracker, now](int64_t after,
