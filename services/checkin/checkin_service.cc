@@ -1060,21 +1060,26 @@ grpc::Status CheckInService::GetCheckIn(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+absl::StatusOr<AccessAnswer> CheckInService::CheckInSummariesAccess(
+    const Call& call, const std::string& participant_id) {
+  const consent::v1::Purpose purpose = call.role == "clinician"
+                                           ? consent::v1::PURPOSE_TREATMENT
+                                           : consent::v1::PURPOSE_CARE_COORDINATION;
+  return consent_gates_->CheckAccess(call.caller.agency_id, participant_id, call.caller.subject,
+                                     {call.role}, consent::v1::DATA_CATEGORY_CHECK_IN_SUMMARIES,
+                                     purpose);
+}
+
 absl::Status CheckInService::WithholdAnswersWithoutConsent(const Call& call,
                                                            std::vector<v1::CheckIn*> check_ins) {
   // Answers go to the peer relationship (supporter, supervisor); other staff see them only when
   // the participant's consent permits check-in summaries to them (asked once per participant).
   if (call.as_peer || call.as_supervisor) return absl::OkStatus();
-  const consent::v1::Purpose purpose = call.role == "clinician"
-                                           ? consent::v1::PURPOSE_TREATMENT
-                                           : consent::v1::PURPOSE_CARE_COORDINATION;
   std::map<std::string, bool> permitted;
   for (v1::CheckIn* c : check_ins) {
     auto known = permitted.find(c->participant_id());
     if (known == permitted.end()) {
-      auto answer = consent_gates_->CheckAccess(
-          call.caller.agency_id, c->participant_id(), call.caller.subject, {call.role},
-          consent::v1::DATA_CATEGORY_CHECK_IN_SUMMARIES, purpose);
+      auto answer = CheckInSummariesAccess(call, c->participant_id());
       if (!answer.ok()) return answer.status();
       known = permitted.emplace(c->participant_id(), answer->permitted).first;
     }
@@ -1797,12 +1802,7 @@ grpc::Status CheckInService::GetWellbeingTrend(grpc::ServerContext* context,
   // Clinicians and case managers see check-in summaries only as the participant's consent
   // allows; asked before any data is read, and never assumed.
   if (!call->as_peer && !call->as_supervisor) {
-    const consent::v1::Purpose purpose = call->role == "clinician"
-                                             ? consent::v1::PURPOSE_TREATMENT
-                                             : consent::v1::PURPOSE_CARE_COORDINATION;
-    auto answer = consent_gates_->CheckAccess(
-        agency, request->participant_id(), call->caller.subject, {call->role},
-        consent::v1::DATA_CATEGORY_CHECK_IN_SUMMARIES, purpose);
+    auto answer = CheckInSummariesAccess(*call, request->participant_id());
     if (!answer.ok()) return ToGrpc(answer.status());
     if (!answer->permitted) {
       authorizer_.AuditRefusal(*context, call->caller, call->method, "participant", "",

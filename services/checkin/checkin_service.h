@@ -103,6 +103,10 @@ class CheckInService final : public CheckInServiceBase {
   // NOT_FOUND/PERMISSION_DENIED unless the caller may act for the participant.
   absl::Status RequireParticipantAccess(pqxx::work& tx, const Call& call,
                                         const std::string& participant_id);
+  // The consent decision on check-in summaries of the participant for a staff caller outside the
+  // peer relationship (PURPOSE_TREATMENT for a clinician, PURPOSE_CARE_COORDINATION otherwise).
+  absl::StatusOr<AccessAnswer> CheckInSummariesAccess(const Call& call,
+                                                      const std::string& participant_id);
   // Clears the answers of the check-ins whose participant's consent does not permit check-in
   // summaries to the caller (staff outside the peer relationship); UNAVAILABLE when the consent
   // service cannot be asked.
