@@ -226,10 +226,11 @@ void Generate(testing::TestDatabase& db, int64_t checkins) {
       "[1 + i % 5], CASE WHEN i % 5 = 0 THEN 'crisis_stabilization' END, timestamptz "
       "'2024-10-01' + (i % 729) * interval '1 day', 'county' FROM generate_series(1, ",
       kParticipants * 2, ") i"));
-  // The rollups the consumer builds from the same check-ins.
+  // The rollups the consumer builds from the same check-ins, stored in the order the consumer
+  // would write them (check-ins arrive in time order).
   tx.exec0(
-      "INSERT INTO contact_days SELECT DISTINCT agency_id, participant_id, (occurred_at AT TIME "
-      "ZONE 'UTC')::date FROM bench_raw_checkins");
+      "INSERT INTO contact_days SELECT * FROM (SELECT DISTINCT agency_id, participant_id, "
+      "(occurred_at AT TIME ZONE 'UTC')::date AS day FROM bench_raw_checkins) d ORDER BY day");
   tx.exec0(
       "INSERT INTO supporter_contacts_month SELECT agency_id, supporter_id, date_trunc('month', "
       "occurred_at AT TIME ZONE 'UTC')::date, count(*) FROM bench_raw_checkins GROUP BY 1, 2, 3");
@@ -238,12 +239,12 @@ void Generate(testing::TestDatabase& db, int64_t checkins) {
       "occurred_at, ('00000000-0000-4000-9000-' || lpad(id::text, 12, '0'))::uuid, score FROM "
       "bench_raw_checkins ORDER BY enrollment_id, occurred_at, id");
   tx.exec0(
-      "INSERT INTO wellbeing_month SELECT DISTINCT ON (enrollment_id, month) agency_id, "
-      "enrollment_id, participant_id, pathway_key, month, count(*) OVER (PARTITION BY "
+      "INSERT INTO wellbeing_month SELECT * FROM (SELECT DISTINCT ON (enrollment_id, month) "
+      "agency_id, enrollment_id, participant_id, pathway_key, month, count(*) OVER (PARTITION BY "
       "enrollment_id, month), occurred_at, ('00000000-0000-4000-9000-' || lpad(id::text, 12, "
       "'0'))::uuid, score FROM (SELECT *, date_trunc('month', occurred_at AT TIME ZONE "
       "'UTC')::date AS month FROM bench_raw_checkins) r ORDER BY enrollment_id, month, "
-      "occurred_at DESC, id DESC");
+      "occurred_at DESC, id DESC) w ORDER BY month, occurred_at");
   tx.commit();
   db.AdminQuery("ANALYZE");
 }

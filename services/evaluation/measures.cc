@@ -2,9 +2,8 @@
 
 #include <algorithm>
 #include <numeric>
-#include <unordered_map>
-#include <unordered_set>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -18,7 +17,7 @@ using v1::Dimension;
 using v1::Measure;
 
 // Distinct people (or supporters, or ids); only membership and size matter.
-using PeopleSet = std::unordered_set<std::string>;
+using PeopleSet = absl::flat_hash_set<Id>;
 
 constexpr int kCategories = 7;  // peerpath.common.v1.ConcernCategory 1..7.
 constexpr int kSeverities = 3;  // peerpath.common.v1.ConcernSeverity 1..3.
@@ -37,33 +36,38 @@ bool WithinAfter(absl::Time t, absl::Time u, int n) { return t < u && Day(u) <= 
 // The window's last local day (n days after t's) has passed when the report is computed.
 bool WindowComplete(absl::Time t, int n, absl::Time now) { return Day(now) > Day(t) + n; }
 
-// Per-person lookups over the facts, built once per report scope.
+// Per-person lookups over the facts (by interned id), built once per report.
 struct PersonIndex {
-  std::unordered_map<std::string, std::vector<const MatchFact*>> matches;
-  std::unordered_map<std::string, std::vector<const OutcomeFact*>> outcomes;
-  std::unordered_map<std::string, std::vector<const AppointmentFact*>> appointments;
+  std::vector<std::vector<const MatchFact*>> matches;
+  std::vector<std::vector<const OutcomeFact*>> outcomes;
+  std::vector<std::vector<const AppointmentFact*>> appointments;
 
-  explicit PersonIndex(const ReportFacts& facts) {
-    for (const MatchFact& m : facts.matches) matches[m.participant_id].push_back(&m);
-    for (const OutcomeFact& o : facts.outcomes) outcomes[o.participant_id].push_back(&o);
+  explicit PersonIndex(const ReportFacts& facts)
+      : matches(static_cast<size_t>(facts.ids)),
+        outcomes(static_cast<size_t>(facts.ids)),
+        appointments(static_cast<size_t>(facts.ids)) {
+    for (const MatchFact& m : facts.matches) At(matches, m.participant_id).push_back(&m);
+    for (const OutcomeFact& o : facts.outcomes) At(outcomes, o.participant_id).push_back(&o);
     for (const AppointmentFact& a : facts.appointments) {
-      appointments[a.participant_id].push_back(&a);
+      At(appointments, a.participant_id).push_back(&a);
     }
   }
 
   template <typename T>
-  static const std::vector<const T*>& Of(
-      const std::unordered_map<std::string, std::vector<const T*>>& map, const std::string& who) {
-    static const std::vector<const T*> none;
-    auto it = map.find(who);
-    return it == map.end() ? none : it->second;
+  static std::vector<const T*>& At(std::vector<std::vector<const T*>>& by_id, Id who) {
+    return by_id[static_cast<size_t>(who)];
+  }
+
+  template <typename T>
+  static const std::vector<const T*>& Of(const std::vector<std::vector<const T*>>& by_id, Id who) {
+    return by_id[static_cast<size_t>(who)];
   }
 };
 
 struct Scope {
   const ReportFacts& facts;
   std::string pathway;  // Empty: the agency.
-  std::unordered_set<std::string> people;
+  PeopleSet people;
   const PersonIndex& index;
 
   bool InPeriod(absl::Time t) const { return t >= facts.period_start && t < facts.period_end; }
@@ -74,11 +78,11 @@ struct Scope {
     return pathway.empty() || pathway_key == pathway;
   }
   // A record not tied to an enrollment counts when its person is one of the scope's people.
-  bool PersonInScope(const std::string& participant) const {
+  bool PersonInScope(Id participant) const {
     return pathway.empty() || people.count(participant) > 0;
   }
   // An active match at some moment of [from, to].
-  bool MatchedBetween(const std::string& participant, absl::Time from, absl::Time to) const {
+  bool MatchedBetween(Id participant, absl::Time from, absl::Time to) const {
     for (const MatchFact* m : PersonIndex::Of(index.matches, participant)) {
       if (m->started_at <= to && (!m->ended_at || *m->ended_at >= from)) return true;
     }
@@ -113,7 +117,7 @@ ComputedCell CountCell(Measure measure, int64_t count, const PeopleSet& people) 
 // A rate over units (appointments, enrollments, people) with each unit's person: people of the
 // denominator, of the numerator and of the denominator without the numerator's.
 struct RateUnit {
-  std::string person;
+  Id person = kNoId;
   bool in_numerator = false;
 };
 
@@ -201,7 +205,7 @@ void FirstAppointmentAttendance(const Scope& s, std::vector<ComputedCell>& out) 
     bool attended;
     bool county;
   };
-  std::map<std::string, std::vector<Candidate>> by_person;
+  std::map<Id, std::vector<Candidate>> by_person;
   for (const OutcomeFact& o : s.facts.outcomes) {
     const bool attended = o.kind == v1::SERVICE_OUTCOME_KIND_FIRST_APPOINTMENT_ATTENDED;
     if (!attended && o.kind != v1::SERVICE_OUTCOME_KIND_FIRST_APPOINTMENT_MISSED) continue;
@@ -261,7 +265,7 @@ void LostToFollowUp(const Scope& s, std::vector<ComputedCell>& out) {
   out.push_back(RateCell(v1::MEASURE_LOST_TO_FOLLOW_UP, 0, {}, units));
 }
 
-bool CrisisWithin(const Scope& s, const std::string& person, absl::Time t, int days) {
+bool CrisisWithin(const Scope& s, Id person, absl::Time t, int days) {
   for (const OutcomeFact* o : PersonIndex::Of(s.index.outcomes, person)) {
     if (IsCrisisEvent(o->kind) && WithinAfter(t, o->occurred_at, days)) return true;
   }
@@ -279,7 +283,7 @@ void StepDownStability(const Scope& s, Measure measure, int days, std::vector<Co
 }
 
 void CrisisRecontact(const Scope& s, Measure measure, int days, std::vector<ComputedCell>& out) {
-  std::map<std::string, absl::Time> first;
+  std::map<Id, absl::Time> first;
   for (const OutcomeFact& o : s.facts.outcomes) {
     if (o.kind != v1::SERVICE_OUTCOME_KIND_DISCHARGE ||
         o.setting != v1::DISCHARGE_SETTING_CRISIS_STABILIZATION) {
@@ -299,7 +303,7 @@ void CrisisRecontact(const Scope& s, Measure measure, int days, std::vector<Comp
 }
 
 // A qualifying follow-up of `person` on a local day in [from_day, to_day].
-bool FollowUpBetween(const Scope& s, const std::string& person, int64_t from_day, int64_t to_day) {
+bool FollowUpBetween(const Scope& s, Id person, int64_t from_day, int64_t to_day) {
   for (const OutcomeFact* o : PersonIndex::Of(s.index.outcomes, person)) {
     if (o->kind != v1::SERVICE_OUTCOME_KIND_OUTPATIENT_FOLLOW_UP &&
         o->kind != v1::SERVICE_OUTCOME_KIND_FIRST_APPOINTMENT_ATTENDED) {
@@ -318,7 +322,7 @@ bool FollowUpBetween(const Scope& s, const std::string& person, int64_t from_day
 }
 
 void FollowUpAfterEmergencyVisit(const Scope& s, std::vector<ComputedCell>& out) {
-  std::map<std::string, std::vector<absl::Time>> visits;
+  std::map<Id, std::vector<absl::Time>> visits;
   for (const OutcomeFact& o : s.facts.outcomes) {
     if (o.kind != v1::SERVICE_OUTCOME_KIND_EMERGENCY_VISIT_MENTAL_ILLNESS) continue;
     if (!s.InPeriod(o.occurred_at) || !s.PersonInScope(o.participant_id)) continue;
@@ -389,7 +393,7 @@ std::vector<const ConcernFact*> ScopeConcerns(const Scope& s) {
   std::vector<const ConcernFact*> concerns;
   for (const ConcernFact& c : s.facts.concerns) {
     if (!s.InPeriod(c.opened_at)) continue;
-    const bool in_scope = c.enrollment_id.empty() || c.pathway_key.empty()
+    const bool in_scope = c.enrollment_id == kNoId || c.pathway_key.empty()
                               ? s.PersonInScope(c.participant_id)
                               : s.TiedInScope(c.pathway_key);
     if (in_scope) concerns.push_back(&c);
@@ -422,7 +426,7 @@ void ConcernsRaised(const Scope& s, const std::vector<const ConcernFact*>& conce
       people.insert(f->participant_id);
     }
     int64_t rest = static_cast<int64_t>(served.size());
-    for (const std::string& p : people) rest -= served.count(p) ? 1 : 0;
+    for (const Id p : people) rest -= served.count(p) ? 1 : 0;
     c.denominator = static_cast<int64_t>(served.size());
     c.people = static_cast<int64_t>(people.size());
     c.people_groups = {static_cast<int64_t>(served.size()), c.people, rest};
@@ -515,7 +519,7 @@ void MatchSatisfaction(const Scope& s, std::vector<ComputedCell>& out) {
 void RematchRate(const Scope& s, std::vector<ComputedCell>& out) {
   PeopleSet rematch_requests;
   for (const MatchFact& m : s.facts.matches) {
-    if (!m.rematch_request_id.empty()) rematch_requests.insert(m.rematch_request_id);
+    if (m.rematch_request_id != kNoId) rematch_requests.insert(m.rematch_request_id);
   }
   std::vector<RateUnit> units;
   for (const MatchFact& m : s.facts.matches) {
@@ -540,7 +544,7 @@ void SupporterWorkload(const Scope& s, const PeopleSet& supporters,
                        std::vector<ComputedCell>& out) {
   const bool ended = s.facts.now >= s.facts.period_end;
   const absl::Time at = ended ? s.facts.period_end : s.facts.now;
-  std::map<std::string, int64_t> active;
+  absl::flat_hash_map<Id, int64_t> active;
   for (const MatchFact& m : s.facts.matches) {
     if (!supporters.count(m.supporter_id)) continue;
     if (m.started_at < at && (!m.ended_at || *m.ended_at >= at)) ++active[m.supporter_id];
@@ -550,7 +554,7 @@ void SupporterWorkload(const Scope& s, const PeopleSet& supporters,
   const int64_t days =
       std::max<int64_t>(1, Day(ended ? s.facts.period_end : s.facts.now + absl::Hours(24)) -
                                Day(s.facts.period_start));
-  for (const std::string& supporter : supporters) {
+  for (const Id supporter : supporters) {
     matches.push_back(static_cast<double>(active[supporter]));
     auto it = s.facts.supporter_contacts.find(supporter);
     const double n = it == s.facts.supporter_contacts.end() ? 0.0 : static_cast<double>(it->second);
@@ -575,30 +579,33 @@ void SupporterWellbeingFlags(const Scope& s, const PeopleSet& supporters,
     }
   }
   std::vector<RateUnit> units;
-  for (const std::string& supporter : supporters) {
+  for (const Id supporter : supporters) {
     units.push_back({supporter, flagged.count(supporter) > 0});
   }
   out.push_back(RateCell(v1::MEASURE_SUPPORTER_WELLBEING_FLAGS, 0, {}, units));
 }
 
 void WellbeingTrend(const Scope& s, std::vector<ComputedCell>& out) {
-  std::unordered_set<std::string> active;
+  absl::flat_hash_map<Id, Id> active;  // Enrollment -> participant.
   for (const EnrollmentFact& e : s.facts.enrollments) {
-    if (s.TiedInScope(e.pathway_key) && s.ActiveInPeriod(e)) active.insert(e.enrollment_id);
+    if (s.TiedInScope(e.pathway_key) && s.ActiveInPeriod(e)) {
+      active.emplace(e.enrollment_id, e.participant_id);
+    }
   }
   struct Unit {
-    std::string person;
+    Id person;
     int direction;  // WellbeingDirection.
   };
   std::vector<Unit> units;
   for (const WellbeingFact& w : s.facts.wellbeing) {
-    if (!active.count(w.enrollment_id) || w.scores_in_period < 1) continue;
+    auto participant = active.find(w.enrollment_id);
+    if (participant == active.end() || w.scores_in_period < 1) continue;
     // At least two scores up to the end of the period.
     if (w.scores_in_period < 2 && w.first_at >= s.facts.period_start) continue;
     const int direction = w.last_score > w.first_score    ? v1::WELLBEING_DIRECTION_IMPROVED
                           : w.last_score == w.first_score ? v1::WELLBEING_DIRECTION_UNCHANGED
                                                           : v1::WELLBEING_DIRECTION_DECLINED;
-    units.push_back({w.participant_id, direction});
+    units.push_back({participant->second, direction});
   }
   for (int direction = v1::WELLBEING_DIRECTION_IMPROVED;
        direction <= v1::WELLBEING_DIRECTION_DECLINED; ++direction) {

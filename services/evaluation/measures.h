@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
 #include "peerpath/evaluation/v1/evaluation.pb.h"
 
@@ -38,9 +39,15 @@ v1::MeasureDefinition DefinitionOf(const MeasureInfo& info);
 
 // ---- Facts (one agency) ----
 
+// The participants, supporters, enrollments and match requests of one report's facts are
+// interned: LoadFacts gives each distinct identifier a small number, dense from 0 (reports count
+// people and never show who they are, so the text is not needed after loading). kNoId: none.
+using Id = int32_t;
+inline constexpr Id kNoId = -1;
+
 struct EnrollmentFact {
-  std::string enrollment_id;
-  std::string participant_id;
+  Id enrollment_id = kNoId;
+  Id participant_id = kNoId;
   std::string pathway_key;
   absl::Time started_at;
   std::optional<absl::Time> ended_at;
@@ -49,8 +56,8 @@ struct EnrollmentFact {
 enum class AppointmentOutcome { kAttended, kMissed, kOther };
 
 struct AppointmentFact {
-  std::string enrollment_id;
-  std::string participant_id;
+  Id enrollment_id = kNoId;
+  Id participant_id = kNoId;
   std::string pathway_key;
   bool first_appointment = false;
   AppointmentOutcome outcome = AppointmentOutcome::kOther;
@@ -59,54 +66,51 @@ struct AppointmentFact {
 };
 
 struct StageChangeFact {
-  std::string enrollment_id;
-  std::string participant_id;
+  Id enrollment_id = kNoId;
+  Id participant_id = kNoId;
   std::string pathway_key;
   bool lost_to_follow_up = false;  // Else: to MISSED_CONTACT after failed attempts.
   absl::Time changed_at;
 };
 
 struct OutcomeFact {
-  std::string participant_id;
+  Id participant_id = kNoId;
   v1::ServiceOutcomeKind kind = v1::SERVICE_OUTCOME_KIND_UNSPECIFIED;
   v1::DischargeSetting setting = v1::DISCHARGE_SETTING_UNSPECIFIED;
   absl::Time occurred_at;
 };
 
 struct MatchFact {
-  std::string match_id;
-  std::string supporter_id;
-  std::string participant_id;
-  std::string match_request_id;
-  std::string previous_match_id;
+  Id supporter_id = kNoId;
+  Id participant_id = kNoId;
+  Id match_request_id = kNoId;
   absl::Time started_at;
   std::optional<absl::Time> ended_at;
-  std::string rematch_request_id;  // Set when ended by Rematch.
+  Id rematch_request_id = kNoId;  // Set when ended by Rematch.
 };
 
 struct RatingFact {
-  std::string participant_id;
-  std::string supporter_id;
+  Id participant_id = kNoId;
+  Id supporter_id = kNoId;
   bool participant_side = true;
   int rating = 0;
   absl::Time recorded_at;
 };
 
 struct ConcernFact {
-  std::string participant_id;
-  std::string enrollment_id;  // Empty when not tied to one.
-  std::string pathway_key;    // Of that enrollment; empty when untied or not known.
-  int category = 0;           // peerpath.common.v1.ConcernCategory
-  int severity = 0;           // peerpath.common.v1.ConcernSeverity
+  Id participant_id = kNoId;
+  Id enrollment_id = kNoId;  // kNoId when not tied to one.
+  std::string pathway_key;   // Of that enrollment; empty when untied or not known.
+  int category = 0;          // peerpath.common.v1.ConcernCategory
+  int severity = 0;          // peerpath.common.v1.ConcernSeverity
   absl::Time opened_at;
   std::optional<absl::Time> acknowledged_at;
   bool breached = false;
 };
 
+// Of an enrollment with scores in the period (its participant and pathway: the enrollment's).
 struct WellbeingFact {
-  std::string enrollment_id;
-  std::string participant_id;
-  std::string pathway_key;
+  Id enrollment_id = kNoId;
   int64_t scores_in_period = 0;
   absl::Time first_at;
   int first_score = 0;
@@ -121,16 +125,17 @@ struct ReportFacts {
   std::vector<EnrollmentFact> enrollments;  // Started before period_end, not ended before start.
   std::vector<AppointmentFact> appointments;
   std::vector<StageChangeFact> stage_changes;
-  std::map<std::string, std::vector<absl::Time>> reconnections;  // By enrollment.
+  Id ids = 0;  // How many identifiers were interned (every Id of the facts is below it).
+  absl::flat_hash_map<Id, std::vector<absl::Time>> reconnections;  // By enrollment.
   std::vector<OutcomeFact> outcomes;  // Of the period, 31 days before and 91 days after.
   std::vector<MatchFact> matches;
-  std::vector<RatingFact> ratings;                                     // Recorded in the period.
-  std::vector<ConcernFact> concerns;                                   // Opened in the period.
-  std::vector<std::pair<std::string, absl::Time>> emergency_accesses;  // In the period.
-  std::map<std::string, int64_t> supporter_contacts;                   // In the period.
+  std::vector<RatingFact> ratings;                            // Recorded in the period.
+  std::vector<ConcernFact> concerns;                          // Opened in the period.
+  std::vector<std::pair<Id, absl::Time>> emergency_accesses;  // In the period.
+  absl::flat_hash_map<Id, int64_t> supporter_contacts;        // In the period.
   // (participant, civil day number): for each index event of the period, the first contact day on
   // or after its day and after it (all FollowUpBetween needs).
-  std::set<std::pair<std::string, int64_t>> contact_days;
+  std::set<std::pair<Id, int64_t>> contact_days;
   std::vector<WellbeingFact> wellbeing;
 };
 

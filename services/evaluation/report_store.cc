@@ -1,12 +1,15 @@
 #include "services/evaluation/report_store.h"
 
+#include "absl/strings/string_view.h"
 #include "common/db.h"
 
 namespace peerpath::evaluation {
 namespace {
 
 #define PP_TS(n) "(timestamptz 'epoch' + $" #n "::bigint * interval '1 microsecond')"
-#define PP_MICROS(column) "(extract(epoch FROM " column ") * 1000000)::bigint"
+// Microseconds since the epoch: date_part's double is exact to the microsecond for any time of
+// this century (2^53 > 4.1e15 µs), and several times cheaper than extract's numeric.
+#define PP_MICROS(column) "(date_part('epoch', " column ") * 1000000)::bigint"
 
 absl::Time At(const pqxx::field& f) { return absl::FromUnixMicros(f.as<int64_t>()); }
 
@@ -14,6 +17,23 @@ std::optional<absl::Time> MaybeAt(const pqxx::field& f) {
   if (f.is_null()) return std::nullopt;
   return At(f);
 }
+
+// Gives each distinct identifier of one report's facts a small dense number (measures.h: Id).
+class Interner {
+ public:
+  Id Of(const pqxx::field& f) {
+    auto [it, inserted] = ids_.try_emplace(absl::string_view(f.c_str(), f.size()), next_);
+    if (inserted) ++next_;
+    return it->second;
+  }
+  // NULL and the empty text are "none".
+  Id MaybeOf(const pqxx::field& f) { return f.is_null() || f.size() == 0 ? kNoId : Of(f); }
+  Id size() const { return next_; }
+
+ private:
+  absl::flat_hash_map<std::string, Id> ids_;
+  Id next_ = 0;
+};
 
 }  // namespace
 
@@ -55,6 +75,7 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
   const int64_t p0 = absl::ToUnixMicros(period_start);
   const int64_t p1 = absl::ToUnixMicros(period_end);
   const std::string agency = "current_setting('app.agency_id', true)";
+  Interner ids;
 
   for (const auto& row : ExecPrepared(
            tx, "eval_load_enrollments",
@@ -63,8 +84,8 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
                agency +
                " AND started_at < " PP_TS(2) " AND (ended_at IS NULL OR ended_at >= " PP_TS(1) ")",
            p0, p1)) {
-    f.enrollments.push_back({row[0].as<std::string>(), row[1].as<std::string>(),
-                             row[2].as<std::string>(), At(row[3]), MaybeAt(row[4])});
+    f.enrollments.push_back(
+        {ids.Of(row[0]), ids.Of(row[1]), row[2].as<std::string>(), At(row[3]), MaybeAt(row[4])});
   }
   // Appointments of the period, and attended ones up to 31 days after it (follow-ups).
   for (const auto& row : ExecPrepared(
@@ -77,8 +98,8 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
                    2) " + interval '32 days'",
            p0, p1)) {
     const std::string outcome = row[4].as<std::string>();
-    f.appointments.push_back({row[0].as<std::string>(), row[1].as<std::string>(),
-                              row[2].as<std::string>(), row[3].as<bool>(),
+    f.appointments.push_back({ids.Of(row[0]), ids.Of(row[1]), row[2].as<std::string>(),
+                              row[3].as<bool>(),
                               outcome == "attended" ? AppointmentOutcome::kAttended
                               : outcome == "missed" ? AppointmentOutcome::kMissed
                                                     : AppointmentOutcome::kOther,
@@ -90,8 +111,7 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
                         "changed_at") " FROM stage_changes WHERE agency_id = " +
                         agency + " AND changed_at >= " PP_TS(1) " AND changed_at < " PP_TS(2),
                     p0, p1)) {
-    f.stage_changes.push_back({row[0].as<std::string>(), row[1].as<std::string>(),
-                               row[2].as<std::string>(),
+    f.stage_changes.push_back({ids.Of(row[0]), ids.Of(row[1]), row[2].as<std::string>(),
                                row[3].as<std::string>() == "lost_to_follow_up", At(row[4])});
   }
   for (const auto& row : ExecPrepared(
@@ -103,7 +123,7 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
                                                   "reconnected_at < " PP_TS(
                                                       2) " + interval '32 days'",
            p0, p1)) {
-    f.reconnections[row[0].as<std::string>()].push_back(At(row[1]));
+    f.reconnections[ids.Of(row[0])].push_back(At(row[1]));
   }
   for (const auto& row : ExecPrepared(
            tx, "eval_load_outcomes",
@@ -114,7 +134,7 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
                    2) " + interval '92 days'",
            p0, p1)) {
     OutcomeFact o;
-    o.participant_id = row[0].as<std::string>();
+    o.participant_id = ids.Of(row[0]);
     o.kind = OutcomeKindFromName(row[1].as<std::string>());
     const std::string setting = row[2].is_null() ? "" : row[2].as<std::string>();
     o.setting = setting == "inpatient_mental_health" ? v1::DISCHARGE_SETTING_INPATIENT_MENTAL_HEALTH
@@ -125,18 +145,15 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
   }
   for (const auto& row : ExecPrepared(
            tx, "eval_load_matches",
-           "SELECT match_id::text, supporter_id, participant_id, match_request_id, "
-           "previous_match_id, " PP_MICROS("started_at") ", " PP_MICROS(
-               "ended_at") ", "
-                           "rematch_request_id FROM matches WHERE agency_id = " +
+           "SELECT supporter_id, participant_id, match_request_id, " PP_MICROS(
+               "started_at") ", " PP_MICROS("ended_at") ", rematch_request_id FROM matches "
+                                                        "WHERE agency_id = " +
                agency +
                " AND started_at < " PP_TS(2) " + interval '15 days' AND (ended_at IS NULL OR "
                                              "ended_at >= " PP_TS(1) " - interval '31 days')",
            p0, p1)) {
-    f.matches.push_back({row[0].as<std::string>(), row[1].as<std::string>(),
-                         row[2].as<std::string>(), row[3].as<std::string>(),
-                         row[4].as<std::string>(), At(row[5]), MaybeAt(row[6]),
-                         row[7].as<std::string>()});
+    f.matches.push_back({ids.Of(row[0]), ids.Of(row[1]), ids.MaybeOf(row[2]), At(row[3]),
+                         MaybeAt(row[4]), ids.MaybeOf(row[5])});
   }
   for (const auto& row :
        ExecPrepared(tx, "eval_load_ratings",
@@ -144,8 +161,8 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
                         "recorded_at") " FROM follow_up_ratings WHERE agency_id = " +
                         agency + " AND recorded_at >= " PP_TS(1) " AND recorded_at < " PP_TS(2),
                     p0, p1)) {
-    f.ratings.push_back({row[0].as<std::string>(), row[1].as<std::string>(),
-                         row[2].as<std::string>() == "participant", row[3].as<int>(), At(row[4])});
+    f.ratings.push_back({ids.Of(row[0]), ids.Of(row[1]), row[2].as<std::string>() == "participant",
+                         row[3].as<int>(), At(row[4])});
   }
   for (const auto& row : ExecPrepared(
            tx, "eval_load_concerns",
@@ -162,9 +179,9 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
                    2) " AND c.participant_id IS NOT NULL AND c.category IS "
                       "NOT NULL AND c.severity IS NOT NULL",
            p0, p1)) {
-    f.concerns.push_back({row[0].as<std::string>(), row[1].as<std::string>(),
-                          row[2].as<std::string>(), row[3].as<int>(), row[4].as<int>(), At(row[5]),
-                          MaybeAt(row[6]), row[7].as<bool>()});
+    f.concerns.push_back({ids.Of(row[0]), ids.MaybeOf(row[1]), row[2].as<std::string>(),
+                          row[3].as<int>(), row[4].as<int>(), At(row[5]), MaybeAt(row[6]),
+                          row[7].as<bool>()});
   }
   for (const auto& row :
        ExecPrepared(tx, "eval_load_accesses",
@@ -172,7 +189,7 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
                                                                       "WHERE agency_id = " +
                         agency + " AND granted_at >= " PP_TS(1) " AND granted_at < " PP_TS(2),
                     p0, p1)) {
-    f.emergency_accesses.emplace_back(row[0].as<std::string>(), At(row[1]));
+    f.emergency_accesses.emplace_back(ids.Of(row[0]), At(row[1]));
   }
   for (const auto& row : ExecPrepared(
            tx, "eval_load_supporter_contacts",
@@ -183,7 +200,7 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
                                           "AND month < (" PP_TS(
                                               2) " AT TIME ZONE 'UTC')::date GROUP BY supporter_id",
            p0, p1)) {
-    f.supporter_contacts[row[0].as<std::string>()] = row[1].as<int64_t>();
+    f.supporter_contacts[ids.Of(row[0])] = row[1].as<int64_t>();
   }
   // The follow-up measures ask whether a person had a contact on a day in [from, to], where from
   // is an index event's day (emergency visit) or the day after (discharge): the answer is the
@@ -202,54 +219,78 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
                " AND o.kind IN ('emergency_visit', 'discharge') "
                "AND o.occurred_at >= " PP_TS(1) " AND o.occurred_at < " PP_TS(2),
            p0, p1)) {
-    f.contact_days.emplace(row[0].as<std::string>(), row[1].as<int64_t>());
+    f.contact_days.emplace(ids.Of(row[0]), row[1].as<int64_t>());
   }
   // Per enrollment with scores in the period: how many, the latest, and its first ever score.
+  // One row per enrollment and month of the period; a period of several months is summed here
+  // (months never share a time, so the latest is the row with the latest `last_at`).
+  absl::flat_hash_map<Id, size_t> wellbeing_of;
+  std::vector<absl::Time> last_at;
   for (const auto& row : ExecPrepared(
            tx, "eval_load_wellbeing",
-           "SELECT m.enrollment_id::text, m.participant_id, m.pathway_key, m.scores, " PP_MICROS(
-               "f.first_at") ", f.first_score, m.last_score FROM ("
-                             "  SELECT DISTINCT ON (enrollment_id) enrollment_id, participant_id, "
-                             "pathway_key, "
-                             "    sum(scores) OVER (PARTITION BY enrollment_id)::bigint AS scores, "
-                             "last_score "
-                             "  FROM wellbeing_month WHERE agency_id = " +
+           "SELECT m.enrollment_id::text, m.scores, " PP_MICROS(
+               "m.last_at") ", m.last_score, " PP_MICROS("f.first_at") ", f.first_score "
+                                                                       "FROM wellbeing_month m "
+                                                                       "JOIN wellbeing_first f "
+                                                                       "ON f.agency_id = "
+                                                                       "m.agency_id AND "
+                                                                       "f.enrollment_id = "
+                                                                       "m.enrollment_id "
+                                                                       "WHERE m.agency_id = " +
                agency +
-               " AND month >= (" PP_TS(1) "  AT TIME ZONE 'UTC')::date AND month < (" PP_TS(
-                   2) " AT TIME ZONE 'UTC')::date "
-                      "  ORDER BY enrollment_id, last_at DESC, last_id DESC) m "
-                      "JOIN wellbeing_first f ON f.agency_id = " +
-               agency +
-               " AND "
-               "f.enrollment_id = m.enrollment_id",
+               " AND m.month >= (" PP_TS(1) " AT TIME ZONE 'UTC')::date AND m.month < (" PP_TS(
+                   2) " AT TIME ZONE 'UTC')::date",
            p0, p1)) {
-    f.wellbeing.push_back({row[0].as<std::string>(), row[1].as<std::string>(),
-                           row[2].as<std::string>(), row[3].as<int64_t>(), At(row[4]),
-                           row[5].as<int>(), row[6].as<int>()});
+    const Id enrollment = ids.Of(row[0]);
+    const absl::Time at = At(row[2]);
+    auto [it, inserted] = wellbeing_of.try_emplace(enrollment, f.wellbeing.size());
+    if (inserted) {
+      f.wellbeing.push_back(
+          {enrollment, row[1].as<int64_t>(), At(row[4]), row[5].as<int>(), row[3].as<int>()});
+      last_at.push_back(at);
+      continue;
+    }
+    WellbeingFact& w = f.wellbeing[it->second];
+    w.scores_in_period += row[1].as<int64_t>();
+    if (at > last_at[it->second]) {
+      last_at[it->second] = at;
+      w.last_score = row[3].as<int>();
+    }
   }
+  f.ids = ids.size();
   return f;
 }
 
-std::vector<std::string> KnownPathways(pqxx::work& tx) {
+namespace {
+
+// The distinct non-null values of `column` among the agency's enrollments, in order: a skip scan
+// over the (agency_id, column) index, one probe per value.
+std::vector<std::string> DistinctEnrollmentValues(pqxx::work& tx, const char* name,
+                                                  const std::string& column) {
+  const std::string next = "SELECT " + column +
+                           " FROM enrollments WHERE agency_id = current_setting('app.agency_id', "
+                           "true) AND " +
+                           column + " > k.v ORDER BY " + column + " LIMIT 1";
   std::vector<std::string> out;
-  for (const auto& row :
-       ExecPrepared(tx, "eval_known_pathways",
-                    "SELECT DISTINCT pathway_key FROM enrollments WHERE agency_id = "
-                    "current_setting('app.agency_id', true) ORDER BY 1")) {
+  for (const auto& row : ExecPrepared(
+           tx, name,
+           "WITH RECURSIVE k(v) AS ((SELECT " + column +
+               " FROM enrollments WHERE agency_id = current_setting('app.agency_id', true) AND " +
+               column + " IS NOT NULL ORDER BY " + column + " LIMIT 1) UNION ALL SELECT (" + next +
+               ") FROM k WHERE k.v IS NOT NULL) SELECT v FROM k WHERE v IS NOT NULL")) {
     out.push_back(row[0].as<std::string>());
   }
   return out;
 }
 
+}  // namespace
+
+std::vector<std::string> KnownPathways(pqxx::work& tx) {
+  return DistinctEnrollmentValues(tx, "eval_known_pathways", "pathway_key");
+}
+
 std::vector<std::string> KnownPrograms(pqxx::work& tx) {
-  std::vector<std::string> out;
-  for (const auto& row : ExecPrepared(
-           tx, "eval_known_programs",
-           "SELECT DISTINCT program_id FROM enrollments WHERE agency_id = "
-           "current_setting('app.agency_id', true) AND program_id IS NOT NULL ORDER BY 1")) {
-    out.push_back(row[0].as<std::string>());
-  }
-  return out;
+  return DistinctEnrollmentValues(tx, "eval_known_programs", "program_id");
 }
 
 }  // namespace peerpath::evaluation

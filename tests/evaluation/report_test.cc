@@ -116,13 +116,20 @@ class Program {
 
   const std::string& agency() const { return agency_; }
   std::vector<Delivery>& deliveries() { return deliveries_; }
-  const std::vector<ev::OutcomeFact>& outcomes() const { return outcomes_; }
+  // A county outcome as RecordServiceOutcome stores it.
+  struct CountyOutcome {
+    std::string participant_id;
+    ev::v1::ServiceOutcomeKind kind;
+    ev::v1::DischargeSetting setting;
+    absl::Time occurred_at;
+  };
+  const std::vector<CountyOutcome>& outcomes() const { return outcomes_; }
 
  private:
   std::string agency_;
   int events_ = 0;
   std::vector<Delivery> deliveries_;
-  std::vector<ev::OutcomeFact> outcomes_;
+  std::vector<CountyOutcome> outcomes_;
 };
 
 // The main synthetic program (period: March 2026; every window has long completed).
@@ -264,7 +271,7 @@ class ReportTest : public ::testing::Test {
   }
 
   void RecordOutcomes(const Program& p) {
-    for (const ev::OutcomeFact& o : p.outcomes()) {
+    for (const Program::CountyOutcome& o : p.outcomes()) {
       auto st = db_->TransactForAgency(p.agency(), [&](pqxx::work& tx) -> absl::Status {
         tx.exec_params(
             "INSERT INTO service_outcomes (agency_id, participant_id, kind, discharge_setting, "
