@@ -306,8 +306,11 @@ void ReportLatency(int64_t checkins) {
         "bench", [&](pqxx::work& tx) { return LoadFacts(tx, start, end, now); });
     const auto t1 = Clock::now();
     if (facts.ok()) {
-      ComputeScopes(*facts, {"", "crisis_transition", "early_engagement", "step_down",
-                             "structured_check_in"});
+      ComputeScopes(*facts, {{},
+                             {"", "crisis_transition"},
+                             {"", "early_engagement"},
+                             {"", "step_down"},
+                             {"", "structured_check_in"}});
     }
     std::printf("    of which: reading the read models %.1f ms, computing 5 scopes %.1f ms\n",
                 Ms(t1 - t0), Ms(Clock::now() - t1));

@@ -15,6 +15,7 @@
 #include "common/channel.h"
 #include "common/event_source.h"
 #include "common/idempotency.h"
+#include "common/identifiers.h"
 #include "common/log.h"
 #include "common/pagination.h"
 #include "common/rpc_observer.h"
@@ -491,6 +492,9 @@ absl::Status CheckInService::CreateEnrollmentImpl(const Call& call,
   if (request.schedule().recurrence_case() == v1::CheckInSchedule::RECURRENCE_NOT_SET) {
     violations.push_back({"schedule", "required: weekly on weekdays or every N days"});
   }
+  if (!request.program_id().empty() && !IsProgramId(request.program_id())) {
+    violations.push_back({"program_id", "1 to 64 characters of [A-Za-z0-9_.:-]"});
+  }
   AddViolations(violations, ValidateIdempotencyKey(request.idempotency_key()));
   if (!violations.empty()) return InvalidArgument("invalid enrollment", violations);
 
@@ -600,6 +604,7 @@ absl::Status CheckInService::CreateEnrollmentImpl(const Call& call,
     if (request.has_ends_on()) *e.mutable_ends_on() = request.ends_on();
     if (request.has_review_on()) *e.mutable_review_on() = request.review_on();
     e.set_enrolled_by(call.caller.subject);
+    e.set_program_id(request.program_id());
     for (auto& r : results) *e.add_gate_results() = r;
     auto stored = InsertEnrollment(tx, agency, e);
     if (!stored) {
@@ -622,6 +627,8 @@ absl::Status CheckInService::CreateEnrollmentImpl(const Call& call,
     for (const auto& id : consent_ids) started.add_consent_ids(id);
     started.set_enrolled_by_role(call.role);
     *started.mutable_enrolled_at() = stored->enrolled_at();
+    started.set_program_id(stored->program_id());
+    started.set_time_zone(stored->time_zone());
     if (auto s = AppendEvent(tx, agency, stored->enrollment_id(), started); !s.ok()) return s;
     call.Audit(tx, "enrollment", stored->enrollment_id(), stored->participant_id());
     *response.mutable_enrollment() = std::move(*stored);

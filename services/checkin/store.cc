@@ -90,8 +90,8 @@ constexpr char kEnrollmentColumns[] =
         "e.engagement_stage_changed_at") ", e.failed_attempts_in_a_row, " PP_US("e.last_contact_at") ", "
     "e.gate_results::text, " PP_US("e.enrolled_at") ", e.enrolled_by, " PP_US(
         "e.ended_at") ", coalesce(e.ended_by, ''), coalesce(e.end_reason, ''), "
-                      "e.consent_gates_held, e.acuity_units";
-constexpr int kEnrollmentColumnCount = 32;
+                      "e.consent_gates_held, e.acuity_units, coalesce(e.program_id, '')";
+constexpr int kEnrollmentColumnCount = 33;
 
 v1::Enrollment EnrollmentOf(const pqxx::row& r, int o = 0) {
   v1::Enrollment e;
@@ -138,6 +138,7 @@ v1::Enrollment EnrollmentOf(const pqxx::row& r, int o = 0) {
   e.set_end_reason(v1::EnrollmentEndReason(EnumValue(v1::EnrollmentEndReason_descriptor(),
                                                      r[o + 29].c_str(), "ENROLLMENT_END_REASON_")));
   e.set_consent_gates_held(r[o + 30].as<bool>());
+  e.set_program_id(r[o + 32].c_str());
   return e;
 }
 
@@ -343,11 +344,13 @@ std::optional<v1::Enrollment> InsertEnrollment(pqxx::work& tx, const std::string
           "pathway_version, appointment_owner, receiving_clinician, receiving_team, "
           "clinical_follow_up_owner, schedule_kind, schedule_weekdays, schedule_every_days, "
           "check_in_window, time_zone, starts_on, ends_on, review_on, enrolled_by, gate_results, "
-          "consent_gates_held, acuity_units) VALUES ($1::uuid, $2, $3, $4, $5, NULLIF($6, ''), "
+          "consent_gates_held, acuity_units, program_id) VALUES ($1::uuid, $2, $3, $4, $5, "
+          "NULLIF($6, ''), "
           "NULLIF($7, ''), NULLIF($8, ''), NULLIF($9, ''), $10, "
           "CASE WHEN $10 = 'weekly' THEN $11::smallint[] END, NULLIF($12, 0), "
           "make_interval(days => $13), $14, $15::date, NULLIF($16, '')::date, "
-          "NULLIF($17, '')::date, $18, coalesce(($19::jsonb)->'gate_results', '[]'), true, $20) "
+          "NULLIF($17, '')::date, $18, coalesce(($19::jsonb)->'gate_results', '[]'), true, $20, "
+          "NULLIF($21, '')) "
           "ON CONFLICT (agency_id, participant_id, pathway_key) WHERE status = 'active' "
           "DO NOTHING RETURNING *) SELECT ",
           kEnrollmentColumns, " FROM e"),
@@ -357,7 +360,8 @@ std::optional<v1::Enrollment> InsertEnrollment(pqxx::work& tx, const std::string
       std::string(s.has_weekly() ? "weekly" : "every_n_days"), TextArrayLiteral(weekdays),
       s.every_n_days().interval_days(), std::max(1, s.window_days()), e.time_zone(),
       DateText(e.starts_on()), e.has_ends_on() ? DateText(e.ends_on()) : std::string(),
-      e.has_review_on() ? DateText(e.review_on()) : std::string(), e.enrolled_by(), Json(gates), 0);
+      e.has_review_on() ? DateText(e.review_on()) : std::string(), e.enrolled_by(), Json(gates), 0,
+      e.program_id());
   if (r.empty()) return std::nullopt;
   return EnrollmentOf(r[0]);
 }

@@ -13,6 +13,7 @@
 #include "common/channel.h"
 #include "common/event_source.h"
 #include "common/idempotency.h"
+#include "common/identifiers.h"
 #include "common/log.h"
 #include "common/pagination.h"
 #include "common/rpc_observer.h"
@@ -573,26 +574,39 @@ absl::Status BuildProgramReport(Database& db, const std::string& agency_id,
   absl::Time start, end;
   if (auto st = ResolvePeriod(&period, true, now, start, end); !st.ok()) return st;
   std::vector<std::string> pathways, programs;
+  std::vector<ScopeKey> pairs;
   auto facts = db.TransactForAgency(agency_id, [&](pqxx::work& tx) -> absl::StatusOr<ReportFacts> {
     pathways = KnownPathways(tx);
     programs = KnownPrograms(tx);
+    if (!programs.empty()) pairs = ProgramPathwayScopes(tx);
     return LoadFacts(tx, start, end, now);
   });
   if (!facts.ok()) return facts.status();
   if (!program_id.empty() &&
       std::find(programs.begin(), programs.end(), program_id) == programs.end()) {
-    return absl::NotFoundError(
-        "program_id is not among the agency's known programs (enrollment events carry no "
-        "program yet)");
+    return absl::NotFoundError("program_id is not among the agency's known programs");
   }
   if (!pathway_key.empty() &&
       std::find(pathways.begin(), pathways.end(), pathway_key) == pathways.end()) {
     return absl::NotFoundError("pathway_key is not among the agency's known pathways");
   }
 
-  // Every scope (the agency, then each pathway), suppressed together.
-  std::vector<std::string> scopes = {""};
-  scopes.insert(scopes.end(), pathways.begin(), pathways.end());
+  // Every scope, suppressed together: the agency, each pathway, and when the agency has programs
+  // each program and each (program, pathway) its enrollments have. Enrollments without a program
+  // form a program scope of their own that no request selects, so that the programs add up to the
+  // agency (and its cells are protected like any other).
+  std::vector<ScopeKey> scopes = {{}};
+  for (const std::string& w : pathways) scopes.push_back({"", w});
+  std::vector<std::string> program_scopes = programs;
+  const bool without_program = std::any_of(
+      pairs.begin(), pairs.end(), [](const ScopeKey& k) { return k.program == kWithoutProgram; });
+  if (without_program) program_scopes.push_back(kWithoutProgram);
+  for (const std::string& p : program_scopes) scopes.push_back({p, ""});
+  scopes.insert(scopes.end(), pairs.begin(), pairs.end());
+  auto scope_of = [&](const ScopeKey& key) {
+    return static_cast<size_t>(std::find(scopes.begin(), scopes.end(), key) - scopes.begin());
+  };
+
   std::vector<ComputedCell> cells;
   std::vector<AdditiveGroup> groups;
   std::vector<int> scope_base;
@@ -603,16 +617,39 @@ absl::Status BuildProgramReport(Database& db, const std::string& agency_id,
     ScopeGroups(scope_cells, base, groups);
     for (ComputedCell& c : scope_cells) cells.push_back(std::move(c));
   }
-  // Enrollment-tied measures add up exactly over the pathways: the agency's cell is their sum.
+  // Enrollment-tied measures add up exactly over a partition of a scope's enrollments: the
+  // agency over its pathways and over its programs, a program over its pathways, a pathway over
+  // the programs.
   const size_t per_scope = cells.size() / scopes.size();
+  std::vector<std::pair<size_t, std::vector<size_t>>> partitions;
+  auto add_partition = [&](const ScopeKey& total, auto&& is_part) {
+    std::vector<size_t> parts;
+    for (size_t s = 0; s < scopes.size(); ++s) {
+      if (is_part(scopes[s])) parts.push_back(s);
+    }
+    if (!parts.empty()) partitions.push_back({scope_of(total), std::move(parts)});
+  };
+  add_partition({}, [](const ScopeKey& k) { return k.program.empty() && !k.pathway.empty(); });
+  add_partition({}, [](const ScopeKey& k) { return !k.program.empty() && k.pathway.empty(); });
+  for (const std::string& p : program_scopes) {
+    add_partition({p, ""}, [&](const ScopeKey& k) { return k.program == p && !k.pathway.empty(); });
+  }
+  if (!pairs.empty()) {
+    for (const std::string& w : pathways) {
+      add_partition({"", w},
+                    [&](const ScopeKey& k) { return !k.program.empty() && k.pathway == w; });
+    }
+  }
   if (scopes.size() > 1) {
     std::vector<ComputedCell> first(cells.begin(), cells.begin() + static_cast<long>(per_scope));
     const auto index = FirstCells(first);
     for (v1::Measure m : {v1::MEASURE_ENROLLMENTS_STARTED, v1::MEASURE_ENGAGEMENT_AFTER_INTAKE,
                           v1::MEASURE_MISSED_CONTACT_RECONNECTION, v1::MEASURE_LOST_TO_FOLLOW_UP}) {
-      AdditiveGroup g{index.at(m), {}};
-      for (size_t s = 1; s < scopes.size(); ++s) g.parts.push_back(scope_base[s] + index.at(m));
-      groups.push_back(g);
+      for (const auto& [total, parts] : partitions) {
+        AdditiveGroup g{scope_base[total] + index.at(m), {}};
+        for (size_t s : parts) g.parts.push_back(scope_base[s] + index.at(m));
+        groups.push_back(g);
+      }
     }
   }
   std::vector<SuppressionCell> suppression(cells.size());
@@ -622,11 +659,11 @@ absl::Status BuildProgramReport(Database& db, const std::string& agency_id,
   }
   Suppress(suppression, groups, min_cell_size);
 
-  const size_t scope_index =
-      pathway_key.empty()
-          ? 0
-          : static_cast<size_t>(std::find(scopes.begin(), scopes.end(), pathway_key) -
-                                scopes.begin());
+  const size_t scope_index = scope_of({program_id, pathway_key});
+  if (scope_index == scopes.size()) {
+    // A known program and a known pathway that no enrollment has together: nobody to count.
+    return absl::NotFoundError("no enrollment of the agency has this program and pathway");
+  }
   report.set_agency_id(agency_id);
   *report.mutable_period() = period;
   *report.mutable_period_range()->mutable_start_time() = ToProtoTimestamp(start);
@@ -678,7 +715,7 @@ absl::Status ValidateReportRequest(const Request& r, absl::Time now) {
   if (!period.ok()) {
     for (const FieldViolation& v : FieldViolations(period)) violations.push_back(v);
   }
-  if (!r.program_id().empty() && !Matches(r.program_id(), 1, 64, "_.:-")) {
+  if (!r.program_id().empty() && !IsProgramId(r.program_id())) {
     violations.push_back({"program_id", "1 to 64 characters of [A-Za-z0-9_.:-]"});
   }
   if (!r.pathway_key().empty() && !IsPathwayKey(r.pathway_key())) {

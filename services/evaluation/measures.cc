@@ -66,7 +66,8 @@ struct PersonIndex {
 
 struct Scope {
   const ReportFacts& facts;
-  std::string pathway;  // Empty: the agency.
+  std::string pathway;  // Empty: every pathway.
+  std::string program;  // Empty: every program; kWithoutProgram: enrollments without one.
   PeopleSet people;
   const PersonIndex& index;
 
@@ -74,12 +75,16 @@ struct Scope {
   bool ActiveInPeriod(const EnrollmentFact& e) const {
     return e.started_at < facts.period_end && (!e.ended_at || *e.ended_at >= facts.period_start);
   }
-  bool TiedInScope(const std::string& pathway_key) const {
-    return pathway.empty() || pathway_key == pathway;
+  // A record tied to an enrollment (its pathway_key and program_id are the enrollment's).
+  template <typename Fact>
+  bool TiedInScope(const Fact& f) const {
+    if (!pathway.empty() && f.pathway_key != pathway) return false;
+    if (program.empty()) return true;
+    return program == kWithoutProgram ? f.program_id.empty() : f.program_id == program;
   }
   // A record not tied to an enrollment counts when its person is one of the scope's people.
   bool PersonInScope(Id participant) const {
-    return pathway.empty() || people.count(participant) > 0;
+    return (pathway.empty() && program.empty()) || people.count(participant) > 0;
   }
   // An active match at some moment of [from, to].
   bool MatchedBetween(Id participant, absl::Time from, absl::Time to) const {
@@ -174,7 +179,7 @@ void EnrollmentsStarted(const Scope& s, std::vector<ComputedCell>& out) {
   int64_t count = 0;
   PeopleSet people;
   for (const EnrollmentFact& e : s.facts.enrollments) {
-    if (!s.TiedInScope(e.pathway_key) || !s.InPeriod(e.started_at)) continue;
+    if (!s.TiedInScope(e) || !s.InPeriod(e.started_at)) continue;
     ++count;
     people.insert(e.participant_id);
   }
@@ -184,7 +189,7 @@ void EnrollmentsStarted(const Scope& s, std::vector<ComputedCell>& out) {
 PeopleSet Served(const Scope& s) {
   PeopleSet people;
   for (const EnrollmentFact& e : s.facts.enrollments) {
-    if (s.TiedInScope(e.pathway_key) && s.ActiveInPeriod(e)) people.insert(e.participant_id);
+    if (s.TiedInScope(e) && s.ActiveInPeriod(e)) people.insert(e.participant_id);
   }
   return people;
 }
@@ -193,7 +198,7 @@ void EngagementAfterIntake(const Scope& s, std::vector<ComputedCell>& out) {
   std::vector<RateUnit> units;
   for (const AppointmentFact& a : s.facts.appointments) {
     if (!a.first_appointment || a.outcome == AppointmentOutcome::kOther) continue;
-    if (!s.TiedInScope(a.pathway_key) || !s.InPeriod(a.scheduled_at)) continue;
+    if (!s.TiedInScope(a) || !s.InPeriod(a.scheduled_at)) continue;
     units.push_back({a.participant_id, a.peer_contact_before});
   }
   out.push_back(RateCell(v1::MEASURE_ENGAGEMENT_AFTER_INTAKE, 0, {}, units));
@@ -214,7 +219,7 @@ void FirstAppointmentAttendance(const Scope& s, std::vector<ComputedCell>& out) 
   }
   for (const AppointmentFact& a : s.facts.appointments) {
     if (!a.first_appointment || a.outcome == AppointmentOutcome::kOther) continue;
-    if (!s.TiedInScope(a.pathway_key) || !s.InPeriod(a.scheduled_at)) continue;
+    if (!s.TiedInScope(a) || !s.InPeriod(a.scheduled_at)) continue;
     by_person[a.participant_id].push_back(
         {a.scheduled_at, a.outcome == AppointmentOutcome::kAttended, false});
   }
@@ -240,7 +245,7 @@ void FirstAppointmentAttendance(const Scope& s, std::vector<ComputedCell>& out) 
 void MissedContactReconnection(const Scope& s, std::vector<ComputedCell>& out) {
   std::vector<RateUnit> units;
   for (const StageChangeFact& c : s.facts.stage_changes) {
-    if (c.lost_to_follow_up || !s.TiedInScope(c.pathway_key) || !s.InPeriod(c.changed_at)) continue;
+    if (c.lost_to_follow_up || !s.TiedInScope(c) || !s.InPeriod(c.changed_at)) continue;
     if (!WindowComplete(c.changed_at, 30, s.facts.now)) continue;
     bool reconnected = false;
     auto it = s.facts.reconnections.find(c.enrollment_id);
@@ -259,7 +264,7 @@ void LostToFollowUp(const Scope& s, std::vector<ComputedCell>& out) {
   }
   std::vector<RateUnit> units;
   for (const EnrollmentFact& e : s.facts.enrollments) {
-    if (!s.TiedInScope(e.pathway_key) || !s.ActiveInPeriod(e)) continue;
+    if (!s.TiedInScope(e) || !s.ActiveInPeriod(e)) continue;
     units.push_back({e.participant_id, lost.count(e.enrollment_id) > 0});
   }
   out.push_back(RateCell(v1::MEASURE_LOST_TO_FOLLOW_UP, 0, {}, units));
@@ -275,7 +280,7 @@ bool CrisisWithin(const Scope& s, Id person, absl::Time t, int days) {
 void StepDownStability(const Scope& s, Measure measure, int days, std::vector<ComputedCell>& out) {
   std::vector<RateUnit> units;
   for (const EnrollmentFact& e : s.facts.enrollments) {
-    if (e.pathway_key != "step_down" || !s.TiedInScope(e.pathway_key)) continue;
+    if (e.pathway_key != "step_down" || !s.TiedInScope(e)) continue;
     if (!s.InPeriod(e.started_at) || !WindowComplete(e.started_at, days, s.facts.now)) continue;
     units.push_back({e.participant_id, !CrisisWithin(s, e.participant_id, e.started_at, days)});
   }
@@ -395,7 +400,7 @@ std::vector<const ConcernFact*> ScopeConcerns(const Scope& s) {
     if (!s.InPeriod(c.opened_at)) continue;
     const bool in_scope = c.enrollment_id == kNoId || c.pathway_key.empty()
                               ? s.PersonInScope(c.participant_id)
-                              : s.TiedInScope(c.pathway_key);
+                              : s.TiedInScope(c);
     if (in_scope) concerns.push_back(&c);
   }
   return concerns;
@@ -588,7 +593,7 @@ void SupporterWellbeingFlags(const Scope& s, const PeopleSet& supporters,
 void WellbeingTrend(const Scope& s, std::vector<ComputedCell>& out) {
   absl::flat_hash_map<Id, Id> active;  // Enrollment -> participant.
   for (const EnrollmentFact& e : s.facts.enrollments) {
-    if (s.TiedInScope(e.pathway_key) && s.ActiveInPeriod(e)) {
+    if (s.TiedInScope(e) && s.ActiveInPeriod(e)) {
       active.emplace(e.enrollment_id, e.participant_id);
     }
   }
@@ -770,15 +775,11 @@ v1::MeasureDefinition DefinitionOf(const MeasureInfo& info) {
   return d;
 }
 
-std::vector<ComputedCell> ComputeScope(const ReportFacts& facts, const std::string& pathway_key) {
-  return ComputeScopes(facts, {pathway_key}).front();
-}
-
 namespace {
 
 std::vector<ComputedCell> ComputeOne(const ReportFacts& facts, const PersonIndex& index,
-                                     const std::string& pathway_key) {
-  Scope s{facts, pathway_key, {}, index};
+                                     const ScopeKey& key) {
+  Scope s{facts, key.pathway, key.program, {}, index};
   const PeopleSet served = Served(s);
   s.people.insert(served.begin(), served.end());
   std::vector<ComputedCell> out;
@@ -813,10 +814,10 @@ std::vector<ComputedCell> ComputeOne(const ReportFacts& facts, const PersonIndex
 }  // namespace
 
 std::vector<std::vector<ComputedCell>> ComputeScopes(const ReportFacts& facts,
-                                                     const std::vector<std::string>& pathways) {
+                                                     const std::vector<ScopeKey>& scopes) {
   const PersonIndex index(facts);
   std::vector<std::vector<ComputedCell>> out;
-  for (const std::string& pathway : pathways) out.push_back(ComputeOne(facts, index, pathway));
+  for (const ScopeKey& key : scopes) out.push_back(ComputeOne(facts, index, key));
   return out;
 }
 

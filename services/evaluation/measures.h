@@ -49,6 +49,7 @@ struct EnrollmentFact {
   Id enrollment_id = kNoId;
   Id participant_id = kNoId;
   std::string pathway_key;
+  std::string program_id;  // Empty when none.
   absl::Time started_at;
   std::optional<absl::Time> ended_at;
 };
@@ -59,6 +60,7 @@ struct AppointmentFact {
   Id enrollment_id = kNoId;
   Id participant_id = kNoId;
   std::string pathway_key;
+  std::string program_id;  // The enrollment's; empty when none.
   bool first_appointment = false;
   AppointmentOutcome outcome = AppointmentOutcome::kOther;
   absl::Time scheduled_at;
@@ -69,6 +71,7 @@ struct StageChangeFact {
   Id enrollment_id = kNoId;
   Id participant_id = kNoId;
   std::string pathway_key;
+  std::string program_id;          // The enrollment's; empty when none.
   bool lost_to_follow_up = false;  // Else: to MISSED_CONTACT after failed attempts.
   absl::Time changed_at;
 };
@@ -101,6 +104,7 @@ struct ConcernFact {
   Id participant_id = kNoId;
   Id enrollment_id = kNoId;  // kNoId when not tied to one.
   std::string pathway_key;   // Of that enrollment; empty when untied or not known.
+  std::string program_id;    // Of that enrollment; empty when none.
   int category = 0;          // peerpath.common.v1.ConcernCategory
   int severity = 0;          // peerpath.common.v1.ConcernSeverity
   absl::Time opened_at;
@@ -156,11 +160,18 @@ struct ComputedCell {
   std::string shared_key;              // Cells showing the same group of people.
 };
 
-// Every cell of one scope (pathway_key empty: all pathways; the agency scope), in report order.
-std::vector<ComputedCell> ComputeScope(const ReportFacts& facts, const std::string& pathway_key);
-// The same for several scopes at once (the facts' per-person lookups are built once).
+// A report scope: the enrollments of a program and/or pathway (evaluation.proto, "Scope").
+inline constexpr char kWithoutProgram[] = "\n";  // Never a program id (common/identifiers.h).
+struct ScopeKey {
+  std::string program;  // Empty: every program; kWithoutProgram: enrollments without a program.
+  std::string pathway;  // Empty: every pathway.
+  bool operator==(const ScopeKey&) const = default;
+};
+
+// Every cell of each scope ({} is the agency), in report order; the facts' per-person lookups are
+// built once for all of them.
 std::vector<std::vector<ComputedCell>> ComputeScopes(const ReportFacts& facts,
-                                                     const std::vector<std::string>& pathways);
+                                                     const std::vector<ScopeKey>& scopes);
 
 // Fills a ReportCell from a computed one (suppressed: no value).
 void ToReportCell(const ComputedCell& cell, bool suppressed, v1::ReportCell& out);

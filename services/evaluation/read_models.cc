@@ -5,6 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/db.h"
+#include "common/identifiers.h"
 #include "common/time_util.h"
 #include "peerpath/checkin/v1/events.pb.h"
 #include "peerpath/consent/v1/events.pb.h"
@@ -135,7 +136,8 @@ void ApplyContact(pqxx::work& tx, const common::v1::Event& event, const std::str
 
 absl::Status ApplyEnrollment(pqxx::work& tx, const common::v1::Event& event,
                              const std::string& enrollment, const std::string& participant,
-                             const std::string& pathway, int64_t started, const int64_t* ended) {
+                             const std::string& pathway, int64_t started, const int64_t* ended,
+                             const std::string& program = "") {
   if (auto st = RequireUuids({{"enrollment_id", &enrollment}}); !st.ok()) return st;
   if (auto st = RequireText({{"participant_id", &participant}, {"pathway_key", &pathway}});
       !st.ok()) {
@@ -145,11 +147,12 @@ absl::Status ApplyEnrollment(pqxx::work& tx, const common::v1::Event& event,
   if (ended == nullptr) {
     ExecPrepared(tx, "eval_enrollment_started",
                  "INSERT INTO enrollments (agency_id, enrollment_id, participant_id, pathway_key, "
-                 "started_at) VALUES ($1, $2::uuid, $3, $4, " PP_TS(5) ") "
+                 "started_at, program_id) VALUES ($1, $2::uuid, $3, $4, " PP_TS(5) ", "
+                 "NULLIF($6, '')) "
                  "ON CONFLICT (agency_id, enrollment_id) DO UPDATE SET "
                  "participant_id = EXCLUDED.participant_id, pathway_key = EXCLUDED.pathway_key, "
-                 "started_at = EXCLUDED.started_at",
-                 event.agency_id(), enrollment, participant, pathway, started);
+                 "started_at = EXCLUDED.started_at, program_id = EXCLUDED.program_id",
+                 event.agency_id(), enrollment, participant, pathway, started, program);
   } else {
     ExecPrepared(tx, "eval_enrollment_ended",
                  "INSERT INTO enrollments (agency_id, enrollment_id, participant_id, pathway_key, "
@@ -170,8 +173,11 @@ absl::Status ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event) {
   if (type == "peerpath.checkin.v1.EnrollmentStartedEvent") {
     c::EnrollmentStartedEvent e;
     if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (!e.program_id().empty() && !IsProgramId(e.program_id())) {
+      return absl::InvalidArgumentError("program_id: 1 to 64 characters of [A-Za-z0-9_.:-]");
+    }
     return ApplyEnrollment(tx, event, e.enrollment_id(), e.participant_id(), e.pathway_key(),
-                           Micros(e.enrolled_at()), nullptr);
+                           Micros(e.enrolled_at()), nullptr, e.program_id());
   }
   if (type == "peerpath.checkin.v1.EnrollmentEndedEvent") {
     c::EnrollmentEndedEvent e;

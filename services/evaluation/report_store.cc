@@ -80,26 +80,31 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
   for (const auto& row : ExecPrepared(
            tx, "eval_load_enrollments",
            "SELECT enrollment_id::text, participant_id, pathway_key, " PP_MICROS(
-               "started_at") ", " PP_MICROS("ended_at") " FROM enrollments WHERE agency_id = " +
+               "started_at") ", " PP_MICROS("ended_at") ", coalesce(program_id, '') FROM "
+                                                        "enrollments WHERE agency_id = " +
                agency +
                " AND started_at < " PP_TS(2) " AND (ended_at IS NULL OR ended_at >= " PP_TS(1) ")",
            p0, p1)) {
-    f.enrollments.push_back(
-        {ids.Of(row[0]), ids.Of(row[1]), row[2].as<std::string>(), At(row[3]), MaybeAt(row[4])});
+    f.enrollments.push_back({ids.Of(row[0]), ids.Of(row[1]), row[2].as<std::string>(),
+                             row[5].as<std::string>(), At(row[3]), MaybeAt(row[4])});
   }
   // Appointments of the period, and attended ones up to 31 days after it (follow-ups).
   for (const auto& row : ExecPrepared(
            tx, "eval_load_appointments",
-           "SELECT enrollment_id::text, participant_id, pathway_key, first_appointment, "
-           "outcome, " PP_MICROS(
-               "scheduled_at") ", peer_contact_before FROM appointments WHERE agency_id = " +
+           "SELECT a.enrollment_id::text, a.participant_id, a.pathway_key, a.first_appointment, "
+           "a.outcome, " PP_MICROS("a.scheduled_at") ", a.peer_contact_before, "
+                                                     "coalesce(e.program_id, '') FROM "
+                                                     "appointments a LEFT JOIN enrollments e ON "
+                                                     "e.agency_id = a.agency_id AND "
+                                                     "e.enrollment_id = a.enrollment_id WHERE "
+                                                     "a.agency_id = " +
                agency +
-               " AND scheduled_at >= " PP_TS(1) " AND scheduled_at < " PP_TS(
+               " AND a.scheduled_at >= " PP_TS(1) " AND a.scheduled_at < " PP_TS(
                    2) " + interval '32 days'",
            p0, p1)) {
     const std::string outcome = row[4].as<std::string>();
     f.appointments.push_back({ids.Of(row[0]), ids.Of(row[1]), row[2].as<std::string>(),
-                              row[3].as<bool>(),
+                              row[7].as<std::string>(), row[3].as<bool>(),
                               outcome == "attended" ? AppointmentOutcome::kAttended
                               : outcome == "missed" ? AppointmentOutcome::kMissed
                                                     : AppointmentOutcome::kOther,
@@ -107,11 +112,15 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
   }
   for (const auto& row :
        ExecPrepared(tx, "eval_load_stage_changes",
-                    "SELECT enrollment_id::text, participant_id, pathway_key, to_stage, " PP_MICROS(
-                        "changed_at") " FROM stage_changes WHERE agency_id = " +
-                        agency + " AND changed_at >= " PP_TS(1) " AND changed_at < " PP_TS(2),
+                    "SELECT s.enrollment_id::text, s.participant_id, s.pathway_key, s.to_stage, "
+                    "" PP_MICROS("s.changed_at") ", coalesce(e.program_id, '') FROM stage_changes "
+                                                 "s LEFT JOIN enrollments e ON e.agency_id = "
+                                                 "s.agency_id AND e.enrollment_id = "
+                                                 "s.enrollment_id WHERE s.agency_id = " +
+                        agency + " AND s.changed_at >= " PP_TS(1) " AND s.changed_at < " PP_TS(2),
                     p0, p1)) {
     f.stage_changes.push_back({ids.Of(row[0]), ids.Of(row[1]), row[2].as<std::string>(),
+                               row[5].as<std::string>(),
                                row[3].as<std::string>() == "lost_to_follow_up", At(row[4])});
   }
   for (const auto& row : ExecPrepared(
@@ -168,7 +177,9 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
            tx, "eval_load_concerns",
            "SELECT c.participant_id, coalesce(c.enrollment_id::text, ''), "
            "coalesce(e.pathway_key, ''), c.category, c.severity, " PP_MICROS(
-               "c.opened_at") ", " PP_MICROS("c.acknowledged_at") ", c.breached FROM concerns c "
+               "c.opened_at") ", " PP_MICROS("c.acknowledged_at") ", c.breached, "
+                                                                  "coalesce(e.program_id, '') "
+                                                                  "FROM concerns c "
                                                                   "LEFT JOIN enrollments e "
                                                                   "ON e.agency_id = c.agency_id "
                                                                   "AND e.enrollment_id = "
@@ -180,8 +191,8 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
                       "NOT NULL AND c.severity IS NOT NULL",
            p0, p1)) {
     f.concerns.push_back({ids.Of(row[0]), ids.MaybeOf(row[1]), row[2].as<std::string>(),
-                          row[3].as<int>(), row[4].as<int>(), At(row[5]), MaybeAt(row[6]),
-                          row[7].as<bool>()});
+                          row[8].as<std::string>(), row[3].as<int>(), row[4].as<int>(), At(row[5]),
+                          MaybeAt(row[6]), row[7].as<bool>()});
   }
   for (const auto& row :
        ExecPrepared(tx, "eval_load_accesses",
@@ -291,6 +302,18 @@ std::vector<std::string> KnownPathways(pqxx::work& tx) {
 
 std::vector<std::string> KnownPrograms(pqxx::work& tx) {
   return DistinctEnrollmentValues(tx, "eval_known_programs", "program_id");
+}
+
+std::vector<ScopeKey> ProgramPathwayScopes(pqxx::work& tx) {
+  std::vector<ScopeKey> out;
+  for (const auto& row :
+       ExecPrepared(tx, "eval_program_pathways",
+                    "SELECT DISTINCT coalesce(program_id, ''), pathway_key FROM enrollments WHERE "
+                    "agency_id = current_setting('app.agency_id', true) ORDER BY 1, 2")) {
+    const std::string program = row[0].as<std::string>();
+    out.push_back({program.empty() ? kWithoutProgram : program, row[1].as<std::string>()});
+  }
+  return out;
 }
 
 }  // namespace peerpath::evaluation

@@ -20,6 +20,9 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
 // The agency's pathway keys and program ids ever carried by an enrollment, sorted.
 std::vector<std::string> KnownPathways(pqxx::work& tx);
 std::vector<std::string> KnownPrograms(pqxx::work& tx);
+// Every (program, pathway) pair the agency's enrollments have, kWithoutProgram for enrollments
+// without a program.
+std::vector<ScopeKey> ProgramPathwayScopes(pqxx::work& tx);
 
 // ServiceOutcomeKind as stored (migrations/0001) and back.
 std::string OutcomeKindName(v1::ServiceOutcomeKind kind);

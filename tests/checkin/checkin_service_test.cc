@@ -16,6 +16,7 @@
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "peerpath/checkin/v1/checkin.grpc.pb.h"
+#include "peerpath/checkin/v1/events.pb.h"
 #include "peerpath/consent/v1/consent.grpc.pb.h"
 #include "peerpath/escalation/v1/events.pb.h"
 #include "peerpath/matching/v1/events.pb.h"
@@ -349,6 +350,42 @@ TEST_F(CheckInServiceTest, EarlyEngagementProceedsOnlyWhenEveryGateHolds) {
   EXPECT_EQ(Enroll(Enrollment("early_engagement", "p-1")).error_code(),
             grpc::StatusCode::ALREADY_EXISTS);
   EXPECT_EQ(Events("EnrollmentStartedEvent"), 1);
+}
+
+TEST_F(CheckInServiceTest, AnEnrollmentCarriesItsProgramIntoItsEvent) {
+  consent_.Hold({"consent_information_sharing"});
+  v1::CreateEnrollmentRequest request = Enrollment("early_engagement", "p-1");
+  request.set_program_id("bad program");
+  grpc::Status status = Enroll(request);
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(BadFields(status), (std::set<std::string>{"program_id"}));
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.enrollments"), 0);
+
+  request.set_program_id("east-county.2026");
+  v1::Enrollment e;
+  ASSERT_TRUE(Enroll(request, &e).ok());
+  EXPECT_EQ(e.program_id(), "east-county.2026");
+  v1::GetEnrollmentRequest get;
+  get.set_enrollment_id(e.enrollment_id());
+  v1::GetEnrollmentResponse got;
+  ASSERT_TRUE(stub_->GetEnrollment(As({"clinician"}).get(), get, &got).ok());
+  EXPECT_EQ(got.enrollment().program_id(), "east-county.2026");
+  v1::Enrollment without;
+  ASSERT_TRUE(Enroll(Enrollment("early_engagement", "p-2"), &without).ok());
+  EXPECT_EQ(without.program_id(), "");
+
+  // The event carries the program and the schedule's time zone (evaluation scopes reports by it).
+  const auto rows = db_->AdminQuery(
+      "SELECT encode(payload, 'hex') FROM checkin.outbox WHERE event_type = "
+      "'peerpath.checkin.v1.EnrollmentStartedEvent' ORDER BY id");
+  ASSERT_EQ(rows.size(), 2u);
+  v1::EnrollmentStartedEvent started;
+  ASSERT_TRUE(started.ParseFromString(absl::HexStringToBytes(rows[0][0].c_str())));
+  EXPECT_EQ(started.program_id(), "east-county.2026");
+  EXPECT_EQ(started.time_zone(), e.time_zone());
+  EXPECT_FALSE(started.time_zone().empty());
+  ASSERT_TRUE(started.ParseFromString(absl::HexStringToBytes(rows[1][0].c_str())));
+  EXPECT_EQ(started.program_id(), "");
 }
 
 TEST_F(CheckInServiceTest, StepDownNeedsReviewDateAgreementAndReceivingTeam) {

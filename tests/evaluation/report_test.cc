@@ -62,11 +62,13 @@ class Program {
     deliveries_.push_back(std::move(d));
   }
 
-  void Enroll(const std::string& person, int i, const std::string& pathway, absl::Time at) {
+  void Enroll(const std::string& person, int i, const std::string& pathway, absl::Time at,
+              const std::string& program = "") {
     cv::EnrollmentStartedEvent e;
     e.set_enrollment_id(Uuid(1, i));
     e.set_participant_id(person);
     e.set_pathway_key(pathway);
+    e.set_program_id(program);
     e.set_pathway_version(1);
     *e.mutable_enrolled_at() = Ts(at);
     Emit(Source::kCheckIn, e);
@@ -291,16 +293,23 @@ class ReportTest : public ::testing::Test {
   }
 
   ev::v1::ProgramReport Report(const std::string& agency, const std::string& pathway = "",
-                               ev::v1::PeriodKind kind = ev::v1::PERIOD_KIND_MONTH) {
+                               ev::v1::PeriodKind kind = ev::v1::PERIOD_KIND_MONTH,
+                               const std::string& program = "") {
+    ev::v1::ProgramReport report;
+    auto st = ProgramReport(agency, program, pathway, kind, report);
+    EXPECT_TRUE(st.ok()) << st;
+    return report;
+  }
+
+  absl::Status ProgramReport(const std::string& agency, const std::string& program,
+                             const std::string& pathway, ev::v1::PeriodKind kind,
+                             ev::v1::ProgramReport& report) {
     ev::v1::ReportPeriod period;
     period.set_kind(kind);
     period.mutable_start_date()->set_year(2026);
     period.mutable_start_date()->set_month(3);
     period.mutable_start_date()->set_day(1);
-    ev::v1::ProgramReport report;
-    auto st = ev::BuildProgramReport(*db_, agency, period, "", pathway, 11, At(11, 1), report);
-    EXPECT_TRUE(st.ok()) << st;
-    return report;
+    return ev::BuildProgramReport(*db_, agency, period, program, pathway, 11, At(11, 1), report);
   }
 
   std::unique_ptr<TestDatabase> test_db_;
@@ -534,6 +543,61 @@ TEST_F(ReportTest, TenIsSuppressedElevenIsShownAndTotalsDoNotGiveItBack) {
             20);
   // Another agency's data never shows: agency A's report counts none of B's enrollments.
   EXPECT_EQ(CellOf(a, "participants_served").count().count(), 30);
+}
+
+TEST_F(ReportTest, ProgramScopesCountTheirEnrollmentsAndAreSuppressedWithTheOthers) {
+  // Agency P: program east 15 early engagement + 12 step-down, program west 14 early engagement,
+  // 11 early engagement enrollments without a program. Agency Q: east 27, west only 10.
+  for (const auto& [agency, west] :
+       {std::pair<std::string, int>{"agency-p", 14}, std::pair<std::string, int>{"agency-q", 10}}) {
+    Program p(agency);
+    int i = 0;
+    for (int n = 0; n < 15; ++n, ++i)
+      p.Enroll(Person("e", i), i, "early_engagement", At(3, 2), "east");
+    for (int n = 0; n < 12; ++n, ++i) p.Enroll(Person("e", i), i, "step_down", At(3, 2), "east");
+    for (int n = 0; n < west; ++n, ++i)
+      p.Enroll(Person("w", i), i, "early_engagement", At(3, 3), "west");
+    for (int n = 0; n < 11; ++n, ++i) p.Enroll(Person("n", i), i, "early_engagement", At(3, 4));
+    for (const Delivery& d : p.deliveries()) Apply(d);
+  }
+  const auto month = ev::v1::PERIOD_KIND_MONTH;
+  const auto agency = Report("agency-p");
+  EXPECT_EQ(CellOf(agency, "enrollments_started").count().count(), 52);
+  ASSERT_EQ(agency.program_ids_size(), 2);
+  EXPECT_EQ(agency.program_ids(0), "east");
+  EXPECT_EQ(agency.program_ids(1), "west");
+  const auto east = Report("agency-p", "", month, "east");
+  EXPECT_EQ(east.program_id(), "east");
+  EXPECT_EQ(CellOf(east, "enrollments_started").count().count(), 27);
+  EXPECT_EQ(CellOf(east, "participants_served").count().count(), 27);
+  EXPECT_EQ(CellOf(Report("agency-p", "", month, "west"), "enrollments_started").count().count(),
+            14);
+  EXPECT_EQ(
+      CellOf(Report("agency-p", "step_down", month, "east"), "enrollments_started").count().count(),
+      12);
+  EXPECT_EQ(CellOf(Report("agency-p", "early_engagement", month, "east"), "enrollments_started")
+                .count()
+                .count(),
+            15);
+  // The pathway scope still holds every program's enrollments and those without one.
+  EXPECT_EQ(CellOf(Report("agency-p", "early_engagement"), "enrollments_started").count().count(),
+            40);
+  // A known program and a known pathway that no enrollment has together.
+  ev::v1::ProgramReport none;
+  EXPECT_EQ(ProgramReport("agency-p", "west", "step_down", month, none).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(ProgramReport("agency-p", "north", "", month, none).code(),
+            absl::StatusCode::kNotFound);
+
+  // Agency Q's west (10) is suppressed, in the program scope and in its only pathway; east is
+  // shown, and west cannot be computed back: the enrollments without a program are no scope a
+  // request can select.
+  ExpectSuppressed(CellOf(Report("agency-q", "", month, "west"), "enrollments_started"));
+  ExpectSuppressed(
+      CellOf(Report("agency-q", "early_engagement", month, "west"), "enrollments_started"));
+  EXPECT_EQ(CellOf(Report("agency-q", "", month, "east"), "enrollments_started").count().count(),
+            27);
+  EXPECT_EQ(CellOf(Report("agency-q"), "enrollments_started").count().count(), 48);
 }
 
 TEST_F(ReportTest, UnknownFiltersAndBadPeriodsAreRefused) {
