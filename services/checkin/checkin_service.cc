@@ -62,6 +62,9 @@ const RoleRules& CheckInService::Rules() {
        {kProgramAdmin, kSupervisor, kClinician, kCaseManager, kPeerSupporter, kOperations}},
       {"UpdateProgramPolicy", {kProgramAdmin}},
       {"GetWellbeingTrend", {kPeerSupporter, kSupervisor, kClinician, kCaseManager}},
+      {"RecordParticipantFeedback",
+       {kPeerSupporter, kSupervisor, kClinician, kCaseManager, kProgramAdmin, kIntegration}},
+      {"ListParticipantFeedback", {kSupervisor, kClinician, kCaseManager, kProgramAdmin}},
       {"ListEvents", {kService}},
       {"Subscribe", {kService}},
   };
@@ -1785,6 +1788,100 @@ grpc::Status CheckInService::ListAppointments(grpc::ServerContext* context,
     }
     return absl::OkStatus();
   }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Participant feedback
+// ---------------------------------------------------------------------------------------------
+
+grpc::Status CheckInService::RecordParticipantFeedback(
+    grpc::ServerContext* context, const v1::RecordParticipantFeedbackRequest* request,
+    v1::RecordParticipantFeedbackResponse* response) {
+  auto call = Begin(*context, "RecordParticipantFeedback");
+  if (!call.ok()) return ToGrpc(call.status());
+  const std::string& agency = call->caller.agency_id;
+  std::vector<FieldViolation> violations;
+  if (!IsUuid(request->enrollment_id())) {
+    violations.push_back({"enrollment_id", "required: the enrollment's UUID"});
+  }
+  if (request->rating() < 1 || request->rating() > 5) {
+    violations.push_back({"rating", "required: 1 (very dissatisfied) to 5 (very satisfied)"});
+  }
+  if (request->comment().size() > 2000) {
+    violations.push_back({"comment", "at most 2,000 characters"});
+  }
+  const absl::Time given_at = FromProtoTimestamp(request->given_at());
+  if (!request->has_given_at()) {
+    violations.push_back({"given_at", "required: when the participant gave the feedback"});
+  } else if (given_at > absl::Now() + absl::Minutes(10)) {
+    violations.push_back({"given_at", "more than 10 minutes in the future"});
+  }
+  AddViolations(violations, ValidateIdempotencyKey(request->idempotency_key()));
+  if (!violations.empty()) return ToGrpc(InvalidArgument("invalid feedback", violations));
+
+  const IdempotentCall idem{agency, request->idempotency_key(), "RecordParticipantFeedback",
+                            request, call->caller.subject};
+  return ToGrpc(context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
+    auto replayed = ClaimIdempotencyKey(tx, idem, *response);
+    if (!replayed.ok()) return replayed.status();
+    if (*replayed) return absl::OkStatus();
+    auto e = LoadEnrollment(tx, request->enrollment_id(), /*lock=*/false);
+    if (!e) return absl::NotFoundError("no such enrollment in your agency");
+    const std::optional<ActiveSupporter> supporter = ActiveSupporterOf(tx, e->participant_id());
+    if (!call->InRelationship(supporter)) {
+      authorizer_.AuditRefusal(*context, call->caller, call->method, "enrollment",
+                               e->enrollment_id(), e->participant_id());
+      return absl::PermissionDeniedError(call->NotInRelationship());
+    }
+    if (given_at < FromProtoTimestamp(e->enrolled_at())) {
+      return InvalidArgument("invalid feedback", {{"given_at", "before the enrollment started"}});
+    }
+    v1::ParticipantFeedback& f = *response->mutable_feedback();
+    f.set_feedback_id(NewUuid());
+    f.set_enrollment_id(e->enrollment_id());
+    f.set_participant_id(e->participant_id());
+    f.set_rating(request->rating());
+    f.set_comment(request->comment());
+    *f.mutable_given_at() = request->given_at();
+    f.set_recorded_by(call->caller.subject);
+    f.set_recorded_by_role(call->role);
+    *f.mutable_recorded_at() = ToProtoTimestamp(InsertParticipantFeedback(tx, agency, f));
+    v1::FeedbackRecordedEvent recorded;
+    recorded.set_feedback_id(f.feedback_id());
+    recorded.set_enrollment_id(e->enrollment_id());
+    recorded.set_participant_id(e->participant_id());
+    recorded.set_pathway_key(e->pathway_key());
+    recorded.set_program_id(e->program_id());
+    if (supporter) recorded.set_supporter_id(supporter->supporter_id);
+    recorded.set_rating(f.rating());
+    *recorded.mutable_given_at() = f.given_at();
+    recorded.set_recorded_by_role(call->role);
+    if (auto s = AppendEvent(tx, agency, e->enrollment_id(), recorded); !s.ok()) return s;
+    call->Audit(tx, "participant_feedback", f.feedback_id(), e->participant_id());
+    return StoreIdempotentResponse(tx, idem, *response);
+  }));
+}
+
+grpc::Status CheckInService::ListParticipantFeedback(
+    grpc::ServerContext* context, const v1::ListParticipantFeedbackRequest* request,
+    v1::ListParticipantFeedbackResponse* response) {
+  auto call = Begin(*context, "ListParticipantFeedback");
+  if (!call.ok()) return ToGrpc(call.status());
+  if (!IsUuid(request->enrollment_id())) {
+    return ToGrpc(
+        InvalidArgument("invalid request", {{"enrollment_id", "required: the enrollment's UUID"}}));
+  }
+  return ToGrpc(
+      context_.db.TransactForAgency(call->caller.agency_id, [&](pqxx::work& tx) -> absl::Status {
+        auto e = LoadEnrollment(tx, request->enrollment_id(), /*lock=*/false);
+        if (!e) return absl::NotFoundError("no such enrollment in your agency");
+        if (auto s = RequireParticipantAccess(tx, *call, e->participant_id()); !s.ok()) return s;
+        for (auto& f : ListParticipantFeedbackOf(tx, e->enrollment_id(), 500)) {
+          *response->add_feedback() = std::move(f);
+        }
+        call->Audit(tx, "enrollment", e->enrollment_id(), e->participant_id());
+        return absl::OkStatus();
+      }));
 }
 
 grpc::Status CheckInService::GetWellbeingTrend(grpc::ServerContext* context,

@@ -94,6 +94,12 @@ class CheckInService final : public CheckInServiceBase {
   grpc::Status GetWellbeingTrend(grpc::ServerContext* context,
                                  const v1::GetWellbeingTrendRequest* request,
                                  v1::GetWellbeingTrendResponse* response) override;
+  grpc::Status RecordParticipantFeedback(grpc::ServerContext* context,
+                                         const v1::RecordParticipantFeedbackRequest* request,
+                                         v1::RecordParticipantFeedbackResponse* response) override;
+  grpc::Status ListParticipantFeedback(grpc::ServerContext* context,
+                                       const v1::ListParticipantFeedbackRequest* request,
+                                       v1::ListParticipantFeedbackResponse* response) override;
 
  private:
   struct Call;

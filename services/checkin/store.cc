@@ -366,6 +366,42 @@ std::optional<v1::Enrollment> InsertEnrollment(pqxx::work& tx, const std::string
   return EnrollmentOf(r[0]);
 }
 
+absl::Time InsertParticipantFeedback(pqxx::work& tx, const std::string& agency_id,
+                                     const v1::ParticipantFeedback& f) {
+  const pqxx::row r = tx.exec_params1(
+      "INSERT INTO participant_feedback (id, agency_id, enrollment_id, participant_id, rating, "
+      "comment, given_at, recorded_by, recorded_by_role) VALUES ($1::uuid, $2, $3::uuid, $4, $5, "
+      "$6, timestamptz 'epoch' + $7::bigint * interval '1 microsecond', $8, $9) RETURNING " PP_US(
+          "recorded_at"),
+      f.feedback_id(), agency_id, f.enrollment_id(), f.participant_id(), f.rating(), f.comment(),
+      absl::ToUnixMicros(FromProtoTimestamp(f.given_at())), f.recorded_by(), f.recorded_by_role());
+  return TimeOf(r[0]);
+}
+
+std::vector<v1::ParticipantFeedback> ListParticipantFeedbackOf(pqxx::work& tx,
+                                                               const std::string& enrollment_id,
+                                                               int limit) {
+  std::vector<v1::ParticipantFeedback> out;
+  for (const auto& r : tx.exec_params(
+           "SELECT id::text, enrollment_id::text, participant_id, rating, comment, " PP_US(
+               "given_at") ", " PP_US("recorded_at") ", recorded_by, recorded_by_role FROM "
+                                                     "participant_feedback WHERE enrollment_id = "
+                                                     "$1::uuid ORDER BY given_at DESC, id LIMIT $2",
+           enrollment_id, limit)) {
+    v1::ParticipantFeedback& f = out.emplace_back();
+    f.set_feedback_id(r[0].c_str());
+    f.set_enrollment_id(r[1].c_str());
+    f.set_participant_id(r[2].c_str());
+    f.set_rating(r[3].as<int>());
+    f.set_comment(r[4].c_str());
+    *f.mutable_given_at() = ToProtoTimestamp(TimeOf(r[5]));
+    *f.mutable_recorded_at() = ToProtoTimestamp(TimeOf(r[6]));
+    f.set_recorded_by(r[7].c_str());
+    f.set_recorded_by_role(r[8].c_str());
+  }
+  return out;
+}
+
 std::optional<v1::Enrollment> LoadEnrollment(pqxx::work& tx, const std::string& enrollment_id,
                                              bool lock) {
   const pqxx::result r = tx.exec_params(

@@ -53,6 +53,15 @@ std::set<std::string> KnownPeerSupporters(pqxx::work& tx, const std::vector<std:
 std::optional<v1::Enrollment> InsertEnrollment(pqxx::work& tx, const std::string& agency_id,
                                                const v1::Enrollment& e);
 
+// Stores a participant's feedback (ids, rating, comment, given_at, recorder set); returns the
+// recorded_at the database gave it.
+absl::Time InsertParticipantFeedback(pqxx::work& tx, const std::string& agency_id,
+                                     const v1::ParticipantFeedback& f);
+// The enrollment's feedback, newest first (given_at), at most `limit`.
+std::vector<v1::ParticipantFeedback> ListParticipantFeedbackOf(pqxx::work& tx,
+                                                               const std::string& enrollment_id,
+                                                               int limit);
+
 // An enrollment, locked for update when `lock`.
 std::optional<v1::Enrollment> LoadEnrollment(pqxx::work& tx, const std::string& enrollment_id,
                                              bool lock = false);

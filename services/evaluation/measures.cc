@@ -160,13 +160,6 @@ void AddCohortCells(Measure measure, const std::vector<std::pair<RateUnit, bool>
   out.push_back(RateCell(measure, 1, {CohortValue(false)}, without));
 }
 
-ComputedCell Unavailable(Measure measure, int breakdown, v1::ValueKind kind,
-                         std::vector<v1::DimensionValue> dimensions = {}) {
-  ComputedCell c = Cell(measure, breakdown, kind, std::move(dimensions));
-  c.unavailable = true;
-  return c;
-}
-
 bool IsCrisisEvent(v1::ServiceOutcomeKind kind) {
   return kind == v1::SERVICE_OUTCOME_KIND_CRISIS_CONTACT ||
          kind == v1::SERVICE_OUTCOME_KIND_EMERGENCY_VISIT_MENTAL_ILLNESS ||
@@ -622,6 +615,18 @@ void WellbeingTrend(const Scope& s, std::vector<ComputedCell>& out) {
   }
 }
 
+void PersonFeedback(const Scope& s, std::vector<ComputedCell>& out) {
+  std::vector<double> ratings;
+  PeopleSet raters;
+  for (const FeedbackFact& f : s.facts.feedback) {
+    if (!s.TiedInScope(f) || !s.InPeriod(f.given_at)) continue;
+    ratings.push_back(f.rating);
+    raters.insert(f.participant_id);
+  }
+  out.push_back(NumericCell(v1::MEASURE_PERSON_FEEDBACK, 0, {}, std::move(ratings),
+                            static_cast<int64_t>(raters.size())));
+}
+
 std::string Lower(const std::string& text) { return absl::AsciiStrToLower(text); }
 
 google::protobuf::Duration DurationOfMicros(int64_t micros) {
@@ -736,9 +741,7 @@ const std::vector<MeasureInfo>& Measures() {
          v1::VALUE_KIND_RATE,
          {{DIMENSION_WELLBEING_DIRECTION}}},
         {v1::MEASURE_PERSON_FEEDBACK, "Person feedback", v1::MEASURE_UNIT_RATING,
-         v1::VALUE_KIND_NUMERIC_SUMMARY, total,
-         "Not available yet: the check-in service does not emit "
-         "peerpath.checkin.v1.FeedbackRecordedEvent (no participant feedback is recorded)."},
+         v1::VALUE_KIND_NUMERIC_SUMMARY, total},
     };
     auto* out = new std::vector<MeasureInfo>;
     for (const Row& row : rows) {
@@ -807,7 +810,7 @@ std::vector<ComputedCell> ComputeOne(const ReportFacts& facts, const PersonIndex
   SupporterWorkload(s, supporters, out);
   SupporterWellbeingFlags(s, supporters, out);
   WellbeingTrend(s, out);
-  out.push_back(Unavailable(v1::MEASURE_PERSON_FEEDBACK, 0, v1::VALUE_KIND_NUMERIC_SUMMARY));
+  PersonFeedback(s, out);
   return out;
 }
 

@@ -112,6 +112,15 @@ struct ConcernFact {
   bool breached = false;
 };
 
+// A participant's rating of their peer support (check-in FeedbackRecordedEvent).
+struct FeedbackFact {
+  Id participant_id = kNoId;
+  std::string pathway_key;  // The enrollment's.
+  std::string program_id;   // The enrollment's; empty when none.
+  int rating = 0;
+  absl::Time given_at;
+};
+
 // Of an enrollment with scores in the period (its participant and pathway: the enrollment's).
 struct WellbeingFact {
   Id enrollment_id = kNoId;
@@ -141,6 +150,7 @@ struct ReportFacts {
   // or after its day and after it (all FollowUpBetween needs).
   std::set<std::pair<Id, int64_t>> contact_days;
   std::vector<WellbeingFact> wellbeing;
+  std::vector<FeedbackFact> feedback;  // Given in the period.
 };
 
 // A computed cell, before suppression.

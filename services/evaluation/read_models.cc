@@ -218,6 +218,27 @@ absl::Status ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event) {
                  e.enrollment_id(), e.pathway_key(), e.contact_attempt_id());
     return absl::OkStatus();
   }
+  if (type == "peerpath.checkin.v1.FeedbackRecordedEvent") {
+    c::FeedbackRecordedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (auto st = RequireUuids(
+            {{"feedback_id", &e.feedback_id()}, {"enrollment_id", &e.enrollment_id()}});
+        !st.ok()) {
+      return st;
+    }
+    if (auto st = RequireText({{"participant_id", &e.participant_id()}}); !st.ok()) return st;
+    if (e.rating() < 1 || e.rating() > 5) {
+      return absl::InvalidArgumentError("rating is not between 1 and 5");
+    }
+    if (!Claim(tx, event)) return absl::OkStatus();
+    ExecPrepared(tx, "eval_feedback",
+                 "INSERT INTO participant_feedback (agency_id, feedback_id, enrollment_id, "
+                 "participant_id, pathway_key, rating, given_at) VALUES ($1, $2::uuid, $3::uuid, "
+                 "$4, $5, $6, " PP_TS(7) ") ON CONFLICT DO NOTHING",
+                 event.agency_id(), e.feedback_id(), e.enrollment_id(), e.participant_id(),
+                 e.pathway_key(), e.rating(), Micros(e.given_at()));
+    return absl::OkStatus();
+  }
   if (type == "peerpath.checkin.v1.ReconnectionRecordedEvent") {
     c::ReconnectionRecordedEvent e;
     if (auto st = Unpack(event, e); !st.ok()) return st;
@@ -592,7 +613,7 @@ absl::Status ResetReadModels(pqxx::work& tx) {
   for (const char* table :
        {"applied_events", "enrollments", "stage_changes", "reconnections", "appointments",
         "contact_days", "supporter_contacts_month", "wellbeing_first", "wellbeing_month", "matches",
-        "follow_up_ratings", "concerns", "emergency_accesses"}) {
+        "follow_up_ratings", "concerns", "emergency_accesses", "participant_feedback"}) {
     tx.exec0(absl::StrCat("DELETE FROM ", table));
   }
   tx.exec0(

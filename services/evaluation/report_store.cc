@@ -268,6 +268,18 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
       w.last_score = row[3].as<int>();
     }
   }
+  for (const auto& row : ExecPrepared(
+           tx, "eval_load_feedback",
+           "SELECT f.participant_id, f.pathway_key, coalesce(e.program_id, ''), "
+           "f.rating, " PP_MICROS(
+               "f.given_at") " FROM participant_feedback f LEFT JOIN enrollments e ON "
+                             "e.agency_id = f.agency_id AND e.enrollment_id = f.enrollment_id "
+                             "WHERE f.agency_id = " +
+               agency + " AND f.given_at >= " PP_TS(1) " AND f.given_at < " PP_TS(2),
+           p0, p1)) {
+    f.feedback.push_back({ids.Of(row[0]), row[1].as<std::string>(), row[2].as<std::string>(),
+                          row[3].as<int>(), At(row[4])});
+  }
   f.ids = ids.size();
   return f;
 }

@@ -388,6 +388,95 @@ TEST_F(CheckInServiceTest, AnEnrollmentCarriesItsProgramIntoItsEvent) {
   EXPECT_EQ(started.program_id(), "");
 }
 
+TEST_F(CheckInServiceTest, ParticipantFeedbackIsStoredOnceAndItsCommentNeverLeaves) {
+  const std::string enrollment = Enrolled("early_engagement", "p-1");
+  v1::RecordParticipantFeedbackRequest request;
+  request.set_enrollment_id(enrollment);
+  request.set_rating(4);
+  request.set_comment("She listens without judging");
+  *request.mutable_given_at() = ToProtoTimestamp(absl::Now());
+  request.set_idempotency_key("feedback-1");
+  auto record = [&](const v1::RecordParticipantFeedbackRequest& r,
+                    const std::vector<std::string>& roles, const std::string& subject,
+                    v1::RecordParticipantFeedbackResponse* out = nullptr,
+                    const std::string& agency = kAgency) {
+    v1::RecordParticipantFeedbackResponse ignored;
+    return stub_->RecordParticipantFeedback(As(roles, subject, agency).get(), r,
+                                            out != nullptr ? out : &ignored);
+  };
+
+  // Every bad field is named; nothing is stored.
+  v1::RecordParticipantFeedbackRequest bad = request;
+  bad.set_enrollment_id("not-a-uuid");
+  bad.set_rating(6);
+  bad.set_comment(std::string(2001, 'x'));
+  bad.clear_given_at();
+  bad.clear_idempotency_key();
+  grpc::Status status = record(bad, {"peer_supporter"}, "peer-1");
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(BadFields(status), (std::set<std::string>{"enrollment_id", "rating", "comment",
+                                                      "given_at", "idempotency_key"}));
+  bad = request;
+  bad.set_rating(0);
+  *bad.mutable_given_at() = ToProtoTimestamp(absl::Now() + absl::Hours(1));
+  EXPECT_EQ(BadFields(record(bad, {"peer_supporter"}, "peer-1")),
+            (std::set<std::string>{"rating", "given_at"}));
+  bad = request;
+  bad.set_idempotency_key("feedback-early");
+  *bad.mutable_given_at() = ToProtoTimestamp(absl::Now() - absl::Hours(24 * 400));
+  EXPECT_EQ(BadFields(record(bad, {"peer_supporter"}, "peer-1")),
+            (std::set<std::string>{"given_at"}));
+
+  // Refusals: another peer supporter, operations, another agency.
+  EXPECT_EQ(record(request, {"peer_supporter"}, "peer-2").error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(record(request, {"operations"}, "ops-1").error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(record(request, {"case_manager"}, "cm-9", nullptr, "other-agency").error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.participant_feedback"), 0);
+
+  // The participant's supporter records it; a retry returns the same feedback and writes nothing.
+  v1::RecordParticipantFeedbackResponse first, again;
+  status = record(request, {"peer_supporter"}, "peer-1", &first);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_TRUE(record(request, {"peer_supporter"}, "peer-1", &again).ok());
+  EXPECT_EQ(first.feedback().feedback_id(), again.feedback().feedback_id());
+  EXPECT_EQ(first.feedback().rating(), 4);
+  EXPECT_EQ(first.feedback().recorded_by_role(), "peer_supporter");
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.participant_feedback"), 1);
+  EXPECT_EQ(Events("FeedbackRecordedEvent"), 1);
+  const auto rows = db_->AdminQuery(
+      "SELECT encode(payload, 'hex') FROM checkin.outbox WHERE event_type = "
+      "'peerpath.checkin.v1.FeedbackRecordedEvent'");
+  const std::string payload = absl::HexStringToBytes(rows[0][0].c_str());
+  v1::FeedbackRecordedEvent event;
+  ASSERT_TRUE(event.ParseFromString(payload));
+  EXPECT_EQ(event.rating(), 4);
+  EXPECT_EQ(event.enrollment_id(), enrollment);
+  EXPECT_EQ(event.participant_id(), "p-1");
+  EXPECT_EQ(event.supporter_id(), kSupporterId);
+  EXPECT_EQ(event.pathway_key(), "early_engagement");
+  EXPECT_EQ(payload.find("listens"), std::string::npos);
+
+  // Staff read it, comment included; peer supporters do not read feedback about their support.
+  v1::ListParticipantFeedbackRequest list;
+  list.set_enrollment_id(enrollment);
+  v1::ListParticipantFeedbackResponse listed;
+  ASSERT_TRUE(stub_->ListParticipantFeedback(As({"case_manager"}).get(), list, &listed).ok());
+  ASSERT_EQ(listed.feedback_size(), 1);
+  EXPECT_EQ(listed.feedback(0).comment(), "She listens without judging");
+  EXPECT_EQ(listed.feedback(0).recorded_by(), "peer-1");
+  EXPECT_EQ(stub_->ListParticipantFeedback(As({"peer_supporter"}, "peer-1").get(), list, &listed)
+                .error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(stub_
+                ->ListParticipantFeedback(As({"case_manager"}, "cm-9", "other-agency").get(), list,
+                                          &listed)
+                .error_code(),
+            grpc::StatusCode::NOT_FOUND);
+}
+
 TEST_F(CheckInServiceTest, StepDownNeedsReviewDateAgreementAndReceivingTeam) {
   consent_.Hold({});
   v1::CreateEnrollmentRequest request = Enrollment("step_down", "p-2");

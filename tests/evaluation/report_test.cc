@@ -111,6 +111,17 @@ class Program {
     Emit(Source::kCheckIn, e);
   }
 
+  void Feedback(const std::string& person, int i, int n, int rating, absl::Time at) {
+    cv::FeedbackRecordedEvent e;
+    e.set_feedback_id(Uuid(7, i * 10 + n));
+    e.set_enrollment_id(Uuid(1, i));
+    e.set_participant_id(person);
+    e.set_pathway_key("early_engagement");
+    e.set_rating(rating);
+    *e.mutable_given_at() = Ts(at);
+    Emit(Source::kCheckIn, e);
+  }
+
   void Outcome(const std::string& person, ev::v1::ServiceOutcomeKind kind, absl::Time at,
                ev::v1::DischargeSetting setting = ev::v1::DISCHARGE_SETTING_UNSPECIFIED) {
     outcomes_.push_back({person, kind, setting, at});
@@ -153,6 +164,14 @@ Program MainProgram() {
     p.CheckIn(Person("w", i), i, 1, Person("sup", (i + 1) / 2), At(3, 3), first);
     p.CheckIn(Person("w", i), i, 2, Person("sup", (i + 1) / 2), At(3, 17), last);
   }
+  // Person feedback in March: w01..w07 rate 5, w08..w11 4, w12..w14 2, and w01 again 3 (15
+  // ratings of 14 people); w15's February rating and n01's April one are outside the period.
+  for (int i = 1; i <= 14; ++i) {
+    p.Feedback(Person("w", i), i, 1, i <= 7 ? 5 : i <= 11 ? 4 : 2, At(3, 18));
+  }
+  p.Feedback("w01", 1, 2, 3, At(3, 28));
+  p.Feedback("w15", 15, 1, 1, At(2, 25));
+  p.Feedback("n01", 101, 1, 1, At(4, 2));
   // w18's county system reports the same first appointment (same date) as missed: it wins.
   p.Outcome("w18", ev::v1::SERVICE_OUTCOME_KIND_FIRST_APPOINTMENT_MISSED, At(3, 10, 9));
   for (int i = 1; i <= 25; ++i) {
@@ -415,9 +434,15 @@ TEST_F(ReportTest, HandComputedValuesOfTheSyntheticProgram) {
   ExpectSuppressed(CellOf(r, "wellbeing_trend", 0));
   ExpectRate(CellOf(r, "wellbeing_trend", 1), 12, 30);
   ExpectSuppressed(CellOf(r, "wellbeing_trend", 2));
+  // Ratings 2,2,2,3,4,4,4,4,5,5,5,5,5,5,5: mean 60/15, nearest-rank median the 8th, p90 the 14th.
   const auto& feedback = CellOf(r, "person_feedback");
-  EXPECT_TRUE(feedback.unavailable());
-  ExpectSuppressed(feedback);
+  ASSERT_FALSE(feedback.suppressed()) << feedback.ShortDebugString();
+  EXPECT_FALSE(feedback.unavailable());
+  EXPECT_EQ(feedback.numeric_summary().count(), 15);
+  EXPECT_DOUBLE_EQ(feedback.numeric_summary().mean(), 4.0);
+  EXPECT_DOUBLE_EQ(feedback.numeric_summary().median(), 4.0);
+  EXPECT_DOUBLE_EQ(feedback.numeric_summary().p90(), 5.0);
+  ExpectSuppressed(CellOf(Report(p.agency(), "step_down"), "person_feedback"));
 
   // The early engagement pathway: its 55 people; county clients are not among them.
   const auto ee = Report(p.agency(), "early_engagement");
