@@ -18,6 +18,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/audit.h"
 #include "common/idempotency.h"
@@ -329,6 +330,10 @@ int Serve(const ServiceDefinition& definition, const ServerConfig& config) {
 }  // namespace
 
 int RunService(const ServiceDefinition& definition, int argc, char** argv) {
+  // Debian's Abseil is built with Mutex deadlock detection on (no NDEBUG): every lock taken by
+  // gRPC and by us then updates a global lock graph, which showed as several percent of a
+  // server's CPU. It is a debugging aid; production servers turn it off, as this does.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   absl::SetProgramUsageMessage(
       absl::StrCat("PeerPath ", definition.name, " service.\n\nUsage: peerpath-", definition.name,
                    " [serve|migrate|verify-audit --agency=A] [flags]\nEvery flag can also be set "
