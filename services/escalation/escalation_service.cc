@@ -313,6 +313,22 @@ absl::Status EscalationService::RaiseConcernImpl(const grpc::ServerContext& cont
             "staff may raise a concern about them");
       }
     }
+    // The enrollment, when this service knows it (from the check-in log): it must be the
+    // participant's, and its receiving clinician is the RECEIVING_CLINICIAN target. One not known
+    // yet (the log lags) is accepted: a concern is never held back for it.
+    std::string receiving_clinician;
+    if (!request.enrollment_id().empty()) {
+      const pqxx::result known = tx.exec_params(
+          "SELECT participant_id, receiving_clinician FROM enrollments WHERE enrollment_id = "
+          "$1::uuid",
+          request.enrollment_id());
+      if (!known.empty()) {
+        if (known[0][0].as<std::string>() != request.participant_id()) {
+          return absl::NotFoundError("enrollment_id is not an enrollment of this participant");
+        }
+        receiving_clinician = known[0][1].as<std::string>();
+      }
+    }
     ConcernRecord record;
     v1::Concern& c = record.concern;
     c.set_agency_id(caller.agency_id);
@@ -326,6 +342,7 @@ absl::Status EscalationService::RaiseConcernImpl(const grpc::ServerContext& cont
     c.set_raised_by_role(ActingRole(caller));
     *c.mutable_opened_at() = ToProtoTimestamp(now);
     PersonDirectory people;
+    if (!receiving_clinician.empty()) people.receiving_clinician = receiving_clinician;
     if (caller.Has(Role::kPeerSupporter)) people.peer_supporters.insert(caller.subject);
     if (supporter) {
       people.peer_supporters.insert(supporter->subject);
@@ -1093,6 +1110,34 @@ absl::Status EscalationService::WatchConcernsImpl(
 // Check-in events
 
 absl::Status EscalationService::ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event) {
+  if (event.payload().Is<checkin::v1::EnrollmentStartedEvent>()) {
+    checkin::v1::EnrollmentStartedEvent started;
+    if (!event.payload().UnpackTo(&started) || !IsUuid(started.enrollment_id()) ||
+        started.participant_id().empty()) {
+      return absl::InvalidArgumentError("EnrollmentStartedEvent unreadable or without ids");
+    }
+    // Idempotent; an end already applied stays.
+    tx.exec_params0(
+        "INSERT INTO enrollments (agency_id, enrollment_id, participant_id, receiving_clinician) "
+        "VALUES ($1, $2::uuid, $3, $4) ON CONFLICT (agency_id, enrollment_id) DO UPDATE SET "
+        "participant_id = EXCLUDED.participant_id, receiving_clinician = "
+        "EXCLUDED.receiving_clinician",
+        event.agency_id(), started.enrollment_id(), started.participant_id(),
+        started.receiving_clinician());
+    return absl::OkStatus();
+  }
+  if (event.payload().Is<checkin::v1::EnrollmentEndedEvent>()) {
+    checkin::v1::EnrollmentEndedEvent ended;
+    if (!event.payload().UnpackTo(&ended) || !IsUuid(ended.enrollment_id()) ||
+        ended.participant_id().empty()) {
+      return absl::InvalidArgumentError("EnrollmentEndedEvent unreadable or without ids");
+    }
+    tx.exec_params0(
+        "INSERT INTO enrollments (agency_id, enrollment_id, participant_id, active) VALUES ($1, "
+        "$2::uuid, $3, false) ON CONFLICT (agency_id, enrollment_id) DO UPDATE SET active = false",
+        event.agency_id(), ended.enrollment_id(), ended.participant_id());
+    return absl::OkStatus();
+  }
   if (!event.payload().Is<checkin::v1::ConcernRaisedEvent>()) return absl::OkStatus();
   checkin::v1::ConcernRaisedEvent raised;
   if (!event.payload().UnpackTo(&raised)) {

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/time_util.h"
 #include "peerpath/checkin/v1/events.pb.h"
+#include "peerpath/escalation/v1/escalation.grpc.pb.h"
 #include "tests/support/service_process.h"
 #include "tests/support/test_database.h"
 #include "tests/support/test_tokens.h"
@@ -46,13 +47,16 @@ class CheckInEventsTest : public ::testing::Test {
     return process;
   }
 
-  // Writes a committed ConcernRaisedEvent the way the check-in service's transactions do.
-  void Emit(const checkin::v1::ConcernRaisedEvent& payload) {
+  // Writes a committed check-in event the way the check-in service's transactions do.
+  void Emit(const google::protobuf::Message& payload, const std::string& enrollment_id) {
     db_->AdminQuery(
         "INSERT INTO checkin.outbox (agency_id, event_type, aggregate_id, payload) VALUES "
-        "('agency-a', 'peerpath.checkin.v1.ConcernRaisedEvent', '" +
-        payload.enrollment_id() + "', decode('" +
+        "('agency-a', '" +
+        payload.GetDescriptor()->full_name() + "', '" + enrollment_id + "', decode('" +
         absl::BytesToHexString(payload.SerializeAsString()) + "', 'hex'))");
+  }
+  void Emit(const checkin::v1::ConcernRaisedEvent& payload) {
+    Emit(payload, payload.enrollment_id());
   }
 
   int Count(const std::string& sql) { return db_->AdminQuery(sql)[0][0].as<int>(); }
@@ -124,6 +128,54 @@ TEST_F(CheckInEventsTest, EachConcernRaisedEventOpensExactlyOneRoutedConcern) {
   std::this_thread::sleep_for(500ms);
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns"), 4);
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.concern_transitions WHERE kind = 'opened'"), 4);
+}
+
+TEST_F(CheckInEventsTest, ConcernsRaisedByHandUseTheEnrollmentTheCheckInLogDescribes) {
+  const std::string enrollment = "6a1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4c";
+  checkin::v1::EnrollmentStartedEvent started;
+  started.set_enrollment_id(enrollment);
+  started.set_participant_id("client-7");
+  started.set_pathway_key("early_engagement");
+  started.set_receiving_clinician("dr-okafor");
+  Emit(started, enrollment);
+  bool known = false;
+  for (int i = 0; i < 200 && !known; ++i) {
+    known = Count("SELECT count(*) FROM escalation.enrollments") == 1;
+    if (!known) std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_TRUE(known) << escalation_->Log();
+
+  auto stub = escalation::v1::EscalationService::NewStub(escalation_->Channel());
+  auto raise = [&](const std::string& participant, const std::string& enrollment_id,
+                   const std::string& key, escalation::v1::RaiseConcernResponse* response) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 20s);
+    context.AddMetadata("authorization",
+                        "Bearer " + TokenFor("agency-a", {"case_manager"}, "cm-1"));
+    escalation::v1::RaiseConcernRequest request;
+    request.set_participant_id(participant);
+    request.set_enrollment_id(enrollment_id);
+    request.set_category(common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING);
+    request.set_severity(common::v1::CONCERN_SEVERITY_URGENT);
+    request.set_idempotency_key(key);
+    return stub->RaiseConcern(&context, request, response);
+  };
+  // The enrollment's receiving clinician holds an urgent clinical worsening concern.
+  escalation::v1::RaiseConcernResponse response;
+  grpc::Status status = raise("client-7", enrollment, "raise-1", &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE target_kind = "
+                  "'receiving_clinician' AND target_id = 'dr-okafor'"),
+            1);
+  // Another participant's enrollment is refused, naming the field; nothing is stored.
+  status = raise("client-8", enrollment, "raise-2", &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_NE(status.error_message().find("enrollment_id"), std::string::npos);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns"), 1);
+  // An enrollment the log has not shown yet never holds a concern back.
+  status = raise("client-8", "7a1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4d", "raise-3", &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns"), 2);
 }
 
 }  // namespace
