@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <numeric>
 
-#include "absl/container/flat_hash_set.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -16,8 +16,35 @@ namespace {
 using v1::Dimension;
 using v1::Measure;
 
-// Distinct people (or supporters, or ids); only membership and size matter.
-using PeopleSet = absl::flat_hash_set<Id>;
+// Distinct people (or supporters, or ids) of one report: interned ids are dense from 0, so a bit
+// per id answers membership, and the members are kept in insertion order for iteration.
+class PeopleSet {
+ public:
+  bool insert(Id id) {
+    if (id < 0) return false;  // kNoId is nobody.
+    const auto at = static_cast<size_t>(id);
+    if (at >= present_.size()) present_.resize(std::max(at + 1, 2 * present_.size()));
+    if (present_[at]) return false;
+    present_[at] = true;
+    members_.push_back(id);
+    return true;
+  }
+  template <typename It>
+  void insert(It first, It last) {
+    for (; first != last; ++first) insert(*first);
+  }
+  size_t count(Id id) const {
+    const auto at = static_cast<size_t>(id);
+    return at < present_.size() && present_[at] ? 1 : 0;
+  }
+  size_t size() const { return members_.size(); }
+  std::vector<Id>::const_iterator begin() const { return members_.begin(); }
+  std::vector<Id>::const_iterator end() const { return members_.end(); }
+
+ private:
+  std::vector<bool> present_;
+  std::vector<Id> members_;
+};
 
 constexpr int kCategories = 7;  // peerpath.common.v1.ConcernCategory 1..7.
 constexpr int kSeverities = 3;  // peerpath.common.v1.ConcernSeverity 1..3.

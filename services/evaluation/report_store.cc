@@ -66,8 +66,50 @@ v1::ServiceOutcomeKind OutcomeKindFromName(const std::string& name) {
   return v1::SERVICE_OUTCOME_KIND_UNSPECIFIED;
 }
 
-absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
-                                      absl::Time period_end, absl::Time now) {
+RollupRows FetchRollupRows(pqxx::work& tx, absl::Time period_start, absl::Time period_end) {
+  const int64_t p0 = absl::ToUnixMicros(period_start);
+  const int64_t p1 = absl::ToUnixMicros(period_end);
+  const std::string agency = "current_setting('app.agency_id', true)";
+  RollupRows rows;
+  // The follow-up measures ask whether a person had a contact on a day in [from, to], where from
+  // is an index event's day (emergency visit) or the day after (discharge): the answer is the
+  // first contact day on or after `from`. So for each index event of the period only those two
+  // days are read (an index probe each), never every contact day of the window.
+  rows.contact_days = ExecPrepared(
+      tx, "eval_load_contact_days",
+      "SELECT DISTINCT o.participant_id, (f.day - date '1970-01-01')::bigint "
+      "FROM service_outcomes o CROSS JOIN (VALUES (0), (1)) AS k(shift) "
+      "CROSS JOIN LATERAL (SELECT d.day FROM contact_days d WHERE d.agency_id = o.agency_id "
+      "  AND d.participant_id = o.participant_id "
+      "  AND d.day >= (o.occurred_at AT TIME ZONE 'UTC')::date + k.shift "
+      "  ORDER BY d.day LIMIT 1) f "
+      "WHERE o.agency_id = " +
+          agency +
+          " AND o.kind IN ('emergency_visit', 'discharge') "
+          "AND o.occurred_at >= " PP_TS(1) " AND o.occurred_at < " PP_TS(2),
+      p0, p1);
+  // Per enrollment and month of the period: scores, the latest, and the first ever.
+  rows.wellbeing = ExecPrepared(
+      tx, "eval_load_wellbeing",
+      "SELECT m.enrollment_id::text, m.scores, " PP_MICROS(
+               "m.last_at") ", m.last_score, " PP_MICROS("f.first_at") ", f.first_score "
+                                                                       "FROM wellbeing_month m "
+                                                                       "JOIN wellbeing_first f "
+                                                                       "ON f.agency_id = "
+                                                                       "m.agency_id AND "
+                                                                       "f.enrollment_id = "
+                                                                       "m.enrollment_id "
+                                                                       "WHERE m.agency_id = " +
+               agency +
+               " AND m.month >= (" PP_TS(1) " AT TIME ZONE 'UTC')::date AND m.month < (" PP_TS(
+                   2) " AT TIME ZONE 'UTC')::date",
+      p0, p1);
+  return rows;
+}
+
+absl::StatusOr<ReportFacts> LoadFacts(
+    pqxx::work& tx, absl::Time period_start, absl::Time period_end, absl::Time now,
+    const std::function<absl::StatusOr<RollupRows>()>& rollups_elsewhere) {
   ReportFacts f;
   f.period_start = period_start;
   f.period_end = period_end;
@@ -213,23 +255,33 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
            p0, p1)) {
     f.supporter_contacts[ids.Of(row[0])] = row[1].as<int64_t>();
   }
-  // The follow-up measures ask whether a person had a contact on a day in [from, to], where from
-  // is an index event's day (emergency visit) or the day after (discharge): the answer is the
-  // first contact day on or after `from`. So for each index event of the period only those two
-  // days are read (an index probe each), never every contact day of the window.
   for (const auto& row : ExecPrepared(
-           tx, "eval_load_contact_days",
-           "SELECT DISTINCT o.participant_id, (f.day - date '1970-01-01')::bigint "
-           "FROM service_outcomes o CROSS JOIN (VALUES (0), (1)) AS k(shift) "
-           "CROSS JOIN LATERAL (SELECT d.day FROM contact_days d WHERE d.agency_id = o.agency_id "
-           "  AND d.participant_id = o.participant_id "
-           "  AND d.day >= (o.occurred_at AT TIME ZONE 'UTC')::date + k.shift "
-           "  ORDER BY d.day LIMIT 1) f "
-           "WHERE o.agency_id = " +
-               agency +
-               " AND o.kind IN ('emergency_visit', 'discharge') "
-               "AND o.occurred_at >= " PP_TS(1) " AND o.occurred_at < " PP_TS(2),
+           tx, "eval_load_feedback",
+           "SELECT f.participant_id, f.pathway_key, coalesce(e.program_id, ''), "
+           "f.rating, " PP_MICROS(
+               "f.given_at") " FROM participant_feedback f LEFT JOIN enrollments e ON "
+                             "e.agency_id = f.agency_id AND e.enrollment_id = f.enrollment_id "
+                             "WHERE f.agency_id = " +
+               agency + " AND f.given_at >= " PP_TS(1) " AND f.given_at < " PP_TS(2),
            p0, p1)) {
+    f.feedback.push_back({ids.Of(row[0]), row[1].as<std::string>(), row[2].as<std::string>(),
+                          row[3].as<int>(), At(row[4])});
+  }
+  // The rollups: fetched here, or on a second connection while the above ran (BuildProgramReport).
+  RollupRows fetched;
+  const RollupRows* rollups = nullptr;
+  if (rollups_elsewhere) {
+    absl::StatusOr<RollupRows> got = rollups_elsewhere();
+    if (got.ok()) {
+      fetched = std::move(*got);
+      rollups = &fetched;
+    }
+  }
+  if (rollups == nullptr) {
+    fetched = FetchRollupRows(tx, period_start, period_end);
+    rollups = &fetched;
+  }
+  for (const auto& row : rollups->contact_days) {
     f.contact_days.emplace(ids.Of(row[0]), row[1].as<int64_t>());
   }
   // Per enrollment with scores in the period: how many, the latest, and its first ever score.
@@ -237,21 +289,7 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
   // (months never share a time, so the latest is the row with the latest `last_at`).
   absl::flat_hash_map<Id, size_t> wellbeing_of;
   std::vector<absl::Time> last_at;
-  for (const auto& row : ExecPrepared(
-           tx, "eval_load_wellbeing",
-           "SELECT m.enrollment_id::text, m.scores, " PP_MICROS(
-               "m.last_at") ", m.last_score, " PP_MICROS("f.first_at") ", f.first_score "
-                                                                       "FROM wellbeing_month m "
-                                                                       "JOIN wellbeing_first f "
-                                                                       "ON f.agency_id = "
-                                                                       "m.agency_id AND "
-                                                                       "f.enrollment_id = "
-                                                                       "m.enrollment_id "
-                                                                       "WHERE m.agency_id = " +
-               agency +
-               " AND m.month >= (" PP_TS(1) " AT TIME ZONE 'UTC')::date AND m.month < (" PP_TS(
-                   2) " AT TIME ZONE 'UTC')::date",
-           p0, p1)) {
+  for (const auto& row : rollups->wellbeing) {
     const Id enrollment = ids.Of(row[0]);
     const absl::Time at = At(row[2]);
     auto [it, inserted] = wellbeing_of.try_emplace(enrollment, f.wellbeing.size());
@@ -267,18 +305,6 @@ absl::StatusOr<ReportFacts> LoadFacts(pqxx::work& tx, absl::Time period_start,
       last_at[it->second] = at;
       w.last_score = row[3].as<int>();
     }
-  }
-  for (const auto& row : ExecPrepared(
-           tx, "eval_load_feedback",
-           "SELECT f.participant_id, f.pathway_key, coalesce(e.program_id, ''), "
-           "f.rating, " PP_MICROS(
-               "f.given_at") " FROM participant_feedback f LEFT JOIN enrollments e ON "
-                             "e.agency_id = f.agency_id AND e.enrollment_id = f.enrollment_id "
-                             "WHERE f.agency_id = " +
-               agency + " AND f.given_at >= " PP_TS(1) " AND f.given_at < " PP_TS(2),
-           p0, p1)) {
-    f.feedback.push_back({ids.Of(row[0]), row[1].as<std::string>(), row[2].as<std::string>(),
-                          row[3].as<int>(), At(row[4])});
   }
   f.ids = ids.size();
   return f;
