@@ -23,6 +23,8 @@
 #include "common/time_util.h"
 #include "google/rpc/error_details.pb.h"
 #include "peerpath/checkin/v1/events.pb.h"
+#include "peerpath/consent/v1/consent.grpc.pb.h"
+#include "peerpath/consent/v1/events.pb.h"
 #include "peerpath/escalation/v1/escalation.grpc.pb.h"
 #include "peerpath/escalation/v1/events.pb.h"
 #include "peerpath/matching/v1/matching.grpc.pb.h"
@@ -287,6 +289,16 @@ CheckInService::CheckInService(ServiceContext& context, CheckInOptions options,
             });
     escalation_consumer_->Start();
   }
+  if (!options_.consent_address.empty()) {
+    consent_consumer_ = ConsumerOf<consent::v1::ConsentService, consent::v1::ListEventsRequest,
+                                   consent::v1::ListEventsResponse>(
+        context, options_.consent_address,
+        ConsumerOptions{.source = "consent", .idle_poll = absl::Milliseconds(200)},
+        [this](pqxx::work& tx, const common::v1::Event& event) {
+          return ApplyConsentEvent(tx, event);
+        });
+    consent_consumer_->Start();
+  }
   if (options_.sweep_interval > absl::ZeroDuration()) {
     sweeper_ = std::thread([this] {
       while (!stop_sweeper_.stopped() && !context_.stopping.stopped()) {
@@ -306,6 +318,7 @@ CheckInService::CheckInService(ServiceContext& context, CheckInOptions options,
 CheckInService::~CheckInService() {
   if (matching_consumer_ != nullptr) matching_consumer_->Stop();
   if (escalation_consumer_ != nullptr) escalation_consumer_->Stop();
+  if (consent_consumer_ != nullptr) consent_consumer_->Stop();
   stop_sweeper_.Notify();
   if (sweeper_.joinable()) sweeper_.join();
 }
@@ -392,6 +405,68 @@ void CheckInService::EnsureDefaults(pqxx::work& tx, const std::string& agency_id
   // transaction that misses a default pathway (LoadPathway below seeds again on a miss).
   std::lock_guard<std::mutex> lock(seeded_mu_);
   seeded_agencies_.insert(agency_id);
+}
+
+absl::Status CheckInService::ApplyConsentEvent(pqxx::work& tx, const common::v1::Event& event) {
+  std::string participant;
+  if (consent::v1::ConsentGrantedEvent e; event.payload().UnpackTo(&e)) {
+    participant = e.participant_id();
+  } else if (consent::v1::ConsentRevokedEvent e; event.payload().UnpackTo(&e)) {
+    participant = e.participant_id();
+  } else if (consent::v1::ConsentExpiredEvent e; event.payload().UnpackTo(&e)) {
+    participant = e.participant_id();
+  } else {
+    return absl::OkStatus();  // Disclosures, emergency accesses: no gate changes.
+  }
+  if (participant.empty()) return absl::InvalidArgumentError("consent event without participant");
+  const std::string& agency = event.agency_id();
+  EnrollmentFilter filter;
+  filter.participant_id = participant;
+  filter.statuses = {"active"};
+  filter.limit = 100;
+  const absl::Time now = absl::Now();
+  for (const v1::Enrollment& e : checkin::ListEnrollments(tx, filter)) {
+    auto pathway = LoadPathway(tx, e.pathway_key(), e.pathway_version());
+    if (!pathway) continue;
+    std::vector<std::string> names;
+    for (const auto& gate : pathway->gates()) {
+      if (gate.gate_case() == v1::Gate::kConsentGate) names.push_back(gate.consent_gate());
+    }
+    if (names.empty()) continue;
+    // UNAVAILABLE: the consumer retries the event later; nothing is changed meanwhile.
+    auto answers = consent_gates_->Check(agency, participant, names);
+    if (!answers.ok()) return answers.status();
+    bool held = true;
+    std::vector<std::string> unmet;
+    v1::Enrollment updated;
+    for (const v1::GateResult& old : e.gate_results()) {
+      v1::GateResult& r = *updated.add_gate_results();
+      r = old;
+      if (old.gate().gate_case() != v1::Gate::kConsentGate) continue;
+      for (const ConsentGateAnswer& answer : *answers) {
+        if (answer.gate != old.gate().consent_gate()) continue;
+        r.set_held(answer.held);
+        r.clear_consent_ids();
+        for (const std::string& id : answer.consent_ids) r.add_consent_ids(id);
+        *r.mutable_checked_at() = ToProtoTimestamp(now);
+        if (!answer.held) {
+          held = false;
+          unmet.push_back(answer.gate);
+        }
+      }
+    }
+    if (!UpdateConsentGates(tx, e.enrollment_id(), updated, held)) continue;
+    v1::EnrollmentConsentGatesChangedEvent changed;
+    changed.set_enrollment_id(e.enrollment_id());
+    changed.set_participant_id(participant);
+    changed.set_pathway_key(e.pathway_key());
+    changed.set_consent_gates_held(held);
+    for (const std::string& gate : unmet) changed.add_unmet_gates(gate);
+    changed.set_consent_event_id(event.event_id());
+    *changed.mutable_checked_at() = ToProtoTimestamp(now);
+    if (auto s = AppendEvent(tx, agency, e.enrollment_id(), changed); !s.ok()) return s;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CheckInService::RequireParticipantAccess(pqxx::work& tx, const Call& call,

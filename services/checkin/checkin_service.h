@@ -118,6 +118,11 @@ class CheckInService final : public CheckInServiceBase {
   // service cannot be asked.
   absl::Status WithholdAnswersWithoutConsent(const Call& call, std::vector<v1::CheckIn*> check_ins);
 
+  // A consent event of the participant's (granted, revoked, expired): the consent gates of their
+  // active enrollments are asked again; `consent_gates_held` and the consent gate results are
+  // updated, and EnrollmentConsentGatesChangedEvent written when `consent_gates_held` changes.
+  absl::Status ApplyConsentEvent(pqxx::work& tx, const common::v1::Event& event);
+
   // One sweep of every agency: missed occurrences, then disengagement stages. Returns the number
   // of events written.
   absl::StatusOr<int> Sweep();
@@ -138,6 +143,7 @@ class CheckInService final : public CheckInServiceBase {
   std::unique_ptr<ConsentGates> consent_gates_;
   std::unique_ptr<EventConsumer> matching_consumer_;
   std::unique_ptr<EventConsumer> escalation_consumer_;
+  std::unique_ptr<EventConsumer> consent_consumer_;
   StopSignal stop_sweeper_;
   std::thread sweeper_;
   std::mutex seeded_mu_;

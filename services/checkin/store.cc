@@ -366,6 +366,18 @@ std::optional<v1::Enrollment> InsertEnrollment(pqxx::work& tx, const std::string
   return EnrollmentOf(r[0]);
 }
 
+bool UpdateConsentGates(pqxx::work& tx, const std::string& enrollment_id,
+                        const v1::Enrollment& gate_results, bool held) {
+  v1::Enrollment gates;
+  *gates.mutable_gate_results() = gate_results.gate_results();
+  const pqxx::result r = tx.exec_params(
+      "WITH old AS (SELECT consent_gates_held FROM enrollments WHERE id = $1::uuid FOR UPDATE) "
+      "UPDATE enrollments e SET gate_results = coalesce(($2::jsonb)->'gate_results', '[]'), "
+      "consent_gates_held = $3 FROM old WHERE e.id = $1::uuid RETURNING old.consent_gates_held",
+      enrollment_id, Json(gates), held);
+  return !r.empty() && r[0][0].as<bool>() != held;
+}
+
 absl::Time InsertParticipantFeedback(pqxx::work& tx, const std::string& agency_id,
                                      const v1::ParticipantFeedback& f) {
   const pqxx::row r = tx.exec_params1(

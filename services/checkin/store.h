@@ -62,6 +62,11 @@ std::vector<v1::ParticipantFeedback> ListParticipantFeedbackOf(pqxx::work& tx,
                                                                const std::string& enrollment_id,
                                                                int limit);
 
+// Stores the enrollment's gate results (with the consent gates checked again) and
+// `consent_gates_held`; true when `consent_gates_held` changed.
+bool UpdateConsentGates(pqxx::work& tx, const std::string& enrollment_id,
+                        const v1::Enrollment& gate_results, bool held);
+
 // An enrollment, locked for update when `lock`.
 std::optional<v1::Enrollment> LoadEnrollment(pqxx::work& tx, const std::string& enrollment_id,
                                              bool lock = false);

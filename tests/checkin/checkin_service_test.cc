@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/time_util.h"
 #include "google/rpc/error_details.pb.h"
@@ -18,6 +19,7 @@
 #include "peerpath/checkin/v1/checkin.grpc.pb.h"
 #include "peerpath/checkin/v1/events.pb.h"
 #include "peerpath/consent/v1/consent.grpc.pb.h"
+#include "peerpath/consent/v1/events.pb.h"
 #include "peerpath/escalation/v1/events.pb.h"
 #include "peerpath/matching/v1/events.pb.h"
 #include "tests/support/service_process.h"
@@ -71,9 +73,29 @@ class FakeConsent final : public consent::v1::ConsentService::Service {
     if (!permit) response->set_message("no consent names this recipient");
     return grpc::Status::OK;
   }
+  // The consent service's event log (what Publish added), for the check-in consumer.
+  grpc::Status ListEvents(grpc::ServerContext*, const consent::v1::ListEventsRequest* request,
+                          consent::v1::ListEventsResponse* response) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& e : events_) {
+      if (e.position() > request->after_position()) *response->add_events() = e;
+    }
+    response->set_head_position(static_cast<int64_t>(events_.size()));
+    return grpc::Status::OK;
+  }
   void Hold(std::set<std::string> gates) {
     std::lock_guard<std::mutex> lock(mu_);
     held_ = std::move(gates);
+  }
+  void Publish(const google::protobuf::Message& payload, const std::string& agency) {
+    std::lock_guard<std::mutex> lock(mu_);
+    common::v1::Event& e = events_.emplace_back();
+    e.set_position(static_cast<int64_t>(events_.size()));
+    e.set_event_id(absl::StrFormat("00000000-0000-4000-8000-%012d", events_.size()));
+    e.set_agency_id(agency);
+    e.set_type(std::string(payload.GetDescriptor()->full_name()));
+    e.mutable_payload()->PackFrom(payload);
+    *e.mutable_occurred_at() = ToProtoTimestamp(absl::Now());
   }
   void Permit(std::set<std::string> subjects) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -93,6 +115,7 @@ class FakeConsent final : public consent::v1::ConsentService::Service {
   std::set<std::string> held_;
   std::set<std::string> permitted_;
   std::vector<consent::v1::CheckAccessRequest> access_questions_;
+  std::vector<common::v1::Event> events_;
   int calls_ = 0;
 };
 
@@ -475,6 +498,67 @@ TEST_F(CheckInServiceTest, ParticipantFeedbackIsStoredOnceAndItsCommentNeverLeav
                                           &listed)
                 .error_code(),
             grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(CheckInServiceTest, ConsentEventsCheckTheGatesOfActiveEnrollmentsAgain) {
+  const std::string enrollment = Enrolled("early_engagement", "p-1");
+  Enrolled("early_engagement", "p-2");
+  auto get = [&] {
+    v1::GetEnrollmentRequest request;
+    request.set_enrollment_id(enrollment);
+    v1::GetEnrollmentResponse response;
+    EXPECT_TRUE(stub_->GetEnrollment(As({"clinician"}).get(), request, &response).ok());
+    return response.enrollment();
+  };
+  auto wait_changes = [&](int n) {
+    for (int i = 0; i < 200; ++i) {
+      if (Events("EnrollmentConsentGatesChangedEvent") >= n) return true;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  };
+  ASSERT_TRUE(get().consent_gates_held());
+
+  // The participant revokes the information-sharing consent: the gate stops holding.
+  consent_.Hold({"agreement_to_peer_involvement", "consent_aligned_communication"});
+  consent::v1::ConsentRevokedEvent revoked;
+  revoked.set_consent_id("c-consent_information_sharing");
+  revoked.set_participant_id("p-1");
+  consent_.Publish(revoked, kAgency);
+  ASSERT_TRUE(wait_changes(1)) << service_->Log();
+  v1::Enrollment e = get();
+  EXPECT_FALSE(e.consent_gates_held());
+  bool seen = false;
+  for (const auto& g : e.gate_results()) {
+    if (g.gate().consent_gate() == "consent_information_sharing") {
+      seen = true;
+      EXPECT_FALSE(g.held());
+    }
+  }
+  EXPECT_TRUE(seen);
+  EXPECT_EQ(Events("EnrollmentConsentGatesChangedEvent"), 1);  // p-2's enrollment unchanged.
+  const auto rows = db_->AdminQuery(
+      "SELECT encode(payload, 'hex') FROM checkin.outbox WHERE event_type = "
+      "'peerpath.checkin.v1.EnrollmentConsentGatesChangedEvent'");
+  v1::EnrollmentConsentGatesChangedEvent changed;
+  ASSERT_TRUE(changed.ParseFromString(absl::HexStringToBytes(rows[0][0].c_str())));
+  EXPECT_EQ(changed.enrollment_id(), enrollment);
+  EXPECT_FALSE(changed.consent_gates_held());
+  EXPECT_EQ(std::vector<std::string>(changed.unmet_gates().begin(), changed.unmet_gates().end()),
+            std::vector<std::string>{"consent_information_sharing"});
+
+  // Another consent event that changes nothing writes nothing; a new consent restores the gate.
+  consent_.Publish(revoked, kAgency);
+  consent::v1::ConsentGrantedEvent granted;
+  granted.set_consent_id("c-2");
+  granted.set_participant_id("p-1");
+  consent_.Hold({"consent_information_sharing", "agreement_to_peer_involvement",
+                 "consent_aligned_communication"});
+  consent_.Publish(granted, kAgency);
+  ASSERT_TRUE(wait_changes(2)) << service_->Log();
+  EXPECT_TRUE(get().consent_gates_held());
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(Events("EnrollmentConsentGatesChangedEvent"), 2);
 }
 
 TEST_F(CheckInServiceTest, StepDownNeedsReviewDateAgreementAndReceivingTeam) {
