@@ -188,7 +188,8 @@ void RunDatabaseBenchmarks() {
               .as<int>();
   Database database(DatabaseOptions{.url = db->UrlFor("escalation"), .schema = "escalation"});
   LogNotifier notifier;
-  DeadlineSweeper sweeper(database, notifier, nullptr);
+  NotificationOutbox outbox(database, notifier, nullptr);  // Written, not delivered, here.
+  DeadlineSweeper sweeper(database, outbox, nullptr);
   std::printf("\n== deadline sweeper with %d open concerns ==\n", open);
   std::vector<double> idle;
   for (int i = 0; i < 20; ++i) {

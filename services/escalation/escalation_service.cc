@@ -160,7 +160,9 @@ EscalationService::EscalationService(ServiceContext& context, EscalationOptions 
   } else {
     notifier_ = std::make_unique<WebhookNotifier>(WebhookOptions{.url = options.webhook_url});
   }
-  sweeper_ = std::make_unique<DeadlineSweeper>(context.db, *notifier_, &context.metrics, interval);
+  outbox_ = std::make_unique<NotificationOutbox>(context.db, *notifier_, &context.metrics);
+  outbox_->Start(context.stopping);
+  sweeper_ = std::make_unique<DeadlineSweeper>(context.db, *outbox_, &context.metrics, interval);
   sweeper_->set_watch_hub(&hub_);
   sweeper_->Start(context.stopping);
 
@@ -360,10 +362,11 @@ absl::Status EscalationService::RaiseConcernImpl(const grpc::ServerContext& cont
         !s.ok()) {
       return s;
     }
+    NotificationOutbox::Enqueue(tx, notifications);
     return StoreIdempotentResponse(tx, call, response);
   });
   if (status.ok()) {
-    for (const Notification& n : notifications) notifier_->Notify(n);
+    if (!notifications.empty()) outbox_->Wake();
     if (!notifications.empty() || response.concern().state() == v1::CONCERN_STATE_OPEN) {
       ConcernChangeNote note;
       note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
@@ -830,15 +833,14 @@ grpc::Status EscalationService::ReassignConcern(grpc::ServerContext* context,
     notifications.push_back({who.agency_id, c.concern_id(), "reassigned", c.category(),
                              c.severity(), c.current_level(), to,
                              FromProtoTimestamp(c.ack_deadline())});
+    NotificationOutbox::Enqueue(tx, {notifications.back()});
     return AppendEvent(tx, who.agency_id, c.concern_id(),
                        RoutedEvent(c, v1::ROUTING_REASON_REASSIGNED, {}, now, who.subject, now));
   };
   absl::Status status =
       ChangeConcern(*context, who, "ReassignConcern", request->concern_id(),
                     v1::CONCERN_CHANGE_KIND_REASSIGNED, act, *response->mutable_concern());
-  if (status.ok()) {
-    for (const Notification& n : notifications) notifier_->Notify(n);
-  }
+  if (status.ok() && !notifications.empty()) outbox_->Wake();
   return ToGrpc(status);
 }
 
@@ -1186,9 +1188,10 @@ absl::Status EscalationService::ApplyCheckInEvent(pqxx::work& tx, const common::
   std::vector<Notification> notifications;
   auto opened_concern = OpenConcern(tx, std::move(record), people, now, notifications);
   if (!opened_concern.ok()) return opened_concern.status();
-  // Delivered even if the consumer's transaction later rolls back: a duplicate page is
-  // harmless, a missing one is not.
-  for (const Notification& n : notifications) notifier_->Notify(n);
+  // Written with the concern: paged once the consumer's transaction commits (the outbox looks
+  // again within its poll interval), never for a concern that rolled back.
+  NotificationOutbox::Enqueue(tx, notifications);
+  outbox_->Wake();
   ConcernChangeNote note;
   note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
   note.concern = opened_concern->concern;

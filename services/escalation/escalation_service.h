@@ -113,6 +113,7 @@ class EscalationService final : public EscalationServiceBase {
   std::function<absl::Time()> now_ = [] { return absl::Now(); };
   WatchHub hub_;
   std::unique_ptr<Notifier> notifier_;
+  std::unique_ptr<NotificationOutbox> outbox_;
   std::unique_ptr<DeadlineSweeper> sweeper_;
   std::unique_ptr<EventConsumer> checkin_consumer_;
   std::unique_ptr<EventConsumer> matching_consumer_;

@@ -5,7 +5,7 @@
 
 namespace peerpath::escalation {
 
-void LogNotifier::Notify(const Notification& n) {
+bool LogNotifier::Deliver(const Notification& n) {
   log::Info("concern notification", {{"agency_id", n.agency_id},
                                      {"concern_id", n.concern_id},
                                      {"reason", n.reason},
@@ -13,6 +13,7 @@ void LogNotifier::Notify(const Notification& n) {
                                      {"level", n.level},
                                      {"target_kind", TargetKindCode(n.target.kind)},
                                      {"target_id", n.target.id}});
+  return true;
 }
 
 }  // namespace peerpath::escalation

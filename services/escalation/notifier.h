@@ -22,17 +22,18 @@ struct Notification {
   absl::Time deadline;  // When the target must act.
 };
 
+// Delivers one notification, synchronously; true when it was accepted. Called by the
+// NotificationOutbox's thread (never while routing), which retries what was not accepted.
 class Notifier {
  public:
   virtual ~Notifier() = default;
-  // Delivers or queues; never blocks routing for long and never throws.
-  virtual void Notify(const Notification& notification) = 0;
+  virtual bool Deliver(const Notification& notification) = 0;
 };
 
 // Writes a structured log line (ids and codes only); the default when no webhook is configured.
 class LogNotifier final : public Notifier {
  public:
-  void Notify(const Notification& notification) override;
+  bool Deliver(const Notification& notification) override;
 };
 
 }  // namespace peerpath::escalation

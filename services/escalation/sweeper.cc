@@ -25,9 +25,9 @@ google::protobuf::Duration ProtoDuration(absl::Duration d) {
 
 }  // namespace
 
-DeadlineSweeper::DeadlineSweeper(Database& db, Notifier& notifier, prometheus::Registry* metrics,
-                                 absl::Duration interval)
-    : db_(db), notifier_(notifier), interval_(interval) {
+DeadlineSweeper::DeadlineSweeper(Database& db, NotificationOutbox& outbox,
+                                 prometheus::Registry* metrics, absl::Duration interval)
+    : db_(db), outbox_(outbox), interval_(interval) {
   if (metrics != nullptr) {
     open_ = &prometheus::BuildGauge()
                  .Name("peerpath_open_concerns")
@@ -102,13 +102,18 @@ absl::StatusOr<SweepResult> DeadlineSweeper::SweepOnce(absl::Time now) {
   for (const auto& concern : *pending) {
     auto marked = db_.TransactForAgency(
         concern.agency_id, [&](pqxx::work& tx) -> absl::StatusOr<std::optional<ConcernRecord>> {
-          return Store::MarkNotified(tx, concern.agency_id, concern.concern_id, now);
+          auto record = Store::MarkNotified(tx, concern.agency_id, concern.concern_id, now);
+          if (record.ok() && record->has_value()) {
+            const v1::Concern& c = (*record)->concern;
+            NotificationOutbox::Enqueue(
+                tx, {{concern.agency_id, concern.concern_id, "business_hours_started", c.category(),
+                      c.severity(), c.current_level(), TargetFromProto(c.current_target()),
+                      FromProtoTimestamp(c.next_deadline())}});
+          }
+          return record;
         });
     if (!marked.ok() || !marked->has_value()) continue;
-    const v1::Concern& c = (*marked)->concern;
-    notifier_.Notify({concern.agency_id, concern.concern_id, "business_hours_started", c.category(),
-                      c.severity(), c.current_level(), TargetFromProto(c.current_target()),
-                      FromProtoTimestamp(c.next_deadline())});
+    outbox_.Wake();
     ++result.notified;
   }
   return result;
@@ -260,11 +265,12 @@ absl::StatusOr<bool> DeadlineSweeper::ActOn(const std::string& agency_id,
     note.concern.clear_description();
     note.previous_target = current;
     note.occurred_at = now;
+    NotificationOutbox::Enqueue(tx, notifications);
     return true;
   });
   if (acted.ok() && *acted) {
     // After commit: a notification never announces a change that rolled back.
-    for (const Notification& n : notifications) notifier_.Notify(n);
+    if (!notifications.empty()) outbox_.Wake();
     if (hub_ != nullptr) hub_->Publish(note);
   }
   return acted;

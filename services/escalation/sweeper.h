@@ -15,7 +15,7 @@
 #include "absl/time/time.h"
 #include "common/db.h"
 #include "common/stop_signal.h"
-#include "services/escalation/notifier.h"
+#include "services/escalation/notification_outbox.h"
 #include "services/escalation/watch_hub.h"
 
 namespace peerpath::escalation {
@@ -28,7 +28,7 @@ struct SweepResult {
 
 class DeadlineSweeper {
  public:
-  DeadlineSweeper(Database& db, Notifier& notifier, prometheus::Registry* metrics,
+  DeadlineSweeper(Database& db, NotificationOutbox& outbox, prometheus::Registry* metrics,
                   absl::Duration interval = absl::Seconds(1));
   DeadlineSweeper(const DeadlineSweeper&) = delete;
   DeadlineSweeper& operator=(const DeadlineSweeper&) = delete;
@@ -52,7 +52,7 @@ class DeadlineSweeper {
                              absl::Time now);
 
   Database& db_;
-  Notifier& notifier_;
+  NotificationOutbox& outbox_;
   WatchHub* hub_ = nullptr;
   const absl::Duration interval_;
   prometheus::Family<prometheus::Gauge>* open_ = nullptr;

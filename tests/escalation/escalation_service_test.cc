@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "peerpath/escalation/v1/escalation.grpc.pb.h"
 #include "peerpath/escalation/v1/events.pb.h"
+#include "tests/support/local_http_server.h"
 #include "tests/support/service_process.h"
 #include "tests/support/test_database.h"
 #include "tests/support/test_tokens.h"
@@ -104,6 +105,54 @@ class EscalationServiceTest : public ::testing::Test {
   std::unique_ptr<ServiceProcess> service_;
   std::unique_ptr<v1::EscalationService::Stub> stub_;
 };
+
+TEST_F(EscalationServiceTest, APageIsWrittenWithItsConcernAndDeliveredAfterACrash) {
+  // The paging endpoint is down when the concern is raised.
+  int port = 0;
+  { port = LocalHttpServer(0).port(); }
+  const std::string url =
+      "--notification_webhook_url=http://127.0.0.1:" + std::to_string(port) + "/page";
+  service_ = Start({"--deadline_sweep_interval=1h", url});
+  const v1::Concern c =
+      MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "page-1"));
+  ASSERT_FALSE(c.concern_id().empty());
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.notifications WHERE concern_id = '" +
+                  c.concern_id() + "' AND reason = 'opened' AND delivered_at IS NULL"),
+            1);
+  bool tried = false;
+  for (int i = 0; i < 100 && !tried; ++i) {
+    tried = Count("SELECT count(*) FROM escalation.notifications WHERE attempts > 0") == 1;
+    if (!tried) std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_TRUE(tried) << service_->Log();
+  // The service dies before the endpoint is back; the page is still owed.
+  service_->Signal(SIGKILL);
+  service_.reset();
+  LocalHttpServer pager(/*failures=*/0, port);
+  service_ = Start({"--deadline_sweep_interval=1h", url});
+  bool delivered = false;
+  for (int i = 0; i < 200 && !delivered; ++i) {
+    delivered = pager.bodies().size() == 1;
+    if (!delivered) std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_TRUE(delivered) << service_->Log();
+  EXPECT_NE(pager.bodies()[0].find(c.concern_id()), std::string::npos);
+  EXPECT_EQ(pager.bodies()[0].find("client-42"), std::string::npos);  // No participant id.
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.notifications WHERE delivered_at IS NOT NULL"),
+            1);
+  // A refused change pages nobody: a concern raised outside the caller's matches.
+  v1::RaiseConcernRequest outside =
+      Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "page-2");
+  outside.set_participant_id("client-99");
+  v1::RaiseConcernResponse response;
+  EXPECT_EQ(
+      stub_->RaiseConcern(As("agency-a", {"peer_supporter"}, "peer-1").get(), outside, &response)
+          .error_code(),
+      grpc::StatusCode::PERMISSION_DENIED);
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.notifications"), 1);
+  EXPECT_EQ(pager.bodies().size(), 1u);
+}
 
 TEST_F(EscalationServiceTest, CriticalSafetyConcernGoesToClinicalOnCallWithin15Minutes) {
   const v1::Concern c =

@@ -1,0 +1,141 @@
+#include "services/escalation/notification_outbox.h"
+
+#include <algorithm>
+
+#include "absl/time/clock.h"
+#include "common/log.h"
+
+namespace peerpath::escalation {
+namespace {
+
+#define PP_TS(n) "(timestamptz 'epoch' + $" #n "::bigint * interval '1 microsecond')"
+
+}  // namespace
+
+NotificationOutbox::NotificationOutbox(Database& db, Notifier& notifier,
+                                       prometheus::Registry* metrics,
+                                       NotificationOutboxOptions options)
+    : db_(db), notifier_(notifier), options_(options) {
+  if (metrics != nullptr) {
+    auto& family = prometheus::BuildCounter()
+                       .Name("peerpath_escalation_notifications_total")
+                       .Help(
+                           "Concern notifications by outcome: delivered, failed_attempt (retried "
+                           "later), gave_up (not delivered within the give-up time)")
+                       .Register(*metrics);
+    delivered_ = &family.Add({{"outcome", "delivered"}});
+    failed_attempts_ = &family.Add({{"outcome", "failed_attempt"}});
+    given_up_ = &family.Add({{"outcome", "gave_up"}});
+  }
+}
+
+NotificationOutbox::~NotificationOutbox() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void NotificationOutbox::Enqueue(pqxx::work& tx, const std::vector<Notification>& notifications) {
+  for (const Notification& n : notifications) {
+    ExecPrepared(tx, "escalation_enqueue_notification",
+                 "INSERT INTO notifications (agency_id, concern_id, reason, category, severity, "
+                 "level, target_kind, target_id, deadline) VALUES ($1, $2::uuid, $3, $4, $5, $6, "
+                 "$7, $8, " PP_TS(9) ")",
+                 n.agency_id, n.concern_id, n.reason, static_cast<int>(n.category),
+                 static_cast<int>(n.severity), n.level, static_cast<int>(n.target.kind),
+                 n.target.id, absl::ToUnixMicros(n.deadline));
+  }
+}
+
+void NotificationOutbox::Start(const StopSignal& stopping) {
+  thread_ = std::thread([this, &stopping] {
+    while (!stopping.stopped()) {
+      auto delivered = DeliverDue();
+      if (!delivered.ok()) {
+        log::Warn("notification delivery pass failed",
+                  {{"code", absl::StatusCodeToString(delivered.status().code())}});
+      }
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait_for(lock, absl::ToChronoNanoseconds(options_.poll),
+                     [this] { return woken_ || stopping_; });
+      if (stopping_) return;
+      woken_ = false;
+    }
+  });
+}
+
+void NotificationOutbox::Wake() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    woken_ = true;
+  }
+  wake_.notify_all();
+}
+
+absl::StatusOr<int> NotificationOutbox::DeliverDue(int max) {
+  int delivered = 0;
+  for (int i = 0; i < max; ++i) {
+    // One notification per transaction, locked while it is delivered: another replica skips it.
+    auto tried = db_.TransactWithSetting(
+        "app.notification_dispatch", "on", [&](pqxx::work& tx) -> absl::StatusOr<bool> {
+          const pqxx::result due = ExecPrepared(
+              tx, "escalation_due_notification",
+              "SELECT id, agency_id, concern_id::text, reason, category, severity, level, "
+              "target_kind, target_id, (date_part('epoch', deadline) * 1000000)::bigint, "
+              "attempts, now() - created_at > $1::bigint * interval '1 microsecond' FROM "
+              "notifications WHERE delivered_at IS NULL AND gave_up_at IS NULL AND "
+              "next_attempt_at <= now() ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP "
+              "LOCKED",
+              absl::ToInt64Microseconds(options_.give_up_after));
+          if (due.empty()) return false;
+          const pqxx::row r = due[0];
+          Notification n;
+          n.agency_id = r[1].as<std::string>();
+          n.concern_id = r[2].as<std::string>();
+          n.reason = r[3].as<std::string>();
+          n.category = static_cast<Category>(r[4].as<int>());
+          n.severity = static_cast<Severity>(r[5].as<int>());
+          n.level = r[6].as<int>();
+          n.target = Target{static_cast<TargetKind>(r[7].as<int>()), r[8].as<std::string>()};
+          n.deadline = absl::FromUnixMicros(r[9].as<int64_t>());
+          const int attempts = r[10].as<int>() + 1;
+          if (notifier_.Deliver(n)) {
+            ExecPrepared(tx, "escalation_notification_delivered",
+                         "UPDATE notifications SET delivered_at = now(), attempts = $2 WHERE "
+                         "id = $1",
+                         r[0].as<int64_t>(), attempts);
+            ++delivered;
+            if (delivered_ != nullptr) delivered_->Increment();
+            return true;
+          }
+          if (r[11].as<bool>()) {
+            ExecPrepared(tx, "escalation_notification_given_up",
+                         "UPDATE notifications SET gave_up_at = now(), attempts = $2 WHERE id = $1",
+                         r[0].as<int64_t>(), attempts);
+            if (given_up_ != nullptr) given_up_->Increment();
+            log::Error("concern notification not delivered; giving up",
+                       {{"concern_id", n.concern_id}, {"attempts", attempts}});
+            return true;
+          }
+          const absl::Duration backoff = std::min(
+              options_.max_backoff,
+              options_.first_backoff * static_cast<double>(1 << std::min(attempts - 1, 16)));
+          ExecPrepared(tx, "escalation_notification_retry",
+                       "UPDATE notifications SET attempts = $2, next_attempt_at = now() + "
+                       "$3::bigint * interval '1 microsecond' WHERE id = $1",
+                       r[0].as<int64_t>(), attempts, absl::ToInt64Microseconds(backoff));
+          if (failed_attempts_ != nullptr) failed_attempts_->Increment();
+          log::Warn("concern notification not accepted; will retry",
+                    {{"concern_id", n.concern_id}, {"attempts", attempts}});
+          return true;
+        });
+    if (!tried.ok()) return tried.status();
+    if (!*tried) break;
+  }
+  return delivered;
+}
+
+}  // namespace peerpath::escalation

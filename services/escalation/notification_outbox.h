@@ -1,0 +1,66 @@
+#pragma once
+
+// Durable notifications (migrations/0005): Enqueue writes them in the transaction of the change
+// they announce; a background thread delivers what is due through the Notifier (webhook or log),
+// one notification per transaction under a row lock (SKIP LOCKED, so replicas share the work),
+// and retries a failed delivery with backoff until it succeeds or `give_up_after` has passed.
+// Wake() after a commit delivers at once; otherwise the thread looks every `poll`.
+
+#include <prometheus/counter.h>
+#include <prometheus/registry.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <pqxx/pqxx>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/db.h"
+#include "common/stop_signal.h"
+#include "services/escalation/notifier.h"
+
+namespace peerpath::escalation {
+
+struct NotificationOutboxOptions {
+  absl::Duration poll = absl::Milliseconds(500);
+  absl::Duration first_backoff = absl::Seconds(1);
+  absl::Duration max_backoff = absl::Minutes(5);
+  absl::Duration give_up_after = absl::Hours(24);
+};
+
+class NotificationOutbox {
+ public:
+  NotificationOutbox(Database& db, Notifier& notifier, prometheus::Registry* metrics,
+                     NotificationOutboxOptions options = {});
+  NotificationOutbox(const NotificationOutbox&) = delete;
+  NotificationOutbox& operator=(const NotificationOutbox&) = delete;
+  ~NotificationOutbox();  // Stops the thread (what is not delivered stays for the next start).
+
+  // Writes the notifications in `tx` (the transaction of the change; scoped to their agency).
+  static void Enqueue(pqxx::work& tx, const std::vector<Notification>& notifications);
+
+  void Start(const StopSignal& stopping);
+  // Asks the thread to look now (after a commit that enqueued).
+  void Wake();
+
+  // Delivers what is due now, one by one, until nothing is due or `max` were tried; returns how
+  // many were delivered.
+  absl::StatusOr<int> DeliverDue(int max = 100);
+
+ private:
+  Database& db_;
+  Notifier& notifier_;
+  const NotificationOutboxOptions options_;
+  prometheus::Counter* delivered_ = nullptr;
+  prometheus::Counter* failed_attempts_ = nullptr;
+  prometheus::Counter* given_up_ = nullptr;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  bool woken_ = false;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
+}  // namespace peerpath::escalation
