@@ -10,7 +10,6 @@
 #include <set>
 #include <thread>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/time_util.h"
@@ -398,16 +397,15 @@ TEST_F(CheckInServiceTest, AnEnrollmentCarriesItsProgramIntoItsEvent) {
   EXPECT_EQ(without.program_id(), "");
 
   // The event carries the program and the schedule's time zone (evaluation scopes reports by it).
-  const auto rows = db_->AdminQuery(
-      "SELECT encode(payload, 'hex') FROM checkin.outbox WHERE event_type = "
-      "'peerpath.checkin.v1.EnrollmentStartedEvent' ORDER BY id");
-  ASSERT_EQ(rows.size(), 2u);
+  const auto payloads =
+      db_->OutboxPayloads("checkin", "peerpath.checkin.v1.EnrollmentStartedEvent");
+  ASSERT_EQ(payloads.size(), 2u);
   v1::EnrollmentStartedEvent started;
-  ASSERT_TRUE(started.ParseFromString(absl::HexStringToBytes(rows[0][0].c_str())));
+  ASSERT_TRUE(started.ParseFromString(payloads[0]));
   EXPECT_EQ(started.program_id(), "east-county.2026");
   EXPECT_EQ(started.time_zone(), e.time_zone());
   EXPECT_FALSE(started.time_zone().empty());
-  ASSERT_TRUE(started.ParseFromString(absl::HexStringToBytes(rows[1][0].c_str())));
+  ASSERT_TRUE(started.ParseFromString(payloads[1]));
   EXPECT_EQ(started.program_id(), "");
 }
 
@@ -469,10 +467,9 @@ TEST_F(CheckInServiceTest, ParticipantFeedbackIsStoredOnceAndItsCommentNeverLeav
   EXPECT_EQ(first.feedback().recorded_by_role(), "peer_supporter");
   EXPECT_EQ(Count("SELECT count(*) FROM checkin.participant_feedback"), 1);
   EXPECT_EQ(Events("FeedbackRecordedEvent"), 1);
-  const auto rows = db_->AdminQuery(
-      "SELECT encode(payload, 'hex') FROM checkin.outbox WHERE event_type = "
-      "'peerpath.checkin.v1.FeedbackRecordedEvent'");
-  const std::string payload = absl::HexStringToBytes(rows[0][0].c_str());
+  const auto payloads = db_->OutboxPayloads("checkin", "peerpath.checkin.v1.FeedbackRecordedEvent");
+  ASSERT_EQ(payloads.size(), 1u);
+  const std::string& payload = payloads[0];
   v1::FeedbackRecordedEvent event;
   ASSERT_TRUE(event.ParseFromString(payload));
   EXPECT_EQ(event.rating(), 4);
@@ -537,11 +534,11 @@ TEST_F(CheckInServiceTest, ConsentEventsCheckTheGatesOfActiveEnrollmentsAgain) {
   }
   EXPECT_TRUE(seen);
   EXPECT_EQ(Events("EnrollmentConsentGatesChangedEvent"), 1);  // p-2's enrollment unchanged.
-  const auto rows = db_->AdminQuery(
-      "SELECT encode(payload, 'hex') FROM checkin.outbox WHERE event_type = "
-      "'peerpath.checkin.v1.EnrollmentConsentGatesChangedEvent'");
+  const auto payloads =
+      db_->OutboxPayloads("checkin", "peerpath.checkin.v1.EnrollmentConsentGatesChangedEvent");
+  ASSERT_EQ(payloads.size(), 1u);
   v1::EnrollmentConsentGatesChangedEvent changed;
-  ASSERT_TRUE(changed.ParseFromString(absl::HexStringToBytes(rows[0][0].c_str())));
+  ASSERT_TRUE(changed.ParseFromString(payloads[0]));
   EXPECT_EQ(changed.enrollment_id(), enrollment);
   EXPECT_FALSE(changed.consent_gates_held());
   EXPECT_EQ(std::vector<std::string>(changed.unmet_gates().begin(), changed.unmet_gates().end()),
@@ -945,10 +942,7 @@ TEST_F(CheckInServiceTest, MatchingEventsFeedWhoMayRecord) {
   const std::string match_id = "33333333-3333-4333-8333-333333333333";
   const std::string supporter_id = "44444444-4444-4444-8444-444444444444";
   auto emit = [&](const google::protobuf::Message& payload) {
-    db_->AdminQuery(
-        "INSERT INTO matching.outbox (agency_id, event_type, aggregate_id, payload) VALUES ('" +
-        std::string(kAgency) + "', '" + payload.GetDescriptor()->full_name() + "', '" + match_id +
-        "', decode('" + absl::BytesToHexString(payload.SerializeAsString()) + "', 'hex'))");
+    db_->WriteOutboxEvent("matching", kAgency, payload, match_id);
   };
   matching::v1::MatchStartedEvent started;
   started.set_match_id(match_id);
@@ -1240,12 +1234,7 @@ TEST_F(CheckInServiceTest, EscalationSafetyConcernStopsRoutineEngagement) {
   stopped.set_participant_id("p-1");  // No enrollment named: every active one of p-1.
   stopped.set_category(common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY);
   *stopped.mutable_stopped_at() = ToProtoTimestamp(absl::Now());
-  db_->AdminQuery(
-      "INSERT INTO escalation.outbox (agency_id, event_type, aggregate_id, payload) VALUES ('" +
-      std::string(kAgency) +
-      "', 'peerpath.escalation.v1.RoutineEngagementStoppedEvent', 'c-1', "
-      "decode('" +
-      absl::BytesToHexString(stopped.SerializeAsString()) + "', 'hex'))");
+  db_->WriteOutboxEvent("escalation", kAgency, stopped, "c-1");
   for (int i = 0; i < 100 && Events("EnrollmentRoutineStoppedEvent") < 2; ++i) {
     std::this_thread::sleep_for(100ms);
   }

@@ -7,7 +7,6 @@
 #include <fstream>
 #include <thread>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/time_util.h"
 #include "google/rpc/error_details.pb.h"
@@ -101,10 +100,7 @@ class ConsentServiceTest : public ::testing::Test {
   // Commits an event into a producer's outbox the way its own transactions do.
   void Emit(const std::string& schema, const google::protobuf::Message& payload,
             const std::string& aggregate) {
-    db_->AdminQuery(absl::StrCat(
-        "INSERT INTO ", schema, ".outbox (agency_id, event_type, aggregate_id, payload) VALUES ('",
-        kAgency, "', '", payload.GetDescriptor()->full_name(), "', '", aggregate, "', decode('",
-        absl::BytesToHexString(payload.SerializeAsString()), "', 'hex'))"));
+    db_->WriteOutboxEvent(schema, kAgency, payload, aggregate);
   }
 
   static std::unique_ptr<grpc::ClientContext> As(const std::vector<std::string>& roles,

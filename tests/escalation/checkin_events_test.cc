@@ -8,7 +8,6 @@
 #include <fstream>
 #include <thread>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/time_util.h"
 #include "peerpath/checkin/v1/events.pb.h"
@@ -49,11 +48,7 @@ class CheckInEventsTest : public ::testing::Test {
 
   // Writes a committed check-in event the way the check-in service's transactions do.
   void Emit(const google::protobuf::Message& payload, const std::string& enrollment_id) {
-    db_->AdminQuery(
-        "INSERT INTO checkin.outbox (agency_id, event_type, aggregate_id, payload) VALUES "
-        "('agency-a', '" +
-        payload.GetDescriptor()->full_name() + "', '" + enrollment_id + "', decode('" +
-        absl::BytesToHexString(payload.SerializeAsString()) + "', 'hex'))");
+    db_->WriteOutboxEvent("checkin", "agency-a", payload, enrollment_id);
   }
   void Emit(const checkin::v1::ConcernRaisedEvent& payload) {
     Emit(payload, payload.enrollment_id());

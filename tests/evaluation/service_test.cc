@@ -9,7 +9,6 @@
 #include <fstream>
 #include <thread>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/time_util.h"
@@ -68,10 +67,7 @@ class EvaluationServiceTest : public ::testing::Test {
   template <typename Payload>
   void Emit(const std::string& service, const std::string& agency, const std::string& aggregate,
             const Payload& payload) {
-    db_->AdminQuery(absl::StrCat(
-        "INSERT INTO ", service, ".outbox (agency_id, event_type, aggregate_id, payload) VALUES ('",
-        agency, "', '", Payload::descriptor()->full_name(), "', '", aggregate, "', decode('",
-        absl::BytesToHexString(payload.SerializeAsString()), "', 'hex'))"));
+    db_->WriteOutboxEvent(service, agency, payload, aggregate);
     ++emitted_[service];
   }
 

@@ -8,7 +8,6 @@
 #include <mutex>
 #include <thread>
 
-#include "absl/strings/escaping.h"
 #include "common/event_consumer.h"
 #include "common/event_source.h"
 #include "peerpath/consent/v1/consent.grpc.pb.h"
@@ -47,11 +46,7 @@ class EventLogRpc : public ::testing::Test {
     ConsentGrantedEvent payload;
     payload.set_consent_id(consent_id);
     payload.set_participant_id("p-1");
-    db_->AdminQuery(
-        "INSERT INTO consent.outbox (agency_id, event_type, aggregate_id, payload) "
-        "VALUES ('" +
-        agency + "', 'peerpath.consent.v1.ConsentGrantedEvent', '" + consent_id + "', decode('" +
-        absl::BytesToHexString(payload.SerializeAsString()) + "', 'hex'))");
+    db_->WriteOutboxEvent("consent", agency, payload, consent_id);
   }
 
   static std::unique_ptr<grpc::ClientContext> As(const std::vector<std::string>& roles) {

@@ -97,4 +97,27 @@ pqxx::result TestDatabase::AdminQuery(const std::string& sql) const {
   return r;
 }
 
+void TestDatabase::WriteOutboxEvent(const std::string& schema, const std::string& agency_id,
+                                    const google::protobuf::Message& payload,
+                                    const std::string& aggregate_id) const {
+  pqxx::connection conn(AdminUrl(name_));
+  pqxx::work tx(conn);
+  tx.exec_params0("INSERT INTO " + tx.quote_name(schema) +
+                      ".outbox (agency_id, event_type, aggregate_id, payload) VALUES ($1, $2, $3, "
+                      "$4)",
+                  agency_id, payload.GetDescriptor()->full_name(), aggregate_id,
+                  pqxx::binarystring(payload.SerializeAsString()));
+  tx.commit();
+}
+
+std::vector<std::string> TestDatabase::OutboxPayloads(const std::string& schema,
+                                                      const std::string& type) const {
+  std::vector<std::string> out;
+  for (const auto& row : AdminQuery("SELECT payload FROM " + schema +
+                                    ".outbox WHERE event_type = '" + type + "' ORDER BY id")) {
+    out.push_back(pqxx::binarystring(row[0]).str());
+  }
+  return out;
+}
+
 }  // namespace peerpath::testing

@@ -5,9 +5,12 @@
 // The cluster's superuser URL comes from PEERPATH_TEST_PG_ADMIN_URL. Without it the test fails
 // (never skips): a skipped database test would pass in ctest and prove nothing.
 
+#include <google/protobuf/message.h>
+
 #include <memory>
 #include <pqxx/pqxx>
 #include <string>
+#include <vector>
 
 namespace peerpath::testing {
 
@@ -30,6 +33,14 @@ class TestDatabase {
   std::unique_ptr<pqxx::connection> Admin() const;
   // Runs one statement as superuser and returns its result.
   pqxx::result AdminQuery(const std::string& sql) const;
+  // Commits an event into service `schema`'s outbox the way that service's own transactions do
+  // (its log then lists it once the position assigner has numbered it).
+  void WriteOutboxEvent(const std::string& schema, const std::string& agency_id,
+                        const google::protobuf::Message& payload,
+                        const std::string& aggregate_id) const;
+  // The payloads (serialized) of the events of fully qualified `type` in `schema`'s outbox, in
+  // insertion order.
+  std::vector<std::string> OutboxPayloads(const std::string& schema, const std::string& type) const;
 
  private:
   explicit TestDatabase(std::string name);
