@@ -3,6 +3,7 @@
 #include "common/channel.h"
 #include "common/event_source.h"
 #include "common/log.h"
+#include "common/supporter_matches.h"
 #include "peerpath/escalation/v1/escalation.grpc.pb.h"
 #include "peerpath/escalation/v1/events.pb.h"
 #include "peerpath/matching/v1/events.pb.h"
@@ -14,28 +15,7 @@ namespace peerpath::consent {
 absl::StatusOr<bool> TableActiveMatches::IsActivelyMatched(pqxx::work& tx,
                                                            const std::string& supporter_subject,
                                                            const std::string& participant_id) {
-  return store::IsActivelyMatched(tx, supporter_subject, participant_id);
-}
-
-absl::Status ApplyMatchingEvent(pqxx::work& tx, const common::v1::Event& event) {
-  if (event.payload().Is<matching::v1::MatchStartedEvent>()) {
-    matching::v1::MatchStartedEvent started;
-    if (!event.payload().UnpackTo(&started) || started.match_id().empty() ||
-        started.supporter_subject().empty() || started.participant_id().empty()) {
-      return absl::InvalidArgumentError("unreadable MatchStartedEvent");
-    }
-    store::RecordMatchStarted(tx, event.agency_id(), started.match_id(),
-                              started.supporter_subject(), started.participant_id());
-  } else if (event.payload().Is<matching::v1::MatchEndedEvent>()) {
-    matching::v1::MatchEndedEvent ended;
-    if (!event.payload().UnpackTo(&ended) || ended.match_id().empty() ||
-        ended.supporter_subject().empty() || ended.participant_id().empty()) {
-      return absl::InvalidArgumentError("unreadable MatchEndedEvent");
-    }
-    store::RecordMatchEnded(tx, event.agency_id(), ended.match_id(), ended.supporter_subject(),
-                            ended.participant_id());
-  }
-  return absl::OkStatus();
+  return IsActiveSupporter(tx, supporter_subject, participant_id);
 }
 
 std::unique_ptr<EventConsumer> MakeMatchingConsumer(ServiceContext& context,
@@ -43,7 +23,7 @@ std::unique_ptr<EventConsumer> MakeMatchingConsumer(ServiceContext& context,
   if (address.empty()) return nullptr;
   return ConsumerOf<matching::v1::MatchingService, matching::v1::ListEventsRequest,
                     matching::v1::ListEventsResponse>(
-      context, address, ConsumerOptions{.source = "matching"}, ApplyMatchingEvent);
+      context, address, ConsumerOptions{.source = "matching"}, ApplySupporterMatchEvent);
 }
 
 absl::Status ApplyEscalationEvent(pqxx::work& tx, const common::v1::Event& event) {

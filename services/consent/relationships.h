@@ -2,8 +2,8 @@
 
 // What the consent service needs to know about other services' objects, behind interfaces:
 // - ActiveMatches: is this peer supporter actively matched with this participant? Backed by the
-//   local table `active_matches`, fed from the matching service's MatchStartedEvent /
-//   MatchEndedEvent (MatchEventConsumer) when --matching_address is set.
+//   local `supporter_matches` table every consuming service keeps (common/supporter_matches.h),
+//   fed from the matching service's log when --matching_address is set.
 // - SafetyConcerns: is this concern an open immediate-safety concern about this participant?
 
 #include <memory>
@@ -32,9 +32,6 @@ class TableActiveMatches final : public ActiveMatches {
   absl::StatusOr<bool> IsActivelyMatched(pqxx::work& tx, const std::string& supporter_subject,
                                          const std::string& participant_id) override;
 };
-
-// Applies one matching event (MatchStartedEvent, MatchEndedEvent; others are ignored).
-absl::Status ApplyMatchingEvent(pqxx::work& tx, const common::v1::Event& event);
 
 // A consumer of the matching service's log at `address`, or nullptr when `address` is empty.
 std::unique_ptr<EventConsumer> MakeMatchingConsumer(ServiceContext& context,

@@ -441,33 +441,6 @@ v1::EmergencyAccess ReviewEmergencyAccess(pqxx::work& tx, const std::string& id,
   return AccessOf(r);
 }
 
-bool IsActivelyMatched(pqxx::work& tx, const std::string& supporter_subject,
-                       const std::string& participant_id) {
-  return tx
-      .exec_params1(
-          "SELECT EXISTS (SELECT 1 FROM active_matches WHERE supporter_subject = $1 "
-          "AND participant_id = $2 AND ended_at IS NULL)",
-          supporter_subject, participant_id)[0]
-      .as<bool>();
-}
-
-void RecordMatchStarted(pqxx::work& tx, const std::string& agency_id, const std::string& match_id,
-                        const std::string& supporter_subject, const std::string& participant_id) {
-  tx.exec_params0(
-      "INSERT INTO active_matches (agency_id, match_id, supporter_subject, participant_id) "
-      "VALUES ($1, $2, $3, $4) ON CONFLICT (agency_id, match_id) DO NOTHING",
-      agency_id, match_id, supporter_subject, participant_id);
-}
-
-void RecordMatchEnded(pqxx::work& tx, const std::string& agency_id, const std::string& match_id,
-                      const std::string& supporter_subject, const std::string& participant_id) {
-  tx.exec_params0(
-      "INSERT INTO active_matches (agency_id, match_id, supporter_subject, participant_id, "
-      "ended_at) VALUES ($1, $2, $3, $4, now()) ON CONFLICT (agency_id, match_id) DO UPDATE "
-      "SET ended_at = coalesce(active_matches.ended_at, now())",
-      agency_id, match_id, supporter_subject, participant_id);
-}
-
 std::optional<ConcernFacts> GetConcern(pqxx::work& tx, const std::string& concern_id) {
   const pqxx::result r = tx.exec_params(
       "SELECT participant_id, immediate_safety, closed_at IS NOT NULL FROM safety_concerns "

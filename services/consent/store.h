@@ -89,14 +89,6 @@ v1::EmergencyAccess ReviewEmergencyAccess(pqxx::work& tx, const std::string& id,
                                           const std::string& reviewer, const std::string& outcome,
                                           const std::string& note, bool end_now, absl::Time now);
 
-// Active matches (the local view of the matching service).
-bool IsActivelyMatched(pqxx::work& tx, const std::string& supporter_subject,
-                       const std::string& participant_id);
-void RecordMatchStarted(pqxx::work& tx, const std::string& agency_id, const std::string& match_id,
-                        const std::string& supporter_subject, const std::string& participant_id);
-void RecordMatchEnded(pqxx::work& tx, const std::string& agency_id, const std::string& match_id,
-                      const std::string& supporter_subject, const std::string& participant_id);
-
 // Safety concerns (the local view of the escalation service).
 struct ConcernFacts {
   std::string participant_id;

@@ -190,10 +190,10 @@ class ConsentServiceTest : public ::testing::Test {
 
   void Match(const std::string& supporter, const std::string& participant) {
     db_->AdminQuery(
-        absl::StrCat("INSERT INTO consent.active_matches (agency_id, match_id, supporter_subject, "
-                     "participant_id) VALUES ('",
-                     kAgency, "', 'm-", supporter, "-", participant, "', '", supporter, "', '",
-                     participant, "')"));
+        absl::StrCat("INSERT INTO consent.supporter_matches (agency_id, match_id, supporter_id, "
+                     "supporter_subject, participant_id, started_at) VALUES ('",
+                     kAgency, "', gen_random_uuid(), gen_random_uuid(), '", supporter, "', '",
+                     participant, "', now())"));
   }
 
   std::unique_ptr<TestDatabase> db_;
@@ -845,19 +845,22 @@ TEST_F(ConsentServiceTest, MatchingEventsGrantAndEndAPeerSupportersAccess) {
     return list_code();
   };
   EXPECT_EQ(list_code(), grpc::StatusCode::PERMISSION_DENIED);
+  // Ids as the matching service gives them (UUIDs).
+  const std::string match_id = "6d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+  const std::string supporter_id = "7e2d3c4b-5f6a-4b7c-9d8e-0f1a2b3c4d5e";
   peerpath::matching::v1::MatchStartedEvent started;
-  started.set_match_id("match-1");
-  started.set_supporter_id("sup-1");
+  started.set_match_id(match_id);
+  started.set_supporter_id(supporter_id);
   started.set_supporter_subject("peer-sub-1");
   started.set_participant_id("p-m");
-  Emit("matching", started, "match-1");
+  Emit("matching", started, match_id);
   EXPECT_EQ(wait_for(grpc::StatusCode::OK), grpc::StatusCode::OK) << server_->Log();
   peerpath::matching::v1::MatchEndedEvent ended;
-  ended.set_match_id("match-1");
-  ended.set_supporter_id("sup-1");
+  ended.set_match_id(match_id);
+  ended.set_supporter_id(supporter_id);
   ended.set_supporter_subject("peer-sub-1");
   ended.set_participant_id("p-m");
-  Emit("matching", ended, "match-1");
+  Emit("matching", ended, match_id);
   EXPECT_EQ(wait_for(grpc::StatusCode::PERMISSION_DENIED), grpc::StatusCode::PERMISSION_DENIED);
 }
 
