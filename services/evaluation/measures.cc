@@ -626,7 +626,7 @@ void WellbeingTrend(const Scope& s, std::vector<ComputedCell>& out) {
     auto participant = active.find(w.enrollment_id);
     if (participant == active.end() || w.scores_in_period < 1) continue;
     // At least two scores up to the end of the period.
-    if (w.scores_in_period < 2 && w.first_at >= s.facts.period_start) continue;
+    if (w.scores_in_period < 2 && !w.first_before_period) continue;
     const int direction = w.last_score > w.first_score    ? v1::WELLBEING_DIRECTION_IMPROVED
                           : w.last_score == w.first_score ? v1::WELLBEING_DIRECTION_UNCHANGED
                                                           : v1::WELLBEING_DIRECTION_DECLINED;

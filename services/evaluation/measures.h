@@ -125,7 +125,7 @@ struct FeedbackFact {
 struct WellbeingFact {
   Id enrollment_id = kNoId;
   int64_t scores_in_period = 0;
-  absl::Time first_at;
+  bool first_before_period = false;  // The first score ever was recorded before the period.
   int first_score = 0;
   int last_score = 0;  // Latest in the period.
 };

@@ -91,18 +91,19 @@ RollupRows FetchRollupRows(pqxx::work& tx, absl::Time period_start, absl::Time p
   // Per enrollment and month of the period: scores, the latest, and the first ever.
   rows.wellbeing = ExecPrepared(
       tx, "eval_load_wellbeing",
-      "SELECT m.enrollment_id::text, m.scores, " PP_MICROS(
-               "m.last_at") ", m.last_score, " PP_MICROS("f.first_at") ", f.first_score "
-                                                                       "FROM wellbeing_month m "
-                                                                       "JOIN wellbeing_first f "
-                                                                       "ON f.agency_id = "
-                                                                       "m.agency_id AND "
-                                                                       "f.enrollment_id = "
-                                                                       "m.enrollment_id "
-                                                                       "WHERE m.agency_id = " +
-               agency +
-               " AND m.month >= (" PP_TS(1) " AT TIME ZONE 'UTC')::date AND m.month < (" PP_TS(
-                   2) " AT TIME ZONE 'UTC')::date",
+      "SELECT m.enrollment_id::text, m.scores, m.month - date '2000-01-01', m.last_score, "
+      "f.first_at < " PP_TS(
+          1) ", f.first_score "
+             "FROM wellbeing_month m "
+             "JOIN wellbeing_first f "
+             "ON f.agency_id = "
+             "m.agency_id AND "
+             "f.enrollment_id = "
+             "m.enrollment_id "
+             "WHERE m.agency_id = " +
+          agency +
+          " AND m.month >= (" PP_TS(1) " AT TIME ZONE 'UTC')::date AND m.month < (" PP_TS(
+              2) " AT TIME ZONE 'UTC')::date",
       p0, p1);
   return rows;
 }
@@ -288,21 +289,21 @@ absl::StatusOr<ReportFacts> LoadFacts(
   // One row per enrollment and month of the period; a period of several months is summed here
   // (months never share a time, so the latest is the row with the latest `last_at`).
   absl::flat_hash_map<Id, size_t> wellbeing_of;
-  std::vector<absl::Time> last_at;
+  std::vector<int> last_month;
   for (const auto& row : rollups->wellbeing) {
     const Id enrollment = ids.Of(row[0]);
-    const absl::Time at = At(row[2]);
+    const int month = row[2].as<int>();
     auto [it, inserted] = wellbeing_of.try_emplace(enrollment, f.wellbeing.size());
     if (inserted) {
-      f.wellbeing.push_back(
-          {enrollment, row[1].as<int64_t>(), At(row[4]), row[5].as<int>(), row[3].as<int>()});
-      last_at.push_back(at);
+      f.wellbeing.push_back({enrollment, row[1].as<int64_t>(), row[4].as<bool>(), row[5].as<int>(),
+                             row[3].as<int>()});
+      last_month.push_back(month);
       continue;
     }
     WellbeingFact& w = f.wellbeing[it->second];
     w.scores_in_period += row[1].as<int64_t>();
-    if (at > last_at[it->second]) {
-      last_at[it->second] = at;
+    if (month > last_month[it->second]) {
+      last_month[it->second] = month;
       w.last_score = row[3].as<int>();
     }
   }
