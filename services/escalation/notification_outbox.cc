@@ -52,7 +52,16 @@ void NotificationOutbox::Enqueue(pqxx::work& tx, const std::vector<Notification>
 
 void NotificationOutbox::Start(const StopSignal& stopping) {
   thread_ = std::thread([this, &stopping] {
+    absl::Time next_clean_up = absl::InfinitePast();
     while (!stopping.stopped()) {
+      if (absl::Now() >= next_clean_up) {
+        auto deleted = DeleteOld();
+        if (!deleted.ok()) {
+          log::Warn("notification clean-up failed",
+                    {{"code", absl::StatusCodeToString(deleted.status().code())}});
+        }
+        next_clean_up = absl::Now() + absl::Hours(1);
+      }
       auto delivered = DeliverDue();
       if (!delivered.ok()) {
         log::Warn("notification delivery pass failed",
@@ -73,6 +82,16 @@ void NotificationOutbox::Wake() {
     woken_ = true;
   }
   wake_.notify_all();
+}
+
+absl::StatusOr<int64_t> NotificationOutbox::DeleteOld() {
+  return db_.TransactWithSetting(
+      "app.notification_dispatch", "on", [](pqxx::work& tx) -> absl::StatusOr<int64_t> {
+        return static_cast<int64_t>(
+            tx.exec0("DELETE FROM notifications WHERE coalesce(delivered_at, gave_up_at) < now() - "
+                     "interval '30 days'")
+                .affected_rows());
+      });
 }
 
 absl::StatusOr<int> NotificationOutbox::DeliverDue(int max) {

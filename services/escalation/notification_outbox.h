@@ -4,7 +4,8 @@
 // they announce; a background thread delivers what is due through the Notifier (webhook or log),
 // one notification per transaction under a row lock (SKIP LOCKED, so replicas share the work),
 // and retries a failed delivery with backoff until it succeeds or `give_up_after` has passed.
-// Wake() after a commit delivers at once; otherwise the thread looks every `poll`.
+// Wake() after a commit delivers at once; otherwise the thread looks every `poll`. Delivered
+// notifications are kept 30 days, then deleted.
 
 #include <prometheus/counter.h>
 #include <prometheus/registry.h>
@@ -48,6 +49,10 @@ class NotificationOutbox {
   // Delivers what is due now, one by one, until nothing is due or `max` were tried; returns how
   // many were delivered.
   absl::StatusOr<int> DeliverDue(int max = 100);
+
+  // Deletes notifications delivered or given up more than 30 days ago (the policy of migration
+  // 0006 says which); returns how many. The thread does it at start and then hourly.
+  absl::StatusOr<int64_t> DeleteOld();
 
  private:
   Database& db_;

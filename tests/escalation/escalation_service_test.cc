@@ -125,9 +125,15 @@ TEST_F(EscalationServiceTest, APageIsWrittenWithItsConcernAndDeliveredAfterACras
     if (!tried) std::this_thread::sleep_for(50ms);
   }
   ASSERT_TRUE(tried) << service_->Log();
-  // The service dies before the endpoint is back; the page is still owed.
+  // The service dies before the endpoint is back; the page is still owed. (A page delivered 31
+  // days ago is kept no longer.)
   service_->Signal(SIGKILL);
   service_.reset();
+  db_->AdminQuery(
+      "INSERT INTO escalation.notifications (agency_id, concern_id, reason, category, severity, "
+      "level, target_kind, target_id, deadline, delivered_at) VALUES ('agency-a', "
+      "gen_random_uuid(), 'opened', 1, 3, 0, 1, 'clinical-on-call', now() - interval '31 days', "
+      "now() - interval '31 days')");
   LocalHttpServer pager(/*failures=*/0, port);
   service_ = Start({"--deadline_sweep_interval=1h", url});
   bool delivered = false;
@@ -139,7 +145,7 @@ TEST_F(EscalationServiceTest, APageIsWrittenWithItsConcernAndDeliveredAfterACras
   EXPECT_NE(pager.bodies()[0].find(c.concern_id()), std::string::npos);
   EXPECT_EQ(pager.bodies()[0].find("client-42"), std::string::npos);  // No participant id.
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.notifications WHERE delivered_at IS NOT NULL"),
-            1);
+            1);  // The new one; the 31-day-old one is gone.
   // A refused change pages nobody: a concern raised outside the caller's matches.
   v1::RaiseConcernRequest outside =
       Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "page-2");
