@@ -209,16 +209,6 @@ std::string NewUuid() {
                       hex.substr(16, 4), "-", hex.substr(20, 12));
 }
 
-bool IsUuid(absl::string_view t) {
-  if (t.size() != 36) return false;
-  for (size_t i = 0; i < t.size(); ++i) {
-    const bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-    if (dash != (t[i] == '-')) return false;
-    if (!dash && !absl::ascii_isxdigit(t[i])) return false;
-  }
-  return true;
-}
-
 v1::ProgramPolicy LoadPolicy(pqxx::work& tx, const std::string& agency_id,
                              const std::string& default_time_zone) {
   v1::ProgramPolicy policy;

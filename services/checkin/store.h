@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/audit.h"
+#include "common/identifiers.h"
 #include "common/supporter_matches.h"
 #include "peerpath/checkin/v1/checkin.pb.h"
 #include "peerpath/checkin/v1/events.pb.h"
@@ -20,7 +21,6 @@ namespace peerpath::checkin {
 
 // A new random (version 4) UUID in its text form.
 std::string NewUuid();
-bool IsUuid(absl::string_view text);
 
 // The agency's program policy, or the defaults with `default_time_zone` when it never edited it.
 v1::ProgramPolicy LoadPolicy(pqxx::work& tx, const std::string& agency_id,

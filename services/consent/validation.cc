@@ -8,18 +8,6 @@
 
 namespace peerpath::consent {
 
-bool IsUuid(absl::string_view text) {
-  if (text.size() != 36) return false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    if (i == 8 || i == 13 || i == 18 || i == 23) {
-      if (text[i] != '-') return false;
-    } else if (!absl::ascii_isxdigit(static_cast<unsigned char>(text[i]))) {
-      return false;
-    }
-  }
-  return true;
-}
-
 bool IsConsentRole(absl::string_view role) {
   static const auto* const roles = new std::set<std::string, std::less<>>{
       "peer_supporter", "supervisor", "clinician", "case_manager", "program_admin", "integration"};

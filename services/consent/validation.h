@@ -10,15 +10,13 @@
 
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "common/identifiers.h"
 #include "common/status.h"
 #include "peerpath/consent/v1/consent.pb.h"
 
 namespace peerpath::consent {
 
 using Violations = std::vector<FieldViolation>;
-
-// True for a canonical textual UUID (8-4-4-4-12 hex digits).
-bool IsUuid(absl::string_view text);
 
 // Role names a consent can name as a ROLE recipient.
 bool IsConsentRole(absl::string_view role);

@@ -12,6 +12,7 @@
 #include "common/channel.h"
 #include "common/event_source.h"
 #include "common/idempotency.h"
+#include "common/identifiers.h"
 #include "common/log.h"
 #include "common/pagination.h"
 #include "common/status.h"
@@ -32,17 +33,6 @@ constexpr int kMaxDescription = 1000;
 constexpr int kMaxReason = 500;
 
 std::string Action(absl::string_view rpc) { return absl::StrCat(kService, ".", rpc); }
-
-bool IsUuid(absl::string_view text) {
-  if (text.size() != 36) return false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-    if (dash ? text[i] != '-' : !absl::ascii_isxdigit(static_cast<unsigned char>(text[i]))) {
-      return false;
-    }
-  }
-  return true;
-}
 
 Actor ActorOf(const Identity& caller) {
   Actor actor;

@@ -18,17 +18,6 @@ namespace {
 // A timestamp parameter: microseconds since the epoch, turned back into a timestamptz exactly.
 #define PP_TS(n) "(timestamptz 'epoch' + $" #n "::bigint * interval '1 microsecond')"
 
-bool IsUuid(const std::string& text) {
-  if (text.size() != 36) return false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-    if (dash ? text[i] != '-' : !absl::ascii_isxdigit(static_cast<unsigned char>(text[i]))) {
-      return false;
-    }
-  }
-  return true;
-}
-
 int64_t Micros(const google::protobuf::Timestamp& ts) {
   return absl::ToUnixMicros(FromProtoTimestamp(ts));
 }

@@ -508,17 +508,6 @@ std::vector<int> CandidateIndex::Candidates(const v1::MatchRequest& request) con
   return available_;
 }
 
-bool IsUuid(absl::string_view text) {
-  if (text.size() != 36) return false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-    if (dash ? text[i] != '-' : !absl::ascii_isxdigit(static_cast<unsigned char>(text[i]))) {
-      return false;
-    }
-  }
-  return true;
-}
-
 namespace {
 
 void CheckWindows(const google::protobuf::RepeatedPtrField<v1::AvailabilityWindow>& windows,

@@ -11,6 +11,7 @@
 
 #include "absl/strings/string_view.h"
 #include "absl/time/civil_time.h"
+#include "common/identifiers.h"
 #include "common/status.h"
 #include "peerpath/matching/v1/matching.pb.h"
 
@@ -122,8 +123,5 @@ std::vector<FieldViolation> ValidateHardConstraints(const v1::HardConstraints& h
                                                     absl::string_view prefix);
 std::vector<FieldViolation> ValidatePreferences(const v1::Preferences& preferences,
                                                 absl::string_view prefix);
-
-// True for a canonical UUID (8-4-4-4-12 hex).
-bool IsUuid(absl::string_view text);
 
 }  // namespace peerpath::matching
