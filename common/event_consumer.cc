@@ -83,6 +83,7 @@ absl::StatusOr<int> EventConsumer::PollOnce() {
     const int64_t now_at =
         page->events.empty() ? *position : std::max(*position, page->events.back().position());
     ObserveLag(*page, now_at);
+    if (*applied > 0 && options_.after_commit) options_.after_commit();
   }
   return applied;
 }

@@ -44,6 +44,9 @@ struct ConsumerOptions {
   // Optional: applies a page's events in runs of one agency. When a run fails permanently the
   // page is redone one event at a time with the EventHandler, which sets the culprit aside.
   EventBatchHandler apply_batch = nullptr;
+  // Optional: called after a page's transaction committed with at least one event applied (for
+  // work the effects start, such as delivering the notifications they wrote).
+  std::function<void()> after_commit = nullptr;
 };
 
 // Fetches the producer's events after `after_position` (its ListEvents RPC, with a deadline).

@@ -160,7 +160,9 @@ EscalationService::EscalationService(ServiceContext& context, EscalationOptions 
   if (!checkin.empty()) {
     checkin_consumer_ = ConsumerOf<checkin::v1::CheckInService, checkin::v1::ListEventsRequest,
                                    checkin::v1::ListEventsResponse>(
-        context, checkin, ConsumerOptions{.source = "checkin"},
+        context, checkin,
+        // The pages of the concerns a page of check-in events opened go out once it committed.
+        ConsumerOptions{.source = "checkin", .after_commit = [this] { outbox_->Wake(); }},
         [this](pqxx::work& tx, const common::v1::Event& event) {
           return ApplyCheckInEvent(tx, event);
         });
@@ -1178,10 +1180,9 @@ absl::Status EscalationService::ApplyCheckInEvent(pqxx::work& tx, const common::
   std::vector<Notification> notifications;
   auto opened_concern = OpenConcern(tx, std::move(record), people, now, notifications);
   if (!opened_concern.ok()) return opened_concern.status();
-  // Written with the concern: paged once the consumer's transaction commits (the outbox looks
-  // again within its poll interval), never for a concern that rolled back.
+  // Written with the concern: paged once the consumer's transaction commits (after_commit wakes
+  // the outbox), never for a concern that rolled back.
   NotificationOutbox::Enqueue(tx, notifications);
-  outbox_->Wake();
   ConcernChangeNote note;
   note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
   note.concern = opened_concern->concern;

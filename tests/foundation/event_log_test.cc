@@ -183,6 +183,25 @@ TEST_F(EventLogTest, ConsumerAppliesEachEventOnceAndResumesAfterRestart) {
   EXPECT_EQ(consumer->PollOnce().value_or(-1), 0);
   EXPECT_EQ(Applied(), 5);
 
+  // after_commit runs once per page that applied something, when its effects are visible.
+  std::vector<int> seen_after_commit;
+  auto observed = std::make_unique<EventConsumer>(
+      *database_,
+      ConsumerOptions{.source = "observed",
+                      .page_size = 3,
+                      .after_commit = [&] { seen_after_commit.push_back(Applied()); }},
+      [this](int64_t after, int size) { return log_->Read(after, size, {}); },
+      [](pqxx::work& tx, const Event& event) -> absl::Status {
+        tx.exec_params0("INSERT INTO applied (agency_id, event_id, day) VALUES ($1, $2, -1)",
+                        event.agency_id(), event.event_id() + "-observed");
+        return absl::OkStatus();
+      });
+  EXPECT_EQ(observed->PollOnce().value_or(-1), 3);
+  EXPECT_EQ(observed->PollOnce().value_or(-1), 2);
+  EXPECT_EQ(observed->PollOnce().value_or(-1), 0);
+  EXPECT_EQ(seen_after_commit, (std::vector<int>{8, 10}));
+  db_->AdminQuery("DELETE FROM consent.applied WHERE day = -1");
+
   // A page delivered again (a retry, another replica) changes nothing.
   auto replay = std::make_unique<EventConsumer>(
       *database_, ConsumerOptions{.source = "self"},
