@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -425,17 +426,24 @@ absl::Status CheckInService::ApplyConsentEvent(pqxx::work& tx, const common::v1:
   filter.statuses = {"active"};
   filter.limit = 100;
   const absl::Time now = absl::Now();
-  for (const v1::Enrollment& e : checkin::ListEnrollments(tx, filter)) {
-    auto pathway = LoadPathway(tx, e.pathway_key(), e.pathway_version());
-    if (!pathway) continue;
-    std::vector<std::string> names;
-    for (const auto& gate : pathway->gates()) {
-      if (gate.gate_case() == v1::Gate::kConsentGate) names.push_back(gate.consent_gate());
+  // The enrollments with consent gates, and one question to the consent service for all of them.
+  std::vector<v1::Enrollment> gated;
+  std::set<std::string> names;
+  for (v1::Enrollment& e : checkin::ListEnrollments(tx, filter)) {
+    bool has_consent_gate = false;
+    for (const v1::GateResult& r : e.gate_results()) {
+      if (r.gate().gate_case() != v1::Gate::kConsentGate) continue;
+      names.insert(r.gate().consent_gate());
+      has_consent_gate = true;
     }
-    if (names.empty()) continue;
-    // UNAVAILABLE: the consumer retries the event later; nothing is changed meanwhile.
-    auto answers = consent_gates_->Check(agency, participant, names);
-    if (!answers.ok()) return answers.status();
+    if (has_consent_gate) gated.push_back(std::move(e));
+  }
+  if (gated.empty()) return absl::OkStatus();
+  // UNAVAILABLE: the consumer retries the event later; nothing is changed meanwhile.
+  auto answers = consent_gates_->Check(agency, participant,
+                                       std::vector<std::string>(names.begin(), names.end()));
+  if (!answers.ok()) return answers.status();
+  for (const v1::Enrollment& e : gated) {
     bool held = true;
     std::vector<std::string> unmet;
     v1::Enrollment updated;
