@@ -22,6 +22,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
+// SQL for parameter $n, given as microseconds since the epoch (int64), as a timestamptz; exact.
+#define PEERPATH_SQL_TIME_PARAM(n) \
+  "(timestamptz 'epoch' + $" #n "::bigint * interval '1 microsecond')"
+// SQL for a timestamptz expression as microseconds since the epoch (bigint): date_part's double
+// is exact to the microsecond for any time of this century, and cheaper than extract's numeric.
+#define PEERPATH_SQL_MICROS(column) "(date_part('epoch', " column ") * 1000000)::bigint"
+
 namespace peerpath {
 
 struct DatabaseOptions {

@@ -19,17 +19,20 @@ inline bool IsUuid(absl::string_view text) {
   return true;
 }
 
-// An agency's program id (check-in enrollments, evaluation report scopes): 1 to 64 characters of
-// [A-Za-z0-9_.:-].
-inline bool IsProgramId(absl::string_view id) {
-  if (id.empty() || id.size() > 64) return false;
-  for (char ch : id) {
+// `min` to `max` characters, each an ASCII letter or digit or one of `extra`.
+inline bool IsWordOf(absl::string_view text, size_t min, size_t max, absl::string_view extra) {
+  if (text.size() < min || text.size() > max) return false;
+  for (char ch : text) {
     if (!absl::ascii_isalnum(static_cast<unsigned char>(ch)) &&
-        absl::string_view("_.:-").find(ch) == absl::string_view::npos) {
+        extra.find(ch) == absl::string_view::npos) {
       return false;
     }
   }
   return true;
 }
+
+// An agency's program id (check-in enrollments, evaluation report scopes): 1 to 64 characters of
+// [A-Za-z0-9_.:-].
+inline bool IsProgramId(absl::string_view id) { return IsWordOf(id, 1, 64, "_.:-"); }
 
 }  // namespace peerpath

@@ -6,11 +6,6 @@
 #include "common/log.h"
 
 namespace peerpath::escalation {
-namespace {
-
-#define PP_TS(n) "(timestamptz 'epoch' + $" #n "::bigint * interval '1 microsecond')"
-
-}  // namespace
 
 NotificationOutbox::NotificationOutbox(Database& db, Notifier& notifier,
                                        prometheus::Registry* metrics,
@@ -43,7 +38,7 @@ void NotificationOutbox::Enqueue(pqxx::work& tx, const std::vector<Notification>
     ExecPrepared(tx, "escalation_enqueue_notification",
                  "INSERT INTO notifications (agency_id, concern_id, reason, category, severity, "
                  "level, target_kind, target_id, deadline) VALUES ($1, $2::uuid, $3, $4, $5, $6, "
-                 "$7, $8, " PP_TS(9) ")",
+                 "$7, $8, " PEERPATH_SQL_TIME_PARAM(9) ")",
                  n.agency_id, n.concern_id, n.reason, static_cast<int>(n.category),
                  static_cast<int>(n.severity), n.level, static_cast<int>(n.target.kind),
                  n.target.id, absl::ToUnixMicros(n.deadline));

@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "common/audit.h"
 #include "common/channel.h"
+#include "common/db.h"
 #include "common/event_source.h"
 #include "common/idempotency.h"
 #include "common/identifiers.h"
@@ -33,20 +34,6 @@ namespace {
 
 constexpr char kService[] = "peerpath.evaluation.v1.EvaluationService";
 constexpr char kDefinitionsList[] = "evaluation.ListMeasureDefinitions";
-
-#define PP_TS(n) "(timestamptz 'epoch' + $" #n "::bigint * interval '1 microsecond')"
-#define PP_MICROS(column) "(extract(epoch FROM " column ") * 1000000)::bigint"
-
-bool Matches(const std::string& text, size_t min, size_t max, absl::string_view extra) {
-  if (text.size() < min || text.size() > max) return false;
-  for (char ch : text) {
-    if (!absl::ascii_isalnum(static_cast<unsigned char>(ch)) &&
-        extra.find(ch) == absl::string_view::npos) {
-      return false;
-    }
-  }
-  return true;
-}
 
 bool IsPathwayKey(const std::string& key) {
   if (key.empty() || key.size() > 63 || !absl::ascii_islower(static_cast<unsigned char>(key[0]))) {
@@ -482,10 +469,10 @@ grpc::Status EvaluationService::RecordServiceOutcome(grpc::ServerContext* contex
     violations.push_back({has_system ? "source_reference" : "source_system",
                           "source_system and source_reference are given together"});
   }
-  if (has_system && !Matches(r.source_system(), 1, 64, "_.:-")) {
+  if (has_system && !IsWordOf(r.source_system(), 1, 64, "_.:-")) {
     violations.push_back({"source_system", "1 to 64 characters of [A-Za-z0-9_.:-]"});
   }
-  if (has_reference && !Matches(r.source_reference(), 1, 128, "_.:/-")) {
+  if (has_reference && !IsWordOf(r.source_reference(), 1, 128, "_.:/-")) {
     violations.push_back({"source_reference", "1 to 128 characters of [A-Za-z0-9_.:/-]"});
   }
   if (auto st = ValidateIdempotencyKey(r.idempotency_key()); !st.ok()) {
@@ -517,8 +504,8 @@ grpc::Status EvaluationService::RecordServiceOutcome(grpc::ServerContext* contex
           *o->mutable_reported_at() = ToProtoTimestamp(absl::FromUnixMicros(row[8].as<int64_t>()));
         };
         const std::string columns =
-            "id::text, participant_id, kind, discharge_setting, " PP_MICROS("occurred_at")
-            ", source_system, source_reference, reported_by, " PP_MICROS("reported_at");
+            "id::text, participant_id, kind, discharge_setting, " PEERPATH_SQL_MICROS("occurred_at")
+            ", source_system, source_reference, reported_by, " PEERPATH_SQL_MICROS("reported_at");
         if (has_system) {
           const auto existing =
               tx.exec_params("SELECT " + columns +
@@ -546,7 +533,8 @@ grpc::Status EvaluationService::RecordServiceOutcome(grpc::ServerContext* contex
         const auto row = tx.exec_params1(
             "INSERT INTO service_outcomes (agency_id, participant_id, kind, discharge_setting, "
             "occurred_at, source_system, source_reference, reported_by) VALUES ($1, $2, $3, "
-            "NULLIF($4, ''), " PP_TS(5) ", NULLIF($6, ''), NULLIF($7, ''), $8) RETURNING " +
+            "NULLIF($4, ''), " PEERPATH_SQL_TIME_PARAM(
+                5) ", NULLIF($6, ''), NULLIF($7, ''), $8) RETURNING " +
                 columns,
             caller->agency_id, r.participant_id(), OutcomeKindName(r.kind()), setting, occurred,
             r.source_system(), r.source_reference(), caller->subject);
@@ -809,8 +797,8 @@ grpc::Status EvaluationService::GetPipelineStatus(grpc::ServerContext* context,
   if (!caller.ok()) return ToGrpc(caller.status());
   std::map<std::string, std::pair<int64_t, std::optional<int64_t>>> stored;
   auto read = context_.db.Transact([&](pqxx::work& tx) -> absl::Status {
-    for (const auto& row :
-         tx.exec("SELECT source, position, " PP_MICROS("updated_at") " FROM consumer_positions")) {
+    for (const auto& row : tx.exec("SELECT source, position, " PEERPATH_SQL_MICROS(
+             "updated_at") " FROM consumer_positions")) {
       stored[row[0].as<std::string>()] = {
           row[1].as<int64_t>(),
           row[1].as<int64_t>() > 0 ? std::optional<int64_t>(row[2].as<int64_t>()) : std::nullopt};

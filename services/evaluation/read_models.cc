@@ -16,7 +16,6 @@ namespace peerpath::evaluation {
 namespace {
 
 // A timestamp parameter: microseconds since the epoch, turned back into a timestamptz exactly.
-#define PP_TS(n) "(timestamptz 'epoch' + $" #n "::bigint * interval '1 microsecond')"
 
 int64_t Micros(const google::protobuf::Timestamp& ts) {
   return absl::ToUnixMicros(FromProtoTimestamp(ts));
@@ -100,14 +99,14 @@ void ApplyContact(pqxx::work& tx, const common::v1::Event& event, const std::str
       "  ON CONFLICT (agency_id, month, supporter_id) "
       "  DO UPDATE SET contacts = supporter_contacts_month.contacts + 1 RETURNING 1), "
       "wf AS (INSERT INTO wellbeing_first (agency_id, enrollment_id, first_at, first_id, "
-      "  first_score) SELECT $1, $9::uuid, " PP_TS(7) ", $11::uuid, $8::smallint FROM fresh WHERE $8::smallint > 0 "
+      "  first_score) SELECT $1, $9::uuid, " PEERPATH_SQL_TIME_PARAM(7) ", $11::uuid, $8::smallint FROM fresh WHERE $8::smallint > 0 "
       "  ON CONFLICT (agency_id, enrollment_id) DO UPDATE SET first_at = EXCLUDED.first_at, "
       "  first_id = EXCLUDED.first_id, first_score = EXCLUDED.first_score "
       "  WHERE (EXCLUDED.first_at, EXCLUDED.first_id) < "
       "        (wellbeing_first.first_at, wellbeing_first.first_id) RETURNING 1), "
       "wm AS (INSERT INTO wellbeing_month (agency_id, enrollment_id, participant_id, pathway_key, "
       "  month, scores, last_at, last_id, last_score) "
-      "  SELECT $1, $9::uuid, $3, $10, $6::date, 1, " PP_TS(7) ", $11::uuid, $8::smallint FROM fresh "
+      "  SELECT $1, $9::uuid, $3, $10, $6::date, 1, " PEERPATH_SQL_TIME_PARAM(7) ", $11::uuid, $8::smallint FROM fresh "
       "  WHERE $8::smallint > 0 ON CONFLICT (agency_id, month, enrollment_id) DO UPDATE SET "
       "  scores = wellbeing_month.scores + 1, "
       "  last_score = CASE WHEN (EXCLUDED.last_at, EXCLUDED.last_id) > "
@@ -136,7 +135,7 @@ absl::Status ApplyEnrollment(pqxx::work& tx, const common::v1::Event& event,
   if (ended == nullptr) {
     ExecPrepared(tx, "eval_enrollment_started",
                  "INSERT INTO enrollments (agency_id, enrollment_id, participant_id, pathway_key, "
-                 "started_at, program_id) VALUES ($1, $2::uuid, $3, $4, " PP_TS(5) ", "
+                 "started_at, program_id) VALUES ($1, $2::uuid, $3, $4, " PEERPATH_SQL_TIME_PARAM(5) ", "
                  "NULLIF($6, '')) "
                  "ON CONFLICT (agency_id, enrollment_id) DO UPDATE SET "
                  "participant_id = EXCLUDED.participant_id, pathway_key = EXCLUDED.pathway_key, "
@@ -145,8 +144,8 @@ absl::Status ApplyEnrollment(pqxx::work& tx, const common::v1::Event& event,
   } else {
     ExecPrepared(tx, "eval_enrollment_ended",
                  "INSERT INTO enrollments (agency_id, enrollment_id, participant_id, pathway_key, "
-                 "started_at, ended_at) VALUES ($1, $2::uuid, $3, $4, " PP_TS(5) ", "
-                 "GREATEST(" PP_TS(5) ", " PP_TS(6) ")) "
+                 "started_at, ended_at) VALUES ($1, $2::uuid, $3, $4, " PEERPATH_SQL_TIME_PARAM(5) ", "
+                 "GREATEST(" PEERPATH_SQL_TIME_PARAM(5) ", " PEERPATH_SQL_TIME_PARAM(6) ")) "
                  "ON CONFLICT (agency_id, enrollment_id) DO UPDATE SET "
                  "ended_at = GREATEST(enrollments.started_at, EXCLUDED.ended_at)",
                  event.agency_id(), enrollment, participant, pathway, started, *ended);
@@ -223,7 +222,7 @@ absl::Status ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event) {
     ExecPrepared(tx, "eval_feedback",
                  "INSERT INTO participant_feedback (agency_id, feedback_id, enrollment_id, "
                  "participant_id, pathway_key, rating, given_at) VALUES ($1, $2::uuid, $3::uuid, "
-                 "$4, $5, $6, " PP_TS(7) ") ON CONFLICT DO NOTHING",
+                 "$4, $5, $6, " PEERPATH_SQL_TIME_PARAM(7) ") ON CONFLICT DO NOTHING",
                  event.agency_id(), e.feedback_id(), e.enrollment_id(), e.participant_id(),
                  e.pathway_key(), e.rating(), Micros(e.given_at()));
     return absl::OkStatus();
@@ -235,7 +234,7 @@ absl::Status ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event) {
     if (!Claim(tx, event)) return absl::OkStatus();
     ExecPrepared(tx, "eval_reconnection",
                  "INSERT INTO reconnections (agency_id, enrollment_id, reconnected_at) "
-                 "VALUES ($1, $2::uuid, " PP_TS(3) ") ON CONFLICT DO NOTHING",
+                 "VALUES ($1, $2::uuid, " PEERPATH_SQL_TIME_PARAM(3) ") ON CONFLICT DO NOTHING",
                  event.agency_id(), e.enrollment_id(), Micros(e.reconnected_at()));
     return absl::OkStatus();
   }
@@ -262,8 +261,8 @@ absl::Status ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event) {
     if (!Claim(tx, event)) return absl::OkStatus();
     ExecPrepared(tx, "eval_stage_change",
                  "INSERT INTO stage_changes (agency_id, enrollment_id, participant_id, "
-                 "pathway_key, to_stage, changed_at) VALUES ($1, $2::uuid, $3, $4, $5, " PP_TS(
-                     6) ") ON CONFLICT DO NOTHING",
+                 "pathway_key, to_stage, changed_at) VALUES ($1, $2::uuid, $3, $4, "
+                 "$5, " PEERPATH_SQL_TIME_PARAM(6) ") ON CONFLICT DO NOTHING",
                  event.agency_id(), e.enrollment_id(), e.participant_id(), e.pathway_key(),
                  std::string(stage), Micros(e.changed_at()));
     return absl::OkStatus();
@@ -303,7 +302,7 @@ absl::Status ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event) {
     ExecPrepared(tx, "eval_appointment",
                  "INSERT INTO appointments (agency_id, appointment_id, enrollment_id, "
                  "participant_id, pathway_key, first_appointment, outcome, scheduled_at, "
-                 "peer_contact_before) VALUES ($1, $2::uuid, $3::uuid, $4, $5, $6, $7, " PP_TS(8)
+                 "peer_contact_before) VALUES ($1, $2::uuid, $3::uuid, $4, $5, $6, $7, " PEERPATH_SQL_TIME_PARAM(8)
                  ", $9) ON CONFLICT (agency_id, appointment_id) DO UPDATE SET "
                  "outcome = EXCLUDED.outcome, scheduled_at = EXCLUDED.scheduled_at, "
                  "peer_contact_before = EXCLUDED.peer_contact_before",
@@ -426,7 +425,7 @@ absl::Status ApplyMatchingEvent(pqxx::work& tx, const common::v1::Event& event) 
       ExecPrepared(tx, "eval_match_started",
                    "INSERT INTO matches (agency_id, match_id, supporter_id, participant_id, "
                    "match_request_id, previous_match_id, started_at) VALUES ($1, $2::uuid, $3, "
-                   "$4, $5, $6, " PP_TS(7) ") ON CONFLICT (agency_id, match_id) DO UPDATE SET "
+                   "$4, $5, $6, " PEERPATH_SQL_TIME_PARAM(7) ") ON CONFLICT (agency_id, match_id) DO UPDATE SET "
                    "match_request_id = EXCLUDED.match_request_id, "
                    "previous_match_id = EXCLUDED.previous_match_id, "
                    "started_at = EXCLUDED.started_at",
@@ -439,7 +438,7 @@ absl::Status ApplyMatchingEvent(pqxx::work& tx, const common::v1::Event& event) 
       ExecPrepared(tx, "eval_match_ended",
                    "INSERT INTO matches (agency_id, match_id, supporter_id, participant_id, "
                    "started_at, ended_at, rematch_request_id) VALUES ($1, $2::uuid, $3, $4, "
-                   PP_TS(5) ", GREATEST(" PP_TS(5) ", " PP_TS(6) "), $7) "
+                   PEERPATH_SQL_TIME_PARAM(5) ", GREATEST(" PEERPATH_SQL_TIME_PARAM(5) ", " PEERPATH_SQL_TIME_PARAM(6) "), $7) "
                    "ON CONFLICT (agency_id, match_id) DO UPDATE SET "
                    "ended_at = EXCLUDED.ended_at, rematch_request_id = EXCLUDED.rematch_request_id",
                    event.agency_id(), e.match_id(), e.supporter_id(), e.participant_id(),
@@ -462,7 +461,7 @@ absl::Status ApplyMatchingEvent(pqxx::work& tx, const common::v1::Event& event) 
         tx, "eval_follow_up",
         "INSERT INTO follow_up_ratings (agency_id, follow_up_id, match_id, "
         "participant_id, supporter_id, side, rating, recorded_at) VALUES ($1, $2::uuid, "
-        "$3::uuid, $4, $5, $6, $7, " PP_TS(8) ") ON CONFLICT DO NOTHING",
+        "$3::uuid, $4, $5, $6, $7, " PEERPATH_SQL_TIME_PARAM(8) ") ON CONFLICT DO NOTHING",
         event.agency_id(), e.follow_up_id(), e.match_id(), e.participant_id(), e.supporter_id(),
         std::string(e.side() == m::FOLLOW_UP_SIDE_PARTICIPANT ? "participant" : "supporter"),
         e.rating(), Micros(e.recorded_at()));
@@ -497,7 +496,7 @@ void UpsertConcern(pqxx::work& tx, const common::v1::Event& event, const std::st
       tx, "eval_concern",
       "INSERT INTO concerns AS c (agency_id, concern_id, participant_id, enrollment_id, category, "
       "severity, opened_at, acknowledged_at, closed_at, breached) VALUES ($1, $2::uuid, $3, "
-      "$4::uuid, $5, $6, " PP_TS(7) ", " PP_TS(8) ", " PP_TS(9) ", $10) "
+      "$4::uuid, $5, $6, " PEERPATH_SQL_TIME_PARAM(7) ", " PEERPATH_SQL_TIME_PARAM(8) ", " PEERPATH_SQL_TIME_PARAM(9) ", $10) "
       "ON CONFLICT (agency_id, concern_id) DO UPDATE SET "
       "participant_id = coalesce(c.participant_id, EXCLUDED.participant_id), "
       "enrollment_id = coalesce(c.enrollment_id, EXCLUDED.enrollment_id), "
@@ -540,7 +539,7 @@ absl::Status ApplyEscalationEvent(pqxx::work& tx, const common::v1::Event& event
       // The latest acknowledgement deadline (each escalation moves it later): the overdue gauge.
       ExecPrepared(tx, "eval_concern_routed",
                    "INSERT INTO concerns AS c (agency_id, concern_id, ack_deadline) VALUES ($1, "
-                   "$2::uuid, " PP_TS(3) ") ON CONFLICT (agency_id, concern_id) DO UPDATE SET "
+                   "$2::uuid, " PEERPATH_SQL_TIME_PARAM(3) ") ON CONFLICT (agency_id, concern_id) DO UPDATE SET "
                    "ack_deadline = GREATEST(c.ack_deadline, EXCLUDED.ack_deadline)",
                    event.agency_id(), e.concern_id(), Micros(e.ack_deadline()));
     });
@@ -588,7 +587,8 @@ absl::Status ApplyConsentEvent(pqxx::work& tx, const common::v1::Event& event) {
     if (!Claim(tx, event)) return absl::OkStatus();
     ExecPrepared(tx, "eval_emergency_access",
                  "INSERT INTO emergency_accesses (agency_id, emergency_access_id, participant_id, "
-                 "granted_at) VALUES ($1, $2::uuid, $3, " PP_TS(4) ") ON CONFLICT DO NOTHING",
+                 "granted_at) VALUES ($1, $2::uuid, $3, " PEERPATH_SQL_TIME_PARAM(
+                     4) ") ON CONFLICT DO NOTHING",
                  event.agency_id(), e.emergency_access_id(), e.participant_id(),
                  Micros(e.granted_at()));
     return absl::OkStatus();

@@ -6,11 +6,6 @@
 namespace peerpath::evaluation {
 namespace {
 
-#define PP_TS(n) "(timestamptz 'epoch' + $" #n "::bigint * interval '1 microsecond')"
-// Microseconds since the epoch: date_part's double is exact to the microsecond for any time of
-// this century (2^53 > 4.1e15 µs), and several times cheaper than extract's numeric.
-#define PP_MICROS(column) "(date_part('epoch', " column ") * 1000000)::bigint"
-
 absl::Time At(const pqxx::field& f) { return absl::FromUnixMicros(f.as<int64_t>()); }
 
 std::optional<absl::Time> MaybeAt(const pqxx::field& f) {
@@ -86,13 +81,14 @@ RollupRows FetchRollupRows(pqxx::work& tx, absl::Time period_start, absl::Time p
       "WHERE o.agency_id = " +
           agency +
           " AND o.kind IN ('emergency_visit', 'discharge') "
-          "AND o.occurred_at >= " PP_TS(1) " AND o.occurred_at < " PP_TS(2),
+          "AND o.occurred_at >= " PEERPATH_SQL_TIME_PARAM(
+              1) " AND o.occurred_at < " PEERPATH_SQL_TIME_PARAM(2),
       p0, p1);
   // Per enrollment and month of the period: scores, the latest, and the first ever.
   rows.wellbeing = ExecPrepared(
       tx, "eval_load_wellbeing",
       "SELECT m.enrollment_id::text, m.scores, m.month - date '2000-01-01', m.last_score, "
-      "f.first_at < " PP_TS(
+      "f.first_at < " PEERPATH_SQL_TIME_PARAM(
           1) ", f.first_score "
              "FROM wellbeing_month m "
              "JOIN wellbeing_first f "
@@ -102,7 +98,7 @@ RollupRows FetchRollupRows(pqxx::work& tx, absl::Time period_start, absl::Time p
              "m.enrollment_id "
              "WHERE m.agency_id = " +
           agency +
-          " AND m.month >= (" PP_TS(1) " AT TIME ZONE 'UTC')::date AND m.month < (" PP_TS(
+          " AND m.month >= (" PEERPATH_SQL_TIME_PARAM(1) " AT TIME ZONE 'UTC')::date AND m.month < (" PEERPATH_SQL_TIME_PARAM(
               2) " AT TIME ZONE 'UTC')::date",
       p0, p1);
   return rows;
@@ -122,11 +118,12 @@ absl::StatusOr<ReportFacts> LoadFacts(
 
   for (const auto& row : ExecPrepared(
            tx, "eval_load_enrollments",
-           "SELECT enrollment_id::text, participant_id, pathway_key, " PP_MICROS(
-               "started_at") ", " PP_MICROS("ended_at") ", coalesce(program_id, '') FROM "
-                                                        "enrollments WHERE agency_id = " +
+           "SELECT enrollment_id::text, participant_id, pathway_key, " PEERPATH_SQL_MICROS(
+               "started_at") ", " PEERPATH_SQL_MICROS("ended_at") ", coalesce(program_id, '') FROM "
+                                                                  "enrollments WHERE agency_id = " +
                agency +
-               " AND started_at < " PP_TS(2) " AND (ended_at IS NULL OR ended_at >= " PP_TS(1) ")",
+               " AND started_at < " PEERPATH_SQL_TIME_PARAM(
+                   2) " AND (ended_at IS NULL OR ended_at >= " PEERPATH_SQL_TIME_PARAM(1) ")",
            p0, p1)) {
     f.enrollments.push_back({ids.Of(row[0]), ids.Of(row[1]), row[2].as<std::string>(),
                              row[5].as<std::string>(), At(row[3]), MaybeAt(row[4])});
@@ -135,15 +132,16 @@ absl::StatusOr<ReportFacts> LoadFacts(
   for (const auto& row : ExecPrepared(
            tx, "eval_load_appointments",
            "SELECT a.enrollment_id::text, a.participant_id, a.pathway_key, a.first_appointment, "
-           "a.outcome, " PP_MICROS("a.scheduled_at") ", a.peer_contact_before, "
-                                                     "coalesce(e.program_id, '') FROM "
-                                                     "appointments a LEFT JOIN enrollments e ON "
-                                                     "e.agency_id = a.agency_id AND "
-                                                     "e.enrollment_id = a.enrollment_id WHERE "
-                                                     "a.agency_id = " +
+           "a.outcome, " PEERPATH_SQL_MICROS(
+               "a.scheduled_at") ", a.peer_contact_before, "
+                                 "coalesce(e.program_id, '') FROM "
+                                 "appointments a LEFT JOIN enrollments e ON "
+                                 "e.agency_id = a.agency_id AND "
+                                 "e.enrollment_id = a.enrollment_id WHERE "
+                                 "a.agency_id = " +
                agency +
-               " AND a.scheduled_at >= " PP_TS(1) " AND a.scheduled_at < " PP_TS(
-                   2) " + interval '32 days'",
+               " AND a.scheduled_at >= " PEERPATH_SQL_TIME_PARAM(
+                   1) " AND a.scheduled_at < " PEERPATH_SQL_TIME_PARAM(2) " + interval '32 days'",
            p0, p1)) {
     const std::string outcome = row[4].as<std::string>();
     f.appointments.push_back({ids.Of(row[0]), ids.Of(row[1]), row[2].as<std::string>(),
@@ -153,38 +151,43 @@ absl::StatusOr<ReportFacts> LoadFacts(
                                                     : AppointmentOutcome::kOther,
                               At(row[5]), row[6].as<bool>()});
   }
-  for (const auto& row :
-       ExecPrepared(tx, "eval_load_stage_changes",
-                    "SELECT s.enrollment_id::text, s.participant_id, s.pathway_key, s.to_stage, "
-                    "" PP_MICROS("s.changed_at") ", coalesce(e.program_id, '') FROM stage_changes "
-                                                 "s LEFT JOIN enrollments e ON e.agency_id = "
-                                                 "s.agency_id AND e.enrollment_id = "
-                                                 "s.enrollment_id WHERE s.agency_id = " +
-                        agency + " AND s.changed_at >= " PP_TS(1) " AND s.changed_at < " PP_TS(2),
-                    p0, p1)) {
+  for (const auto& row : ExecPrepared(
+           tx, "eval_load_stage_changes",
+           "SELECT s.enrollment_id::text, s.participant_id, s.pathway_key, s.to_stage, "
+           "" PEERPATH_SQL_MICROS("s.changed_at") ", coalesce(e.program_id, '') FROM stage_changes "
+                                                  "s LEFT JOIN enrollments e ON e.agency_id = "
+                                                  "s.agency_id AND e.enrollment_id = "
+                                                  "s.enrollment_id WHERE s.agency_id = " +
+               agency +
+               " AND s.changed_at >= " PEERPATH_SQL_TIME_PARAM(
+                   1) " AND s.changed_at < " PEERPATH_SQL_TIME_PARAM(2),
+           p0, p1)) {
     f.stage_changes.push_back({ids.Of(row[0]), ids.Of(row[1]), row[2].as<std::string>(),
                                row[5].as<std::string>(),
                                row[3].as<std::string>() == "lost_to_follow_up", At(row[4])});
   }
   for (const auto& row : ExecPrepared(
            tx, "eval_load_reconnections",
-           "SELECT enrollment_id::text, " PP_MICROS("reconnected_at") " FROM reconnections "
-                                                                      "WHERE agency_id = " +
+           "SELECT enrollment_id::text, " PEERPATH_SQL_MICROS(
+               "reconnected_at") " FROM reconnections "
+                                 "WHERE agency_id = " +
                agency +
-               " AND reconnected_at >= " PP_TS(1) " AND "
-                                                  "reconnected_at < " PP_TS(
-                                                      2) " + interval '32 days'",
+               " AND reconnected_at >= " PEERPATH_SQL_TIME_PARAM(
+                   1) " AND "
+                      "reconnected_at < " PEERPATH_SQL_TIME_PARAM(2) " + interval '32 days'",
            p0, p1)) {
     f.reconnections[ids.Of(row[0])].push_back(At(row[1]));
   }
-  for (const auto& row : ExecPrepared(
-           tx, "eval_load_outcomes",
-           "SELECT participant_id, kind, discharge_setting, " PP_MICROS(
-               "occurred_at") " FROM service_outcomes WHERE agency_id = " +
-               agency +
-               " AND occurred_at >= " PP_TS(1) " - interval '32 days' AND occurred_at < " PP_TS(
-                   2) " + interval '92 days'",
-           p0, p1)) {
+  for (const auto& row :
+       ExecPrepared(tx, "eval_load_outcomes",
+                    "SELECT participant_id, kind, discharge_setting, " PEERPATH_SQL_MICROS(
+                        "occurred_at") " FROM service_outcomes WHERE agency_id = " +
+                        agency +
+                        " AND occurred_at >= " PEERPATH_SQL_TIME_PARAM(
+                            1) " - interval '32 days' AND "
+                               "occurred_at "
+                               "< " PEERPATH_SQL_TIME_PARAM(2) " + interval '92 days'",
+                    p0, p1)) {
     OutcomeFact o;
     o.participant_id = ids.Of(row[0]);
     o.kind = OutcomeKindFromName(row[1].as<std::string>());
@@ -195,23 +198,27 @@ absl::StatusOr<ReportFacts> LoadFacts(
     o.occurred_at = At(row[3]);
     f.outcomes.push_back(std::move(o));
   }
-  for (const auto& row : ExecPrepared(
-           tx, "eval_load_matches",
-           "SELECT supporter_id, participant_id, match_request_id, " PP_MICROS(
-               "started_at") ", " PP_MICROS("ended_at") ", rematch_request_id FROM matches "
-                                                        "WHERE agency_id = " +
-               agency +
-               " AND started_at < " PP_TS(2) " + interval '15 days' AND (ended_at IS NULL OR "
-                                             "ended_at >= " PP_TS(1) " - interval '31 days')",
-           p0, p1)) {
+  for (const auto& row :
+       ExecPrepared(tx, "eval_load_matches",
+                    "SELECT supporter_id, participant_id, match_request_id, " PEERPATH_SQL_MICROS(
+                        "started_at") ", " PEERPATH_SQL_MICROS("ended_at") ", rematch_request_id "
+                                                                           "FROM matches "
+                                                                           "WHERE agency_id = " +
+                        agency +
+                        " AND started_at < " PEERPATH_SQL_TIME_PARAM(
+                            2) " + interval '15 days' AND (ended_at IS NULL OR "
+                               "ended_at >= " PEERPATH_SQL_TIME_PARAM(1) " - interval '31 days')",
+                    p0, p1)) {
     f.matches.push_back({ids.Of(row[0]), ids.Of(row[1]), ids.MaybeOf(row[2]), At(row[3]),
                          MaybeAt(row[4]), ids.MaybeOf(row[5])});
   }
   for (const auto& row :
        ExecPrepared(tx, "eval_load_ratings",
-                    "SELECT participant_id, supporter_id, side, rating, " PP_MICROS(
+                    "SELECT participant_id, supporter_id, side, rating, " PEERPATH_SQL_MICROS(
                         "recorded_at") " FROM follow_up_ratings WHERE agency_id = " +
-                        agency + " AND recorded_at >= " PP_TS(1) " AND recorded_at < " PP_TS(2),
+                        agency +
+                        " AND recorded_at >= " PEERPATH_SQL_TIME_PARAM(
+                            1) " AND recorded_at < " PEERPATH_SQL_TIME_PARAM(2),
                     p0, p1)) {
     f.ratings.push_back({ids.Of(row[0]), ids.Of(row[1]), row[2].as<std::string>() == "participant",
                          row[3].as<int>(), At(row[4])});
@@ -219,51 +226,61 @@ absl::StatusOr<ReportFacts> LoadFacts(
   for (const auto& row : ExecPrepared(
            tx, "eval_load_concerns",
            "SELECT c.participant_id, coalesce(c.enrollment_id::text, ''), "
-           "coalesce(e.pathway_key, ''), c.category, c.severity, " PP_MICROS(
-               "c.opened_at") ", " PP_MICROS("c.acknowledged_at") ", c.breached, "
-                                                                  "coalesce(e.program_id, '') "
-                                                                  "FROM concerns c "
-                                                                  "LEFT JOIN enrollments e "
-                                                                  "ON e.agency_id = c.agency_id "
-                                                                  "AND e.enrollment_id = "
-                                                                  "c.enrollment_id "
-                                                                  "WHERE c.agency_id = " +
+           "coalesce(e.pathway_key, ''), c.category, c.severity, " PEERPATH_SQL_MICROS(
+               "c.opened_at") ", " PEERPATH_SQL_MICROS("c.acknowledged_at") ", c.breached, "
+                                                                            "coalesce(e.program_id,"
+                                                                            " '') "
+                                                                            "FROM concerns c "
+                                                                            "LEFT JOIN enrollments "
+                                                                            "e "
+                                                                            "ON e.agency_id = "
+                                                                            "c.agency_id "
+                                                                            "AND e.enrollment_id = "
+                                                                            "c.enrollment_id "
+                                                                            "WHERE c.agency_id = " +
                agency +
-               " AND c.opened_at >= " PP_TS(1) " AND c.opened_at < " PP_TS(
-                   2) " AND c.participant_id IS NOT NULL AND c.category IS "
-                      "NOT NULL AND c.severity IS NOT NULL",
+               " AND c.opened_at >= " PEERPATH_SQL_TIME_PARAM(
+                   1) " AND c.opened_at < " PEERPATH_SQL_TIME_PARAM(2) " AND c.participant_id IS "
+                                                                       "NOT NULL AND c.category IS "
+                                                                       "NOT NULL AND c.severity IS "
+                                                                       "NOT NULL",
            p0, p1)) {
     f.concerns.push_back({ids.Of(row[0]), ids.MaybeOf(row[1]), row[2].as<std::string>(),
                           row[8].as<std::string>(), row[3].as<int>(), row[4].as<int>(), At(row[5]),
                           MaybeAt(row[6]), row[7].as<bool>()});
   }
-  for (const auto& row :
-       ExecPrepared(tx, "eval_load_accesses",
-                    "SELECT participant_id, " PP_MICROS("granted_at") " FROM emergency_accesses "
-                                                                      "WHERE agency_id = " +
-                        agency + " AND granted_at >= " PP_TS(1) " AND granted_at < " PP_TS(2),
-                    p0, p1)) {
+  for (const auto& row : ExecPrepared(
+           tx, "eval_load_accesses",
+           "SELECT participant_id, " PEERPATH_SQL_MICROS("granted_at") " FROM emergency_accesses "
+                                                                       "WHERE agency_id = " +
+               agency +
+               " AND granted_at >= " PEERPATH_SQL_TIME_PARAM(
+                   1) " AND granted_at < " PEERPATH_SQL_TIME_PARAM(2),
+           p0, p1)) {
     f.emergency_accesses.emplace_back(ids.Of(row[0]), At(row[1]));
   }
-  for (const auto& row : ExecPrepared(
-           tx, "eval_load_supporter_contacts",
-           "SELECT supporter_id, sum(contacts)::bigint FROM supporter_contacts_month "
-           "WHERE agency_id = " +
-               agency +
-               " AND month >= (" PP_TS(1) " AT TIME ZONE 'UTC')::date "
-                                          "AND month < (" PP_TS(
-                                              2) " AT TIME ZONE 'UTC')::date GROUP BY supporter_id",
-           p0, p1)) {
+  for (const auto& row :
+       ExecPrepared(tx, "eval_load_supporter_contacts",
+                    "SELECT supporter_id, sum(contacts)::bigint FROM supporter_contacts_month "
+                    "WHERE agency_id = " +
+                        agency +
+                        " AND month >= (" PEERPATH_SQL_TIME_PARAM(
+                            1) " AT TIME ZONE 'UTC')::date "
+                               "AND month < (" PEERPATH_SQL_TIME_PARAM(
+                                   2) " AT TIME ZONE 'UTC')::date GROUP BY supporter_id",
+                    p0, p1)) {
     f.supporter_contacts[ids.Of(row[0])] = row[1].as<int64_t>();
   }
   for (const auto& row : ExecPrepared(
            tx, "eval_load_feedback",
            "SELECT f.participant_id, f.pathway_key, coalesce(e.program_id, ''), "
-           "f.rating, " PP_MICROS(
+           "f.rating, " PEERPATH_SQL_MICROS(
                "f.given_at") " FROM participant_feedback f LEFT JOIN enrollments e ON "
                              "e.agency_id = f.agency_id AND e.enrollment_id = f.enrollment_id "
                              "WHERE f.agency_id = " +
-               agency + " AND f.given_at >= " PP_TS(1) " AND f.given_at < " PP_TS(2),
+               agency +
+               " AND f.given_at >= " PEERPATH_SQL_TIME_PARAM(
+                   1) " AND f.given_at < " PEERPATH_SQL_TIME_PARAM(2),
            p0, p1)) {
     f.feedback.push_back({ids.Of(row[0]), row[1].as<std::string>(), row[2].as<std::string>(),
                           row[3].as<int>(), At(row[4])});
