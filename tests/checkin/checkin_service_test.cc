@@ -495,6 +495,12 @@ TEST_F(CheckInServiceTest, ParticipantFeedbackIsStoredOnceAndItsCommentNeverLeav
                                           &listed)
                 .error_code(),
             grpc::StatusCode::NOT_FOUND);
+  // A supervisor reads it only for the participants of the supporters they supervise.
+  EXPECT_TRUE(
+      stub_->ListParticipantFeedback(As({"supervisor"}, "supervisor-1").get(), list, &listed).ok());
+  EXPECT_EQ(stub_->ListParticipantFeedback(As({"supervisor"}, "supervisor-2").get(), list, &listed)
+                .error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
 }
 
 TEST_F(CheckInServiceTest, ConsentEventsCheckTheGatesOfActiveEnrollmentsAgain) {
