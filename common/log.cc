@@ -55,6 +55,10 @@ bool ParseLevel(std::string_view text, Level* level) {
   return false;
 }
 
+bool Enabled(Level level) {
+  return static_cast<int>(level) >= min_level.load(std::memory_order_relaxed);
+}
+
 void Write(Level level, std::string_view message, nlohmann::json fields) {
   if (static_cast<int>(level) < min_level.load(std::memory_order_relaxed)) return;
   nlohmann::json line = {

@@ -20,6 +20,9 @@ bool ParseLevel(std::string_view text, Level* level);
 
 void Write(Level level, std::string_view message, nlohmann::json fields = nlohmann::json::object());
 
+// Whether a line of `level` would be written: lets a hot path skip building its fields.
+bool Enabled(Level level);
+
 inline void Debug(std::string_view m, nlohmann::json f = nlohmann::json::object()) {
   Write(Level::kDebug, m, std::move(f));
 }

@@ -106,10 +106,11 @@ class RpcObserver : public grpc::experimental::Interceptor {
               {"grpc_type", type_},
               {"grpc_code", code_name}})
         .Increment();
+    static const auto* const kBuckets = new prometheus::Histogram::BucketBoundaries{
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
     factory_.handling_seconds()
         .Add({{"grpc_service", service_}, {"grpc_method", method_}, {"grpc_type", type_}},
-             prometheus::Histogram::BucketBoundaries{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                                     0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10})
+             *kBuckets)
         .Observe(seconds);
     const bool server_fault = code == grpc::StatusCode::INTERNAL ||
                               code == grpc::StatusCode::UNKNOWN ||
@@ -117,6 +118,7 @@ class RpcObserver : public grpc::experimental::Interceptor {
     const log::Level level = server_fault                   ? log::Level::kError
                              : code == grpc::StatusCode::OK ? log::Level::kDebug
                                                             : log::Level::kInfo;
+    if (!log::Enabled(level)) return;
     log::Write(level, "rpc finished",
                {{"grpc_service", service_},
                 {"grpc_method", method_},

@@ -20,7 +20,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "peerpath/consent/v1/consent.grpc.pb.h"
 #include "services/consent/access.h"
 #include "tests/support/service_process.h"
@@ -76,7 +78,28 @@ struct Figures {
   long errors = 0;
 };
 
-Figures Hammer(int in_flight, absl::Duration length, const std::function<bool()>& call) {
+// The calls of one kind over every round it ran in.
+struct Phase {
+  std::vector<double> latencies_us;
+  double seconds = 0;
+  long errors = 0;
+
+  Figures Summary() {
+    std::sort(latencies_us.begin(), latencies_us.end());
+    Figures f;
+    f.calls = static_cast<long>(latencies_us.size());
+    f.errors = errors;
+    if (seconds > 0) f.per_second = latencies_us.size() / seconds;
+    if (!latencies_us.empty()) {
+      f.p50_us = latencies_us[latencies_us.size() / 2];
+      f.p99_us = latencies_us[std::min(latencies_us.size() - 1, latencies_us.size() * 99 / 100)];
+    }
+    return f;
+  }
+};
+
+// `in_flight` threads each making `call` back to back for `length`; adds to `phase`.
+void Hammer(int in_flight, absl::Duration length, const std::function<bool()>& call, Phase& phase) {
   std::atomic<bool> stop{false};
   std::vector<std::vector<double>> latencies(in_flight);
   std::atomic<long> errors{0};
@@ -94,19 +117,27 @@ Figures Hammer(int in_flight, absl::Duration length, const std::function<bool()>
   std::this_thread::sleep_for(absl::ToChronoNanoseconds(length));
   stop = true;
   for (auto& t : threads) t.join();
-  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  std::vector<double> all;
-  for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
-  std::sort(all.begin(), all.end());
-  Figures f;
-  f.calls = static_cast<long>(all.size());
-  f.errors = errors;
-  f.per_second = all.size() / seconds;
-  if (!all.empty()) {
-    f.p50_us = all[all.size() / 2];
-    f.p99_us = all[std::min(all.size() - 1, all.size() * 99 / 100)];
-  }
-  return f;
+  phase.seconds += absl::ToDoubleSeconds(absl::Now() - start);
+  phase.errors += errors;
+  for (auto& l : latencies) phase.latencies_us.insert(phase.latencies_us.end(), l.begin(), l.end());
+}
+
+// Starts a call with the callback client API and waits for it: every phase calls the same way,
+// so the figures differ only by what the server does.
+grpc::Status CallAndWait(const std::function<void(std::function<void(grpc::Status)>)>& start) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status status;
+  start([&](grpc::Status s) {
+    std::lock_guard<std::mutex> lock(mu);
+    status = std::move(s);
+    done = true;
+    cv.notify_one();
+  });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return done; });
+  return status;
 }
 
 void OverGrpc() {
@@ -116,7 +147,7 @@ void OverGrpc() {
   const char* seconds_env = std::getenv("PEERPATH_BENCH_SECONDS");
   const absl::Duration length = absl::Seconds(seconds_env ? std::atoi(seconds_env) : 5);
   auto db = TestDatabase::Create();
-  ServiceProcess server("consent", db->UrlFor("consent"));
+  ServiceProcess server("consent", db->UrlFor("consent"), {"--log_level=info"});
   if (!server.WaitListening() || !server.WaitHealth(true)) {
     std::fprintf(stderr, "consent did not start:\n%s\n", server.Log().c_str());
     return;
@@ -154,20 +185,11 @@ void OverGrpc() {
     grpc::Slice nothing("");
     grpc::ByteBuffer request(&nothing, 1);
     grpc::ByteBuffer reply;
-    std::mutex mu;
-    std::condition_variable cv;
-    bool done = false;
-    grpc::Status status;
-    generic.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                      &reply, [&](grpc::Status s) {
-                        std::lock_guard<std::mutex> lock(mu);
-                        status = s;
-                        done = true;
-                        cv.notify_one();
-                      });
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return done; });
-    return status.ok();
+    return CallAndWait([&](std::function<void(grpc::Status)> done) {
+             generic.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
+                               &request, &reply, std::move(done));
+           })
+        .ok();
   };
   std::atomic<int> n{0};
   auto check = [&] {
@@ -182,7 +204,10 @@ void OverGrpc() {
     request.set_data_category(static_cast<v1::DataCategory>(1 + i % 6));
     request.set_purpose(static_cast<v1::Purpose>(1 + i % 5));
     v1::CheckAccessResponse response;
-    return stub->CheckAccess(&context, request, &response).ok();
+    return CallAndWait([&](std::function<void(grpc::Status)> done) {
+             stub->async()->CheckAccess(&context, &request, &response, std::move(done));
+           })
+        .ok();
   };
   // The same call refused by validation: token verification and the handler, no database.
   auto invalid = [&] {
@@ -192,14 +217,24 @@ void OverGrpc() {
     v1::CheckAccessRequest request;
     request.mutable_actor()->set_subject("dr-1");
     v1::CheckAccessResponse response;
-    return stub->CheckAccess(&context, request, &response).error_code() ==
-           grpc::StatusCode::INVALID_ARGUMENT;
+    return CallAndWait([&](std::function<void(grpc::Status)> done) {
+             stub->async()->CheckAccess(&context, &request, &response, std::move(done));
+           }).error_code() == grpc::StatusCode::INVALID_ARGUMENT;
   };
-  Hammer(8, absl::Seconds(1), check);  // Warm up connections and the pool.
-  const Figures e = Hammer(64, length, empty);
-  const Figures a = Hammer(64, length, invalid);
-  const Figures c = Hammer(64, length, check);
-  std::printf("\nover gRPC, 64 calls in flight, %.0f s each, same server and run:\n",
+  Phase warm_up;
+  Hammer(8, absl::Seconds(1), check, warm_up);  // Connections, the pool and the cache.
+  // The kinds take turns, three rounds of a third of the length each, so that a slow spell of
+  // this shared machine falls on all of them rather than on one.
+  Phase empty_phase, invalid_phase, check_phase;
+  for (int round = 0; round < 3; ++round) {
+    Hammer(64, length / 3, empty, empty_phase);
+    Hammer(64, length / 3, invalid, invalid_phase);
+    Hammer(64, length / 3, check, check_phase);
+  }
+  const Figures e = empty_phase.Summary();
+  const Figures a = invalid_phase.Summary();
+  const Figures c = check_phase.Summary();
+  std::printf("\nover gRPC, 64 calls in flight, %.0f s each in three turns, same server and run:\n",
               absl::ToDoubleSeconds(length));
   std::printf(
       "  empty RPC (health Check): %9.0f calls/s  p50 %8.0f us  p99 %8.0f us  (%ld calls, %ld "
@@ -212,6 +247,16 @@ void OverGrpc() {
       "  CheckAccess, 20 consents: %9.0f calls/s  p50 %8.0f us  p99 %8.0f us  (%ld calls, %ld "
       "errors)\n",
       c.per_second, c.p50_us, c.p99_us, c.calls, c.errors);
+  // Where the decisions' inputs came from, as the server counts them.
+  const std::string metrics = peerpath::testing::HttpGet(server.metrics_port(), "/metrics");
+  for (absl::string_view line : absl::StrSplit(metrics, '\n')) {
+    if (absl::StartsWith(line, "peerpath_consent_access_decisions_total{") ||
+        absl::StartsWith(line, "peerpath_consent_decision_cache_listening ")) {
+      std::printf("  %.*s\n", static_cast<int>(line.size()), line.data());
+    }
+  }
+  if (std::getenv("PEERPATH_BENCH_SERVER_LOG") != nullptr)
+    std::printf("%s\n", server.Log().c_str());
   if (e.per_second > 0 && e.p99_us > 0) {
     std::printf(
         "  ratio: throughput %.2f x empty (target >= 0.7), p99 %.2f x empty (target <= 1.5)\n",

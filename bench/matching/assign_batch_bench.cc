@@ -229,7 +229,8 @@ struct Service {
 
 bool Start(Service& service) {
   service.db = TestDatabase::Create();
-  service.process = std::make_unique<ServiceProcess>("matching", service.db->UrlFor("matching"));
+  service.process = std::make_unique<ServiceProcess>("matching", service.db->UrlFor("matching"),
+                                                     std::vector<std::string>{"--log_level=info"});
   if (!service.process->WaitListening() || !service.process->WaitHealth(true)) {
     std::fprintf(stderr, "matching did not start:\n%s\n", service.process->Log().c_str());
     return false;

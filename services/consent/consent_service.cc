@@ -232,6 +232,29 @@ ConsentService::ConsentService(ServiceContext& context, ConsentOptions options,
                       .Help("Emergency (break-glass) accesses granted to clinicians")
                       .Register(context.metrics)
                       .Add({});
+  auto& decisions = prometheus::BuildCounter()
+                        .Name("peerpath_consent_access_decisions_total")
+                        .Help(
+                            "CheckAccess decisions by where their inputs came from: the "
+                            "replica's cache or a database read")
+                        .Register(context.metrics);
+  decided_from_cache_ = &decisions.Add({{"inputs", "cache"}});
+  decided_from_database_ = &decisions.Add({{"inputs", "database"}});
+  workers_ = std::make_unique<WorkerPool>(context.db.options().pool_size);
+  if (options.decision_cache_participants > 0) {
+    DecisionCacheOptions cache;
+    cache.database = context.db.options();
+    cache.max_participants = static_cast<size_t>(options.decision_cache_participants);
+    cache.listening = &prometheus::BuildGauge()
+                           .Name("peerpath_consent_decision_cache_listening")
+                           .Help(
+                               "1 while this replica's decision cache listens for changes and "
+                               "may answer CheckAccess; 0 while every decision reads the "
+                               "database")
+                           .Register(context.metrics)
+                           .Add({});
+    cache_ = std::make_unique<DecisionCache>(std::move(cache));
+  }
   matching_consumer_ = MakeMatchingConsumer(context, options.matching_address);
   if (matching_consumer_ != nullptr) matching_consumer_->Start();
   escalation_consumer_ = MakeEscalationConsumer(context, options.escalation_address);
@@ -262,6 +285,9 @@ ConsentService::ConsentService(ServiceContext& context, ConsentOptions options,
 }
 
 ConsentService::~ConsentService() {
+  // The cache answers its waiting calls (they go to the workers), then the workers finish.
+  cache_.reset();
+  workers_.reset();
   stop_sweeper_.Notify();
   if (sweeper_.joinable()) sweeper_.join();
   if (matching_consumer_ != nullptr) matching_consumer_->Stop();
@@ -545,11 +571,15 @@ grpc::Status ConsentService::RevokeConsent(grpc::ServerContext* context,
   return ToGrpc(status);
 }
 
-grpc::Status ConsentService::CheckAccess(grpc::ServerContext* context,
-                                         const v1::CheckAccessRequest* request,
-                                         v1::CheckAccessResponse* response) {
+grpc::ServerUnaryReactor* ConsentService::CheckAccess(grpc::CallbackServerContext* context,
+                                                      const v1::CheckAccessRequest* request,
+                                                      v1::CheckAccessResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   auto caller = authorizer_.Authorize(*context, "CheckAccess");
-  if (!caller.ok()) return ToGrpc(caller.status());
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpc(caller.status()));
+    return reactor;
+  }
   Violations v;
   CheckId(request->participant_id(), "participant_id", v);
   CheckCategory(request->data_category(), "data_category", v);
@@ -572,58 +602,108 @@ grpc::Status ConsentService::CheckAccess(grpc::ServerContext* context,
       }
       accessor = AccessorOfCaller(*caller);
   }
-  if (!v.empty()) return ToGrpc(Invalid(v));
+  if (!v.empty()) {
+    reactor->Finish(ToGrpc(Invalid(v)));
+    return reactor;
+  }
   if (!any_accessor && request->accessor_case() != v1::CheckAccessRequest::ACCESSOR_NOT_SET) {
     authorizer_.AuditRefusal(*context, *caller, "CheckAccess", "participant",
                              request->participant_id(), request->participant_id());
-    return ToGrpc(absl::PermissionDeniedError(
+    reactor->Finish(ToGrpc(absl::PermissionDeniedError(
         "peer supporters and integrations may check access only for themselves (accessor "
-        "unset)"));
+        "unset)")));
+    return reactor;
   }
   const bool peer = PeerOnly(*caller);
+  const std::string agency = caller->agency_id;
+  auto from_database = [this, reactor, context, request, response, caller = *std::move(caller),
+                        accessor]() {
+    reactor->Finish(DecideFromDatabase(*context, caller, *request, accessor, *response));
+  };
+  if (cache_ == nullptr || peer) {
+    workers_->Post(std::move(from_database));
+    return reactor;
+  }
+  // The hot path: once the cache is current, a cached decision is answered on the cache's
+  // thread. One resting on an emergency access is audited as break-glass, in a transaction.
+  cache_->AfterBarrier([this, reactor, request, response, agency, accessor = std::move(accessor),
+                        from_database = std::move(from_database)](bool current) mutable {
+    if (current) {
+      auto inputs = cache_->Find(agency, request->participant_id(), accessor.person_subject);
+      if (inputs != nullptr) {
+        const absl::Time now = absl::Now();
+        const AccessDecision decision =
+            DecideAccess(inputs->consents, inputs->grants, accessor,
+                         {request->data_category(), request->purpose()}, now);
+        if (decision.reason != v1::ACCESS_REASON_PERMITTED_BY_EMERGENCY_ACCESS) {
+          decided_from_cache_->Increment();
+          FillDecision(decision, now, *response);
+          reactor->Finish(grpc::Status::OK);
+          return;
+        }
+      }
+    }
+    workers_->Post(std::move(from_database));
+  });
+  return reactor;
+}
+
+grpc::Status ConsentService::DecideFromDatabase(const grpc::CallbackServerContext& context,
+                                                const Identity& caller,
+                                                const v1::CheckAccessRequest& request,
+                                                const Accessor& accessor,
+                                                v1::CheckAccessResponse& response) {
+  decided_from_database_->Increment();
+  const bool peer = PeerOnly(caller);
   const absl::Time now = absl::Now();
-  const AccessQuery query{request->data_category(), request->purpose()};
+  const AccessQuery query{request.data_category(), request.purpose()};
   if (!peer) {
-    // The hot path: one round trip, nothing written. A decision that rests on an emergency
-    // access is audited as break-glass, so that one is decided again below, in a transaction.
+    // One round trip, nothing written; the inputs go to the cache unless a change was
+    // announced while they were read.
+    const uint64_t generation = cache_ != nullptr ? cache_->Generation() : 0;
     auto decision = context_.db.RunWithoutTransaction(
         [&](pqxx::nontransaction& tx) -> absl::StatusOr<AccessDecision> {
-          const store::DecisionInputs inputs = store::ReadDecisionInputs(
-              tx, caller->agency_id, request->participant_id(), accessor.person_subject);
-          return DecideAccess(inputs.consents, inputs.grants, accessor, query, now);
+          store::DecisionInputs inputs = store::ReadDecisionInputs(
+              tx, caller.agency_id, request.participant_id(), accessor.person_subject);
+          AccessDecision decision =
+              DecideAccess(inputs.consents, inputs.grants, accessor, query, now);
+          if (cache_ != nullptr) {
+            cache_->Fill(generation, caller.agency_id, request.participant_id(),
+                         accessor.person_subject, std::move(inputs));
+          }
+          return decision;
         });
     if (!decision.ok()) return ToGrpc(decision.status());
     if (decision->reason != v1::ACCESS_REASON_PERMITTED_BY_EMERGENCY_ACCESS) {
-      FillDecision(*decision, now, *response);
+      FillDecision(*decision, now, response);
       return grpc::Status::OK;
     }
   }
   Refusal refusal;
   absl::Status status =
-      context_.db.TransactForAgency(caller->agency_id, [&](pqxx::work& tx) -> absl::Status {
+      context_.db.TransactForAgency(caller.agency_id, [&](pqxx::work& tx) -> absl::Status {
         if (peer) {
-          auto matched =
-              matches_->IsActivelyMatched(tx, caller->subject, request->participant_id());
+          auto matched = matches_->IsActivelyMatched(tx, caller.subject, request.participant_id());
           if (!matched.ok()) return matched.status();
           if (!*matched) {
-            refusal = {true, "participant", request->participant_id(), request->participant_id()};
+            refusal = {true, "participant", request.participant_id(), request.participant_id()};
             return absl::PermissionDeniedError(kNotMatched);
           }
         }
         const store::DecisionInputs inputs = store::LoadDecisionInputs(
-            tx, request->participant_id(), accessor.person_subject, /*lock=*/false);
+            tx, request.participant_id(), accessor.person_subject, /*lock=*/false);
         const AccessDecision decision =
             DecideAccess(inputs.consents, inputs.grants, accessor, query, now);
         if (decision.reason == v1::ACCESS_REASON_PERMITTED_BY_EMERGENCY_ACCESS) {
-          auto audited = Audit(tx, *caller, *context, "CheckAccess", "emergency_access",
-                               decision.emergency_access_id, request->participant_id(),
+          auto audited = Audit(tx, caller, context, "CheckAccess", "emergency_access",
+                               decision.emergency_access_id, request.participant_id(),
                                AuditDecision::kBreakGlass);
           if (!audited.ok()) return audited.status();
         }
-        FillDecision(decision, now, *response);
+        FillDecision(decision, now, response);
         return absl::OkStatus();
       });
-  AuditIfRefused(authorizer_, *context, *caller, "CheckAccess", refusal);
+  AuditIfRefused(authorizer_, context, caller, "CheckAccess", refusal);
   return ToGrpc(status);
 }
 

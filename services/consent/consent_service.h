@@ -12,14 +12,19 @@
 #include "common/event_log.h"
 #include "common/server.h"
 #include "common/stop_signal.h"
+#include "common/worker_pool.h"
 #include "peerpath/consent/v1/consent.grpc.pb.h"
+#include "services/consent/access.h"
+#include "services/consent/decision_cache.h"
 #include "services/consent/relationships.h"
 
 namespace peerpath::consent {
 
-using ConsentServiceBase =
-    WithEventLogRpcs<v1::ConsentService::Service, v1::ListEventsRequest, v1::ListEventsResponse,
-                     v1::SubscribeRequest, v1::SubscribeResponse>;
+// CheckAccess uses the callback API: a decision from the cache is answered on the thread that
+// completed its barrier, without a hand-off to a synchronous-server thread.
+using ConsentServiceBase = WithEventLogRpcs<
+    v1::ConsentService::WithCallbackMethod_CheckAccess<v1::ConsentService::Service>,
+    v1::ListEventsRequest, v1::ListEventsResponse, v1::SubscribeRequest, v1::SubscribeResponse>;
 
 // Service-specific settings (flags in main.cc).
 struct ConsentOptions {
@@ -29,6 +34,9 @@ struct ConsentOptions {
   std::string escalation_address;
   // How often the expiry sweeper runs.
   absl::Duration expiry_sweep_interval = absl::Seconds(30);
+  // Participants whose decision inputs each replica keeps in memory (decision_cache.h); 0: no
+  // cache, every CheckAccess reads the database.
+  int decision_cache_participants = 100000;
 };
 
 // peerpath.consent.v1.ConsentService: consents, access decisions, gates, the accounting of
@@ -53,8 +61,9 @@ class ConsentService final : public ConsentServiceBase {
                             v1::ListConsentsResponse* response) override;
   grpc::Status RevokeConsent(grpc::ServerContext* context, const v1::RevokeConsentRequest* request,
                              v1::RevokeConsentResponse* response) override;
-  grpc::Status CheckAccess(grpc::ServerContext* context, const v1::CheckAccessRequest* request,
-                           v1::CheckAccessResponse* response) override;
+  grpc::ServerUnaryReactor* CheckAccess(grpc::CallbackServerContext* context,
+                                        const v1::CheckAccessRequest* request,
+                                        v1::CheckAccessResponse* response) override;
   grpc::Status CheckGates(grpc::ServerContext* context, const v1::CheckGatesRequest* request,
                           v1::CheckGatesResponse* response) override;
   grpc::Status ShareInformation(grpc::ServerContext* context,
@@ -78,12 +87,23 @@ class ConsentService final : public ConsentServiceBase {
   absl::StatusOr<int> SweepExpiredConsents();
 
  private:
+  // The part of CheckAccess that reads the database (a cache miss, a peer supporter's check, a
+  // decision resting on an emergency access), on a worker thread.
+  grpc::Status DecideFromDatabase(const grpc::CallbackServerContext& context,
+                                  const Identity& caller, const v1::CheckAccessRequest& request,
+                                  const Accessor& accessor, v1::CheckAccessResponse& response);
+
   ServiceContext& context_;
   Authorizer authorizer_;
   EventLog events_;
   std::unique_ptr<ActiveMatches> matches_;
   std::unique_ptr<SafetyConcerns> concerns_;
   prometheus::Counter* break_glass_ = nullptr;
+  prometheus::Counter* decided_from_cache_ = nullptr;
+  prometheus::Counter* decided_from_database_ = nullptr;
+  // Declared before the cache: the cache's last callbacks (at its destruction) post here.
+  std::unique_ptr<WorkerPool> workers_;
+  std::unique_ptr<DecisionCache> cache_;  // Null when disabled.
   std::unique_ptr<EventConsumer> matching_consumer_;
   std::unique_ptr<EventConsumer> escalation_consumer_;
   StopSignal stop_sweeper_;

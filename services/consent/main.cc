@@ -2,6 +2,7 @@
 #include <string>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
 #include "absl/time/time.h"
 #include "common/server.h"
 #include "consent/migrations.h"
@@ -18,6 +19,12 @@ ABSL_FLAG(std::string, escalation_address, "",
 ABSL_FLAG(std::string, consent_expiry_sweep_interval, "",
           "consent: how often the expiry sweeper marks ended consents EXPIRED, e.g. 30s (env "
           "PEERPATH_CONSENT_EXPIRY_SWEEP_INTERVAL; default 30s)");
+
+ABSL_FLAG(std::string, consent_decision_cache_participants, "",
+          "consent: participants whose decision inputs each replica keeps in memory for "
+          "CheckAccess, kept current by LISTEN/NOTIFY (env "
+          "PEERPATH_CONSENT_DECISION_CACHE_PARTICIPANTS; default 100000; 0: every decision reads "
+          "the database)");
 
 using peerpath::ExitOnBadConfiguration;
 using peerpath::FlagOrEnv;
@@ -36,6 +43,14 @@ peerpath::consent::ConsentOptions Options() {
                             options.expiry_sweep_interval <= absl::ZeroDuration())) {
     ExitOnBadConfiguration("peerpath-consent", "--consent_expiry_sweep_interval '" + interval +
                                                    "' is not a positive duration");
+  }
+  const std::string cached = FlagOrEnv(absl::GetFlag(FLAGS_consent_decision_cache_participants),
+                                       "PEERPATH_CONSENT_DECISION_CACHE_PARTICIPANTS");
+  if (!cached.empty() &&
+      (!absl::SimpleAtoi(cached, &options.decision_cache_participants) ||
+       options.decision_cache_participants < 0 || options.decision_cache_participants > 10000000)) {
+    ExitOnBadConfiguration("peerpath-consent", "--consent_decision_cache_participants '" + cached +
+                                                   "' is not a number from 0 to 10000000");
   }
   return options;
 }

@@ -403,6 +403,151 @@ TEST_F(ConsentServiceTest, RevokedConsentDeniesNextCheckUnderConcurrentChecks) {
   EXPECT_FALSE(got.consent().in_effect());
 }
 
+// How many CheckAccess decisions a server took from its cache or from the database.
+double Decisions(const ServiceProcess& server, const std::string& inputs) {
+  return MetricValue(HttpGet(server.metrics_port(), "/metrics"),
+                     "peerpath_consent_access_decisions_total", {{"inputs", inputs}});
+}
+
+double CacheListeningGauge(const ServiceProcess& server) {
+  return MetricValue(HttpGet(server.metrics_port(), "/metrics"),
+                     "peerpath_consent_decision_cache_listening", {});
+}
+
+// Waits until a replica's decision cache listens (it starts once the triggers of migration 0006
+// exist): until then every decision reads the database.
+bool CacheListening(const ServiceProcess& server) {
+  for (int i = 0; i < 100; ++i) {
+    if (CacheListeningGauge(server) == 1) return true;
+    std::this_thread::sleep_for(50ms);
+  }
+  return false;
+}
+
+// Two replicas over one database, each with its own decision cache: a revocation through one is
+// seen by the very next check on the other, also while that one answers checks from its cache
+// all along. Repeated, because a stale cache would show only now and then.
+TEST_F(ConsentServiceTest, RevokeThroughOneReplicaDeniesTheNextCheckOnAnother) {
+  ServiceProcess other("consent", db_->UrlFor("consent"));
+  ASSERT_TRUE(other.WaitHealth(true)) << other.Log();
+  ASSERT_TRUE(CacheListening(other)) << other.Log();
+  auto other_stub = v1::ConsentService::NewStub(other.Channel());
+  auto check_on_other = [&](const std::string& participant) {
+    v1::CheckAccessRequest request;
+    request.set_participant_id(participant);
+    *request.mutable_actor() = Person("c-1", {"clinician"});
+    request.set_data_category(v1::DATA_CATEGORY_APPOINTMENT_STATUS);
+    request.set_purpose(v1::PURPOSE_TREATMENT);
+    v1::CheckAccessResponse response;
+    grpc::Status status =
+        other_stub->CheckAccess(As({"service"}, "svc-checkin").get(), request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response;
+  };
+  int permits_after_revoke = 0;
+  for (int round = 0; round < 10; ++round) {
+    const std::string participant = absl::StrCat("p-two-", round);
+    const std::string id =
+        RecordOk(Consent(participant, v1::RECIPIENT_KIND_ROLE, "clinician", {v1::PURPOSE_TREATMENT},
+                         {v1::DATA_CATEGORY_APPOINTMENT_STATUS}));
+    // Recorded on one replica, permitted on the other at once.
+    ASSERT_EQ(check_on_other(participant).decision(), v1::ACCESS_DECISION_PERMIT);
+    const double cached_before = Decisions(other, "cache");
+    ASSERT_EQ(check_on_other(participant).decision(), v1::ACCESS_DECISION_PERMIT);
+    EXPECT_EQ(Decisions(other, "cache"), cached_before + 1) << "the repeat is not cached";
+
+    std::atomic<bool> revoked_returned{false};
+    std::atomic<bool> stop{false};
+    std::atomic<int> late_permits{0};
+    std::vector<std::thread> checkers;
+    for (int t = 0; t < 3; ++t) {
+      checkers.emplace_back([&] {
+        while (!stop) {
+          const bool after = revoked_returned.load();
+          if (check_on_other(participant).decision() == v1::ACCESS_DECISION_PERMIT && after) {
+            ++late_permits;
+          }
+        }
+      });
+    }
+    std::this_thread::sleep_for(20ms);
+    v1::RevokeConsentRequest revoke;
+    revoke.set_consent_id(id);
+    revoke.set_reason("participant withdrew consent");
+    v1::RevokeConsentResponse revoked;
+    ASSERT_TRUE(stub_->RevokeConsent(As({"case_manager"}).get(), revoke, &revoked).ok());
+    revoked_returned = true;
+    const v1::CheckAccessResponse next = check_on_other(participant);
+    std::this_thread::sleep_for(20ms);
+    stop = true;
+    for (auto& t : checkers) t.join();
+    EXPECT_EQ(next.decision(), v1::ACCESS_DECISION_DENY) << "round " << round;
+    EXPECT_EQ(next.reason(), v1::ACCESS_REASON_CONSENT_REVOKED) << "round " << round;
+    permits_after_revoke += late_permits;
+  }
+  EXPECT_EQ(permits_after_revoke, 0);
+}
+
+// The cache hears of every change to the decision inputs, also one made outside the service (an
+// administrator's UPDATE, a TRUNCATE), because the database itself announces them.
+TEST_F(ConsentServiceTest, ChangesMadeOutsideTheServiceReachTheCache) {
+  ASSERT_TRUE(CacheListening(*server_)) << server_->Log();
+  const std::string id =
+      RecordOk(Consent("p-sql", v1::RECIPIENT_KIND_ROLE, "clinician", {v1::PURPOSE_TREATMENT},
+                       {v1::DATA_CATEGORY_APPOINTMENT_STATUS}));
+  auto check = [&] {
+    return Check("p-sql", Person("c-1", {"clinician"}), v1::DATA_CATEGORY_APPOINTMENT_STATUS,
+                 v1::PURPOSE_TREATMENT);
+  };
+  ASSERT_EQ(check().decision(), v1::ACCESS_DECISION_PERMIT);
+  const double cached = Decisions(*server_, "cache");
+  ASSERT_EQ(check().decision(), v1::ACCESS_DECISION_PERMIT);
+  ASSERT_EQ(Decisions(*server_, "cache"), cached + 1);
+
+  // Ended an hour ago, by hand.
+  db_->AdminQuery(
+      absl::StrCat("UPDATE consent.consents SET valid_from = now() - interval '2 hours', "
+                   "valid_until = now() - interval '1 hour' WHERE id = '",
+                   id, "'"));
+  const v1::CheckAccessResponse after_update = check();
+  EXPECT_EQ(after_update.decision(), v1::ACCESS_DECISION_DENY);
+  EXPECT_EQ(after_update.reason(), v1::ACCESS_REASON_CONSENT_EXPIRED);
+
+  // Everything gone: nothing permits (no consent at all).
+  RecordOk(Consent("p-sql", v1::RECIPIENT_KIND_ROLE, "clinician", {v1::PURPOSE_TREATMENT},
+                   {v1::DATA_CATEGORY_APPOINTMENT_STATUS}));
+  ASSERT_EQ(check().decision(), v1::ACCESS_DECISION_PERMIT);
+  ASSERT_EQ(check().decision(), v1::ACCESS_DECISION_PERMIT);
+  db_->AdminQuery("TRUNCATE consent.consents CASCADE");
+  const v1::CheckAccessResponse after_truncate = check();
+  EXPECT_EQ(after_truncate.decision(), v1::ACCESS_DECISION_DENY);
+  EXPECT_EQ(after_truncate.reason(), v1::ACCESS_REASON_NO_CONSENT);
+}
+
+// With the cache off every decision reads the database; a bad size stops the start.
+TEST_F(ConsentServiceTest, DecisionCacheCanBeTurnedOffAndRefusesABadSize) {
+  StartConsent({"--consent_decision_cache_participants=0"});
+  RecordOk(Consent("p-nocache", v1::RECIPIENT_KIND_ROLE, "clinician", {v1::PURPOSE_TREATMENT},
+                   {v1::DATA_CATEGORY_APPOINTMENT_STATUS}));
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(Check("p-nocache", Person("c-1", {"clinician"}), v1::DATA_CATEGORY_APPOINTMENT_STATUS,
+                    v1::PURPOSE_TREATMENT)
+                  .decision(),
+              v1::ACCESS_DECISION_PERMIT);
+  }
+  EXPECT_EQ(Decisions(*server_, "database"), 3);
+  EXPECT_EQ(Decisions(*server_, "cache"), 0);
+  EXPECT_EQ(HttpGet(server_->metrics_port(), "/metrics")
+                .find("peerpath_consent_decision_cache_listening"),
+            std::string::npos);
+
+  ServiceProcess bad("consent", db_->UrlFor("consent"),
+                     {"--consent_decision_cache_participants=lots"});
+  EXPECT_EQ(bad.WaitExit(10s), 2);
+  EXPECT_NE(bad.Log().find("--consent_decision_cache_participants 'lots'"), std::string::npos)
+      << bad.Log();
+}
+
 TEST_F(ConsentServiceTest, ExpiryIsNoticedWithoutACallAndEmittedOnce) {
   v1::Consent c = Consent("p-exp", v1::RECIPIENT_KIND_ROLE, "clinician", {v1::PURPOSE_TREATMENT},
                           {v1::DATA_CATEGORY_CHECK_IN_SUMMARIES});
