@@ -65,7 +65,8 @@ absl::Status ApplySupporterMatchEvent(pqxx::work& tx, const common::v1::Event& e
 
 std::optional<ActiveSupporter> ActiveSupporterOf(pqxx::work& tx,
                                                  const std::string& participant_id) {
-  const pqxx::result r = tx.exec_params(
+  const pqxx::result r = ExecPrepared(
+      tx, "supporter_matches_active_supporter_of",
       "SELECT supporter_id::text, supporter_subject, supervisor_subject FROM supporter_matches "
       "WHERE participant_id = $1 AND active ORDER BY started_at DESC NULLS LAST LIMIT 1",
       participant_id);

@@ -103,7 +103,7 @@ void RunDatabaseBenchmarks() {
   constexpr int kInFlight = 16;
   auto db = testing::TestDatabase::Create();
   testing::ServiceProcess service("escalation", db->UrlFor("escalation"),
-                                  {"--deadline_sweep_interval=1h", "--log_level=info"});
+                                  {"--deadline_sweep_interval=1h", "--log_level=info", "--db_pool_size=16"});
   if (!service.WaitListening() || !service.WaitHealth(true)) {
     std::fprintf(stderr, "escalation did not start:\n%s\n", service.Log().c_str());
     return;

@@ -46,8 +46,9 @@ class NotificationOutbox {
   // Asks the thread to look now (after a commit that enqueued).
   void Wake();
 
-  // Delivers what is due now, one by one, until nothing is due or `max` were tried; returns how
-  // many were delivered.
+  // Delivers what is due now, up to 16 per transaction, until nothing is due or `max` were
+  // tried; returns how many were delivered. After a failed delivery the rest of its transaction's
+  // batch waits for the next transaction.
   absl::StatusOr<int> DeliverDue(int max = 100);
 
   // Deletes notifications delivered or given up more than 30 days ago (the policy of migration

@@ -250,7 +250,7 @@ absl::StatusOr<RoutingPolicy> Store::Policy(pqxx::work& tx, const std::string& a
   const char* const latest =
       "SELECT id::text FROM routing_policies WHERE agency_id = $1 AND ($2 = 0 OR version = $2) "
       "ORDER BY version DESC LIMIT 1";
-  pqxx::result rows = tx.exec_params(latest, agency_id, version);
+  pqxx::result rows = ExecPrepared(tx, "escalation_policy_latest", latest, agency_id, version);
   if (rows.empty() && version <= 1) {
     const StoredPolicyText stored = PolicyToStored(default_policy);
     tx.exec_params(
@@ -259,7 +259,7 @@ absl::StatusOr<RoutingPolicy> Store::Policy(pqxx::work& tx, const std::string& a
         "'system:default') ON CONFLICT (agency_id, version) DO NOTHING",
         agency_id, stored.rules_json, default_policy.time_zone, stored.business_hours_json,
         stored.holidays);
-    rows = tx.exec_params(latest, agency_id, version);
+    rows = ExecPrepared(tx, "escalation_policy_latest", latest, agency_id, version);
   }
   if (rows.empty()) {
     return absl::NotFoundError(absl::StrCat("routing policy version ", version, " not found"));
@@ -338,13 +338,13 @@ absl::StatusOr<ConcernRecord> Store::InsertConcern(pqxx::work& tx, const Concern
       ORDER BY k.n)
     SELECT )sql",
                                        kConcernColumns, ", true FROM c");
-  pqxx::result rows =
-      tx.exec_params(sql, c.agency_id(), c.participant_id(), c.enrollment_id(),
-                     CategoryCode(c.category()), SeverityCode(c.severity()), SourceCode(c.source()),
-                     c.source_event_id(), c.source_check_in_id(), c.description(), c.raised_by(),
-                     c.raised_by_role(), record.policy_id, c.policy_version(), c.current_level(),
-                     TargetKindCode(c.current_target().kind()), c.current_target().target_id(),
-                     ProtoMicros(c, c.ack_deadline(), true), Micros(record.notify_at), opened);
+  pqxx::result rows = ExecPrepared(
+      tx, "escalation_insert_concern", sql, c.agency_id(), c.participant_id(), c.enrollment_id(),
+      CategoryCode(c.category()), SeverityCode(c.severity()), SourceCode(c.source()),
+      c.source_event_id(), c.source_check_in_id(), c.description(), c.raised_by(),
+      c.raised_by_role(), record.policy_id, c.policy_version(), c.current_level(),
+      TargetKindCode(c.current_target().kind()), c.current_target().target_id(),
+      ProtoMicros(c, c.ack_deadline(), true), Micros(record.notify_at), opened);
   return ConcernFromRow(rows[0], true);
 }
 
