@@ -54,11 +54,12 @@ absl::Status AppendEvents(
     ids.push_back(aggregate_id);
     payloads.push_back(absl::Base64Escape(payload->SerializeAsString()));
   }
-  tx.exec_params0(
-      "INSERT INTO outbox (agency_id, event_type, aggregate_id, payload) "
-      "SELECT $1, t, a, decode(p, 'base64') FROM unnest($2::text[], $3::text[], $4::text[]) "
-      "WITH ORDINALITY AS e(t, a, p, n) ORDER BY n",
-      agency_id, TextArrayLiteral(types), TextArrayLiteral(ids), TextArrayLiteral(payloads));
+  ExecPrepared(tx, "peerpath_events_append",
+               "INSERT INTO outbox (agency_id, event_type, aggregate_id, payload) "
+               "SELECT $1, t, a, decode(p, 'base64') FROM unnest($2::text[], $3::text[], "
+               "$4::text[]) WITH ORDINALITY AS e(t, a, p, n) ORDER BY n",
+               agency_id, TextArrayLiteral(types), TextArrayLiteral(ids),
+               TextArrayLiteral(payloads));
   return absl::OkStatus();
 }
 

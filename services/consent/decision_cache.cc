@@ -166,11 +166,21 @@ void DecisionCache::Run() {
     try {
       std::unique_ptr<pqxx::connection> conn = OpenConnection(listening);
       Receiver receiver(*conn, Channel(schema), *this);  // LISTEN, before anything is trusted.
+      // libpqxx may reopen a lost connection by itself when a transaction starts; notifications
+      // sent in between would be lost. A different backend means exactly that: start over.
+      const int backend = conn->backendpid();
+      auto same_session = [&] {
+        if (conn->backendpid() != backend) {
+          throw pqxx::broken_connection("the listening session was replaced");
+        }
+      };
       bool vouching = false;
       absl::Time next_trigger_check = absl::InfinitePast();
       while (!stop_.stopped()) {
         if (!vouching && absl::Now() >= next_trigger_check) {
-          if (TriggersInstalled(*conn, schema)) {
+          const bool installed = TriggersInstalled(*conn, schema);
+          same_session();
+          if (installed) {
             vouching = true;
             StartVouching();
           } else {
@@ -194,6 +204,7 @@ void DecisionCache::Run() {
           pqxx::nontransaction barrier(*conn);
           barrier.exec("SELECT 1");
         }
+        same_session();
         conn->get_notifs();  // What the barrier brought, applied before anyone is answered.
         std::vector<std::function<void(bool)>> current = std::move(in_flight_);
         in_flight_.clear();

@@ -217,19 +217,18 @@ absl::StatusOr<ConcernRecord> EscalationService::OpenConcern(
   auto stored = Store::InsertConcern(tx, record, routed->skipped_levels);
   if (!stored.ok()) return stored.status();
   const v1::Concern& s = stored->concern;
-  if (auto st = AppendEvent(tx, s.agency_id(), s.concern_id(), OpenedEvent(s)); !st.ok()) return st;
-  if (auto st = AppendEvent(tx, s.agency_id(), s.concern_id(),
-                            RoutedEvent(s, v1::ROUTING_REASON_INITIAL, routed->skipped_levels,
-                                        routed->notify_at, "system:routing", opened));
-      !st.ok()) {
-    return st;
-  }
+  // OPENED, ROUTED and (immediate safety) ENGAGEMENT_STOPPED, in that order, in one round trip.
+  const v1::ConcernOpenedEvent opened_event = OpenedEvent(s);
+  const v1::ConcernRoutedEvent routed_event =
+      RoutedEvent(s, v1::ROUTING_REASON_INITIAL, routed->skipped_levels, routed->notify_at,
+                  "system:routing", opened);
+  const auto stopped_event = EngagementStoppedEvent(s);
+  std::vector<std::pair<std::string, const google::protobuf::Message*>> events = {
+      {s.concern_id(), &opened_event}, {s.concern_id(), &routed_event}};
   if (s.category() == common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY) {
-    if (auto st = AppendEvent(tx, s.agency_id(), s.concern_id(), EngagementStoppedEvent(s));
-        !st.ok()) {
-      return st;
-    }
+    events.emplace_back(s.concern_id(), &stopped_event);
   }
+  if (auto st = AppendEvents(tx, s.agency_id(), events); !st.ok()) return st;
   // A routine concern raised out of hours is announced when business hours begin (the sweeper's
   // first deadline pass covers it); everything else at once.
   if (routed->notify_at <= now) {
