@@ -102,8 +102,9 @@ void RunDatabaseBenchmarks() {
   const absl::Duration length = absl::Seconds(seconds_env ? std::atoi(seconds_env) : 5);
   constexpr int kInFlight = 16;
   auto db = testing::TestDatabase::Create();
-  testing::ServiceProcess service("escalation", db->UrlFor("escalation"),
-                                  {"--deadline_sweep_interval=1h", "--log_level=info", "--db_pool_size=16"});
+  testing::ServiceProcess service(
+      "escalation", db->UrlFor("escalation"),
+      {"--deadline_sweep_interval=1h", "--log_level=info", "--db_pool_size=16"});
   if (!service.WaitListening() || !service.WaitHealth(true)) {
     std::fprintf(stderr, "escalation did not start:\n%s\n", service.Log().c_str());
     return;
