@@ -44,7 +44,8 @@ BEGIN
     EXECUTE format('ALTER ROLE %I NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS '
                    'CONNECTION LIMIT 10', owner_role);
 
-    -- The runtime role: pool size (8) x replicas, with room for a rolling update.
+    -- The runtime role: pool size (8) x replicas (consent: 8 + 1 listening for its decision
+    -- cache), with room for a rolling update.
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = runtime_role) THEN
       EXECUTE format('CREATE ROLE %I LOGIN', runtime_role);
     END IF;
