@@ -26,6 +26,15 @@ bool TriggersInstalled(pqxx::connection& conn, const std::string& schema) {
   return row[0].as<int>() == 2;
 }
 
+// Calls one waiting call's continuation; one that throws must not keep the rest unanswered.
+void Answer(const std::function<void(bool)>& done, bool current) {
+  try {
+    done(current);
+  } catch (const std::exception& e) {
+    log::Error("consent decision cache: a waiting call failed", {{"error", e.what()}});
+  }
+}
+
 }  // namespace
 
 class DecisionCache::Receiver final : public pqxx::notification_receiver {
@@ -155,7 +164,7 @@ void DecisionCache::GoDeaf() {
     waiting_.clear();
   }
   if (options_.listening != nullptr) options_.listening->Set(0);
-  for (auto& done : refused) done(false);
+  for (auto& done : refused) Answer(done, false);
 }
 
 void DecisionCache::Run() {
@@ -208,7 +217,7 @@ void DecisionCache::Run() {
         conn->get_notifs();  // What the barrier brought, applied before anyone is answered.
         std::vector<std::function<void(bool)>> current = std::move(in_flight_);
         in_flight_.clear();
-        for (auto& done : current) done(true);
+        for (auto& done : current) Answer(done, true);
       }
     } catch (const std::exception& e) {
       log::Warn("consent decision cache is not listening; access decisions read the database",
