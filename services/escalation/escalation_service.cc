@@ -153,7 +153,9 @@ EscalationService::EscalationService(ServiceContext& context, EscalationOptions 
   outbox_ = std::make_unique<NotificationOutbox>(context.db, *notifier_, &context.metrics);
   outbox_->Start(context.stopping);
   sweeper_ = std::make_unique<DeadlineSweeper>(context.db, *outbox_, &context.metrics, interval);
-  sweeper_->set_watch_hub(&hub_);
+  feed_ = std::make_unique<WatchFeed>(context.db, hub_);
+  feed_->Start(context.stopping);
+  sweeper_->set_watch_feed(feed_.get());
   sweeper_->Start(context.stopping);
 
   const std::string& checkin = options.checkin_address;
@@ -162,7 +164,12 @@ EscalationService::EscalationService(ServiceContext& context, EscalationOptions 
                                    checkin::v1::ListEventsResponse>(
         context, checkin,
         // The pages of the concerns a page of check-in events opened go out once it committed.
-        ConsumerOptions{.source = "checkin", .after_commit = [this] { outbox_->Wake(); }},
+        ConsumerOptions{.source = "checkin",
+                        .after_commit =
+                            [this] {
+                              outbox_->Wake();
+                              feed_->Wake();
+                            }},
         [this](pqxx::work& tx, const common::v1::Event& event) {
           return ApplyCheckInEvent(tx, event);
         });
@@ -278,6 +285,7 @@ absl::Status EscalationService::RaiseConcernImpl(const grpc::ServerContext& cont
 
   const absl::Time now = now_();
   std::vector<Notification> notifications;
+  bool recorded = false;
   const IdempotentCall call{caller.agency_id, request.idempotency_key(), "RaiseConcern", &request,
                             caller.subject};
   absl::Status status = context_.db.TransactForAgency(caller.agency_id, [&](pqxx::work& tx) {
@@ -354,18 +362,20 @@ absl::Status EscalationService::RaiseConcernImpl(const grpc::ServerContext& cont
       return s;
     }
     NotificationOutbox::Enqueue(tx, notifications);
+    // Dashboards see it once it commits, on every replica.
+    if (!notifications.empty() || opened->concern.state() == v1::CONCERN_STATE_OPEN) {
+      ConcernChangeNote note;
+      note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
+      note.concern = opened->concern;
+      note.occurred_at = now;
+      WatchFeed::Record(tx, note);
+      recorded = true;
+    }
     return StoreIdempotentResponse(tx, call, response);
   });
   if (status.ok()) {
     if (!notifications.empty()) outbox_->Wake();
-    if (!notifications.empty() || response.concern().state() == v1::CONCERN_STATE_OPEN) {
-      ConcernChangeNote note;
-      note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
-      note.concern = response.concern();
-      note.concern.clear_description();
-      note.occurred_at = now;
-      hub_.Publish(note);
-    }
+    if (recorded) feed_->Wake();
   }
   return status;
 }
@@ -526,12 +536,13 @@ absl::Status EscalationService::ChangeConcern(
                        !(caller.Has(Role::kPeerSupporter) &&
                          !ActsFor(ActorOf(caller), TargetFromProto(out.current_target()))));
     SetOverdue(out, now);
+    if (changed) WatchFeed::Record(tx, note);
     return Audit(tx, caller, method, concern_id, record.concern.participant_id());
   });
   if (hidden || refused) {
     authorizer_.AuditRefusal(context, caller, method, "concern", concern_id, "");
   }
-  if (status.ok() && changed) hub_.Publish(note);
+  if (status.ok() && changed) feed_->Wake();
   return status;
 }
 
@@ -1186,7 +1197,7 @@ absl::Status EscalationService::ApplyCheckInEvent(pqxx::work& tx, const common::
   note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
   note.concern = opened_concern->concern;
   note.occurred_at = now;
-  hub_.Publish(note);
+  WatchFeed::Record(tx, note);  // Relayed once the consumer's transaction commits.
   return absl::OkStatus();
 }
 

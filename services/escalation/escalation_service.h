@@ -12,6 +12,7 @@
 #include "services/escalation/routing.h"
 #include "services/escalation/store.h"
 #include "services/escalation/sweeper.h"
+#include "services/escalation/watch_feed.h"
 #include "services/escalation/watch_hub.h"
 
 namespace peerpath::escalation {
@@ -112,6 +113,7 @@ class EscalationService final : public EscalationServiceBase {
   absl::TimeZone time_zone_;
   std::function<absl::Time()> now_ = [] { return absl::Now(); };
   WatchHub hub_;
+  std::unique_ptr<WatchFeed> feed_;  // Relays every replica's committed changes to hub_.
   std::unique_ptr<Notifier> notifier_;
   std::unique_ptr<NotificationOutbox> outbox_;
   std::unique_ptr<DeadlineSweeper> sweeper_;

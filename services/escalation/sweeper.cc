@@ -266,12 +266,13 @@ absl::StatusOr<bool> DeadlineSweeper::ActOn(const std::string& agency_id,
     note.previous_target = current;
     note.occurred_at = now;
     NotificationOutbox::Enqueue(tx, notifications);
+    if (feed_ != nullptr) WatchFeed::Record(tx, note);
     return true;
   });
   if (acted.ok() && *acted) {
     // After commit: a notification never announces a change that rolled back.
     if (!notifications.empty()) outbox_.Wake();
-    if (hub_ != nullptr) hub_->Publish(note);
+    if (feed_ != nullptr) feed_->Wake();
   }
   return acted;
 }

@@ -16,7 +16,7 @@
 #include "common/db.h"
 #include "common/stop_signal.h"
 #include "services/escalation/notification_outbox.h"
-#include "services/escalation/watch_hub.h"
+#include "services/escalation/watch_feed.h"
 
 namespace peerpath::escalation {
 
@@ -34,8 +34,8 @@ class DeadlineSweeper {
   DeadlineSweeper& operator=(const DeadlineSweeper&) = delete;
   ~DeadlineSweeper();
 
-  // Where committed changes go (WatchConcerns); optional.
-  void set_watch_hub(WatchHub* hub) { hub_ = hub; }
+  // Where its changes are recorded for WatchConcerns (in their transactions); optional.
+  void set_watch_feed(WatchFeed* feed) { feed_ = feed; }
 
   // Runs sweeps every `interval` in a background thread until `stopping` or destruction.
   void Start(const StopSignal& stopping);
@@ -53,7 +53,7 @@ class DeadlineSweeper {
 
   Database& db_;
   NotificationOutbox& outbox_;
-  WatchHub* hub_ = nullptr;
+  WatchFeed* feed_ = nullptr;
   const absl::Duration interval_;
   prometheus::Family<prometheus::Gauge>* open_ = nullptr;
   prometheus::Family<prometheus::Gauge>* overdue_ = nullptr;

@@ -1,9 +1,10 @@
 #pragma once
 
-// Live changes of concerns for WatchConcerns streams. Every committed change of a concern made
-// by this process is published here; each stream has its own bounded queue, so publishing never
-// waits for a watcher (a slow or gone client never blocks routing): a full queue marks the stream
-// as fallen behind and it ends with ABORTED (the client reconnects for a fresh snapshot).
+// Live changes of concerns for WatchConcerns streams. Every committed change of a concern, made
+// through any replica, is published here by this replica's WatchFeed relay (watch_feed.h); each
+// stream has its own bounded queue, so publishing never waits for a watcher (a slow or gone client
+// never blocks routing): a full queue marks the stream as fallen behind and it ends with ABORTED
+// (the client reconnects for a fresh snapshot).
 
 #include <condition_variable>
 #include <deque>

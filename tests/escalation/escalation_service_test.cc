@@ -709,6 +709,50 @@ TEST_F(EscalationServiceTest, WatchSendsSnapshotThenMarkerThenChangesInOrder) {
   EXPECT_EQ(in_scope, (std::vector<bool>{true, true, false}));
 }
 
+// Two replicas over one database: a dashboard watching one sees, in order, what is raised,
+// acknowledged and resolved through the other (the watch feed, not the process's own memory).
+TEST_F(EscalationServiceTest, WatchSeesChangesMadeThroughAnotherReplica) {
+  ServiceProcess other("escalation", db_->UrlFor("escalation"),
+                       {"--deadline_sweep_interval=1h", "--agency_time_zone=America/Chicago"});
+  ASSERT_TRUE(other.WaitHealth(true)) << other.Log();
+  auto other_stub = v1::EscalationService::NewStub(other.Channel());
+  auto context = As("agency-a", {"clinician"}, "dr-1");
+  context->set_deadline(std::chrono::system_clock::now() + 30s);
+  v1::WatchConcernsRequest request;
+  request.mutable_target()->set_kind(v1::TARGET_KIND_CLINICAL_ON_CALL);
+  request.mutable_target()->set_target_id("clinical-on-call");
+  auto stream = other_stub->WatchConcerns(context.get(), request);
+  v1::WatchConcernsResponse message;
+  ASSERT_TRUE(stream->Read(&message));
+  ASSERT_TRUE(message.has_snapshot_end());
+  EXPECT_EQ(message.snapshot_end().concern_count(), 0);
+
+  // Through the first replica (stub_).
+  const v1::Concern raised =
+      MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "x-1"));
+  ASSERT_TRUE(Acknowledge(raised.concern_id(), "dr-2").ok());
+  v1::ResolveConcernRequest resolve;
+  resolve.set_concern_id(raised.concern_id());
+  resolve.set_outcome(v1::CONCERN_OUTCOME_CLINICAL_REVIEW_DONE);
+  v1::ResolveConcernResponse resolved;
+  ASSERT_TRUE(
+      stub_->ResolveConcern(As("agency-a", {"clinician"}, "dr-2").get(), resolve, &resolved).ok());
+
+  std::vector<v1::ConcernChangeKind> kinds;
+  while (kinds.size() < 3 && stream->Read(&message)) {
+    if (!message.has_change()) continue;
+    EXPECT_EQ(message.change().concern().concern_id(), raised.concern_id());
+    EXPECT_TRUE(message.change().concern().description().empty());
+    kinds.push_back(message.change().kind());
+  }
+  context->TryCancel();
+  EXPECT_EQ(kinds, (std::vector<v1::ConcernChangeKind>{v1::CONCERN_CHANGE_KIND_OPENED,
+                                                       v1::CONCERN_CHANGE_KIND_ACKNOWLEDGED,
+                                                       v1::CONCERN_CHANGE_KIND_RESOLVED}));
+  // Each change is written once, in its own transaction.
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.watch_feed WHERE position IS NOT NULL"), 3);
+}
+
 TEST_F(EscalationServiceTest, WatchIsOnlyForWhoActsForTheTarget) {
   v1::WatchConcernsRequest request;
   request.mutable_target()->set_kind(v1::TARGET_KIND_CLINICAL_ON_CALL);

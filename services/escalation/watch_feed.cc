@@ -1,0 +1,126 @@
+#include "services/escalation/watch_feed.h"
+
+#include <utility>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "common/log.h"
+
+namespace peerpath::escalation {
+
+WatchFeed::WatchFeed(Database& db, WatchHub& hub, WatchFeedOptions options)
+    : db_(db), hub_(hub), options_(options) {}
+
+WatchFeed::~WatchFeed() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void WatchFeed::Record(pqxx::work& tx, const ConcernChangeNote& note) {
+  v1::Concern concern = note.concern;
+  concern.clear_description();
+  concern.clear_cancel_reason();
+  concern.clear_transitions();
+  ExecPrepared(tx, "escalation_watch_feed_record",
+               "INSERT INTO watch_feed (agency_id, kind, concern, previous_target_kind, "
+               "previous_target_id, occurred_at) VALUES ($1, $2, decode($3, 'hex'), $4, "
+               "$5, " PEERPATH_SQL_TIME_PARAM(6) ")",
+               concern.agency_id(), static_cast<int>(note.kind),
+               absl::BytesToHexString(concern.SerializeAsString()),
+               static_cast<int>(note.previous_target.kind), note.previous_target.id,
+               absl::ToUnixMicros(note.occurred_at));
+}
+
+void WatchFeed::Start(const StopSignal& stopping) {
+  thread_ = std::thread([this, &stopping] {
+    while (!stopping.stopped()) {
+      auto relayed = RelayOnce();
+      if (!relayed.ok()) {
+        log::Warn("watch feed relay pass failed",
+                  {{"code", absl::StatusCodeToString(relayed.status().code())}});
+      }
+      std::unique_lock<std::mutex> lock(mu_);
+      if (stopping_) return;
+      // A burst of local commits shares the next pass.
+      wake_.wait_for(lock, absl::ToChronoNanoseconds(options_.min_gap),
+                     [this] { return stopping_; });
+      wake_.wait_for(lock, absl::ToChronoNanoseconds(options_.poll),
+                     [this] { return woken_ || stopping_; });
+      if (stopping_) return;
+      woken_ = false;
+    }
+  });
+}
+
+void WatchFeed::Wake() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    woken_ = true;
+  }
+  wake_.notify_all();
+}
+
+absl::StatusOr<int> WatchFeed::RelayOnce() {
+  // Positions first, in a transaction of their own that commits before anything is read: one
+  // assigner per schema at a time, so positions grow in the order they become visible.
+  auto assigned =
+      db_.TransactWithSetting("app.watch_feed", "on", [&](pqxx::work& tx) -> absl::StatusOr<bool> {
+        const bool mine = tx.exec1(
+                                "SELECT pg_try_advisory_xact_lock(hashtextextended("
+                                "'peerpath.watch_feed.' || current_schema(), 0))")[0]
+                              .as<bool>();
+        if (!mine) return false;
+        tx.exec0(
+            "UPDATE watch_feed f SET position = s.pos FROM (SELECT id, "
+            "nextval('watch_feed_position') AS pos FROM (SELECT id FROM watch_feed WHERE "
+            "position IS NULL ORDER BY id LIMIT 10000) q) s WHERE f.id = s.id");
+        if (absl::Now() >= next_prune_) {
+          tx.exec0(
+              "DELETE FROM watch_feed WHERE position IS NOT NULL AND created_at < now() - "
+              "interval '1 hour'");
+          next_prune_ = absl::Now() + absl::Minutes(1);
+        }
+        return true;
+      });
+  if (!assigned.ok()) return assigned.status();
+  std::vector<ConcernChangeNote> notes;
+  auto read = db_.TransactWithSetting(
+      "app.watch_feed", "on", [&](pqxx::work& tx) -> absl::StatusOr<int64_t> {
+        if (last_position_ < 0) {
+          return tx.exec1("SELECT coalesce(max(position), 0) FROM watch_feed")[0].as<int64_t>();
+        }
+        int64_t last = last_position_;
+        for (const auto& row :
+             ExecPrepared(tx, "escalation_watch_feed_read",
+                          "SELECT position, kind, encode(concern, 'hex'), previous_target_kind, "
+                          "previous_target_id, " PEERPATH_SQL_MICROS(
+                              "occurred_at") " FROM watch_feed "
+                                             "WHERE position > $1 ORDER BY position LIMIT $2",
+                          last_position_, options_.batch)) {
+          last = row[0].as<int64_t>();
+          ConcernChangeNote note;
+          note.kind = static_cast<v1::ConcernChangeKind>(row[1].as<int>());
+          if (!note.concern.ParseFromString(absl::HexStringToBytes(row[2].as<std::string>()))) {
+            log::Error("watch feed row does not parse; skipped", {{"position", last}});
+            continue;
+          }
+          note.previous_target =
+              Target{static_cast<TargetKind>(row[3].as<int>()), row[4].as<std::string>()};
+          note.occurred_at = absl::FromUnixMicros(row[5].as<int64_t>());
+          notes.push_back(std::move(note));
+        }
+        return last;
+      });
+  if (!read.ok()) return read.status();
+  const bool first = last_position_ < 0;
+  last_position_ = *read;
+  if (first) return 0;
+  for (const ConcernChangeNote& note : notes) hub_.Publish(note);
+  return static_cast<int>(notes.size());
+}
+
+}  // namespace peerpath::escalation
