@@ -753,6 +753,29 @@ TEST_F(EscalationServiceTest, WatchSeesChangesMadeThroughAnotherReplica) {
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.watch_feed WHERE position IS NOT NULL"), 3);
 }
 
+// The feed is for live streams: relayed rows older than an hour are pruned, newer ones kept.
+TEST_F(EscalationServiceTest, WatchFeedKeepsAnHour) {
+  MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "old-1"));
+  MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "new-1"));
+  for (int i = 0; i < 100 && Count("SELECT count(*) FROM escalation.watch_feed WHERE position IS "
+                                   "NOT NULL") < 2;
+       ++i) {
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_EQ(Count("SELECT count(*) FROM escalation.watch_feed WHERE position IS NOT NULL"), 2);
+  db_->AdminQuery(
+      "UPDATE escalation.watch_feed SET created_at = now() - interval '2 hours' WHERE id = "
+      "(SELECT min(id) FROM escalation.watch_feed)");
+  // A replica prunes on its first pass (and every minute after).
+  ServiceProcess other("escalation", db_->UrlFor("escalation"),
+                       {"--deadline_sweep_interval=1h", "--agency_time_zone=America/Chicago"});
+  ASSERT_TRUE(other.WaitHealth(true)) << other.Log();
+  for (int i = 0; i < 100 && Count("SELECT count(*) FROM escalation.watch_feed") > 1; ++i) {
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.watch_feed"), 1);
+}
+
 TEST_F(EscalationServiceTest, WatchIsOnlyForWhoActsForTheTarget) {
   v1::WatchConcernsRequest request;
   request.mutable_target()->set_kind(v1::TARGET_KIND_CLINICAL_ON_CALL);
