@@ -18,15 +18,21 @@ const char* DecisionName(AuditDecision decision) {
   return "allowed";
 }
 
+constexpr char kAuditAppend[] = "SELECT audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
 }  // namespace
 
 absl::StatusOr<int64_t> AppendAudit(pqxx::work& tx, const std::string& agency_id,
                                     const AuditEntry& e) {
-  return ExecPrepared(tx, "peerpath_audit_append",
-                      "SELECT audit_append($1, $2, $3, $4, $5, $6, $7, $8, $9)", agency_id, e.actor,
-                      e.actor_role, e.action, e.object_type, e.object_id, e.participant_id,
+  return ExecPrepared(tx, "peerpath_audit_append", kAuditAppend, agency_id, e.actor, e.actor_role,
+                      e.action, e.object_type, e.object_id, e.participant_id,
                       DecisionName(e.decision), e.request_id)[0][0]
       .as<int64_t>();
+}
+
+void AppendAudit(DeferredWrites& writes, const std::string& agency_id, const AuditEntry& e) {
+  writes.Exec("peerpath_audit_append", kAuditAppend, agency_id, e.actor, e.actor_role, e.action,
+              e.object_type, e.object_id, e.participant_id, DecisionName(e.decision), e.request_id);
 }
 
 absl::Status AppendAudits(pqxx::work& tx, const std::string& agency_id,

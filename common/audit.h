@@ -17,6 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/db.h"
 
 namespace peerpath {
 
@@ -40,6 +41,8 @@ struct AuditEntry {
 // The transaction must be scoped to the same agency (Database::TransactForAgency).
 absl::StatusOr<int64_t> AppendAudit(pqxx::work& tx, const std::string& agency_id,
                                     const AuditEntry& entry);
+// The same, sent with the caller's other deferred writes (DeferredWrites::Flush).
+void AppendAudit(DeferredWrites& writes, const std::string& agency_id, const AuditEntry& entry);
 
 // AppendAudit for many rows in one round trip (batch writers such as matching's AssignBatch), in
 // the order given.

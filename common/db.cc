@@ -1,5 +1,8 @@
 #include "common/db.h"
 
+#include <stdexcept>
+
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 
@@ -119,6 +122,30 @@ std::string TextArrayLiteral(const std::vector<std::string>& values) {
     out += '"';
   }
   return out + "}";
+}
+
+void DeferredWrites::Append(const std::string& sql, const std::vector<std::string>& literals) {
+  if (!batch_.empty()) batch_ += ";\n";
+  for (size_t i = 0; i < sql.size(); ++i) {
+    if (sql[i] == '$' && i + 1 < sql.size() && absl::ascii_isdigit(sql[i + 1])) {
+      size_t j = i + 1;
+      size_t n = 0;
+      while (j < sql.size() && absl::ascii_isdigit(sql[j])) n = n * 10 + (sql[j++] - '0');
+      if (n == 0 || n > literals.size()) {
+        throw std::invalid_argument("DeferredWrites: statement parameter out of range");
+      }
+      batch_ += literals[n - 1];
+      i = j - 1;
+    } else {
+      batch_ += sql[i];
+    }
+  }
+}
+
+void DeferredWrites::Flush() {
+  if (batch_.empty()) return;
+  tx_.exec(batch_);  // The last statement may return a row (SELECT audit_append…).
+  batch_.clear();
 }
 
 }  // namespace peerpath

@@ -58,6 +58,53 @@ pqxx::result ExecPrepared(pqxx::transaction_base& tx, const char* name, const st
   return tx.exec_prepared(name, std::forward<Args>(args)...);
 }
 
+// Writes whose results nobody reads, sent together: each Exec renders its statement with the
+// arguments as quoted literals (tx.quote: escaped by libpq for this connection), and Flush sends
+// them all in one round trip, in order, inside the caller's transaction. A write path that ends
+// with several such writes (events, audit row, stored response…) pays one round trip for them.
+// Statements are checked by PostgreSQL at Flush: an error there aborts the transaction as any
+// other statement would.
+class DeferredWrites {
+ public:
+  explicit DeferredWrites(pqxx::transaction_base& tx) : tx_(tx) {}
+  DeferredWrites(const DeferredWrites&) = delete;
+  DeferredWrites& operator=(const DeferredWrites&) = delete;
+
+  // `sql` uses $1, $2… as a prepared statement would; `name` is ignored (the same signature as
+  // ExecPrepared, so one write function serves both).
+  template <typename... Args>
+  void Exec(const char* /*name*/, const std::string& sql, const Args&... args) {
+    const std::vector<std::string> literals{Literal(args)...};
+    Append(sql, literals);
+  }
+
+  // Sends everything added since the last Flush (nothing to send: no round trip).
+  void Flush();
+  bool empty() const { return batch_.empty(); }
+
+ private:
+  std::string Literal(const std::string& value) { return tx_.quote(value); }
+  std::string Literal(const char* value) { return tx_.quote(std::string(value)); }
+  std::string Literal(bool value) { return value ? "true" : "false"; }
+  template <typename Number, typename = std::enable_if_t<std::is_arithmetic_v<Number>>>
+  std::string Literal(Number value) {
+    return std::to_string(value);
+  }
+  void Append(const std::string& sql, const std::vector<std::string>& literals);
+
+  pqxx::transaction_base& tx_;
+  std::string batch_;
+};
+
+// The immediate counterpart of DeferredWrites: Exec runs the prepared statement at once.
+struct ImmediateWrites {
+  pqxx::transaction_base& tx;
+  template <typename... Args>
+  void Exec(const char* name, const std::string& sql, Args&&... args) {
+    ExecPrepared(tx, name, sql, std::forward<Args>(args)...);
+  }
+};
+
 // Opens a connection with the session settings every PeerPath connection has (search_path,
 // application_name). Throws pqxx exceptions.
 std::unique_ptr<pqxx::connection> OpenConnection(const DatabaseOptions& options);

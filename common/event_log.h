@@ -42,6 +42,11 @@ absl::Status AppendEvents(
     pqxx::work& tx, const std::string& agency_id,
     const std::vector<std::pair<std::string, const google::protobuf::Message*>>& events);
 
+// The same, sent with the caller's other deferred writes (DeferredWrites::Flush).
+void AppendEvents(
+    DeferredWrites& writes, const std::string& agency_id,
+    const std::vector<std::pair<std::string, const google::protobuf::Message*>>& events);
+
 struct EventPage {
   std::vector<peerpath::common::v1::Event> events;  // In position order.
   int64_t head_position = 0;                        // Highest position in the log when read.

@@ -95,13 +95,29 @@ absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& c
   return true;
 }
 
+namespace {
+
+template <typename Writes>
+void StoreResponse(Writes& writes, const IdempotentCall& call,
+                   const google::protobuf::Message& response) {
+  writes.Exec("peerpath_idempotency_store",
+              "UPDATE idempotency_keys SET response = decode($3, 'hex') "
+              "WHERE agency_id = $1 AND idempotency_key = $2",
+              call.agency_id, call.key, absl::BytesToHexString(Serialize(response)));
+}
+
+}  // namespace
+
 absl::Status StoreIdempotentResponse(pqxx::work& tx, const IdempotentCall& call,
                                      const google::protobuf::Message& response) {
-  ExecPrepared(tx, "peerpath_idempotency_store",
-               "UPDATE idempotency_keys SET response = decode($3, 'hex') "
-               "WHERE agency_id = $1 AND idempotency_key = $2",
-               call.agency_id, call.key, absl::BytesToHexString(Serialize(response)));
+  ImmediateWrites writes{tx};
+  StoreResponse(writes, call, response);
   return absl::OkStatus();
+}
+
+void StoreIdempotentResponse(DeferredWrites& writes, const IdempotentCall& call,
+                             const google::protobuf::Message& response) {
+  StoreResponse(writes, call, response);
 }
 
 absl::Status RunIdempotent(

@@ -60,6 +60,9 @@ absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& c
                                          google::protobuf::Message& response);
 absl::Status StoreIdempotentResponse(pqxx::work& tx, const IdempotentCall& call,
                                      const google::protobuf::Message& response);
+// The same, sent with the caller's other deferred writes (DeferredWrites::Flush).
+void StoreIdempotentResponse(DeferredWrites& writes, const IdempotentCall& call,
+                             const google::protobuf::Message& response);
 
 // Deletes keys of every agency older than `keep` (never less than 24 hours). Returns how many.
 absl::StatusOr<int64_t> DeleteExpiredIdempotencyKeys(Database& db, absl::Duration keep);

@@ -81,8 +81,8 @@ void SetOverdue(v1::Concern& concern, absl::Time now) {
                       FromProtoTimestamp(concern.next_deadline()) <= now);
 }
 
-absl::Status Audit(pqxx::work& tx, const Identity& caller, const std::string& rpc,
-                   const std::string& concern_id, const std::string& participant_id) {
+AuditEntry AuditOf(const Identity& caller, const std::string& rpc, const std::string& concern_id,
+                   const std::string& participant_id) {
   AuditEntry entry;
   entry.actor = caller.subject;
   entry.actor_role = ActingRole(caller);
@@ -90,8 +90,18 @@ absl::Status Audit(pqxx::work& tx, const Identity& caller, const std::string& rp
   entry.object_type = "concern";
   entry.object_id = concern_id;
   entry.participant_id = participant_id;
-  auto seq = AppendAudit(tx, caller.agency_id, entry);
+  return entry;
+}
+
+absl::Status Audit(pqxx::work& tx, const Identity& caller, const std::string& rpc,
+                   const std::string& concern_id, const std::string& participant_id) {
+  auto seq = AppendAudit(tx, caller.agency_id, AuditOf(caller, rpc, concern_id, participant_id));
   return seq.ok() ? absl::OkStatus() : seq.status();
+}
+
+void Audit(DeferredWrites& writes, const Identity& caller, const std::string& rpc,
+           const std::string& concern_id, const std::string& participant_id) {
+  AppendAudit(writes, caller.agency_id, AuditOf(caller, rpc, concern_id, participant_id));
 }
 
 absl::Status ValidateConcernId(const std::string& id) {
@@ -196,7 +206,7 @@ RoutingPolicy EscalationService::DefaultPolicyFor() const {
 
 absl::StatusOr<ConcernRecord> EscalationService::OpenConcern(
     pqxx::work& tx, ConcernRecord record, const PersonDirectory& people, absl::Time now,
-    std::vector<Notification>& notifications) {
+    std::vector<Notification>& notifications, DeferredWrites& writes) {
   v1::Concern& c = record.concern;
   auto policy = Store::Policy(tx, c.agency_id(), 0, DefaultPolicyFor());
   if (!policy.ok()) return policy.status();
@@ -235,7 +245,7 @@ absl::StatusOr<ConcernRecord> EscalationService::OpenConcern(
   if (s.category() == common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY) {
     events.emplace_back(s.concern_id(), &stopped_event);
   }
-  if (auto st = AppendEvents(tx, s.agency_id(), events); !st.ok()) return st;
+  AppendEvents(writes, s.agency_id(), events);
   // A routine concern raised out of hours is announced when business hours begin (the sweeper's
   // first deadline pass covers it); everything else at once.
   if (routed->notify_at <= now) {
@@ -349,29 +359,29 @@ absl::Status EscalationService::RaiseConcernImpl(const grpc::ServerContext& cont
       people.peer_supporters.insert(supporter->subject);
       if (!supporter->supervisor_subject.empty()) people.supervisor = supporter->supervisor_subject;
     }
-    auto opened = OpenConcern(tx, std::move(record), people, now, notifications);
+    // Everything after the concern row goes out in one round trip, just before commit.
+    DeferredWrites writes(tx);
+    auto opened = OpenConcern(tx, std::move(record), people, now, notifications, writes);
     if (!opened.ok()) return opened.status();
     *response.mutable_concern() = opened->concern;
     ApplyView(*response.mutable_concern(),
               opened->routed_to_viewer &&
                   ActsFor(ActorOf(caller), TargetFromProto(opened->concern.current_target())));
     SetOverdue(*response.mutable_concern(), now);
-    if (auto s = Audit(tx, caller, "RaiseConcern", opened->concern.concern_id(),
-                       request.participant_id());
-        !s.ok()) {
-      return s;
-    }
-    NotificationOutbox::Enqueue(tx, notifications);
+    Audit(writes, caller, "RaiseConcern", opened->concern.concern_id(), request.participant_id());
+    NotificationOutbox::Enqueue(writes, notifications);
     // Dashboards see it once it commits, on every replica.
     if (!notifications.empty() || opened->concern.state() == v1::CONCERN_STATE_OPEN) {
       ConcernChangeNote note;
       note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
       note.concern = opened->concern;
       note.occurred_at = now;
-      WatchFeed::Record(tx, note);
+      WatchFeed::Record(writes, note);
       recorded = true;
     }
-    return StoreIdempotentResponse(tx, call, response);
+    StoreIdempotentResponse(writes, call, response);
+    writes.Flush();
+    return absl::OkStatus();
   });
   if (status.ok()) {
     if (!notifications.empty()) outbox_->Wake();
@@ -1188,16 +1198,18 @@ absl::Status EscalationService::ApplyCheckInEvent(pqxx::work& tx, const common::
     if (!supporter->supervisor_subject.empty()) people.supervisor = supporter->supervisor_subject;
   }
   std::vector<Notification> notifications;
-  auto opened_concern = OpenConcern(tx, std::move(record), people, now, notifications);
+  DeferredWrites writes(tx);
+  auto opened_concern = OpenConcern(tx, std::move(record), people, now, notifications, writes);
   if (!opened_concern.ok()) return opened_concern.status();
   // Written with the concern: paged once the consumer's transaction commits (after_commit wakes
   // the outbox), never for a concern that rolled back.
-  NotificationOutbox::Enqueue(tx, notifications);
+  NotificationOutbox::Enqueue(writes, notifications);
   ConcernChangeNote note;
   note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
   note.concern = opened_concern->concern;
   note.occurred_at = now;
-  WatchFeed::Record(tx, note);  // Relayed once the consumer's transaction commits.
+  WatchFeed::Record(writes, note);  // Relayed once the consumer's transaction commits.
+  writes.Flush();
   return absl::OkStatus();
 }
 

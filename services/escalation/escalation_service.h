@@ -99,10 +99,12 @@ class EscalationService final : public EscalationServiceBase {
                                        const v1::UpdateRoutingPolicyRequest& request,
                                        v1::UpdateRoutingPolicyResponse& response);
 
-  // Opens and routes a concern in `tx` (events, transitions); fills `notifications`.
+  // Opens and routes a concern in `tx` (the concern and its transitions at once, its events into
+  // `writes`); fills `notifications`.
   absl::StatusOr<ConcernRecord> OpenConcern(pqxx::work& tx, ConcernRecord record,
                                             const PersonDirectory& people, absl::Time now,
-                                            std::vector<Notification>& notifications);
+                                            std::vector<Notification>& notifications,
+                                            DeferredWrites& writes);
 
   RoutingPolicy DefaultPolicyFor() const;
 

@@ -33,16 +33,31 @@ NotificationOutbox::~NotificationOutbox() {
   if (thread_.joinable()) thread_.join();
 }
 
-void NotificationOutbox::Enqueue(pqxx::work& tx, const std::vector<Notification>& notifications) {
+namespace {
+
+template <typename Writes>
+void EnqueueTo(Writes& writes, const std::vector<Notification>& notifications) {
   for (const Notification& n : notifications) {
-    ExecPrepared(tx, "escalation_enqueue_notification",
-                 "INSERT INTO notifications (agency_id, concern_id, reason, category, severity, "
-                 "level, target_kind, target_id, deadline) VALUES ($1, $2::uuid, $3, $4, $5, $6, "
-                 "$7, $8, " PEERPATH_SQL_TIME_PARAM(9) ")",
-                 n.agency_id, n.concern_id, n.reason, static_cast<int>(n.category),
-                 static_cast<int>(n.severity), n.level, static_cast<int>(n.target.kind),
-                 n.target.id, absl::ToUnixMicros(n.deadline));
+    writes.Exec("escalation_enqueue_notification",
+                "INSERT INTO notifications (agency_id, concern_id, reason, category, severity, "
+                "level, target_kind, target_id, deadline) VALUES ($1, $2::uuid, $3, $4, $5, $6, "
+                "$7, $8, " PEERPATH_SQL_TIME_PARAM(9) ")",
+                n.agency_id, n.concern_id, n.reason, static_cast<int>(n.category),
+                static_cast<int>(n.severity), n.level, static_cast<int>(n.target.kind), n.target.id,
+                absl::ToUnixMicros(n.deadline));
   }
+}
+
+}  // namespace
+
+void NotificationOutbox::Enqueue(pqxx::work& tx, const std::vector<Notification>& notifications) {
+  ImmediateWrites writes{tx};
+  EnqueueTo(writes, notifications);
+}
+
+void NotificationOutbox::Enqueue(DeferredWrites& writes,
+                                 const std::vector<Notification>& notifications) {
+  EnqueueTo(writes, notifications);
 }
 
 void NotificationOutbox::Start(const StopSignal& stopping) {

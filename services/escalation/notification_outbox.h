@@ -41,6 +41,8 @@ class NotificationOutbox {
 
   // Writes the notifications in `tx` (the transaction of the change; scoped to their agency).
   static void Enqueue(pqxx::work& tx, const std::vector<Notification>& notifications);
+  // The same, sent with the caller's other deferred writes (DeferredWrites::Flush).
+  static void Enqueue(DeferredWrites& writes, const std::vector<Notification>& notifications);
 
   void Start(const StopSignal& stopping);
   // Asks the thread to look now (after a commit that enqueued).

@@ -20,19 +20,33 @@ WatchFeed::~WatchFeed() {
   if (thread_.joinable()) thread_.join();
 }
 
-void WatchFeed::Record(pqxx::work& tx, const ConcernChangeNote& note) {
+namespace {
+
+template <typename Writes>
+void RecordTo(Writes& writes, const ConcernChangeNote& note) {
   v1::Concern concern = note.concern;
   concern.clear_description();
   concern.clear_cancel_reason();
   concern.clear_transitions();
-  ExecPrepared(tx, "escalation_watch_feed_record",
-               "INSERT INTO watch_feed (agency_id, kind, concern, previous_target_kind, "
-               "previous_target_id, occurred_at) VALUES ($1, $2, decode($3, 'hex'), $4, "
-               "$5, " PEERPATH_SQL_TIME_PARAM(6) ")",
-               concern.agency_id(), static_cast<int>(note.kind),
-               absl::BytesToHexString(concern.SerializeAsString()),
-               static_cast<int>(note.previous_target.kind), note.previous_target.id,
-               absl::ToUnixMicros(note.occurred_at));
+  writes.Exec("escalation_watch_feed_record",
+              "INSERT INTO watch_feed (agency_id, kind, concern, previous_target_kind, "
+              "previous_target_id, occurred_at) VALUES ($1, $2, decode($3, 'hex'), $4, "
+              "$5, " PEERPATH_SQL_TIME_PARAM(6) ")",
+              concern.agency_id(), static_cast<int>(note.kind),
+              absl::BytesToHexString(concern.SerializeAsString()),
+              static_cast<int>(note.previous_target.kind), note.previous_target.id,
+              absl::ToUnixMicros(note.occurred_at));
+}
+
+}  // namespace
+
+void WatchFeed::Record(pqxx::work& tx, const ConcernChangeNote& note) {
+  ImmediateWrites writes{tx};
+  RecordTo(writes, note);
+}
+
+void WatchFeed::Record(DeferredWrites& writes, const ConcernChangeNote& note) {
+  RecordTo(writes, note);
 }
 
 void WatchFeed::Start(const StopSignal& stopping) {

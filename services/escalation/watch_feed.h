@@ -37,6 +37,8 @@ class WatchFeed {
 
   // Writes `note` in the change's own transaction (scoped to the note's agency).
   static void Record(pqxx::work& tx, const ConcernChangeNote& note);
+  // The same, sent with the caller's other deferred writes (DeferredWrites::Flush).
+  static void Record(DeferredWrites& writes, const ConcernChangeNote& note);
 
   // Starts the relay thread; it stops with `stopping` or the destructor.
   void Start(const StopSignal& stopping);

@@ -1,0 +1,81 @@
+// DeferredWrites against the real PostgreSQL: arguments arrive as themselves however they are
+// spelled (quotes, backslashes, "$1", text that looks like SQL), in order, in the caller's
+// transaction, in one round trip; a failing statement rolls the whole transaction back.
+#include <gtest/gtest.h>
+
+#include "common/db.h"
+#include "tests/support/migrated_schema.h"
+#include "tests/support/test_database.h"
+
+namespace peerpath::testing {
+namespace {
+
+class DeferredWritesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    db_ = TestDatabase::Create();
+    database_ = MigrateAndConnect(*db_, "consent", 4);
+    db_->AdminQuery(
+        "CREATE TABLE consent.scratch (n serial PRIMARY KEY, t text, i bigint, b boolean); "
+        "GRANT ALL ON consent.scratch, consent.scratch_n_seq TO peerpath_consent");
+  }
+
+  std::unique_ptr<TestDatabase> db_;
+  std::unique_ptr<Database> database_;
+};
+
+TEST_F(DeferredWritesTest, ArgumentsArriveAsThemselvesInOrderInOneTransaction) {
+  const std::vector<std::string> texts = {
+      "plain",     "it's", "back\\slash", "$1 and $2",  "'); DROP TABLE consent.scratch; --",
+      "ünïcødé ✓", "",     "E'x'",        "line\nbreak"};
+  absl::Status status = database_->Transact([&](pqxx::work& tx) -> absl::Status {
+    DeferredWrites writes(tx);
+    EXPECT_TRUE(writes.empty());
+    for (size_t k = 0; k < texts.size(); ++k) {
+      writes.Exec("unused", "INSERT INTO scratch (t, i, b) VALUES ($1, $2, $3)", texts[k],
+                  static_cast<int64_t>(k) - 4, k % 2 == 0);
+    }
+    EXPECT_FALSE(writes.empty());
+    // Nothing is sent before Flush.
+    EXPECT_EQ(tx.exec1("SELECT count(*) FROM scratch")[0].as<int>(), 0);
+    writes.Flush();
+    EXPECT_TRUE(writes.empty());
+    writes.Flush();  // Nothing left: no statement.
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(status.ok()) << status;
+  const pqxx::result rows = db_->AdminQuery("SELECT t, i, b FROM consent.scratch ORDER BY n");
+  ASSERT_EQ(rows.size(), texts.size());
+  for (size_t k = 0; k < texts.size(); ++k) {
+    EXPECT_EQ(rows[k][0].as<std::string>(), texts[k]);
+    EXPECT_EQ(rows[k][1].as<int64_t>(), static_cast<int64_t>(k) - 4);
+    EXPECT_EQ(rows[k][2].as<bool>(), k % 2 == 0);
+  }
+}
+
+TEST_F(DeferredWritesTest, AFailingStatementRollsTheTransactionBack) {
+  absl::Status status = database_->Transact([&](pqxx::work& tx) -> absl::Status {
+    tx.exec0("INSERT INTO scratch (t) VALUES ('before')");
+    DeferredWrites writes(tx);
+    writes.Exec("unused", "INSERT INTO scratch (t) VALUES ($1)", std::string("deferred"));
+    writes.Exec("unused", "INSERT INTO scratch (n, t) VALUES ($1, $2)", 1, std::string("dup"));
+    writes.Flush();
+    return absl::OkStatus();
+  });
+  EXPECT_FALSE(status.ok());
+  EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM consent.scratch")[0][0].as<int>(), 0);
+}
+
+TEST_F(DeferredWritesTest, AParameterWithoutAnArgumentIsRefusedBeforeAnythingIsSent) {
+  absl::Status status = database_->Transact([&](pqxx::work& tx) -> absl::Status {
+    DeferredWrites writes(tx);
+    writes.Exec("unused", "INSERT INTO scratch (t, i) VALUES ($1, $2)", std::string("x"));
+    writes.Flush();
+    return absl::OkStatus();
+  });
+  EXPECT_FALSE(status.ok());
+  EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM consent.scratch")[0][0].as<int>(), 0);
+}
+
+}  // namespace
+}  // namespace peerpath::testing
