@@ -8,6 +8,7 @@
 #include <pqxx/pqxx>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "common/log.h"
 
 namespace peerpath::consent {
@@ -113,11 +114,15 @@ void DecisionCache::Fill(uint64_t generation, const std::string& agency_id,
   if (!vouching_ || generation != generation_) return;
   auto it = participants_.find(participant_id);
   if (it == participants_.end()) {
-    if (participants_.size() >= options_.max_participants) {
-      if (participants_.empty()) return;  // max_participants == 0: keep nothing.
-      participants_.erase(participants_.begin());
+    if (options_.max_participants == 0) return;
+    // The oldest participant still cached goes first (keys already invalidated are skipped).
+    while (participants_.size() >= options_.max_participants && !fill_order_.empty()) {
+      participants_.erase(fill_order_.front());
+      fill_order_.pop_front();
     }
     it = participants_.emplace(participant_id, std::vector<Slot>{}).first;
+    fill_order_.push_back(participant_id);
+    if (fill_order_.size() > 2 * participants_.size() + 1024) CompactFillOrder();
   }
   std::vector<Slot>& slots = it->second;
   for (Slot& slot : slots) {
@@ -132,11 +137,22 @@ void DecisionCache::Fill(uint64_t generation, const std::string& agency_id,
   slots.push_back({agency_id, clinician_subject, std::move(shared)});
 }
 
+void DecisionCache::CompactFillOrder() {
+  // Each participant still cached once, at its latest fill; the dropped ones go.
+  absl::flat_hash_set<std::string> seen;
+  std::deque<std::string> kept;
+  for (auto it = fill_order_.rbegin(); it != fill_order_.rend(); ++it) {
+    if (participants_.contains(*it) && seen.insert(*it).second) kept.push_front(*it);
+  }
+  fill_order_ = std::move(kept);
+}
+
 void DecisionCache::Invalidate(const std::string& participant_id) {
   std::lock_guard<std::mutex> lock(mu_);
   ++generation_;
   if (participant_id.empty()) {
     participants_.clear();  // A TRUNCATE.
+    fill_order_.clear();
   } else {
     participants_.erase(participant_id);
   }
@@ -147,6 +163,7 @@ void DecisionCache::StartVouching() {
     std::lock_guard<std::mutex> lock(mu_);
     ++generation_;
     participants_.clear();
+    fill_order_.clear();
     vouching_ = true;
   }
   if (options_.listening != nullptr) options_.listening->Set(1);
@@ -159,6 +176,7 @@ void DecisionCache::GoDeaf() {
     std::lock_guard<std::mutex> lock(mu_);
     ++generation_;
     participants_.clear();
+    fill_order_.clear();
     vouching_ = false;
     for (auto& done : waiting_) refused.push_back(std::move(done));
     waiting_.clear();

@@ -23,6 +23,7 @@
 #include <prometheus/gauge.h>
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -92,6 +93,7 @@ class DecisionCache {
   // Forgets everything and starts vouching: the connection listens and the triggers exist.
   void StartVouching();
   void Invalidate(const std::string& participant_id);
+  void CompactFillOrder();  // With mu_ held.
   void Wake();
 
   const DecisionCacheOptions options_;
@@ -103,6 +105,9 @@ class DecisionCache {
   uint64_t generation_ = 0;
   std::vector<std::function<void(bool)>> waiting_;
   absl::flat_hash_map<std::string, std::vector<Slot>> participants_;
+  // Participants in the order they were cached, for eviction; may name ones since dropped
+  // (invalidated) or cached again, which eviction skips. Compacted when it outgrows the cache.
+  std::deque<std::string> fill_order_;
 
   std::vector<std::function<void(bool)>> in_flight_;  // Only the listener thread touches it.
   std::thread listener_;

@@ -177,10 +177,21 @@ TEST_F(DecisionCacheTest, KeepsAtMostTheConfiguredNumberOfParticipants) {
   for (int i = 0; i < 5; ++i) {
     cache.Fill(cache.Generation(), "agency-a", absl::StrCat("p-", i), "", OneConsent("c"));
   }
-  int kept = 0;
-  for (int i = 0; i < 5; ++i) kept += cache.Find("agency-a", absl::StrCat("p-", i), "") != nullptr;
-  EXPECT_EQ(kept, 2);
-  EXPECT_NE(cache.Find("agency-a", "p-4", ""), nullptr) << "the newest fill is kept";
+  // The oldest go first.
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(cache.Find("agency-a", absl::StrCat("p-", i), ""), nullptr);
+  EXPECT_NE(cache.Find("agency-a", "p-3", ""), nullptr);
+  EXPECT_NE(cache.Find("agency-a", "p-4", ""), nullptr);
+
+  // A participant dropped by a change frees its place: nothing else is evicted for the next one.
+  CommitChange("p-3");
+  ASSERT_TRUE(Barrier(cache));
+  cache.Fill(cache.Generation(), "agency-a", "p-5", "", OneConsent("c"));
+  EXPECT_NE(cache.Find("agency-a", "p-4", ""), nullptr);
+  EXPECT_NE(cache.Find("agency-a", "p-5", ""), nullptr);
+  cache.Fill(cache.Generation(), "agency-a", "p-6", "", OneConsent("c"));
+  EXPECT_EQ(cache.Find("agency-a", "p-4", ""), nullptr);
+  EXPECT_NE(cache.Find("agency-a", "p-5", ""), nullptr);
+  EXPECT_NE(cache.Find("agency-a", "p-6", ""), nullptr);
 }
 
 }  // namespace
