@@ -5,7 +5,9 @@
 //                                         also: the real binary over gRPC, a participant with 20
 //                                         consents, 64 calls in flight, beside the empty health
 //                                         Check RPC on the same server in the same run.
-// PEERPATH_BENCH_SECONDS (default 5) sets the length of each gRPC phase.
+// PEERPATH_BENCH_SECONDS (default 5) sets the length of each gRPC phase (run in three turns);
+// PEERPATH_BENCH_SERVER_LOG=1 prints the server's log after the figures. The counts of decisions
+// from the cache and from the database, as the server exports them, are printed with the figures.
 #include <benchmark/benchmark.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
