@@ -102,22 +102,33 @@ absl::Status ValidateEventLogRequest(int64_t after_position, int page_size,
   return InvalidArgument("invalid event log request", violations);
 }
 
+std::optional<int64_t> AssignPositionsAfterCommit(pqxx::work& tx, const std::string& table,
+                                                  const std::string& sequence,
+                                                  const std::string& lock_prefix,
+                                                  const std::string& also_set) {
+  // One assigner per schema at a time, each committing before the next starts: positions of a
+  // later assigner are always above those of an earlier one, and rows its snapshot cannot see
+  // yet (still committing) wait for a later assigner.
+  const bool mine = tx.exec_params1(
+                          "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || "
+                          "current_schema(), 0))",
+                          lock_prefix)[0]
+                        .as<bool>();
+  if (!mine) return std::nullopt;
+  return static_cast<int64_t>(
+      tx.exec0(absl::StrCat("UPDATE ", table, " t SET position = s.pos", also_set,
+                            " FROM (SELECT id, nextval('", sequence,
+                            "') AS pos FROM (SELECT id FROM ", table,
+                            " WHERE position IS NULL ORDER BY id LIMIT 10000) q) s "
+                            "WHERE t.id = s.id"))
+          .affected_rows());
+}
+
 absl::StatusOr<int64_t> EventLog::AssignPositions() {
   return db_.TransactForEventLog([](pqxx::work& tx) -> absl::StatusOr<int64_t> {
-    // One assigner per schema at a time, each committing before the next starts: positions of a
-    // later assigner are always above those of an earlier one, and rows its snapshot cannot see
-    // yet (still committing) wait for a later assigner.
-    const bool mine = tx.exec1(
-                            "SELECT pg_try_advisory_xact_lock(hashtextextended("
-                            "'peerpath.event_log.' || current_schema(), 0))")[0]
-                          .as<bool>();
-    if (!mine) return int64_t{0};
-    return static_cast<int64_t>(
-        tx.exec0("UPDATE outbox o SET position = s.pos, positioned_at = now() "
-                 "FROM (SELECT id, nextval('event_log_position') AS pos FROM ("
-                 "  SELECT id FROM outbox WHERE position IS NULL ORDER BY id LIMIT 10000) q) s "
-                 "WHERE o.id = s.id")
-            .affected_rows());
+    return AssignPositionsAfterCommit(tx, "outbox", "event_log_position", "peerpath.event_log.",
+                                      ", positioned_at = now()")
+        .value_or(0);
   });
 }
 

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <optional>
 #include <pqxx/pqxx>
 #include <string>
 #include <utility>
@@ -46,6 +47,17 @@ absl::Status AppendEvents(
 void AppendEvents(
     DeferredWrites& writes, const std::string& agency_id,
     const std::vector<std::pair<std::string, const google::protobuf::Message*>>& events);
+
+// Gives the committed rows of `table` (columns id, position) that have no position yet the next
+// values of `sequence`, in id order, setting `also_set` (", col = expr…") too. Assigners of one
+// table share the advisory lock `lock_prefix` + schema. Returns how many, or nullopt at once when
+// another assigner is busy (its work shows on the next read). Positions are thus handed out after
+// commit by one assigner at a time: a reader that has seen position N never later finds one below
+// N, whatever order transactions commit in.
+std::optional<int64_t> AssignPositionsAfterCommit(pqxx::work& tx, const std::string& table,
+                                                  const std::string& sequence,
+                                                  const std::string& lock_prefix,
+                                                  const std::string& also_set = "");
 
 struct EventPage {
   std::vector<peerpath::common::v1::Event> events;  // In position order.

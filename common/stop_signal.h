@@ -37,4 +37,43 @@ class StopSignal {
   bool stopped_ = false;
 };
 
+// A "look now" nudge for a background loop that otherwise polls: Wake() from any thread (after a
+// commit that left work for it), Stop() when its owner goes. The loop sleeps in WaitForWake.
+class WakeSignal {
+ public:
+  void Wake() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      woken_ = true;
+    }
+    cv_.notify_all();
+  }
+
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopped_ = true;
+    }
+    cv_.notify_all();
+  }
+
+  // Sleeps `settle` whatever wakes come (so a burst of them shares one pass), then up to `poll`
+  // or until woken; the wake is consumed. Returns false when stopped.
+  bool WaitForWake(absl::Duration poll, absl::Duration settle = absl::ZeroDuration()) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (settle > absl::ZeroDuration()) {
+      cv_.wait_for(lock, absl::ToChronoNanoseconds(settle), [this] { return stopped_; });
+    }
+    cv_.wait_for(lock, absl::ToChronoNanoseconds(poll), [this] { return woken_ || stopped_; });
+    woken_ = false;
+    return !stopped_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool woken_ = false;
+  bool stopped_ = false;
+};
+
 }  // namespace peerpath

@@ -25,11 +25,7 @@ NotificationOutbox::NotificationOutbox(Database& db, Notifier& notifier,
 }
 
 NotificationOutbox::~NotificationOutbox() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stopping_ = true;
-  }
-  wake_.notify_all();
+  wake_.Stop();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -77,22 +73,12 @@ void NotificationOutbox::Start(const StopSignal& stopping) {
         log::Warn("notification delivery pass failed",
                   {{"code", absl::StatusCodeToString(delivered.status().code())}});
       }
-      std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait_for(lock, absl::ToChronoNanoseconds(options_.poll),
-                     [this] { return woken_ || stopping_; });
-      if (stopping_) return;
-      woken_ = false;
+      if (!wake_.WaitForWake(options_.poll)) return;
     }
   });
 }
 
-void NotificationOutbox::Wake() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    woken_ = true;
-  }
-  wake_.notify_all();
-}
+void NotificationOutbox::Wake() { wake_.Wake(); }
 
 absl::StatusOr<int64_t> NotificationOutbox::DeleteOld() {
   return db_.TransactWithSetting(

@@ -64,10 +64,7 @@ class NotificationOutbox {
   prometheus::Counter* delivered_ = nullptr;
   prometheus::Counter* failed_attempts_ = nullptr;
   prometheus::Counter* given_up_ = nullptr;
-  std::mutex mu_;
-  std::condition_variable wake_;
-  bool woken_ = false;
-  bool stopping_ = false;
+  WakeSignal wake_;
   std::thread thread_;
 };
 

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/escaping.h"
+#include "common/event_log.h"
 #include "common/log.h"
 
 namespace peerpath::escalation {
@@ -12,11 +13,7 @@ WatchFeed::WatchFeed(Database& db, WatchHub& hub, WatchFeedOptions options)
     : db_(db), hub_(hub), options_(options) {}
 
 WatchFeed::~WatchFeed() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stopping_ = true;
-  }
-  wake_.notify_all();
+  wake_.Stop();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -57,41 +54,22 @@ void WatchFeed::Start(const StopSignal& stopping) {
         log::Warn("watch feed relay pass failed",
                   {{"code", absl::StatusCodeToString(relayed.status().code())}});
       }
-      std::unique_lock<std::mutex> lock(mu_);
-      if (stopping_) return;
       // A burst of local commits shares the next pass.
-      wake_.wait_for(lock, absl::ToChronoNanoseconds(options_.min_gap),
-                     [this] { return stopping_; });
-      wake_.wait_for(lock, absl::ToChronoNanoseconds(options_.poll),
-                     [this] { return woken_ || stopping_; });
-      if (stopping_) return;
-      woken_ = false;
+      if (!wake_.WaitForWake(options_.poll, options_.min_gap)) return;
     }
   });
 }
 
-void WatchFeed::Wake() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    woken_ = true;
-  }
-  wake_.notify_all();
-}
+void WatchFeed::Wake() { wake_.Wake(); }
 
 absl::StatusOr<int> WatchFeed::RelayOnce() {
   // Positions first, in a transaction of their own that commits before anything is read: one
   // assigner per schema at a time, so positions grow in the order they become visible.
   auto assigned =
       db_.TransactWithSetting("app.watch_feed", "on", [&](pqxx::work& tx) -> absl::StatusOr<bool> {
-        const bool mine = tx.exec1(
-                                "SELECT pg_try_advisory_xact_lock(hashtextextended("
-                                "'peerpath.watch_feed.' || current_schema(), 0))")[0]
-                              .as<bool>();
-        if (!mine) return false;
-        tx.exec0(
-            "UPDATE watch_feed f SET position = s.pos FROM (SELECT id, "
-            "nextval('watch_feed_position') AS pos FROM (SELECT id FROM watch_feed WHERE "
-            "position IS NULL ORDER BY id LIMIT 10000) q) s WHERE f.id = s.id");
+        if (!AssignPositionsAfterCommit(tx, "watch_feed", "watch_feed_position",
+                                        "peerpath.watch_feed."))
+          return false;
         if (absl::Now() >= next_prune_) {
           tx.exec0(
               "DELETE FROM watch_feed WHERE position IS NOT NULL AND created_at < now() - "

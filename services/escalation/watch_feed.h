@@ -55,10 +55,7 @@ class WatchFeed {
   const WatchFeedOptions options_;
   int64_t last_position_ = -1;  // -1: not read yet.
   absl::Time next_prune_ = absl::InfinitePast();
-  std::mutex mu_;
-  std::condition_variable wake_;
-  bool woken_ = false;
-  bool stopping_ = false;
+  WakeSignal wake_;
   std::thread thread_;
 };
 
