@@ -9,9 +9,13 @@ work="$(mktemp -d /tmp/peerpath-e2e.XXXXXX)"
 chmod 755 "$work"  # PostgreSQL runs as another user and must reach its data folder inside.
 trap 'rm -rf "$work"' EXIT
 
-# Three port ranges: PostgreSQL, and base+1..base+5 for gRPC and for metrics, all free now.
+# Three port ranges: PostgreSQL, and base+1..base+5 for gRPC and for metrics, all free now and
+# all below the kernel's ephemeral range, so no outgoing connection of a test running beside
+# this one can take one of them as its local port before our servers bind it.
 read -r pg grpc_base metrics_base < <(/usr/bin/python3 - <<'PY'
 import random, socket
+with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+    ephemeral_low = int(f.read().split()[0])
 def free(port):
     with socket.socket() as s:
         try:
@@ -21,7 +25,7 @@ def free(port):
             return False
 picked = []
 while len(picked) < 3:
-    base = random.randrange(20000, 60000, 10)
+    base = random.randrange(10000, max(10010, ephemeral_low - 10), 10)
     if base not in picked and all(free(base + i) for i in range(0, 6)):
         picked.append(base)
 print(picked[0], picked[1], picked[2])
