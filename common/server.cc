@@ -9,6 +9,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <iostream>
 #include <mutex>
@@ -65,12 +66,17 @@ std::vector<MigrationTrack> MigrationTracks(const ServiceDefinition& definition)
 }
 
 // Connects and migrates with backoff until it succeeds, the process stops, or a fatal error
-// (a changed migration) occurs. Then watches the database and keeps health in step with it.
+// (a changed migration) occurs; then runs `on_schema_ready` once (on its own thread), watches
+// the database and keeps health in step with it.
 class Readiness {
  public:
   Readiness(const ServiceDefinition& definition, const ServerConfig& config, Database& db,
-            grpc::HealthCheckServiceInterface* health)
-      : definition_(definition), config_(config), db_(db), health_(health) {}
+            grpc::HealthCheckServiceInterface* health, std::function<void()> on_schema_ready)
+      : definition_(definition),
+        config_(config),
+        db_(db),
+        health_(health),
+        on_schema_ready_(std::move(on_schema_ready)) {}
 
   void Start() {
     thread_ = std::thread([this] { Run(); });
@@ -136,6 +142,7 @@ class Readiness {
       if (!SleepFor(backoff)) return;
       backoff = std::min(backoff * 2, absl::Seconds(5));
     }
+    on_schema_ready_();
     SetServing(true);
     log::Info("serving");
     bool serving = true;
@@ -162,6 +169,7 @@ class Readiness {
   const ServerConfig& config_;
   Database& db_;
   grpc::HealthCheckServiceInterface* health_;
+  const std::function<void()> on_schema_ready_;
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable wake_;
@@ -293,10 +301,10 @@ int Serve(const ServiceDefinition& definition, const ServerConfig& config) {
                           {"token_keys", (*verifier)->key_count()},
                           {"dev_tokens_allowed", config.allow_dev_tokens}});
 
-  Readiness readiness(definition, config, db, health);
-  readiness.Start();
+  // The chainer calls a function the shared migrations create: it starts once they have run.
   AuditChainer audit_chainer(db, *registry, kAuditChainInterval);
-  audit_chainer.Start();
+  Readiness readiness(definition, config, db, health, [&audit_chainer] { audit_chainer.Start(); });
+  readiness.Start();
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
@@ -306,7 +314,7 @@ int Serve(const ServiceDefinition& definition, const ServerConfig& config) {
   // Streams that would never end by themselves (event subscriptions) end now.
   health->Shutdown();
   stopping.Notify();
-  readiness.Stop();
+  readiness.Stop();  // Joined: the chainer is started or never will be.
   const absl::Time deadline = absl::Now() + config.shutdown_grace;
   // gRPC cancels calls still running at the deadline, but a handler blocked in a query would
   // hold shutdown forever: cancel the queries too, so their handlers return.
