@@ -54,17 +54,41 @@ std::string RequestFingerprint(const google::protobuf::Message& request,
   return std::string(reinterpret_cast<const char*>(digest), length);
 }
 
+std::string RequestFingerprintHex(const IdempotentCall& call) {
+  return absl::BytesToHexString(RequestFingerprint(*call.request, call.caller));
+}
+
+absl::Status ReplayStoredCall(const IdempotentCall& call, const StoredIdempotentCall& stored,
+                              google::protobuf::Message& response) {
+  if (stored.method != call.method) {
+    return absl::FailedPreconditionError(absl::StrCat("idempotency_key was already used for ",
+                                                      stored.method,
+                                                      "; use a new key for each distinct call"));
+  }
+  if (stored.request_hash_hex != RequestFingerprintHex(call)) {
+    return absl::FailedPreconditionError(
+        "idempotency_key was already used with a different request or by another caller; use a "
+        "new key for each distinct call, and the same request when retrying");
+  }
+  // PostgreSQL's base64 breaks lines every 76 characters; absl's decoder skips no whitespace.
+  std::string encoded = stored.response_base64;
+  encoded.erase(std::remove(encoded.begin(), encoded.end(), '\n'), encoded.end());
+  std::string bytes;
+  if (!absl::Base64Unescape(encoded, &bytes) || !response.ParseFromString(bytes)) {
+    return absl::InternalError("stored response of an idempotent call is unreadable");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& call,
                                          google::protobuf::Message& response) {
-  const std::string fingerprint =
-      absl::BytesToHexString(RequestFingerprint(*call.request, call.caller));
   // The common case is one statement. A conflicting claim by a transaction still running makes
   // this INSERT wait for it; DO NOTHING then means that transaction committed.
   const pqxx::result claimed = ExecPrepared(
       tx, "peerpath_idempotency_claim",
       "INSERT INTO idempotency_keys (agency_id, idempotency_key, method, request_hash, response) "
       "VALUES ($1, $2, $3, decode($4, 'hex'), '') ON CONFLICT DO NOTHING RETURNING 1",
-      call.agency_id, call.key, call.method, fingerprint);
+      call.agency_id, call.key, call.method, RequestFingerprintHex(call));
   if (!claimed.empty()) return false;
 
   const pqxx::result first = tx.exec_params(
@@ -75,22 +99,10 @@ absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& c
     // Deleted between the two statements: only the 24-hour clean-up does that.
     return absl::AbortedError("idempotency key changed concurrently; retry the call");
   }
-  if (first[0][0].as<std::string>() != call.method) {
-    return absl::FailedPreconditionError(absl::StrCat("idempotency_key was already used for ",
-                                                      first[0][0].as<std::string>(),
-                                                      "; use a new key for each distinct call"));
-  }
-  if (first[0][1].as<std::string>() != fingerprint) {
-    return absl::FailedPreconditionError(
-        "idempotency_key was already used with a different request or by another caller; use a "
-        "new key for each distinct call, and the same request when retrying");
-  }
-  std::string stored;
-  // PostgreSQL's base64 breaks lines every 76 characters; absl's decoder skips no whitespace.
-  std::string encoded = first[0][2].as<std::string>();
-  encoded.erase(std::remove(encoded.begin(), encoded.end(), '\n'), encoded.end());
-  if (!absl::Base64Unescape(encoded, &stored) || !response.ParseFromString(stored)) {
-    return absl::InternalError("stored response of an idempotent call is unreadable");
+  const StoredIdempotentCall stored{first[0][0].as<std::string>(), first[0][1].as<std::string>(),
+                                    first[0][2].as<std::string>()};
+  if (absl::Status replayed = ReplayStoredCall(call, stored, response); !replayed.ok()) {
+    return replayed;
   }
   return true;
 }

@@ -64,6 +64,22 @@ absl::Status StoreIdempotentResponse(pqxx::work& tx, const IdempotentCall& call,
 void StoreIdempotentResponse(DeferredWrites& writes, const IdempotentCall& call,
                              const google::protobuf::Message& response);
 
+// An earlier claim of a key as stored in idempotency_keys, for write paths that read it in their
+// own statement (RecordCheckIn) rather than through ClaimIdempotencyKey.
+struct StoredIdempotentCall {
+  std::string method;
+  std::string request_hash_hex;  // encode(request_hash, 'hex')
+  std::string response_base64;   // encode(response, 'base64'): line breaks allowed
+};
+
+// The request fingerprint of `call` as stored: lowercase hex of RequestFingerprint.
+std::string RequestFingerprintHex(const IdempotentCall& call);
+
+// Fills `response` from `stored` when `call` retries the call that stored it; FAILED_PRECONDITION
+// when the key was used by another RPC, with another request or by another caller.
+absl::Status ReplayStoredCall(const IdempotentCall& call, const StoredIdempotentCall& stored,
+                              google::protobuf::Message& response);
+
 // Deletes keys of every agency older than `keep` (never less than 24 hours). Returns how many.
 absl::StatusOr<int64_t> DeleteExpiredIdempotencyKeys(Database& db, absl::Duration keep);
 

@@ -879,13 +879,70 @@ absl::Status CheckInService::RecordCheckInImpl(const Call& call,
 
   const IdempotentCall idem{agency, request.idempotency_key(), "RecordCheckIn", &request,
                             call.caller.subject};
-  return context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
-    auto replayed = ClaimIdempotencyKey(tx, idem, response);
-    if (!replayed.ok()) return replayed.status();
-    if (*replayed) return absl::OkStatus();
-    auto ctx = LoadCheckInContext(tx, agency, request.enrollment_id(),
-                                  request.scheduled_check_in_id(), occurred_at);
-    if (!ctx) return absl::NotFoundError("no such enrollment in your agency");
+  // Two round trips, no transaction held open between them (migration 0006): read everything
+  // the check-in is decided on, decide here, write everything in one statement. The write is
+  // refused when the enrollment changed or the key was claimed since the read; then read and
+  // decide again. After two such races the enrollment is locked for the read and the write (one
+  // transaction), which always makes progress; a key claimed meanwhile is then replayed.
+  constexpr int kOptimisticAttempts = 2;
+  constexpr int kAttempts = kOptimisticAttempts + 2;
+  CheckInWrite write;
+  // true: `write` holds the decided check-in; false: `response` is the replayed earlier answer.
+  auto read_and_decide = [&](pqxx::transaction_base& tx, bool lock) -> absl::StatusOr<bool> {
+    CheckInRead read =
+        LoadCheckInContext(tx, agency, request.enrollment_id(), request.scheduled_check_in_id(),
+                           occurred_at, request.idempotency_key(), lock);
+    response.Clear();
+    if (read.earlier_call) {
+      if (absl::Status replayed = ReplayStoredCall(idem, *read.earlier_call, response);
+          !replayed.ok()) {
+        return replayed;
+      }
+      return false;
+    }
+    if (!read.context) return absl::NotFoundError("no such enrollment in your agency");
+    write = CheckInWrite{};
+    if (absl::Status decided =
+            DecideCheckIn(call, request, occurred_at, *read.context, write, response);
+        !decided.ok()) {
+      return decided;
+    }
+    write.method = idem.method;
+    write.request_hash_hex = RequestFingerprintHex(idem);
+    return true;
+  };
+  for (int attempt = 1;; ++attempt) {
+    absl::Status status;
+    if (attempt <= kOptimisticAttempts) {
+      auto decided = context_.db.RunWithoutTransaction(
+          [&](pqxx::nontransaction& tx) { return read_and_decide(tx, /*lock=*/false); });
+      if (!decided.ok() || !*decided) return decided.status();
+      status = context_.db.RunWithoutTransaction([&](pqxx::nontransaction& tx) -> absl::Status {
+        WriteCheckIn(tx, write);
+        return absl::OkStatus();
+      });
+    } else {
+      status = context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
+        auto decided = read_and_decide(tx, /*lock=*/true);
+        if (!decided.ok() || !*decided) return decided.status();
+        WriteCheckIn(tx, write);
+        return absl::OkStatus();
+      });
+    }
+    const bool raced = status.code() == absl::StatusCode::kAborted ||
+                       status.code() == absl::StatusCode::kAlreadyExists;
+    if (!raced || attempt == kAttempts) return status;
+  }
+}
+
+absl::Status CheckInService::DecideCheckIn(const Call& call,
+                                           const v1::RecordCheckInRequest& request,
+                                           absl::Time occurred_at, const CheckInContext& read,
+                                           CheckInWrite& write,
+                                           v1::RecordCheckInResponse& response) {
+  const std::string& agency = call.caller.agency_id;
+  const CheckInContext* ctx = &read;
+  {
     const v1::Enrollment& e = ctx->enrollment;
     const v1::PathwayVersion& pathway = ctx->pathway;
     if (!call.InRelationship(ctx->supporter)) {
@@ -992,12 +1049,10 @@ absl::Status CheckInService::RecordCheckInImpl(const Call& call,
     const bool reconnection = e.engagement_stage() != v1::ENGAGEMENT_STAGE_ENGAGED;
     const std::string supporter_id = ctx->supporter ? ctx->supporter->supporter_id : "";
 
-    std::vector<std::unique_ptr<google::protobuf::Message>> events;
-    CheckInWrite write;
     auto add_event = [&](std::unique_ptr<google::protobuf::Message> event) {
       write.event_ids.push_back(NewUuid());
       write.events.push_back(event.get());
-      events.push_back(std::move(event));
+      write.event_storage.push_back(std::move(event));
       return write.event_ids.back();
     };
     auto recorded = std::make_unique<v1::CheckInRecordedEvent>();
@@ -1104,6 +1159,7 @@ absl::Status CheckInService::RecordCheckInImpl(const Call& call,
     response.set_reconnection(reconnection);
 
     write.agency_id = agency;
+    write.enrollment_version = ctx->enrollment_version;
     write.check_in = c;
     if (occurrence) {
       write.occurrence_due_on = absl::FormatCivilTime(occurrence->due_on);
@@ -1123,9 +1179,8 @@ absl::Status CheckInService::RecordCheckInImpl(const Call& call,
       coded.SetSerializationDeterministic(true);
       response.SerializeToCodedStream(&coded);
     }
-    WriteCheckIn(tx, write);
     return absl::OkStatus();
-  });
+  }
 }
 
 grpc::Status CheckInService::GetCheckIn(grpc::ServerContext* context,
@@ -1342,7 +1397,9 @@ absl::Status CheckInService::RecordContactAttemptImpl(
     auto replayed = ClaimIdempotencyKey(tx, idem, response);
     if (!replayed.ok()) return replayed.status();
     if (*replayed) return absl::OkStatus();
-    auto ctx = LoadCheckInContext(tx, agency, request.enrollment_id(), "", attempted_at);
+    auto ctx = LoadCheckInContext(tx, agency, request.enrollment_id(), "", attempted_at, "",
+                                  /*lock=*/true)
+                   .context;
     if (!ctx) return absl::NotFoundError("no such enrollment in your agency");
     const v1::Enrollment& e = ctx->enrollment;
     if (!call.InRelationship(ctx->supporter)) {

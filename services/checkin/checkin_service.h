@@ -14,6 +14,7 @@
 #include "common/stop_signal.h"
 #include "peerpath/checkin/v1/checkin.grpc.pb.h"
 #include "services/checkin/consent_gates.h"
+#include "services/checkin/store.h"
 
 namespace peerpath::checkin {
 
@@ -135,6 +136,11 @@ class CheckInService final : public CheckInServiceBase {
                                         v1::RecordContactAttemptResponse& response);
   absl::Status RecordCheckInImpl(const Call& call, const v1::RecordCheckInRequest& request,
                                  v1::RecordCheckInResponse& response);
+  // Validates the check-in against what was read and fills `write` and `response` (no I/O but
+  // the refusal audit).
+  absl::Status DecideCheckIn(const Call& call, const v1::RecordCheckInRequest& request,
+                             absl::Time occurred_at, const CheckInContext& read,
+                             CheckInWrite& write, v1::RecordCheckInResponse& response);
 
   ServiceContext& context_;
   const CheckInOptions options_;

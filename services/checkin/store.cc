@@ -461,50 +461,34 @@ std::pair<int, int> EnrollmentCounts(pqxx::work& tx, const std::string& enrollme
   return {r[0].as<int>(), r[1].as<int>()};
 }
 
-std::optional<CheckInContext> LoadCheckInContext(pqxx::work& tx, const std::string& agency_id,
-                                                 const std::string& enrollment_id,
-                                                 const std::string& scheduled_check_in_id,
-                                                 absl::Time occurred_at) {
-  (void)agency_id;
+CheckInRead LoadCheckInContext(pqxx::transaction_base& tx, const std::string& agency_id,
+                               const std::string& enrollment_id,
+                               const std::string& scheduled_check_in_id, absl::Time occurred_at,
+                               const std::string& idempotency_key, bool lock) {
   const std::string utc_day = absl::FormatTime("%Y-%m-%d", occurred_at, absl::UTCTimeZone());
   static const std::string kSql = absl::StrCat(
-          "SELECT ", kEnrollmentColumns, ", ", kPathwayColumns, ", " PP_US("now()"),
-          ", m.supporter_id::text, m.supporter_subject, "
-          "coalesce((SELECT wellbeing_drop_points FROM program_policies), 2), "
-          "(SELECT string_agg(w.us || ':' || w.wellbeing, ',') FROM (SELECT " PP_US(
-              "occurred_at") " AS us, wellbeing FROM check_ins c WHERE c.participant_id = "
-                             "e.participant_id AND "
-                             "c.wellbeing IS NOT NULL ORDER BY occurred_at DESC, recorded_at DESC "
-                             "LIMIT 3) w), "
-                             "(SELECT string_agg(s.id::text || ' ' || to_char(s.due_on, "
-                             "'YYYY-MM-DD') || ' ' || "
-                             "s.status || ' ' || " PP_US(
-                                 "s.window_end") ", ',') FROM scheduled_check_ins s "
-                                                 "WHERE s.enrollment_id = e.id AND (s.id::text = "
-                                                 "$2 OR s.due_on BETWEEN $3::date - 16 "
-                                                 "AND $3::date + 1)) "
-                                                 ", coalesce((SELECT "
-                                                 "missed_contact_failed_attempts FROM "
-                                                 "program_policies), 3), m.supervisor_subject "
-                                                 "FROM enrollments e JOIN pathway_versions p ON "
-                                                 "p.pathway_key = e.pathway_key AND "
-                                                 "p.version = e.pathway_version LEFT JOIN LATERAL "
-                                                 "(SELECT supporter_id, "
-                                                 "supporter_subject, supervisor_subject FROM "
-                                                 "supporter_matches sm "
-                                                 "WHERE sm.participant_id = "
-                                                 "e.participant_id AND sm.active ORDER BY "
-                                                 "sm.started_at DESC NULLS LAST LIMIT 1) m ON "
-                                                 "true WHERE e.id = $1::uuid FOR UPDATE OF e");
-  const pqxx::result r =
-      ExecPrepared(tx, "checkin_context", kSql, enrollment_id, scheduled_check_in_id, utc_day);
-  if (r.empty()) return std::nullopt;
+      "SELECT ", kEnrollmentColumns, ", ", kPathwayColumns,
+      ", c.now_us, c.o_supporter_id, c.o_supporter_subject, c.o_wellbeing_drop_points, "
+      "c.o_latest_wellbeing, c.o_occurrences, c.o_missed_contact_failed_attempts, "
+      "c.o_supervisor_subject, c.en_version, c.o_idempotency_method, "
+      "c.o_idempotency_request_hash, c.o_idempotency_response "
+      "FROM check_in_context($1, $2::uuid, $3, $4::date, $5, $6) c "
+      "LEFT JOIN LATERAL (SELECT (c.en).*) e ON true LEFT JOIN LATERAL (SELECT (c.pw).*) p ON "
+      "true");
+  const pqxx::result r = ExecPrepared(tx, "checkin_context", kSql, agency_id, enrollment_id,
+                                      scheduled_check_in_id, utc_day, idempotency_key, lock);
+  CheckInRead read;
+  if (r.empty()) return read;
   const pqxx::row& row = r[0];
-  CheckInContext c;
+  const int o = kEnrollmentColumnCount + 7;
+  if (!row[o + 9].is_null()) {
+    read.earlier_call =
+        StoredIdempotentCall{row[o + 9].c_str(), row[o + 10].c_str(), row[o + 11].c_str()};
+  }
+  if (row[0].is_null()) return read;
+  CheckInContext& c = read.context.emplace();
   c.enrollment = EnrollmentOf(row);
-  int o = kEnrollmentColumnCount;
-  c.pathway = PathwayOf(row, o);
-  o += 7;
+  c.pathway = PathwayOf(row, kEnrollmentColumnCount);
   c.now = TimeOf(row[o]);
   if (!row[o + 1].is_null()) {
     c.supporter = ActiveSupporter{row[o + 1].c_str(), row[o + 2].c_str(), row[o + 7].c_str()};
@@ -520,7 +504,6 @@ std::optional<CheckInContext> LoadCheckInContext(pqxx::work& tx, const std::stri
       }
     }
   }
-  c.missed_contact_failed_attempts = row[o + 6].as<int>();
   if (!row[o + 5].is_null()) {
     for (absl::string_view item : absl::StrSplit(row[o + 5].c_str(), ',')) {
       std::vector<std::string> parts = absl::StrSplit(item, ' ');
@@ -532,10 +515,12 @@ std::optional<CheckInContext> LoadCheckInContext(pqxx::work& tx, const std::stri
                                absl::FromUnixMicros(us)});
     }
   }
-  return c;
+  c.missed_contact_failed_attempts = row[o + 6].as<int>();
+  c.enrollment_version = row[o + 8].c_str();
+  return read;
 }
 
-void WriteCheckIn(pqxx::work& tx, const CheckInWrite& w) {
+void WriteCheckIn(pqxx::transaction_base& tx, const CheckInWrite& w) {
   const v1::CheckIn& c = w.check_in;
   v1::CheckIn answers;
   *answers.mutable_answers() = c.answers();
@@ -546,55 +531,31 @@ void WriteCheckIn(pqxx::work& tx, const CheckInWrite& w) {
     types.push_back(event->GetDescriptor()->full_name());
     payloads.push_back(absl::Base64Escape(event->SerializeAsString()));
   }
-  const bool scheduled = !c.scheduled_check_in_id().empty();
-  const std::string late_us =
-      c.late() ? absl::StrCat(c.late_by().seconds() * 1000000 + c.late_by().nanos() / 1000) : "";
-  static const std::string kSql =
-      "WITH occ AS (INSERT INTO scheduled_check_ins (id, agency_id, enrollment_id, due_on, "
-      "window_start, window_end, status, status_changed_at) SELECT NULLIF($4::text, '')::uuid, $1, $3::uuid, "
-      "NULLIF($19, '')::date, " PP_TS("$20") ", " PP_TS("$21") ", 'completed', now() WHERE $22 "
-      "ON CONFLICT (agency_id, enrollment_id, due_on) DO UPDATE SET status = 'completed', "
-      "status_changed_at = now() RETURNING 1), "
-      "ci AS (INSERT INTO check_ins (id, agency_id, enrollment_id, scheduled_check_in_id, "
-      "participant_id, supporter_id, recorded_by, recorded_by_role, pathway_key, pathway_version, "
-      "answers, wellbeing, contact_mode, occurred_at, recorded_at, window_end, late_by, "
-      "fired_rule_ids, is_reconnection) VALUES ($2::uuid, $1, $3::uuid, NULLIF($4::text, '')::uuid, $5, "
-      "NULLIF($6, '')::uuid, $7, $8, $9, $10, $11::jsonb, NULLIF($12, 0)::smallint, $13, " PP_TS(
-          "$14") ", now(), " PP_TS("$21") ", make_interval(secs => NULLIF($15, '')::int8 / "
-                                          "1000000.0), $16::text[], $17) RETURNING 1), "
-      "en AS (UPDATE enrollments SET last_contact_at = GREATEST(coalesce(last_contact_at, "
-      "" PP_TS("$14") "), " PP_TS("$14") "), failed_attempts_in_a_row = 0, "
-      "engagement_stage_changed_at = CASE WHEN engagement_stage <> 'engaged' THEN now() ELSE "
-      "engagement_stage_changed_at END, engagement_stage = 'engaged', "
-      "routine_stopped_at = CASE WHEN $18 AND routine THEN now() ELSE routine_stopped_at END, "
-      "routine = routine AND NOT $18 WHERE id = $3::uuid RETURNING 1), "
-      "cancel AS (UPDATE scheduled_check_ins SET status = 'cancelled', status_changed_at = now() "
-      "WHERE $18 AND enrollment_id = $3::uuid AND status = 'due' AND id::text <> $4::text "
-      "RETURNING 1), "
-      "ev AS (INSERT INTO outbox (event_id, agency_id, event_type, aggregate_id, payload) "
-      "SELECT i::uuid, $1, t, $3, decode(p, 'base64') FROM unnest($23::text[], $24::text[], "
-      "$31::text[]) WITH ORDINALITY AS x(t, p, i, n) ORDER BY n RETURNING 1), "
-      "idem AS (UPDATE idempotency_keys SET response = decode($25, 'base64') WHERE agency_id = "
-      "$1 AND idempotency_key = $26 RETURNING 1) "
-      "SELECT audit_append($1, $27::text, $28::text, $29::text, 'check_in'::text, $2::text, $5::text, 'allowed'::text, $30::text), "
-      "(SELECT count(*) FROM occ), (SELECT count(*) FROM ci), (SELECT count(*) FROM en), "
-      "(SELECT count(*) FROM cancel), (SELECT count(*) FROM ev), (SELECT count(*) FROM idem)";
-  const pqxx::row r = ExecPrepared(
-      tx, "checkin_write", kSql, w.agency_id, c.check_in_id(), c.enrollment_id(),
+  const bool completes_occurrence =
+      !c.scheduled_check_in_id().empty() && !w.occurrence_due_on.empty();
+  std::optional<int64_t> late_us;
+  if (c.late()) late_us = c.late_by().seconds() * 1000000 + c.late_by().nanos() / 1000;
+  std::optional<int64_t> window_end_us;
+  if (c.has_window_end()) window_end_us = absl::ToUnixMicros(FromProtoTimestamp(c.window_end()));
+  ExecPrepared(
+      tx, "checkin_write",
+      "SELECT record_check_in($1, $2::uuid, $3::uuid, $4, $5, $6, $7, $8, $9, $10, $11, "
+      "$12::jsonb, $13, $14, $15, $16, $17, $18::text[], $19, $20, $21, $22, $23, $24::text[], "
+      "$25::text[], $26::text[], $27, $28, $29, $30, $31, $32, $33, $34)",
+      w.agency_id, c.check_in_id(), c.enrollment_id(), w.enrollment_version,
       c.scheduled_check_in_id(), c.participant_id(), c.supporter_id(), c.recorded_by(),
       c.recorded_by_role(), c.pathway_key(), c.pathway_version(), answers_json, c.wellbeing_score(),
       EnumText(v1::ContactMode_descriptor(), c.contact_mode(), "CONTACT_MODE_"),
-      Micros(FromProtoTimestamp(c.occurred_at())), late_us, TextArrayLiteral(w.fired_rule_ids),
-      w.reconnection, w.stops_routine, w.occurrence_due_on,
-      scheduled ? Micros(w.occurrence_window_start) : std::string(),
-      c.has_window_end() ? Micros(FromProtoTimestamp(c.window_end())) : std::string(),
-      scheduled && !w.occurrence_due_on.empty(), TextArrayLiteral(types),
-      TextArrayLiteral(payloads), absl::Base64Escape(w.response_bytes), w.idempotency_key,
-      w.audit.actor, w.audit.actor_role, w.audit.action, w.audit.request_id,
-      TextArrayLiteral(w.event_ids))[0];
-  if (r[2].as<int>() != 1 || r[6].as<int>() != 1) {
-    throw std::runtime_error("check-in write incomplete");
-  }
+      absl::ToUnixMicros(FromProtoTimestamp(c.occurred_at())),
+      absl::ToUnixMicros(FromProtoTimestamp(c.recorded_at())), late_us,
+      TextArrayLiteral(w.fired_rule_ids), w.reconnection, w.stops_routine,
+      completes_occurrence ? std::optional<std::string>(w.occurrence_due_on) : std::nullopt,
+      completes_occurrence ? std::optional<int64_t>(absl::ToUnixMicros(w.occurrence_window_start))
+                           : std::nullopt,
+      window_end_us, TextArrayLiteral(types), TextArrayLiteral(payloads),
+      TextArrayLiteral(w.event_ids), w.idempotency_key, w.method, w.request_hash_hex,
+      absl::Base64Escape(w.response_bytes), w.audit.actor, w.audit.actor_role, w.audit.action,
+      w.audit.request_id);
 }
 
 void WriteContactAttempt(pqxx::work& tx, const ContactAttemptWrite& w) {

@@ -2,6 +2,7 @@
 // Every SQL statement of the check-in service, and nothing else. Functions run inside a
 // transaction the caller opened for one agency (Database::TransactForAgency): row-level security
 // shows them only that agency's rows.
+#include <memory>
 #include <optional>
 #include <pqxx/pqxx>
 #include <set>
@@ -11,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/audit.h"
+#include "common/idempotency.h"
 #include "common/identifiers.h"
 #include "common/supporter_matches.h"
 #include "peerpath/checkin/v1/checkin.pb.h"
@@ -120,10 +122,12 @@ v1::Enrollment EndEnrollment(pqxx::work& tx, const std::string& enrollment_id,
 // Check-ins recorded and occurrences missed over the life of an enrollment.
 std::pair<int, int> EnrollmentCounts(pqxx::work& tx, const std::string& enrollment_id);
 
-// What RecordCheckIn needs to decide, read in one round trip.
+// What RecordCheckIn needs to decide, read in one round trip (check_in_context, migration 0006).
 struct CheckInContext {
-  absl::Time now;  // The transaction's time: recorded_at.
+  absl::Time now;  // The database's time at the read: recorded_at.
   v1::Enrollment enrollment;
+  // The enrollment row's version (xmin): the write applies only while it is unchanged.
+  std::string enrollment_version;
   v1::PathwayVersion pathway;
   std::optional<ActiveSupporter> supporter;  // The participant's active supporter.
   int wellbeing_drop_points = 2;
@@ -139,18 +143,26 @@ struct CheckInContext {
   };
   std::vector<Occurrence> occurrences;
 };
-// Locks the enrollment. nullopt when the enrollment does not exist in the agency.
-std::optional<CheckInContext> LoadCheckInContext(pqxx::work& tx, const std::string& agency_id,
-                                                 const std::string& enrollment_id,
-                                                 const std::string& scheduled_check_in_id,
-                                                 absl::Time occurred_at);
+struct CheckInRead {
+  std::optional<StoredIdempotentCall> earlier_call;  // The idempotency key's earlier use.
+  std::optional<CheckInContext> context;             // nullopt: no such enrollment in the agency.
+};
+// One statement that scopes itself to `agency_id`: runs inside a transaction or without one.
+// `lock`: lock the enrollment until the transaction ends (only inside a transaction).
+CheckInRead LoadCheckInContext(pqxx::transaction_base& tx, const std::string& agency_id,
+                               const std::string& enrollment_id,
+                               const std::string& scheduled_check_in_id, absl::Time occurred_at,
+                               const std::string& idempotency_key, bool lock);
 
-// Everything RecordCheckIn writes, in one statement: the occurrence (created or completed), the
-// check-in, the enrollment's contact state, the events, the audit row and the stored idempotent
-// response.
+// Everything RecordCheckIn writes, in one statement that scopes itself to the agency
+// (record_check_in, migration 0006): the idempotency claim with the response, the enrollment's
+// contact state, the occurrence (created or completed), the check-in, the events and the audit
+// row. Throws pqxx::serialization_failure when the enrollment changed since `enrollment_version`
+// was read, pqxx::unique_violation when the idempotency key was claimed meanwhile.
 struct CheckInWrite {
   std::string agency_id;
-  v1::CheckIn check_in;           // With ids, times and lateness set.
+  v1::CheckIn check_in;  // With ids, times and lateness set.
+  std::string enrollment_version;
   std::string occurrence_due_on;  // "YYYY-MM-DD" when it completes an occurrence.
   absl::Time occurrence_window_start;
   std::vector<std::string> fired_rule_ids;
@@ -159,11 +171,14 @@ struct CheckInWrite {
   // Events in the order they are appended.
   std::vector<const google::protobuf::Message*> events;
   std::vector<std::string> event_ids;  // One per event (UUIDs chosen by the caller).
+  std::vector<std::unique_ptr<google::protobuf::Message>> event_storage;  // Owns `events`.
   AuditEntry audit;
   std::string idempotency_key;
-  std::string response_bytes;  // The serialised RecordCheckInResponse.
+  std::string method;            // The RPC that claims the key.
+  std::string request_hash_hex;  // RequestFingerprintHex of the call.
+  std::string response_bytes;    // The serialised RecordCheckInResponse.
 };
-void WriteCheckIn(pqxx::work& tx, const CheckInWrite& write);
+void WriteCheckIn(pqxx::transaction_base& tx, const CheckInWrite& write);
 
 // Everything RecordContactAttempt writes, in one statement: the attempt, the enrollment's
 // engagement state, the events, the audit row and the stored idempotent response.

@@ -714,6 +714,55 @@ TEST_F(CheckInServiceTest, RetryWithSameKeyStoresOnce) {
   EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins"), 1);
 }
 
+// RecordCheckIn reads, decides and writes without holding a lock between; the write applies
+// only to the enrollment version it read. Writers racing on one enrollment must all land (none
+// lost, none doubled), and one key sent by several at once must land once.
+TEST_F(CheckInServiceTest, ConcurrentCheckInsOfOneEnrollmentAllLandAndOneKeyLandsOnce) {
+  const std::string id = Enrolled("structured_checkin", "p-1");
+  constexpr int kWriters = 8;
+  auto record_all = [&](const std::vector<v1::RecordCheckInRequest>& requests) {
+    std::vector<grpc::Status> statuses(requests.size());
+    std::vector<v1::RecordCheckInResponse> responses(requests.size());
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      threads.emplace_back([&, i] { statuses[i] = Record(requests[i], &responses[i]); });
+    }
+    for (auto& t : threads) t.join();
+    for (const auto& status : statuses) EXPECT_TRUE(status.ok()) << status.error_message();
+    return responses;
+  };
+
+  // Each writer reads "at risk"; only the one that lands first reconnects the participant.
+  db_->AdminQuery(
+      "UPDATE checkin.enrollments SET engagement_stage = 'at_risk', engagement_stage_changed_at = "
+      "now() - interval '30 days'");
+  std::vector<v1::RecordCheckInRequest> distinct;
+  for (int i = 0; i < kWriters; ++i)
+    distinct.push_back(CheckIn(id, ValidAnswers("structured_checkin")));
+  std::set<std::string> ids;
+  for (const auto& r : record_all(distinct)) ids.insert(r.check_in().check_in_id());
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kWriters));
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins"), kWriters);
+  EXPECT_EQ(Events("CheckInRecordedEvent"), kWriters);
+  EXPECT_EQ(Events("ReconnectionRecordedEvent"), 1);
+  EXPECT_EQ(Events("EngagementStageChangedEvent"), 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins WHERE is_reconnection"), 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.audit_log WHERE action LIKE '%RecordCheckIn'"),
+            kWriters);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.enrollments WHERE last_contact_at = (SELECT "
+                  "max(occurred_at) FROM checkin.check_ins)"),
+            1);
+
+  const std::vector<v1::RecordCheckInRequest> same(kWriters,
+                                                   CheckIn(id, ValidAnswers("structured_checkin")));
+  const auto responses = record_all(same);
+  for (const auto& r : responses) {
+    EXPECT_EQ(r.SerializeAsString(), responses[0].SerializeAsString());
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins"), kWriters + 1);
+  EXPECT_EQ(Events("CheckInRecordedEvent"), kWriters + 1);
+}
+
 TEST_F(CheckInServiceTest, WrongSupporterOtherAgencyAndWrongRoleAreRefused) {
   const std::string id = Enrolled("structured_checkin", "p-1");
   const v1::RecordCheckInRequest request = CheckIn(id, ValidAnswers("structured_checkin"));
