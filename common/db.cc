@@ -1,5 +1,6 @@
 #include "common/db.h"
 
+#include <atomic>
 #include <stdexcept>
 
 #include "absl/strings/ascii.h"
@@ -7,6 +8,26 @@
 #include "common/log.h"
 
 namespace peerpath {
+namespace {
+
+std::atomic<bool> schema_ready{false};
+
+// SQLSTATEs of a schema not migrated yet: undefined table, column, function or schema.
+bool SchemaMissing(const std::string& sqlstate) {
+  return sqlstate == "42P01" || sqlstate == "42703" || sqlstate == "42883" || sqlstate == "3F000";
+}
+
+// The first line of a PostgreSQL error: its DETAIL and CONTEXT lines can quote row values
+// ("Failing row contains (…)"), which may be personal data and stay out of the log.
+std::string PrimaryMessage(const char* what) {
+  std::string message(what);
+  if (const size_t end = message.find('\n'); end != std::string::npos) message.resize(end);
+  return message;
+}
+
+}  // namespace
+
+void MarkSchemaReady() { schema_ready.store(true); }
 
 absl::Status StatusFromDatabaseException(const std::exception& e) {
   if (dynamic_cast<const pqxx::broken_connection*>(&e) != nullptr) {
@@ -25,9 +46,15 @@ absl::Status StatusFromDatabaseException(const std::exception& e) {
     return absl::AlreadyExistsError("the object already exists");
   }
   if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) {
-    // The SQLSTATE and message stay in the log; the query text and parameters are not logged
-    // because parameters can hold personal data.
-    log::Error("database error", {{"sqlstate", sql->sqlstate()}, {"error", sql->what()}});
+    // The SQLSTATE and primary message stay in the log; the query text, parameters and detail
+    // are not logged because they can hold personal data.
+    if (!schema_ready.load() && SchemaMissing(sql->sqlstate())) {
+      // Background loops start with the process; the migrations may still be running.
+      log::Info("database schema not ready yet", {{"sqlstate", sql->sqlstate()}});
+    } else {
+      log::Error("database error",
+                 {{"sqlstate", sql->sqlstate()}, {"error", PrimaryMessage(sql->what())}});
+    }
     if (sql->sqlstate() == "57014") return absl::DeadlineExceededError("database query cancelled");
     return absl::InternalError("database error");
   }

@@ -41,8 +41,13 @@ struct DatabaseOptions {
   std::chrono::milliseconds statement_timeout{30000};
 };
 
-// Maps an exception thrown by libpqxx (or anything else) inside a transaction to a status.
+// Maps an exception thrown by libpqxx (or anything else) inside a transaction to a status, and
+// logs SQL errors (SQLSTATE and the primary message only).
 absl::Status StatusFromDatabaseException(const std::exception& e);
+
+// Says the service's schema is migrated (server start-up, once the migrations ran): until then a
+// missing table or function is logged as "schema not ready yet" (info), not as an error.
+void MarkSchemaReady();
 
 // A PostgreSQL array literal of text values for a `$n::text[]` parameter: every element quoted,
 // with `"` and `\` escaped, so any text (commas, braces, quotes, "NULL") arrives as itself.

@@ -109,9 +109,11 @@ std::optional<int64_t> AssignPositionsAfterCommit(pqxx::work& tx, const std::str
   // One assigner per schema at a time, each committing before the next starts: positions of a
   // later assigner are always above those of an earlier one, and rows its snapshot cannot see
   // yet (still committing) wait for a later assigner.
+  // Before the first migration the schema does not exist (current_schema() is NULL): nothing
+  // to assign then.
   const bool mine = tx.exec_params1(
-                          "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || "
-                          "current_schema(), 0))",
+                          "SELECT current_schema() IS NOT NULL AND "
+                          "pg_try_advisory_xact_lock(hashtextextended($1 || current_schema(), 0))",
                           lock_prefix)[0]
                         .as<bool>();
   if (!mine) return std::nullopt;

@@ -142,6 +142,7 @@ class Readiness {
       if (!SleepFor(backoff)) return;
       backoff = std::min(backoff * 2, absl::Seconds(5));
     }
+    MarkSchemaReady();
     on_schema_ready_();
     SetServing(true);
     log::Info("serving");
