@@ -1,9 +1,11 @@
 #include "common/db.h"
 
+#include <algorithm>
 #include <atomic>
 #include <stdexcept>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 
@@ -62,8 +64,19 @@ absl::Status StatusFromDatabaseException(const std::exception& e) {
   return absl::InternalError("internal error");
 }
 
+std::string WithConnectTimeout(const std::string& url, int seconds) {
+  if (url.find("connect_timeout") != std::string::npos) return url;
+  const std::string value = std::to_string(std::max(2, seconds));
+  if (absl::StartsWith(url, "postgresql://") || absl::StartsWith(url, "postgres://")) {
+    return absl::StrCat(url, url.find('?') == std::string::npos ? "?" : "&",
+                        "connect_timeout=", value);
+  }
+  return absl::StrCat(url, url.empty() ? "" : " ", "connect_timeout=", value);
+}
+
 std::unique_ptr<pqxx::connection> OpenConnection(const DatabaseOptions& options) {
-  auto conn = std::make_unique<pqxx::connection>(options.url);
+  auto conn = std::make_unique<pqxx::connection>(
+      WithConnectTimeout(options.url, options.connect_timeout_seconds));
   pqxx::nontransaction setup(*conn);
   setup.exec0(absl::StrCat("SET search_path TO ", setup.quote_name(options.schema)));
   setup.exec0(absl::StrCat("SET application_name TO ", setup.quote(options.application_name)));

@@ -39,7 +39,13 @@ struct DatabaseOptions {
   std::string application_name = "peerpath";
   // statement_timeout of every connection: no query of a call outlives the longest call.
   std::chrono::milliseconds statement_timeout{30000};
+  // libpq's connect_timeout (whole seconds, at least 2): a database host that drops packets or
+  // never answers fails the connection instead of holding the caller for the TCP timeout.
+  int connect_timeout_seconds = 5;
 };
+
+// `url` with libpq's connect_timeout added (URI or key=value form), unless it names one already.
+std::string WithConnectTimeout(const std::string& url, int seconds);
 
 // Maps an exception thrown by libpqxx (or anything else) inside a transaction to a status, and
 // logs SQL errors (SQLSTATE and the primary message only).

@@ -1,7 +1,13 @@
 // How SQL errors reach clients and the log: the client gets a code, the log the SQLSTATE and the
 // primary message only (never a DETAIL line quoting row values, which may be personal data); a
 // schema still being migrated is "not ready yet", not an error.
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
 
 #include "common/db.h"
 #include "tests/support/migrated_schema.h"
@@ -55,6 +61,40 @@ TEST_F(DatabaseErrorsTest, AMissingTableIsAnErrorOnceTheSchemaIsReady) {
   EXPECT_NE(logged.find("\"level\":\"error\""), std::string::npos) << logged;
   EXPECT_NE(logged.find("\"sqlstate\":\"42P01\""), std::string::npos) << logged;
   EXPECT_EQ(logged.find("not ready"), std::string::npos) << logged;
+}
+
+TEST(ConnectTimeout, IsAddedToEitherFormOfConnectionString) {
+  EXPECT_EQ(WithConnectTimeout("postgresql://u@h:5/db", 5),
+            "postgresql://u@h:5/db?connect_timeout=5");
+  EXPECT_EQ(WithConnectTimeout("postgres://u@h/db?sslmode=require", 3),
+            "postgres://u@h/db?sslmode=require&connect_timeout=3");
+  EXPECT_EQ(WithConnectTimeout("host=h dbname=db", 7), "host=h dbname=db connect_timeout=7");
+  // libpq would round 1 up to 2 anyway; an operator's own setting wins.
+  EXPECT_EQ(WithConnectTimeout("postgresql://h/db", 1), "postgresql://h/db?connect_timeout=2");
+  EXPECT_EQ(WithConnectTimeout("postgresql://h/db?connect_timeout=30", 5),
+            "postgresql://h/db?connect_timeout=30");
+}
+
+TEST(ConnectTimeout, AServerThatNeverAnswersFailsTheConnectionInTime) {
+  // Listens but never accepts: the TCP handshake completes, the startup packet is never answered.
+  const int listener = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  ASSERT_EQ(listen(listener, 4), 0);
+  socklen_t length = sizeof address;
+  ASSERT_EQ(getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length), 0);
+  DatabaseOptions options;
+  options.url = "postgresql://nobody@127.0.0.1:" + std::to_string(ntohs(address.sin_port)) +
+                "/none?sslmode=disable";
+  options.schema = "none";
+  options.connect_timeout_seconds = 2;
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_THROW(OpenConnection(options), pqxx::broken_connection);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  close(listener);
 }
 
 }  // namespace
