@@ -413,8 +413,12 @@ absl::Status EscalationService::GetConcernImpl(const grpc::ServerContext& contex
                                     /*lock=*/false);
     if (!found.ok()) return found.status();
     const bool raiser = found->has_value() && (*found)->concern.raised_by() == caller.subject;
+    // Who also works as a peer supporter sees everything only where they act for the target
+    // (as in the transitions): their peer role alone never opens the clinical side.
     const bool full =
-        found->has_value() && (*found)->routed_to_viewer && !caller.Has(Role::kPeerSupporter);
+        found->has_value() && (*found)->routed_to_viewer &&
+        !(caller.Has(Role::kPeerSupporter) &&
+          !ActsFor(ActorOf(caller), TargetFromProto((*found)->concern.current_target())));
     if (!found->has_value() || (!full && !raiser)) {
       hidden = true;
       return absl::NotFoundError("concern not found");

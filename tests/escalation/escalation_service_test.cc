@@ -291,6 +291,16 @@ TEST_F(EscalationServiceTest, RaiserSeesStatusTargetSeesEverything) {
   EXPECT_EQ(as_target.concern().transitions(3).kind(), v1::TRANSITION_KIND_RESOLVED);
   EXPECT_EQ(as_target.concern().transitions(3).to_state(), v1::CONCERN_STATE_RESOLVED);
 
+  // A clinician of the on-call team who also works as a peer supporter acts for the target too.
+  v1::GetConcernResponse as_dual;
+  ASSERT_TRUE(
+      stub_
+          ->GetConcern(As("agency-a", {"clinician", "peer_supporter"}, "dr-3").get(), get, &as_dual)
+          .ok());
+  EXPECT_EQ(as_dual.concern().view(), v1::CONCERN_VIEW_FULL);
+  EXPECT_EQ(as_dual.concern().outcome(), v1::CONCERN_OUTCOME_PARTICIPANT_SAFE);
+  EXPECT_EQ(as_dual.concern().transitions_size(), 4);
+
   // Another peer supporter and a case manager cannot see it at all.
   v1::GetConcernResponse hidden;
   EXPECT_EQ(stub_->GetConcern(As("agency-a", {"peer_supporter"}, "peer-2").get(), get, &hidden)
