@@ -2,6 +2,8 @@
 
 // Shapes of identifiers more than one service checks, so producer and consumer agree.
 
+#include <string>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/string_view.h"
 
@@ -18,6 +20,9 @@ inline bool IsUuid(absl::string_view text) {
   }
   return true;
 }
+
+// A random (version 4) UUID in canonical lowercase form, from OpenSSL's CSPRNG.
+std::string RandomUuid();
 
 // `min` to `max` characters, each an ASCII letter or digit or one of `extra`.
 inline bool IsWordOf(absl::string_view text, size_t min, size_t max, absl::string_view extra) {

@@ -1,7 +1,6 @@
 #include "services/checkin/store.h"
 
 #include <google/protobuf/util/json_util.h>
-#include <openssl/rand.h>
 
 #include <algorithm>
 
@@ -198,16 +197,7 @@ constexpr char kPathwayColumns[] =
 
 }  // namespace
 
-std::string NewUuid() {
-  unsigned char b[16];
-  RAND_bytes(b, sizeof b);
-  b[6] = (b[6] & 0x0F) | 0x40;
-  b[8] = (b[8] & 0x3F) | 0x80;
-  const std::string hex =
-      absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(b), sizeof b));
-  return absl::StrCat(hex.substr(0, 8), "-", hex.substr(8, 4), "-", hex.substr(12, 4), "-",
-                      hex.substr(16, 4), "-", hex.substr(20, 12));
-}
+std::string NewUuid() { return RandomUuid(); }
 
 v1::ProgramPolicy LoadPolicy(pqxx::work& tx, const std::string& agency_id,
                              const std::string& default_time_zone) {

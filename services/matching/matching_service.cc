@@ -727,8 +727,8 @@ grpc::Status MatchingService::ProposeMatches(grpc::ServerContext* context,
           s.set_units_in_use(load == units.end() ? 0 : load->second);
           const Evaluation e = Evaluate(s, *r, today);
           proposals.push_back({r->match_request_id(), s.supporter_id(), r->participant_id(),
-                               r->acuity_units(), e.score, static_cast<int>(i) + 1, e.continuity,
-                               e.explanation});
+                               s.subject(), r->acuity_units(), e.score, static_cast<int>(i) + 1,
+                               e.continuity, e.explanation});
         }
         std::vector<v1::Match> stored =
             store::InsertProposals(tx, caller.agency_id, proposals, caller.subject);
@@ -1305,7 +1305,8 @@ grpc::Status MatchingService::AssignBatch(grpc::ServerContext* context,
       if (request->dry_run()) continue;
       assigned.push_back(r);
       new_matches.push_back({req.match_request_id(), roster[s].supporter_id(), req.participant_id(),
-                             problem.units[r], e.score, 0, e.continuity, std::move(e.explanation)});
+                             roster[s].subject(), problem.units[r], e.score, 0, e.continuity,
+                             std::move(e.explanation)});
     }
     // One statement writes every match, follow-up, declined proposal and request status, one
     // more every event and one more every audit row: a handful of round trips for any size.

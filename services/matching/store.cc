@@ -10,6 +10,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/db.h"
+#include "common/identifiers.h"
 #include "common/time_util.h"
 
 namespace peerpath::matching::store {
@@ -332,10 +334,21 @@ std::string JsonString(absl::string_view text) {
   return out;
 }
 
+// The lines as JSON objects with the proto field names (what ToJson would print, written
+// directly: a batch stores tens of thousands of them, and the reflective printer dominated).
 std::string ExplanationJson(const std::vector<v1::CriterionExplanation>& lines) {
-  std::vector<std::string> json;
-  for (const auto& line : lines) json.push_back(ToJson(line));
-  return absl::StrCat("[", absl::StrJoin(json, ","), "]");
+  std::string out = "[";
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const v1::CriterionExplanation& l = lines[i];
+    absl::StrAppend(
+        &out, i == 0 ? "" : ",", "{\"criterion\":\"", v1::MatchCriterion_Name(l.criterion()),
+        "\",\"hard_constraint\":", l.hard_constraint() ? "true" : "false", ",\"outcome\":\"",
+        v1::CriterionOutcome_Name(l.outcome()), "\",\"weight\":", l.weight(),
+        ",\"satisfaction\":", absl::StrFormat("%.17g", l.satisfaction()),
+        ",\"points\":", absl::StrFormat("%.17g", l.points()), ",\"text\":", JsonString(l.text()),
+        "}");
+  }
+  return out + "]";
 }
 
 // New matches as a JSON array of records, for jsonb_to_recordset (one statement for many).
@@ -731,45 +744,73 @@ std::vector<StartedMatch> InsertBatchMatches(pqxx::work& tx, const std::string& 
                                              const std::string& batch_id,
                                              const std::string& actor) {
   if (matches.empty()) return {};
+  // The rows are known here but for the transaction's time and the follow-ups' due day: read
+  // those, choose the ids, and build the results without reading the rows back (their
+  // explanations would be parsed from JSON again, thousands of them).
+  const pqxx::row clock = tx.exec1("SELECT " PEERPATH_SQL_MICROS(
+      "now()") ", to_char((now() AT TIME ZONE 'UTC')::date + 14, "
+               "'YYYY-MM-DD')");
+  const int64_t now_us = clock[0].as<int64_t>();
+  std::vector<StartedMatch> out(matches.size());
+  std::string rows = "[";
+  for (size_t i = 0; i < matches.size(); ++i) {
+    const NewMatch& n = matches[i];
+    v1::Match& m = out[i].match;
+    m.set_match_id(RandomUuid());
+    m.set_agency_id(agency);
+    m.set_match_request_id(n.request_id);
+    m.set_supporter_id(n.supporter_id);
+    m.set_supporter_subject(n.supporter_subject);
+    m.set_participant_id(n.participant_id);
+    m.set_units(n.units);
+    m.set_score(n.score);
+    for (const auto& line : n.explanation) *m.add_explanation() = line;
+    m.set_status(v1::MATCH_STATUS_ACTIVE);
+    m.set_origin(v1::MATCH_ORIGIN_BATCH_ASSIGNMENT);
+    m.set_batch_id(batch_id);
+    *m.mutable_proposed_at() = ToProtoTimestamp(absl::FromUnixMicros(now_us));
+    m.set_proposed_by(actor);
+    *m.mutable_started_at() = m.proposed_at();
+    m.set_started_by(actor);
+    v1::FollowUp& f = out[i].follow_up;
+    f.set_follow_up_id(RandomUuid());
+    f.set_match_id(m.match_id());
+    f.set_participant_id(n.participant_id);
+    f.set_supporter_id(n.supporter_id);
+    SetDate(clock[1], f.mutable_due_on());
+    absl::StrAppend(&rows, i == 0 ? "" : ",", "{\"id\":", JsonString(m.match_id()),
+                    ",\"follow_up_id\":", JsonString(f.follow_up_id()),
+                    ",\"request_id\":", JsonString(n.request_id),
+                    ",\"supporter_id\":", JsonString(n.supporter_id),
+                    ",\"participant_id\":", JsonString(n.participant_id), ",\"units\":", n.units,
+                    ",\"score\":", absl::StrFormat("%.17g", n.score),
+                    ",\"continuity\":", n.continuity ? "true" : "false",
+                    ",\"explanation\":", ExplanationJson(n.explanation), "}");
+  }
+  rows += "]";
   // The foreign-key checks of the rows inserted here run once per row, on plans the connection
   // cached: planned while `matches` was small they scan it, and a batch that grows it by
   // thousands of rows would become quadratic. Dropping the cached plans makes the checks plan
   // again at the end of this statement, when the table holds the batch's rows (an index scan).
   tx.exec0("DISCARD PLANS");
   tx.exec_params0(
-      "WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(request_id uuid,"
-      "  supporter_id uuid, participant_id text, units integer, score double precision,"
-      "  continuity boolean, explanation jsonb)),"
-      " m AS (INSERT INTO matches (agency_id, request_id, supporter_id, participant_id, units,"
-      "  score, explanation, proposed_by, rank, continuity, status, started_at, started_by,"
-      "  origin, batch_id)"
-      "  SELECT $2, request_id, supporter_id, participant_id, units, score, explanation, $3, 0,"
-      "   continuity, 'active', now(), $3, 'batch_assignment', $4::uuid FROM x"
-      "  RETURNING id, agency_id),"
-      " f AS (INSERT INTO follow_ups (agency_id, match_id, due_on)"
-      "  SELECT agency_id, id, (now() AT TIME ZONE 'UTC')::date + 14 FROM m),"
+      "WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, follow_up_id uuid,"
+      "  request_id uuid, supporter_id uuid, participant_id text, units integer,"
+      "  score double precision, continuity boolean, explanation jsonb)),"
+      " m AS (INSERT INTO matches (id, agency_id, request_id, supporter_id, participant_id, units,"
+      "  score, explanation, proposed_by, proposed_at, rank, continuity, status, started_at,"
+      "  started_by, origin, batch_id)"
+      "  SELECT id, $2, request_id, supporter_id, participant_id, units, score, explanation, $3,"
+      "   " PEERPATH_SQL_TIME_PARAM(5) ", 0, continuity, 'active', " PEERPATH_SQL_TIME_PARAM(5) ","
+      "   $3, 'batch_assignment', $4::uuid FROM x),"
+      " f AS (INSERT INTO follow_ups (id, agency_id, match_id, due_on)"
+      "  SELECT follow_up_id, $2, id, $6::date FROM x),"
       " d AS (UPDATE matches p SET status = 'declined', declined_at = now()"
       "  WHERE p.status = 'proposed' AND p.request_id IN (SELECT request_id FROM x))"
+      // A batch assigns each request once: a plain join, no de-duplication of thousands of rows.
       " UPDATE match_requests q SET status = 'assigned', cancel_reason = NULL, updated_at = now()"
-      " WHERE q.id IN (SELECT request_id FROM x)",
-      MatchRowsJson(matches), agency, actor, batch_id);
-  std::map<std::string, size_t> position;
-  for (size_t i = 0; i < matches.size(); ++i) position[matches[i].request_id] = i;
-  std::vector<StartedMatch> out(matches.size());
-  for (const auto& row : tx.exec_params(
-           absl::StrCat("SELECT ", MatchColumns(), " FROM matches m WHERE m.batch_id = $1::uuid"),
-           batch_id)) {
-    v1::Match m = ToMatch(row);
-    out[position.at(m.match_request_id())].match = std::move(m);
-  }
-  std::map<std::string, size_t> of_match;
-  for (size_t i = 0; i < out.size(); ++i) of_match[out[i].match.match_id()] = i;
-  for (const auto& row : tx.exec_params(absl::StrCat("SELECT ", FollowUpColumns(), kFollowUpFrom,
-                                                     " WHERE m.batch_id = $1::uuid"),
-                                        batch_id)) {
-    v1::FollowUp f = ToFollowUp(row);
-    out[of_match.at(f.match_id())].follow_up = std::move(f);
-  }
+      " FROM x WHERE q.id = x.request_id",
+      rows, agency, actor, batch_id, now_us, clock[1].c_str());
   return out;
 }
 
