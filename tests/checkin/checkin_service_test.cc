@@ -711,6 +711,26 @@ TEST_F(CheckInServiceTest, RetryWithSameKeyStoresOnce) {
   v1::RecordCheckInRequest changed = request;
   changed.set_contact_mode(v1::CONTACT_MODE_VIDEO);
   EXPECT_EQ(Record(changed, &second).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  // The same request from another caller (the supervisor) is not theirs to replay.
+  EXPECT_EQ(Record(request, &second, "supervisor-1", "supervisor").error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  // A key another RPC used first is refused, naming that RPC.
+  v1::RecordContactAttemptRequest attempt;
+  attempt.set_enrollment_id(id);
+  attempt.set_channel(v1::CONTACT_CHANNEL_PHONE);
+  attempt.set_outcome(v1::CONTACT_OUTCOME_NO_ANSWER);
+  *attempt.mutable_attempted_at() = ToProtoTimestamp(absl::Now());
+  attempt.set_idempotency_key("shared-key");
+  v1::RecordContactAttemptResponse attempted;
+  ASSERT_TRUE(
+      stub_->RecordContactAttempt(As({"peer_supporter"}, "peer-1").get(), attempt, &attempted)
+          .ok());
+  v1::RecordCheckInRequest reused = CheckIn(id, ValidAnswers("structured_checkin"));
+  reused.set_idempotency_key("shared-key");
+  const grpc::Status refused = Record(reused, &second);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(refused.error_message().find("RecordContactAttempt"), std::string::npos)
+      << refused.error_message();
   EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins"), 1);
 }
 
