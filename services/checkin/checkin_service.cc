@@ -2007,17 +2007,43 @@ grpc::Status CheckInService::ListParticipantFeedback(
     v1::ListParticipantFeedbackResponse* response) {
   auto call = Begin(*context, "ListParticipantFeedback");
   if (!call.ok()) return ToGrpc(call.status());
+  std::vector<FieldViolation> violations;
   if (!IsUuid(request->enrollment_id())) {
-    return ToGrpc(
-        InvalidArgument("invalid request", {{"enrollment_id", "required: the enrollment's UUID"}}));
+    violations.push_back({"enrollment_id", "required: the enrollment's UUID"});
   }
+  auto size = ResolvePageSize(request->page_size());
+  if (!size.ok()) AddViolations(violations, size.status());
+  auto cursor = DecodePageToken("ListParticipantFeedback", request->page_token());
+  if (!cursor.ok()) AddViolations(violations, cursor.status());
+  // The token names its enrollment: a page of one enrollment never continues another's.
+  FeedbackCursor after;
+  if (cursor.ok() && !cursor->empty()) {
+    const std::vector<std::string> parts = absl::StrSplit(*cursor, '/');
+    if (parts.size() != 3 || parts[0] != request->enrollment_id() ||
+        !absl::SimpleAtoi(parts[1], &after.given_micros) || !IsUuid(parts[2])) {
+      violations.push_back({"page_token", "from another list or enrollment, or stale"});
+    } else {
+      after.id = parts[2];
+    }
+  }
+  if (!violations.empty()) return ToGrpc(InvalidArgument("invalid request", violations));
   return ToGrpc(
       context_.db.TransactForAgency(call->caller.agency_id, [&](pqxx::work& tx) -> absl::Status {
         auto e = LoadEnrollment(tx, request->enrollment_id(), /*lock=*/false);
         if (!e) return absl::NotFoundError("no such enrollment in your agency");
         if (auto s = RequireParticipantAccess(tx, *call, e->participant_id()); !s.ok()) return s;
-        for (auto& f : ListParticipantFeedbackOf(tx, e->enrollment_id(), 500)) {
-          *response->add_feedback() = std::move(f);
+        std::vector<v1::ParticipantFeedback> page =
+            ListParticipantFeedbackOf(tx, e->enrollment_id(), after, *size + 1);
+        const bool more = static_cast<int>(page.size()) > *size;
+        if (more) page.resize(*size);
+        for (auto& f : page) *response->add_feedback() = std::move(f);
+        if (more) {
+          const v1::ParticipantFeedback& last = response->feedback(response->feedback_size() - 1);
+          response->set_next_page_token(
+              EncodePageToken("ListParticipantFeedback",
+                              absl::StrCat(e->enrollment_id(), "/",
+                                           absl::ToUnixMicros(FromProtoTimestamp(last.given_at())),
+                                           "/", last.feedback_id())));
         }
         call->Audit(tx, "enrollment", e->enrollment_id(), e->participant_id());
         return absl::OkStatus();

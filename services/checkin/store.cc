@@ -372,14 +372,21 @@ absl::Time InsertParticipantFeedback(pqxx::work& tx, const std::string& agency_i
 
 std::vector<v1::ParticipantFeedback> ListParticipantFeedbackOf(pqxx::work& tx,
                                                                const std::string& enrollment_id,
+                                                               const FeedbackCursor& after,
                                                                int limit) {
   std::vector<v1::ParticipantFeedback> out;
+  // Newest first, ties by id: the page after `after` continues exactly where it ended.
   for (const auto& r : tx.exec_params(
            "SELECT id::text, enrollment_id::text, participant_id, rating, comment, " PP_US(
                "given_at") ", " PP_US("recorded_at") ", recorded_by, recorded_by_role FROM "
                                                      "participant_feedback WHERE enrollment_id = "
-                                                     "$1::uuid ORDER BY given_at DESC, id LIMIT $2",
-           enrollment_id, limit)) {
+                                                     "$1::uuid AND ($3 = '' OR given_at < "
+                                                     "timestamptz 'epoch' + $4::bigint * interval "
+                                                     "'1 microsecond' OR (given_at = timestamptz "
+                                                     "'epoch' + $4::bigint * interval '1 "
+                                                     "microsecond' AND id > NULLIF($3, '')::uuid)) "
+                                                     "ORDER BY given_at DESC, id LIMIT $2",
+           enrollment_id, limit, after.id, after.given_micros)) {
     v1::ParticipantFeedback& f = out.emplace_back();
     f.set_feedback_id(r[0].c_str());
     f.set_enrollment_id(r[1].c_str());

@@ -59,9 +59,15 @@ std::optional<v1::Enrollment> InsertEnrollment(pqxx::work& tx, const std::string
 // recorded_at the database gave it.
 absl::Time InsertParticipantFeedback(pqxx::work& tx, const std::string& agency_id,
                                      const v1::ParticipantFeedback& f);
-// The enrollment's feedback, newest first (given_at), at most `limit`.
+// Where a page of feedback ended: the last entry's given_at and id (empty id: the first page).
+struct FeedbackCursor {
+  int64_t given_micros = 0;
+  std::string id;
+};
+// The enrollment's feedback after `after`, newest first (given_at, then id), at most `limit`.
 std::vector<v1::ParticipantFeedback> ListParticipantFeedbackOf(pqxx::work& tx,
                                                                const std::string& enrollment_id,
+                                                               const FeedbackCursor& after,
                                                                int limit);
 
 // Stores the enrollment's gate results (with the consent gates checked again) and

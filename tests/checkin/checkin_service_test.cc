@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <mutex>
 #include <set>
@@ -501,6 +502,43 @@ TEST_F(CheckInServiceTest, ParticipantFeedbackIsStoredOnceAndItsCommentNeverLeav
   EXPECT_EQ(stub_->ListParticipantFeedback(As({"supervisor"}, "supervisor-2").get(), list, &listed)
                 .error_code(),
             grpc::StatusCode::PERMISSION_DENIED);
+
+  // Pages: five more entries, three of them given at the same moment; pages of two list all six
+  // once, newest first, and a token only continues its own list and enrollment.
+  db_->AdminQuery(
+      "INSERT INTO checkin.participant_feedback (id, agency_id, enrollment_id, participant_id, "
+      "rating, given_at, recorded_by, recorded_by_role) SELECT gen_random_uuid(), 'agency-a', '" +
+      enrollment +
+      "', 'p-1', 3, now() - make_interval(days => least(k, 3)), 'cm-1', 'case_manager' FROM "
+      "generate_series(1, 5) k");
+  list.set_page_size(2);
+  std::vector<std::string> ids;
+  std::vector<int64_t> given;
+  std::string first_token;
+  for (int page = 0; page < 10; ++page) {
+    listed.Clear();
+    ASSERT_TRUE(stub_->ListParticipantFeedback(As({"case_manager"}).get(), list, &listed).ok());
+    EXPECT_LE(listed.feedback_size(), 2);
+    for (const auto& f : listed.feedback()) {
+      ids.push_back(f.feedback_id());
+      given.push_back(f.given_at().seconds());
+    }
+    if (first_token.empty()) first_token = listed.next_page_token();
+    if (listed.next_page_token().empty()) break;
+    list.set_page_token(listed.next_page_token());
+  }
+  EXPECT_EQ(ids.size(), 6u);
+  EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()).size(), 6u) << "none twice";
+  EXPECT_TRUE(std::is_sorted(given.rbegin(), given.rend())) << "newest first";
+  v1::ListParticipantFeedbackRequest other;
+  other.set_enrollment_id(Enrolled("early_engagement", "p-2"));
+  other.set_page_token(first_token);
+  EXPECT_EQ(stub_->ListParticipantFeedback(As({"case_manager"}).get(), other, &listed).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  other.set_page_token("");
+  other.set_page_size(-1);
+  EXPECT_EQ(stub_->ListParticipantFeedback(As({"case_manager"}).get(), other, &listed).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(CheckInServiceTest, ConsentEventsCheckTheGatesOfActiveEnrollmentsAgain) {
