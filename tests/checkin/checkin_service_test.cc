@@ -319,6 +319,18 @@ class CheckInServiceTest : public ::testing::Test {
     return request;
   }
 
+  v1::RecordContactAttemptRequest Attempt(const std::string& enrollment_id,
+                                          v1::ContactChannel channel, v1::ContactOutcome outcome,
+                                          const std::string& key) {
+    v1::RecordContactAttemptRequest request;
+    request.set_enrollment_id(enrollment_id);
+    request.set_channel(channel);
+    request.set_outcome(outcome);
+    *request.mutable_attempted_at() = ToProtoTimestamp(absl::Now());
+    request.set_idempotency_key(key);
+    return request;
+  }
+
   grpc::Status Record(const v1::RecordCheckInRequest& request, v1::RecordCheckInResponse* response,
                       const std::string& subject = "peer-1",
                       const std::string& role = "peer_supporter",
@@ -753,12 +765,8 @@ TEST_F(CheckInServiceTest, RetryWithSameKeyStoresOnce) {
   EXPECT_EQ(Record(request, &second, "supervisor-1", "supervisor").error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
   // A key another RPC used first is refused, naming that RPC.
-  v1::RecordContactAttemptRequest attempt;
-  attempt.set_enrollment_id(id);
-  attempt.set_channel(v1::CONTACT_CHANNEL_PHONE);
-  attempt.set_outcome(v1::CONTACT_OUTCOME_NO_ANSWER);
-  *attempt.mutable_attempted_at() = ToProtoTimestamp(absl::Now());
-  attempt.set_idempotency_key("shared-key");
+  const v1::RecordContactAttemptRequest attempt =
+      Attempt(id, v1::CONTACT_CHANNEL_PHONE, v1::CONTACT_OUTCOME_NO_ANSWER, "shared-key");
   v1::RecordContactAttemptResponse attempted;
   ASSERT_TRUE(
       stub_->RecordContactAttempt(As({"peer_supporter"}, "peer-1").get(), attempt, &attempted)
@@ -958,12 +966,10 @@ TEST_F(CheckInServiceTest, ThirdFailedAttemptRaisesOneMissedContactConcernAndRea
   int raised = 0;
   v1::RecordContactAttemptResponse response;
   for (int i = 0; i < 4; ++i) {
-    v1::RecordContactAttemptRequest request;
-    request.set_enrollment_id(id);
-    request.set_channel(v1::CONTACT_CHANNEL_PHONE);
-    request.set_outcome(i == 1 ? v1::CONTACT_OUTCOME_LEFT_MESSAGE : v1::CONTACT_OUTCOME_NO_ANSWER);
-    *request.mutable_attempted_at() = ToProtoTimestamp(absl::Now());
-    request.set_idempotency_key("attempt-" + std::to_string(i));
+    const v1::RecordContactAttemptRequest request =
+        Attempt(id, v1::CONTACT_CHANNEL_PHONE,
+                i == 1 ? v1::CONTACT_OUTCOME_LEFT_MESSAGE : v1::CONTACT_OUTCOME_NO_ANSWER,
+                "attempt-" + std::to_string(i));
     ASSERT_TRUE(
         stub_->RecordContactAttempt(As({"peer_supporter"}, "peer-1").get(), request, &response)
             .ok());
@@ -1024,12 +1030,8 @@ TEST_F(CheckInServiceTest, ProgramPolicyThresholdIsPerAgency) {
       (std::set<std::string>{"policy.time_zone", "policy.wellbeing_drop_points", "update_mask"}));
 
   const std::string id = Enrolled("structured_checkin", "p-1");
-  v1::RecordContactAttemptRequest request;
-  request.set_enrollment_id(id);
-  request.set_channel(v1::CONTACT_CHANNEL_MESSAGE);
-  request.set_outcome(v1::CONTACT_OUTCOME_WRONG_NUMBER);
-  *request.mutable_attempted_at() = ToProtoTimestamp(absl::Now());
-  request.set_idempotency_key("attempt-1");
+  v1::RecordContactAttemptRequest request =
+      Attempt(id, v1::CONTACT_CHANNEL_MESSAGE, v1::CONTACT_OUTCOME_WRONG_NUMBER, "attempt-1");
   v1::RecordContactAttemptResponse response;
   ASSERT_TRUE(stub_->RecordContactAttempt(As({"case_manager"}).get(), request, &response).ok());
   EXPECT_TRUE(response.missed_contact_raised());
