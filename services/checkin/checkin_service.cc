@@ -942,245 +942,242 @@ absl::Status CheckInService::DecideCheckIn(const Call& call,
                                            v1::RecordCheckInResponse& response) {
   const std::string& agency = call.caller.agency_id;
   const CheckInContext* ctx = &read;
-  {
-    const v1::Enrollment& e = ctx->enrollment;
-    const v1::PathwayVersion& pathway = ctx->pathway;
-    if (!call.InRelationship(ctx->supporter)) {
-      authorizer_.AuditRefusal(*call.context, call.caller, call.method, "enrollment",
-                               e.enrollment_id(), e.participant_id());
-      return absl::PermissionDeniedError(call.NotInRelationship());
-    }
-    if (e.status() == v1::ENROLLMENT_STATUS_ENDED &&
-        occurred_at > FromProtoTimestamp(e.ended_at())) {
-      return absl::FailedPreconditionError("the enrollment ended before occurred_at");
-    }
-    auto zone = LoadZone(e.time_zone());
-    if (!zone.ok()) return absl::InternalError("the enrollment's time zone is not known");
-    const absl::Time start = absl::FromCivil(absl::CivilSecond(CivilOf(e.starts_on())), *zone);
-    std::vector<FieldViolation> problems;
-    if (occurred_at < start) {
-      problems.push_back({"occurred_at", "before the enrollment's first day"});
-    }
-    for (auto& v : ValidateAnswers(pathway, request.answers())) problems.push_back(std::move(v));
-    if (!problems.empty()) {
-      return InvalidArgument(absl::StrCat("check-in does not match pathway '",
-                                          pathway.pathway_key(), "' v", pathway.version()),
-                             problems);
-    }
-
-    // Which occurrence it completes, and how late it is documented.
-    std::optional<Occurrence> occurrence;
-    std::string occurrence_id;
-    if (!request.scheduled_check_in_id().empty()) {
-      auto it = std::find_if(ctx->occurrences.begin(), ctx->occurrences.end(),
-                             [&](auto& o) { return o.id == request.scheduled_check_in_id(); });
-      if (it == ctx->occurrences.end()) {
-        return absl::NotFoundError("no such scheduled check-in for this enrollment");
-      }
-      if (it->status == "completed" || it->status == "cancelled") {
-        return absl::FailedPreconditionError(
-            absl::StrCat("the scheduled check-in is already ", it->status));
-      }
-      occurrence = OccurrenceOn(ScheduleOf(e), it->due_on, *zone);
-      occurrence->window_end = it->window_end;
-      occurrence_id = it->id;
-    } else if (e.routine()) {
-      auto candidate = LatestOccurrenceStartedBy(ScheduleOf(e), occurred_at, *zone);
-      if (candidate && occurred_at < candidate->window_end) {
-        auto it = std::find_if(ctx->occurrences.begin(), ctx->occurrences.end(),
-                               [&](auto& o) { return o.due_on == candidate->due_on; });
-        if (it == ctx->occurrences.end()) {
-          occurrence = candidate;
-          occurrence_id = NewUuid();
-        } else if (it->status == "due" || it->status == "missed") {
-          occurrence = candidate;
-          occurrence->window_end = it->window_end;
-          occurrence_id = it->id;
-        }
-      }
-    }
-
-    v1::CheckIn& c = *response.mutable_check_in();
-    c.set_check_in_id(NewUuid());
-    c.set_agency_id(agency);
-    c.set_enrollment_id(e.enrollment_id());
-    c.set_participant_id(e.participant_id());
-    c.set_scheduled_check_in_id(occurrence_id);
-    if (call.as_peer) c.set_supporter_id(ctx->supporter->supporter_id);
-    c.set_recorded_by(call.caller.subject);
-    c.set_recorded_by_role(call.role);
-    c.set_pathway_key(pathway.pathway_key());
-    c.set_pathway_version(pathway.version());
-    // Answers in the pathway's field order.
-    for (const auto& field : pathway.fields()) {
-      for (const auto& a : request.answers()) {
-        if (a.field_key() == field.key()) *c.add_answers() = a;
-      }
-    }
-    const std::optional<int> wellbeing = WellbeingScore(pathway, request.answers());
-    c.set_wellbeing_score(wellbeing.value_or(0));
-    c.set_contact_mode(request.contact_mode());
-    *c.mutable_occurred_at() = request.occurred_at();
-    *c.mutable_recorded_at() = ToProtoTimestamp(ctx->now);
-    if (occurrence) {
-      *c.mutable_window_end() = ToProtoTimestamp(occurrence->window_end);
-      const absl::Duration late = LateBy(occurrence->window_end, ctx->now);
-      if (late > absl::ZeroDuration()) {
-        c.set_late(true);
-        c.mutable_late_by()->set_seconds(absl::ToInt64Seconds(late));
-        c.mutable_late_by()->set_nanos(
-            static_cast<int32_t>(absl::ToInt64Nanoseconds(late % absl::Seconds(1))));
-      }
-    }
-
-    // Rules, trend and contact state, all decided before the one write.
-    const std::vector<const v1::RoutingRule*> fired = FiringRules(pathway, request.answers());
-    bool stops = false;
-    std::vector<std::string> fired_ids;
-    for (const auto* rule : fired) {
-      fired_ids.push_back(rule->rule_id());
-      stops = stops || rule->stops_routine_engagement();
-    }
-    const bool stops_now = stops && e.routine();
-    std::vector<int> decline;
-    const bool declined =
-        wellbeing && RaisesWellbeingDecline(ctx->latest_wellbeing, {occurred_at, *wellbeing},
-                                            ctx->wellbeing_drop_points, &decline);
-    const bool reconnection = e.engagement_stage() != v1::ENGAGEMENT_STAGE_ENGAGED;
-    const std::string supporter_id = ctx->supporter ? ctx->supporter->supporter_id : "";
-
-    auto add_event = [&](std::unique_ptr<google::protobuf::Message> event) {
-      write.event_ids.push_back(NewUuid());
-      write.events.push_back(event.get());
-      write.event_storage.push_back(std::move(event));
-      return write.event_ids.back();
-    };
-    auto recorded = std::make_unique<v1::CheckInRecordedEvent>();
-    recorded->set_check_in_id(c.check_in_id());
-    recorded->set_enrollment_id(e.enrollment_id());
-    recorded->set_participant_id(e.participant_id());
-    recorded->set_supporter_id(c.supporter_id());
-    recorded->set_recorded_by_role(call.role);
-    recorded->set_pathway_key(pathway.pathway_key());
-    recorded->set_pathway_version(pathway.version());
-    recorded->set_scheduled_check_in_id(occurrence_id);
-    recorded->set_wellbeing_score(c.wellbeing_score());
-    recorded->set_contact_mode(c.contact_mode());
-    recorded->set_late(c.late());
-    if (c.late()) *recorded->mutable_late_by() = c.late_by();
-    for (const auto& id : fired_ids) recorded->add_fired_rule_ids(id);
-    recorded->set_reconnection(reconnection);
-    *recorded->mutable_occurred_at() = c.occurred_at();
-    *recorded->mutable_recorded_at() = c.recorded_at();
-    add_event(std::move(recorded));
-    if (reconnection) {
-      auto r = std::make_unique<v1::ReconnectionRecordedEvent>();
-      r->set_enrollment_id(e.enrollment_id());
-      r->set_participant_id(e.participant_id());
-      r->set_supporter_id(c.supporter_id());
-      r->set_pathway_key(pathway.pathway_key());
-      r->set_check_in_id(c.check_in_id());
-      r->set_previous_stage(e.engagement_stage());
-      *r->mutable_previous_stage_since() = e.engagement_stage_changed_at();
-      if (e.has_last_contact_at()) *r->mutable_previous_contact_at() = e.last_contact_at();
-      *r->mutable_reconnected_at() = c.occurred_at();
-      add_event(std::move(r));
-      auto stage = std::make_unique<v1::EngagementStageChangedEvent>();
-      stage->set_enrollment_id(e.enrollment_id());
-      stage->set_participant_id(e.participant_id());
-      stage->set_supporter_id(supporter_id);
-      stage->set_pathway_key(pathway.pathway_key());
-      stage->set_from_stage(e.engagement_stage());
-      stage->set_to_stage(v1::ENGAGEMENT_STAGE_ENGAGED);
-      stage->set_cause(v1::ENGAGEMENT_STAGE_CHANGE_CAUSE_CONTACT);
-      *stage->mutable_last_contact_at() = c.occurred_at();
-      *stage->mutable_changed_at() = c.recorded_at();
-      add_event(std::move(stage));
-    }
-    auto concern = [&](v1::ConcernSource source, const std::string& rule_id,
-                       common::v1::ConcernCategory category, common::v1::ConcernSeverity severity,
-                       bool stops_routine) {
-      auto raised = std::make_unique<v1::ConcernRaisedEvent>();
-      raised->set_enrollment_id(e.enrollment_id());
-      raised->set_participant_id(e.participant_id());
-      raised->set_supporter_id(supporter_id);
-      raised->set_pathway_key(pathway.pathway_key());
-      raised->set_pathway_version(pathway.version());
-      raised->set_category(category);
-      raised->set_severity(severity);
-      raised->set_source(source);
-      raised->set_rule_id(rule_id);
-      raised->set_check_in_id(c.check_in_id());
-      raised->set_stops_routine_engagement(stops_routine);
-      raised->set_receiving_clinician(e.owners().receiving_clinician());
-      raised->set_receiving_team(e.owners().receiving_team());
-      if (source == v1::CONCERN_SOURCE_WELLBEING_DECLINE) {
-        for (int s : decline) raised->add_wellbeing_scores(s);
-      }
-      *raised->mutable_raised_at() = c.recorded_at();
-      const std::string event_id = add_event(std::move(raised));
-      auto* out = response.add_raised_concerns();
-      out->set_source(source);
-      out->set_rule_id(rule_id);
-      out->set_category(category);
-      out->set_severity(severity);
-      out->set_stops_routine_engagement(stops_routine);
-      out->set_event_id(event_id);
-    };
-    for (const auto* rule : fired) {
-      concern(v1::CONCERN_SOURCE_ROUTING_RULE, rule->rule_id(), rule->category(), rule->severity(),
-              rule->stops_routine_engagement() && stops_now);
-    }
-    if (declined) {
-      concern(v1::CONCERN_SOURCE_WELLBEING_DECLINE, "",
-              common::v1::CONCERN_CATEGORY_WELLBEING_DECLINE,
-              pathway.wellbeing_decline_severity() == common::v1::CONCERN_SEVERITY_UNSPECIFIED
-                  ? common::v1::CONCERN_SEVERITY_ROUTINE
-                  : pathway.wellbeing_decline_severity(),
-              false);
-    }
-    if (stops_now) {
-      auto stopped = std::make_unique<v1::EnrollmentRoutineStoppedEvent>();
-      stopped->set_enrollment_id(e.enrollment_id());
-      stopped->set_participant_id(e.participant_id());
-      stopped->set_pathway_key(pathway.pathway_key());
-      stopped->set_cause(v1::ROUTINE_STOP_CAUSE_ROUTING_RULE);
-      for (const auto* rule : fired) {
-        if (rule->stops_routine_engagement()) {
-          stopped->set_rule_id(rule->rule_id());
-          break;
-        }
-      }
-      stopped->set_check_in_id(c.check_in_id());
-      *stopped->mutable_stopped_at() = c.recorded_at();
-      add_event(std::move(stopped));
-    }
-    response.set_routine_engagement_stopped(stops_now);
-    response.set_reconnection(reconnection);
-
-    write.agency_id = agency;
-    write.enrollment_version = ctx->enrollment_version;
-    write.check_in = c;
-    if (occurrence) {
-      write.occurrence_due_on = absl::FormatCivilTime(occurrence->due_on);
-      write.occurrence_window_start = occurrence->window_start;
-    }
-    write.fired_rule_ids = fired_ids;
-    write.stops_routine = stops_now;
-    write.reconnection = reconnection;
-    write.audit.actor = call.caller.subject;
-    write.audit.actor_role = call.role;
-    write.audit.action = Action(call.method);
-    write.audit.request_id = call.request_id;
-    write.idempotency_key = request.idempotency_key();
-    {
-      google::protobuf::io::StringOutputStream stream(&write.response_bytes);
-      google::protobuf::io::CodedOutputStream coded(&stream);
-      coded.SetSerializationDeterministic(true);
-      response.SerializeToCodedStream(&coded);
-    }
-    return absl::OkStatus();
+  const v1::Enrollment& e = ctx->enrollment;
+  const v1::PathwayVersion& pathway = ctx->pathway;
+  if (!call.InRelationship(ctx->supporter)) {
+    authorizer_.AuditRefusal(*call.context, call.caller, call.method, "enrollment",
+                             e.enrollment_id(), e.participant_id());
+    return absl::PermissionDeniedError(call.NotInRelationship());
   }
+  if (e.status() == v1::ENROLLMENT_STATUS_ENDED && occurred_at > FromProtoTimestamp(e.ended_at())) {
+    return absl::FailedPreconditionError("the enrollment ended before occurred_at");
+  }
+  auto zone = LoadZone(e.time_zone());
+  if (!zone.ok()) return absl::InternalError("the enrollment's time zone is not known");
+  const absl::Time start = absl::FromCivil(absl::CivilSecond(CivilOf(e.starts_on())), *zone);
+  std::vector<FieldViolation> problems;
+  if (occurred_at < start) {
+    problems.push_back({"occurred_at", "before the enrollment's first day"});
+  }
+  for (auto& v : ValidateAnswers(pathway, request.answers())) problems.push_back(std::move(v));
+  if (!problems.empty()) {
+    return InvalidArgument(absl::StrCat("check-in does not match pathway '", pathway.pathway_key(),
+                                        "' v", pathway.version()),
+                           problems);
+  }
+
+  // Which occurrence it completes, and how late it is documented.
+  std::optional<Occurrence> occurrence;
+  std::string occurrence_id;
+  if (!request.scheduled_check_in_id().empty()) {
+    auto it = std::find_if(ctx->occurrences.begin(), ctx->occurrences.end(),
+                           [&](auto& o) { return o.id == request.scheduled_check_in_id(); });
+    if (it == ctx->occurrences.end()) {
+      return absl::NotFoundError("no such scheduled check-in for this enrollment");
+    }
+    if (it->status == "completed" || it->status == "cancelled") {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the scheduled check-in is already ", it->status));
+    }
+    occurrence = OccurrenceOn(ScheduleOf(e), it->due_on, *zone);
+    occurrence->window_end = it->window_end;
+    occurrence_id = it->id;
+  } else if (e.routine()) {
+    auto candidate = LatestOccurrenceStartedBy(ScheduleOf(e), occurred_at, *zone);
+    if (candidate && occurred_at < candidate->window_end) {
+      auto it = std::find_if(ctx->occurrences.begin(), ctx->occurrences.end(),
+                             [&](auto& o) { return o.due_on == candidate->due_on; });
+      if (it == ctx->occurrences.end()) {
+        occurrence = candidate;
+        occurrence_id = NewUuid();
+      } else if (it->status == "due" || it->status == "missed") {
+        occurrence = candidate;
+        occurrence->window_end = it->window_end;
+        occurrence_id = it->id;
+      }
+    }
+  }
+
+  v1::CheckIn& c = *response.mutable_check_in();
+  c.set_check_in_id(NewUuid());
+  c.set_agency_id(agency);
+  c.set_enrollment_id(e.enrollment_id());
+  c.set_participant_id(e.participant_id());
+  c.set_scheduled_check_in_id(occurrence_id);
+  if (call.as_peer) c.set_supporter_id(ctx->supporter->supporter_id);
+  c.set_recorded_by(call.caller.subject);
+  c.set_recorded_by_role(call.role);
+  c.set_pathway_key(pathway.pathway_key());
+  c.set_pathway_version(pathway.version());
+  // Answers in the pathway's field order.
+  for (const auto& field : pathway.fields()) {
+    for (const auto& a : request.answers()) {
+      if (a.field_key() == field.key()) *c.add_answers() = a;
+    }
+  }
+  const std::optional<int> wellbeing = WellbeingScore(pathway, request.answers());
+  c.set_wellbeing_score(wellbeing.value_or(0));
+  c.set_contact_mode(request.contact_mode());
+  *c.mutable_occurred_at() = request.occurred_at();
+  *c.mutable_recorded_at() = ToProtoTimestamp(ctx->now);
+  if (occurrence) {
+    *c.mutable_window_end() = ToProtoTimestamp(occurrence->window_end);
+    const absl::Duration late = LateBy(occurrence->window_end, ctx->now);
+    if (late > absl::ZeroDuration()) {
+      c.set_late(true);
+      c.mutable_late_by()->set_seconds(absl::ToInt64Seconds(late));
+      c.mutable_late_by()->set_nanos(
+          static_cast<int32_t>(absl::ToInt64Nanoseconds(late % absl::Seconds(1))));
+    }
+  }
+
+  // Rules, trend and contact state, all decided before the one write.
+  const std::vector<const v1::RoutingRule*> fired = FiringRules(pathway, request.answers());
+  bool stops = false;
+  std::vector<std::string> fired_ids;
+  for (const auto* rule : fired) {
+    fired_ids.push_back(rule->rule_id());
+    stops = stops || rule->stops_routine_engagement();
+  }
+  const bool stops_now = stops && e.routine();
+  std::vector<int> decline;
+  const bool declined =
+      wellbeing && RaisesWellbeingDecline(ctx->latest_wellbeing, {occurred_at, *wellbeing},
+                                          ctx->wellbeing_drop_points, &decline);
+  const bool reconnection = e.engagement_stage() != v1::ENGAGEMENT_STAGE_ENGAGED;
+  const std::string supporter_id = ctx->supporter ? ctx->supporter->supporter_id : "";
+
+  auto add_event = [&](std::unique_ptr<google::protobuf::Message> event) {
+    write.event_ids.push_back(NewUuid());
+    write.events.push_back(event.get());
+    write.event_storage.push_back(std::move(event));
+    return write.event_ids.back();
+  };
+  auto recorded = std::make_unique<v1::CheckInRecordedEvent>();
+  recorded->set_check_in_id(c.check_in_id());
+  recorded->set_enrollment_id(e.enrollment_id());
+  recorded->set_participant_id(e.participant_id());
+  recorded->set_supporter_id(c.supporter_id());
+  recorded->set_recorded_by_role(call.role);
+  recorded->set_pathway_key(pathway.pathway_key());
+  recorded->set_pathway_version(pathway.version());
+  recorded->set_scheduled_check_in_id(occurrence_id);
+  recorded->set_wellbeing_score(c.wellbeing_score());
+  recorded->set_contact_mode(c.contact_mode());
+  recorded->set_late(c.late());
+  if (c.late()) *recorded->mutable_late_by() = c.late_by();
+  for (const auto& id : fired_ids) recorded->add_fired_rule_ids(id);
+  recorded->set_reconnection(reconnection);
+  *recorded->mutable_occurred_at() = c.occurred_at();
+  *recorded->mutable_recorded_at() = c.recorded_at();
+  add_event(std::move(recorded));
+  if (reconnection) {
+    auto r = std::make_unique<v1::ReconnectionRecordedEvent>();
+    r->set_enrollment_id(e.enrollment_id());
+    r->set_participant_id(e.participant_id());
+    r->set_supporter_id(c.supporter_id());
+    r->set_pathway_key(pathway.pathway_key());
+    r->set_check_in_id(c.check_in_id());
+    r->set_previous_stage(e.engagement_stage());
+    *r->mutable_previous_stage_since() = e.engagement_stage_changed_at();
+    if (e.has_last_contact_at()) *r->mutable_previous_contact_at() = e.last_contact_at();
+    *r->mutable_reconnected_at() = c.occurred_at();
+    add_event(std::move(r));
+    auto stage = std::make_unique<v1::EngagementStageChangedEvent>();
+    stage->set_enrollment_id(e.enrollment_id());
+    stage->set_participant_id(e.participant_id());
+    stage->set_supporter_id(supporter_id);
+    stage->set_pathway_key(pathway.pathway_key());
+    stage->set_from_stage(e.engagement_stage());
+    stage->set_to_stage(v1::ENGAGEMENT_STAGE_ENGAGED);
+    stage->set_cause(v1::ENGAGEMENT_STAGE_CHANGE_CAUSE_CONTACT);
+    *stage->mutable_last_contact_at() = c.occurred_at();
+    *stage->mutable_changed_at() = c.recorded_at();
+    add_event(std::move(stage));
+  }
+  auto concern = [&](v1::ConcernSource source, const std::string& rule_id,
+                     common::v1::ConcernCategory category, common::v1::ConcernSeverity severity,
+                     bool stops_routine) {
+    auto raised = std::make_unique<v1::ConcernRaisedEvent>();
+    raised->set_enrollment_id(e.enrollment_id());
+    raised->set_participant_id(e.participant_id());
+    raised->set_supporter_id(supporter_id);
+    raised->set_pathway_key(pathway.pathway_key());
+    raised->set_pathway_version(pathway.version());
+    raised->set_category(category);
+    raised->set_severity(severity);
+    raised->set_source(source);
+    raised->set_rule_id(rule_id);
+    raised->set_check_in_id(c.check_in_id());
+    raised->set_stops_routine_engagement(stops_routine);
+    raised->set_receiving_clinician(e.owners().receiving_clinician());
+    raised->set_receiving_team(e.owners().receiving_team());
+    if (source == v1::CONCERN_SOURCE_WELLBEING_DECLINE) {
+      for (int s : decline) raised->add_wellbeing_scores(s);
+    }
+    *raised->mutable_raised_at() = c.recorded_at();
+    const std::string event_id = add_event(std::move(raised));
+    auto* out = response.add_raised_concerns();
+    out->set_source(source);
+    out->set_rule_id(rule_id);
+    out->set_category(category);
+    out->set_severity(severity);
+    out->set_stops_routine_engagement(stops_routine);
+    out->set_event_id(event_id);
+  };
+  for (const auto* rule : fired) {
+    concern(v1::CONCERN_SOURCE_ROUTING_RULE, rule->rule_id(), rule->category(), rule->severity(),
+            rule->stops_routine_engagement() && stops_now);
+  }
+  if (declined) {
+    concern(v1::CONCERN_SOURCE_WELLBEING_DECLINE, "",
+            common::v1::CONCERN_CATEGORY_WELLBEING_DECLINE,
+            pathway.wellbeing_decline_severity() == common::v1::CONCERN_SEVERITY_UNSPECIFIED
+                ? common::v1::CONCERN_SEVERITY_ROUTINE
+                : pathway.wellbeing_decline_severity(),
+            false);
+  }
+  if (stops_now) {
+    auto stopped = std::make_unique<v1::EnrollmentRoutineStoppedEvent>();
+    stopped->set_enrollment_id(e.enrollment_id());
+    stopped->set_participant_id(e.participant_id());
+    stopped->set_pathway_key(pathway.pathway_key());
+    stopped->set_cause(v1::ROUTINE_STOP_CAUSE_ROUTING_RULE);
+    for (const auto* rule : fired) {
+      if (rule->stops_routine_engagement()) {
+        stopped->set_rule_id(rule->rule_id());
+        break;
+      }
+    }
+    stopped->set_check_in_id(c.check_in_id());
+    *stopped->mutable_stopped_at() = c.recorded_at();
+    add_event(std::move(stopped));
+  }
+  response.set_routine_engagement_stopped(stops_now);
+  response.set_reconnection(reconnection);
+
+  write.agency_id = agency;
+  write.enrollment_version = ctx->enrollment_version;
+  write.check_in = c;
+  if (occurrence) {
+    write.occurrence_due_on = absl::FormatCivilTime(occurrence->due_on);
+    write.occurrence_window_start = occurrence->window_start;
+  }
+  write.fired_rule_ids = fired_ids;
+  write.stops_routine = stops_now;
+  write.reconnection = reconnection;
+  write.audit.actor = call.caller.subject;
+  write.audit.actor_role = call.role;
+  write.audit.action = Action(call.method);
+  write.audit.request_id = call.request_id;
+  write.idempotency_key = request.idempotency_key();
+  {
+    google::protobuf::io::StringOutputStream stream(&write.response_bytes);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    response.SerializeToCodedStream(&coded);
+  }
+  return absl::OkStatus();
 }
 
 grpc::Status CheckInService::GetCheckIn(grpc::ServerContext* context,

@@ -829,6 +829,43 @@ TEST_F(CheckInServiceTest, ConcurrentCheckInsOfOneEnrollmentAllLandAndOneKeyLand
   EXPECT_EQ(Events("CheckInRecordedEvent"), kWriters + 1);
 }
 
+// The write checks what the read saw: an occurrence of the day created meanwhile under another
+// id (ListDueCheckIns creates them without touching the enrollment) makes it refuse with
+// serialization_failure, so the call decides again instead of pointing at an id never stored.
+TEST_F(CheckInServiceTest, TheWriteRefusesAnOccurrenceCreatedSinceTheRead) {
+  const std::string id = Enrolled("structured_checkin", "p-1");
+  const std::string occurrence =
+      db_->AdminQuery(
+             "INSERT INTO checkin.scheduled_check_ins (agency_id, enrollment_id, due_on, "
+             "window_start, window_end) VALUES ('agency-a', '" +
+             id +
+             "', current_date, now() - interval '1 hour', now() + interval '1 hour') "
+             "RETURNING id")[0][0]
+          .c_str();
+  const std::string write =
+      "SET search_path TO checkin; SELECT record_check_in('agency-a', gen_random_uuid(), '" + id +
+      "', (SELECT xmin::text FROM enrollments WHERE id = '" + id +
+      "'), gen_random_uuid()::text, 'p-1', '', 'peer-1', 'peer_supporter', 'structured_checkin', "
+      "1, '{}', 0, 'phone', 0, 0, NULL, '{}', false, false, current_date::text, 0, 3600000000, "
+      "'{}', '{}', '{}', 'race-key', 'RecordCheckIn', repeat('00', 32), '', 'peer-1', "
+      "'peer_supporter', 'RecordCheckIn', 'request-1')";
+  EXPECT_THROW(db_->AdminQuery(write), pqxx::serialization_failure);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins"), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.idempotency_keys WHERE idempotency_key = "
+                  "'race-key'"),
+            0);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.scheduled_check_ins WHERE status = 'due'"), 1);
+  // Through the RPC the same check-in completes the occurrence that exists.
+  v1::RecordCheckInResponse response;
+  v1::RecordCheckInRequest request = CheckIn(id, ValidAnswers("structured_checkin"));
+  request.set_scheduled_check_in_id(occurrence);
+  ASSERT_TRUE(Record(request, &response).ok());
+  EXPECT_EQ(response.check_in().scheduled_check_in_id(), occurrence);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.scheduled_check_ins s JOIN checkin.check_ins c "
+                  "ON c.scheduled_check_in_id = s.id WHERE s.status = 'completed'"),
+            1);
+}
+
 TEST_F(CheckInServiceTest, WrongSupporterOtherAgencyAndWrongRoleAreRefused) {
   const std::string id = Enrolled("structured_checkin", "p-1");
   const v1::RecordCheckInRequest request = CheckIn(id, ValidAnswers("structured_checkin"));
