@@ -207,6 +207,42 @@ std::string ListNameWithFilters(const char* list, google::protobuf::Message& fil
   return absl::StrCat(list, "/", absl::Hex(hash));
 }
 
+// A contact with an enrollment that was not engaged: the stage it left and when contact came
+// back. The caller names the check-in or contact attempt.
+std::unique_ptr<v1::ReconnectionRecordedEvent> ReconnectionEvent(
+    const v1::Enrollment& e, const std::string& supporter_id,
+    const google::protobuf::Timestamp& reconnected_at) {
+  auto r = std::make_unique<v1::ReconnectionRecordedEvent>();
+  r->set_enrollment_id(e.enrollment_id());
+  r->set_participant_id(e.participant_id());
+  r->set_supporter_id(supporter_id);
+  r->set_pathway_key(e.pathway_key());
+  r->set_previous_stage(e.engagement_stage());
+  *r->mutable_previous_stage_since() = e.engagement_stage_changed_at();
+  if (e.has_last_contact_at()) *r->mutable_previous_contact_at() = e.last_contact_at();
+  *r->mutable_reconnected_at() = reconnected_at;
+  return r;
+}
+
+// The enrollment moving from stage `from` to `to`.
+std::unique_ptr<v1::EngagementStageChangedEvent> StageChangedEvent(
+    const v1::Enrollment& e, const std::string& supporter_id, v1::EngagementStage from,
+    v1::EngagementStage to, v1::EngagementStageChangeCause cause,
+    const google::protobuf::Timestamp* last_contact_at,
+    const google::protobuf::Timestamp& changed_at) {
+  auto stage = std::make_unique<v1::EngagementStageChangedEvent>();
+  stage->set_enrollment_id(e.enrollment_id());
+  stage->set_participant_id(e.participant_id());
+  stage->set_supporter_id(supporter_id);
+  stage->set_pathway_key(e.pathway_key());
+  stage->set_from_stage(from);
+  stage->set_to_stage(to);
+  stage->set_cause(cause);
+  if (last_contact_at != nullptr) *stage->mutable_last_contact_at() = *last_contact_at;
+  *stage->mutable_changed_at() = changed_at;
+  return stage;
+}
+
 }  // namespace
 
 struct CheckInService::Call {
@@ -354,20 +390,17 @@ absl::Status CheckInService::SweepAgency(pqxx::work& tx, const std::string& agen
     const absl::Time since =
         FromProtoTimestamp(e.has_last_contact_at() ? e.last_contact_at() : e.enrolled_at());
     v1::EngagementStage from = e.engagement_stage();
-    for (v1::EngagementStage to : NoContactStages(from, since, now, at_risk, lost)) {
-      v1::EngagementStageChangedEvent changed;
-      changed.set_enrollment_id(e.enrollment_id());
-      changed.set_participant_id(e.participant_id());
-      auto supporter = ActiveSupporterOf(tx, e.participant_id());
-      changed.set_supporter_id(supporter ? supporter->supporter_id : "");
-      changed.set_pathway_key(e.pathway_key());
-      changed.set_from_stage(from);
-      changed.set_to_stage(to);
-      changed.set_cause(v1::ENGAGEMENT_STAGE_CHANGE_CAUSE_NO_CONTACT);
-      if (e.has_last_contact_at()) *changed.mutable_last_contact_at() = e.last_contact_at();
-      *changed.mutable_changed_at() = ToProtoTimestamp(now);
+    const std::vector<v1::EngagementStage> stages =
+        NoContactStages(from, since, now, at_risk, lost);
+    if (stages.empty()) continue;
+    const auto supporter = ActiveSupporterOf(tx, e.participant_id());
+    for (v1::EngagementStage to : stages) {
+      const auto changed = StageChangedEvent(
+          e, supporter ? supporter->supporter_id : "", from, to,
+          v1::ENGAGEMENT_STAGE_CHANGE_CAUSE_NO_CONTACT,
+          e.has_last_contact_at() ? &e.last_contact_at() : nullptr, ToProtoTimestamp(now));
       SetEngagementStage(tx, e.enrollment_id(), to);
-      if (auto s = AppendEvent(tx, agency, e.enrollment_id(), changed); !s.ok()) return s;
+      if (auto s = AppendEvent(tx, agency, e.enrollment_id(), *changed); !s.ok()) return s;
       ++events;
       from = to;
     }
@@ -1047,12 +1080,6 @@ absl::Status CheckInService::DecideCheckIn(const Call& call,
   const bool reconnection = e.engagement_stage() != v1::ENGAGEMENT_STAGE_ENGAGED;
   const std::string supporter_id = ctx->supporter ? ctx->supporter->supporter_id : "";
 
-  auto add_event = [&](std::unique_ptr<google::protobuf::Message> event) {
-    write.event_ids.push_back(NewUuid());
-    write.events.push_back(event.get());
-    write.event_storage.push_back(std::move(event));
-    return write.event_ids.back();
-  };
   auto recorded = std::make_unique<v1::CheckInRecordedEvent>();
   recorded->set_check_in_id(c.check_in_id());
   recorded->set_enrollment_id(e.enrollment_id());
@@ -1070,30 +1097,14 @@ absl::Status CheckInService::DecideCheckIn(const Call& call,
   recorded->set_reconnection(reconnection);
   *recorded->mutable_occurred_at() = c.occurred_at();
   *recorded->mutable_recorded_at() = c.recorded_at();
-  add_event(std::move(recorded));
+  write.events.Add(std::move(recorded));
   if (reconnection) {
-    auto r = std::make_unique<v1::ReconnectionRecordedEvent>();
-    r->set_enrollment_id(e.enrollment_id());
-    r->set_participant_id(e.participant_id());
-    r->set_supporter_id(c.supporter_id());
-    r->set_pathway_key(pathway.pathway_key());
+    auto r = ReconnectionEvent(e, c.supporter_id(), c.occurred_at());
     r->set_check_in_id(c.check_in_id());
-    r->set_previous_stage(e.engagement_stage());
-    *r->mutable_previous_stage_since() = e.engagement_stage_changed_at();
-    if (e.has_last_contact_at()) *r->mutable_previous_contact_at() = e.last_contact_at();
-    *r->mutable_reconnected_at() = c.occurred_at();
-    add_event(std::move(r));
-    auto stage = std::make_unique<v1::EngagementStageChangedEvent>();
-    stage->set_enrollment_id(e.enrollment_id());
-    stage->set_participant_id(e.participant_id());
-    stage->set_supporter_id(supporter_id);
-    stage->set_pathway_key(pathway.pathway_key());
-    stage->set_from_stage(e.engagement_stage());
-    stage->set_to_stage(v1::ENGAGEMENT_STAGE_ENGAGED);
-    stage->set_cause(v1::ENGAGEMENT_STAGE_CHANGE_CAUSE_CONTACT);
-    *stage->mutable_last_contact_at() = c.occurred_at();
-    *stage->mutable_changed_at() = c.recorded_at();
-    add_event(std::move(stage));
+    write.events.Add(std::move(r));
+    write.events.Add(StageChangedEvent(
+        e, supporter_id, e.engagement_stage(), v1::ENGAGEMENT_STAGE_ENGAGED,
+        v1::ENGAGEMENT_STAGE_CHANGE_CAUSE_CONTACT, &c.occurred_at(), c.recorded_at()));
   }
   auto concern = [&](v1::ConcernSource source, const std::string& rule_id,
                      common::v1::ConcernCategory category, common::v1::ConcernSeverity severity,
@@ -1116,7 +1127,7 @@ absl::Status CheckInService::DecideCheckIn(const Call& call,
       for (int s : decline) raised->add_wellbeing_scores(s);
     }
     *raised->mutable_raised_at() = c.recorded_at();
-    const std::string event_id = add_event(std::move(raised));
+    const std::string event_id = write.events.Add(std::move(raised));
     auto* out = response.add_raised_concerns();
     out->set_source(source);
     out->set_rule_id(rule_id);
@@ -1151,7 +1162,7 @@ absl::Status CheckInService::DecideCheckIn(const Call& call,
     }
     stopped->set_check_in_id(c.check_in_id());
     *stopped->mutable_stopped_at() = c.recorded_at();
-    add_event(std::move(stopped));
+    write.events.Add(std::move(stopped));
   }
   response.set_routine_engagement_stopped(stops_now);
   response.set_reconnection(reconnection);
@@ -1435,14 +1446,7 @@ absl::Status CheckInService::RecordContactAttemptImpl(
     response.set_engagement_stage(result.after.stage);
     response.set_failed_attempts_in_a_row(result.after.failed_attempts_in_a_row);
 
-    std::vector<std::unique_ptr<google::protobuf::Message>> events;
     ContactAttemptWrite write;
-    auto add_event = [&](std::unique_ptr<google::protobuf::Message> event) {
-      write.event_ids.push_back(NewUuid());
-      write.events.push_back(event.get());
-      events.push_back(std::move(event));
-      return write.event_ids.back();
-    };
     auto recorded = std::make_unique<v1::ContactAttemptRecordedEvent>();
     recorded->set_contact_attempt_id(a.contact_attempt_id());
     recorded->set_enrollment_id(e.enrollment_id());
@@ -1455,34 +1459,19 @@ absl::Status CheckInService::RecordContactAttemptImpl(
     recorded->set_missed_contact_raised(result.missed_contact_raised);
     recorded->set_reconnection(result.reconnection);
     *recorded->mutable_attempted_at() = a.attempted_at();
-    add_event(std::move(recorded));
+    write.events.Add(std::move(recorded));
     auto stage_changed = [&](v1::EngagementStageChangeCause cause) {
-      auto stage = std::make_unique<v1::EngagementStageChangedEvent>();
-      stage->set_enrollment_id(e.enrollment_id());
-      stage->set_participant_id(e.participant_id());
-      stage->set_supporter_id(supporter_id);
-      stage->set_pathway_key(e.pathway_key());
-      stage->set_from_stage(e.engagement_stage());
-      stage->set_to_stage(result.after.stage);
-      stage->set_cause(cause);
-      if (result.after.last_contact_at) {
-        *stage->mutable_last_contact_at() = ToProtoTimestamp(*result.after.last_contact_at);
-      }
-      *stage->mutable_changed_at() = a.recorded_at();
-      add_event(std::move(stage));
+      std::optional<google::protobuf::Timestamp> last_contact;
+      if (result.after.last_contact_at)
+        last_contact = ToProtoTimestamp(*result.after.last_contact_at);
+      write.events.Add(StageChangedEvent(e, supporter_id, e.engagement_stage(), result.after.stage,
+                                         cause, last_contact ? &*last_contact : nullptr,
+                                         a.recorded_at()));
     };
     if (result.reconnection) {
-      auto r = std::make_unique<v1::ReconnectionRecordedEvent>();
-      r->set_enrollment_id(e.enrollment_id());
-      r->set_participant_id(e.participant_id());
-      r->set_supporter_id(a.supporter_id());
-      r->set_pathway_key(e.pathway_key());
+      auto r = ReconnectionEvent(e, a.supporter_id(), a.attempted_at());
       r->set_contact_attempt_id(a.contact_attempt_id());
-      r->set_previous_stage(e.engagement_stage());
-      *r->mutable_previous_stage_since() = e.engagement_stage_changed_at();
-      if (e.has_last_contact_at()) *r->mutable_previous_contact_at() = e.last_contact_at();
-      *r->mutable_reconnected_at() = a.attempted_at();
-      add_event(std::move(r));
+      write.events.Add(std::move(r));
       stage_changed(v1::ENGAGEMENT_STAGE_CHANGE_CAUSE_CONTACT);
     }
     if (result.missed_contact_raised) {
@@ -1507,7 +1496,7 @@ absl::Status CheckInService::RecordContactAttemptImpl(
       raised->set_receiving_team(e.owners().receiving_team());
       raised->set_failed_attempts(result.after.failed_attempts_in_a_row);
       *raised->mutable_raised_at() = a.recorded_at();
-      const std::string event_id = add_event(std::move(raised));
+      const std::string event_id = write.events.Add(std::move(raised));
       auto* out = response.add_raised_concerns();
       out->set_source(v1::CONCERN_SOURCE_MISSED_CONTACT);
       out->set_category(common::v1::CONCERN_CATEGORY_DISENGAGEMENT);

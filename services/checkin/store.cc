@@ -517,17 +517,32 @@ CheckInRead LoadCheckInContext(pqxx::transaction_base& tx, const std::string& ag
   return read;
 }
 
+const std::string& OutboxEvents::Add(std::unique_ptr<google::protobuf::Message> event) {
+  events_.push_back(std::move(event));
+  ids_.push_back(NewUuid());
+  return ids_.back();
+}
+
+std::string OutboxEvents::TypesLiteral() const {
+  std::vector<std::string> types;
+  for (const auto& e : events_) types.push_back(e->GetDescriptor()->full_name());
+  return TextArrayLiteral(types);
+}
+
+std::string OutboxEvents::PayloadsLiteral() const {
+  std::vector<std::string> payloads;
+  for (const auto& e : events_) payloads.push_back(absl::Base64Escape(e->SerializeAsString()));
+  return TextArrayLiteral(payloads);
+}
+
+std::string OutboxEvents::IdsLiteral() const { return TextArrayLiteral(ids_); }
+
 void WriteCheckIn(pqxx::transaction_base& tx, const CheckInWrite& w) {
   const v1::CheckIn& c = w.check_in;
   v1::CheckIn answers;
   *answers.mutable_answers() = c.answers();
   std::string answers_json = Json(answers);
   if (answers_json.empty()) answers_json = "{}";
-  std::vector<std::string> types, payloads;
-  for (const auto* event : w.events) {
-    types.push_back(event->GetDescriptor()->full_name());
-    payloads.push_back(absl::Base64Escape(event->SerializeAsString()));
-  }
   const bool completes_occurrence =
       !c.scheduled_check_in_id().empty() && !w.occurrence_due_on.empty();
   std::optional<int64_t> late_us;
@@ -549,19 +564,13 @@ void WriteCheckIn(pqxx::transaction_base& tx, const CheckInWrite& w) {
       completes_occurrence ? std::optional<std::string>(w.occurrence_due_on) : std::nullopt,
       completes_occurrence ? std::optional<int64_t>(absl::ToUnixMicros(w.occurrence_window_start))
                            : std::nullopt,
-      window_end_us, TextArrayLiteral(types), TextArrayLiteral(payloads),
-      TextArrayLiteral(w.event_ids), w.idempotency_key, w.method, w.request_hash_hex,
-      absl::Base64Escape(w.response_bytes), w.audit.actor, w.audit.actor_role, w.audit.action,
-      w.audit.request_id);
+      window_end_us, w.events.TypesLiteral(), w.events.PayloadsLiteral(), w.events.IdsLiteral(),
+      w.idempotency_key, w.method, w.request_hash_hex, absl::Base64Escape(w.response_bytes),
+      w.audit.actor, w.audit.actor_role, w.audit.action, w.audit.request_id);
 }
 
 void WriteContactAttempt(pqxx::work& tx, const ContactAttemptWrite& w) {
   const v1::ContactAttempt& a = w.attempt;
-  std::vector<std::string> types, payloads;
-  for (const auto* event : w.events) {
-    types.push_back(event->GetDescriptor()->full_name());
-    payloads.push_back(absl::Base64Escape(event->SerializeAsString()));
-  }
   const pqxx::row r = tx.exec_params1(
       "WITH ca AS (INSERT INTO contact_attempts (id, agency_id, enrollment_id, participant_id, "
       "supporter_id, attempted_by, channel, outcome, is_reconnection, attempted_at, recorded_at) "
@@ -584,8 +593,8 @@ void WriteContactAttempt(pqxx::work& tx, const ContactAttemptWrite& w) {
       a.is_reconnection(), Micros(FromProtoTimestamp(a.attempted_at())),
       EnumText(v1::EngagementStage_descriptor(), w.stage, "ENGAGEMENT_STAGE_"),
       Micros(w.stage_changed_at), w.failed_attempts_in_a_row,
-      w.last_contact_at ? Micros(*w.last_contact_at) : std::string(), TextArrayLiteral(types),
-      TextArrayLiteral(payloads), TextArrayLiteral(w.event_ids), absl::Base64Escape(w.response_bytes),
+      w.last_contact_at ? Micros(*w.last_contact_at) : std::string(), w.events.TypesLiteral(),
+      w.events.PayloadsLiteral(), w.events.IdsLiteral(), absl::Base64Escape(w.response_bytes),
       w.idempotency_key, w.audit.actor, w.audit.actor_role, w.audit.action, w.audit.request_id);
   if (r[1].as<int>() != 1 || r[2].as<int>() != 1 || r[4].as<int>() != 1) {
     throw std::runtime_error("contact attempt write incomplete");

@@ -160,6 +160,22 @@ CheckInRead LoadCheckInContext(pqxx::transaction_base& tx, const std::string& ag
                                const std::string& scheduled_check_in_id, absl::Time occurred_at,
                                const std::string& idempotency_key, bool lock);
 
+// The events one write appends to the outbox, in order, each with the UUID chosen for it (a
+// response can name an event before it is stored).
+class OutboxEvents {
+ public:
+  // Appends `event`; returns its id.
+  const std::string& Add(std::unique_ptr<google::protobuf::Message> event);
+  // `$n::text[]` literals of the type names, base64 payloads and ids, for unnest(...).
+  std::string TypesLiteral() const;
+  std::string PayloadsLiteral() const;
+  std::string IdsLiteral() const;
+
+ private:
+  std::vector<std::unique_ptr<google::protobuf::Message>> events_;
+  std::vector<std::string> ids_;
+};
+
 // Everything RecordCheckIn writes, in one statement that scopes itself to the agency
 // (record_check_in, migration 0006): the idempotency claim with the response, the enrollment's
 // contact state, the occurrence (created or completed), the check-in, the events and the audit
@@ -174,10 +190,7 @@ struct CheckInWrite {
   std::vector<std::string> fired_rule_ids;
   bool stops_routine = false;
   bool reconnection = false;
-  // Events in the order they are appended.
-  std::vector<const google::protobuf::Message*> events;
-  std::vector<std::string> event_ids;  // One per event (UUIDs chosen by the caller).
-  std::vector<std::unique_ptr<google::protobuf::Message>> event_storage;  // Owns `events`.
+  OutboxEvents events;
   AuditEntry audit;
   std::string idempotency_key;
   std::string method;            // The RPC that claims the key.
@@ -195,8 +208,7 @@ struct ContactAttemptWrite {
   absl::Time stage_changed_at;
   int failed_attempts_in_a_row = 0;
   std::optional<absl::Time> last_contact_at;
-  std::vector<const google::protobuf::Message*> events;
-  std::vector<std::string> event_ids;
+  OutboxEvents events;
   AuditEntry audit;
   std::string idempotency_key;
   std::string response_bytes;
