@@ -29,7 +29,7 @@ std::string PrimaryMessage(const char* what) {
 
 }  // namespace
 
-void MarkSchemaReady() { schema_ready.store(true); }
+void MarkSchemaReady(bool ready) { schema_ready.store(ready); }
 
 absl::Status StatusFromDatabaseException(const std::exception& e) {
   if (dynamic_cast<const pqxx::broken_connection*>(&e) != nullptr) {

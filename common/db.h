@@ -52,8 +52,9 @@ std::string WithConnectTimeout(const std::string& url, int seconds);
 absl::Status StatusFromDatabaseException(const std::exception& e);
 
 // Says the service's schema is migrated (server start-up, once the migrations ran): until then a
-// missing table or function is logged as "schema not ready yet" (info), not as an error.
-void MarkSchemaReady();
+// missing table or function is logged as "schema not ready yet" (info), not as an error. The
+// flag is process-wide; `ready` false is for tests of the start-up state.
+void MarkSchemaReady(bool ready = true);
 
 // A PostgreSQL array literal of text values for a `$n::text[]` parameter: every element quoted,
 // with `"` and `\` escaped, so any text (commas, braces, quotes, "NULL") arrives as itself.

@@ -711,7 +711,7 @@ absl::Status CheckInService::CreateEnrollmentImpl(const Call& call,
     if (!consent.ok()) return consent.status();
     if (!unmet.empty()) return UnmetGates(unmet, unmet_is_consent);
     v1::Enrollment e;
-    e.set_enrollment_id(NewUuid());
+    e.set_enrollment_id(RandomUuid());
     e.set_participant_id(request.participant_id());
     e.set_pathway_key(plan->pathway.pathway_key());
     e.set_pathway_version(plan->pathway.version());
@@ -1022,7 +1022,7 @@ absl::Status CheckInService::DecideCheckIn(const Call& call,
                              [&](auto& o) { return o.due_on == candidate->due_on; });
       if (it == ctx->occurrences.end()) {
         occurrence = candidate;
-        occurrence_id = NewUuid();
+        occurrence_id = RandomUuid();
       } else if (it->status == "due" || it->status == "missed") {
         occurrence = candidate;
         occurrence->window_end = it->window_end;
@@ -1032,7 +1032,7 @@ absl::Status CheckInService::DecideCheckIn(const Call& call,
   }
 
   v1::CheckIn& c = *response.mutable_check_in();
-  c.set_check_in_id(NewUuid());
+  c.set_check_in_id(RandomUuid());
   c.set_agency_id(agency);
   c.set_enrollment_id(e.enrollment_id());
   c.set_participant_id(e.participant_id());
@@ -1431,7 +1431,7 @@ absl::Status CheckInService::RecordContactAttemptImpl(
     const std::string supporter_id = ctx->supporter ? ctx->supporter->supporter_id : "";
 
     v1::ContactAttempt& a = *response.mutable_contact_attempt();
-    a.set_contact_attempt_id(NewUuid());
+    a.set_contact_attempt_id(RandomUuid());
     a.set_enrollment_id(e.enrollment_id());
     a.set_participant_id(e.participant_id());
     if (call.as_peer) a.set_supporter_id(supporter_id);
@@ -1677,7 +1677,7 @@ grpc::Status CheckInService::ScheduleAppointment(grpc::ServerContext* context,
           "owner");
     }
     v1::Appointment a;
-    a.set_appointment_id(NewUuid());
+    a.set_appointment_id(RandomUuid());
     a.set_enrollment_id(e->enrollment_id());
     a.set_participant_id(e->participant_id());
     a.set_kind(request->kind());
@@ -1729,7 +1729,7 @@ grpc::Status CheckInService::RecordAppointmentOutcome(
     v1::AppointmentOutcomeRecordedEvent event;
     if (outcome == v1::APPOINTMENT_OUTCOME_RESCHEDULED) {
       v1::Appointment replacement;
-      replacement.set_appointment_id(NewUuid());
+      replacement.set_appointment_id(RandomUuid());
       replacement.set_enrollment_id(a->enrollment_id());
       replacement.set_participant_id(a->participant_id());
       replacement.set_kind(a->kind());
@@ -1963,7 +1963,7 @@ grpc::Status CheckInService::RecordParticipantFeedback(
       return InvalidArgument("invalid feedback", {{"given_at", "before the enrollment started"}});
     }
     v1::ParticipantFeedback& f = *response->mutable_feedback();
-    f.set_feedback_id(NewUuid());
+    f.set_feedback_id(RandomUuid());
     f.set_enrollment_id(e->enrollment_id());
     f.set_participant_id(e->participant_id());
     f.set_rating(request->rating());

@@ -197,8 +197,6 @@ constexpr char kPathwayColumns[] =
 
 }  // namespace
 
-std::string NewUuid() { return RandomUuid(); }
-
 v1::ProgramPolicy LoadPolicy(pqxx::work& tx, const std::string& agency_id,
                              const std::string& default_time_zone) {
   v1::ProgramPolicy policy;
@@ -376,17 +374,14 @@ std::vector<v1::ParticipantFeedback> ListParticipantFeedbackOf(pqxx::work& tx,
                                                                int limit) {
   std::vector<v1::ParticipantFeedback> out;
   // Newest first, ties by id: the page after `after` continues exactly where it ended.
-  for (const auto& r : tx.exec_params(
-           "SELECT id::text, enrollment_id::text, participant_id, rating, comment, " PP_US(
-               "given_at") ", " PP_US("recorded_at") ", recorded_by, recorded_by_role FROM "
-                                                     "participant_feedback WHERE enrollment_id = "
-                                                     "$1::uuid AND ($3 = '' OR given_at < "
-                                                     "timestamptz 'epoch' + $4::bigint * interval "
-                                                     "'1 microsecond' OR (given_at = timestamptz "
-                                                     "'epoch' + $4::bigint * interval '1 "
-                                                     "microsecond' AND id > NULLIF($3, '')::uuid)) "
-                                                     "ORDER BY given_at DESC, id LIMIT $2",
-           enrollment_id, limit, after.id, after.given_micros)) {
+  static const std::string kSql = absl::StrCat(
+      "SELECT id::text, enrollment_id::text, participant_id, rating, comment, ", PP_US("given_at"),
+      ", ", PP_US("recorded_at"),
+      ", recorded_by, recorded_by_role FROM participant_feedback WHERE enrollment_id = $1::uuid "
+      "AND ($3 = '' OR given_at < ",
+      PEERPATH_SQL_TIME_PARAM(4), " OR (given_at = ", PEERPATH_SQL_TIME_PARAM(4),
+      " AND id > NULLIF($3, '')::uuid)) ORDER BY given_at DESC, id LIMIT $2");
+  for (const auto& r : tx.exec_params(kSql, enrollment_id, limit, after.id, after.given_micros)) {
     v1::ParticipantFeedback& f = out.emplace_back();
     f.set_feedback_id(r[0].c_str());
     f.set_enrollment_id(r[1].c_str());
@@ -519,7 +514,7 @@ CheckInRead LoadCheckInContext(pqxx::transaction_base& tx, const std::string& ag
 
 const std::string& OutboxEvents::Add(std::unique_ptr<google::protobuf::Message> event) {
   events_.push_back(std::move(event));
-  ids_.push_back(NewUuid());
+  ids_.push_back(RandomUuid());
   return ids_.back();
 }
 

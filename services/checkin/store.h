@@ -21,9 +21,6 @@
 
 namespace peerpath::checkin {
 
-// A new random (version 4) UUID in its text form.
-std::string NewUuid();
-
 // The agency's program policy, or the defaults with `default_time_zone` when it never edited it.
 v1::ProgramPolicy LoadPolicy(pqxx::work& tx, const std::string& agency_id,
                              const std::string& default_time_zone);

@@ -52,9 +52,16 @@ TEST_F(DatabaseErrorsTest, RowValuesInTheErrorDetailStayOutOfTheLog) {
   EXPECT_EQ(logged.find("Failing row"), std::string::npos) << logged;
 }
 
-TEST_F(DatabaseErrorsTest, AMissingTableIsAnErrorOnceTheSchemaIsReady) {
-  // Before MarkSchemaReady (in a fresh process the migrations may still be running) this is
-  // logged as "not ready yet"; the flag is process-wide, so only the ready state is tested here.
+TEST_F(DatabaseErrorsTest, AMissingTableIsNotReadyYetBeforeMigrationsAndAnErrorAfter) {
+  MarkSchemaReady(false);  // A process whose migrations are still running.
+  const auto [early, logged_early] = RunLogged("SELECT * FROM no_such_table");
+  EXPECT_EQ(early.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(logged_early.find("schema not ready yet"), std::string::npos) << logged_early;
+  EXPECT_EQ(logged_early.find("\"level\":\"error\""), std::string::npos) << logged_early;
+  // Other SQL errors stay errors meanwhile.
+  const auto [bad, logged_bad] = RunLogged("INSERT INTO scratch (t) VALUES ('Jane Doe')");
+  EXPECT_NE(logged_bad.find("\"level\":\"error\""), std::string::npos) << logged_bad;
+
   MarkSchemaReady();
   const auto [status, logged] = RunLogged("SELECT * FROM no_such_table");
   EXPECT_EQ(status.code(), absl::StatusCode::kInternal);
