@@ -18,7 +18,9 @@ bool IsKeyCharacter(char c) {
          c == '.' || c == ':' || c == '-';
 }
 
-std::string Serialize(const google::protobuf::Message& message) {
+}  // namespace
+
+std::string DeterministicBytes(const google::protobuf::Message& message) {
   std::string out;
   google::protobuf::io::StringOutputStream stream(&out);
   google::protobuf::io::CodedOutputStream coded(&stream);
@@ -27,8 +29,6 @@ std::string Serialize(const google::protobuf::Message& message) {
   coded.Trim();
   return out;
 }
-
-}  // namespace
 
 absl::Status ValidateIdempotencyKey(absl::string_view key, absl::string_view field) {
   if (key.empty()) {
@@ -47,7 +47,7 @@ absl::Status ValidateIdempotencyKey(absl::string_view key, absl::string_view fie
 
 std::string RequestFingerprint(const google::protobuf::Message& request,
                                const std::string& caller) {
-  const std::string bytes = absl::StrCat(caller, std::string(1, '\0'), Serialize(request));
+  const std::string bytes = absl::StrCat(caller, std::string(1, '\0'), DeterministicBytes(request));
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int length = 0;
   EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr);
@@ -115,7 +115,7 @@ void StoreResponse(Writes& writes, const IdempotentCall& call,
   writes.Exec("peerpath_idempotency_store",
               "UPDATE idempotency_keys SET response = decode($3, 'hex') "
               "WHERE agency_id = $1 AND idempotency_key = $2",
-              call.agency_id, call.key, absl::BytesToHexString(Serialize(response)));
+              call.agency_id, call.key, absl::BytesToHexString(DeterministicBytes(response)));
 }
 
 }  // namespace

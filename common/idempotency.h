@@ -31,6 +31,9 @@ namespace peerpath {
 absl::Status ValidateIdempotencyKey(absl::string_view key,
                                     absl::string_view field = "idempotency_key");
 
+// `message` serialised deterministically (map entries in key order): equal messages, equal bytes.
+std::string DeterministicBytes(const google::protobuf::Message& message);
+
 // SHA-256 (raw bytes) of the caller and the request's deterministic serialisation.
 std::string RequestFingerprint(const google::protobuf::Message& request,
                                const std::string& caller = "");

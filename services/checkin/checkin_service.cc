@@ -1,8 +1,5 @@
 #include "services/checkin/checkin_service.h"
 
-#include <google/protobuf/io/coded_stream.h>
-#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
-
 #include <algorithm>
 #include <map>
 #include <set>
@@ -196,12 +193,7 @@ void RangeMicros(const common::v1::TimeRange& range, const std::string& field,
 // A page token's list name bound to the request's filters (FNV-1a of the request without its
 // paging fields), so a token is refused when the filters change between pages.
 std::string ListNameWithFilters(const char* list, google::protobuf::Message& filters) {
-  std::string bytes;
-  google::protobuf::io::StringOutputStream out(&bytes);
-  google::protobuf::io::CodedOutputStream coded(&out);
-  coded.SetSerializationDeterministic(true);
-  filters.SerializeToCodedStream(&coded);
-  coded.Trim();
+  const std::string bytes = DeterministicBytes(filters);
   uint64_t hash = 1469598103934665603ull;
   for (const unsigned char c : bytes) hash = (hash ^ c) * 1099511628211ull;
   return absl::StrCat(list, "/", absl::Hex(hash));
@@ -264,18 +256,24 @@ struct CheckInService::Call {
     return true;
   }
 
+  // The audit row of an allowed access to one object (object and participant still to fill in
+  // where a write function adds them itself).
+  AuditEntry Allowed(const std::string& object_type = "", const std::string& object_id = "",
+                     const std::string& participant_id = "") const {
+    return {.actor = caller.subject,
+            .actor_role = role,
+            .action = Action(method),
+            .object_type = object_type,
+            .object_id = object_id,
+            .participant_id = participant_id,
+            .decision = AuditDecision::kAllowed,
+            .request_id = request_id};
+  }
+
   // The audit row of an allowed access to one object, in the handler's transaction.
   void Audit(pqxx::work& tx, const std::string& object_type, const std::string& object_id,
              const std::string& participant_id) const {
-    AppendAuditRow(tx, caller.agency_id,
-                   {.actor = caller.subject,
-                    .actor_role = role,
-                    .action = Action(method),
-                    .object_type = object_type,
-                    .object_id = object_id,
-                    .participant_id = participant_id,
-                    .decision = AuditDecision::kAllowed,
-                    .request_id = request_id});
+    AppendAuditRow(tx, caller.agency_id, Allowed(object_type, object_id, participant_id));
   }
 
   std::string NotInRelationship() const {
@@ -1177,17 +1175,9 @@ absl::Status CheckInService::DecideCheckIn(const Call& call,
   write.fired_rule_ids = fired_ids;
   write.stops_routine = stops_now;
   write.reconnection = reconnection;
-  write.audit.actor = call.caller.subject;
-  write.audit.actor_role = call.role;
-  write.audit.action = Action(call.method);
-  write.audit.request_id = call.request_id;
+  write.audit = call.Allowed();
   write.idempotency_key = request.idempotency_key();
-  {
-    google::protobuf::io::StringOutputStream stream(&write.response_bytes);
-    google::protobuf::io::CodedOutputStream coded(&stream);
-    coded.SetSerializationDeterministic(true);
-    response.SerializeToCodedStream(&coded);
-  }
+  write.response_bytes = DeterministicBytes(response);
   return absl::OkStatus();
 }
 
@@ -1509,17 +1499,9 @@ absl::Status CheckInService::RecordContactAttemptImpl(
     write.stage_changed_at = result.after.stage_changed_at;
     write.failed_attempts_in_a_row = result.after.failed_attempts_in_a_row;
     write.last_contact_at = result.after.last_contact_at;
-    write.audit.actor = call.caller.subject;
-    write.audit.actor_role = call.role;
-    write.audit.action = Action(call.method);
-    write.audit.request_id = call.request_id;
+    write.audit = call.Allowed();
     write.idempotency_key = request.idempotency_key();
-    {
-      google::protobuf::io::StringOutputStream stream(&write.response_bytes);
-      google::protobuf::io::CodedOutputStream coded(&stream);
-      coded.SetSerializationDeterministic(true);
-      response.SerializeToCodedStream(&coded);
-    }
+    write.response_bytes = DeterministicBytes(response);
     WriteContactAttempt(tx, write);
     return absl::OkStatus();
   });
