@@ -300,11 +300,12 @@ void ReportLatency(int64_t checkins) {
   // Where the time goes: reading the read models (here all on one connection; the report reads
   // the rollups on a second one meanwhile), and computing every scope in memory.
   {
-    const absl::Time start = absl::FromCivil(absl::CivilDay(2026, 3, 1), absl::UTCTimeZone());
-    const absl::Time end = absl::FromCivil(absl::CivilDay(2026, 4, 1), absl::UTCTimeZone());
+    const ReportWindow window{absl::FromCivil(absl::CivilDay(2026, 3, 1), absl::UTCTimeZone()),
+                              absl::FromCivil(absl::CivilDay(2026, 4, 1), absl::UTCTimeZone()),
+                              "UTC", absl::UTCTimeZone()};
     const auto t0 = Clock::now();
-    auto facts = db->TransactForAgency(
-        "bench", [&](pqxx::work& tx) { return LoadFacts(tx, start, end, now); });
+    auto facts =
+        db->TransactForAgency("bench", [&](pqxx::work& tx) { return LoadFacts(tx, window, now); });
     const auto t1 = Clock::now();
     if (facts.ok()) {
       ComputeScopes(*facts, {{},

@@ -1517,11 +1517,15 @@ grpc::Status CheckInService::UpdateProgramPolicy(grpc::ServerContext* context,
     v1::ProgramPolicy policy = LoadPolicy(tx, agency, options_.default_time_zone);
     const v1::ProgramPolicy& in = request->policy();
     std::vector<FieldViolation> violations;
-    if (request->update_mask().paths().empty()) {
-      violations.push_back({"update_mask", "name the fields to change"});
+    // An empty mask changes all five (checkin.proto).
+    std::vector<std::string> paths(request->update_mask().paths().begin(),
+                                   request->update_mask().paths().end());
+    if (paths.empty()) {
+      paths = {"time_zone", "missed_contact_failed_attempts", "at_risk_after",
+               "lost_to_follow_up_after", "wellbeing_drop_points"};
     }
     constexpr int64_t kDay = 86400;
-    for (const std::string& path : request->update_mask().paths()) {
+    for (const std::string& path : paths) {
       if (path == "time_zone") {
         if (!LoadZone(in.time_zone()).ok()) {
           violations.push_back({"policy.time_zone", "an IANA time zone, e.g. Europe/Paris"});
@@ -1561,6 +1565,17 @@ grpc::Status CheckInService::UpdateProgramPolicy(grpc::ServerContext* context,
     }
     if (!violations.empty()) return InvalidArgument("invalid program policy", violations);
     *response->mutable_policy() = StorePolicy(tx, agency, policy, call->caller.subject);
+    const v1::ProgramPolicy& stored = response->policy();
+    v1::ProgramPolicyChangedEvent event;
+    event.set_time_zone(stored.time_zone());
+    event.set_missed_contact_failed_attempts(stored.missed_contact_failed_attempts());
+    *event.mutable_at_risk_after() = stored.at_risk_after();
+    *event.mutable_lost_to_follow_up_after() = stored.lost_to_follow_up_after();
+    event.set_wellbeing_drop_points(stored.wellbeing_drop_points());
+    for (const std::string& path : paths) event.add_changed_fields(path);
+    event.set_changed_by_role(call->role);
+    *event.mutable_changed_at() = stored.updated_at();
+    if (auto s = AppendEvent(tx, agency, agency, event); !s.ok()) return s;
     call->Audit(tx, "program_policy", agency, "");
     return absl::OkStatus();
   }));

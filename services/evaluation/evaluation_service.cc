@@ -67,9 +67,10 @@ v1::DischargeSetting SettingFromName(const std::string& name) {
   return v1::DISCHARGE_SETTING_UNSPECIFIED;
 }
 
-// The period as [start, end) UTC instants, or INVALID_ARGUMENT naming the field.
+// The period as [start, end) instants (local midnights in `zone`), or INVALID_ARGUMENT naming
+// the field.
 absl::Status ResolvePeriod(const v1::ReportPeriod* period, bool has_period, absl::Time now,
-                           absl::Time& start, absl::Time& end) {
+                           absl::TimeZone zone, absl::Time& start, absl::Time& end) {
   std::vector<FieldViolation> violations;
   if (!has_period) {
     return InvalidArgument("period is required", {{"period", "required"}});
@@ -90,7 +91,7 @@ absl::Status ResolvePeriod(const v1::ReportPeriod* period, bool has_period, absl
   }
   const common::v1::Date& d = period->start_date();
   const absl::CivilDay day(d.year(), d.month(), d.day());
-  const absl::CivilMonth current(absl::ToCivilSecond(now, absl::UTCTimeZone()));
+  const absl::CivilMonth current(absl::ToCivilSecond(now, zone));
   if (!period->has_start_date()) {
     violations.push_back({"period.start_date", "required"});
   } else if (day.year() != d.year() || day.month() != d.month() || day.day() != d.day() ||
@@ -102,8 +103,8 @@ absl::Status ResolvePeriod(const v1::ReportPeriod* period, bool has_period, absl
     violations.push_back({"period.start_date", "must not be after the current month"});
   }
   if (!violations.empty()) return InvalidArgument("invalid report period", violations);
-  start = absl::FromCivil(day, absl::UTCTimeZone());
-  end = absl::FromCivil(absl::CivilDay(absl::CivilMonth(day) + months), absl::UTCTimeZone());
+  start = absl::FromCivil(day, zone);
+  end = absl::FromCivil(absl::CivilDay(absl::CivilMonth(day) + months), zone);
   return absl::OkStatus();
 }
 
@@ -230,11 +231,12 @@ std::string CsvRow(const v1::ProgramReport& report, const v1::ReportCell& cell) 
         break;
     }
   }
-  // period_end: the last day, inclusive.
-  const absl::CivilDay end_day =
-      absl::CivilDay(absl::ToCivilSecond(FromProtoTimestamp(report.period_range().end_time()),
-                                         absl::UTCTimeZone())) -
-      1;
+  // period_end: the last local day, inclusive.
+  absl::TimeZone zone = absl::UTCTimeZone();
+  absl::LoadTimeZone(report.time_zone(), &zone);
+  const absl::CivilDay end_day = absl::CivilDay(absl::ToCivilSecond(
+                                     FromProtoTimestamp(report.period_range().end_time()), zone)) -
+                                 1;
   std::vector<std::string> f = {
       CsvField(report.agency_id()),
       DateText(report.period().start_date()),
@@ -561,27 +563,35 @@ absl::Status BuildProgramReport(Database& db, const std::string& agency_id,
                                 const std::string& pathway_key, int min_cell_size, absl::Time now,
                                 v1::ProgramReport& report) {
   absl::Time start, end;
-  if (auto st = ResolvePeriod(&period, true, now, start, end); !st.ok()) return st;
+  std::string zone_name;
   std::vector<std::string> pathways, programs;
   std::vector<ScopeKey> pairs;
-  // The rollup rows are read on a second pooled connection while this one reads the rest: the
-  // two halves of a report's reading take about as long, and PostgreSQL runs them side by side.
-  // (Each statement sees its own snapshot either way: READ COMMITTED.) With a pool of one, or
-  // when the second connection cannot be had, they are read here after the rest.
   std::future<absl::StatusOr<RollupRows>> rollups;
-  if (db.options().pool_size > 1) {
-    rollups = std::async(std::launch::async, [&db, &agency_id, start, end] {
-      return db.TransactForAgency(agency_id, [&](pqxx::work& tx) -> absl::StatusOr<RollupRows> {
-        return FetchRollupRows(tx, start, end);
-      });
-    });
-  }
   auto facts = db.TransactForAgency(agency_id, [&](pqxx::work& tx) -> absl::StatusOr<ReportFacts> {
+    // Periods and local days are the agency's (UTC until the check-in log names its zone).
+    zone_name = AgencyTimeZone(tx);
+    absl::TimeZone zone;
+    if (!absl::LoadTimeZone(zone_name, &zone)) {
+      return absl::InternalError("the stored agency time zone is unknown to this build");
+    }
+    if (auto st = ResolvePeriod(&period, true, now, zone, start, end); !st.ok()) return st;
+    const ReportWindow window{start, end, zone_name, zone};
+    // The rollup rows are read on a second pooled connection while this one reads the rest: the
+    // two halves of a report's reading take about as long, and PostgreSQL runs them side by
+    // side. (Each statement sees its own snapshot either way: READ COMMITTED.) With a pool of
+    // one, or when the second connection cannot be had, they are read here after the rest.
+    if (db.options().pool_size > 1) {
+      rollups = std::async(std::launch::async, [&db, &agency_id, window] {
+        return db.TransactForAgency(agency_id, [&](pqxx::work& tx) -> absl::StatusOr<RollupRows> {
+          return FetchRollupRows(tx, window);
+        });
+      });
+    }
     pathways = KnownPathways(tx);
     programs = KnownPrograms(tx);
     if (!programs.empty()) pairs = ProgramPathwayScopes(tx);
-    if (!rollups.valid()) return LoadFacts(tx, start, end, now);
-    return LoadFacts(tx, start, end, now, [&] { return rollups.get(); });
+    if (!rollups.valid()) return LoadFacts(tx, window, now);
+    return LoadFacts(tx, window, now, [&] { return rollups.get(); });
   });
   if (!facts.ok()) return facts.status();
   if (!program_id.empty() &&
@@ -670,7 +680,7 @@ absl::Status BuildProgramReport(Database& db, const std::string& agency_id,
   *report.mutable_period() = period;
   *report.mutable_period_range()->mutable_start_time() = ToProtoTimestamp(start);
   *report.mutable_period_range()->mutable_end_time() = ToProtoTimestamp(end);
-  report.set_time_zone("UTC");
+  report.set_time_zone(zone_name);
   report.set_period_ended(now >= end);
   report.set_program_id(program_id);
   report.set_pathway_key(pathway_key);
@@ -713,7 +723,9 @@ template <typename Request>
 absl::Status ValidateReportRequest(const Request& r, absl::Time now) {
   absl::Time start, end;
   std::vector<FieldViolation> violations;
-  auto period = ResolvePeriod(&r.period(), r.has_period(), now, start, end);
+  // The agency's zone is read with the report; here the current month is the latest one anywhere.
+  const absl::TimeZone earliest_zone = absl::FixedTimeZone(14 * 3600);
+  auto period = ResolvePeriod(&r.period(), r.has_period(), now, earliest_zone, start, end);
   if (!period.ok()) {
     for (const FieldViolation& v : FieldViolations(period)) violations.push_back(v);
   }

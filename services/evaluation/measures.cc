@@ -50,18 +50,12 @@ constexpr int kCategories = 7;  // peerpath.common.v1.ConcernCategory 1..7.
 constexpr int kSeverities = 3;  // peerpath.common.v1.ConcernSeverity 1..3.
 constexpr int kSupporterWellbeing = 6;
 
-// ---- Dates and windows (local dates are UTC dates; see measures.h) ----
+// ---- Dates and windows ----
 
-int64_t Day(absl::Time t) {
-  return absl::ToUnixSeconds(t) >= 0 ? absl::ToUnixSeconds(t) / 86400
-                                     : (absl::ToUnixSeconds(t) - 86399) / 86400;
+// The local day (in `zone`) of t, as days since 1970-01-01 (contact_days' numbering).
+int64_t LocalDay(absl::Time t, absl::TimeZone zone) {
+  return absl::ToCivilDay(t, zone) - absl::CivilDay(1970, 1, 1);
 }
-
-// At u, "within n days after" t: t < u and u's local date at most n days after t's.
-bool WithinAfter(absl::Time t, absl::Time u, int n) { return t < u && Day(u) <= Day(t) + n; }
-
-// The window's last local day (n days after t's) has passed when the report is computed.
-bool WindowComplete(absl::Time t, int n, absl::Time now) { return Day(now) > Day(t) + n; }
 
 // Per-person lookups over the facts (by interned id), built once per report.
 struct PersonIndex {
@@ -99,6 +93,14 @@ struct Scope {
   const PersonIndex& index;
 
   bool InPeriod(absl::Time t) const { return t >= facts.period_start && t < facts.period_end; }
+  // The agency's local day of t.
+  int64_t Day(absl::Time t) const { return LocalDay(t, facts.zone); }
+  // At u, "within n days after" t: t < u and u's local date at most n days after t's.
+  bool WithinAfter(absl::Time t, absl::Time u, int n) const {
+    return t < u && Day(u) <= Day(t) + n;
+  }
+  // The window's last local day (n days after t's) has passed when the report is computed.
+  bool WindowComplete(absl::Time t, int n) const { return Day(facts.now) > Day(t) + n; }
   bool ActiveInPeriod(const EnrollmentFact& e) const {
     return e.started_at < facts.period_end && (!e.ended_at || *e.ended_at >= facts.period_start);
   }
@@ -251,7 +253,7 @@ void FirstAppointmentAttendance(const Scope& s, std::vector<ComputedCell>& out) 
     Candidate first = candidates.front();
     // Both sources on the same local date: the same appointment, the county's outcome wins.
     for (const Candidate& c : candidates) {
-      if (c.county && Day(c.at) == Day(first.at)) {
+      if (c.county && s.Day(c.at) == s.Day(first.at)) {
         first.attended = c.attended;
         break;
       }
@@ -266,11 +268,11 @@ void MissedContactReconnection(const Scope& s, std::vector<ComputedCell>& out) {
   std::vector<RateUnit> units;
   for (const StageChangeFact& c : s.facts.stage_changes) {
     if (c.lost_to_follow_up || !s.TiedInScope(c) || !s.InPeriod(c.changed_at)) continue;
-    if (!WindowComplete(c.changed_at, 30, s.facts.now)) continue;
+    if (!s.WindowComplete(c.changed_at, 30)) continue;
     bool reconnected = false;
     auto it = s.facts.reconnections.find(c.enrollment_id);
     if (it != s.facts.reconnections.end()) {
-      for (absl::Time at : it->second) reconnected |= WithinAfter(c.changed_at, at, 30);
+      for (absl::Time at : it->second) reconnected |= s.WithinAfter(c.changed_at, at, 30);
     }
     units.push_back({c.participant_id, reconnected});
   }
@@ -292,7 +294,7 @@ void LostToFollowUp(const Scope& s, std::vector<ComputedCell>& out) {
 
 bool CrisisWithin(const Scope& s, Id person, absl::Time t, int days) {
   for (const OutcomeFact* o : PersonIndex::Of(s.index.outcomes, person)) {
-    if (IsCrisisEvent(o->kind) && WithinAfter(t, o->occurred_at, days)) return true;
+    if (IsCrisisEvent(o->kind) && s.WithinAfter(t, o->occurred_at, days)) return true;
   }
   return false;
 }
@@ -301,7 +303,7 @@ void StepDownStability(const Scope& s, Measure measure, int days, std::vector<Co
   std::vector<RateUnit> units;
   for (const EnrollmentFact& e : s.facts.enrollments) {
     if (e.pathway_key != "step_down" || !s.TiedInScope(e)) continue;
-    if (!s.InPeriod(e.started_at) || !WindowComplete(e.started_at, days, s.facts.now)) continue;
+    if (!s.InPeriod(e.started_at) || !s.WindowComplete(e.started_at, days)) continue;
     units.push_back({e.participant_id, !CrisisWithin(s, e.participant_id, e.started_at, days)});
   }
   out.push_back(RateCell(measure, 0, {}, units));
@@ -315,7 +317,7 @@ void CrisisRecontact(const Scope& s, Measure measure, int days, std::vector<Comp
       continue;
     }
     if (!s.InPeriod(o.occurred_at) || !s.PersonInScope(o.participant_id)) continue;
-    if (!WindowComplete(o.occurred_at, days, s.facts.now)) continue;
+    if (!s.WindowComplete(o.occurred_at, days)) continue;
     auto [it, inserted] = first.emplace(o.participant_id, o.occurred_at);
     if (!inserted && o.occurred_at < it->second) it->second = o.occurred_at;
   }
@@ -334,11 +336,11 @@ bool FollowUpBetween(const Scope& s, Id person, int64_t from_day, int64_t to_day
         o->kind != v1::SERVICE_OUTCOME_KIND_FIRST_APPOINTMENT_ATTENDED) {
       continue;
     }
-    if (Day(o->occurred_at) >= from_day && Day(o->occurred_at) <= to_day) return true;
+    if (s.Day(o->occurred_at) >= from_day && s.Day(o->occurred_at) <= to_day) return true;
   }
   for (const AppointmentFact* a : PersonIndex::Of(s.index.appointments, person)) {
-    if (a->outcome == AppointmentOutcome::kAttended && Day(a->scheduled_at) >= from_day &&
-        Day(a->scheduled_at) <= to_day) {
+    if (a->outcome == AppointmentOutcome::kAttended && s.Day(a->scheduled_at) >= from_day &&
+        s.Day(a->scheduled_at) <= to_day) {
       return true;
     }
   }
@@ -351,7 +353,7 @@ void FollowUpAfterEmergencyVisit(const Scope& s, std::vector<ComputedCell>& out)
   for (const OutcomeFact& o : s.facts.outcomes) {
     if (o.kind != v1::SERVICE_OUTCOME_KIND_EMERGENCY_VISIT_MENTAL_ILLNESS) continue;
     if (!s.InPeriod(o.occurred_at) || !s.PersonInScope(o.participant_id)) continue;
-    if (!WindowComplete(o.occurred_at, 30, s.facts.now)) continue;
+    if (!s.WindowComplete(o.occurred_at, 30)) continue;
     visits[o.participant_id].push_back(o.occurred_at);
   }
   std::vector<std::pair<RateUnit, bool>> units7, units30;
@@ -359,11 +361,11 @@ void FollowUpAfterEmergencyVisit(const Scope& s, std::vector<ComputedCell>& out)
     std::sort(times.begin(), times.end());
     std::optional<int64_t> last_counted;
     for (absl::Time t : times) {
-      const int64_t day = Day(t);
+      const int64_t day = s.Day(t);
       bool admitted = false;
       for (const OutcomeFact* o : PersonIndex::Of(s.index.outcomes, person)) {
         admitted |= o->kind == v1::SERVICE_OUTCOME_KIND_HOSPITALIZATION_MENTAL_ILLNESS &&
-                    Day(o->occurred_at) >= day && Day(o->occurred_at) <= day + 30;
+                    s.Day(o->occurred_at) >= day && s.Day(o->occurred_at) <= day + 30;
       }
       if (admitted) continue;
       if (last_counted && day <= *last_counted + 30) continue;
@@ -387,7 +389,7 @@ void FollowUpAfterHospitalization(const Scope& s, std::vector<ComputedCell>& out
       continue;
     }
     if (!s.InPeriod(o.occurred_at) || !s.PersonInScope(o.participant_id)) continue;
-    if (!WindowComplete(o.occurred_at, 30, s.facts.now)) continue;
+    if (!s.WindowComplete(o.occurred_at, 30)) continue;
     discharges.push_back(&o);
   }
   std::sort(discharges.begin(), discharges.end(), [](const OutcomeFact* a, const OutcomeFact* b) {
@@ -398,10 +400,10 @@ void FollowUpAfterHospitalization(const Scope& s, std::vector<ComputedCell>& out
     bool readmitted = false;
     for (const OutcomeFact* o : PersonIndex::Of(s.index.outcomes, d->participant_id)) {
       readmitted |= o->kind == v1::SERVICE_OUTCOME_KIND_HOSPITALIZATION_MENTAL_ILLNESS &&
-                    WithinAfter(d->occurred_at, o->occurred_at, 30);
+                    s.WithinAfter(d->occurred_at, o->occurred_at, 30);
     }
     if (readmitted) continue;
-    const int64_t day = Day(d->occurred_at);
+    const int64_t day = s.Day(d->occurred_at);
     const absl::Time t = d->occurred_at;
     const bool with =
         s.MatchedBetween(d->participant_id, t - absl::Hours(24 * 30), t + absl::Hours(24 * 14));
@@ -577,8 +579,8 @@ void SupporterWorkload(const Scope& s, const PeopleSet& supporters,
   std::vector<double> matches, contacts;
   // Weeks of the period that have passed: elapsed local days (today included) / 7.
   const int64_t days =
-      std::max<int64_t>(1, Day(ended ? s.facts.period_end : s.facts.now + absl::Hours(24)) -
-                               Day(s.facts.period_start));
+      std::max<int64_t>(1, s.Day(ended ? s.facts.period_end : s.facts.now + absl::Hours(24)) -
+                               s.Day(s.facts.period_start));
   for (const Id supporter : supporters) {
     matches.push_back(static_cast<double>(active[supporter]));
     auto it = s.facts.supporter_contacts.find(supporter);

@@ -2,8 +2,8 @@
 
 // The measures of evaluation.proto computed from the read models' facts for one agency and
 // period: pure functions over plain structs (report_store.cc loads them), so a test can compute a
-// report by hand from the same facts. Times are UTC; local dates are UTC dates until the
-// producers publish the agency's time zone.
+// report by hand from the same facts. Times are instants; local dates are dates in the agency's
+// time zone (ReportFacts::zone).
 
 #include <cstdint>
 #include <map>
@@ -132,10 +132,11 @@ struct WellbeingFact {
 
 // Everything a report of one agency and period reads (report_store.cc: LoadFacts).
 struct ReportFacts {
-  absl::Time period_start;                  // UTC midnight of the first day.
-  absl::Time period_end;                    // UTC midnight after the last day.
-  absl::Time now;                           // When the report is computed.
-  std::vector<EnrollmentFact> enrollments;  // Started before period_end, not ended before start.
+  absl::Time period_start;                    // Local midnight of the first day.
+  absl::Time period_end;                      // Local midnight after the last day.
+  absl::TimeZone zone = absl::UTCTimeZone();  // The agency's: local dates are its dates.
+  absl::Time now;                             // When the report is computed.
+  std::vector<EnrollmentFact> enrollments;    // Started before period_end, not ended before start.
   std::vector<AppointmentFact> appointments;
   std::vector<StageChangeFact> stage_changes;
   Id ids = 0;  // How many identifiers were interned (every Id of the facts is below it).
@@ -146,8 +147,8 @@ struct ReportFacts {
   std::vector<ConcernFact> concerns;                          // Opened in the period.
   std::vector<std::pair<Id, absl::Time>> emergency_accesses;  // In the period.
   absl::flat_hash_map<Id, int64_t> supporter_contacts;        // In the period.
-  // (participant, civil day number): for each index event of the period, the first contact day on
-  // or after its day and after it (all FollowUpBetween needs).
+  // (participant, local day number since 1970-01-01): for each index event of the period, the first
+  // contact day on or after its day and after it (all FollowUpBetween needs).
   std::set<std::pair<Id, int64_t>> contact_days;
   std::vector<WellbeingFact> wellbeing;
   std::vector<FeedbackFact> feedback;  // Given in the period.

@@ -21,17 +21,9 @@ int64_t Micros(const google::protobuf::Timestamp& ts) {
   return absl::ToUnixMicros(FromProtoTimestamp(ts));
 }
 
-// The first day of the UTC month of `micros`, as YYYY-MM-01.
-std::string MonthOf(int64_t micros) {
-  const absl::CivilSecond civil =
-      absl::ToCivilSecond(absl::FromUnixMicros(micros), absl::UTCTimeZone());
-  return absl::FormatCivilTime(absl::CivilDay(absl::CivilMonth(civil)));
-}
-
-std::string DayOf(int64_t micros) {
-  return absl::FormatCivilTime(
-      absl::CivilDay(absl::ToCivilSecond(absl::FromUnixMicros(micros), absl::UTCTimeZone())));
-}
+// SQL for the time zone of the agency $1 as the log has told it so far (UTC until it has).
+#define EVAL_SQL_AGENCY_ZONE \
+  "coalesce((SELECT time_zone FROM agency_time_zones WHERE agency_id = $1), 'UTC')"
 
 template <typename Payload>
 absl::Status Unpack(const common::v1::Event& event, Payload& payload) {
@@ -83,7 +75,8 @@ absl::Status CheckConcernIds(const std::string& concern, const std::string& enro
 }
 
 // A peer support contact (a check-in or a REACHED attempt), with a wellbeing score (1 to 5) or 0,
-// in one round trip with the claim of the event id: the bulk of the traffic.
+// in one round trip with the claim of the event id: the bulk of the traffic. Its local day and
+// month are taken in the agency's time zone as stored at this point of the log (kLocalTime).
 void ApplyContact(pqxx::work& tx, const common::v1::Event& event, const std::string& participant,
                   const std::string& supporter, int64_t at, int score,
                   const std::string& enrollment, const std::string& pathway,
@@ -92,22 +85,23 @@ void ApplyContact(pqxx::work& tx, const common::v1::Event& event, const std::str
       tx, "eval_contact",
       "WITH fresh AS (INSERT INTO applied_events (agency_id, event_id) VALUES ($1, $2::uuid) "
       "  ON CONFLICT DO NOTHING RETURNING 1), "
+      "l AS (SELECT local::date AS day, date_trunc('month', local)::date AS month FROM (SELECT " PEERPATH_SQL_TIME_PARAM(5) " AT TIME ZONE " EVAL_SQL_AGENCY_ZONE " AS local) x), "
       "d AS (INSERT INTO contact_days (agency_id, participant_id, day) "
-      "  SELECT $1, $3, $5::date FROM fresh ON CONFLICT DO NOTHING RETURNING 1), "
+      "  SELECT $1, $3, l.day FROM fresh, l ON CONFLICT DO NOTHING RETURNING 1), "
       "s AS (INSERT INTO supporter_contacts_month (agency_id, supporter_id, month, contacts) "
-      "  SELECT $1, $4, $6::date, 1 FROM fresh WHERE $4 <> '' "
+      "  SELECT $1, $4, l.month, 1 FROM fresh, l WHERE $4 <> '' "
       "  ON CONFLICT (agency_id, month, supporter_id) "
       "  DO UPDATE SET contacts = supporter_contacts_month.contacts + 1 RETURNING 1), "
       "wf AS (INSERT INTO wellbeing_first (agency_id, enrollment_id, first_at, first_id, "
-      "  first_score) SELECT $1, $9::uuid, " PEERPATH_SQL_TIME_PARAM(7) ", $11::uuid, $8::smallint FROM fresh WHERE $8::smallint > 0 "
+      "  first_score) SELECT $1, $7::uuid, " PEERPATH_SQL_TIME_PARAM(5) ", $9::uuid, $6::smallint FROM fresh WHERE $6::smallint > 0 "
       "  ON CONFLICT (agency_id, enrollment_id) DO UPDATE SET first_at = EXCLUDED.first_at, "
       "  first_id = EXCLUDED.first_id, first_score = EXCLUDED.first_score "
       "  WHERE (EXCLUDED.first_at, EXCLUDED.first_id) < "
       "        (wellbeing_first.first_at, wellbeing_first.first_id) RETURNING 1), "
       "wm AS (INSERT INTO wellbeing_month (agency_id, enrollment_id, participant_id, pathway_key, "
       "  month, scores, last_at, last_id, last_score) "
-      "  SELECT $1, $9::uuid, $3, $10, $6::date, 1, " PEERPATH_SQL_TIME_PARAM(7) ", $11::uuid, $8::smallint FROM fresh "
-      "  WHERE $8::smallint > 0 ON CONFLICT (agency_id, month, enrollment_id) DO UPDATE SET "
+      "  SELECT $1, $7::uuid, $3, $8, l.month, 1, " PEERPATH_SQL_TIME_PARAM(5) ", $9::uuid, $6::smallint FROM fresh, l "
+      "  WHERE $6::smallint > 0 ON CONFLICT (agency_id, month, enrollment_id) DO UPDATE SET "
       "  scores = wellbeing_month.scores + 1, "
       "  last_score = CASE WHEN (EXCLUDED.last_at, EXCLUDED.last_id) > "
       "    (wellbeing_month.last_at, wellbeing_month.last_id) THEN EXCLUDED.last_score "
@@ -118,8 +112,8 @@ void ApplyContact(pqxx::work& tx, const common::v1::Event& event, const std::str
       "  last_at = GREATEST(EXCLUDED.last_at, wellbeing_month.last_at) RETURNING 1) "
       "SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM s) + (SELECT count(*) FROM wf) + "
       "(SELECT count(*) FROM wm)",
-      event.agency_id(), event.event_id(), participant, supporter, DayOf(at), MonthOf(at), at,
-      score, enrollment, pathway, source_id);
+      event.agency_id(), event.event_id(), participant, supporter, at, score, enrollment, pathway,
+      source_id);
 }
 
 absl::Status ApplyEnrollment(pqxx::work& tx, const common::v1::Event& event,
@@ -153,6 +147,21 @@ absl::Status ApplyEnrollment(pqxx::work& tx, const common::v1::Event& event,
   return absl::OkStatus();
 }
 
+// Stores `zone` as the agency's time zone from the event's log position on, unless a later
+// position has named one already (so a late delivery never brings an old zone back).
+void NoteTimeZone(pqxx::work& tx, const common::v1::Event& event, const std::string& zone) {
+  ExecPrepared(tx, "eval_time_zone",
+               "INSERT INTO agency_time_zones (agency_id, time_zone, position) VALUES ($1, $2, $3) "
+               "ON CONFLICT (agency_id) DO UPDATE SET time_zone = EXCLUDED.time_zone, "
+               "position = EXCLUDED.position WHERE agency_time_zones.position <= EXCLUDED.position",
+               event.agency_id(), zone, event.position());
+}
+
+bool IsTimeZone(const std::string& zone) {
+  absl::TimeZone tz;
+  return !zone.empty() && zone.size() <= 64 && absl::LoadTimeZone(zone, &tz);
+}
+
 }  // namespace
 
 absl::Status ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event) {
@@ -164,8 +173,21 @@ absl::Status ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event) {
     if (!e.program_id().empty() && !IsProgramId(e.program_id())) {
       return absl::InvalidArgumentError("program_id: 1 to 64 characters of [A-Za-z0-9_.:-]");
     }
-    return ApplyEnrollment(tx, event, e.enrollment_id(), e.participant_id(), e.pathway_key(),
-                           Micros(e.enrolled_at()), nullptr, e.program_id());
+    auto st = ApplyEnrollment(tx, event, e.enrollment_id(), e.participant_id(), e.pathway_key(),
+                              Micros(e.enrolled_at()), nullptr, e.program_id());
+    // The agency's zone at enrollment; one the tz database does not know is left out (the
+    // enrollment still counts).
+    if (st.ok() && IsTimeZone(e.time_zone())) NoteTimeZone(tx, event, e.time_zone());
+    return st;
+  }
+  if (type == "peerpath.checkin.v1.ProgramPolicyChangedEvent") {
+    c::ProgramPolicyChangedEvent e;
+    if (auto st = Unpack(event, e); !st.ok()) return st;
+    if (!IsTimeZone(e.time_zone())) {
+      return absl::InvalidArgumentError("time_zone is not an IANA time zone");
+    }
+    if (Claim(tx, event)) NoteTimeZone(tx, event, e.time_zone());
+    return absl::OkStatus();
   }
   if (type == "peerpath.checkin.v1.EnrollmentEndedEvent") {
     c::EnrollmentEndedEvent e;
@@ -315,13 +337,90 @@ absl::Status ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// The contacts of a batch, applied in one statement over arrays (Flush).
+class ContactRows {
+ public:
+  void Add(const common::v1::Event& event, const std::string& participant,
+           const std::string& supporter, int64_t at, int score, const std::string& enrollment,
+           const std::string& pathway, const std::string& source) {
+    agency_ = event.agency_id();
+    ids_.push_back(event.event_id());
+    participants_.push_back(participant);
+    supporters_.push_back(supporter);
+    ats_.push_back(absl::StrCat(at));
+    scores_.push_back(absl::StrCat(score));
+    enrollments_.push_back(enrollment);
+    pathways_.push_back(pathway);
+    sources_.push_back(source);
+  }
+
+  void Flush(pqxx::work& tx) {
+    if (ids_.empty()) return;
+    ExecPrepared(
+        tx, "eval_contact_batch",
+        "WITH input AS (SELECT DISTINCT ON (event_id) * FROM unnest($2::uuid[], $3::text[], "
+        "  $4::text[], $5::bigint[], $6::smallint[], $7::uuid[], $8::text[], $9::uuid[]) "
+        "  AS t(event_id, participant, supporter, at, score, enrollment, pathway, source_id)), "
+        "fresh AS (INSERT INTO applied_events (agency_id, event_id) SELECT $1, event_id FROM input "
+        "  ON CONFLICT DO NOTHING RETURNING event_id), "
+        "zone AS (SELECT " EVAL_SQL_AGENCY_ZONE
+        " AS name), "
+        "timed AS (SELECT input.*, timestamptz 'epoch' + input.at * interval '1 microsecond' AS ts "
+        "  FROM input JOIN fresh USING (event_id)), "
+        "rows AS (SELECT timed.*, (ts AT TIME ZONE zone.name)::date AS day, "
+        "  date_trunc('month', ts AT TIME ZONE zone.name)::date AS month FROM timed, zone), "
+        "d AS (INSERT INTO contact_days (agency_id, participant_id, day) "
+        "  SELECT DISTINCT $1, participant, day FROM rows ON CONFLICT DO NOTHING RETURNING 1), "
+        "s AS (INSERT INTO supporter_contacts_month AS m (agency_id, supporter_id, month, "
+        "  contacts) SELECT $1, supporter, month, count(*) FROM rows WHERE supporter <> '' "
+        "  GROUP BY 2, 3 ON CONFLICT (agency_id, month, supporter_id) "
+        "  DO UPDATE SET contacts = m.contacts + EXCLUDED.contacts RETURNING 1), "
+        "wf AS (INSERT INTO wellbeing_first AS w (agency_id, enrollment_id, first_at, first_id, "
+        "  first_score) SELECT DISTINCT ON (enrollment) $1, enrollment, ts, source_id, score "
+        "  FROM rows WHERE score > 0 ORDER BY enrollment, ts, source_id "
+        "  ON CONFLICT (agency_id, enrollment_id) DO UPDATE SET first_at = EXCLUDED.first_at, "
+        "  first_id = EXCLUDED.first_id, first_score = EXCLUDED.first_score "
+        "  WHERE (EXCLUDED.first_at, EXCLUDED.first_id) < (w.first_at, w.first_id) RETURNING 1), "
+        "wm AS (INSERT INTO wellbeing_month AS w (agency_id, enrollment_id, participant_id, "
+        "  pathway_key, month, scores, last_at, last_id, last_score) "
+        "  SELECT DISTINCT ON (enrollment, month) $1, enrollment, participant, pathway, month, "
+        "  count(*) OVER (PARTITION BY enrollment, month), ts, source_id, score FROM rows "
+        "  WHERE score > 0 ORDER BY enrollment, month, ts DESC, source_id DESC "
+        "  ON CONFLICT (agency_id, month, enrollment_id) DO UPDATE SET "
+        "  scores = w.scores + EXCLUDED.scores, "
+        "  last_score = CASE WHEN (EXCLUDED.last_at, EXCLUDED.last_id) > (w.last_at, w.last_id) "
+        "    THEN EXCLUDED.last_score ELSE w.last_score END, "
+        "  last_id = CASE WHEN (EXCLUDED.last_at, EXCLUDED.last_id) > (w.last_at, w.last_id) "
+        "    THEN EXCLUDED.last_id ELSE w.last_id END, "
+        "  last_at = GREATEST(EXCLUDED.last_at, w.last_at) RETURNING 1) "
+        "SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM s) + (SELECT count(*) FROM wf) + "
+        "(SELECT count(*) FROM wm)",
+        agency_, TextArrayLiteral(ids_), TextArrayLiteral(participants_),
+        TextArrayLiteral(supporters_), TextArrayLiteral(ats_), TextArrayLiteral(scores_),
+        TextArrayLiteral(enrollments_), TextArrayLiteral(pathways_), TextArrayLiteral(sources_));
+    *this = ContactRows();
+  }
+
+ private:
+  std::string agency_;
+  std::vector<std::string> ids_, participants_, supporters_, ats_, scores_, enrollments_, pathways_,
+      sources_;
+};
+
+// Events that may name the agency's time zone: the contacts before them are dated first.
+bool MayChangeTimeZone(const common::v1::Event& event) {
+  return event.type() == "peerpath.checkin.v1.ProgramPolicyChangedEvent" ||
+         event.type() == "peerpath.checkin.v1.EnrollmentStartedEvent";
+}
+
+}  // namespace
+
 absl::Status ApplyCheckInBatch(pqxx::work& tx,
                                const std::vector<const common::v1::Event*>& events) {
-  std::vector<std::string> ids, participants, supporters, days, months, ats, scores, enrollments,
-      pathways, sources;
-  std::string agency;
+  ContactRows contacts;
   for (const common::v1::Event* event : events) {
-    agency = event->agency_id();
     std::string participant, supporter, enrollment, pathway, source;
     int64_t at = 0;
     int score = 0;
@@ -349,6 +448,7 @@ absl::Status ApplyCheckInBatch(pqxx::work& tx,
       source = e.contact_attempt_id();
       at = Micros(e.attempted_at());
     } else {
+      if (MayChangeTimeZone(*event)) contacts.Flush(tx);
       if (auto st = ApplyCheckInEvent(tx, *event); !st.ok()) return st;
       continue;
     }
@@ -356,58 +456,9 @@ absl::Status ApplyCheckInBatch(pqxx::work& tx,
       return absl::InvalidArgumentError("event, enrollment or contact id is not a UUID");
     }
     if (participant.empty()) return absl::InvalidArgumentError("participant_id is empty");
-    ids.push_back(event->event_id());
-    participants.push_back(participant);
-    supporters.push_back(supporter);
-    days.push_back(DayOf(at));
-    months.push_back(MonthOf(at));
-    ats.push_back(absl::StrCat(at));
-    scores.push_back(absl::StrCat(score));
-    enrollments.push_back(enrollment);
-    pathways.push_back(pathway);
-    sources.push_back(source);
+    contacts.Add(*event, participant, supporter, at, score, enrollment, pathway, source);
   }
-  if (ids.empty()) return absl::OkStatus();
-  ExecPrepared(
-      tx, "eval_contact_batch",
-      "WITH input AS (SELECT DISTINCT ON (event_id) * FROM unnest($2::uuid[], $3::text[], "
-      "  $4::text[], $5::date[], $6::date[], $7::bigint[], $8::smallint[], $9::uuid[], "
-      "  $10::text[], $11::uuid[]) AS t(event_id, participant, supporter, day, month, at, score, "
-      "  enrollment, pathway, source_id)), "
-      "fresh AS (INSERT INTO applied_events (agency_id, event_id) SELECT $1, event_id FROM input "
-      "  ON CONFLICT DO NOTHING RETURNING event_id), "
-      "rows AS (SELECT input.*, timestamptz 'epoch' + input.at * interval '1 microsecond' AS ts "
-      "  FROM input JOIN fresh USING (event_id)), "
-      "d AS (INSERT INTO contact_days (agency_id, participant_id, day) "
-      "  SELECT DISTINCT $1, participant, day FROM rows ON CONFLICT DO NOTHING RETURNING 1), "
-      "s AS (INSERT INTO supporter_contacts_month AS m (agency_id, supporter_id, month, contacts) "
-      "  SELECT $1, supporter, month, count(*) FROM rows WHERE supporter <> '' GROUP BY 2, 3 "
-      "  ON CONFLICT (agency_id, month, supporter_id) "
-      "  DO UPDATE SET contacts = m.contacts + EXCLUDED.contacts RETURNING 1), "
-      "wf AS (INSERT INTO wellbeing_first AS w (agency_id, enrollment_id, first_at, first_id, "
-      "  first_score) SELECT DISTINCT ON (enrollment) $1, enrollment, ts, source_id, score "
-      "  FROM rows WHERE score > 0 ORDER BY enrollment, ts, source_id "
-      "  ON CONFLICT (agency_id, enrollment_id) DO UPDATE SET first_at = EXCLUDED.first_at, "
-      "  first_id = EXCLUDED.first_id, first_score = EXCLUDED.first_score "
-      "  WHERE (EXCLUDED.first_at, EXCLUDED.first_id) < (w.first_at, w.first_id) RETURNING 1), "
-      "wm AS (INSERT INTO wellbeing_month AS w (agency_id, enrollment_id, participant_id, "
-      "  pathway_key, month, scores, last_at, last_id, last_score) "
-      "  SELECT DISTINCT ON (enrollment, month) $1, enrollment, participant, pathway, month, "
-      "  count(*) OVER (PARTITION BY enrollment, month), ts, source_id, score FROM rows "
-      "  WHERE score > 0 ORDER BY enrollment, month, ts DESC, source_id DESC "
-      "  ON CONFLICT (agency_id, month, enrollment_id) DO UPDATE SET "
-      "  scores = w.scores + EXCLUDED.scores, "
-      "  last_score = CASE WHEN (EXCLUDED.last_at, EXCLUDED.last_id) > (w.last_at, w.last_id) "
-      "    THEN EXCLUDED.last_score ELSE w.last_score END, "
-      "  last_id = CASE WHEN (EXCLUDED.last_at, EXCLUDED.last_id) > (w.last_at, w.last_id) "
-      "    THEN EXCLUDED.last_id ELSE w.last_id END, "
-      "  last_at = GREATEST(EXCLUDED.last_at, w.last_at) RETURNING 1) "
-      "SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM s) + (SELECT count(*) FROM wf) + "
-      "(SELECT count(*) FROM wm)",
-      agency, TextArrayLiteral(ids), TextArrayLiteral(participants), TextArrayLiteral(supporters),
-      TextArrayLiteral(days), TextArrayLiteral(months), TextArrayLiteral(ats),
-      TextArrayLiteral(scores), TextArrayLiteral(enrollments), TextArrayLiteral(pathways),
-      TextArrayLiteral(sources));
+  contacts.Flush(tx);
   return absl::OkStatus();
 }
 
@@ -602,7 +653,8 @@ absl::Status ResetReadModels(pqxx::work& tx) {
   for (const char* table :
        {"applied_events", "enrollments", "stage_changes", "reconnections", "appointments",
         "contact_days", "supporter_contacts_month", "wellbeing_first", "wellbeing_month", "matches",
-        "follow_up_ratings", "concerns", "emergency_accesses", "participant_feedback"}) {
+        "follow_up_ratings", "concerns", "emergency_accesses", "participant_feedback",
+        "agency_time_zones"}) {
     tx.exec0(absl::StrCat("DELETE FROM ", table));
   }
   tx.exec0(

@@ -7,6 +7,11 @@
 // object's events arrive (first times keep the earliest, flags only turn on, counters count
 // distinct events), so a replay from position 0 rebuilds the same rows.
 //
+// Local days and months (contact_days, supporter_contacts_month, wellbeing_month) are taken in
+// the agency's time zone as stored when the contact is applied (agency_time_zones, migrations/
+// 0005, set by ProgramPolicyChangedEvent and EnrollmentStartedEvent): the consumer applies the
+// check-in log in order, so a replay dates every contact as the live run did.
+//
 // Events of types the measures do not use are recorded as applied and otherwise ignored. A
 // payload that cannot be read or carries a malformed id is INVALID_ARGUMENT (the consumer sets
 // it aside rather than blocking the log).
@@ -25,10 +30,11 @@ absl::Status ApplyEscalationEvent(pqxx::work& tx, const common::v1::Event& event
 absl::Status ApplyConsentEvent(pqxx::work& tx, const common::v1::Event& event);
 
 // Applies a run of check-in events of one agency (the transaction's) at once: check-ins and
-// contact attempts in one statement over arrays, the other types one by one as above. The
-// result is the same as applying them one by one in any order (the upserts do not depend on
-// order); what it saves is a database round trip per event (about 0.1 ms here), which would cap
-// a per-event consumer below 10,000 events/s. The check-in consumer's batch handler.
+// contact attempts in one statement over arrays, the other types one by one as above (the
+// contacts gathered so far are written before an event that may name the time zone). The result
+// is the same as applying them one by one in the same order; what it saves is a database round trip
+// per event (about 0.1 ms here), which would cap a per-event consumer below 10,000 events/s. The
+// check-in consumer's batch handler.
 absl::Status ApplyCheckInBatch(pqxx::work& tx, const std::vector<const common::v1::Event*>& events);
 
 // Empties every read model of every agency (not service_outcomes) and the stored positions of

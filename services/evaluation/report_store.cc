@@ -61,9 +61,28 @@ v1::ServiceOutcomeKind OutcomeKindFromName(const std::string& name) {
   return v1::SERVICE_OUTCOME_KIND_UNSPECIFIED;
 }
 
-RollupRows FetchRollupRows(pqxx::work& tx, absl::Time period_start, absl::Time period_end) {
-  const int64_t p0 = absl::ToUnixMicros(period_start);
-  const int64_t p1 = absl::ToUnixMicros(period_end);
+namespace {
+
+// The first local day of the period and the local day after it, as YYYY-MM-DD (the rollups'
+// local days and months).
+std::pair<std::string, std::string> LocalDays(const ReportWindow& w) {
+  return {absl::FormatCivilTime(absl::ToCivilDay(w.start, w.zone)),
+          absl::FormatCivilTime(absl::ToCivilDay(w.end, w.zone))};
+}
+
+}  // namespace
+
+std::string AgencyTimeZone(pqxx::work& tx) {
+  const pqxx::result r = ExecPrepared(tx, "eval_agency_time_zone",
+                                      "SELECT time_zone FROM agency_time_zones "
+                                      "WHERE agency_id = current_setting('app.agency_id', true)");
+  return r.empty() ? "UTC" : r[0][0].as<std::string>();
+}
+
+RollupRows FetchRollupRows(pqxx::work& tx, const ReportWindow& window) {
+  const int64_t p0 = absl::ToUnixMicros(window.start);
+  const int64_t p1 = absl::ToUnixMicros(window.end);
+  const auto [first_day, day_after] = LocalDays(window);
   const std::string agency = "current_setting('app.agency_id', true)";
   RollupRows rows;
   // The follow-up measures ask whether a person had a contact on a day in [from, to], where from
@@ -76,14 +95,14 @@ RollupRows FetchRollupRows(pqxx::work& tx, absl::Time period_start, absl::Time p
       "FROM service_outcomes o CROSS JOIN (VALUES (0), (1)) AS k(shift) "
       "CROSS JOIN LATERAL (SELECT d.day FROM contact_days d WHERE d.agency_id = o.agency_id "
       "  AND d.participant_id = o.participant_id "
-      "  AND d.day >= (o.occurred_at AT TIME ZONE 'UTC')::date + k.shift "
+      "  AND d.day >= (o.occurred_at AT TIME ZONE $3)::date + k.shift "
       "  ORDER BY d.day LIMIT 1) f "
       "WHERE o.agency_id = " +
           agency +
           " AND o.kind IN ('emergency_visit', 'discharge') "
           "AND o.occurred_at >= " PEERPATH_SQL_TIME_PARAM(
               1) " AND o.occurred_at < " PEERPATH_SQL_TIME_PARAM(2),
-      p0, p1);
+      p0, p1, window.zone_name);
   // Per enrollment and month of the period: scores, the latest, and the first ever.
   rows.wellbeing = ExecPrepared(
       tx, "eval_load_wellbeing",
@@ -97,22 +116,22 @@ RollupRows FetchRollupRows(pqxx::work& tx, absl::Time period_start, absl::Time p
              "f.enrollment_id = "
              "m.enrollment_id "
              "WHERE m.agency_id = " +
-          agency +
-          " AND m.month >= (" PEERPATH_SQL_TIME_PARAM(1) " AT TIME ZONE 'UTC')::date AND m.month < (" PEERPATH_SQL_TIME_PARAM(
-              2) " AT TIME ZONE 'UTC')::date",
-      p0, p1);
+          agency + " AND m.month >= $2::date AND m.month < $3::date",
+      p0, first_day, day_after);
   return rows;
 }
 
 absl::StatusOr<ReportFacts> LoadFacts(
-    pqxx::work& tx, absl::Time period_start, absl::Time period_end, absl::Time now,
+    pqxx::work& tx, const ReportWindow& window, absl::Time now,
     const std::function<absl::StatusOr<RollupRows>()>& rollups_elsewhere) {
   ReportFacts f;
-  f.period_start = period_start;
-  f.period_end = period_end;
+  f.period_start = window.start;
+  f.period_end = window.end;
+  f.zone = window.zone;
   f.now = now;
-  const int64_t p0 = absl::ToUnixMicros(period_start);
-  const int64_t p1 = absl::ToUnixMicros(period_end);
+  const int64_t p0 = absl::ToUnixMicros(window.start);
+  const int64_t p1 = absl::ToUnixMicros(window.end);
+  const auto [first_day, day_after] = LocalDays(window);
   const std::string agency = "current_setting('app.agency_id', true)";
   Interner ids;
 
@@ -259,16 +278,12 @@ absl::StatusOr<ReportFacts> LoadFacts(
            p0, p1)) {
     f.emergency_accesses.emplace_back(ids.Of(row[0]), At(row[1]));
   }
-  for (const auto& row :
-       ExecPrepared(tx, "eval_load_supporter_contacts",
-                    "SELECT supporter_id, sum(contacts)::bigint FROM supporter_contacts_month "
-                    "WHERE agency_id = " +
-                        agency +
-                        " AND month >= (" PEERPATH_SQL_TIME_PARAM(
-                            1) " AT TIME ZONE 'UTC')::date "
-                               "AND month < (" PEERPATH_SQL_TIME_PARAM(
-                                   2) " AT TIME ZONE 'UTC')::date GROUP BY supporter_id",
-                    p0, p1)) {
+  for (const auto& row : ExecPrepared(
+           tx, "eval_load_supporter_contacts",
+           "SELECT supporter_id, sum(contacts)::bigint FROM supporter_contacts_month "
+           "WHERE agency_id = " +
+               agency + " AND month >= $1::date AND month < $2::date GROUP BY supporter_id",
+           first_day, day_after)) {
     f.supporter_contacts[ids.Of(row[0])] = row[1].as<int64_t>();
   }
   for (const auto& row : ExecPrepared(
@@ -296,7 +311,7 @@ absl::StatusOr<ReportFacts> LoadFacts(
     }
   }
   if (rollups == nullptr) {
-    fetched = FetchRollupRows(tx, period_start, period_end);
+    fetched = FetchRollupRows(tx, window);
     rollups = &fetched;
   }
   for (const auto& row : rollups->contact_days) {

@@ -12,6 +12,17 @@
 
 namespace peerpath::evaluation {
 
+// A report's period: [start, end) are local midnights in the agency's time zone.
+struct ReportWindow {
+  absl::Time start;
+  absl::Time end;
+  std::string zone_name;  // IANA name, as stored.
+  absl::TimeZone zone;
+};
+
+// The agency's (the transaction's) time zone as the check-in log last named it; "UTC" until then.
+std::string AgencyTimeZone(pqxx::work& tx);
+
 // The rows of the check-in rollups a report reads (contact days around the period's index events,
 // wellbeing per enrollment and month): the larger half of its reading, which BuildProgramReport
 // fetches on a second connection while LoadFacts reads the rest.
@@ -19,14 +30,14 @@ struct RollupRows {
   pqxx::result contact_days;
   pqxx::result wellbeing;
 };
-RollupRows FetchRollupRows(pqxx::work& tx, absl::Time period_start, absl::Time period_end);
+RollupRows FetchRollupRows(pqxx::work& tx, const ReportWindow& window);
 
-// Loads what a report of the agency (the transaction's) for [period_start, period_end) reads:
+// Loads what a report of the agency (the transaction's) for the window reads:
 // rows per enrollment, appointment, match, concern, outcome and per person-day or month, never
 // per check-in event. `rollups_elsewhere`, when set, is asked for the rollup rows after the rest
 // is read; when it is unset or fails they are fetched in `tx`.
 absl::StatusOr<ReportFacts> LoadFacts(
-    pqxx::work& tx, absl::Time period_start, absl::Time period_end, absl::Time now,
+    pqxx::work& tx, const ReportWindow& window, absl::Time now,
     const std::function<absl::StatusOr<RollupRows>()>& rollups_elsewhere = {});
 
 // The agency's pathway keys and program ids ever carried by an enrollment, sorted.

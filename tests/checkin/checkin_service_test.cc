@@ -1050,9 +1050,26 @@ TEST_F(CheckInServiceTest, ProgramPolicyThresholdIsPerAgency) {
   v1::UpdateProgramPolicyResponse updated;
   EXPECT_EQ(stub_->UpdateProgramPolicy(As({"supervisor"}).get(), update, &updated).error_code(),
             grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(Events("ProgramPolicyChangedEvent"), 0);
   ASSERT_TRUE(stub_->UpdateProgramPolicy(As({"program_admin"}).get(), update, &updated).ok());
   EXPECT_EQ(updated.policy().missed_contact_failed_attempts(), 1);
   EXPECT_EQ(updated.policy().at_risk_after().seconds(), 28 * 86400);
+  // The change is an event with the whole policy after it (the evaluation service dates reports
+  // in its time zone).
+  const pqxx::result changed = db_->AdminQuery(
+      "SELECT payload, aggregate_id FROM checkin.outbox "
+      "WHERE event_type = 'peerpath.checkin.v1.ProgramPolicyChangedEvent'");
+  ASSERT_EQ(changed.size(), 1u);
+  EXPECT_EQ(changed[0][1].as<std::string>(), kAgency);
+  const pqxx::binarystring payload(changed[0][0]);
+  v1::ProgramPolicyChangedEvent event;
+  ASSERT_TRUE(event.ParseFromArray(payload.data(), static_cast<int>(payload.size())));
+  EXPECT_EQ(event.time_zone(), updated.policy().time_zone());
+  EXPECT_EQ(event.missed_contact_failed_attempts(), 1);
+  EXPECT_EQ(event.at_risk_after().seconds(), 28 * 86400);
+  EXPECT_EQ(std::vector<std::string>(event.changed_fields().begin(), event.changed_fields().end()),
+            std::vector<std::string>{"missed_contact_failed_attempts"});
+  EXPECT_EQ(event.changed_by_role(), "program_admin");
 
   v1::UpdateProgramPolicyRequest bad;
   bad.mutable_policy()->set_time_zone("Mars/Olympus");
@@ -1065,6 +1082,22 @@ TEST_F(CheckInServiceTest, ProgramPolicyThresholdIsPerAgency) {
   EXPECT_EQ(
       BadFields(status),
       (std::set<std::string>{"policy.time_zone", "policy.wellbeing_drop_points", "update_mask"}));
+  // An empty mask sets all five: every field of the policy is read and checked.
+  v1::UpdateProgramPolicyRequest whole;
+  whole.mutable_policy()->set_time_zone("America/Chicago");
+  whole.mutable_policy()->set_missed_contact_failed_attempts(1);
+  whole.mutable_policy()->mutable_at_risk_after()->set_seconds(14 * 86400);
+  whole.mutable_policy()->mutable_lost_to_follow_up_after()->set_seconds(60 * 86400);
+  status = stub_->UpdateProgramPolicy(As({"program_admin"}).get(), whole, &updated);
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(BadFields(status), (std::set<std::string>{"policy.wellbeing_drop_points"}));
+  EXPECT_EQ(Events("ProgramPolicyChangedEvent"), 1);  // Refused changes write none.
+  whole.mutable_policy()->set_wellbeing_drop_points(3);
+  ASSERT_TRUE(stub_->UpdateProgramPolicy(As({"program_admin"}).get(), whole, &updated).ok());
+  EXPECT_EQ(updated.policy().time_zone(), "America/Chicago");
+  EXPECT_EQ(updated.policy().at_risk_after().seconds(), 14 * 86400);
+  EXPECT_EQ(updated.policy().wellbeing_drop_points(), 3);
+  EXPECT_EQ(Events("ProgramPolicyChangedEvent"), 2);
 
   const std::string id = Enrolled("structured_checkin", "p-1");
   v1::RecordContactAttemptRequest request =

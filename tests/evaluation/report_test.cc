@@ -625,6 +625,95 @@ TEST_F(ReportTest, ProgramScopesCountTheirEnrollmentsAndAreSuppressedWithTheOthe
   EXPECT_EQ(CellOf(Report("agency-q"), "enrollments_started").count().count(), 48);
 }
 
+TEST_F(ReportTest, PeriodsAndLocalDaysAreTheAgencysTimeZone) {
+  // An agency in Los Angeles: UTC-8 until 8 March 2026, UTC-7 after. Its March runs from
+  // 2026-03-01T08:00Z to 2026-04-01T07:00Z.
+  Program p("agency-la");
+  const std::string ee = "early_engagement";
+  // f01..f12 enrolled at 05:00Z on 1 March: 28 February in Los Angeles. Each has a check-in at
+  // 06:00Z on 1 March logged before the agency's zone was: it is dated 1 March (UTC then).
+  for (int i = 1; i <= 12; ++i) {
+    p.Enroll(Person("f", i), i, ee, At(3, 1, 5));
+    p.Match(Person("f", i), i, Person("sup", i), At(2, 20));
+    p.CheckIn(Person("f", i), i, 0, Person("sup", i), At(3, 1, 6), 3);
+  }
+  cv::ProgramPolicyChangedEvent policy;
+  policy.set_time_zone("America/Los_Angeles");
+  p.Emit(Source::kCheckIn, policy);
+  // a01..a11 enrolled at 02:00Z on 1 April: still 31 March there.
+  for (int i = 1; i <= 11; ++i) p.Enroll(Person("a", i), 100 + i, ee, At(4, 1, 2));
+  // Then each supporter's contacts: 07:00Z on 1 March (28 February there), 10 March, and two at
+  // 03:00Z and 03:30Z on 1 April (31 March there): with the one above, four in the local March
+  // (three in the UTC one).
+  for (int i = 1; i <= 12; ++i) {
+    p.CheckIn(Person("f", i), i, 1, Person("sup", i), At(3, 1, 7), 3);
+    p.CheckIn(Person("f", i), i, 2, Person("sup", i), At(3, 10), 3);
+    p.CheckIn(Person("f", i), i, 3, Person("sup", i), At(4, 1, 3), 4);
+    p.CheckIn(Person("f", i), i, 4, Person("sup", i), At(4, 1, 3, 30), 4);
+  }
+  for (const Delivery& d : p.deliveries()) Apply(d);
+
+  const ev::v1::ProgramReport r = Report(p.agency());
+  EXPECT_EQ(r.time_zone(), "America/Los_Angeles");
+  EXPECT_EQ(FromProtoTimestamp(r.period_range().start_time()), At(3, 1, 8));
+  EXPECT_EQ(FromProtoTimestamp(r.period_range().end_time()), At(4, 1, 7));
+  EXPECT_EQ(CellOf(r, "enrollments_started").count().count(), 11);
+  EXPECT_EQ(CellOf(r, "participants_served").count().count(), 23);
+  const auto& contacts = CellOf(r, "supporter_contacts_per_week");
+  ASSERT_FALSE(contacts.suppressed()) << contacts.ShortDebugString();
+  EXPECT_DOUBLE_EQ(contacts.numeric_summary().median(), 4.0 / (31.0 / 7.0));
+
+  // The same log applied in one batch dates every contact the same way (the contacts logged
+  // before the zone was named are dated before it is stored).
+  auto reset = db_->Transact([](pqxx::work& tx) { return ev::ResetReadModels(tx); });
+  ASSERT_TRUE(reset.ok()) << reset;
+  std::vector<const common::v1::Event*> page;
+  for (const Delivery& d : p.deliveries()) {
+    if (d.source == Source::kCheckIn) {
+      page.push_back(&d.event);
+    } else {
+      Apply(d);
+    }
+  }
+  auto batch = db_->TransactForAgency(
+      p.agency(), [&](pqxx::work& tx) { return ev::ApplyCheckInBatch(tx, page); });
+  ASSERT_TRUE(batch.ok()) << batch;
+  EXPECT_EQ(Report(p.agency()).SerializeAsString(), r.SerializeAsString());
+
+  // An older policy delivered late does not bring its zone back; an unknown zone is refused.
+  Delivery late = p.deliveries().front();
+  policy.set_time_zone("Asia/Tokyo");
+  late.source = Source::kCheckIn;
+  late.event.set_event_id(Uuid(98, 1));
+  late.event.set_position(0);
+  late.event.set_type("peerpath.checkin.v1.ProgramPolicyChangedEvent");
+  late.event.mutable_payload()->PackFrom(policy);
+  Apply(late);
+  EXPECT_EQ(Report(p.agency()).time_zone(), "America/Los_Angeles");
+  policy.set_time_zone("Mars/Olympus");
+  late.event.set_event_id(Uuid(98, 2));
+  late.event.set_position(1000);
+  late.event.mutable_payload()->PackFrom(policy);
+  auto st = db_->TransactForAgency(
+      p.agency(), [&](pqxx::work& tx) { return ev::ApplyCheckInEvent(tx, late.event); });
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+
+  // Without a policy event, the zone an enrollment carries is the agency's (UTC before any).
+  EXPECT_EQ(Report("agency-ny").time_zone(), "UTC");
+  Program ny("agency-ny");
+  cv::EnrollmentStartedEvent started;
+  started.set_enrollment_id(Uuid(1, 1));
+  started.set_participant_id("p1");
+  started.set_pathway_key(ee);
+  started.set_time_zone("America/New_York");
+  *started.mutable_enrolled_at() = Ts(At(3, 2));
+  ny.Emit(Source::kCheckIn, started);
+  for (const Delivery& d : ny.deliveries()) Apply(d);
+  const ev::v1::ProgramReport n = Report("agency-ny");
+  EXPECT_EQ(n.time_zone(), "America/New_York");
+  EXPECT_EQ(FromProtoTimestamp(n.period_range().start_time()), At(3, 1, 5));
+}
+
 TEST_F(ReportTest, UnknownFiltersAndBadPeriodsAreRefused) {
   ev::v1::ReportPeriod period;
   period.set_kind(ev::v1::PERIOD_KIND_MONTH);

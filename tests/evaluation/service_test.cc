@@ -14,6 +14,7 @@
 #include "common/time_util.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
+#include "peerpath/checkin/v1/checkin.grpc.pb.h"
 #include "peerpath/checkin/v1/events.pb.h"
 #include "peerpath/evaluation/v1/evaluation.grpc.pb.h"
 #include "peerpath/matching/v1/events.pb.h"
@@ -244,6 +245,37 @@ TEST_F(EvaluationServiceTest, ReportsFromTheProducersLogsAndCountyOutcomes) {
     EXPECT_EQ(replayed.report().cells(i).SerializeAsString(), r.cells(i).SerializeAsString())
         << r.cells(i).measure_id();
   }
+}
+
+TEST_F(EvaluationServiceTest, ReportsAreInTheTimeZoneTheCheckInServiceNames) {
+  ev::GetProgramReportResponse before;
+  ASSERT_TRUE(Report(kAgency, {"program_admin"}, before).ok());
+  EXPECT_EQ(before.report().time_zone(), "UTC");
+  // The program admin sets the agency's zone in the check-in service; its event reaches the
+  // evaluation service through the real log.
+  auto checkin = checkin::v1::CheckInService::NewStub(checkin_->Channel());
+  checkin::v1::UpdateProgramPolicyRequest update;
+  update.mutable_policy()->set_time_zone("Europe/Paris");
+  update.mutable_update_mask()->add_paths("time_zone");
+  checkin::v1::UpdateProgramPolicyResponse updated;
+  ASSERT_TRUE(
+      checkin->UpdateProgramPolicy(As(kAgency, {"program_admin"}).get(), update, &updated).ok());
+  ++emitted_["checkin"];
+  ASSERT_TRUE(WaitApplied()) << evaluation_->Log();
+  ev::GetProgramReportResponse after;
+  ASSERT_TRUE(Report(kAgency, {"program_admin"}, after).ok());
+  const absl::TimeZone paris = [] {
+    absl::TimeZone tz;
+    EXPECT_TRUE(absl::LoadTimeZone("Europe/Paris", &tz));
+    return tz;
+  }();
+  EXPECT_EQ(after.report().time_zone(), "Europe/Paris");
+  EXPECT_EQ(FromProtoTimestamp(after.report().period_range().start_time()),
+            absl::FromCivil(LastMonth(), paris));
+  // Another agency keeps UTC.
+  ev::GetProgramReportResponse b;
+  ASSERT_TRUE(Report("agency-b", {"program_admin"}, b).ok());
+  EXPECT_EQ(b.report().time_zone(), "UTC");
 }
 
 TEST_F(EvaluationServiceTest, PipelineStatusAndGauges) {
