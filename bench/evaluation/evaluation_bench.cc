@@ -269,7 +269,7 @@ void PlainSql(pqxx::connection& admin) {
 
 void ReportLatency(int64_t checkins) {
   auto test_db = testing::TestDatabase::Create();
-  auto db = testing::MigrateAndConnect(*test_db, "evaluation", 2);
+  auto db = testing::MigrateAndConnect(*test_db, "evaluation", 3);
   const auto g0 = Clock::now();
   Generate(*test_db, checkins);
   const double generate_s = Ms(Clock::now() - g0) / 1000.0;
@@ -298,7 +298,7 @@ void ReportLatency(int64_t checkins) {
     for (const auto& cell : report.cells()) shown += cell.suppressed() ? 0 : 1;
   }
   // Where the time goes: reading the read models (here all on one connection; the report reads
-  // the rollups on a second one meanwhile), and computing every scope in memory.
+  // each rollup on a connection of its own meanwhile), and computing every scope in memory.
   {
     const ReportWindow window{absl::FromCivil(absl::CivilDay(2026, 3, 1), absl::UTCTimeZone()),
                               absl::FromCivil(absl::CivilDay(2026, 4, 1), absl::UTCTimeZone()),

@@ -566,7 +566,7 @@ absl::Status BuildProgramReport(Database& db, const std::string& agency_id,
   std::string zone_name;
   std::vector<std::string> pathways, programs;
   std::vector<ScopeKey> pairs;
-  std::future<absl::StatusOr<RollupRows>> rollups;
+  std::future<absl::StatusOr<RollupRows>> contact_days, wellbeing;
   auto facts = db.TransactForAgency(agency_id, [&](pqxx::work& tx) -> absl::StatusOr<ReportFacts> {
     // Periods and local days are the agency's (UTC until the check-in log names its zone).
     zone_name = AgencyTimeZone(tx);
@@ -576,22 +576,36 @@ absl::Status BuildProgramReport(Database& db, const std::string& agency_id,
     }
     if (auto st = ResolvePeriod(&period, true, now, zone, start, end); !st.ok()) return st;
     const ReportWindow window{start, end, zone_name, zone};
-    // The rollup rows are read on a second pooled connection while this one reads the rest: the
-    // two halves of a report's reading take about as long, and PostgreSQL runs them side by
-    // side. (Each statement sees its own snapshot either way: READ COMMITTED.) With a pool of
-    // one, or when the second connection cannot be had, they are read here after the rest.
-    if (db.options().pool_size > 1) {
-      rollups = std::async(std::launch::async, [&db, &agency_id, window] {
+    // The two rollups are read on other pooled connections while this one reads the rest: the
+    // three parts of a report's reading take about as long each, and PostgreSQL runs them side
+    // by side. (Each statement sees its own snapshot either way: READ COMMITTED.) With a pool of
+    // two both rollups share the second connection; with one, or when a connection cannot be
+    // had, they are read here after the rest.
+    auto fetch = [&db, &agency_id, window](RollupParts parts) {
+      return std::async(std::launch::async, [&db, &agency_id, window, parts] {
         return db.TransactForAgency(agency_id, [&](pqxx::work& tx) -> absl::StatusOr<RollupRows> {
-          return FetchRollupRows(tx, window);
+          return FetchRollupRows(tx, window, parts);
         });
       });
+    };
+    if (db.options().pool_size > 2) {
+      contact_days = fetch(RollupParts::kContactDays);
+      wellbeing = fetch(RollupParts::kWellbeing);
+    } else if (db.options().pool_size > 1) {
+      contact_days = fetch(RollupParts::kBoth);
     }
     pathways = KnownPathways(tx);
     programs = KnownPrograms(tx);
     if (!programs.empty()) pairs = ProgramPathwayScopes(tx);
-    if (!rollups.valid()) return LoadFacts(tx, window, now);
-    return LoadFacts(tx, window, now, [&] { return rollups.get(); });
+    if (!contact_days.valid()) return LoadFacts(tx, window, now);
+    return LoadFacts(tx, window, now, [&]() -> absl::StatusOr<RollupRows> {
+      absl::StatusOr<RollupRows> rows = contact_days.get();
+      if (!wellbeing.valid() || !rows.ok()) return rows;
+      absl::StatusOr<RollupRows> more = wellbeing.get();
+      if (!more.ok()) return more.status();
+      rows->wellbeing = std::move(more->wellbeing);
+      return rows;
+    });
   });
   if (!facts.ok()) return facts.status();
   if (!program_id.empty() &&

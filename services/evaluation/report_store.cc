@@ -79,7 +79,7 @@ std::string AgencyTimeZone(pqxx::work& tx) {
   return r.empty() ? "UTC" : r[0][0].as<std::string>();
 }
 
-RollupRows FetchRollupRows(pqxx::work& tx, const ReportWindow& window) {
+RollupRows FetchRollupRows(pqxx::work& tx, const ReportWindow& window, RollupParts parts) {
   const int64_t p0 = absl::ToUnixMicros(window.start);
   const int64_t p1 = absl::ToUnixMicros(window.end);
   const auto [first_day, day_after] = LocalDays(window);
@@ -89,20 +89,23 @@ RollupRows FetchRollupRows(pqxx::work& tx, const ReportWindow& window) {
   // is an index event's day (emergency visit) or the day after (discharge): the answer is the
   // first contact day on or after `from`. So for each index event of the period only those two
   // days are read (an index probe each), never every contact day of the window.
-  rows.contact_days = ExecPrepared(
-      tx, "eval_load_contact_days",
-      "SELECT DISTINCT o.participant_id, (f.day - date '1970-01-01')::bigint "
-      "FROM service_outcomes o CROSS JOIN (VALUES (0), (1)) AS k(shift) "
-      "CROSS JOIN LATERAL (SELECT d.day FROM contact_days d WHERE d.agency_id = o.agency_id "
-      "  AND d.participant_id = o.participant_id "
-      "  AND d.day >= (o.occurred_at AT TIME ZONE $3)::date + k.shift "
-      "  ORDER BY d.day LIMIT 1) f "
-      "WHERE o.agency_id = " +
-          agency +
-          " AND o.kind IN ('emergency_visit', 'discharge') "
-          "AND o.occurred_at >= " PEERPATH_SQL_TIME_PARAM(
-              1) " AND o.occurred_at < " PEERPATH_SQL_TIME_PARAM(2),
-      p0, p1, window.zone_name);
+  if (parts != RollupParts::kWellbeing) {
+    rows.contact_days = ExecPrepared(
+        tx, "eval_load_contact_days",
+        "SELECT DISTINCT o.participant_id, (f.day - date '1970-01-01')::bigint "
+        "FROM service_outcomes o CROSS JOIN (VALUES (0), (1)) AS k(shift) "
+        "CROSS JOIN LATERAL (SELECT d.day FROM contact_days d WHERE d.agency_id = o.agency_id "
+        "  AND d.participant_id = o.participant_id "
+        "  AND d.day >= (o.occurred_at AT TIME ZONE $3)::date + k.shift "
+        "  ORDER BY d.day LIMIT 1) f "
+        "WHERE o.agency_id = " +
+            agency +
+            " AND o.kind IN ('emergency_visit', 'discharge') "
+            "AND o.occurred_at >= " PEERPATH_SQL_TIME_PARAM(
+                1) " AND o.occurred_at < " PEERPATH_SQL_TIME_PARAM(2),
+        p0, p1, window.zone_name);
+  }
+  if (parts == RollupParts::kContactDays) return rows;
   // Per enrollment and month of the period: scores, the latest, and the first ever.
   rows.wellbeing = ExecPrepared(
       tx, "eval_load_wellbeing",

@@ -25,12 +25,15 @@ std::string AgencyTimeZone(pqxx::work& tx);
 
 // The rows of the check-in rollups a report reads (contact days around the period's index events,
 // wellbeing per enrollment and month): the larger half of its reading, which BuildProgramReport
-// fetches on a second connection while LoadFacts reads the rest.
+// fetches on other connections (one part each when the pool allows) while LoadFacts reads the
+// rest.
 struct RollupRows {
   pqxx::result contact_days;
   pqxx::result wellbeing;
 };
-RollupRows FetchRollupRows(pqxx::work& tx, const ReportWindow& window);
+enum class RollupParts { kBoth, kContactDays, kWellbeing };
+RollupRows FetchRollupRows(pqxx::work& tx, const ReportWindow& window,
+                           RollupParts parts = RollupParts::kBoth);
 
 // Loads what a report of the agency (the transaction's) for the window reads:
 // rows per enrollment, appointment, match, concern, outcome and per person-day or month, never
