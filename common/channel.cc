@@ -2,7 +2,10 @@
 
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -40,22 +43,31 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& ta
   if (options.cert_file.empty() != options.key_file.empty()) {
     return absl::InvalidArgumentError("client certificate and key must be given together");
   }
-  grpc::SslCredentialsOptions ssl;
-  auto ca = ReadPem(options.ca_file);
-  if (!ca.ok()) return ca.status();
-  ssl.pem_root_certs = *ca;
-  if (!options.cert_file.empty()) {
-    auto cert = ReadPem(options.cert_file);
-    if (!cert.ok()) return cert.status();
-    auto key = ReadPem(options.key_file);
-    if (!key.ok()) return key.status();
-    ssl.pem_cert_chain = *cert;
-    ssl.pem_private_key = *key;
+  // Read once here so that a missing or unreadable file is refused now, with its name; gRPC
+  // then re-reads them every reload_interval (a certificate rotated on disk, e.g. a renewed
+  // Kubernetes secret, is used by the next handshakes).
+  for (const std::string* file : {&options.ca_file, &options.cert_file, &options.key_file}) {
+    if (file->empty()) continue;
+    if (auto pem = ReadPem(*file); !pem.ok()) return pem.status();
   }
+  const auto interval = static_cast<unsigned int>(
+      std::max<int64_t>(1, absl::ToInt64Seconds(options.reload_interval)));
+  std::shared_ptr<grpc::experimental::CertificateProviderInterface> provider;
+  if (options.cert_file.empty()) {
+    provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(options.ca_file,
+                                                                                    interval);
+  } else {
+    provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        options.key_file, options.cert_file, options.ca_file, interval);
+  }
+  grpc::experimental::TlsChannelCredentialsOptions tls;
+  tls.set_certificate_provider(provider);
+  tls.watch_root_certs();
+  if (!options.cert_file.empty()) tls.watch_identity_key_cert_pairs();
   if (!options.server_name_override.empty()) {
     args.SetSslTargetNameOverride(options.server_name_override);
   }
-  return grpc::CreateCustomChannel(target, grpc::SslCredentials(ssl), args);
+  return grpc::CreateCustomChannel(target, grpc::experimental::TlsCredentials(tls), args);
 }
 
 }  // namespace peerpath

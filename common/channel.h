@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace peerpath {
 
@@ -20,10 +21,14 @@ struct ChannelOptions {
   std::string server_name_override;  // Expected name in the server certificate, if not the host.
   // Plaintext (no ca_file) also to non-loopback targets: a service mesh encrypts the traffic.
   bool allow_plaintext = false;
+  // How often the files above are re-read: a rotated CA bundle or client certificate is used by
+  // the next connections without a restart. Whole seconds.
+  absl::Duration reload_interval = absl::Seconds(60);
 };
 
-// INVALID_ARGUMENT when a file cannot be read, the cert/key pair is incomplete, or plaintext is
-// asked for a non-loopback target without allow_plaintext.
+// The files are read at once (so a missing one is an error here) and then watched by gRPC's
+// FileWatcherCertificateProvider. INVALID_ARGUMENT when a file cannot be read, the cert/key pair is
+// incomplete, or plaintext is asked for a non-loopback target without allow_plaintext.
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& target,
                                                            const ChannelOptions& options);
 

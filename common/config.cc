@@ -29,6 +29,9 @@ ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate chain; enables
 ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
 ABSL_FLAG(std::string, tls_ca_file, "",
           "PEM CA bundle for client certificates; set to require mutual TLS");
+ABSL_FLAG(absl::Duration, tls_reload_interval, absl::Seconds(60),
+          "How often the TLS files (server and client certificates, keys, CA bundles) are "
+          "re-read, so a rotated certificate is served without a restart (whole seconds)");
 ABSL_FLAG(bool, allow_plaintext, false,
           "Allow plaintext gRPC off loopback, listening and calling the other services (only "
           "behind a service mesh that provides mTLS)");
@@ -78,7 +81,7 @@ const std::vector<std::string>& ServerFlagNames() {
                                    "jwt_audience",          "jwt_leeway",
                                    "allow_dev_tokens",      "service_token_file",
                                    "client_tls_ca_file",    "client_tls_cert_file",
-                                   "client_tls_key_file"};
+                                   "client_tls_key_file",   "tls_reload_interval"};
   return *names;
 }
 
@@ -157,6 +160,8 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& default
   c.client_tls.cert_file = absl::GetFlag(FLAGS_client_tls_cert_file);
   c.client_tls.key_file = absl::GetFlag(FLAGS_client_tls_key_file);
   c.client_tls.allow_plaintext = c.allow_plaintext;
+  c.tls_reload_interval = absl::GetFlag(FLAGS_tls_reload_interval);
+  c.client_tls.reload_interval = c.tls_reload_interval;
 
   std::vector<std::string> problems;
   if (!log::ParseLevel(absl::GetFlag(FLAGS_log_level), &c.log_level)) {
@@ -179,6 +184,10 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& default
   }
   if (c.shutdown_grace < absl::ZeroDuration() || c.shutdown_grace > absl::Minutes(10)) {
     problems.push_back("--shutdown_grace must be between 0s and 10m");
+  }
+  if (c.tls_reload_interval < absl::Seconds(1) || c.tls_reload_interval > absl::Hours(24) ||
+      c.tls_reload_interval != absl::Trunc(c.tls_reload_interval, absl::Seconds(1))) {
+    problems.push_back("--tls_reload_interval must be whole seconds between 1s and 24h");
   }
   if (c.client_tls.cert_file.empty() != c.client_tls.key_file.empty()) {
     problems.push_back("--client_tls_cert_file and --client_tls_key_file must be set together");

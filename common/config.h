@@ -23,6 +23,8 @@ struct ServerConfig {
   std::string tls_cert_file;
   std::string tls_key_file;
   std::string tls_ca_file;  // Set: clients must present a certificate signed by this CA (mTLS).
+  // How often the server's and the channels' TLS files are re-read (certificate rotation).
+  absl::Duration tls_reload_interval = absl::Seconds(60);
   bool allow_plaintext = false;
   int max_message_bytes = 4 << 20;
   int max_concurrent_streams = 100;                      // Per client connection (HTTP/2 SETTINGS).

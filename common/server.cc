@@ -3,9 +3,13 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <prometheus/exposer.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <fstream>
@@ -43,19 +47,27 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, const char* flag) 
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const ServerConfig& c) {
   if (c.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
-  auto cert = ReadFile(c.tls_cert_file, "--tls_cert_file");
-  if (!cert.ok()) return cert.status();
-  auto key = ReadFile(c.tls_key_file, "--tls_key_file");
-  if (!key.ok()) return key.status();
-  grpc::SslServerCredentialsOptions options(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  // Read once here so that a missing or unreadable file stops the start with its flag's name;
+  // gRPC then re-reads them every --tls_reload_interval, so a rotated certificate (a renewed
+  // Kubernetes secret) is served by the next handshakes without a restart.
+  if (auto cert = ReadFile(c.tls_cert_file, "--tls_cert_file"); !cert.ok()) return cert.status();
+  if (auto key = ReadFile(c.tls_key_file, "--tls_key_file"); !key.ok()) return key.status();
   if (!c.tls_ca_file.empty()) {
-    auto ca = ReadFile(c.tls_ca_file, "--tls_ca_file");
-    if (!ca.ok()) return ca.status();
-    options.pem_root_certs = *ca;
-    options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    if (auto ca = ReadFile(c.tls_ca_file, "--tls_ca_file"); !ca.ok()) return ca.status();
   }
-  options.pem_key_cert_pairs.push_back({*key, *cert});
-  return grpc::SslServerCredentials(options);
+  const auto interval =
+      static_cast<unsigned int>(std::max<int64_t>(1, absl::ToInt64Seconds(c.tls_reload_interval)));
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      c.tls_key_file, c.tls_cert_file, c.tls_ca_file, interval);
+  grpc::experimental::TlsServerCredentialsOptions options(provider);
+  options.watch_identity_key_cert_pairs();
+  if (c.tls_ca_file.empty()) {
+    options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  } else {
+    options.watch_root_certs();
+    options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  }
+  return grpc::experimental::TlsServerCredentials(options);
 }
 
 // How often the audit rows written since are chained (common/audit.h).
