@@ -92,6 +92,11 @@ Database::Lease::~Lease() {
   if (db_ != nullptr) db_->Release(std::move(conn_));
 }
 
+int Database::Spare() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(idle_.size()) + options_.pool_size - open_;
+}
+
 absl::StatusOr<Database::Lease> Database::Acquire() {
   {
     std::unique_lock<std::mutex> lock(mu_);

@@ -210,6 +210,10 @@ class Database {
 
   const DatabaseOptions& options() const { return options_; }
 
+  // Connections to be had at once right now: idle ones and those not opened yet. A hint for
+  // callers that would spread work over extra connections (it may change before they ask).
+  int Spare();
+
  private:
   class Lease {
    public:

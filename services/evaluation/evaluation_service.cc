@@ -578,9 +578,9 @@ absl::Status BuildProgramReport(Database& db, const std::string& agency_id,
     const ReportWindow window{start, end, zone_name, zone};
     // The two rollups are read on other pooled connections while this one reads the rest: the
     // three parts of a report's reading take about as long each, and PostgreSQL runs them side
-    // by side. (Each statement sees its own snapshot either way: READ COMMITTED.) With a pool of
-    // two both rollups share the second connection; with one, or when a connection cannot be
-    // had, they are read here after the rest.
+    // by side. (Each statement sees its own snapshot either way: READ COMMITTED.) With one spare
+    // connection both rollups share it; with none (a busy pool is not waited for), or when a
+    // connection cannot be had after all, they are read here after the rest.
     auto fetch = [&db, &agency_id, window](RollupParts parts) {
       return std::async(std::launch::async, [&db, &agency_id, window, parts] {
         return db.TransactForAgency(agency_id, [&](pqxx::work& tx) -> absl::StatusOr<RollupRows> {
@@ -588,10 +588,11 @@ absl::Status BuildProgramReport(Database& db, const std::string& agency_id,
         });
       });
     };
-    if (db.options().pool_size > 2) {
+    const int spare = db.Spare();
+    if (spare >= 2) {
       contact_days = fetch(RollupParts::kContactDays);
       wellbeing = fetch(RollupParts::kWellbeing);
-    } else if (db.options().pool_size > 1) {
+    } else if (spare == 1) {
       contact_days = fetch(RollupParts::kBoth);
     }
     pathways = KnownPathways(tx);

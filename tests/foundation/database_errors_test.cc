@@ -1,6 +1,7 @@
 // How SQL errors reach clients and the log: the client gets a code, the log the SQLSTATE and the
 // primary message only (never a DETAIL line quoting row values, which may be personal data); a
-// schema still being migrated is "not ready yet", not an error.
+// schema still being migrated is "not ready yet", not an error. Also what the pool can lend at
+// once.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
@@ -39,6 +40,21 @@ class DatabaseErrorsTest : public ::testing::Test {
   std::unique_ptr<TestDatabase> db_;
   std::unique_ptr<Database> database_;
 };
+
+TEST_F(DatabaseErrorsTest, SpareCountsConnectionsToBeHadAtOnce) {
+  EXPECT_EQ(database_->Spare(), 4);  // None opened yet.
+  const absl::Status st = database_->Transact([&](pqxx::work& outer) -> absl::Status {
+    outer.exec("SELECT 1");
+    EXPECT_EQ(database_->Spare(), 3);
+    return database_->Transact([&](pqxx::work& inner) -> absl::Status {
+      inner.exec("SELECT 1");
+      EXPECT_EQ(database_->Spare(), 2);
+      return absl::OkStatus();
+    });
+  });
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(database_->Spare(), 4);  // Both back, idle.
+}
 
 TEST_F(DatabaseErrorsTest, RowValuesInTheErrorDetailStayOutOfTheLog) {
   MarkSchemaReady();
