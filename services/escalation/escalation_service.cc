@@ -962,6 +962,8 @@ absl::Status EscalationService::UpdateRoutingPolicyImpl(
       return absl::FailedPreconditionError(safety);
     }
     policy.time_zone = merged.time_zone();
+    // Once an admin sets the zone here, it no longer follows the check-in program policy's.
+    policy.time_zone_set_by_admin = paths.contains("time_zone") || base->time_zone_set_by_admin;
     auto published =
         Store::InsertPolicy(tx, caller.agency_id, policy, request.base_version(), caller.subject);
     if (!published.ok()) return published.status();
@@ -1142,7 +1144,21 @@ absl::Status EscalationService::ApplyCheckInEvent(pqxx::work& tx, const common::
         "EXCLUDED.receiving_clinician",
         event.agency_id(), started.enrollment_id(), started.participant_id(),
         started.receiving_clinician());
+    // The agency's zone at enrollment; one the tz database does not know is left out.
+    absl::TimeZone zone;
+    if (!started.time_zone().empty() && absl::LoadTimeZone(started.time_zone(), &zone)) {
+      return Store::FollowAgencyTimeZone(tx, event.agency_id(), started.time_zone(),
+                                         event.position());
+    }
     return absl::OkStatus();
+  }
+  if (event.payload().Is<checkin::v1::ProgramPolicyChangedEvent>()) {
+    checkin::v1::ProgramPolicyChangedEvent changed;
+    if (!event.payload().UnpackTo(&changed)) {
+      return absl::InvalidArgumentError("ProgramPolicyChangedEvent payload unreadable");
+    }
+    return Store::FollowAgencyTimeZone(tx, event.agency_id(), changed.time_zone(),
+                                       event.position());
   }
   if (event.payload().Is<checkin::v1::EnrollmentEndedEvent>()) {
     checkin::v1::EnrollmentEndedEvent ended;

@@ -57,6 +57,9 @@ struct RoutingPolicy {
   std::string policy_id;
   int version = 0;
   std::string time_zone;
+  // A program admin set the zone in this policy (it no longer follows the check-in service's
+  // program policy).
+  bool time_zone_set_by_admin = false;
   BusinessCalendar calendar;
   std::vector<RoutingRule> rules;  // One per category × severity.
   std::string created_by;

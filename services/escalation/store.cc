@@ -196,12 +196,13 @@ absl::StatusOr<RoutingPolicy> PolicyFromRow(const pqxx::row& row) {
   policy->version = row[1].as<int>();
   policy->created_at = absl::FromUnixMicros(row[6].as<int64_t>());
   policy->created_by = row[7].as<std::string>();
+  policy->time_zone_set_by_admin = row[8].as<bool>();
   return policy;
 }
 
 constexpr char kPolicyColumns[] =
     "id::text, version, rules::text, time_zone, business_hours::text, "
-    "array_to_string(holidays, ','), us_from_ts(created_at), created_by";
+    "array_to_string(holidays, ','), us_from_ts(created_at), created_by, time_zone_set_by_admin";
 
 // A stored policy never changes (an edit is a new version with a new id), so the parsed ones are
 // kept by agency and id: routing a concern then reads one id, not the whole policy, and parses
@@ -254,8 +255,10 @@ absl::StatusOr<RoutingPolicy> Store::Policy(pqxx::work& tx, const std::string& a
   if (rows.empty() && version <= 1) {
     const StoredPolicyText stored = PolicyToStored(default_policy);
     tx.exec_params(
+        // The zone the check-in log named for the agency, else the service's default.
         "INSERT INTO routing_policies (agency_id, version, rules, time_zone, business_hours, "
-        "holidays, created_by) VALUES ($1, 1, $2::jsonb, $3, $4::jsonb, $5::date[], "
+        "holidays, created_by) VALUES ($1, 1, $2::jsonb, coalesce((SELECT time_zone FROM "
+        "agency_time_zones WHERE agency_id = $1), $3), $4::jsonb, $5::date[], "
         "'system:default') ON CONFLICT (agency_id, version) DO NOTHING",
         agency_id, stored.rules_json, default_policy.time_zone, stored.business_hours_json,
         stored.holidays);
@@ -288,13 +291,13 @@ absl::StatusOr<RoutingPolicy> Store::InsertPolicy(pqxx::work& tx, const std::str
   // this insert nothing (or conflict on the unique version) and the caller gets ABORTED.
   pqxx::result rows = tx.exec_params(
       "INSERT INTO routing_policies (agency_id, version, rules, time_zone, business_hours, "
-      "holidays, created_by) "
-      "SELECT $1, $2 + 1, $3::jsonb, $4, $5::jsonb, $6::date[], $7 "
+      "holidays, created_by, time_zone_set_by_admin) "
+      "SELECT $1, $2 + 1, $3::jsonb, $4, $5::jsonb, $6::date[], $7, $8 "
       "WHERE $2 = (SELECT max(version) FROM routing_policies WHERE agency_id = $1) "
       "ON CONFLICT (agency_id, version) DO NOTHING "
       "RETURNING id::text, us_from_ts(created_at)",
       agency_id, base_version, stored.rules_json, policy.time_zone, stored.business_hours_json,
-      stored.holidays, created_by);
+      stored.holidays, created_by, policy.time_zone_set_by_admin);
   if (rows.empty()) {
     return absl::AbortedError(absl::StrCat(
         "base_version ", base_version,
@@ -306,6 +309,35 @@ absl::StatusOr<RoutingPolicy> Store::InsertPolicy(pqxx::work& tx, const std::str
   policy.version = base_version + 1;
   policy.created_by = created_by;
   return policy;
+}
+
+absl::Status Store::FollowAgencyTimeZone(pqxx::work& tx, const std::string& agency_id,
+                                         const std::string& zone, int64_t position) {
+  absl::TimeZone tz;
+  if (!absl::LoadTimeZone(zone, &tz)) {
+    return absl::InvalidArgumentError("time_zone is not an IANA time zone");
+  }
+  const pqxx::result noted = tx.exec_params(
+      "INSERT INTO agency_time_zones (agency_id, time_zone, position) VALUES ($1, $2, $3) "
+      "ON CONFLICT (agency_id) DO UPDATE SET time_zone = EXCLUDED.time_zone, "
+      "position = EXCLUDED.position WHERE agency_time_zones.position <= EXCLUDED.position "
+      "RETURNING 1",
+      agency_id, zone, position);
+  if (noted.empty()) return absl::OkStatus();  // A later position named the zone already.
+  const pqxx::result latest = tx.exec_params(
+      "SELECT id::text FROM routing_policies WHERE agency_id = $1 AND time_zone <> $2 AND NOT "
+      "time_zone_set_by_admin AND version = (SELECT max(version) FROM routing_policies WHERE "
+      "agency_id = $1)",
+      agency_id, zone);
+  // No policy yet (version 1 takes the zone when stored), an admin's zone, or the same zone.
+  if (latest.empty()) return absl::OkStatus();
+  auto current = PolicyById(tx, agency_id, latest[0][0].as<std::string>());
+  if (!current.ok()) return current.status();
+  RoutingPolicy next = *current;
+  next.time_zone = zone;
+  next.calendar.zone = tz;
+  auto published = InsertPolicy(tx, agency_id, next, current->version, "system:program_policy");
+  return published.ok() ? absl::OkStatus() : published.status();
 }
 
 absl::StatusOr<ConcernRecord> Store::InsertConcern(pqxx::work& tx, const ConcernRecord& record,

@@ -76,6 +76,13 @@ class Store {
                                                     RoutingPolicy policy, int base_version,
                                                     const std::string& created_by);
 
+  // The check-in log named `zone` as the agency's time zone at `position`. Stored unless a later
+  // position named one already; then, when the current routing policy's zone is not an admin's
+  // and differs, a new version with `zone` is published (created_by "system:program_policy").
+  // ABORTED when an edit published a version meanwhile.
+  static absl::Status FollowAgencyTimeZone(pqxx::work& tx, const std::string& agency_id,
+                                           const std::string& zone, int64_t position);
+
   // Inserts the concern with its OPENED and ROUTED transitions. `record.concern` carries the
   // content and routing; the id and opened_at are assigned when empty.
   static absl::StatusOr<ConcernRecord> InsertConcern(pqxx::work& tx, const ConcernRecord& record,

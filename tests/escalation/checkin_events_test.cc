@@ -125,6 +125,78 @@ TEST_F(CheckInEventsTest, EachConcernRaisedEventOpensExactlyOneRoutedConcern) {
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.concern_transitions WHERE kind = 'opened'"), 4);
 }
 
+TEST_F(CheckInEventsTest, RoutingPoliciesFollowTheProgramPolicysTimeZoneUntilAnAdminSetsOne) {
+  auto stub = escalation::v1::EscalationService::NewStub(escalation_->Channel());
+  auto admin = [] {
+    auto context = std::make_unique<grpc::ClientContext>();
+    context->set_deadline(std::chrono::system_clock::now() + 20s);
+    context->AddMetadata("authorization",
+                         "Bearer " + TokenFor("agency-a", {"program_admin"}, "admin-1"));
+    return context;
+  };
+  auto current = [&] {
+    escalation::v1::GetRoutingPolicyResponse response;
+    const grpc::Status status =
+        stub->GetRoutingPolicy(admin().get(), escalation::v1::GetRoutingPolicyRequest(), &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response.policy();
+  };
+  int emitted = 0;
+  auto set_zone = [&](const std::string& zone) {
+    checkin::v1::ProgramPolicyChangedEvent changed;
+    changed.set_time_zone(zone);
+    Emit(changed, "agency-a");
+    ++emitted;
+    for (int i = 0; i < 200; ++i) {
+      if (Count("SELECT coalesce(max(position), 0) FROM escalation.consumer_positions WHERE "
+                "source = 'checkin'") >= emitted) {
+        return true;
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  };
+  // Named before the agency's policy exists: the built-in version 1 takes it.
+  ASSERT_TRUE(set_zone("America/New_York")) << escalation_->Log();
+  auto policy = current();
+  EXPECT_EQ(policy.version(), 1);
+  EXPECT_EQ(policy.time_zone(), "America/New_York");
+  // A change publishes a version with the new zone (open concerns keep their deadlines).
+  ASSERT_TRUE(set_zone("Europe/Paris")) << escalation_->Log();
+  policy = current();
+  EXPECT_EQ(policy.version(), 2);
+  EXPECT_EQ(policy.time_zone(), "Europe/Paris");
+  EXPECT_EQ(policy.created_by(), "system:program_policy");
+  // The same zone again publishes nothing.
+  ASSERT_TRUE(set_zone("Europe/Paris")) << escalation_->Log();
+  EXPECT_EQ(current().version(), 2);
+
+  // A program admin edits the rules only: the zone still follows the program policy.
+  escalation::v1::UpdateRoutingPolicyRequest edit;
+  *edit.mutable_policy() = policy;
+  edit.mutable_update_mask()->add_paths("holidays");
+  edit.set_base_version(2);
+  edit.set_idempotency_key("edit-1");
+  escalation::v1::UpdateRoutingPolicyResponse edited;
+  grpc::Status status = stub->UpdateRoutingPolicy(admin().get(), edit, &edited);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_TRUE(set_zone("Europe/Berlin")) << escalation_->Log();
+  policy = current();
+  EXPECT_EQ(policy.version(), 4);
+  EXPECT_EQ(policy.time_zone(), "Europe/Berlin");
+  // Once the admin sets the zone in the routing policy, theirs stays.
+  edit.mutable_policy()->set_time_zone("Asia/Tokyo");
+  edit.mutable_update_mask()->add_paths("time_zone");
+  edit.set_base_version(4);
+  edit.set_idempotency_key("edit-2");
+  status = stub->UpdateRoutingPolicy(admin().get(), edit, &edited);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_TRUE(set_zone("America/Chicago")) << escalation_->Log();
+  policy = current();
+  EXPECT_EQ(policy.version(), 5);
+  EXPECT_EQ(policy.time_zone(), "Asia/Tokyo");
+}
+
 TEST_F(CheckInEventsTest, ConcernsRaisedByHandUseTheEnrollmentTheCheckInLogDescribes) {
   const std::string enrollment = "6a1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4c";
   checkin::v1::EnrollmentStartedEvent started;
