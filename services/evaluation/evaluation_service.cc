@@ -198,7 +198,8 @@ std::string DateText(const common::v1::Date& d) {
 std::string CsvHeader() {
   return "agency_id,period_start,period_end,program_id,pathway_key,measure_id,measure_name,unit,"
          "cohort,concern_category,concern_severity,rater,wellbeing_direction,suppressed,count,"
-         "numerator,denominator,rate,n,mean,median,p90,definitions_version,unavailable\r\n";
+         "numerator,denominator,rate,n,mean,median,p90,definitions_version,unavailable,"
+         "time_zone\r\n";
 }
 
 std::string CsvRow(const v1::ProgramReport& report, const v1::ReportCell& cell) {
@@ -281,6 +282,7 @@ std::string CsvRow(const v1::ProgramReport& report, const v1::ReportCell& cell) 
   }
   f.push_back(absl::StrCat(report.definitions_version()));
   f.push_back(cell.unavailable() ? "true" : "false");
+  f.push_back(CsvField(report.time_zone()));
   return absl::StrCat(absl::StrJoin(f, ","), "\r\n");
 }
 

@@ -116,6 +116,7 @@ TEST(CsvTest, RowsFollowTheColumnsAndNeverShowSuppressedValues) {
   report.mutable_period()->mutable_start_date()->set_day(1);
   report.mutable_period_range()->mutable_end_time()->set_seconds(1775001600);  // 2026-04-01
   report.set_definitions_version(1);
+  report.set_time_zone("UTC");
   v1::ReportCell shown;
   shown.set_measure(v1::MEASURE_CRISIS_RECONTACT_30D);
   shown.set_measure_id("crisis_recontact_30d");
@@ -126,16 +127,22 @@ TEST(CsvTest, RowsFollowTheColumnsAndNeverShowSuppressedValues) {
   EXPECT_EQ(CsvRow(report, shown),
             "\"'=agency,1\",2026-03-01,2026-03-31,,,crisis_recontact_30d,Crisis re-contact within "
             "30 days after crisis stabilization,proportion,with_peer_support,,,,,false,,1,3,"
-            "0.3333,,,,,1,false\r\n");
+            "0.3333,,,,,1,false,UTC\r\n");
   v1::ReportCell hidden;
   hidden.set_measure(v1::MEASURE_ENROLLMENTS_STARTED);
   hidden.set_measure_id("enrollments_started");
   hidden.set_suppressed(true);
   EXPECT_EQ(CsvRow(report, hidden),
             "\"'=agency,1\",2026-03-01,2026-03-31,,,enrollments_started,Enrollments started,"
-            "count,,,,,,true,,,,,,,,,1,false\r\n");
+            "count,,,,,,true,,,,,,,,,1,false,UTC\r\n");
   const std::string header = CsvHeader();
-  EXPECT_EQ(std::count(header.begin(), header.end(), ','), 23);
+  EXPECT_EQ(std::count(header.begin(), header.end(), ','), 24);
+  // The last day is local: Auckland's April starts at 11:00Z on 31 March (UTC+13).
+  report.set_time_zone("Pacific/Auckland");
+  report.mutable_period_range()->mutable_end_time()->set_seconds(1775001600 - 13 * 3600);
+  EXPECT_EQ(CsvRow(report, hidden),
+            "\"'=agency,1\",2026-03-01,2026-03-31,,,enrollments_started,Enrollments started,"
+            "count,,,,,,true,,,,,,,,,1,false,Pacific/Auckland\r\n");
 }
 
 }  // namespace
