@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/agency_time_zones.h"
 #include "common/audit.h"
 #include "common/channel.h"
 #include "common/event_source.h"
@@ -1145,8 +1146,7 @@ absl::Status EscalationService::ApplyCheckInEvent(pqxx::work& tx, const common::
         event.agency_id(), started.enrollment_id(), started.participant_id(),
         started.receiving_clinician());
     // The agency's zone at enrollment; one the tz database does not know is left out.
-    absl::TimeZone zone;
-    if (!started.time_zone().empty() && absl::LoadTimeZone(started.time_zone(), &zone)) {
+    if (IsTimeZoneName(started.time_zone())) {
       return Store::FollowAgencyTimeZone(tx, event.agency_id(), started.time_zone(),
                                          event.position());
     }

@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/agency_time_zones.h"
 #include "common/db.h"
 #include "common/time_util.h"
 #include "services/escalation/policy_codec.h"
@@ -313,17 +314,11 @@ absl::StatusOr<RoutingPolicy> Store::InsertPolicy(pqxx::work& tx, const std::str
 
 absl::Status Store::FollowAgencyTimeZone(pqxx::work& tx, const std::string& agency_id,
                                          const std::string& zone, int64_t position) {
-  absl::TimeZone tz;
-  if (!absl::LoadTimeZone(zone, &tz)) {
+  if (!IsTimeZoneName(zone)) {
     return absl::InvalidArgumentError("time_zone is not an IANA time zone");
   }
-  const pqxx::result noted = tx.exec_params(
-      "INSERT INTO agency_time_zones (agency_id, time_zone, position) VALUES ($1, $2, $3) "
-      "ON CONFLICT (agency_id) DO UPDATE SET time_zone = EXCLUDED.time_zone, "
-      "position = EXCLUDED.position WHERE agency_time_zones.position <= EXCLUDED.position "
-      "RETURNING 1",
-      agency_id, zone, position);
-  if (noted.empty()) return absl::OkStatus();  // A later position named the zone already.
+  // Not stored: a later position named the zone already.
+  if (!NoteAgencyTimeZone(tx, agency_id, zone, position)) return absl::OkStatus();
   const pqxx::result latest = tx.exec_params(
       "SELECT id::text FROM routing_policies WHERE agency_id = $1 AND time_zone <> $2 AND NOT "
       "time_zone_set_by_admin AND version = (SELECT max(version) FROM routing_policies WHERE "
@@ -335,7 +330,7 @@ absl::Status Store::FollowAgencyTimeZone(pqxx::work& tx, const std::string& agen
   if (!current.ok()) return current.status();
   RoutingPolicy next = *current;
   next.time_zone = zone;
-  next.calendar.zone = tz;
+  absl::LoadTimeZone(zone, &next.calendar.zone);
   auto published = InsertPolicy(tx, agency_id, next, current->version, "system:program_policy");
   return published.ok() ? absl::OkStatus() : published.status();
 }

@@ -4,6 +4,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/agency_time_zones.h"
 #include "common/db.h"
 #include "common/identifiers.h"
 #include "common/time_util.h"
@@ -147,21 +148,6 @@ absl::Status ApplyEnrollment(pqxx::work& tx, const common::v1::Event& event,
   return absl::OkStatus();
 }
 
-// Stores `zone` as the agency's time zone from the event's log position on, unless a later
-// position has named one already (so a late delivery never brings an old zone back).
-void NoteTimeZone(pqxx::work& tx, const common::v1::Event& event, const std::string& zone) {
-  ExecPrepared(tx, "eval_time_zone",
-               "INSERT INTO agency_time_zones (agency_id, time_zone, position) VALUES ($1, $2, $3) "
-               "ON CONFLICT (agency_id) DO UPDATE SET time_zone = EXCLUDED.time_zone, "
-               "position = EXCLUDED.position WHERE agency_time_zones.position <= EXCLUDED.position",
-               event.agency_id(), zone, event.position());
-}
-
-bool IsTimeZone(const std::string& zone) {
-  absl::TimeZone tz;
-  return !zone.empty() && zone.size() <= 64 && absl::LoadTimeZone(zone, &tz);
-}
-
 }  // namespace
 
 absl::Status ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event) {
@@ -177,16 +163,19 @@ absl::Status ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event) {
                               Micros(e.enrolled_at()), nullptr, e.program_id());
     // The agency's zone at enrollment; one the tz database does not know is left out (the
     // enrollment still counts).
-    if (st.ok() && IsTimeZone(e.time_zone())) NoteTimeZone(tx, event, e.time_zone());
+    if (st.ok() && IsTimeZoneName(e.time_zone())) {
+      NoteAgencyTimeZone(tx, event.agency_id(), e.time_zone(), event.position());
+    }
     return st;
   }
   if (type == "peerpath.checkin.v1.ProgramPolicyChangedEvent") {
     c::ProgramPolicyChangedEvent e;
     if (auto st = Unpack(event, e); !st.ok()) return st;
-    if (!IsTimeZone(e.time_zone())) {
+    if (!IsTimeZoneName(e.time_zone())) {
       return absl::InvalidArgumentError("time_zone is not an IANA time zone");
     }
-    if (Claim(tx, event)) NoteTimeZone(tx, event, e.time_zone());
+    if (Claim(tx, event))
+      NoteAgencyTimeZone(tx, event.agency_id(), e.time_zone(), event.position());
     return absl::OkStatus();
   }
   if (type == "peerpath.checkin.v1.EnrollmentEndedEvent") {

@@ -195,6 +195,16 @@ TEST_F(CheckInEventsTest, RoutingPoliciesFollowTheProgramPolicysTimeZoneUntilAnA
   policy = current();
   EXPECT_EQ(policy.version(), 5);
   EXPECT_EQ(policy.time_zone(), "Asia/Tokyo");
+  // A zone the tz database does not know, or none, is set aside; nothing changes.
+  ASSERT_TRUE(set_zone("Mars/Olympus")) << escalation_->Log();
+  ASSERT_TRUE(set_zone("")) << escalation_->Log();
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.consumer_failures WHERE source = 'checkin' "
+                  "AND event_type = 'peerpath.checkin.v1.ProgramPolicyChangedEvent'"),
+            2);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.agency_time_zones WHERE time_zone = "
+                  "'America/Chicago'"),
+            1);
+  EXPECT_EQ(current().version(), 5);
 }
 
 TEST_F(CheckInEventsTest, ConcernsRaisedByHandUseTheEnrollmentTheCheckInLogDescribes) {
