@@ -111,14 +111,7 @@ BEGIN
             timestamptz 'epoch' + p_window_start_us * interval '1 microsecond', window_end,
             'completed', recorded)
     ON CONFLICT (agency_id, enrollment_id, due_on)
-    DO UPDATE SET status = 'completed', status_changed_at = recorded
-    WHERE scheduled_check_ins.id = p_scheduled::uuid;
-    -- The day's occurrence was created meanwhile under another id (ListDueCheckIns, the
-    -- sweeper): decide again with it.
-    IF NOT FOUND THEN
-      RAISE EXCEPTION 'occurrence % of enrollment % created since it was read', p_due_on,
-        p_enrollment USING ERRCODE = 'serialization_failure';
-    END IF;
+    DO UPDATE SET status = 'completed', status_changed_at = recorded;
   END IF;
   INSERT INTO check_ins (id, agency_id, enrollment_id, scheduled_check_in_id, participant_id,
                          supporter_id, recorded_by, recorded_by_role, pathway_key,
