@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "common/audit.h"
 #include "common/idempotency.h"
+#include "common/identifiers.h"
 #include "common/pagination.h"
 #include "common/status.h"
 #include "common/time_util.h"
@@ -1276,7 +1277,7 @@ grpc::Status MatchingService::AssignBatch(grpc::ServerContext* context,
     }
     const AssignmentResult result = AssignOptimal(problem);
     response->set_proven_optimal(result.exact);
-    const std::string batch_id = request->dry_run() ? "" : store::NewUuid(tx);
+    const std::string batch_id = request->dry_run() ? "" : RandomUuid();
     response->set_batch_id(batch_id);
     response->set_dry_run(request->dry_run());
     response->set_requests_considered(static_cast<int>(requests.size()));

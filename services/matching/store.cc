@@ -351,12 +351,20 @@ std::string ExplanationJson(const std::vector<v1::CriterionExplanation>& lines) 
   return out + "]";
 }
 
-// New matches as a JSON array of records, for jsonb_to_recordset (one statement for many).
-std::string MatchRowsJson(const std::vector<NewMatch>& matches) {
+// New matches as a JSON array of records, for jsonb_to_recordset (one statement for many). With
+// `started`, each record also carries the ids chosen for its match and its follow-up.
+std::string MatchRowsJson(const std::vector<NewMatch>& matches,
+                          const std::vector<StartedMatch>* started = nullptr) {
   std::string rows = "[";
   for (size_t i = 0; i < matches.size(); ++i) {
     const NewMatch& m = matches[i];
-    absl::StrAppend(&rows, i == 0 ? "" : ",", "{\"request_id\":", JsonString(m.request_id),
+    absl::StrAppend(&rows, i == 0 ? "{" : ",{");
+    if (started != nullptr) {
+      absl::StrAppend(&rows, "\"id\":", JsonString((*started)[i].match.match_id()),
+                      ",\"follow_up_id\":", JsonString((*started)[i].follow_up.follow_up_id()),
+                      ",");
+    }
+    absl::StrAppend(&rows, "\"request_id\":", JsonString(m.request_id),
                     ",\"supporter_id\":", JsonString(m.supporter_id),
                     ",\"participant_id\":", JsonString(m.participant_id), ",\"units\":", m.units,
                     ",\"score\":", absl::StrFormat("%.17g", m.score), ",\"rank\":", m.rank,
@@ -752,7 +760,6 @@ std::vector<StartedMatch> InsertBatchMatches(pqxx::work& tx, const std::string& 
                "'YYYY-MM-DD')");
   const int64_t now_us = clock[0].as<int64_t>();
   std::vector<StartedMatch> out(matches.size());
-  std::string rows = "[";
   for (size_t i = 0; i < matches.size(); ++i) {
     const NewMatch& n = matches[i];
     v1::Match& m = out[i].match;
@@ -778,16 +785,8 @@ std::vector<StartedMatch> InsertBatchMatches(pqxx::work& tx, const std::string& 
     f.set_participant_id(n.participant_id);
     f.set_supporter_id(n.supporter_id);
     SetDate(clock[1], f.mutable_due_on());
-    absl::StrAppend(&rows, i == 0 ? "" : ",", "{\"id\":", JsonString(m.match_id()),
-                    ",\"follow_up_id\":", JsonString(f.follow_up_id()),
-                    ",\"request_id\":", JsonString(n.request_id),
-                    ",\"supporter_id\":", JsonString(n.supporter_id),
-                    ",\"participant_id\":", JsonString(n.participant_id), ",\"units\":", n.units,
-                    ",\"score\":", absl::StrFormat("%.17g", n.score),
-                    ",\"continuity\":", n.continuity ? "true" : "false",
-                    ",\"explanation\":", ExplanationJson(n.explanation), "}");
   }
-  rows += "]";
+  const std::string rows = MatchRowsJson(matches, &out);
   // The foreign-key checks of the rows inserted here run once per row, on plans the connection
   // cached: planned while `matches` was small they scan it, and a batch that grows it by
   // thousands of rows would become quadratic. Dropping the cached plans makes the checks plan
@@ -1040,8 +1039,6 @@ bool TryLockBatch(pqxx::work& tx, const std::string& agency) {
           agency)[0]
       .as<bool>();
 }
-
-std::string NewUuid(pqxx::work& tx) { return tx.exec1("SELECT gen_random_uuid()")[0].c_str(); }
 
 std::vector<std::string> ParticipantsWithActiveMatch(pqxx::work& tx) {
   std::vector<std::string> out;

@@ -190,7 +190,6 @@ Activity LoadActivity(pqxx::work& tx, const std::string& supporter_id, const std
 
 // Takes the agency's batch lock for the transaction; false when another batch holds it.
 bool TryLockBatch(pqxx::work& tx, const std::string& agency);
-std::string NewUuid(pqxx::work& tx);
 // Participants of the agency with an ACTIVE match.
 std::vector<std::string> ParticipantsWithActiveMatch(pqxx::work& tx);
 
