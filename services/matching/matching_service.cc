@@ -644,10 +644,10 @@ grpc::Status MatchingService::CancelMatchRequest(grpc::ServerContext* context,
 // --- Proposals and matches --------------------------------------------------------------------
 
 std::shared_ptr<const MatchingService::CachedRoster> MatchingService::RosterOf(
-    pqxx::work& tx, const std::string& agency_id) {
-  // The version first, then (on a miss) the roster: a roster read after its version can only be
-  // newer than its label, which the next call's version check then replaces; never older.
-  const int64_t version = store::RosterVersion(tx, agency_id);
+    pqxx::work& tx, const std::string& agency_id, int64_t version) {
+  // The version was read first (by the caller), then (on a miss) the roster: a roster read after
+  // its version can only be newer than its label, which the next call's version check then
+  // replaces; never older.
   {
     std::lock_guard<std::mutex> lock(rosters_mu_);
     auto it = rosters_.find(agency_id);
@@ -682,89 +682,102 @@ grpc::Status MatchingService::ProposeMatches(grpc::ServerContext* context,
   }
   if (absl::Status bad = Invalid("proposal request", violations); !bad.ok()) return ToGrpc(bad);
   const int max_candidates = request->max_candidates() == 0 ? 5 : request->max_candidates();
-  return ToGrpc(RunIdempotent(
-      context_.db,
-      {caller.agency_id, request->idempotency_key(), "ProposeMatches", request, caller.subject},
-      *response, [&](Tx& tx, google::protobuf::Message&) -> absl::Status {
-        auto r = store::FindMatchRequest(tx, request->match_request_id(), true);
-        if (!r.has_value()) return absl::NotFoundError("match request not found");
-        if (r->status() != v1::MATCH_REQUEST_STATUS_OPEN &&
-            r->status() != v1::MATCH_REQUEST_STATUS_PROPOSED) {
-          return absl::FailedPreconditionError(
-              absl::StrCat("the request is ", v1::MatchRequestStatus_Name(r->status())));
-        }
-        store::DeclineProposals(tx, r->match_request_id(), "");
-        const absl::CivilDay today = Today();
-        // The roster comes from memory while no supporter changed; the index narrows it to who
-        // may pass the most selective hard constraint, their units in use are read now, and the
-        // model decides. Only when nobody is eligible is the roster explained step by step.
-        const std::shared_ptr<const CachedRoster> cached = RosterOf(tx, caller.agency_id);
-        std::optional<CandidateIndex> today_index;  // Only on the day after it was built.
-        if (cached->indexed_on != today) today_index.emplace(cached->supporters, today);
-        const CandidateIndex& index = today_index ? *today_index : *cached->index;
-        const std::vector<int> candidates = index.Candidates(*r);
-        // Every candidate's load at once: by id for a narrowed roster, the whole agency's
-        // otherwise (one grouped scan beats thousands of probes).
-        std::vector<std::string> ids;
-        if (candidates.size() <= 1000) {
-          for (int i : candidates) ids.push_back(cached->supporters[i].supporter_id());
-        }
-        const std::unordered_map<std::string, int> units = store::UnitsInUse(tx, ids);
-        const auto ranked = RankCandidates(cached->supporters, candidates, units, *r, today,
-                                           static_cast<size_t>(max_candidates));
-        response->set_eligible_count(static_cast<int>(ranked.size()));
-        if (ranked.empty()) {
-          store::SetRequestStatus(tx, r->match_request_id(), "open", "");
-          *response->mutable_no_candidate() =
-              ExplainNoCandidate(store::ActiveRoster(tx, false), *r, today);
-        }
-        // The shown ones, copied with their units in use and explained; their proposals in one
-        // statement and their events in one more.
-        std::vector<v1::Supporter> shown;
-        std::vector<store::NewMatch> proposals;
-        for (size_t i = 0; i < ranked.size() && static_cast<int>(i) < max_candidates; ++i) {
-          v1::Supporter& s = shown.emplace_back(cached->supporters[ranked[i].roster_index]);
-          auto load = units.find(s.supporter_id());
-          s.set_units_in_use(load == units.end() ? 0 : load->second);
-          const Evaluation e = Evaluate(s, *r, today);
-          proposals.push_back({r->match_request_id(), s.supporter_id(), r->participant_id(),
-                               s.subject(), r->acuity_units(), e.score, static_cast<int>(i) + 1,
-                               e.continuity, e.explanation});
-        }
-        std::vector<v1::Match> stored =
-            store::InsertProposals(tx, caller.agency_id, proposals, caller.subject);
-        std::vector<v1::MatchProposedEvent> events(stored.size());
-        std::vector<std::pair<std::string, const google::protobuf::Message*>> payloads;
-        for (size_t i = 0; i < stored.size(); ++i) {
-          const v1::Match& m = stored[i];
-          v1::MatchProposedEvent& event = events[i];
-          event.set_match_id(m.match_id());
-          event.set_match_request_id(r->match_request_id());
-          event.set_participant_id(r->participant_id());
-          event.set_supporter_id(m.supporter_id());
-          event.set_rank(m.rank());
-          event.set_score(m.score());
-          event.set_acuity_units(m.units());
-          event.set_urgency(r->urgency());
-          event.set_proposed_by(caller.subject);
-          *event.mutable_proposed_at() = m.proposed_at();
-          payloads.emplace_back(m.match_id(), &event);
-        }
-        if (absl::Status e = AppendEvents(tx, caller.agency_id, payloads); !e.ok()) return e;
-        for (size_t i = 0; i < stored.size(); ++i) {
-          const v1::Supporter& s = shown[i];
-          auto* candidate = response->add_candidates();
-          *candidate->mutable_match() = std::move(stored[i]);
-          candidate->set_supporter_display_name(s.display_name());
-          candidate->set_supporter_units_in_use(s.units_in_use());
-          candidate->set_supporter_capacity_units(s.capacity_units());
-        }
-        if (!ranked.empty()) store::SetRequestStatus(tx, r->match_request_id(), "proposed", "");
-        *response->mutable_match_request() =
-            *store::FindMatchRequest(tx, r->match_request_id(), false);
-        return Audit(tx, caller, "ProposeMatches", "match_request", r->match_request_id(),
-                     r->participant_id());
-      }));
+  // Seven round trips whatever is shown: the transaction and its agency, the key's claim, the
+  // request with the roster's version and the time, the candidates' units in use, and every write
+  // (declined and new proposals, events, request status, audit row, stored response) at once.
+  const IdempotentCall call{caller.agency_id, request->idempotency_key(), "ProposeMatches", request,
+                            caller.subject};
+  return ToGrpc(context_.db.TransactForAgency(caller.agency_id, [&](Tx& tx) -> absl::Status {
+    auto replayed = ClaimIdempotencyKey(tx, call, *response);
+    if (!replayed.ok()) return replayed.status();
+    if (*replayed) return absl::OkStatus();
+    auto context = store::LockRequestForProposal(tx, caller.agency_id, request->match_request_id());
+    if (!context.has_value()) return absl::NotFoundError("match request not found");
+    v1::MatchRequest& r = context->request;
+    if (r.status() != v1::MATCH_REQUEST_STATUS_OPEN &&
+        r.status() != v1::MATCH_REQUEST_STATUS_PROPOSED) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the request is ", v1::MatchRequestStatus_Name(r.status())));
+    }
+    DeferredWrites writes(tx);
+    store::DeclineProposals(writes, r.match_request_id(), "");
+    const absl::CivilDay today = Today();
+    // The roster comes from memory while no supporter changed; the index narrows it to who may
+    // pass the most selective hard constraint, their units in use are read now, and the model
+    // decides. Only when nobody is eligible is the roster explained step by step.
+    const std::shared_ptr<const CachedRoster> cached =
+        RosterOf(tx, caller.agency_id, context->roster_version);
+    std::optional<CandidateIndex> today_index;  // Only on the day after it was built.
+    if (cached->indexed_on != today) today_index.emplace(cached->supporters, today);
+    const CandidateIndex& index = today_index ? *today_index : *cached->index;
+    const std::vector<int> candidates = index.Candidates(r);
+    // Every candidate's load at once: by id for a narrowed roster, the whole agency's otherwise
+    // (one grouped scan beats thousands of probes).
+    std::vector<std::string> ids;
+    if (candidates.size() <= 1000) {
+      for (int i : candidates) ids.push_back(cached->supporters[i].supporter_id());
+    }
+    const std::unordered_map<std::string, int> units = store::UnitsInUse(tx, ids);
+    const auto ranked = RankCandidates(cached->supporters, candidates, units, r, today,
+                                       static_cast<size_t>(max_candidates));
+    response->set_eligible_count(static_cast<int>(ranked.size()));
+    if (ranked.empty()) {
+      *response->mutable_no_candidate() =
+          ExplainNoCandidate(store::ActiveRoster(tx, false), r, today);
+    }
+    // The shown ones, copied with their units in use and explained.
+    std::vector<v1::Supporter> shown;
+    std::vector<store::NewMatch> proposals;
+    for (size_t i = 0; i < ranked.size() && static_cast<int>(i) < max_candidates; ++i) {
+      v1::Supporter& s = shown.emplace_back(cached->supporters[ranked[i].roster_index]);
+      auto load = units.find(s.supporter_id());
+      s.set_units_in_use(load == units.end() ? 0 : load->second);
+      const Evaluation e = Evaluate(s, r, today);
+      proposals.push_back({r.match_request_id(), s.supporter_id(), r.participant_id(), s.subject(),
+                           r.acuity_units(), e.score, static_cast<int>(i) + 1, e.continuity,
+                           e.explanation});
+    }
+    std::vector<v1::Match> stored = store::InsertProposals(writes, caller.agency_id, proposals,
+                                                           caller.subject, context->now_us);
+    std::vector<v1::MatchProposedEvent> events(stored.size());
+    std::vector<std::pair<std::string, const google::protobuf::Message*>> payloads;
+    for (size_t i = 0; i < stored.size(); ++i) {
+      const v1::Match& m = stored[i];
+      v1::MatchProposedEvent& event = events[i];
+      event.set_match_id(m.match_id());
+      event.set_match_request_id(r.match_request_id());
+      event.set_participant_id(r.participant_id());
+      event.set_supporter_id(m.supporter_id());
+      event.set_rank(m.rank());
+      event.set_score(m.score());
+      event.set_acuity_units(m.units());
+      event.set_urgency(r.urgency());
+      event.set_proposed_by(caller.subject);
+      *event.mutable_proposed_at() = m.proposed_at();
+      payloads.emplace_back(m.match_id(), &event);
+    }
+    AppendEvents(writes, caller.agency_id, payloads);
+    for (size_t i = 0; i < stored.size(); ++i) {
+      const v1::Supporter& s = shown[i];
+      auto* candidate = response->add_candidates();
+      *candidate->mutable_match() = std::move(stored[i]);
+      candidate->set_supporter_display_name(s.display_name());
+      candidate->set_supporter_units_in_use(s.units_in_use());
+      candidate->set_supporter_capacity_units(s.capacity_units());
+    }
+    // The request as it stands after the writes below (status and time of change).
+    r.set_status(ranked.empty() ? v1::MATCH_REQUEST_STATUS_OPEN
+                                : v1::MATCH_REQUEST_STATUS_PROPOSED);
+    *r.mutable_updated_at() = ToProtoTimestamp(absl::FromUnixMicros(context->now_us));
+    store::SetRequestStatus(writes, r.match_request_id(), ranked.empty() ? "open" : "proposed", "");
+    *response->mutable_match_request() = r;
+    AppendAudit(writes, caller.agency_id,
+                AllowedEntry(caller, "ProposeMatches", "match_request", r.match_request_id(),
+                             r.participant_id()));
+    StoreIdempotentResponse(writes, call, *response);
+    writes.Flush();
+    return absl::OkStatus();
+  }));
 }
 
 grpc::Status MatchingService::AcceptProposal(grpc::ServerContext* context,

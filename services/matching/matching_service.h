@@ -104,7 +104,10 @@ class MatchingService final : public MatchingServiceBase {
     absl::CivilDay indexed_on;  // The day `index` was built for (training expiry).
     std::unique_ptr<CandidateIndex> index;
   };
-  std::shared_ptr<const CachedRoster> RosterOf(pqxx::work& tx, const std::string& agency_id);
+  // The agency's cached roster if it is still `version` (read in this transaction), else read
+  // afresh.
+  std::shared_ptr<const CachedRoster> RosterOf(pqxx::work& tx, const std::string& agency_id,
+                                               int64_t version);
 
   ServiceContext& context_;
   Authorizer authorizer_;

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <numeric>
 #include <set>
+#include <tuple>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -193,7 +194,10 @@ bool TrainingCurrent(const v1::Supporter& supporter, absl::CivilDay today) {
   if (supporter.training_status() != v1::TRAINING_STATUS_CERTIFIED) return false;
   const auto& d = supporter.training_expires_on();
   if (d.year() == 0) return false;
-  return absl::CivilDay(d.year(), d.month(), d.day()) >= today;
+  // Compared field by field (stored dates are valid): building a CivilDay per supporter showed
+  // in ProposeMatches' profile over a 10,000-supporter roster.
+  return std::make_tuple(d.year(), d.month(), d.day()) >=
+         std::make_tuple(static_cast<int>(today.year()), today.month(), today.day());
 }
 
 int RemainingUnits(const v1::Supporter& supporter) {

@@ -601,14 +601,6 @@ std::vector<v1::Supporter> ActiveRoster(pqxx::work& tx, bool lock) {
   return out;
 }
 
-int64_t RosterVersion(pqxx::work& tx, const std::string& agency_id) {
-  return tx
-      .exec_params1(
-          "SELECT coalesce((SELECT version FROM roster_versions WHERE agency_id = $1), 0)",
-          agency_id)[0]
-      .as<int64_t>();
-}
-
 std::unordered_map<std::string, int> UnitsInUse(pqxx::work& tx,
                                                 const std::vector<std::string>& supporter_ids) {
   std::unordered_map<std::string, int> out;
@@ -663,6 +655,21 @@ std::optional<v1::MatchRequest> FindMatchRequest(pqxx::work& tx, const std::stri
   return ToRequest(rows[0]);
 }
 
+std::optional<ProposalContext> LockRequestForProposal(pqxx::work& tx, const std::string& agency_id,
+                                                      const std::string& request_id) {
+  const pqxx::result rows = tx.exec_params(
+      absl::StrCat("SELECT ", RequestColumns(),
+                   ", coalesce((SELECT v.version FROM roster_versions v WHERE v.agency_id = $2), "
+                   "0), " PEERPATH_SQL_MICROS(
+                       "now()") " FROM match_requests r"
+                                " WHERE r.id = $1::uuid AND r.agency_id = $2 FOR UPDATE OF r"),
+      request_id, agency_id);
+  if (rows.empty()) return std::nullopt;
+  constexpr int kRequestColumns = 17;  // ToRequest's.
+  return ProposalContext{ToRequest(rows[0]), rows[0][kRequestColumns].as<int64_t>(),
+                         rows[0][kRequestColumns + 1].as<int64_t>()};
+}
+
 std::optional<std::string> RequestInProgress(pqxx::work& tx, const std::string& participant) {
   const pqxx::result rows = tx.exec_params(
       "SELECT id FROM match_requests WHERE participant_id = $1 AND status IN ('open', 'proposed')",
@@ -680,12 +687,18 @@ std::optional<std::string> PreviousSupporter(pqxx::work& tx, const std::string& 
   return std::string(rows[0][0].c_str());
 }
 
+constexpr char kSetRequestStatus[] =
+    "UPDATE match_requests SET status = $2, cancel_reason = NULLIF($3, ''), updated_at = now()"
+    " WHERE id = $1::uuid";
+
 void SetRequestStatus(pqxx::work& tx, const std::string& id, const std::string& status,
                       const std::string& cancel_reason) {
-  tx.exec_params0(
-      "UPDATE match_requests SET status = $2, cancel_reason = NULLIF($3, ''), updated_at = now()"
-      " WHERE id = $1::uuid",
-      id, status, cancel_reason);
+  tx.exec_params0(kSetRequestStatus, id, status, cancel_reason);
+}
+
+void SetRequestStatus(DeferredWrites& writes, const std::string& id, const std::string& status,
+                      const std::string& cancel_reason) {
+  writes.Exec("", kSetRequestStatus, id, status, cancel_reason);
 }
 
 std::vector<v1::MatchRequest> RequestsToAssign(pqxx::work& tx, bool include_proposed) {
@@ -722,28 +735,39 @@ std::vector<v1::MatchRequest> ListMatchRequests(pqxx::work& tx, const RequestFil
 
 // --- Matches ----------------------------------------------------------------------------------
 
-std::vector<v1::Match> InsertProposals(pqxx::work& tx, const std::string& agency,
+std::vector<v1::Match> InsertProposals(DeferredWrites& writes, const std::string& agency,
                                        const std::vector<NewMatch>& proposals,
-                                       const std::string& actor) {
+                                       const std::string& actor, int64_t now_us) {
   if (proposals.empty()) return {};
-  std::map<std::string, size_t> position;
-  for (size_t i = 0; i < proposals.size(); ++i) position[proposals[i].supporter_id] = i;
   std::vector<v1::Match> out(proposals.size());
-  for (const auto& row : tx.exec_params(
-           absl::StrCat(
-               "WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(request_id uuid,"
-               "  supporter_id uuid, participant_id text, units integer, score double precision,"
-               "  rank integer, continuity boolean, explanation jsonb)),"
-               " m AS (INSERT INTO matches (agency_id, request_id, supporter_id, participant_id,"
-               "  units, score, explanation, proposed_by, rank, continuity)"
-               "  SELECT $2, request_id, supporter_id, participant_id, units, score, explanation,"
-               "   $3, rank, continuity FROM x RETURNING *)"
-               " SELECT ",
-               MatchColumns(), " FROM m"),
-           MatchRowsJson(proposals), agency, actor)) {
-    v1::Match m = ToMatch(row);
-    out[position.at(m.supporter_id())] = std::move(m);
+  std::vector<StartedMatch> ids(proposals.size());  // MatchRowsJson's id column.
+  for (size_t i = 0; i < proposals.size(); ++i) {
+    const NewMatch& n = proposals[i];
+    v1::Match& m = out[i];
+    m.set_match_id(RandomUuid());
+    m.set_agency_id(agency);
+    m.set_match_request_id(n.request_id);
+    m.set_supporter_id(n.supporter_id);
+    m.set_supporter_subject(n.supporter_subject);
+    m.set_participant_id(n.participant_id);
+    m.set_units(n.units);
+    m.set_score(n.score);
+    for (const auto& line : n.explanation) *m.add_explanation() = line;
+    m.set_status(v1::MATCH_STATUS_PROPOSED);
+    *m.mutable_proposed_at() = ToProtoTimestamp(absl::FromUnixMicros(now_us));
+    m.set_proposed_by(actor);
+    m.set_rank(n.rank);
+    ids[i].match.set_match_id(m.match_id());
   }
+  writes.Exec("",
+              "INSERT INTO matches (id, agency_id, request_id, supporter_id, participant_id, units,"
+              "  score, explanation, proposed_by, proposed_at, rank, continuity)"
+              " SELECT id, $2, request_id, supporter_id, participant_id, units, score,"
+              "  explanation, $3, " PEERPATH_SQL_TIME_PARAM(4) ", rank, continuity"
+              " FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, request_id uuid,"
+              "  supporter_id uuid, participant_id text, units integer, score double precision,"
+              "  rank integer, continuity boolean, explanation jsonb)",
+              MatchRowsJson(proposals, &ids), agency, actor, now_us);
   return out;
 }
 
@@ -813,13 +837,19 @@ std::vector<StartedMatch> InsertBatchMatches(pqxx::work& tx, const std::string& 
   return out;
 }
 
+constexpr char kDeclineProposals[] =
+    "UPDATE matches SET status = 'declined', declined_at = now()"
+    " WHERE request_id = $1::uuid AND status = 'proposed' AND ($2 = '' OR id <> NULLIF($2, "
+    "'')::uuid)";
+
 void DeclineProposals(pqxx::work& tx, const std::string& request_id,
                       const std::string& except_match_id) {
-  tx.exec_params0(
-      "UPDATE matches SET status = 'declined', declined_at = now()"
-      " WHERE request_id = $1::uuid AND status = 'proposed' AND ($2 = '' OR id <> NULLIF($2, "
-      "'')::uuid)",
-      request_id, except_match_id);
+  tx.exec_params0(kDeclineProposals, request_id, except_match_id);
+}
+
+void DeclineProposals(DeferredWrites& writes, const std::string& request_id,
+                      const std::string& except_match_id) {
+  writes.Exec("", kDeclineProposals, request_id, except_match_id);
 }
 
 std::optional<v1::Match> FindMatch(pqxx::work& tx, const std::string& id, bool lock) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/time/civil_time.h"
+#include "common/db.h"
 #include "peerpath/matching/v1/matching.pb.h"
 
 namespace peerpath::matching::store {
@@ -49,9 +50,6 @@ std::vector<v1::Supporter> ListSupporters(pqxx::work& tx, const SupporterFilter&
                                           const std::string& after_id, int limit);
 // Every ACTIVE supporter of the agency (candidate loading); with `lock`, locked FOR UPDATE.
 std::vector<v1::Supporter> ActiveRoster(pqxx::work& tx, bool lock);
-// The agency's roster version (migrations/0005): moves with every change to a supporter; 0 before
-// the first supporter.
-int64_t RosterVersion(pqxx::work& tx, const std::string& agency_id);
 // Units in use per supporter id (ACTIVE matches) of `supporter_ids`, or of every supporter when
 // it is empty; supporters without any are absent.
 std::unordered_map<std::string, int> UnitsInUse(pqxx::work& tx,
@@ -66,11 +64,24 @@ std::vector<std::string> ExistingSupporters(pqxx::work& tx, const std::vector<st
 v1::MatchRequest InsertMatchRequest(pqxx::work& tx, const std::string& agency,
                                     const v1::MatchRequest& r, const std::string& actor);
 std::optional<v1::MatchRequest> FindMatchRequest(pqxx::work& tx, const std::string& id, bool lock);
+// What ProposeMatches decides on, in one statement: the request (locked FOR UPDATE), the agency's
+// roster version (migrations/0005: moves with every change to a supporter; 0 before the first
+// supporter) and the transaction's time. nullopt when the request is not the agency's.
+struct ProposalContext {
+  v1::MatchRequest request;
+  int64_t roster_version = 0;
+  int64_t now_us = 0;
+};
+std::optional<ProposalContext> LockRequestForProposal(pqxx::work& tx, const std::string& agency_id,
+                                                      const std::string& request_id);
 // The participant's request in progress (OPEN or PROPOSED), if any.
 std::optional<std::string> RequestInProgress(pqxx::work& tx, const std::string& participant);
 // The supporter of the participant's most recently ended match, if any.
 std::optional<std::string> PreviousSupporter(pqxx::work& tx, const std::string& participant);
 void SetRequestStatus(pqxx::work& tx, const std::string& id, const std::string& status,
+                      const std::string& cancel_reason);
+// The same, sent with the caller's other deferred writes.
+void SetRequestStatus(DeferredWrites& writes, const std::string& id, const std::string& status,
                       const std::string& cancel_reason);
 // OPEN (and PROPOSED when asked) requests, oldest first, locked FOR UPDATE.
 std::vector<v1::MatchRequest> RequestsToAssign(pqxx::work& tx, bool include_proposed);
@@ -99,10 +110,11 @@ struct NewMatch {
   bool continuity = false;
   std::vector<v1::CriterionExplanation> explanation;
 };
-// Inserts one ProposeMatches call's PROPOSED matches in one statement; returns them in order.
-std::vector<v1::Match> InsertProposals(pqxx::work& tx, const std::string& agency,
+// Inserts one ProposeMatches call's PROPOSED matches in one deferred statement, with ids chosen
+// here and proposed at `now_us` (the transaction's time); returns them in order, as stored.
+std::vector<v1::Match> InsertProposals(DeferredWrites& writes, const std::string& agency,
                                        const std::vector<NewMatch>& proposals,
-                                       const std::string& actor);
+                                       const std::string& actor, int64_t now_us);
 struct StartedMatch {
   v1::Match match;
   v1::FollowUp follow_up;
@@ -115,6 +127,8 @@ std::vector<StartedMatch> InsertBatchMatches(pqxx::work& tx, const std::string& 
                                              const std::string& batch_id, const std::string& actor);
 // Declines the request's PROPOSED matches other than `except_match_id`.
 void DeclineProposals(pqxx::work& tx, const std::string& request_id,
+                      const std::string& except_match_id);
+void DeclineProposals(DeferredWrites& writes, const std::string& request_id,
                       const std::string& except_match_id);
 std::optional<v1::Match> FindMatch(pqxx::work& tx, const std::string& id, bool lock);
 std::optional<v1::Match> ActiveMatchOf(pqxx::work& tx, const std::string& participant);
