@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/db.h"
+#include "common/proto_json.h"
 #include "common/time_util.h"
 #include "peerpath/matching/v1/events.pb.h"
 #include "services/checkin/pathway.h"
@@ -69,9 +70,7 @@ std::string Json(const google::protobuf::Message& message) {
 }
 
 void FromJson(const std::string& json, google::protobuf::Message* message) {
-  google::protobuf::util::JsonParseOptions options;
-  options.ignore_unknown_fields = true;
-  (void)google::protobuf::util::JsonStringToMessage(json, message, options);
+  (void)ParseJsonMessage(json, message);
 }
 
 // Runs `sql` as the connection's prepared statement `name` (prepared on first use per pooled

@@ -12,6 +12,7 @@
 #include "absl/strings/str_split.h"
 #include "common/db.h"
 #include "common/identifiers.h"
+#include "common/proto_json.h"
 #include "common/time_util.h"
 
 namespace peerpath::matching::store {
@@ -226,9 +227,7 @@ std::string ToJson(const google::protobuf::Message& message) {
 
 void FromJson(const pqxx::field& f, google::protobuf::Message* message) {
   if (f.is_null()) return;
-  google::protobuf::util::JsonParseOptions options;
-  options.ignore_unknown_fields = true;
-  (void)google::protobuf::util::JsonStringToMessage(f.c_str(), message, options);
+  (void)ParseJsonMessage(absl::string_view(f.c_str(), f.size()), message);
 }
 
 const std::string& RequestColumns() {
@@ -295,10 +294,7 @@ v1::Match ToMatch(const pqxx::row& row) {
   m.set_score(row[7].is_null() ? 0 : row[7].as<double>());
   if (!row[8].is_null()) {
     for (absl::string_view line : absl::StrSplit(row[8].c_str(), kSep[0])) {
-      google::protobuf::util::JsonParseOptions options;
-      options.ignore_unknown_fields = true;
-      (void)google::protobuf::util::JsonStringToMessage(std::string(line), m.add_explanation(),
-                                                        options);
+      (void)ParseJsonMessage(line, m.add_explanation());
     }
   }
   m.set_status(FromText(kMatchStatuses, row[9].c_str()));
@@ -815,7 +811,9 @@ std::vector<StartedMatch> InsertBatchMatches(pqxx::work& tx, const std::string& 
   // cached: planned while `matches` was small they scan it, and a batch that grows it by
   // thousands of rows would become quadratic. Dropping the cached plans makes the checks plan
   // again at the end of this statement, when the table holds the batch's rows (an index scan).
-  tx.exec0("DISCARD PLANS");
+  // The rows are read once into a CTE that four statements share: with the default work_mem a
+  // batch of thousands spills it to temporary files; this transaction may use more.
+  tx.exec0("DISCARD PLANS; SET LOCAL work_mem = '64MB'");
   tx.exec_params0(
       "WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, follow_up_id uuid,"
       "  request_id uuid, supporter_id uuid, participant_id text, units integer,"
