@@ -27,6 +27,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -120,6 +121,66 @@ void Sizes(benchmark::internal::Benchmark* b) {
 }
 
 BENCHMARK(BM_AssignBatch)->Apply(Sizes)->Iterations(1)->Unit(benchmark::kMillisecond);
+
+// ProposeMatches' ranking in process: a request with soft preferences and no hard constraint
+// against a roster of `range(0)` supporters shaped as the end-to-end seed makes them (every one a
+// candidate), five shown.
+void BM_RankCandidates(benchmark::State& state) {
+  const int size = static_cast<int>(state.range(0));
+  const char* areas[] = {"postpartum_depression", "psychosis", "substance_use", "grief",
+                         "anxiety", "bipolar", "eating", "trauma"};
+  const char* second[] = {"recovery", "housing", "parenting", "employment"};
+  std::vector<v1::Supporter> roster(size);
+  std::vector<int> indexes;
+  std::unordered_map<std::string, int> units;
+  for (int i = 0; i < size; ++i) {
+    v1::Supporter& s = roster[i];
+    s.set_supporter_id(absl::StrCat("00000000-0000-4000-8000-", absl::Dec(i, absl::kZeroPad12)));
+    s.set_subject(absl::StrCat("sup-", i));
+    s.set_status(v1::SUPPORTER_STATUS_ACTIVE);
+    s.add_lived_experience_areas(areas[i % 8]);
+    s.add_lived_experience_areas(second[i % 4]);
+    s.add_languages("en");
+    if (i % 3 == 0) s.add_languages("es-MX");
+    s.set_gender(i % 2 == 0 ? "female" : "male");
+    s.set_age_band(static_cast<v1::AgeBand>(1 + i % 6));
+    s.set_region(absl::StrCat("region-", i % std::max(1, size / 50)));
+    s.add_meeting_modes(v1::MEETING_MODE_PHONE);
+    for (int w : {0, 2}) {
+      auto* window = s.add_availability();
+      window->set_weekday(static_cast<v1::Weekday>(1 + (i + w) % 5));
+      window->set_start_minute(w == 0 ? 540 : 840);
+      window->set_end_minute(w == 0 ? 720 : 1020);
+    }
+    s.set_capacity_units(1 + i % 8);
+    s.set_training_status(v1::TRAINING_STATUS_CERTIFIED);
+    s.mutable_training_expires_on()->set_year(2099);
+    s.mutable_training_expires_on()->set_month(12);
+    s.mutable_training_expires_on()->set_day(31);
+    indexes.push_back(i);
+    if (i % 4 == 0) units[s.supporter_id()] = 1;
+  }
+  v1::MatchRequest request;
+  request.set_acuity_units(1);
+  auto* p = request.mutable_preferences();
+  p->mutable_lived_experience()->add_areas("grief");
+  p->mutable_lived_experience()->set_weight(3);
+  p->mutable_age_band()->add_age_bands(v1::AGE_BAND_25_34);
+  p->mutable_age_band()->set_weight(1);
+  auto* want = p->mutable_availability()->add_windows();
+  want->set_weekday(v1::WEEKDAY_TUESDAY);
+  want->set_start_minute(540);
+  want->set_end_minute(720);
+  p->mutable_availability()->set_weight(2);
+  const absl::CivilDay today(2026, 11, 24);
+  for (auto _ : state) {
+    auto ranked = RankCandidates(roster, indexes, units, request, today, 5);
+    benchmark::DoNotOptimize(ranked.data());
+  }
+  state.SetItemsProcessed(state.iterations() * size);
+}
+
+BENCHMARK(BM_RankCandidates)->Arg(10000)->Unit(benchmark::kMillisecond);
 
 // --- End to end -------------------------------------------------------------------------------
 
