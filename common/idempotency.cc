@@ -90,7 +90,14 @@ absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& c
       "VALUES ($1, $2, $3, decode($4, 'hex'), '') ON CONFLICT DO NOTHING RETURNING 1",
       call.agency_id, call.key, call.method, RequestFingerprintHex(call));
   if (!claimed.empty()) return false;
+  if (absl::Status replayed = ReplayClaimedKey(tx, call, response); !replayed.ok()) {
+    return replayed;
+  }
+  return true;
+}
 
+absl::Status ReplayClaimedKey(pqxx::work& tx, const IdempotentCall& call,
+                              google::protobuf::Message& response) {
   const pqxx::result first = tx.exec_params(
       "SELECT method, encode(request_hash, 'hex'), encode(response, 'base64') "
       "FROM idempotency_keys WHERE agency_id = $1 AND idempotency_key = $2",
@@ -101,10 +108,7 @@ absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& c
   }
   const StoredIdempotentCall stored{first[0][0].as<std::string>(), first[0][1].as<std::string>(),
                                     first[0][2].as<std::string>()};
-  if (absl::Status replayed = ReplayStoredCall(call, stored, response); !replayed.ok()) {
-    return replayed;
-  }
-  return true;
+  return ReplayStoredCall(call, stored, response);
 }
 
 namespace {

@@ -61,6 +61,11 @@ absl::Status RunIdempotent(
 // StoreIdempotentResponse before committing.
 absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& call,
                                          google::protobuf::Message& response);
+// The second half of ClaimIdempotencyKey, for write paths that claim the key in a statement of
+// their own (INSERT ... ON CONFLICT DO NOTHING inserted nothing): fills `response` from the call
+// that claimed it, or refuses as ClaimIdempotencyKey does.
+absl::Status ReplayClaimedKey(pqxx::work& tx, const IdempotentCall& call,
+                              google::protobuf::Message& response);
 absl::Status StoreIdempotentResponse(pqxx::work& tx, const IdempotentCall& call,
                                      const google::protobuf::Message& response);
 // The same, sent with the caller's other deferred writes (DeferredWrites::Flush).

@@ -207,9 +207,11 @@ RoutingPolicy EscalationService::DefaultPolicyFor() const {
 
 absl::StatusOr<ConcernRecord> EscalationService::OpenConcern(
     pqxx::work& tx, ConcernRecord record, const PersonDirectory& people, absl::Time now,
-    std::vector<Notification>& notifications, DeferredWrites& writes) {
+    std::vector<Notification>& notifications, DeferredWrites& writes,
+    const std::string& latest_policy_id) {
   v1::Concern& c = record.concern;
-  auto policy = Store::Policy(tx, c.agency_id(), 0, DefaultPolicyFor());
+  auto policy = latest_policy_id.empty() ? Store::Policy(tx, c.agency_id(), 0, DefaultPolicyFor())
+                                         : Store::PolicyById(tx, c.agency_id(), latest_policy_id);
   if (!policy.ok()) return policy.status();
   const RoutingRule* rule = RuleFor(*policy, c.category(), c.severity());
   if (rule == nullptr) return absl::InternalError("routing policy has no rule for the concern");
@@ -259,6 +261,63 @@ absl::StatusOr<ConcernRecord> EscalationService::OpenConcern(
 // ---------------------------------------------------------------------------------------------
 // RaiseConcern
 
+namespace {
+
+// What RaiseConcern decides on, read with the idempotency key's claim.
+struct RaiseContext {
+  bool claimed = false;  // false: the key was used before (replay or refusal).
+  std::optional<ActiveSupporter> supporter;
+  bool caller_supports = false;    // The caller is an active supporter of the participant.
+  bool caller_supervises = false;  // The caller supervises one.
+  std::optional<std::string> enrollment_participant;  // Set when the enrollment is known here.
+  std::string receiving_clinician;
+  std::string latest_policy_id;  // Empty before the agency's first policy.
+};
+
+// One statement: claims the key (waiting for a concurrent claim of it to end, as
+// ClaimIdempotencyKey does), and reads the participant's active supporter, the caller's relation
+// to the participant, the enrollment (when named) and the agency's newest routing policy.
+RaiseContext ReadRaiseContext(pqxx::work& tx, const IdempotentCall& call,
+                              const std::string& caller_subject,
+                              const v1::RaiseConcernRequest& request) {
+  const pqxx::row row = ExecPrepared(
+      tx, "escalation_raise_context",
+      "WITH claim AS (INSERT INTO idempotency_keys (agency_id, idempotency_key, method, "
+      "  request_hash, response) VALUES ($1, $2, $3, decode($4, 'hex'), '')"
+      "  ON CONFLICT DO NOTHING RETURNING 1)"
+      " SELECT (SELECT count(*) FROM claim) > 0, m.supporter_id::text, m.supporter_subject,"
+      "  m.supervisor_subject,"
+      "  $6 <> '' AND EXISTS (SELECT 1 FROM supporter_matches s WHERE s.participant_id = $5"
+      "    AND s.supporter_subject = $6 AND s.active),"
+      "  $6 <> '' AND EXISTS (SELECT 1 FROM supporter_matches s WHERE s.participant_id = $5"
+      "    AND s.supervisor_subject = $6 AND s.active),"
+      "  e.participant_id, e.receiving_clinician,"
+      "  (SELECT p.id::text FROM routing_policies p WHERE p.agency_id = $1"
+      "    ORDER BY p.version DESC LIMIT 1)"
+      " FROM (SELECT 1) AS one"
+      " LEFT JOIN LATERAL (SELECT s.supporter_id, s.supporter_subject, s.supervisor_subject"
+      "   FROM supporter_matches s WHERE s.participant_id = $5 AND s.active"
+      "   ORDER BY s.started_at DESC NULLS LAST LIMIT 1) m ON true"
+      " LEFT JOIN enrollments e ON e.enrollment_id = NULLIF($7, '')::uuid",
+      call.agency_id, call.key, call.method, RequestFingerprintHex(call), request.participant_id(),
+      caller_subject, request.enrollment_id())[0];
+  RaiseContext known;
+  known.claimed = row[0].as<bool>();
+  if (!row[1].is_null()) {
+    known.supporter = ActiveSupporter{row[1].c_str(), row[2].c_str(), row[3].c_str()};
+  }
+  known.caller_supports = row[4].as<bool>();
+  known.caller_supervises = row[5].as<bool>();
+  if (!row[6].is_null()) {
+    known.enrollment_participant = row[6].as<std::string>();
+    known.receiving_clinician = row[7].is_null() ? "" : row[7].as<std::string>();
+  }
+  if (!row[8].is_null()) known.latest_policy_id = row[8].as<std::string>();
+  return known;
+}
+
+}  // namespace
+
 grpc::Status EscalationService::RaiseConcern(grpc::ServerContext* context,
                                              const v1::RaiseConcernRequest* request,
                                              v1::RaiseConcernResponse* response) {
@@ -300,22 +359,21 @@ absl::Status EscalationService::RaiseConcernImpl(const grpc::ServerContext& cont
   const IdempotentCall call{caller.agency_id, request.idempotency_key(), "RaiseConcern", &request,
                             caller.subject};
   absl::Status status = context_.db.TransactForAgency(caller.agency_id, [&](pqxx::work& tx) {
-    auto replayed = ClaimIdempotencyKey(tx, call, response);
-    if (!replayed.ok()) return replayed.status();
-    if (*replayed) return absl::OkStatus();
+    // The key's claim and everything the concern is decided on in one round trip.
+    const RaiseContext known = ReadRaiseContext(tx, call, caller.subject, request);
+    if (!known.claimed) {
+      return ReplayClaimedKey(tx, call, response);
+    }
     // Who works with the participant (kept from the matching log): a caller who is only a peer
     // supporter raises for their active matches, one who is only a supervisor for the
     // participants of the supporters they supervise; clinicians and case managers for anyone of
     // the agency.
-    const std::optional<ActiveSupporter> supporter =
-        ActiveSupporterOf(tx, request.participant_id());
+    const std::optional<ActiveSupporter>& supporter = known.supporter;
     if (!caller.Has(Role::kClinician) && !caller.Has(Role::kCaseManager)) {
-      const bool as_supervisor =
-          caller.Has(Role::kSupervisor) &&
-          IsSupervisingSupporterOf(tx, caller.subject, request.participant_id());
-      const bool as_supporter = caller.Has(Role::kPeerSupporter) &&
-                                ((supporter && supporter->subject == caller.subject) ||
-                                 IsActiveSupporter(tx, caller.subject, request.participant_id()));
+      const bool as_supervisor = caller.Has(Role::kSupervisor) && known.caller_supervises;
+      const bool as_supporter =
+          caller.Has(Role::kPeerSupporter) &&
+          ((supporter && supporter->subject == caller.subject) || known.caller_supports);
       if (!as_supervisor && !as_supporter) {
         authorizer_.AuditRefusal(context, caller, "RaiseConcern", "participant", "",
                                  request.participant_id());
@@ -329,17 +387,11 @@ absl::Status EscalationService::RaiseConcernImpl(const grpc::ServerContext& cont
     // participant's, and its receiving clinician is the RECEIVING_CLINICIAN target. One not known
     // yet (the log lags) is accepted: a concern is never held back for it.
     std::string receiving_clinician;
-    if (!request.enrollment_id().empty()) {
-      const pqxx::result known = tx.exec_params(
-          "SELECT participant_id, receiving_clinician FROM enrollments WHERE enrollment_id = "
-          "$1::uuid",
-          request.enrollment_id());
-      if (!known.empty()) {
-        if (known[0][0].as<std::string>() != request.participant_id()) {
-          return absl::NotFoundError("enrollment_id is not an enrollment of this participant");
-        }
-        receiving_clinician = known[0][1].as<std::string>();
+    if (known.enrollment_participant.has_value()) {
+      if (*known.enrollment_participant != request.participant_id()) {
+        return absl::NotFoundError("enrollment_id is not an enrollment of this participant");
       }
+      receiving_clinician = known.receiving_clinician;
     }
     ConcernRecord record;
     v1::Concern& c = record.concern;
@@ -362,7 +414,8 @@ absl::Status EscalationService::RaiseConcernImpl(const grpc::ServerContext& cont
     }
     // Everything after the concern row goes out in one round trip, just before commit.
     DeferredWrites writes(tx);
-    auto opened = OpenConcern(tx, std::move(record), people, now, notifications, writes);
+    auto opened = OpenConcern(tx, std::move(record), people, now, notifications, writes,
+                              known.latest_policy_id);
     if (!opened.ok()) return opened.status();
     *response.mutable_concern() = opened->concern;
     ApplyView(*response.mutable_concern(),

@@ -101,10 +101,13 @@ class EscalationService final : public EscalationServiceBase {
 
   // Opens and routes a concern in `tx` (the concern and its transitions at once, its events into
   // `writes`); fills `notifications`.
+  // `latest_policy_id`: the agency's newest routing policy when the caller read it already
+  // (empty: read here, and the built-in version 1 stored when there is none).
   absl::StatusOr<ConcernRecord> OpenConcern(pqxx::work& tx, ConcernRecord record,
                                             const PersonDirectory& people, absl::Time now,
                                             std::vector<Notification>& notifications,
-                                            DeferredWrites& writes);
+                                            DeferredWrites& writes,
+                                            const std::string& latest_policy_id = "");
 
   RoutingPolicy DefaultPolicyFor() const;
 

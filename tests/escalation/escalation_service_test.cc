@@ -831,6 +831,40 @@ TEST_F(EscalationServiceTest, WatchIsOnlyForWhoActsForTheTarget) {
   EXPECT_EQ(bad->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
+// A concern raised by hand for an enrollment this service knows (from the check-in log) goes to
+// its receiving clinician; an enrollment of another participant is refused with nothing stored;
+// one not known yet is accepted and routed past the receiving clinician nobody named.
+TEST_F(EscalationServiceTest, TheEnrollmentNamedDecidesTheReceivingClinician) {
+  const std::string mine = "5d1c4a52-8f0e-4d55-9a3a-0c7f3f1f6b01";
+  const std::string theirs = "5d1c4a52-8f0e-4d55-9a3a-0c7f3f1f6b02";
+  db_->AdminQuery(
+      "INSERT INTO escalation.enrollments (agency_id, enrollment_id, participant_id, "
+      "receiving_clinician) VALUES ('agency-a', '" +
+      mine + "', 'client-42', 'dr-7'), ('agency-a', '" + theirs + "', 'client-7', 'dr-8')");
+  v1::RaiseConcernRequest request =
+      Raise(common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING, CONCERN_SEVERITY_URGENT, "e-1");
+  request.set_enrollment_id(mine);
+  const v1::Concern routed = MustRaise(request);
+  EXPECT_EQ(routed.current_target().kind(), v1::TARGET_KIND_RECEIVING_CLINICIAN);
+  EXPECT_EQ(routed.current_target().target_id(), "dr-7");
+
+  request.set_idempotency_key("e-2");
+  request.set_enrollment_id(theirs);
+  v1::RaiseConcernResponse response;
+  const grpc::Status refused =
+      stub_->RaiseConcern(As("agency-a", {"peer_supporter"}, "peer-1").get(), request, &response);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::NOT_FOUND) << refused.error_message();
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns"), 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.idempotency_keys WHERE idempotency_key = "
+                  "'e-2'"),
+            0);
+
+  request.set_idempotency_key("e-3");
+  request.set_enrollment_id("5d1c4a52-8f0e-4d55-9a3a-0c7f3f1f6b03");
+  const v1::Concern unknown = MustRaise(request);
+  EXPECT_EQ(unknown.current_target().kind(), v1::TARGET_KIND_CLINICAL_ON_CALL);
+}
+
 TEST_F(EscalationServiceTest, OnlyTheRelationshipRaisesAndSupervisorsSeeTheirSupportersConcerns) {
   // Outside the relationship: refused, nothing stored, the refusal audited.
   v1::RaiseConcernRequest request =
