@@ -128,12 +128,15 @@ absl::StatusOr<MigrationReport> ApplyMigrations(pqxx::connection& conn, const st
       }
       const std::string r = tx.quote_name(runtime_role);
       const std::string s = tx.quote_name(schema);
-      tx.exec0(absl::StrCat(
-          "GRANT USAGE ON SCHEMA ", s, " TO ", r, ";",
-          "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ", s, " TO ", r, ";",
-          "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA ", s, " TO ", r, ";",
-          "REVOKE INSERT, UPDATE, DELETE ON schema_migrations FROM ", r, ";",
-          "REVOKE UPDATE, DELETE ON audit_log FROM ", r, ";", "REVOKE DELETE ON outbox FROM ", r));
+      tx.exec0(
+          absl::StrCat("GRANT USAGE ON SCHEMA ", s, " TO ", r, ";",
+                       "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ", s, " TO ",
+                       r, ";", "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA ", s, " TO ", r, ";",
+                       "REVOKE INSERT, UPDATE, DELETE ON schema_migrations FROM ", r, ";",
+                       "REVOKE UPDATE, DELETE ON audit_log FROM ", r, ";",
+                       "REVOKE DELETE ON outbox FROM ", r, ";",
+                       // The chain's heads are the chainer's (audit_chain, as the owner) alone.
+                       "REVOKE ALL ON audit_chain_heads FROM ", r));
     }
     tx.commit();
   } catch (const std::exception& e) {

@@ -207,6 +207,55 @@ TEST_F(AuditLog, UnchainedRowIsRechainedAtTheEndAndLeavesAGap) {
   EXPECT_EQ(result.problem, "row missing (sequence gap)");
 }
 
+TEST_F(AuditLog, DeletedLastRowLeavesAGapBeforeTheNext) {
+  for (int i = 1; i <= 3; ++i) Append("agency-a", "p-" + std::to_string(i));
+  Chain();
+  // The chain's head (migration 0005) remembers row 3: after its removal the next row is 4.
+  db_->AdminQuery(
+      "SET session_replication_role = replica; "
+      "DELETE FROM consent.audit_log WHERE agency_id = 'agency-a' AND seq = 3");
+  Append("agency-a", "p-4");
+  EXPECT_EQ(Chain(), 1);
+  EXPECT_EQ(SeqsInAppendOrder("agency-a"), (std::vector<int64_t>{1, 2, 4}));
+  AuditVerification result = Verify("agency-a");
+  EXPECT_EQ(result.first_broken_seq, 3);
+  EXPECT_EQ(result.problem, "row missing (sequence gap)");
+}
+
+TEST_F(AuditLog, AnAgencyWithoutAHeadContinuesFromItsLog) {
+  // Rows chained before the heads existed (or a head lost): the chainer reads the log's last row.
+  for (int i = 1; i <= 3; ++i) Append("agency-a", "p-" + std::to_string(i));
+  Chain();
+  db_->AdminQuery("DELETE FROM consent.audit_chain_heads");
+  Append("agency-a", "p-4");
+  Append("agency-a", "p-5");
+  EXPECT_EQ(Chain(), 2);
+  EXPECT_EQ(SeqsInAppendOrder("agency-a"), (std::vector<int64_t>{1, 2, 3, 4, 5}));
+  AuditVerification result = Verify("agency-a");
+  EXPECT_EQ(result.rows_checked, 5);
+  EXPECT_EQ(result.first_broken_seq, 0) << result.problem;
+  EXPECT_EQ(db_->AdminQuery("SELECT seq FROM consent.audit_chain_heads WHERE agency_id = "
+                            "'agency-a'")[0][0]
+                .as<int64_t>(),
+            5);
+}
+
+TEST_F(AuditLog, TheServiceRoleCannotTouchTheChainsHeads) {
+  Append("agency-a", "p-1");
+  Chain();
+  // As the service's runtime role, scoped to the agency: no right on the table at all.
+  pqxx::connection as_service(db_->UrlFor("consent"));
+  for (const char* sql : {"SELECT count(*) FROM consent.audit_chain_heads",
+                          "UPDATE consent.audit_chain_heads SET seq = 1",
+                          "INSERT INTO consent.audit_chain_heads VALUES ('agency-a', 9, "
+                          "decode(repeat('00', 32), 'hex'))"}) {
+    pqxx::work tx(as_service);
+    tx.exec("SELECT set_config('app.agency_id', 'agency-a', true)");
+    EXPECT_THROW(tx.exec(sql), pqxx::insufficient_privilege) << sql;
+  }
+  EXPECT_EQ(db_->AdminQuery("SELECT seq FROM consent.audit_chain_heads")[0][0].as<int64_t>(), 1);
+}
+
 TEST_F(AuditLog, RehashedRowBreaksTheLinkOfTheNext) {
   for (int i = 1; i <= 3; ++i) Append("agency-a", "p-" + std::to_string(i));
   Chain();
