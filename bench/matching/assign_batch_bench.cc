@@ -127,8 +127,14 @@ BENCHMARK(BM_AssignBatch)->Apply(Sizes)->Iterations(1)->Unit(benchmark::kMillise
 // candidate), five shown.
 void BM_RankCandidates(benchmark::State& state) {
   const int size = static_cast<int>(state.range(0));
-  const char* areas[] = {"postpartum_depression", "psychosis", "substance_use", "grief",
-                         "anxiety", "bipolar", "eating", "trauma"};
+  const char* areas[] = {"postpartum_depression",
+                         "psychosis",
+                         "substance_use",
+                         "grief",
+                         "anxiety",
+                         "bipolar",
+                         "eating",
+                         "trauma"};
   const char* second[] = {"recovery", "housing", "parenting", "employment"};
   std::vector<v1::Supporter> roster(size);
   std::vector<int> indexes;
