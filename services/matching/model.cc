@@ -412,23 +412,24 @@ std::vector<RankedCandidate> Rank(const std::vector<v1::Supporter>& roster,
                                   const v1::MatchRequest& request, absl::CivilDay today,
                                   size_t head) {
   std::vector<RankedCandidate> ranked;
+  ranked.reserve(indexes.size());
   const std::string& previous = request.preferences().continuity().supporter_id();
   const int units = std::max(1, request.acuity_units());
+  // Each candidate's share of capacity in use is looked up once (the sort compares it often).
   for (int index : indexes) {
     const size_t i = static_cast<size_t>(index);
     if (Screen(roster[i], request, today).has_value()) continue;
-    if (roster[i].capacity_units() - in_use(i) < units) continue;  // Screen's capacity step.
+    const int used = in_use(i);
+    if (roster[i].capacity_units() - used < units) continue;  // Screen's capacity step.
     RankedCandidate c{i, {}};
     c.evaluation.score = ScorePreferences(roster[i], request.preferences(), nullptr);
     c.evaluation.continuity = !previous.empty() && previous == roster[i].supporter_id();
+    c.share_in_use = roster[i].capacity_units() == 0
+                         ? 1.0
+                         : static_cast<double>(used) / roster[i].capacity_units();
     ranked.push_back(std::move(c));
   }
-  auto load = [&](const RankedCandidate& c) {
-    const auto& s = roster[c.roster_index];
-    return s.capacity_units() == 0
-               ? 1.0
-               : static_cast<double>(in_use(c.roster_index)) / s.capacity_units();
-  };
+  auto load = [](const RankedCandidate& c) { return c.share_in_use; };
   auto better = [&](const RankedCandidate& a, const RankedCandidate& b) {
     if (a.evaluation.continuity != b.evaluation.continuity) return a.evaluation.continuity;
     if (a.evaluation.score != b.evaluation.score) return a.evaluation.score > b.evaluation.score;

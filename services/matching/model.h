@@ -74,6 +74,7 @@ v1::NoCandidate ExplainNoCandidate(const std::vector<v1::Supporter>& roster,
 struct RankedCandidate {
   size_t roster_index = 0;
   Evaluation evaluation;
+  double share_in_use = 0;  // Units in use / capacity (1 when no capacity): a tie-break.
 };
 
 // Eligible candidates, best first: the eligible continuity-preferred supporter first, then by
