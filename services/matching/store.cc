@@ -731,6 +731,29 @@ std::vector<v1::MatchRequest> ListMatchRequests(pqxx::work& tx, const RequestFil
 
 // --- Matches ----------------------------------------------------------------------------------
 
+namespace {
+
+// A match as InsertProposals and InsertBatchMatches store it, before its status: a new id, the
+// pair, its score and explanation, proposed by `actor` at `now_us` (the transaction's time).
+v1::Match NewMatchProto(const NewMatch& n, const std::string& agency, const std::string& actor,
+                        int64_t now_us) {
+  v1::Match m;
+  m.set_match_id(RandomUuid());
+  m.set_agency_id(agency);
+  m.set_match_request_id(n.request_id);
+  m.set_supporter_id(n.supporter_id);
+  m.set_supporter_subject(n.supporter_subject);
+  m.set_participant_id(n.participant_id);
+  m.set_units(n.units);
+  m.set_score(n.score);
+  for (const auto& line : n.explanation) *m.add_explanation() = line;
+  *m.mutable_proposed_at() = ToProtoTimestamp(absl::FromUnixMicros(now_us));
+  m.set_proposed_by(actor);
+  return m;
+}
+
+}  // namespace
+
 std::vector<v1::Match> InsertProposals(DeferredWrites& writes, const std::string& agency,
                                        const std::vector<NewMatch>& proposals,
                                        const std::string& actor, int64_t now_us) {
@@ -738,21 +761,9 @@ std::vector<v1::Match> InsertProposals(DeferredWrites& writes, const std::string
   std::vector<v1::Match> out(proposals.size());
   std::vector<StartedMatch> ids(proposals.size());  // MatchRowsJson's id column.
   for (size_t i = 0; i < proposals.size(); ++i) {
-    const NewMatch& n = proposals[i];
-    v1::Match& m = out[i];
-    m.set_match_id(RandomUuid());
-    m.set_agency_id(agency);
-    m.set_match_request_id(n.request_id);
-    m.set_supporter_id(n.supporter_id);
-    m.set_supporter_subject(n.supporter_subject);
-    m.set_participant_id(n.participant_id);
-    m.set_units(n.units);
-    m.set_score(n.score);
-    for (const auto& line : n.explanation) *m.add_explanation() = line;
+    v1::Match& m = out[i] = NewMatchProto(proposals[i], agency, actor, now_us);
     m.set_status(v1::MATCH_STATUS_PROPOSED);
-    *m.mutable_proposed_at() = ToProtoTimestamp(absl::FromUnixMicros(now_us));
-    m.set_proposed_by(actor);
-    m.set_rank(n.rank);
+    m.set_rank(proposals[i].rank);
     ids[i].match.set_match_id(m.match_id());
   }
   writes.Exec("",
@@ -782,21 +793,10 @@ std::vector<StartedMatch> InsertBatchMatches(pqxx::work& tx, const std::string& 
   std::vector<StartedMatch> out(matches.size());
   for (size_t i = 0; i < matches.size(); ++i) {
     const NewMatch& n = matches[i];
-    v1::Match& m = out[i].match;
-    m.set_match_id(RandomUuid());
-    m.set_agency_id(agency);
-    m.set_match_request_id(n.request_id);
-    m.set_supporter_id(n.supporter_id);
-    m.set_supporter_subject(n.supporter_subject);
-    m.set_participant_id(n.participant_id);
-    m.set_units(n.units);
-    m.set_score(n.score);
-    for (const auto& line : n.explanation) *m.add_explanation() = line;
+    v1::Match& m = out[i].match = NewMatchProto(n, agency, actor, now_us);
     m.set_status(v1::MATCH_STATUS_ACTIVE);
     m.set_origin(v1::MATCH_ORIGIN_BATCH_ASSIGNMENT);
     m.set_batch_id(batch_id);
-    *m.mutable_proposed_at() = ToProtoTimestamp(absl::FromUnixMicros(now_us));
-    m.set_proposed_by(actor);
     *m.mutable_started_at() = m.proposed_at();
     m.set_started_by(actor);
     v1::FollowUp& f = out[i].follow_up;

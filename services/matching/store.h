@@ -103,7 +103,7 @@ struct NewMatch {
   std::string request_id;
   std::string supporter_id;
   std::string participant_id;
-  std::string supporter_subject;  // Only for InsertBatchMatches' results.
+  std::string supporter_subject;  // Only for the returned matches (not stored).
   int units = 1;
   double score = 0;
   int rank = 0;
