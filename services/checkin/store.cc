@@ -3,6 +3,9 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -452,6 +455,49 @@ std::pair<int, int> EnrollmentCounts(pqxx::work& tx, const std::string& enrollme
   return {r[0].as<int>(), r[1].as<int>()};
 }
 
+namespace {
+
+// Published pathway versions never change: RecordCheckIn keeps the ones it has read, by id, and
+// check_in_context_2 leaves out the row of every version the agency's list here names. Bounded:
+// past kMaxCachedPathways versions it starts again.
+class PathwayCache {
+ public:
+  std::shared_ptr<const v1::PathwayVersion> Find(const std::string& id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = by_id_.find(id);
+    return it == by_id_.end() ? nullptr : it->second;
+  }
+  // The ids held for `agency_id` as a uuid[] literal.
+  std::string KnownLiteral(const std::string& agency_id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = ids_of_agency_.find(agency_id);
+    return "{" + (it == ids_of_agency_.end() ? "" : absl::StrJoin(it->second, ",")) + "}";
+  }
+  void Put(const v1::PathwayVersion& pathway) {
+    constexpr size_t kMaxCachedPathways = 4096;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (by_id_.contains(pathway.pathway_version_id())) return;
+    if (by_id_.size() >= kMaxCachedPathways) {
+      by_id_.clear();
+      ids_of_agency_.clear();
+    }
+    by_id_[pathway.pathway_version_id()] = std::make_shared<const v1::PathwayVersion>(pathway);
+    ids_of_agency_[pathway.agency_id()].push_back(pathway.pathway_version_id());
+  }
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<std::string, std::shared_ptr<const v1::PathwayVersion>> by_id_;
+  std::unordered_map<std::string, std::vector<std::string>> ids_of_agency_;
+};
+
+PathwayCache& Pathways() {
+  static PathwayCache* const cache = new PathwayCache();
+  return *cache;
+}
+
+}  // namespace
+
 CheckInRead LoadCheckInContext(pqxx::transaction_base& tx, const std::string& agency_id,
                                const std::string& enrollment_id,
                                const std::string& scheduled_check_in_id, absl::Time occurred_at,
@@ -462,53 +508,72 @@ CheckInRead LoadCheckInContext(pqxx::transaction_base& tx, const std::string& ag
       ", c.now_us, c.o_supporter_id, c.o_supporter_subject, c.o_wellbeing_drop_points, "
       "c.o_latest_wellbeing, c.o_occurrences, c.o_missed_contact_failed_attempts, "
       "c.o_supervisor_subject, c.en_version, c.o_idempotency_method, "
-      "c.o_idempotency_request_hash, c.o_idempotency_response "
-      "FROM check_in_context($1, $2::uuid, $3, $4::date, $5, $6) c "
+      "c.o_idempotency_request_hash, c.o_idempotency_response, c.pw_id::text "
+      "FROM check_in_context_2($1, $2::uuid, $3, $4::date, $5, $6, $7::uuid[]) c "
       "LEFT JOIN LATERAL (SELECT (c.en).*) e ON true LEFT JOIN LATERAL (SELECT (c.pw).*) p ON "
       "true");
-  const pqxx::result r = ExecPrepared(tx, "checkin_context", kSql, agency_id, enrollment_id,
-                                      scheduled_check_in_id, utc_day, idempotency_key, lock);
-  CheckInRead read;
-  if (r.empty()) return read;
-  const pqxx::row& row = r[0];
-  const int o = kEnrollmentColumnCount + 7;
-  if (!row[o + 9].is_null()) {
-    read.earlier_call =
-        StoredIdempotentCall{row[o + 9].c_str(), row[o + 10].c_str(), row[o + 11].c_str()};
-  }
-  if (row[0].is_null()) return read;
-  CheckInContext& c = read.context.emplace();
-  c.enrollment = EnrollmentOf(row);
-  c.pathway = PathwayOf(row, kEnrollmentColumnCount);
-  c.now = TimeOf(row[o]);
-  if (!row[o + 1].is_null()) {
-    c.supporter = ActiveSupporter{row[o + 1].c_str(), row[o + 2].c_str(), row[o + 7].c_str()};
-  }
-  c.wellbeing_drop_points = row[o + 3].as<int>();
-  if (!row[o + 4].is_null()) {
-    for (absl::string_view item : absl::StrSplit(row[o + 4].c_str(), ',')) {
-      std::pair<std::string, std::string> parts = absl::StrSplit(item, ':');
-      int64_t us = 0;
-      int score = 0;
-      if (absl::SimpleAtoi(parts.first, &us) && absl::SimpleAtoi(parts.second, &score)) {
-        c.latest_wellbeing.push_back({absl::FromUnixMicros(us), score});
+  // The pathway version comes from the cache when the read left its row out; should the cache
+  // have dropped it meanwhile, the read runs once more naming none.
+  std::string known = Pathways().KnownLiteral(agency_id);
+  for (int attempt = 0;; ++attempt) {
+    const pqxx::result r =
+        ExecPrepared(tx, "checkin_context_2", kSql, agency_id, enrollment_id, scheduled_check_in_id,
+                     utc_day, idempotency_key, lock, known);
+    CheckInRead read;
+    if (r.empty()) return read;
+    const pqxx::row& row = r[0];
+    const int o = kEnrollmentColumnCount + 7;
+    if (!row[o + 9].is_null()) {
+      read.earlier_call =
+          StoredIdempotentCall{row[o + 9].c_str(), row[o + 10].c_str(), row[o + 11].c_str()};
+    }
+    if (row[0].is_null()) return read;
+    std::shared_ptr<const v1::PathwayVersion> cached;
+    if (row[kEnrollmentColumnCount + 1].is_null()) {
+      cached = Pathways().Find(row[o + 12].c_str());
+      if (cached == nullptr && attempt == 0) {
+        known = "{}";
+        continue;
       }
     }
-  }
-  if (!row[o + 5].is_null()) {
-    for (absl::string_view item : absl::StrSplit(row[o + 5].c_str(), ',')) {
-      std::vector<std::string> parts = absl::StrSplit(item, ' ');
-      if (parts.size() != 4) continue;
-      const common::v1::Date d = DateOf(parts[1]);
-      int64_t us = 0;
-      (void)absl::SimpleAtoi(parts[3], &us);
-      c.occurrences.push_back({parts[0], absl::CivilDay(d.year(), d.month(), d.day()), parts[2],
-                               absl::FromUnixMicros(us)});
+    CheckInContext& c = read.context.emplace();
+    c.enrollment = EnrollmentOf(row);
+    if (cached != nullptr) {
+      c.pathway = *cached;
+    } else {
+      c.pathway = PathwayOf(row, kEnrollmentColumnCount);
+      Pathways().Put(c.pathway);
     }
+    c.now = TimeOf(row[o]);
+    if (!row[o + 1].is_null()) {
+      c.supporter = ActiveSupporter{row[o + 1].c_str(), row[o + 2].c_str(), row[o + 7].c_str()};
+    }
+    c.wellbeing_drop_points = row[o + 3].as<int>();
+    if (!row[o + 4].is_null()) {
+      for (absl::string_view item : absl::StrSplit(row[o + 4].c_str(), ',')) {
+        std::pair<std::string, std::string> parts = absl::StrSplit(item, ':');
+        int64_t us = 0;
+        int score = 0;
+        if (absl::SimpleAtoi(parts.first, &us) && absl::SimpleAtoi(parts.second, &score)) {
+          c.latest_wellbeing.push_back({absl::FromUnixMicros(us), score});
+        }
+      }
+    }
+    if (!row[o + 5].is_null()) {
+      for (absl::string_view item : absl::StrSplit(row[o + 5].c_str(), ',')) {
+        std::vector<std::string> parts = absl::StrSplit(item, ' ');
+        if (parts.size() != 4) continue;
+        const common::v1::Date d = DateOf(parts[1]);
+        int64_t us = 0;
+        (void)absl::SimpleAtoi(parts[3], &us);
+        c.occurrences.push_back({parts[0], absl::CivilDay(d.year(), d.month(), d.day()), parts[2],
+                                 absl::FromUnixMicros(us)});
+      }
+    }
+    c.missed_contact_failed_attempts = row[o + 6].as<int>();
+    c.enrollment_version = row[o + 8].c_str();
+    return read;
   }
-  c.missed_contact_failed_attempts = row[o + 6].as<int>();
-  c.enrollment_version = row[o + 8].c_str();
-  return read;
 }
 
 const std::string& OutboxEvents::Add(std::unique_ptr<google::protobuf::Message> event) {

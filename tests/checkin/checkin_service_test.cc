@@ -695,6 +695,41 @@ TEST_F(CheckInServiceTest, EachDefaultPathwayRecordsValidAndRefusesEachKindOfInv
   EXPECT_EQ(Events("CheckInRecordedEvent"), 4);
 }
 
+// RecordCheckIn's read (migration 0008) leaves out the pathway version's row, definition and all,
+// when the service names it as held, and still gives its id; unnamed, the row comes whole.
+TEST_F(CheckInServiceTest, TheReadLeavesOutPathwayVersionsTheServiceHolds) {
+  const std::string id = Enrolled("structured_checkin", "p-1");
+  const std::string pathway =
+      db_->AdminQuery(
+             "SELECT p.id::text FROM checkin.enrollments e JOIN checkin.pathway_versions p ON "
+             "p.agency_id = e.agency_id AND p.pathway_key = e.pathway_key AND p.version = "
+             "e.pathway_version WHERE e.id = '" +
+             id + "'")[0][0]
+          .as<std::string>();
+  auto read = [&](const std::string& known) {
+    return db_->AdminQuery(
+        "SET search_path TO checkin; "
+        "SELECT c.pw_id::text, (c.pw).definition IS NULL, (c.en).id::text FROM "
+        "checkin.check_in_context_2('" +
+        std::string(kAgency) + "', '" + id + "', '', current_date, '', false, '" + known +
+        "') c")[0];
+  };
+  const pqxx::row whole = read("{}");
+  EXPECT_EQ(whole[0].as<std::string>(), pathway);
+  EXPECT_FALSE(whole[1].as<bool>());
+  const pqxx::row lean = read("{" + pathway + "}");
+  EXPECT_EQ(lean[0].as<std::string>(), pathway);
+  EXPECT_TRUE(lean[1].as<bool>());
+  EXPECT_EQ(lean[2].as<std::string>(), id);
+  // The service itself, holding the version after the first check-in, records the next ones.
+  for (int i = 0; i < 3; ++i) {
+    v1::RecordCheckInResponse response;
+    const grpc::Status status = Record(CheckIn(id, ValidAnswers("structured_checkin")), &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(response.check_in().pathway_version(), 1);
+  }
+}
+
 TEST_F(CheckInServiceTest, ImmediateSafetyRuleFiresExactlyOnceAndStopsRoutineEngagement) {
   const std::string id = Enrolled("structured_checkin", "p-1");
   std::vector<v1::Answer> answers = ValidAnswers("structured_checkin");
