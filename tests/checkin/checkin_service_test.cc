@@ -730,6 +730,26 @@ TEST_F(CheckInServiceTest, TheReadLeavesOutPathwayVersionsTheServiceHolds) {
   }
 }
 
+// A check-in's update of its enrollment (migration 0009) may stay on its page (HOT) only while no
+// index of enrollments covers a column it changes, in its key or its predicate.
+TEST_F(CheckInServiceTest, NoIndexCoversTheContactStateACheckInUpdates) {
+  const pqxx::result covered = db_->AdminQuery(
+      "SELECT i.indexrelid::regclass::text, a.attname FROM pg_index i "
+      "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum > 0 "
+      " AND (a.attnum = ANY (i.indkey) OR pg_get_expr(i.indexprs, i.indrelid) ~ a.attname"
+      "      OR pg_get_expr(i.indpred, i.indrelid) ~ a.attname) "
+      "WHERE i.indrelid = 'checkin.enrollments'::regclass AND a.attname IN ('last_contact_at', "
+      "'failed_attempts_in_a_row', 'engagement_stage', 'engagement_stage_changed_at', "
+      "'routine', 'routine_stopped_at')");
+  for (const auto& row : covered) {
+    ADD_FAILURE() << row[0].as<std::string>() << " covers " << row[1].as<std::string>();
+  }
+  EXPECT_EQ(db_->AdminQuery("SELECT reloptions::text FROM pg_class WHERE oid = "
+                            "'checkin.enrollments'::regclass")[0][0]
+                .as<std::string>(),
+            "{fillfactor=90}");
+}
+
 TEST_F(CheckInServiceTest, ImmediateSafetyRuleFiresExactlyOnceAndStopsRoutineEngagement) {
   const std::string id = Enrolled("structured_checkin", "p-1");
   std::vector<v1::Answer> answers = ValidAnswers("structured_checkin");
