@@ -750,6 +750,27 @@ TEST_F(CheckInServiceTest, NoIndexCoversTheContactStateACheckInUpdates) {
             "{fillfactor=90}");
 }
 
+// Migration 0010 moved enrollments' single-column rules into domains: the database still refuses
+// what they refuse, whoever writes.
+TEST_F(CheckInServiceTest, TheDatabaseStillRefusesWhatTheEnrollmentRulesRefuse) {
+  const std::string id = Enrolled("structured_checkin", "p-1");
+  for (const std::string set :
+       {"participant_id = ''", "schedule_kind = 'monthly'", "time_zone = ''", "status = 'paused'",
+        "engagement_stage = 'gone'", "failed_attempts_in_a_row = -1", "enrolled_by = ''",
+        "check_in_window = interval '15 days'", "check_in_window = interval '0'",
+        "gate_results = '{}'::jsonb"}) {
+    EXPECT_THROW(
+        db_->AdminQuery("UPDATE checkin.enrollments SET " + set + " WHERE id = '" + id + "'"),
+        pqxx::check_violation)
+        << set;
+  }
+  // What they allow still goes through.
+  db_->AdminQuery(
+      "UPDATE checkin.enrollments SET engagement_stage = 'at_risk', "
+      "failed_attempts_in_a_row = 2 WHERE id = '" +
+      id + "'");
+}
+
 TEST_F(CheckInServiceTest, ImmediateSafetyRuleFiresExactlyOnceAndStopsRoutineEngagement) {
   const std::string id = Enrolled("structured_checkin", "p-1");
   std::vector<v1::Answer> answers = ValidAnswers("structured_checkin");

@@ -212,6 +212,27 @@ TEST_F(EscalationServiceTest, TimeHelpersAreExactAndInlined) {
   }
 }
 
+// Migration 0010 moved concerns' single-column rules into domains: the database still refuses
+// what they refuse, whoever writes.
+TEST_F(EscalationServiceTest, TheDatabaseStillRefusesWhatTheConcernRulesRefuse) {
+  const v1::Concern c =
+      MustRaise(Raise(CONCERN_CATEGORY_CLINICAL_WORSENING, CONCERN_SEVERITY_URGENT, "d-1"));
+  for (const std::string set :
+       {"participant_id = ''", "category = 'other'", "severity = 'severe'", "source = 'rumour'",
+        "raised_by = ''", "raised_by_role = ''", "status = 'closed'", "current_level = 21",
+        "target_kind = 'peer_supporter'", "target_id = ''", "breach_count = -1",
+        "policy_version = 0"}) {
+    EXPECT_THROW(db_->AdminQuery("UPDATE escalation.concerns SET " + set + " WHERE id = '" +
+                                 c.concern_id() + "'"),
+                 pqxx::check_violation)
+        << set;
+  }
+  db_->AdminQuery(
+      "UPDATE escalation.concerns SET severity = 'critical', current_level = 1 "
+      "WHERE id = '" +
+      c.concern_id() + "'");
+}
+
 TEST_F(EscalationServiceTest, RetryWithSameKeyReturnsTheSameConcernAndStoresOnce) {
   const auto request = Raise(CONCERN_CATEGORY_BASIC_NEEDS, CONCERN_SEVERITY_URGENT, "k-2");
   const v1::Concern first = MustRaise(request);
