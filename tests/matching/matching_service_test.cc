@@ -395,6 +395,56 @@ TEST_F(MatchingServiceTest, ProposalsNeverNameIneligibleSupportersAndExplainThem
   }
 }
 
+// ProposeMatches writes its proposals, events, request status and stored response together: a
+// retry replays them without a second write, another body under the key is refused, and another
+// agency's supervisor finds no such request and writes nothing.
+TEST_F(MatchingServiceTest, ProposalsAreReplayedOnRetryAndRefusedToOtherAgencies) {
+  CreateSupporter(Profile("sup-a"));
+  CreateSupporter(Profile("sup-b"));
+  const v1::MatchRequest request = CreateRequest("p-1");
+  auto count = [&](const std::string& sql) { return db_->AdminQuery(sql)[0][0].as<int>(); };
+  const std::string proposed = "SELECT count(*) FROM matching.matches WHERE status = 'proposed'";
+  const std::string events =
+      "SELECT count(*) FROM matching.outbox WHERE event_type LIKE '%MatchProposedEvent'";
+
+  v1::ProposeMatchesRequest propose;
+  propose.set_match_request_id(request.match_request_id());
+  propose.set_idempotency_key(Key());
+  v1::ProposeMatchesResponse elsewhere;
+  EXPECT_EQ(stub_
+                ->ProposeMatches(As({"supervisor"}, "coordinator-b", "agency-b").get(), propose,
+                                 &elsewhere)
+                .error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(count(proposed), 0);
+  EXPECT_EQ(count(events), 0);
+
+  v1::ProposeMatchesResponse first, again;
+  ASSERT_TRUE(stub_->ProposeMatches(As({"supervisor"}).get(), propose, &first).ok());
+  ASSERT_EQ(first.candidates_size(), 2);
+  EXPECT_EQ(first.match_request().status(), v1::MATCH_REQUEST_STATUS_PROPOSED);
+  ASSERT_TRUE(stub_->ProposeMatches(As({"supervisor"}).get(), propose, &again).ok());
+  ASSERT_EQ(again.candidates_size(), 2);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(again.candidates(i).match().match_id(), first.candidates(i).match().match_id());
+  }
+  EXPECT_EQ(count(proposed), 2);
+  EXPECT_EQ(count(events), 2);
+  // What the response said is what was stored.
+  const v1::Match& best = first.candidates(0).match();
+  EXPECT_EQ(count("SELECT count(*) FROM matching.matches WHERE id = '" + best.match_id() +
+                  "' AND rank = 1 AND supporter_id = '" + best.supporter_id() + "'"),
+            1);
+  EXPECT_EQ(count("SELECT count(*) FROM matching.match_requests WHERE id = '" +
+                  request.match_request_id() + "' AND status = 'proposed'"),
+            1);
+
+  propose.set_max_candidates(1);
+  EXPECT_EQ(stub_->ProposeMatches(As({"supervisor"}).get(), propose, &again).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(count(proposed), 2);
+}
+
 TEST_F(MatchingServiceTest, AcceptStartsTheRelationshipAndEndingStopsIt) {
   const v1::Supporter supporter = CreateSupporter(Profile("sup-a"));
   const v1::Match match = StartMatch("p-1", supporter);
