@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <map>
 
+#include "absl/functional/function_ref.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -347,19 +348,16 @@ std::string ExplanationJson(const std::vector<v1::CriterionExplanation>& lines) 
   return out + "]";
 }
 
-// New matches as a JSON array of records, for jsonb_to_recordset (one statement for many). With
-// `started`, each record also carries the ids chosen for its match and its follow-up.
+// New matches as a JSON array of records, for jsonb_to_recordset (one statement for many). Each
+// record starts with the fields `ids(i, &record)` appends (the ids chosen for the match, and for
+// its follow-up where there is one), each followed by a comma.
 std::string MatchRowsJson(const std::vector<NewMatch>& matches,
-                          const std::vector<StartedMatch>* started = nullptr) {
+                          absl::FunctionRef<void(size_t, std::string*)> ids) {
   std::string rows = "[";
   for (size_t i = 0; i < matches.size(); ++i) {
     const NewMatch& m = matches[i];
     absl::StrAppend(&rows, i == 0 ? "{" : ",{");
-    if (started != nullptr) {
-      absl::StrAppend(&rows, "\"id\":", JsonString((*started)[i].match.match_id()),
-                      ",\"follow_up_id\":", JsonString((*started)[i].follow_up.follow_up_id()),
-                      ",");
-    }
+    ids(i, &rows);
     absl::StrAppend(&rows, "\"request_id\":", JsonString(m.request_id),
                     ",\"supporter_id\":", JsonString(m.supporter_id),
                     ",\"participant_id\":", JsonString(m.participant_id), ",\"units\":", m.units,
@@ -759,13 +757,14 @@ std::vector<v1::Match> InsertProposals(DeferredWrites& writes, const std::string
                                        const std::string& actor, int64_t now_us) {
   if (proposals.empty()) return {};
   std::vector<v1::Match> out(proposals.size());
-  std::vector<StartedMatch> ids(proposals.size());  // MatchRowsJson's id column.
   for (size_t i = 0; i < proposals.size(); ++i) {
     v1::Match& m = out[i] = NewMatchProto(proposals[i], agency, actor, now_us);
     m.set_status(v1::MATCH_STATUS_PROPOSED);
     m.set_rank(proposals[i].rank);
-    ids[i].match.set_match_id(m.match_id());
   }
+  const std::string rows = MatchRowsJson(proposals, [&](size_t i, std::string* row) {
+    absl::StrAppend(row, "\"id\":", JsonString(out[i].match_id()), ",");
+  });
   writes.Exec("",
               "INSERT INTO matches (id, agency_id, request_id, supporter_id, participant_id, units,"
               "  score, explanation, proposed_by, proposed_at, rank, continuity)"
@@ -774,7 +773,7 @@ std::vector<v1::Match> InsertProposals(DeferredWrites& writes, const std::string
               " FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, request_id uuid,"
               "  supporter_id uuid, participant_id text, units integer, score double precision,"
               "  rank integer, continuity boolean, explanation jsonb)",
-              MatchRowsJson(proposals, &ids), agency, actor, now_us);
+              rows, agency, actor, now_us);
   return out;
 }
 
@@ -806,7 +805,10 @@ std::vector<StartedMatch> InsertBatchMatches(pqxx::work& tx, const std::string& 
     f.set_supporter_id(n.supporter_id);
     SetDate(clock[1], f.mutable_due_on());
   }
-  const std::string rows = MatchRowsJson(matches, &out);
+  const std::string rows = MatchRowsJson(matches, [&](size_t i, std::string* row) {
+    absl::StrAppend(row, "\"id\":", JsonString(out[i].match.match_id()),
+                    ",\"follow_up_id\":", JsonString(out[i].follow_up.follow_up_id()), ",");
+  });
   // The foreign-key checks of the rows inserted here run once per row, on plans the connection
   // cached: planned while `matches` was small they scan it, and a batch that grows it by
   // thousands of rows would become quadratic. Dropping the cached plans makes the checks plan
