@@ -80,15 +80,17 @@ absl::Status ReplayStoredCall(const IdempotentCall& call, const StoredIdempotent
   return absl::OkStatus();
 }
 
+const char kClaimIdempotencyKeySql[] =
+    "INSERT INTO idempotency_keys (agency_id, idempotency_key, method, request_hash, response) "
+    "VALUES ($1, $2, $3, decode($4, 'hex'), '') ON CONFLICT DO NOTHING RETURNING 1";
+
 absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& call,
                                          google::protobuf::Message& response) {
   // The common case is one statement. A conflicting claim by a transaction still running makes
   // this INSERT wait for it; DO NOTHING then means that transaction committed.
-  const pqxx::result claimed = ExecPrepared(
-      tx, "peerpath_idempotency_claim",
-      "INSERT INTO idempotency_keys (agency_id, idempotency_key, method, request_hash, response) "
-      "VALUES ($1, $2, $3, decode($4, 'hex'), '') ON CONFLICT DO NOTHING RETURNING 1",
-      call.agency_id, call.key, call.method, RequestFingerprintHex(call));
+  const pqxx::result claimed =
+      ExecPrepared(tx, "peerpath_idempotency_claim", kClaimIdempotencyKeySql, call.agency_id,
+                   call.key, call.method, RequestFingerprintHex(call));
   if (!claimed.empty()) return false;
   if (absl::Status replayed = ReplayClaimedKey(tx, call, response); !replayed.ok()) {
     return replayed;

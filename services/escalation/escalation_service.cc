@@ -280,11 +280,8 @@ struct RaiseContext {
 RaiseContext ReadRaiseContext(pqxx::work& tx, const IdempotentCall& call,
                               const std::string& caller_subject,
                               const v1::RaiseConcernRequest& request) {
-  const pqxx::row row = ExecPrepared(
-      tx, "escalation_raise_context",
-      "WITH claim AS (INSERT INTO idempotency_keys (agency_id, idempotency_key, method, "
-      "  request_hash, response) VALUES ($1, $2, $3, decode($4, 'hex'), '')"
-      "  ON CONFLICT DO NOTHING RETURNING 1)"
+  static const std::string kSql = absl::StrCat(
+      "WITH claim AS (", kClaimIdempotencyKeySql, ")",
       " SELECT (SELECT count(*) FROM claim) > 0, m.supporter_id::text, m.supporter_subject,"
       "  m.supervisor_subject,"
       "  $6 <> '' AND EXISTS (SELECT 1 FROM supporter_matches s WHERE s.participant_id = $5"
@@ -298,9 +295,11 @@ RaiseContext ReadRaiseContext(pqxx::work& tx, const IdempotentCall& call,
       " LEFT JOIN LATERAL (SELECT s.supporter_id, s.supporter_subject, s.supervisor_subject"
       "   FROM supporter_matches s WHERE s.participant_id = $5 AND s.active"
       "   ORDER BY s.started_at DESC NULLS LAST LIMIT 1) m ON true"
-      " LEFT JOIN enrollments e ON e.enrollment_id = NULLIF($7, '')::uuid",
-      call.agency_id, call.key, call.method, RequestFingerprintHex(call), request.participant_id(),
-      caller_subject, request.enrollment_id())[0];
+      " LEFT JOIN enrollments e ON e.enrollment_id = NULLIF($7, '')::uuid");
+  const pqxx::row row =
+      ExecPrepared(tx, "escalation_raise_context", kSql, call.agency_id, call.key, call.method,
+                   RequestFingerprintHex(call), request.participant_id(), caller_subject,
+                   request.enrollment_id())[0];
   RaiseContext known;
   known.claimed = row[0].as<bool>();
   if (!row[1].is_null()) {
