@@ -25,6 +25,18 @@ absl::StatusOr<std::string> ReadPem(const std::string& path) {
 
 }  // namespace
 
+std::shared_ptr<grpc::experimental::CertificateProviderInterface> WatchCertificateFiles(
+    const std::string& key_file, const std::string& cert_file, const std::string& ca_file,
+    absl::Duration interval) {
+  const auto seconds =
+      static_cast<unsigned int>(std::max<int64_t>(1, absl::ToInt64Seconds(interval)));
+  if (key_file.empty()) {
+    return std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(ca_file, seconds);
+  }
+  return std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(key_file, cert_file,
+                                                                              ca_file, seconds);
+}
+
 absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& target,
                                                            const ChannelOptions& options) {
   grpc::ChannelArguments args;
@@ -50,18 +62,9 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& ta
     if (file->empty()) continue;
     if (auto pem = ReadPem(*file); !pem.ok()) return pem.status();
   }
-  const auto interval = static_cast<unsigned int>(
-      std::max<int64_t>(1, absl::ToInt64Seconds(options.reload_interval)));
-  std::shared_ptr<grpc::experimental::CertificateProviderInterface> provider;
-  if (options.cert_file.empty()) {
-    provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(options.ca_file,
-                                                                                    interval);
-  } else {
-    provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
-        options.key_file, options.cert_file, options.ca_file, interval);
-  }
   grpc::experimental::TlsChannelCredentialsOptions tls;
-  tls.set_certificate_provider(provider);
+  tls.set_certificate_provider(WatchCertificateFiles(options.key_file, options.cert_file,
+                                                     options.ca_file, options.reload_interval));
   tls.watch_root_certs();
   if (!options.cert_file.empty()) tls.watch_identity_key_cert_pairs();
   if (!options.server_name_override.empty()) {

@@ -5,6 +5,7 @@
 // when the operator said a mesh provides mTLS (--allow_plaintext).
 
 #include <grpcpp/channel.h>
+#include <grpcpp/security/tls_certificate_provider.h>
 
 #include <memory>
 #include <string>
@@ -25,6 +26,14 @@ struct ChannelOptions {
   // the next connections without a restart. Whole seconds.
   absl::Duration reload_interval = absl::Seconds(60);
 };
+
+// gRPC's watcher of TLS files, re-reading them every `interval` (whole seconds, at least one):
+// the private key and certificate chain (both empty: no identity, a client without a
+// certificate) and the CA bundle (empty with a key: no roots to watch). Servers and channels both
+// take their credentials from it, so a certificate rotated on disk is used without a restart.
+std::shared_ptr<grpc::experimental::CertificateProviderInterface> WatchCertificateFiles(
+    const std::string& key_file, const std::string& cert_file, const std::string& ca_file,
+    absl::Duration interval);
 
 // The files are read at once (so a missing one is an error here) and then watched by gRPC's
 // FileWatcherCertificateProvider. INVALID_ARGUMENT when a file cannot be read, the cert/key pair is

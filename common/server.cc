@@ -4,7 +4,6 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
-#include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
 #include <prometheus/exposer.h>
 #include <signal.h>
@@ -26,6 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/audit.h"
+#include "common/channel.h"
 #include "common/idempotency.h"
 #include "common/log.h"
 #include "common/operations_service.h"
@@ -55,11 +55,8 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const
   if (!c.tls_ca_file.empty()) {
     if (auto ca = ReadFile(c.tls_ca_file, "--tls_ca_file"); !ca.ok()) return ca.status();
   }
-  const auto interval =
-      static_cast<unsigned int>(std::max<int64_t>(1, absl::ToInt64Seconds(c.tls_reload_interval)));
-  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
-      c.tls_key_file, c.tls_cert_file, c.tls_ca_file, interval);
-  grpc::experimental::TlsServerCredentialsOptions options(provider);
+  grpc::experimental::TlsServerCredentialsOptions options(
+      WatchCertificateFiles(c.tls_key_file, c.tls_cert_file, c.tls_ca_file, c.tls_reload_interval));
   options.watch_identity_key_cert_pairs();
   if (c.tls_ca_file.empty()) {
     options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
