@@ -1,0 +1,178 @@
+#pragma once
+
+// Group commit: concurrent callers' writes run together, one batch per database round trip and
+// commit, each caller answered only after the batch that holds its write has run.
+//
+// The scheme is the leader/follower queue of PostgreSQL's own group commit and LevelDB's writer
+// queue. Submit queues the caller's item and waits. The caller at the head of the queue, when
+// fewer than `max_concurrent` batches are running, becomes the leader: it takes the items queued
+// behind it (up to `max_batch`, same group, no shared conflict key), runs them as one batch on
+// its own thread, hands every item its result and wakes the next head. No timer: a lone caller
+// runs at once, and under load a batch holds whatever queued while the previous one ran, so the
+// batch size follows the load.
+//
+// `group_of`: items of different groups never share a batch (e.g. the agency a statement scopes
+// itself to). `conflict_keys`: items sharing a key never share a batch (e.g. two writes of one
+// row); the later one keeps its place in the queue and goes in a following batch.
+//
+// `run_batch` returns exactly one result per item, in the items' order. If it throws, every item
+// of the batch gets the exception, rethrown by its Submit.
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace peerpath {
+
+struct GroupCommitOptions {
+  int max_batch = 64;
+  int max_concurrent = 1;  // Batches running at once.
+};
+
+template <typename Item, typename Result>
+class GroupCommitter {
+ public:
+  using RunBatch = std::function<std::vector<Result>(const std::vector<const Item*>& items)>;
+  using GroupOf = std::function<std::string(const Item&)>;
+  using ConflictKeys = std::function<std::vector<std::string>(const Item&)>;
+
+  GroupCommitter(GroupCommitOptions options, RunBatch run_batch, GroupOf group_of,
+                 ConflictKeys conflict_keys)
+      : options_(options),
+        run_batch_(std::move(run_batch)),
+        group_of_(std::move(group_of)),
+        conflict_keys_(std::move(conflict_keys)) {
+    if (options_.max_batch < 1 || options_.max_concurrent < 1) {
+      throw std::invalid_argument("GroupCommitter: max_batch and max_concurrent must be >= 1");
+    }
+  }
+  GroupCommitter(const GroupCommitter&) = delete;
+  GroupCommitter& operator=(const GroupCommitter&) = delete;
+
+  // Runs `item` in a batch and returns its result; `item` must outlive the call.
+  Result Submit(const Item& item) {
+    Waiter self(&item, group_of_(item), conflict_keys_(item));
+    std::unique_lock lock(mu_);
+    queue_.push_back(&self);
+    for (;;) {
+      if (self.done) return self.Take();
+      if (running_ < options_.max_concurrent && queue_.front() == &self) break;
+      self.wake.wait(lock);
+    }
+    std::vector<Waiter*> batch = TakeBatch();
+    ++running_;
+    // The next head may lead a batch of its own while this one runs.
+    if (running_ < options_.max_concurrent && !queue_.empty()) queue_.front()->wake.notify_one();
+    lock.unlock();
+
+    std::vector<const Item*> items;
+    items.reserve(batch.size());
+    for (Waiter* w : batch) items.push_back(w->item);
+    std::vector<Result> results;
+    std::exception_ptr failure;
+    try {
+      results = run_batch_(items);
+      if (results.size() != items.size()) {
+        throw std::logic_error("GroupCommitter: run_batch returned a result count unlike its items'");
+      }
+    } catch (...) {
+      failure = std::current_exception();
+    }
+
+    lock.lock();
+    --running_;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      Waiter* w = batch[i];
+      if (failure) {
+        w->failure = failure;
+      } else {
+        w->result.emplace(std::move(results[i]));
+      }
+      w->done = true;
+      if (w != &self) w->wake.notify_one();
+    }
+    ++batches_;
+    items_ += batch.size();
+    if (!queue_.empty()) queue_.front()->wake.notify_one();
+    return self.Take();
+  }
+
+  // Batches run and items they held, since construction: items / batches is the mean batch size.
+  std::pair<long, long> Counts() const {
+    std::lock_guard lock(mu_);
+    return {batches_, items_};
+  }
+
+  // Items waiting for a batch to take them (not those in a running batch).
+  int Queued() const {
+    std::lock_guard lock(mu_);
+    return static_cast<int>(queue_.size());
+  }
+
+ private:
+  struct Waiter {
+    Waiter(const Item* i, std::string g, std::vector<std::string> k)
+        : item(i), group(std::move(g)), keys(std::move(k)) {}
+    const Item* item;
+    std::string group;
+    std::vector<std::string> keys;
+    std::condition_variable wake;
+    bool done = false;
+    std::optional<Result> result;
+    std::exception_ptr failure;
+
+    Result Take() {
+      if (failure) std::rethrow_exception(failure);
+      return std::move(*result);
+    }
+  };
+
+  // The head of the queue and the items behind it that may join it; removes them from the queue.
+  std::vector<Waiter*> TakeBatch() {
+    std::vector<Waiter*> batch{queue_.front()};
+    std::vector<std::string> taken = queue_.front()->keys;
+    const std::string& group = queue_.front()->group;
+    auto shares_a_key = [&](const Waiter* w) {
+      return std::any_of(w->keys.begin(), w->keys.end(), [&](const std::string& k) {
+        return std::find(taken.begin(), taken.end(), k) != taken.end();
+      });
+    };
+    std::deque<Waiter*> left;
+    queue_.pop_front();
+    while (!queue_.empty()) {
+      Waiter* w = queue_.front();
+      queue_.pop_front();
+      if (static_cast<int>(batch.size()) < options_.max_batch && w->group == group &&
+          !shares_a_key(w)) {
+        batch.push_back(w);
+        taken.insert(taken.end(), w->keys.begin(), w->keys.end());
+      } else {
+        left.push_back(w);
+      }
+    }
+    queue_ = std::move(left);
+    return batch;
+  }
+
+  const GroupCommitOptions options_;
+  const RunBatch run_batch_;
+  const GroupOf group_of_;
+  const ConflictKeys conflict_keys_;
+
+  mutable std::mutex mu_;
+  std::deque<Waiter*> queue_;
+  int running_ = 0;
+  long batches_ = 0;
+  long items_ = 0;
+};
+
+}  // namespace peerpath
