@@ -82,7 +82,8 @@ class GroupCommitter {
     try {
       results = run_batch_(items);
       if (results.size() != items.size()) {
-        throw std::logic_error("GroupCommitter: run_batch returned a result count unlike its items'");
+        throw std::logic_error(
+            "GroupCommitter: run_batch returned a result count unlike its items'");
       }
     } catch (...) {
       failure = std::current_exception();

@@ -1,15 +1,20 @@
 #pragma once
 
+#include <prometheus/histogram.h>
+
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "common/authorization.h"
 #include "common/event_consumer.h"
 #include "common/event_log.h"
+#include "common/group_commit.h"
 #include "common/server.h"
 #include "common/stop_signal.h"
 #include "peerpath/checkin/v1/checkin.grpc.pb.h"
@@ -141,12 +146,20 @@ class CheckInService final : public CheckInServiceBase {
   absl::Status DecideCheckIn(const Call& call, const v1::RecordCheckInRequest& request,
                              absl::Time occurred_at, const CheckInContext& read,
                              CheckInWrite& write, v1::RecordCheckInResponse& response);
+  // Writes decided check-ins of one agency together (WriteCheckIns): one status per write, OK,
+  // ABORTED (read again: the enrollment or occurrence changed) or ALREADY_EXISTS (the key was
+  // claimed meanwhile). A batch that fails as a whole is written again one check-in at a time,
+  // so that a bad one fails only its own call. A batch of one uses WriteCheckIn.
+  std::vector<absl::Status> WriteCheckInBatch(const std::vector<const CheckInWrite*>& writes);
 
   ServiceContext& context_;
   const CheckInOptions options_;
   Authorizer authorizer_;
   EventLog events_;
   std::unique_ptr<ConsentGates> consent_gates_;
+  prometheus::Histogram* write_batch_sizes_ = nullptr;
+  // Concurrent RecordCheckIn calls' writes, committed together.
+  GroupCommitter<CheckInWrite, absl::Status> check_in_writes_;
   std::unique_ptr<EventConsumer> matching_consumer_;
   std::unique_ptr<EventConsumer> escalation_consumer_;
   std::unique_ptr<EventConsumer> consent_consumer_;

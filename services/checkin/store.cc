@@ -5,6 +5,9 @@
 #include <algorithm>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string_view>
 #include <unordered_map>
 
 #include "absl/strings/ascii.h"
@@ -582,30 +585,93 @@ const std::string& OutboxEvents::Add(std::unique_ptr<google::protobuf::Message> 
   return ids_.back();
 }
 
-std::string OutboxEvents::TypesLiteral() const {
+std::vector<std::string> OutboxEvents::Types() const {
   std::vector<std::string> types;
   for (const auto& e : events_) types.push_back(e->GetDescriptor()->full_name());
-  return TextArrayLiteral(types);
+  return types;
 }
 
-std::string OutboxEvents::PayloadsLiteral() const {
+std::vector<std::string> OutboxEvents::Payloads() const {
   std::vector<std::string> payloads;
   for (const auto& e : events_) payloads.push_back(absl::Base64Escape(e->SerializeAsString()));
-  return TextArrayLiteral(payloads);
+  return payloads;
 }
 
+std::string OutboxEvents::TypesLiteral() const { return TextArrayLiteral(Types()); }
+std::string OutboxEvents::PayloadsLiteral() const { return TextArrayLiteral(Payloads()); }
 std::string OutboxEvents::IdsLiteral() const { return TextArrayLiteral(ids_); }
+
+namespace {
+
+// The check-in's answers as the JSON object stored in check_ins.answers.
+std::string AnswersJson(const v1::CheckIn& c) {
+  v1::CheckIn answers;
+  *answers.mutable_answers() = c.answers();
+  std::string json = Json(answers);
+  return json.empty() ? "{}" : json;
+}
+
+int64_t LateMicros(const v1::CheckIn& c) {
+  return c.late_by().seconds() * 1000000 + c.late_by().nanos() / 1000;
+}
+
+bool CompletesOccurrence(const CheckInWrite& w) {
+  return !w.check_in.scheduled_check_in_id().empty() && !w.occurrence_due_on.empty();
+}
+
+// One item of record_check_ins (migration 0011): a check_in_write as a JSON object.
+nlohmann::json CheckInWriteJson(int n, const CheckInWrite& w) {
+  const v1::CheckIn& c = w.check_in;
+  nlohmann::json j = {
+      {"n", n},
+      {"check_in", c.check_in_id()},
+      {"enrollment", c.enrollment_id()},
+      {"enrollment_version", w.enrollment_version},
+      {"scheduled", c.scheduled_check_in_id()},
+      {"participant", c.participant_id()},
+      {"supporter", c.supporter_id()},
+      {"recorded_by", c.recorded_by()},
+      {"recorded_by_role", c.recorded_by_role()},
+      {"pathway_key", c.pathway_key()},
+      {"pathway_version", c.pathway_version()},
+      {"answers", nlohmann::json::parse(AnswersJson(c))},
+      {"wellbeing", c.wellbeing_score()},
+      {"contact_mode", EnumText(v1::ContactMode_descriptor(), c.contact_mode(), "CONTACT_MODE_")},
+      {"occurred_us", absl::ToUnixMicros(FromProtoTimestamp(c.occurred_at()))},
+      {"recorded_us", absl::ToUnixMicros(FromProtoTimestamp(c.recorded_at()))},
+      {"late_us", c.late() ? nlohmann::json(LateMicros(c)) : nlohmann::json()},
+      {"fired_rule_ids", w.fired_rule_ids},
+      {"reconnection", w.reconnection},
+      {"stops_routine", w.stops_routine},
+      {"due_on", CompletesOccurrence(w) ? nlohmann::json(w.occurrence_due_on) : nlohmann::json()},
+      {"window_start_us", CompletesOccurrence(w)
+                              ? nlohmann::json(absl::ToUnixMicros(w.occurrence_window_start))
+                              : nlohmann::json()},
+      {"window_end_us", c.has_window_end()
+                            ? nlohmann::json(absl::ToUnixMicros(FromProtoTimestamp(c.window_end())))
+                            : nlohmann::json()},
+      {"event_types", w.events.Types()},
+      {"event_payloads", w.events.Payloads()},
+      {"event_ids", w.events.Ids()},
+      {"idempotency_key", w.idempotency_key},
+      {"method", w.method},
+      {"request_hash", w.request_hash_hex},
+      {"response", absl::Base64Escape(w.response_bytes)},
+      {"actor", w.audit.actor},
+      {"actor_role", w.audit.actor_role},
+      {"action", w.audit.action},
+      {"request_id", w.audit.request_id},
+  };
+  return j;
+}
+
+}  // namespace
 
 void WriteCheckIn(pqxx::transaction_base& tx, const CheckInWrite& w) {
   const v1::CheckIn& c = w.check_in;
-  v1::CheckIn answers;
-  *answers.mutable_answers() = c.answers();
-  std::string answers_json = Json(answers);
-  if (answers_json.empty()) answers_json = "{}";
-  const bool completes_occurrence =
-      !c.scheduled_check_in_id().empty() && !w.occurrence_due_on.empty();
+  const bool completes_occurrence = CompletesOccurrence(w);
   std::optional<int64_t> late_us;
-  if (c.late()) late_us = c.late_by().seconds() * 1000000 + c.late_by().nanos() / 1000;
+  if (c.late()) late_us = LateMicros(c);
   std::optional<int64_t> window_end_us;
   if (c.has_window_end()) window_end_us = absl::ToUnixMicros(FromProtoTimestamp(c.window_end()));
   ExecPrepared(
@@ -615,7 +681,8 @@ void WriteCheckIn(pqxx::transaction_base& tx, const CheckInWrite& w) {
       "$25::text[], $26::text[], $27, $28, $29, $30, $31, $32, $33, $34)",
       w.agency_id, c.check_in_id(), c.enrollment_id(), w.enrollment_version,
       c.scheduled_check_in_id(), c.participant_id(), c.supporter_id(), c.recorded_by(),
-      c.recorded_by_role(), c.pathway_key(), c.pathway_version(), answers_json, c.wellbeing_score(),
+      c.recorded_by_role(), c.pathway_key(), c.pathway_version(), AnswersJson(c),
+      c.wellbeing_score(),
       EnumText(v1::ContactMode_descriptor(), c.contact_mode(), "CONTACT_MODE_"),
       absl::ToUnixMicros(FromProtoTimestamp(c.occurred_at())),
       absl::ToUnixMicros(FromProtoTimestamp(c.recorded_at())), late_us,
@@ -626,6 +693,36 @@ void WriteCheckIn(pqxx::transaction_base& tx, const CheckInWrite& w) {
       window_end_us, w.events.TypesLiteral(), w.events.PayloadsLiteral(), w.events.IdsLiteral(),
       w.idempotency_key, w.method, w.request_hash_hex, absl::Base64Escape(w.response_bytes),
       w.audit.actor, w.audit.actor_role, w.audit.action, w.audit.request_id);
+}
+
+std::vector<CheckInWriteOutcome> WriteCheckIns(pqxx::transaction_base& tx,
+                                               const std::string& agency_id,
+                                               const std::vector<const CheckInWrite*>& writes) {
+  nlohmann::json items = nlohmann::json::array();
+  for (std::size_t n = 0; n < writes.size(); ++n) {
+    if (writes[n]->agency_id != agency_id) {
+      throw std::invalid_argument("WriteCheckIns: a check-in of another agency in the batch");
+    }
+    items.push_back(CheckInWriteJson(static_cast<int>(n), *writes[n]));
+  }
+  const pqxx::result rows = ExecPrepared(tx, "checkin_write_batch",
+                                         "SELECT n, outcome FROM record_check_ins($1, $2::jsonb)",
+                                         agency_id, items.dump());
+  std::vector<CheckInWriteOutcome> outcomes(writes.size(), CheckInWriteOutcome::kStale);
+  if (rows.size() != writes.size()) {
+    throw std::runtime_error("record_check_ins answered a count of items unlike the batch's");
+  }
+  for (const pqxx::row& r : rows) {
+    const int n = r[0].as<int>();
+    const std::string_view outcome = r[1].c_str();
+    if (n < 0 || n >= static_cast<int>(writes.size())) {
+      throw std::runtime_error("record_check_ins answered an item it was not given");
+    }
+    outcomes[n] = outcome == "recorded"      ? CheckInWriteOutcome::kRecorded
+                  : outcome == "key_claimed" ? CheckInWriteOutcome::kKeyClaimed
+                                             : CheckInWriteOutcome::kStale;
+  }
+  return outcomes;
 }
 
 void WriteContactAttempt(pqxx::work& tx, const ContactAttemptWrite& w) {

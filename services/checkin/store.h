@@ -163,7 +163,11 @@ class OutboxEvents {
  public:
   // Appends `event`; returns its id.
   const std::string& Add(std::unique_ptr<google::protobuf::Message> event);
-  // `$n::text[]` literals of the type names, base64 payloads and ids, for unnest(...).
+  // The type names, base64 payloads and ids, in order.
+  std::vector<std::string> Types() const;
+  std::vector<std::string> Payloads() const;
+  const std::vector<std::string>& Ids() const { return ids_; }
+  // The same as `$n::text[]` literals, for unnest(...).
   std::string TypesLiteral() const;
   std::string PayloadsLiteral() const;
   std::string IdsLiteral() const;
@@ -195,6 +199,19 @@ struct CheckInWrite {
   std::string response_bytes;    // The serialised RecordCheckInResponse.
 };
 void WriteCheckIn(pqxx::transaction_base& tx, const CheckInWrite& write);
+
+// What became of one check-in of a batch written by WriteCheckIns.
+enum class CheckInWriteOutcome {
+  kRecorded,
+  kStale,       // The enrollment or the day's occurrence changed since the read: nothing written.
+  kKeyClaimed,  // The idempotency key was claimed meanwhile: nothing written.
+};
+// The check-ins of several calls of one agency in one statement, transaction and commit
+// (record_check_ins, migration 0011), each written whole or not at all: one outcome per write,
+// in order. No two writes may share an enrollment or an idempotency key.
+std::vector<CheckInWriteOutcome> WriteCheckIns(pqxx::transaction_base& tx,
+                                               const std::string& agency_id,
+                                               const std::vector<const CheckInWrite*>& writes);
 
 // Everything RecordContactAttempt writes, in one statement: the attempt, the enrollment's
 // engagement state, the events, the audit row and the stored idempotent response.

@@ -11,6 +11,7 @@
 #include <set>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/time_util.h"
@@ -940,6 +941,120 @@ TEST_F(CheckInServiceTest, TheWriteRefusesAnOccurrenceCreatedSinceTheRead) {
   EXPECT_EQ(Count("SELECT count(*) FROM checkin.scheduled_check_ins s JOIN checkin.check_ins c "
                   "ON c.scheduled_check_in_id = s.id WHERE s.status = 'completed'"),
             1);
+}
+
+// record_check_ins (migration 0011), the group commit of concurrent calls' check-ins: each item
+// of a batch is written whole or not at all, and one item's refusal does not fail the others.
+TEST_F(CheckInServiceTest, ABatchOfCheckInsWritesEachWholeOrNotAtAll) {
+  std::vector<std::string> e;
+  for (int i = 1; i <= 5; ++i) e.push_back(Enrolled("structured_checkin", absl::StrCat("p-", i)));
+  db_->AdminQuery(
+      "INSERT INTO checkin.idempotency_keys (agency_id, idempotency_key, method, request_hash, "
+      "response) VALUES ('agency-a', 'batch-taken', 'RecordContactAttempt', "
+      "decode(repeat('00', 32), 'hex'), '')");
+  db_->AdminQuery(
+      "INSERT INTO checkin.scheduled_check_ins (agency_id, enrollment_id, due_on, window_start, "
+      "window_end) VALUES ('agency-a', '" +
+      e[3] + "', current_date, now() - interval '1 hour', now() + interval '1 hour')");
+  auto version_of = [&](int i) {
+    return absl::StrCat("(SELECT xmin::text FROM enrollments WHERE id = '", e[i], "')");
+  };
+  auto item = [&](int n, const std::string& version, const std::string& key, bool occurrence) {
+    return absl::StrCat(
+        "jsonb_build_object('n', ", n, ", 'check_in', gen_random_uuid(), 'enrollment', '", e[n],
+        "', 'enrollment_version', ", version, ", 'scheduled', ",
+        occurrence ? "gen_random_uuid()::text" : "''", ", 'participant', 'p-", n + 1,
+        "', 'supporter', '', 'recorded_by', 'peer-1', 'recorded_by_role', 'peer_supporter', "
+        "'pathway_key', 'structured_checkin', 'pathway_version', 1, 'answers', "
+        "'{\"a\": 1}'::jsonb, 'wellbeing', 0, 'contact_mode', 'phone', 'occurred_us', 0, "
+        "'recorded_us', 0, 'fired_rule_ids', '[]'::jsonb, 'reconnection', false, "
+        "'stops_routine', false, 'due_on', ",
+        occurrence ? "current_date" : "NULL",
+        ", 'window_start_us', 0, 'window_end_us', 3600000000, 'event_types', "
+        "'[\"peerpath.checkin.v1.CheckInRecordedEvent\", "
+        "\"peerpath.checkin.v1.ConcernRaisedEvent\"]'::jsonb, 'event_payloads', '[\"\", "
+        "\"\"]'::jsonb, 'event_ids', jsonb_build_array(gen_random_uuid(), gen_random_uuid()), "
+        "'idempotency_key', '",
+        key,
+        "', 'method', 'RecordCheckIn', 'request_hash', repeat('00', 32), 'response', '', "
+        "'actor', 'peer-1', 'actor_role', 'peer_supporter', 'action', 'RecordCheckIn', "
+        "'request_id', 'request-",
+        n, "')");
+  };
+  const pqxx::result outcomes = db_->AdminQuery(absl::StrCat(
+      "SET search_path TO checkin; SELECT n, outcome FROM record_check_ins('agency-a', "
+      "jsonb_build_array(",
+      item(0, version_of(0), "batch-ok", false), ", ", item(1, "'1'", "batch-stale", false), ", ",
+      item(2, version_of(2), "batch-taken", false), ", ",
+      item(3, version_of(3), "batch-lost", true), ", ",
+      item(4, version_of(4), "batch-occurrence", true), "))"));
+  std::vector<std::string> answered;
+  for (const auto& row : outcomes) answered.push_back(row[1].c_str());
+  EXPECT_EQ(answered,
+            (std::vector<std::string>{"recorded", "stale", "key_claimed", "stale", "recorded"}));
+
+  // Only items 0 and 4: their check-ins, events (in order), audit rows, keys, contact state.
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins"), 2);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins WHERE enrollment_id IN ('" + e[0] +
+                  "', '" + e[4] + "')"),
+            2);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.outbox WHERE event_type LIKE '%CheckInRecorded%' "
+                  "AND aggregate_id IN ('" +
+                  e[0] + "', '" + e[4] + "')"),
+            2);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.outbox o JOIN checkin.outbox r ON r.aggregate_id "
+                  "= o.aggregate_id AND r.event_type LIKE '%ConcernRaised%' AND r.id > o.id "
+                  "WHERE o.event_type LIKE '%CheckInRecorded%'"),
+            2);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.audit_log WHERE action = 'RecordCheckIn'"), 2);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.idempotency_keys WHERE idempotency_key LIKE "
+                  "'batch-%'"),
+            3);  // ok, occurrence, and the one taken before (still the other RPC's).
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.idempotency_keys WHERE idempotency_key = "
+                  "'batch-taken' AND method = 'RecordContactAttempt'"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.enrollments WHERE last_contact_at IS NOT NULL"), 2);
+  // Item 4's occurrence was created completed; item 3's (another id) is untouched.
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.scheduled_check_ins WHERE enrollment_id = '" +
+                  e[4] + "' AND status = 'completed'"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.scheduled_check_ins WHERE enrollment_id = '" +
+                  e[3] + "' AND status = 'due'"),
+            1);
+}
+
+// Many callers at once, each on their own enrollment, some sending one request twice: with the
+// group commit their check-ins share transactions, and each still lands exactly once with its
+// event and audit row, and a repeated request gets the first one's answer.
+TEST_F(CheckInServiceTest, ConcurrentCheckInsOfManyEnrollmentsEachLandOnce) {
+  constexpr int kEnrollments = 12;
+  std::vector<v1::RecordCheckInRequest> requests;
+  for (int i = 0; i < kEnrollments; ++i) {
+    const std::string participant = absl::StrCat("p-", i + 1);
+    const std::string id = Enrolled("structured_checkin", participant);
+    if (i >= 9) Match(participant, "peer-1", kSupporterId);  // SetUp matched p-1 .. p-9.
+    requests.push_back(CheckIn(id, ValidAnswers("structured_checkin")));
+    if (i % 3 == 0) requests.push_back(requests.back());  // Sent twice.
+  }
+  std::vector<grpc::Status> statuses(requests.size());
+  std::vector<v1::RecordCheckInResponse> responses(requests.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    threads.emplace_back([&, i] { statuses[i] = Record(requests[i], &responses[i]); });
+  }
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_TRUE(statuses[i].ok()) << i << ": " << statuses[i].error_message();
+    if (i > 0 && requests[i].idempotency_key() == requests[i - 1].idempotency_key()) {
+      EXPECT_EQ(responses[i].SerializeAsString(), responses[i - 1].SerializeAsString());
+    }
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins"), kEnrollments);
+  EXPECT_EQ(Count("SELECT count(DISTINCT enrollment_id) FROM checkin.check_ins"), kEnrollments);
+  EXPECT_EQ(Events("CheckInRecordedEvent"), kEnrollments);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.audit_log WHERE action LIKE '%RecordCheckIn'"),
+            kEnrollments);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.enrollments WHERE last_contact_at IS NULL"), 0);
 }
 
 TEST_F(CheckInServiceTest, WrongSupporterOtherAgencyAndWrongRoleAreRefused) {

@@ -164,14 +164,13 @@ TEST(GroupCommitTest, ItemsOfDifferentGroupsNeverShareABatch) {
   const std::vector<int> results = RunBehindAHeldBatch(c, recorder, items);
   for (int i = 0; i < 9; ++i) EXPECT_EQ(results[i], items[i].value * 10);
   // 1 alone; then the head (2, even) takes the evens; then the odds that waited.
-  EXPECT_EQ(recorder.Batches(),
-            (std::vector<std::vector<int>>{{1}, {2, 4, 6, 8}, {3, 5, 7, 9}}));
+  EXPECT_EQ(recorder.Batches(), (std::vector<std::vector<int>>{{1}, {2, 4, 6, 8}, {3, 5, 7, 9}}));
 }
 
 TEST(GroupCommitTest, ItemsSharingAConflictKeyRunInSeparateBatchesInQueueOrder) {
   Recorder recorder;
   Committer c = MakeCommitter(recorder);
-  const std::vector<Item> items = {{1, "a", "x"}, {2, "a", "e1"}, {3, "a", "e1"},
+  const std::vector<Item> items = {{1, "a", "x"},  {2, "a", "e1"}, {3, "a", "e1"},
                                    {4, "a", "e2"}, {5, "a", "e1"}, {6, "a", ""}};
   const std::vector<int> results = RunBehindAHeldBatch(c, recorder, items);
   for (std::size_t i = 0; i < items.size(); ++i) EXPECT_EQ(results[i], items[i].value * 10);
