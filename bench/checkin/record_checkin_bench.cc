@@ -8,8 +8,10 @@
 //                                        idempotency key per call), printed beside pgbench's
 //                                        single-row prepared INSERTs of a similar size (about
 //                                        600 bytes) into the same PostgreSQL, same client counts.
-// PEERPATH_BENCH_SECONDS (default 5) sets the length of each phase. The ratio is the figure to
-// read: both sides share the cluster's durability settings (tools/test runs with fsync=off).
+// PEERPATH_BENCH_SECONDS (default 5) sets the length of each phase;
+// PEERPATH_BENCH_CHECKIN_MAX_WRITE_BATCH=1 turns the service's group commit off, for comparison.
+// The ratio is the figure to read: both sides share the cluster's durability settings (tools/test
+// runs with fsync=off). "per commit" is the mean number of check-ins per write transaction.
 #include <benchmark/benchmark.h>
 #include <grpcpp/grpcpp.h>
 
@@ -103,6 +105,19 @@ Figures Hammer(int clients, absl::Duration length, const std::function<bool(int)
   return f;
 }
 
+// The service's peerpath_checkin_write_batch_size histogram: {sum, count} (check-ins written,
+// write transactions); {0, 0} when the metrics cannot be read.
+std::pair<double, double> WriteBatches(int metrics_port) {
+  const std::string text = peerpath::testing::HttpGet(metrics_port, "/metrics");
+  auto value = [&](const std::string& name) {
+    const std::regex line("\n" + name + " ([0-9.e+]+)");
+    std::smatch m;
+    return std::regex_search(text, m, line) ? std::stod(m[1].str()) : 0.0;
+  };
+  return {value("peerpath_checkin_write_batch_size_sum"),
+          value("peerpath_checkin_write_batch_size_count")};
+}
+
 // pgbench's transactions per second for one single-row prepared INSERT per transaction.
 double PgbenchInsertRate(const std::string& url, int clients, int seconds) {
   const std::string script =
@@ -134,9 +149,12 @@ void OverGrpc() {
   using peerpath::testing::TokenFor;
   const char* seconds_env = std::getenv("PEERPATH_BENCH_SECONDS");
   const int seconds = seconds_env ? std::max(1, std::atoi(seconds_env)) : 5;
+  // PEERPATH_BENCH_CHECKIN_MAX_WRITE_BATCH=1 measures without the group commit.
+  const char* batch_env = std::getenv("PEERPATH_BENCH_CHECKIN_MAX_WRITE_BATCH");
   auto db = TestDatabase::Create();
   ServiceProcess server("checkin", db->UrlFor("checkin"),
-                        {"--db_pool_size=16", "--log_level=info"});
+                        {"--db_pool_size=16", "--log_level=info",
+                         absl::StrCat("--checkin_max_write_batch=", batch_env ? batch_env : "64")});
   if (!server.WaitListening() || !server.WaitHealth(true)) {
     std::fprintf(stderr, "checkin did not start:\n%s\n", server.Log().c_str());
     return;
@@ -189,15 +207,21 @@ void OverGrpc() {
   const std::string admin_url = peerpath::testing::AdminUrl(db->name());
   std::printf("\nRecordCheckIn over gRPC vs single-row prepared INSERT (pgbench), %d s each\n",
               seconds);
-  std::printf("%8s %14s %10s %10s %8s %16s %8s\n", "clients", "checkins/s", "p50 ms", "p99 ms",
-              "errors", "pgbench INSERT/s", "ratio");
+  std::printf("%8s %14s %10s %10s %8s %16s %8s %14s\n", "clients", "checkins/s", "p50 ms", "p99 ms",
+              "errors", "pgbench INSERT/s", "ratio", "per commit");
   for (int clients : {1, 8, 32}) {
+    const auto [before_sum, before_count] = WriteBatches(server.metrics_port());
     const Figures f = Hammer(clients, absl::Seconds(seconds), record);
+    const auto [after_sum, after_count] = WriteBatches(server.metrics_port());
+    const double per_commit =
+        after_count > before_count ? (after_sum - before_sum) / (after_count - before_count) : 0.0;
     const double inserts = PgbenchInsertRate(admin_url, clients, seconds);
-    std::printf("%8d %14.0f %10.2f %10.2f %8ld %16.0f %8.2f\n", clients, f.per_second, f.p50_ms,
-                f.p99_ms, f.errors, inserts, inserts > 0 ? f.per_second / inserts : 0.0);
+    std::printf("%8d %14.0f %10.2f %10.2f %8ld %16.0f %8.2f %14.1f\n", clients, f.per_second,
+                f.p50_ms, f.p99_ms, f.errors, inserts, inserts > 0 ? f.per_second / inserts : 0.0,
+                per_commit);
     std::fflush(stdout);
   }
+  std::printf("(per commit: check-ins per write transaction, the group commit's mean batch)\n");
   const int stored = db->AdminQuery("SELECT count(*) FROM checkin.check_ins")[0][0].as<int>();
   std::printf("check-ins stored: %d\n", stored);
 }

@@ -75,9 +75,8 @@ namespace {
 
 constexpr char kServiceName[] = "peerpath.checkin.v1.CheckInService";
 constexpr char kErrorDomain[] = "checkin.peerpath";
-// Group commit of RecordCheckIn's writes: at most this many check-ins per transaction, and this
-// many such transactions at once (the reads of the calls waiting run meanwhile).
-constexpr int kMaxCheckInsPerWrite = 64;
+// Group commit of RecordCheckIn's writes: this many write transactions at once (the reads of
+// the calls waiting run meanwhile); options.max_write_batch check-ins at most in each.
 constexpr int kConcurrentCheckInWrites = 2;
 
 // Roles in the order a caller holding several acts under: staff before peer support, so a
@@ -298,7 +297,7 @@ CheckInService::CheckInService(ServiceContext& context, CheckInOptions options,
       consent_gates_(consent_gates != nullptr ? std::move(consent_gates)
                                               : MakeUnconfiguredConsentGates()),
       check_in_writes_(
-          GroupCommitOptions{.max_batch = kMaxCheckInsPerWrite,
+          GroupCommitOptions{.max_batch = options_.max_write_batch,
                              .max_concurrent = kConcurrentCheckInWrites},
           [this](const std::vector<const CheckInWrite*>& writes) {
             return WriteCheckInBatch(writes);

@@ -35,6 +35,9 @@ struct CheckInOptions {
   std::string default_time_zone = "UTC";  // Program policy default for agencies without one.
   // How often missed windows and time without contact are swept; zero: never.
   absl::Duration sweep_interval = absl::Seconds(60);
+  // Group commit: most check-ins of concurrent RecordCheckIn calls per write transaction; 1
+  // writes each call alone.
+  int max_write_batch = 64;
 };
 
 // peerpath.checkin.v1.CheckInService. Handlers authorize, validate, call the pathway and schedule

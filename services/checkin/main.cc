@@ -2,6 +2,7 @@
 #include <cstdlib>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
 #include "absl/time/time.h"
 #include "checkin/migrations.h"
 #include "common/log.h"
@@ -27,6 +28,11 @@ ABSL_FLAG(std::string, checkin_sweep_interval, "",
           "checkin: how often missed check-in windows and time without contact (at risk, lost to "
           "follow-up) are swept, e.g. 60s; 0 turns the sweeper off (env "
           "PEERPATH_CHECKIN_SWEEP_INTERVAL; default 60s)");
+
+ABSL_FLAG(std::string, checkin_max_write_batch, "",
+          "checkin: most check-ins of concurrent RecordCheckIn calls written in one transaction "
+          "(group commit), 1 to 256; 1 writes each call alone (env "
+          "PEERPATH_CHECKIN_MAX_WRITE_BATCH; default 64)");
 
 using peerpath::FlagOrEnv;
 
@@ -56,6 +62,14 @@ int main(int argc, char** argv) {
               peerpath::ExitOnBadConfiguration(
                   "peerpath-checkin",
                   "--checkin_sweep_interval '" + sweep + "' is not a duration of 0 or more");
+            }
+            const std::string batch = FlagOrEnv(absl::GetFlag(FLAGS_checkin_max_write_batch),
+                                                "PEERPATH_CHECKIN_MAX_WRITE_BATCH", "64");
+            if (!absl::SimpleAtoi(batch, &options.max_write_batch) || options.max_write_batch < 1 ||
+                options.max_write_batch > 256) {
+              peerpath::ExitOnBadConfiguration(
+                  "peerpath-checkin",
+                  "--checkin_max_write_batch '" + batch + "' is not a whole number from 1 to 256");
             }
             std::unique_ptr<peerpath::checkin::ConsentGates> gates;
             if (!options.consent_address.empty()) {
