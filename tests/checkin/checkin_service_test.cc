@@ -1057,6 +1057,15 @@ TEST_F(CheckInServiceTest, ConcurrentCheckInsOfManyEnrollmentsEachLandOnce) {
   EXPECT_EQ(Count("SELECT count(*) FROM checkin.enrollments WHERE last_contact_at IS NULL"), 0);
 }
 
+TEST_F(CheckInServiceTest, AMaxWriteBatchOutOfRangeIsRefusedAtStart) {
+  for (const std::string bad : {"0", "257", "many"}) {
+    ServiceProcess refused("checkin", db_->UrlFor("checkin"), {"--checkin_max_write_batch=" + bad});
+    EXPECT_EQ(refused.WaitExit(30s), std::optional<int>(2)) << refused.Log();
+    EXPECT_NE(refused.Log().find("--checkin_max_write_batch '" + bad + "'"), std::string::npos)
+        << refused.Log();
+  }
+}
+
 TEST_F(CheckInServiceTest, WrongSupporterOtherAgencyAndWrongRoleAreRefused) {
   const std::string id = Enrolled("structured_checkin", "p-1");
   const v1::RecordCheckInRequest request = CheckIn(id, ValidAnswers("structured_checkin"));
