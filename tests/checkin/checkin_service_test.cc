@@ -339,6 +339,19 @@ class CheckInServiceTest : public ::testing::Test {
     return stub_->RecordCheckIn(As({role}, subject, agency).get(), request, response);
   }
 
+  // Sends every request at once, each from its own thread; the responses and statuses in order.
+  std::vector<v1::RecordCheckInResponse> RecordAtOnce(
+      const std::vector<v1::RecordCheckInRequest>& requests, std::vector<grpc::Status>& statuses) {
+    statuses.assign(requests.size(), grpc::Status());
+    std::vector<v1::RecordCheckInResponse> responses(requests.size());
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      threads.emplace_back([&, i] { statuses[i] = Record(requests[i], &responses[i]); });
+    }
+    for (auto& t : threads) t.join();
+    return responses;
+  }
+
   FakeConsent consent_;
   int consent_port_ = 0;
   std::unique_ptr<grpc::Server> consent_server_;
@@ -864,13 +877,8 @@ TEST_F(CheckInServiceTest, ConcurrentCheckInsOfOneEnrollmentAllLandAndOneKeyLand
   const std::string id = Enrolled("structured_checkin", "p-1");
   constexpr int kWriters = 8;
   auto record_all = [&](const std::vector<v1::RecordCheckInRequest>& requests) {
-    std::vector<grpc::Status> statuses(requests.size());
-    std::vector<v1::RecordCheckInResponse> responses(requests.size());
-    std::vector<std::thread> threads;
-    for (size_t i = 0; i < requests.size(); ++i) {
-      threads.emplace_back([&, i] { statuses[i] = Record(requests[i], &responses[i]); });
-    }
-    for (auto& t : threads) t.join();
+    std::vector<grpc::Status> statuses;
+    auto responses = RecordAtOnce(requests, statuses);
     for (const auto& status : statuses) EXPECT_TRUE(status.ok()) << status.error_message();
     return responses;
   };
@@ -1036,13 +1044,8 @@ TEST_F(CheckInServiceTest, ConcurrentCheckInsOfManyEnrollmentsEachLandOnce) {
     requests.push_back(CheckIn(id, ValidAnswers("structured_checkin")));
     if (i % 3 == 0) requests.push_back(requests.back());  // Sent twice.
   }
-  std::vector<grpc::Status> statuses(requests.size());
-  std::vector<v1::RecordCheckInResponse> responses(requests.size());
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    threads.emplace_back([&, i] { statuses[i] = Record(requests[i], &responses[i]); });
-  }
-  for (auto& t : threads) t.join();
+  std::vector<grpc::Status> statuses;
+  const auto responses = RecordAtOnce(requests, statuses);
   for (size_t i = 0; i < requests.size(); ++i) {
     ASSERT_TRUE(statuses[i].ok()) << i << ": " << statuses[i].error_message();
     if (i > 0 && requests[i].idempotency_key() == requests[i - 1].idempotency_key()) {
