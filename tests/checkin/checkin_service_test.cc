@@ -967,17 +967,25 @@ TEST_F(CheckInServiceTest, ABatchOfCheckInsWritesEachWholeOrNotAtAll) {
   auto version_of = [&](int i) {
     return absl::StrCat("(SELECT xmin::text FROM enrollments WHERE id = '", e[i], "')");
   };
+  // Item 4 also stops routine engagement, is documented late, reconnects and fires a rule.
+  db_->AdminQuery(
+      "INSERT INTO checkin.scheduled_check_ins (agency_id, enrollment_id, due_on, window_start, "
+      "window_end) VALUES ('agency-a', '" +
+      e[4] + "', current_date + 3, now() + interval '3 days', now() + interval '4 days')");
   auto item = [&](int n, const std::string& version, const std::string& key, bool occurrence) {
+    const bool rich = n == 4;
     return absl::StrCat(
         "jsonb_build_object('n', ", n, ", 'check_in', gen_random_uuid(), 'enrollment', '", e[n],
         "', 'enrollment_version', ", version, ", 'scheduled', ",
         occurrence ? "gen_random_uuid()::text" : "''", ", 'participant', 'p-", n + 1,
         "', 'supporter', '', 'recorded_by', 'peer-1', 'recorded_by_role', 'peer_supporter', "
         "'pathway_key', 'structured_checkin', 'pathway_version', 1, 'answers', "
-        "'{\"a\": 1}'::jsonb, 'wellbeing', 0, 'contact_mode', 'phone', 'occurred_us', 0, "
-        "'recorded_us', 0, 'fired_rule_ids', '[]'::jsonb, 'reconnection', false, "
-        "'stops_routine', false, 'due_on', ",
-        occurrence ? "current_date" : "NULL",
+        "'{\"a\": 1}'::jsonb, 'contact_mode', 'phone', 'occurred_us', 0, 'recorded_us', 0, ",
+        rich ? "'wellbeing', 2, 'late_us', 7200000000, 'fired_rule_ids', '[\"safety\"]'::jsonb, "
+               "'reconnection', true, 'stops_routine', true, "
+             : "'wellbeing', 0, 'fired_rule_ids', '[]'::jsonb, 'reconnection', false, "
+               "'stops_routine', false, ",
+        "'due_on', ", occurrence ? "current_date" : "NULL",
         ", 'window_start_us', 0, 'window_end_us', 3600000000, 'event_types', "
         "'[\"peerpath.checkin.v1.CheckInRecordedEvent\", "
         "\"peerpath.checkin.v1.ConcernRaisedEvent\"]'::jsonb, 'event_payloads', '[\"\", "
@@ -1029,6 +1037,22 @@ TEST_F(CheckInServiceTest, ABatchOfCheckInsWritesEachWholeOrNotAtAll) {
   EXPECT_EQ(Count("SELECT count(*) FROM checkin.scheduled_check_ins WHERE enrollment_id = '" +
                   e[3] + "' AND status = 'due'"),
             1);
+  // Item 4's details as stored; its remaining due occurrence cancelled, its routine stopped.
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins WHERE enrollment_id = '" + e[4] +
+                  "' AND wellbeing = 2 AND late_by = interval '2 hours' AND fired_rule_ids = "
+                  "'{safety}' AND is_reconnection AND answers = '{\"a\": 1}'"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins WHERE enrollment_id = '" + e[0] +
+                  "' AND wellbeing IS NULL AND late_by IS NULL AND NOT is_reconnection"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.scheduled_check_ins WHERE enrollment_id = '" +
+                  e[4] + "' AND due_on = current_date + 3 AND status = 'cancelled'"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.enrollments WHERE id = '" + e[4] +
+                  "' AND NOT routine AND routine_stopped_at IS NOT NULL AND engagement_stage = "
+                  "'engaged'"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.enrollments WHERE routine"), 4);
 }
 
 // Many callers at once, each on their own enrollment, some sending one request twice: with the
