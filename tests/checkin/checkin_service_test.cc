@@ -972,6 +972,9 @@ TEST_F(CheckInServiceTest, ABatchOfCheckInsWritesEachWholeOrNotAtAll) {
       "INSERT INTO checkin.scheduled_check_ins (agency_id, enrollment_id, due_on, window_start, "
       "window_end) VALUES ('agency-a', '" +
       e[4] + "', current_date + 3, now() + interval '3 days', now() + interval '4 days')");
+  // Times of now: a check-in of 1970 would leave a last contact the sweeper (every 300 ms here)
+  // takes for decades of silence, and it would move the enrollment on to "at risk".
+  const std::string now_us = "(date_part('epoch', now()) * 1000000)::bigint";
   auto item = [&](int n, const std::string& version, const std::string& key, bool occurrence) {
     const bool rich = n == 4;
     return absl::StrCat(
@@ -980,13 +983,15 @@ TEST_F(CheckInServiceTest, ABatchOfCheckInsWritesEachWholeOrNotAtAll) {
         occurrence ? "gen_random_uuid()::text" : "''", ", 'participant', 'p-", n + 1,
         "', 'supporter', '', 'recorded_by', 'peer-1', 'recorded_by_role', 'peer_supporter', "
         "'pathway_key', 'structured_checkin', 'pathway_version', 1, 'answers', "
-        "'{\"a\": 1}'::jsonb, 'contact_mode', 'phone', 'occurred_us', 0, 'recorded_us', 0, ",
+        "'{\"a\": 1}'::jsonb, 'contact_mode', 'phone', 'occurred_us', ",
+        now_us, ", 'recorded_us', ", now_us, ", ",
         rich ? "'wellbeing', 2, 'late_us', 7200000000, 'fired_rule_ids', '[\"safety\"]'::jsonb, "
                "'reconnection', true, 'stops_routine', true, "
              : "'wellbeing', 0, 'fired_rule_ids', '[]'::jsonb, 'reconnection', false, "
                "'stops_routine', false, ",
-        "'due_on', ", occurrence ? "current_date" : "NULL",
-        ", 'window_start_us', 0, 'window_end_us', 3600000000, 'event_types', "
+        "'due_on', ", occurrence ? "current_date" : "NULL", ", 'window_start_us', ", now_us,
+        " - 10800000000, 'window_end_us', ", now_us,
+        " - 7200000000, 'event_types', "
         "'[\"peerpath.checkin.v1.CheckInRecordedEvent\", "
         "\"peerpath.checkin.v1.ConcernRaisedEvent\"]'::jsonb, 'event_payloads', '[\"\", "
         "\"\"]'::jsonb, 'event_ids', jsonb_build_array(gen_random_uuid(), gen_random_uuid()), "
