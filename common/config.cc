@@ -38,6 +38,10 @@ ABSL_FLAG(bool, allow_plaintext, false,
 ABSL_FLAG(int, max_message_bytes, 4 << 20, "Largest request message accepted, in bytes");
 ABSL_FLAG(int, max_concurrent_streams, 100,
           "Most calls (streams) one client connection may have open at once");
+ABSL_FLAG(int, idle_handler_threads, 64,
+          "Call-handling threads kept waiting between calls (gRPC's sync server MAX_POLLERS); "
+          "more start under load, and those beyond this many end when idle. gRPC's own default, "
+          "2, makes every burst of concurrent calls start and end threads");
 ABSL_FLAG(absl::Duration, max_call_duration, absl::Seconds(30),
           "Longest any database statement of a call may run (PostgreSQL statement_timeout); "
           "event subscriptions are long-lived streams of short reads");
@@ -81,7 +85,8 @@ const std::vector<std::string>& ServerFlagNames() {
                                    "jwt_audience",          "jwt_leeway",
                                    "allow_dev_tokens",      "service_token_file",
                                    "client_tls_ca_file",    "client_tls_cert_file",
-                                   "client_tls_key_file",   "tls_reload_interval"};
+                                   "client_tls_key_file",   "tls_reload_interval",
+                                   "idle_handler_threads"};
   return *names;
 }
 
@@ -145,6 +150,7 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& default
   c.allow_plaintext = absl::GetFlag(FLAGS_allow_plaintext);
   c.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   c.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
+  c.idle_handler_threads = absl::GetFlag(FLAGS_idle_handler_threads);
   c.max_call_duration = absl::GetFlag(FLAGS_max_call_duration);
   c.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   c.enable_reflection = absl::GetFlag(FLAGS_enable_reflection);
@@ -178,6 +184,9 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& default
   }
   if (c.max_concurrent_streams < 1 || c.max_concurrent_streams > 10000) {
     problems.push_back("--max_concurrent_streams must be between 1 and 10000");
+  }
+  if (c.idle_handler_threads < 1 || c.idle_handler_threads > 1024) {
+    problems.push_back("--idle_handler_threads must be between 1 and 1024");
   }
   if (c.max_call_duration < absl::Milliseconds(100) || c.max_call_duration > absl::Minutes(10)) {
     problems.push_back("--max_call_duration must be between 100ms and 10m");

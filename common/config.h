@@ -27,7 +27,10 @@ struct ServerConfig {
   absl::Duration tls_reload_interval = absl::Seconds(60);
   bool allow_plaintext = false;
   int max_message_bytes = 4 << 20;
-  int max_concurrent_streams = 100;                      // Per client connection (HTTP/2 SETTINGS).
+  int max_concurrent_streams = 100;  // Per client connection (HTTP/2 SETTINGS).
+  // Call-handling threads kept waiting between calls (gRPC's sync server MAX_POLLERS): more
+  // start under load, and those beyond this many end when they fall idle.
+  int idle_handler_threads = 64;
   absl::Duration max_call_duration = absl::Seconds(30);  // statement_timeout of every query.
   absl::Duration shutdown_grace = absl::Seconds(10);
   bool enable_reflection = false;

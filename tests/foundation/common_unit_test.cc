@@ -103,6 +103,24 @@ TEST_F(ConfigFlags, ReportsEveryProblemAtOnce) {
   EXPECT_NE(message.find("--db_pool_size"), std::string::npos) << message;
 }
 
+TEST_F(ConfigFlags, IdleHandlerThreadsDefaultTo64AndMustBeFrom1To1024) {
+  absl::FindCommandLineFlag("database_url")->ParseFrom("postgresql://x@h/db", nullptr);
+  auto config = ServerConfigFromFlags({"127.0.0.1:1", "127.0.0.1:2"});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->idle_handler_threads, 64);
+  for (const char* bad : {"0", "1025"}) {
+    absl::FindCommandLineFlag("idle_handler_threads")->ParseFrom(bad, nullptr);
+    auto refused = ServerConfigFromFlags({"127.0.0.1:1", "127.0.0.1:2"});
+    ASSERT_FALSE(refused.ok()) << bad;
+    EXPECT_NE(refused.status().message().find("--idle_handler_threads"), absl::string_view::npos)
+        << refused.status();
+  }
+  absl::FindCommandLineFlag("idle_handler_threads")->ParseFrom("1", nullptr);
+  auto one = ServerConfigFromFlags({"127.0.0.1:1", "127.0.0.1:2"});
+  ASSERT_TRUE(one.ok()) << one.status();
+  EXPECT_EQ(one->idle_handler_threads, 1);
+}
+
 TEST_F(ConfigFlags, RefusesPlaintextOnNonLoopbackUnlessAllowed) {
   absl::FindCommandLineFlag("database_url")->ParseFrom("postgresql://x@h/db", nullptr);
   absl::FindCommandLineFlag("listen_address")->ParseFrom("0.0.0.0:7100", nullptr);
