@@ -1035,23 +1035,22 @@ TEST_F(CheckInServiceTest, ABatchOfCheckInsWritesEachWholeOrNotAtAll) {
                   "'batch-taken' AND method = 'RecordContactAttempt'"),
             1);
   EXPECT_EQ(Count("SELECT count(*) FROM checkin.enrollments WHERE last_contact_at IS NOT NULL"), 2);
+  // Rows of `table` of enrollment `i` that meet `condition`.
+  auto rows_of = [&](const std::string& table, int i, const std::string& condition) {
+    return Count("SELECT count(*) FROM checkin." + table + " WHERE enrollment_id = '" + e[i] +
+                 "' AND " + condition);
+  };
   // Item 4's occurrence was created completed; item 3's (another id) is untouched.
-  EXPECT_EQ(Count("SELECT count(*) FROM checkin.scheduled_check_ins WHERE enrollment_id = '" +
-                  e[4] + "' AND status = 'completed'"),
-            1);
-  EXPECT_EQ(Count("SELECT count(*) FROM checkin.scheduled_check_ins WHERE enrollment_id = '" +
-                  e[3] + "' AND status = 'due'"),
-            1);
+  EXPECT_EQ(rows_of("scheduled_check_ins", 4, "status = 'completed'"), 1);
+  EXPECT_EQ(rows_of("scheduled_check_ins", 3, "status = 'due'"), 1);
   // Item 4's details as stored; its remaining due occurrence cancelled, its routine stopped.
-  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins WHERE enrollment_id = '" + e[4] +
-                  "' AND wellbeing = 2 AND late_by = interval '2 hours' AND fired_rule_ids = "
-                  "'{safety}' AND is_reconnection AND answers = '{\"a\": 1}'"),
+  EXPECT_EQ(rows_of("check_ins", 4,
+                    "wellbeing = 2 AND late_by = interval '2 hours' AND fired_rule_ids = "
+                    "'{safety}' AND is_reconnection AND answers = '{\"a\": 1}'"),
             1);
-  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins WHERE enrollment_id = '" + e[0] +
-                  "' AND wellbeing IS NULL AND late_by IS NULL AND NOT is_reconnection"),
-            1);
-  EXPECT_EQ(Count("SELECT count(*) FROM checkin.scheduled_check_ins WHERE enrollment_id = '" +
-                  e[4] + "' AND due_on = current_date + 3 AND status = 'cancelled'"),
+  EXPECT_EQ(
+      rows_of("check_ins", 0, "wellbeing IS NULL AND late_by IS NULL AND NOT is_reconnection"), 1);
+  EXPECT_EQ(rows_of("scheduled_check_ins", 4, "due_on = current_date + 3 AND status = 'cancelled'"),
             1);
   EXPECT_EQ(Count("SELECT count(*) FROM checkin.enrollments WHERE id = '" + e[4] +
                   "' AND NOT routine AND routine_stopped_at IS NOT NULL AND engagement_stage = "
