@@ -108,14 +108,10 @@ Figures Hammer(int clients, absl::Duration length, const std::function<bool(int)
 // The service's peerpath_checkin_write_batch_size histogram: {sum, count} (check-ins written,
 // write transactions); {0, 0} when the metrics cannot be read.
 std::pair<double, double> WriteBatches(int metrics_port) {
+  using peerpath::testing::MetricValue;
   const std::string text = peerpath::testing::HttpGet(metrics_port, "/metrics");
-  auto value = [&](const std::string& name) {
-    const std::regex line("\n" + name + " ([0-9.e+]+)");
-    std::smatch m;
-    return std::regex_search(text, m, line) ? std::stod(m[1].str()) : 0.0;
-  };
-  return {value("peerpath_checkin_write_batch_size_sum"),
-          value("peerpath_checkin_write_batch_size_count")};
+  return {MetricValue(text, "peerpath_checkin_write_batch_size_sum", {}),
+          MetricValue(text, "peerpath_checkin_write_batch_size_count", {})};
 }
 
 // pgbench's transactions per second for one single-row prepared INSERT per transaction.
