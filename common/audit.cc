@@ -35,10 +35,9 @@ void AppendAudit(DeferredWrites& writes, const std::string& agency_id, const Aud
               e.object_type, e.object_id, e.participant_id, DecisionName(e.decision), e.request_id);
 }
 
-absl::Status AppendAudits(pqxx::work& tx, const std::string& agency_id,
-                          const std::vector<AuditEntry>& entries) {
-  if (entries.empty()) return absl::OkStatus();
+EncodedAudits EncodeAudits(const std::vector<AuditEntry>& entries) {
   std::vector<std::vector<std::string>> columns(8);
+  for (auto& column : columns) column.reserve(entries.size());
   for (const AuditEntry& e : entries) {
     columns[0].push_back(e.actor);
     columns[1].push_back(e.actor_role);
@@ -49,6 +48,15 @@ absl::Status AppendAudits(pqxx::work& tx, const std::string& agency_id,
     columns[6].push_back(DecisionName(e.decision));
     columns[7].push_back(e.request_id);
   }
+  EncodedAudits encoded{entries.size(), {}};
+  for (const auto& column : columns) encoded.columns.push_back(TextArrayLiteral(column));
+  return encoded;
+}
+
+absl::Status AppendAudits(pqxx::work& tx, const std::string& agency_id,
+                          const EncodedAudits& entries) {
+  if (entries.count == 0) return absl::OkStatus();
+  const std::vector<std::string>& c = entries.columns;
   // The rows audit_append would insert (migrations/0004), in one statement; ids follow the order.
   tx.exec_params0(
       "INSERT INTO audit_log (agency_id, occurred_at, actor, actor_role, action, object_type,"
@@ -58,9 +66,7 @@ absl::Status AppendAudits(pqxx::work& tx, const std::string& agency_id,
       "  $5::text[], $6::text[], $7::text[], $8::text[], $9::text[]) WITH ORDINALITY AS"
       "  a(actor, role, action, object_type, object_id, participant, decision, request_id, n)"
       " ORDER BY a.n",
-      agency_id, TextArrayLiteral(columns[0]), TextArrayLiteral(columns[1]),
-      TextArrayLiteral(columns[2]), TextArrayLiteral(columns[3]), TextArrayLiteral(columns[4]),
-      TextArrayLiteral(columns[5]), TextArrayLiteral(columns[6]), TextArrayLiteral(columns[7]));
+      agency_id, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]);
   return absl::OkStatus();
 }
 

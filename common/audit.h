@@ -44,10 +44,18 @@ absl::StatusOr<int64_t> AppendAudit(pqxx::work& tx, const std::string& agency_id
 // The same, sent with the caller's other deferred writes (DeferredWrites::Flush).
 void AppendAudit(DeferredWrites& writes, const std::string& agency_id, const AuditEntry& entry);
 
+// Many rows encoded as AppendAudits sends them: the entries' columns as text[] literals. Encoding
+// needs no transaction, so a batch writer may encode while its transaction runs another statement.
+struct EncodedAudits {
+  size_t count = 0;
+  std::vector<std::string> columns;
+};
+EncodedAudits EncodeAudits(const std::vector<AuditEntry>& entries);
+
 // AppendAudit for many rows in one round trip (batch writers such as matching's AssignBatch), in
-// the order given.
+// the order they were encoded.
 absl::Status AppendAudits(pqxx::work& tx, const std::string& agency_id,
-                          const std::vector<AuditEntry>& entries);
+                          const EncodedAudits& entries);
 
 inline constexpr int kChainBatch = 5000;
 inline constexpr int kChainAllPending = 1 << 30;

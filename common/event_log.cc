@@ -47,29 +47,34 @@ absl::Status AppendEvent(pqxx::work& tx, const std::string& agency_id,
 namespace {
 
 template <typename Writes>
-void AppendEventsTo(
-    Writes& writes, const std::string& agency_id,
+void AppendEventsTo(Writes& writes, const std::string& agency_id, const EncodedEvents& events) {
+  if (events.count == 0) return;
+  writes.Exec("peerpath_events_append",
+              "INSERT INTO outbox (agency_id, event_type, aggregate_id, payload) "
+              "SELECT $1, t, a, decode(p, 'base64') FROM unnest($2::text[], $3::text[], "
+              "$4::text[]) WITH ORDINALITY AS e(t, a, p, n) ORDER BY n",
+              agency_id, events.types, events.aggregate_ids, events.payloads);
+}
+
+}  // namespace
+
+EncodedEvents EncodeEvents(
     const std::vector<std::pair<std::string, const google::protobuf::Message*>>& events) {
-  if (events.empty()) return;
   std::vector<std::string> types, ids, payloads;
+  types.reserve(events.size());
+  ids.reserve(events.size());
+  payloads.reserve(events.size());
   for (const auto& [aggregate_id, payload] : events) {
     types.push_back(payload->GetDescriptor()->full_name());
     ids.push_back(aggregate_id);
     payloads.push_back(absl::Base64Escape(payload->SerializeAsString()));
   }
-  writes.Exec("peerpath_events_append",
-              "INSERT INTO outbox (agency_id, event_type, aggregate_id, payload) "
-              "SELECT $1, t, a, decode(p, 'base64') FROM unnest($2::text[], $3::text[], "
-              "$4::text[]) WITH ORDINALITY AS e(t, a, p, n) ORDER BY n",
-              agency_id, TextArrayLiteral(types), TextArrayLiteral(ids),
-              TextArrayLiteral(payloads));
+  return {events.size(), TextArrayLiteral(types), TextArrayLiteral(ids),
+          TextArrayLiteral(payloads)};
 }
 
-}  // namespace
-
-absl::Status AppendEvents(
-    pqxx::work& tx, const std::string& agency_id,
-    const std::vector<std::pair<std::string, const google::protobuf::Message*>>& events) {
+absl::Status AppendEvents(pqxx::work& tx, const std::string& agency_id,
+                          const EncodedEvents& events) {
   ImmediateWrites writes{tx};
   AppendEventsTo(writes, agency_id, events);
   return absl::OkStatus();
@@ -78,7 +83,7 @@ absl::Status AppendEvents(
 void AppendEvents(
     DeferredWrites& writes, const std::string& agency_id,
     const std::vector<std::pair<std::string, const google::protobuf::Message*>>& events) {
-  AppendEventsTo(writes, agency_id, events);
+  AppendEventsTo(writes, agency_id, EncodeEvents(events));
 }
 
 absl::Status ValidateEventLogRequest(int64_t after_position, int page_size,

@@ -37,11 +37,21 @@ namespace peerpath {
 absl::Status AppendEvent(pqxx::work& tx, const std::string& agency_id,
                          absl::string_view aggregate_id, const google::protobuf::Message& payload);
 
-// AppendEvent for many events in one round trip (batch writers such as matching's AssignBatch),
-// in the order given; each is (aggregate_id, payload). The payloads must outlive the call.
-absl::Status AppendEvents(
-    pqxx::work& tx, const std::string& agency_id,
+// Many events, each (aggregate_id, payload), encoded as AppendEvents sends them. Encoding needs no
+// transaction, so a batch writer may encode while its transaction runs another statement.
+struct EncodedEvents {
+  size_t count = 0;
+  std::string types;  // text[] literals, one element per event, in order.
+  std::string aggregate_ids;
+  std::string payloads;  // Base64 of the serialized payloads.
+};
+EncodedEvents EncodeEvents(
     const std::vector<std::pair<std::string, const google::protobuf::Message*>>& events);
+
+// AppendEvent for many events in one round trip (batch writers such as matching's AssignBatch),
+// in the order they were encoded.
+absl::Status AppendEvents(pqxx::work& tx, const std::string& agency_id,
+                          const EncodedEvents& events);
 
 // The same, sent with the caller's other deferred writes (DeferredWrites::Flush).
 void AppendEvents(

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <numeric>
 
+#include "common/parallel.h"
+
 namespace peerpath::matching {
 namespace {
 
@@ -229,8 +231,13 @@ AssignmentResult AssignOptimal(const AssignmentProblem& problem) {
   AssignmentResult result;
   result.supporter_of.assign(problem.units.size(), -1);
   result.exact = true;
+  // Components are independent: solved on every core.
+  std::vector<AssignmentResult> solved(components);
+  ForEachRange(solved.size(), LoopThreads(), 1, [&](size_t begin, size_t end) {
+    for (size_t k = begin; k < end; ++k) solved[k] = AssignConnected(parts[k]);
+  });
   for (int k = 0; k < components; ++k) {
-    const AssignmentResult part = AssignConnected(parts[k]);
+    const AssignmentResult& part = solved[k];
     for (size_t r = 0; r < part.supporter_of.size(); ++r) {
       if (part.supporter_of[r] >= 0) {
         result.supporter_of[request_of[k][r]] = supporter_of[k][part.supporter_of[r]];

@@ -14,6 +14,7 @@
 #include "common/idempotency.h"
 #include "common/identifiers.h"
 #include "common/pagination.h"
+#include "common/parallel.h"
 #include "common/status.h"
 #include "common/time_util.h"
 #include "peerpath/matching/v1/events.pb.h"
@@ -1271,22 +1272,29 @@ grpc::Status MatchingService::AssignBatch(grpc::ServerContext* context,
     // Each request is screened against the supporters who can meet its most selective hard
     // constraint (not the whole roster), and scored without explanation: only the pairs the
     // solver assigns are explained (Evaluate) below.
+    // Ranges of requests are screened on every core; their candidates are joined in order.
     const CandidateIndex index(roster, today);
     std::vector<int> candidate_count(requests.size(), 0);
     problem.units.reserve(requests.size());
-    for (size_t r = 0; r < requests.size(); ++r) {
-      const v1::MatchRequest& req = requests[r];
-      problem.units.push_back(std::max(1, req.acuity_units()));
-      if (already.contains(req.participant_id())) continue;
-      const std::string& previous = req.preferences().continuity().supporter_id();
-      for (int s : index.Candidates(req)) {
-        if (Screen(roster[s], req, today).has_value()) continue;
-        const double score = ScorePreferences(roster[s], req.preferences(), nullptr);
-        const bool continuity = !previous.empty() && previous == roster[s].supporter_id();
-        problem.candidates.push_back(
-            {static_cast<int>(r), s, BatchValue(score, continuity, req.urgency())});
-        ++candidate_count[r];
+    for (const auto& req : requests) problem.units.push_back(std::max(1, req.acuity_units()));
+    auto screen = [&](size_t begin, size_t end) {
+      std::vector<AssignmentProblem::Candidate> found;
+      for (size_t r = begin; r < end; ++r) {
+        const v1::MatchRequest& req = requests[r];
+        if (already.contains(req.participant_id())) continue;
+        const std::string& previous = req.preferences().continuity().supporter_id();
+        for (int s : index.Candidates(req)) {
+          if (Screen(roster[s], req, today).has_value()) continue;
+          const double score = ScorePreferences(roster[s], req.preferences(), nullptr);
+          const bool continuity = !previous.empty() && previous == roster[s].supporter_id();
+          found.push_back({static_cast<int>(r), s, BatchValue(score, continuity, req.urgency())});
+          ++candidate_count[r];
+        }
       }
+      return found;
+    };
+    for (const auto& found : MapRanges(requests.size(), LoopThreads(), 500, screen)) {
+      problem.candidates.insert(problem.candidates.end(), found.begin(), found.end());
     }
     const AssignmentResult result = AssignOptimal(problem);
     response->set_proven_optimal(result.exact);
@@ -1323,29 +1331,36 @@ grpc::Status MatchingService::AssignBatch(grpc::ServerContext* context,
                              std::move(e.explanation)});
     }
     // One statement writes every match, follow-up, declined proposal and request status, one
-    // more every event and one more every audit row: a handful of round trips for any size.
-    const std::vector<store::StartedMatch> started =
-        store::InsertBatchMatches(tx, caller.agency_id, new_matches, batch_id, caller.subject);
-    std::vector<v1::MatchStartedEvent> events;
-    std::vector<AuditEntry> audits;
-    events.reserve(started.size());
-    audits.reserve(started.size());
-    for (size_t i = 0; i < started.size(); ++i) {
-      const v1::MatchRequest& req = requests[assigned[i]];
-      const v1::Match& m = started[i].match;
-      const v1::Supporter& s = roster[result.supporter_of[assigned[i]]];
-      events.push_back(StartedEvent(m, req, started[i].follow_up, new_matches[i].continuity,
-                                    s.supervisor_subject()));
-      audits.push_back(
-          AllowedEntry(caller, "AssignBatch", "match", m.match_id(), req.participant_id()));
-      response->mutable_assignments(static_cast<int>(i))->set_match_id(m.match_id());
-    }
-    std::vector<std::pair<std::string, const google::protobuf::Message*>> payloads;
-    payloads.reserve(events.size());
-    for (size_t i = 0; i < events.size(); ++i) {
-      payloads.emplace_back(started[i].match.match_id(), &events[i]);
-    }
-    if (absl::Status ev = AppendEvents(tx, caller.agency_id, payloads); !ev.ok()) return ev;
+    // more every event and one more every audit row: a handful of round trips for any size. The
+    // events and audit rows are built and encoded while PostgreSQL runs the first.
+    EncodedEvents events;
+    EncodedAudits audits;
+    store::InsertBatchMatches(
+        tx, caller.agency_id, new_matches, batch_id, caller.subject,
+        [&](const std::vector<store::StartedMatch>& started) {
+          std::vector<v1::MatchStartedEvent> started_events;
+          std::vector<AuditEntry> entries;
+          started_events.reserve(started.size());
+          entries.reserve(started.size());
+          for (size_t i = 0; i < started.size(); ++i) {
+            const v1::MatchRequest& req = requests[assigned[i]];
+            const v1::Match& m = started[i].match;
+            const v1::Supporter& s = roster[result.supporter_of[assigned[i]]];
+            started_events.push_back(StartedEvent(
+                m, req, started[i].follow_up, new_matches[i].continuity, s.supervisor_subject()));
+            entries.push_back(
+                AllowedEntry(caller, "AssignBatch", "match", m.match_id(), req.participant_id()));
+            response->mutable_assignments(static_cast<int>(i))->set_match_id(m.match_id());
+          }
+          std::vector<std::pair<std::string, const google::protobuf::Message*>> payloads;
+          payloads.reserve(started_events.size());
+          for (size_t i = 0; i < started_events.size(); ++i) {
+            payloads.emplace_back(started[i].match.match_id(), &started_events[i]);
+          }
+          events = EncodeEvents(payloads);
+          audits = EncodeAudits(entries);
+        });
+    if (absl::Status ev = AppendEvents(tx, caller.agency_id, events); !ev.ok()) return ev;
     if (absl::Status au = AppendAudits(tx, caller.agency_id, audits); !au.ok()) return au;
     std::stable_sort(unmatched.begin(), unmatched.end(), [&](size_t a, size_t b) {
       return requests[a].urgency() > requests[b].urgency();

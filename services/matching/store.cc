@@ -3,9 +3,11 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <cstdio>
+#include <future>
 #include <map>
 
 #include "absl/functional/function_ref.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -13,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "common/db.h"
 #include "common/identifiers.h"
+#include "common/parallel.h"
 #include "common/proto_json.h"
 #include "common/time_util.h"
 
@@ -231,15 +234,20 @@ void FromJson(const pqxx::field& f, google::protobuf::Message* message) {
   (void)ParseJsonMessage(absl::string_view(f.c_str(), f.size()), message);
 }
 
-const std::string& RequestColumns() {
-  static const std::string* const columns = new std::string(absl::StrCat(
+// The request's columns for ToRequest. `with_match`: the request's started match (its id), which
+// only an ASSIGNED request has; without it the column is NULL.
+const std::string& RequestColumns(bool with_match = true) {
+  static const std::string* const common = new std::string(absl::StrCat(
       "r.id, r.agency_id, r.participant_id, r.pathway_key, r.acuity_units, r.hard_constraints, "
       "r.preferences, array_to_string(r.excluded_supporter_ids, E'\\x1f'), "
       "r.preferred_supporter_id, r.previous_match_id, r.urgency, r.status, r.cancel_reason, ",
-      Micros("r.requested_at"), ", r.requested_by, ", Micros("r.updated_at"),
+      Micros("r.requested_at"), ", r.requested_by, ", Micros("r.updated_at")));
+  static const std::string* const columns = new std::string(absl::StrCat(
+      *common,
       ", (SELECT m.id FROM matches m WHERE m.agency_id = r.agency_id AND m.request_id = r.id "
       "   AND m.status IN ('active', 'ended') LIMIT 1)"));
-  return *columns;
+  static const std::string* const without_match = new std::string(absl::StrCat(*common, ", NULL"));
+  return with_match ? *columns : *without_match;
 }
 
 v1::MatchRequest ToRequest(const pqxx::row& row) {
@@ -279,7 +287,8 @@ const std::string& MatchColumns() {
       Micros("m.proposed_at"), ", m.proposed_by, ", Micros("m.started_at"), ", m.started_by, ",
       Micros("m.ended_at"), ", m.ended_by, m.end_reason, ", Micros("m.declined_at"), ", m.rank, ",
       "(SELECT ", Micros("f.rematch_suggested_at"),
-      " FROM follow_ups f WHERE f.agency_id = m.agency_id AND f.match_id = m.id), m.continuity"));
+      " FROM follow_ups f WHERE f.agency_id = m.agency_id AND f.match_id = m.id), m.continuity, "
+      "m.explanation_pb"));
   return *columns;
 }
 
@@ -293,7 +302,10 @@ v1::Match ToMatch(const pqxx::row& row) {
   m.set_participant_id(row[5].c_str());
   m.set_units(row[6].as<int>());
   m.set_score(row[7].is_null() ? 0 : row[7].as<double>());
-  if (!row[8].is_null()) {
+  if (!row[23].is_null()) {
+    // Since migration 0006: a serialized Match holding only the explanation lines.
+    (void)m.MergeFromString(pqxx::binarystring(row[23]).str());
+  } else if (!row[8].is_null()) {
     for (absl::string_view line : absl::StrSplit(row[8].c_str(), kSep[0])) {
       (void)ParseJsonMessage(line, m.add_explanation());
     }
@@ -331,41 +343,39 @@ std::string JsonString(absl::string_view text) {
   return out;
 }
 
-// The lines as JSON objects with the proto field names (what ToJson would print, written
-// directly: a batch stores tens of thousands of them, and the reflective printer dominated).
-std::string ExplanationJson(const std::vector<v1::CriterionExplanation>& lines) {
-  std::string out = "[";
-  for (size_t i = 0; i < lines.size(); ++i) {
-    const v1::CriterionExplanation& l = lines[i];
-    absl::StrAppend(
-        &out, i == 0 ? "" : ",", "{\"criterion\":\"", v1::MatchCriterion_Name(l.criterion()),
-        "\",\"hard_constraint\":", l.hard_constraint() ? "true" : "false", ",\"outcome\":\"",
-        v1::CriterionOutcome_Name(l.outcome()), "\",\"weight\":", l.weight(),
-        ",\"satisfaction\":", absl::StrFormat("%.17g", l.satisfaction()),
-        ",\"points\":", absl::StrFormat("%.17g", l.points()), ",\"text\":", JsonString(l.text()),
-        "}");
-  }
-  return out + "]";
+// The lines as matches.explanation_pb stores them (migration 0006): a serialized Match holding
+// only them, in base64 for decode(…, 'base64'). Binary, not jsonb: a batch stores thousands of
+// explanations, and PostgreSQL building jsonb values of them cost more than the rest of the rows.
+std::string ExplanationBase64(const std::vector<v1::CriterionExplanation>& lines) {
+  v1::Match holder;
+  holder.mutable_explanation()->Reserve(static_cast<int>(lines.size()));
+  for (const auto& line : lines) *holder.add_explanation() = line;
+  return absl::Base64Escape(holder.SerializeAsString());
 }
 
-// New matches as a JSON array of records, for jsonb_to_recordset (one statement for many). Each
+// New matches as a JSON array of records, for json_to_recordset (one statement for many). Each
 // record starts with the fields `ids(i, &record)` appends (the ids chosen for the match, and for
-// its follow-up where there is one), each followed by a comma.
+// its follow-up where there is one), each followed by a comma. A batch's thousands of records are
+// written on every core.
 std::string MatchRowsJson(const std::vector<NewMatch>& matches,
                           absl::FunctionRef<void(size_t, std::string*)> ids) {
-  std::string rows = "[";
-  for (size_t i = 0; i < matches.size(); ++i) {
-    const NewMatch& m = matches[i];
-    absl::StrAppend(&rows, i == 0 ? "{" : ",{");
-    ids(i, &rows);
-    absl::StrAppend(&rows, "\"request_id\":", JsonString(m.request_id),
-                    ",\"supporter_id\":", JsonString(m.supporter_id),
-                    ",\"participant_id\":", JsonString(m.participant_id), ",\"units\":", m.units,
-                    ",\"score\":", absl::StrFormat("%.17g", m.score), ",\"rank\":", m.rank,
-                    ",\"continuity\":", m.continuity ? "true" : "false",
-                    ",\"explanation\":", ExplanationJson(m.explanation), "}");
-  }
-  return rows + "]";
+  const std::vector<std::string> parts =
+      MapRanges(matches.size(), LoopThreads(), 500, [&](size_t begin, size_t end) {
+        std::string rows;
+        for (size_t i = begin; i < end; ++i) {
+          const NewMatch& m = matches[i];
+          absl::StrAppend(&rows, i == 0 ? "{" : ",{");
+          ids(i, &rows);
+          absl::StrAppend(&rows, "\"request_id\":", JsonString(m.request_id),
+                          ",\"supporter_id\":", JsonString(m.supporter_id),
+                          ",\"participant_id\":", JsonString(m.participant_id),
+                          ",\"units\":", m.units, ",\"score\":", absl::StrFormat("%.17g", m.score),
+                          ",\"rank\":", m.rank, ",\"continuity\":", m.continuity ? "true" : "false",
+                          ",\"explanation_pb\":\"", ExplanationBase64(m.explanation), "\"}");
+        }
+        return rows;
+      });
+  return absl::StrCat("[", absl::StrJoin(parts, ""), "]");
 }
 
 const std::string& FollowUpColumns() {
@@ -696,12 +706,16 @@ void SetRequestStatus(DeferredWrites& writes, const std::string& id, const std::
 }
 
 std::vector<v1::MatchRequest> RequestsToAssign(pqxx::work& tx, bool include_proposed) {
-  std::vector<v1::MatchRequest> out;
-  for (const auto& row : tx.exec(absl::StrCat(
-           "SELECT ", RequestColumns(), " FROM match_requests r WHERE r.status IN ('open'",
-           include_proposed ? ", 'proposed'" : "", ") ORDER BY r.requested_at, r.id FOR UPDATE"))) {
-    out.push_back(ToRequest(row));
-  }
+  const pqxx::result rows = tx.exec(absl::StrCat(
+      // OPEN and PROPOSED requests have no started match: no lookup per request.
+      "SELECT ", RequestColumns(/*with_match=*/false),
+      " FROM match_requests r WHERE r.status IN ('open'", include_proposed ? ", 'proposed'" : "",
+      ") ORDER BY r.requested_at, r.id FOR UPDATE"));
+  // Parsing their constraints and preferences (JSON) is most of the time: on every core.
+  std::vector<v1::MatchRequest> out(rows.size());
+  ForEachRange(out.size(), LoopThreads(), 500, [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) out[i] = ToRequest(rows[i]);
+  });
   return out;
 }
 
@@ -767,44 +781,49 @@ std::vector<v1::Match> InsertProposals(DeferredWrites& writes, const std::string
   });
   writes.Exec("",
               "INSERT INTO matches (id, agency_id, request_id, supporter_id, participant_id, units,"
-              "  score, explanation, proposed_by, proposed_at, rank, continuity)"
+              "  score, explanation_pb, proposed_by, proposed_at, rank, continuity)"
               " SELECT id, $2, request_id, supporter_id, participant_id, units, score,"
-              "  explanation, $3, " PEERPATH_SQL_TIME_PARAM(4) ", rank, continuity"
-              " FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, request_id uuid,"
+              "  decode(explanation_pb, 'base64'), $3, " PEERPATH_SQL_TIME_PARAM(4) ","
+              "  rank, continuity"
+              " FROM json_to_recordset($1::json) AS x(id uuid, request_id uuid,"
               "  supporter_id uuid, participant_id text, units integer, score double precision,"
-              "  rank integer, continuity boolean, explanation jsonb)",
+              "  rank integer, continuity boolean, explanation_pb text)",
               rows, agency, actor, now_us);
   return out;
 }
 
-std::vector<StartedMatch> InsertBatchMatches(pqxx::work& tx, const std::string& agency,
-                                             const std::vector<NewMatch>& matches,
-                                             const std::string& batch_id,
-                                             const std::string& actor) {
-  if (matches.empty()) return {};
+void InsertBatchMatches(pqxx::work& tx, const std::string& agency,
+                        const std::vector<NewMatch>& matches, const std::string& batch_id,
+                        const std::string& actor,
+                        absl::FunctionRef<void(const std::vector<StartedMatch>&)> meanwhile) {
+  if (matches.empty()) return meanwhile({});
   // The rows are known here but for the transaction's time and the follow-ups' due day: read
   // those, choose the ids, and build the results without reading the rows back (their
-  // explanations would be parsed from JSON again, thousands of them).
+  // explanations would be read and decoded again, thousands of them).
   const pqxx::row clock = tx.exec1("SELECT " PEERPATH_SQL_MICROS(
       "now()") ", to_char((now() AT TIME ZONE 'UTC')::date + 14, "
                "'YYYY-MM-DD')");
   const int64_t now_us = clock[0].as<int64_t>();
+  v1::FollowUp due;
+  SetDate(clock[1], due.mutable_due_on());
+  // Thousands of protos, ids and records: built on every core.
   std::vector<StartedMatch> out(matches.size());
-  for (size_t i = 0; i < matches.size(); ++i) {
-    const NewMatch& n = matches[i];
-    v1::Match& m = out[i].match = NewMatchProto(n, agency, actor, now_us);
-    m.set_status(v1::MATCH_STATUS_ACTIVE);
-    m.set_origin(v1::MATCH_ORIGIN_BATCH_ASSIGNMENT);
-    m.set_batch_id(batch_id);
-    *m.mutable_started_at() = m.proposed_at();
-    m.set_started_by(actor);
-    v1::FollowUp& f = out[i].follow_up;
-    f.set_follow_up_id(RandomUuid());
-    f.set_match_id(m.match_id());
-    f.set_participant_id(n.participant_id);
-    f.set_supporter_id(n.supporter_id);
-    SetDate(clock[1], f.mutable_due_on());
-  }
+  ForEachRange(matches.size(), LoopThreads(), 500, [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) {
+      const NewMatch& n = matches[i];
+      v1::Match& m = out[i].match = NewMatchProto(n, agency, actor, now_us);
+      m.set_status(v1::MATCH_STATUS_ACTIVE);
+      m.set_origin(v1::MATCH_ORIGIN_BATCH_ASSIGNMENT);
+      m.set_batch_id(batch_id);
+      *m.mutable_started_at() = m.proposed_at();
+      m.set_started_by(actor);
+      v1::FollowUp& f = out[i].follow_up = due;
+      f.set_follow_up_id(RandomUuid());
+      f.set_match_id(m.match_id());
+      f.set_participant_id(n.participant_id);
+      f.set_supporter_id(n.supporter_id);
+    }
+  });
   const std::string rows = MatchRowsJson(matches, [&](size_t i, std::string* row) {
     absl::StrAppend(row, "\"id\":", JsonString(out[i].match.match_id()),
                     ",\"follow_up_id\":", JsonString(out[i].follow_up.follow_up_id()), ",");
@@ -816,14 +835,18 @@ std::vector<StartedMatch> InsertBatchMatches(pqxx::work& tx, const std::string& 
   // The rows are read once into a CTE that four statements share: with the default work_mem a
   // batch of thousands spills it to temporary files; this transaction may use more.
   tx.exec0("DISCARD PLANS; SET LOCAL work_mem = '64MB'");
-  tx.exec_params0(
-      "WITH x AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id uuid, follow_up_id uuid,"
+  // The transaction is used by the insert's thread alone until it is joined; the future's
+  // destructor joins it also when `meanwhile` throws.
+  std::future<void> insert = std::async(std::launch::async, [&] {
+    tx.exec_params0(
+      "WITH x AS (SELECT * FROM json_to_recordset($1::json) AS x(id uuid, follow_up_id uuid,"
       "  request_id uuid, supporter_id uuid, participant_id text, units integer,"
-      "  score double precision, continuity boolean, explanation jsonb)),"
+      "  score double precision, continuity boolean, explanation_pb text)),"
       " m AS (INSERT INTO matches (id, agency_id, request_id, supporter_id, participant_id, units,"
-      "  score, explanation, proposed_by, proposed_at, rank, continuity, status, started_at,"
+      "  score, explanation_pb, proposed_by, proposed_at, rank, continuity, status, started_at,"
       "  started_by, origin, batch_id)"
-      "  SELECT id, $2, request_id, supporter_id, participant_id, units, score, explanation, $3,"
+      "  SELECT id, $2, request_id, supporter_id, participant_id, units, score,"
+      "   decode(explanation_pb, 'base64'), $3,"
       "   " PEERPATH_SQL_TIME_PARAM(5) ", 0, continuity, 'active', " PEERPATH_SQL_TIME_PARAM(5) ","
       "   $3, 'batch_assignment', $4::uuid FROM x),"
       " f AS (INSERT INTO follow_ups (id, agency_id, match_id, due_on)"
@@ -834,7 +857,9 @@ std::vector<StartedMatch> InsertBatchMatches(pqxx::work& tx, const std::string& 
       " UPDATE match_requests q SET status = 'assigned', cancel_reason = NULL, updated_at = now()"
       " FROM x WHERE q.id = x.request_id",
       rows, agency, actor, batch_id, now_us, clock[1].c_str());
-  return out;
+  });
+  meanwhile(out);
+  insert.get();
 }
 
 constexpr char kDeclineProposals[] =

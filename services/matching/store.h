@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/time/civil_time.h"
 #include "common/db.h"
 #include "peerpath/matching/v1/matching.pb.h"
@@ -121,10 +122,14 @@ struct StartedMatch {
 };
 // AssignBatch's writes in one statement, whatever the batch's size: inserts `matches` ACTIVE at
 // once with their follow-ups, declines the other proposals of their requests and marks the
-// requests ASSIGNED. Returns the stored matches and follow-ups in the order of `matches`.
-std::vector<StartedMatch> InsertBatchMatches(pqxx::work& tx, const std::string& agency,
-                                             const std::vector<NewMatch>& matches,
-                                             const std::string& batch_id, const std::string& actor);
+// requests ASSIGNED. `meanwhile` is given the matches and follow-ups, in the order of `matches`,
+// as soon as their ids are chosen, and runs on the calling thread while PostgreSQL executes the
+// statement (on another thread): work that needs them but not the database (building their
+// events and audit rows) overlaps it. It must not use `tx`.
+void InsertBatchMatches(pqxx::work& tx, const std::string& agency,
+                        const std::vector<NewMatch>& matches, const std::string& batch_id,
+                        const std::string& actor,
+                        absl::FunctionRef<void(const std::vector<StartedMatch>&)> meanwhile);
 // Declines the request's PROPOSED matches other than `except_match_id`.
 void DeclineProposals(pqxx::work& tx, const std::string& request_id,
                       const std::string& except_match_id);

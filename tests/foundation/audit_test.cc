@@ -96,11 +96,12 @@ TEST_F(AuditLog, ManyRowsInOneStatementKeepTheirOrderAndAnyText) {
                                         "NULL", "",    "ünï"};
   std::vector<AuditEntry> entries;
   for (const std::string& participant : odd) entries.push_back(Entry(participant));
-  ASSERT_TRUE(
-      database_
-          ->TransactForAgency("agency-a",
-                              [&](pqxx::work& tx) { return AppendAudits(tx, "agency-a", entries); })
-          .ok());
+  ASSERT_TRUE(database_
+                  ->TransactForAgency("agency-a",
+                                      [&](pqxx::work& tx) {
+                                        return AppendAudits(tx, "agency-a", EncodeAudits(entries));
+                                      })
+                  .ok());
   const auto rows =
       db_->AdminQuery("SELECT participant_id, actor FROM consent.audit_log ORDER BY id");
   ASSERT_EQ(rows.size(), odd.size());

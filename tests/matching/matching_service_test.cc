@@ -395,6 +395,69 @@ TEST_F(MatchingServiceTest, ProposalsNeverNameIneligibleSupportersAndExplainThem
   }
 }
 
+// A stored match keeps its whole explanation (since migration 0006 as protobuf binary): GetMatch
+// gives back exactly what ProposeMatches answered. A match stored before that step, with a jsonb
+// explanation, is still read; and the database refuses a match with both forms or neither.
+TEST_F(MatchingServiceTest, StoredExplanationsReadBackWholeInBothStoredForms) {
+  CreateSupporter(Profile("sup-a"));
+  const v1::MatchRequest request = CreateRequest("p-1", [](v1::MatchRequest& r) {
+    r.mutable_hard_constraints()->add_languages("es");
+    r.mutable_preferences()->mutable_lived_experience()->add_areas("postpartum_depression");
+  });
+  const auto proposed = Propose(request.match_request_id());
+  ASSERT_EQ(proposed.candidates_size(), 1);
+  const v1::Match& answered = proposed.candidates(0).match();
+  ASSERT_GE(answered.explanation_size(), 2);
+  const std::string id = answered.match_id();
+  auto get = [&] {
+    v1::GetMatchRequest get;
+    get.set_match_id(id);
+    v1::GetMatchResponse got;
+    const grpc::Status status = stub_->GetMatch(As({"supervisor"}).get(), get, &got);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return got.match();
+  };
+  const v1::Match stored = get();
+  ASSERT_EQ(stored.explanation_size(), answered.explanation_size());
+  for (int i = 0; i < answered.explanation_size(); ++i) {
+    EXPECT_EQ(stored.explanation(i).SerializeAsString(),
+              answered.explanation(i).SerializeAsString())
+        << "line " << i << ": " << stored.explanation(i).ShortDebugString();
+  }
+  EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM matching.matches WHERE id = '" + id +
+                            "' AND explanation IS NULL AND explanation_pb IS NOT NULL")[0][0]
+                .as<int>(),
+            1);
+
+  // The form written before migration 0006.
+  db_->AdminQuery(
+      "UPDATE matching.matches SET explanation_pb = NULL, explanation = '["
+      "{\"criterion\": \"MATCH_CRITERION_LANGUAGE\", \"hard_constraint\": true,"
+      " \"outcome\": \"CRITERION_OUTCOME_MET\", \"text\": \"speaks es\"},"
+      "{\"criterion\": \"MATCH_CRITERION_LIVED_EXPERIENCE\", \"outcome\": "
+      "\"CRITERION_OUTCOME_PARTIAL\", \"weight\": 5, \"satisfaction\": 0.5, \"points\": 25,"
+      " \"text\": \"shares lived experience: grief (1 of 2)\"}]' WHERE id = '" +
+      id + "'");
+  const v1::Match legacy = get();
+  ASSERT_EQ(legacy.explanation_size(), 2);
+  EXPECT_EQ(legacy.explanation(0).criterion(), v1::MATCH_CRITERION_LANGUAGE);
+  EXPECT_TRUE(legacy.explanation(0).hard_constraint());
+  EXPECT_EQ(legacy.explanation(0).text(), "speaks es");
+  EXPECT_EQ(legacy.explanation(1).outcome(), v1::CRITERION_OUTCOME_PARTIAL);
+  EXPECT_EQ(legacy.explanation(1).weight(), 5);
+  EXPECT_DOUBLE_EQ(legacy.explanation(1).satisfaction(), 0.5);
+  EXPECT_DOUBLE_EQ(legacy.explanation(1).points(), 25);
+  EXPECT_EQ(legacy.explanation(1).text(), "shares lived experience: grief (1 of 2)");
+
+  for (const char* both_or_neither :
+       {"explanation_pb = '\\x'::bytea", "explanation = NULL, explanation_pb = NULL"}) {
+    EXPECT_THROW(db_->AdminQuery(absl::StrCat("UPDATE matching.matches SET ", both_or_neither,
+                                              " WHERE id = '", id, "'")),
+                 pqxx::check_violation)
+        << both_or_neither;
+  }
+}
+
 // ProposeMatches writes its proposals, events, request status and stored response together: a
 // retry replays them without a second write, another body under the key is refused, and another
 // agency's supervisor finds no such request and writes nothing.
