@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <future>
 #include <set>
 
 #include "absl/strings/numbers.h"
@@ -1260,11 +1261,19 @@ grpc::Status MatchingService::AssignBatch(grpc::ServerContext* context,
       return absl::AbortedError("another batch of the agency is running; retry");
     }
     const auto start = std::chrono::steady_clock::now();
-    const std::vector<v1::MatchRequest> requests =
-        store::RequestsToAssign(tx, request->include_proposed());
-    // Locks the active roster: accepts of the same supporters wait for the batch.
-    const std::vector<v1::Supporter> roster = store::ActiveRoster(tx, !request->dry_run());
-    const auto matched = store::ParticipantsWithActiveMatch(tx);
+    const pqxx::result request_rows =
+        store::SelectRequestsToAssign(tx, request->include_proposed());
+    // The roster is read, and locked (accepts of the same supporters wait for the batch), on
+    // another thread while the requests are parsed here; the future's destructor joins it also
+    // when parsing throws.
+    std::vector<v1::Supporter> roster;
+    std::vector<std::string> matched;
+    std::future<void> reads = std::async(std::launch::async, [&] {
+      roster = store::ActiveRoster(tx, !request->dry_run());
+      matched = store::ParticipantsWithActiveMatch(tx);
+    });
+    const std::vector<v1::MatchRequest> requests = store::ParseRequests(request_rows);
+    reads.get();
     const std::set<std::string> already(matched.begin(), matched.end());
     const absl::CivilDay today = Today();
     AssignmentProblem problem;

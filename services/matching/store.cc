@@ -705,12 +705,15 @@ void SetRequestStatus(DeferredWrites& writes, const std::string& id, const std::
   writes.Exec("", kSetRequestStatus, id, status, cancel_reason);
 }
 
-std::vector<v1::MatchRequest> RequestsToAssign(pqxx::work& tx, bool include_proposed) {
-  const pqxx::result rows = tx.exec(absl::StrCat(
+pqxx::result SelectRequestsToAssign(pqxx::work& tx, bool include_proposed) {
+  return tx.exec(absl::StrCat(
       // OPEN and PROPOSED requests have no started match: no lookup per request.
       "SELECT ", RequestColumns(/*with_match=*/false),
       " FROM match_requests r WHERE r.status IN ('open'", include_proposed ? ", 'proposed'" : "",
       ") ORDER BY r.requested_at, r.id FOR UPDATE"));
+}
+
+std::vector<v1::MatchRequest> ParseRequests(const pqxx::result& rows) {
   // Parsing their constraints and preferences (JSON) is most of the time: on every core.
   std::vector<v1::MatchRequest> out(rows.size());
   ForEachRange(out.size(), LoopThreads(), 500, [&](size_t begin, size_t end) {
