@@ -344,21 +344,39 @@ std::string JsonString(absl::string_view text) {
 }
 
 // The lines as matches.explanation_pb stores them (migration 0006): a serialized Match holding
-// only them, in base64 for decode(…, 'base64'). Binary, not jsonb: a batch stores thousands of
-// explanations, and PostgreSQL building jsonb values of them cost more than the rest of the rows.
-std::string ExplanationBase64(const std::vector<v1::CriterionExplanation>& lines) {
+// only them. Binary, not jsonb: a batch stores thousands of explanations, and PostgreSQL building
+// jsonb values of them cost more than the rest of the rows.
+std::string ExplanationBytes(const std::vector<v1::CriterionExplanation>& lines) {
   v1::Match holder;
   holder.mutable_explanation()->Reserve(static_cast<int>(lines.size()));
   for (const auto& line : lines) *holder.add_explanation() = line;
-  return absl::Base64Escape(holder.SerializeAsString());
+  return holder.SerializeAsString();
 }
 
 // New matches as a JSON array of records, for json_to_recordset (one statement for many). Each
 // record starts with the fields `ids(i, &record)` appends (the ids chosen for the match, and for
-// its follow-up where there is one), each followed by a comma. A batch's thousands of records are
-// written on every core.
+// its follow-up where there is one), each followed by a comma. The explanation is in the record
+// (`explanation_pb`, base64) or, given `explanations`, appended there, the record saying where
+// (`explanation_at`, a 0-based offset, and `explanation_len`; integers, as a bytea parameter is at
+// most 1 GB): a batch sends its thousands of explanations as one binary parameter, neither
+// encoded nor scanned as text. The records are written on every core.
 std::string MatchRowsJson(const std::vector<NewMatch>& matches,
-                          absl::FunctionRef<void(size_t, std::string*)> ids) {
+                          absl::FunctionRef<void(size_t, std::string*)> ids,
+                          std::string* explanations = nullptr) {
+  std::vector<std::string> bytes(matches.size());
+  ForEachRange(matches.size(), LoopThreads(), 500, [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) bytes[i] = ExplanationBytes(matches[i].explanation);
+  });
+  std::vector<size_t> at(matches.size(), 0);
+  if (explanations != nullptr) {
+    size_t offset = 0;
+    for (size_t i = 0; i < bytes.size(); ++i) {
+      at[i] = offset;
+      offset += bytes[i].size();
+    }
+    explanations->reserve(offset);
+    for (const std::string& b : bytes) explanations->append(b);
+  }
   const std::vector<std::string> parts =
       MapRanges(matches.size(), LoopThreads(), 500, [&](size_t begin, size_t end) {
         std::string rows;
@@ -370,8 +388,14 @@ std::string MatchRowsJson(const std::vector<NewMatch>& matches,
                           ",\"supporter_id\":", JsonString(m.supporter_id),
                           ",\"participant_id\":", JsonString(m.participant_id),
                           ",\"units\":", m.units, ",\"score\":", absl::StrFormat("%.17g", m.score),
-                          ",\"rank\":", m.rank, ",\"continuity\":", m.continuity ? "true" : "false",
-                          ",\"explanation_pb\":\"", ExplanationBase64(m.explanation), "\"}");
+                          ",\"rank\":", m.rank,
+                          ",\"continuity\":", m.continuity ? "true" : "false");
+          if (explanations != nullptr) {
+            absl::StrAppend(&rows, ",\"explanation_at\":", at[i],
+                            ",\"explanation_len\":", bytes[i].size(), "}");
+          } else {
+            absl::StrAppend(&rows, ",\"explanation_pb\":\"", absl::Base64Escape(bytes[i]), "\"}");
+          }
         }
         return rows;
       });
@@ -827,10 +851,14 @@ void InsertBatchMatches(pqxx::work& tx, const std::string& agency,
       f.set_supporter_id(n.supporter_id);
     }
   });
-  const std::string rows = MatchRowsJson(matches, [&](size_t i, std::string* row) {
-    absl::StrAppend(row, "\"id\":", JsonString(out[i].match.match_id()),
-                    ",\"follow_up_id\":", JsonString(out[i].follow_up.follow_up_id()), ",");
-  });
+  std::string explanations;
+  const std::string rows = MatchRowsJson(
+      matches,
+      [&](size_t i, std::string* row) {
+        absl::StrAppend(row, "\"id\":", JsonString(out[i].match.match_id()),
+                        ",\"follow_up_id\":", JsonString(out[i].follow_up.follow_up_id()), ",");
+      },
+      &explanations);
   // The foreign-key checks of the rows inserted here run once per row, on plans the connection
   // cached: planned while `matches` was small they scan it, and a batch that grows it by
   // thousands of rows would become quadratic. Dropping the cached plans makes the checks plan
@@ -844,12 +872,13 @@ void InsertBatchMatches(pqxx::work& tx, const std::string& agency,
     tx.exec_params0(
       "WITH x AS (SELECT * FROM json_to_recordset($1::json) AS x(id uuid, follow_up_id uuid,"
       "  request_id uuid, supporter_id uuid, participant_id text, units integer,"
-      "  score double precision, continuity boolean, explanation_pb text)),"
+      "  score double precision, continuity boolean, explanation_at integer,"
+      "  explanation_len integer)),"
       " m AS (INSERT INTO matches (id, agency_id, request_id, supporter_id, participant_id, units,"
       "  score, explanation_pb, proposed_by, proposed_at, rank, continuity, status, started_at,"
       "  started_by, origin, batch_id)"
       "  SELECT id, $2, request_id, supporter_id, participant_id, units, score,"
-      "   decode(explanation_pb, 'base64'), $3,"
+      "   substring($7::bytea FROM explanation_at + 1 FOR explanation_len), $3,"
       "   " PEERPATH_SQL_TIME_PARAM(5) ", 0, continuity, 'active', " PEERPATH_SQL_TIME_PARAM(5) ","
       "   $3, 'batch_assignment', $4::uuid FROM x),"
       " f AS (INSERT INTO follow_ups (id, agency_id, match_id, due_on)"
@@ -859,7 +888,7 @@ void InsertBatchMatches(pqxx::work& tx, const std::string& agency,
       // A batch assigns each request once: a plain join, no de-duplication of thousands of rows.
       " UPDATE match_requests q SET status = 'assigned', cancel_reason = NULL, updated_at = now()"
       " FROM x WHERE q.id = x.request_id",
-      rows, agency, actor, batch_id, now_us, clock[1].c_str());
+      rows, agency, actor, batch_id, now_us, clock[1].c_str(), pqxx::binarystring(explanations));
   });
   meanwhile(out);
   insert.get();

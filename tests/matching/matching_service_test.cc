@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -804,10 +805,17 @@ TEST_F(MatchingServiceTest, AssignBatchWritesEveryMatchFollowUpEventAndAuditRowI
   for (int i = 0; i < 3; ++i) CreateSupporter(Profile(absl::StrCat("sup-", i), 2));
   const std::vector<std::string> participants = {
       "p-plain", "p-\"quoted\"", "p-back\\slash", "p-comma,{brace}", "p-5", "p-6", "p-7"};
-  for (const auto& p : participants) {
-    CreateRequest(p, [](v1::MatchRequest& r) {
-      r.mutable_preferences()->mutable_lived_experience()->add_areas("postpartum_depression");
+  // Each request wishes for a different number of areas, so each match's explanation differs:
+  // one stored in another match's place would show.
+  std::map<std::string, std::string> explained;
+  for (size_t i = 0; i < participants.size(); ++i) {
+    CreateRequest(participants[i], [&](v1::MatchRequest& r) {
+      auto* areas = r.mutable_preferences()->mutable_lived_experience();
+      areas->add_areas("postpartum_depression");
+      for (size_t k = 0; k < i; ++k) areas->add_areas(absl::StrCat("other_area_", k));
     });
+    explained[participants[i]] =
+        absl::StrCat("shares lived experience: postpartum depression (1 of ", i + 1, ")");
   }
   // One request already has proposals: the batch assigns it and declines them.
   const std::string proposed_request =
@@ -840,8 +848,7 @@ TEST_F(MatchingServiceTest, AssignBatchWritesEveryMatchFollowUpEventAndAuditRowI
     EXPECT_EQ(got.match().supporter_id(), a.supporter_id());
     EXPECT_DOUBLE_EQ(got.match().score(), a.score());
     ASSERT_FALSE(got.match().explanation().empty());
-    EXPECT_EQ(got.match().explanation(0).text(),
-              "shares lived experience: postpartum depression (1 of 1)");
+    EXPECT_EQ(got.match().explanation(0).text(), explained[a.participant_id()]);
     EXPECT_FALSE(got.follow_up().follow_up_id().empty()) << "the two-week follow-up is due";
     EXPECT_EQ(got.follow_up().match_id(), a.match_id());
   }
