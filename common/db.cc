@@ -7,6 +7,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/log.h"
 
 namespace peerpath {
@@ -169,22 +170,49 @@ std::string TextArrayLiteral(const std::vector<std::string>& values) {
   return out + "}";
 }
 
-void DeferredWrites::Append(const std::string& sql, const std::vector<std::string>& literals) {
-  if (!batch_.empty()) batch_ += ";\n";
+namespace {
+
+// Calls at(position, n) for every parameter $n of `sql` (n ≥ 1; "$" followed by digits), in
+// order, after checking it has an argument among `arguments`.
+template <typename At>
+void ForEachParameter(const std::string& sql, size_t arguments, At at) {
   for (size_t i = 0; i < sql.size(); ++i) {
-    if (sql[i] == '$' && i + 1 < sql.size() && absl::ascii_isdigit(sql[i + 1])) {
-      size_t j = i + 1;
-      size_t n = 0;
-      while (j < sql.size() && absl::ascii_isdigit(sql[j])) n = n * 10 + (sql[j++] - '0');
-      if (n == 0 || n > literals.size()) {
-        throw std::invalid_argument("DeferredWrites: statement parameter out of range");
-      }
-      batch_ += literals[n - 1];
-      i = j - 1;
-    } else {
-      batch_ += sql[i];
+    if (sql[i] != '$' || i + 1 >= sql.size() || !absl::ascii_isdigit(sql[i + 1])) continue;
+    size_t j = i + 1;
+    size_t n = 0;
+    while (j < sql.size() && absl::ascii_isdigit(sql[j])) n = n * 10 + (sql[j++] - '0');
+    if (n == 0 || n > arguments) {
+      throw std::invalid_argument("DeferredWrites: statement parameter out of range");
     }
+    at(i, j, n);
+    i = j - 1;
   }
+}
+
+}  // namespace
+
+void DeferredWrites::Append(const std::string& sql, const std::vector<std::string>& literals) {
+  std::string statement;
+  size_t copied = 0;
+  ForEachParameter(sql, literals.size(), [&](size_t begin, size_t end, size_t n) {
+    statement.append(sql, copied, begin - copied);
+    statement += literals[n - 1];
+    copied = end;
+  });
+  statement.append(sql, copied, std::string::npos);
+  if (!batch_.empty()) batch_ += ";\n";
+  batch_ += statement;
+}
+
+void DeferredWrites::AppendExecute(const char* name, const std::string& sql,
+                                   const std::vector<std::string>& literals) {
+  ForEachParameter(sql, literals.size(), [](size_t, size_t, size_t) {});
+  // Prepared on this connection at the first use of `name` (one round trip, once).
+  tx_.conn().prepare(name, sql);
+  tx_.conn().prepare_now(name);
+  if (!batch_.empty()) batch_ += ";\n";
+  absl::StrAppend(&batch_, "EXECUTE ", tx_.quote_name(name));
+  if (!literals.empty()) absl::StrAppend(&batch_, "(", absl::StrJoin(literals, ", "), ")");
 }
 
 void DeferredWrites::Flush() {

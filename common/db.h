@@ -74,20 +74,28 @@ pqxx::result ExecPrepared(pqxx::transaction_base& tx, const char* name, const st
 // arguments as quoted literals (tx.quote: escaped by libpq for this connection), and Flush sends
 // them all in one round trip, in order, inside the caller's transaction. A write path that ends
 // with several such writes (events, audit row, stored response…) pays one round trip for them.
-// Statements are checked by PostgreSQL at Flush: an error there aborts the transaction as any
-// other statement would.
+// A named statement goes as EXECUTE of the statement prepared under that name on the connection
+// (prepared at its first Exec there, as ExecPrepared would: every use of one `name` must pass the
+// same `sql`), so PostgreSQL neither parses nor plans it again; an unnamed one ("") goes as its
+// text with the literals in place of its parameters. Statements run at Flush: an error there
+// aborts the transaction as any other statement would.
 class DeferredWrites {
  public:
   explicit DeferredWrites(pqxx::transaction_base& tx) : tx_(tx) {}
   DeferredWrites(const DeferredWrites&) = delete;
   DeferredWrites& operator=(const DeferredWrites&) = delete;
 
-  // `sql` uses $1, $2… as a prepared statement would; `name` is ignored (the same signature as
-  // ExecPrepared, so one write function serves both).
+  // `sql` uses $1, $2… as a prepared statement would (the same signature as ExecPrepared, so one
+  // write function serves both). Throws std::invalid_argument, sending nothing, when `sql` names
+  // a parameter without an argument.
   template <typename... Args>
-  void Exec(const char* /*name*/, const std::string& sql, const Args&... args) {
+  void Exec(const char* name, const std::string& sql, const Args&... args) {
     const std::vector<std::string> literals{Literal(args)...};
-    Append(sql, literals);
+    if (name[0] == '\0') {
+      Append(sql, literals);
+    } else {
+      AppendExecute(name, sql, literals);
+    }
   }
 
   // Sends everything added since the last Flush (nothing to send: no round trip).
@@ -103,6 +111,8 @@ class DeferredWrites {
     return std::to_string(value);
   }
   void Append(const std::string& sql, const std::vector<std::string>& literals);
+  void AppendExecute(const char* name, const std::string& sql,
+                     const std::vector<std::string>& literals);
 
   pqxx::transaction_base& tx_;
   std::string batch_;

@@ -32,7 +32,9 @@ TEST_F(DeferredWritesTest, ArgumentsArriveAsThemselvesInOrderInOneTransaction) {
     DeferredWrites writes(tx);
     EXPECT_TRUE(writes.empty());
     for (size_t k = 0; k < texts.size(); ++k) {
-      writes.Exec("unused", "INSERT INTO scratch (t, i, b) VALUES ($1, $2, $3)", texts[k],
+      // Named (prepared, sent as EXECUTE) and unnamed (sent as text) in turn.
+      writes.Exec(k % 2 == 0 ? "scratch_insert" : "",
+                  "INSERT INTO scratch (t, i, b) VALUES ($1, $2, $3)", texts[k],
                   static_cast<int64_t>(k) - 4, k % 2 == 0);
     }
     EXPECT_FALSE(writes.empty());
@@ -57,8 +59,8 @@ TEST_F(DeferredWritesTest, AFailingStatementRollsTheTransactionBack) {
   absl::Status status = database_->Transact([&](pqxx::work& tx) -> absl::Status {
     tx.exec0("INSERT INTO scratch (t) VALUES ('before')");
     DeferredWrites writes(tx);
-    writes.Exec("unused", "INSERT INTO scratch (t) VALUES ($1)", std::string("deferred"));
-    writes.Exec("unused", "INSERT INTO scratch (n, t) VALUES ($1, $2)", 1, std::string("dup"));
+    writes.Exec("scratch_t", "INSERT INTO scratch (t) VALUES ($1)", std::string("deferred"));
+    writes.Exec("scratch_n_t", "INSERT INTO scratch (n, t) VALUES ($1, $2)", 1, std::string("dup"));
     writes.Flush();
     return absl::OkStatus();
   });
@@ -67,14 +69,44 @@ TEST_F(DeferredWritesTest, AFailingStatementRollsTheTransactionBack) {
 }
 
 TEST_F(DeferredWritesTest, AParameterWithoutAnArgumentIsRefusedBeforeAnythingIsSent) {
-  absl::Status status = database_->Transact([&](pqxx::work& tx) -> absl::Status {
-    DeferredWrites writes(tx);
-    writes.Exec("unused", "INSERT INTO scratch (t, i) VALUES ($1, $2)", std::string("x"));
-    writes.Flush();
-    return absl::OkStatus();
-  });
-  EXPECT_FALSE(status.ok());
-  EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM consent.scratch")[0][0].as<int>(), 0);
+  for (const char* name : {"", "scratch_two"}) {
+    absl::Status status = database_->Transact([&](pqxx::work& tx) -> absl::Status {
+      DeferredWrites writes(tx);
+      writes.Exec("", "INSERT INTO scratch (t) VALUES ($1)", std::string("before"));
+      EXPECT_THROW(
+          writes.Exec(name, "INSERT INTO scratch (t, i) VALUES ($1, $2)", std::string("x")),
+          std::invalid_argument)
+          << "name '" << name << "'";
+      writes.Flush();  // What was added before the refusal is still whole.
+      return absl::OkStatus();
+    });
+    EXPECT_TRUE(status.ok()) << status;
+  }
+  EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM consent.scratch")[0][0].as<int>(), 2);
+}
+
+// A named statement is prepared once per connection and then only executed: a second
+// transaction on the same connection finds it prepared, and its writes land as before.
+TEST_F(DeferredWritesTest, ANamedStatementIsPreparedOnceAndExecuted) {
+  auto prepared = [](pqxx::work& tx) {
+    return tx.exec1("SELECT count(*) FROM pg_prepared_statements WHERE name = 'scratch_named'")[0]
+        .as<int>();
+  };
+  for (int run = 0; run < 3; ++run) {
+    absl::Status status = database_->Transact([&](pqxx::work& tx) -> absl::Status {
+      EXPECT_EQ(prepared(tx), run == 0 ? 0 : 1) << "run " << run;
+      DeferredWrites writes(tx);
+      writes.Exec("scratch_named", "INSERT INTO scratch (t, i) VALUES ($1, $2::bigint * 2)",
+                  std::string("named"), static_cast<int64_t>(run));
+      EXPECT_EQ(prepared(tx), 1);
+      writes.Flush();
+      return absl::OkStatus();
+    });
+    ASSERT_TRUE(status.ok()) << status;
+  }
+  EXPECT_EQ(db_->AdminQuery("SELECT string_agg(t || i, ',' ORDER BY n) FROM consent.scratch")[0][0]
+                .as<std::string>(),
+            "named0,named2,named4");
 }
 
 }  // namespace
