@@ -133,6 +133,91 @@ double SolveFlow(const AssignmentProblem& problem, bool uniform, int64_t unit,
 
 namespace {
 
+// Small mixed-units components are solved exactly: a depth-first branch and bound over their
+// requests (each given one of its candidates with room, or none), best values first, pruned by
+// the value still reachable if every remaining request got its best candidate. It starts from the
+// heuristic's assignment and gives up (leaving it) after kExactNodes nodes, so a component costs
+// at most about half a millisecond more (measured with 12 requests each free to take any of four
+// supporters).
+constexpr int kExactRequests = 12;
+constexpr int64_t kExactNodes = 50000;
+
+class BranchAndBound {
+ public:
+  explicit BranchAndBound(const AssignmentProblem& problem) : problem_(problem) {
+    options_.resize(problem.units.size());
+    for (size_t i = 0; i < problem.candidates.size(); ++i) {
+      options_[problem.candidates[i].request].push_back(static_cast<int>(i));
+    }
+    for (int r = 0; r < static_cast<int>(options_.size()); ++r) {
+      auto& o = options_[r];
+      if (o.empty()) continue;
+      std::sort(o.begin(), o.end(), [&](int a, int b) {
+        return problem.candidates[a].value > problem.candidates[b].value;
+      });
+      order_.push_back(r);
+    }
+    std::sort(order_.begin(), order_.end(), [&](int a, int b) {
+      return problem.candidates[options_[a][0]].value > problem.candidates[options_[b][0]].value;
+    });
+    reachable_.assign(order_.size() + 1, 0);
+    for (size_t k = order_.size(); k-- > 0;) {
+      reachable_[k] = reachable_[k + 1] + problem.candidates[options_[order_[k]][0]].value;
+    }
+  }
+
+  bool small() const { return static_cast<int>(order_.size()) <= kExactRequests; }
+
+  // Improves `result` (feasible, with its total_value) to an optimum; false when the node budget
+  // ran out first (then `result` is the best assignment found, no worse than it was).
+  bool Solve(AssignmentResult& result) {
+    best_value_ = result.total_value;
+    best_ = result.supporter_of;
+    current_.assign(problem_.units.size(), -1);
+    left_ = problem_.capacity;
+    nodes_ = 0;
+    const bool complete = Visit(0, 0);
+    result.supporter_of = best_;
+    return complete;
+  }
+
+ private:
+  bool Visit(size_t k, double value) {
+    if (++nodes_ > kExactNodes) return false;
+    if (value + reachable_[k] <= best_value_ + 1e-9) return true;  // Cannot beat the best.
+    if (k == order_.size()) {
+      best_value_ = value;
+      best_ = current_;
+      return true;
+    }
+    const int r = order_[k];
+    const int units = problem_.units[r];
+    for (int i : options_[r]) {
+      const auto& c = problem_.candidates[i];
+      if (left_[c.supporter] < units) continue;
+      left_[c.supporter] -= units;
+      current_[r] = c.supporter;
+      const bool complete = Visit(k + 1, value + c.value);
+      left_[c.supporter] += units;
+      current_[r] = -1;
+      if (!complete) return false;
+    }
+    return Visit(k + 1, value);  // The request left unassigned.
+  }
+
+  const AssignmentProblem& problem_;
+  std::vector<std::vector<int>> options_;  // Per request: its candidates, best value first.
+  std::vector<int> order_;                 // Requests with a candidate, best value first.
+  std::vector<double> reachable_;          // Suffix sums of each request's best value.
+  std::vector<int> current_, best_, left_;
+  double best_value_ = 0;
+  int64_t nodes_ = 0;
+};
+
+}  // namespace
+
+namespace {
+
 // AssignOptimal for one connected component (or the whole problem).
 AssignmentResult AssignConnected(const AssignmentProblem& problem) {
   const int requests = static_cast<int>(problem.units.size());
@@ -170,6 +255,18 @@ AssignmentResult AssignConnected(const AssignmentProblem& problem) {
   if (greedy.total_value > result.total_value) result = std::move(greedy);
   result.upper_bound = std::max(bound, result.total_value);
   result.exact = result.total_value >= bound - 1e-6;
+  if (!result.exact) {
+    BranchAndBound search(problem);
+    if (search.small()) {
+      const bool complete = search.Solve(result);
+      Finish(problem, result);
+      result.upper_bound = std::max(result.upper_bound, result.total_value);
+      if (complete) {
+        result.exact = true;
+        result.upper_bound = result.total_value;
+      }
+    }
+  }
   return result;
 }
 

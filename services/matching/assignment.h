@@ -15,7 +15,9 @@
 // flow is solved again for the split ones in the capacity left (a few rounds, while that assigns
 // more), what is still open is filled greedily, and the result is never worse than the greedy
 // baseline (the better of the two is returned). `upper_bound` is the first LP value, so the
-// remaining optimality gap is reported, not hidden (`exact` only when it is zero).
+// remaining optimality gap is reported, not hidden (`exact` only when it is zero). A component
+// of up to 12 requests with mixed units is then solved exactly by branch and bound from that
+// assignment (given up, keeping the best found, after 50,000 nodes); `exact` says it finished.
 //
 // Components. Requests and supporters that share no candidate pair do not compete, so each
 // connected component of the candidate graph is solved on its own: the same optimum, much less
