@@ -1339,9 +1339,9 @@ grpc::Status MatchingService::AssignBatch(grpc::ServerContext* context,
                              roster[s].subject(), problem.units[r], e.score, 0, e.continuity,
                              std::move(e.explanation)});
     }
-    // One statement writes every match, follow-up, declined proposal and request status, one
+    // Two statements write every match, follow-up, declined proposal and request status, one
     // more every event and one more every audit row: a handful of round trips for any size. The
-    // events and audit rows are built and encoded while PostgreSQL runs the first.
+    // events and audit rows are built and encoded while PostgreSQL runs the matches' insert.
     EncodedEvents events;
     EncodedAudits audits;
     store::InsertBatchMatches(

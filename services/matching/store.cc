@@ -353,37 +353,39 @@ std::string ExplanationBytes(const std::vector<v1::CriterionExplanation>& lines)
   return holder.SerializeAsString();
 }
 
-// New matches as a JSON array of records, for json_to_recordset (one statement for many). Each
-// record starts with the fields `ids(i, &record)` appends (the ids chosen for the match, and for
-// its follow-up where there is one), each followed by a comma. The explanation is in the record
-// (`explanation_pb`, base64) or, given `explanations`, appended there, the record saying where
-// (`explanation_at`, a 0-based offset, and `explanation_len`; integers, as a bytea parameter is at
-// most 1 GB): a batch sends its thousands of explanations as one binary parameter, neither
-// encoded nor scanned as text. The records are written on every core.
-std::string MatchRowsJson(const std::vector<NewMatch>& matches,
+// New matches `matches[begin, end)` as a JSON array of records, for json_to_recordset (one
+// statement for many). Each record starts with the fields `ids(i, &record)` appends (the ids
+// chosen for match i, and for its follow-up where there is one), each followed by a comma. The
+// explanation is in the record (`explanation_pb`, base64) or, given `explanations`, appended
+// there, the record saying where (`explanation_at`, a 0-based offset, and `explanation_len`;
+// integers, as a bytea parameter is at most 1 GB): a batch sends its thousands of explanations as
+// one binary parameter, neither encoded nor scanned as text. The records are written on every
+// core.
+std::string MatchRowsJson(const std::vector<NewMatch>& matches, size_t begin, size_t end,
                           absl::FunctionRef<void(size_t, std::string*)> ids,
                           std::string* explanations = nullptr) {
-  std::vector<std::string> bytes(matches.size());
-  ForEachRange(matches.size(), LoopThreads(), 500, [&](size_t begin, size_t end) {
-    for (size_t i = begin; i < end; ++i) bytes[i] = ExplanationBytes(matches[i].explanation);
+  const size_t n = end - begin;
+  std::vector<std::string> bytes(n);
+  ForEachRange(n, LoopThreads(), 500, [&](size_t from, size_t to) {
+    for (size_t k = from; k < to; ++k) bytes[k] = ExplanationBytes(matches[begin + k].explanation);
   });
-  std::vector<size_t> at(matches.size(), 0);
+  std::vector<size_t> at(n, 0);
   if (explanations != nullptr) {
     size_t offset = 0;
-    for (size_t i = 0; i < bytes.size(); ++i) {
-      at[i] = offset;
-      offset += bytes[i].size();
+    for (size_t k = 0; k < n; ++k) {
+      at[k] = offset;
+      offset += bytes[k].size();
     }
     explanations->reserve(offset);
     for (const std::string& b : bytes) explanations->append(b);
   }
   const std::vector<std::string> parts =
-      MapRanges(matches.size(), LoopThreads(), 500, [&](size_t begin, size_t end) {
+      MapRanges(n, LoopThreads(), 500, [&](size_t from, size_t to) {
         std::string rows;
-        for (size_t i = begin; i < end; ++i) {
-          const NewMatch& m = matches[i];
-          absl::StrAppend(&rows, i == 0 ? "{" : ",{");
-          ids(i, &rows);
+        for (size_t k = from; k < to; ++k) {
+          const NewMatch& m = matches[begin + k];
+          absl::StrAppend(&rows, k == 0 ? "{" : ",{");
+          ids(begin + k, &rows);
           absl::StrAppend(&rows, "\"request_id\":", JsonString(m.request_id),
                           ",\"supporter_id\":", JsonString(m.supporter_id),
                           ",\"participant_id\":", JsonString(m.participant_id),
@@ -391,10 +393,10 @@ std::string MatchRowsJson(const std::vector<NewMatch>& matches,
                           ",\"rank\":", m.rank,
                           ",\"continuity\":", m.continuity ? "true" : "false");
           if (explanations != nullptr) {
-            absl::StrAppend(&rows, ",\"explanation_at\":", at[i],
-                            ",\"explanation_len\":", bytes[i].size(), "}");
+            absl::StrAppend(&rows, ",\"explanation_at\":", at[k],
+                            ",\"explanation_len\":", bytes[k].size(), "}");
           } else {
-            absl::StrAppend(&rows, ",\"explanation_pb\":\"", absl::Base64Escape(bytes[i]), "\"}");
+            absl::StrAppend(&rows, ",\"explanation_pb\":\"", absl::Base64Escape(bytes[k]), "\"}");
           }
         }
         return rows;
@@ -772,12 +774,12 @@ std::vector<v1::MatchRequest> ListMatchRequests(pqxx::work& tx, const RequestFil
 
 namespace {
 
-// A match as InsertProposals and InsertBatchMatches store it, before its status: a new id, the
+// A match as InsertProposals and InsertBatchMatches store it, before its status: `id`, the
 // pair, its score and explanation, proposed by `actor` at `now_us` (the transaction's time).
-v1::Match NewMatchProto(const NewMatch& n, const std::string& agency, const std::string& actor,
-                        int64_t now_us) {
+v1::Match NewMatchProto(const NewMatch& n, const std::string& id, const std::string& agency,
+                        const std::string& actor, int64_t now_us) {
   v1::Match m;
-  m.set_match_id(RandomUuid());
+  m.set_match_id(id);
   m.set_agency_id(agency);
   m.set_match_request_id(n.request_id);
   m.set_supporter_id(n.supporter_id);
@@ -799,13 +801,14 @@ std::vector<v1::Match> InsertProposals(DeferredWrites& writes, const std::string
   if (proposals.empty()) return {};
   std::vector<v1::Match> out(proposals.size());
   for (size_t i = 0; i < proposals.size(); ++i) {
-    v1::Match& m = out[i] = NewMatchProto(proposals[i], agency, actor, now_us);
+    v1::Match& m = out[i] = NewMatchProto(proposals[i], RandomUuid(), agency, actor, now_us);
     m.set_status(v1::MATCH_STATUS_PROPOSED);
     m.set_rank(proposals[i].rank);
   }
-  const std::string rows = MatchRowsJson(proposals, [&](size_t i, std::string* row) {
-    absl::StrAppend(row, "\"id\":", JsonString(out[i].match_id()), ",");
-  });
+  const std::string rows =
+      MatchRowsJson(proposals, 0, proposals.size(), [&](size_t i, std::string* row) {
+        absl::StrAppend(row, "\"id\":", JsonString(out[i].match_id()), ",");
+      });
   writes.Exec("",
               "INSERT INTO matches (id, agency_id, request_id, supporter_id, participant_id, units,"
               "  score, explanation_pb, proposed_by, proposed_at, rank, continuity)"
@@ -819,6 +822,30 @@ std::vector<v1::Match> InsertProposals(DeferredWrites& writes, const std::string
   return out;
 }
 
+// AssignBatch's insert, for the rows of one statement (see InsertBatchMatches).
+constexpr char kInsertBatchMatches[] =
+    "WITH x AS (SELECT * FROM json_to_recordset($1::json) AS x(id uuid, follow_up_id uuid,"
+    "  request_id uuid, supporter_id uuid, participant_id text, units integer,"
+    "  score double precision, continuity boolean, explanation_at integer,"
+    "  explanation_len integer)),"
+    " m AS (INSERT INTO matches (id, agency_id, request_id, supporter_id, participant_id, units,"
+    "  score, explanation_pb, proposed_by, proposed_at, rank, continuity, status, started_at,"
+    "  started_by, origin, batch_id)"
+    "  SELECT id, $2, request_id, supporter_id, participant_id, units, score,"
+    "   substring($7::bytea FROM explanation_at + 1 FOR explanation_len), $3,"
+    "   " PEERPATH_SQL_TIME_PARAM(5) ", 0, continuity, 'active', " PEERPATH_SQL_TIME_PARAM(5) ","
+    "   $3, 'batch_assignment', $4::uuid FROM x),"
+    " f AS (INSERT INTO follow_ups (id, agency_id, match_id, due_on)"
+    "  SELECT follow_up_id, $2, id, $6::date FROM x),"
+    " d AS (UPDATE matches p SET status = 'declined', declined_at = now()"
+    "  WHERE p.status = 'proposed' AND p.request_id IN (SELECT request_id FROM x))"
+    // A batch assigns each request once: a plain join, no de-duplication of thousands of rows.
+    " UPDATE match_requests q SET status = 'assigned', cancel_reason = NULL, updated_at = now()"
+    " FROM x WHERE q.id = x.request_id";
+
+// Rows in the first of InsertBatchMatches' two statements: few, so that PostgreSQL starts early.
+constexpr size_t kFirstStatementRows = 1000;
+
 void InsertBatchMatches(pqxx::work& tx, const std::string& agency,
                         const std::vector<NewMatch>& matches, const std::string& batch_id,
                         const std::string& actor,
@@ -831,67 +858,64 @@ void InsertBatchMatches(pqxx::work& tx, const std::string& agency,
       "now()") ", to_char((now() AT TIME ZONE 'UTC')::date + 14, "
                "'YYYY-MM-DD')");
   const int64_t now_us = clock[0].as<int64_t>();
+  const std::string due_on = clock[1].c_str();
+  std::vector<std::string> match_ids(matches.size()), follow_up_ids(matches.size());
+  ForEachRange(matches.size(), LoopThreads(), 500, [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) {
+      match_ids[i] = RandomUuid();
+      follow_up_ids[i] = RandomUuid();
+    }
+  });
+  auto ids = [&](size_t i, std::string* row) {
+    absl::StrAppend(row, "\"id\":", JsonString(match_ids[i]),
+                    ",\"follow_up_id\":", JsonString(follow_up_ids[i]), ",");
+  };
+  // Two statements: the first few rows, sent as soon as they are encoded, and the rest, encoded
+  // while PostgreSQL inserts the first. Each runs on another thread while this one works on;
+  // the transaction is used by that thread alone until it is joined (the future's destructor
+  // joins it also when this thread throws).
+  auto insert = [&](const std::string& rows, const std::string& explanations) {
+    return std::async(std::launch::async, [&] {
+      tx.exec_params0(kInsertBatchMatches, rows, agency, actor, batch_id, now_us, due_on,
+                      pqxx::binarystring(explanations));
+    });
+  };
+  const size_t first = std::min(matches.size(), kFirstStatementRows);
+  std::string first_explanations, rest_explanations;
+  const std::string first_rows = MatchRowsJson(matches, 0, first, ids, &first_explanations);
+  // The foreign-key checks of the rows inserted here run once per row, on plans the connection
+  // cached: planned while `matches` was small they scan it, and a batch that grows it by
+  // thousands of rows would become quadratic. Dropping the cached plans makes the checks plan
+  // again at the end of the first statement, when the table holds its rows (an index scan).
+  // The rows are read once into a CTE that four statements share: with the default work_mem a
+  // batch of thousands spills it to temporary files; this transaction may use more.
+  tx.exec0("DISCARD PLANS; SET LOCAL work_mem = '64MB'");
+  std::future<void> running = insert(first_rows, first_explanations);
+  const std::string rest_rows =
+      MatchRowsJson(matches, first, matches.size(), ids, &rest_explanations);
+  std::vector<StartedMatch> out(matches.size());
   v1::FollowUp due;
   SetDate(clock[1], due.mutable_due_on());
-  // Thousands of protos, ids and records: built on every core.
-  std::vector<StartedMatch> out(matches.size());
   ForEachRange(matches.size(), LoopThreads(), 500, [&](size_t begin, size_t end) {
     for (size_t i = begin; i < end; ++i) {
       const NewMatch& n = matches[i];
-      v1::Match& m = out[i].match = NewMatchProto(n, agency, actor, now_us);
+      v1::Match& m = out[i].match = NewMatchProto(n, match_ids[i], agency, actor, now_us);
       m.set_status(v1::MATCH_STATUS_ACTIVE);
       m.set_origin(v1::MATCH_ORIGIN_BATCH_ASSIGNMENT);
       m.set_batch_id(batch_id);
       *m.mutable_started_at() = m.proposed_at();
       m.set_started_by(actor);
       v1::FollowUp& f = out[i].follow_up = due;
-      f.set_follow_up_id(RandomUuid());
-      f.set_match_id(m.match_id());
+      f.set_follow_up_id(follow_up_ids[i]);
+      f.set_match_id(match_ids[i]);
       f.set_participant_id(n.participant_id);
       f.set_supporter_id(n.supporter_id);
     }
   });
-  std::string explanations;
-  const std::string rows = MatchRowsJson(
-      matches,
-      [&](size_t i, std::string* row) {
-        absl::StrAppend(row, "\"id\":", JsonString(out[i].match.match_id()),
-                        ",\"follow_up_id\":", JsonString(out[i].follow_up.follow_up_id()), ",");
-      },
-      &explanations);
-  // The foreign-key checks of the rows inserted here run once per row, on plans the connection
-  // cached: planned while `matches` was small they scan it, and a batch that grows it by
-  // thousands of rows would become quadratic. Dropping the cached plans makes the checks plan
-  // again at the end of this statement, when the table holds the batch's rows (an index scan).
-  // The rows are read once into a CTE that four statements share: with the default work_mem a
-  // batch of thousands spills it to temporary files; this transaction may use more.
-  tx.exec0("DISCARD PLANS; SET LOCAL work_mem = '64MB'");
-  // The transaction is used by the insert's thread alone until it is joined; the future's
-  // destructor joins it also when `meanwhile` throws.
-  std::future<void> insert = std::async(std::launch::async, [&] {
-    tx.exec_params0(
-      "WITH x AS (SELECT * FROM json_to_recordset($1::json) AS x(id uuid, follow_up_id uuid,"
-      "  request_id uuid, supporter_id uuid, participant_id text, units integer,"
-      "  score double precision, continuity boolean, explanation_at integer,"
-      "  explanation_len integer)),"
-      " m AS (INSERT INTO matches (id, agency_id, request_id, supporter_id, participant_id, units,"
-      "  score, explanation_pb, proposed_by, proposed_at, rank, continuity, status, started_at,"
-      "  started_by, origin, batch_id)"
-      "  SELECT id, $2, request_id, supporter_id, participant_id, units, score,"
-      "   substring($7::bytea FROM explanation_at + 1 FOR explanation_len), $3,"
-      "   " PEERPATH_SQL_TIME_PARAM(5) ", 0, continuity, 'active', " PEERPATH_SQL_TIME_PARAM(5) ","
-      "   $3, 'batch_assignment', $4::uuid FROM x),"
-      " f AS (INSERT INTO follow_ups (id, agency_id, match_id, due_on)"
-      "  SELECT follow_up_id, $2, id, $6::date FROM x),"
-      " d AS (UPDATE matches p SET status = 'declined', declined_at = now()"
-      "  WHERE p.status = 'proposed' AND p.request_id IN (SELECT request_id FROM x))"
-      // A batch assigns each request once: a plain join, no de-duplication of thousands of rows.
-      " UPDATE match_requests q SET status = 'assigned', cancel_reason = NULL, updated_at = now()"
-      " FROM x WHERE q.id = x.request_id",
-      rows, agency, actor, batch_id, now_us, clock[1].c_str(), pqxx::binarystring(explanations));
-  });
+  running.get();
+  if (first < matches.size()) running = insert(rest_rows, rest_explanations);
   meanwhile(out);
-  insert.get();
+  if (running.valid()) running.get();
 }
 
 constexpr char kDeclineProposals[] =

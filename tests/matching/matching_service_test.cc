@@ -904,6 +904,49 @@ TEST_F(MatchingServiceTest, AssignBatchWritesEveryMatchFollowUpEventAndAuditRowI
             1);
 }
 
+// A batch of more than the first statement's 1,000 rows is written in two statements (the second
+// encoded while the first runs): every match of both is stored with its own explanation (each
+// request wishes for 1 to 5 areas, so neighbours differ), follow-up, event and audit row.
+TEST_F(MatchingServiceTest, ABatchWrittenInTwoStatementsStoresEveryMatchWhole) {
+  db_->AdminQuery(
+      "INSERT INTO matching.supporters (agency_id, subject, display_name, lived_experience,"
+      "  languages, capacity_units, training_status, training_expires_on, created_by, updated_by)"
+      " SELECT 'agency-a', 'sup-' || i, 'Supporter ' || i, ARRAY['postpartum_depression'],"
+      "  ARRAY['en'], 8, 'certified', DATE '2099-12-31', 'test', 'test'"
+      " FROM generate_series(1, 200) i");
+  db_->AdminQuery(
+      "INSERT INTO matching.match_requests (agency_id, participant_id, preferences, requested_by)"
+      " SELECT 'agency-a', 'p-' || j, jsonb_build_object('lived_experience', jsonb_build_object("
+      "   'areas', ARRAY['postpartum_depression'] || (SELECT coalesce(array_agg('other_' || k),"
+      "   '{}') FROM generate_series(1, j % 5) k))), 'test'"
+      " FROM generate_series(1, 1500) j");
+  v1::AssignBatchRequest run;
+  run.set_idempotency_key(Key());
+  v1::AssignBatchResponse result;
+  const grpc::Status status = stub_->AssignBatch(As({"supervisor"}).get(), run, &result);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(result.assignments_size(), 1500) << "1,600 units for 1,500 requests of one unit";
+  const std::string batch = "'" + result.batch_id() + "'";
+  auto count = [&](const std::string& sql) { return db_->AdminQuery(sql)[0][0].as<int>(); };
+  EXPECT_EQ(
+      count("SELECT count(*) FROM matching.matches m WHERE m.batch_id = " + batch +
+            " AND m.status = 'active' AND position(convert_to('postpartum depression (1 of ' ||"
+            " 1 + substring(m.participant_id FROM 3)::int % 5 || ')', 'UTF8') IN"
+            " m.explanation_pb) > 0"),
+      1500)
+      << "each match stored with its own request's explanation";
+  EXPECT_EQ(count("SELECT count(*) FROM matching.follow_ups f JOIN matching.matches m ON"
+                  " m.id = f.match_id WHERE m.batch_id = " +
+                  batch),
+            1500);
+  EXPECT_EQ(count("SELECT count(*) FROM matching.match_requests WHERE status = 'assigned'"), 1500);
+  EXPECT_EQ(Events("MatchStartedEvent"), 1500);
+  EXPECT_EQ(
+      count("SELECT count(*) FROM matching.audit_log WHERE action = 'matching.AssignBatch' AND"
+            " object_type = 'match'"),
+      1500);
+}
+
 TEST_F(MatchingServiceTest, AssignBatchAndConcurrentAcceptsNeverExceedCapacity) {
   // One supporter with 3 units; six participants (1 unit each) proposed to her. A batch (that
   // may also assign PROPOSED requests) and six accepts race: at most 3 units end up in use and
