@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <stdexcept>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/log.h"
 
@@ -190,6 +192,12 @@ void ForEachParameter(const std::string& sql, size_t arguments, At at) {
 }
 
 }  // namespace
+
+std::string DeferredWrites::FloatLiteral(double value) {
+  if (std::isnan(value)) return "'NaN'";
+  if (std::isinf(value)) return value > 0 ? "'Infinity'" : "'-Infinity'";
+  return absl::StrFormat("%.17g", value);
+}
 
 void DeferredWrites::Append(const std::string& sql, const std::vector<std::string>& literals) {
   std::string statement;

@@ -108,8 +108,14 @@ class DeferredWrites {
   std::string Literal(bool value) { return value ? "true" : "false"; }
   template <typename Number, typename = std::enable_if_t<std::is_arithmetic_v<Number>>>
   std::string Literal(Number value) {
-    return std::to_string(value);
+    if constexpr (std::is_floating_point_v<Number>) {
+      return FloatLiteral(static_cast<double>(value));
+    } else {
+      return std::to_string(value);
+    }
   }
+  // Every digit a double needs to read back as itself; NaN and the infinities as quoted text.
+  static std::string FloatLiteral(double value);
   void Append(const std::string& sql, const std::vector<std::string>& literals);
   void AppendExecute(const char* name, const std::string& sql,
                      const std::vector<std::string>& literals);

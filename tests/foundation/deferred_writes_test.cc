@@ -3,6 +3,9 @@
 // transaction, in one round trip; a failing statement rolls the whole transaction back.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <limits>
+
 #include "common/db.h"
 #include "tests/support/migrated_schema.h"
 #include "tests/support/test_database.h"
@@ -16,7 +19,8 @@ class DeferredWritesTest : public ::testing::Test {
     db_ = TestDatabase::Create();
     database_ = MigrateAndConnect(*db_, "consent", 4);
     db_->AdminQuery(
-        "CREATE TABLE consent.scratch (n serial PRIMARY KEY, t text, i bigint, b boolean); "
+        "CREATE TABLE consent.scratch (n serial PRIMARY KEY, t text, i bigint, b boolean,"
+        " d double precision); "
         "GRANT ALL ON consent.scratch, consent.scratch_n_seq TO peerpath_consent");
   }
 
@@ -52,6 +56,38 @@ TEST_F(DeferredWritesTest, ArgumentsArriveAsThemselvesInOrderInOneTransaction) {
     EXPECT_EQ(rows[k][0].as<std::string>(), texts[k]);
     EXPECT_EQ(rows[k][1].as<int64_t>(), static_cast<int64_t>(k) - 4);
     EXPECT_EQ(rows[k][2].as<bool>(), k % 2 == 0);
+  }
+}
+
+TEST_F(DeferredWritesTest, ADoubleArrivesAsItself) {
+  const std::vector<double> values = {1.0 / 3,
+                                      -0.1,
+                                      1e-300,
+                                      6.02214076e23,
+                                      -0.0,
+                                      1e308,
+                                      std::numeric_limits<double>::quiet_NaN(),
+                                      INFINITY,
+                                      -INFINITY};
+  absl::Status status = database_->Transact([&](pqxx::work& tx) -> absl::Status {
+    DeferredWrites writes(tx);
+    for (size_t k = 0; k < values.size(); ++k) {
+      writes.Exec(k % 2 == 0 ? "scratch_double" : "", "INSERT INTO scratch (d) VALUES ($1)",
+                  values[k]);
+    }
+    writes.Flush();
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(status.ok()) << status;
+  const pqxx::result rows = db_->AdminQuery("SELECT d FROM consent.scratch ORDER BY n");
+  ASSERT_EQ(rows.size(), values.size());
+  for (size_t k = 0; k < values.size(); ++k) {
+    const double got = rows[k][0].as<double>();
+    if (std::isnan(values[k])) {
+      EXPECT_TRUE(std::isnan(got)) << k;
+    } else {
+      EXPECT_EQ(got, values[k]) << k << ": " << rows[k][0].c_str();
+    }
   }
 }
 
