@@ -125,9 +125,9 @@ struct StartedMatch {
 // AssignBatch's writes in two statements, whatever the batch's size (the first 1,000 rows, then
 // the rest): inserts `matches` ACTIVE at once with their follow-ups, declines the other proposals
 // of their requests and marks the requests ASSIGNED. `meanwhile` is given the matches and
-// follow-ups, in the order of `matches`, as soon as their ids are chosen, and runs on the calling
-// thread while PostgreSQL executes the statement (on another thread): work that needs them but not
-// the database (building their events and audit rows) overlaps it. It must not use `tx`.
+// follow-ups, in the order of `matches`, and runs on the calling thread while PostgreSQL executes
+// the last statement (on another thread): work that needs them but not the database (building
+// their events and audit rows) overlaps it. It must not use `tx`.
 void InsertBatchMatches(pqxx::work& tx, const std::string& agency,
                         const std::vector<NewMatch>& matches, const std::string& batch_id,
                         const std::string& actor,

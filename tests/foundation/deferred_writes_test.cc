@@ -121,6 +121,24 @@ TEST_F(DeferredWritesTest, AParameterWithoutAnArgumentIsRefusedBeforeAnythingIsS
   EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM consent.scratch")[0][0].as<int>(), 2);
 }
 
+// A name stands for one statement: a second statement under a name already used is refused
+// before anything is sent, never executed as the first one with the second one's arguments.
+TEST_F(DeferredWritesTest, AStatementUnderANameUsedForAnotherIsRefused) {
+  absl::Status status = database_->Transact([&](pqxx::work& tx) -> absl::Status {
+    DeferredWrites writes(tx);
+    writes.Exec("scratch_reused", "INSERT INTO scratch (t) VALUES ($1)", std::string("first"));
+    EXPECT_ANY_THROW(writes.Exec("scratch_reused", "INSERT INTO scratch (i) VALUES ($1::bigint)",
+                                 static_cast<int64_t>(7)));
+    writes.Flush();
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(db_->AdminQuery("SELECT string_agg(coalesce(t, '-') || coalesce(i::text, '-'), ',')"
+                            " FROM consent.scratch")[0][0]
+                .as<std::string>(),
+            "first-");
+}
+
 // A named statement is prepared once per connection and then only executed: a second
 // transaction on the same connection finds it prepared, and its writes land as before.
 TEST_F(DeferredWritesTest, ANamedStatementIsPreparedOnceAndExecuted) {
