@@ -1,9 +1,12 @@
 #pragma once
 
 // Runs a CPU-bound loop over thousands of independent items on several cores at once: AssignBatch
-// parses, screens, solves and encodes a batch this way while PostgreSQL has nothing to do.
+// parses, screens, solves and encodes a batch this way while PostgreSQL has nothing to do. And
+// shares a queue of items that each wait on the database among a few workers (ForEachInOrder):
+// the deadline sweeper acts on a backlog of missed deadlines this way.
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <exception>
 #include <future>
@@ -83,6 +86,20 @@ auto MapRanges(size_t n, int parts, size_t min_per_part, const Fn& fn) {
   parallel_internal::RunEach(ranges.size(),
                              [&](size_t i) { results[i] = fn(ranges[i].first, ranges[i].second); });
   return results;
+}
+
+// Runs fn(i) for every i in [0, n) on up to `workers` threads (the caller is one), each taking the
+// next item not yet taken, so items start in index order: for items that each wait (a transaction
+// of their own), where the first should be acted on first. `fn` must be safe to run
+// concurrently on different items. Returns when all have finished; an exception stops the thread
+// that threw from taking more and is rethrown after all finished (the first worker's, in order).
+template <typename Fn>
+void ForEachInOrder(size_t n, int workers, const Fn& fn) {
+  std::atomic<size_t> next{0};
+  const size_t count = std::min(n, static_cast<size_t>(std::max(1, workers)));
+  parallel_internal::RunEach(count, [&](size_t) {
+    for (size_t i = next++; i < n; i = next++) fn(i);
+  });
 }
 
 }  // namespace peerpath

@@ -1,10 +1,13 @@
 #include "services/escalation/sweeper.h"
 
+#include <algorithm>
+#include <atomic>
 #include <optional>
 #include <vector>
 
 #include "common/event_log.h"
 #include "common/log.h"
+#include "common/parallel.h"
 #include "common/time_util.h"
 #include "peerpath/escalation/v1/events.pb.h"
 #include "services/escalation/policy_codec.h"
@@ -15,6 +18,8 @@ namespace {
 
 constexpr char kSweeperActor[] = "system:sweeper";
 constexpr int kBatch = 500;
+// Connections a sweep acts through at once, at most (see SweepOnce).
+constexpr int kMaxWorkers = 4;
 
 google::protobuf::Duration ProtoDuration(absl::Duration d) {
   google::protobuf::Duration proto;
@@ -72,34 +77,40 @@ absl::Status DeadlineSweeper::RefreshGauges(absl::Time now) {
   return absl::OkStatus();
 }
 
+int DeadlineSweeper::Workers() { return std::clamp(db_.Spare() - 1, 1, kMaxWorkers); }
+
 absl::StatusOr<SweepResult> DeadlineSweeper::SweepOnce(absl::Time now) {
   SweepResult result;
   while (true) {
     auto due = Store::DueConcerns(db_, now, kBatch);
     if (!due.ok()) return due.status();
-    int acted_in_batch = 0;
-    for (const auto& concern : *due) {
-      ++result.due;
+    // Each concern is its own transaction, most of whose time is the commit's wait for the disk:
+    // a backlog (after an outage, or a burst of concerns raised together) is worked off by a few
+    // connections at once, most overdue first, leaving one to the calls.
+    std::atomic<int> acted_in_batch{0};
+    ForEachInOrder(due->size(), Workers(), [&](size_t i) {
+      const Store::DueConcern& concern = (*due)[i];
       auto acted = ActOn(concern.agency_id, concern.concern_id, now);
       if (!acted.ok()) {
         log::Warn("deadline not processed; retried on the next sweep",
                   {{"concern_id", concern.concern_id},
                    {"code", absl::StatusCodeToString(acted.status().code())}});
-        continue;
-      }
-      if (*acted) {
-        ++result.acted;
+      } else if (*acted) {
         ++acted_in_batch;
       }
-    }
+    });
+    result.due += static_cast<int>(due->size());
+    result.acted += acted_in_batch.load();
     // A concern acted on gets a later deadline; stop when a batch moved nothing (only failures
     // or races remain) or was not full.
-    if (static_cast<int>(due->size()) < kBatch || acted_in_batch == 0) break;
+    if (static_cast<int>(due->size()) < kBatch || acted_in_batch.load() == 0) break;
   }
   // Targets whose notification waited for business hours.
   auto pending = Store::PendingNotifications(db_, now, kBatch);
   if (!pending.ok()) return pending.status();
-  for (const auto& concern : *pending) {
+  std::atomic<int> notified{0};
+  ForEachInOrder(pending->size(), Workers(), [&](size_t i) {
+    const Store::DueConcern& concern = (*pending)[i];
     auto marked = db_.TransactForAgency(
         concern.agency_id, [&](pqxx::work& tx) -> absl::StatusOr<std::optional<ConcernRecord>> {
           auto record = Store::MarkNotified(tx, concern.agency_id, concern.concern_id, now);
@@ -112,10 +123,11 @@ absl::StatusOr<SweepResult> DeadlineSweeper::SweepOnce(absl::Time now) {
           }
           return record;
         });
-    if (!marked.ok() || !marked->has_value()) continue;
+    if (!marked.ok() || !marked->has_value()) return;
     outbox_.Wake();
-    ++result.notified;
-  }
+    ++notified;
+  });
+  result.notified = notified.load();
   return result;
 }
 

@@ -3,7 +3,8 @@
 // The deadline sweeper: finds concerns whose stored next deadline has passed (through the
 // partial index on next_deadline) and escalates, re-alerts or records the breach, each concern in
 // its own transaction under a row lock, so a missed deadline takes effect exactly once, also
-// across restarts and with several replicas. Also refreshes the open/overdue gauges.
+// across restarts and with several replicas. A backlog is worked off through up to four
+// connections at once, most overdue first. Also refreshes the open/overdue gauges.
 
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
@@ -47,6 +48,9 @@ class DeadlineSweeper {
   absl::Status RefreshGauges(absl::Time now);
 
  private:
+  // Connections to act through at once: up to four, leaving the calls at least one.
+  int Workers();
+
   // Acts on one due concern; false when it was no longer due (someone acted first).
   absl::StatusOr<bool> ActOn(const std::string& agency_id, const std::string& concern_id,
                              absl::Time now);

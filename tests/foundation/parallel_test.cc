@@ -1,6 +1,7 @@
 // ForEachRange and MapRanges: every item is visited exactly once, in contiguous ranges no smaller
 // than asked, on more than one thread when there is enough work, results come back in range
 // order, and a range's exception reaches the caller only after every range has finished.
+// ForEachInOrder: every item once, on several workers at once, in order on one.
 #include "common/parallel.h"
 
 #include <gtest/gtest.h>
@@ -96,6 +97,54 @@ TEST(MapRanges, GivesEachRangesResultInRangeOrder) {
   ASSERT_EQ(joined.size(), 1000u);
   for (size_t i = 0; i < joined.size(); ++i) ASSERT_EQ(joined[i], i);
   EXPECT_TRUE(MapRanges(0, 3, 1, [](size_t, size_t) { return 1; }).empty());
+}
+
+TEST(ForEachInOrder, VisitsEveryItemOnceOnSeveralWorkersAtOnce) {
+  // Items 0 and 1 each wait until both have started: this returns only if two workers ran.
+  std::atomic<int> started{0};
+  std::mutex mu;
+  std::vector<size_t> seen;
+  std::set<std::thread::id> threads;
+  ForEachInOrder(500, 3, [&](size_t i) {
+    if (i < 2) {
+      ++started;
+      while (started.load() < 2) std::this_thread::yield();
+    }
+    std::lock_guard lock(mu);
+    seen.push_back(i);
+    threads.insert(std::this_thread::get_id());
+  });
+  std::sort(seen.begin(), seen.end());
+  ASSERT_EQ(seen.size(), 500u);
+  for (size_t i = 0; i < seen.size(); ++i) ASSERT_EQ(seen[i], i);
+  EXPECT_GE(threads.size(), 2u);
+  EXPECT_LE(threads.size(), 3u);
+}
+
+TEST(ForEachInOrder, OneWorkerTakesItemsInOrderOnTheCallersThread) {
+  const std::thread::id caller = std::this_thread::get_id();
+  std::vector<size_t> order;
+  ForEachInOrder(5, 1, [&](size_t i) {
+    EXPECT_EQ(std::this_thread::get_id(), caller);
+    order.push_back(i);
+  });
+  EXPECT_EQ(order, (std::vector<size_t>{0, 1, 2, 3, 4}));
+  ForEachInOrder(0, 4, [&](size_t) { ADD_FAILURE() << "no items, no calls"; });
+}
+
+TEST(ForEachInOrder, AFailureStopsItsWorkerAndReachesTheCallerAfterTheOthersFinish) {
+  std::atomic<int> done{0};
+  try {
+    ForEachInOrder(100, 2, [&](size_t i) {
+      if (i == 10) throw std::runtime_error("item 10");
+      ++done;
+    });
+    FAIL() << "no exception";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "item 10");
+  }
+  // The other worker went on to the end: only the item that threw was not done.
+  EXPECT_EQ(done.load(), 99);
 }
 
 }  // namespace
