@@ -85,7 +85,8 @@ free_port() {
   /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# start_postgres DIR PORT: initialises DIR/data once (trust auth, loopback only) and starts it.
+# start_postgres DIR PORT: initialises DIR/data once (trust auth, loopback only) and starts it,
+# with PEERPATH_PG_SETTINGS ("-c name=value ...") added to its settings.
 start_postgres() {
   local dir="$1" port="$2"
   mkdir -p "$dir"
@@ -94,7 +95,7 @@ start_postgres() {
     pg_run "$PG_BIN/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null
   fi
   pg_run "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${PEERPATH_PG_FSYNC:-on}" \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${PEERPATH_PG_FSYNC:-on} ${PEERPATH_PG_SETTINGS:-}" \
     start >/dev/null
 }
 
