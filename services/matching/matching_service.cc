@@ -1337,7 +1337,8 @@ grpc::Status MatchingService::AssignBatch(grpc::ServerContext* context,
       assigned.push_back(r);
       new_matches.push_back({req.match_request_id(), roster[s].supporter_id(), req.participant_id(),
                              roster[s].subject(), problem.units[r], e.score, 0, e.continuity,
-                             std::move(e.explanation)});
+                             std::move(e.explanation),
+                             req.status() == v1::MATCH_REQUEST_STATUS_PROPOSED});
     }
     // Two statements write every match, follow-up, declined proposal and request status, one
     // more every event and one more every audit row: a handful of round trips for any size. The

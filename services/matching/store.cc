@@ -851,8 +851,12 @@ constexpr char kInsertBatchMatches[] =
     "   $3, 'batch_assignment', $4::uuid FROM x),"
     " f AS (INSERT INTO follow_ups (id, agency_id, match_id, due_on)"
     "  SELECT follow_up_id, $2, id, $6::date FROM x),"
+    // Only the requests that were PROPOSED have proposals to decline: looked up by request, and
+    // not at all when there are none (a one-time filter), never by a scan of the agency's
+    // matches, which only grow.
     " d AS (UPDATE matches p SET status = 'declined', declined_at = now()"
-    "  WHERE p.status = 'proposed' AND p.request_id IN (SELECT request_id FROM x))"
+    "  WHERE cardinality($8::uuid[]) > 0 AND p.agency_id = $2 AND p.request_id = ANY($8::uuid[])"
+    "   AND p.status = 'proposed')"
     // A batch assigns each request once: a plain join, no de-duplication of thousands of rows.
     " UPDATE match_requests q SET status = 'assigned', cancel_reason = NULL, updated_at = now()"
     " FROM x WHERE q.id = x.request_id";
@@ -888,10 +892,15 @@ void InsertBatchMatches(pqxx::work& tx, const std::string& agency,
   // while PostgreSQL inserts the first. Each runs on another thread while this one works on;
   // the transaction is used by that thread alone until it is joined (the future's destructor
   // joins it also when this thread throws).
-  auto insert = [&](const std::string& rows, const std::string& explanations) {
-    return std::async(std::launch::async, [&] {
+  auto insert = [&](const std::string& rows, const std::string& explanations, size_t begin,
+                    size_t end) {
+    std::vector<std::string> proposed_requests;
+    for (size_t i = begin; i < end; ++i) {
+      if (matches[i].request_proposed) proposed_requests.push_back(matches[i].request_id);
+    }
+    return std::async(std::launch::async, [&, proposed = TextArrayLiteral(proposed_requests)] {
       tx.exec_params0(kInsertBatchMatches, rows, agency, actor, batch_id, now_us, due_on,
-                      pqxx::binarystring(explanations));
+                      pqxx::binarystring(explanations), proposed);
     });
   };
   const size_t first = std::min(matches.size(), kFirstStatementRows);
@@ -904,7 +913,7 @@ void InsertBatchMatches(pqxx::work& tx, const std::string& agency,
   // The rows are read once into a CTE that four statements share: with the default work_mem a
   // batch of thousands spills it to temporary files; this transaction may use more.
   tx.exec0("DISCARD PLANS; SET LOCAL work_mem = '64MB'");
-  std::future<void> running = insert(first_rows, first_explanations);
+  std::future<void> running = insert(first_rows, first_explanations, 0, first);
   const std::string rest_rows =
       MatchRowsJson(matches, first, matches.size(), ids, &rest_explanations);
   std::vector<StartedMatch> out(matches.size());
@@ -927,7 +936,9 @@ void InsertBatchMatches(pqxx::work& tx, const std::string& agency,
     }
   });
   running.get();
-  if (first < matches.size()) running = insert(rest_rows, rest_explanations);
+  if (first < matches.size()) {
+    running = insert(rest_rows, rest_explanations, first, matches.size());
+  }
   meanwhile(out);
   if (running.valid()) running.get();
 }

@@ -112,6 +112,8 @@ struct NewMatch {
   int rank = 0;
   bool continuity = false;
   std::vector<v1::CriterionExplanation> explanation;
+  // The request was PROPOSED: InsertBatchMatches declines its proposals (others have none).
+  bool request_proposed = false;
 };
 // Inserts one ProposeMatches call's PROPOSED matches in one deferred statement, with ids chosen
 // here and proposed at `now_us` (the transaction's time); returns them in order, as stored.
