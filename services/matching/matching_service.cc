@@ -1262,7 +1262,7 @@ grpc::Status MatchingService::AssignBatch(grpc::ServerContext* context,
     }
     const auto start = std::chrono::steady_clock::now();
     const pqxx::result request_rows =
-        store::SelectRequestsToAssign(tx, request->include_proposed());
+        store::SelectRequestsToAssign(tx, request->include_proposed(), !request->dry_run());
     // The roster is read, and locked (accepts of the same supporters wait for the batch), on
     // another thread while the requests are parsed here; the future's destructor joins it also
     // when parsing throws.

@@ -745,12 +745,12 @@ void SetRequestStatus(DeferredWrites& writes, const std::string& id, const std::
   writes.Exec("", kSetRequestStatus, id, status, cancel_reason);
 }
 
-pqxx::result SelectRequestsToAssign(pqxx::work& tx, bool include_proposed) {
+pqxx::result SelectRequestsToAssign(pqxx::work& tx, bool include_proposed, bool lock) {
   return tx.exec(absl::StrCat(
       // OPEN and PROPOSED requests have no started match: no lookup per request.
       "SELECT ", RequestColumns(/*with_match=*/false),
       " FROM match_requests r WHERE r.status IN ('open'", include_proposed ? ", 'proposed'" : "",
-      ") ORDER BY r.requested_at, r.id FOR UPDATE"));
+      ") ORDER BY r.requested_at, r.id", lock ? " FOR UPDATE" : ""));
 }
 
 std::vector<v1::MatchRequest> ParseRequests(const pqxx::result& rows) {

@@ -84,9 +84,10 @@ void SetRequestStatus(pqxx::work& tx, const std::string& id, const std::string& 
 // The same, sent with the caller's other deferred writes.
 void SetRequestStatus(DeferredWrites& writes, const std::string& id, const std::string& status,
                       const std::string& cancel_reason);
-// OPEN (and PROPOSED when asked) requests, oldest first, locked FOR UPDATE: their rows, for
-// ParseRequests, which needs no transaction (AssignBatch parses while it reads on).
-pqxx::result SelectRequestsToAssign(pqxx::work& tx, bool include_proposed);
+// OPEN (and PROPOSED when asked) requests, oldest first, locked FOR UPDATE when `lock` (a batch
+// that assigns them; a dry run only reads): their rows, for ParseRequests, which needs no
+// transaction (AssignBatch parses while it reads on).
+pqxx::result SelectRequestsToAssign(pqxx::work& tx, bool include_proposed, bool lock);
 std::vector<v1::MatchRequest> ParseRequests(const pqxx::result& rows);
 
 struct RequestFilter {

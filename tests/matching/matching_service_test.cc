@@ -797,6 +797,34 @@ TEST_F(MatchingServiceTest, AssignBatchMaximisesTotalValueAndSaysWhyOthersWait) 
             grpc::StatusCode::PERMISSION_DENIED);
 }
 
+TEST_F(MatchingServiceTest, ADryRunReadsPastLockedRequestsABatchWaitsForThem) {
+  CreateSupporter(Profile("sup-a", 2));
+  const v1::MatchRequest r = CreateRequest("p-1");
+  // Another transaction holds the request's row (as an accept or a cancel would).
+  auto holder = db_->Admin();
+  pqxx::work held(*holder);
+  held.exec("SELECT 1 FROM matching.match_requests WHERE id = '" + r.match_request_id() +
+            "' FOR UPDATE");
+
+  v1::AssignBatchRequest dry;
+  dry.set_dry_run(true);
+  v1::AssignBatchResponse preview;
+  const grpc::Status previewed = stub_->AssignBatch(As({"supervisor"}).get(), dry, &preview);
+  ASSERT_TRUE(previewed.ok()) << previewed.error_message();
+  EXPECT_EQ(preview.assignments_size(), 1) << "a dry run only reads: it waits for no lock";
+
+  v1::AssignBatchRequest run;
+  run.set_idempotency_key(Key());
+  v1::AssignBatchResponse result;
+  auto waiting = As({"supervisor"});
+  waiting->set_deadline(std::chrono::system_clock::now() + 1500ms);
+  EXPECT_EQ(stub_->AssignBatch(waiting.get(), run, &result).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED)
+      << "a batch that assigns the request waits until the other transaction is done";
+  EXPECT_EQ(Events("MatchStartedEvent"), 0) << "nothing started while the request was held";
+  held.abort();
+}
+
 TEST_F(MatchingServiceTest, AssignBatchWritesEveryMatchFollowUpEventAndAuditRowInOneGo) {
   // The batch's writes are set-based: every assigned request gets an ACTIVE match with its
   // explanation and follow-up, its other proposals declined, one MatchStartedEvent (naming the
