@@ -399,10 +399,14 @@ absl::StatusOr<std::optional<ConcernRecord>> Store::FindBySourceEvent(
   return std::optional<ConcernRecord>(ConcernFromRow(rows[0], false));
 }
 
-absl::Status Store::UpdateConcern(pqxx::work& tx, const ConcernRecord& record) {
+namespace {
+
+// The writes below, at once (ImmediateWrites) or with the caller's others (DeferredWrites).
+template <typename Writes>
+void WriteConcernUpdate(Writes& writes, const ConcernRecord& record) {
   const v1::Concern& c = record.concern;
-  tx.exec_params0(
-      R"sql(
+  writes.Exec("escalation_update_concern",
+              R"sql(
       UPDATE concerns SET status = $3, current_level = $4, target_kind = $5, target_id = $6,
         ack_deadline = ts_from_us($7), resolve_deadline = ts_from_us($8),
         next_deadline = ts_from_us($9), next_deadline_kind = NULLIF($10, ''),
@@ -414,22 +418,24 @@ absl::Status Store::UpdateConcern(pqxx::work& tx, const ConcernRecord& record) {
         cancelled_at = ts_from_us($19), cancelled_by = NULLIF($20, ''),
         cancel_reason = NULLIF($21, '')
       WHERE agency_id = $1 AND id = $2::uuid)sql",
-      c.agency_id(), c.concern_id(), StateCode(c.state()), c.current_level(),
-      TargetKindCode(c.current_target().kind()), c.current_target().target_id(),
-      ProtoMicros(c, c.ack_deadline(), c.has_ack_deadline()),
-      ProtoMicros(c, c.resolution_deadline(), c.has_resolution_deadline()),
-      ProtoMicros(c, c.next_deadline(), c.has_next_deadline()), record.next_deadline_kind,
-      Micros(record.notify_at), c.breach_count(),
-      ProtoMicros(c, c.acknowledged_at(), c.has_acknowledged_at()), c.acknowledged_by(),
-      record.acknowledged_level, ProtoMicros(c, c.resolved_at(), c.has_resolved_at()),
-      c.resolved_by(), OutcomeCode(c.outcome()),
-      ProtoMicros(c, c.cancelled_at(), c.has_cancelled_at()), c.cancelled_by(), c.cancel_reason());
-  return absl::OkStatus();
+              c.agency_id(), c.concern_id(), StateCode(c.state()), c.current_level(),
+              TargetKindCode(c.current_target().kind()), c.current_target().target_id(),
+              ProtoMicros(c, c.ack_deadline(), c.has_ack_deadline()),
+              ProtoMicros(c, c.resolution_deadline(), c.has_resolution_deadline()),
+              ProtoMicros(c, c.next_deadline(), c.has_next_deadline()), record.next_deadline_kind,
+              Micros(record.notify_at), c.breach_count(),
+              ProtoMicros(c, c.acknowledged_at(), c.has_acknowledged_at()), c.acknowledged_by(),
+              record.acknowledged_level, ProtoMicros(c, c.resolved_at(), c.has_resolved_at()),
+              c.resolved_by(), OutcomeCode(c.outcome()),
+              ProtoMicros(c, c.cancelled_at(), c.has_cancelled_at()), c.cancelled_by(),
+              c.cancel_reason());
 }
 
-absl::Status Store::AppendTransition(pqxx::work& tx, const std::string& agency_id,
-                                     const std::string& concern_id, const TransitionRecord& t) {
-  tx.exec_params0(
+template <typename Writes>
+void WriteTransition(Writes& writes, const std::string& agency_id, const std::string& concern_id,
+                     const TransitionRecord& t) {
+  writes.Exec(
+      "escalation_append_transition",
       "INSERT INTO concern_transitions (agency_id, concern_id, kind, from_status, status_after, "
       "level, target_kind, target_id, actor, actor_role, missed_deadline_kind, missed_deadline) "
       "VALUES ($1, $2::uuid, $3, NULLIF($4, ''), $5, $6, NULLIF($7, ''), NULLIF($8, ''), $9, "
@@ -437,7 +443,30 @@ absl::Status Store::AppendTransition(pqxx::work& tx, const std::string& agency_i
       agency_id, concern_id, t.kind, t.from_status, t.to_status, t.level,
       t.target ? TargetKindCode(t.target->kind) : "", t.target ? t.target->id : "", t.actor,
       t.actor_role, t.missed_deadline_kind, Micros(t.missed_deadline));
+}
+
+}  // namespace
+
+absl::Status Store::UpdateConcern(pqxx::work& tx, const ConcernRecord& record) {
+  ImmediateWrites writes{tx};
+  WriteConcernUpdate(writes, record);
   return absl::OkStatus();
+}
+
+void Store::UpdateConcern(DeferredWrites& writes, const ConcernRecord& record) {
+  WriteConcernUpdate(writes, record);
+}
+
+absl::Status Store::AppendTransition(pqxx::work& tx, const std::string& agency_id,
+                                     const std::string& concern_id, const TransitionRecord& t) {
+  ImmediateWrites writes{tx};
+  WriteTransition(writes, agency_id, concern_id, t);
+  return absl::OkStatus();
+}
+
+void Store::AppendTransition(DeferredWrites& writes, const std::string& agency_id,
+                             const std::string& concern_id, const TransitionRecord& t) {
+  WriteTransition(writes, agency_id, concern_id, t);
 }
 
 absl::StatusOr<std::vector<v1::ConcernTransition>> Store::Transitions(
@@ -469,18 +498,16 @@ absl::StatusOr<std::vector<v1::ConcernTransition>> Store::Transitions(
   return out;
 }
 
-absl::StatusOr<bool> Store::InsertBreach(pqxx::work& tx, const std::string& agency_id,
-                                         const std::string& concern_id,
-                                         const std::string& deadline_kind, int level,
-                                         absl::Time deadline, const std::optional<Target>& to) {
-  pqxx::result rows = tx.exec_params(
-      "INSERT INTO escalation_breaches (agency_id, concern_id, deadline_kind, level, deadline, "
-      "escalated_to_kind, escalated_to_id) VALUES ($1, $2::uuid, $3, $4, ts_from_us($5), "
-      "NULLIF($6, ''), NULLIF($7, '')) "
-      "ON CONFLICT (agency_id, concern_id, deadline_kind, level) DO NOTHING RETURNING 1",
-      agency_id, concern_id, deadline_kind, level, Micros(deadline),
-      to ? TargetKindCode(to->kind) : "", to ? to->id : "");
-  return !rows.empty();
+void Store::InsertBreach(DeferredWrites& writes, const std::string& agency_id,
+                         const std::string& concern_id, const std::string& deadline_kind, int level,
+                         absl::Time deadline, const std::optional<Target>& to) {
+  // No ON CONFLICT: a breach recorded before fails the caller's transaction at its flush.
+  writes.Exec("escalation_insert_breach",
+              "INSERT INTO escalation_breaches (agency_id, concern_id, deadline_kind, level, "
+              "deadline, escalated_to_kind, escalated_to_id) VALUES ($1, $2::uuid, $3, $4, "
+              "ts_from_us($5), NULLIF($6, ''), NULLIF($7, ''))",
+              agency_id, concern_id, deadline_kind, level, Micros(deadline),
+              to ? TargetKindCode(to->kind) : "", to ? to->id : "");
 }
 
 absl::StatusOr<std::vector<ConcernRecord>> Store::ListConcerns(

@@ -100,15 +100,19 @@ class Store {
   static absl::Status UpdateConcern(pqxx::work& tx, const ConcernRecord& record);
   static absl::Status AppendTransition(pqxx::work& tx, const std::string& agency_id,
                                        const std::string& concern_id, const TransitionRecord& t);
+  // The same two, sent with the caller's other deferred writes (DeferredWrites::Flush).
+  static void UpdateConcern(DeferredWrites& writes, const ConcernRecord& record);
+  static void AppendTransition(DeferredWrites& writes, const std::string& agency_id,
+                               const std::string& concern_id, const TransitionRecord& t);
   static absl::StatusOr<std::vector<v1::ConcernTransition>> Transitions(
       pqxx::work& tx, const std::string& agency_id, const std::string& concern_id);
 
-  // Records a missed deadline; false when it was recorded before (exactly once per concern,
-  // kind and level).
-  static absl::StatusOr<bool> InsertBreach(pqxx::work& tx, const std::string& agency_id,
-                                           const std::string& concern_id,
-                                           const std::string& deadline_kind, int level,
-                                           absl::Time deadline, const std::optional<Target>& to);
+  // Records a missed deadline (exactly once per concern, kind and level), sent with the caller's
+  // other deferred writes: a breach recorded before fails the transaction when they are sent (the
+  // caller holds the concern's row lock and re-checked its deadline, so it never should).
+  static void InsertBreach(DeferredWrites& writes, const std::string& agency_id,
+                           const std::string& concern_id, const std::string& deadline_kind,
+                           int level, absl::Time deadline, const std::optional<Target>& to);
 
   struct ListFilter {
     std::vector<std::string> states, severities, categories;

@@ -152,6 +152,8 @@ absl::StatusOr<bool> DeadlineSweeper::ActOn(const std::string& agency_id,
     const RoutingRule* rule = RuleFor(*policy, c.category(), c.severity());
     if (rule == nullptr) return absl::InternalError("concern's rule missing from its policy");
     const BusinessCalendar& calendar = policy->calendar;
+    // The reads are done: every write goes in one round trip, sent before commit.
+    DeferredWrites writes(tx);
 
     const int level = c.current_level();
     const absl::Time missed = FromProtoTimestamp(c.next_deadline());
@@ -173,7 +175,7 @@ absl::StatusOr<bool> DeadlineSweeper::ActOn(const std::string& agency_id,
       t.actor = kSweeperActor;
       t.missed_deadline_kind = missed_kind;
       t.missed_deadline = missed;
-      if (auto s = Store::AppendTransition(tx, agency_id, concern_id, t); !s.ok()) return s;
+      Store::AppendTransition(writes, agency_id, concern_id, t);
       v1::ConcernReAlertedEvent e;
       e.set_concern_id(concern_id);
       e.set_category(c.category());
@@ -188,25 +190,23 @@ absl::StatusOr<bool> DeadlineSweeper::ActOn(const std::string& agency_id,
       notifications.push_back({agency_id, concern_id, "realerted", c.category(), c.severity(),
                                c.current_level(), TargetFromProto(c.current_target()),
                                FromProtoTimestamp(c.next_deadline())});
-      return AppendEvent(tx, agency_id, concern_id, e);
+      AppendEvents(writes, agency_id, {{concern_id, &e}});
+      return absl::OkStatus();
     };
 
     if (kind == "resolution") {
       // Acknowledged but not resolved in the window: re-alert the owner, escalate if it is still
       // unresolved when the level's acknowledgement limit has passed again.
-      auto inserted =
-          Store::InsertBreach(tx, agency_id, concern_id, "resolution", level, missed, std::nullopt);
-      if (!inserted.ok()) return inserted.status();
-      if (!*inserted) return absl::InternalError("resolution breach already recorded");
+      Store::InsertBreach(writes, agency_id, concern_id, "resolution", level, missed, std::nullopt);
       c.set_breach_count(c.breach_count() + 1);
       *c.mutable_next_deadline() = ToProtoTimestamp(repeat_deadline);
       record.next_deadline_kind = "resolution_after_realert";
-      if (auto s = Store::UpdateConcern(tx, record); !s.ok()) return s;
+      Store::UpdateConcern(writes, record);
       if (auto s = realert(v1::RE_ALERT_REASON_RESOLUTION_OVERDUE, "resolution"); !s.ok()) return s;
     } else if (kind == "chain_exhausted") {
       c.set_breach_count(c.breach_count() + 1);
       *c.mutable_next_deadline() = ToProtoTimestamp(repeat_deadline);
-      if (auto s = Store::UpdateConcern(tx, record); !s.ok()) return s;
+      Store::UpdateConcern(writes, record);
       if (auto s = realert(v1::RE_ALERT_REASON_CHAIN_EXHAUSTED, ""); !s.ok()) return s;
     } else {
       // "acknowledgement" or "resolution_after_realert": escalate one level.
@@ -215,9 +215,7 @@ absl::StatusOr<bool> DeadlineSweeper::ActOn(const std::string& agency_id,
       if (exhausted && next.status().code() != absl::StatusCode::kNotFound) return next.status();
       std::optional<Target> to;
       if (!exhausted) to = next->target;
-      auto inserted = Store::InsertBreach(tx, agency_id, concern_id, kind, level, missed, to);
-      if (!inserted.ok()) return inserted.status();
-      if (!*inserted) return absl::InternalError("breach already recorded for this level");
+      Store::InsertBreach(writes, agency_id, concern_id, kind, level, missed, to);
       c.set_breach_count(c.breach_count() + 1);
       v1::ConcernEscalatedEvent e;
       e.set_concern_id(concern_id);
@@ -253,7 +251,7 @@ absl::StatusOr<bool> DeadlineSweeper::ActOn(const std::string& agency_id,
         *c.mutable_next_deadline() = ToProtoTimestamp(repeat_deadline);
         record.next_deadline_kind = "chain_exhausted";
       }
-      if (auto s = Store::UpdateConcern(tx, record); !s.ok()) return s;
+      Store::UpdateConcern(writes, record);
       TransitionRecord t;
       t.kind = "escalated";
       t.from_status = StateCode(from_state);
@@ -263,8 +261,8 @@ absl::StatusOr<bool> DeadlineSweeper::ActOn(const std::string& agency_id,
       t.actor = kSweeperActor;
       t.missed_deadline_kind = kind;
       t.missed_deadline = missed;
-      if (auto s = Store::AppendTransition(tx, agency_id, concern_id, t); !s.ok()) return s;
-      if (auto s = AppendEvent(tx, agency_id, concern_id, e); !s.ok()) return s;
+      Store::AppendTransition(writes, agency_id, concern_id, t);
+      AppendEvents(writes, agency_id, {{concern_id, &e}});
       if (exhausted) {
         if (auto s = realert(v1::RE_ALERT_REASON_CHAIN_EXHAUSTED, ""); !s.ok()) return s;
       }
@@ -277,8 +275,9 @@ absl::StatusOr<bool> DeadlineSweeper::ActOn(const std::string& agency_id,
     note.concern.clear_description();
     note.previous_target = current;
     note.occurred_at = now;
-    NotificationOutbox::Enqueue(tx, notifications);
-    if (feed_ != nullptr) WatchFeed::Record(tx, note);
+    NotificationOutbox::Enqueue(writes, notifications);
+    if (feed_ != nullptr) WatchFeed::Record(writes, note);
+    writes.Flush();
     return true;
   });
   if (acted.ok() && *acted) {

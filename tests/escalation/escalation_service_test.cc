@@ -635,6 +635,36 @@ TEST_F(EscalationServiceTest, ExhaustedChainRecordsTheBreachAndReAlerts) {
             1);
 }
 
+TEST_F(EscalationServiceTest, ADeadlineWhoseBreachIsRecordedIsNotEscalatedAgain) {
+  const v1::Concern c =
+      MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "k-15"));
+  db_->AdminQuery(
+      "UPDATE escalation.concerns SET opened_at = opened_at - interval '1 hour', "
+      "ack_deadline = ack_deadline - interval '1 hour', "
+      "next_deadline = next_deadline - interval '1 hour'");
+  // The breach of this very deadline is on record already (what a second escalation would add).
+  db_->AdminQuery(
+      "INSERT INTO escalation.escalation_breaches (agency_id, concern_id, deadline_kind, level, "
+      "deadline) SELECT agency_id, id, 'acknowledgement', 0, ack_deadline FROM "
+      "escalation.concerns WHERE id = '" +
+      c.concern_id() + "'");
+  service_ = Start({"--deadline_sweep_interval=20ms"});
+  std::this_thread::sleep_for(600ms);
+  // Every sweep's transaction failed as a whole: nothing of an escalation was written.
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.escalation_breaches"), 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concern_transitions WHERE kind <> 'opened' "
+                  "AND kind <> 'routed'"),
+            0);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.outbox WHERE event_type IN ("
+                  "'peerpath.escalation.v1.ConcernEscalatedEvent', "
+                  "'peerpath.escalation.v1.ConcernReAlertedEvent')"),
+            0);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE breach_count = 0 AND "
+                  "next_deadline < now()"),
+            1)
+      << "still due: the sweeper tries again, and a person sees it overdue";
+}
+
 TEST_F(EscalationServiceTest, AcknowledgedButUnresolvedReAlertsThenEscalates) {
   v1::UpdateRoutingPolicyResponse updated;
   ASSERT_TRUE(stub_
