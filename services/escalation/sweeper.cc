@@ -165,7 +165,7 @@ absl::StatusOr<bool> DeadlineSweeper::ActOn(const std::string& agency_id,
     const absl::Time repeat_deadline =
         DeadlineAfter(rule->AckLimitAt(level), now, rule->business_hours_only, calendar);
 
-    auto realert = [&](v1::ReAlertReason reason, const std::string& missed_kind) -> absl::Status {
+    auto realert = [&](v1::ReAlertReason reason, const std::string& missed_kind) {
       TransitionRecord t;
       t.kind = "realerted";
       t.from_status = StateCode(from_state);
@@ -191,7 +191,6 @@ absl::StatusOr<bool> DeadlineSweeper::ActOn(const std::string& agency_id,
                                c.current_level(), TargetFromProto(c.current_target()),
                                FromProtoTimestamp(c.next_deadline())});
       AppendEvents(writes, agency_id, {{concern_id, &e}});
-      return absl::OkStatus();
     };
 
     if (kind == "resolution") {
@@ -202,12 +201,12 @@ absl::StatusOr<bool> DeadlineSweeper::ActOn(const std::string& agency_id,
       *c.mutable_next_deadline() = ToProtoTimestamp(repeat_deadline);
       record.next_deadline_kind = "resolution_after_realert";
       Store::UpdateConcern(writes, record);
-      if (auto s = realert(v1::RE_ALERT_REASON_RESOLUTION_OVERDUE, "resolution"); !s.ok()) return s;
+      realert(v1::RE_ALERT_REASON_RESOLUTION_OVERDUE, "resolution");
     } else if (kind == "chain_exhausted") {
       c.set_breach_count(c.breach_count() + 1);
       *c.mutable_next_deadline() = ToProtoTimestamp(repeat_deadline);
       Store::UpdateConcern(writes, record);
-      if (auto s = realert(v1::RE_ALERT_REASON_CHAIN_EXHAUSTED, ""); !s.ok()) return s;
+      realert(v1::RE_ALERT_REASON_CHAIN_EXHAUSTED, "");
     } else {
       // "acknowledgement" or "resolution_after_realert": escalate one level.
       auto next = RouteFrom(*rule, level + 1, people, calendar, now);
@@ -264,7 +263,7 @@ absl::StatusOr<bool> DeadlineSweeper::ActOn(const std::string& agency_id,
       Store::AppendTransition(writes, agency_id, concern_id, t);
       AppendEvents(writes, agency_id, {{concern_id, &e}});
       if (exhausted) {
-        if (auto s = realert(v1::RE_ALERT_REASON_CHAIN_EXHAUSTED, ""); !s.ok()) return s;
+        realert(v1::RE_ALERT_REASON_CHAIN_EXHAUSTED, "");
       }
     }
     // Escalations (also a breach at an exhausted chain) and re-alerts.

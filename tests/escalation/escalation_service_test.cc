@@ -101,6 +101,13 @@ class EscalationServiceTest : public ::testing::Test {
 
   int Count(const std::string& sql) { return db_->AdminQuery(sql)[0][0].as<int>(); }
 
+  // Every concern as if opened `interval` earlier: its deadlines have passed by as much.
+  void MoveEveryConcernBack(const std::string& interval) {
+    db_->AdminQuery("UPDATE escalation.concerns SET opened_at = opened_at - interval '" + interval +
+                    "', ack_deadline = ack_deadline - interval '" + interval +
+                    "', next_deadline = next_deadline - interval '" + interval + "'");
+  }
+
   std::unique_ptr<TestDatabase> db_;
   std::unique_ptr<ServiceProcess> service_;
   std::unique_ptr<v1::EscalationService::Stub> stub_;
@@ -566,10 +573,7 @@ TEST_F(EscalationServiceTest, MissedDeadlinesEscalateExactlyOnceAcrossSigkillRes
               "dr-raiser", "clinician");
   }
   // Every acknowledgement deadline has passed (as if the service was down for two hours).
-  db_->AdminQuery(
-      "UPDATE escalation.concerns SET opened_at = opened_at - interval '2 hours', "
-      "ack_deadline = ack_deadline - interval '2 hours', "
-      "next_deadline = next_deadline - interval '2 hours'");
+  MoveEveryConcernBack("2 hours");
   service_->Signal(SIGKILL);
   service_->WaitExit(5s);
   // A sweeper that runs all the time, killed in the middle of its work, twice.
@@ -614,10 +618,7 @@ TEST_F(EscalationServiceTest, MissedDeadlinesEscalateExactlyOnceAcrossSigkillRes
 TEST_F(EscalationServiceTest, ExhaustedChainRecordsTheBreachAndReAlerts) {
   const v1::Concern c =
       MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "k-14"));
-  db_->AdminQuery(
-      "UPDATE escalation.concerns SET opened_at = opened_at - interval '1 hour', "
-      "ack_deadline = ack_deadline - interval '1 hour', "
-      "next_deadline = next_deadline - interval '1 hour'");
+  MoveEveryConcernBack("1 hour");
   service_ = Start({"--deadline_sweep_interval=20ms"});
   for (int wait = 0; wait < 100; ++wait) {
     if (Count("SELECT count(*) FROM escalation.escalation_breaches") == 1) break;
@@ -638,10 +639,7 @@ TEST_F(EscalationServiceTest, ExhaustedChainRecordsTheBreachAndReAlerts) {
 TEST_F(EscalationServiceTest, ADeadlineWhoseBreachIsRecordedIsNotEscalatedAgain) {
   const v1::Concern c =
       MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "k-15"));
-  db_->AdminQuery(
-      "UPDATE escalation.concerns SET opened_at = opened_at - interval '1 hour', "
-      "ack_deadline = ack_deadline - interval '1 hour', "
-      "next_deadline = next_deadline - interval '1 hour'");
+  MoveEveryConcernBack("1 hour");
   // The breach of this very deadline is on record already (what a second escalation would add).
   db_->AdminQuery(
       "INSERT INTO escalation.escalation_breaches (agency_id, concern_id, deadline_kind, level, "
