@@ -203,8 +203,10 @@ constexpr char kAgency[] = "agency-a";
 // availability; urgency routine, priority or urgent. `mixed_units`: acuity 1–3, else 1.
 void Seed(const TestDatabase& db, int requests, int supporters, bool mixed_units) {
   const int regions = std::max(1, supporters / 50);
-  db.AdminQuery("SELECT setseed(0.2026)");
+  // random() follows setseed only on the connection that set it: each statement sets it again,
+  // so every run seeds the same instance.
   db.AdminQuery(absl::StrCat(
+      "SELECT setseed(0.2026);"
       "INSERT INTO matching.supporters (agency_id, subject, display_name, lived_experience,"
       "  languages, gender, age_band, region, meeting_modes, availability, capacity_units,"
       "  training_status, training_expires_on, supervisor_id, created_by, updated_by)"
@@ -229,6 +231,7 @@ void Seed(const TestDatabase& db, int requests, int supporters, bool mixed_units
       " FROM generate_series(0, ",
       supporters - 1, ") i"));
   db.AdminQuery(absl::StrCat(
+      "SELECT setseed(0.2027);"
       "INSERT INTO matching.match_requests (agency_id, participant_id, acuity_units,"
       "  hard_constraints, preferences, urgency, requested_by, requested_at)"
       " SELECT '",
