@@ -101,6 +101,9 @@ class EscalationServiceTest : public ::testing::Test {
 
   int Count(const std::string& sql) { return db_->AdminQuery(sql)[0][0].as<int>(); }
 
+  void RaiseCriticalConcernsTwoHoursOverdue(int count);
+  void ExpectEachEscalatedOnceToTheCaseManagementTeam(int count);
+
   // Every concern as if opened `interval` earlier: its deadlines have passed by as much.
   void MoveEveryConcernBack(const std::string& interval) {
     db_->AdminQuery("UPDATE escalation.concerns SET opened_at = opened_at - interval '" + interval +
@@ -560,20 +563,49 @@ TEST_F(EscalationServiceTest, PolicyChangeAppliesToNewConcernsOnly) {
   EXPECT_NE(status.error_details().find("policy.time_zone"), std::string::npos);
 }
 
-TEST_F(EscalationServiceTest, MissedDeadlinesEscalateExactlyOnceAcrossSigkillRestarts) {
+// `count` critical concerns under TwoLevelPolicy (the on-call clinician, then the case-management
+// team), every acknowledgement deadline passed (as if the service was down for two hours).
+void EscalationServiceTest::RaiseCriticalConcernsTwoHoursOverdue(int count) {
   v1::UpdateRoutingPolicyResponse updated;
   ASSERT_TRUE(stub_
                   ->UpdateRoutingPolicy(As("agency-a", {"program_admin"}, "admin-1").get(),
                                         TwoLevelPolicy(1, "p-1"), &updated)
                   .ok());
-  constexpr int kConcerns = 300;
-  for (int i = 0; i < kConcerns; ++i) {
+  for (int i = 0; i < count; ++i) {
     MustRaise(Raise(CONCERN_CATEGORY_CLINICAL_WORSENING, CONCERN_SEVERITY_CRITICAL,
                     absl::StrCat("due-", i)),
               "dr-raiser", "clinician");
   }
-  // Every acknowledgement deadline has passed (as if the service was down for two hours).
   MoveEveryConcernBack("2 hours");
+}
+
+// Waits (up to 30 s) for the running sweeper(s), then: each of `count` concerns escalated exactly
+// once, to the case-management team, with one breach, transition and event each.
+void EscalationServiceTest::ExpectEachEscalatedOnceToTheCaseManagementTeam(int count) {
+  for (int wait = 0; wait < 300; ++wait) {
+    if (Count("SELECT count(*) FROM escalation.concerns WHERE current_level = 0") == 0) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE current_level = 1 AND "
+                  "status = 'open' AND target_id = 'cm-team' AND breach_count = 1"),
+            count);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.escalation_breaches WHERE deadline_kind = "
+                  "'acknowledgement' AND level = 0 AND escalated_to_id = 'cm-team'"),
+            count);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concern_transitions WHERE kind = 'escalated'"),
+            count);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.outbox WHERE event_type = "
+                  "'peerpath.escalation.v1.ConcernEscalatedEvent'"),
+            count);
+  // The new level's deadline runs from the escalation: 30 minutes, in the future.
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE next_deadline > now() + "
+                  "interval '25 minutes'"),
+            count);
+}
+
+TEST_F(EscalationServiceTest, MissedDeadlinesEscalateExactlyOnceAcrossSigkillRestarts) {
+  constexpr int kConcerns = 300;
+  RaiseCriticalConcernsTwoHoursOverdue(kConcerns);
   service_->Signal(SIGKILL);
   service_->WaitExit(5s);
   // A sweeper that runs all the time, killed in the middle of its work, twice.
@@ -587,25 +619,7 @@ TEST_F(EscalationServiceTest, MissedDeadlinesEscalateExactlyOnceAcrossSigkillRes
                    Count("SELECT count(*) FROM escalation.escalation_breaches"));
   }
   service_ = Start({"--deadline_sweep_interval=10ms"});
-  for (int wait = 0; wait < 300; ++wait) {
-    if (Count("SELECT count(*) FROM escalation.concerns WHERE current_level = 0") == 0) break;
-    std::this_thread::sleep_for(100ms);
-  }
-  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE current_level = 1 AND "
-                  "status = 'open' AND target_id = 'cm-team' AND breach_count = 1"),
-            kConcerns);
-  EXPECT_EQ(Count("SELECT count(*) FROM escalation.escalation_breaches WHERE deadline_kind = "
-                  "'acknowledgement' AND level = 0 AND escalated_to_id = 'cm-team'"),
-            kConcerns);
-  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concern_transitions WHERE kind = 'escalated'"),
-            kConcerns);
-  EXPECT_EQ(Count("SELECT count(*) FROM escalation.outbox WHERE event_type = "
-                  "'peerpath.escalation.v1.ConcernEscalatedEvent'"),
-            kConcerns);
-  // The new level's deadline runs from the escalation: 30 minutes, in the future.
-  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE next_deadline > now() + "
-                  "interval '25 minutes'"),
-            kConcerns);
+  ExpectEachEscalatedOnceToTheCaseManagementTeam(kConcerns);
   // The case-management team now holds them; the on-call clinician was escalated past.
   const std::string id =
       db_->AdminQuery("SELECT id::text FROM escalation.concerns LIMIT 1")[0][0].as<std::string>();
@@ -613,6 +627,21 @@ TEST_F(EscalationServiceTest, MissedDeadlinesEscalateExactlyOnceAcrossSigkillRes
   EXPECT_EQ(past.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(past.error_message().find("escalated past you"), std::string::npos);
   EXPECT_TRUE(Acknowledge(id, "cm-1", "case_manager").ok());
+}
+
+TEST_F(EscalationServiceTest, TwoReplicasSweepingOneBacklogEscalateEachConcernOnce) {
+  constexpr int kConcerns = 300;
+  RaiseCriticalConcernsTwoHoursOverdue(kConcerns);
+  service_->Signal(SIGKILL);
+  service_->WaitExit(5s);
+  // Two replicas, each acting through several connections, started together on the same due
+  // concerns (each found due by both; each concern's row lock decides who acts).
+  const std::vector<std::string> args = {"--deadline_sweep_interval=10ms",
+                                         "--agency_time_zone=America/Chicago"};
+  ServiceProcess first("escalation", db_->UrlFor("escalation"), args);
+  ServiceProcess second("escalation", db_->UrlFor("escalation"), args);
+  ASSERT_TRUE(first.WaitListening() && second.WaitListening()) << first.Log() << second.Log();
+  ExpectEachEscalatedOnceToTheCaseManagementTeam(kConcerns);
 }
 
 TEST_F(EscalationServiceTest, ExhaustedChainRecordsTheBreachAndReAlerts) {
