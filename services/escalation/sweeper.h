@@ -4,7 +4,7 @@
 // partial index on next_deadline) and escalates, re-alerts or records the breach, each concern in
 // its own transaction under a row lock, so a missed deadline takes effect exactly once, also
 // across restarts and with several replicas. A backlog is worked off through up to four
-// connections at once, most overdue first. Also refreshes the open/overdue gauges.
+// connections at once, most overdue first. Also refreshes the open/overdue gauges (every 5 s).
 
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
