@@ -5,9 +5,8 @@
 //      16 calls in flight, beside plain single-row INSERTs (one transaction each, 16 connections)
 //      into a table of the same database in the same run;
 //   2. the deadline sweeper (in-process) with 100,000 open concerns (beside 200,000 resolved) of
-//      which 0, then 100 are due,
-//      the open/overdue gauges' count (every 5 s in the service), and the plans of both queries
-//      (on the partial index concerns_open_by_deadline, not a table scan);
+//      which 0, then 100 are due, the open/overdue gauges' count (every 5 s in the service), and
+//      the plans of both queries (on the partial index concerns_open_by_deadline, no table scan);
 //   3. the pure routing function (Google Benchmark).
 //
 // PEERPATH_BENCH_SECONDS (default 5) sets the length of each timed phase.
