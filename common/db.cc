@@ -225,7 +225,7 @@ void DeferredWrites::AppendExecute(const char* name, const std::string& sql,
 
 void DeferredWrites::Flush() {
   if (batch_.empty()) return;
-  tx_.exec(batch_);  // The last statement may return a row (SELECT audit_append…).
+  tx_.exec(batch_);  // The last statement may return rows (an audit row's RETURNING id).
   batch_.clear();
 }
 
