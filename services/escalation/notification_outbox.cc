@@ -4,8 +4,19 @@
 
 #include "absl/time/clock.h"
 #include "common/log.h"
+#include "common/parallel.h"
 
 namespace peerpath::escalation {
+namespace {
+
+// Up to this many due notifications per transaction, locked while they are delivered (another
+// replica, or another worker, skips them): one scan and one commit for a burst of pages rather
+// than one each.
+constexpr int kPerTransaction = 16;
+// Connections a backlog of pages is delivered through at once, at most.
+constexpr int kMaxWorkers = 4;
+
+}  // namespace
 
 NotificationOutbox::NotificationOutbox(Database& db, Notifier& notifier,
                                        prometheus::Registry* metrics,
@@ -68,10 +79,22 @@ void NotificationOutbox::Start(const StopSignal& stopping) {
         }
         next_clean_up = absl::Now() + absl::Hours(1);
       }
-      auto delivered = DeliverDue();
+      // One transaction's worth on this thread; when all of it went out, more may be due (a
+      // burst of escalations): the rest goes through several connections at once, each POST
+      // waiting on the receiver (SKIP LOCKED gives each worker its own notifications).
+      auto delivered = DeliverDue(kPerTransaction);
       if (!delivered.ok()) {
         log::Warn("notification delivery pass failed",
                   {{"code", absl::StatusCodeToString(delivered.status().code())}});
+      } else if (*delivered == kPerTransaction) {
+        const int workers = std::clamp(db_.Spare() - 1, 1, kMaxWorkers);
+        ForEachInOrder(workers, workers, [&](size_t) {
+          auto more = DeliverDue();
+          if (!more.ok()) {
+            log::Warn("notification delivery pass failed",
+                      {{"code", absl::StatusCodeToString(more.status().code())}});
+          }
+        });
       }
       if (!wake_.WaitForWake(options_.poll)) return;
     }
@@ -91,9 +114,6 @@ absl::StatusOr<int64_t> NotificationOutbox::DeleteOld() {
 }
 
 absl::StatusOr<int> NotificationOutbox::DeliverDue(int max) {
-  // Up to this many due notifications per transaction, locked while they are delivered (another
-  // replica skips them): one scan and one commit for a burst of pages rather than one each.
-  constexpr int kPerTransaction = 16;
   int delivered = 0;
   int handled = 0;
   while (handled < max) {

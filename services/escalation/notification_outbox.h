@@ -2,10 +2,11 @@
 
 // Durable notifications (migrations/0005): Enqueue writes them in the transaction of the change
 // they announce; a background thread delivers what is due through the Notifier (webhook or log),
-// one notification per transaction under a row lock (SKIP LOCKED, so replicas share the work),
+// up to 16 per transaction under row locks (SKIP LOCKED, so replicas share the work),
 // and retries a failed delivery with backoff until it succeeds or `give_up_after` has passed.
-// Wake() after a commit delivers at once; otherwise the thread looks every `poll`. Delivered
-// notifications are kept 30 days, then deleted.
+// Wake() after a commit delivers at once; otherwise the thread looks every `poll`. A backlog is
+// delivered through up to four connections at once. Delivered notifications are kept 30 days,
+// then deleted.
 
 #include <prometheus/counter.h>
 #include <prometheus/registry.h>

@@ -170,6 +170,27 @@ TEST_F(EscalationServiceTest, APageIsWrittenWithItsConcernAndDeliveredAfterACras
   EXPECT_EQ(pager.bodies().size(), 1u);
 }
 
+TEST_F(EscalationServiceTest, ABacklogOfPagesGoesOutThroughSeveralConnectionsAtOnce) {
+  // 40 pages owed (as after a burst of escalations while the paging endpoint was down), to an
+  // endpoint that takes 50 ms per page.
+  service_->Signal(SIGKILL);
+  service_->WaitExit(5s);
+  db_->AdminQuery(
+      "INSERT INTO escalation.notifications (agency_id, concern_id, reason, category, severity, "
+      "level, target_kind, target_id, deadline) SELECT 'agency-a', gen_random_uuid(), 'opened', "
+      "1, 3, 0, 1, 'clinical-on-call', now() + interval '15 minutes' FROM generate_series(1, 40)");
+  LocalHttpServer pager(/*failures=*/0, /*port=*/0, /*delay_ms=*/50);
+  service_ = Start({"--deadline_sweep_interval=1h", "--notification_webhook_url=" + pager.url()});
+  // Recorded as delivered when its transaction (up to 16 pages) commits.
+  const std::string delivered =
+      "SELECT count(*) FROM escalation.notifications WHERE delivered_at IS NOT NULL AND "
+      "attempts = 1";
+  for (int i = 0; i < 200 && Count(delivered) < 40; ++i) std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(Count(delivered), 40);
+  EXPECT_EQ(pager.bodies().size(), 40u) << "each page once";
+  EXPECT_GE(pager.most_at_once(), 2) << "the backlog went through several connections at once";
+}
+
 TEST_F(EscalationServiceTest, CriticalSafetyConcernGoesToClinicalOnCallWithin15Minutes) {
   const v1::Concern c =
       MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "k-1"));
