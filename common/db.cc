@@ -100,6 +100,10 @@ int Database::Spare() {
   return static_cast<int>(idle_.size()) + options_.pool_size - open_;
 }
 
+int Database::BackgroundWorkers(int at_most) {
+  return std::clamp(Spare() - 1, 1, std::max(1, at_most));
+}
+
 absl::StatusOr<Database::Lease> Database::Acquire() {
   {
     std::unique_lock<std::mutex> lock(mu_);

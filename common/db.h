@@ -230,6 +230,10 @@ class Database {
   // callers that would spread work over extra connections (it may change before they ask).
   int Spare();
 
+  // Connections a background task that spreads its work (a backlog of deadlines or pages) may
+  // use at once: the spare ones but one, left to the calls; at least one, at most `at_most`.
+  int BackgroundWorkers(int at_most = 4);
+
  private:
   class Lease {
    public:

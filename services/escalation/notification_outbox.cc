@@ -13,8 +13,6 @@ namespace {
 // replica, or another worker, skips them): one scan and one commit for a burst of pages rather
 // than one each.
 constexpr int kPerTransaction = 16;
-// Connections a backlog of pages is delivered through at once, at most.
-constexpr int kMaxWorkers = 4;
 
 }  // namespace
 
@@ -87,7 +85,7 @@ void NotificationOutbox::Start(const StopSignal& stopping) {
         log::Warn("notification delivery pass failed",
                   {{"code", absl::StatusCodeToString(delivered.status().code())}});
       } else if (*delivered == kPerTransaction) {
-        const int workers = std::clamp(db_.Spare() - 1, 1, kMaxWorkers);
+        const int workers = db_.BackgroundWorkers();
         ForEachInOrder(workers, workers, [&](size_t) {
           auto more = DeliverDue();
           if (!more.ok()) {

@@ -1,6 +1,5 @@
 #include "services/escalation/sweeper.h"
 
-#include <algorithm>
 #include <atomic>
 #include <optional>
 #include <vector>
@@ -18,8 +17,6 @@ namespace {
 
 constexpr char kSweeperActor[] = "system:sweeper";
 constexpr int kBatch = 500;
-// Connections a sweep acts through at once, at most (see SweepOnce).
-constexpr int kMaxWorkers = 4;
 // How often the open/overdue gauges are counted (after a sweep, once this has passed).
 constexpr absl::Duration kGaugeInterval = absl::Seconds(5);
 
@@ -85,8 +82,6 @@ absl::Status DeadlineSweeper::RefreshGauges(absl::Time now) {
   return absl::OkStatus();
 }
 
-int DeadlineSweeper::Workers() { return std::clamp(db_.Spare() - 1, 1, kMaxWorkers); }
-
 absl::StatusOr<SweepResult> DeadlineSweeper::SweepOnce(absl::Time now) {
   SweepResult result;
   while (true) {
@@ -96,7 +91,7 @@ absl::StatusOr<SweepResult> DeadlineSweeper::SweepOnce(absl::Time now) {
     // a backlog (after an outage, or a burst of concerns raised together) is worked off by a few
     // connections at once, most overdue first, leaving one to the calls.
     std::atomic<int> acted_in_batch{0};
-    ForEachInOrder(due->size(), Workers(), [&](size_t i) {
+    ForEachInOrder(due->size(), db_.BackgroundWorkers(), [&](size_t i) {
       const Store::DueConcern& concern = (*due)[i];
       auto acted = ActOn(concern.agency_id, concern.concern_id, now);
       if (!acted.ok()) {
@@ -117,7 +112,7 @@ absl::StatusOr<SweepResult> DeadlineSweeper::SweepOnce(absl::Time now) {
   auto pending = Store::PendingNotifications(db_, now, kBatch);
   if (!pending.ok()) return pending.status();
   std::atomic<int> notified{0};
-  ForEachInOrder(pending->size(), Workers(), [&](size_t i) {
+  ForEachInOrder(pending->size(), db_.BackgroundWorkers(), [&](size_t i) {
     const Store::DueConcern& concern = (*pending)[i];
     auto marked = db_.TransactForAgency(
         concern.agency_id, [&](pqxx::work& tx) -> absl::StatusOr<std::optional<ConcernRecord>> {

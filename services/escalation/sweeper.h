@@ -48,9 +48,6 @@ class DeadlineSweeper {
   absl::Status RefreshGauges(absl::Time now);
 
  private:
-  // Connections to act through at once: up to four, leaving the calls at least one.
-  int Workers();
-
   // Acts on one due concern; false when it was no longer due (someone acted first).
   absl::StatusOr<bool> ActOn(const std::string& agency_id, const std::string& concern_id,
                              absl::Time now);

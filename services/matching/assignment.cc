@@ -214,10 +214,6 @@ class BranchAndBound {
   int64_t nodes_ = 0;
 };
 
-}  // namespace
-
-namespace {
-
 // AssignOptimal for one connected component (or the whole problem).
 AssignmentResult AssignConnected(const AssignmentProblem& problem) {
   const int requests = static_cast<int>(problem.units.size());

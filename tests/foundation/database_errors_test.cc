@@ -43,13 +43,19 @@ class DatabaseErrorsTest : public ::testing::Test {
 
 TEST_F(DatabaseErrorsTest, SpareCountsConnectionsToBeHadAtOnce) {
   EXPECT_EQ(database_->Spare(), 4);  // None opened yet.
+  EXPECT_EQ(database_->BackgroundWorkers(), 3) << "one left to the calls";
+  EXPECT_EQ(database_->BackgroundWorkers(2), 2);
   const absl::Status st = database_->Transact([&](pqxx::work& outer) -> absl::Status {
     outer.exec("SELECT 1");
     EXPECT_EQ(database_->Spare(), 3);
     return database_->Transact([&](pqxx::work& inner) -> absl::Status {
       inner.exec("SELECT 1");
       EXPECT_EQ(database_->Spare(), 2);
-      return absl::OkStatus();
+      return database_->Transact([&](pqxx::work& third) -> absl::Status {
+        third.exec("SELECT 1");
+        EXPECT_EQ(database_->BackgroundWorkers(), 1) << "at least one, even with one spare";
+        return absl::OkStatus();
+      });
     });
   });
   ASSERT_TRUE(st.ok()) << st;
