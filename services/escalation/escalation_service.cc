@@ -1119,20 +1119,22 @@ absl::Status EscalationService::WatchConcernsImpl(
     *marker.mutable_snapshot_end()->mutable_as_of() = ToProtoTimestamp(as_of);
     if (!writer.Write(marker)) return absl::CancelledError("watcher went away");
   }
+  // Whether a change produced exactly the state the snapshot showed of its concern.
+  auto shown = [&](const ConcernChangeNote& note) {
+    v1::Concern state = note.concern;
+    state.clear_view();
+    state.clear_overdue();
+    state.clear_cancel_reason();
+    auto it = in_snapshot.find(state.concern_id());
+    return it != in_snapshot.end() && it->second == state.SerializeAsString();
+  };
   // Changes queued while the snapshot was read that it already reflects are not sent again:
   // for a concern in the snapshot, everything up to the change that produced the state shown.
   {
     std::lock_guard<std::mutex> lock(watcher->mu);
     std::map<std::string, size_t> last_reflected;
     for (size_t i = 0; i < watcher->queue.size(); ++i) {
-      v1::Concern shown = watcher->queue[i].concern;
-      shown.clear_view();
-      shown.clear_overdue();
-      shown.clear_cancel_reason();
-      auto it = in_snapshot.find(shown.concern_id());
-      if (it != in_snapshot.end() && it->second == shown.SerializeAsString()) {
-        last_reflected[shown.concern_id()] = i + 1;
-      }
+      if (shown(watcher->queue[i])) last_reflected[watcher->queue[i].concern.concern_id()] = i + 1;
     }
     std::deque<ConcernChangeNote> kept;
     for (size_t i = 0; i < watcher->queue.size(); ++i) {
@@ -1159,6 +1161,9 @@ absl::Status EscalationService::WatchConcernsImpl(
     if (context_.stopping.stopped())
       return absl::UnavailableError("server shutting down; reconnect");
     for (ConcernChangeNote& note : batch) {
+      // A change committed before the snapshot was read but relayed after it (the feed is
+      // relayed after commit): the snapshot showed its state already. Any later change differs.
+      if (shown(note)) continue;
       v1::WatchConcernsResponse message;
       v1::ConcernChange* change = message.mutable_change();
       change->set_kind(note.kind);
