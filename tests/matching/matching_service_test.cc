@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/identifiers.h"
 #include "common/time_util.h"
 #include "peerpath/checkin/v1/checkin.grpc.pb.h"
 #include "peerpath/checkin/v1/events.pb.h"
@@ -1259,6 +1260,71 @@ TEST_F(MatchingServiceTest, ProposalsFollowEveryRosterChangeAtOnce) {
   auto [r4, ids4] = proposed_ids("p-4");
   EXPECT_FALSE(ids4.contains(small.supporter_id()));
   EXPECT_TRUE(ids4.contains(first.supporter_id()));
+}
+
+TEST_F(MatchingServiceTest, MatchesAndFollowUpsReferOnlyToRowsThatExistAndStay) {
+  // Checked once per statement (migration 0007) rather than by foreign keys, with the same
+  // refusal: a statement with one row naming nothing writes no row at all.
+  const v1::Supporter supporter = CreateSupporter(Profile("sup-a"));
+  const v1::MatchRequest request = CreateRequest("p-1");
+  const v1::Match match = StartMatch("p-2", supporter);
+  ASSERT_FALSE(match.match_id().empty());
+  auto insert_matches = [&](const std::string& request_id, const std::string& supporter_id) {
+    db_->AdminQuery(absl::StrCat(
+        "INSERT INTO matching.matches (agency_id, request_id, supporter_id, participant_id, units,"
+        " explanation_pb, proposed_by) VALUES",
+        " ('", kAgency, "', '", request.match_request_id(), "', '", supporter.supporter_id(),
+        "', 'p-1', 1, '', 'admin'),", " ('", kAgency, "', '", request_id, "', '", supporter_id,
+        "', 'p-1', 1, '', 'admin')"));
+  };
+  auto matches = [&] {
+    return db_->AdminQuery("SELECT count(*) FROM matching.matches")[0][0].as<int>();
+  };
+  const int before = matches();
+  EXPECT_THROW(insert_matches(RandomUuid(), supporter.supporter_id()), pqxx::foreign_key_violation)
+      << "an unknown request";
+  EXPECT_THROW(insert_matches(request.match_request_id(), RandomUuid()),
+               pqxx::foreign_key_violation)
+      << "an unknown supporter";
+  EXPECT_THROW(db_->AdminQuery(absl::StrCat("INSERT INTO matching.matches (agency_id, request_id,"
+                                            " supporter_id, participant_id, units, explanation_pb,"
+                                            " proposed_by) VALUES ('agency-b', '",
+                                            request.match_request_id(), "', '",
+                                            supporter.supporter_id(), "', 'p-1', 1, '', 'admin')")),
+               pqxx::foreign_key_violation)
+      << "another agency's request and supporter";
+  EXPECT_EQ(matches(), before) << "no row of a refused statement stays";
+  insert_matches(request.match_request_id(), supporter.supporter_id());
+  EXPECT_EQ(matches(), before + 2);
+
+  EXPECT_THROW(db_->AdminQuery(absl::StrCat(
+                   "INSERT INTO matching.follow_ups (agency_id, match_id, due_on) VALUES ('",
+                   kAgency, "', '", RandomUuid(), "', current_date)")),
+               pqxx::foreign_key_violation)
+      << "a follow-up of an unknown match";
+
+  // What a foreign key's lock kept from happening before commit is refused outright.
+  for (const std::string& change :
+       {absl::StrCat("DELETE FROM matching.match_requests WHERE id = '", request.match_request_id(),
+                     "'"),
+        absl::StrCat("DELETE FROM matching.supporters WHERE id = '", supporter.supporter_id(), "'"),
+        absl::StrCat("DELETE FROM matching.matches WHERE id = '", match.match_id(), "'"),
+        std::string("TRUNCATE matching.match_requests CASCADE"),
+        std::string("TRUNCATE matching.supporters CASCADE"),
+        absl::StrCat("UPDATE matching.match_requests SET id = gen_random_uuid() WHERE id = '",
+                     request.match_request_id(), "'"),
+        absl::StrCat("UPDATE matching.supporters SET agency_id = 'agency-b' WHERE id = '",
+                     supporter.supporter_id(), "'"),
+        absl::StrCat("UPDATE matching.matches SET supporter_id = gen_random_uuid() WHERE id = '",
+                     match.match_id(), "'"),
+        absl::StrCat("UPDATE matching.follow_ups SET match_id = gen_random_uuid()")}) {
+    EXPECT_THROW(db_->AdminQuery(change), pqxx::foreign_key_violation) << change;
+  }
+  // Setting a key to the value it has is no change.
+  db_->AdminQuery(
+      absl::StrCat("UPDATE matching.matches SET supporter_id = supporter_id WHERE id = '",
+                   match.match_id(), "'"));
+  EXPECT_EQ(db_->AdminQuery("SELECT count(*) FROM matching.supporters")[0][0].as<int>(), 1);
 }
 
 }  // namespace
