@@ -105,6 +105,9 @@ class DeferredWrites {
  private:
   std::string Literal(const std::string& value) { return tx_.quote(value); }
   std::string Literal(const char* value) { return tx_.quote(std::string(value)); }
+  std::string Literal(const pqxx::binarystring& value) {
+    return tx_.quote_raw(value.data(), value.size());
+  }
   std::string Literal(bool value) { return value ? "true" : "false"; }
   template <typename Number, typename = std::enable_if_t<std::is_arithmetic_v<Number>>>
   std::string Literal(Number value) {

@@ -43,7 +43,9 @@ struct EncodedEvents {
   size_t count = 0;
   std::string types;  // text[] literals, one element per event, in order.
   std::string aggregate_ids;
-  std::string payloads;  // Base64 of the serialized payloads.
+  std::string payloads;         // The serialized payloads one after another (sent as bytea)…
+  std::string payload_offsets;  // …and where each starts and how long it is: int[] literals.
+  std::string payload_lengths;
 };
 EncodedEvents EncodeEvents(
     const std::vector<std::pair<std::string, const google::protobuf::Message*>>& events);
