@@ -657,7 +657,7 @@ std::shared_ptr<const MatchingService::CachedRoster> MatchingService::RosterOf(
   }
   auto fresh = std::make_shared<CachedRoster>();
   fresh->version = version;
-  fresh->supporters = store::ActiveRoster(tx, false);
+  fresh->supporters = store::ActiveRoster(tx);
   // Profiles only: the units in use are given apart on every call (RankCandidates).
   for (v1::Supporter& s : fresh->supporters) s.set_units_in_use(0);
   fresh->indexed_on = Today();
@@ -709,9 +709,8 @@ grpc::Status MatchingService::ProposeMatches(grpc::ServerContext* context,
     // decides. Only when nobody is eligible is the roster explained step by step.
     const std::shared_ptr<const CachedRoster> cached =
         RosterOf(tx, caller.agency_id, context->roster_version);
-    std::optional<CandidateIndex> today_index;  // Only on the day after it was built.
-    if (cached->indexed_on != today) today_index.emplace(cached->supporters, today);
-    const CandidateIndex& index = today_index ? *today_index : *cached->index;
+    std::optional<CandidateIndex> rebuilt;
+    const CandidateIndex& index = cached->IndexOn(today, rebuilt);
     const std::vector<int> candidates = index.Candidates(r);
     // Every candidate's load at once: by id for a narrowed roster, the whole agency's otherwise
     // (one grouped scan beats thousands of probes).
@@ -724,8 +723,7 @@ grpc::Status MatchingService::ProposeMatches(grpc::ServerContext* context,
                                        static_cast<size_t>(max_candidates));
     response->set_eligible_count(static_cast<int>(ranked.size()));
     if (ranked.empty()) {
-      *response->mutable_no_candidate() =
-          ExplainNoCandidate(store::ActiveRoster(tx, false), r, today);
+      *response->mutable_no_candidate() = ExplainNoCandidate(store::ActiveRoster(tx), r, today);
     }
     // The shown ones, copied with their units in use and explained.
     std::vector<v1::Supporter> shown;
@@ -1263,17 +1261,26 @@ grpc::Status MatchingService::AssignBatch(grpc::ServerContext* context,
     const auto start = std::chrono::steady_clock::now();
     const pqxx::result request_rows =
         store::SelectRequestsToAssign(tx, request->include_proposed(), !request->dry_run());
-    // The roster is read, and locked (accepts of the same supporters wait for the batch), on
+    // The roster is locked (accepts of the same supporters wait for the batch), taken from
+    // memory while its version stays (as ProposeMatches does), and its units in use read, on
     // another thread while the requests are parsed here; the future's destructor joins it also
     // when parsing throws.
-    std::vector<v1::Supporter> roster;
+    std::shared_ptr<const CachedRoster> cached;
+    std::unordered_map<std::string, int> units;
     std::vector<std::string> matched;
     std::future<void> reads = std::async(std::launch::async, [&] {
-      roster = store::ActiveRoster(tx, !request->dry_run());
+      cached = RosterOf(tx, caller.agency_id,
+                        store::RosterVersion(tx, caller.agency_id, !request->dry_run()));
+      units = store::UnitsInUse(tx, std::vector<std::string>{});
       matched = store::ParticipantsWithActiveMatch(tx);
     });
     const std::vector<v1::MatchRequest> requests = store::ParseRequests(request_rows);
     reads.get();
+    std::vector<v1::Supporter> roster = cached->supporters;
+    for (v1::Supporter& s : roster) {
+      auto load = units.find(s.supporter_id());
+      if (load != units.end()) s.set_units_in_use(load->second);
+    }
     const std::set<std::string> already(matched.begin(), matched.end());
     const absl::CivilDay today = Today();
     AssignmentProblem problem;
@@ -1282,7 +1289,8 @@ grpc::Status MatchingService::AssignBatch(grpc::ServerContext* context,
     // constraint (not the whole roster), and scored without explanation: only the pairs the
     // solver assigns are explained (Evaluate) below.
     // Ranges of requests are screened on every core; their candidates are joined in order.
-    const CandidateIndex index(roster, today);
+    std::optional<CandidateIndex> rebuilt;
+    const CandidateIndex& index = cached->IndexOn(today, rebuilt);
     std::vector<int> candidate_count(requests.size(), 0);
     problem.units.reserve(requests.size());
     for (const auto& req : requests) problem.units.push_back(std::max(1, req.acuity_units()));

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -103,6 +104,12 @@ class MatchingService final : public MatchingServiceBase {
     std::vector<v1::Supporter> supporters;
     absl::CivilDay indexed_on;  // The day `index` was built for (training expiry).
     std::unique_ptr<CandidateIndex> index;
+    // The index for `today`: the cached one, or (on a later day) one built into `rebuilt`.
+    const CandidateIndex& IndexOn(absl::CivilDay today,
+                                  std::optional<CandidateIndex>& rebuilt) const {
+      if (indexed_on == today) return *index;
+      return rebuilt.emplace(supporters, today);
+    }
   };
   // The agency's cached roster if it is still `version` (read in this transaction), else read
   // afresh.

@@ -628,10 +628,7 @@ std::vector<v1::Supporter> ListSupporters(pqxx::work& tx, const SupporterFilter&
   return out;
 }
 
-std::vector<v1::Supporter> ActiveRoster(pqxx::work& tx, bool lock) {
-  // Lock first, then read in a statement of its own: its snapshot is taken after the locks, so
-  // the units in use include every match committed by a transaction we waited for.
-  if (lock) tx.exec("SELECT id FROM supporters WHERE status = 'active' ORDER BY id FOR UPDATE");
+std::vector<v1::Supporter> ActiveRoster(pqxx::work& tx) {
   std::vector<v1::Supporter> out;
   // The units in use of the whole roster aggregated once and joined (not a sub-select per row).
   for (const auto& row : tx.exec(absl::StrCat(
@@ -643,6 +640,16 @@ std::vector<v1::Supporter> ActiveRoster(pqxx::work& tx, bool lock) {
     out.push_back(ToSupporter(row));
   }
   return out;
+}
+
+int64_t RosterVersion(pqxx::work& tx, const std::string& agency_id, bool lock) {
+  // Locked first, then read in a statement of its own: its snapshot is taken after the locks.
+  if (lock) tx.exec("SELECT id FROM supporters WHERE status = 'active' ORDER BY id FOR UPDATE");
+  return tx
+      .exec_params1(
+          "SELECT coalesce((SELECT version FROM roster_versions WHERE agency_id = $1), 0)",
+          agency_id)[0]
+      .as<int64_t>();
 }
 
 std::unordered_map<std::string, int> UnitsInUse(pqxx::work& tx,
@@ -906,13 +913,9 @@ void InsertBatchMatches(pqxx::work& tx, const std::string& agency,
   const size_t first = std::min(matches.size(), kFirstStatementRows);
   std::string first_explanations, rest_explanations;
   const std::string first_rows = MatchRowsJson(matches, 0, first, ids, &first_explanations);
-  // The foreign-key checks of the rows inserted here run once per row, on plans the connection
-  // cached: planned while `matches` was small they scan it, and a batch that grows it by
-  // thousands of rows would become quadratic. Dropping the cached plans makes the checks plan
-  // again at the end of the first statement, when the table holds its rows (an index scan).
   // The rows are read once into a CTE that four statements share: with the default work_mem a
   // batch of thousands spills it to temporary files; this transaction may use more.
-  tx.exec0("DISCARD PLANS; SET LOCAL work_mem = '64MB'");
+  tx.exec0("SET LOCAL work_mem = '64MB'");
   std::future<void> running = insert(first_rows, first_explanations, 0, first);
   const std::string rest_rows =
       MatchRowsJson(matches, first, matches.size(), ids, &rest_explanations);

@@ -49,8 +49,12 @@ struct SupporterFilter {
 std::vector<v1::Supporter> ListSupporters(pqxx::work& tx, const SupporterFilter& filter,
                                           const std::string& after_name,
                                           const std::string& after_id, int limit);
-// Every ACTIVE supporter of the agency (candidate loading); with `lock`, locked FOR UPDATE.
-std::vector<v1::Supporter> ActiveRoster(pqxx::work& tx, bool lock);
+// Every ACTIVE supporter of the agency (candidate loading), with their units in use.
+std::vector<v1::Supporter> ActiveRoster(pqxx::work& tx);
+// The agency's roster version (migrations/0005); with `lock`, read after locking every ACTIVE
+// supporter FOR UPDATE, so that it and any units in use read next include every change committed
+// by a transaction the locks waited for.
+int64_t RosterVersion(pqxx::work& tx, const std::string& agency_id, bool lock);
 // Units in use per supporter id (ACTIVE matches) of `supporter_ids`, or of every supporter when
 // it is empty; supporters without any are absent.
 std::unordered_map<std::string, int> UnitsInUse(pqxx::work& tx,

@@ -1262,6 +1262,38 @@ TEST_F(MatchingServiceTest, ProposalsFollowEveryRosterChangeAtOnce) {
   EXPECT_TRUE(ids4.contains(first.supporter_id()));
 }
 
+TEST_F(MatchingServiceTest, AssignBatchFollowsEveryRosterChangeAtOnce) {
+  // AssignBatch takes the parsed roster from memory while its version stays (as ProposeMatches
+  // does): a break, a full caseload and a new supporter after a dry run read it must each show
+  // in the batch that follows.
+  const v1::Supporter full = CreateSupporter(Profile("sup-full", 1));
+  const v1::Supporter paused = CreateSupporter(Profile("sup-paused", 1));
+  for (const char* participant : {"p-1", "p-2", "p-3"}) CreateRequest(participant);
+  v1::AssignBatchRequest dry;
+  dry.set_dry_run(true);
+  v1::AssignBatchResponse preview;
+  ASSERT_TRUE(stub_->AssignBatch(As({"supervisor"}).get(), dry, &preview).ok());
+  ASSERT_EQ(preview.assignments_size(), 2);
+
+  StartMatch("p-9", full);  // Its one unit taken by an accepted proposal.
+  v1::SetSupporterStatusRequest pause;
+  pause.set_supporter_id(paused.supporter_id());
+  pause.set_status(v1::SUPPORTER_STATUS_ON_BREAK);
+  pause.set_reason(v1::SUPPORTER_STATUS_REASON_PLANNED_BREAK);
+  v1::SetSupporterStatusResponse status;
+  ASSERT_TRUE(stub_->SetSupporterStatus(Admin().get(), pause, &status).ok());
+  const v1::Supporter added = CreateSupporter(Profile("sup-added", 2));
+
+  v1::AssignBatchRequest run;
+  run.set_idempotency_key(Key());
+  v1::AssignBatchResponse result;
+  ASSERT_TRUE(stub_->AssignBatch(As({"supervisor"}).get(), run, &result).ok());
+  ASSERT_EQ(result.assignments_size(), 2);
+  for (const auto& a : result.assignments()) {
+    EXPECT_EQ(a.supporter_id(), added.supporter_id()) << a.participant_id();
+  }
+}
+
 TEST_F(MatchingServiceTest, MatchesAndFollowUpsReferOnlyToRowsThatExistAndStay) {
   // Checked once per statement (migration 0007) rather than by foreign keys, with the same
   // refusal: a statement with one row naming nothing writes no row at all.
