@@ -21,17 +21,24 @@ CREATE FUNCTION matches_check_references() RETURNS trigger LANGUAGE plpgsql
 DECLARE
   bad record;
 BEGIN
-  -- Each new row looks up its request and supporter by key (LATERAL … LIMIT 1 keeps them index
-  -- lookups whatever the sizes: the plan is cached for the session, and a join planned for a
-  -- batch of thousands could scan the tables, which only grow).
-  SELECT n.agency_id, n.request_id, n.supporter_id, r.found IS NULL AS no_request INTO bad
+  -- Each request, and each supporter once (a batch gives one several matches), is looked up by
+  -- key: LATERAL … LIMIT 1 keeps them index lookups whatever the sizes (the plan is cached for
+  -- the session, and a join planned for a batch of thousands could scan the tables, which only
+  -- grow).
+  SELECT n.agency_id, n.request_id, NULL::uuid AS supporter_id, true AS no_request INTO bad
     FROM new_matches n
     LEFT JOIN LATERAL (SELECT true AS found FROM match_requests
                         WHERE agency_id = n.agency_id AND id = n.request_id LIMIT 1) r ON true
-    LEFT JOIN LATERAL (SELECT true AS found FROM supporters
-                        WHERE agency_id = n.agency_id AND id = n.supporter_id LIMIT 1) s ON true
-   WHERE r.found IS NULL OR s.found IS NULL
+   WHERE r.found IS NULL
    LIMIT 1;
+  IF NOT FOUND THEN
+    SELECT n.agency_id, NULL::uuid AS request_id, n.supporter_id, false AS no_request INTO bad
+      FROM (SELECT DISTINCT agency_id, supporter_id FROM new_matches) n
+      LEFT JOIN LATERAL (SELECT true AS found FROM supporters
+                          WHERE agency_id = n.agency_id AND id = n.supporter_id LIMIT 1) s ON true
+     WHERE s.found IS NULL
+     LIMIT 1;
+  END IF;
   IF FOUND THEN
     IF bad.no_request THEN
       RAISE foreign_key_violation USING
