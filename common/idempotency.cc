@@ -118,10 +118,12 @@ namespace {
 template <typename Writes>
 void StoreResponse(Writes& writes, const IdempotentCall& call,
                    const google::protobuf::Message& response) {
-  writes.Exec("peerpath_idempotency_store",
-              "UPDATE idempotency_keys SET response = decode($3, 'hex') "
+  // Binary when the statement runs at once (a batch's response is megabytes), a bytea literal
+  // when deferred.
+  writes.Exec("peerpath_idempotency_store_bytes",
+              "UPDATE idempotency_keys SET response = $3::bytea "
               "WHERE agency_id = $1 AND idempotency_key = $2",
-              call.agency_id, call.key, absl::BytesToHexString(DeterministicBytes(response)));
+              call.agency_id, call.key, pqxx::binarystring(DeterministicBytes(response)));
 }
 
 }  // namespace
