@@ -392,8 +392,8 @@ std::string MatchRowsJson(const std::vector<NewMatch>& matches, size_t begin, si
 // parses arrays of uuids and numbers faster than the same rows as JSON records (about 7 µs a row
 // measured for json_to_recordset). The explanations go as one binary parameter, neither encoded
 // nor scanned as text: `explanations` holds them one after another, `explanation_at` (0-based)
-// and `explanation_len` say where (integers: a bytea parameter is at most 1 GB). Encoded on every
-// core.
+// and `explanation_len` say where (integers: a bytea parameter is at most 1 GB). The explanations
+// are serialized on every core.
 struct BatchRows {
   std::string ids, follow_up_ids, request_ids, supporter_ids, participant_ids, units, scores,
       continuity, explanation_at, explanation_len, explanations;

@@ -1268,7 +1268,10 @@ TEST_F(MatchingServiceTest, AssignBatchFollowsEveryRosterChangeAtOnce) {
   // in the batch that follows.
   const v1::Supporter full = CreateSupporter(Profile("sup-full", 1));
   const v1::Supporter paused = CreateSupporter(Profile("sup-paused", 1));
-  for (const char* participant : {"p-1", "p-2", "p-3"}) CreateRequest(participant);
+  // Ids with what an array literal must quote: they are stored as given.
+  for (const char* participant : {"p-1, \"quoted\"", "p-2 {braced}", "p-3 back\\slash"}) {
+    CreateRequest(participant);
+  }
   v1::AssignBatchRequest dry;
   dry.set_dry_run(true);
   v1::AssignBatchResponse preview;
@@ -1291,6 +1294,12 @@ TEST_F(MatchingServiceTest, AssignBatchFollowsEveryRosterChangeAtOnce) {
   ASSERT_EQ(result.assignments_size(), 2);
   for (const auto& a : result.assignments()) {
     EXPECT_EQ(a.supporter_id(), added.supporter_id()) << a.participant_id();
+    v1::GetMatchRequest get;
+    get.set_match_id(a.match_id());
+    v1::GetMatchResponse got;
+    ASSERT_TRUE(stub_->GetMatch(As({"supervisor"}).get(), get, &got).ok());
+    EXPECT_EQ(got.match().participant_id(), a.participant_id());
+    EXPECT_EQ(got.match().participant_id().substr(0, 2), "p-");
   }
 }
 
