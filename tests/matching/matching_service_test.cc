@@ -163,6 +163,17 @@ class MatchingServiceTest : public ::testing::Test {
     return accepted.match();
   }
 
+  // A program admin puts `supporter` on a planned break.
+  void PutOnPlannedBreak(const v1::Supporter& supporter) {
+    v1::SetSupporterStatusRequest pause;
+    pause.set_supporter_id(supporter.supporter_id());
+    pause.set_status(v1::SUPPORTER_STATUS_ON_BREAK);
+    pause.set_reason(v1::SUPPORTER_STATUS_REASON_PLANNED_BREAK);
+    v1::SetSupporterStatusResponse paused;
+    const grpc::Status status = stub_->SetSupporterStatus(Admin().get(), pause, &paused);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+  }
+
   int Events(const std::string& type) {
     return db_
         ->AdminQuery(
@@ -335,12 +346,7 @@ TEST_F(MatchingServiceTest, ProposalsNeverNameIneligibleSupportersAndExplainThem
   const v1::Supporter full = CreateSupporter(Profile("sup-full", 0));
   const v1::Supporter excluded = CreateSupporter(Profile("sup-excluded"));
   const v1::Supporter resting = CreateSupporter(Profile("sup-resting"));
-  v1::SetSupporterStatusRequest pause;
-  pause.set_supporter_id(resting.supporter_id());
-  pause.set_status(v1::SUPPORTER_STATUS_ON_BREAK);
-  pause.set_reason(v1::SUPPORTER_STATUS_REASON_PLANNED_BREAK);
-  v1::SetSupporterStatusResponse paused;
-  ASSERT_TRUE(stub_->SetSupporterStatus(Admin().get(), pause, &paused).ok());
+  PutOnPlannedBreak(resting);
   v1::Supporter english_only = Profile("sup-en");
   english_only.clear_languages();
   english_only.add_languages("en");
@@ -1236,12 +1242,7 @@ TEST_F(MatchingServiceTest, ProposalsFollowEveryRosterChangeAtOnce) {
   auto [r1, ids1] = proposed_ids("p-1");
   EXPECT_EQ(ids1, (std::set<std::string>{first.supporter_id(), second.supporter_id()}));
 
-  v1::SetSupporterStatusRequest pause;
-  pause.set_supporter_id(second.supporter_id());
-  pause.set_status(v1::SUPPORTER_STATUS_ON_BREAK);
-  pause.set_reason(v1::SUPPORTER_STATUS_REASON_PLANNED_BREAK);
-  v1::SetSupporterStatusResponse paused;
-  ASSERT_TRUE(stub_->SetSupporterStatus(Admin().get(), pause, &paused).ok());
+  PutOnPlannedBreak(second);
   const v1::Supporter third = CreateSupporter(Profile("sup-third"));
   auto [r2, ids2] = proposed_ids("p-2");
   EXPECT_EQ(ids2, (std::set<std::string>{first.supporter_id(), third.supporter_id()}));
@@ -1279,12 +1280,7 @@ TEST_F(MatchingServiceTest, AssignBatchFollowsEveryRosterChangeAtOnce) {
   ASSERT_EQ(preview.assignments_size(), 2);
 
   StartMatch("p-9", full);  // Its one unit taken by an accepted proposal.
-  v1::SetSupporterStatusRequest pause;
-  pause.set_supporter_id(paused.supporter_id());
-  pause.set_status(v1::SUPPORTER_STATUS_ON_BREAK);
-  pause.set_reason(v1::SUPPORTER_STATUS_REASON_PLANNED_BREAK);
-  v1::SetSupporterStatusResponse status;
-  ASSERT_TRUE(stub_->SetSupporterStatus(Admin().get(), pause, &status).ok());
+  PutOnPlannedBreak(paused);
   const v1::Supporter added = CreateSupporter(Profile("sup-added", 2));
 
   v1::AssignBatchRequest run;
