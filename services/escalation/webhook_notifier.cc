@@ -34,10 +34,26 @@ WebhookNotifier::WebhookNotifier(WebhookOptions options) : options_(std::move(op
   curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+WebhookNotifier::~WebhookNotifier() {
+  for (CURL* curl : idle_) curl_easy_cleanup(curl);
+}
+
 bool WebhookNotifier::Deliver(const Notification& notification) {
   const std::string body = WebhookPayload(notification);
-  CURL* curl = curl_easy_init();
-  if (curl == nullptr) return false;
+  CURL* curl = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!idle_.empty()) {
+      curl = idle_.back();
+      idle_.pop_back();
+    }
+  }
+  if (curl == nullptr) {
+    curl = curl_easy_init();
+    if (curl == nullptr) return false;
+  } else {
+    curl_easy_reset(curl);  // Options as new; its open connection stays for reuse.
+  }
   curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
   curl_easy_setopt(curl, CURLOPT_URL, options_.url.c_str());
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
@@ -51,7 +67,14 @@ bool WebhookNotifier::Deliver(const Notification& notification) {
   long http_status = 0;
   curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &http_status);
   curl_slist_free_all(headers);
-  curl_easy_cleanup(curl);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (idle_.size() < kMaxIdleHandles) {
+      idle_.push_back(curl);
+      curl = nullptr;
+    }
+  }
+  if (curl != nullptr) curl_easy_cleanup(curl);
   return code == CURLE_OK && http_status >= 200 && http_status < 300;
 }
 

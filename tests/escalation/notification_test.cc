@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -56,6 +57,37 @@ TEST(Webhook, PostsPersonalDataFreePayloadAndSaysWhetherItWasAccepted) {
   // Ids and codes only: no participant, no description.
   EXPECT_FALSE(body.contains("participant_id"));
   EXPECT_FALSE(body.contains("description"));
+}
+
+TEST(Webhook, SuccessivePagesReuseTheOpenConnection) {
+  LocalHttpServer server(/*failures=*/1);
+  WebhookNotifier notifier(
+      WebhookOptions{.url = server.url(), .request_timeout = absl::Seconds(2)});
+  EXPECT_FALSE(notifier.Deliver(Sample()));  // A 503 keeps the connection too.
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(notifier.Deliver(Sample()));
+  EXPECT_EQ(server.requests(), 6);
+  EXPECT_EQ(server.bodies().size(), 5u);
+  EXPECT_EQ(server.connections(), 1) << "one connection for six POSTs";
+
+  // Two at once take a handle, and so a connection, each; both stay for later pages.
+  std::thread other([&] { EXPECT_TRUE(notifier.Deliver(Sample())); });
+  EXPECT_TRUE(notifier.Deliver(Sample()));
+  other.join();
+  EXPECT_EQ(server.requests(), 8);
+  EXPECT_LE(server.connections(), 2);
+}
+
+TEST(Webhook, AConnectionTheEndpointClosedIsOpenedAnew) {
+  auto first = std::make_unique<LocalHttpServer>(/*failures=*/0);
+  const int port = first->port();
+  WebhookNotifier notifier(
+      WebhookOptions{.url = first->url(), .request_timeout = absl::Seconds(2)});
+  EXPECT_TRUE(notifier.Deliver(Sample()));
+  first.reset();  // Closes the connection the notifier kept.
+  LocalHttpServer restarted(/*failures=*/0, port);
+  EXPECT_TRUE(notifier.Deliver(Sample()));
+  EXPECT_EQ(restarted.requests(), 1);
+  EXPECT_EQ(restarted.connections(), 1);
 }
 
 TEST(Webhook, AnUnreachableEndpointIsNotAccepted) {
