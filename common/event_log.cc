@@ -35,12 +35,13 @@ std::string FromBase64(std::string encoded) {
 
 absl::Status AppendEvent(pqxx::work& tx, const std::string& agency_id,
                          absl::string_view aggregate_id, const google::protobuf::Message& payload) {
-  // Prepared: on every write path, parsed and planned once per connection.
-  ExecPrepared(tx, "peerpath_event_append",
+  // Prepared: on every write path, parsed and planned once per connection. The payload goes as
+  // binary, as AppendEvents sends it.
+  ExecPrepared(tx, "peerpath_event_append_bytes",
                "INSERT INTO outbox (agency_id, event_type, aggregate_id, payload) "
-               "VALUES ($1, $2, $3, decode($4, 'base64'))",
+               "VALUES ($1, $2, $3, $4::bytea)",
                agency_id, payload.GetDescriptor()->full_name(), std::string(aggregate_id),
-               absl::Base64Escape(payload.SerializeAsString()));
+               pqxx::binarystring(payload.SerializeAsString()));
   return absl::OkStatus();
 }
 
