@@ -1097,7 +1097,10 @@ absl::Status EscalationService::WatchConcernsImpl(
     return Audit(tx, caller, "WatchConcerns", "", "");
   });
   if (!read.ok()) return read;
-  std::map<std::string, std::string> in_snapshot;  // concern id → serialised state shown.
+  // What the stream has shown of each concern: the revision (the snapshot's, then each change's
+  // sent) and, from the snapshot, the state, for changes recorded before concerns had revisions.
+  std::map<std::string, int> revision_shown;
+  std::map<std::string, std::string> state_shown;
   int sent = 0;
   for (ConcernRecord& record : snapshot) {
     v1::Concern& c = record.concern;
@@ -1108,9 +1111,11 @@ absl::Status EscalationService::WatchConcernsImpl(
     v1::WatchConcernsResponse message;
     *message.mutable_snapshot_concern() = c;
     if (!writer.Write(message)) return absl::CancelledError("watcher went away");
+    revision_shown[c.concern_id()] = c.revision();
     c.clear_view();
     c.clear_overdue();
-    in_snapshot[c.concern_id()] = c.SerializeAsString();
+    c.clear_revision();
+    state_shown[c.concern_id()] = c.SerializeAsString();
     ++sent;
   }
   {
@@ -1119,31 +1124,23 @@ absl::Status EscalationService::WatchConcernsImpl(
     *marker.mutable_snapshot_end()->mutable_as_of() = ToProtoTimestamp(as_of);
     if (!writer.Write(marker)) return absl::CancelledError("watcher went away");
   }
-  // Whether a change produced exactly the state the snapshot showed of its concern.
-  auto shown = [&](const ConcernChangeNote& note) {
+  // Whether the stream has shown this change of its concern, or a later one, already. The feed is
+  // relayed after commit, so a change committed before the snapshot was read may arrive after it
+  // (queued meanwhile, or even after the marker); every later change has a higher revision.
+  auto already_shown = [&](const ConcernChangeNote& note) {
+    const std::string& id = note.concern.concern_id();
+    if (note.concern.revision() > 0) {
+      auto it = revision_shown.find(id);
+      return it != revision_shown.end() && note.concern.revision() <= it->second;
+    }
+    // Recorded without a revision (by a replica of an earlier version): the state it produced.
     v1::Concern state = note.concern;
     state.clear_view();
     state.clear_overdue();
     state.clear_cancel_reason();
-    auto it = in_snapshot.find(state.concern_id());
-    return it != in_snapshot.end() && it->second == state.SerializeAsString();
+    auto it = state_shown.find(id);
+    return it != state_shown.end() && it->second == state.SerializeAsString();
   };
-  // Changes queued while the snapshot was read that it already reflects are not sent again:
-  // for a concern in the snapshot, everything up to the change that produced the state shown.
-  {
-    std::lock_guard<std::mutex> lock(watcher->mu);
-    std::map<std::string, size_t> last_reflected;
-    for (size_t i = 0; i < watcher->queue.size(); ++i) {
-      if (shown(watcher->queue[i])) last_reflected[watcher->queue[i].concern.concern_id()] = i + 1;
-    }
-    std::deque<ConcernChangeNote> kept;
-    for (size_t i = 0; i < watcher->queue.size(); ++i) {
-      auto it = last_reflected.find(watcher->queue[i].concern.concern_id());
-      if (it != last_reflected.end() && i < it->second) continue;
-      kept.push_back(std::move(watcher->queue[i]));
-    }
-    watcher->queue = std::move(kept);
-  }
   absl::Time last_sent = absl::Now();
   while (true) {
     std::deque<ConcernChangeNote> batch;
@@ -1161,9 +1158,10 @@ absl::Status EscalationService::WatchConcernsImpl(
     if (context_.stopping.stopped())
       return absl::UnavailableError("server shutting down; reconnect");
     for (ConcernChangeNote& note : batch) {
-      // A change committed before the snapshot was read but relayed after it (the feed is
-      // relayed after commit): the snapshot showed its state already. Any later change differs.
-      if (shown(note)) continue;
+      if (already_shown(note)) continue;
+      if (note.concern.revision() > 0) {
+        revision_shown[note.concern.concern_id()] = note.concern.revision();
+      }
       v1::WatchConcernsResponse message;
       v1::ConcernChange* change = message.mutable_change();
       change->set_kind(note.kind);

@@ -125,7 +125,8 @@ constexpr char kConcernColumns[] = R"sql(
   coalesce(c.next_deadline_kind, ''), us_from_ts(c.notify_at), c.breach_count,
   us_from_ts(c.acknowledged_at), coalesce(c.acknowledged_by, ''), coalesce(c.acknowledged_level, -1),
   us_from_ts(c.resolved_at), coalesce(c.resolved_by, ''), coalesce(c.outcome, ''),
-  us_from_ts(c.cancelled_at), coalesce(c.cancelled_by, ''), coalesce(c.cancel_reason, ''))sql";
+  us_from_ts(c.cancelled_at), coalesce(c.cancelled_by, ''), coalesce(c.cancel_reason, ''),
+  c.revision)sql";
 
 // Whether the viewer sees the concern in full ($2 team kinds, $3 subject): it is or was routed to
 // them, or (for a supervisor, kSupervisedSupporters in $2) it concerns one of their supporters:
@@ -185,6 +186,7 @@ ConcernRecord ConcernFromRow(const pqxx::row& row, bool with_viewer) {
   if (cancelled) SetTime(cancelled, c.mutable_cancelled_at());
   c.set_cancelled_by(row[i++].as<std::string>());
   c.set_cancel_reason(row[i++].as<std::string>());
+  c.set_revision(row[i++].as<int>());
   if (with_viewer) record.routed_to_viewer = row[i++].as<bool>();
   return record;
 }
@@ -403,8 +405,9 @@ namespace {
 
 // The writes below, at once (ImmediateWrites) or with the caller's others (DeferredWrites).
 template <typename Writes>
-void WriteConcernUpdate(Writes& writes, const ConcernRecord& record) {
-  const v1::Concern& c = record.concern;
+void WriteConcernUpdate(Writes& writes, ConcernRecord& record) {
+  v1::Concern& c = record.concern;
+  c.set_revision(c.revision() + 1);
   writes.Exec("escalation_update_concern",
               R"sql(
       UPDATE concerns SET status = $3, current_level = $4, target_kind = $5, target_id = $6,
@@ -416,7 +419,7 @@ void WriteConcernUpdate(Writes& writes, const ConcernRecord& record) {
         acknowledged_by = NULLIF($14, ''), acknowledged_level = NULLIF($15, -1),
         resolved_at = ts_from_us($16), resolved_by = NULLIF($17, ''), outcome = NULLIF($18, ''),
         cancelled_at = ts_from_us($19), cancelled_by = NULLIF($20, ''),
-        cancel_reason = NULLIF($21, '')
+        cancel_reason = NULLIF($21, ''), revision = revision + 1
       WHERE agency_id = $1 AND id = $2::uuid)sql",
               c.agency_id(), c.concern_id(), StateCode(c.state()), c.current_level(),
               TargetKindCode(c.current_target().kind()), c.current_target().target_id(),
@@ -447,13 +450,13 @@ void WriteTransition(Writes& writes, const std::string& agency_id, const std::st
 
 }  // namespace
 
-absl::Status Store::UpdateConcern(pqxx::work& tx, const ConcernRecord& record) {
+absl::Status Store::UpdateConcern(pqxx::work& tx, ConcernRecord& record) {
   ImmediateWrites writes{tx};
   WriteConcernUpdate(writes, record);
   return absl::OkStatus();
 }
 
-void Store::UpdateConcern(DeferredWrites& writes, const ConcernRecord& record) {
+void Store::UpdateConcern(DeferredWrites& writes, ConcernRecord& record) {
   WriteConcernUpdate(writes, record);
 }
 

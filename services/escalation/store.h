@@ -96,12 +96,13 @@ class Store {
   static absl::StatusOr<std::optional<ConcernRecord>> FindBySourceEvent(
       pqxx::work& tx, const std::string& agency_id, const std::string& source_event_id);
 
-  // Writes the concern's mutable columns (state, level, target, deadlines, actors, outcome).
-  static absl::Status UpdateConcern(pqxx::work& tx, const ConcernRecord& record);
+  // Writes the concern's mutable columns (state, level, target, deadlines, actors, outcome) and
+  // counts up its revision, the row's and `record`'s (read under the row's lock, they are equal).
+  static absl::Status UpdateConcern(pqxx::work& tx, ConcernRecord& record);
   static absl::Status AppendTransition(pqxx::work& tx, const std::string& agency_id,
                                        const std::string& concern_id, const TransitionRecord& t);
   // The same two, sent with the caller's other deferred writes (DeferredWrites::Flush).
-  static void UpdateConcern(DeferredWrites& writes, const ConcernRecord& record);
+  static void UpdateConcern(DeferredWrites& writes, ConcernRecord& record);
   static void AppendTransition(DeferredWrites& writes, const std::string& agency_id,
                                const std::string& concern_id, const TransitionRecord& t);
   static absl::StatusOr<std::vector<v1::ConcernTransition>> Transitions(

@@ -25,14 +25,16 @@ void RecordTo(Writes& writes, const ConcernChangeNote& note) {
   concern.clear_description();
   concern.clear_cancel_reason();
   concern.clear_transitions();
+  // The revision is the row's as this transaction left it (the change is written before).
   writes.Exec("escalation_watch_feed_record",
               "INSERT INTO watch_feed (agency_id, kind, concern, previous_target_kind, "
-              "previous_target_id, occurred_at) VALUES ($1, $2, decode($3, 'hex'), $4, "
-              "$5, " PEERPATH_SQL_TIME_PARAM(6) ")",
+              "previous_target_id, occurred_at, revision) VALUES ($1, $2, decode($3, 'hex'), $4, "
+              "$5, " PEERPATH_SQL_TIME_PARAM(6) ", (SELECT revision FROM concerns "
+              "WHERE agency_id = $1 AND id = $7::uuid))",
               concern.agency_id(), static_cast<int>(note.kind),
               absl::BytesToHexString(concern.SerializeAsString()),
               static_cast<int>(note.previous_target.kind), note.previous_target.id,
-              absl::ToUnixMicros(note.occurred_at));
+              absl::ToUnixMicros(note.occurred_at), concern.concern_id());
 }
 
 }  // namespace
@@ -90,7 +92,7 @@ absl::StatusOr<int> WatchFeed::RelayOnce() {
              ExecPrepared(tx, "escalation_watch_feed_read",
                           "SELECT position, kind, encode(concern, 'hex'), previous_target_kind, "
                           "previous_target_id, " PEERPATH_SQL_MICROS(
-                              "occurred_at") " FROM watch_feed "
+                              "occurred_at") ", coalesce(revision, 0) FROM watch_feed "
                                              "WHERE position > $1 ORDER BY position LIMIT $2",
                           last_position_, options_.batch)) {
           last = row[0].as<int64_t>();
@@ -103,6 +105,8 @@ absl::StatusOr<int> WatchFeed::RelayOnce() {
           note.previous_target =
               Target{static_cast<TargetKind>(row[3].as<int>()), row[4].as<std::string>()};
           note.occurred_at = absl::FromUnixMicros(row[5].as<int64_t>());
+          // 0: written before concerns had revisions (WatchConcerns compares the state then).
+          note.concern.set_revision(row[6].as<int>());
           notes.push_back(std::move(note));
         }
         return last;

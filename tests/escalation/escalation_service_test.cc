@@ -733,7 +733,7 @@ TEST_F(EscalationServiceTest, AcknowledgedButUnresolvedReAlertsThenEscalates) {
   }
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns" + where +
                   " AND status = 'acknowledged' AND next_deadline_kind = "
-                  "'resolution_after_realert'"),
+                  "'resolution_after_realert' AND revision = 3"),
             1);
   // Still unresolved when the level's limit passes again: OPEN at the next level.
   db_->AdminQuery("UPDATE escalation.concerns SET next_deadline = now() - interval '1 second'" +
@@ -743,11 +743,18 @@ TEST_F(EscalationServiceTest, AcknowledgedButUnresolvedReAlertsThenEscalates) {
     std::this_thread::sleep_for(100ms);
   }
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns" + where +
-                  " AND status = 'open' AND current_level = 1 AND breach_count = 2"),
+                  " AND status = 'open' AND current_level = 1 AND breach_count = 2 AND "
+                  "revision = 4"),
             1);
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.escalation_breaches WHERE deadline_kind = "
                   "'resolution_after_realert' AND escalated_to_id = 'cm-team'"),
             1);
+  // Each change's watch note carries the revision it left: opened, acknowledged, re-alerted,
+  // escalated.
+  EXPECT_EQ(db_->AdminQuery("SELECT array_agg(revision ORDER BY id)::text FROM "
+                            "escalation.watch_feed")[0][0]
+                .as<std::string>(),
+            "{1,2,3,4}");
 }
 
 TEST_F(EscalationServiceTest, OutOfHoursNotificationWaitsForBusinessHours) {
@@ -839,6 +846,62 @@ TEST_F(EscalationServiceTest, WatchSendsSnapshotThenMarkerThenChangesInOrder) {
   EXPECT_EQ(seen[1], std::make_pair(v1::CONCERN_CHANGE_KIND_ACKNOWLEDGED, before.concern_id()));
   EXPECT_EQ(seen[2], std::make_pair(v1::CONCERN_CHANGE_KIND_RESOLVED, before.concern_id()));
   EXPECT_EQ(in_scope, (std::vector<bool>{true, true, false}));
+}
+
+// The feed is relayed after commit, so changes committed before a stream's snapshot can arrive
+// after its marker. Here the relay is held back (its positioning lock taken) while a concern is
+// raised and acknowledged; the snapshot shows it acknowledged. When the relay catches up, neither
+// older state may be sent (an OPENED after the snapshot would put an acknowledged concern back to
+// unacknowledged on the dashboard); the next real change is.
+TEST_F(EscalationServiceTest, WatchNeverSendsAStateOlderThanItShowed) {
+  auto hold = db_->Admin();
+  pqxx::work held(*hold);
+  held.exec("SELECT pg_advisory_xact_lock(hashtextextended('peerpath.watch_feed.escalation', 0))");
+  const v1::Concern c =
+      MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "late-1"));
+  EXPECT_EQ(c.revision(), 1);
+  ASSERT_TRUE(Acknowledge(c.concern_id(), "dr-2").ok());
+
+  auto context = As("agency-a", {"clinician"}, "dr-1");
+  context->set_deadline(std::chrono::system_clock::now() + 30s);
+  v1::WatchConcernsRequest request;
+  request.mutable_target()->set_kind(v1::TARGET_KIND_CLINICAL_ON_CALL);
+  request.mutable_target()->set_target_id("clinical-on-call");
+  auto stream = stub_->WatchConcerns(context.get(), request);
+  v1::WatchConcernsResponse message;
+  ASSERT_TRUE(stream->Read(&message));
+  ASSERT_TRUE(message.has_snapshot_concern());
+  EXPECT_EQ(message.snapshot_concern().state(), v1::CONCERN_STATE_ACKNOWLEDGED);
+  EXPECT_EQ(message.snapshot_concern().revision(), 2);
+  ASSERT_TRUE(stream->Read(&message));
+  ASSERT_TRUE(message.has_snapshot_end());
+  // Both notes are committed but not relayed yet.
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.watch_feed WHERE position IS NULL"), 2);
+  held.commit();
+  for (int i = 0; i < 100 && Count("SELECT count(*) FROM escalation.watch_feed WHERE position IS "
+                                   "NULL") > 0;
+       ++i) {
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_EQ(Count("SELECT count(*) FROM escalation.watch_feed WHERE position IS NULL"), 0);
+
+  v1::ResolveConcernRequest resolve;
+  resolve.set_concern_id(c.concern_id());
+  resolve.set_outcome(v1::CONCERN_OUTCOME_CLINICAL_REVIEW_DONE);
+  v1::ResolveConcernResponse resolved;
+  ASSERT_TRUE(
+      stub_->ResolveConcern(As("agency-a", {"clinician"}, "dr-2").get(), resolve, &resolved).ok());
+  EXPECT_EQ(resolved.concern().revision(), 3);
+  std::vector<std::pair<v1::ConcernChangeKind, int>> seen;
+  while (stream->Read(&message)) {
+    if (!message.has_change()) continue;
+    seen.emplace_back(message.change().kind(), message.change().concern().revision());
+    if (message.change().kind() == v1::CONCERN_CHANGE_KIND_RESOLVED) break;
+  }
+  context->TryCancel();
+  EXPECT_EQ(
+      seen,
+      (std::vector<std::pair<v1::ConcernChangeKind, int>>{{v1::CONCERN_CHANGE_KIND_RESOLVED, 3}}));
 }
 
 // Two replicas over one database: a dashboard watching one sees, in order, what is raised,
