@@ -25,16 +25,16 @@ void RecordTo(Writes& writes, const ConcernChangeNote& note) {
   concern.clear_description();
   concern.clear_cancel_reason();
   concern.clear_transitions();
-  // The revision is the row's as this transaction left it (the change is written before).
+  // The revision the change left: every change is made to a concern read under its row lock (or
+  // just inserted), and counts up the revision it read (Store::UpdateConcern).
   writes.Exec("escalation_watch_feed_record",
               "INSERT INTO watch_feed (agency_id, kind, concern, previous_target_kind, "
               "previous_target_id, occurred_at, revision) VALUES ($1, $2, decode($3, 'hex'), $4, "
-              "$5, " PEERPATH_SQL_TIME_PARAM(6) ", (SELECT revision FROM concerns "
-              "WHERE agency_id = $1 AND id = $7::uuid))",
+              "$5, " PEERPATH_SQL_TIME_PARAM(6) ", $7)",
               concern.agency_id(), static_cast<int>(note.kind),
               absl::BytesToHexString(concern.SerializeAsString()),
               static_cast<int>(note.previous_target.kind), note.previous_target.id,
-              absl::ToUnixMicros(note.occurred_at), concern.concern_id());
+              absl::ToUnixMicros(note.occurred_at), concern.revision());
 }
 
 }  // namespace
