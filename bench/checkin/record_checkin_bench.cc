@@ -7,7 +7,9 @@
 //                                        (each its own supporter and enrollment, a new
 //                                        idempotency key per call), printed beside pgbench's
 //                                        single-row prepared INSERTs of a similar size (about
-//                                        600 bytes) into the same PostgreSQL, same client counts.
+//                                        600 bytes) into the same PostgreSQL, same client counts,
+//                                        and the database's floor: a check-in's rows written by
+//                                        pgbench in one round trip, alone and 8 coalesced.
 // PEERPATH_BENCH_SECONDS (default 5) sets the length of each phase;
 // PEERPATH_BENCH_CHECKIN_MAX_WRITE_BATCH=1 turns the service's group commit off, for comparison.
 // The ratio is the figure to read: both sides share the cluster's durability settings (tools/test
@@ -114,15 +116,14 @@ std::pair<double, double> WriteBatches(int metrics_port) {
           MetricValue(text, "peerpath_checkin_write_batch_size_count", {})};
 }
 
-// pgbench's transactions per second for one single-row prepared INSERT per transaction.
-double PgbenchInsertRate(const std::string& url, int clients, int seconds) {
+// pgbench's transactions per second running `transaction` (a pgbench script) as each.
+double PgbenchRate(const std::string& url, const std::string& name, const std::string& transaction,
+                   int clients, int seconds) {
   const std::string script =
-      std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") + "/checkin_insert.sql";
+      absl::StrCat(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp", "/", name, ".sql");
   {
     std::ofstream out(script);
-    out << "INSERT INTO bench_rows (agency_id, participant_id, answers) VALUES ('agency-a', "
-           "'p-bench', '{\"answers\": \""
-        << std::string(560, 'x') << "\"}');\n";
+    out << transaction;
   }
   const std::string command =
       absl::StrCat("pgbench -n -M prepared -f ", script, " -c ", clients, " -j ",
@@ -137,6 +138,66 @@ double PgbenchInsertRate(const std::string& url, int clients, int seconds) {
   if (std::regex_search(output, m, std::regex(R"(tps = ([0-9.]+))"))) return std::stod(m[1]);
   std::fprintf(stderr, "pgbench failed:\n%s\n", output.c_str());
   return 0;
+}
+
+// One single-row prepared INSERT of about 600 bytes per transaction: the issue's yardstick.
+double PgbenchInsertRate(const std::string& url, int clients, int seconds) {
+  return PgbenchRate(url, "checkin_insert",
+                     absl::StrCat("INSERT INTO bench_rows (agency_id, participant_id, answers) "
+                                  "VALUES ('agency-a', 'p-bench', '{\"answers\": \"",
+                                  std::string(560, 'x'), "\"}');\n"),
+                     clients, seconds);
+}
+
+// The rows the issue names for a check-in (check-in row, idempotency claim, outbox event and
+// audit row), written by pgbench in one pipelined transaction (one round trip) into the service's
+// own tables, with their indexes and foreign keys, for `per_transaction` check-ins at once (one
+// multi-row INSERT per table): what one round trip per check-in costs the database before the
+// service reads or decides anything, alone and coalesced. A lower bound of RecordCheckIn's
+// database work: no read, no enrollment update, no audit chaining or event positioning after
+// commit; as the superuser, so without row-level security. Client c writes to enrollment c % 32
+// (public.bench_enrollments). Returns check-ins per second.
+double PgbenchCheckInRowsRate(const std::string& url, int clients, int seconds,
+                              int per_transaction) {
+  const std::string rows = absl::StrCat(" FROM generate_series(1, ", per_transaction, ") g");
+  return per_transaction *
+         PgbenchRate(
+             url, absl::StrCat("checkin_rows_", per_transaction),
+             absl::StrCat(
+                 "\\set k random(1, 1000000000000)\n"
+                 "\\startpipeline\n"
+                 "BEGIN;\n"
+                 "INSERT INTO checkin.idempotency_keys (agency_id, idempotency_key, method, "
+                 "request_hash, response) SELECT 'agency-a', 'rows-' || :client_id || '-' || :k "
+                 "|| '-' || g, 'RecordCheckIn', sha256((:k || '-' || g)::bytea), "
+                 "decode(repeat('ab', 300), 'hex')",
+                 rows,
+                 ";\n"
+                 "INSERT INTO checkin.check_ins (agency_id, enrollment_id, participant_id, "
+                 "supporter_id, recorded_by, recorded_by_role, pathway_key, pathway_version, "
+                 "answers, wellbeing, contact_mode, occurred_at) SELECT 'agency-a', e.id, "
+                 "e.participant_id, gen_random_uuid(), 'peer-bench', 'peer_supporter', "
+                 "e.pathway_key, e.pathway_version, '{\"answers\": \"",
+                 std::string(560, 'x'),
+                 "\"}', 4, 'phone', now() FROM checkin.enrollments e CROSS JOIN "
+                 "generate_series(1, ",
+                 per_transaction,
+                 ") g WHERE e.id = (SELECT id FROM public.bench_enrollments WHERE n = "
+                 ":client_id::integer % 32);\n"
+                 "INSERT INTO checkin.outbox (agency_id, event_type, aggregate_id, payload) "
+                 "SELECT 'agency-a', 'peerpath.checkin.v1.CheckInRecordedEvent', 'bench', "
+                 "decode(repeat('cd', 120), 'hex')",
+                 rows,
+                 ";\n"
+                 "INSERT INTO checkin.audit_log (agency_id, occurred_at, actor, actor_role, "
+                 "action, object_type, object_id, participant_id, decision, request_id) SELECT "
+                 "'agency-a', now(), 'peer-bench', 'peer_supporter', 'checkin.RecordCheckIn', "
+                 "'check_in', gen_random_uuid()::text, 'p-bench', 'allowed', 'request-bench'",
+                 rows,
+                 ";\n"
+                 "END;\n"
+                 "\\endpipeline\n"),
+             clients, seconds);
 }
 
 void OverGrpc() {
@@ -200,24 +261,53 @@ void OverGrpc() {
       "CREATE TABLE public.bench_rows (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), agency_id "
       "text NOT NULL, participant_id text NOT NULL, answers jsonb NOT NULL, recorded_at "
       "timestamptz NOT NULL DEFAULT now())");
+  db->AdminQuery("CREATE TABLE public.bench_enrollments (n integer PRIMARY KEY, id uuid NOT NULL)");
+  for (size_t i = 0; i < enrollments.size(); ++i) {
+    db->AdminQuery(absl::StrCat("INSERT INTO public.bench_enrollments VALUES (", i, ", '",
+                                enrollments[i], "')"));
+  }
   const std::string admin_url = peerpath::testing::AdminUrl(db->name());
   std::printf("\nRecordCheckIn over gRPC vs single-row prepared INSERT (pgbench), %d s each\n",
               seconds);
   std::printf("%8s %14s %10s %10s %8s %16s %8s %14s\n", "clients", "checkins/s", "p50 ms", "p99 ms",
               "errors", "pgbench INSERT/s", "ratio", "per commit");
+  std::vector<std::pair<int, double>> insert_rates;
   for (int clients : {1, 8, 32}) {
     const auto [before_sum, before_count] = WriteBatches(server.metrics_port());
     const Figures f = Hammer(clients, absl::Seconds(seconds), record);
     const auto [after_sum, after_count] = WriteBatches(server.metrics_port());
     const double per_commit =
         after_count > before_count ? (after_sum - before_sum) / (after_count - before_count) : 0.0;
+    // The service chains the audit rows of what it committed just after; the INSERTs run once
+    // it has caught up, so that they do not share the machine with it.
+    for (int i = 0; i < 200 && db->AdminQuery("SELECT count(*) FROM checkin.audit_log WHERE seq "
+                                              "IS NULL")[0][0]
+                                       .as<int>() > 0;
+         ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
     const double inserts = PgbenchInsertRate(admin_url, clients, seconds);
+    insert_rates.emplace_back(clients, inserts);
     std::printf("%8d %14.0f %10.2f %10.2f %8ld %16.0f %8.2f %14.1f\n", clients, f.per_second,
                 f.p50_ms, f.p99_ms, f.errors, inserts, inserts > 0 ? f.per_second / inserts : 0.0,
                 per_commit);
     std::fflush(stdout);
   }
   std::printf("(per commit: check-ins per write transaction, the group commit's mean batch)\n");
+  std::printf(
+      "\nWithout the service (the database's floor): pgbench writing a check-in's rows\n"
+      "(check-in, idempotency claim, outbox event, audit row) in one round trip into the\n"
+      "service's tables, one check-in per transaction and 8 coalesced, in check-ins/s\n");
+  std::printf("%8s %16s %8s %16s %8s %16s\n", "clients", "1 per tx", "ratio", "8 per tx", "ratio",
+              "pgbench INSERT/s");
+  for (const auto& [clients, inserts] : insert_rates) {
+    const double one = PgbenchCheckInRowsRate(admin_url, clients, seconds, 1);
+    const double eight = PgbenchCheckInRowsRate(admin_url, clients, seconds, 8);
+    std::printf("%8d %16.0f %8.2f %16.0f %8.2f %16.0f\n", clients, one,
+                inserts > 0 ? one / inserts : 0.0, eight, inserts > 0 ? eight / inserts : 0.0,
+                inserts);
+    std::fflush(stdout);
+  }
   const int stored = db->AdminQuery("SELECT count(*) FROM checkin.check_ins")[0][0].as<int>();
   std::printf("check-ins stored: %d\n", stored);
 }
