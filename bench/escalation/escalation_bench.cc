@@ -3,7 +3,8 @@
 //   1. route-and-persist: RaiseConcern over gRPC on the real binary (validate, route, insert the
 //      concern with its transitions, events and audit row, store the idempotent response), with
 //      16 calls in flight, beside plain single-row INSERTs (one transaction each, 16 connections)
-//      into a table of the same database in the same run;
+//      into a table of the same database in the same run, and the database's floor: the rows a
+//      concern writes, in one statement from libpq (no read, no service);
 //   2. the deadline sweeper (in-process) with 100,000 open concerns (beside 200,000 resolved) of
 //      which 0, then 100 are due, the open/overdue gauges' count (every 5 s in the service), and
 //      the plans of both queries (on the partial index concerns_open_by_deadline, no table scan);
@@ -169,20 +170,94 @@ void RunDatabaseBenchmarks() {
     tx.commit();
     return true;
   };
-  // Interleaved phases so both see the same machine load.
+  // The database's floor for RaiseConcern: the rows one concern writes (the concern, its OPENED
+  // and ROUTED transitions, the audit row, two outbox events, the idempotency key with a response,
+  // the watch-feed note and the page) in one prepared statement, one round trip, as the
+  // superuser (no row-level security): no read, no routing, no service, and nothing of what runs
+  // after commit but the audit chaining, which runs beside it as beside RaiseConcern (event
+  // positions, page delivery).
+  for (auto& connection : connections) {
+    connection->prepare("floor", R"sql(
+      WITH c AS (
+        INSERT INTO escalation.concerns (agency_id, participant_id, category, severity, source,
+          description, raised_by, raised_by_role, status, policy_id, policy_version,
+          current_level, target_kind, target_id, ack_deadline, next_deadline,
+          next_deadline_kind, notify_at, notified_at, opened_at)
+        SELECT $1, $2, 'clinical_worsening', 'urgent', 'manual', 'bench', 'dr-bench',
+          'clinician', 'open', p.id, p.version, 0, 'clinical_on_call', 'clinical-on-call',
+          now() + interval '4 hours', now() + interval '4 hours', 'acknowledgement', now(), now(),
+          now()
+        FROM escalation.routing_policies p WHERE p.agency_id = $1 AND p.version = 1
+        RETURNING id, agency_id, participant_id),
+      t AS (
+        INSERT INTO escalation.concern_transitions (agency_id, concern_id, kind, from_status,
+          status_after, level, target_kind, target_id, actor, actor_role, occurred_at)
+        SELECT c.agency_id, c.id, k.kind, CASE WHEN k.n = 2 THEN 'open' END, 'open', 0,
+          'clinical_on_call', 'clinical-on-call', 'dr-bench', 'clinician', now()
+        FROM c CROSS JOIN (VALUES (1, 'opened'), (2, 'routed')) AS k (n, kind)),
+      a AS (
+        INSERT INTO escalation.audit_log (agency_id, occurred_at, actor, actor_role, action,
+          object_type, object_id, participant_id, decision, request_id)
+        SELECT c.agency_id, now(), 'dr-bench', 'clinician', 'escalation.RaiseConcern',
+          'concern', c.id::text, c.participant_id, 'allowed', 'request-bench' FROM c),
+      o AS (
+        INSERT INTO escalation.outbox (agency_id, event_type, aggregate_id, payload)
+        SELECT c.agency_id, 'peerpath.escalation.v1.ConcernOpenedEvent', c.id::text,
+          decode(repeat('cd', 150), 'hex') FROM c CROSS JOIN generate_series(1, 2)),
+      k AS (
+        INSERT INTO escalation.idempotency_keys (agency_id, idempotency_key, method,
+          request_hash, response)
+        SELECT c.agency_id, $3, 'RaiseConcern', sha256(convert_to($3, 'UTF8')),
+          decode(repeat('ab', 400), 'hex') FROM c),
+      w AS (
+        INSERT INTO escalation.watch_feed (agency_id, kind, concern, previous_target_kind,
+          previous_target_id, occurred_at, revision)
+        SELECT c.agency_id, 1, decode(repeat('ef', 250), 'hex'), 0, '', now(), 1 FROM c)
+      INSERT INTO escalation.notifications (agency_id, concern_id, reason, category, severity,
+        level, target_kind, target_id, deadline)
+      SELECT c.agency_id, c.id, 'opened', 2, 2, 0, 1, 'clinical-on-call',
+        now() + interval '4 hours' FROM c)sql");
+  }
+  auto rows_alone = [&](int thread) {
+    try {
+      pqxx::work tx(*connections[thread]);
+      tx.exec_prepared0("floor", "bench", absl::StrCat("client-", key % 997),
+                        absl::StrCat("floor-", key++));
+      tx.commit();
+      return true;
+    } catch (const std::exception& e) {
+      static std::once_flag once;
+      std::call_once(once, [&] { std::fprintf(stderr, "floor statement failed: %s\n", e.what()); });
+      return false;
+    }
+  };
+  // Interleaved phases so all see the same machine load.
   const Figures plain = Hammer(kInFlight, length, insert);
   const Figures routed = Hammer(kInFlight, length, raise);
   spread = true;
   const Figures routed_spread = Hammer(kInFlight, length, raise);
+  // Once the service has chained the audit rows of the calls (it chains the floor's as they
+  // commit, as it does RaiseConcern's).
+  for (int i = 0; i < 200 && db->AdminQuery("SELECT count(*) FROM escalation.audit_log WHERE "
+                                            "seq IS NULL")[0][0]
+                                     .as<int>() > 0;
+       ++i) {
+    std::this_thread::sleep_for(50ms);
+  }
+  const Figures floor = Hammer(kInFlight, length, rows_alone);
   std::printf("\n== route-and-persist vs plain INSERT (%d in flight, %.0f s each) ==\n", kInFlight,
               absl::ToDoubleSeconds(length));
   Print("plain single-row INSERT (libpq, 1 tx each)", plain);
   Print("RaiseConcern over gRPC, one agency", routed);
   Print("RaiseConcern over gRPC, 16 agencies", routed_spread);
+  Print("RaiseConcern's rows alone (1 statement, libpq)", floor);
   std::printf(
       "ratio RaiseConcern / INSERT: %.2f (target >= 0.5); RaiseConcern p99 %.2f ms "
       "(target < 20 ms)\n",
       plain.per_second > 0 ? routed.per_second / plain.per_second : 0, routed.p99_ms);
+  std::printf(
+      "the database's floor, RaiseConcern's rows alone / INSERT: %.2f (no read, no service)\n",
+      plain.per_second > 0 ? floor.per_second / plain.per_second : 0);
 
   // 100,000 open concerns, none due; then 100 due. Beside them, 200,000 resolved ones (history
   // the sweeper and the gauges must not read).
