@@ -99,6 +99,29 @@ class EscalationServiceTest : public ::testing::Test {
                                      out ? out : &response);
   }
 
+  grpc::Status Resolve(const std::string& id, const std::string& subject,
+                       v1::ConcernOutcome outcome = v1::CONCERN_OUTCOME_CLINICAL_REVIEW_DONE,
+                       v1::ResolveConcernResponse* out = nullptr) {
+    v1::ResolveConcernRequest request;
+    request.set_concern_id(id);
+    request.set_outcome(outcome);
+    v1::ResolveConcernResponse response;
+    return stub_->ResolveConcern(As("agency-a", {"clinician"}, subject).get(), request,
+                                 out ? out : &response);
+  }
+
+  // Clinician dr-1's dashboard of the clinical on-call team, through `stub` (default: stub_),
+  // for 30 s at most.
+  std::unique_ptr<grpc::ClientReader<v1::WatchConcernsResponse>> WatchOnCall(
+      grpc::ClientContext& context, v1::EscalationService::Stub* stub = nullptr) {
+    context.AddMetadata("authorization", "Bearer " + TokenFor("agency-a", {"clinician"}, "dr-1"));
+    context.set_deadline(std::chrono::system_clock::now() + 30s);
+    v1::WatchConcernsRequest request;
+    request.mutable_target()->set_kind(v1::TARGET_KIND_CLINICAL_ON_CALL);
+    request.mutable_target()->set_target_id("clinical-on-call");
+    return (stub ? stub : stub_.get())->WatchConcerns(&context, request);
+  }
+
   int Count(const std::string& sql) { return db_->AdminQuery(sql)[0][0].as<int>(); }
 
   void RaiseCriticalConcernsTwoHoursOverdue(int count);
@@ -808,12 +831,8 @@ TEST_F(EscalationServiceTest, WatchSendsSnapshotThenMarkerThenChangesInOrder) {
   const v1::Concern before =
       MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "w-1"));
   MustRaise(Raise(CONCERN_CATEGORY_BASIC_NEEDS, CONCERN_SEVERITY_URGENT, "w-2"));  // Not theirs.
-  auto context = As("agency-a", {"clinician"}, "dr-1");
-  context->set_deadline(std::chrono::system_clock::now() + 30s);
-  v1::WatchConcernsRequest request;
-  request.mutable_target()->set_kind(v1::TARGET_KIND_CLINICAL_ON_CALL);
-  request.mutable_target()->set_target_id("clinical-on-call");
-  auto stream = stub_->WatchConcerns(context.get(), request);
+  grpc::ClientContext context;
+  auto stream = WatchOnCall(context);
   v1::WatchConcernsResponse message;
   ASSERT_TRUE(stream->Read(&message));
   ASSERT_TRUE(message.has_snapshot_concern());
@@ -826,12 +845,7 @@ TEST_F(EscalationServiceTest, WatchSendsSnapshotThenMarkerThenChangesInOrder) {
   const v1::Concern during =
       MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "w-3"));
   ASSERT_TRUE(Acknowledge(before.concern_id(), "dr-2").ok());
-  v1::ResolveConcernRequest resolve;
-  resolve.set_concern_id(before.concern_id());
-  resolve.set_outcome(v1::CONCERN_OUTCOME_CLINICAL_REVIEW_DONE);
-  v1::ResolveConcernResponse resolved;
-  ASSERT_TRUE(
-      stub_->ResolveConcern(As("agency-a", {"clinician"}, "dr-2").get(), resolve, &resolved).ok());
+  ASSERT_TRUE(Resolve(before.concern_id(), "dr-2").ok());
 
   std::vector<std::pair<v1::ConcernChangeKind, std::string>> seen;
   std::vector<bool> in_scope;
@@ -840,7 +854,7 @@ TEST_F(EscalationServiceTest, WatchSendsSnapshotThenMarkerThenChangesInOrder) {
     seen.emplace_back(message.change().kind(), message.change().concern().concern_id());
     in_scope.push_back(message.change().in_scope());
   }
-  context->TryCancel();
+  context.TryCancel();
   ASSERT_EQ(seen.size(), 3u);
   EXPECT_EQ(seen[0], std::make_pair(v1::CONCERN_CHANGE_KIND_OPENED, during.concern_id()));
   EXPECT_EQ(seen[1], std::make_pair(v1::CONCERN_CHANGE_KIND_ACKNOWLEDGED, before.concern_id()));
@@ -862,12 +876,8 @@ TEST_F(EscalationServiceTest, WatchNeverSendsAStateOlderThanItShowed) {
   EXPECT_EQ(c.revision(), 1);
   ASSERT_TRUE(Acknowledge(c.concern_id(), "dr-2").ok());
 
-  auto context = As("agency-a", {"clinician"}, "dr-1");
-  context->set_deadline(std::chrono::system_clock::now() + 30s);
-  v1::WatchConcernsRequest request;
-  request.mutable_target()->set_kind(v1::TARGET_KIND_CLINICAL_ON_CALL);
-  request.mutable_target()->set_target_id("clinical-on-call");
-  auto stream = stub_->WatchConcerns(context.get(), request);
+  grpc::ClientContext context;
+  auto stream = WatchOnCall(context);
   v1::WatchConcernsResponse message;
   ASSERT_TRUE(stream->Read(&message));
   ASSERT_TRUE(message.has_snapshot_concern());
@@ -885,12 +895,9 @@ TEST_F(EscalationServiceTest, WatchNeverSendsAStateOlderThanItShowed) {
   }
   ASSERT_EQ(Count("SELECT count(*) FROM escalation.watch_feed WHERE position IS NULL"), 0);
 
-  v1::ResolveConcernRequest resolve;
-  resolve.set_concern_id(c.concern_id());
-  resolve.set_outcome(v1::CONCERN_OUTCOME_CLINICAL_REVIEW_DONE);
   v1::ResolveConcernResponse resolved;
   ASSERT_TRUE(
-      stub_->ResolveConcern(As("agency-a", {"clinician"}, "dr-2").get(), resolve, &resolved).ok());
+      Resolve(c.concern_id(), "dr-2", v1::CONCERN_OUTCOME_CLINICAL_REVIEW_DONE, &resolved).ok());
   EXPECT_EQ(resolved.concern().revision(), 3);
   std::vector<std::pair<v1::ConcernChangeKind, int>> seen;
   while (stream->Read(&message)) {
@@ -898,7 +905,7 @@ TEST_F(EscalationServiceTest, WatchNeverSendsAStateOlderThanItShowed) {
     seen.emplace_back(message.change().kind(), message.change().concern().revision());
     if (message.change().kind() == v1::CONCERN_CHANGE_KIND_RESOLVED) break;
   }
-  context->TryCancel();
+  context.TryCancel();
   EXPECT_EQ(
       seen,
       (std::vector<std::pair<v1::ConcernChangeKind, int>>{{v1::CONCERN_CHANGE_KIND_RESOLVED, 3}}));
@@ -911,12 +918,8 @@ TEST_F(EscalationServiceTest, WatchSeesChangesMadeThroughAnotherReplica) {
                        {"--deadline_sweep_interval=1h", "--agency_time_zone=America/Chicago"});
   ASSERT_TRUE(other.WaitHealth(true)) << other.Log();
   auto other_stub = v1::EscalationService::NewStub(other.Channel());
-  auto context = As("agency-a", {"clinician"}, "dr-1");
-  context->set_deadline(std::chrono::system_clock::now() + 30s);
-  v1::WatchConcernsRequest request;
-  request.mutable_target()->set_kind(v1::TARGET_KIND_CLINICAL_ON_CALL);
-  request.mutable_target()->set_target_id("clinical-on-call");
-  auto stream = other_stub->WatchConcerns(context.get(), request);
+  grpc::ClientContext context;
+  auto stream = WatchOnCall(context, other_stub.get());
   v1::WatchConcernsResponse message;
   ASSERT_TRUE(stream->Read(&message));
   ASSERT_TRUE(message.has_snapshot_end());
@@ -926,12 +929,7 @@ TEST_F(EscalationServiceTest, WatchSeesChangesMadeThroughAnotherReplica) {
   const v1::Concern raised =
       MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "x-1"));
   ASSERT_TRUE(Acknowledge(raised.concern_id(), "dr-2").ok());
-  v1::ResolveConcernRequest resolve;
-  resolve.set_concern_id(raised.concern_id());
-  resolve.set_outcome(v1::CONCERN_OUTCOME_CLINICAL_REVIEW_DONE);
-  v1::ResolveConcernResponse resolved;
-  ASSERT_TRUE(
-      stub_->ResolveConcern(As("agency-a", {"clinician"}, "dr-2").get(), resolve, &resolved).ok());
+  ASSERT_TRUE(Resolve(raised.concern_id(), "dr-2").ok());
 
   std::vector<v1::ConcernChangeKind> kinds;
   while (kinds.size() < 3 && stream->Read(&message)) {
@@ -940,7 +938,7 @@ TEST_F(EscalationServiceTest, WatchSeesChangesMadeThroughAnotherReplica) {
     EXPECT_TRUE(message.change().concern().description().empty());
     kinds.push_back(message.change().kind());
   }
-  context->TryCancel();
+  context.TryCancel();
   EXPECT_EQ(kinds, (std::vector<v1::ConcernChangeKind>{v1::CONCERN_CHANGE_KIND_OPENED,
                                                        v1::CONCERN_CHANGE_KIND_ACKNOWLEDGED,
                                                        v1::CONCERN_CHANGE_KIND_RESOLVED}));
