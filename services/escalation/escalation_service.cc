@@ -1097,8 +1097,8 @@ absl::Status EscalationService::WatchConcernsImpl(
     return Audit(tx, caller, "WatchConcerns", "", "");
   });
   if (!read.ok()) return read;
-  // What the stream has shown of each concern: the revision (the snapshot's, then each change's
-  // sent) and, from the snapshot, the state, for changes recorded before concerns had revisions.
+  // What the snapshot showed of each concern: its revision and, for changes recorded before
+  // concerns had revisions, its state.
   std::map<std::string, int> revision_shown;
   std::map<std::string, std::string> state_shown;
   int sent = 0;
@@ -1124,14 +1124,20 @@ absl::Status EscalationService::WatchConcernsImpl(
     *marker.mutable_snapshot_end()->mutable_as_of() = ToProtoTimestamp(as_of);
     if (!writer.Write(marker)) return absl::CancelledError("watcher went away");
   }
-  // Whether the stream has shown this change of its concern, or a later one, already. The feed is
+  // Whether the snapshot showed this change of its concern, or a later one, already. The feed is
   // relayed after commit, so a change committed before the snapshot was read may arrive after it
-  // (queued meanwhile, or even after the marker); every later change has a higher revision.
+  // (queued meanwhile, or even after the marker); every later change has a higher revision. The
+  // feed relays a concern's changes in the order they committed, so once the one the snapshot
+  // showed (or a later one) has come, no older one follows: the concern is forgotten, and what
+  // the stream remembers stays within the snapshot's size however long it runs.
   auto already_shown = [&](const ConcernChangeNote& note) {
     const std::string& id = note.concern.concern_id();
     if (note.concern.revision() > 0) {
       auto it = revision_shown.find(id);
-      return it != revision_shown.end() && note.concern.revision() <= it->second;
+      if (it == revision_shown.end()) return false;
+      const bool shown = note.concern.revision() <= it->second;
+      if (note.concern.revision() >= it->second) revision_shown.erase(it);
+      return shown;
     }
     // Recorded without a revision (by a replica of an earlier version): the state it produced.
     v1::Concern state = note.concern;
@@ -1159,9 +1165,6 @@ absl::Status EscalationService::WatchConcernsImpl(
       return absl::UnavailableError("server shutting down; reconnect");
     for (ConcernChangeNote& note : batch) {
       if (already_shown(note)) continue;
-      if (note.concern.revision() > 0) {
-        revision_shown[note.concern.concern_id()] = note.concern.revision();
-      }
       v1::WatchConcernsResponse message;
       v1::ConcernChange* change = message.mutable_change();
       change->set_kind(note.kind);
