@@ -29,10 +29,16 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 // transaction's app.agency_id (set by Database::Transact). FORCE makes the policy bind the
 // table's owner too. Runs after every migration run, so a table added by any migration is
 // covered; idempotent.
+//
+// The setting is read by a sub-SELECT, which PostgreSQL evaluates once per statement (an
+// InitPlan) and can use as an index condition; a bare current_setting() call is evaluated again
+// for every row a statement reads or writes (a report reading 10,000 rows paid some 15% for it).
+// A policy created before in that form is changed to this one, once.
 constexpr char kTenantIsolation[] = R"sql(
 DO $rls$
 DECLARE
   t record;
+  v_rule constant text := 'agency_id = (SELECT current_setting(''app.agency_id'', true))';
 BEGIN
   FOR t IN
     SELECT c.relname FROM pg_class c
@@ -44,10 +50,14 @@ BEGIN
     EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t.relname);
     IF NOT EXISTS (SELECT 1 FROM pg_policies WHERE schemaname = current_schema()
                    AND tablename = t.relname AND policyname = 'tenant_isolation') THEN
-      EXECUTE format('CREATE POLICY tenant_isolation ON %I '
-                     'USING (agency_id = current_setting(''app.agency_id'', true)) '
-                     'WITH CHECK (agency_id = current_setting(''app.agency_id'', true))',
-                     t.relname);
+      EXECUTE format('CREATE POLICY tenant_isolation ON %I USING (%s) WITH CHECK (%s)',
+                     t.relname, v_rule, v_rule);
+    ELSIF EXISTS (SELECT 1 FROM pg_policies WHERE schemaname = current_schema()
+                  AND tablename = t.relname AND policyname = 'tenant_isolation'
+                  AND (qual NOT LIKE '%SELECT current_setting%'
+                       OR with_check NOT LIKE '%SELECT current_setting%')) THEN
+      EXECUTE format('ALTER POLICY tenant_isolation ON %I USING (%s) WITH CHECK (%s)',
+                     t.relname, v_rule, v_rule);
     END IF;
   END LOOP;
 END

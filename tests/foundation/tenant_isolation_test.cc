@@ -106,6 +106,49 @@ TEST_F(TenantIsolation, RuntimeRoleOwnsNothingAndCannotSwitchTheWallOff) {
   }
 }
 
+// The policy reads the transaction's agency once per statement (an InitPlan), not once per row;
+// a policy created in the earlier per-row form is rewritten by the next migration run, once, and
+// isolates as before.
+TEST_F(TenantIsolation, ThePolicyReadsTheAgencyOncePerStatementAlsoAfterAnUpgrade) {
+  auto form = [&] {
+    return db_
+        ->AdminQuery(
+            "SELECT qual || ' / ' || with_check FROM pg_policies WHERE schemaname = "
+            "'consent' AND tablename = 'probe' AND policyname = 'tenant_isolation'")[0][0]
+        .as<std::string>();
+  };
+  const std::string once =
+      "(agency_id = ( SELECT current_setting('app.agency_id'::text, true) AS current_setting))";
+  EXPECT_EQ(form(), once + " / " + once);
+  auto plan = [&] {
+    auto lines =
+        database_->TransactForAgency("agency-a", [](pqxx::work& tx) -> absl::StatusOr<std::string> {
+          std::string text;
+          for (const auto& row : tx.exec("EXPLAIN SELECT count(*) FROM probe")) {
+            text += row[0].as<std::string>() + "\n";
+          }
+          return text;
+        });
+    EXPECT_TRUE(lines.ok()) << lines.status();
+    return lines.value_or("");
+  };
+  EXPECT_NE(plan().find("InitPlan"), std::string::npos) << plan();
+
+  db_->AdminQuery(
+      "ALTER POLICY tenant_isolation ON consent.probe "
+      "USING (agency_id = current_setting('app.agency_id', true)) "
+      "WITH CHECK (agency_id = current_setting('app.agency_id', true))");
+  ASSERT_NE(form(), once + " / " + once);
+  database_ = MigrateAndConnect(*db_, "consent", 2);
+  EXPECT_EQ(form(), once + " / " + once);
+  EXPECT_NE(plan().find("InitPlan"), std::string::npos) << plan();
+  ASSERT_TRUE(Insert("agency-a", "agency-a").ok());
+  ASSERT_TRUE(Insert("agency-b", "agency-b").ok());
+  EXPECT_FALSE(Insert("agency-a", "agency-b").ok());
+  EXPECT_EQ(CountAll("agency-a"), 1);
+  EXPECT_EQ(CountAll("agency-b"), 1);
+}
+
 TEST_F(TenantIsolation, EmptyAgencyScopeIsRefusedBeforeTheDatabase) {
   EXPECT_EQ(Insert("", "").code(), absl::StatusCode::kInternal);
 }
