@@ -32,30 +32,33 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 //
 // The setting is read by a sub-SELECT, which PostgreSQL evaluates once per statement (an
 // InitPlan) and can use as an index condition; a bare current_setting() call is evaluated again
-// for every row a statement reads or writes (a report reading 10,000 rows paid some 15% for it).
-// A policy created before in that form is changed to this one, once.
+// for every row a statement reads or writes. A policy created before in that form is changed to
+// this one, once. The form is told from the stored expression tree (a SUBLINK node), never by
+// deparsing it: pg_get_expr() (behind pg_policies.qual) locks the tables whose policies it
+// deparses, which runners of other schemas migrating at the same moment hold, and it deadlocked
+// (MigrationConcurrency.AllServicesAndTwoReplicasEachMigrateOneDatabaseAtOnce).
 constexpr char kTenantIsolation[] = R"sql(
 DO $rls$
 DECLARE
   t record;
   v_rule constant text := 'agency_id = (SELECT current_setting(''app.agency_id'', true))';
+  v_qual text;
+  v_check text;
 BEGIN
   FOR t IN
-    SELECT c.relname FROM pg_class c
+    SELECT c.oid, c.relname FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'agency_id' AND NOT a.attisdropped
     WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
   LOOP
     EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t.relname);
     EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t.relname);
-    IF NOT EXISTS (SELECT 1 FROM pg_policies WHERE schemaname = current_schema()
-                   AND tablename = t.relname AND policyname = 'tenant_isolation') THEN
+    SELECT p.polqual::text, p.polwithcheck::text INTO v_qual, v_check
+      FROM pg_policy p WHERE p.polrelid = t.oid AND p.polname = 'tenant_isolation';
+    IF NOT FOUND THEN
       EXECUTE format('CREATE POLICY tenant_isolation ON %I USING (%s) WITH CHECK (%s)',
                      t.relname, v_rule, v_rule);
-    ELSIF EXISTS (SELECT 1 FROM pg_policies WHERE schemaname = current_schema()
-                  AND tablename = t.relname AND policyname = 'tenant_isolation'
-                  AND (qual NOT LIKE '%SELECT current_setting%'
-                       OR with_check NOT LIKE '%SELECT current_setting%')) THEN
+    ELSIF v_qual NOT LIKE '%SUBLINK%' OR v_check NOT LIKE '%SUBLINK%' THEN
       EXECUTE format('ALTER POLICY tenant_isolation ON %I USING (%s) WITH CHECK (%s)',
                      t.relname, v_rule, v_rule);
     END IF;
