@@ -280,12 +280,7 @@ void OverGrpc() {
         after_count > before_count ? (after_sum - before_sum) / (after_count - before_count) : 0.0;
     // The service chains the audit rows of what it committed just after; the INSERTs run once
     // it has caught up, so that they do not share the machine with it.
-    for (int i = 0; i < 200 && db->AdminQuery("SELECT count(*) FROM checkin.audit_log WHERE seq "
-                                              "IS NULL")[0][0]
-                                       .as<int>() > 0;
-         ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+    db->WaitForAuditChained("checkin");
     const double inserts = PgbenchInsertRate(admin_url, clients, seconds);
     insert_rates.emplace_back(clients, inserts);
     std::printf("%8d %14.0f %10.2f %10.2f %8ld %16.0f %8.2f %14.1f\n", clients, f.per_second,

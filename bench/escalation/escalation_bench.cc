@@ -238,12 +238,7 @@ void RunDatabaseBenchmarks() {
   const Figures routed_spread = Hammer(kInFlight, length, raise);
   // Once the service has chained the audit rows of the calls (it chains the floor's as they
   // commit, as it does RaiseConcern's).
-  for (int i = 0; i < 200 && db->AdminQuery("SELECT count(*) FROM escalation.audit_log WHERE "
-                                            "seq IS NULL")[0][0]
-                                     .as<int>() > 0;
-       ++i) {
-    std::this_thread::sleep_for(50ms);
-  }
+  db->WaitForAuditChained("escalation");
   const Figures floor = Hammer(kInFlight, length, rows_alone);
   std::printf("\n== route-and-persist vs plain INSERT (%d in flight, %.0f s each) ==\n", kInFlight,
               absl::ToDoubleSeconds(length));

@@ -437,10 +437,9 @@ void EndToEnd() {
         if (seconds >= 0) committing.push_back(seconds);
       }
       if (committing.size() > 1) {
-        std::sort(committing.begin(), committing.end());
         std::printf("  %d x %d, %s: committing median %.3f s of %zu fresh runs (%.3f to %.3f)\n", r,
-                    s, mixed ? "acuity 1-3" : "unit weights", committing[committing.size() / 2],
-                    committing.size(), committing.front(), committing.back());
+                    s, mixed ? "acuity 1-3" : "unit weights", Percentile(committing, 0.5),
+                    committing.size(), Percentile(committing, 0), Percentile(committing, 1));
       }
     }
   }

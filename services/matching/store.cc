@@ -5,6 +5,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/wire_format_lite.h>
 
+#include <array>
 #include <cstdio>
 #include <future>
 #include <map>
@@ -367,18 +368,16 @@ std::string ExplanationBytes(const std::vector<v1::CriterionExplanation>& lines)
   return bytes;
 }
 
-// New matches `matches[begin, end)` as a JSON array of records, for json_to_recordset (one
-// statement for many). Each record starts with the fields `ids(i, &record)` appends (the ids
-// chosen for match i), each followed by a comma; the explanation is in the record
-// (`explanation_pb`, base64).
-std::string MatchRowsJson(const std::vector<NewMatch>& matches, size_t begin, size_t end,
-                          absl::FunctionRef<void(size_t, std::string*)> ids) {
+// Proposals as a JSON array of records for json_to_recordset (at most 20 rows): each with the id
+// of its stored match (`stored`, in the same order) and its explanation (`explanation_pb`,
+// base64).
+std::string ProposalRowsJson(const std::vector<NewMatch>& proposals,
+                             const std::vector<v1::Match>& stored) {
   std::string rows = "[";
-  for (size_t i = begin; i < end; ++i) {
-    const NewMatch& m = matches[i];
-    absl::StrAppend(&rows, i == begin ? "{" : ",{");
-    ids(i, &rows);
-    absl::StrAppend(&rows, "\"request_id\":", JsonString(m.request_id),
+  for (size_t i = 0; i < proposals.size(); ++i) {
+    const NewMatch& m = proposals[i];
+    absl::StrAppend(&rows, i == 0 ? "{" : ",{", "\"id\":", JsonString(stored[i].match_id()),
+                    ",\"request_id\":", JsonString(m.request_id),
                     ",\"supporter_id\":", JsonString(m.supporter_id),
                     ",\"participant_id\":", JsonString(m.participant_id), ",\"units\":", m.units,
                     ",\"score\":", absl::StrFormat("%.17g", m.score), ",\"rank\":", m.rank,
@@ -410,9 +409,11 @@ BatchRows EncodeBatchRows(const std::vector<NewMatch>& matches, size_t begin, si
   BatchRows rows;
   std::vector<std::string> participants;
   participants.reserve(n);
-  for (std::string* column :
-       {&rows.ids, &rows.follow_up_ids, &rows.request_ids, &rows.supporter_ids, &rows.units,
-        &rows.scores, &rows.continuity, &rows.explanation_at, &rows.explanation_len}) {
+  // The literals written below (participant ids are quoted by TextArrayLiteral).
+  const std::array<std::string*, 9> literals = {
+      &rows.ids,    &rows.follow_up_ids, &rows.request_ids,    &rows.supporter_ids,  &rows.units,
+      &rows.scores, &rows.continuity,    &rows.explanation_at, &rows.explanation_len};
+  for (std::string* column : literals) {
     column->reserve(n * 40);
     column->push_back('{');
   }
@@ -432,11 +433,7 @@ BatchRows EncodeBatchRows(const std::vector<NewMatch>& matches, size_t begin, si
     absl::StrAppend(&rows.explanation_len, sep, bytes[k].size());
     rows.explanations += bytes[k];
   }
-  for (std::string* column :
-       {&rows.ids, &rows.follow_up_ids, &rows.request_ids, &rows.supporter_ids, &rows.units,
-        &rows.scores, &rows.continuity, &rows.explanation_at, &rows.explanation_len}) {
-    column->push_back('}');
-  }
+  for (std::string* column : literals) column->push_back('}');
   rows.participant_ids = TextArrayLiteral(participants);
   return rows;
 }
@@ -849,10 +846,7 @@ std::vector<v1::Match> InsertProposals(DeferredWrites& writes, const std::string
     m.set_status(v1::MATCH_STATUS_PROPOSED);
     m.set_rank(proposals[i].rank);
   }
-  const std::string rows =
-      MatchRowsJson(proposals, 0, proposals.size(), [&](size_t i, std::string* row) {
-        absl::StrAppend(row, "\"id\":", JsonString(out[i].match_id()), ",");
-      });
+  const std::string rows = ProposalRowsJson(proposals, out);
   writes.Exec("",
               "INSERT INTO matches (id, agency_id, request_id, supporter_id, participant_id, units,"
               "  score, explanation_pb, proposed_by, proposed_at, rank, continuity)"

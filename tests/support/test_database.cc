@@ -1,8 +1,10 @@
 #include "tests/support/test_database.h"
 
+#include <chrono>
 #include <cstdlib>
 #include <random>
 #include <stdexcept>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 
@@ -118,6 +120,17 @@ std::vector<std::string> TestDatabase::OutboxPayloads(const std::string& schema,
     out.push_back(pqxx::binarystring(row[0]).str());
   }
   return out;
+}
+
+bool TestDatabase::WaitForAuditChained(const std::string& schema) const {
+  for (int i = 0; i < 200; ++i) {
+    if (AdminQuery("SELECT count(*) FROM " + schema + ".audit_log WHERE seq IS NULL")[0][0]
+            .as<int>() == 0) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
 }
 
 }  // namespace peerpath::testing

@@ -41,6 +41,9 @@ class TestDatabase {
   // The payloads (serialized) of the events of fully qualified `type` in `schema`'s outbox, in
   // insertion order.
   std::vector<std::string> OutboxPayloads(const std::string& schema, const std::string& type) const;
+  // Waits (up to 10 s) until service `schema`'s audit chainer has chained every committed audit
+  // row, so that a measurement does not share the machine with it; false when it has not.
+  bool WaitForAuditChained(const std::string& schema) const;
 
  private:
   explicit TestDatabase(std::string name);
