@@ -124,14 +124,31 @@ class Readiness {
     } catch (const std::exception& e) {
       return absl::UnavailableError(absl::StrCat("database unreachable: ", e.what()));
     }
-    if (!config_.migrate_on_start) return db_.Ping();
-    auto report = ApplyMigrations(*conn, definition_.name, MigrationTracks(definition_),
-                                  config_.database_runtime_role);
-    if (!report.ok()) return report.status();
-    log::Info("schema ready", {{"schema", definition_.name},
-                               {"applied", report->applied},
-                               {"already_applied", report->already_applied}});
-    return absl::OkStatus();
+    if (config_.migrate_on_start) {
+      auto report = ApplyMigrations(*conn, definition_.name, MigrationTracks(definition_),
+                                    config_.database_runtime_role);
+      if (!report.ok()) return report.status();
+      log::Info("schema ready", {{"schema", definition_.name},
+                                 {"applied", report->applied},
+                                 {"already_applied", report->already_applied}});
+    }
+    return CheckServingRole();
+  }
+
+  // Agencies' rows are kept apart by row-level security, which a superuser or a role with
+  // BYPASSRLS skips: serving as one would let any caller's query read and write every agency's
+  // rows. Such a --database_url stops start-up (the role is the connection's, whatever the URL).
+  absl::Status CheckServingRole() {
+    return db_.Transact([](pqxx::work& tx) -> absl::Status {
+      const pqxx::row role = tx.exec1(
+          "SELECT current_user, rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = "
+          "current_user");
+      if (!role[1].as<bool>()) return absl::OkStatus();
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--database_url connects as ", role[0].c_str(),
+          ", a superuser or a role that bypasses row-level security, which keeps agencies apart; "
+          "serve as the service's runtime role (deploy/k8s/db/bootstrap.sql creates it)"));
+    });
   }
 
   void Run() {

@@ -191,6 +191,43 @@ TEST_F(ServiceBinaryTest, ChangedMigrationStopsStartUp) {
   EXPECT_EQ(*code, 3);
 }
 
+TEST_F(ServiceBinaryTest, ServingAsARoleThatBypassesRowLevelSecurityStopsStartUp) {
+  // The schema is migrated by its owner; only the serving role is wrong.
+  const std::string owner_url = db_->OwnerUrlFor(Service());
+  ASSERT_EQ(RunToExit(Service(), {"migrate", "--database_url=" + owner_url}).exit_code, 0);
+  auto serve = [&](const std::string& database_url) {
+    std::vector<std::string> args{"serve", "--database_url=" + database_url,
+                                  "--migration_database_url=" + owner_url,
+                                  "--listen_address=127.0.0.1:0", "--metrics_address=127.0.0.1:0"};
+    for (const std::string& flag : TokenFlags()) args.push_back(flag);
+    return RunToExit(Service(), args, std::chrono::seconds(20));
+  };
+  // A superuser…
+  ExitResult superuser = serve(AdminUrl(db_->name()));
+  EXPECT_EQ(superuser.exit_code, 3) << superuser.log;
+  EXPECT_NE(superuser.log.find("connects as postgres, a superuser or a role that bypasses "
+                               "row-level security"),
+            std::string::npos)
+      << superuser.log;
+  // …and a plain role with BYPASSRLS (its own, not the service's: roles are shared by the tests
+  // running at the same time).
+  const std::string role = db_->name() + "_bypass";
+  db_->AdminQuery("CREATE ROLE " + role + " LOGIN BYPASSRLS");
+  db_->AdminQuery("GRANT CONNECT ON DATABASE " + db_->name() + " TO " + role);
+  std::string bypass_url = AdminUrl(db_->name());
+  bypass_url.replace(bypass_url.find("postgres@"), std::string("postgres@").size(), role + "@");
+  ExitResult bypass = serve(bypass_url);
+  db_->AdminQuery("REVOKE CONNECT ON DATABASE " + db_->name() + " FROM " + role);
+  db_->AdminQuery("DROP ROLE " + role);
+  EXPECT_EQ(bypass.exit_code, 3) << bypass.log;
+  EXPECT_NE(bypass.log.find("connects as " + role + ", a superuser or a role that bypasses"),
+            std::string::npos)
+      << bypass.log;
+  // The service's runtime role, as deployed, serves.
+  ServiceProcess serving(Service(), db_->UrlFor(Service()));
+  EXPECT_TRUE(serving.WaitHealth(true)) << serving.Log();
+}
+
 TEST_F(ServiceBinaryTest, HandledCallsShowUpInMetricsWithTheirCode) {
   auto process = StartServing();
   // A domain RPC called without a token: refused (UNAUTHENTICATED), or UNIMPLEMENTED while the
