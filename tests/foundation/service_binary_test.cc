@@ -163,6 +163,34 @@ TEST_F(ServiceBinaryTest, EveryTenantTableHasRowLevelSecurityForced) {
   }
 }
 
+// A policy's bare current_setting() is evaluated for every row a statement reads; inside a
+// sub-SELECT once per statement (an InitPlan), which jobs reading every agency's rows rely on.
+TEST_F(ServiceBinaryTest, EveryPolicyReadsItsSettingOncePerStatement) {
+  ASSERT_EQ(
+      RunToExit(Service(), {"migrate", "--database_url=" + db_->OwnerUrlFor(Service())}).exit_code,
+      0);
+  auto policies = db_->AdminQuery(
+      "SELECT tablename || '.' || policyname, coalesce(qual, ''), coalesce(with_check, '') FROM "
+      "pg_policies WHERE schemaname = '" +
+      Service() + "' ORDER BY 1");
+  ASSERT_GT(policies.size(), 0u);
+  auto count = [](const std::string& text, const std::string& what) {
+    int n = 0;
+    for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+  };
+  int settings = 0;
+  for (const auto& row : policies) {
+    for (int column : {1, 2}) {
+      const std::string expression = row[column].as<std::string>();
+      settings += count(expression, "current_setting(");
+      EXPECT_EQ(count(expression, "current_setting("), count(expression, "SELECT current_setting("))
+          << row[0].as<std::string>() << " reads a setting per row: " << expression;
+    }
+  }
+  EXPECT_GT(settings, 0);
+}
+
 TEST_F(ServiceBinaryTest, MigrateTwiceChangesNothing) {
   const std::string url = "--database_url=" + db_->OwnerUrlFor(Service());
   ExitResult first = RunToExit(Service(), {"migrate", url});
