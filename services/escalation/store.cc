@@ -381,22 +381,27 @@ absl::StatusOr<std::optional<ConcernRecord>> Store::FindConcern(pqxx::work& tx,
                                                                 const std::string& agency_id,
                                                                 const std::string& concern_id,
                                                                 const Viewer& viewer, bool lock) {
-  const std::string sql =
-      absl::StrCat("SELECT ", kConcernColumns, ", ", kRoutedToViewer,
-                   " FROM concerns c WHERE c.agency_id = $1 AND c.id = $4::uuid",
-                   lock ? " FOR UPDATE OF c" : "");
-  pqxx::result rows = tx.exec_params(sql, agency_id, TextArrayLiteral(viewer.team_kinds),
-                                     viewer.subject, concern_id);
+  // Prepared (every acknowledgement, resolution and escalation reads a concern this way): its
+  // planning cost twelve times its execution (1.2 ms against 0.1 ms, measured in the sweeper).
+  static const std::string* const read =
+      new std::string(absl::StrCat("SELECT ", kConcernColumns, ", ", kRoutedToViewer,
+                                   " FROM concerns c WHERE c.agency_id = $1 AND c.id = $4::uuid"));
+  static const std::string* const locked = new std::string(*read + " FOR UPDATE OF c");
+  pqxx::result rows =
+      ExecPrepared(tx, lock ? "escalation_find_concern_locked" : "escalation_find_concern",
+                   lock ? *locked : *read, agency_id, TextArrayLiteral(viewer.team_kinds),
+                   viewer.subject, concern_id);
   if (rows.empty()) return std::optional<ConcernRecord>();
   return std::optional<ConcernRecord>(ConcernFromRow(rows[0], true));
 }
 
 absl::StatusOr<std::optional<ConcernRecord>> Store::FindBySourceEvent(
     pqxx::work& tx, const std::string& agency_id, const std::string& source_event_id) {
-  pqxx::result rows = tx.exec_params(
+  static const std::string* const sql = new std::string(
       absl::StrCat("SELECT ", kConcernColumns,
-                   " FROM concerns c WHERE c.agency_id = $1 AND c.source_event_id = $2"),
-      agency_id, source_event_id);
+                   " FROM concerns c WHERE c.agency_id = $1 AND c.source_event_id = $2"));
+  pqxx::result rows =
+      ExecPrepared(tx, "escalation_find_by_source_event", *sql, agency_id, source_event_id);
   if (rows.empty()) return std::optional<ConcernRecord>();
   return std::optional<ConcernRecord>(ConcernFromRow(rows[0], false));
 }
@@ -475,7 +480,8 @@ void Store::AppendTransition(DeferredWrites& writes, const std::string& agency_i
 absl::StatusOr<std::vector<v1::ConcernTransition>> Store::Transitions(
     pqxx::work& tx, const std::string& agency_id, const std::string& concern_id) {
   std::vector<v1::ConcernTransition> out;
-  for (const auto& row : tx.exec_params(
+  for (const auto& row : ExecPrepared(
+           tx, "escalation_transitions",
            "SELECT kind, coalesce(from_status, ''), status_after, level, coalesce(target_kind, "
            "''), "
            "coalesce(target_id, ''), actor, coalesce(actor_role, ''), us_from_ts(occurred_at), "
@@ -572,7 +578,8 @@ absl::StatusOr<std::vector<Store::DueConcern>> Store::DueConcerns(Database& db, 
       "app.escalation_sweeper", "on",
       [&](pqxx::work& tx) -> absl::StatusOr<std::vector<DueConcern>> {
         std::vector<DueConcern> due;
-        for (const auto& row : tx.exec_params(
+        for (const auto& row : ExecPrepared(
+                 tx, "escalation_due_concerns",
                  "SELECT agency_id, id::text FROM concerns "
                  "WHERE status IN ('open', 'acknowledged') AND next_deadline <= ts_from_us($1) "
                  "ORDER BY next_deadline LIMIT $2",
@@ -590,11 +597,12 @@ absl::StatusOr<std::vector<Store::DueConcern>> Store::PendingNotifications(Datab
       "app.escalation_sweeper", "on",
       [&](pqxx::work& tx) -> absl::StatusOr<std::vector<DueConcern>> {
         std::vector<DueConcern> due;
-        for (const auto& row : tx.exec_params(
-                 "SELECT agency_id, id::text FROM concerns WHERE notified_at IS NULL AND "
-                 "status IN ('open', 'acknowledged') AND notify_at <= ts_from_us($1) "
-                 "ORDER BY notify_at LIMIT $2",
-                 Micros(now), limit)) {
+        for (const auto& row :
+             ExecPrepared(tx, "escalation_pending_notifications",
+                          "SELECT agency_id, id::text FROM concerns WHERE notified_at IS NULL AND "
+                          "status IN ('open', 'acknowledged') AND notify_at <= ts_from_us($1) "
+                          "ORDER BY notify_at LIMIT $2",
+                          Micros(now), limit)) {
           due.push_back({row[0].as<std::string>(), row[1].as<std::string>()});
         }
         return due;
@@ -605,12 +613,13 @@ absl::StatusOr<std::optional<ConcernRecord>> Store::MarkNotified(pqxx::work& tx,
                                                                  const std::string& agency_id,
                                                                  const std::string& concern_id,
                                                                  absl::Time now) {
-  pqxx::result rows = tx.exec_params(
+  static const std::string* const sql = new std::string(
       absl::StrCat("UPDATE concerns c SET notified_at = ts_from_us($3) WHERE c.agency_id = $1 AND "
                    "c.id = $2::uuid AND c.notified_at IS NULL AND c.notify_at <= ts_from_us($3) "
                    "AND c.status IN ('open', 'acknowledged') RETURNING ",
-                   kConcernColumns),
-      agency_id, concern_id, Micros(now));
+                   kConcernColumns));
+  pqxx::result rows =
+      ExecPrepared(tx, "escalation_mark_notified", *sql, agency_id, concern_id, Micros(now));
   if (rows.empty()) return std::optional<ConcernRecord>();
   return std::optional<ConcernRecord>(ConcernFromRow(rows[0], false));
 }
