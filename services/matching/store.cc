@@ -675,13 +675,18 @@ int64_t RosterVersion(pqxx::work& tx, const std::string& agency_id, bool lock) {
 std::unordered_map<std::string, int> UnitsInUse(pqxx::work& tx,
                                                 const std::vector<std::string>& supporter_ids) {
   std::unordered_map<std::string, int> out;
-  for (const auto& row :
-       tx.exec_params("SELECT supporter_id::text, sum(units) FROM matches WHERE status = 'active' "
-                      "AND ($1 = '' OR supporter_id = ANY (string_to_array($1, ',')::uuid[])) "
-                      "GROUP BY supporter_id",
-                      absl::StrJoin(supporter_ids, ","))) {
-    out.emplace(row[0].c_str(), row[1].as<int>());
-  }
+  // Two prepared statements rather than one with an optional filter, which a generic plan could
+  // not use as an index condition (and which was planned at every ProposeMatches call).
+  const pqxx::result rows =
+      supporter_ids.empty()
+          ? ExecPrepared(tx, "matching_units_in_use",
+                         "SELECT supporter_id::text, sum(units) FROM matches WHERE status = "
+                         "'active' GROUP BY supporter_id")
+          : ExecPrepared(tx, "matching_units_in_use_of",
+                         "SELECT supporter_id::text, sum(units) FROM matches WHERE status = "
+                         "'active' AND supporter_id = ANY ($1::uuid[]) GROUP BY supporter_id",
+                         "{" + absl::StrJoin(supporter_ids, ",") + "}");
+  for (const auto& row : rows) out.emplace(row[0].c_str(), row[1].as<int>());
   return out;
 }
 
@@ -718,23 +723,29 @@ v1::MatchRequest InsertMatchRequest(pqxx::work& tx, const std::string& agency,
 }
 
 std::optional<v1::MatchRequest> FindMatchRequest(pqxx::work& tx, const std::string& id, bool lock) {
-  const pqxx::result rows = tx.exec_params(
-      absl::StrCat("SELECT ", RequestColumns(), " FROM match_requests r WHERE r.id = $1::uuid",
-                   lock ? " FOR UPDATE" : ""),
-      id);
+  // Prepared, as the other per-call reads of a request: planning it costs more than running it.
+  static const std::string* const read = new std::string(
+      absl::StrCat("SELECT ", RequestColumns(), " FROM match_requests r WHERE r.id = $1::uuid"));
+  static const std::string* const locked = new std::string(*read + " FOR UPDATE");
+  const pqxx::result rows =
+      ExecPrepared(tx, lock ? "matching_find_request_locked" : "matching_find_request",
+                   lock ? *locked : *read, id);
   if (rows.empty()) return std::nullopt;
   return ToRequest(rows[0]);
 }
 
 std::optional<ProposalContext> LockRequestForProposal(pqxx::work& tx, const std::string& agency_id,
                                                       const std::string& request_id) {
-  const pqxx::result rows = tx.exec_params(
+  // Prepared: every ProposeMatches call runs it, and planning it took 0.19 ms against 0.06 ms of
+  // execution (pg_stat_statements with track_planning).
+  static const std::string* const sql = new std::string(
       absl::StrCat("SELECT ", RequestColumns(),
                    ", coalesce((SELECT v.version FROM roster_versions v WHERE v.agency_id = $2), "
                    "0), " PEERPATH_SQL_MICROS(
                        "now()") " FROM match_requests r"
-                                " WHERE r.id = $1::uuid AND r.agency_id = $2 FOR UPDATE OF r"),
-      request_id, agency_id);
+                                " WHERE r.id = $1::uuid AND r.agency_id = $2 FOR UPDATE OF r"));
+  const pqxx::result rows =
+      ExecPrepared(tx, "matching_lock_request_for_proposal", *sql, request_id, agency_id);
   if (rows.empty()) return std::nullopt;
   constexpr int kRequestColumns = 17;  // ToRequest's.
   return ProposalContext{ToRequest(rows[0]), rows[0][kRequestColumns].as<int64_t>(),
