@@ -775,12 +775,12 @@ constexpr char kSetRequestStatus[] =
 
 void SetRequestStatus(pqxx::work& tx, const std::string& id, const std::string& status,
                       const std::string& cancel_reason) {
-  tx.exec_params0(kSetRequestStatus, id, status, cancel_reason);
+  ExecPrepared(tx, "matching_set_request_status", kSetRequestStatus, id, status, cancel_reason);
 }
 
 void SetRequestStatus(DeferredWrites& writes, const std::string& id, const std::string& status,
                       const std::string& cancel_reason) {
-  writes.Exec("", kSetRequestStatus, id, status, cancel_reason);
+  writes.Exec("matching_set_request_status", kSetRequestStatus, id, status, cancel_reason);
 }
 
 pqxx::result SelectRequestsToAssign(pqxx::work& tx, bool include_proposed, bool lock) {
@@ -858,7 +858,7 @@ std::vector<v1::Match> InsertProposals(DeferredWrites& writes, const std::string
     m.set_rank(proposals[i].rank);
   }
   const std::string rows = ProposalRowsJson(proposals, out);
-  writes.Exec("",
+  writes.Exec("matching_insert_proposals",
               "INSERT INTO matches (id, agency_id, request_id, supporter_id, participant_id, units,"
               "  score, explanation_pb, proposed_by, proposed_at, rank, continuity)"
               " SELECT id, $2, request_id, supporter_id, participant_id, units, score,"
@@ -978,12 +978,12 @@ constexpr char kDeclineProposals[] =
 
 void DeclineProposals(pqxx::work& tx, const std::string& request_id,
                       const std::string& except_match_id) {
-  tx.exec_params0(kDeclineProposals, request_id, except_match_id);
+  ExecPrepared(tx, "matching_decline_proposals", kDeclineProposals, request_id, except_match_id);
 }
 
 void DeclineProposals(DeferredWrites& writes, const std::string& request_id,
                       const std::string& except_match_id) {
-  writes.Exec("", kDeclineProposals, request_id, except_match_id);
+  writes.Exec("matching_decline_proposals", kDeclineProposals, request_id, except_match_id);
 }
 
 std::optional<v1::Match> FindMatch(pqxx::work& tx, const std::string& id, bool lock) {
