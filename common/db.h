@@ -70,6 +70,13 @@ pqxx::result ExecPrepared(pqxx::transaction_base& tx, const char* name, const st
   return tx.exec_prepared(name, std::forward<Args>(args)...);
 }
 
+// Scopes the rest of `tx` to `agency_id` for row-level security (app.agency_id, local to the
+// transaction), with a statement prepared once per connection.
+inline void ScopeToAgency(pqxx::transaction_base& tx, const std::string& agency_id) {
+  ExecPrepared(tx, "peerpath_set_agency", "SELECT set_config('app.agency_id', $1, true)",
+               agency_id);
+}
+
 // Writes whose results nobody reads, sent together: each Exec renders its statement with the
 // arguments as quoted literals (tx.quote: escaped by libpq for this connection), and Flush sends
 // them all in one round trip, in order, inside the caller's transaction. A write path that ends
@@ -156,8 +163,7 @@ class Database {
     using Result = std::invoke_result_t<Fn, pqxx::work&>;
     if (agency_id.empty()) return Result(absl::InternalError("transaction without an agency"));
     return Transact([&](pqxx::work& tx) -> Result {
-      ExecPrepared(tx, "peerpath_set_agency", "SELECT set_config('app.agency_id', $1, true)",
-                   agency_id);
+      ScopeToAgency(tx, agency_id);
       return fn(tx);
     });
   }

@@ -115,7 +115,7 @@ absl::StatusOr<int> EventConsumer::ApplyInTransaction(const EventPage& page, boo
       std::vector<const common::v1::Event*> run;
       auto flush = [&]() -> absl::Status {
         if (run.empty()) return absl::OkStatus();
-        tx.exec_params("SELECT set_config('app.agency_id', $1, true)", run.front()->agency_id());
+        ScopeToAgency(tx, run.front()->agency_id());
         absl::Status status;
         try {
           status = options_.apply_batch(tx, run);
@@ -139,7 +139,7 @@ absl::StatusOr<int> EventConsumer::ApplyInTransaction(const EventPage& page, boo
     } else {
       for (const common::v1::Event& event : page.events) {
         if (event.position() <= position) continue;  // Delivered before: already took effect.
-        tx.exec_params("SELECT set_config('app.agency_id', $1, true)", event.agency_id());
+        ScopeToAgency(tx, event.agency_id());
         if (isolate) tx.exec0("SAVEPOINT peerpath_event");
         absl::Status status;
         try {
