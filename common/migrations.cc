@@ -68,6 +68,13 @@ $rls$)sql";
 
 }  // namespace
 
+std::optional<bool> BypassesRowLevelSecurity(pqxx::transaction_base& tx, const std::string& role) {
+  const pqxx::result rows =
+      tx.exec_params("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = $1", role);
+  if (rows.empty()) return std::nullopt;
+  return rows[0][0].as<bool>();
+}
+
 std::string MigrationChecksum(const Migration& migration) {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int length = 0;
@@ -128,14 +135,13 @@ absl::StatusOr<MigrationReport> ApplyMigrations(pqxx::connection& conn, const st
     tx.exec0(kTenantIsolation);
     if (!runtime_role.empty() &&
         runtime_role != tx.exec1("SELECT current_user")[0].as<std::string>()) {
-      const auto role = tx.exec_params(
-          "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = $1", runtime_role);
-      if (role.empty()) {
+      const std::optional<bool> bypasses = BypassesRowLevelSecurity(tx, runtime_role);
+      if (!bypasses.has_value()) {
         return absl::FailedPreconditionError(
             absl::StrCat("runtime role ", runtime_role,
                          " does not exist (deploy/k8s/db/bootstrap.sql creates it)"));
       }
-      if (role[0][0].as<bool>()) {
+      if (*bypasses) {
         return absl::FailedPreconditionError(absl::StrCat(
             "runtime role ", runtime_role, " is a superuser or bypasses row-level security"));
       }

@@ -11,6 +11,7 @@
 // edited after they land.
 
 #include <cstdint>
+#include <optional>
 #include <pqxx/pqxx>
 #include <string>
 #include <vector>
@@ -55,6 +56,10 @@ std::string MigrationChecksum(const Migration& migration);
 absl::StatusOr<MigrationReport> ApplyMigrations(pqxx::connection& conn, const std::string& schema,
                                                 const std::vector<MigrationTrack>& tracks,
                                                 const std::string& runtime_role = "");
+
+// Whether `role` is a superuser or has BYPASSRLS, so that row-level security (which keeps agencies
+// apart) does not bind it; nullopt when there is no such role. Neither may serve.
+std::optional<bool> BypassesRowLevelSecurity(pqxx::transaction_base& tx, const std::string& role);
 
 // The applied migrations after `after_sequence` in order of application, at most `limit`.
 absl::StatusOr<std::vector<AppliedMigration>> ListAppliedMigrations(pqxx::work& tx,

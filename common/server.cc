@@ -28,6 +28,7 @@
 #include "common/channel.h"
 #include "common/idempotency.h"
 #include "common/log.h"
+#include "common/migrations.h"
 #include "common/operations_service.h"
 #include "common/rpc_observer.h"
 #include "shared/migrations.h"
@@ -140,12 +141,10 @@ class Readiness {
   // rows. Such a --database_url stops start-up (the role is the connection's, whatever the URL).
   absl::Status CheckServingRole() {
     return db_.Transact([](pqxx::work& tx) -> absl::Status {
-      const pqxx::row role = tx.exec1(
-          "SELECT current_user, rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = "
-          "current_user");
-      if (!role[1].as<bool>()) return absl::OkStatus();
+      const std::string user = tx.exec1("SELECT current_user")[0].as<std::string>();
+      if (!BypassesRowLevelSecurity(tx, user).value_or(false)) return absl::OkStatus();
       return absl::FailedPreconditionError(absl::StrCat(
-          "--database_url connects as ", role[0].c_str(),
+          "--database_url connects as ", user,
           ", a superuser or a role that bypasses row-level security, which keeps agencies apart; "
           "serve as the service's runtime role (deploy/k8s/db/bootstrap.sql creates it)"));
     });

@@ -685,7 +685,7 @@ std::unordered_map<std::string, int> UnitsInUse(pqxx::work& tx,
           : ExecPrepared(tx, "matching_units_in_use_of",
                          "SELECT supporter_id::text, sum(units) FROM matches WHERE status = "
                          "'active' AND supporter_id = ANY ($1::uuid[]) GROUP BY supporter_id",
-                         "{" + absl::StrJoin(supporter_ids, ",") + "}");
+                         TextArrayLiteral(supporter_ids));
   for (const auto& row : rows) out.emplace(row[0].c_str(), row[1].as<int>());
   return out;
 }

@@ -219,7 +219,7 @@ TEST_F(ServiceBinaryTest, ChangedMigrationStopsStartUp) {
   EXPECT_EQ(*code, 3);
 }
 
-TEST_F(ServiceBinaryTest, ServingAsARoleThatBypassesRowLevelSecurityStopsStartUp) {
+TEST_F(ServiceBinaryTest, ARoleThatBypassesRowLevelSecurityCannotServeOrBeTheRuntimeRole) {
   // The schema is migrated by its owner; only the serving role is wrong.
   const std::string owner_url = db_->OwnerUrlFor(Service());
   ASSERT_EQ(RunToExit(Service(), {"migrate", "--database_url=" + owner_url}).exit_code, 0);
@@ -245,12 +245,26 @@ TEST_F(ServiceBinaryTest, ServingAsARoleThatBypassesRowLevelSecurityStopsStartUp
   std::string bypass_url = AdminUrl(db_->name());
   bypass_url.replace(bypass_url.find("postgres@"), std::string("postgres@").size(), role + "@");
   ExitResult bypass = serve(bypass_url);
+  // Named as the runtime role, the migration runner refuses it before granting it anything, as
+  // it refuses a role that does not exist.
+  ExitResult granted = RunToExit(
+      Service(), {"migrate", "--database_url=" + owner_url, "--database_runtime_role=" + role});
+  ExitResult missing = RunToExit(Service(), {"migrate", "--database_url=" + owner_url,
+                                             "--database_runtime_role=" + role + "_missing"});
   db_->AdminQuery("REVOKE CONNECT ON DATABASE " + db_->name() + " FROM " + role);
   db_->AdminQuery("DROP ROLE " + role);
   EXPECT_EQ(bypass.exit_code, 3) << bypass.log;
   EXPECT_NE(bypass.log.find("connects as " + role + ", a superuser or a role that bypasses"),
             std::string::npos)
       << bypass.log;
+  EXPECT_EQ(granted.exit_code, 1) << granted.log;
+  EXPECT_NE(
+      granted.log.find("runtime role " + role + " is a superuser or bypasses row-level security"),
+      std::string::npos)
+      << granted.log;
+  EXPECT_EQ(missing.exit_code, 1) << missing.log;
+  EXPECT_NE(missing.log.find("runtime role " + role + "_missing does not exist"), std::string::npos)
+      << missing.log;
   // The service's runtime role, as deployed, serves.
   ServiceProcess serving(Service(), db_->UrlFor(Service()));
   EXPECT_TRUE(serving.WaitHealth(true)) << serving.Log();
