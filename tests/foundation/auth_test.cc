@@ -141,11 +141,15 @@ TEST(TokenVerifier, RefusesTokenWithoutAgency) {
   ExpectRefused(Verifier()->Verify(Mint(claims)), "agency_id");
 }
 
-std::string Base64UrlParam(EVP_PKEY* key, const char* name) {
+// The key parameter `name` as a JWK writes it: big-endian, in `width` bytes (EC coordinates are
+// always the curve's size, RFC 7518 6.2.1.2), or in as few as it needs when `width` is 0 (RSA).
+std::string Base64UrlParam(EVP_PKEY* key, const char* name, int width = 0) {
   BIGNUM* bn = nullptr;
   EXPECT_EQ(EVP_PKEY_get_bn_param(key, name, &bn), 1);
-  std::string bytes(BN_num_bytes(bn), '\0');
-  BN_bn2bin(bn, reinterpret_cast<unsigned char*>(bytes.data()));
+  std::string bytes(width > 0 ? width : BN_num_bytes(bn), '\0');
+  EXPECT_EQ(BN_bn2binpad(bn, reinterpret_cast<unsigned char*>(bytes.data()),
+                         static_cast<int>(bytes.size())),
+            static_cast<int>(bytes.size()));
   BN_free(bn);
   return absl::WebSafeBase64Escape(bytes);
 }
@@ -163,8 +167,8 @@ TEST(TokenVerifier, ReadsJwksWithRsaAndEcKeys) {
                            Base64UrlParam(rsa, OSSL_PKEY_PARAM_RSA_N) + R"(","e":")" +
                            Base64UrlParam(rsa, OSSL_PKEY_PARAM_RSA_E) +
                            R"("},{"kty":"EC","kid":"e1","crv":"P-256","x":")" +
-                           Base64UrlParam(ec, OSSL_PKEY_PARAM_EC_PUB_X) + R"(","y":")" +
-                           Base64UrlParam(ec, OSSL_PKEY_PARAM_EC_PUB_Y) + R"("}]})";
+                           Base64UrlParam(ec, OSSL_PKEY_PARAM_EC_PUB_X, 32) + R"(","y":")" +
+                           Base64UrlParam(ec, OSSL_PKEY_PARAM_EC_PUB_Y, 32) + R"("}]})";
   EVP_PKEY_free(rsa);
   EVP_PKEY_free(ec);
   auto verifier = TokenVerifier::FromText(jwks, {kTestIssuer, kTestAudience});
