@@ -53,16 +53,21 @@ std::vector<int> ByValueDescending(const AssignmentProblem& problem) {
   return order;
 }
 
-}  // namespace
-
-AssignmentResult AssignGreedy(const AssignmentProblem& problem) {
+// The greedy baseline over candidates in `order` (ByValueDescending).
+AssignmentResult Greedy(const AssignmentProblem& problem, const std::vector<int>& order) {
   AssignmentResult result;
   result.supporter_of.assign(problem.units.size(), -1);
   std::vector<int> left = problem.capacity;
-  FillGreedily(problem, ByValueDescending(problem), left, result.supporter_of);
+  FillGreedily(problem, order, left, result.supporter_of);
   Finish(problem, result);
   result.upper_bound = result.total_value;
   return result;
+}
+
+}  // namespace
+
+AssignmentResult AssignGreedy(const AssignmentProblem& problem) {
+  return Greedy(problem, ByValueDescending(problem));
 }
 
 namespace {
@@ -76,10 +81,24 @@ double SolveFlow(const AssignmentProblem& problem, bool uniform, int64_t unit,
   const int requests = static_cast<int>(problem.units.size());
   const int supporters = static_cast<int>(problem.capacity.size());
   auto demand = [&](int r) -> int64_t { return uniform ? 1 : problem.units[r]; };
+  // Only pairs that could still be assigned whole: a supporter with fewer units left than the
+  // request takes can carry only a split of it, which is never kept. Without those arcs the flow
+  // is still a relaxation of the assignment (so the first value is still an upper bound), and
+  // after the first round, when most supporters are full, the graph is a fraction of the pairs.
+  auto assignable = [&](const AssignmentProblem::Candidate& c) {
+    return supporter_of[c.request] < 0 && left[c.supporter] >= problem.units[c.request];
+  };
+  std::vector<char> has_pair(requests, 0);
+  int pairs = 0;
+  for (const auto& c : problem.candidates) {
+    if (!assignable(c)) continue;
+    has_pair[c.request] = 1;
+    ++pairs;
+  }
   using Graph = lemon::SmartDigraph;
   Graph graph;
   graph.reserveNode(requests + supporters + 2);
-  graph.reserveArc(static_cast<int>(problem.candidates.size()) + requests + supporters + 1);
+  graph.reserveArc(pairs + requests + supporters + 1);
   const Graph::Node source = graph.addNode();
   const Graph::Node sink = graph.addNode();
   std::vector<Graph::Node> request_node(requests), supporter_node(supporters);
@@ -88,7 +107,7 @@ double SolveFlow(const AssignmentProblem& problem, bool uniform, int64_t unit,
   Graph::ArcMap<int64_t> upper(graph), cost(graph);
   int64_t total_demand = 0;
   for (int r = 0; r < requests; ++r) {
-    if (supporter_of[r] >= 0) continue;
+    if (!has_pair[r]) continue;
     const auto arc = graph.addArc(source, request_node[r]);
     upper[arc] = demand(r);
     cost[arc] = 0;
@@ -103,10 +122,10 @@ double SolveFlow(const AssignmentProblem& problem, bool uniform, int64_t unit,
   upper[bypass] = total_demand;
   cost[bypass] = 0;
   std::vector<std::pair<size_t, Graph::Arc>> pair_arcs;
-  pair_arcs.reserve(problem.candidates.size());
+  pair_arcs.reserve(pairs);
   for (size_t i = 0; i < problem.candidates.size(); ++i) {
     const auto& c = problem.candidates[i];
-    if (supporter_of[c.request] >= 0) continue;
+    if (!assignable(c)) continue;
     const auto arc = graph.addArc(request_node[c.request], supporter_node[c.supporter]);
     upper[arc] = demand(c.request);
     // Cost per unit of flow; a request's whole flow is worth −value.
@@ -244,9 +263,11 @@ AssignmentResult AssignConnected(const AssignmentProblem& problem) {
   for (int round = 0; round < 8 && assigned > 0; ++round) {
     SolveFlow(problem, uniform, unit, left, result.supporter_of, &assigned);
   }
-  FillGreedily(problem, ByValueDescending(problem), left, result.supporter_of);
+  // One sort of the candidates (millions in a large component) serves both greedy passes.
+  const std::vector<int> by_value = ByValueDescending(problem);
+  FillGreedily(problem, by_value, left, result.supporter_of);
   Finish(problem, result);
-  AssignmentResult greedy = AssignGreedy(problem);
+  AssignmentResult greedy = Greedy(problem, by_value);
   const double bound = result.upper_bound;
   if (greedy.total_value > result.total_value) result = std::move(greedy);
   result.upper_bound = std::max(bound, result.total_value);

@@ -14,10 +14,13 @@
 // supporters; then the flow is its LP relaxation: requests the flow serves whole are kept, the
 // flow is solved again for the split ones in the capacity left (a few rounds, while that assigns
 // more), what is still open is filled greedily, and the result is never worse than the greedy
-// baseline (the better of the two is returned). `upper_bound` is the first LP value, so the
-// remaining optimality gap is reported, not hidden (`exact` only when it is zero). A component
-// of up to 12 requests with mixed units is then solved exactly by branch and bound from that
-// assignment (given up, keeping the best found, after 50,000 nodes); `exact` says it finished.
+// baseline (the better of the two is returned). Each flow leaves out the pairs whose supporter
+// has fewer units left than the request takes (they could only carry a split): still a
+// relaxation, a tighter one, and after the first round a fraction of the pairs. `upper_bound` is
+// the first LP value, so the remaining optimality gap is reported, not hidden (`exact` only when it
+// is zero). A component of up to 12 requests with mixed units is then solved exactly by branch and
+// bound from that assignment (given up, keeping the best found, after 50,000 nodes); `exact` says
+// it finished.
 //
 // Components. Requests and supporters that share no candidate pair do not compete, so each
 // connected component of the candidate graph is solved on its own: the same optimum, much less

@@ -226,6 +226,35 @@ TEST(AssignOptimal, MixedUnitsNeverBelowGreedyOnEverySeed) {
   }
 }
 
+TEST(AssignOptimal, TheMixedUnitsBoundIsNeverBelowTheOptimum) {
+  // Thirteen requests on two supporters: one component, too large for branch and bound, so the
+  // reported bound is the first flow's. That flow leaves out the pairs a supporter has too few
+  // units for (1–4 units left, requests of 1–3); it must still bound the optimum, found here by
+  // exhaustive search (3^13 assignments).
+  std::mt19937 rng(2026);
+  int pruned = 0;
+  for (int round = 0; round < 8; ++round) {
+    AssignmentProblem p;
+    std::uniform_int_distribution<int> units(1, 3), capacity(1, 4);
+    std::uniform_real_distribution<double> value(100, 400);
+    for (int s = 0; s < 2; ++s) p.capacity.push_back(capacity(rng));
+    for (int r = 0; r < 13; ++r) {
+      p.units.push_back(units(rng));
+      for (int s = 0; s < 2; ++s) {
+        p.candidates.push_back({r, s, value(rng)});
+        if (p.capacity[s] < p.units[r]) ++pruned;
+      }
+    }
+    const AssignmentResult result = AssignOptimal(p);
+    const std::string label = "round " + std::to_string(round);
+    ExpectFeasibleAtLeastGreedyWithinTheBound(p, result, label);
+    const double best = Exhaustive(p);
+    EXPECT_LE(result.total_value, best + 1e-6) << label;
+    EXPECT_GE(result.upper_bound + 1e-6, best) << label;
+  }
+  EXPECT_GT(pruned, 0) << "pairs a supporter cannot take whole are exercised";
+}
+
 TEST(AssignOptimal, ComponentsWithDifferentUnitsAreEachExact) {
   // Two independent groups (no shared candidate): one where every request takes 1 unit, one
   // where every request takes 3. The problem as a whole has mixed units, yet each component is a
