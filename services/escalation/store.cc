@@ -395,6 +395,22 @@ absl::StatusOr<std::optional<ConcernRecord>> Store::FindConcern(pqxx::work& tx,
   return std::optional<ConcernRecord>(ConcernFromRow(rows[0], true));
 }
 
+std::vector<ConcernRecord> Store::LockConcerns(pqxx::work& tx, const std::string& agency_id,
+                                               const std::vector<std::string>& concern_ids) {
+  static const std::string* const sql = new std::string(
+      absl::StrCat("SELECT ", kConcernColumns, ", ", kRoutedToViewer,
+                   " FROM concerns c WHERE c.agency_id = $1 AND c.id = ANY($4::uuid[])"
+                   " ORDER BY c.id FOR UPDATE OF c"));
+  const Viewer sweeper;
+  const pqxx::result rows = ExecPrepared(tx, "escalation_lock_concerns", *sql, agency_id,
+                                         TextArrayLiteral(sweeper.team_kinds), sweeper.subject,
+                                         TextArrayLiteral(concern_ids));
+  std::vector<ConcernRecord> out;
+  out.reserve(rows.size());
+  for (const auto& row : rows) out.push_back(ConcernFromRow(row, true));
+  return out;
+}
+
 absl::StatusOr<std::optional<ConcernRecord>> Store::FindBySourceEvent(
     pqxx::work& tx, const std::string& agency_id, const std::string& source_event_id) {
   static const std::string* const sql = new std::string(

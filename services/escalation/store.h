@@ -93,6 +93,11 @@ class Store {
                                                                   const std::string& agency_id,
                                                                   const std::string& concern_id,
                                                                   const Viewer& viewer, bool lock);
+  // The concerns of `concern_ids` that exist in the agency, locked FOR UPDATE in the order of
+  // their ids (so that two sweepers locking overlapping sets never wait on each other in a
+  // cycle), as the sweeper sees them (Viewer{}).
+  static std::vector<ConcernRecord> LockConcerns(pqxx::work& tx, const std::string& agency_id,
+                                                 const std::vector<std::string>& concern_ids);
   static absl::StatusOr<std::optional<ConcernRecord>> FindBySourceEvent(
       pqxx::work& tx, const std::string& agency_id, const std::string& source_event_id);
 

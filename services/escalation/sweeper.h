@@ -1,22 +1,26 @@
 #pragma once
 
 // The deadline sweeper: finds concerns whose stored next deadline has passed (through the
-// partial index on next_deadline) and escalates, re-alerts or records the breach, each concern in
-// its own transaction under a row lock, so a missed deadline takes effect exactly once, also
-// across restarts and with several replicas. A backlog is worked off through up to four
-// connections at once, most overdue first. Also refreshes the open/overdue gauges (every 5 s).
+// partial index on next_deadline) and escalates, re-alerts or records the breach under each
+// concern's row lock, so a missed deadline takes effect exactly once, also across restarts and
+// with several replicas. The concerns due are acted on in chunks of one agency's (one
+// transaction each; one concern at a time when a chunk fails), through up to four connections at
+// once, most overdue first. Also refreshes the open/overdue gauges (every 5 s).
 
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/db.h"
 #include "common/stop_signal.h"
 #include "services/escalation/notification_outbox.h"
+#include "services/escalation/store.h"
 #include "services/escalation/watch_feed.h"
 
 namespace peerpath::escalation {
@@ -51,6 +55,17 @@ class DeadlineSweeper {
   // Acts on one due concern; false when it was no longer due (someone acted first).
   absl::StatusOr<bool> ActOn(const std::string& agency_id, const std::string& concern_id,
                              absl::Time now);
+  // Acts on the due concerns of one agency in one transaction; how many were still due. An error
+  // writes nothing for any of them.
+  absl::StatusOr<int> ActOnChunk(const std::string& agency_id,
+                                 const std::vector<std::string>& concern_ids, absl::Time now);
+  // Under the concern's row lock: adds the writes of its escalation or re-alert to `writes`
+  // (and sets `notify` when a notification is among them); false when it is no longer due
+  // (another sweeper, an acknowledgement or a resolution came first).
+  absl::StatusOr<bool> Apply(pqxx::work& tx, DeferredWrites& writes, ConcernRecord record,
+                             absl::Time now, bool& notify);
+  // Wakes the notification outbox and the watch feed once a transaction with changes committed.
+  void AfterCommit(bool notify);
 
   Database& db_;
   NotificationOutbox& outbox_;

@@ -6,9 +6,12 @@
 #include <signal.h>
 
 #include <atomic>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "peerpath/escalation/v1/escalation.grpc.pb.h"
 #include "peerpath/escalation/v1/events.pb.h"
 #include "tests/support/local_http_server.h"
@@ -734,6 +737,66 @@ TEST_F(EscalationServiceTest, ADeadlineWhoseBreachIsRecordedIsNotEscalatedAgain)
                   "next_deadline < now()"),
             1)
       << "still due: the sweeper tries again, and a person sees it overdue";
+}
+
+TEST_F(EscalationServiceTest, AConcernTheDatabaseRefusesHoldsBackNoOtherOfItsChunk) {
+  // The sweeper acts on an agency's due concerns in chunks, one transaction each. One concern
+  // whose escalation the database refuses (the breach of this very deadline is on record already)
+  // fails its chunk as a whole; the chunk's other concerns are then escalated one at a time, and
+  // the refused one stays due with nothing of an escalation written.
+  constexpr int kConcerns = 40;
+  RaiseCriticalConcernsTwoHoursOverdue(kConcerns);
+  service_->Signal(SIGKILL);
+  service_->WaitExit(5s);
+  const std::string refused =
+      db_->AdminQuery(
+             "SELECT id::text FROM escalation.concerns ORDER BY next_deadline, id OFFSET 3 LIMIT 1")
+          [0][0]
+              .as<std::string>();
+  db_->AdminQuery(
+      "INSERT INTO escalation.escalation_breaches (agency_id, concern_id, deadline_kind, level, "
+      "deadline) SELECT agency_id, id, 'acknowledgement', 0, ack_deadline FROM "
+      "escalation.concerns WHERE id = '" +
+      refused + "'");
+  service_ = Start({"--deadline_sweep_interval=20ms", "--log_level=info"});
+  for (int wait = 0; wait < 300; ++wait) {
+    if (Count("SELECT count(*) FROM escalation.concerns WHERE current_level = 1") ==
+        kConcerns - 1) {
+      break;
+    }
+    std::this_thread::sleep_for(100ms);
+  }
+  std::this_thread::sleep_for(300ms);  // More sweeps, each refused again for that one concern.
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE current_level = 1 AND "
+                  "status = 'open' AND target_id = 'cm-team' AND breach_count = 1"),
+            kConcerns - 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.escalation_breaches WHERE escalated_to_id = "
+                  "'cm-team'"),
+            kConcerns - 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concern_transitions WHERE kind = 'escalated'"),
+            kConcerns - 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.outbox WHERE event_type = "
+                  "'peerpath.escalation.v1.ConcernEscalatedEvent'"),
+            kConcerns - 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE id = '" + refused +
+                  "' AND current_level = 0 AND breach_count = 0 AND next_deadline < now()"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concern_transitions WHERE concern_id = '" +
+                  refused + "' AND kind NOT IN ('opened', 'routed')"),
+            0);
+  // All in the first sweep: the refused concern's chunk was retried a concern at a time at once,
+  // not left to later sweeps.
+  std::optional<nlohmann::json> first_sweep;
+  for (absl::string_view line : absl::StrSplit(service_->Log(), '\n')) {
+    const auto parsed = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (parsed.is_object() && parsed.value("msg", "") == "deadline sweep") {
+      first_sweep = parsed;
+      break;
+    }
+  }
+  ASSERT_TRUE(first_sweep.has_value()) << service_->Log();
+  EXPECT_EQ(first_sweep->value("due", 0), kConcerns);
+  EXPECT_EQ(first_sweep->value("acted", 0), kConcerns - 1);
 }
 
 TEST_F(EscalationServiceTest, AcknowledgedButUnresolvedReAlertsThenEscalates) {
