@@ -250,9 +250,10 @@ absl::StatusOr<bool> DeadlineSweeper::Apply(pqxx::work& tx, DeferredWrites& writ
   const absl::Time repeat_deadline =
       DeadlineAfter(rule->AckLimitAt(level), now, rule->business_hours_only, calendar);
 
-  auto realert = [&](v1::ReAlertReason reason, const std::string& missed_kind) {
+  // The sweep's transition, from the state read to the concern's state now.
+  auto append_transition = [&](const char* transition, const std::string& missed_kind) {
     TransitionRecord t;
-    t.kind = "realerted";
+    t.kind = transition;
     t.from_status = StateCode(from_state);
     t.to_status = StateCode(c.state());
     t.level = c.current_level();
@@ -261,6 +262,9 @@ absl::StatusOr<bool> DeadlineSweeper::Apply(pqxx::work& tx, DeferredWrites& writ
     t.missed_deadline_kind = missed_kind;
     t.missed_deadline = missed;
     Store::AppendTransition(writes, agency_id, concern_id, t);
+  };
+  auto realert = [&](v1::ReAlertReason reason, const std::string& missed_kind) {
+    append_transition("realerted", missed_kind);
     v1::ConcernReAlertedEvent e;
     e.set_concern_id(concern_id);
     e.set_category(c.category());
@@ -336,16 +340,7 @@ absl::StatusOr<bool> DeadlineSweeper::Apply(pqxx::work& tx, DeferredWrites& writ
       record.next_deadline_kind = "chain_exhausted";
     }
     Store::UpdateConcern(writes, record);
-    TransitionRecord t;
-    t.kind = "escalated";
-    t.from_status = StateCode(from_state);
-    t.to_status = StateCode(c.state());
-    t.level = c.current_level();
-    t.target = TargetFromProto(c.current_target());
-    t.actor = kSweeperActor;
-    t.missed_deadline_kind = kind;
-    t.missed_deadline = missed;
-    Store::AppendTransition(writes, agency_id, concern_id, t);
+    append_transition("escalated", kind);
     AppendEvents(writes, agency_id, {{concern_id, &e}});
     if (exhausted) {
       realert(v1::RE_ALERT_REASON_CHAIN_EXHAUSTED, "");

@@ -23,6 +23,20 @@ AssignmentProblem RandomProblem(std::mt19937& rng, int requests, int supporters,
   return p;
 }
 
+// Mixed units (1–3) with every request a candidate of every supporter (capacity 1 to
+// `max_capacity`), values 100–400.
+AssignmentProblem EveryPair(std::mt19937& rng, int requests, int supporters, int max_capacity) {
+  AssignmentProblem p;
+  std::uniform_int_distribution<int> capacity(1, max_capacity), units(1, 3);
+  std::uniform_real_distribution<double> value(100, 400);
+  for (int s = 0; s < supporters; ++s) p.capacity.push_back(capacity(rng));
+  for (int r = 0; r < requests; ++r) {
+    p.units.push_back(units(rng));
+    for (int s = 0; s < supporters; ++s) p.candidates.push_back({r, s, value(rng)});
+  }
+  return p;
+}
+
 // The best value over every assignment ((supporters + 1)^requests of them).
 double Exhaustive(const AssignmentProblem& p) {
   const int requests = static_cast<int>(p.units.size());
@@ -103,14 +117,7 @@ TEST(AssignOptimal, ABranchAndBoundThatRunsOutOfNodesKeepsTheBestAssignmentFound
   std::mt19937 rng(7);
   int finished = 0, gave_up = 0;
   for (int round = 0; round < 200; ++round) {
-    AssignmentProblem p;
-    std::uniform_int_distribution<int> capacity(1, 8), units(1, 3);
-    std::uniform_real_distribution<double> value(100, 400);
-    for (int s = 0; s < 4; ++s) p.capacity.push_back(capacity(rng));
-    for (int r = 0; r < 12; ++r) {
-      p.units.push_back(units(rng));
-      for (int s = 0; s < 4; ++s) p.candidates.push_back({r, s, value(rng)});
-    }
+    const AssignmentProblem p = EveryPair(rng, 12, 4, 8);
     const AssignmentResult result = AssignOptimal(p);
     ExpectFeasibleAtLeastGreedyWithinTheBound(p, result, "round " + std::to_string(round));
     (result.exact ? finished : gave_up)++;
@@ -234,17 +241,8 @@ TEST(AssignOptimal, TheMixedUnitsBoundIsNeverBelowTheOptimum) {
   std::mt19937 rng(2026);
   int pruned = 0;
   for (int round = 0; round < 8; ++round) {
-    AssignmentProblem p;
-    std::uniform_int_distribution<int> units(1, 3), capacity(1, 4);
-    std::uniform_real_distribution<double> value(100, 400);
-    for (int s = 0; s < 2; ++s) p.capacity.push_back(capacity(rng));
-    for (int r = 0; r < 13; ++r) {
-      p.units.push_back(units(rng));
-      for (int s = 0; s < 2; ++s) {
-        p.candidates.push_back({r, s, value(rng)});
-        if (p.capacity[s] < p.units[r]) ++pruned;
-      }
-    }
+    const AssignmentProblem p = EveryPair(rng, 13, 2, 4);
+    for (const auto& c : p.candidates) pruned += p.capacity[c.supporter] < p.units[c.request];
     const AssignmentResult result = AssignOptimal(p);
     const std::string label = "round " + std::to_string(round);
     ExpectFeasibleAtLeastGreedyWithinTheBound(p, result, label);
