@@ -176,6 +176,10 @@ std::string TextArrayLiteral(const std::vector<std::string>& values) {
   return out + "}";
 }
 
+std::string IntegerArrayLiteral(const std::vector<int64_t>& values) {
+  return absl::StrCat("{", absl::StrJoin(values, ","), "}");
+}
+
 namespace {
 
 // Calls at(position, n) for every parameter $n of `sql` (n ≥ 1; "$" followed by digits), in

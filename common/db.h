@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <pqxx/pqxx>
@@ -59,6 +60,8 @@ void MarkSchemaReady(bool ready = true);
 // A PostgreSQL array literal of text values for a `$n::text[]` parameter: every element quoted,
 // with `"` and `\` escaped, so any text (commas, braces, quotes, "NULL") arrives as itself.
 std::string TextArrayLiteral(const std::vector<std::string>& values);
+// The same for a `$n::integer[]` or `$n::bigint[]` parameter.
+std::string IntegerArrayLiteral(const std::vector<int64_t>& values);
 
 // Runs a statement prepared once per connection under `name`: parsed and planned by PostgreSQL
 // once per connection rather than at every call (as exec_params is). Every use of one `name`

@@ -488,9 +488,43 @@ absl::Status Store::AppendTransition(pqxx::work& tx, const std::string& agency_i
   return absl::OkStatus();
 }
 
-void Store::AppendTransition(DeferredWrites& writes, const std::string& agency_id,
-                             const std::string& concern_id, const TransitionRecord& t) {
-  WriteTransition(writes, agency_id, concern_id, t);
+void Store::AppendTransitions(
+    DeferredWrites& writes, const std::string& agency_id,
+    const std::vector<std::pair<std::string, TransitionRecord>>& transitions) {
+  if (transitions.empty()) return;
+  std::vector<std::string> ids, kinds, from, to, target_kinds, target_ids, actors, roles,
+      missed_kinds;
+  std::vector<int64_t> levels, missed;
+  for (const auto& [concern_id, t] : transitions) {
+    ids.push_back(concern_id);
+    kinds.push_back(t.kind);
+    from.push_back(t.from_status);
+    to.push_back(t.to_status);
+    levels.push_back(t.level);
+    target_kinds.push_back(t.target ? TargetKindCode(t.target->kind) : "");
+    target_ids.push_back(t.target ? t.target->id : "");
+    actors.push_back(t.actor);
+    roles.push_back(t.actor_role);
+    missed_kinds.push_back(t.missed_deadline_kind);
+    missed.push_back(Micros(t.missed_deadline));
+  }
+  // Rows in the order given (ORDER BY the ordinality): `seq`, a concern's order of transitions,
+  // follows it.
+  writes.Exec(
+      "escalation_append_transitions",
+      "INSERT INTO concern_transitions (agency_id, concern_id, kind, from_status, status_after, "
+      "level, target_kind, target_id, actor, actor_role, missed_deadline_kind, missed_deadline) "
+      "SELECT $1, t.concern_id, t.kind, NULLIF(t.from_status, ''), t.status_after, t.level, "
+      "NULLIF(t.target_kind, ''), NULLIF(t.target_id, ''), t.actor, NULLIF(t.actor_role, ''), "
+      "NULLIF(t.missed_kind, ''), ts_from_us(t.missed_us) "
+      "FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::integer[], $7::text[], "
+      "$8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[]) WITH ORDINALITY "
+      "AS t(concern_id, kind, from_status, status_after, level, target_kind, target_id, actor, "
+      "actor_role, missed_kind, missed_us, n) ORDER BY t.n",
+      agency_id, TextArrayLiteral(ids), TextArrayLiteral(kinds), TextArrayLiteral(from),
+      TextArrayLiteral(to), IntegerArrayLiteral(levels), TextArrayLiteral(target_kinds),
+      TextArrayLiteral(target_ids), TextArrayLiteral(actors), TextArrayLiteral(roles),
+      TextArrayLiteral(missed_kinds), IntegerArrayLiteral(missed));
 }
 
 absl::StatusOr<std::vector<v1::ConcernTransition>> Store::Transitions(
@@ -523,16 +557,29 @@ absl::StatusOr<std::vector<v1::ConcernTransition>> Store::Transitions(
   return out;
 }
 
-void Store::InsertBreach(DeferredWrites& writes, const std::string& agency_id,
-                         const std::string& concern_id, const std::string& deadline_kind, int level,
-                         absl::Time deadline, const std::optional<Target>& to) {
+void Store::InsertBreaches(DeferredWrites& writes, const std::string& agency_id,
+                           const std::vector<Breach>& breaches) {
+  if (breaches.empty()) return;
+  std::vector<std::string> ids, kinds, to_kinds, to_ids;
+  std::vector<int64_t> levels, deadlines;
+  for (const Breach& b : breaches) {
+    ids.push_back(b.concern_id);
+    kinds.push_back(b.deadline_kind);
+    levels.push_back(b.level);
+    deadlines.push_back(Micros(b.deadline));
+    to_kinds.push_back(b.escalated_to ? TargetKindCode(b.escalated_to->kind) : "");
+    to_ids.push_back(b.escalated_to ? b.escalated_to->id : "");
+  }
   // No ON CONFLICT: a breach recorded before fails the caller's transaction at its flush.
-  writes.Exec("escalation_insert_breach",
+  writes.Exec("escalation_insert_breaches",
               "INSERT INTO escalation_breaches (agency_id, concern_id, deadline_kind, level, "
-              "deadline, escalated_to_kind, escalated_to_id) VALUES ($1, $2::uuid, $3, $4, "
-              "ts_from_us($5), NULLIF($6, ''), NULLIF($7, ''))",
-              agency_id, concern_id, deadline_kind, level, Micros(deadline),
-              to ? TargetKindCode(to->kind) : "", to ? to->id : "");
+              "deadline, escalated_to_kind, escalated_to_id) SELECT $1, b.concern_id, b.kind, "
+              "b.level, ts_from_us(b.deadline_us), NULLIF(b.to_kind, ''), NULLIF(b.to_id, '') "
+              "FROM unnest($2::uuid[], $3::text[], $4::integer[], $5::bigint[], $6::text[], "
+              "$7::text[]) AS b(concern_id, kind, level, deadline_us, to_kind, to_id)",
+              agency_id, TextArrayLiteral(ids), TextArrayLiteral(kinds),
+              IntegerArrayLiteral(levels), IntegerArrayLiteral(deadlines),
+              TextArrayLiteral(to_kinds), TextArrayLiteral(to_ids));
 }
 
 absl::StatusOr<std::vector<ConcernRecord>> Store::ListConcerns(

@@ -106,19 +106,28 @@ class Store {
   static absl::Status UpdateConcern(pqxx::work& tx, ConcernRecord& record);
   static absl::Status AppendTransition(pqxx::work& tx, const std::string& agency_id,
                                        const std::string& concern_id, const TransitionRecord& t);
-  // The same two, sent with the caller's other deferred writes (DeferredWrites::Flush).
+  // The same, sent with the caller's other deferred writes (DeferredWrites::Flush); and the
+  // transitions of several concerns of the agency as one INSERT, in the order given.
   static void UpdateConcern(DeferredWrites& writes, ConcernRecord& record);
-  static void AppendTransition(DeferredWrites& writes, const std::string& agency_id,
-                               const std::string& concern_id, const TransitionRecord& t);
+  static void AppendTransitions(
+      DeferredWrites& writes, const std::string& agency_id,
+      const std::vector<std::pair<std::string, TransitionRecord>>& transitions);
   static absl::StatusOr<std::vector<v1::ConcernTransition>> Transitions(
       pqxx::work& tx, const std::string& agency_id, const std::string& concern_id);
 
-  // Records a missed deadline (exactly once per concern, kind and level), sent with the caller's
-  // other deferred writes: a breach recorded before fails the transaction when they are sent (the
-  // caller holds the concern's row lock and re-checked its deadline, so it never should).
-  static void InsertBreach(DeferredWrites& writes, const std::string& agency_id,
-                           const std::string& concern_id, const std::string& deadline_kind,
-                           int level, absl::Time deadline, const std::optional<Target>& to);
+  // Records missed deadlines (exactly once per concern, kind and level) of the agency's concerns
+  // as one INSERT, sent with the caller's other deferred writes: a breach recorded before fails
+  // the transaction when they are sent (the caller holds the concerns' row locks and re-checked
+  // their deadlines, so it never should).
+  struct Breach {
+    std::string concern_id;
+    std::string deadline_kind;
+    int level = 0;
+    absl::Time deadline;
+    std::optional<Target> escalated_to;
+  };
+  static void InsertBreaches(DeferredWrites& writes, const std::string& agency_id,
+                             const std::vector<Breach>& breaches);
 
   struct ListFilter {
     std::vector<std::string> states, severities, categories;

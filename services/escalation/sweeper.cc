@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -177,18 +178,38 @@ absl::StatusOr<SweepResult> DeadlineSweeper::SweepOnce(absl::Time now) {
   return result;
 }
 
+struct DeadlineSweeper::SweepWrites {
+  std::vector<Store::Breach> breaches;
+  std::vector<std::pair<std::string, TransitionRecord>> transitions;
+  std::vector<std::pair<std::string, std::unique_ptr<google::protobuf::Message>>> events;
+  std::vector<Notification> notifications;
+
+  // Adds them to `writes`, after the concerns' own updates.
+  void AddTo(DeferredWrites& writes, const std::string& agency_id) const {
+    Store::InsertBreaches(writes, agency_id, breaches);
+    Store::AppendTransitions(writes, agency_id, transitions);
+    std::vector<std::pair<std::string, const google::protobuf::Message*>> payloads;
+    payloads.reserve(events.size());
+    for (const auto& [concern_id, event] : events) payloads.emplace_back(concern_id, event.get());
+    if (!payloads.empty()) AppendEvents(writes, agency_id, payloads);
+    NotificationOutbox::Enqueue(writes, notifications);
+  }
+};
+
 absl::StatusOr<bool> DeadlineSweeper::ActOn(const std::string& agency_id,
                                             const std::string& concern_id, absl::Time now) {
   bool notify = false;
   auto acted = db_.TransactForAgency(agency_id, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
-    notify = false;
     auto found = Store::FindConcern(tx, agency_id, concern_id, Viewer{}, /*lock=*/true);
     if (!found.ok()) return found.status();
     if (!found->has_value()) return false;
     DeferredWrites writes(tx);
-    auto applied = Apply(tx, writes, std::move(**found), now, notify);
+    SweepWrites more;
+    auto applied = Apply(tx, writes, more, std::move(**found), now);
     if (!applied.ok() || !*applied) return applied;
+    more.AddTo(writes, agency_id);
     writes.Flush();
+    notify = !more.notifications.empty();
     return true;
   });
   if (acted.ok() && *acted) AfterCommit(notify);
@@ -200,15 +221,17 @@ absl::StatusOr<int> DeadlineSweeper::ActOnChunk(const std::string& agency_id,
                                                 absl::Time now) {
   bool notify = false;
   auto acted = db_.TransactForAgency(agency_id, [&](pqxx::work& tx) -> absl::StatusOr<int> {
-    notify = false;
     DeferredWrites writes(tx);
+    SweepWrites more;
     int count = 0;
     for (ConcernRecord& record : Store::LockConcerns(tx, agency_id, concern_ids)) {
-      auto applied = Apply(tx, writes, std::move(record), now, notify);
+      auto applied = Apply(tx, writes, more, std::move(record), now);
       if (!applied.ok()) return applied.status();
       if (*applied) ++count;
     }
+    more.AddTo(writes, agency_id);
     writes.Flush();
+    notify = !more.notifications.empty();
     return count;
   });
   if (acted.ok() && *acted > 0) AfterCommit(notify);
@@ -222,10 +245,11 @@ void DeadlineSweeper::AfterCommit(bool notify) {
 }
 
 absl::StatusOr<bool> DeadlineSweeper::Apply(pqxx::work& tx, DeferredWrites& writes,
-                                            ConcernRecord record, absl::Time now, bool& notify) {
+                                            SweepWrites& more, ConcernRecord record,
+                                            absl::Time now) {
   const std::string agency_id = record.concern.agency_id();
   const std::string concern_id = record.concern.concern_id();
-  std::vector<Notification> notifications;
+  std::vector<Notification>& notifications = more.notifications;
   ConcernChangeNote note;
   v1::Concern& c = record.concern;
   // Re-checked under the row lock: another sweeper, an acknowledgement or a resolution may
@@ -261,11 +285,12 @@ absl::StatusOr<bool> DeadlineSweeper::Apply(pqxx::work& tx, DeferredWrites& writ
     t.actor = kSweeperActor;
     t.missed_deadline_kind = missed_kind;
     t.missed_deadline = missed;
-    Store::AppendTransition(writes, agency_id, concern_id, t);
+    more.transitions.emplace_back(concern_id, std::move(t));
   };
   auto realert = [&](v1::ReAlertReason reason, const std::string& missed_kind) {
     append_transition("realerted", missed_kind);
-    v1::ConcernReAlertedEvent e;
+    auto event = std::make_unique<v1::ConcernReAlertedEvent>();
+    v1::ConcernReAlertedEvent& e = *event;
     e.set_concern_id(concern_id);
     e.set_category(c.category());
     e.set_severity(c.severity());
@@ -279,13 +304,13 @@ absl::StatusOr<bool> DeadlineSweeper::Apply(pqxx::work& tx, DeferredWrites& writ
     notifications.push_back({agency_id, concern_id, "realerted", c.category(), c.severity(),
                              c.current_level(), TargetFromProto(c.current_target()),
                              FromProtoTimestamp(c.next_deadline())});
-    AppendEvents(writes, agency_id, {{concern_id, &e}});
+    more.events.emplace_back(concern_id, std::move(event));
   };
 
   if (kind == "resolution") {
     // Acknowledged but not resolved in the window: re-alert the owner, escalate if it is still
     // unresolved when the level's acknowledgement limit has passed again.
-    Store::InsertBreach(writes, agency_id, concern_id, "resolution", level, missed, std::nullopt);
+    more.breaches.push_back({concern_id, "resolution", level, missed, std::nullopt});
     c.set_breach_count(c.breach_count() + 1);
     *c.mutable_next_deadline() = ToProtoTimestamp(repeat_deadline);
     record.next_deadline_kind = "resolution_after_realert";
@@ -303,9 +328,10 @@ absl::StatusOr<bool> DeadlineSweeper::Apply(pqxx::work& tx, DeferredWrites& writ
     if (exhausted && next.status().code() != absl::StatusCode::kNotFound) return next.status();
     std::optional<Target> to;
     if (!exhausted) to = next->target;
-    Store::InsertBreach(writes, agency_id, concern_id, kind, level, missed, to);
+    more.breaches.push_back({concern_id, kind, level, missed, to});
     c.set_breach_count(c.breach_count() + 1);
-    v1::ConcernEscalatedEvent e;
+    auto event = std::make_unique<v1::ConcernEscalatedEvent>();
+    v1::ConcernEscalatedEvent& e = *event;
     e.set_concern_id(concern_id);
     e.set_category(c.category());
     e.set_severity(c.severity());
@@ -341,7 +367,7 @@ absl::StatusOr<bool> DeadlineSweeper::Apply(pqxx::work& tx, DeferredWrites& writ
     }
     Store::UpdateConcern(writes, record);
     append_transition("escalated", kind);
-    AppendEvents(writes, agency_id, {{concern_id, &e}});
+    more.events.emplace_back(concern_id, std::move(event));
     if (exhausted) {
       realert(v1::RE_ALERT_REASON_CHAIN_EXHAUSTED, "");
     }
@@ -353,9 +379,7 @@ absl::StatusOr<bool> DeadlineSweeper::Apply(pqxx::work& tx, DeferredWrites& writ
   note.concern.clear_description();
   note.previous_target = current;
   note.occurred_at = now;
-  NotificationOutbox::Enqueue(writes, notifications);
   if (feed_ != nullptr) WatchFeed::Record(writes, note);
-  notify = notify || !notifications.empty();
   return true;
 }
 

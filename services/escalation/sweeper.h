@@ -59,12 +59,16 @@ class DeadlineSweeper {
   // writes nothing for any of them.
   absl::StatusOr<int> ActOnChunk(const std::string& agency_id,
                                  const std::vector<std::string>& concern_ids, absl::Time now);
-  // Under the concern's row lock: adds the writes of its escalation or re-alert to `writes`
-  // (and sets `notify` when a notification is among them); false when it is no longer due
+  // A transaction's breaches, transitions, events and notifications, sent as one statement per
+  // table (defined in sweeper.cc).
+  struct SweepWrites;
+  // Under the concern's row lock: adds the writes of its escalation or re-alert to `writes` (the
+  // concern's row and watch-feed note) and `more` (the rest); false when it is no longer due
   // (another sweeper, an acknowledgement or a resolution came first).
-  absl::StatusOr<bool> Apply(pqxx::work& tx, DeferredWrites& writes, ConcernRecord record,
-                             absl::Time now, bool& notify);
-  // Wakes the notification outbox and the watch feed once a transaction with changes committed.
+  absl::StatusOr<bool> Apply(pqxx::work& tx, DeferredWrites& writes, SweepWrites& more,
+                             ConcernRecord record, absl::Time now);
+  // Wakes the notification outbox (when `notify`) and the watch feed once a transaction with
+  // changes committed.
   void AfterCommit(bool notify);
 
   Database& db_;

@@ -710,6 +710,18 @@ TEST_F(EscalationServiceTest, ExhaustedChainRecordsTheBreachAndReAlerts) {
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.outbox WHERE event_type = "
                   "'peerpath.escalation.v1.ConcernReAlertedEvent'"),
             1);
+  // The breach's transitions and events in the order they happened: escalated (to no one), then
+  // re-alerted.
+  EXPECT_EQ(db_->AdminQuery("SELECT string_agg(kind, ',' ORDER BY seq) FROM "
+                            "escalation.concern_transitions")[0][0]
+                .as<std::string>(),
+            "opened,routed,escalated,realerted");
+  EXPECT_EQ(
+      db_->AdminQuery("SELECT string_agg(event_type, ',' ORDER BY id) FROM escalation.outbox "
+                      "WHERE event_type LIKE '%Escalated%' OR event_type LIKE '%ReAlerted%'")[0][0]
+          .as<std::string>(),
+      "peerpath.escalation.v1.ConcernEscalatedEvent,"
+      "peerpath.escalation.v1.ConcernReAlertedEvent");
 }
 
 TEST_F(EscalationServiceTest, ADeadlineWhoseBreachIsRecordedIsNotEscalatedAgain) {
