@@ -377,6 +377,19 @@ absl::StatusOr<ConcernRecord> Store::InsertConcern(pqxx::work& tx, const Concern
   return ConcernFromRow(rows[0], true);
 }
 
+namespace {
+
+// Concerns of the agency ($1) as a viewer ($2 team kinds, $3 subject) sees them; the caller adds
+// which ones.
+const std::string& ConcernsAsViewer() {
+  static const std::string* const sql =
+      new std::string(absl::StrCat("SELECT ", kConcernColumns, ", ", kRoutedToViewer,
+                                   " FROM concerns c WHERE c.agency_id = $1"));
+  return *sql;
+}
+
+}  // namespace
+
 absl::StatusOr<std::optional<ConcernRecord>> Store::FindConcern(pqxx::work& tx,
                                                                 const std::string& agency_id,
                                                                 const std::string& concern_id,
@@ -384,8 +397,7 @@ absl::StatusOr<std::optional<ConcernRecord>> Store::FindConcern(pqxx::work& tx,
   // Prepared (every acknowledgement, resolution and escalation reads a concern this way): its
   // planning cost twelve times its execution (1.2 ms against 0.1 ms, measured in the sweeper).
   static const std::string* const read =
-      new std::string(absl::StrCat("SELECT ", kConcernColumns, ", ", kRoutedToViewer,
-                                   " FROM concerns c WHERE c.agency_id = $1 AND c.id = $4::uuid"));
+      new std::string(absl::StrCat(ConcernsAsViewer(), " AND c.id = $4::uuid"));
   static const std::string* const locked = new std::string(*read + " FOR UPDATE OF c");
   pqxx::result rows =
       ExecPrepared(tx, lock ? "escalation_find_concern_locked" : "escalation_find_concern",
@@ -397,10 +409,8 @@ absl::StatusOr<std::optional<ConcernRecord>> Store::FindConcern(pqxx::work& tx,
 
 std::vector<ConcernRecord> Store::LockConcerns(pqxx::work& tx, const std::string& agency_id,
                                                const std::vector<std::string>& concern_ids) {
-  static const std::string* const sql = new std::string(
-      absl::StrCat("SELECT ", kConcernColumns, ", ", kRoutedToViewer,
-                   " FROM concerns c WHERE c.agency_id = $1 AND c.id = ANY($4::uuid[])"
-                   " ORDER BY c.id FOR UPDATE OF c"));
+  static const std::string* const sql = new std::string(absl::StrCat(
+      ConcernsAsViewer(), " AND c.id = ANY($4::uuid[]) ORDER BY c.id FOR UPDATE OF c"));
   const Viewer sweeper;
   const pqxx::result rows = ExecPrepared(tx, "escalation_lock_concerns", *sql, agency_id,
                                          TextArrayLiteral(sweeper.team_kinds), sweeper.subject,

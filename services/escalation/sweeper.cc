@@ -136,13 +136,13 @@ absl::StatusOr<SweepResult> DeadlineSweeper::SweepOnce(absl::Time now) {
         return;
       }
       for (const std::string& concern_id : chunk.concern_ids) {
-        auto one = ActOn(chunk.agency_id, concern_id, now);
+        auto one = ActOnChunk(chunk.agency_id, {concern_id}, now);
         if (!one.ok()) {
           log::Warn("deadline not processed; retried on the next sweep",
                     {{"concern_id", concern_id},
                      {"code", absl::StatusCodeToString(one.status().code())}});
-        } else if (*one) {
-          ++acted_in_batch;
+        } else {
+          acted_in_batch += *one;
         }
       }
     });
@@ -195,26 +195,6 @@ struct DeadlineSweeper::SweepWrites {
     NotificationOutbox::Enqueue(writes, notifications);
   }
 };
-
-absl::StatusOr<bool> DeadlineSweeper::ActOn(const std::string& agency_id,
-                                            const std::string& concern_id, absl::Time now) {
-  bool notify = false;
-  auto acted = db_.TransactForAgency(agency_id, [&](pqxx::work& tx) -> absl::StatusOr<bool> {
-    auto found = Store::FindConcern(tx, agency_id, concern_id, Viewer{}, /*lock=*/true);
-    if (!found.ok()) return found.status();
-    if (!found->has_value()) return false;
-    DeferredWrites writes(tx);
-    SweepWrites more;
-    auto applied = Apply(tx, writes, more, std::move(**found), now);
-    if (!applied.ok() || !*applied) return applied;
-    more.AddTo(writes, agency_id);
-    writes.Flush();
-    notify = !more.notifications.empty();
-    return true;
-  });
-  if (acted.ok() && *acted) AfterCommit(notify);
-  return acted;
-}
 
 absl::StatusOr<int> DeadlineSweeper::ActOnChunk(const std::string& agency_id,
                                                 const std::vector<std::string>& concern_ids,

@@ -52,11 +52,8 @@ class DeadlineSweeper {
   absl::Status RefreshGauges(absl::Time now);
 
  private:
-  // Acts on one due concern; false when it was no longer due (someone acted first).
-  absl::StatusOr<bool> ActOn(const std::string& agency_id, const std::string& concern_id,
-                             absl::Time now);
-  // Acts on the due concerns of one agency in one transaction; how many were still due. An error
-  // writes nothing for any of them.
+  // Acts on due concerns of one agency (one or a chunk) in one transaction; how many were still
+  // due (someone may have acted first). An error writes nothing for any of them.
   absl::StatusOr<int> ActOnChunk(const std::string& agency_id,
                                  const std::vector<std::string>& concern_ids, absl::Time now);
   // A transaction's breaches, transitions, events and notifications, sent as one statement per

@@ -99,6 +99,12 @@ class ServiceBinaryTest : public ::testing::Test {
     return process;
   }
 
+  // The service's `migrate` subcommand as the schema owner; its exit code.
+  int MigrateAsOwner() {
+    return RunToExit(Service(), {"migrate", "--database_url=" + db_->OwnerUrlFor(Service())})
+        .exit_code;
+  }
+
   std::unique_ptr<TestDatabase> db_;
 };
 
@@ -131,9 +137,7 @@ TEST_F(ServiceBinaryTest, NotServingUntilDatabaseExistsThenServingWithMigrations
 }
 
 TEST_F(ServiceBinaryTest, EveryTableCarriesTheTenant) {
-  ASSERT_EQ(
-      RunToExit(Service(), {"migrate", "--database_url=" + db_->OwnerUrlFor(Service())}).exit_code,
-      0);
+  ASSERT_EQ(MigrateAsOwner(), 0);
   auto missing = db_->AdminQuery(
       "SELECT t.table_name FROM information_schema.tables t WHERE t.table_schema = '" + Service() +
       "' AND t.table_type = 'BASE TABLE' AND t.table_name NOT IN ('schema_migrations', "
@@ -144,9 +148,7 @@ TEST_F(ServiceBinaryTest, EveryTableCarriesTheTenant) {
 }
 
 TEST_F(ServiceBinaryTest, EveryTenantTableHasRowLevelSecurityForced) {
-  ASSERT_EQ(
-      RunToExit(Service(), {"migrate", "--database_url=" + db_->OwnerUrlFor(Service())}).exit_code,
-      0);
+  ASSERT_EQ(MigrateAsOwner(), 0);
   auto tables = db_->AdminQuery(
       "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, EXISTS (SELECT 1 FROM "
       "pg_policies p WHERE p.schemaname = n.nspname AND p.tablename = c.relname AND "
@@ -166,9 +168,7 @@ TEST_F(ServiceBinaryTest, EveryTenantTableHasRowLevelSecurityForced) {
 // A policy's bare current_setting() is evaluated for every row a statement reads; inside a
 // sub-SELECT once per statement (an InitPlan), which jobs reading every agency's rows rely on.
 TEST_F(ServiceBinaryTest, EveryPolicyReadsItsSettingOncePerStatement) {
-  ASSERT_EQ(
-      RunToExit(Service(), {"migrate", "--database_url=" + db_->OwnerUrlFor(Service())}).exit_code,
-      0);
+  ASSERT_EQ(MigrateAsOwner(), 0);
   auto policies = db_->AdminQuery(
       "SELECT tablename || '.' || policyname, coalesce(qual, ''), coalesce(with_check, '') FROM "
       "pg_policies WHERE schemaname = '" +
@@ -221,8 +221,8 @@ TEST_F(ServiceBinaryTest, ChangedMigrationStopsStartUp) {
 
 TEST_F(ServiceBinaryTest, ARoleThatBypassesRowLevelSecurityCannotServeOrBeTheRuntimeRole) {
   // The schema is migrated by its owner; only the serving role is wrong.
+  ASSERT_EQ(MigrateAsOwner(), 0);
   const std::string owner_url = db_->OwnerUrlFor(Service());
-  ASSERT_EQ(RunToExit(Service(), {"migrate", "--database_url=" + owner_url}).exit_code, 0);
   auto serve = [&](const std::string& database_url) {
     std::vector<std::string> args{"serve", "--database_url=" + database_url,
                                   "--migration_database_url=" + owner_url,
