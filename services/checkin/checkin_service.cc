@@ -78,6 +78,10 @@ constexpr char kErrorDomain[] = "checkin.peerpath";
 // Group commit of RecordCheckIn's writes: this many write transactions at once (the reads of
 // the calls waiting run meanwhile); options.max_write_batch check-ins at most in each.
 constexpr int kConcurrentCheckInWrites = 2;
+// RecordCheckIn's reads (outside a transaction) likewise: this many statements at once, each
+// reading the check-ins of up to kMaxReadBatch calls of one agency.
+constexpr int kConcurrentCheckInReads = 2;
+constexpr int kMaxReadBatch = 64;
 
 // Roles in the order a caller holding several acts under: staff before peer support, so a
 // staff member who is also a peer supporter is not narrowed to their matches.
@@ -306,11 +310,24 @@ CheckInService::CheckInService(ServiceContext& context, CheckInOptions options,
           [](const CheckInWrite& w) {
             return std::vector<std::string>{"enrollment " + w.check_in.enrollment_id(),
                                             "key " + w.idempotency_key};
-          }) {
+          }),
+      check_in_reads_(
+          GroupCommitOptions{.max_batch = kMaxReadBatch, .max_concurrent = kConcurrentCheckInReads},
+          [this](const std::vector<const CheckInContextQuery*>& queries) {
+            return ReadCheckInBatch(queries);
+          },
+          [](const CheckInContextQuery& q) { return q.agency_id; },
+          [](const CheckInContextQuery&) { return std::vector<std::string>{}; }) {
   write_batch_sizes_ =
       &prometheus::BuildHistogram()
            .Name("peerpath_checkin_write_batch_size")
            .Help("Check-ins written per database transaction (group commit of RecordCheckIn)")
+           .Register(context.metrics)
+           .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64});
+  read_batch_sizes_ =
+      &prometheus::BuildHistogram()
+           .Name("peerpath_checkin_read_batch_size")
+           .Help("Check-ins read per database statement (RecordCheckIn's reads, read together)")
            .Register(context.metrics)
            .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64});
   if (!options_.matching_address.empty()) {
@@ -931,19 +948,17 @@ absl::Status CheckInService::RecordCheckInImpl(const Call& call,
   const IdempotentCall idem{agency, request.idempotency_key(), "RecordCheckIn", &request,
                             call.caller.subject};
   // Two round trips, no transaction held open between them (migration 0006): read everything
-  // the check-in is decided on, decide here, write everything in one statement, together with
-  // the writes of concurrent calls (group commit, record_check_ins in migration 0011). The write
-  // is refused when the enrollment changed or the key was claimed since the read; then read and
-  // decide again. After two such races the enrollment is locked for the read and the write (one
+  // the check-in is decided on, together with the reads of concurrent calls (check_in_contexts,
+  // migration 0013), decide here, write everything in one statement, together with the writes of
+  // concurrent calls (group commit, record_check_ins in migration 0011). The write is refused
+  // when the enrollment changed or the key was claimed since the read; then read and decide
+  // again. After two such races the enrollment is locked for the read and the write (one
   // transaction), which always makes progress; a key claimed meanwhile is then replayed.
   constexpr int kOptimisticAttempts = 2;
   constexpr int kAttempts = kOptimisticAttempts + 2;
   CheckInWrite write;
   // true: `write` holds the decided check-in; false: `response` is the replayed earlier answer.
-  auto read_and_decide = [&](pqxx::transaction_base& tx, bool lock) -> absl::StatusOr<bool> {
-    CheckInRead read =
-        LoadCheckInContext(tx, agency, request.enrollment_id(), request.scheduled_check_in_id(),
-                           occurred_at, request.idempotency_key(), lock);
+  auto decide = [&](const CheckInRead& read) -> absl::StatusOr<bool> {
     response.Clear();
     if (read.earlier_call) {
       if (absl::Status replayed = ReplayStoredCall(idem, *read.earlier_call, response);
@@ -963,16 +978,21 @@ absl::Status CheckInService::RecordCheckInImpl(const Call& call,
     write.request_hash_hex = RequestFingerprintHex(idem);
     return true;
   };
+  const CheckInContextQuery query{agency, request.enrollment_id(), request.scheduled_check_in_id(),
+                                  occurred_at, request.idempotency_key()};
   for (int attempt = 1;; ++attempt) {
     absl::Status status;
     if (attempt <= kOptimisticAttempts) {
-      auto decided = context_.db.RunWithoutTransaction(
-          [&](pqxx::nontransaction& tx) { return read_and_decide(tx, /*lock=*/false); });
+      absl::StatusOr<CheckInRead> read = check_in_reads_.Submit(query);
+      if (!read.ok()) return read.status();
+      auto decided = decide(*read);
       if (!decided.ok() || !*decided) return decided.status();
       status = check_in_writes_.Submit(write);
     } else {
       status = context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
-        auto decided = read_and_decide(tx, /*lock=*/true);
+        auto decided =
+            decide(LoadCheckInContext(tx, agency, query.enrollment_id, query.scheduled_check_in_id,
+                                      occurred_at, query.idempotency_key, /*lock=*/true));
         if (!decided.ok() || !*decided) return decided.status();
         WriteCheckIn(tx, write);
         return absl::OkStatus();
@@ -982,6 +1002,38 @@ absl::Status CheckInService::RecordCheckInImpl(const Call& call,
                        status.code() == absl::StatusCode::kAlreadyExists;
     if (!raced || attempt == kAttempts) return status;
   }
+}
+
+std::vector<absl::StatusOr<CheckInRead>> CheckInService::ReadCheckInBatch(
+    const std::vector<const CheckInContextQuery*>& queries) {
+  if (queries.size() == 1) {
+    read_batch_sizes_->Observe(1);
+    // Alone: check_in_context_2, as before reads were read together.
+    const CheckInContextQuery& q = *queries.front();
+    CheckInRead read;
+    const absl::Status status =
+        context_.db.RunWithoutTransaction([&](pqxx::nontransaction& tx) -> absl::Status {
+          read = LoadCheckInContext(tx, q.agency_id, q.enrollment_id, q.scheduled_check_in_id,
+                                    q.occurred_at, q.idempotency_key, /*lock=*/false);
+          return absl::OkStatus();
+        });
+    if (!status.ok()) return {status};
+    return {std::move(read)};
+  }
+  std::vector<CheckInRead> reads;
+  const absl::Status status =
+      context_.db.RunWithoutTransaction([&](pqxx::nontransaction& tx) -> absl::Status {
+        reads = LoadCheckInContexts(tx, queries.front()->agency_id, queries);
+        return absl::OkStatus();
+      });
+  std::vector<absl::StatusOr<CheckInRead>> results;
+  if (!status.ok()) {
+    for (const CheckInContextQuery* q : queries) results.push_back(ReadCheckInBatch({q}).front());
+    return results;
+  }
+  read_batch_sizes_->Observe(static_cast<double>(queries.size()));
+  for (CheckInRead& read : reads) results.emplace_back(std::move(read));
+  return results;
 }
 
 std::vector<absl::Status> CheckInService::WriteCheckInBatch(

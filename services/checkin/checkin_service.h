@@ -154,6 +154,11 @@ class CheckInService final : public CheckInServiceBase {
   // claimed meanwhile). A batch that fails as a whole is written again one check-in at a time,
   // so that a bad one fails only its own call. A batch of one uses WriteCheckIn.
   std::vector<absl::Status> WriteCheckInBatch(const std::vector<const CheckInWrite*>& writes);
+  // Reads what check-ins of one agency are decided on together (LoadCheckInContexts): one read
+  // per query. A batch that fails as a whole is read again one check-in at a time, so that a bad
+  // one fails only its own call. A batch of one uses LoadCheckInContext.
+  std::vector<absl::StatusOr<CheckInRead>> ReadCheckInBatch(
+      const std::vector<const CheckInContextQuery*>& queries);
 
   ServiceContext& context_;
   const CheckInOptions options_;
@@ -161,8 +166,11 @@ class CheckInService final : public CheckInServiceBase {
   EventLog events_;
   std::unique_ptr<ConsentGates> consent_gates_;
   prometheus::Histogram* write_batch_sizes_ = nullptr;
+  prometheus::Histogram* read_batch_sizes_ = nullptr;
   // Concurrent RecordCheckIn calls' writes, committed together.
   GroupCommitter<CheckInWrite, absl::Status> check_in_writes_;
+  // Concurrent RecordCheckIn calls' reads, read together (nothing conflicts: no locks).
+  GroupCommitter<CheckInContextQuery, absl::StatusOr<CheckInRead>> check_in_reads_;
   std::unique_ptr<EventConsumer> matching_consumer_;
   std::unique_ptr<EventConsumer> escalation_consumer_;
   std::unique_ptr<EventConsumer> consent_consumer_;

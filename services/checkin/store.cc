@@ -499,83 +499,136 @@ PathwayCache& Pathways() {
   return *cache;
 }
 
+// The columns both reads select, from a row `c` of check_in_context_2 or check_in_contexts.
+const std::string& ContextColumns() {
+  static const std::string* const columns = new std::string(absl::StrCat(
+      kEnrollmentColumns, ", ", kPathwayColumns,
+      ", c.now_us, c.o_supporter_id, c.o_supporter_subject, c.o_wellbeing_drop_points, "
+      "c.o_latest_wellbeing, c.o_occurrences, c.o_missed_contact_failed_attempts, "
+      "c.o_supervisor_subject, c.en_version, c.o_idempotency_method, "
+      "c.o_idempotency_request_hash, c.o_idempotency_response, c.pw_id::text"));
+  return *columns;
+}
+// The enrollment's and the pathway version's rows as columns.
+constexpr char kContextRows[] =
+    " LEFT JOIN LATERAL (SELECT (c.en).*) e ON true LEFT JOIN LATERAL (SELECT (c.pw).*) p ON true";
+
+// One read's row as CheckInRead; false when the read left out the pathway version's row (the
+// cache held it) and the cache has dropped it since: read again naming no version.
+bool ParseContextRow(const pqxx::row& row, CheckInRead& read) {
+  read = CheckInRead{};
+  const int o = kEnrollmentColumnCount + 7;
+  if (!row[o + 9].is_null()) {
+    read.earlier_call =
+        StoredIdempotentCall{row[o + 9].c_str(), row[o + 10].c_str(), row[o + 11].c_str()};
+  }
+  if (row[0].is_null()) return true;
+  std::shared_ptr<const v1::PathwayVersion> cached;
+  if (row[kEnrollmentColumnCount + 1].is_null()) {
+    cached = Pathways().Find(row[o + 12].c_str());
+    if (cached == nullptr) return false;
+  }
+  CheckInContext& c = read.context.emplace();
+  c.enrollment = EnrollmentOf(row);
+  if (cached != nullptr) {
+    c.pathway = *cached;
+  } else {
+    c.pathway = PathwayOf(row, kEnrollmentColumnCount);
+    Pathways().Put(c.pathway);
+  }
+  c.now = TimeOf(row[o]);
+  if (!row[o + 1].is_null()) {
+    c.supporter = ActiveSupporter{row[o + 1].c_str(), row[o + 2].c_str(), row[o + 7].c_str()};
+  }
+  c.wellbeing_drop_points = row[o + 3].as<int>();
+  if (!row[o + 4].is_null()) {
+    for (absl::string_view item : absl::StrSplit(row[o + 4].c_str(), ',')) {
+      std::pair<std::string, std::string> parts = absl::StrSplit(item, ':');
+      int64_t us = 0;
+      int score = 0;
+      if (absl::SimpleAtoi(parts.first, &us) && absl::SimpleAtoi(parts.second, &score)) {
+        c.latest_wellbeing.push_back({absl::FromUnixMicros(us), score});
+      }
+    }
+  }
+  if (!row[o + 5].is_null()) {
+    for (absl::string_view item : absl::StrSplit(row[o + 5].c_str(), ',')) {
+      std::vector<std::string> parts = absl::StrSplit(item, ' ');
+      if (parts.size() != 4) continue;
+      const common::v1::Date d = DateOf(parts[1]);
+      int64_t us = 0;
+      (void)absl::SimpleAtoi(parts[3], &us);
+      c.occurrences.push_back({parts[0], absl::CivilDay(d.year(), d.month(), d.day()), parts[2],
+                               absl::FromUnixMicros(us)});
+    }
+  }
+  c.missed_contact_failed_attempts = row[o + 6].as<int>();
+  c.enrollment_version = row[o + 8].c_str();
+  return true;
+}
+
+std::string UtcDay(absl::Time t) { return absl::FormatTime("%Y-%m-%d", t, absl::UTCTimeZone()); }
+
 }  // namespace
 
 CheckInRead LoadCheckInContext(pqxx::transaction_base& tx, const std::string& agency_id,
                                const std::string& enrollment_id,
                                const std::string& scheduled_check_in_id, absl::Time occurred_at,
                                const std::string& idempotency_key, bool lock) {
-  const std::string utc_day = absl::FormatTime("%Y-%m-%d", occurred_at, absl::UTCTimeZone());
   static const std::string kSql = absl::StrCat(
-      "SELECT ", kEnrollmentColumns, ", ", kPathwayColumns,
-      ", c.now_us, c.o_supporter_id, c.o_supporter_subject, c.o_wellbeing_drop_points, "
-      "c.o_latest_wellbeing, c.o_occurrences, c.o_missed_contact_failed_attempts, "
-      "c.o_supervisor_subject, c.en_version, c.o_idempotency_method, "
-      "c.o_idempotency_request_hash, c.o_idempotency_response, c.pw_id::text "
-      "FROM check_in_context_2($1, $2::uuid, $3, $4::date, $5, $6, $7::uuid[]) c "
-      "LEFT JOIN LATERAL (SELECT (c.en).*) e ON true LEFT JOIN LATERAL (SELECT (c.pw).*) p ON "
-      "true");
+      "SELECT ", ContextColumns(),
+      " FROM check_in_context_2($1, $2::uuid, $3, $4::date, $5, $6, $7::uuid[]) c", kContextRows);
   // The pathway version comes from the cache when the read left its row out; should the cache
   // have dropped it meanwhile, the read runs once more naming none.
   std::string known = Pathways().KnownLiteral(agency_id);
   for (int attempt = 0;; ++attempt) {
     const pqxx::result r =
         ExecPrepared(tx, "checkin_context_2", kSql, agency_id, enrollment_id, scheduled_check_in_id,
-                     utc_day, idempotency_key, lock, known);
+                     UtcDay(occurred_at), idempotency_key, lock, known);
     CheckInRead read;
-    if (r.empty()) return read;
-    const pqxx::row& row = r[0];
-    const int o = kEnrollmentColumnCount + 7;
-    if (!row[o + 9].is_null()) {
-      read.earlier_call =
-          StoredIdempotentCall{row[o + 9].c_str(), row[o + 10].c_str(), row[o + 11].c_str()};
+    if (r.empty() || ParseContextRow(r[0], read)) return read;
+    if (attempt > 0) throw std::runtime_error("check_in_context_2 left out a version not named");
+    known = "{}";
+  }
+}
+
+std::vector<CheckInRead> LoadCheckInContexts(
+    pqxx::transaction_base& tx, const std::string& agency_id,
+    const std::vector<const CheckInContextQuery*>& queries) {
+  static const std::string kSql = absl::StrCat(
+      "SELECT ", ContextColumns(),
+      ", c.n FROM check_in_contexts($1, $2::uuid[], $3::text[], $4::date[], $5::text[], "
+      "$6::uuid[]) c",
+      kContextRows, " ORDER BY c.n");
+  std::vector<std::string> enrollments, scheduled, days, keys;
+  for (const CheckInContextQuery* q : queries) {
+    if (q->agency_id != agency_id) {
+      throw std::invalid_argument("LoadCheckInContexts: a check-in of another agency in the batch");
     }
-    if (row[0].is_null()) return read;
-    std::shared_ptr<const v1::PathwayVersion> cached;
-    if (row[kEnrollmentColumnCount + 1].is_null()) {
-      cached = Pathways().Find(row[o + 12].c_str());
-      if (cached == nullptr && attempt == 0) {
-        known = "{}";
-        continue;
+    enrollments.push_back(q->enrollment_id);
+    scheduled.push_back(q->scheduled_check_in_id);
+    days.push_back(UtcDay(q->occurred_at));
+    keys.push_back(q->idempotency_key);
+  }
+  std::string known = Pathways().KnownLiteral(agency_id);
+  for (int attempt = 0;; ++attempt) {
+    const pqxx::result r = ExecPrepared(tx, "checkin_contexts", kSql, agency_id,
+                                        TextArrayLiteral(enrollments), TextArrayLiteral(scheduled),
+                                        TextArrayLiteral(days), TextArrayLiteral(keys), known);
+    if (r.size() != queries.size()) {
+      throw std::runtime_error("check_in_contexts answered a count of items unlike the batch's");
+    }
+    std::vector<CheckInRead> reads(queries.size());
+    bool complete = true;
+    for (size_t i = 0; i < r.size(); ++i) {
+      if (r[i][r[i].size() - 1].as<int64_t>() != static_cast<int64_t>(i) + 1) {
+        throw std::runtime_error("check_in_contexts answered its items out of order");
       }
+      complete = ParseContextRow(r[i], reads[i]) && complete;
     }
-    CheckInContext& c = read.context.emplace();
-    c.enrollment = EnrollmentOf(row);
-    if (cached != nullptr) {
-      c.pathway = *cached;
-    } else {
-      c.pathway = PathwayOf(row, kEnrollmentColumnCount);
-      Pathways().Put(c.pathway);
-    }
-    c.now = TimeOf(row[o]);
-    if (!row[o + 1].is_null()) {
-      c.supporter = ActiveSupporter{row[o + 1].c_str(), row[o + 2].c_str(), row[o + 7].c_str()};
-    }
-    c.wellbeing_drop_points = row[o + 3].as<int>();
-    if (!row[o + 4].is_null()) {
-      for (absl::string_view item : absl::StrSplit(row[o + 4].c_str(), ',')) {
-        std::pair<std::string, std::string> parts = absl::StrSplit(item, ':');
-        int64_t us = 0;
-        int score = 0;
-        if (absl::SimpleAtoi(parts.first, &us) && absl::SimpleAtoi(parts.second, &score)) {
-          c.latest_wellbeing.push_back({absl::FromUnixMicros(us), score});
-        }
-      }
-    }
-    if (!row[o + 5].is_null()) {
-      for (absl::string_view item : absl::StrSplit(row[o + 5].c_str(), ',')) {
-        std::vector<std::string> parts = absl::StrSplit(item, ' ');
-        if (parts.size() != 4) continue;
-        const common::v1::Date d = DateOf(parts[1]);
-        int64_t us = 0;
-        (void)absl::SimpleAtoi(parts[3], &us);
-        c.occurrences.push_back({parts[0], absl::CivilDay(d.year(), d.month(), d.day()), parts[2],
-                                 absl::FromUnixMicros(us)});
-      }
-    }
-    c.missed_contact_failed_attempts = row[o + 6].as<int>();
-    c.enrollment_version = row[o + 8].c_str();
-    return read;
+    if (complete) return reads;
+    if (attempt > 0) throw std::runtime_error("check_in_contexts left out a version not named");
+    known = "{}";
   }
 }
 

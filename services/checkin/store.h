@@ -156,6 +156,20 @@ CheckInRead LoadCheckInContext(pqxx::transaction_base& tx, const std::string& ag
                                const std::string& enrollment_id,
                                const std::string& scheduled_check_in_id, absl::Time occurred_at,
                                const std::string& idempotency_key, bool lock);
+// What one check-in's read names (LoadCheckInContext's arguments).
+struct CheckInContextQuery {
+  std::string agency_id;
+  std::string enrollment_id;
+  std::string scheduled_check_in_id;  // Empty when none.
+  absl::Time occurred_at;
+  std::string idempotency_key;
+};
+// The reads of several check-ins of `agency_id` (every query's) in one statement, without locks
+// (check_in_contexts, migration 0013): one CheckInRead per query, in order, each what
+// LoadCheckInContext answers for it.
+std::vector<CheckInRead> LoadCheckInContexts(
+    pqxx::transaction_base& tx, const std::string& agency_id,
+    const std::vector<const CheckInContextQuery*>& queries);
 
 // The events one write appends to the outbox, in order, each with the UUID chosen for it (a
 // response can name an event before it is stored).

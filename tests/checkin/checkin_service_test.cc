@@ -1088,6 +1088,147 @@ TEST_F(CheckInServiceTest, ConcurrentCheckInsOfManyEnrollmentsEachLandOnce) {
   EXPECT_EQ(Count("SELECT count(*) FROM checkin.enrollments WHERE last_contact_at IS NULL"), 0);
 }
 
+// check_in_contexts (migration 0013) reads several check-ins at once: for each item it answers
+// exactly what check_in_context_2 answers for that item alone (every column but the clock), in
+// the items' order, also for an unknown enrollment, a used idempotency key, a named occurrence
+// and a pathway version the caller holds; under the runtime role another agency's enrollment is
+// not there, and arrays of different lengths are refused.
+TEST_F(CheckInServiceTest, ReadingCheckInsTogetherAnswersEachAsItsOwnReadDoes) {
+  const std::string first = Enrolled("structured_checkin", "p-1");
+  const std::string second = Enrolled("early_engagement", "p-2");
+  v1::RecordCheckInRequest recorded = CheckIn(first, ValidAnswers("structured_checkin"));
+  recorded.set_idempotency_key("read-together-recorded");
+  v1::RecordCheckInResponse response;
+  ASSERT_TRUE(Record(recorded, &response).ok());
+  ASSERT_EQ(Count("SELECT count(*) FROM checkin.scheduled_check_ins WHERE enrollment_id = '" +
+                  first + "'"),
+            1);
+  const std::string occurrence =
+      db_->AdminQuery("SELECT id FROM checkin.scheduled_check_ins WHERE enrollment_id = '" + first +
+                      "' ORDER BY due_on LIMIT 1")[0][0]
+          .c_str();
+  const std::string pathway =
+      db_->AdminQuery(
+             "SELECT p.id FROM checkin.pathway_versions p JOIN checkin.enrollments e ON "
+             "e.pathway_key = p.pathway_key AND e.pathway_version = p.version WHERE e.id = '" +
+             first + "'")[0][0]
+          .c_str();
+  struct Item {
+    std::string enrollment, scheduled, day, key;
+  };
+  const std::vector<Item> items = {
+      {first, "", "current_date", "read-together-recorded"},
+      {first, occurrence, "current_date - 30", "read-together-new"},
+      {"8f0c3a52-4a53-4c1e-9a43-2d7f4b0e6a11", "", "current_date", "read-together-unknown"},
+      {second, "", "current_date + 1", "read-together-other"},
+      {second, "", "current_date", "read-together-recorded"},
+      {first, "", "current_date + 16", "read-together-edge"},  // The window's first day.
+  };
+  pqxx::connection runtime(db_->UrlFor("checkin"));
+  pqxx::nontransaction tx(runtime);
+  tx.exec0("SET search_path TO checkin");
+  auto array = [&](const std::string& type, auto field) {
+    std::string out = "ARRAY[";
+    for (size_t i = 0; i < items.size(); ++i) {
+      absl::StrAppend(&out, i > 0 ? ", " : "", field(items[i]));
+    }
+    return absl::StrCat(out, "]::", type, "[]");
+  };
+  auto quoted = [](const std::string& v) { return "'" + v + "'"; };
+  // A row as JSON without the clock and the item's number.
+  constexpr char kRow[] = "(to_jsonb(c) - 'now_us' - 'n')::text";
+  for (const std::string& known : std::vector<std::string>{"{}", "{" + pathway + "}"}) {
+    const pqxx::result together = tx.exec(absl::StrCat(
+        "SELECT ", kRow, ", c.n FROM check_in_contexts('agency-a', ",
+        array("uuid", [&](const Item& i) { return quoted(i.enrollment); }), ", ",
+        array("text", [&](const Item& i) { return quoted(i.scheduled); }), ", ",
+        array("date", [&](const Item& i) { return i.day; }), ", ",
+        array("text", [&](const Item& i) { return quoted(i.key); }), ", '", known, "') c"));
+    ASSERT_EQ(together.size(), items.size());
+    for (size_t i = 0; i < items.size(); ++i) {
+      EXPECT_EQ(together[i][1].as<int>(), static_cast<int>(i) + 1);
+      const Item& item = items[i];
+      const pqxx::row alone = tx.exec1(absl::StrCat(
+          "SELECT ", kRow, " FROM check_in_context_2('agency-a', '", item.enrollment, "', '",
+          item.scheduled, "', ", item.day, ", '", item.key, "', false, '", known, "') c"));
+      EXPECT_EQ(std::string(together[i][0].c_str()), std::string(alone[0].c_str()))
+          << "item " << i + 1 << ", known " << known;
+    }
+    // What makes the items differ is there: the earlier call, the occurrence, the unknown one.
+    EXPECT_NE(
+        std::string(together[0][0].c_str()).find("\"o_idempotency_method\": \"RecordCheckIn\""),
+        std::string::npos)
+        << together[0][0].c_str();
+    EXPECT_NE(std::string(together[1][0].c_str()).find(occurrence), std::string::npos);
+    EXPECT_NE(std::string(together[5][0].c_str()).find(occurrence), std::string::npos);
+    EXPECT_NE(std::string(together[2][0].c_str()).find("\"en\": null"), std::string::npos);
+    EXPECT_EQ(std::string(together[3][0].c_str()).find("RecordCheckIn"), std::string::npos);
+  }
+  // Another agency sees no enrollment of agency-a.
+  const pqxx::row other = tx.exec1(absl::StrCat(
+      "SELECT c.en IS NULL FROM check_in_contexts('agency-b', ARRAY['", first,
+      "']::uuid[], ARRAY['']::text[], ARRAY[current_date], ARRAY['k']::text[], '{}') c"));
+  EXPECT_TRUE(other[0].as<bool>());
+  EXPECT_THROW(tx.exec(absl::StrCat("SELECT * FROM check_in_contexts('agency-a', ARRAY['", first,
+                                    "']::uuid[], ARRAY[]::text[], ARRAY[current_date], "
+                                    "ARRAY['k']::text[], '{}')")),
+               pqxx::sql_error);
+}
+
+// Concurrent calls whose reads share statements each get the answer for their own enrollment:
+// check-ins land on the enrollments they name, an unknown enrollment is NOT_FOUND and a
+// participant outside the caller's matches is refused, while the others around them land. The
+// service's read batch histogram shows reads were read together.
+TEST_F(CheckInServiceTest, ConcurrentReadsAnswerEachCallForItsOwnEnrollment) {
+  constexpr int kEnrollments = 9;
+  std::vector<std::string> enrollments;
+  for (int i = 1; i <= kEnrollments; ++i) {
+    enrollments.push_back(Enrolled("structured_checkin", absl::StrCat("p-", i)));
+  }
+  const std::string unmatched = Enrolled("structured_checkin", "p-unmatched");
+  auto metric = [&](const std::string& name) {
+    return MetricValue(HttpGet(service_->metrics_port(), "/metrics"), name, {});
+  };
+  int landed = 0;
+  for (int round = 0; round < 5 && metric("peerpath_checkin_read_batch_size_sum") <=
+                                       metric("peerpath_checkin_read_batch_size_count");
+       ++round) {
+    std::vector<v1::RecordCheckInRequest> requests;
+    for (int copy = 0; copy < 3; ++copy) {
+      for (const std::string& e : enrollments) {
+        requests.push_back(CheckIn(e, ValidAnswers("structured_checkin")));
+      }
+      requests.push_back(CheckIn(unmatched, ValidAnswers("structured_checkin")));
+      requests.push_back(
+          CheckIn("0e1c7a7e-5d0b-4f6e-8f3e-6a1d2c3b4a59", ValidAnswers("structured_checkin")));
+    }
+    std::vector<grpc::Status> statuses;
+    const auto responses = RecordAtOnce(requests, statuses);
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const std::string& asked = requests[i].enrollment_id();
+      if (asked == unmatched) {
+        EXPECT_EQ(statuses[i].error_code(), grpc::StatusCode::PERMISSION_DENIED) << i;
+      } else if (asked == "0e1c7a7e-5d0b-4f6e-8f3e-6a1d2c3b4a59") {
+        EXPECT_EQ(statuses[i].error_code(), grpc::StatusCode::NOT_FOUND) << i;
+      } else {
+        ASSERT_TRUE(statuses[i].ok()) << i << ": " << statuses[i].error_message();
+        EXPECT_EQ(responses[i].check_in().enrollment_id(), asked) << i;
+        ++landed;
+      }
+    }
+  }
+  EXPECT_GT(metric("peerpath_checkin_read_batch_size_sum"),
+            metric("peerpath_checkin_read_batch_size_count"))
+      << "no two reads shared a statement";
+  // Every check-in is stored on the enrollment it named, for that enrollment's participant.
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins"), landed);
+  EXPECT_EQ(Count("SELECT count(*) FROM checkin.check_ins c JOIN checkin.enrollments e ON e.id = "
+                  "c.enrollment_id AND e.participant_id = c.participant_id"),
+            landed);
+  EXPECT_EQ(
+      Count("SELECT count(*) FROM checkin.check_ins WHERE enrollment_id = '" + unmatched + "'"), 0);
+}
+
 TEST_F(CheckInServiceTest, AMaxWriteBatchOutOfRangeIsRefusedAtStart) {
   for (const std::string bad : {"0", "257", "many"}) {
     ServiceProcess refused("checkin", db_->UrlFor("checkin"), {"--checkin_max_write_batch=" + bad});
