@@ -17,13 +17,21 @@
 //
 // `run_batch` returns exactly one result per item, in the items' order. If it throws, every item
 // of the batch gets the exception, rethrown by its Submit.
+//
+// Announcements (as PostgreSQL's commit_delay, but waiting for known arrivals rather than for
+// time): a caller that will submit soon (e.g. one of several whose reads just returned together)
+// may say so first. A leader waits, up to `gather`, while items of its group are announced and
+// not yet queued, so that items arriving microseconds apart share its batch instead of the first
+// going alone.
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
 #include <exception>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -36,6 +44,8 @@ namespace peerpath {
 struct GroupCommitOptions {
   int max_batch = 64;
   int max_concurrent = 1;  // Batches running at once.
+  // Longest a leader waits for announced items of its group; zero: never waits.
+  std::chrono::microseconds gather{0};
 };
 
 template <typename Item, typename Result>
@@ -58,15 +68,38 @@ class GroupCommitter {
   GroupCommitter(const GroupCommitter&) = delete;
   GroupCommitter& operator=(const GroupCommitter&) = delete;
 
-  // Runs `item` in a batch and returns its result; `item` must outlive the call.
-  Result Submit(const Item& item) {
+  // Says that `n` items of `group` will be submitted soon. Each announcement ends with a
+  // Submit(item, /*announced=*/true) of that group or a Withdraw(group).
+  void Announce(const std::string& group, int n = 1) {
+    if (n <= 0) return;
+    std::lock_guard lock(mu_);
+    announced_[group] += n;
+  }
+  // Ends an announcement of `group` whose item will not be submitted.
+  void Withdraw(const std::string& group) {
+    std::lock_guard lock(mu_);
+    EndAnnouncement(group);
+  }
+
+  // Runs `item` in a batch and returns its result; `item` must outlive the call. `announced`:
+  // this submission ends an announcement of the item's group.
+  Result Submit(const Item& item, bool announced = false) {
     Waiter self(&item, group_of_(item), conflict_keys_(item));
     std::unique_lock lock(mu_);
     queue_.push_back(&self);
+    if (announced) EndAnnouncement(self.group);
     for (;;) {
       if (self.done) return self.Take();
       if (running_ < options_.max_concurrent && queue_.front() == &self) break;
       self.wake.wait(lock);
+    }
+    // Leading: first wait for the announced items of the group (each arrival or withdrawal wakes
+    // the head), unless the batch is full already.
+    if (options_.gather.count() > 0) {
+      const auto deadline = std::chrono::steady_clock::now() + options_.gather;
+      while (announced_.contains(self.group) && QueuedOf(self.group) < options_.max_batch &&
+             self.wake.wait_until(lock, deadline) == std::cv_status::no_timeout) {
+      }
     }
     std::vector<Waiter*> batch = TakeBatch();
     ++running_;
@@ -137,6 +170,17 @@ class GroupCommitter {
     }
   };
 
+  void EndAnnouncement(const std::string& group) {
+    auto it = announced_.find(group);
+    if (it != announced_.end() && --it->second <= 0) announced_.erase(it);
+    if (!queue_.empty()) queue_.front()->wake.notify_one();
+  }
+
+  int QueuedOf(const std::string& group) const {
+    return static_cast<int>(std::count_if(queue_.begin(), queue_.end(),
+                                          [&](const Waiter* w) { return w->group == group; }));
+  }
+
   // The head of the queue and the items behind it that may join it; removes them from the queue.
   std::vector<Waiter*> TakeBatch() {
     std::vector<Waiter*> batch{queue_.front()};
@@ -171,6 +215,7 @@ class GroupCommitter {
 
   mutable std::mutex mu_;
   std::deque<Waiter*> queue_;
+  std::map<std::string, int> announced_;  // Groups with announced items not yet submitted.
   int running_ = 0;
   long batches_ = 0;
   long items_ = 0;

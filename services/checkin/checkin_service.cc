@@ -4,6 +4,7 @@
 #include <map>
 #include <set>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -81,6 +82,8 @@ constexpr int kConcurrentCheckInWrites = 2;
 // RecordCheckIn's reads (outside a transaction) likewise: this many statements at once, each
 // reading the check-ins of up to kMaxReadBatch calls of one agency.
 constexpr int kConcurrentCheckInReads = 2;
+// The longest a write batch waits for the writes of calls read together with those it holds.
+constexpr std::chrono::microseconds kGatherAnnouncedWrites{2000};
 constexpr int kMaxReadBatch = 64;
 
 // Roles in the order a caller holding several acts under: staff before peer support, so a
@@ -302,7 +305,8 @@ CheckInService::CheckInService(ServiceContext& context, CheckInOptions options,
                                               : MakeUnconfiguredConsentGates()),
       check_in_writes_(
           GroupCommitOptions{.max_batch = options_.max_write_batch,
-                             .max_concurrent = kConcurrentCheckInWrites},
+                             .max_concurrent = kConcurrentCheckInWrites,
+                             .gather = kGatherAnnouncedWrites},
           [this](const std::vector<const CheckInWrite*>& writes) {
             return WriteCheckInBatch(writes);
           },
@@ -985,9 +989,17 @@ absl::Status CheckInService::RecordCheckInImpl(const Call& call,
     if (attempt <= kOptimisticAttempts) {
       absl::StatusOr<CheckInRead> read = check_in_reads_.Submit(query);
       if (!read.ok()) return read.status();
+      // The read announced this call's write (ReadCheckInBatch), so that the calls read together
+      // are written together: the write's Submit ends the announcement, or this when there is
+      // nothing to write.
+      bool announced = true;
+      absl::Cleanup withdraw = [&] {
+        if (announced) check_in_writes_.Withdraw(agency);
+      };
       auto decided = decide(*read);
       if (!decided.ok() || !*decided) return decided.status();
-      status = check_in_writes_.Submit(write);
+      announced = false;
+      status = check_in_writes_.Submit(write, /*announced=*/true);
     } else {
       status = context_.db.TransactForAgency(agency, [&](pqxx::work& tx) -> absl::Status {
         auto decided =
@@ -1018,6 +1030,7 @@ std::vector<absl::StatusOr<CheckInRead>> CheckInService::ReadCheckInBatch(
           return absl::OkStatus();
         });
     if (!status.ok()) return {status};
+    check_in_writes_.Announce(q.agency_id);
     return {std::move(read)};
   }
   std::vector<CheckInRead> reads;
@@ -1032,6 +1045,7 @@ std::vector<absl::StatusOr<CheckInRead>> CheckInService::ReadCheckInBatch(
     return results;
   }
   read_batch_sizes_->Observe(static_cast<double>(queries.size()));
+  check_in_writes_.Announce(queries.front()->agency_id, static_cast<int>(queries.size()));
   for (CheckInRead& read : reads) results.emplace_back(std::move(read));
   return results;
 }

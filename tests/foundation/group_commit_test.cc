@@ -263,5 +263,49 @@ TEST(GroupCommitTest, ManyThreadsEachGetTheirOwnResult) {
   for (const auto& b : recorder.Batches()) EXPECT_LE(b.size(), 8u);
 }
 
+// A leader waits for the items announced for its group: the announced ones that arrive while
+// it waits share its batch. Without the wait the first would run alone.
+TEST(GroupCommitTest, ALeaderWaitsForTheAnnouncedItemsOfItsGroup) {
+  Recorder recorder;
+  Committer c = MakeCommitter(recorder, {.max_batch = 64, .gather = std::chrono::seconds(30)});
+  c.Announce("a", 2);
+  std::vector<int> results(3, -1);
+  std::vector<std::thread> threads;
+  threads.emplace_back([&] { results[0] = c.Submit(Item{1}); });
+  ASSERT_TRUE(AwaitQueued(c, 1));  // The leader, waiting.
+  threads.emplace_back([&] { results[1] = c.Submit(Item{2}, /*announced=*/true); });
+  ASSERT_TRUE(AwaitQueued(c, 2));
+  EXPECT_TRUE(recorder.Batches().empty());
+  threads.emplace_back([&] { results[2] = c.Submit(Item{3}, /*announced=*/true); });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(recorder.Batches(), (std::vector<std::vector<int>>{{1, 2, 3}}));
+  EXPECT_EQ(results, (std::vector<int>{10, 20, 30}));
+}
+
+// A withdrawn announcement ends the wait; announcements of another group never start one; an
+// announced item that never comes holds the leader no longer than `gather`.
+TEST(GroupCommitTest, WithdrawalsOtherGroupsAndTheGatherLimitEndTheWait) {
+  Recorder recorder;
+  Committer patient = MakeCommitter(recorder, {.gather = std::chrono::seconds(30)});
+  patient.Announce("a");
+  int result = -1;
+  std::thread leader([&] { result = patient.Submit(Item{1}); });
+  ASSERT_TRUE(AwaitQueued(patient, 1));
+  patient.Withdraw("a");
+  leader.join();
+  EXPECT_EQ(result, 10);
+
+  patient.Announce("b");
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(patient.Submit(Item{2, "a"}), 20);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);  // Not the 30 s it waits for "a".
+  patient.Withdraw("b");
+
+  Committer brief = MakeCommitter(recorder, {.gather = std::chrono::milliseconds(20)});
+  brief.Announce("a");
+  EXPECT_EQ(brief.Submit(Item{3}), 30);
+  EXPECT_EQ(recorder.Batches(), (std::vector<std::vector<int>>{{1}, {2}, {3}}));
+}
+
 }  // namespace
 }  // namespace peerpath
