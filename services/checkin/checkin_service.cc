@@ -322,18 +322,19 @@ CheckInService::CheckInService(ServiceContext& context, CheckInOptions options,
           },
           [](const CheckInContextQuery& q) { return q.agency_id; },
           [](const CheckInContextQuery&) { return std::vector<std::string>{}; }) {
+  auto batch_sizes = [&](const char* name, const char* help) {
+    return &prometheus::BuildHistogram()
+                .Name(name)
+                .Help(help)
+                .Register(context.metrics)
+                .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64});
+  };
   write_batch_sizes_ =
-      &prometheus::BuildHistogram()
-           .Name("peerpath_checkin_write_batch_size")
-           .Help("Check-ins written per database transaction (group commit of RecordCheckIn)")
-           .Register(context.metrics)
-           .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64});
+      batch_sizes("peerpath_checkin_write_batch_size",
+                  "Check-ins written per database transaction (group commit of RecordCheckIn)");
   read_batch_sizes_ =
-      &prometheus::BuildHistogram()
-           .Name("peerpath_checkin_read_batch_size")
-           .Help("Check-ins read per database statement (RecordCheckIn's reads, read together)")
-           .Register(context.metrics)
-           .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64});
+      batch_sizes("peerpath_checkin_read_batch_size",
+                  "Check-ins read per database statement (RecordCheckIn's reads, read together)");
   if (!options_.matching_address.empty()) {
     matching_consumer_ = ConsumerOf<matching::v1::MatchingService, matching::v1::ListEventsRequest,
                                     matching::v1::ListEventsResponse>(

@@ -569,6 +569,17 @@ bool ParseContextRow(const pqxx::row& row, CheckInRead& read) {
 
 std::string UtcDay(absl::Time t) { return absl::FormatTime("%Y-%m-%d", t, absl::UTCTimeZone()); }
 
+// Runs `read_with(known)` naming as known the pathway versions the cache holds for the agency,
+// and once more naming none when a row left out a version the cache has dropped meanwhile
+// (`read_with` answers nullopt then).
+template <typename Result, typename ReadWith>
+Result ReadNamingCachedPathways(const std::string& agency_id, ReadWith read_with) {
+  std::optional<Result> result = read_with(Pathways().KnownLiteral(agency_id));
+  if (!result) result = read_with("{}");
+  if (!result) throw std::runtime_error("a check-in read left out a pathway version not named");
+  return std::move(*result);
+}
+
 }  // namespace
 
 CheckInRead LoadCheckInContext(pqxx::transaction_base& tx, const std::string& agency_id,
@@ -578,18 +589,15 @@ CheckInRead LoadCheckInContext(pqxx::transaction_base& tx, const std::string& ag
   static const std::string kSql = absl::StrCat(
       "SELECT ", ContextColumns(),
       " FROM check_in_context_2($1, $2::uuid, $3, $4::date, $5, $6, $7::uuid[]) c", kContextRows);
-  // The pathway version comes from the cache when the read left its row out; should the cache
-  // have dropped it meanwhile, the read runs once more naming none.
-  std::string known = Pathways().KnownLiteral(agency_id);
-  for (int attempt = 0;; ++attempt) {
-    const pqxx::result r =
-        ExecPrepared(tx, "checkin_context_2", kSql, agency_id, enrollment_id, scheduled_check_in_id,
-                     UtcDay(occurred_at), idempotency_key, lock, known);
-    CheckInRead read;
-    if (r.empty() || ParseContextRow(r[0], read)) return read;
-    if (attempt > 0) throw std::runtime_error("check_in_context_2 left out a version not named");
-    known = "{}";
-  }
+  return ReadNamingCachedPathways<CheckInRead>(
+      agency_id, [&](const std::string& known) -> std::optional<CheckInRead> {
+        const pqxx::result r =
+            ExecPrepared(tx, "checkin_context_2", kSql, agency_id, enrollment_id,
+                         scheduled_check_in_id, UtcDay(occurred_at), idempotency_key, lock, known);
+        CheckInRead read;
+        if (r.empty() || ParseContextRow(r[0], read)) return read;
+        return std::nullopt;
+      });
 }
 
 std::vector<CheckInRead> LoadCheckInContexts(
@@ -610,26 +618,26 @@ std::vector<CheckInRead> LoadCheckInContexts(
     days.push_back(UtcDay(q->occurred_at));
     keys.push_back(q->idempotency_key);
   }
-  std::string known = Pathways().KnownLiteral(agency_id);
-  for (int attempt = 0;; ++attempt) {
-    const pqxx::result r = ExecPrepared(tx, "checkin_contexts", kSql, agency_id,
-                                        TextArrayLiteral(enrollments), TextArrayLiteral(scheduled),
-                                        TextArrayLiteral(days), TextArrayLiteral(keys), known);
-    if (r.size() != queries.size()) {
-      throw std::runtime_error("check_in_contexts answered a count of items unlike the batch's");
-    }
-    std::vector<CheckInRead> reads(queries.size());
-    bool complete = true;
-    for (size_t i = 0; i < r.size(); ++i) {
-      if (r[i][r[i].size() - 1].as<int64_t>() != static_cast<int64_t>(i) + 1) {
-        throw std::runtime_error("check_in_contexts answered its items out of order");
-      }
-      complete = ParseContextRow(r[i], reads[i]) && complete;
-    }
-    if (complete) return reads;
-    if (attempt > 0) throw std::runtime_error("check_in_contexts left out a version not named");
-    known = "{}";
-  }
+  return ReadNamingCachedPathways<std::vector<CheckInRead>>(
+      agency_id, [&](const std::string& known) -> std::optional<std::vector<CheckInRead>> {
+        const pqxx::result r = ExecPrepared(
+            tx, "checkin_contexts", kSql, agency_id, TextArrayLiteral(enrollments),
+            TextArrayLiteral(scheduled), TextArrayLiteral(days), TextArrayLiteral(keys), known);
+        if (r.size() != queries.size()) {
+          throw std::runtime_error(
+              "check_in_contexts answered a count of items unlike the batch's");
+        }
+        std::vector<CheckInRead> reads(queries.size());
+        bool complete = true;
+        for (size_t i = 0; i < r.size(); ++i) {
+          if (r[i][r[i].size() - 1].as<int64_t>() != static_cast<int64_t>(i) + 1) {
+            throw std::runtime_error("check_in_contexts answered its items out of order");
+          }
+          complete = ParseContextRow(r[i], reads[i]) && complete;
+        }
+        if (!complete) return std::nullopt;
+        return reads;
+      });
 }
 
 const std::string& OutboxEvents::Add(std::unique_ptr<google::protobuf::Message> event) {
