@@ -9,7 +9,9 @@
 //                                        single-row prepared INSERTs of a similar size (about
 //                                        600 bytes) into the same PostgreSQL, same client counts,
 //                                        and the database's floor: a check-in's rows written by
-//                                        pgbench in one round trip, alone and 8 coalesced.
+//                                        pgbench in one round trip, alone and 8 coalesced;
+//                                        then the machine's bound at 32 clients: an empty RPC's
+//                                        and the rows' processor time per check-in, added.
 // PEERPATH_BENCH_SECONDS (default 5) sets the length of each phase;
 // PEERPATH_BENCH_CHECKIN_MAX_WRITE_BATCH=1 turns the service's group commit off, for comparison.
 // The ratio is the figure to read: both sides share the cluster's durability settings (tools/test
@@ -33,6 +35,7 @@
 #include "common/time_util.h"
 #include "peerpath/checkin/v1/checkin.grpc.pb.h"
 #include "services/checkin/pathway.h"
+#include "tests/support/cpu_share.h"
 #include "tests/support/service_process.h"
 #include "tests/support/test_database.h"
 #include "tests/support/test_tokens.h"
@@ -303,6 +306,31 @@ void OverGrpc() {
                 inserts);
     std::fflush(stdout);
   }
+  // What this machine could do at best: every check-in costs at least an RPC and its rows (with
+  // the audit chaining DESIGN.md requires, which the service does beside them). Each is measured
+  // alone, saturating the machine as far as it can, with its processor share; the processor time
+  // they take per check-in, added, bounds the rate from above (the rows 32 to a transaction on 2
+  // connections: the group commit's shape at its best; no read, validation or event relay).
+  double empty = 0, best_rows = 0;
+  db->WaitForAuditChained("checkin");
+  using peerpath::testing::CpuShare;
+  const double empty_share = CpuShare([&] {
+    empty = Hammer(kMaxClients, absl::Seconds(seconds), [&](int) {
+              return peerpath::testing::HealthStatus(server.Channel(), "") == "SERVING";
+            }).per_second;
+  });
+  const double rows_share =
+      CpuShare([&] { best_rows = PgbenchCheckInRowsRate(admin_url, 2, seconds, 32); });
+  const double inserts_32 = insert_rates.back().second;
+  const double bound = peerpath::testing::BoundFromCpu(empty, empty_share, best_rows, rows_share);
+  std::printf(
+      "\nThe machine's bound at %d clients, from processor time alone\n"
+      "  empty RPC (health Check), %d clients:         %8.0f calls/s      processor %3.0f%% busy\n"
+      "  a check-in's rows, 32 per tx, 2 connections: %8.0f check-ins/s  processor %3.0f%% busy\n"
+      "  an RPC and its rows per check-in, nothing else: at most %.0f check-ins/s, ratio %.2f\n",
+      kMaxClients, kMaxClients, empty, 100 * empty_share, best_rows, 100 * rows_share, bound,
+      inserts_32 > 0 ? bound / inserts_32 : 0.0);
+  std::fflush(stdout);
   const int stored = db->AdminQuery("SELECT count(*) FROM checkin.check_ins")[0][0].as<int>();
   std::printf("check-ins stored: %d\n", stored);
 }

@@ -4,7 +4,8 @@
 //      concern with its transitions, events and audit row, store the idempotent response), with
 //      16 calls in flight, beside plain single-row INSERTs (one transaction each, 16 connections)
 //      into a table of the same database in the same run, and the database's floor: the rows a
-//      concern writes, in one statement from libpq (no read, no service);
+//      concern writes, in one statement from libpq (no read, no service); and the machine's
+//      bound: an empty RPC's and a concern's rows' processor time (16 to a transaction), added;
 //   2. the deadline sweeper (in-process) with 100,000 open concerns (beside 200,000 resolved) of
 //      which 0, then 100 are due, the open/overdue gauges' count (every 5 s in the service), and
 //      the plans of both queries (on the partial index concerns_open_by_deadline, no table scan);
@@ -24,12 +25,14 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "common/db.h"
 #include "peerpath/escalation/v1/escalation.grpc.pb.h"
 #include "services/escalation/notifier.h"
 #include "services/escalation/routing.h"
 #include "services/escalation/store.h"
 #include "services/escalation/sweeper.h"
+#include "tests/support/cpu_share.h"
 #include "tests/support/service_process.h"
 #include "tests/support/test_database.h"
 #include "tests/support/test_tokens.h"
@@ -176,8 +179,8 @@ void RunDatabaseBenchmarks() {
   // superuser (no row-level security): no read, no routing, no service, and nothing of what runs
   // after commit but the audit chaining, which runs beside it as beside RaiseConcern (event
   // positions, page delivery).
-  for (auto& connection : connections) {
-    connection->prepare("floor", R"sql(
+  // The count is written into the statement, so that its generic plan knows it.
+  const std::string floor_sql = R"sql(
       WITH c AS (
         INSERT INTO escalation.concerns (agency_id, participant_id, category, severity, source,
           description, raised_by, raised_by_role, status, policy_id, policy_version,
@@ -187,7 +190,8 @@ void RunDatabaseBenchmarks() {
           'clinician', 'open', p.id, p.version, 0, 'clinical_on_call', 'clinical-on-call',
           now() + interval '4 hours', now() + interval '4 hours', 'acknowledgement', now(), now(),
           now()
-        FROM escalation.routing_policies p WHERE p.agency_id = $1 AND p.version = 1
+        FROM escalation.routing_policies p CROSS JOIN generate_series(1, COUNT) g
+        WHERE p.agency_id = $1 AND p.version = 1
         RETURNING id, agency_id, participant_id),
       t AS (
         INSERT INTO escalation.concern_transitions (agency_id, concern_id, kind, from_status,
@@ -207,7 +211,7 @@ void RunDatabaseBenchmarks() {
       k AS (
         INSERT INTO escalation.idempotency_keys (agency_id, idempotency_key, method,
           request_hash, response)
-        SELECT c.agency_id, $3, 'RaiseConcern', sha256(convert_to($3, 'UTF8')),
+        SELECT c.agency_id, $3 || '-' || c.id, 'RaiseConcern', sha256(convert_to($3, 'UTF8')),
           decode(repeat('ab', 400), 'hex') FROM c),
       w AS (
         INSERT INTO escalation.watch_feed (agency_id, kind, concern, previous_target_kind,
@@ -216,13 +220,20 @@ void RunDatabaseBenchmarks() {
       INSERT INTO escalation.notifications (agency_id, concern_id, reason, category, severity,
         level, target_kind, target_id, deadline)
       SELECT c.agency_id, c.id, 'opened', 2, 2, 0, 1, 'clinical-on-call',
-        now() + interval '4 hours' FROM c)sql");
+        now() + interval '4 hours' FROM c)sql";
+  constexpr int kCoalesced = 16;
+  for (auto& connection : connections) {
+    for (int count : {1, kCoalesced}) {
+      connection->prepare(absl::StrCat("floor_", count),
+                          absl::StrReplaceAll(floor_sql, {{"COUNT", absl::StrCat(count)}}));
+    }
   }
-  auto rows_alone = [&](int thread) {
+  // `per_transaction` concerns' rows in one statement (one round trip) and one transaction.
+  auto rows_alone = [&](int thread, int per_transaction) {
     try {
       pqxx::work tx(*connections[thread]);
-      tx.exec_prepared0("floor", "bench", absl::StrCat("client-", key % 997),
-                        absl::StrCat("floor-", key++));
+      tx.exec_prepared0(absl::StrCat("floor_", per_transaction), "bench",
+                        absl::StrCat("client-", key % 997), absl::StrCat("floor-", key++));
       tx.commit();
       return true;
     } catch (const std::exception& e) {
@@ -239,7 +250,23 @@ void RunDatabaseBenchmarks() {
   // Once the service has chained the audit rows of the calls (it chains the floor's as they
   // commit, as it does RaiseConcern's).
   db->WaitForAuditChained("escalation");
-  const Figures floor = Hammer(kInFlight, length, rows_alone);
+  const Figures floor = Hammer(kInFlight, length, [&](int t) { return rows_alone(t, 1); });
+  // The machine's bound: every concern costs at least an RPC and its rows (with their audit
+  // chaining, which the service does beside them). Each is measured alone with its processor
+  // share (the rows 16 to a transaction on 2 connections, as a group commit would write them at
+  // best); the processor time they take per concern, added, bounds the rate of any
+  // implementation from above.
+  db->WaitForAuditChained("escalation");
+  Figures empty, coalesced;
+  const double empty_share = testing::CpuShare([&] {
+    empty = Hammer(kInFlight, length,
+                   [&](int) { return testing::HealthStatus(service.Channel(), "") == "SERVING"; });
+  });
+  const double coalesced_share = testing::CpuShare(
+      [&] { coalesced = Hammer(2, length, [&](int t) { return rows_alone(t, kCoalesced); }); });
+  const double coalesced_rate = coalesced.per_second * kCoalesced;
+  const double bound =
+      testing::BoundFromCpu(empty.per_second, empty_share, coalesced_rate, coalesced_share);
   std::printf("\n== route-and-persist vs plain INSERT (%d in flight, %.0f s each) ==\n", kInFlight,
               absl::ToDoubleSeconds(length));
   Print("plain single-row INSERT (libpq, 1 tx each)", plain);
@@ -253,6 +280,13 @@ void RunDatabaseBenchmarks() {
   std::printf(
       "the database's floor, RaiseConcern's rows alone / INSERT: %.2f (no read, no service)\n",
       plain.per_second > 0 ? floor.per_second / plain.per_second : 0);
+  std::printf(
+      "the machine's bound, from processor time alone:\n"
+      "  empty RPC (health Check), %d in flight:       %7.0f calls/s     processor %3.0f%% busy\n"
+      "  a concern's rows, %d per tx, 2 connections:   %7.0f concerns/s  processor %3.0f%% busy\n"
+      "  an RPC and its rows per concern, nothing else: at most %.0f concerns/s, ratio %.2f\n",
+      kInFlight, empty.per_second, 100 * empty_share, kCoalesced, coalesced_rate,
+      100 * coalesced_share, bound, plain.per_second > 0 ? bound / plain.per_second : 0);
 
   // 100,000 open concerns, none due; then 100 due. Beside them, 200,000 resolved ones (history
   // the sweeper and the gauges must not read).
