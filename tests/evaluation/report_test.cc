@@ -625,6 +625,64 @@ TEST_F(ReportTest, ProgramScopesCountTheirEnrollmentsAndAreSuppressedWithTheOthe
   EXPECT_EQ(CellOf(Report("agency-q"), "enrollments_started").count().count(), 48);
 }
 
+// Appointments, stage changes, concerns and feedback take their program (and a concern its
+// pathway) from their enrollment, also when that enrollment ended before the period (so is not
+// among the period's enrollments the report reads) and not when it is unknown.
+TEST_F(ReportTest, FactsTakeTheirEnrollmentsProgramAlsoWhenItEndedBeforeThePeriod) {
+  Program p("agency-l");
+  auto concern = [&](const std::string& person, int i, const std::string& enrollment) {
+    xv::ConcernOpenedEvent o;
+    o.set_concern_id(Uuid(7, i));
+    o.set_participant_id(person);
+    o.set_enrollment_id(enrollment);
+    o.set_category(common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING);
+    o.set_severity(common::v1::CONCERN_SEVERITY_URGENT);
+    *o.mutable_opened_at() = Ts(At(3, 12));
+    p.Emit(Source::kEscalation, o);
+  };
+  // e00..e23 in program east, served in March; e00..e11 raise a concern and rate their support 5.
+  for (int i = 0; i < 24; ++i) {
+    p.Enroll(Person("e", i), i, "early_engagement", At(3, 2), "east");
+    if (i < 12) {
+      concern(Person("e", i), i, Uuid(1, i));
+      p.Feedback(Person("e", i), i, 1, 5, At(3, 18));
+    }
+  }
+  // x00..x11: enrolled in east in January, ended in February; in March each still has a concern
+  // and a rating of 1 tied to that enrollment.
+  for (int i = 0; i < 12; ++i) {
+    p.Enroll(Person("x", i), 50 + i, "early_engagement", At(1, 5), "east");
+    cv::EnrollmentEndedEvent ended;
+    ended.set_enrollment_id(Uuid(1, 50 + i));
+    ended.set_participant_id(Person("x", i));
+    ended.set_pathway_key("early_engagement");
+    ended.set_pathway_version(1);
+    *ended.mutable_enrolled_at() = Ts(At(1, 5));
+    *ended.mutable_ended_at() = Ts(At(2, 20));
+    p.Emit(Source::kCheckIn, ended);
+    concern(Person("x", i), 50 + i, Uuid(1, 50 + i));
+    p.Feedback(Person("x", i), 50 + i, 1, 1, At(3, 18));
+  }
+  // u00..u11: concerns naming an enrollment this service never heard of: no program, no pathway.
+  for (int i = 0; i < 12; ++i) concern(Person("u", i), 90 + i, Uuid(1, 90 + i));
+  for (const Delivery& d : p.deliveries()) Apply(d);
+
+  const auto month = ev::v1::PERIOD_KIND_MONTH;
+  const auto agency = Report("agency-l");
+  ExpectRate(CellOf(agency, "concerns_raised", 0), 36, 24);
+  EXPECT_EQ(CellOf(agency, "person_feedback").numeric_summary().count(), 24);
+  for (const auto& east : {Report("agency-l", "", month, "east"),
+                           Report("agency-l", "early_engagement", month, "east")}) {
+    EXPECT_EQ(CellOf(east, "participants_served").count().count(), 24);
+    // e's and x's concerns (x's through their ended enrollment), not u's.
+    ExpectRate(CellOf(east, "concerns_raised", 0), 24, 24);
+    const auto& feedback = CellOf(east, "person_feedback");
+    ASSERT_FALSE(feedback.suppressed()) << feedback.ShortDebugString();
+    EXPECT_EQ(feedback.numeric_summary().count(), 24);
+    EXPECT_DOUBLE_EQ(feedback.numeric_summary().mean(), 3.0);
+  }
+}
+
 TEST_F(ReportTest, PeriodsAndLocalDaysAreTheAgencysTimeZone) {
   // An agency in Los Angeles: UTC-8 until 8 March 2026, UTC-7 after. Its March runs from
   // 2026-03-01T08:00Z to 2026-04-01T07:00Z.
