@@ -48,6 +48,8 @@ class EnrollmentLabels {
     if (!known_[id].has_value()) unknown_.try_emplace(id, f.c_str());
     return id;
   }
+  // NULL is none (kNoId).
+  Id MaybeOf(const pqxx::field& f) { return f.is_null() ? kNoId : Of(f); }
   void Set(Id id, const std::string& pathway, const std::string& program) {
     if (static_cast<size_t>(id) >= known_.size()) known_.resize(id + 1);
     known_[id] = Labels{pathway, program};
@@ -317,9 +319,8 @@ absl::StatusOr<ReportFacts> LoadFacts(
                    2, "") " AND participant_id IS NOT NULL AND category IS NOT NULL AND "
                           "severity IS NOT NULL",
            p0, p1)) {
-    f.concerns.push_back({ids.Of(row[0]), row[1].is_null() ? kNoId : labels.Of(row[1]), "", "",
-                          row[2].as<int>(), row[3].as<int>(), At(row[4]), MaybeAt(row[5]),
-                          row[6].as<bool>()});
+    f.concerns.push_back({ids.Of(row[0]), labels.MaybeOf(row[1]), "", "", row[2].as<int>(),
+                          row[3].as<int>(), At(row[4]), MaybeAt(row[5]), row[6].as<bool>()});
   }
   for (const auto& row : ExecPrepared(
            tx, "eval_load_accesses",

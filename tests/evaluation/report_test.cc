@@ -627,7 +627,8 @@ TEST_F(ReportTest, ProgramScopesCountTheirEnrollmentsAndAreSuppressedWithTheOthe
 
 // Appointments, stage changes, concerns and feedback take their program (and a concern its
 // pathway) from their enrollment, also when that enrollment ended before the period (so is not
-// among the period's enrollments the report reads) and not when it is unknown.
+// among the period's enrollments the report reads), and not when it is unknown or another
+// agency's.
 TEST_F(ReportTest, FactsTakeTheirEnrollmentsProgramAlsoWhenItEndedBeforeThePeriod) {
   Program p("agency-l");
   auto concern = [&](const std::string& person, int i, const std::string& enrollment) {
@@ -663,8 +664,13 @@ TEST_F(ReportTest, FactsTakeTheirEnrollmentsProgramAlsoWhenItEndedBeforeThePerio
     concern(Person("x", i), 50 + i, Uuid(1, 50 + i));
     p.Feedback(Person("x", i), 50 + i, 1, 1, At(3, 18));
   }
-  // u00..u11: concerns naming an enrollment this service never heard of: no program, no pathway.
+  // u00..u11: concerns naming an enrollment this agency does not have: u00..u05 one never heard
+  // of, u06..u11 one of another agency's east program. No program, no pathway.
+  Program other("agency-other");
+  for (int i = 6; i < 12; ++i)
+    other.Enroll(Person("u", i), 90 + i, "early_engagement", At(3, 2), "east");
   for (int i = 0; i < 12; ++i) concern(Person("u", i), 90 + i, Uuid(1, 90 + i));
+  for (const Delivery& d : other.deliveries()) Apply(d);
   for (const Delivery& d : p.deliveries()) Apply(d);
 
   const auto month = ev::v1::PERIOD_KIND_MONTH;
