@@ -287,14 +287,22 @@ AccessDecision DecideAccess(const std::vector<ConsentFacts>& consents,
   auto covers = [&](const ConsentFacts& c) {
     return c.HasPurpose(purpose) && c.HasCategory(category) && accessor.Matches(c.recipient);
   };
-  // 1. An explicit denial beats everything.
+  // 1. An explicit denial beats everything; one naming a group binds a person whose memberships
+  // are unknown.
   for (const ConsentFacts& c : consents) {
-    if (c.directive == Directive::kDeny && c.InEffect(now) && covers(c)) {
+    if (c.directive != Directive::kDeny || !c.InEffect(now)) continue;
+    const bool unknown_member = !accessor.memberships_known &&
+                                c.recipient.kind != v1::RECIPIENT_KIND_PERSON &&
+                                c.HasPurpose(purpose) && c.HasCategory(category);
+    if (covers(c) || unknown_member) {
       out.reason = v1::ACCESS_REASON_DENIED_BY_DIRECTIVE;
       out.consent_id = c.id;
-      out.message =
-          absl::StrCat("denied: the participant's directive of ", Day(c.valid_from),
-                       " forbids sharing ", CategoryWords(category), " with this recipient");
+      out.message = absl::StrCat(
+          "denied: the participant's directive of ", Day(c.valid_from), " forbids sharing ",
+          CategoryWords(category), " with ",
+          covers(c) ? "this recipient"
+                    : "a role, team or organisation, and the recipient is named by subject "
+                      "only (name them with their roles and teams to show they are outside it)");
       return out;
     }
   }

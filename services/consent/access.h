@@ -65,9 +65,13 @@ struct GrantFacts {
 
 // Who would receive the data: every identity it answers to (its PERSON subject, ROLEs, TEAMs,
 // ORGANIZATION), and the subject an emergency access can belong to (empty: none).
+// `memberships_known` is false for a person named by subject only: nothing shows they are outside
+// a role, team or organisation a "do not share" directive names, so every such directive binds
+// them (an explicit denial beats any permit, also one naming the person).
 struct Accessor {
   std::vector<RecipientRef> identities;
   std::string person_subject;
+  bool memberships_known = true;
 
   bool Matches(const RecipientRef& recipient) const {
     for (const RecipientRef& identity : identities) {

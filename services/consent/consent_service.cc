@@ -129,12 +129,16 @@ Accessor AccessorOfActor(const v1::Actor& actor) {
   for (const auto& team : actor.team_ids()) {
     a.identities.push_back({v1::RECIPIENT_KIND_TEAM, team});
   }
+  a.memberships_known = actor.roles_size() > 0 || actor.team_ids_size() > 0;
   return a;
 }
 Accessor AccessorOfRecipient(const v1::Recipient& r) {
   Accessor a;
   a.identities.push_back({r.kind(), r.id()});
-  if (r.kind() == v1::RECIPIENT_KIND_PERSON) a.person_subject = r.id();
+  if (r.kind() == v1::RECIPIENT_KIND_PERSON) {
+    a.person_subject = r.id();
+    a.memberships_known = false;
+  }
   return a;
 }
 Accessor AccessorOfCaller(const Identity& caller) {
@@ -216,7 +220,7 @@ const RoleRules& ConsentService::Rules() {
 
 ConsentService::ConsentService(ServiceContext& context, ConsentOptions options)
     : ConsentService(context, std::move(options), std::make_unique<TableActiveMatches>(),
-                     std::make_unique<RecordOnlySafetyConcerns>()) {}
+                     std::make_unique<NoSafetyConcernSource>()) {}
 
 ConsentService::ConsentService(ServiceContext& context, ConsentOptions options,
                                std::unique_ptr<ActiveMatches> matches,
@@ -261,6 +265,10 @@ ConsentService::ConsentService(ServiceContext& context, ConsentOptions options,
   if (escalation_consumer_ != nullptr) {
     concerns_ = std::make_unique<ConsumedSafetyConcerns>(*escalation_consumer_);
     escalation_consumer_->Start();
+  } else {
+    log::Warn(
+        "consent: no --escalation_address; RequestEmergencyAccess is refused, since no open "
+        "safety concern can be confirmed");
   }
   const absl::Duration interval = options.expiry_sweep_interval > absl::ZeroDuration()
                                       ? options.expiry_sweep_interval
@@ -517,14 +525,13 @@ grpc::Status ConsentService::RevokeConsent(grpc::ServerContext* context,
           if (!matched.ok()) return matched.status();
           refusal = {true, "consent", consent->consent_id(), consent->participant_id()};
           if (!*matched) return absl::NotFoundError("no such consent");
-          ConsentFacts facts;
-          facts.directive = consent->directive() == v1::CONSENT_DIRECTIVE_DENY ? Directive::kDeny
-                                                                               : Directive::kPermit;
-          facts.recipient = {consent->recipient().kind(), consent->recipient().id()};
-          for (int p : consent->purposes()) facts.purposes |= Bit(p);
-          if (!IsPeerAgreement(facts)) {
+          // Only what they could have recorded: revoking more would also end sharing with
+          // others (a consent to a clinician for peer support and treatment, say).
+          if (!PeerAgreementProblem(*consent, caller->subject).empty()) {
             return absl::PermissionDeniedError(
-                "a peer supporter may revoke only an agreement to peer involvement");
+                "a peer supporter may revoke only an agreement to peer involvement (directive "
+                "PERMIT, purposes exactly PEER_SUPPORT, recipient the role peer_supporter or "
+                "themselves)");
           }
           refusal.refused = false;
         }
@@ -620,16 +627,28 @@ grpc::ServerUnaryReactor* ConsentService::CheckAccess(grpc::CallbackServerContex
                         accessor]() {
     reactor->Finish(DecideFromDatabase(*context, caller, *request, accessor, *response));
   };
-  if (cache_ == nullptr || peer) {
+  // A peer supporter's relationship is read with the inputs, every time. A participant not
+  // cached is read at once: that read is authoritative and needs no barrier, so a miss costs one
+  // database round trip.
+  DecisionCache::Found found;
+  if (cache_ != nullptr && !peer) {
+    found = cache_->FindAt(agency, request->participant_id(), accessor.person_subject);
+  }
+  if (found.inputs == nullptr) {
     workers_->Post(std::move(from_database));
     return reactor;
   }
   // The hot path: once the cache is current, a cached decision is answered on the cache's
-  // thread. One resting on an emergency access is audited as break-glass, in a transaction.
-  cache_->AfterBarrier([this, reactor, request, response, agency, accessor = std::move(accessor),
+  // thread; what was found stands unless something was invalidated since (then it is looked up
+  // again, and a participant dropped meanwhile is read from the database). One resting on an
+  // emergency access is audited as break-glass, in a transaction.
+  cache_->AfterBarrier([this, reactor, request, response, agency, found = std::move(found),
+                        accessor = std::move(accessor),
                         from_database = std::move(from_database)](bool current) mutable {
     if (current) {
-      auto inputs = cache_->Find(agency, request->participant_id(), accessor.person_subject);
+      auto inputs = cache_->Generation() == found.generation
+                        ? std::move(found.inputs)
+                        : cache_->Find(agency, request->participant_id(), accessor.person_subject);
       if (inputs != nullptr) {
         const absl::Time now = absl::Now();
         const AccessDecision decision =
@@ -657,28 +676,42 @@ grpc::Status ConsentService::DecideFromDatabase(const grpc::CallbackServerContex
   const bool peer = PeerOnly(caller);
   const absl::Time now = absl::Now();
   const AccessQuery query{request.data_category(), request.purpose()};
-  if (!peer) {
-    // One round trip, nothing written; the inputs go to the cache unless a change was
-    // announced while they were read.
-    const uint64_t generation = cache_ != nullptr ? cache_->Generation() : 0;
-    auto decision = context_.db.RunWithoutTransaction(
-        [&](pqxx::nontransaction& tx) -> absl::StatusOr<AccessDecision> {
-          store::DecisionInputs inputs = store::ReadDecisionInputs(
-              tx, caller.agency_id, request.participant_id(), accessor.person_subject);
-          AccessDecision decision =
-              DecideAccess(inputs.consents, inputs.grants, accessor, query, now);
-          if (cache_ != nullptr) {
-            cache_->Fill(generation, caller.agency_id, request.participant_id(),
-                         accessor.person_subject, std::move(inputs));
-          }
-          return decision;
-        });
-    if (!decision.ok()) return ToGrpc(decision.status());
-    if (decision->reason != v1::ACCESS_REASON_PERMITTED_BY_EMERGENCY_ACCESS) {
-      FillDecision(*decision, now, response);
-      return grpc::Status::OK;
-    }
+  // One round trip, nothing written (a peer supporter's relationship is read with the inputs);
+  // the inputs go to the cache unless a change was announced while they were read.
+  const uint64_t generation = cache_ != nullptr ? cache_->Generation() : 0;
+  bool matched = true;
+  auto decision = context_.db.RunWithoutTransaction(
+      [&](pqxx::nontransaction& tx) -> absl::StatusOr<AccessDecision> {
+        std::optional<store::DecisionInputs> inputs;
+        if (peer) {
+          inputs = store::ReadPeerDecisionInputs(tx, caller.agency_id, request.participant_id(),
+                                                 accessor.person_subject);
+          matched = inputs.has_value();
+          if (!matched) return AccessDecision{};
+        } else {
+          inputs = store::ReadDecisionInputs(tx, caller.agency_id, request.participant_id(),
+                                             accessor.person_subject);
+        }
+        AccessDecision decision =
+            DecideAccess(inputs->consents, inputs->grants, accessor, query, now);
+        if (cache_ != nullptr) {
+          cache_->Fill(generation, caller.agency_id, request.participant_id(),
+                       accessor.person_subject, *std::move(inputs));
+        }
+        return decision;
+      });
+  if (!decision.ok()) return ToGrpc(decision.status());
+  if (!matched) {
+    authorizer_.AuditRefusal(context, caller, "CheckAccess", "participant",
+                             request.participant_id(), request.participant_id());
+    return ToGrpc(absl::PermissionDeniedError(kNotMatched));
   }
+  if (decision->reason != v1::ACCESS_REASON_PERMITTED_BY_EMERGENCY_ACCESS) {
+    FillDecision(*decision, now, response);
+    return grpc::Status::OK;
+  }
+  // A permit resting on an emergency access is audited as break-glass: decided again inside the
+  // transaction that writes the audit row.
   Refusal refusal;
   absl::Status status =
       context_.db.TransactForAgency(caller.agency_id, [&](pqxx::work& tx) -> absl::Status {

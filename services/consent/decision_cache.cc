@@ -90,21 +90,26 @@ void DecisionCache::AfterBarrier(std::function<void(bool current)> done) {
 std::shared_ptr<const store::DecisionInputs> DecisionCache::Find(
     const std::string& agency_id, const std::string& participant_id,
     const std::string& clinician_subject) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = participants_.find(participant_id);
-  if (it == participants_.end()) return nullptr;
-  for (const Slot& slot : it->second) {
-    if (slot.agency_id == agency_id && slot.clinician_subject == clinician_subject) {
-      return slot.inputs;
-    }
-  }
-  return nullptr;
+  return FindAt(agency_id, participant_id, clinician_subject).inputs;
 }
 
-uint64_t DecisionCache::Generation() const {
+DecisionCache::Found DecisionCache::FindAt(const std::string& agency_id,
+                                           const std::string& participant_id,
+                                           const std::string& clinician_subject) const {
   std::lock_guard<std::mutex> lock(mu_);
-  return generation_;
+  Found found{nullptr, generation_.load()};
+  auto it = participants_.find(participant_id);
+  if (it == participants_.end()) return found;
+  for (const Slot& slot : it->second) {
+    if (slot.agency_id == agency_id && slot.clinician_subject == clinician_subject) {
+      found.inputs = slot.inputs;
+      break;
+    }
+  }
+  return found;
 }
+
+uint64_t DecisionCache::Generation() const { return generation_.load(); }
 
 void DecisionCache::Fill(uint64_t generation, const std::string& agency_id,
                          const std::string& participant_id, const std::string& clinician_subject,

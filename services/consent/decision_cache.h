@@ -22,6 +22,7 @@
 
 #include <prometheus/gauge.h>
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -69,8 +70,17 @@ class DecisionCache {
                                                     const std::string& participant_id,
                                                     const std::string& clinician_subject) const;
 
+  // Find() and the generation it found at, under one lock: while Generation() still returns it,
+  // nothing was invalidated since (a caller need not look again after its barrier).
+  struct Found {
+    std::shared_ptr<const store::DecisionInputs> inputs;
+    uint64_t generation = 0;
+  };
+  Found FindAt(const std::string& agency_id, const std::string& participant_id,
+               const std::string& clinician_subject) const;
+
   // Take before reading the database; Fill() keeps the inputs only if nothing was invalidated in
-  // between (the read may predate a change whose notification has been applied since).
+  // between (the read may predate a change whose notification has been applied since). Lock-free.
   uint64_t Generation() const;
   void Fill(uint64_t generation, const std::string& agency_id, const std::string& participant_id,
             const std::string& clinician_subject, store::DecisionInputs inputs);
@@ -102,7 +112,7 @@ class DecisionCache {
 
   mutable std::mutex mu_;
   bool vouching_ = false;
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};  // Changed with mu_ held; read with or without it.
   std::vector<std::function<void(bool)>> waiting_;
   absl::flat_hash_map<std::string, std::vector<Slot>> participants_;
   // Participants in the order they were cached, for eviction; may name ones since dropped

@@ -15,7 +15,7 @@ ABSL_FLAG(std::string, matching_address, "",
 ABSL_FLAG(std::string, escalation_address, "",
           "consent: host:port of the escalation service, whose ConcernOpened/Resolved/Cancelled "
           "events say which safety concerns are open for break-glass access (env "
-          "PEERPATH_ESCALATION_ADDRESS); empty: concern ids are recorded but not verified");
+          "PEERPATH_ESCALATION_ADDRESS); empty: no emergency access can be granted");
 ABSL_FLAG(std::string, consent_expiry_sweep_interval, "",
           "consent: how often the expiry sweeper marks ended consents EXPIRED, e.g. 30s (env "
           "PEERPATH_CONSENT_EXPIRY_SWEEP_INTERVAL; default 30s)");

@@ -46,14 +46,14 @@ class SafetyConcerns {
                                         const std::string& concern_id) = 0;
 };
 
-// Used when --escalation_address is not set. TODO(escalation): once the escalation service is
-// deployed everywhere, make --escalation_address required and remove this class. Until then
-// every well-formed concern id is accepted and recorded with the grant, so the program admin's
-// review can check it afterwards.
-class RecordOnlySafetyConcerns final : public SafetyConcerns {
+// Used when --escalation_address is not set: nothing can confirm that a concern is open, so no
+// emergency access is granted (break-glass fails closed, never open).
+class NoSafetyConcernSource final : public SafetyConcerns {
  public:
   absl::Status CheckOpenConcern(pqxx::work&, const std::string&, const std::string&) override {
-    return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        "emergency access is unavailable: this consent service is not connected to the "
+        "escalation service (--escalation_address), so no open safety concern can be confirmed");
   }
 };
 

@@ -272,6 +272,7 @@ DecisionInputs DecisionInputsOf(const pqxx::result& r) {
   for (const auto& row : r) {
     uint32_t categories = 0;
     ForEachListed(row[5], [&](absl::string_view c) { categories |= Bit(Category(c)); });
+    if (row[0].c_str()[0] == 'm') continue;  // peer_decision_inputs' relationship row.
     if (row[0].c_str()[0] == 'e') {
       GrantFacts g;
       g.id = row[1].c_str();
@@ -330,6 +331,19 @@ DecisionInputs ReadDecisionInputs(pqxx::nontransaction& tx, const std::string& a
   return DecisionInputsOf(ExecPrepared(tx, "consent_decision_inputs",
                                        "SELECT * FROM decision_inputs($1, $2, $3)", agency_id,
                                        participant_id, clinician_subject));
+}
+
+std::optional<DecisionInputs> ReadPeerDecisionInputs(pqxx::nontransaction& tx,
+                                                     const std::string& agency_id,
+                                                     const std::string& participant_id,
+                                                     const std::string& supporter_subject) {
+  const pqxx::result r = ExecPrepared(tx, "consent_peer_decision_inputs",
+                                      "SELECT * FROM peer_decision_inputs($1, $2, $3)", agency_id,
+                                      participant_id, supporter_subject);
+  for (const auto& row : r) {
+    if (std::string_view(row[0].c_str()) == "m") return DecisionInputsOf(r);
+  }
+  return std::nullopt;
 }
 
 v1::Disclosure InsertDisclosure(pqxx::work& tx, const std::string& agency_id,

@@ -49,6 +49,12 @@ DecisionInputs LoadDecisionInputs(pqxx::work& tx, const std::string& participant
 DecisionInputs ReadDecisionInputs(pqxx::nontransaction& tx, const std::string& agency_id,
                                   const std::string& participant_id,
                                   const std::string& clinician_subject);
+// For a peer supporter (`supporter_subject`), the same in one round trip with their relationship:
+// nullopt when they are not actively matched with the participant (peer_decision_inputs).
+std::optional<DecisionInputs> ReadPeerDecisionInputs(pqxx::nontransaction& tx,
+                                                     const std::string& agency_id,
+                                                     const std::string& participant_id,
+                                                     const std::string& supporter_subject);
 
 // Disclosures.
 v1::Disclosure InsertDisclosure(pqxx::work& tx, const std::string& agency_id,

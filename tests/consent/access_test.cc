@@ -73,6 +73,43 @@ TEST(DecideAccess, LongestLastingPermitDecides) {
       "open");
 }
 
+TEST(DecideAccess, AGroupsDenyBindsAPersonWhoseMembershipsAreUnknown) {
+  const ConsentFacts permit =
+      Permit("p", {v1::RECIPIENT_KIND_PERSON, "alice"}, {v1::PURPOSE_CARE_COORDINATION},
+             {v1::DATA_CATEGORY_APPOINTMENT_STATUS});
+  Accessor by_subject;
+  by_subject.person_subject = "alice";
+  by_subject.identities = {{v1::RECIPIENT_KIND_PERSON, "alice"}};
+  by_subject.memberships_known = false;
+  for (const RecipientRef& group :
+       {kClinicianRole, RecipientRef{v1::RECIPIENT_KIND_TEAM, "crisis"}, kCounty}) {
+    SCOPED_TRACE(group.id);
+    const ConsentFacts deny =
+        Deny("d", group, {v1::PURPOSE_CARE_COORDINATION}, {v1::DATA_CATEGORY_APPOINTMENT_STATUS});
+    const AccessDecision d =
+        DecideAccess({permit, deny}, {}, by_subject, kAppointmentsForCare, kNow);
+    EXPECT_FALSE(d.permit);
+    EXPECT_EQ(d.reason, v1::ACCESS_REASON_DENIED_BY_DIRECTIVE);
+    EXPECT_EQ(d.consent_id, "d");
+    EXPECT_NE(d.message.find("by subject only"), std::string::npos) << d.message;
+    // Known memberships outside the group: the permit naming the person decides.
+    Accessor known = by_subject;
+    known.memberships_known = true;
+    EXPECT_EQ(DecideAccess({permit, deny}, {}, known, kAppointmentsForCare, kNow).consent_id, "p");
+  }
+  // Another person's directive, or one for another purpose or category, does not bind them.
+  const ConsentFacts others =
+      Deny("o", {v1::RECIPIENT_KIND_PERSON, "bob"}, {v1::PURPOSE_CARE_COORDINATION},
+           {v1::DATA_CATEGORY_APPOINTMENT_STATUS});
+  const ConsentFacts other_purpose =
+      Deny("q", kClinicianRole, {v1::PURPOSE_BILLING}, {v1::DATA_CATEGORY_APPOINTMENT_STATUS});
+  const ConsentFacts other_category = Deny("r", kClinicianRole, {v1::PURPOSE_CARE_COORDINATION},
+                                           {v1::DATA_CATEGORY_CONTACT_DETAILS});
+  EXPECT_TRUE(DecideAccess({permit, others, other_purpose, other_category}, {}, by_subject,
+                           kAppointmentsForCare, kNow)
+                  .permit);
+}
+
 TEST(DecideAccess, ExplicitDenyBeatsPermitAndEmergencyAccess) {
   ConsentFacts permit =
       Permit("p", kClinicianRole, {v1::PURPOSE_TREATMENT}, {v1::DATA_CATEGORY_APPOINTMENT_STATUS});
