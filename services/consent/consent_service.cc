@@ -734,6 +734,12 @@ grpc::Status ConsentService::DecideFromDatabase(const grpc::CallbackServerContex
           if (!audited.ok()) return audited.status();
         }
         FillDecision(decision, now, response);
+        if (decision.reason == v1::ACCESS_REASON_PERMITTED_BY_EMERGENCY_ACCESS) {
+          // The grant's concern scopes what the caller may return.
+          auto grant = store::GetEmergencyAccess(tx, decision.emergency_access_id, false);
+          if (!grant) return absl::AbortedError("the emergency access ended meanwhile; retry");
+          response.set_concern_id(grant->concern_id());
+        }
         return absl::OkStatus();
       });
   AuditIfRefused(authorizer_, context, caller, "CheckAccess", refusal);

@@ -1197,6 +1197,9 @@ TEST_F(ConsentServiceTest, BreakGlassIsLimitedAuditedCountedAndReviewed) {
   const v1::CheckAccessResponse permitted =
       check("dr-1", v1::DATA_CATEGORY_CONTACT_DETAILS, v1::PURPOSE_TREATMENT);
   EXPECT_EQ(permitted.reason(), v1::ACCESS_REASON_PERMITTED_BY_EMERGENCY_ACCESS);
+  // Only that concern's data: the permit names it.
+  EXPECT_EQ(permitted.concern_id(), request.concern_id());
+  EXPECT_EQ(permitted.emergency_access_id(), granted.emergency_access().emergency_access_id());
   EXPECT_EQ(check("dr-2", v1::DATA_CATEGORY_CONTACT_DETAILS, v1::PURPOSE_TREATMENT).decision(),
             v1::ACCESS_DECISION_DENY);
   EXPECT_EQ(check("dr-1", v1::DATA_CATEGORY_APPOINTMENT_STATUS, v1::PURPOSE_TREATMENT).decision(),
