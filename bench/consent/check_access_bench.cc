@@ -4,7 +4,9 @@
 //   PEERPATH_TEST_PG_ADMIN_URL=... consent_check_access_bench
 //                                         also: the real binary over gRPC, a participant with 20
 //                                         consents, 64 calls in flight, beside the empty health
-//                                         Check RPC on the same server in the same run.
+//                                         Check RPC on the same server in the same run, and the
+//                                         same decision when it misses the cache (another
+//                                         person each call: one database read).
 // PEERPATH_BENCH_SECONDS (default 5) sets the length of each gRPC phase (run in three turns);
 // PEERPATH_BENCH_SERVER_LOG=1 prints the server's log after the figures. The counts of decisions
 // from the cache and from the database, as the server exports them, are printed with the figures.
@@ -159,16 +161,19 @@ void OverGrpc() {
   const std::string staff = "Bearer " + TokenFor("agency-a", {"case_manager"}, "staff-1");
   const std::string service = "Bearer " + TokenFor("agency-a", {"service"}, "svc-checkin");
   const char* roles[] = {"clinician", "case_manager", "supervisor", "program_admin"};
-  for (int i = 0; i < 20; ++i) {
+  // p-bench for the cached decisions, p-miss (the same 20 consents) for the misses, so that the
+  // misses do not evict p-bench's entries.
+  for (int i = 0; i < 40; ++i) {
     v1::RecordConsentRequest request;
     v1::Consent& c = *request.mutable_consent();
-    c.set_participant_id("p-bench");
+    c.set_participant_id(i < 20 ? "p-bench" : "p-miss");
+    const int k = i % 20;
     c.set_given_by(v1::CONSENT_GIVER_PARTICIPANT);
     c.mutable_recipient()->set_kind(v1::RECIPIENT_KIND_ROLE);
-    c.mutable_recipient()->set_id(roles[i % 4]);
-    c.add_purposes(static_cast<v1::Purpose>(1 + i % 5));
-    c.add_data_categories(static_cast<v1::DataCategory>(1 + i % 6));
-    c.set_directive(i == 19 ? v1::CONSENT_DIRECTIVE_DENY : v1::CONSENT_DIRECTIVE_PERMIT);
+    c.mutable_recipient()->set_id(roles[k % 4]);
+    c.add_purposes(static_cast<v1::Purpose>(1 + k % 5));
+    c.add_data_categories(static_cast<v1::DataCategory>(1 + k % 6));
+    c.set_directive(k == 19 ? v1::CONSENT_DIRECTIVE_DENY : v1::CONSENT_DIRECTIVE_PERMIT);
     c.set_obtained_method(v1::OBTAINED_METHOD_ELECTRONIC);
     request.set_idempotency_key(absl::StrCat("bench-", i));
     grpc::ClientContext context;
@@ -211,6 +216,26 @@ void OverGrpc() {
            })
         .ok();
   };
+  // A cache miss every call: a person not asked about before (the cache keeps inputs per
+  // participant and person), so the decision reads the database, in one round trip.
+  std::atomic<int> m{0};
+  auto miss = [&] {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 10s);
+    context.AddMetadata("authorization", service);
+    const int i = m++;
+    v1::CheckAccessRequest request;
+    request.set_participant_id("p-miss");
+    request.mutable_actor()->set_subject(absl::StrCat("dr-miss-", i));
+    request.mutable_actor()->add_roles(roles[i % 4]);
+    request.set_data_category(static_cast<v1::DataCategory>(1 + i % 6));
+    request.set_purpose(static_cast<v1::Purpose>(1 + i % 5));
+    v1::CheckAccessResponse response;
+    return CallAndWait([&](std::function<void(grpc::Status)> done) {
+             stub->async()->CheckAccess(&context, &request, &response, std::move(done));
+           })
+        .ok();
+  };
   // The same call refused by validation: token verification and the handler, no database.
   auto invalid = [&] {
     grpc::ClientContext context;
@@ -227,15 +252,17 @@ void OverGrpc() {
   Hammer(8, absl::Seconds(1), check, warm_up);  // Connections, the pool and the cache.
   // The kinds take turns, three rounds of a third of the length each, so that a slow spell of
   // this shared machine falls on all of them rather than on one.
-  Phase empty_phase, invalid_phase, check_phase;
+  Phase empty_phase, invalid_phase, check_phase, miss_phase;
   for (int round = 0; round < 3; ++round) {
     Hammer(64, length / 3, empty, empty_phase);
     Hammer(64, length / 3, invalid, invalid_phase);
     Hammer(64, length / 3, check, check_phase);
+    Hammer(64, length / 3, miss, miss_phase);
   }
   const Figures e = empty_phase.Summary();
   const Figures a = invalid_phase.Summary();
   const Figures c = check_phase.Summary();
+  const Figures x = miss_phase.Summary();
   std::printf("\nover gRPC, 64 calls in flight, %.0f s each in three turns, same server and run:\n",
               absl::ToDoubleSeconds(length));
   std::printf(
@@ -249,6 +276,10 @@ void OverGrpc() {
       "  CheckAccess, 20 consents: %9.0f calls/s  p50 %8.0f us  p99 %8.0f us  (%ld calls, %ld "
       "errors)\n",
       c.per_second, c.p50_us, c.p99_us, c.calls, c.errors);
+  std::printf(
+      "  CheckAccess, each a cache miss: %9.0f calls/s  p50 %8.0f us  p99 %8.0f us  (%ld calls, "
+      "%ld errors; one database round trip each)\n",
+      x.per_second, x.p50_us, x.p99_us, x.calls, x.errors);
   // Where the decisions' inputs came from, as the server counts them.
   const std::string metrics = peerpath::testing::HttpGet(server.metrics_port(), "/metrics");
   for (absl::string_view line : absl::StrSplit(metrics, '\n')) {
