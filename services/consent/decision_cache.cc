@@ -225,13 +225,13 @@ void DecisionCache::Run() {
           uint64_t count = 0;
           [[maybe_unused]] const ssize_t got = read(wake_fd_, &count, sizeof count);
         }
-        if (options_.before_unasked_notifications) options_.before_unasked_notifications();
         conn->get_notifs();  // Throws when the connection is gone.
         {
           std::lock_guard<std::mutex> lock(mu_);
           in_flight_.swap(waiting_);
         }
         if (in_flight_.empty()) continue;
+        if (options_.before_barrier) options_.before_barrier();
         {
           pqxx::nontransaction barrier(*conn);
           barrier.exec("SELECT 1");

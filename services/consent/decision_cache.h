@@ -46,9 +46,11 @@ struct DecisionCacheOptions {
   size_t max_participants = 100000;
   absl::Duration reconnect_delay = absl::Seconds(1);
   prometheus::Gauge* listening = nullptr;  // Optional: 1 while the cache can be used, else 0.
-  // Tests: called on the listener thread before it applies notifications that came without a
-  // barrier, to hold them back the way a slow network or a busy replica would.
-  std::function<void()> before_unasked_notifications;
+  // Tests: called on the listener thread once it has applied the notifications already arrived
+  // and taken the waiting calls, just before it sends their barrier. A change committed here is
+  // one whose notification was still on its way (a slow network, a busy replica): only the
+  // barrier brings it before the calls are answered.
+  std::function<void()> before_barrier;
 };
 
 class DecisionCache {

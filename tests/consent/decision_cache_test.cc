@@ -1,6 +1,7 @@
 // The consent replicas' decision cache against a real PostgreSQL: what it promises (no answer
 // from before a committed change, no stale fill, nothing vouched for while deaf), each shown by
-// holding back the notifications that would otherwise usually arrive in time anyway.
+// committing a change whose notification cannot have arrived yet, or holding back what would
+// otherwise usually arrive in time anyway.
 #include "services/consent/decision_cache.h"
 
 #include <gtest/gtest.h>
@@ -10,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "tests/support/service_process.h"
@@ -45,8 +47,8 @@ class DecisionCacheTest : public ::testing::Test {
     options.database.schema = schema;
     options.database.application_name = "decision-cache-test";
     options.reconnect_delay = absl::Milliseconds(50);
-    options.before_unasked_notifications = [this] {
-      if (hold_back_) std::this_thread::sleep_for(300ms);
+    options.before_barrier = [this] {
+      if (!late_change_.empty()) CommitChange(std::exchange(late_change_, ""));
     };
     return std::make_unique<DecisionCache>(std::move(options));
   }
@@ -82,7 +84,9 @@ class DecisionCacheTest : public ::testing::Test {
 
   std::unique_ptr<TestDatabase> db_;
   std::unique_ptr<ServiceProcess> migrated_;
-  std::atomic<bool> hold_back_{false};
+  // A participant whose change commits just before the listener's next barrier (read and
+  // cleared on the listener thread; set while no barrier is due).
+  std::string late_change_;
 };
 
 TEST_F(DecisionCacheTest, NoAnswerAfterACommittedChangeComesFromBeforeIt) {
@@ -92,9 +96,10 @@ TEST_F(DecisionCacheTest, NoAnswerAfterACommittedChangeComesFromBeforeIt) {
   cache->Fill(cache->Generation(), "agency-a", "p-2", "dr-1", OneConsent("c-2"));
   ASSERT_NE(cache->Find("agency-a", "p-1", "dr-1"), nullptr);
 
-  // The listener is slow to hear of the change; the barrier still brings it.
-  hold_back_ = true;
-  CommitChange("p-1");
+  // The change commits while its notification cannot have been read yet: after the listener
+  // last read its connection, before the barrier. The barrier still brings it (without the
+  // barrier the call is answered from c-1).
+  late_change_ = "p-1";
   std::shared_ptr<const store::DecisionInputs> p1, p2;
   std::mutex mu;
   std::condition_variable cv;
@@ -114,7 +119,6 @@ TEST_F(DecisionCacheTest, NoAnswerAfterACommittedChangeComesFromBeforeIt) {
   EXPECT_EQ(p2->consents.front().id, "c-2");
   EXPECT_EQ(cache->Find("agency-b", "p-2", "dr-1"), nullptr);
   EXPECT_EQ(cache->Find("agency-a", "p-2", "dr-2"), nullptr);
-  hold_back_ = false;
 }
 
 TEST_F(DecisionCacheTest, InputsReadBeforeAChangeAreNotKept) {
