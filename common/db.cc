@@ -67,19 +67,34 @@ absl::Status StatusFromDatabaseException(const std::exception& e) {
   return absl::InternalError("internal error");
 }
 
-std::string WithConnectTimeout(const std::string& url, int seconds) {
-  if (url.find("connect_timeout") != std::string::npos) return url;
-  const std::string value = std::to_string(std::max(2, seconds));
+namespace {
+
+// `url` with libpq parameter `key` set to `value`, unless it names the key already.
+std::string WithParameter(const std::string& url, const std::string& key,
+                          const std::string& value) {
+  if (url.find(key + "=") != std::string::npos) return url;
   if (absl::StartsWith(url, "postgresql://") || absl::StartsWith(url, "postgres://")) {
-    return absl::StrCat(url, url.find('?') == std::string::npos ? "?" : "&",
-                        "connect_timeout=", value);
+    return absl::StrCat(url, url.find('?') == std::string::npos ? "?" : "&", key, "=", value);
   }
-  return absl::StrCat(url, url.empty() ? "" : " ", "connect_timeout=", value);
+  return absl::StrCat(url, url.empty() ? "" : " ", key, "=", value);
+}
+
+}  // namespace
+
+std::string WithConnectTimeout(const std::string& url, int seconds) {
+  return WithParameter(url, "connect_timeout", std::to_string(std::max(2, seconds)));
+}
+
+std::string WithDeadPeerDetection(const std::string& url) {
+  std::string out = WithParameter(url, "keepalives_idle", "10");
+  out = WithParameter(out, "keepalives_interval", "5");
+  out = WithParameter(out, "keepalives_count", "3");
+  return WithParameter(out, "tcp_user_timeout", "30000");
 }
 
 std::unique_ptr<pqxx::connection> OpenConnection(const DatabaseOptions& options) {
   auto conn = std::make_unique<pqxx::connection>(
-      WithConnectTimeout(options.url, options.connect_timeout_seconds));
+      WithDeadPeerDetection(WithConnectTimeout(options.url, options.connect_timeout_seconds)));
   pqxx::nontransaction setup(*conn);
   setup.exec0(absl::StrCat("SET search_path TO ", setup.quote_name(options.schema)));
   setup.exec0(absl::StrCat("SET application_name TO ", setup.quote(options.application_name)));

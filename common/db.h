@@ -47,6 +47,12 @@ struct DatabaseOptions {
 
 // `url` with libpq's connect_timeout added (URI or key=value form), unless it names one already.
 std::string WithConnectTimeout(const std::string& url, int seconds);
+// `url` with TCP keepalives (probes after 10 s idle, every 5 s, 3 unanswered drop it) and
+// tcp_user_timeout (30 s of unacknowledged data drops it), unless it names them: a database host
+// that vanishes mid-session (a network partition, a powered-off node) fails the connection in
+// about half a minute instead of the operating system's hours, so a call or a listener waiting
+// on it learns and moves on. Ignored by libpq for Unix-domain sockets.
+std::string WithDeadPeerDetection(const std::string& url);
 
 // Maps an exception thrown by libpqxx (or anything else) inside a transaction to a status, and
 // logs SQL errors (SQLSTATE and the primary message only).

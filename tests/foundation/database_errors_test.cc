@@ -104,6 +104,21 @@ TEST(ConnectTimeout, IsAddedToEitherFormOfConnectionString) {
             "postgresql://h/db?connect_timeout=30");
 }
 
+TEST(DeadPeerDetection, KeepalivesAndUserTimeoutAreAddedUnlessNamed) {
+  EXPECT_EQ(WithDeadPeerDetection("postgresql://u@h/db?connect_timeout=5"),
+            "postgresql://u@h/db?connect_timeout=5&keepalives_idle=10&keepalives_interval=5&"
+            "keepalives_count=3&tcp_user_timeout=30000");
+  EXPECT_EQ(WithDeadPeerDetection("host=h keepalives_idle=60 tcp_user_timeout=0"),
+            "host=h keepalives_idle=60 tcp_user_timeout=0 keepalives_interval=5 "
+            "keepalives_count=3");
+  // libpq accepts what it adds.
+  EXPECT_NO_THROW({
+    pqxx::connection conn{WithDeadPeerDetection(AdminUrl("postgres"))};
+    pqxx::nontransaction tx(conn);
+    tx.exec1("SELECT 1");
+  });
+}
+
 TEST(ConnectTimeout, AServerThatNeverAnswersFailsTheConnectionInTime) {
   // Listens but never accepts: the TCP handshake completes, the startup packet is never answered.
   const int listener = socket(AF_INET, SOCK_STREAM, 0);
