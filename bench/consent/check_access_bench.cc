@@ -198,15 +198,14 @@ void OverGrpc() {
            })
         .ok();
   };
-  std::atomic<int> n{0};
-  auto check = [&] {
+  // CheckAccess for `subject` in a role, about a category and purpose that vary with `i`.
+  auto check_access = [&](const std::string& participant, const std::string& subject, int i) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + 10s);
     context.AddMetadata("authorization", service);
-    const int i = n++;
     v1::CheckAccessRequest request;
-    request.set_participant_id("p-bench");
-    request.mutable_actor()->set_subject("dr-1");
+    request.set_participant_id(participant);
+    request.mutable_actor()->set_subject(subject);
     request.mutable_actor()->add_roles(roles[i % 4]);
     request.set_data_category(static_cast<v1::DataCategory>(1 + i % 6));
     request.set_purpose(static_cast<v1::Purpose>(1 + i % 5));
@@ -216,25 +215,14 @@ void OverGrpc() {
            })
         .ok();
   };
+  std::atomic<int> n{0};
+  auto check = [&] { return check_access("p-bench", "dr-1", n++); };
   // A cache miss every call: a person not asked about before (the cache keeps inputs per
   // participant and person), so the decision reads the database, in one round trip.
   std::atomic<int> m{0};
   auto miss = [&] {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + 10s);
-    context.AddMetadata("authorization", service);
     const int i = m++;
-    v1::CheckAccessRequest request;
-    request.set_participant_id("p-miss");
-    request.mutable_actor()->set_subject(absl::StrCat("dr-miss-", i));
-    request.mutable_actor()->add_roles(roles[i % 4]);
-    request.set_data_category(static_cast<v1::DataCategory>(1 + i % 6));
-    request.set_purpose(static_cast<v1::Purpose>(1 + i % 5));
-    v1::CheckAccessResponse response;
-    return CallAndWait([&](std::function<void(grpc::Status)> done) {
-             stub->async()->CheckAccess(&context, &request, &response, std::move(done));
-           })
-        .ok();
+    return check_access("p-miss", absl::StrCat("dr-miss-", i), i);
   };
   // The same call refused by validation: token verification and the handler, no database.
   auto invalid = [&] {

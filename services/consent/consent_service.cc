@@ -680,7 +680,7 @@ grpc::Status ConsentService::DecideFromDatabase(const grpc::CallbackServerContex
   // the inputs go to the cache unless a change was announced while they were read.
   const uint64_t generation = cache_ != nullptr ? cache_->Generation() : 0;
   bool matched = true;
-  auto decision = context_.db.RunWithoutTransaction(
+  auto read = context_.db.RunWithoutTransaction(
       [&](pqxx::nontransaction& tx) -> absl::StatusOr<AccessDecision> {
         std::optional<store::DecisionInputs> inputs;
         if (peer) {
@@ -700,14 +700,14 @@ grpc::Status ConsentService::DecideFromDatabase(const grpc::CallbackServerContex
         }
         return decision;
       });
-  if (!decision.ok()) return ToGrpc(decision.status());
+  if (!read.ok()) return ToGrpc(read.status());
   if (!matched) {
     authorizer_.AuditRefusal(context, caller, "CheckAccess", "participant",
                              request.participant_id(), request.participant_id());
     return ToGrpc(absl::PermissionDeniedError(kNotMatched));
   }
-  if (decision->reason != v1::ACCESS_REASON_PERMITTED_BY_EMERGENCY_ACCESS) {
-    FillDecision(*decision, now, response);
+  if (read->reason != v1::ACCESS_REASON_PERMITTED_BY_EMERGENCY_ACCESS) {
+    FillDecision(*read, now, response);
     return grpc::Status::OK;
   }
   // A permit resting on an emergency access is audited as break-glass: decided again inside the

@@ -177,6 +177,19 @@ class ConsentServiceTest : public ::testing::Test {
     return a;
   }
 
+  // A share of one category of `participant`'s data with `to`, for treatment.
+  static v1::ShareInformationRequest ShareForTreatment(const std::string& participant, v1::Actor to,
+                                                       v1::DataCategory category,
+                                                       const std::string& key) {
+    v1::ShareInformationRequest share;
+    share.set_participant_id(participant);
+    *share.mutable_to_person() = std::move(to);
+    share.set_purpose(v1::PURPOSE_TREATMENT);
+    share.add_data_categories(category);
+    share.set_idempotency_key(key);
+    return share;
+  }
+
   static std::set<std::string> ViolatedFields(const grpc::Status& status) {
     google::rpc::Status details;
     std::set<std::string> fields;
@@ -690,12 +703,8 @@ TEST_F(ConsentServiceTest, TheDatabaseKeepsTheHistory) {
   const std::string id =
       RecordOk(Consent("p-hist", v1::RECIPIENT_KIND_ROLE, "clinician", {v1::PURPOSE_TREATMENT},
                        {v1::DATA_CATEGORY_APPOINTMENT_STATUS}));
-  v1::ShareInformationRequest share;
-  share.set_participant_id("p-hist");
-  *share.mutable_to_person() = Person("c-1", {"clinician"});
-  share.set_purpose(v1::PURPOSE_TREATMENT);
-  share.add_data_categories(v1::DATA_CATEGORY_APPOINTMENT_STATUS);
-  share.set_idempotency_key("hist-share");
+  const v1::ShareInformationRequest share = ShareForTreatment(
+      "p-hist", Person("c-1", {"clinician"}), v1::DATA_CATEGORY_APPOINTMENT_STATUS, "hist-share");
   v1::ShareInformationResponse shared;
   ASSERT_TRUE(stub_->ShareInformation(As({"clinician"}, "dr-1").get(), share, &shared).ok());
   v1::RevokeConsentRequest revoke;
@@ -891,12 +900,8 @@ TEST_F(ConsentServiceTest, OtherAgenciesAndOperationsSeeNothing) {
   ASSERT_TRUE(held.all_held()) << held.results(0).message();
   ASSERT_TRUE(stub_->CheckGates(As({"clinician"}, "staff-b", "agency-b").get(), gates, &held).ok());
   EXPECT_FALSE(held.all_held());
-  v1::ShareInformationRequest share;
-  share.set_participant_id("p-x");
-  *share.mutable_to_person() = Person("c-1", {"clinician"});
-  share.set_purpose(v1::PURPOSE_TREATMENT);
-  share.add_data_categories(v1::DATA_CATEGORY_APPOINTMENT_STATUS);
-  share.set_idempotency_key("share-b");
+  const v1::ShareInformationRequest share = ShareForTreatment(
+      "p-x", Person("c-1", {"clinician"}), v1::DATA_CATEGORY_APPOINTMENT_STATUS, "share-b");
   v1::ShareInformationResponse shared;
   EXPECT_EQ(stub_->ShareInformation(As({"clinician"}, "staff-b", "agency-b").get(), share, &shared)
                 .error_code(),
