@@ -208,6 +208,7 @@ GateOutcome AlignedCommunication(const std::vector<ConsentFacts>& consents, absl
     }
   }
   bool partial = false;
+  bool partly_denied = false;
   bool defeated = false;
   std::vector<std::string> deny_ids;
   absl::Time best_until = absl::InfinitePast();
@@ -216,9 +217,11 @@ GateOutcome AlignedCommunication(const std::vector<ConsentFacts>& consents, absl
     std::vector<const ConsentFacts*> holders;
     absl::Time until = absl::InfiniteFuture();
     int covered = 0;
+    bool denied_one = false;  // A category this recipient's consents cover only a directive blocks.
     for (int cat : kNeeded) {
       absl::Time cat_until = absl::InfinitePast();
       bool ok = false;
+      bool cat_defeated = false;
       for (const ConsentFacts& c : consents) {
         if (!qualifies(c) || !c.InEffect(now) || !(c.recipient == r) || !c.HasCategory(cat)) {
           continue;
@@ -235,11 +238,14 @@ GateOutcome AlignedCommunication(const std::vector<ConsentFacts>& consents, absl
           }
         } else {
           defeated = true;
+          cat_defeated = true;
         }
       }
       if (ok) {
         ++covered;
         until = std::min(until, cat_until);
+      } else if (cat_defeated) {
+        denied_one = true;
       }
     }
     if (covered == 2) {
@@ -249,12 +255,20 @@ GateOutcome AlignedCommunication(const std::vector<ConsentFacts>& consents, absl
       }
     } else if (covered == 1) {
       partial = true;
+      partly_denied = partly_denied || denied_one;
     }
   }
   if (!best_holders.empty()) {
     MarkHeld(out, best_holders,
              "concerns and appointment status may be shared with the receiving team");
     out.held_until = best_until;
+  } else if (partly_denied) {
+    // The consents would cover both, but a directive blocks one of them.
+    out.reason = v1::GATE_REASON_DENIED_BY_DIRECTIVE;
+    out.consent_ids = deny_ids;
+    out.message =
+        "a do-not-share directive blocks one of concerns and appointment status for the "
+        "receiving team";
   } else if (partial) {
     out.reason = v1::GATE_REASON_INCOMPLETE;
     out.message = "in-effect consents cover only one of concerns and appointment status";

@@ -315,6 +315,24 @@ TEST(Gates, AlignedCommunicationNeedsBothCategoriesForOneRecipient) {
   EXPECT_FALSE(EvaluateGate(kGateAlignedCommunication, {peer}, kNow).held);
 }
 
+TEST(Gates, AlignedCommunicationPartlyBlockedByADirectiveSaysSo) {
+  const ConsentFacts both =
+      Permit("b", kCounty, {v1::PURPOSE_CARE_COORDINATION},
+             {v1::DATA_CATEGORY_CONCERNS_AND_ESCALATIONS, v1::DATA_CATEGORY_APPOINTMENT_STATUS});
+  const ConsentFacts deny =
+      Deny("d", kCounty, {v1::PURPOSE_CARE_COORDINATION}, {v1::DATA_CATEGORY_APPOINTMENT_STATUS});
+  const GateOutcome g = EvaluateGate(kGateAlignedCommunication, {both, deny}, kNow);
+  EXPECT_FALSE(g.held);
+  EXPECT_EQ(g.reason, v1::GATE_REASON_DENIED_BY_DIRECTIVE);
+  EXPECT_EQ(g.consent_ids, std::vector<std::string>{"d"});
+  // Without the directive's category the gate holds; with nothing for it, it is incomplete.
+  EXPECT_TRUE(EvaluateGate(kGateAlignedCommunication, {both}, kNow).held);
+  const ConsentFacts concerns_only = Permit("c", kCounty, {v1::PURPOSE_CARE_COORDINATION},
+                                            {v1::DATA_CATEGORY_CONCERNS_AND_ESCALATIONS});
+  EXPECT_EQ(EvaluateGate(kGateAlignedCommunication, {concerns_only, deny}, kNow).reason,
+            v1::GATE_REASON_INCOMPLETE);
+}
+
 TEST(ValidateNewConsent, NamesEveryBadField) {
   v1::Consent c;
   c.add_purposes(v1::PURPOSE_UNSPECIFIED);
