@@ -630,21 +630,20 @@ grpc::ServerUnaryReactor* ConsentService::CheckAccess(grpc::CallbackServerContex
   // A peer supporter's relationship is read with the inputs, every time. A participant not
   // cached is read at once: that read is authoritative and needs no barrier, so a miss costs one
   // database round trip.
-  DecisionCache::Found found;
-  if (cache_ != nullptr && !peer) {
-    found = cache_->FindAt(agency, request->participant_id(), accessor.person_subject);
-  }
-  if (found.inputs == nullptr) {
+  if (cache_ == nullptr || peer) {
     workers_->Post(std::move(from_database));
     return reactor;
   }
   // The hot path: once the cache is current, a cached decision is answered on the cache's
   // thread; what was found stands unless something was invalidated since (then it is looked up
   // again, and a participant dropped meanwhile is read from the database). One resting on an
-  // emergency access is audited as break-glass, in a transaction.
-  cache_->AfterBarrier([this, reactor, request, response, agency, found = std::move(found),
-                        accessor = std::move(accessor),
-                        from_database = std::move(from_database)](bool current) mutable {
+  // emergency access is audited as break-glass, in a transaction. A participant not cached is
+  // read at once (done(false) below).
+  const std::string subject = accessor.person_subject;
+  DecisionCache::FoundCallback answer = [this, reactor, request, response, agency,
+                                         accessor = std::move(accessor),
+                                         from_database = std::move(from_database)](
+                                            bool current, DecisionCache::Found found) mutable {
     if (current) {
       auto inputs = cache_->Generation() == found.generation
                         ? std::move(found.inputs)
@@ -663,7 +662,10 @@ grpc::ServerUnaryReactor* ConsentService::CheckAccess(grpc::CallbackServerContex
       }
     }
     workers_->Post(std::move(from_database));
-  });
+  };
+  if (!cache_->AfterBarrierIfCached(agency, request->participant_id(), subject, answer)) {
+    answer(false, {});
+  }
   return reactor;
 }
 

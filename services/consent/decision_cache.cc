@@ -28,9 +28,10 @@ bool TriggersInstalled(pqxx::connection& conn, const std::string& schema) {
 }
 
 // Calls one waiting call's continuation; one that throws must not keep the rest unanswered.
-void Answer(const std::function<void(bool)>& done, bool current) {
+template <typename Call>
+void Answer(Call& call, bool current) {
   try {
-    done(current);
+    call.done(current, std::move(call.found));
   } catch (const std::exception& e) {
     log::Error("consent decision cache: a waiting call failed", {{"error", e.what()}});
   }
@@ -74,7 +75,7 @@ void DecisionCache::AfterBarrier(std::function<void(bool current)> done) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (vouching_) {
-      waiting_.push_back(std::move(done));
+      waiting_.push_back({[done = std::move(done)](bool current, Found) { done(current); }, {}});
       // Only the first call since the listener last took the queue needs to wake it.
       first = waiting_.size() == 1;
       if (!first) return;
@@ -87,16 +88,33 @@ void DecisionCache::AfterBarrier(std::function<void(bool current)> done) {
   }
 }
 
+bool DecisionCache::AfterBarrierIfCached(const std::string& agency_id,
+                                         const std::string& participant_id,
+                                         const std::string& clinician_subject,
+                                         FoundCallback& done) {
+  bool first = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!vouching_) return false;
+    Found found = FindLocked(agency_id, participant_id, clinician_subject);
+    if (found.inputs == nullptr) return false;
+    waiting_.push_back({std::move(done), std::move(found)});
+    first = waiting_.size() == 1;
+  }
+  if (first) Wake();
+  return true;
+}
+
 std::shared_ptr<const store::DecisionInputs> DecisionCache::Find(
     const std::string& agency_id, const std::string& participant_id,
     const std::string& clinician_subject) const {
-  return FindAt(agency_id, participant_id, clinician_subject).inputs;
+  std::lock_guard<std::mutex> lock(mu_);
+  return FindLocked(agency_id, participant_id, clinician_subject).inputs;
 }
 
-DecisionCache::Found DecisionCache::FindAt(const std::string& agency_id,
-                                           const std::string& participant_id,
-                                           const std::string& clinician_subject) const {
-  std::lock_guard<std::mutex> lock(mu_);
+DecisionCache::Found DecisionCache::FindLocked(const std::string& agency_id,
+                                               const std::string& participant_id,
+                                               const std::string& clinician_subject) const {
   Found found{nullptr, generation_.load()};
   auto it = participants_.find(participant_id);
   if (it == participants_.end()) return found;
@@ -175,7 +193,7 @@ void DecisionCache::StartVouching() {
 }
 
 void DecisionCache::GoDeaf() {
-  std::vector<std::function<void(bool)>> refused = std::move(in_flight_);
+  std::vector<Waiting> refused = std::move(in_flight_);
   in_flight_.clear();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -238,7 +256,7 @@ void DecisionCache::Run() {
         }
         same_session();
         conn->get_notifs();  // What the barrier brought, applied before anyone is answered.
-        std::vector<std::function<void(bool)>> current = std::move(in_flight_);
+        std::vector<Waiting> current = std::move(in_flight_);
         in_flight_.clear();
         for (auto& done : current) Answer(done, true);
       }

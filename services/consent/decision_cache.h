@@ -72,14 +72,19 @@ class DecisionCache {
                                                     const std::string& participant_id,
                                                     const std::string& clinician_subject) const;
 
-  // Find() and the generation it found at, under one lock: while Generation() still returns it,
-  // nothing was invalidated since (a caller need not look again after its barrier).
+  // What a lookup found and the generation it found it at: while Generation() still returns that
+  // generation, nothing was invalidated since (a caller need not look again after its barrier).
   struct Found {
     std::shared_ptr<const store::DecisionInputs> inputs;
     uint64_t generation = 0;
   };
-  Found FindAt(const std::string& agency_id, const std::string& participant_id,
-               const std::string& clinician_subject) const;
+  using FoundCallback = std::function<void(bool current, Found found)>;
+  // AfterBarrier for a call that can be answered from the cache: under one lock, looks the inputs
+  // up and, when they are cached, queues `done`, which then gets them with done(current, found).
+  // False, leaving `done` untouched, when they are not cached or the cache does not vouch: the
+  // caller reads the database (at once: that read needs no barrier).
+  bool AfterBarrierIfCached(const std::string& agency_id, const std::string& participant_id,
+                            const std::string& clinician_subject, FoundCallback& done);
 
   // Take before reading the database; Fill() keeps the inputs only if nothing was invalidated in
   // between (the read may predate a change whose notification has been applied since). Lock-free.
@@ -105,7 +110,9 @@ class DecisionCache {
   // Forgets everything and starts vouching: the connection listens and the triggers exist.
   void StartVouching();
   void Invalidate(const std::string& participant_id);
-  void CompactFillOrder();  // With mu_ held.
+  Found FindLocked(const std::string& agency_id, const std::string& participant_id,
+                   const std::string& clinician_subject) const;  // With mu_ held.
+  void CompactFillOrder();                                       // With mu_ held.
   void Wake();
 
   const DecisionCacheOptions options_;
@@ -115,13 +122,17 @@ class DecisionCache {
   mutable std::mutex mu_;
   bool vouching_ = false;
   std::atomic<uint64_t> generation_{0};  // Changed with mu_ held; read with or without it.
-  std::vector<std::function<void(bool)>> waiting_;
+  struct Waiting {
+    FoundCallback done;
+    Found found;  // Empty for AfterBarrier's calls.
+  };
+  std::vector<Waiting> waiting_;
   absl::flat_hash_map<std::string, std::vector<Slot>> participants_;
   // Participants in the order they were cached, for eviction; may name ones since dropped
   // (invalidated) or cached again, which eviction skips. Compacted when it outgrows the cache.
   std::deque<std::string> fill_order_;
 
-  std::vector<std::function<void(bool)>> in_flight_;  // Only the listener thread touches it.
+  std::vector<Waiting> in_flight_;  // Only the listener thread touches it.
   std::thread listener_;
 };
 
