@@ -301,12 +301,11 @@ AccessDecision DecideAccess(const std::vector<ConsentFacts>& consents,
   auto covers = [&](const ConsentFacts& c) {
     return c.HasPurpose(purpose) && c.HasCategory(category) && accessor.Matches(c.recipient);
   };
-  // 1. An explicit denial beats everything; one naming a group binds a person whose memberships
-  // are unknown.
+  // 1. An explicit denial beats everything; one naming someone the accessor may include, or a
+  // group it may belong to, binds it too.
   for (const ConsentFacts& c : consents) {
     if (c.directive != Directive::kDeny || !c.InEffect(now)) continue;
-    const bool unknown_member = !accessor.memberships_known &&
-                                c.recipient.kind != v1::RECIPIENT_KIND_PERSON &&
+    const bool unknown_member = accessor.MembershipUnknown(c.recipient.kind) &&
                                 c.HasPurpose(purpose) && c.HasCategory(category);
     if (covers(c) || unknown_member) {
       out.reason = v1::ACCESS_REASON_DENIED_BY_DIRECTIVE;
@@ -315,8 +314,12 @@ AccessDecision DecideAccess(const std::vector<ConsentFacts>& consents,
           "denied: the participant's directive of ", Day(c.valid_from), " forbids sharing ",
           CategoryWords(category), " with ",
           covers(c) ? "this recipient"
-                    : "a role, team or organisation, and the recipient is named by subject "
-                      "only (name them with their roles and teams to show they are outside it)");
+          : c.recipient.kind == v1::RECIPIENT_KIND_PERSON
+              ? "a named person, who may be among this recipient's members (share with named "
+                "people instead)"
+              : "a role, team or organisation, and nothing shows the recipient is outside it "
+                "(name a person with their roles and teams; a role or team as a whole may "
+                "include its members)");
       return out;
     }
   }

@@ -65,14 +65,23 @@ struct GrantFacts {
 
 // Who would receive the data: every identity it answers to (its PERSON subject, ROLEs, TEAMs,
 // ORGANIZATION), and the subject an emergency access can belong to (empty: none).
-// `memberships_known` is false for a person named by subject only: nothing shows they are outside
-// a role, team or organisation a "do not share" directive names, so every such directive binds
-// them (an explicit denial beats any permit, also one naming the person).
+// `unknown_memberships` holds the recipient kinds (bit 1 << kind) of which nothing shows the
+// accessor is outside: every in-effect "do not share" directive naming one of those kinds, for
+// the category and purpose, binds it (an explicit denial beats any permit, also one naming it):
+//   - a person named by subject only: ROLE, TEAM and ORGANIZATION;
+//   - the caller asking for itself: TEAM (its token names its roles, never its teams);
+//   - a role or a team as a whole: PERSON, ROLE and TEAM (any member may be the person, or in
+//     the role or team, a directive names);
+//   - an organisation as a whole: PERSON.
 struct Accessor {
   std::vector<RecipientRef> identities;
   std::string person_subject;
-  bool memberships_known = true;
+  uint32_t unknown_memberships = 0;
 
+  void SetMembershipUnknown(RecipientKind kind) { unknown_memberships |= 1u << kind; }
+  bool MembershipUnknown(RecipientKind kind) const {
+    return (unknown_memberships & (1u << kind)) != 0;
+  }
   bool Matches(const RecipientRef& recipient) const {
     for (const RecipientRef& identity : identities) {
       if (identity == recipient) return true;

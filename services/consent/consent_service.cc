@@ -129,16 +129,37 @@ Accessor AccessorOfActor(const v1::Actor& actor) {
   for (const auto& team : actor.team_ids()) {
     a.identities.push_back({v1::RECIPIENT_KIND_TEAM, team});
   }
-  a.memberships_known = actor.roles_size() > 0 || actor.team_ids_size() > 0;
+  if (actor.roles_size() == 0 && actor.team_ids_size() == 0) {
+    for (RecipientKind k : {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM,
+                            v1::RECIPIENT_KIND_ORGANIZATION}) {
+      a.SetMembershipUnknown(k);
+    }
+  }
   return a;
 }
+// A recipient named by kind and id: a person's groups, and a group's members, are unknown (see
+// Accessor).
 Accessor AccessorOfRecipient(const v1::Recipient& r) {
   Accessor a;
   a.identities.push_back({r.kind(), r.id()});
-  if (r.kind() == v1::RECIPIENT_KIND_PERSON) {
-    a.person_subject = r.id();
-    a.memberships_known = false;
+  std::vector<RecipientKind> unknown;
+  switch (r.kind()) {
+    case v1::RECIPIENT_KIND_PERSON:
+      a.person_subject = r.id();
+      unknown = {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM,
+                 v1::RECIPIENT_KIND_ORGANIZATION};
+      break;
+    case v1::RECIPIENT_KIND_ROLE:
+    case v1::RECIPIENT_KIND_TEAM:
+      unknown = {v1::RECIPIENT_KIND_PERSON, v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM};
+      break;
+    case v1::RECIPIENT_KIND_ORGANIZATION:
+      unknown = {v1::RECIPIENT_KIND_PERSON};
+      break;
+    default:
+      break;
   }
+  for (RecipientKind k : unknown) a.SetMembershipUnknown(k);
   return a;
 }
 Accessor AccessorOfCaller(const Identity& caller) {
@@ -149,6 +170,7 @@ Accessor AccessorOfCaller(const Identity& caller) {
   if (caller.Has(kIntegration)) {
     a.identities.push_back({v1::RECIPIENT_KIND_ORGANIZATION, caller.subject});
   }
+  a.SetMembershipUnknown(v1::RECIPIENT_KIND_TEAM);  // Tokens carry roles, not teams.
   return a;
 }
 

@@ -80,7 +80,10 @@ TEST(DecideAccess, AGroupsDenyBindsAPersonWhoseMembershipsAreUnknown) {
   Accessor by_subject;
   by_subject.person_subject = "alice";
   by_subject.identities = {{v1::RECIPIENT_KIND_PERSON, "alice"}};
-  by_subject.memberships_known = false;
+  for (RecipientKind k : {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM,
+                          v1::RECIPIENT_KIND_ORGANIZATION}) {
+    by_subject.SetMembershipUnknown(k);
+  }
   for (const RecipientRef& group :
        {kClinicianRole, RecipientRef{v1::RECIPIENT_KIND_TEAM, "crisis"}, kCounty}) {
     SCOPED_TRACE(group.id);
@@ -91,10 +94,11 @@ TEST(DecideAccess, AGroupsDenyBindsAPersonWhoseMembershipsAreUnknown) {
     EXPECT_FALSE(d.permit);
     EXPECT_EQ(d.reason, v1::ACCESS_REASON_DENIED_BY_DIRECTIVE);
     EXPECT_EQ(d.consent_id, "d");
-    EXPECT_NE(d.message.find("by subject only"), std::string::npos) << d.message;
+    EXPECT_NE(d.message.find("nothing shows the recipient is outside it"), std::string::npos)
+        << d.message;
     // Known memberships outside the group: the permit naming the person decides.
     Accessor known = by_subject;
-    known.memberships_known = true;
+    known.unknown_memberships = 0;
     EXPECT_EQ(DecideAccess({permit, deny}, {}, known, kAppointmentsForCare, kNow).consent_id, "p");
   }
   // Another person's directive, or one for another purpose or category, does not bind them.
@@ -108,6 +112,40 @@ TEST(DecideAccess, AGroupsDenyBindsAPersonWhoseMembershipsAreUnknown) {
   EXPECT_TRUE(DecideAccess({permit, others, other_purpose, other_category}, {}, by_subject,
                            kAppointmentsForCare, kNow)
                   .permit);
+}
+
+TEST(DecideAccess, APersonsDenyBindsAGroupAsAWholeThatMayIncludeThem) {
+  // A permit to the clinician role, and "do not share with alice": sharing with the role as a
+  // whole reaches alice if she is a clinician, which nothing rules out.
+  const ConsentFacts permit =
+      Permit("p", kClinicianRole, {v1::PURPOSE_CARE_COORDINATION},
+             {v1::DATA_CATEGORY_APPOINTMENT_STATUS});
+  const ConsentFacts deny_alice =
+      Deny("d", {v1::RECIPIENT_KIND_PERSON, "alice"}, {v1::PURPOSE_CARE_COORDINATION},
+           {v1::DATA_CATEGORY_APPOINTMENT_STATUS});
+  Accessor role;
+  role.identities = {kClinicianRole};
+  for (RecipientKind k :
+       {v1::RECIPIENT_KIND_PERSON, v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM}) {
+    role.SetMembershipUnknown(k);
+  }
+  const AccessDecision d =
+      DecideAccess({permit, deny_alice}, {}, role, kAppointmentsForCare, kNow);
+  EXPECT_FALSE(d.permit);
+  EXPECT_EQ(d.reason, v1::ACCESS_REASON_DENIED_BY_DIRECTIVE);
+  EXPECT_EQ(d.consent_id, "d");
+  EXPECT_NE(d.message.find("named person"), std::string::npos) << d.message;
+  // Without the directive, or with one for another category, the role's permit decides.
+  EXPECT_TRUE(DecideAccess({permit}, {}, role, kAppointmentsForCare, kNow).permit);
+  const ConsentFacts other_category =
+      Deny("o", {v1::RECIPIENT_KIND_PERSON, "alice"}, {v1::PURPOSE_CARE_COORDINATION},
+           {v1::DATA_CATEGORY_CONTACT_DETAILS});
+  EXPECT_TRUE(DecideAccess({permit, other_category}, {}, role, kAppointmentsForCare, kNow).permit);
+  // Alice herself, with her roles known, is still denied; another clinician is permitted.
+  Accessor bob;
+  bob.person_subject = "bob";
+  bob.identities = {{v1::RECIPIENT_KIND_PERSON, "bob"}, kClinicianRole};
+  EXPECT_TRUE(DecideAccess({permit, deny_alice}, {}, bob, kAppointmentsForCare, kNow).permit);
 }
 
 TEST(DecideAccess, ExplicitDenyBeatsPermitAndEmergencyAccess) {
