@@ -130,8 +130,8 @@ Accessor AccessorOfActor(const v1::Actor& actor) {
     a.identities.push_back({v1::RECIPIENT_KIND_TEAM, team});
   }
   if (actor.roles_size() == 0 && actor.team_ids_size() == 0) {
-    for (RecipientKind k : {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM,
-                            v1::RECIPIENT_KIND_ORGANIZATION}) {
+    for (RecipientKind k :
+         {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM, v1::RECIPIENT_KIND_ORGANIZATION}) {
       a.SetMembershipUnknown(k);
     }
   }
@@ -146,8 +146,7 @@ Accessor AccessorOfRecipient(const v1::Recipient& r) {
   switch (r.kind()) {
     case v1::RECIPIENT_KIND_PERSON:
       a.person_subject = r.id();
-      unknown = {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM,
-                 v1::RECIPIENT_KIND_ORGANIZATION};
+      unknown = {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM, v1::RECIPIENT_KIND_ORGANIZATION};
       break;
     case v1::RECIPIENT_KIND_ROLE:
     case v1::RECIPIENT_KIND_TEAM:

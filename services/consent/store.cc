@@ -456,9 +456,12 @@ v1::EmergencyAccess ReviewEmergencyAccess(pqxx::work& tx, const std::string& id,
 }
 
 std::optional<ConcernFacts> GetConcern(pqxx::work& tx, const std::string& concern_id) {
+  // FOR SHARE: a closing that has written the row is waited for (and then seen), and one that
+  // comes later waits until this transaction's grant is committed, to end it (see
+  // RecordConcernClosed).
   const pqxx::result r = tx.exec_params(
       "SELECT participant_id, immediate_safety, closed_at IS NOT NULL FROM safety_concerns "
-      "WHERE concern_id = $1",
+      "WHERE concern_id = $1 FOR SHARE",
       concern_id);
   if (r.empty()) return std::nullopt;
   return ConcernFacts{r[0][0].c_str(), r[0][1].as<bool>(), r[0][2].as<bool>()};
@@ -475,14 +478,17 @@ void RecordConcernOpened(pqxx::work& tx, const std::string& agency_id,
 
 void RecordConcernClosed(pqxx::work& tx, const std::string& agency_id,
                          const std::string& concern_id, const std::string& participant_id) {
+  // Two statements: the first waits for a break-glass request that has the concern FOR SHARE
+  // (GetConcern) to commit, and the second, with a snapshot taken after it, ends its grant too.
   tx.exec_params0(
-      "WITH closed AS (INSERT INTO safety_concerns (agency_id, concern_id, participant_id, "
-      "immediate_safety, closed_at) VALUES ($1, $2, $3, false, now()) "
-      "ON CONFLICT (agency_id, concern_id) DO UPDATE "
-      "SET closed_at = coalesce(safety_concerns.closed_at, now()) RETURNING concern_id) "
-      "UPDATE emergency_accesses SET ended_at = now() WHERE concern_id::text = $2 "
-      "AND ended_at IS NULL AND expires_at > now()",
+      "INSERT INTO safety_concerns (agency_id, concern_id, participant_id, immediate_safety, "
+      "closed_at) VALUES ($1, $2, $3, false, now()) ON CONFLICT (agency_id, concern_id) DO "
+      "UPDATE SET closed_at = coalesce(safety_concerns.closed_at, now())",
       agency_id, concern_id, participant_id);
+  tx.exec_params0(
+      "UPDATE emergency_accesses SET ended_at = now() WHERE concern_id::text = $1 "
+      "AND ended_at IS NULL AND expires_at > now()",
+      concern_id);
 }
 
 std::vector<std::string> AgenciesWithEndedConsents(pqxx::work& tx) {

@@ -101,6 +101,8 @@ struct ConcernFacts {
   bool immediate_safety = false;
   bool closed = false;
 };
+// The concern, locked FOR SHARE until the transaction ends: a break-glass grant decided on an open
+// concern commits before the concern's closing can end its grants.
 std::optional<ConcernFacts> GetConcern(pqxx::work& tx, const std::string& concern_id);
 void RecordConcernOpened(pqxx::work& tx, const std::string& agency_id,
                          const std::string& concern_id, const std::string& participant_id,

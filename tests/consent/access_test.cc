@@ -80,8 +80,8 @@ TEST(DecideAccess, AGroupsDenyBindsAPersonWhoseMembershipsAreUnknown) {
   Accessor by_subject;
   by_subject.person_subject = "alice";
   by_subject.identities = {{v1::RECIPIENT_KIND_PERSON, "alice"}};
-  for (RecipientKind k : {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM,
-                          v1::RECIPIENT_KIND_ORGANIZATION}) {
+  for (RecipientKind k :
+       {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM, v1::RECIPIENT_KIND_ORGANIZATION}) {
     by_subject.SetMembershipUnknown(k);
   }
   for (const RecipientRef& group :
@@ -117,9 +117,8 @@ TEST(DecideAccess, AGroupsDenyBindsAPersonWhoseMembershipsAreUnknown) {
 TEST(DecideAccess, APersonsDenyBindsAGroupAsAWholeThatMayIncludeThem) {
   // A permit to the clinician role, and "do not share with alice": sharing with the role as a
   // whole reaches alice if she is a clinician, which nothing rules out.
-  const ConsentFacts permit =
-      Permit("p", kClinicianRole, {v1::PURPOSE_CARE_COORDINATION},
-             {v1::DATA_CATEGORY_APPOINTMENT_STATUS});
+  const ConsentFacts permit = Permit("p", kClinicianRole, {v1::PURPOSE_CARE_COORDINATION},
+                                     {v1::DATA_CATEGORY_APPOINTMENT_STATUS});
   const ConsentFacts deny_alice =
       Deny("d", {v1::RECIPIENT_KIND_PERSON, "alice"}, {v1::PURPOSE_CARE_COORDINATION},
            {v1::DATA_CATEGORY_APPOINTMENT_STATUS});
@@ -129,8 +128,7 @@ TEST(DecideAccess, APersonsDenyBindsAGroupAsAWholeThatMayIncludeThem) {
        {v1::RECIPIENT_KIND_PERSON, v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM}) {
     role.SetMembershipUnknown(k);
   }
-  const AccessDecision d =
-      DecideAccess({permit, deny_alice}, {}, role, kAppointmentsForCare, kNow);
+  const AccessDecision d = DecideAccess({permit, deny_alice}, {}, role, kAppointmentsForCare, kNow);
   EXPECT_FALSE(d.permit);
   EXPECT_EQ(d.reason, v1::ACCESS_REASON_DENIED_BY_DIRECTIVE);
   EXPECT_EQ(d.consent_id, "d");

@@ -1404,6 +1404,31 @@ TEST_F(ConsentServiceTest, BreakGlassNeedsAnOpenImmediateSafetyConcernAndEndsWit
   }
   EXPECT_EQ(permit(), v1::ACCESS_DECISION_DENY);
   EXPECT_EQ(request(safety, "k6"), grpc::StatusCode::FAILED_PRECONDITION);
+
+  // A request made while the concern's closing is being written waits for it and is refused: it
+  // never grants on the open row the closing is replacing.
+  const std::string closing = "66666666-6666-4666-8666-666666666666";
+  opened(closing, "p-c", peerpath::common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY);
+  const std::string seen =
+      "SELECT count(*) FROM consent.safety_concerns WHERE concern_id = '" + closing + "'";
+  for (int i = 0; i < 100 && Count(seen) == 0; ++i) std::this_thread::sleep_for(100ms);
+  ASSERT_EQ(Count(seen), 1);
+  std::unique_ptr<pqxx::connection> admin = db_->Admin();
+  pqxx::work close(*admin);
+  close.exec0("UPDATE consent.safety_concerns SET closed_at = now() WHERE concern_id = '" +
+              closing + "'");
+  std::atomic<bool> answered = false;
+  std::thread racing([&] {
+    EXPECT_EQ(request(closing, "k7"), grpc::StatusCode::FAILED_PRECONDITION);
+    answered = true;
+  });
+  std::this_thread::sleep_for(500ms);
+  EXPECT_FALSE(answered) << "answered before the closing committed";
+  close.commit();
+  racing.join();
+  EXPECT_EQ(Count("SELECT count(*) FROM consent.emergency_accesses WHERE concern_id::text = '" +
+                  closing + "'"),
+            0);
 }
 
 }  // namespace
