@@ -560,7 +560,10 @@ grpc::Status ConsentService::RevokeConsent(grpc::ServerContext* context,
           *response->mutable_consent() = std::move(*consent);
           return absl::OkStatus();
         }
-        if (consent->status() == v1::CONSENT_STATUS_EXPIRED) {
+        // Also when its period has ended but the expiry sweeper has not recorded it yet: a
+        // revocation would have no effect, and its event would stand in for the expiry's.
+        if (consent->status() == v1::CONSENT_STATUS_EXPIRED ||
+            (consent->has_valid_until() && FromProtoTimestamp(consent->valid_until()) <= now)) {
           return absl::FailedPreconditionError(
               "the consent has expired; there is nothing to revoke");
         }

@@ -257,8 +257,9 @@ std::optional<v1::Consent> RevokeConsent(pqxx::work& tx, const std::string& cons
   const pqxx::result r = tx.exec_params(
       absl::StrCat("UPDATE consents SET status = 'revoked', revoked_at = ", PP_TS("$2"),
                    ", revoked_by = $3, revocation_reason = $4"
-                   " WHERE id = $1::uuid AND status = 'active' RETURNING ",
-                   kConsentColumns),
+                   " WHERE id = $1::uuid AND status = 'active' AND (valid_until IS NULL OR "
+                   "valid_until > ",
+                   PP_TS("$2"), ") RETURNING ", kConsentColumns),
       consent_id, Micros(now), revoked_by, reason);
   if (r.empty()) return std::nullopt;
   return ConsentOf(r[0]);

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <future>
@@ -80,7 +81,11 @@ class ConsentServiceTest : public ::testing::Test {
 
   void StartConsent(std::vector<std::string> flags) {
     server_.reset();
-    flags.push_back("--consent_expiry_sweep_interval=200ms");
+    if (std::none_of(flags.begin(), flags.end(), [](const std::string& f) {
+          return f.starts_with("--consent_expiry_sweep_interval=");
+        })) {
+      flags.push_back("--consent_expiry_sweep_interval=200ms");
+    }
     server_ = std::make_unique<ServiceProcess>("consent", db_->UrlFor("consent"), flags);
     ASSERT_TRUE(server_->WaitListening()) << server_->Log();
     ASSERT_TRUE(server_->WaitHealth(true)) << server_->Log();
@@ -790,6 +795,25 @@ TEST_F(ConsentServiceTest, DecisionCacheCanBeTurnedOffAndRefusesABadSize) {
   EXPECT_EQ(bad.WaitExit(10s), 2);
   EXPECT_NE(bad.Log().find("--consent_decision_cache_participants 'lots'"), std::string::npos)
       << bad.Log();
+}
+
+TEST_F(ConsentServiceTest, AConsentWhosePeriodEndedIsNotRevokedBeforeItsExpiryIsRecorded) {
+  StartConsent({"--consent_expiry_sweep_interval=1h"});
+  v1::Consent c = Consent("p-ended", v1::RECIPIENT_KIND_ROLE, "clinician", {v1::PURPOSE_TREATMENT},
+                          {v1::DATA_CATEGORY_CHECK_IN_SUMMARIES});
+  *c.mutable_valid_until() = ToProtoTimestamp(absl::Now() + absl::Seconds(1));
+  const std::string id = RecordOk(c);
+  std::this_thread::sleep_for(1500ms);  // Ended; the sweeper has not run since.
+  v1::RevokeConsentRequest revoke;
+  revoke.set_consent_id(id);
+  revoke.set_reason("participant withdrew");
+  v1::RevokeConsentResponse ignored;
+  EXPECT_EQ(stub_->RevokeConsent(As({"case_manager"}).get(), revoke, &ignored).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(db_->AdminQuery("SELECT status FROM consent.consents WHERE id = '" + id + "'")[0][0]
+                .as<std::string>(),
+            "active");
+  EXPECT_EQ(Events("ConsentRevokedEvent", id), 0);
 }
 
 TEST_F(ConsentServiceTest, ExpiryIsNoticedWithoutACallAndEmittedOnce) {
