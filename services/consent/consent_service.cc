@@ -997,7 +997,12 @@ grpc::Status ConsentService::ListDisclosures(grpc::ServerContext* context,
   absl::Time to = absl::InfiniteFuture();
   if (request->period().has_start_time()) from = FromProtoTimestamp(request->period().start_time());
   if (request->period().has_end_time()) to = FromProtoTimestamp(request->period().end_time());
-  if (request->period().has_start_time() && request->period().has_end_time() && to <= from) {
+  const bool times_ok = (!request->period().has_start_time() ||
+                         CheckTimestamp(request->period().start_time(), "period.start_time", v)) &&
+                        (!request->period().has_end_time() ||
+                         CheckTimestamp(request->period().end_time(), "period.end_time", v));
+  if (times_ok && request->period().has_start_time() && request->period().has_end_time() &&
+      to <= from) {
     v.push_back({"period.end_time", "must be after period.start_time"});
   }
   const int limit = PageSize(request->page_size(), v);
@@ -1046,8 +1051,11 @@ grpc::Status ConsentService::RequestEmergencyAccess(
   if (request->has_duration()) {
     const absl::Duration asked = absl::Seconds(request->duration().seconds()) +
                                  absl::Nanoseconds(request->duration().nanos());
-    if (asked < absl::ZeroDuration() || asked > absl::Hours(24)) {
-      v.push_back({"duration", "must be between 0 (default 4 hours) and 24 hours"});
+    if (request->duration().nanos() < -999999999 || request->duration().nanos() > 999999999) {
+      v.push_back({"duration", "nanos must be between -999,999,999 and 999,999,999"});
+    } else if (asked < absl::ZeroDuration() || asked > absl::Hours(24) ||
+               (asked > absl::ZeroDuration() && asked < absl::Seconds(1))) {
+      v.push_back({"duration", "must be 0 (default 4 hours) or between 1 second and 24 hours"});
     } else if (asked > absl::ZeroDuration()) {
       duration = asked;
     }
@@ -1118,7 +1126,12 @@ grpc::Status ConsentService::ListEmergencyAccesses(grpc::ServerContext* context,
   if (request->granted().has_end_time()) {
     filter.granted_to = FromProtoTimestamp(request->granted().end_time());
   }
-  if (request->granted().has_start_time() && request->granted().has_end_time() &&
+  const bool granted_ok =
+      (!request->granted().has_start_time() ||
+       CheckTimestamp(request->granted().start_time(), "granted.start_time", v)) &&
+      (!request->granted().has_end_time() ||
+       CheckTimestamp(request->granted().end_time(), "granted.end_time", v));
+  if (granted_ok && request->granted().has_start_time() && request->granted().has_end_time() &&
       filter.granted_to <= filter.granted_from) {
     v.push_back({"granted.end_time", "must be after granted.start_time"});
   }

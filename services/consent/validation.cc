@@ -65,6 +65,21 @@ void CheckPurpose(int purpose, const std::string& field, Violations& out) {
   }
 }
 
+bool CheckTimestamp(const google::protobuf::Timestamp& t, const std::string& field,
+                    Violations& out) {
+  constexpr int64_t kYear1 = -62135596800;     // 0001-01-01T00:00:00Z
+  constexpr int64_t kYear9999 = 253402300799;  // 9999-12-31T23:59:59Z
+  if (t.seconds() < kYear1 || t.seconds() > kYear9999) {
+    out.push_back({field, "must be between the years 0001 and 9999"});
+    return false;
+  }
+  if (t.nanos() < 0 || t.nanos() > 999999999) {
+    out.push_back({field, "nanos must be between 0 and 999,999,999"});
+    return false;
+  }
+  return true;
+}
+
 void CheckCategory(int category, const std::string& field, Violations& out) {
   if (category == v1::DATA_CATEGORY_UNSPECIFIED || !v1::DataCategory_IsValid(category)) {
     out.push_back({field, "required: a known data category"});
@@ -123,8 +138,12 @@ Violations ValidateNewConsent(const v1::Consent& consent, absl::string_view call
       !v1::ConsentDirective_IsValid(consent.directive())) {
     out.push_back({"consent.directive", "required: PERMIT or DENY"});
   }
+  const bool from_ok =
+      !consent.has_valid_from() || CheckTimestamp(consent.valid_from(), "consent.valid_from", out);
+  const bool until_ok = !consent.has_valid_until() ||
+                        CheckTimestamp(consent.valid_until(), "consent.valid_until", out);
   const absl::Time from = consent.has_valid_from() ? FromProtoTimestamp(consent.valid_from()) : now;
-  if (consent.has_valid_until()) {
+  if (from_ok && until_ok && consent.has_valid_until()) {
     const absl::Time until = FromProtoTimestamp(consent.valid_until());
     if (until <= from) {
       out.push_back({"consent.valid_until", "must be after valid_from"});

@@ -28,6 +28,10 @@ void CheckUuid(absl::string_view value, const std::string& field, Violations& ou
 void CheckRecipient(const v1::Recipient& recipient, const std::string& field, Violations& out);
 void CheckActor(const v1::Actor& actor, const std::string& field, Violations& out);
 void CheckPurpose(int purpose, const std::string& field, Violations& out);
+// A time the database can store: years 0001 to 9999, nanos 0 to 999,999,999 (false and a
+// violation otherwise).
+bool CheckTimestamp(const google::protobuf::Timestamp& t, const std::string& field,
+                    Violations& out);
 void CheckCategory(int category, const std::string& field, Violations& out);
 // 1 to `max` distinct, known, specified categories.
 void CheckCategories(const google::protobuf::RepeatedField<int>& categories,

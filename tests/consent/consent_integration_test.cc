@@ -232,6 +232,46 @@ class ConsentServiceTest : public ::testing::Test {
   int keys_ = 0;
 };
 
+TEST_F(ConsentServiceTest, TimesTheDatabaseCannotHoldAreNamedNotFailedInside) {
+  v1::Consent c = Consent("p-times", v1::RECIPIENT_KIND_ROLE, "clinician", {v1::PURPOSE_TREATMENT},
+                          {v1::DATA_CATEGORY_APPOINTMENT_STATUS});
+  c.mutable_valid_from()->set_seconds(-10000000000000);
+  c.mutable_valid_until()->set_seconds(absl::ToUnixSeconds(absl::Now()) + 3600);
+  c.mutable_valid_until()->set_nanos(-1);
+  v1::RecordConsentResponse recorded;
+  grpc::Status status = Record(c, &recorded, {"case_manager"}, "staff-1", "times-1");
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_EQ(ViolatedFields(status),
+            (std::set<std::string>{"consent.valid_from", "consent.valid_until"}));
+  c.mutable_valid_from()->set_seconds(absl::ToUnixSeconds(absl::Now()));
+  c.mutable_valid_until()->set_seconds(300000000000);  // Year 11,476.
+  c.mutable_valid_until()->set_nanos(0);
+  status = Record(c, &recorded, {"case_manager"}, "staff-1", "times-2");
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_EQ(ViolatedFields(status), (std::set<std::string>{"consent.valid_until"}));
+  EXPECT_EQ(Count("SELECT count(*) FROM consent.consents"), 0);
+
+  v1::ListDisclosuresRequest list;
+  list.set_participant_id("p-times");
+  list.mutable_period()->mutable_start_time()->set_seconds(10000000000000);
+  v1::ListDisclosuresResponse listed;
+  status = stub_->ListDisclosures(As({"program_admin"}).get(), list, &listed);
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_EQ(ViolatedFields(status), (std::set<std::string>{"period.start_time"}));
+
+  v1::RequestEmergencyAccessRequest glass;
+  glass.set_participant_id("p-times");
+  glass.set_concern_id("11111111-1111-4111-8111-111111111111");
+  glass.set_reason("participant unreachable after a crisis call");
+  glass.add_data_categories(v1::DATA_CATEGORY_CONTACT_DETAILS);
+  glass.set_idempotency_key("times-3");
+  glass.mutable_duration()->set_nanos(500);  // Shorter than the microseconds stored.
+  v1::RequestEmergencyAccessResponse granted;
+  status = stub_->RequestEmergencyAccess(As({"clinician"}, "dr-1").get(), glass, &granted);
+  ASSERT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_EQ(ViolatedFields(status), (std::set<std::string>{"duration"}));
+}
+
 TEST_F(ConsentServiceTest, RecordConsentNamesEveryBadField) {
   v1::Consent bad;
   bad.add_purposes(v1::PURPOSE_TREATMENT);
