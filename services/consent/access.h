@@ -4,6 +4,7 @@
 // of CheckAccess / ShareInformation and the gates of CheckGates. Time is passed in.
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -78,7 +79,9 @@ struct Accessor {
   std::string person_subject;
   uint32_t unknown_memberships = 0;
 
-  void SetMembershipUnknown(RecipientKind kind) { unknown_memberships |= 1u << kind; }
+  void SetMembershipsUnknown(std::initializer_list<RecipientKind> kinds) {
+    for (RecipientKind kind : kinds) unknown_memberships |= 1u << kind;
+  }
   bool MembershipUnknown(RecipientKind kind) const {
     return (unknown_memberships & (1u << kind)) != 0;
   }

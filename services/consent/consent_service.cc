@@ -130,10 +130,8 @@ Accessor AccessorOfActor(const v1::Actor& actor) {
     a.identities.push_back({v1::RECIPIENT_KIND_TEAM, team});
   }
   if (actor.roles_size() == 0 && actor.team_ids_size() == 0) {
-    for (RecipientKind k :
-         {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM, v1::RECIPIENT_KIND_ORGANIZATION}) {
-      a.SetMembershipUnknown(k);
-    }
+    a.SetMembershipsUnknown(
+        {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM, v1::RECIPIENT_KIND_ORGANIZATION});
   }
   return a;
 }
@@ -142,23 +140,23 @@ Accessor AccessorOfActor(const v1::Actor& actor) {
 Accessor AccessorOfRecipient(const v1::Recipient& r) {
   Accessor a;
   a.identities.push_back({r.kind(), r.id()});
-  std::vector<RecipientKind> unknown;
   switch (r.kind()) {
     case v1::RECIPIENT_KIND_PERSON:
       a.person_subject = r.id();
-      unknown = {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM, v1::RECIPIENT_KIND_ORGANIZATION};
+      a.SetMembershipsUnknown(
+          {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM, v1::RECIPIENT_KIND_ORGANIZATION});
       break;
     case v1::RECIPIENT_KIND_ROLE:
     case v1::RECIPIENT_KIND_TEAM:
-      unknown = {v1::RECIPIENT_KIND_PERSON, v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM};
+      a.SetMembershipsUnknown(
+          {v1::RECIPIENT_KIND_PERSON, v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM});
       break;
     case v1::RECIPIENT_KIND_ORGANIZATION:
-      unknown = {v1::RECIPIENT_KIND_PERSON};
+      a.SetMembershipsUnknown({v1::RECIPIENT_KIND_PERSON});
       break;
     default:
       break;
   }
-  for (RecipientKind k : unknown) a.SetMembershipUnknown(k);
   return a;
 }
 Accessor AccessorOfCaller(const Identity& caller) {
@@ -169,7 +167,7 @@ Accessor AccessorOfCaller(const Identity& caller) {
   if (caller.Has(kIntegration)) {
     a.identities.push_back({v1::RECIPIENT_KIND_ORGANIZATION, caller.subject});
   }
-  a.SetMembershipUnknown(v1::RECIPIENT_KIND_TEAM);  // Tokens carry roles, not teams.
+  a.SetMembershipsUnknown({v1::RECIPIENT_KIND_TEAM});  // Tokens carry roles, not teams.
   return a;
 }
 
@@ -997,14 +995,7 @@ grpc::Status ConsentService::ListDisclosures(grpc::ServerContext* context,
   absl::Time to = absl::InfiniteFuture();
   if (request->period().has_start_time()) from = FromProtoTimestamp(request->period().start_time());
   if (request->period().has_end_time()) to = FromProtoTimestamp(request->period().end_time());
-  const bool times_ok = (!request->period().has_start_time() ||
-                         CheckTimestamp(request->period().start_time(), "period.start_time", v)) &&
-                        (!request->period().has_end_time() ||
-                         CheckTimestamp(request->period().end_time(), "period.end_time", v));
-  if (times_ok && request->period().has_start_time() && request->period().has_end_time() &&
-      to <= from) {
-    v.push_back({"period.end_time", "must be after period.start_time"});
-  }
+  CheckTimeRange(request->period(), "period", v);
   const int limit = PageSize(request->page_size(), v);
   const std::string list = absl::StrCat("ListDisclosures:", request->participant_id(), ":",
                                         absl::ToUnixMicros(from), ":", absl::ToUnixMicros(to));
@@ -1126,15 +1117,7 @@ grpc::Status ConsentService::ListEmergencyAccesses(grpc::ServerContext* context,
   if (request->granted().has_end_time()) {
     filter.granted_to = FromProtoTimestamp(request->granted().end_time());
   }
-  const bool granted_ok =
-      (!request->granted().has_start_time() ||
-       CheckTimestamp(request->granted().start_time(), "granted.start_time", v)) &&
-      (!request->granted().has_end_time() ||
-       CheckTimestamp(request->granted().end_time(), "granted.end_time", v));
-  if (granted_ok && request->granted().has_start_time() && request->granted().has_end_time() &&
-      filter.granted_to <= filter.granted_from) {
-    v.push_back({"granted.end_time", "must be after granted.start_time"});
-  }
+  CheckTimeRange(request->granted(), "granted", v);
   for (int i = 0; i < request->states_size(); ++i) {
     const int s = request->states(i);
     if (s == v1::EMERGENCY_ACCESS_STATE_UNSPECIFIED || !v1::EmergencyAccessState_IsValid(s)) {

@@ -80,6 +80,16 @@ bool CheckTimestamp(const google::protobuf::Timestamp& t, const std::string& fie
   return true;
 }
 
+void CheckTimeRange(const common::v1::TimeRange& range, const std::string& field, Violations& out) {
+  const std::string start = field + ".start_time", end = field + ".end_time";
+  const bool ok = (!range.has_start_time() || CheckTimestamp(range.start_time(), start, out)) &&
+                  (!range.has_end_time() || CheckTimestamp(range.end_time(), end, out));
+  if (ok && range.has_start_time() && range.has_end_time() &&
+      FromProtoTimestamp(range.end_time()) <= FromProtoTimestamp(range.start_time())) {
+    out.push_back({end, "must be after " + start});
+  }
+}
+
 void CheckCategory(int category, const std::string& field, Violations& out) {
   if (category == v1::DATA_CATEGORY_UNSPECIFIED || !v1::DataCategory_IsValid(category)) {
     out.push_back({field, "required: a known data category"});

@@ -32,6 +32,9 @@ void CheckPurpose(int purpose, const std::string& field, Violations& out);
 // violation otherwise).
 bool CheckTimestamp(const google::protobuf::Timestamp& t, const std::string& field,
                     Violations& out);
+// CheckTimestamp of a range's times that are set, named `<field>.start_time` / `.end_time`, and
+// its end after its start when both are set and valid.
+void CheckTimeRange(const common::v1::TimeRange& range, const std::string& field, Violations& out);
 void CheckCategory(int category, const std::string& field, Violations& out);
 // 1 to `max` distinct, known, specified categories.
 void CheckCategories(const google::protobuf::RepeatedField<int>& categories,

@@ -80,10 +80,8 @@ TEST(DecideAccess, AGroupsDenyBindsAPersonWhoseMembershipsAreUnknown) {
   Accessor by_subject;
   by_subject.person_subject = "alice";
   by_subject.identities = {{v1::RECIPIENT_KIND_PERSON, "alice"}};
-  for (RecipientKind k :
-       {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM, v1::RECIPIENT_KIND_ORGANIZATION}) {
-    by_subject.SetMembershipUnknown(k);
-  }
+  by_subject.SetMembershipsUnknown(
+      {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM, v1::RECIPIENT_KIND_ORGANIZATION});
   for (const RecipientRef& group :
        {kClinicianRole, RecipientRef{v1::RECIPIENT_KIND_TEAM, "crisis"}, kCounty}) {
     SCOPED_TRACE(group.id);
@@ -124,10 +122,8 @@ TEST(DecideAccess, APersonsDenyBindsAGroupAsAWholeThatMayIncludeThem) {
            {v1::DATA_CATEGORY_APPOINTMENT_STATUS});
   Accessor role;
   role.identities = {kClinicianRole};
-  for (RecipientKind k :
-       {v1::RECIPIENT_KIND_PERSON, v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM}) {
-    role.SetMembershipUnknown(k);
-  }
+  role.SetMembershipsUnknown(
+      {v1::RECIPIENT_KIND_PERSON, v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM});
   const AccessDecision d = DecideAccess({permit, deny_alice}, {}, role, kAppointmentsForCare, kNow);
   EXPECT_FALSE(d.permit);
   EXPECT_EQ(d.reason, v1::ACCESS_REASON_DENIED_BY_DIRECTIVE);
