@@ -633,7 +633,7 @@ grpc::Status MatchingService::CancelMatchRequest(grpc::ServerContext* context,
       return absl::FailedPreconditionError("the request is ASSIGNED: end the match instead");
     }
     if (r->status() != v1::MATCH_REQUEST_STATUS_CANCELLED) {
-      store::DeclineProposals(tx, r->match_request_id(), "");
+      store::DeclineProposals(tx, r->participant_id(), r->match_request_id(), "");
       store::SetRequestStatus(tx, r->match_request_id(), "cancelled", request->reason());
       r = store::FindMatchRequest(tx, request->match_request_id(), false);
     }
@@ -702,7 +702,7 @@ grpc::Status MatchingService::ProposeMatches(grpc::ServerContext* context,
           absl::StrCat("the request is ", v1::MatchRequestStatus_Name(r.status())));
     }
     DeferredWrites writes(tx);
-    store::DeclineProposals(writes, r.match_request_id(), "");
+    store::DeclineProposals(writes, r.participant_id(), r.match_request_id(), "");
     const absl::CivilDay today = Today();
     // The roster comes from memory while no supporter changed; the index narrows it to who may
     // pass the most selective hard constraint, their units in use are read now, and the model
@@ -815,7 +815,7 @@ grpc::Status MatchingService::AcceptProposal(grpc::ServerContext* context,
       return absl::FailedPreconditionError("the participant already has another ACTIVE match");
     }
     v1::Match started = store::StartMatch(tx, caller.agency_id, m->match_id(), caller.subject);
-    store::DeclineProposals(tx, m->match_request_id(), m->match_id());
+    store::DeclineProposals(tx, m->participant_id(), m->match_request_id(), m->match_id());
     store::SetRequestStatus(tx, m->match_request_id(), "assigned", "");
     const v1::FollowUp follow_up = *store::FindFollowUp(tx, m->match_id(), false);
     const bool continuity = r->preferences().continuity().supporter_id() == m->supporter_id();

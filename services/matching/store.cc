@@ -248,7 +248,9 @@ const std::string& RequestColumns(bool with_match = true) {
       Micros("r.requested_at"), ", r.requested_by, ", Micros("r.updated_at")));
   static const std::string* const columns = new std::string(absl::StrCat(
       *common,
-      ", (SELECT m.id FROM matches m WHERE m.agency_id = r.agency_id AND m.request_id = r.id "
+      // By the participant's matches (matches_by_participant): matches are not indexed by request.
+      ", (SELECT m.id FROM matches m WHERE m.agency_id = r.agency_id"
+      "   AND m.participant_id = r.participant_id AND m.request_id = r.id"
       "   AND m.status IN ('active', 'ended') LIMIT 1)"));
   static const std::string* const without_match = new std::string(absl::StrCat(*common, ", NULL"));
   return with_match ? *columns : *without_match;
@@ -889,9 +891,15 @@ constexpr char kInsertBatchMatches[] =
     // Only the requests that were PROPOSED have proposals to decline: looked up by request, and
     // not at all when there are none (a one-time filter), never by a scan of the agency's
     // matches, which only grow.
+    // ($18: their participants, whose matches are indexed).
     " d AS (UPDATE matches p SET status = 'declined', declined_at = now()"
-    "  WHERE cardinality($8::uuid[]) > 0 AND p.agency_id = $2 AND p.request_id = ANY($8::uuid[])"
-    "   AND p.status = 'proposed')"
+    "  WHERE cardinality($8::uuid[]) > 0 AND p.agency_id = $2"
+    "   AND p.participant_id = ANY($18::text[]) AND p.request_id = ANY($8::uuid[])"
+    "   AND p.status = 'proposed'),"
+    // The batch's row with every match id ($19), in the first statement only (empty in the rest).
+    " b AS (INSERT INTO match_batches (agency_id, id, created_at, created_by, match_ids)"
+    "  SELECT $2, $4::uuid, " PEERPATH_SQL_TIME_PARAM(5) ", $3, $19::uuid[]"
+    "  WHERE cardinality($19::uuid[]) > 0)"
     // A batch assigns each request once: a plain join, no de-duplication of thousands of rows.
     " UPDATE match_requests q SET status = 'assigned', cancel_reason = NULL, updated_at = now()"
     " FROM x WHERE q.id = x.request_id";
@@ -919,20 +927,25 @@ void InsertBatchMatches(pqxx::work& tx, const std::string& agency,
       follow_up_ids[i] = RandomUuid();
     }
   });
+  const std::string all_ids = TextArrayLiteral(match_ids);
   // Two statements: the first few rows, sent as soon as they are encoded, and the rest, encoded
   // while PostgreSQL inserts the first. Each runs on another thread while this one works on;
   // the transaction is used by that thread alone until it is joined (the future's destructor
   // joins it also when this thread throws).
   auto insert = [&](const BatchRows& rows, size_t begin, size_t end) {
-    std::vector<std::string> proposed_requests;
+    std::vector<std::string> proposed_requests, proposed_participants;
     for (size_t i = begin; i < end; ++i) {
-      if (matches[i].request_proposed) proposed_requests.push_back(matches[i].request_id);
+      if (!matches[i].request_proposed) continue;
+      proposed_requests.push_back(matches[i].request_id);
+      proposed_participants.push_back(matches[i].participant_id);
     }
-    return std::async(std::launch::async, [&, proposed = TextArrayLiteral(proposed_requests)] {
+    return std::async(std::launch::async, [&, begin, proposed = TextArrayLiteral(proposed_requests),
+                                           participants = TextArrayLiteral(proposed_participants)] {
       tx.exec_params0(kInsertBatchMatches, rows.ids, agency, actor, batch_id, now_us, due_on,
                       pqxx::binarystring(rows.explanations), proposed, rows.follow_up_ids,
                       rows.request_ids, rows.supporter_ids, rows.participant_ids, rows.units,
-                      rows.scores, rows.continuity, rows.explanation_at, rows.explanation_len);
+                      rows.scores, rows.continuity, rows.explanation_at, rows.explanation_len,
+                      participants, begin == 0 ? all_ids : std::string("{}"));
     });
   };
   const size_t first = std::min(matches.size(), kFirstStatementRows);
@@ -971,19 +984,23 @@ void InsertBatchMatches(pqxx::work& tx, const std::string& agency,
   if (running.valid()) running.get();
 }
 
+// Found among the participant's matches (matches_by_participant): matches are not indexed by
+// request.
 constexpr char kDeclineProposals[] =
     "UPDATE matches SET status = 'declined', declined_at = now()"
-    " WHERE request_id = $1::uuid AND status = 'proposed' AND ($2 = '' OR id <> NULLIF($2, "
-    "'')::uuid)";
+    " WHERE participant_id = $3 AND request_id = $1::uuid AND status = 'proposed'"
+    " AND ($2 = '' OR id <> NULLIF($2, '')::uuid)";
 
-void DeclineProposals(pqxx::work& tx, const std::string& request_id,
-                      const std::string& except_match_id) {
-  ExecPrepared(tx, "matching_decline_proposals", kDeclineProposals, request_id, except_match_id);
+void DeclineProposals(pqxx::work& tx, const std::string& participant_id,
+                      const std::string& request_id, const std::string& except_match_id) {
+  ExecPrepared(tx, "matching_decline_proposals", kDeclineProposals, request_id, except_match_id,
+               participant_id);
 }
 
-void DeclineProposals(DeferredWrites& writes, const std::string& request_id,
-                      const std::string& except_match_id) {
-  writes.Exec("matching_decline_proposals", kDeclineProposals, request_id, except_match_id);
+void DeclineProposals(DeferredWrites& writes, const std::string& participant_id,
+                      const std::string& request_id, const std::string& except_match_id) {
+  writes.Exec("matching_decline_proposals", kDeclineProposals, request_id, except_match_id,
+              participant_id);
 }
 
 std::optional<v1::Match> FindMatch(pqxx::work& tx, const std::string& id, bool lock) {
@@ -1045,8 +1062,14 @@ std::vector<v1::Match> ListMatches(pqxx::work& tx, const MatchFilter& filter,
                " WHERE ($1 = '' OR m.participant_id = $1)"
                " AND ($2 = '' OR m.supporter_id = NULLIF($2, '')::uuid)"
                " AND ($3 = '' OR m.status = ANY (string_to_array($3, E'\\x1f')))"
-               " AND ($4 = '' OR m.request_id = NULLIF($4, '')::uuid)"
-               " AND ($5 = '' OR m.batch_id = NULLIF($5, '')::uuid)"
+               // Matches are indexed by neither request nor batch: a request's are among its
+               // participant's, and a batch's row holds their ids.
+               " AND ($4 = '' OR (m.request_id = NULLIF($4, '')::uuid AND m.participant_id ="
+               "   (SELECT q.participant_id FROM match_requests q"
+               "     WHERE q.id = NULLIF($4, '')::uuid)))"
+               " AND ($5 = '' OR (m.batch_id = NULLIF($5, '')::uuid AND m.id = ANY ("
+               "   (SELECT b.match_ids FROM match_batches b WHERE b.id = NULLIF($5, "
+               "'')::uuid)::uuid[])))"
                " AND (NOT $6 OR (m.status = 'active' AND EXISTS (SELECT 1 FROM follow_ups f"
                "   WHERE f.agency_id = m.agency_id AND f.match_id = m.id"
                "   AND f.rematch_suggested_at IS NOT NULL)))"

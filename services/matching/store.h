@@ -139,11 +139,12 @@ void InsertBatchMatches(pqxx::work& tx, const std::string& agency,
                         const std::vector<NewMatch>& matches, const std::string& batch_id,
                         const std::string& actor,
                         absl::FunctionRef<void(const std::vector<StartedMatch>&)> meanwhile);
-// Declines the request's PROPOSED matches other than `except_match_id`.
-void DeclineProposals(pqxx::work& tx, const std::string& request_id,
-                      const std::string& except_match_id);
-void DeclineProposals(DeferredWrites& writes, const std::string& request_id,
-                      const std::string& except_match_id);
+// Declines the request's PROPOSED matches other than `except_match_id`. `participant_id` is the
+// request's (its matches are looked up among the participant's).
+void DeclineProposals(pqxx::work& tx, const std::string& participant_id,
+                      const std::string& request_id, const std::string& except_match_id);
+void DeclineProposals(DeferredWrites& writes, const std::string& participant_id,
+                      const std::string& request_id, const std::string& except_match_id);
 std::optional<v1::Match> FindMatch(pqxx::work& tx, const std::string& id, bool lock);
 std::optional<v1::Match> ActiveMatchOf(pqxx::work& tx, const std::string& participant);
 // PROPOSED → ACTIVE (origin proposal_accepted) and schedules the follow-up.

@@ -906,6 +906,40 @@ TEST_F(MatchingServiceTest, AssignBatchWritesEveryMatchFollowUpEventAndAuditRowI
               3)
         << "the request's proposals are declined";
   }
+  // Listed by batch: its six matches, over pages; another batch's id lists none.
+  v1::ListMatchesRequest by_batch;
+  by_batch.set_batch_id(result.batch_id());
+  by_batch.set_page_size(4);
+  std::set<std::string> listed_ids;
+  for (int page = 0; page < 3; ++page) {
+    v1::ListMatchesResponse listed;
+    ASSERT_TRUE(stub_->ListMatches(As({"supervisor"}).get(), by_batch, &listed).ok());
+    for (const auto& m : listed.matches()) {
+      EXPECT_EQ(m.batch_id(), result.batch_id());
+      listed_ids.insert(m.match_id());
+    }
+    if (listed.next_page_token().empty()) break;
+    by_batch.set_page_token(listed.next_page_token());
+  }
+  std::set<std::string> assigned_ids;
+  for (const auto& a : result.assignments()) assigned_ids.insert(a.match_id());
+  EXPECT_EQ(listed_ids, assigned_ids);
+  by_batch.Clear();
+  by_batch.set_batch_id(RandomUuid());
+  v1::ListMatchesResponse none;
+  ASSERT_TRUE(stub_->ListMatches(As({"supervisor"}).get(), by_batch, &none).ok());
+  EXPECT_EQ(none.matches_size(), 0);
+  // Listed by request: the proposed request's three proposals, and its match if it was assigned.
+  v1::ListMatchesRequest by_request;
+  by_request.set_match_request_id(proposed_request);
+  v1::ListMatchesResponse of_request;
+  ASSERT_TRUE(stub_->ListMatches(As({"supervisor"}).get(), by_request, &of_request).ok());
+  EXPECT_EQ(of_request.matches_size(),
+            3 + static_cast<int>(assigned_participants.count("p-plain")));
+  for (const auto& m : of_request.matches()) {
+    EXPECT_EQ(m.match_request_id(), proposed_request);
+    EXPECT_EQ(m.participant_id(), "p-plain");
+  }
   // One event per match, each naming its match, participant and the supervisor.
   ASSERT_EQ(Events("MatchStartedEvent"), 6);
   std::set<std::string> event_participants;
