@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 
 #include "absl/strings/ascii.h"
@@ -193,6 +194,95 @@ std::string TextArrayLiteral(const std::vector<std::string>& values) {
 
 std::string IntegerArrayLiteral(const std::vector<int64_t>& values) {
   return absl::StrCat("{", absl::StrJoin(values, ","), "}");
+}
+
+namespace {
+
+void AppendBigEndian32(std::string& out, uint32_t v) {
+  const char bytes[4] = {static_cast<char>(v >> 24), static_cast<char>(v >> 16),
+                         static_cast<char>(v >> 8), static_cast<char>(v)};
+  out.append(bytes, 4);
+}
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+}  // namespace
+
+BinaryArray::BinaryArray(Of type, size_t reserve_bytes) : type_(type) {
+  elements_.reserve(reserve_bytes);
+}
+
+void BinaryArray::Element(Of type, uint32_t length) {
+  if (type != type_) throw std::logic_error("BinaryArray: an element of another type");
+  AppendBigEndian32(elements_, length);
+  ++count_;
+}
+
+void BinaryArray::AddUuid(absl::string_view text) {
+  char bytes[16];
+  size_t n = 0;
+  bool valid = text.size() == 36;
+  for (size_t i = 0; valid && i < text.size(); ++i) {
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      valid = text[i] == '-';
+      continue;
+    }
+    const int high = HexValue(text[i]);
+    const int low = i + 1 < text.size() ? HexValue(text[i + 1]) : -1;
+    valid = high >= 0 && low >= 0;
+    bytes[n++] = static_cast<char>(high << 4 | low);
+    ++i;
+  }
+  if (!valid || n != sizeof bytes) {
+    throw std::invalid_argument(absl::StrCat("not a UUID: \"", text.substr(0, 40), "\""));
+  }
+  Element(Of::kUuid, sizeof bytes);
+  elements_.append(bytes, sizeof bytes);
+}
+
+void BinaryArray::AddText(absl::string_view text) {
+  Element(Of::kText, static_cast<uint32_t>(text.size()));
+  elements_.append(text.data(), text.size());
+}
+
+void BinaryArray::AddInt4(int32_t value) {
+  Element(Of::kInt4, 4);
+  AppendBigEndian32(elements_, static_cast<uint32_t>(value));
+}
+
+void BinaryArray::AddFloat8(double value) {
+  uint64_t bits;
+  static_assert(sizeof bits == sizeof value);
+  std::memcpy(&bits, &value, sizeof bits);
+  Element(Of::kFloat8, 8);
+  AppendBigEndian32(elements_, static_cast<uint32_t>(bits >> 32));
+  AppendBigEndian32(elements_, static_cast<uint32_t>(bits));
+}
+
+void BinaryArray::AddBool(bool value) {
+  Element(Of::kBool, 1);
+  elements_.push_back(value ? 1 : 0);
+}
+
+pqxx::binarystring BinaryArray::Bytes() const {
+  // ndim, has-nulls flag, element type; then per dimension its length and lower bound (1). An
+  // empty array has no dimension.
+  std::string out;
+  out.reserve(20 + elements_.size());
+  AppendBigEndian32(out, count_ == 0 ? 0 : 1);
+  AppendBigEndian32(out, 0);
+  AppendBigEndian32(out, static_cast<uint32_t>(type_));
+  if (count_ > 0) {
+    AppendBigEndian32(out, static_cast<uint32_t>(count_));
+    AppendBigEndian32(out, 1);
+  }
+  out += elements_;
+  return pqxx::binarystring(out);
 }
 
 namespace {

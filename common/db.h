@@ -22,6 +22,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 // SQL for parameter $n, given as microseconds since the epoch (int64), as a timestamptz; exact.
 #define PEERPATH_SQL_TIME_PARAM(n) \
@@ -68,6 +69,37 @@ void MarkSchemaReady(bool ready = true);
 std::string TextArrayLiteral(const std::vector<std::string>& values);
 // The same for a `$n::integer[]` or `$n::bigint[]` parameter.
 std::string IntegerArrayLiteral(const std::vector<int64_t>& values);
+
+// A one-dimensional array in PostgreSQL's binary format (what array_send writes), for a
+// `$n::uuid[]`, `$n::text[]`, `$n::integer[]`, `$n::double precision[]` or `$n::boolean[]`
+// parameter passed as Bytes(). PostgreSQL copies binary elements instead of parsing text (array
+// syntax, quoting, uuid and float parsing): for arrays of thousands of elements that parsing was
+// most of a statement's bind time. Elements are added in order, all of the array's type.
+class BinaryArray {
+ public:
+  enum class Of : uint32_t { kBool = 16, kInt4 = 23, kText = 25, kFloat8 = 701, kUuid = 2950 };
+
+  explicit BinaryArray(Of type, size_t reserve_bytes = 0);
+
+  // A UUID in its text form (8-4-4-4-12 hex digits); throws std::invalid_argument otherwise.
+  void AddUuid(absl::string_view text);
+  void AddText(absl::string_view text);
+  void AddInt4(int32_t value);
+  void AddFloat8(double value);
+  void AddBool(bool value);
+
+  size_t size() const { return count_; }
+  // The array as a binary parameter (libpqxx sends a binarystring in binary format).
+  pqxx::binarystring Bytes() const;
+
+ private:
+  // Checks the type and writes an element's length; its bytes follow.
+  void Element(Of type, uint32_t length);
+
+  Of type_;
+  size_t count_ = 0;
+  std::string elements_;
+};
 
 // Runs a statement prepared once per connection under `name`: parsed and planned by PostgreSQL
 // once per connection rather than at every call (as exec_params is). Every use of one `name`

@@ -389,15 +389,28 @@ std::string ProposalRowsJson(const std::vector<NewMatch>& proposals,
   return rows + "]";
 }
 
-// AssignBatch's rows `matches[begin, end)` as one array literal per column, for unnest: PostgreSQL
-// parses arrays of uuids and numbers faster than the same rows as JSON records (about 7 µs a row
-// measured for json_to_recordset). The explanations go as one binary parameter, neither encoded
-// nor scanned as text: `explanations` holds them one after another, `explanation_at` (0-based)
-// and `explanation_len` say where (integers: a bytea parameter is at most 1 GB). The explanations
-// are serialized on every core.
+// AssignBatch's rows `matches[begin, end)` as one binary array per column, for unnest: PostgreSQL
+// copies binary elements, where it parsed text arrays (the uuids and doubles of thousands of rows)
+// and before that JSON records (about 7 µs a row measured for json_to_recordset). The explanations
+// go as one binary parameter: `explanations` holds them one after another, `explanation_at`
+// (0-based) and `explanation_len` say where (integers: a bytea parameter is at most 1 GB). The
+// explanations are serialized on every core.
 struct BatchRows {
-  std::string ids, follow_up_ids, request_ids, supporter_ids, participant_ids, units, scores,
-      continuity, explanation_at, explanation_len, explanations;
+  explicit BatchRows(size_t n)
+      : ids(BinaryArray::Of::kUuid, n * 20),
+        follow_up_ids(BinaryArray::Of::kUuid, n * 20),
+        request_ids(BinaryArray::Of::kUuid, n * 20),
+        supporter_ids(BinaryArray::Of::kUuid, n * 20),
+        participant_ids(BinaryArray::Of::kText, n * 24),
+        units(BinaryArray::Of::kInt4, n * 8),
+        scores(BinaryArray::Of::kFloat8, n * 12),
+        continuity(BinaryArray::Of::kBool, n * 5),
+        explanation_at(BinaryArray::Of::kInt4, n * 8),
+        explanation_len(BinaryArray::Of::kInt4, n * 8) {}
+
+  BinaryArray ids, follow_up_ids, request_ids, supporter_ids, participant_ids, units, scores,
+      continuity, explanation_at, explanation_len;
+  std::string explanations;
 };
 
 BatchRows EncodeBatchRows(const std::vector<NewMatch>& matches, size_t begin, size_t end,
@@ -408,35 +421,21 @@ BatchRows EncodeBatchRows(const std::vector<NewMatch>& matches, size_t begin, si
   ForEachRange(n, LoopThreads(), 500, [&](size_t from, size_t to) {
     for (size_t k = from; k < to; ++k) bytes[k] = ExplanationBytes(matches[begin + k].explanation);
   });
-  BatchRows rows;
-  std::vector<std::string> participants;
-  participants.reserve(n);
-  // The literals written below (participant ids are quoted by TextArrayLiteral).
-  const std::array<std::string*, 9> literals = {
-      &rows.ids,    &rows.follow_up_ids, &rows.request_ids,    &rows.supporter_ids,  &rows.units,
-      &rows.scores, &rows.continuity,    &rows.explanation_at, &rows.explanation_len};
-  for (std::string* column : literals) {
-    column->reserve(n * 40);
-    column->push_back('{');
-  }
+  BatchRows rows(n);
   for (size_t k = 0; k < n; ++k) {
     const NewMatch& m = matches[begin + k];
-    const char* sep = k == 0 ? "" : ",";
-    // Ids are UUIDs (no quoting needed in an array literal); participant ids are quoted.
-    absl::StrAppend(&rows.ids, sep, match_ids[begin + k]);
-    absl::StrAppend(&rows.follow_up_ids, sep, follow_up_ids[begin + k]);
-    absl::StrAppend(&rows.request_ids, sep, m.request_id);
-    absl::StrAppend(&rows.supporter_ids, sep, m.supporter_id);
-    participants.push_back(m.participant_id);
-    absl::StrAppend(&rows.units, sep, m.units);
-    absl::StrAppend(&rows.scores, sep, absl::StrFormat("%.17g", m.score));
-    absl::StrAppend(&rows.continuity, sep, m.continuity ? "t" : "f");
-    absl::StrAppend(&rows.explanation_at, sep, rows.explanations.size());
-    absl::StrAppend(&rows.explanation_len, sep, bytes[k].size());
+    rows.ids.AddUuid(match_ids[begin + k]);
+    rows.follow_up_ids.AddUuid(follow_up_ids[begin + k]);
+    rows.request_ids.AddUuid(m.request_id);
+    rows.supporter_ids.AddUuid(m.supporter_id);
+    rows.participant_ids.AddText(m.participant_id);
+    rows.units.AddInt4(m.units);
+    rows.scores.AddFloat8(m.score);
+    rows.continuity.AddBool(m.continuity);
+    rows.explanation_at.AddInt4(static_cast<int32_t>(rows.explanations.size()));
+    rows.explanation_len.AddInt4(static_cast<int32_t>(bytes[k].size()));
     rows.explanations += bytes[k];
   }
-  for (std::string* column : literals) column->push_back('}');
-  rows.participant_ids = TextArrayLiteral(participants);
   return rows;
 }
 
@@ -927,31 +926,34 @@ void InsertBatchMatches(pqxx::work& tx, const std::string& agency,
       follow_up_ids[i] = RandomUuid();
     }
   });
-  const std::string all_ids = TextArrayLiteral(match_ids);
+  BinaryArray all_ids(BinaryArray::Of::kUuid, match_ids.size() * 20);
+  for (const std::string& id : match_ids) all_ids.AddUuid(id);
   // Two statements: the first few rows, sent as soon as they are encoded, and the rest, encoded
   // while PostgreSQL inserts the first. Each runs on another thread while this one works on;
   // the transaction is used by that thread alone until it is joined (the future's destructor
   // joins it also when this thread throws).
   auto insert = [&](const BatchRows& rows, size_t begin, size_t end) {
-    std::vector<std::string> proposed_requests, proposed_participants;
+    BinaryArray proposed(BinaryArray::Of::kUuid), participants(BinaryArray::Of::kText);
     for (size_t i = begin; i < end; ++i) {
       if (!matches[i].request_proposed) continue;
-      proposed_requests.push_back(matches[i].request_id);
-      proposed_participants.push_back(matches[i].participant_id);
+      proposed.AddUuid(matches[i].request_id);
+      participants.AddText(matches[i].participant_id);
     }
-    return std::async(std::launch::async, [&, begin, proposed = TextArrayLiteral(proposed_requests),
-                                           participants = TextArrayLiteral(proposed_participants)] {
-      tx.exec_params0(kInsertBatchMatches, rows.ids, agency, actor, batch_id, now_us, due_on,
-                      pqxx::binarystring(rows.explanations), proposed, rows.follow_up_ids,
-                      rows.request_ids, rows.supporter_ids, rows.participant_ids, rows.units,
-                      rows.scores, rows.continuity, rows.explanation_at, rows.explanation_len,
-                      participants, begin == 0 ? all_ids : std::string("{}"));
+    return std::async(std::launch::async, [&, begin, proposed = proposed.Bytes(),
+                                           participants = participants.Bytes()] {
+      tx.exec_params0(kInsertBatchMatches, rows.ids.Bytes(), agency, actor, batch_id, now_us,
+                      due_on, pqxx::binarystring(rows.explanations), proposed,
+                      rows.follow_up_ids.Bytes(), rows.request_ids.Bytes(),
+                      rows.supporter_ids.Bytes(), rows.participant_ids.Bytes(), rows.units.Bytes(),
+                      rows.scores.Bytes(), rows.continuity.Bytes(), rows.explanation_at.Bytes(),
+                      rows.explanation_len.Bytes(), participants,
+                      (begin == 0 ? all_ids : BinaryArray(BinaryArray::Of::kUuid)).Bytes());
     });
   };
   const size_t first = std::min(matches.size(), kFirstStatementRows);
   // Declared before the future, so that they outlive a statement still running when this thread
   // throws (locals are destroyed in reverse order, the future joining its thread).
-  BatchRows first_rows = EncodeBatchRows(matches, 0, first, match_ids, follow_up_ids), rest_rows;
+  BatchRows first_rows = EncodeBatchRows(matches, 0, first, match_ids, follow_up_ids), rest_rows(0);
   // The rows are read once into a CTE that four statements share: with the default work_mem a
   // batch of thousands spills it to temporary files; this transaction may use more.
   tx.exec0("SET LOCAL work_mem = '64MB'");

@@ -141,5 +141,54 @@ TEST(ConnectTimeout, AServerThatNeverAnswersFailsTheConnectionInTime) {
   close(listener);
 }
 
+// Binary array parameters arrive as the values added: PostgreSQL reads them as the array type the
+// statement casts to, element by element, with nothing to quote or parse.
+TEST_F(DatabaseErrorsTest, BinaryArraysArriveAsTheValuesAdded) {
+  BinaryArray uuids(BinaryArray::Of::kUuid), texts(BinaryArray::Of::kText),
+      ints(BinaryArray::Of::kInt4), doubles(BinaryArray::Of::kFloat8),
+      bools(BinaryArray::Of::kBool), empty(BinaryArray::Of::kUuid);
+  uuids.AddUuid("00000000-0000-0000-0000-000000000000");
+  uuids.AddUuid("0123abcd-89EF-4a5b-8c7d-ffffffffffff");
+  for (const char* t : {"plain", "", "comma, {brace} \"quote\" back\\slash", "NULL", "Zoë"}) {
+    texts.AddText(t);
+  }
+  for (int32_t i : {0, -1, 2147483647, -2147483647 - 1}) ints.AddInt4(i);
+  for (double d : {0.1, -2.5e-300, 1e308, 100.0 / 3}) doubles.AddFloat8(d);
+  bools.AddBool(true);
+  bools.AddBool(false);
+  ASSERT_EQ(texts.size(), 5u);
+  const absl::Status st = database_->Transact([&](pqxx::work& tx) -> absl::Status {
+    const pqxx::row r = tx.exec_params1(
+        "SELECT $1::uuid[]::text, $2::text[] = ARRAY['plain', '', 'comma, {brace} \"quote\" "
+        "back\\slash', 'NULL', 'Zoë'], $3::integer[]::text, $4::double precision[] = "
+        "ARRAY[0.1, -2.5e-300, 1e308, 100.0 / 3]::double precision[], $5::boolean[]::text, "
+        "cardinality($6::uuid[]), array_length($2::text[], 1)",
+        uuids.Bytes(), texts.Bytes(), ints.Bytes(), doubles.Bytes(), bools.Bytes(), empty.Bytes());
+    EXPECT_EQ(r[0].as<std::string>(),
+              "{00000000-0000-0000-0000-000000000000,0123abcd-89ef-4a5b-8c7d-ffffffffffff}");
+    EXPECT_TRUE(r[1].as<bool>());
+    EXPECT_EQ(r[2].as<std::string>(), "{0,-1,2147483647,-2147483648}");
+    EXPECT_TRUE(r[3].as<bool>()) << "doubles arrive exactly";
+    EXPECT_EQ(r[4].as<std::string>(), "{t,f}");
+    EXPECT_EQ(r[5].as<int>(), 0);
+    EXPECT_EQ(r[6].as<int>(), 5);
+    return absl::OkStatus();
+  });
+  EXPECT_TRUE(st.ok()) << st;
+  // An array of one type named as another is refused by PostgreSQL, not misread.
+  const absl::Status wrong = database_->Transact([&](pqxx::work& tx) -> absl::Status {
+    tx.exec_params1("SELECT $1::integer[]", uuids.Bytes());
+    return absl::OkStatus();
+  });
+  EXPECT_FALSE(wrong.ok());
+  for (const char* bad :
+       {"", "0123abcd-89ef-4a5b-8c7d-fffffffffff", "0123abcd_89ef-4a5b-8c7d-ffffffffffff",
+        "0123abcg-89ef-4a5b-8c7d-ffffffffffff", "{0123abcd-89ef-4a5b-8c7d-ffffffffffff}"}) {
+    EXPECT_THROW(uuids.AddUuid(bad), std::invalid_argument) << bad;
+  }
+  EXPECT_THROW(uuids.AddText("x"), std::logic_error) << "an element of another type";
+  EXPECT_EQ(uuids.size(), 2u);
+}
+
 }  // namespace
 }  // namespace peerpath::testing
