@@ -377,7 +377,8 @@ void ProposeMatchesEndToEnd(int supporters) {
       "UPDATE matching.match_requests SET hard_constraints = '{}' WHERE participant_id IN"
       " (SELECT 'p-' || j FROM generate_series(200, 399) j)");
   const pqxx::result ids = service.db->AdminQuery(
-      "SELECT id, hard_constraints = '{}' FROM matching.match_requests ORDER BY participant_id");
+      "SELECT id, hard_constraints::text = '{}' FROM matching.match_requests ORDER BY "
+      "participant_id");
   std::vector<std::string> constrained, open;
   for (const auto& row : ids) (row[1].as<bool>() ? open : constrained).push_back(row[0].c_str());
   std::printf("\nProposeMatches over gRPC, %d supporters in the roster, one caller:\n", supporters);

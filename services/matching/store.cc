@@ -713,7 +713,7 @@ v1::MatchRequest InsertMatchRequest(pqxx::work& tx, const std::string& agency,
       "INSERT INTO match_requests (agency_id, participant_id, pathway_key, acuity_units,"
       "  hard_constraints, preferences, excluded_supporter_ids, preferred_supporter_id,"
       "  previous_match_id, urgency, requested_by)"
-      " VALUES ($1, $2, NULLIF($3, ''), $4, $5::jsonb, $6::jsonb,"
+      " VALUES ($1, $2, NULLIF($3, ''), $4, $5::json, $6::json,"
       "  string_to_array($7, ',')::uuid[], NULLIF($8, '')::uuid, NULLIF($9, '')::uuid, $10, $11)"
       " RETURNING id",
       agency, r.participant_id(), r.pathway_key(), r.acuity_units(), ToJson(hard),
