@@ -14,10 +14,15 @@ CREATE TABLE match_batches (
   UNIQUE (agency_id, id)
 );
 
--- The batches assigned before this step, from their matches.
+-- The batches assigned before this step, from their matches of every agency. Migrations run as
+-- the schema owner, whom the tenant policy binds too (FORCE ROW LEVEL SECURITY, and no agency is
+-- set here): lifted for this read only, in this transaction, and forced again before it commits
+-- (the migration runner also forces it on every table after the last migration).
+ALTER TABLE matches NO FORCE ROW LEVEL SECURITY;
 INSERT INTO match_batches (agency_id, id, created_at, created_by, match_ids)
 SELECT agency_id, batch_id, min(started_at), min(started_by), array_agg(id ORDER BY id)
   FROM matches WHERE batch_id IS NOT NULL GROUP BY agency_id, batch_id;
+ALTER TABLE matches FORCE ROW LEVEL SECURITY;
 
 CREATE TRIGGER match_batches_never_deleted BEFORE DELETE OR TRUNCATE ON match_batches
   FOR EACH STATEMENT EXECUTE FUNCTION refuse_reference_change('batches are never deleted');
