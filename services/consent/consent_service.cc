@@ -120,6 +120,13 @@ int PageSize(int requested, Violations& v) {
   return *size;
 }
 
+// A person of whom nothing shows which groups they are in: every directive naming a group binds
+// them (see Accessor).
+void SetGroupsUnknown(Accessor& a) {
+  a.SetMembershipsUnknown(
+      {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM, v1::RECIPIENT_KIND_ORGANIZATION});
+}
+
 // Who would receive the data.
 Accessor AccessorOfActor(const v1::Actor& actor) {
   Accessor a;
@@ -129,10 +136,7 @@ Accessor AccessorOfActor(const v1::Actor& actor) {
   for (const auto& team : actor.team_ids()) {
     a.identities.push_back({v1::RECIPIENT_KIND_TEAM, team});
   }
-  if (actor.roles_size() == 0 && actor.team_ids_size() == 0) {
-    a.SetMembershipsUnknown(
-        {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM, v1::RECIPIENT_KIND_ORGANIZATION});
-  }
+  if (actor.roles_size() == 0 && actor.team_ids_size() == 0) SetGroupsUnknown(a);
   return a;
 }
 // A recipient named by kind and id: a person's groups, and a group's members, are unknown (see
@@ -143,8 +147,7 @@ Accessor AccessorOfRecipient(const v1::Recipient& r) {
   switch (r.kind()) {
     case v1::RECIPIENT_KIND_PERSON:
       a.person_subject = r.id();
-      a.SetMembershipsUnknown(
-          {v1::RECIPIENT_KIND_ROLE, v1::RECIPIENT_KIND_TEAM, v1::RECIPIENT_KIND_ORGANIZATION});
+      SetGroupsUnknown(a);
       break;
     case v1::RECIPIENT_KIND_ROLE:
     case v1::RECIPIENT_KIND_TEAM:

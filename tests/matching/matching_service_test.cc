@@ -924,9 +924,22 @@ TEST_F(MatchingServiceTest, AssignBatchWritesEveryMatchFollowUpEventAndAuditRowI
   std::set<std::string> assigned_ids;
   for (const auto& a : result.assignments()) assigned_ids.insert(a.match_id());
   EXPECT_EQ(listed_ids, assigned_ids);
+  // Another agency's supervisor finds none of them, by batch or by request.
+  by_batch.clear_page_token();
+  v1::ListMatchesResponse none;
+  ASSERT_TRUE(
+      stub_->ListMatches(As({"supervisor"}, "coordinator-1", "agency-b").get(), by_batch, &none)
+          .ok());
+  EXPECT_EQ(none.matches_size(), 0);
+  v1::ListMatchesRequest other_request;
+  other_request.set_match_request_id(proposed_request);
+  ASSERT_TRUE(
+      stub_
+          ->ListMatches(As({"supervisor"}, "coordinator-1", "agency-b").get(), other_request, &none)
+          .ok());
+  EXPECT_EQ(none.matches_size(), 0);
   by_batch.Clear();
   by_batch.set_batch_id(RandomUuid());
-  v1::ListMatchesResponse none;
   ASSERT_TRUE(stub_->ListMatches(As({"supervisor"}).get(), by_batch, &none).ok());
   EXPECT_EQ(none.matches_size(), 0);
   // Listed by request: the proposed request's three proposals, and its match if it was assigned.
