@@ -4,12 +4,14 @@
 // commit, each caller answered only after the batch that holds its write has run.
 //
 // The scheme is the leader/follower queue of PostgreSQL's own group commit and LevelDB's writer
-// queue. Submit queues the caller's item and waits. The caller at the head of the queue, when
-// fewer than `max_concurrent` batches are running, becomes the leader: it takes the items queued
-// behind it (up to `max_batch`, same group, no shared conflict key), runs them as one batch on
-// its own thread, hands every item its result and wakes the next head. No timer: a lone caller
-// runs at once, and under load a batch holds whatever queued while the previous one ran, so the
-// batch size follows the load.
+// queue. Submit queues the caller's item and waits. When fewer than `max_concurrent` batches are
+// running, the first queued caller whose group has fewer than `max_concurrent_per_group` running
+// becomes a leader: it takes the items of its group queued behind it (up to `max_batch`, no
+// shared conflict key), runs them as one batch on its own thread, hands every item its result
+// and wakes the next leader. No timer: a lone caller runs at once, and under load a batch holds
+// whatever queued while the previous one ran, so the batch size follows the load. With one group
+// (or the per-group limit equal to the total) the leader is always the head of the queue; with
+// many, a group whose batches fill its share never holds back the others.
 //
 // `group_of`: items of different groups never share a batch (e.g. the agency a statement scopes
 // itself to). `conflict_keys`: items sharing a key never share a batch (e.g. two writes of one
@@ -44,6 +46,8 @@ namespace peerpath {
 struct GroupCommitOptions {
   int max_batch = 64;
   int max_concurrent = 1;  // Batches running at once.
+  // Batches of one group running at once; 0: max_concurrent.
+  int max_concurrent_per_group = 0;
   // Longest a leader waits for announced items of its group; zero: never waits.
   std::chrono::microseconds gather{0};
 };
@@ -61,8 +65,15 @@ class GroupCommitter {
         run_batch_(std::move(run_batch)),
         group_of_(std::move(group_of)),
         conflict_keys_(std::move(conflict_keys)) {
-    if (options_.max_batch < 1 || options_.max_concurrent < 1) {
-      throw std::invalid_argument("GroupCommitter: max_batch and max_concurrent must be >= 1");
+    if (options_.max_batch < 1 || options_.max_concurrent < 1 ||
+        options_.max_concurrent_per_group < 0) {
+      throw std::invalid_argument(
+          "GroupCommitter: max_batch and max_concurrent must be >= 1, "
+          "max_concurrent_per_group >= 0");
+    }
+    if (options_.max_concurrent_per_group == 0 ||
+        options_.max_concurrent_per_group > options_.max_concurrent) {
+      options_.max_concurrent_per_group = options_.max_concurrent;
     }
   }
   GroupCommitter(const GroupCommitter&) = delete;
@@ -90,21 +101,26 @@ class GroupCommitter {
     if (announced) EndAnnouncement(self.group);
     for (;;) {
       if (self.done) return self.Take();
-      if (running_ < options_.max_concurrent && queue_.front() == &self) break;
+      if (MayLead(&self)) break;
       self.wake.wait(lock);
     }
-    // Leading: first wait for the announced items of the group (each arrival or withdrawal wakes
-    // the head), unless the batch is full already.
+    // Leading, and counted as running from now (its batch is being formed): another group's
+    // first caller may lead meanwhile.
+    self.leading = true;
+    ++running_;
+    ++running_in_[self.group];
+    WakeAll();
+    // First wait for the announced items of the group (each arrival or withdrawal wakes the
+    // waiters), unless the batch is full already.
     if (options_.gather.count() > 0) {
       const auto deadline = std::chrono::steady_clock::now() + options_.gather;
       while (announced_.contains(self.group) && QueuedOf(self.group) < options_.max_batch &&
              self.wake.wait_until(lock, deadline) == std::cv_status::no_timeout) {
       }
     }
-    std::vector<Waiter*> batch = TakeBatch();
-    ++running_;
-    // The next head may lead a batch of its own while this one runs.
-    if (running_ < options_.max_concurrent && !queue_.empty()) queue_.front()->wake.notify_one();
+    std::vector<Waiter*> batch = TakeBatch(&self);
+    // The next leader may form a batch of its own while this one runs.
+    WakeAll();
     lock.unlock();
 
     std::vector<const Item*> items;
@@ -124,6 +140,9 @@ class GroupCommitter {
 
     lock.lock();
     --running_;
+    if (auto it = running_in_.find(self.group); it != running_in_.end() && --it->second <= 0) {
+      running_in_.erase(it);
+    }
     for (std::size_t i = 0; i < batch.size(); ++i) {
       Waiter* w = batch[i];
       if (failure) {
@@ -136,7 +155,7 @@ class GroupCommitter {
     }
     ++batches_;
     items_ += batch.size();
-    if (!queue_.empty()) queue_.front()->wake.notify_one();
+    WakeAll();
     return self.Take();
   }
 
@@ -160,6 +179,7 @@ class GroupCommitter {
     std::string group;
     std::vector<std::string> keys;
     std::condition_variable wake;
+    bool leading = false;  // Forming its batch (still queued while it gathers).
     bool done = false;
     std::optional<Result> result;
     std::exception_ptr failure;
@@ -173,7 +193,28 @@ class GroupCommitter {
   void EndAnnouncement(const std::string& group) {
     auto it = announced_.find(group);
     if (it != announced_.end() && --it->second <= 0) announced_.erase(it);
-    if (!queue_.empty()) queue_.front()->wake.notify_one();
+    WakeAll();
+  }
+
+  // Every queued caller re-checks whether it may lead, or stop gathering (a handful: one per
+  // call in flight).
+  void WakeAll() {
+    for (Waiter* w : queue_) w->wake.notify_one();
+  }
+
+  // Whether `self` may lead now: a batch may start, and `self` is the first queued caller (not
+  // already leading) whose group has room. Queue order is kept within a group and across groups
+  // with room.
+  bool MayLead(const Waiter* self) const {
+    if (running_ >= options_.max_concurrent) return false;
+    for (const Waiter* w : queue_) {
+      if (w->leading) continue;
+      auto running = running_in_.find(w->group);
+      if (running == running_in_.end() || running->second < options_.max_concurrent_per_group) {
+        return w == self;
+      }
+    }
+    return false;
   }
 
   int QueuedOf(const std::string& group) const {
@@ -181,22 +222,23 @@ class GroupCommitter {
                                           [&](const Waiter* w) { return w->group == group; }));
   }
 
-  // The head of the queue and the items behind it that may join it; removes them from the queue.
-  std::vector<Waiter*> TakeBatch() {
-    std::vector<Waiter*> batch{queue_.front()};
-    std::vector<std::string> taken = queue_.front()->keys;
-    const std::string& group = queue_.front()->group;
+  // The leader and the items queued behind it that may join it (of its group, not leading a
+  // batch of their own); removes them from the queue.
+  std::vector<Waiter*> TakeBatch(Waiter* leader) {
+    std::vector<Waiter*> batch{leader};
+    std::vector<std::string> taken = leader->keys;
+    const std::string& group = leader->group;
     auto shares_a_key = [&](const Waiter* w) {
       return std::any_of(w->keys.begin(), w->keys.end(), [&](const std::string& k) {
         return std::find(taken.begin(), taken.end(), k) != taken.end();
       });
     };
     std::deque<Waiter*> left;
-    queue_.pop_front();
     while (!queue_.empty()) {
       Waiter* w = queue_.front();
       queue_.pop_front();
-      if (static_cast<int>(batch.size()) < options_.max_batch && w->group == group &&
+      if (w == leader) continue;
+      if (!w->leading && static_cast<int>(batch.size()) < options_.max_batch && w->group == group &&
           !shares_a_key(w)) {
         batch.push_back(w);
         taken.insert(taken.end(), w->keys.begin(), w->keys.end());
@@ -208,15 +250,16 @@ class GroupCommitter {
     return batch;
   }
 
-  const GroupCommitOptions options_;
+  GroupCommitOptions options_;  // max_concurrent_per_group resolved (1..max_concurrent).
   const RunBatch run_batch_;
   const GroupOf group_of_;
   const ConflictKeys conflict_keys_;
 
   mutable std::mutex mu_;
   std::deque<Waiter*> queue_;
-  std::map<std::string, int> announced_;  // Groups with announced items not yet submitted.
-  int running_ = 0;
+  std::map<std::string, int> announced_;   // Groups with announced items not yet submitted.
+  int running_ = 0;                        // Batches running or being formed.
+  std::map<std::string, int> running_in_;  // The same, per group (groups with any).
   long batches_ = 0;
   long items_ = 0;
 };

@@ -233,10 +233,48 @@ TEST(GroupCommitTest, UpToMaxConcurrentBatchesRunAtOnce) {
   EXPECT_EQ(recorder.Batches().size(), 3u);
 }
 
+// A group whose batches fill its share waits, and the groups queued behind it lead batches of
+// their own meanwhile, up to max_concurrent in all.
+TEST(GroupCommitTest, AGroupAtItsShareHoldsBackNoOtherGroup) {
+  Recorder recorder;
+  Committer c = MakeCommitter(
+      recorder, {.max_batch = 64, .max_concurrent = 3, .max_concurrent_per_group = 1});
+  recorder.Hold();
+  std::vector<std::thread> threads;
+  std::vector<int> results(5, -1);
+  const std::vector<Item> items = {Item{1, "a"}, Item{2, "a"}, Item{11, "b"}, Item{21, "c"},
+                                   Item{12, "b"}};
+  auto submit = [&](std::size_t i) {
+    threads.emplace_back([&, i] { results[i] = c.Submit(items[i]); });
+  };
+  submit(0);
+  ASSERT_TRUE(recorder.AwaitRunning(1));
+  submit(1);  // Group a has its one batch running: 2 waits at the head of the queue.
+  ASSERT_TRUE(AwaitQueued(c, 1));
+  submit(2);  // Group b leads from behind it.
+  ASSERT_TRUE(recorder.AwaitRunning(2));
+  submit(3);
+  ASSERT_TRUE(recorder.AwaitRunning(3));
+  submit(4);  // Three running in all (and group b has its one): 12 waits.
+  ASSERT_TRUE(AwaitQueued(c, 2));
+  EXPECT_EQ(recorder.Batches(), (std::vector<std::vector<int>>{{1}, {11}, {21}}));
+  recorder.Release();
+  for (auto& t : threads) t.join();
+  for (std::size_t i = 0; i < items.size(); ++i) EXPECT_EQ(results[i], items[i].value * 10);
+  std::vector<std::vector<int>> batches = recorder.Batches();
+  ASSERT_EQ(batches.size(), 5u);
+  std::sort(batches.begin() + 3, batches.end());
+  EXPECT_EQ(batches[3], std::vector<int>{2});
+  EXPECT_EQ(batches[4], std::vector<int>{12});
+}
+
 TEST(GroupCommitTest, RefusesAnEmptyBatchSize) {
   Recorder recorder;
   EXPECT_THROW(MakeCommitter(recorder, {.max_batch = 0}), std::invalid_argument);
   EXPECT_THROW(MakeCommitter(recorder, {.max_batch = 4, .max_concurrent = 0}),
+               std::invalid_argument);
+  EXPECT_THROW(MakeCommitter(recorder,
+                             {.max_batch = 4, .max_concurrent = 2, .max_concurrent_per_group = -1}),
                std::invalid_argument);
 }
 
