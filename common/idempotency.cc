@@ -80,9 +80,15 @@ absl::Status ReplayStoredCall(const IdempotentCall& call, const StoredIdempotent
   return absl::OkStatus();
 }
 
-const char kClaimIdempotencyKeySql[] =
+namespace {
+
+// The claim: $1 agency, $2 key, $3 method, $4 the request's fingerprint (RequestFingerprintHex);
+// returns a row when the key is now claimed.
+constexpr char kClaimIdempotencyKeySql[] =
     "INSERT INTO idempotency_keys (agency_id, idempotency_key, method, request_hash, response) "
     "VALUES ($1, $2, $3, decode($4, 'hex'), '') ON CONFLICT DO NOTHING RETURNING 1";
+
+}  // namespace
 
 absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& call,
                                          google::protobuf::Message& response) {

@@ -61,10 +61,6 @@ absl::Status RunIdempotent(
 // StoreIdempotentResponse before committing.
 absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& call,
                                          google::protobuf::Message& response);
-// ClaimIdempotencyKey's claim as SQL, for write paths that claim the key inside a statement of
-// their own (as a data-modifying CTE): parameters $1 agency, $2 key, $3 method and $4 the
-// request's fingerprint (RequestFingerprintHex); returns a row when the key is now claimed.
-extern const char kClaimIdempotencyKeySql[];
 
 // The second half of ClaimIdempotencyKey, for write paths that claim the key in a statement of
 // their own (INSERT ... ON CONFLICT DO NOTHING inserted nothing): fills `response` from the call

@@ -82,6 +82,13 @@ void SetOverdue(v1::Concern& concern, absl::Time now) {
                       FromProtoTimestamp(concern.next_deadline()) <= now);
 }
 
+// Group commit of RaiseConcern: this many write transactions at once (the connection pool's
+// default size), of them at most two of one agency (the agency's calls arriving meanwhile queue
+// for its next), so that calls of many agencies, which never share a transaction, still run side
+// by side as they did one transaction per call.
+constexpr int kConcurrentRaiseWrites = 8;
+constexpr int kConcurrentRaiseWritesPerAgency = 2;
+
 AuditEntry AuditOf(const Identity& caller, const std::string& rpc, const std::string& concern_id,
                    const std::string& participant_id) {
   AuditEntry entry;
@@ -154,7 +161,21 @@ EscalationService::EscalationService(ServiceContext& context, EscalationOptions 
       authorizer_(context.verifier, kService, Rules(), &context.db),
       events_(context.db),
       time_zone_name_(options.time_zone),
-      time_zone_(options.zone) {
+      time_zone_(options.zone),
+      raises_(
+          GroupCommitOptions{.max_batch = options.max_raise_batch,
+                             .max_concurrent = kConcurrentRaiseWrites,
+                             .max_concurrent_per_group = kConcurrentRaiseWritesPerAgency},
+          [this](const std::vector<const RaiseCall*>& calls) { return RaiseBatch(calls); },
+          [](const RaiseCall& c) { return c.idempotent.agency_id; },
+          [](const RaiseCall& c) { return std::vector<std::string>{c.idempotent.key}; }) {
+  raise_batch_sizes_ = &prometheus::BuildHistogram()
+                            .Name("peerpath_escalation_raise_batch_size")
+                            .Help(
+                                "RaiseConcern calls written per database transaction (group "
+                                "commit)")
+                            .Register(context.metrics)
+                            .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32});
   const absl::Duration interval = options.sweep_interval;
   if (options.webhook_url.empty()) {
     notifier_ = std::make_unique<LogNotifier>();
@@ -234,9 +255,13 @@ absl::StatusOr<ConcernRecord> EscalationService::OpenConcern(
   // The deadline must lie after the opening (a stored CHECK): a limit is at least a minute.
   *c.mutable_ack_deadline() = ToProtoTimestamp(routed->ack_deadline);
   record.notify_at = routed->notify_at;
-  auto stored = Store::InsertConcern(tx, record, routed->skipped_levels);
-  if (!stored.ok()) return stored.status();
-  const v1::Concern& s = stored->concern;
+  // A routine concern raised out of hours is announced when business hours begin (the sweeper's
+  // pass covers it); everything else at once. Decided once, on this service's clock, for both
+  // the notification and the concern's record of it (the database's clock, which started with
+  // the transaction, could say otherwise, and the sweeper would page the target again).
+  const bool notify_now = routed->notify_at <= now;
+  const ConcernRecord stored = Store::InsertConcern(writes, std::move(record), notify_now);
+  const v1::Concern& s = stored.concern;
   // OPENED, ROUTED and (immediate safety) ENGAGEMENT_STOPPED, in that order, in one round trip.
   const v1::ConcernOpenedEvent opened_event = OpenedEvent(s);
   const v1::ConcernRoutedEvent routed_event =
@@ -249,9 +274,7 @@ absl::StatusOr<ConcernRecord> EscalationService::OpenConcern(
     events.emplace_back(s.concern_id(), &stopped_event);
   }
   AppendEvents(writes, s.agency_id(), events);
-  // A routine concern raised out of hours is announced when business hours begin (the sweeper's
-  // first deadline pass covers it); everything else at once.
-  if (routed->notify_at <= now) {
+  if (notify_now) {
     notifications.push_back({s.agency_id(), s.concern_id(), "opened", s.category(), s.severity(),
                              s.current_level(), routed->target, routed->ack_deadline});
   }
@@ -274,45 +297,79 @@ struct RaiseContext {
   std::string latest_policy_id;  // Empty before the agency's first policy.
 };
 
-// One statement: claims the key (waiting for a concurrent claim of it to end, as
-// ClaimIdempotencyKey does), and reads the participant's active supporter, the caller's relation
-// to the participant, the enrollment (when named) and the agency's newest routing policy.
-RaiseContext ReadRaiseContext(pqxx::work& tx, const IdempotentCall& call,
-                              const std::string& caller_subject,
-                              const v1::RaiseConcernRequest& request) {
-  static const std::string kSql = absl::StrCat(
-      "WITH claim AS (", kClaimIdempotencyKeySql, ")",
-      " SELECT (SELECT count(*) FROM claim) > 0, m.supporter_id::text, m.supporter_subject,"
-      "  m.supervisor_subject,"
-      "  $6 <> '' AND EXISTS (SELECT 1 FROM supporter_matches s WHERE s.participant_id = $5"
-      "    AND s.supporter_subject = $6 AND s.active),"
-      "  $6 <> '' AND EXISTS (SELECT 1 FROM supporter_matches s WHERE s.participant_id = $5"
-      "    AND s.supervisor_subject = $6 AND s.active),"
-      "  e.participant_id, e.receiving_clinician,"
-      "  (SELECT p.id::text FROM routing_policies p WHERE p.agency_id = $1"
-      "    ORDER BY p.version DESC LIMIT 1)"
-      " FROM (SELECT 1) AS one"
-      " LEFT JOIN LATERAL (SELECT s.supporter_id, s.supporter_subject, s.supervisor_subject"
-      "   FROM supporter_matches s WHERE s.participant_id = $5 AND s.active"
-      "   ORDER BY s.started_at DESC NULLS LAST LIMIT 1) m ON true"
-      " LEFT JOIN enrollments e ON e.enrollment_id = NULLIF($7, '')::uuid");
-  const pqxx::row row =
-      ExecPrepared(tx, "escalation_raise_context", kSql, call.agency_id, call.key, call.method,
-                   RequestFingerprintHex(call), request.participant_id(), caller_subject,
-                   request.enrollment_id())[0];
-  RaiseContext known;
-  known.claimed = row[0].as<bool>();
-  if (!row[1].is_null()) {
-    known.supporter = ActiveSupporter{row[1].c_str(), row[2].c_str(), row[3].c_str()};
+// One statement for the calls of one agency ($1), each an element of the arrays $2..$6: claims
+// each call's key (in key order, so that two transactions claiming overlapping keys never wait
+// on each other in a cycle; a key claimed by a transaction still running makes the claim wait
+// for it, as ClaimIdempotencyKey's does), and reads each call's participant's active supporter,
+// the caller's relation to the participant and the enrollment (when named), and the agency's
+// newest routing policy. Rows in the calls' order.
+std::vector<RaiseContext> ReadRaiseContexts(
+    pqxx::work& tx, const std::string& agency_id, const std::vector<const IdempotentCall*>& calls,
+    const std::vector<const v1::RaiseConcernRequest*>& requests) {
+  static const char kSql[] = R"sql(
+    WITH i AS (
+      SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+        WITH ORDINALITY AS i (key, hash, participant, caller, enrollment, n)),
+    claim AS (
+      INSERT INTO idempotency_keys (agency_id, idempotency_key, method, request_hash, response)
+      SELECT $1, i.key, 'RaiseConcern', decode(i.hash, 'hex'), '' FROM i ORDER BY i.key
+      ON CONFLICT DO NOTHING RETURNING idempotency_key)
+    SELECT i.key IN (SELECT idempotency_key FROM claim), m.supporter_id::text,
+      m.supporter_subject, m.supervisor_subject,
+      i.caller <> '' AND EXISTS (SELECT 1 FROM supporter_matches s
+        WHERE s.participant_id = i.participant AND s.supporter_subject = i.caller AND s.active),
+      i.caller <> '' AND EXISTS (SELECT 1 FROM supporter_matches s
+        WHERE s.participant_id = i.participant AND s.supervisor_subject = i.caller AND s.active),
+      e.participant_id, e.receiving_clinician,
+      (SELECT p.id::text FROM routing_policies p WHERE p.agency_id = $1
+        ORDER BY p.version DESC LIMIT 1)
+    FROM i
+    LEFT JOIN LATERAL (SELECT s.supporter_id, s.supporter_subject, s.supervisor_subject
+      FROM supporter_matches s WHERE s.participant_id = i.participant AND s.active
+      ORDER BY s.started_at DESC NULLS LAST LIMIT 1) m ON true
+    LEFT JOIN enrollments e ON e.enrollment_id = NULLIF(i.enrollment, '')::uuid
+    ORDER BY i.n)sql";
+  BinaryArray keys(BinaryArray::Of::kText), hashes(BinaryArray::Of::kText),
+      participants(BinaryArray::Of::kText), callers(BinaryArray::Of::kText),
+      enrollments(BinaryArray::Of::kText);
+  for (size_t i = 0; i < calls.size(); ++i) {
+    keys.AddText(calls[i]->key);
+    hashes.AddText(RequestFingerprintHex(*calls[i]));
+    participants.AddText(requests[i]->participant_id());
+    callers.AddText(calls[i]->caller);
+    enrollments.AddText(requests[i]->enrollment_id());
   }
-  known.caller_supports = row[4].as<bool>();
-  known.caller_supervises = row[5].as<bool>();
-  if (!row[6].is_null()) {
-    known.enrollment_participant = row[6].as<std::string>();
-    known.receiving_clinician = row[7].is_null() ? "" : row[7].as<std::string>();
+  const pqxx::result rows =
+      ExecPrepared(tx, "escalation_raise_contexts", kSql, agency_id, keys.Bytes(), hashes.Bytes(),
+                   participants.Bytes(), callers.Bytes(), enrollments.Bytes());
+  if (rows.size() != calls.size()) {
+    throw std::runtime_error("RaiseConcern's read answered a row count unlike its calls'");
   }
-  if (!row[8].is_null()) known.latest_policy_id = row[8].as<std::string>();
-  return known;
+  std::vector<RaiseContext> out(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const pqxx::row& row = rows[i];
+    RaiseContext& known = out[i];
+    known.claimed = row[0].as<bool>();
+    if (!row[1].is_null()) {
+      known.supporter = ActiveSupporter{row[1].c_str(), row[2].c_str(), row[3].c_str()};
+    }
+    known.caller_supports = row[4].as<bool>();
+    known.caller_supervises = row[5].as<bool>();
+    if (!row[6].is_null()) {
+      known.enrollment_participant = row[6].as<std::string>();
+      known.receiving_clinician = row[7].is_null() ? "" : row[7].as<std::string>();
+    }
+    if (!row[8].is_null()) known.latest_policy_id = row[8].as<std::string>();
+  }
+  return out;
+}
+
+// Gives back a key this transaction claimed for a call that writes nothing (refused): the
+// transaction commits the other calls' writes, and this key stays free, as if never claimed.
+void ReleaseClaim(DeferredWrites& writes, const IdempotentCall& call) {
+  writes.Exec("escalation_release_claim",
+              "DELETE FROM idempotency_keys WHERE agency_id = $1 AND idempotency_key = $2",
+              call.agency_id, call.key);
 }
 
 }  // namespace
@@ -352,95 +409,145 @@ absl::Status EscalationService::RaiseConcernImpl(const grpc::ServerContext& cont
   }
   if (!violations.empty()) return InvalidArgument("the concern cannot be raised", violations);
 
-  const absl::Time now = now_();
-  std::vector<Notification> notifications;
-  bool recorded = false;
-  const IdempotentCall call{caller.agency_id, request.idempotency_key(), "RaiseConcern", &request,
-                            caller.subject};
-  absl::Status status = context_.db.TransactForAgency(caller.agency_id, [&](pqxx::work& tx) {
-    // The key's claim and everything the concern is decided on in one round trip.
-    const RaiseContext known = ReadRaiseContext(tx, call, caller.subject, request);
-    if (!known.claimed) {
-      return ReplayClaimedKey(tx, call, response);
+  // Written together with the calls of the same agency arriving meanwhile (group commit).
+  const RaiseCall call{&caller, &request,
+                       IdempotentCall{caller.agency_id, request.idempotency_key(), "RaiseConcern",
+                                      &request, caller.subject}};
+  RaiseOutcome outcome = raises_.Submit(call);
+  if (outcome.refused_participant) {
+    authorizer_.AuditRefusal(context, caller, "RaiseConcern", "participant", "",
+                             request.participant_id());
+  }
+  if (!outcome.status.ok()) return outcome.status;
+  response = std::move(outcome.response);
+  if (outcome.wake_outbox) outbox_->Wake();
+  if (outcome.wake_feed) feed_->Wake();
+  return absl::OkStatus();
+}
+
+std::vector<EscalationService::RaiseOutcome> EscalationService::RaiseBatch(
+    const std::vector<const RaiseCall*>& calls) {
+  std::vector<RaiseOutcome> outcomes(calls.size());
+  const std::string& agency = calls.front()->idempotent.agency_id;
+  const absl::Status written = context_.db.TransactForAgency(agency, [&](pqxx::work& tx) {
+    for (RaiseOutcome& o : outcomes) o = RaiseOutcome{};
+    std::vector<const IdempotentCall*> idempotent;
+    std::vector<const v1::RaiseConcernRequest*> requests;
+    for (const RaiseCall* c : calls) {
+      idempotent.push_back(&c->idempotent);
+      requests.push_back(c->request);
     }
-    // Who works with the participant (kept from the matching log): a caller who is only a peer
-    // supporter raises for their active matches, one who is only a supervisor for the
-    // participants of the supporters they supervise; clinicians and case managers for anyone of
-    // the agency.
-    const std::optional<ActiveSupporter>& supporter = known.supporter;
-    if (!caller.Has(Role::kClinician) && !caller.Has(Role::kCaseManager)) {
-      const bool as_supervisor = caller.Has(Role::kSupervisor) && known.caller_supervises;
-      const bool as_supporter =
-          caller.Has(Role::kPeerSupporter) &&
-          ((supporter && supporter->subject == caller.subject) || known.caller_supports);
-      if (!as_supervisor && !as_supporter) {
-        authorizer_.AuditRefusal(context, caller, "RaiseConcern", "participant", "",
-                                 request.participant_id());
-        return absl::PermissionDeniedError(
-            "the participant is not in your active matches or supervision: only their peer "
-            "supporter, that supporter's supervisor or the agency's clinical and case-management "
-            "staff may raise a concern about them");
-      }
-    }
-    // The enrollment, when this service knows it (from the check-in log): it must be the
-    // participant's, and its receiving clinician is the RECEIVING_CLINICIAN target. One not known
-    // yet (the log lags) is accepted: a concern is never held back for it.
-    std::string receiving_clinician;
-    if (known.enrollment_participant.has_value()) {
-      if (*known.enrollment_participant != request.participant_id()) {
-        return absl::NotFoundError("enrollment_id is not an enrollment of this participant");
-      }
-      receiving_clinician = known.receiving_clinician;
-    }
-    ConcernRecord record;
-    v1::Concern& c = record.concern;
-    c.set_agency_id(caller.agency_id);
-    c.set_participant_id(request.participant_id());
-    c.set_enrollment_id(request.enrollment_id());
-    c.set_category(request.category());
-    c.set_severity(request.severity());
-    c.set_source(v1::CONCERN_SOURCE_MANUAL);
-    c.set_description(request.description());
-    c.set_raised_by(caller.subject);
-    c.set_raised_by_role(ActingRole(caller));
-    *c.mutable_opened_at() = ToProtoTimestamp(now);
-    PersonDirectory people;
-    if (!receiving_clinician.empty()) people.receiving_clinician = receiving_clinician;
-    if (caller.Has(Role::kPeerSupporter)) people.peer_supporters.insert(caller.subject);
-    if (supporter) {
-      people.peer_supporters.insert(supporter->subject);
-      if (!supporter->supervisor_subject.empty()) people.supervisor = supporter->supervisor_subject;
-    }
-    // Everything after the concern row goes out in one round trip, just before commit.
+    // Every call's key claim and everything it is decided on in one round trip; every write of
+    // the calls decided in another, just before commit.
+    const std::vector<RaiseContext> contexts = ReadRaiseContexts(tx, agency, idempotent, requests);
     DeferredWrites writes(tx);
-    auto opened = OpenConcern(tx, std::move(record), people, now, notifications, writes,
-                              known.latest_policy_id);
-    if (!opened.ok()) return opened.status();
-    *response.mutable_concern() = opened->concern;
-    ApplyView(*response.mutable_concern(),
-              opened->routed_to_viewer &&
-                  ActsFor(ActorOf(caller), TargetFromProto(opened->concern.current_target())));
-    SetOverdue(*response.mutable_concern(), now);
-    Audit(writes, caller, "RaiseConcern", opened->concern.concern_id(), request.participant_id());
-    NotificationOutbox::Enqueue(writes, notifications);
-    // Dashboards see it once it commits, on every replica.
-    if (!notifications.empty() || opened->concern.state() == v1::CONCERN_STATE_OPEN) {
-      ConcernChangeNote note;
-      note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
-      note.concern = opened->concern;
-      note.occurred_at = now;
-      WatchFeed::Record(writes, note);
-      recorded = true;
+    for (size_t i = 0; i < calls.size(); ++i) {
+      const Identity& caller = *calls[i]->caller;
+      const v1::RaiseConcernRequest& request = *calls[i]->request;
+      const IdempotentCall& call = calls[i]->idempotent;
+      const RaiseContext& known = contexts[i];
+      RaiseOutcome& out = outcomes[i];
+      if (!known.claimed) {
+        out.status = ReplayClaimedKey(tx, call, out.response);
+        continue;
+      }
+      auto decided = [&]() -> absl::Status {
+        // Who works with the participant (kept from the matching log): a caller who is only a
+        // peer supporter raises for their active matches, one who is only a supervisor for the
+        // participants of the supporters they supervise; clinicians and case managers for
+        // anyone of the agency.
+        const std::optional<ActiveSupporter>& supporter = known.supporter;
+        if (!caller.Has(Role::kClinician) && !caller.Has(Role::kCaseManager)) {
+          const bool as_supervisor = caller.Has(Role::kSupervisor) && known.caller_supervises;
+          const bool as_supporter =
+              caller.Has(Role::kPeerSupporter) &&
+              ((supporter && supporter->subject == caller.subject) || known.caller_supports);
+          if (!as_supervisor && !as_supporter) {
+            out.refused_participant = true;
+            return absl::PermissionDeniedError(
+                "the participant is not in your active matches or supervision: only their peer "
+                "supporter, that supporter's supervisor or the agency's clinical and "
+                "case-management staff may raise a concern about them");
+          }
+        }
+        // The enrollment, when this service knows it (from the check-in log): it must be the
+        // participant's, and its receiving clinician is the RECEIVING_CLINICIAN target. One not
+        // known yet (the log lags) is accepted: a concern is never held back for it.
+        std::string receiving_clinician;
+        if (known.enrollment_participant.has_value()) {
+          if (*known.enrollment_participant != request.participant_id()) {
+            return absl::NotFoundError("enrollment_id is not an enrollment of this participant");
+          }
+          receiving_clinician = known.receiving_clinician;
+        }
+        const absl::Time now = now_();
+        ConcernRecord record;
+        v1::Concern& c = record.concern;
+        c.set_agency_id(caller.agency_id);
+        c.set_participant_id(request.participant_id());
+        c.set_enrollment_id(request.enrollment_id());
+        c.set_category(request.category());
+        c.set_severity(request.severity());
+        c.set_source(v1::CONCERN_SOURCE_MANUAL);
+        c.set_description(request.description());
+        c.set_raised_by(caller.subject);
+        c.set_raised_by_role(ActingRole(caller));
+        *c.mutable_opened_at() = ToProtoTimestamp(now);
+        PersonDirectory people;
+        if (!receiving_clinician.empty()) people.receiving_clinician = receiving_clinician;
+        if (caller.Has(Role::kPeerSupporter)) people.peer_supporters.insert(caller.subject);
+        if (supporter) {
+          people.peer_supporters.insert(supporter->subject);
+          if (!supporter->supervisor_subject.empty()) {
+            people.supervisor = supporter->supervisor_subject;
+          }
+        }
+        // Nothing is written for the call until it is decided: a refusal leaves `writes` as
+        // the calls before it left them.
+        std::vector<Notification> notifications;
+        auto opened = OpenConcern(tx, std::move(record), people, now, notifications, writes,
+                                  known.latest_policy_id);
+        if (!opened.ok()) return opened.status();
+        v1::RaiseConcernResponse& response = out.response;
+        *response.mutable_concern() = opened->concern;
+        ApplyView(*response.mutable_concern(),
+                  opened->routed_to_viewer &&
+                      ActsFor(ActorOf(caller), TargetFromProto(opened->concern.current_target())));
+        SetOverdue(*response.mutable_concern(), now);
+        Audit(writes, caller, "RaiseConcern", opened->concern.concern_id(),
+              request.participant_id());
+        NotificationOutbox::Enqueue(writes, notifications);
+        out.wake_outbox = !notifications.empty();
+        // Dashboards see it once it commits, on every replica.
+        if (!notifications.empty() || opened->concern.state() == v1::CONCERN_STATE_OPEN) {
+          ConcernChangeNote note;
+          note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
+          note.concern = opened->concern;
+          note.occurred_at = now;
+          WatchFeed::Record(writes, note);
+          out.wake_feed = true;
+        }
+        StoreIdempotentResponse(writes, call, response);
+        return absl::OkStatus();
+      };
+      out.status = decided();
+      if (!out.status.ok()) ReleaseClaim(writes, call);
     }
-    StoreIdempotentResponse(writes, call, response);
     writes.Flush();
     return absl::OkStatus();
   });
-  if (status.ok()) {
-    if (!notifications.empty()) outbox_->Wake();
-    if (recorded) feed_->Wake();
+  if (written.ok()) {
+    raise_batch_sizes_->Observe(static_cast<double>(calls.size()));
+    return outcomes;
   }
-  return status;
+  if (calls.size() == 1) {
+    outcomes.front() = RaiseOutcome{};
+    outcomes.front().status = written;
+    return outcomes;
+  }
+  // The database refused the transaction: each call alone, so that it fails only its own call.
+  for (size_t i = 0; i < calls.size(); ++i) outcomes[i] = RaiseBatch({calls[i]}).front();
+  return outcomes;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,11 +1,18 @@
 #pragma once
 
+#include <prometheus/histogram.h>
+
 #include <functional>
 #include <memory>
+#include <utility>
+#include <vector>
 
+#include "absl/status/status.h"
 #include "common/authorization.h"
 #include "common/event_consumer.h"
 #include "common/event_log.h"
+#include "common/group_commit.h"
+#include "common/idempotency.h"
 #include "common/server.h"
 #include "peerpath/escalation/v1/escalation.grpc.pb.h"
 #include "services/escalation/notifier.h"
@@ -31,6 +38,9 @@ struct EscalationOptions {
   // Empty: the peer relationship is not known (no supporter's supervisor to route to, and only
   // staff other than peer supporters and supervisors may raise concerns).
   std::string matching_address;
+  // Group commit: most concurrent RaiseConcern calls of one agency per write transaction; 1
+  // writes each call alone.
+  int max_raise_batch = 16;
 };
 
 // peerpath.escalation.v1.EscalationService: concerns, routing policies, the deadline sweeper and
@@ -77,6 +87,26 @@ class EscalationService final : public EscalationServiceBase {
  private:
   struct Change;  // A concern changed by a person, for the shared lock-check-write path.
 
+  // One validated RaiseConcern call, as the group commit takes it.
+  struct RaiseCall {
+    const Identity* caller = nullptr;
+    const v1::RaiseConcernRequest* request = nullptr;
+    IdempotentCall idempotent;
+  };
+  // Its answer: the status and response, and what to do once its transaction committed.
+  struct RaiseOutcome {
+    absl::Status status;
+    v1::RaiseConcernResponse response;
+    bool refused_participant = false;  // Audit the refusal (outside the batch's transaction).
+    bool wake_outbox = false;
+    bool wake_feed = false;
+  };
+  // Writes the calls (one agency's) in one transaction: one read of every call's key claim and
+  // context, each call decided alone (a refusal releases its key and writes nothing), the
+  // writes of all in one round trip, one commit. A transaction the database fails is run again
+  // a call at a time, so that one call never fails another.
+  std::vector<RaiseOutcome> RaiseBatch(const std::vector<const RaiseCall*>& calls);
+
   absl::Status RaiseConcernImpl(const grpc::ServerContext& context, const Identity& caller,
                                 const v1::RaiseConcernRequest& request,
                                 v1::RaiseConcernResponse& response);
@@ -99,8 +129,8 @@ class EscalationService final : public EscalationServiceBase {
                                        const v1::UpdateRoutingPolicyRequest& request,
                                        v1::UpdateRoutingPolicyResponse& response);
 
-  // Opens and routes a concern in `tx` (the concern and its transitions at once, its events into
-  // `writes`); fills `notifications`.
+  // Opens and routes a concern (its row, transitions and events into `writes`); fills
+  // `notifications`.
   // `latest_policy_id`: the agency's newest routing policy when the caller read it already
   // (empty: read here, and the built-in version 1 stored when there is none).
   absl::StatusOr<ConcernRecord> OpenConcern(pqxx::work& tx, ConcernRecord record,
@@ -124,6 +154,8 @@ class EscalationService final : public EscalationServiceBase {
   std::unique_ptr<DeadlineSweeper> sweeper_;
   std::unique_ptr<EventConsumer> checkin_consumer_;
   std::unique_ptr<EventConsumer> matching_consumer_;
+  GroupCommitter<RaiseCall, RaiseOutcome> raises_;
+  prometheus::Histogram* raise_batch_sizes_ = nullptr;
 };
 
 }  // namespace peerpath::escalation

@@ -1,6 +1,7 @@
 // peerpath-escalation: flags and wiring only.
 
 #include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
 #include "common/server.h"
 #include "escalation/migrations.h"
 #include "services/escalation/escalation_service.h"
@@ -22,6 +23,10 @@ ABSL_FLAG(std::string, matching_address, "",
           "escalation: host:port of the matching service whose match events say who supports and "
           "supervises whom (routing to the supporter's supervisor, who may raise and see "
           "concerns); empty: not known (env PEERPATH_MATCHING_ADDRESS)");
+ABSL_FLAG(std::string, escalation_max_raise_batch, "",
+          "escalation: most concurrent RaiseConcern calls of one agency written in one "
+          "transaction (group commit), 1 to 256; 1 writes each call alone (env "
+          "PEERPATH_ESCALATION_MAX_RAISE_BATCH; default 16)");
 
 using peerpath::ExitOnBadConfiguration;
 using peerpath::FlagOrEnv;
@@ -52,6 +57,13 @@ peerpath::escalation::EscalationOptions OptionsFromFlags() {
       FlagOrEnv(absl::GetFlag(FLAGS_checkin_address), "PEERPATH_CHECKIN_ADDRESS");
   options.matching_address =
       FlagOrEnv(absl::GetFlag(FLAGS_matching_address), "PEERPATH_MATCHING_ADDRESS");
+  const std::string batch = FlagOrEnv(absl::GetFlag(FLAGS_escalation_max_raise_batch),
+                                      "PEERPATH_ESCALATION_MAX_RAISE_BATCH", "16");
+  if (!absl::SimpleAtoi(batch, &options.max_raise_batch) || options.max_raise_batch < 1 ||
+      options.max_raise_batch > 256) {
+    ExitOnBadConfiguration("peerpath-escalation", "--escalation_max_raise_batch '" + batch +
+                                                      "' is not a whole number from 1 to 256");
+  }
   return options;
 }
 

@@ -10,6 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "common/agency_time_zones.h"
 #include "common/db.h"
+#include "common/identifiers.h"
 #include "common/time_util.h"
 #include "services/escalation/policy_codec.h"
 
@@ -337,44 +338,51 @@ absl::Status Store::FollowAgencyTimeZone(pqxx::work& tx, const std::string& agen
   return published.ok() ? absl::OkStatus() : published.status();
 }
 
-absl::StatusOr<ConcernRecord> Store::InsertConcern(pqxx::work& tx, const ConcernRecord& record,
-                                                   const std::vector<int>& skipped_levels) {
-  (void)skipped_levels;
-  const v1::Concern& c = record.concern;
+ConcernRecord Store::InsertConcern(DeferredWrites& writes, ConcernRecord record, bool notified) {
+  v1::Concern& c = record.concern;
+  // As stored: to the microsecond (what ConcernFromRow would read back).
   const int64_t opened = ProtoMicros(c, c.opened_at(), c.has_opened_at());
-  // One round trip: the concern and its OPENED and ROUTED transitions.
-  const std::string sql = absl::StrCat(R"sql(
+  const int64_t ack = ProtoMicros(c, c.ack_deadline(), true);
+  c.set_concern_id(RandomUuid());
+  c.set_state(v1::CONCERN_STATE_OPEN);
+  SetTime(opened, c.mutable_opened_at());
+  SetTime(ack, c.mutable_ack_deadline());
+  SetTime(ack, c.mutable_next_deadline());
+  c.set_breach_count(0);
+  c.set_revision(1);
+  record.next_deadline_kind = "acknowledgement";
+  record.notify_at = FromMicros(Micros(record.notify_at));
+  record.acknowledged_level = -1;
+  record.routed_to_viewer = true;
+  // One statement: the concern and its OPENED and ROUTED transitions, in that order (`seq`,
+  // GetConcern's order; rows of one INSERT go in order).
+  writes.Exec("escalation_insert_concern", R"sql(
     WITH c AS (
-      INSERT INTO concerns (agency_id, participant_id, enrollment_id, category, severity, source,
-        source_event_id, source_check_in_id, description, raised_by, raised_by_role, status,
-        policy_id, policy_version, current_level, target_kind, target_id, ack_deadline,
+      INSERT INTO concerns (id, agency_id, participant_id, enrollment_id, category, severity,
+        source, source_event_id, source_check_in_id, description, raised_by, raised_by_role,
+        status, policy_id, policy_version, current_level, target_kind, target_id, ack_deadline,
         next_deadline, next_deadline_kind, notify_at, notified_at, opened_at)
-      VALUES ($1, $2, NULLIF($3, '')::uuid, $4, $5, $6, NULLIF($7, ''), NULLIF($8, '')::uuid,
-        NULLIF($9, ''), $10, $11, 'open', $12::uuid, $13, $14, $15, $16, ts_from_us($17),
-        ts_from_us($17), 'acknowledgement', ts_from_us($18),
-        CASE WHEN ts_from_us($18) <= now() THEN now() END, coalesce(ts_from_us($19), now()))
-      RETURNING *),
-    -- One INSERT, rows in order, so that `seq` (GetConcern's order) puts OPENED before ROUTED:
-    -- two data-modifying CTEs run in an unspecified order (ROUTED came first).
-    transitions AS (
-      INSERT INTO concern_transitions (agency_id, concern_id, kind, from_status, status_after,
-        level, target_kind, target_id, actor, actor_role, occurred_at)
-      SELECT c.agency_id, c.id, k.kind, CASE WHEN k.n = 2 THEN 'open' END, 'open',
-        c.current_level, c.target_kind, c.target_id,
-        CASE WHEN k.n = 1 THEN c.raised_by ELSE 'system:routing' END,
-        CASE WHEN k.n = 1 THEN c.raised_by_role END, c.opened_at
-      FROM c CROSS JOIN (VALUES (1, 'opened'), (2, 'routed')) AS k (n, kind)
-      ORDER BY k.n)
-    SELECT )sql",
-                                       kConcernColumns, ", true FROM c");
-  pqxx::result rows = ExecPrepared(
-      tx, "escalation_insert_concern", sql, c.agency_id(), c.participant_id(), c.enrollment_id(),
-      CategoryCode(c.category()), SeverityCode(c.severity()), SourceCode(c.source()),
-      c.source_event_id(), c.source_check_in_id(), c.description(), c.raised_by(),
-      c.raised_by_role(), record.policy_id, c.policy_version(), c.current_level(),
-      TargetKindCode(c.current_target().kind()), c.current_target().target_id(),
-      ProtoMicros(c, c.ack_deadline(), true), Micros(record.notify_at), opened);
-  return ConcernFromRow(rows[0], true);
+      VALUES ($1::uuid, $2, $3, NULLIF($4, '')::uuid, $5, $6, $7, NULLIF($8, ''),
+        NULLIF($9, '')::uuid, NULLIF($10, ''), $11, $12, 'open', $13::uuid, $14, $15, $16, $17,
+        ts_from_us($18), ts_from_us($18), 'acknowledgement', ts_from_us($19),
+        CASE WHEN $21 THEN now() END, ts_from_us($20))
+      RETURNING id, agency_id, current_level, target_kind, target_id, raised_by, raised_by_role,
+        opened_at)
+    INSERT INTO concern_transitions (agency_id, concern_id, kind, from_status, status_after,
+      level, target_kind, target_id, actor, actor_role, occurred_at)
+    SELECT c.agency_id, c.id, k.kind, CASE WHEN k.n = 2 THEN 'open' END, 'open',
+      c.current_level, c.target_kind, c.target_id,
+      CASE WHEN k.n = 1 THEN c.raised_by ELSE 'system:routing' END,
+      CASE WHEN k.n = 1 THEN c.raised_by_role END, c.opened_at
+    FROM c CROSS JOIN (VALUES (1, 'opened'), (2, 'routed')) AS k (n, kind)
+    ORDER BY k.n)sql",
+              c.concern_id(), c.agency_id(), c.participant_id(), c.enrollment_id(),
+              CategoryCode(c.category()), SeverityCode(c.severity()), SourceCode(c.source()),
+              c.source_event_id(), c.source_check_in_id(), c.description(), c.raised_by(),
+              c.raised_by_role(), record.policy_id, c.policy_version(), c.current_level(),
+              TargetKindCode(c.current_target().kind()), c.current_target().target_id(), ack,
+              Micros(record.notify_at), opened, notified);
+  return record;
 }
 
 namespace {

@@ -244,6 +244,14 @@ TEST_F(EscalationServiceTest, CriticalSafetyConcernGoesToClinicalOnCallWithin15M
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.audit_log WHERE action = "
                   "'peerpath.escalation.v1.EscalationService.RaiseConcern'"),
             1);
+  // Paged once, with the opening, and the concern says so: the sweeper (every second here) never
+  // pages the target again for it.
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE id = '" + c.concern_id() +
+                  "' AND notified_at IS NOT NULL"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.notifications WHERE concern_id = '" +
+                  c.concern_id() + "'"),
+            1);
 }
 
 // The time helpers every concern statement calls (migrations 0002, 0009): exact to the
@@ -302,6 +310,140 @@ TEST_F(EscalationServiceTest, RetryWithSameKeyReturnsTheSameConcernAndStoresOnce
   grpc::Status status =
       stub_->RaiseConcern(As("agency-a", {"peer_supporter"}, "peer-1").get(), changed, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+// Concurrent RaiseConcern calls of one agency share a write transaction (group commit), and each
+// is answered as it would be alone: raised, replayed, refused by relationship, key reused for
+// another request, enrollment of another participant. A refused call writes nothing, its key
+// stays free, and it fails no other call of its transaction. Two calls hold the agency's two
+// write transactions on a table lock while the others queue behind them.
+TEST_F(EscalationServiceTest, CallsRaisedTogetherShareATransactionAndEachIsAnsweredAsAlone) {
+  auto raise = [&](const v1::RaiseConcernRequest& request, const std::string& subject,
+                   const std::string& role, v1::RaiseConcernResponse* response) {
+    return stub_->RaiseConcern(As("agency-a", {role}, subject).get(), request, response);
+  };
+  v1::RaiseConcernResponse used;
+  ASSERT_TRUE(raise(Raise(common::v1::CONCERN_CATEGORY_DISENGAGEMENT,
+                          common::v1::CONCERN_SEVERITY_ROUTINE, "used-1"),
+                    "dr-1", "clinician", &used)
+                  .ok());
+  const std::string other_enrollment = "5b0c6a52-4a53-4c1e-9a43-2d7f4b0e6a11";
+  db_->AdminQuery(
+      "INSERT INTO escalation.enrollments (agency_id, enrollment_id, participant_id) VALUES "
+      "('agency-a', '" +
+      other_enrollment + "', 'client-99')");
+
+  struct Call {
+    v1::RaiseConcernRequest request;
+    std::string subject, role;
+    grpc::StatusCode expected;
+  };
+  auto request = [&](const std::string& key, const std::string& participant = "client-42") {
+    v1::RaiseConcernRequest r = Raise(common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING,
+                                      common::v1::CONCERN_SEVERITY_URGENT, key);
+    r.set_participant_id(participant);
+    return r;
+  };
+  v1::RaiseConcernRequest wrong_enrollment = request("mixed-8");
+  wrong_enrollment.set_enrollment_id(other_enrollment);
+  const std::vector<Call> calls = {
+      {request("lead-1"), "dr-1", "clinician", grpc::OK},
+      {request("lead-2"), "dr-2", "clinician", grpc::OK},
+      {request("mixed-1"), "peer-1", "peer_supporter", grpc::OK},
+      {request("mixed-2", "client-77"), "dr-1", "clinician", grpc::OK},
+      {request("mixed-3"), "peer-9", "peer_supporter", grpc::PERMISSION_DENIED},
+      {request("mixed-4"), "sup-1", "supervisor", grpc::OK},
+      {request("mixed-5"), "sup-9", "supervisor", grpc::PERMISSION_DENIED},
+      {request("mixed-1"), "peer-1", "peer_supporter", grpc::OK},  // The retry of mixed-1.
+      {request("used-1"), "dr-1", "clinician", grpc::FAILED_PRECONDITION},
+      {wrong_enrollment, "dr-1", "clinician", grpc::NOT_FOUND},
+  };
+
+  // Held: the key claims wait for this lock, so the first two calls hold both of the agency's
+  // write transactions and the others queue for the next.
+  auto lock = db_->Admin();
+  pqxx::work held(*lock);
+  held.exec0("LOCK TABLE escalation.idempotency_keys IN SHARE MODE");
+  // Calls waiting for the lock (not the service's background work, which may wait on locks of
+  // its own).
+  auto blocked = [&] {
+    return Count(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = "
+        "current_database() AND query LIKE '%INSERT INTO idempotency_keys%'");
+  };
+
+  std::vector<v1::RaiseConcernResponse> responses(calls.size());
+  std::vector<grpc::Status> statuses(calls.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < calls.size(); ++i) {
+    threads.emplace_back([&, i] {
+      statuses[i] = raise(calls[i].request, calls[i].subject, calls[i].role, &responses[i]);
+    });
+    if (i < 2) {
+      for (int tries = 0; tries < 400 && blocked() < static_cast<int>(i) + 1; ++tries) {
+        std::this_thread::sleep_for(25ms);
+      }
+      ASSERT_EQ(blocked(), static_cast<int>(i) + 1) << "call " << i << " never reached the lock";
+    }
+  }
+  // The others have a second to reach the service's queue (none reaches the database).
+  std::this_thread::sleep_for(1s);
+  EXPECT_EQ(blocked(), 2);
+  held.abort();
+  for (auto& t : threads) t.join();
+
+  for (size_t i = 0; i < calls.size(); ++i) {
+    EXPECT_EQ(statuses[i].error_code(), calls[i].expected)
+        << calls[i].request.idempotency_key() << ": " << statuses[i].error_message();
+  }
+  EXPECT_EQ(responses[7].concern().concern_id(), responses[2].concern().concern_id());
+  EXPECT_EQ(responses[7].SerializeAsString(), responses[2].SerializeAsString());
+  // The mixed calls that raised shared one transaction.
+  const std::string raised_together = "('" + responses[2].concern().concern_id() + "', '" +
+                                      responses[3].concern().concern_id() + "', '" +
+                                      responses[5].concern().concern_id() + "')";
+  EXPECT_EQ(Count("SELECT count(DISTINCT xmin::text) FROM escalation.concerns WHERE id IN " +
+                  raised_together),
+            1);
+  // Each raised concern whole, once; nothing of the refused ones.
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns"), 6);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concern_transitions"), 12);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.outbox WHERE event_type = "
+                  "'peerpath.escalation.v1.ConcernOpenedEvent'"),
+            6);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.watch_feed"), 6);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE id IN " + raised_together +
+                  " AND notified_at IS NOT NULL"),
+            3);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.audit_log WHERE action LIKE '%RaiseConcern' "
+                  "AND decision = 'allowed'"),
+            6);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.audit_log WHERE action LIKE '%RaiseConcern' "
+                  "AND decision = 'denied' AND participant_id = 'client-42'"),
+            2);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.idempotency_keys WHERE idempotency_key IN "
+                  "('mixed-3', 'mixed-5', 'mixed-8')"),
+            0);
+  // A refused call's key is free: raised with it now, by whom may.
+  v1::RaiseConcernResponse after;
+  EXPECT_TRUE(raise(request("mixed-3"), "dr-1", "clinician", &after).ok());
+  // The key used before still answers its first call.
+  v1::RaiseConcernResponse replayed;
+  ASSERT_TRUE(raise(Raise(common::v1::CONCERN_CATEGORY_DISENGAGEMENT,
+                          common::v1::CONCERN_SEVERITY_ROUTINE, "used-1"),
+                    "dr-1", "clinician", &replayed)
+                  .ok());
+  EXPECT_EQ(replayed.concern().concern_id(), used.concern().concern_id());
+}
+
+TEST_F(EscalationServiceTest, AMaxRaiseBatchOutOfRangeIsRefusedAtStart) {
+  for (const std::string bad : {"0", "257", "many"}) {
+    ServiceProcess refused("escalation", db_->UrlFor("escalation"),
+                           {"--escalation_max_raise_batch=" + bad});
+    EXPECT_EQ(refused.WaitExit(30s), std::optional<int>(2)) << refused.Log();
+    EXPECT_NE(refused.Log().find("--escalation_max_raise_batch '" + bad + "'"), std::string::npos)
+        << refused.Log();
+  }
 }
 
 TEST_F(EscalationServiceTest, BadRaiseNamesEveryField) {
