@@ -799,7 +799,7 @@ grpc::Status EscalationService::AcknowledgeConcern(grpc::ServerContext* context,
         ToProtoTimestamp(ResolutionDeadline(*rule, policy.calendar, now));
     *c.mutable_next_deadline() = c.resolution_deadline();
     record.next_deadline_kind = "resolution";
-    if (auto s = Store::UpdateConcern(tx, record); !s.ok()) return s;
+    if (auto s = Store::UpdateConcern(tx, record, now); !s.ok()) return s;
     TransitionRecord t;
     t.kind = "acknowledged";
     t.from_status = "open";
@@ -880,7 +880,7 @@ grpc::Status EscalationService::ResolveConcern(grpc::ServerContext* context,
     c.set_outcome(request->outcome());
     c.clear_next_deadline();
     record.next_deadline_kind.clear();
-    if (auto s = Store::UpdateConcern(tx, record); !s.ok()) return s;
+    if (auto s = Store::UpdateConcern(tx, record, now); !s.ok()) return s;
     TransitionRecord t;
     t.kind = "resolved";
     t.from_status = "acknowledged";
@@ -940,7 +940,7 @@ grpc::Status EscalationService::CancelConcern(grpc::ServerContext* context,
     c.set_cancel_reason(request->reason());
     c.clear_next_deadline();
     record.next_deadline_kind.clear();
-    if (auto s = Store::UpdateConcern(tx, record); !s.ok()) return s;
+    if (auto s = Store::UpdateConcern(tx, record, now); !s.ok()) return s;
     TransitionRecord t;
     t.kind = "cancelled";
     t.from_status = StateCode(from);
@@ -996,7 +996,7 @@ grpc::Status EscalationService::ReassignConcern(grpc::ServerContext* context,
     }
     if (to == TargetFromProto(c.current_target())) return absl::OkStatus();
     *c.mutable_current_target() = request->target();
-    if (auto s = Store::UpdateConcern(tx, record); !s.ok()) return s;
+    if (auto s = Store::UpdateConcern(tx, record, now); !s.ok()) return s;
     TransitionRecord t;
     t.kind = "routed";
     t.from_status = "open";

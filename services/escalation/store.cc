@@ -444,7 +444,7 @@ namespace {
 
 // The writes below, at once (ImmediateWrites) or with the caller's others (DeferredWrites).
 template <typename Writes>
-void WriteConcernUpdate(Writes& writes, ConcernRecord& record) {
+void WriteConcernUpdate(Writes& writes, ConcernRecord& record, absl::Time now) {
   v1::Concern& c = record.concern;
   c.set_revision(c.revision() + 1);
   writes.Exec("escalation_update_concern",
@@ -453,7 +453,8 @@ void WriteConcernUpdate(Writes& writes, ConcernRecord& record) {
         ack_deadline = ts_from_us($7), resolve_deadline = ts_from_us($8),
         next_deadline = ts_from_us($9), next_deadline_kind = NULLIF($10, ''),
         notify_at = ts_from_us($11),
-        notified_at = CASE WHEN ts_from_us($11) <= now() THEN coalesce(notified_at, now()) END,
+        notified_at = CASE WHEN ts_from_us($11) <= ts_from_us($22)
+                           THEN coalesce(notified_at, ts_from_us($22)) END,
         breach_count = $12, acknowledged_at = ts_from_us($13),
         acknowledged_by = NULLIF($14, ''), acknowledged_level = NULLIF($15, -1),
         resolved_at = ts_from_us($16), resolved_by = NULLIF($17, ''), outcome = NULLIF($18, ''),
@@ -470,7 +471,7 @@ void WriteConcernUpdate(Writes& writes, ConcernRecord& record) {
               record.acknowledged_level, ProtoMicros(c, c.resolved_at(), c.has_resolved_at()),
               c.resolved_by(), OutcomeCode(c.outcome()),
               ProtoMicros(c, c.cancelled_at(), c.has_cancelled_at()), c.cancelled_by(),
-              c.cancel_reason());
+              c.cancel_reason(), Micros(now));
 }
 
 template <typename Writes>
@@ -489,14 +490,14 @@ void WriteTransition(Writes& writes, const std::string& agency_id, const std::st
 
 }  // namespace
 
-absl::Status Store::UpdateConcern(pqxx::work& tx, ConcernRecord& record) {
+absl::Status Store::UpdateConcern(pqxx::work& tx, ConcernRecord& record, absl::Time now) {
   ImmediateWrites writes{tx};
-  WriteConcernUpdate(writes, record);
+  WriteConcernUpdate(writes, record, now);
   return absl::OkStatus();
 }
 
-void Store::UpdateConcern(DeferredWrites& writes, ConcernRecord& record) {
-  WriteConcernUpdate(writes, record);
+void Store::UpdateConcern(DeferredWrites& writes, ConcernRecord& record, absl::Time now) {
+  WriteConcernUpdate(writes, record, now);
 }
 
 absl::Status Store::AppendTransition(pqxx::work& tx, const std::string& agency_id,

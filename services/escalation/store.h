@@ -106,12 +106,15 @@ class Store {
 
   // Writes the concern's mutable columns (state, level, target, deadlines, actors, outcome) and
   // counts up its revision, the row's and `record`'s (read under the row's lock, they are equal).
-  static absl::Status UpdateConcern(pqxx::work& tx, ConcernRecord& record);
+  // The target counts as notified once notify_at is not after `now`, the caller's clock (which
+  // decides whether the caller pages it), never the database's: the two may differ, and a page
+  // would then go out twice (the sweeper's pending pass) or not at all.
+  static absl::Status UpdateConcern(pqxx::work& tx, ConcernRecord& record, absl::Time now);
   static absl::Status AppendTransition(pqxx::work& tx, const std::string& agency_id,
                                        const std::string& concern_id, const TransitionRecord& t);
   // The same, sent with the caller's other deferred writes (DeferredWrites::Flush); and the
   // transitions of several concerns of the agency as one INSERT, in the order given.
-  static void UpdateConcern(DeferredWrites& writes, ConcernRecord& record);
+  static void UpdateConcern(DeferredWrites& writes, ConcernRecord& record, absl::Time now);
   static void AppendTransitions(
       DeferredWrites& writes, const std::string& agency_id,
       const std::vector<std::pair<std::string, TransitionRecord>>& transitions);

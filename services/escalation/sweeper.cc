@@ -294,12 +294,12 @@ absl::StatusOr<bool> DeadlineSweeper::Apply(pqxx::work& tx, DeferredWrites& writ
     c.set_breach_count(c.breach_count() + 1);
     *c.mutable_next_deadline() = ToProtoTimestamp(repeat_deadline);
     record.next_deadline_kind = "resolution_after_realert";
-    Store::UpdateConcern(writes, record);
+    Store::UpdateConcern(writes, record, now);
     realert(v1::RE_ALERT_REASON_RESOLUTION_OVERDUE, "resolution");
   } else if (kind == "chain_exhausted") {
     c.set_breach_count(c.breach_count() + 1);
     *c.mutable_next_deadline() = ToProtoTimestamp(repeat_deadline);
-    Store::UpdateConcern(writes, record);
+    Store::UpdateConcern(writes, record, now);
     realert(v1::RE_ALERT_REASON_CHAIN_EXHAUSTED, "");
   } else {
     // "acknowledgement" or "resolution_after_realert": escalate one level.
@@ -345,7 +345,7 @@ absl::StatusOr<bool> DeadlineSweeper::Apply(pqxx::work& tx, DeferredWrites& writ
       *c.mutable_next_deadline() = ToProtoTimestamp(repeat_deadline);
       record.next_deadline_kind = "chain_exhausted";
     }
-    Store::UpdateConcern(writes, record);
+    Store::UpdateConcern(writes, record, now);
     append_transition("escalated", kind);
     more.events.emplace_back(concern_id, std::move(event));
     if (exhausted) {

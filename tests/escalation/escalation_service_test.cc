@@ -14,6 +14,9 @@
 #include "absl/strings/str_split.h"
 #include "peerpath/escalation/v1/escalation.grpc.pb.h"
 #include "peerpath/escalation/v1/events.pb.h"
+#include "services/escalation/notification_outbox.h"
+#include "services/escalation/notifier.h"
+#include "services/escalation/sweeper.h"
 #include "tests/support/local_http_server.h"
 #include "tests/support/service_process.h"
 #include "tests/support/test_database.h"
@@ -891,6 +894,32 @@ TEST_F(EscalationServiceTest, ADeadlineWhoseBreachIsRecordedIsNotEscalatedAgain)
                   "next_deadline < now()"),
             1)
       << "still due: the sweeper tries again, and a person sees it overdue";
+}
+
+// Whether an escalated concern's new target was paged is decided on the sweeper's clock, which
+// decides the page, never on the database's: with the sweeper's clock two minutes ahead of the
+// database's, the escalation pages the new target once, and the pending pass of the next sweep
+// (notified_at still empty) does not page it again.
+TEST_F(EscalationServiceTest, AnEscalationPagesItsTargetOnceWhateverTheDatabaseClockSays) {
+  RaiseCriticalConcernsTwoHoursOverdue(1);
+  service_->Signal(SIGKILL);  // Its own sweeper out of the way.
+  service_->WaitExit(5s);
+  Database db(DatabaseOptions{.url = db_->UrlFor("escalation"), .schema = "escalation"});
+  escalation::LogNotifier notifier;
+  escalation::NotificationOutbox outbox(db, notifier, nullptr);  // Not started: pages stay.
+  escalation::DeadlineSweeper sweeper(db, outbox, nullptr);
+  const absl::Time ahead = absl::Now() + absl::Minutes(2);
+  auto first = sweeper.SweepOnce(ahead);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = sweeper.SweepOnce(ahead + absl::Seconds(1));
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.notifications WHERE reason = 'escalated'"), 1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.notifications WHERE reason NOT IN ('opened', "
+                  "'escalated')"),
+            0);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE current_level = 1 AND "
+                  "notified_at IS NOT NULL"),
+            1);
 }
 
 TEST_F(EscalationServiceTest, AConcernTheDatabaseRefusesHoldsBackNoOtherOfItsChunk) {
