@@ -106,17 +106,28 @@ absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& c
 
 absl::Status ReplayClaimedKey(pqxx::work& tx, const IdempotentCall& call,
                               google::protobuf::Message& response) {
+  const absl::StatusOr<bool> replayed = ReplayIfRecorded(tx, call, response);
+  if (!replayed.ok()) return replayed.status();
+  if (!*replayed) {
+    // Deleted between the two statements: only the 24-hour clean-up does that.
+    return absl::AbortedError("idempotency key changed concurrently; retry the call");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> ReplayIfRecorded(pqxx::work& tx, const IdempotentCall& call,
+                                      google::protobuf::Message& response) {
   const pqxx::result first = tx.exec_params(
       "SELECT method, encode(request_hash, 'hex'), encode(response, 'base64') "
       "FROM idempotency_keys WHERE agency_id = $1 AND idempotency_key = $2",
       call.agency_id, call.key);
-  if (first.empty()) {
-    // Deleted between the two statements: only the 24-hour clean-up does that.
-    return absl::AbortedError("idempotency key changed concurrently; retry the call");
-  }
+  if (first.empty()) return false;
   const StoredIdempotentCall stored{first[0][0].as<std::string>(), first[0][1].as<std::string>(),
                                     first[0][2].as<std::string>()};
-  return ReplayStoredCall(call, stored, response);
+  if (absl::Status replayed = ReplayStoredCall(call, stored, response); !replayed.ok()) {
+    return replayed;
+  }
+  return true;
 }
 
 namespace {

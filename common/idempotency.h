@@ -67,6 +67,12 @@ absl::StatusOr<bool> ClaimIdempotencyKey(pqxx::work& tx, const IdempotentCall& c
 // that claimed it, or refuses as ClaimIdempotencyKey does.
 absl::Status ReplayClaimedKey(pqxx::work& tx, const IdempotentCall& call,
                               google::protobuf::Message& response);
+// Without claiming: true with `response` filled when a committed call used the key (or
+// FAILED_PRECONDITION as ClaimIdempotencyKey refuses), false when no call did. For requests that
+// time has made invalid since their first call (a period now past): a retry still gets its
+// first answer.
+absl::StatusOr<bool> ReplayIfRecorded(pqxx::work& tx, const IdempotentCall& call,
+                                      google::protobuf::Message& response);
 absl::Status StoreIdempotentResponse(pqxx::work& tx, const IdempotentCall& call,
                                      const google::protobuf::Message& response);
 // The same, sent with the caller's other deferred writes (DeferredWrites::Flush).

@@ -378,7 +378,27 @@ grpc::Status ConsentService::RecordConsent(grpc::ServerContext* context,
     v = ValidateNewConsent(request->consent(), caller->subject, now);
   }
   AddKeyViolations(request->idempotency_key(), v);
-  if (!v.empty()) return ToGrpc(Invalid(v));
+  const IdempotentCall call{caller->agency_id, request->idempotency_key(), "RecordConsent", request,
+                            caller->subject};
+  if (!v.empty()) {
+    // Only time made it invalid (its period has passed since): a retry of a call that was
+    // recorded gets that call's answer, as any retry does; otherwise the refusal.
+    const bool only_time =
+        request->has_consent() && ValidateIdempotencyKey(request->idempotency_key()).ok() &&
+        ValidateNewConsent(request->consent(), caller->subject, absl::InfinitePast()).empty();
+    if (only_time) {
+      bool replayed = false;
+      absl::Status read =
+          context_.db.TransactForAgency(caller->agency_id, [&](pqxx::work& tx) -> absl::Status {
+            auto r = ReplayIfRecorded(tx, call, *response);
+            if (!r.ok()) return r.status();
+            replayed = *r;
+            return absl::OkStatus();
+          });
+      if (!read.ok() || replayed) return ToGrpc(read);
+    }
+    return ToGrpc(Invalid(v));
+  }
   const bool peer = PeerOnly(*caller);
   const v1::Consent& given = request->consent();
   if (peer) {
@@ -391,8 +411,6 @@ grpc::Status ConsentService::RecordConsent(grpc::ServerContext* context,
   v1::Consent consent = given;
   if (!consent.has_valid_from()) *consent.mutable_valid_from() = ToProtoTimestamp(now);
   if (consent.obtained_by().empty()) consent.set_obtained_by(caller->subject);
-  const IdempotentCall call{caller->agency_id, request->idempotency_key(), "RecordConsent", request,
-                            caller->subject};
   Refusal refusal;
   absl::Status status =
       context_.db.TransactForAgency(caller->agency_id, [&](pqxx::work& tx) -> absl::Status {

@@ -1072,6 +1072,37 @@ TEST_F(ConsentServiceTest, IdempotentResubmissionRecordsOnce) {
   EXPECT_EQ(Events("ConsentGrantedEvent"), 1);
 }
 
+// A retry whose consent period has ended since its first call (a client retrying after a lost
+// answer) gets the first call's answer, not "valid_until is already past": it must not record
+// the consent a second time under a new key. A first call with that period is refused, and so
+// is another request under the key.
+TEST_F(ConsentServiceTest, ARetryAfterItsPeriodEndedGetsItsFirstAnswer) {
+  v1::Consent c =
+      Consent("p-late", v1::RECIPIENT_KIND_TEAM, "on-call", {v1::PURPOSE_CARE_COORDINATION},
+              {v1::DATA_CATEGORY_CONCERNS_AND_ESCALATIONS});
+  *c.mutable_valid_until() = ToProtoTimestamp(absl::Now() + absl::Milliseconds(1500));
+  v1::RecordConsentResponse first;
+  ASSERT_TRUE(Record(c, &first, {"case_manager"}, "staff-1", "late-key").ok());
+  std::this_thread::sleep_for(2s);  // The period ends.
+  v1::RecordConsentResponse retried;
+  grpc::Status status = Record(c, &retried, {"case_manager"}, "staff-1", "late-key");
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(retried.SerializeAsString(), first.SerializeAsString());
+  v1::RecordConsentResponse refused;
+  status = Record(c, &refused, {"case_manager"}, "staff-1", "late-key-new");
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(ViolatedFields(status), std::set<std::string>{"consent.valid_until"});
+  v1::Consent other = c;
+  other.set_participant_id("p-late-other");
+  EXPECT_EQ(Record(other, &refused, {"case_manager"}, "staff-1", "late-key").error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  // Another caller's retry of the key is not answered with this one's consent.
+  EXPECT_EQ(Record(c, &refused, {"case_manager"}, "staff-2", "late-key").error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(Count("SELECT count(*) FROM consent.consents"), 1);
+  EXPECT_EQ(Events("ConsentGrantedEvent"), 1);
+}
+
 TEST_F(ConsentServiceTest, DisclosuresAreAccountedAndADeniedShareWritesOnlyTheAuditRow) {
   const std::string consent =
       RecordOk(Consent("p-share", v1::RECIPIENT_KIND_ORGANIZATION, "county",
