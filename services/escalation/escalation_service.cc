@@ -5,6 +5,7 @@
 #include <map>
 #include <set>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -176,6 +177,12 @@ EscalationService::EscalationService(ServiceContext& context, EscalationOptions 
                                 "commit)")
                             .Register(context.metrics)
                             .Add({}, prometheus::Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32});
+  raise_calls_in_flight_ =
+      &prometheus::BuildGauge()
+           .Name("peerpath_escalation_raise_calls_in_flight")
+           .Help("RaiseConcern calls waiting for their write transaction or in it")
+           .Register(context.metrics)
+           .Add({});
   const absl::Duration interval = options.sweep_interval;
   if (options.webhook_url.empty()) {
     notifier_ = std::make_unique<LogNotifier>();
@@ -413,6 +420,8 @@ absl::Status EscalationService::RaiseConcernImpl(const grpc::ServerContext& cont
   const RaiseCall call{&caller, &request,
                        IdempotentCall{caller.agency_id, request.idempotency_key(), "RaiseConcern",
                                       &request, caller.subject}};
+  raise_calls_in_flight_->Increment();
+  absl::Cleanup done = [this] { raise_calls_in_flight_->Decrement(); };
   RaiseOutcome outcome = raises_.Submit(call);
   if (outcome.refused_participant) {
     authorizer_.AuditRefusal(context, caller, "RaiseConcern", "participant", "",

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 
 #include <functional>
@@ -156,6 +157,7 @@ class EscalationService final : public EscalationServiceBase {
   std::unique_ptr<EventConsumer> matching_consumer_;
   GroupCommitter<RaiseCall, RaiseOutcome> raises_;
   prometheus::Histogram* raise_batch_sizes_ = nullptr;
+  prometheus::Gauge* raise_calls_in_flight_ = nullptr;
 };
 
 }  // namespace peerpath::escalation
