@@ -7,6 +7,13 @@
 #include "common/parallel.h"
 
 namespace peerpath::escalation {
+
+const char kDueNotificationsSql[] =
+    "SELECT id, agency_id, concern_id::text, reason, category, severity, level, target_kind, "
+    "target_id, (date_part('epoch', deadline) * 1000000)::bigint, attempts, now() - created_at > "
+    "$1::bigint * interval '1 microsecond' FROM notifications WHERE delivered_at IS NULL AND "
+    "gave_up_at IS NULL AND next_attempt_at <= now() ORDER BY next_attempt_at, id LIMIT $2 FOR "
+    "UPDATE SKIP LOCKED";
 namespace {
 
 // Up to this many due notifications per transaction, locked while they are delivered (another
@@ -117,16 +124,10 @@ absl::StatusOr<int> NotificationOutbox::DeliverDue(int max) {
   while (handled < max) {
     auto tried = db_.TransactWithSetting(
         "app.notification_dispatch", "on", [&](pqxx::work& tx) -> absl::StatusOr<int> {
-          const pqxx::result due = ExecPrepared(
-              tx, "escalation_due_notifications",
-              "SELECT id, agency_id, concern_id::text, reason, category, severity, level, "
-              "target_kind, target_id, (date_part('epoch', deadline) * 1000000)::bigint, "
-              "attempts, now() - created_at > $1::bigint * interval '1 microsecond' FROM "
-              "notifications WHERE delivered_at IS NULL AND gave_up_at IS NULL AND "
-              "next_attempt_at <= now() ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP "
-              "LOCKED",
-              absl::ToInt64Microseconds(options_.give_up_after),
-              std::min(kPerTransaction, max - handled));
+          const pqxx::result due =
+              ExecPrepared(tx, "escalation_due_notifications", kDueNotificationsSql,
+                           absl::ToInt64Microseconds(options_.give_up_after),
+                           std::min(kPerTransaction, max - handled));
           int done = 0;
           for (const pqxx::row& r : due) {
             ++done;

@@ -32,6 +32,11 @@ struct NotificationOutboxOptions {
   absl::Duration give_up_after = absl::Hours(24);
 };
 
+// The dispatcher's read of due notifications ($1 the give-up age in microseconds, $2 how many):
+// in delivery order, each locked, skipping those another dispatcher holds. Read from the front of
+// notifications_due_in_order (migration 0014), never sorted whole.
+extern const char kDueNotificationsSql[];
+
 class NotificationOutbox {
  public:
   NotificationOutbox(Database& db, Notifier& notifier, prometheus::Registry* metrics,

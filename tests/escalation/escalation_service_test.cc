@@ -199,6 +199,36 @@ TEST_F(EscalationServiceTest, APageIsWrittenWithItsConcernAndDeliveredAfterACras
   EXPECT_EQ(pager.bodies().size(), 1u);
 }
 
+// A backlog of pages (the paging endpoint down for hours) is read from the front of the due
+// index, a transaction's worth per pass, never sorted: neither before the table's statistics know
+// of the backlog (the plan used to read and sort all of it then) nor after.
+TEST_F(EscalationServiceTest, ADispatcherPassReadsItsPagesFromTheFrontOfABacklog) {
+  db_->AdminQuery(
+      "INSERT INTO escalation.notifications (agency_id, concern_id, reason, category, severity, "
+      "level, target_kind, target_id, deadline, next_attempt_at) SELECT 'agency-a', "
+      "gen_random_uuid(), 'opened', 1, 3, 0, 1, 'clinical-on-call', now() + interval '15 "
+      "minutes', now() - i * interval '1 second' FROM generate_series(1, 20000) i");
+  auto plan = [&] {
+    auto admin = db_->Admin();
+    pqxx::work tx(*admin);
+    tx.exec0("SET LOCAL search_path TO escalation");
+    tx.exec0(std::string("PREPARE due (bigint, integer) AS ") + escalation::kDueNotificationsSql);
+    std::string text;
+    for (const auto& row : tx.exec("EXPLAIN EXECUTE due (86400000000, 16)")) {
+      text += row[0].as<std::string>() + "\n";
+    }
+    return text;
+  };
+  for (const bool analysed : {false, true}) {
+    if (analysed) db_->AdminQuery("ANALYZE escalation.notifications");
+    const std::string text = plan();
+    EXPECT_NE(text.find("Index Scan using notifications_due_in_order"), std::string::npos)
+        << analysed << "\n"
+        << text;
+    EXPECT_EQ(text.find("Sort"), std::string::npos) << analysed << "\n" << text;
+  }
+}
+
 TEST_F(EscalationServiceTest, ABacklogOfPagesGoesOutThroughSeveralConnectionsAtOnce) {
   // 40 pages owed (as after a burst of escalations while the paging endpoint was down), to an
   // endpoint that takes 50 ms per page.
