@@ -850,7 +850,11 @@ grpc::Status ConsentService::CheckGates(grpc::ServerContext* context,
         }
         response->set_all_held(all);
         *response->mutable_evaluated_at() = ToProtoTimestamp(now);
-        return absl::OkStatus();
+        // The answer tells of the participant's consents (which hold, their ids): a read of their
+        // data, audited like ListConsents.
+        auto audited = Audit(tx, *caller, *context, "CheckGates", "participant",
+                             request->participant_id(), request->participant_id());
+        return audited.ok() ? absl::OkStatus() : audited.status();
       });
   AuditIfRefused(authorizer_, *context, *caller, "CheckGates", refusal);
   return ToGrpc(status);

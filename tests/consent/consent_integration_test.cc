@@ -977,6 +977,14 @@ TEST_F(ConsentServiceTest, OtherAgenciesAndOperationsSeeNothing) {
   ASSERT_TRUE(held.all_held()) << held.results(0).message();
   ASSERT_TRUE(stub_->CheckGates(As({"clinician"}, "staff-b", "agency-b").get(), gates, &held).ok());
   EXPECT_FALSE(held.all_held());
+  // Each answer about the participant's consents is audited, in the asking agency.
+  EXPECT_EQ(Count("SELECT count(*) FROM consent.audit_log WHERE action LIKE '%.CheckGates' AND "
+                  "participant_id = 'p-x' AND decision = 'allowed' AND agency_id = '" +
+                  std::string(kAgency) + "' AND actor = 'staff-1'"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM consent.audit_log WHERE action LIKE '%.CheckGates' AND "
+                  "participant_id = 'p-x' AND agency_id = 'agency-b' AND actor = 'staff-b'"),
+            1);
   const v1::ShareInformationRequest share = ShareForTreatment(
       "p-x", Person("c-1", {"clinician"}), v1::DATA_CATEGORY_APPOINTMENT_STATUS, "share-b");
   v1::ShareInformationResponse shared;
