@@ -157,6 +157,12 @@ void StoreIdempotentResponse(DeferredWrites& writes, const IdempotentCall& call,
   StoreResponse(writes, call, response);
 }
 
+void ReleaseIdempotencyKey(DeferredWrites& writes, const IdempotentCall& call) {
+  writes.Exec("peerpath_idempotency_release",
+              "DELETE FROM idempotency_keys WHERE agency_id = $1 AND idempotency_key = $2",
+              call.agency_id, call.key);
+}
+
 absl::Status RunIdempotent(
     Database& db, const IdempotentCall& call, google::protobuf::Message& response,
     const std::function<absl::Status(pqxx::work&, google::protobuf::Message&)>& write) {

@@ -78,6 +78,10 @@ absl::Status StoreIdempotentResponse(pqxx::work& tx, const IdempotentCall& call,
 // The same, sent with the caller's other deferred writes (DeferredWrites::Flush).
 void StoreIdempotentResponse(DeferredWrites& writes, const IdempotentCall& call,
                              const google::protobuf::Message& response);
+// Gives back a key the caller's transaction claimed for a call that writes nothing after all (a
+// call refused in a transaction that commits others' writes): the key stays free, as if never
+// claimed. Sent with the caller's other deferred writes.
+void ReleaseIdempotencyKey(DeferredWrites& writes, const IdempotentCall& call);
 
 // An earlier claim of a key as stored in idempotency_keys, for write paths that read it in their
 // own statement (RecordCheckIn) rather than through ClaimIdempotencyKey.

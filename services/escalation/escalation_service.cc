@@ -371,14 +371,6 @@ std::vector<RaiseContext> ReadRaiseContexts(
   return out;
 }
 
-// Gives back a key this transaction claimed for a call that writes nothing (refused): the
-// transaction commits the other calls' writes, and this key stays free, as if never claimed.
-void ReleaseClaim(DeferredWrites& writes, const IdempotentCall& call) {
-  writes.Exec("escalation_release_claim",
-              "DELETE FROM idempotency_keys WHERE agency_id = $1 AND idempotency_key = $2",
-              call.agency_id, call.key);
-}
-
 }  // namespace
 
 grpc::Status EscalationService::RaiseConcern(grpc::ServerContext* context,
@@ -540,7 +532,7 @@ std::vector<EscalationService::RaiseOutcome> EscalationService::RaiseBatch(
         return absl::OkStatus();
       };
       out.status = decided();
-      if (!out.status.ok()) ReleaseClaim(writes, call);
+      if (!out.status.ok()) ReleaseIdempotencyKey(writes, call);
     }
     writes.Flush();
     return absl::OkStatus();

@@ -14,6 +14,7 @@ const char kDueNotificationsSql[] =
     "$1::bigint * interval '1 microsecond' FROM notifications WHERE delivered_at IS NULL AND "
     "gave_up_at IS NULL AND next_attempt_at <= now() ORDER BY next_attempt_at, id LIMIT $2 FOR "
     "UPDATE SKIP LOCKED";
+
 namespace {
 
 // Up to this many due notifications per transaction, locked while they are delivered (another

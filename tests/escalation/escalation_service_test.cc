@@ -10,6 +10,7 @@
 #include <optional>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "peerpath/escalation/v1/escalation.grpc.pb.h"
@@ -129,6 +130,58 @@ class EscalationServiceTest : public ::testing::Test {
   }
 
   int Count(const std::string& sql) { return db_->AdminQuery(sql)[0][0].as<int>(); }
+
+  struct RaiseSpec {
+    v1::RaiseConcernRequest request;
+    std::string subject, role;
+  };
+  // Sends `calls` (agency-a's) at once: the first two hold the agency's two write transactions,
+  // their key claims waiting on a table lock, until every call is in the service; the others
+  // queue behind them and share the next transactions. Each call's status and response, by call.
+  void RaiseTogether(const std::vector<RaiseSpec>& calls, std::vector<grpc::Status>& statuses,
+                     std::vector<v1::RaiseConcernResponse>& responses) {
+    ASSERT_GT(calls.size(), 2u);
+    auto lock = db_->Admin();
+    pqxx::work held(*lock);
+    held.exec0("LOCK TABLE escalation.idempotency_keys IN SHARE MODE");
+    // Calls waiting for the lock (not the service's background work, which may wait on locks of
+    // its own).
+    auto blocked = [&] {
+      return Count(
+          "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = "
+          "current_database() AND query LIKE '%INSERT INTO idempotency_keys%'");
+    };
+    responses.assign(calls.size(), v1::RaiseConcernResponse());
+    statuses.assign(calls.size(), grpc::Status());
+    std::vector<std::thread> threads;
+    absl::Cleanup join = [&] {
+      held.abort();
+      for (auto& t : threads) t.join();
+    };
+    for (size_t i = 0; i < calls.size(); ++i) {
+      threads.emplace_back([&, i] {
+        statuses[i] = stub_->RaiseConcern(As("agency-a", {calls[i].role}, calls[i].subject).get(),
+                                          calls[i].request, &responses[i]);
+      });
+      if (i < 2) {
+        for (int tries = 0; tries < 400 && blocked() < static_cast<int>(i) + 1; ++tries) {
+          std::this_thread::sleep_for(25ms);
+        }
+        ASSERT_EQ(blocked(), static_cast<int>(i) + 1) << "call " << i << " never reached the lock";
+      }
+    }
+    // All of them in the service: the two in their transactions, the others queued behind them
+    // (none reaches the database).
+    auto in_flight = [&] {
+      return MetricValue(HttpGet(service_->metrics_port(), "/metrics"),
+                         "peerpath_escalation_raise_calls_in_flight", {});
+    };
+    for (int tries = 0; tries < 400 && in_flight() < calls.size(); ++tries) {
+      std::this_thread::sleep_for(25ms);
+    }
+    ASSERT_EQ(in_flight(), calls.size());
+    EXPECT_EQ(blocked(), 2);
+  }
 
   void RaiseCriticalConcernsTwoHoursOverdue(int count);
   void ExpectEachEscalatedOnceToTheCaseManagementTeam(int count);
@@ -392,46 +445,11 @@ TEST_F(EscalationServiceTest, CallsRaisedTogetherShareATransactionAndEachIsAnswe
       {wrong_enrollment, "dr-1", "clinician", grpc::NOT_FOUND},
   };
 
-  // Held: the key claims wait for this lock, so the first two calls hold both of the agency's
-  // write transactions and the others queue for the next.
-  auto lock = db_->Admin();
-  pqxx::work held(*lock);
-  held.exec0("LOCK TABLE escalation.idempotency_keys IN SHARE MODE");
-  // Calls waiting for the lock (not the service's background work, which may wait on locks of
-  // its own).
-  auto blocked = [&] {
-    return Count(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = "
-        "current_database() AND query LIKE '%INSERT INTO idempotency_keys%'");
-  };
-
-  std::vector<v1::RaiseConcernResponse> responses(calls.size());
-  std::vector<grpc::Status> statuses(calls.size());
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < calls.size(); ++i) {
-    threads.emplace_back([&, i] {
-      statuses[i] = raise(calls[i].request, calls[i].subject, calls[i].role, &responses[i]);
-    });
-    if (i < 2) {
-      for (int tries = 0; tries < 400 && blocked() < static_cast<int>(i) + 1; ++tries) {
-        std::this_thread::sleep_for(25ms);
-      }
-      ASSERT_EQ(blocked(), static_cast<int>(i) + 1) << "call " << i << " never reached the lock";
-    }
-  }
-  // All of them in the service: the two in their transactions, the others queued behind them
-  // (none reaches the database).
-  auto in_flight = [&] {
-    return MetricValue(HttpGet(service_->metrics_port(), "/metrics"),
-                       "peerpath_escalation_raise_calls_in_flight", {});
-  };
-  for (int tries = 0; tries < 400 && in_flight() < calls.size(); ++tries) {
-    std::this_thread::sleep_for(25ms);
-  }
-  ASSERT_EQ(in_flight(), calls.size());
-  EXPECT_EQ(blocked(), 2);
-  held.abort();
-  for (auto& t : threads) t.join();
+  std::vector<RaiseSpec> specs;
+  for (const Call& c : calls) specs.push_back({c.request, c.subject, c.role});
+  std::vector<v1::RaiseConcernResponse> responses;
+  std::vector<grpc::Status> statuses;
+  ASSERT_NO_FATAL_FAILURE(RaiseTogether(specs, statuses, responses));
 
   for (size_t i = 0; i < calls.size(); ++i) {
     EXPECT_EQ(statuses[i].error_code(), calls[i].expected)
@@ -476,6 +494,45 @@ TEST_F(EscalationServiceTest, CallsRaisedTogetherShareATransactionAndEachIsAnswe
                     "dr-1", "clinician", &replayed)
                   .ok());
   EXPECT_EQ(replayed.concern().concern_id(), used.concern().concern_id());
+}
+
+// A transaction the database refuses for one of its calls is run again a call at a time: that
+// call fails alone (its key stays free), and the calls that shared its transaction are raised.
+TEST_F(EscalationServiceTest, ACallTheDatabaseRefusesFailsNoOtherCallOfItsTransaction) {
+  db_->AdminQuery(
+      "CREATE FUNCTION escalation.refuse_test_participant() RETURNS trigger LANGUAGE plpgsql AS "
+      "$$ BEGIN IF NEW.participant_id = 'client-refused' THEN RAISE EXCEPTION 'refused by the "
+      "test'; END IF; RETURN NEW; END $$;"
+      "CREATE TRIGGER refuse_test_participant BEFORE INSERT ON escalation.concerns FOR EACH ROW "
+      "EXECUTE FUNCTION escalation.refuse_test_participant()");
+  auto request = [&](const std::string& key, const std::string& participant) {
+    v1::RaiseConcernRequest r = Raise(common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING,
+                                      common::v1::CONCERN_SEVERITY_URGENT, key);
+    r.set_participant_id(participant);
+    return r;
+  };
+  const std::vector<RaiseSpec> calls = {
+      {request("lead-1", "client-42"), "dr-1", "clinician"},
+      {request("lead-2", "client-42"), "dr-2", "clinician"},
+      {request("shared-1", "client-42"), "dr-1", "clinician"},
+      {request("shared-2", "client-refused"), "dr-1", "clinician"},
+      {request("shared-3", "client-77"), "dr-1", "clinician"},
+  };
+  std::vector<grpc::Status> statuses;
+  std::vector<v1::RaiseConcernResponse> responses;
+  ASSERT_NO_FATAL_FAILURE(RaiseTogether(calls, statuses, responses));
+  for (size_t i : {0, 1, 2, 4}) {
+    EXPECT_TRUE(statuses[i].ok()) << calls[i].request.idempotency_key() << ": "
+                                  << statuses[i].error_message();
+  }
+  EXPECT_EQ(statuses[3].error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns"), 4);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE participant_id = "
+                  "'client-refused'"),
+            0);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.idempotency_keys WHERE idempotency_key = "
+                  "'shared-2'"),
+            0);
 }
 
 TEST_F(EscalationServiceTest, AMaxRaiseBatchOutOfRangeIsRefusedAtStart) {
