@@ -111,9 +111,29 @@ pqxx::result ExecPrepared(pqxx::transaction_base& tx, const char* name, const st
   return tx.exec_prepared(name, std::forward<Args>(args)...);
 }
 
+// How PostgreSQL plans the prepared statements of a transaction.
+enum class Plans {
+  // Its own choice: a custom plan for the first five executions on a connection, then the
+  // generic plan unless its estimated cost is higher than the custom plans' average.
+  kAsPostgresChooses,
+  // Always the generic plan (plan_cache_mode, local to the transaction): for a statement whose
+  // generic plan is as good but is estimated dearer (an unnest of array parameters is estimated
+  // at ten rows in it, the actual count in a custom plan), which PostgreSQL would otherwise plan
+  // afresh at every execution, at several times the cost of running it.
+  kGeneric,
+};
+
 // Scopes the rest of `tx` to `agency_id` for row-level security (app.agency_id, local to the
-// transaction), with a statement prepared once per connection.
-inline void ScopeToAgency(pqxx::transaction_base& tx, const std::string& agency_id) {
+// transaction), with a statement prepared once per connection; `plans` in the same statement.
+inline void ScopeToAgency(pqxx::transaction_base& tx, const std::string& agency_id,
+                          Plans plans = Plans::kAsPostgresChooses) {
+  if (plans == Plans::kGeneric) {
+    ExecPrepared(tx, "peerpath_set_agency_generic_plans",
+                 "SELECT set_config('app.agency_id', $1, true), "
+                 "set_config('plan_cache_mode', 'force_generic_plan', true)",
+                 agency_id);
+    return;
+  }
   ExecPrepared(tx, "peerpath_set_agency", "SELECT set_config('app.agency_id', $1, true)",
                agency_id);
 }
@@ -197,14 +217,16 @@ class Database {
 
   // Runs fn(pqxx::work&) in one transaction scoped to `agency_id`: row-level security lets the
   // transaction see and write only that agency's rows (SET LOCAL app.agency_id). fn returns
-  // absl::Status or absl::StatusOr<T>; the transaction commits only when that is OK.
+  // absl::Status or absl::StatusOr<T>; the transaction commits only when that is OK. `plans`
+  // says how its prepared statements are planned.
   template <typename Fn>
-  auto TransactForAgency(const std::string& agency_id, Fn&& fn)
+  auto TransactForAgency(const std::string& agency_id, Fn&& fn,
+                         Plans plans = Plans::kAsPostgresChooses)
       -> std::invoke_result_t<Fn, pqxx::work&> {
     using Result = std::invoke_result_t<Fn, pqxx::work&>;
     if (agency_id.empty()) return Result(absl::InternalError("transaction without an agency"));
     return Transact([&](pqxx::work& tx) -> Result {
-      ScopeToAgency(tx, agency_id);
+      ScopeToAgency(tx, agency_id, plans);
       return fn(tx);
     });
   }

@@ -28,6 +28,12 @@ using EscalationServiceBase =
     WithEventLogRpcs<v1::EscalationService::Service, v1::ListEventsRequest, v1::ListEventsResponse,
                      v1::SubscribeRequest, v1::SubscribeResponse>;
 
+// RaiseConcern's read for a batch of calls of one agency ($1; the calls' idempotency keys,
+// request fingerprints in hex, participants, callers and enrollments, '' for none, as the text
+// arrays $2..$6): claims each key and reads what each call is decided on, a row per call in
+// their order.
+extern const char kRaiseContextsSql[];
+
 // The service's own settings (main.cc reads them from flags and the environment).
 struct EscalationOptions {
   std::string time_zone = "UTC";  // Of the built-in routing policy (IANA name, loaded).

@@ -1,6 +1,8 @@
 // The escalation service through its real binary and a real PostgreSQL: raising, routing,
 // visibility by role and agency, acknowledgement races, resolution, cancellation, routing policy
 // versions, and the deadline sweeper escalating exactly once across SIGKILL restarts.
+#include "services/escalation/escalation_service.h"
+
 #include <google/protobuf/util/time_util.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -280,6 +282,35 @@ TEST_F(EscalationServiceTest, ADispatcherPassReadsItsPagesFromTheFrontOfABacklog
         << text;
     EXPECT_EQ(text.find("Sort"), std::string::npos) << analysed << "\n" << text;
   }
+}
+
+// RaiseConcern's read finds a named enrollment by its key, as the service runs it (its role,
+// under row-level security, on the generic plan): it used to read every enrollment of the agency
+// for each batch of calls.
+TEST_F(EscalationServiceTest, ARaiseReadsTheEnrollmentItNamesByItsKey) {
+  db_->AdminQuery(
+      "INSERT INTO escalation.enrollments (agency_id, enrollment_id, participant_id) SELECT "
+      "'agency-' || (g % 2), gen_random_uuid(), 'client-' || g FROM generate_series(1, 20000) g");
+  db_->AdminQuery("ANALYZE escalation.enrollments");
+  pqxx::connection connection(db_->UrlFor("escalation"));
+  pqxx::work tx(connection);
+  tx.exec0("SET LOCAL search_path TO escalation");
+  tx.exec(
+      "SELECT set_config('app.agency_id', 'agency-a', true), "
+      "set_config('plan_cache_mode', 'force_generic_plan', true)");
+  tx.exec0(absl::StrCat("PREPARE contexts (text, text[], text[], text[], text[], text[]) AS ",
+                        escalation::kRaiseContextsSql));
+  std::string plan;
+  for (const auto& row : tx.exec(
+           "EXPLAIN EXECUTE contexts ('agency-a', '{k-1,k-2}', '{aa,bb}', '{client-1,client-3}', "
+           "'{peer-1,peer-1}', '{\"\",0b7a1d7e-4f43-4a52-8d8e-3c1fd1a4c7a0}')")) {
+    plan += row[0].as<std::string>() + "\n";
+  }
+  EXPECT_NE(plan.find("Index Scan using enrollments_pkey on enrollments"), std::string::npos)
+      << plan;
+  EXPECT_EQ(plan.find("Seq Scan on enrollments"), std::string::npos) << plan;
+  EXPECT_EQ(plan.find("Bitmap Heap Scan on enrollments"), std::string::npos) << plan;
+  EXPECT_EQ(plan.find("Hash Cond"), std::string::npos) << plan;
 }
 
 TEST_F(EscalationServiceTest, ABacklogOfPagesGoesOutThroughSeveralConnectionsAtOnce) {
