@@ -60,12 +60,15 @@ EncodedAudits EncodeAudits(const std::vector<AuditEntry>& entries) {
   return encoded;
 }
 
-absl::Status AppendAudits(pqxx::work& tx, const std::string& agency_id,
-                          const EncodedAudits& entries) {
-  if (entries.count == 0) return absl::OkStatus();
+namespace {
+
+// The rows audit_append would insert (migrations/0004), in one statement; ids follow the order.
+template <typename Writes>
+void AppendAuditsTo(Writes& writes, const std::string& agency_id, const EncodedAudits& entries) {
+  if (entries.count == 0) return;
   const std::vector<std::string>& c = entries.columns;
-  // The rows audit_append would insert (migrations/0004), in one statement; ids follow the order.
-  tx.exec_params0(
+  writes.Exec(
+      "peerpath_audit_insert_rows",
       "INSERT INTO audit_log (agency_id, occurred_at, actor, actor_role, action, object_type,"
       "  object_id, participant_id, decision, request_id)"
       " SELECT $1, clock_timestamp(), a.actor, a.role, a.action, a.object_type, a.object_id,"
@@ -74,7 +77,20 @@ absl::Status AppendAudits(pqxx::work& tx, const std::string& agency_id,
       "  a(actor, role, action, object_type, object_id, participant, decision, request_id, n)"
       " ORDER BY a.n",
       agency_id, c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]);
+}
+
+}  // namespace
+
+absl::Status AppendAudits(pqxx::work& tx, const std::string& agency_id,
+                          const EncodedAudits& entries) {
+  ImmediateWrites writes{tx};
+  AppendAuditsTo(writes, agency_id, entries);
   return absl::OkStatus();
+}
+
+void AppendAudits(DeferredWrites& writes, const std::string& agency_id,
+                  const std::vector<AuditEntry>& entries) {
+  AppendAuditsTo(writes, agency_id, EncodeAudits(entries));
 }
 
 absl::StatusOr<int> ChainAudit(pqxx::work& tx, int limit) {

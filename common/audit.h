@@ -56,6 +56,9 @@ EncodedAudits EncodeAudits(const std::vector<AuditEntry>& entries);
 // the order they were encoded.
 absl::Status AppendAudits(pqxx::work& tx, const std::string& agency_id,
                           const EncodedAudits& entries);
+// The same, sent with the caller's other deferred writes (DeferredWrites::Flush).
+void AppendAudits(DeferredWrites& writes, const std::string& agency_id,
+                  const std::vector<AuditEntry>& entries);
 
 inline constexpr int kChainBatch = 5000;
 inline constexpr int kChainAllPending = 1 << 30;

@@ -64,24 +64,25 @@ void AppendEventsTo(Writes& writes, const std::string& agency_id, const EncodedE
 
 }  // namespace
 
+void EventBatch::Add(const std::string& aggregate_id, const google::protobuf::Message& payload) {
+  types_.push_back(payload.GetDescriptor()->full_name());
+  aggregate_ids_.push_back(aggregate_id);
+  const size_t at = payloads_.size();
+  payload.AppendToString(&payloads_);
+  offsets_.push_back(static_cast<int64_t>(at));
+  lengths_.push_back(static_cast<int64_t>(payloads_.size() - at));
+}
+
+EncodedEvents EventBatch::Encode() const {
+  return {types_.size(), TextArrayLiteral(types_),      TextArrayLiteral(aggregate_ids_),
+          payloads_,     IntegerArrayLiteral(offsets_), IntegerArrayLiteral(lengths_)};
+}
+
 EncodedEvents EncodeEvents(
     const std::vector<std::pair<std::string, const google::protobuf::Message*>>& events) {
-  std::vector<std::string> types, ids;
-  types.reserve(events.size());
-  ids.reserve(events.size());
-  std::string payloads, offsets = "{", lengths = "{";
-  for (const auto& [aggregate_id, payload] : events) {
-    types.push_back(payload->GetDescriptor()->full_name());
-    ids.push_back(aggregate_id);
-    const size_t at = payloads.size();
-    payload->AppendToString(&payloads);
-    absl::StrAppend(&offsets, offsets.size() > 1 ? "," : "", at);
-    absl::StrAppend(&lengths, lengths.size() > 1 ? "," : "", payloads.size() - at);
-  }
-  offsets += "}";
-  lengths += "}";
-  return {events.size(),       TextArrayLiteral(types), TextArrayLiteral(ids),
-          std::move(payloads), std::move(offsets),      std::move(lengths)};
+  EventBatch batch;
+  for (const auto& [aggregate_id, payload] : events) batch.Add(aggregate_id, *payload);
+  return batch.Encode();
 }
 
 absl::Status AppendEvents(pqxx::work& tx, const std::string& agency_id,
@@ -95,6 +96,10 @@ void AppendEvents(
     DeferredWrites& writes, const std::string& agency_id,
     const std::vector<std::pair<std::string, const google::protobuf::Message*>>& events) {
   AppendEventsTo(writes, agency_id, EncodeEvents(events));
+}
+
+void AppendEvents(DeferredWrites& writes, const std::string& agency_id, const EventBatch& events) {
+  AppendEventsTo(writes, agency_id, events.Encode());
 }
 
 absl::Status ValidateEventLogRequest(int64_t after_position, int page_size,

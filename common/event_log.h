@@ -50,6 +50,23 @@ struct EncodedEvents {
 EncodedEvents EncodeEvents(
     const std::vector<std::pair<std::string, const google::protobuf::Message*>>& events);
 
+// Events gathered one at a time for one AppendEvents (a group commit's calls add theirs in turn):
+// each payload is serialised as it is added, so it need not outlive the call.
+class EventBatch {
+ public:
+  void Add(const std::string& aggregate_id, const google::protobuf::Message& payload);
+  size_t size() const { return types_.size(); }
+  // In the order added.
+  EncodedEvents Encode() const;
+
+ private:
+  std::vector<std::string> types_;
+  std::vector<std::string> aggregate_ids_;
+  std::string payloads_;
+  std::vector<int64_t> offsets_;
+  std::vector<int64_t> lengths_;
+};
+
 // AppendEvent for many events in one round trip (batch writers such as matching's AssignBatch),
 // in the order they were encoded.
 absl::Status AppendEvents(pqxx::work& tx, const std::string& agency_id,
@@ -59,6 +76,7 @@ absl::Status AppendEvents(pqxx::work& tx, const std::string& agency_id,
 void AppendEvents(
     DeferredWrites& writes, const std::string& agency_id,
     const std::vector<std::pair<std::string, const google::protobuf::Message*>>& events);
+void AppendEvents(DeferredWrites& writes, const std::string& agency_id, const EventBatch& events);
 
 // Gives the committed rows of `table` (columns id, position) that have no position yet the next
 // values of `sequence`, in id order, setting `also_set` (", col = expr…") too. Assigners of one

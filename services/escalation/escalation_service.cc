@@ -108,11 +108,6 @@ absl::Status Audit(pqxx::work& tx, const Identity& caller, const std::string& rp
   return seq.ok() ? absl::OkStatus() : seq.status();
 }
 
-void Audit(DeferredWrites& writes, const Identity& caller, const std::string& rpc,
-           const std::string& concern_id, const std::string& participant_id) {
-  AppendAudit(writes, caller.agency_id, AuditOf(caller, rpc, concern_id, participant_id));
-}
-
 absl::Status ValidateConcernId(const std::string& id) {
   if (id.empty()) return InvalidArgument("concern_id is required", {{"concern_id", "required"}});
   if (!IsUuid(id))
@@ -233,10 +228,10 @@ RoutingPolicy EscalationService::DefaultPolicyFor() const {
   return DefaultPolicy(time_zone_name_, time_zone_);
 }
 
-absl::StatusOr<ConcernRecord> EscalationService::OpenConcern(
-    pqxx::work& tx, ConcernRecord record, const PersonDirectory& people, absl::Time now,
-    std::vector<Notification>& notifications, DeferredWrites& writes,
-    const std::string& latest_policy_id) {
+absl::StatusOr<ConcernRecord> EscalationService::OpenConcern(pqxx::work& tx, ConcernRecord record,
+                                                             const PersonDirectory& people,
+                                                             absl::Time now, OpeningWrites& writes,
+                                                             const std::string& latest_policy_id) {
   v1::Concern& c = record.concern;
   auto policy = latest_policy_id.empty() ? Store::Policy(tx, c.agency_id(), 0, DefaultPolicyFor())
                                          : Store::PolicyById(tx, c.agency_id(), latest_policy_id);
@@ -267,23 +262,21 @@ absl::StatusOr<ConcernRecord> EscalationService::OpenConcern(
   // the notification and the concern's record of it (the database's clock, which started with
   // the transaction, could say otherwise, and the sweeper would page the target again).
   const bool notify_now = routed->notify_at <= now;
-  const ConcernRecord stored = Store::InsertConcern(writes, std::move(record), notify_now);
+  writes.concerns.push_back(Store::NewConcernOf(std::move(record), notify_now));
+  const ConcernRecord& stored = writes.concerns.back().record;
   const v1::Concern& s = stored.concern;
-  // OPENED, ROUTED and (immediate safety) ENGAGEMENT_STOPPED, in that order, in one round trip.
-  const v1::ConcernOpenedEvent opened_event = OpenedEvent(s);
-  const v1::ConcernRoutedEvent routed_event =
-      RoutedEvent(s, v1::ROUTING_REASON_INITIAL, routed->skipped_levels, routed->notify_at,
-                  "system:routing", opened);
-  const auto stopped_event = EngagementStoppedEvent(s);
-  std::vector<std::pair<std::string, const google::protobuf::Message*>> events = {
-      {s.concern_id(), &opened_event}, {s.concern_id(), &routed_event}};
+  // OPENED, ROUTED and (immediate safety) ENGAGEMENT_STOPPED, in that order.
+  writes.events.Add(s.concern_id(), OpenedEvent(s));
+  writes.events.Add(s.concern_id(),
+                    RoutedEvent(s, v1::ROUTING_REASON_INITIAL, routed->skipped_levels,
+                                routed->notify_at, "system:routing", opened));
   if (s.category() == common::v1::CONCERN_CATEGORY_IMMEDIATE_SAFETY) {
-    events.emplace_back(s.concern_id(), &stopped_event);
+    writes.events.Add(s.concern_id(), EngagementStoppedEvent(s));
   }
-  AppendEvents(writes, s.agency_id(), events);
   if (notify_now) {
-    notifications.push_back({s.agency_id(), s.concern_id(), "opened", s.category(), s.severity(),
-                             s.current_level(), routed->target, routed->ack_deadline});
+    writes.notifications.push_back({s.agency_id(), s.concern_id(), "opened", s.category(),
+                                    s.severity(), s.current_level(), routed->target,
+                                    routed->ack_deadline});
   }
   return stored;
 }
@@ -435,119 +428,114 @@ std::vector<EscalationService::RaiseOutcome> EscalationService::RaiseBatch(
     const std::vector<const RaiseCall*>& calls) {
   std::vector<RaiseOutcome> outcomes(calls.size());
   const std::string& agency = calls.front()->idempotent.agency_id;
-  const absl::Status written = context_.db.TransactForAgency(
-      agency,
-      [&](pqxx::work& tx) {
-        for (RaiseOutcome& o : outcomes) o = RaiseOutcome{};
-        std::vector<const IdempotentCall*> idempotent;
-        std::vector<const v1::RaiseConcernRequest*> requests;
-        for (const RaiseCall* c : calls) {
-          idempotent.push_back(&c->idempotent);
-          requests.push_back(c->request);
-        }
-        // Every call's key claim and everything it is decided on in one round trip; every write of
-        // the calls decided in another, just before commit.
-        const std::vector<RaiseContext> contexts =
-            ReadRaiseContexts(tx, agency, idempotent, requests);
-        DeferredWrites writes(tx);
-        for (size_t i = 0; i < calls.size(); ++i) {
-          const Identity& caller = *calls[i]->caller;
-          const v1::RaiseConcernRequest& request = *calls[i]->request;
-          const IdempotentCall& call = calls[i]->idempotent;
-          const RaiseContext& known = contexts[i];
-          RaiseOutcome& out = outcomes[i];
-          if (!known.claimed) {
-            out.status = ReplayClaimedKey(tx, call, out.response);
-            continue;
+  auto write = [&](pqxx::work& tx) {
+    for (RaiseOutcome& o : outcomes) o = RaiseOutcome{};
+    std::vector<const IdempotentCall*> idempotent;
+    std::vector<const v1::RaiseConcernRequest*> requests;
+    for (const RaiseCall* c : calls) {
+      idempotent.push_back(&c->idempotent);
+      requests.push_back(c->request);
+    }
+    // Every call's key claim and everything it is decided on in one round trip; every write of
+    // the calls decided in another, one statement per table, just before commit.
+    const std::vector<RaiseContext> contexts = ReadRaiseContexts(tx, agency, idempotent, requests);
+    DeferredWrites writes(tx);
+    OpeningWrites opening;
+    opening.agency_id = agency;
+    for (size_t i = 0; i < calls.size(); ++i) {
+      const Identity& caller = *calls[i]->caller;
+      const v1::RaiseConcernRequest& request = *calls[i]->request;
+      const IdempotentCall& call = calls[i]->idempotent;
+      const RaiseContext& known = contexts[i];
+      RaiseOutcome& out = outcomes[i];
+      if (!known.claimed) {
+        out.status = ReplayClaimedKey(tx, call, out.response);
+        continue;
+      }
+      auto decided = [&]() -> absl::Status {
+        // Who works with the participant (kept from the matching log): a caller who is only a
+        // peer supporter raises for their active matches, one who is only a supervisor for the
+        // participants of the supporters they supervise; clinicians and case managers for
+        // anyone of the agency.
+        const std::optional<ActiveSupporter>& supporter = known.supporter;
+        if (!caller.Has(Role::kClinician) && !caller.Has(Role::kCaseManager)) {
+          const bool as_supervisor = caller.Has(Role::kSupervisor) && known.caller_supervises;
+          const bool as_supporter =
+              caller.Has(Role::kPeerSupporter) &&
+              ((supporter && supporter->subject == caller.subject) || known.caller_supports);
+          if (!as_supervisor && !as_supporter) {
+            out.refused_participant = true;
+            return absl::PermissionDeniedError(
+                "the participant is not in your active matches or supervision: only their peer "
+                "supporter, that supporter's supervisor or the agency's clinical and "
+                "case-management staff may raise a concern about them");
           }
-          auto decided = [&]() -> absl::Status {
-            // Who works with the participant (kept from the matching log): a caller who is only a
-            // peer supporter raises for their active matches, one who is only a supervisor for the
-            // participants of the supporters they supervise; clinicians and case managers for
-            // anyone of the agency.
-            const std::optional<ActiveSupporter>& supporter = known.supporter;
-            if (!caller.Has(Role::kClinician) && !caller.Has(Role::kCaseManager)) {
-              const bool as_supervisor = caller.Has(Role::kSupervisor) && known.caller_supervises;
-              const bool as_supporter =
-                  caller.Has(Role::kPeerSupporter) &&
-                  ((supporter && supporter->subject == caller.subject) || known.caller_supports);
-              if (!as_supervisor && !as_supporter) {
-                out.refused_participant = true;
-                return absl::PermissionDeniedError(
-                    "the participant is not in your active matches or supervision: only their peer "
-                    "supporter, that supporter's supervisor or the agency's clinical and "
-                    "case-management staff may raise a concern about them");
-              }
-            }
-            // The enrollment, when this service knows it (from the check-in log): it must be the
-            // participant's, and its receiving clinician is the RECEIVING_CLINICIAN target. One not
-            // known yet (the log lags) is accepted: a concern is never held back for it.
-            std::string receiving_clinician;
-            if (known.enrollment_participant.has_value()) {
-              if (*known.enrollment_participant != request.participant_id()) {
-                return absl::NotFoundError(
-                    "enrollment_id is not an enrollment of this participant");
-              }
-              receiving_clinician = known.receiving_clinician;
-            }
-            const absl::Time now = now_();
-            ConcernRecord record;
-            v1::Concern& c = record.concern;
-            c.set_agency_id(caller.agency_id);
-            c.set_participant_id(request.participant_id());
-            c.set_enrollment_id(request.enrollment_id());
-            c.set_category(request.category());
-            c.set_severity(request.severity());
-            c.set_source(v1::CONCERN_SOURCE_MANUAL);
-            c.set_description(request.description());
-            c.set_raised_by(caller.subject);
-            c.set_raised_by_role(ActingRole(caller));
-            *c.mutable_opened_at() = ToProtoTimestamp(now);
-            PersonDirectory people;
-            if (!receiving_clinician.empty()) people.receiving_clinician = receiving_clinician;
-            if (caller.Has(Role::kPeerSupporter)) people.peer_supporters.insert(caller.subject);
-            if (supporter) {
-              people.peer_supporters.insert(supporter->subject);
-              if (!supporter->supervisor_subject.empty()) {
-                people.supervisor = supporter->supervisor_subject;
-              }
-            }
-            // Nothing is written for the call until it is decided: a refusal leaves `writes` as
-            // the calls before it left them.
-            std::vector<Notification> notifications;
-            auto opened = OpenConcern(tx, std::move(record), people, now, notifications, writes,
-                                      known.latest_policy_id);
-            if (!opened.ok()) return opened.status();
-            v1::RaiseConcernResponse& response = out.response;
-            *response.mutable_concern() = opened->concern;
-            ApplyView(
-                *response.mutable_concern(),
-                opened->routed_to_viewer &&
-                    ActsFor(ActorOf(caller), TargetFromProto(opened->concern.current_target())));
-            SetOverdue(*response.mutable_concern(), now);
-            Audit(writes, caller, "RaiseConcern", opened->concern.concern_id(),
-                  request.participant_id());
-            NotificationOutbox::Enqueue(writes, notifications);
-            out.wake_outbox = !notifications.empty();
-            // Dashboards see it once it commits, on every replica.
-            if (!notifications.empty() || opened->concern.state() == v1::CONCERN_STATE_OPEN) {
-              ConcernChangeNote note;
-              note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
-              note.concern = opened->concern;
-              note.occurred_at = now;
-              WatchFeed::Record(writes, note);
-              out.wake_feed = true;
-            }
-            StoreIdempotentResponse(writes, call, response);
-            return absl::OkStatus();
-          };
-          out.status = decided();
-          if (!out.status.ok()) ReleaseIdempotencyKey(writes, call);
         }
-        writes.Flush();
+        // The enrollment, when this service knows it (from the check-in log): it must be the
+        // participant's, and its receiving clinician is the RECEIVING_CLINICIAN target. One not
+        // known yet (the log lags) is accepted: a concern is never held back for it.
+        std::string receiving_clinician;
+        if (known.enrollment_participant.has_value()) {
+          if (*known.enrollment_participant != request.participant_id()) {
+            return absl::NotFoundError("enrollment_id is not an enrollment of this participant");
+          }
+          receiving_clinician = known.receiving_clinician;
+        }
+        const absl::Time now = now_();
+        ConcernRecord record;
+        v1::Concern& c = record.concern;
+        c.set_agency_id(caller.agency_id);
+        c.set_participant_id(request.participant_id());
+        c.set_enrollment_id(request.enrollment_id());
+        c.set_category(request.category());
+        c.set_severity(request.severity());
+        c.set_source(v1::CONCERN_SOURCE_MANUAL);
+        c.set_description(request.description());
+        c.set_raised_by(caller.subject);
+        c.set_raised_by_role(ActingRole(caller));
+        *c.mutable_opened_at() = ToProtoTimestamp(now);
+        PersonDirectory people;
+        if (!receiving_clinician.empty()) people.receiving_clinician = receiving_clinician;
+        if (caller.Has(Role::kPeerSupporter)) people.peer_supporters.insert(caller.subject);
+        if (supporter) {
+          people.peer_supporters.insert(supporter->subject);
+          if (!supporter->supervisor_subject.empty()) {
+            people.supervisor = supporter->supervisor_subject;
+          }
+        }
+        // Nothing is written for the call until it is decided: a refusal leaves `opening` as
+        // the calls before it left it.
+        const size_t notifications_before = opening.notifications.size();
+        auto opened =
+            OpenConcern(tx, std::move(record), people, now, opening, known.latest_policy_id);
+        if (!opened.ok()) return opened.status();
+        v1::RaiseConcernResponse& response = out.response;
+        *response.mutable_concern() = opened->concern;
+        ApplyView(*response.mutable_concern(),
+                  opened->routed_to_viewer &&
+                      ActsFor(ActorOf(caller), TargetFromProto(opened->concern.current_target())));
+        SetOverdue(*response.mutable_concern(), now);
+        opening.audits.push_back(AuditOf(caller, "RaiseConcern", opened->concern.concern_id(),
+                                         request.participant_id()));
+        out.wake_outbox = opening.notifications.size() > notifications_before;
+        // Dashboards see it once it commits, on every replica.
+        ConcernChangeNote note;
+        note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
+        note.concern = opened->concern;
+        note.occurred_at = now;
+        opening.feed.push_back(std::move(note));
+        out.wake_feed = true;
+        opening.responses.Add(call, response);
         return absl::OkStatus();
-      },
-      Plans::kGeneric);
+      };
+      out.status = decided();
+      if (!out.status.ok()) ReleaseIdempotencyKey(writes, call);
+    }
+    opening.WriteTo(writes);
+    writes.Flush();
+    return absl::OkStatus();
+  };
+  const absl::Status written = context_.db.TransactForAgency(agency, write, Plans::kGeneric);
   if (written.ok()) {
     raise_batch_sizes_->Observe(static_cast<double>(calls.size()));
     return outcomes;
@@ -1394,18 +1382,19 @@ absl::Status EscalationService::ApplyCheckInEvent(pqxx::work& tx, const common::
     people.peer_supporters.insert(supporter->subject);
     if (!supporter->supervisor_subject.empty()) people.supervisor = supporter->supervisor_subject;
   }
-  std::vector<Notification> notifications;
-  DeferredWrites writes(tx);
-  auto opened_concern = OpenConcern(tx, std::move(record), people, now, notifications, writes);
+  OpeningWrites opening;
+  opening.agency_id = event.agency_id();
+  auto opened_concern = OpenConcern(tx, std::move(record), people, now, opening);
   if (!opened_concern.ok()) return opened_concern.status();
-  // Written with the concern: paged once the consumer's transaction commits (after_commit wakes
-  // the outbox), never for a concern that rolled back.
-  NotificationOutbox::Enqueue(writes, notifications);
+  // The page is written with the concern: sent once the consumer's transaction commits
+  // (after_commit wakes the outbox), never for a concern that rolled back.
   ConcernChangeNote note;
   note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
   note.concern = opened_concern->concern;
   note.occurred_at = now;
-  WatchFeed::Record(writes, note);  // Relayed once the consumer's transaction commits.
+  opening.feed.push_back(std::move(note));  // Relayed once the consumer's transaction commits.
+  DeferredWrites writes(tx);
+  opening.WriteTo(writes);
   writes.Flush();
   return absl::OkStatus();
 }

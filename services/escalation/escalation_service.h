@@ -16,6 +16,7 @@
 #include "common/server.h"
 #include "peerpath/escalation/v1/escalation.grpc.pb.h"
 #include "services/escalation/notifier.h"
+#include "services/escalation/opening_writes.h"
 #include "services/escalation/routing.h"
 #include "services/escalation/store.h"
 #include "services/escalation/sweeper.h"
@@ -135,14 +136,13 @@ class EscalationService final : public EscalationServiceBase {
                                        const v1::UpdateRoutingPolicyRequest& request,
                                        v1::UpdateRoutingPolicyResponse& response);
 
-  // Opens and routes a concern (its row, transitions and events into `writes`); fills
-  // `notifications`.
+  // Opens and routes a concern: its row, transitions and events, and its target's notification
+  // when it goes out at once, into `writes`. Adds nothing when it fails.
   // `latest_policy_id`: the agency's newest routing policy when the caller read it already
   // (empty: read here, and the built-in version 1 stored when there is none).
   absl::StatusOr<ConcernRecord> OpenConcern(pqxx::work& tx, ConcernRecord record,
                                             const PersonDirectory& people, absl::Time now,
-                                            std::vector<Notification>& notifications,
-                                            DeferredWrites& writes,
+                                            OpeningWrites& writes,
                                             const std::string& latest_policy_id = "");
 
   RoutingPolicy DefaultPolicyFor() const;

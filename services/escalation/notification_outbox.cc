@@ -48,17 +48,35 @@ NotificationOutbox::~NotificationOutbox() {
 
 namespace {
 
+// One statement for all of them, in order.
 template <typename Writes>
 void EnqueueTo(Writes& writes, const std::vector<Notification>& notifications) {
+  if (notifications.empty()) return;
+  std::vector<std::string> agencies, concerns, reasons, target_ids;
+  std::vector<int64_t> categories, severities, levels, target_kinds, deadlines;
   for (const Notification& n : notifications) {
-    writes.Exec("escalation_enqueue_notification",
-                "INSERT INTO notifications (agency_id, concern_id, reason, category, severity, "
-                "level, target_kind, target_id, deadline) VALUES ($1, $2::uuid, $3, $4, $5, $6, "
-                "$7, $8, " PEERPATH_SQL_TIME_PARAM(9) ")",
-                n.agency_id, n.concern_id, n.reason, static_cast<int>(n.category),
-                static_cast<int>(n.severity), n.level, static_cast<int>(n.target.kind), n.target.id,
-                absl::ToUnixMicros(n.deadline));
+    agencies.push_back(n.agency_id);
+    concerns.push_back(n.concern_id);
+    reasons.push_back(n.reason);
+    categories.push_back(static_cast<int>(n.category));
+    severities.push_back(static_cast<int>(n.severity));
+    levels.push_back(n.level);
+    target_kinds.push_back(static_cast<int>(n.target.kind));
+    target_ids.push_back(n.target.id);
+    deadlines.push_back(absl::ToUnixMicros(n.deadline));
   }
+  writes.Exec("escalation_enqueue_notifications",
+              "INSERT INTO notifications (agency_id, concern_id, reason, category, severity, "
+              "level, target_kind, target_id, deadline) SELECT n.agency, n.concern::uuid, "
+              "n.reason, n.category, n.severity, n.level, n.target_kind, n.target_id, "
+              "ts_from_us(n.deadline) FROM unnest($1::text[], $2::text[], $3::text[], "
+              "$4::integer[], $5::integer[], $6::integer[], $7::integer[], $8::text[], "
+              "$9::bigint[]) WITH ORDINALITY AS n(agency, concern, reason, category, severity, "
+              "level, target_kind, target_id, deadline, i) ORDER BY n.i",
+              TextArrayLiteral(agencies), TextArrayLiteral(concerns), TextArrayLiteral(reasons),
+              IntegerArrayLiteral(categories), IntegerArrayLiteral(severities),
+              IntegerArrayLiteral(levels), IntegerArrayLiteral(target_kinds),
+              TextArrayLiteral(target_ids), IntegerArrayLiteral(deadlines));
 }
 
 }  // namespace

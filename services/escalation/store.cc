@@ -338,7 +338,7 @@ absl::Status Store::FollowAgencyTimeZone(pqxx::work& tx, const std::string& agen
   return published.ok() ? absl::OkStatus() : published.status();
 }
 
-ConcernRecord Store::InsertConcern(DeferredWrites& writes, ConcernRecord record, bool notified) {
+Store::NewConcern Store::NewConcernOf(ConcernRecord record, bool notified) {
   v1::Concern& c = record.concern;
   // As stored: to the microsecond (what ConcernFromRow would read back).
   const int64_t opened = ProtoMicros(c, c.opened_at(), c.has_opened_at());
@@ -354,35 +354,80 @@ ConcernRecord Store::InsertConcern(DeferredWrites& writes, ConcernRecord record,
   record.notify_at = FromMicros(Micros(record.notify_at));
   record.acknowledged_level = -1;
   record.routed_to_viewer = true;
-  // One statement: the concern and its OPENED and ROUTED transitions, in that order (`seq`,
-  // GetConcern's order; rows of one INSERT go in order).
-  writes.Exec("escalation_insert_concern", R"sql(
-    WITH c AS (
+  return {std::move(record), notified};
+}
+
+void Store::InsertConcerns(DeferredWrites& writes, const std::vector<NewConcern>& concerns) {
+  if (concerns.empty()) return;
+  // A column per parameter, an element per concern: $1..$15 text, $16..$21 numbers.
+  constexpr int kText = 15, kNumbers = 6;
+  std::vector<std::vector<std::string>> text(kText);
+  std::vector<std::vector<int64_t>> numbers(kNumbers);
+  for (const NewConcern& n : concerns) {
+    const v1::Concern& c = n.record.concern;
+    const std::string row_text[kText] = {c.concern_id(),
+                                         c.agency_id(),
+                                         c.participant_id(),
+                                         c.enrollment_id(),
+                                         CategoryCode(c.category()),
+                                         SeverityCode(c.severity()),
+                                         SourceCode(c.source()),
+                                         c.source_event_id(),
+                                         c.source_check_in_id(),
+                                         c.description(),
+                                         c.raised_by(),
+                                         c.raised_by_role(),
+                                         n.record.policy_id,
+                                         TargetKindCode(c.current_target().kind()),
+                                         c.current_target().target_id()};
+    const int64_t row_numbers[kNumbers] = {c.policy_version(),
+                                           c.current_level(),
+                                           Micros(FromProtoTimestamp(c.ack_deadline())),
+                                           Micros(n.record.notify_at),
+                                           Micros(FromProtoTimestamp(c.opened_at())),
+                                           n.notified ? 1 : 0};
+    for (int i = 0; i < kText; ++i) text[i].push_back(row_text[i]);
+    for (int i = 0; i < kNumbers; ++i) numbers[i].push_back(row_numbers[i]);
+  }
+  // One statement: the concerns and their OPENED and ROUTED transitions, in that order (`seq`,
+  // GetConcern's order; rows of one INSERT go in the order of its SELECT).
+  writes.Exec("escalation_insert_concerns", R"sql(
+    WITH r AS (
+      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+        $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+        $13::text[], $14::text[], $15::text[], $16::integer[], $17::integer[], $18::bigint[],
+        $19::bigint[], $20::bigint[], $21::integer[])
+        WITH ORDINALITY AS r (id, agency, participant, enrollment, category, severity, source,
+          source_event_id, source_check_in_id, description, raised_by, raised_by_role, policy_id,
+          target_kind, target_id, policy_version, level, ack_us, notify_us, opened_us, notified,
+          n)),
+    c AS (
       INSERT INTO concerns (id, agency_id, participant_id, enrollment_id, category, severity,
         source, source_event_id, source_check_in_id, description, raised_by, raised_by_role,
         status, policy_id, policy_version, current_level, target_kind, target_id, ack_deadline,
         next_deadline, next_deadline_kind, notify_at, notified_at, opened_at)
-      VALUES ($1::uuid, $2, $3, NULLIF($4, '')::uuid, $5, $6, $7, NULLIF($8, ''),
-        NULLIF($9, '')::uuid, NULLIF($10, ''), $11, $12, 'open', $13::uuid, $14, $15, $16, $17,
-        ts_from_us($18), ts_from_us($18), 'acknowledgement', ts_from_us($19),
-        CASE WHEN $21 THEN now() END, ts_from_us($20))
-      RETURNING id, agency_id, current_level, target_kind, target_id, raised_by, raised_by_role,
-        opened_at)
+      SELECT r.id::uuid, r.agency, r.participant, NULLIF(r.enrollment, '')::uuid, r.category,
+        r.severity, r.source, NULLIF(r.source_event_id, ''), NULLIF(r.source_check_in_id, '')::uuid,
+        NULLIF(r.description, ''), r.raised_by, r.raised_by_role, 'open', r.policy_id::uuid,
+        r.policy_version, r.level, r.target_kind, r.target_id, ts_from_us(r.ack_us),
+        ts_from_us(r.ack_us), 'acknowledgement', ts_from_us(r.notify_us),
+        CASE WHEN r.notified <> 0 THEN now() END, ts_from_us(r.opened_us)
+      FROM r ORDER BY r.n)
     INSERT INTO concern_transitions (agency_id, concern_id, kind, from_status, status_after,
       level, target_kind, target_id, actor, actor_role, occurred_at)
-    SELECT c.agency_id, c.id, k.kind, CASE WHEN k.n = 2 THEN 'open' END, 'open',
-      c.current_level, c.target_kind, c.target_id,
-      CASE WHEN k.n = 1 THEN c.raised_by ELSE 'system:routing' END,
-      CASE WHEN k.n = 1 THEN c.raised_by_role END, c.opened_at
-    FROM c CROSS JOIN (VALUES (1, 'opened'), (2, 'routed')) AS k (n, kind)
-    ORDER BY k.n)sql",
-              c.concern_id(), c.agency_id(), c.participant_id(), c.enrollment_id(),
-              CategoryCode(c.category()), SeverityCode(c.severity()), SourceCode(c.source()),
-              c.source_event_id(), c.source_check_in_id(), c.description(), c.raised_by(),
-              c.raised_by_role(), record.policy_id, c.policy_version(), c.current_level(),
-              TargetKindCode(c.current_target().kind()), c.current_target().target_id(), ack,
-              Micros(record.notify_at), opened, notified);
-  return record;
+    SELECT r.agency, r.id::uuid, k.kind, CASE WHEN k.n = 2 THEN 'open' END, 'open', r.level,
+      r.target_kind, r.target_id, CASE WHEN k.n = 1 THEN r.raised_by ELSE 'system:routing' END,
+      CASE WHEN k.n = 1 THEN r.raised_by_role END, ts_from_us(r.opened_us)
+    FROM r CROSS JOIN (VALUES (1, 'opened'), (2, 'routed')) AS k (n, kind)
+    ORDER BY r.n, k.n)sql",
+              TextArrayLiteral(text[0]), TextArrayLiteral(text[1]), TextArrayLiteral(text[2]),
+              TextArrayLiteral(text[3]), TextArrayLiteral(text[4]), TextArrayLiteral(text[5]),
+              TextArrayLiteral(text[6]), TextArrayLiteral(text[7]), TextArrayLiteral(text[8]),
+              TextArrayLiteral(text[9]), TextArrayLiteral(text[10]), TextArrayLiteral(text[11]),
+              TextArrayLiteral(text[12]), TextArrayLiteral(text[13]), TextArrayLiteral(text[14]),
+              IntegerArrayLiteral(numbers[0]), IntegerArrayLiteral(numbers[1]),
+              IntegerArrayLiteral(numbers[2]), IntegerArrayLiteral(numbers[3]),
+              IntegerArrayLiteral(numbers[4]), IntegerArrayLiteral(numbers[5]));
 }
 
 namespace {

@@ -83,13 +83,19 @@ class Store {
   static absl::Status FollowAgencyTimeZone(pqxx::work& tx, const std::string& agency_id,
                                            const std::string& zone, int64_t position);
 
-  // Inserts the concern with its OPENED and ROUTED transitions into `writes` (sent with the
-  // caller's other writes) and returns it as stored: `record.concern` carries the content,
+  // The concern `record` describes as it will be stored: `record.concern` carries the content,
   // routing, opened_at and deadlines (kept to the microsecond, as stored); the id is assigned
   // here, the state is OPEN at revision 1 with no breach, the next deadline the acknowledgement.
   // `notified`: the target's notification goes out with the opening (the caller writes it);
   // otherwise the sweeper sends it once notify_at has passed.
-  static ConcernRecord InsertConcern(DeferredWrites& writes, ConcernRecord record, bool notified);
+  struct NewConcern {
+    ConcernRecord record;
+    bool notified = false;
+  };
+  static NewConcern NewConcernOf(ConcernRecord record, bool notified);
+  // Inserts the concerns with their OPENED and ROUTED transitions into `writes` (sent with the
+  // caller's other writes), all in one statement, in order.
+  static void InsertConcerns(DeferredWrites& writes, const std::vector<NewConcern>& concerns);
 
   // The concern, locked FOR UPDATE when `lock`; nullopt when it does not exist in the agency.
   static absl::StatusOr<std::optional<ConcernRecord>> FindConcern(pqxx::work& tx,

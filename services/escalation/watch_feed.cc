@@ -20,32 +20,51 @@ WatchFeed::~WatchFeed() {
 namespace {
 
 template <typename Writes>
-void RecordTo(Writes& writes, const ConcernChangeNote& note) {
-  v1::Concern concern = note.concern;
-  concern.clear_description();
-  concern.clear_cancel_reason();
-  concern.clear_transitions();
-  // The revision the change left: every change is made to a concern read under its row lock (or
-  // just inserted), and counts up the revision it read (Store::UpdateConcern).
-  writes.Exec("escalation_watch_feed_record",
+void RecordTo(Writes& writes, const std::vector<ConcernChangeNote>& notes) {
+  if (notes.empty()) return;
+  std::vector<std::string> agencies, concerns, previous_target_ids;
+  std::vector<int64_t> kinds, previous_target_kinds, occurred, revisions;
+  for (const ConcernChangeNote& note : notes) {
+    v1::Concern concern = note.concern;
+    concern.clear_description();
+    concern.clear_cancel_reason();
+    concern.clear_transitions();
+    agencies.push_back(concern.agency_id());
+    kinds.push_back(static_cast<int>(note.kind));
+    concerns.push_back(absl::BytesToHexString(concern.SerializeAsString()));
+    previous_target_kinds.push_back(static_cast<int>(note.previous_target.kind));
+    previous_target_ids.push_back(note.previous_target.id);
+    occurred.push_back(absl::ToUnixMicros(note.occurred_at));
+    // The revision the change left: every change is made to a concern read under its row lock
+    // (or just inserted), and counts up the revision it read (Store::UpdateConcern).
+    revisions.push_back(concern.revision());
+  }
+  writes.Exec("escalation_watch_feed_record_rows",
               "INSERT INTO watch_feed (agency_id, kind, concern, previous_target_kind, "
-              "previous_target_id, occurred_at, revision) VALUES ($1, $2, decode($3, 'hex'), $4, "
-              "$5, " PEERPATH_SQL_TIME_PARAM(6) ", $7)",
-              concern.agency_id(), static_cast<int>(note.kind),
-              absl::BytesToHexString(concern.SerializeAsString()),
-              static_cast<int>(note.previous_target.kind), note.previous_target.id,
-              absl::ToUnixMicros(note.occurred_at), concern.revision());
+              "previous_target_id, occurred_at, revision) SELECT f.agency, f.kind, "
+              "decode(f.concern, 'hex'), f.previous_target_kind, f.previous_target_id, "
+              "ts_from_us(f.occurred), f.revision FROM unnest($1::text[], $2::integer[], "
+              "$3::text[], $4::integer[], $5::text[], $6::bigint[], $7::integer[]) WITH "
+              "ORDINALITY AS f(agency, kind, concern, previous_target_kind, previous_target_id, "
+              "occurred, revision, n) ORDER BY f.n",
+              TextArrayLiteral(agencies), IntegerArrayLiteral(kinds), TextArrayLiteral(concerns),
+              IntegerArrayLiteral(previous_target_kinds), TextArrayLiteral(previous_target_ids),
+              IntegerArrayLiteral(occurred), IntegerArrayLiteral(revisions));
 }
 
 }  // namespace
 
 void WatchFeed::Record(pqxx::work& tx, const ConcernChangeNote& note) {
   ImmediateWrites writes{tx};
-  RecordTo(writes, note);
+  RecordTo(writes, std::vector<ConcernChangeNote>{note});
 }
 
 void WatchFeed::Record(DeferredWrites& writes, const ConcernChangeNote& note) {
-  RecordTo(writes, note);
+  RecordTo(writes, std::vector<ConcernChangeNote>{note});
+}
+
+void WatchFeed::Record(DeferredWrites& writes, const std::vector<ConcernChangeNote>& notes) {
+  RecordTo(writes, notes);
 }
 
 void WatchFeed::Start(const StopSignal& stopping) {

@@ -39,6 +39,8 @@ class WatchFeed {
   static void Record(pqxx::work& tx, const ConcernChangeNote& note);
   // The same, sent with the caller's other deferred writes (DeferredWrites::Flush).
   static void Record(DeferredWrites& writes, const ConcernChangeNote& note);
+  // Several changes (concerns opened together), in order, in one statement.
+  static void Record(DeferredWrites& writes, const std::vector<ConcernChangeNote>& notes);
 
   // Starts the relay thread; it stops with `stopping` or the destructor.
   void Start(const StopSignal& stopping);

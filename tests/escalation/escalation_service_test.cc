@@ -7,12 +7,14 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <thread>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "peerpath/escalation/v1/escalation.grpc.pb.h"
@@ -496,6 +498,53 @@ TEST_F(EscalationServiceTest, CallsRaisedTogetherShareATransactionAndEachIsAnswe
   EXPECT_EQ(Count("SELECT count(DISTINCT xmin::text) FROM escalation.concerns WHERE id IN " +
                   raised_together),
             1);
+  // Each table's rows of the transaction go in one statement: every row is its own concern's.
+  for (const size_t i : {size_t{3}, size_t{5}}) {
+    const std::string id = responses[i].concern().concern_id();
+    const auto concern = db_->AdminQuery(
+        "SELECT participant_id, raised_by, raised_by_role FROM escalation.concerns WHERE id = '" +
+        id + "'");
+    ASSERT_EQ(concern.size(), 1u) << id;
+    EXPECT_EQ(concern[0][0].as<std::string>(), calls[i].request.participant_id());
+    EXPECT_EQ(concern[0][1].as<std::string>(), calls[i].subject);
+    EXPECT_EQ(concern[0][2].as<std::string>(), calls[i].role);
+    const auto transitions = db_->AdminQuery(
+        "SELECT kind, actor FROM escalation.concern_transitions WHERE concern_id = '" + id +
+        "' ORDER BY seq");
+    ASSERT_EQ(transitions.size(), 2u) << id;
+    EXPECT_EQ(transitions[0][0].as<std::string>(), "opened");
+    EXPECT_EQ(transitions[0][1].as<std::string>(), calls[i].subject);
+    EXPECT_EQ(transitions[1][0].as<std::string>(), "routed");
+    EXPECT_EQ(transitions[1][1].as<std::string>(), "system:routing");
+    const auto events = db_->AdminQuery(
+        "SELECT event_type FROM escalation.outbox WHERE aggregate_id = '" + id + "' ORDER BY id");
+    ASSERT_EQ(events.size(), 2u) << id;
+    EXPECT_EQ(events[0][0].as<std::string>(), "peerpath.escalation.v1.ConcernOpenedEvent");
+    EXPECT_EQ(events[1][0].as<std::string>(), "peerpath.escalation.v1.ConcernRoutedEvent");
+    EXPECT_EQ(Count("SELECT count(*) FROM escalation.audit_log WHERE object_id = '" + id +
+                    "' AND actor = '" + calls[i].subject + "' AND participant_id = '" +
+                    calls[i].request.participant_id() + "' AND decision = 'allowed'"),
+              1);
+    EXPECT_EQ(Count("SELECT count(*) FROM escalation.watch_feed WHERE position(convert_to('" + id +
+                    "', 'UTF8') IN concern) > 0"),
+              1);
+    EXPECT_EQ(
+        Count("SELECT count(*) FROM escalation.notifications WHERE concern_id = '" + id + "'"), 1);
+    // Its stored response is the one its caller got (a retry would get it).
+    const auto stored = db_->AdminQuery(
+        "SELECT encode(response, 'base64') FROM escalation.idempotency_keys WHERE "
+        "idempotency_key = '" +
+        calls[i].request.idempotency_key() + "'");
+    ASSERT_EQ(stored.size(), 1u);
+    std::string bytes;
+    std::string base64 = stored[0][0].as<std::string>();
+    base64.erase(std::remove(base64.begin(), base64.end(), '\n'), base64.end());
+    ASSERT_TRUE(absl::Base64Unescape(base64, &bytes));
+    v1::RaiseConcernResponse stored_response;
+    ASSERT_TRUE(stored_response.ParseFromString(bytes));
+    EXPECT_EQ(stored_response.concern().concern_id(), id);
+    EXPECT_EQ(stored_response.SerializeAsString(), responses[i].SerializeAsString());
+  }
   // Each raised concern whole, once; nothing of the refused ones.
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns"), 6);
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.concern_transitions"), 12);

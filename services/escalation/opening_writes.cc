@@ -1,0 +1,17 @@
+#include "services/escalation/opening_writes.h"
+
+#include "services/escalation/notification_outbox.h"
+#include "services/escalation/watch_feed.h"
+
+namespace peerpath::escalation {
+
+void OpeningWrites::WriteTo(DeferredWrites& writes) const {
+  Store::InsertConcerns(writes, concerns);
+  if (events.size() > 0) AppendEvents(writes, agency_id, events);
+  AppendAudits(writes, agency_id, audits);
+  NotificationOutbox::Enqueue(writes, notifications);
+  WatchFeed::Record(writes, feed);
+  StoreIdempotentResponses(writes, responses);
+}
+
+}  // namespace peerpath::escalation
