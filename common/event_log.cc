@@ -132,9 +132,15 @@ std::optional<int64_t> AssignPositionsAfterCommit(pqxx::work& tx, const std::str
   // yet (still committing) wait for a later assigner.
   // Before the first migration the schema does not exist (current_schema() is NULL): nothing
   // to assign then.
+  // The unpositioned rows are read with a plain index scan (bitmap scans off for the rest of the
+  // transaction, set in the same round trip): each positioned row leaves its entry in the partial
+  // index until vacuum, and only a plain index scan marks such entries dead for the next pass to
+  // skip. A bitmap scan, which the planner chose for the few rows it expected, read them all
+  // again at every pass: 2.5 ms per pass instead of 0.3 under RaiseConcern's load.
   const bool mine = tx.exec_params1(
                           "SELECT current_schema() IS NOT NULL AND "
-                          "pg_try_advisory_xact_lock(hashtextextended($1 || current_schema(), 0))",
+                          "pg_try_advisory_xact_lock(hashtextextended($1 || current_schema(), 0)), "
+                          "set_config('enable_bitmapscan', 'off', true)",
                           lock_prefix)[0]
                         .as<bool>();
   if (!mine) return std::nullopt;
