@@ -1106,6 +1106,18 @@ std::vector<v1::Enrollment> EnrollmentsOfSupporter(pqxx::work& tx, const std::st
   return out;
 }
 
+// The arrays are typed as the columns they are joined with: a cast in the join clause (text to
+// uuid or date, not leakproof) is kept out of the index scan by row-level security, and each
+// ListDueCheckIns read every occurrence of the agency.
+const char kAskedOccurrencesSql[] =
+    "SELECT s.id::text, s.enrollment_id::text, e.participant_id, e.pathway_key, "
+    "to_char(s.due_on, 'YYYY-MM-DD'), " PP_US("s.window_start") ", " PP_US("s.window_end")
+    ", CASE WHEN s.status = 'due' AND s.window_end < now() THEN 'missed' ELSE s.status END, "
+    "coalesce((SELECT c.id::text FROM check_ins c WHERE c.scheduled_check_in_id = s.id), '') "
+    "FROM unnest($1::uuid[], $2::date[]) AS u(e, d) JOIN scheduled_check_ins s ON "
+    "s.enrollment_id = u.e AND s.due_on = u.d JOIN enrollments e ON e.id = s.enrollment_id "
+    "ORDER BY s.window_end, e.participant_id, s.enrollment_id";
+
 std::vector<v1::ScheduledCheckIn> MaterializeOccurrences(pqxx::work& tx,
                                                          const std::string& agency_id,
                                                          const std::vector<OccurrenceRow>& rows) {
@@ -1127,15 +1139,8 @@ std::vector<v1::ScheduledCheckIn> MaterializeOccurrences(pqxx::work& tx,
       "$5::text[]) AS u(e, d, s, x) ON CONFLICT (agency_id, enrollment_id, due_on) DO NOTHING",
       agency_id, TextArrayLiteral(enrollments), TextArrayLiteral(days), TextArrayLiteral(starts),
       TextArrayLiteral(ends));
-  const pqxx::result r = tx.exec_params(
-      "SELECT s.id::text, s.enrollment_id::text, e.participant_id, e.pathway_key, "
-      "to_char(s.due_on, 'YYYY-MM-DD'), " PP_US("s.window_start") ", " PP_US("s.window_end")
-      ", CASE WHEN s.status = 'due' AND s.window_end < now() THEN 'missed' ELSE s.status END, "
-      "coalesce((SELECT c.id::text FROM check_ins c WHERE c.scheduled_check_in_id = s.id), '') "
-      "FROM unnest($1::text[], $2::text[]) AS u(e, d) JOIN scheduled_check_ins s ON "
-      "s.enrollment_id = u.e::uuid AND s.due_on = u.d::date JOIN enrollments e ON e.id = "
-      "s.enrollment_id ORDER BY s.window_end, e.participant_id, s.enrollment_id",
-      TextArrayLiteral(enrollments), TextArrayLiteral(days));
+  const pqxx::result r =
+      tx.exec_params(kAskedOccurrencesSql, TextArrayLiteral(enrollments), TextArrayLiteral(days));
   for (const auto& row : r) {
     v1::ScheduledCheckIn s;
     s.set_scheduled_check_in_id(row[0].c_str());

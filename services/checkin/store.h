@@ -294,6 +294,10 @@ struct CheckInFilter {
 };
 std::vector<v1::CheckIn> ListCheckIns(pqxx::work& tx, const CheckInFilter& filter);
 
+// MaterializeOccurrences' read of the asked occurrences ($1 enrollment ids, $2 days, as text
+// array literals), with their participant, pathway and check-in.
+extern const char kAskedOccurrencesSql[];
+
 // Active routine enrollments of the supporter's active matches (by supporter subject or id).
 std::vector<v1::Enrollment> EnrollmentsOfSupporter(pqxx::work& tx, const std::string& subject,
                                                    const std::string& supporter_id,

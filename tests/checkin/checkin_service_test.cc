@@ -23,6 +23,7 @@
 #include "peerpath/consent/v1/events.pb.h"
 #include "peerpath/escalation/v1/events.pb.h"
 #include "peerpath/matching/v1/events.pb.h"
+#include "services/checkin/store.h"
 #include "tests/support/service_process.h"
 #include "tests/support/test_database.h"
 #include "tests/support/test_tokens.h"
@@ -399,6 +400,37 @@ TEST_F(CheckInServiceTest, EarlyEngagementProceedsOnlyWhenEveryGateHolds) {
   EXPECT_EQ(Enroll(Enrollment("early_engagement", "p-1")).error_code(),
             grpc::StatusCode::ALREADY_EXISTS);
   EXPECT_EQ(Events("EnrollmentStartedEvent"), 1);
+}
+
+// ListDueCheckIns reads the occurrences it asks for by their key, as the service runs it (its
+// role, under row-level security): with casts in the join clause it read every occurrence of the
+// agency for each list.
+TEST_F(CheckInServiceTest, ADueListReadsTheOccurrencesItAsksForByTheirKey) {
+  // A year of daily occurrences for 100 enrollments of each of two agencies (the enrollments
+  // themselves do not matter to the plan: foreign keys are not checked for this load).
+  db_->AdminQuery(
+      "SET session_replication_role = replica; INSERT INTO checkin.scheduled_check_ins "
+      "(agency_id, enrollment_id, due_on, window_start, window_end) SELECT 'agency-' || "
+      "(CASE WHEN e % 2 = 0 THEN 'a' ELSE 'b' END), ('00000000-0000-4000-8000-' || "
+      "lpad(e::text, 12, '0'))::uuid, current_date - d, now() - d * interval '1 day', now() - d "
+      "* interval '1 day' + interval '1 hour' FROM generate_series(1, 200) e, "
+      "generate_series(0, 364) d; SET session_replication_role = DEFAULT; "
+      "ANALYZE checkin.scheduled_check_ins");
+  pqxx::connection runtime(db_->UrlFor("checkin"));
+  pqxx::work tx(runtime);
+  tx.exec0("SET LOCAL search_path TO checkin");
+  tx.exec("SELECT set_config('app.agency_id', 'agency-a', true)");
+  tx.exec0(absl::StrCat("PREPARE asked (text, text) AS ", checkin::kAskedOccurrencesSql));
+  std::string plan;
+  for (const auto& row : tx.exec(
+           "EXPLAIN EXECUTE asked ('{00000000-0000-4000-8000-000000000002}', '{2026-11-20}')")) {
+    plan += row[0].as<std::string>() + "\n";
+  }
+  EXPECT_NE(plan.find("Index Scan using scheduled_check_ins_agency_id_enrollment_id_due_on_key"),
+            std::string::npos)
+      << plan;
+  EXPECT_EQ(plan.find("Seq Scan on scheduled_check_ins"), std::string::npos) << plan;
+  EXPECT_EQ(plan.find("Bitmap Heap Scan on scheduled_check_ins"), std::string::npos) << plan;
 }
 
 TEST_F(CheckInServiceTest, AnEnrollmentCarriesItsProgramIntoItsEvent) {
