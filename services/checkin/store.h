@@ -293,6 +293,9 @@ struct CheckInFilter {
   int limit = 50;
 };
 std::vector<v1::CheckIn> ListCheckIns(pqxx::work& tx, const CheckInFilter& filter);
+// Its statement: $1 enrollment, $2 participant, $3 supporter subject, $4 late only, $5 and $6 the
+// page's last occurred_at (microseconds) and id, $7 limit, $8 supervisor subject ('' for none).
+const std::string& ListCheckInsSql();
 
 // MaterializeOccurrences' read of the asked occurrences ($1 enrollment ids, $2 days, as text
 // array literals), with their participant, pathway and check-in.

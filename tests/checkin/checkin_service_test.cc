@@ -433,6 +433,37 @@ TEST_F(CheckInServiceTest, ADueListReadsTheOccurrencesItAsksForByTheirKey) {
   EXPECT_EQ(plan.find("Bitmap Heap Scan on scheduled_check_ins"), std::string::npos) << plan;
 }
 
+// ListCheckIns by enrollment reads that enrollment's check-ins from its index, as the service
+// runs it (its role, under row-level security): it compared the enrollment as text and read the
+// whole table.
+TEST_F(CheckInServiceTest, AListByEnrollmentReadsThatEnrollmentsCheckInsByItsIndex) {
+  // A year of daily check-ins for 100 enrollments of each of two agencies (foreign keys are not
+  // checked for this load: the plan is what is tested).
+  db_->AdminQuery(
+      "SET session_replication_role = replica; INSERT INTO checkin.check_ins (agency_id, "
+      "enrollment_id, participant_id, recorded_by, recorded_by_role, pathway_key, "
+      "pathway_version, answers, occurred_at) SELECT 'agency-' || (CASE WHEN e % 2 = 0 THEN 'a' "
+      "ELSE 'b' END), ('00000000-0000-4000-8000-' || lpad(e::text, 12, '0'))::uuid, "
+      "'client-' || e, 'peer-1', 'peer_supporter', 'structured_check_in', 1, '{}', now() - d * "
+      "interval '1 day' FROM generate_series(1, 200) e, generate_series(0, 364) d; "
+      "SET session_replication_role = DEFAULT; ANALYZE checkin.check_ins");
+  pqxx::connection runtime(db_->UrlFor("checkin"));
+  pqxx::work tx(runtime);
+  tx.exec0("SET LOCAL search_path TO checkin");
+  tx.exec("SELECT set_config('app.agency_id', 'agency-a', true)");
+  tx.exec0(absl::StrCat("PREPARE list (text, text, text, boolean, text, text, integer, text) AS ",
+                        checkin::ListCheckInsSql()));
+  std::string plan;
+  for (const auto& row :
+       tx.exec("EXPLAIN EXECUTE list ('00000000-0000-4000-8000-000000000002', '', '', false, "
+               "'', '00000000-0000-0000-0000-000000000000', 51, '')")) {
+    plan += row[0].as<std::string>() + "\n";
+  }
+  EXPECT_NE(plan.find("Index Cond: ((agency_id = "), std::string::npos) << plan;
+  EXPECT_NE(plan.find("check_ins_by_enrollment"), std::string::npos) << plan;
+  EXPECT_EQ(plan.find("Seq Scan on check_ins"), std::string::npos) << plan;
+}
+
 TEST_F(CheckInServiceTest, AnEnrollmentCarriesItsProgramIntoItsEvent) {
   consent_.Hold({"consent_information_sharing"});
   v1::CreateEnrollmentRequest request = Enrollment("early_engagement", "p-1");
