@@ -416,16 +416,9 @@ TEST_F(CheckInServiceTest, ADueListReadsTheOccurrencesItAsksForByTheirKey) {
       "* interval '1 day' + interval '1 hour' FROM generate_series(1, 200) e, "
       "generate_series(0, 364) d; SET session_replication_role = DEFAULT; "
       "ANALYZE checkin.scheduled_check_ins");
-  pqxx::connection runtime(db_->UrlFor("checkin"));
-  pqxx::work tx(runtime);
-  tx.exec0("SET LOCAL search_path TO checkin");
-  tx.exec("SELECT set_config('app.agency_id', 'agency-a', true)");
-  tx.exec0(absl::StrCat("PREPARE asked (text, text) AS ", checkin::kAskedOccurrencesSql));
-  std::string plan;
-  for (const auto& row : tx.exec(
-           "EXPLAIN EXECUTE asked ('{00000000-0000-4000-8000-000000000002}', '{2026-11-20}')")) {
-    plan += row[0].as<std::string>() + "\n";
-  }
+  const std::string plan =
+      db_->PlanAsService("checkin", "agency-a", "text, text", checkin::kAskedOccurrencesSql,
+                         "'{00000000-0000-4000-8000-000000000002}', '{2026-11-20}'");
   EXPECT_NE(plan.find("Index Scan using scheduled_check_ins_agency_id_enrollment_id_due_on_key"),
             std::string::npos)
       << plan;
@@ -447,18 +440,11 @@ TEST_F(CheckInServiceTest, AListByEnrollmentReadsThatEnrollmentsCheckInsByItsInd
       "'client-' || e, 'peer-1', 'peer_supporter', 'structured_check_in', 1, '{}', now() - d * "
       "interval '1 day' FROM generate_series(1, 200) e, generate_series(0, 364) d; "
       "SET session_replication_role = DEFAULT; ANALYZE checkin.check_ins");
-  pqxx::connection runtime(db_->UrlFor("checkin"));
-  pqxx::work tx(runtime);
-  tx.exec0("SET LOCAL search_path TO checkin");
-  tx.exec("SELECT set_config('app.agency_id', 'agency-a', true)");
-  tx.exec0(absl::StrCat("PREPARE list (text, text, text, boolean, text, text, integer, text) AS ",
-                        checkin::ListCheckInsSql()));
-  std::string plan;
-  for (const auto& row :
-       tx.exec("EXPLAIN EXECUTE list ('00000000-0000-4000-8000-000000000002', '', '', false, "
-               "'', '00000000-0000-0000-0000-000000000000', 51, '')")) {
-    plan += row[0].as<std::string>() + "\n";
-  }
+  const std::string plan = db_->PlanAsService(
+      "checkin", "agency-a", "text, text, text, boolean, text, text, integer, text",
+      checkin::ListCheckInsSql(),
+      "'00000000-0000-4000-8000-000000000002', '', '', false, '', "
+      "'00000000-0000-0000-0000-000000000000', 51, ''");
   EXPECT_NE(plan.find("Index Cond: ((agency_id = "), std::string::npos) << plan;
   EXPECT_NE(plan.find("check_ins_by_enrollment"), std::string::npos) << plan;
   EXPECT_EQ(plan.find("Seq Scan on check_ins"), std::string::npos) << plan;

@@ -294,20 +294,12 @@ TEST_F(EscalationServiceTest, ARaiseReadsTheEnrollmentItNamesByItsKey) {
       "INSERT INTO escalation.enrollments (agency_id, enrollment_id, participant_id) SELECT "
       "'agency-' || (g % 2), gen_random_uuid(), 'client-' || g FROM generate_series(1, 20000) g");
   db_->AdminQuery("ANALYZE escalation.enrollments");
-  pqxx::connection connection(db_->UrlFor("escalation"));
-  pqxx::work tx(connection);
-  tx.exec0("SET LOCAL search_path TO escalation");
-  tx.exec(
-      "SELECT set_config('app.agency_id', 'agency-a', true), "
-      "set_config('plan_cache_mode', 'force_generic_plan', true)");
-  tx.exec0(absl::StrCat("PREPARE contexts (text, text[], text[], text[], text[], text[]) AS ",
-                        escalation::kRaiseContextsSql));
-  std::string plan;
-  for (const auto& row : tx.exec(
-           "EXPLAIN EXECUTE contexts ('agency-a', '{k-1,k-2}', '{aa,bb}', '{client-1,client-3}', "
-           "'{peer-1,peer-1}', '{\"\",0b7a1d7e-4f43-4a52-8d8e-3c1fd1a4c7a0}')")) {
-    plan += row[0].as<std::string>() + "\n";
-  }
+  const std::string plan = db_->PlanAsService(
+      "escalation", "agency-a", "text, text[], text[], text[], text[], text[]",
+      escalation::kRaiseContextsSql,
+      "'agency-a', '{k-1,k-2}', '{aa,bb}', '{client-1,client-3}', '{peer-1,peer-1}', "
+      "'{\"\",0b7a1d7e-4f43-4a52-8d8e-3c1fd1a4c7a0}'",
+      /*generic=*/true);
   EXPECT_NE(plan.find("Index Scan using enrollments_pkey on enrollments"), std::string::npos)
       << plan;
   EXPECT_EQ(plan.find("Seq Scan on enrollments"), std::string::npos) << plan;

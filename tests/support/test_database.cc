@@ -99,6 +99,25 @@ pqxx::result TestDatabase::AdminQuery(const std::string& sql) const {
   return r;
 }
 
+std::string TestDatabase::PlanAsService(const std::string& service, const std::string& agency_id,
+                                        const std::string& parameter_types,
+                                        const std::string& statement, const std::string& arguments,
+                                        bool generic) const {
+  pqxx::connection conn(UrlFor(service));
+  pqxx::work tx(conn);
+  tx.exec0("SET LOCAL search_path TO " + tx.quote_name(service));
+  tx.exec_params(
+      "SELECT set_config('app.agency_id', $1, true), "
+      "set_config('plan_cache_mode', $2, true)",
+      agency_id, generic ? "force_generic_plan" : "auto");
+  tx.exec0("PREPARE statement_under_test (" + parameter_types + ") AS " + statement);
+  std::string plan;
+  for (const auto& row : tx.exec("EXPLAIN EXECUTE statement_under_test (" + arguments + ")")) {
+    plan += row[0].as<std::string>() + "\n";
+  }
+  return plan;
+}
+
 void TestDatabase::WriteOutboxEvent(const std::string& schema, const std::string& agency_id,
                                     const google::protobuf::Message& payload,
                                     const std::string& aggregate_id) const {

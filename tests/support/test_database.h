@@ -41,6 +41,13 @@ class TestDatabase {
   // The payloads (serialized) of the events of fully qualified `type` in `schema`'s outbox, in
   // insertion order.
   std::vector<std::string> OutboxPayloads(const std::string& schema, const std::string& type) const;
+  // How the service runs a statement: the plan (EXPLAIN, one line per row) of `statement`,
+  // prepared with `parameter_types` ("text, integer") and executed with `arguments` (SQL
+  // literals), as the service's runtime role makes it: its schema first, under row-level
+  // security for `agency_id`, on the generic plan when `generic` (Plans::kGeneric).
+  std::string PlanAsService(const std::string& service, const std::string& agency_id,
+                            const std::string& parameter_types, const std::string& statement,
+                            const std::string& arguments, bool generic = false) const;
   // Waits (up to 10 s) until service `schema`'s audit chainer has chained every committed audit
   // row, so that a measurement does not share the machine with it; false when it has not.
   bool WaitForAuditChained(const std::string& schema) const;
