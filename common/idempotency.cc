@@ -132,53 +132,32 @@ absl::StatusOr<bool> ReplayIfRecorded(pqxx::work& tx, const IdempotentCall& call
 
 namespace {
 
-// One statement per response, each key an index condition whatever the statistics say (in one
-// statement for many keys, = ANY or a join over an unnest of them, a plan made while the table's
-// statistics lagged behind its growth read all of the agency's keys for each batch). Binary when
-// it runs at once (a batch's response is megabytes), a bytea literal when deferred.
 template <typename Writes>
-void StoreResponses(Writes& writes, const IdempotentResponses& responses) {
-  for (size_t i = 0; i < responses.size(); ++i) {
-    writes.Exec("peerpath_idempotency_store_bytes",
-                "UPDATE idempotency_keys SET response = $3::bytea "
-                "WHERE agency_id = $1 AND idempotency_key = $2",
-                responses.agency_id(), responses.key(i), pqxx::binarystring(responses.bytes(i)));
-  }
-}
-
-IdempotentResponses One(const IdempotentCall& call, const google::protobuf::Message& response) {
-  IdempotentResponses one;
-  one.Add(call, response);
-  return one;
+void StoreResponse(Writes& writes, const IdempotentCall& call,
+                   const google::protobuf::Message& response) {
+  // Binary when the statement runs at once (a batch's response is megabytes), a bytea literal
+  // when deferred. One statement per key, even in a group commit: each key is an index condition
+  // whatever the statistics say (one statement for many keys, = ANY or a join over an unnest of
+  // them, was planned on statistics that lagged behind the table's growth as a read of all of the
+  // agency's keys).
+  writes.Exec("peerpath_idempotency_store_bytes",
+              "UPDATE idempotency_keys SET response = $3::bytea "
+              "WHERE agency_id = $1 AND idempotency_key = $2",
+              call.agency_id, call.key, pqxx::binarystring(DeterministicBytes(response)));
 }
 
 }  // namespace
 
-void IdempotentResponses::Add(const IdempotentCall& call,
-                              const google::protobuf::Message& response) {
-  if (keys_.empty()) {
-    agency_id_ = call.agency_id;
-  } else if (call.agency_id != agency_id_) {
-    throw std::invalid_argument("IdempotentResponses: calls of more than one agency");
-  }
-  keys_.push_back(call.key);
-  bytes_.push_back(DeterministicBytes(response));
-}
-
 absl::Status StoreIdempotentResponse(pqxx::work& tx, const IdempotentCall& call,
                                      const google::protobuf::Message& response) {
   ImmediateWrites writes{tx};
-  StoreResponses(writes, One(call, response));
+  StoreResponse(writes, call, response);
   return absl::OkStatus();
 }
 
 void StoreIdempotentResponse(DeferredWrites& writes, const IdempotentCall& call,
                              const google::protobuf::Message& response) {
-  StoreResponses(writes, One(call, response));
-}
-
-void StoreIdempotentResponses(DeferredWrites& writes, const IdempotentResponses& responses) {
-  StoreResponses(writes, responses);
+  StoreResponse(writes, call, response);
 }
 
 void ReleaseIdempotencyKey(DeferredWrites& writes, const IdempotentCall& call) {

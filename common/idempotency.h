@@ -78,24 +78,6 @@ absl::Status StoreIdempotentResponse(pqxx::work& tx, const IdempotentCall& call,
 // The same, sent with the caller's other deferred writes (DeferredWrites::Flush).
 void StoreIdempotentResponse(DeferredWrites& writes, const IdempotentCall& call,
                              const google::protobuf::Message& response);
-// The responses of several calls of one agency (a group commit's), gathered in turn for one
-// StoreIdempotentResponses: each is serialised as it is added.
-class IdempotentResponses {
- public:
-  // Throws std::invalid_argument for a call of another agency than the first one added.
-  void Add(const IdempotentCall& call, const google::protobuf::Message& response);
-  size_t size() const { return keys_.size(); }
-  const std::string& agency_id() const { return agency_id_; }
-  const std::string& key(size_t i) const { return keys_[i]; }
-  const std::string& bytes(size_t i) const { return bytes_[i]; }
-
- private:
-  std::string agency_id_;
-  std::vector<std::string> keys_;
-  std::vector<std::string> bytes_;
-};
-// StoreIdempotentResponse for each, sent with the caller's other deferred writes.
-void StoreIdempotentResponses(DeferredWrites& writes, const IdempotentResponses& responses);
 // Gives back a key the caller's transaction claimed for a call that writes nothing after all (a
 // call refused in a transaction that commits others' writes): the key stays free, as if never
 // claimed. Sent with the caller's other deferred writes.

@@ -437,7 +437,8 @@ std::vector<EscalationService::RaiseOutcome> EscalationService::RaiseBatch(
       requests.push_back(c->request);
     }
     // Every call's key claim and everything it is decided on in one round trip; every write of
-    // the calls decided in another, one statement per table, just before commit.
+    // the calls decided in another just before commit: one statement per table (OpeningWrites),
+    // the stored responses one per call.
     const std::vector<RaiseContext> contexts = ReadRaiseContexts(tx, agency, idempotent, requests);
     DeferredWrites writes(tx);
     OpeningWrites opening;
@@ -525,7 +526,7 @@ std::vector<EscalationService::RaiseOutcome> EscalationService::RaiseBatch(
         note.occurred_at = now;
         opening.feed.push_back(std::move(note));
         out.wake_feed = true;
-        opening.responses.Add(call, response);
+        StoreIdempotentResponse(writes, call, response);
         return absl::OkStatus();
       };
       out.status = decided();

@@ -7,11 +7,10 @@ namespace peerpath::escalation {
 
 void OpeningWrites::WriteTo(DeferredWrites& writes) const {
   Store::InsertConcerns(writes, concerns);
-  if (events.size() > 0) AppendEvents(writes, agency_id, events);
+  AppendEvents(writes, agency_id, events);
   AppendAudits(writes, agency_id, audits);
   NotificationOutbox::Enqueue(writes, notifications);
   WatchFeed::Record(writes, feed);
-  StoreIdempotentResponses(writes, responses);
 }
 
 }  // namespace peerpath::escalation

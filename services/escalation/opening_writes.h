@@ -11,7 +11,6 @@
 #include "common/audit.h"
 #include "common/db.h"
 #include "common/event_log.h"
-#include "common/idempotency.h"
 #include "services/escalation/notifier.h"
 #include "services/escalation/store.h"
 #include "services/escalation/watch_hub.h"
@@ -25,7 +24,6 @@ struct OpeningWrites {
   std::vector<Notification> notifications;
   std::vector<ConcernChangeNote> feed;
   std::vector<AuditEntry> audits;
-  IdempotentResponses responses;
 
   // Adds the statements to `writes`, concerns first (the rows that name them follow).
   void WriteTo(DeferredWrites& writes) const;
