@@ -15,6 +15,14 @@ const char kDueNotificationsSql[] =
     "gave_up_at IS NULL AND next_attempt_at <= now() ORDER BY next_attempt_at, id LIMIT $2 FOR "
     "UPDATE SKIP LOCKED";
 
+const char kMarkDeliveredSql[] =
+    "UPDATE notifications SET delivered_at = now(), attempts = attempts + 1 WHERE id = "
+    "ANY($1::bigint[])";
+
+const char kDispatchScopeSql[] =
+    "SELECT set_config('app.notification_dispatch', 'on', true), set_config('enable_seqscan', "
+    "'off', true)";
+
 namespace {
 
 // Up to this many due notifications per transaction, locked while they are delivered (another
@@ -120,7 +128,7 @@ void NotificationOutbox::Start(const StopSignal& stopping) {
           }
         });
       }
-      if (!wake_.WaitForWake(options_.poll)) return;
+      if (!wake_.WaitForWake(options_.poll, options_.min_gap)) return;
     }
   });
 }
@@ -141,63 +149,67 @@ absl::StatusOr<int> NotificationOutbox::DeliverDue(int max) {
   int delivered = 0;
   int handled = 0;
   while (handled < max) {
-    auto tried = db_.TransactWithSetting(
-        "app.notification_dispatch", "on", [&](pqxx::work& tx) -> absl::StatusOr<int> {
-          const pqxx::result due =
-              ExecPrepared(tx, "escalation_due_notifications", kDueNotificationsSql,
-                           absl::ToInt64Microseconds(options_.give_up_after),
-                           std::min(kPerTransaction, max - handled));
-          int done = 0;
-          for (const pqxx::row& r : due) {
-            ++done;
-            Notification n;
-            n.agency_id = r[1].as<std::string>();
-            n.concern_id = r[2].as<std::string>();
-            n.reason = r[3].as<std::string>();
-            n.category = static_cast<Category>(r[4].as<int>());
-            n.severity = static_cast<Severity>(r[5].as<int>());
-            n.level = r[6].as<int>();
-            n.target = Target{static_cast<TargetKind>(r[7].as<int>()), r[8].as<std::string>()};
-            n.deadline = absl::FromUnixMicros(r[9].as<int64_t>());
-            const int attempts = r[10].as<int>() + 1;
-            if (notifier_.Deliver(n)) {
-              ExecPrepared(tx, "escalation_notification_delivered",
-                           "UPDATE notifications SET delivered_at = now(), attempts = $2 WHERE "
-                           "id = $1",
-                           r[0].as<int64_t>(), attempts);
-              ++delivered;
-              if (delivered_ != nullptr) delivered_->Increment();
-              continue;
-            }
-            if (r[11].as<bool>()) {
-              ExecPrepared(tx, "escalation_notification_given_up",
-                           "UPDATE notifications SET gave_up_at = now(), attempts = $2 WHERE id = "
-                           "$1",
-                           r[0].as<int64_t>(), attempts);
-              if (given_up_ != nullptr) given_up_->Increment();
-              log::Error("concern notification not delivered; giving up",
-                         {{"concern_id", n.concern_id}, {"attempts", attempts}});
-            } else {
-              const absl::Duration backoff = std::min(
-                  options_.max_backoff,
-                  options_.first_backoff * static_cast<double>(1 << std::min(attempts - 1, 16)));
-              ExecPrepared(tx, "escalation_notification_retry",
-                           "UPDATE notifications SET attempts = $2, next_attempt_at = now() + "
-                           "$3::bigint * interval '1 microsecond' WHERE id = $1",
-                           r[0].as<int64_t>(), attempts, absl::ToInt64Microseconds(backoff));
-              if (failed_attempts_ != nullptr) failed_attempts_->Increment();
-              log::Warn("concern notification not accepted; will retry",
-                        {{"concern_id", n.concern_id}, {"attempts", attempts}});
-            }
-            // The receiver is failing: the rest of the batch waits for the next pass rather
-            // than for one timeout after another inside this transaction.
-            break;
-          }
-          return done;
-        });
+    const int limit = std::min(kPerTransaction, max - handled);
+    auto tried = db_.Transact([&](pqxx::work& tx) -> absl::StatusOr<int> {
+      ExecPrepared(tx, "escalation_dispatch_scope", kDispatchScopeSql);
+      const pqxx::result due =
+          ExecPrepared(tx, "escalation_due_notifications", kDueNotificationsSql,
+                       absl::ToInt64Microseconds(options_.give_up_after), limit);
+      int done = 0;
+      std::vector<int64_t> delivered_ids;  // Marked together at the end.
+      for (const pqxx::row& r : due) {
+        ++done;
+        Notification n;
+        n.agency_id = r[1].as<std::string>();
+        n.concern_id = r[2].as<std::string>();
+        n.reason = r[3].as<std::string>();
+        n.category = static_cast<Category>(r[4].as<int>());
+        n.severity = static_cast<Severity>(r[5].as<int>());
+        n.level = r[6].as<int>();
+        n.target = Target{static_cast<TargetKind>(r[7].as<int>()), r[8].as<std::string>()};
+        n.deadline = absl::FromUnixMicros(r[9].as<int64_t>());
+        const int attempts = r[10].as<int>() + 1;
+        if (notifier_.Deliver(n)) {
+          delivered_ids.push_back(r[0].as<int64_t>());
+          ++delivered;
+          if (delivered_ != nullptr) delivered_->Increment();
+          continue;
+        }
+        if (r[11].as<bool>()) {
+          ExecPrepared(tx, "escalation_notification_given_up",
+                       "UPDATE notifications SET gave_up_at = now(), attempts = $2 WHERE id = "
+                       "$1",
+                       r[0].as<int64_t>(), attempts);
+          if (given_up_ != nullptr) given_up_->Increment();
+          log::Error("concern notification not delivered; giving up",
+                     {{"concern_id", n.concern_id}, {"attempts", attempts}});
+        } else {
+          const absl::Duration backoff = std::min(
+              options_.max_backoff,
+              options_.first_backoff * static_cast<double>(1 << std::min(attempts - 1, 16)));
+          ExecPrepared(tx, "escalation_notification_retry",
+                       "UPDATE notifications SET attempts = $2, next_attempt_at = now() + "
+                       "$3::bigint * interval '1 microsecond' WHERE id = $1",
+                       r[0].as<int64_t>(), attempts, absl::ToInt64Microseconds(backoff));
+          if (failed_attempts_ != nullptr) failed_attempts_->Increment();
+          log::Warn("concern notification not accepted; will retry",
+                    {{"concern_id", n.concern_id}, {"attempts", attempts}});
+        }
+        // The receiver is failing: the rest of the batch waits for the next pass rather
+        // than for one timeout after another inside this transaction.
+        break;
+      }
+      if (!delivered_ids.empty()) {
+        ExecPrepared(tx, "escalation_notifications_delivered", kMarkDeliveredSql,
+                     IntegerArrayLiteral(delivered_ids));
+      }
+      return done;
+    });
     if (!tried.ok()) return tried.status();
-    if (*tried == 0) break;
     handled += *tried;
+    // Fewer than asked: nothing else was due (or the receiver failed); no empty transaction to
+    // find that out.
+    if (*tried < limit) break;
   }
   return delivered;
 }

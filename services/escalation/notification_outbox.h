@@ -4,7 +4,8 @@
 // they announce; a background thread delivers what is due through the Notifier (webhook or log),
 // up to 16 per transaction under row locks (SKIP LOCKED, so replicas share the work),
 // and retries a failed delivery with backoff until it succeeds or `give_up_after` has passed.
-// Wake() after a commit delivers at once; otherwise the thread looks every `poll`. A backlog is
+// Wake() after a commit delivers at once, or `min_gap` after the last pass; otherwise the thread
+// looks every `poll`. The pages a pass delivered are marked in one statement. A backlog is
 // delivered through up to four connections at once. Delivered notifications are kept 30 days,
 // then deleted.
 
@@ -27,6 +28,8 @@ namespace peerpath::escalation {
 
 struct NotificationOutboxOptions {
   absl::Duration poll = absl::Milliseconds(500);
+  // Wake-ups closer together than this share one pass (a burst of commits, one transaction).
+  absl::Duration min_gap = absl::Milliseconds(5);
   absl::Duration first_backoff = absl::Seconds(1);
   absl::Duration max_backoff = absl::Minutes(5);
   absl::Duration give_up_after = absl::Hours(24);
@@ -36,6 +39,15 @@ struct NotificationOutboxOptions {
 // in delivery order, each locked, skipping those another dispatcher holds. Read from the front of
 // notifications_due_in_order (migration 0014), never sorted whole.
 extern const char kDueNotificationsSql[];
+// The delivered ones of a pass, marked in one statement ($1 their ids; locked by the pass since
+// its read, so each one's attempts is as read).
+extern const char kMarkDeliveredSql[];
+// Scopes a dispatcher transaction: every agency's notifications, and no sequential scan. The
+// table grows by a page every few seconds under load, faster than autovacuum analyses it; a
+// plan PostgreSQL cached while it was small (a sequential scan of a few pages, cheaper on paper
+// than an index lookup for each id) read the whole table at every pass. Its statements look
+// notifications up by index only.
+extern const char kDispatchScopeSql[];
 
 class NotificationOutbox {
  public:

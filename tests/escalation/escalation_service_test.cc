@@ -286,6 +286,36 @@ TEST_F(EscalationServiceTest, ADispatcherPassReadsItsPagesFromTheFrontOfABacklog
   }
 }
 
+// A pass marks the pages it delivered in one statement, by their ids in the primary key, however
+// much the table grew since PostgreSQL cached the plan: under load, the plan cached while the
+// table was small was a sequential scan (cheaper on paper), and every pass read the whole table.
+TEST_F(EscalationServiceTest, ADispatcherPassMarksItsPagesByTheirKey) {
+  const auto page = [&](int count) {
+    db_->AdminQuery(absl::StrCat(
+        "INSERT INTO escalation.notifications (agency_id, concern_id, reason, category, "
+        "severity, level, target_kind, target_id, deadline) SELECT 'agency-' || (i % 2), "
+        "gen_random_uuid(), 'opened', 1, 3, 0, 1, 'clinical-on-call', now() + interval '15 "
+        "minutes' FROM generate_series(1, ",
+        count, ") i"));
+  };
+  page(60);  // The first pages, analysed (autovacuum), when the dispatcher's plan is cached.
+  db_->AdminQuery("ANALYZE escalation.notifications");
+  pqxx::connection conn(db_->UrlFor("escalation"));
+  pqxx::work tx(conn);
+  tx.exec0("SET LOCAL search_path TO escalation");
+  tx.exec(escalation::kDispatchScopeSql);
+  tx.exec0("SET LOCAL plan_cache_mode = force_generic_plan");
+  tx.exec0(std::string("PREPARE mark (bigint[]) AS ") + escalation::kMarkDeliveredSql);
+  tx.exec("EXPLAIN EXECUTE mark ('{1}')");  // Planned and cached.
+  page(20000);
+  std::string plan;
+  for (const auto& row : tx.exec("EXPLAIN EXECUTE mark ('{1,2,3}')")) {
+    plan += row[0].as<std::string>() + "\n";
+  }
+  EXPECT_NE(plan.find("notifications_pkey"), std::string::npos) << plan;
+  EXPECT_EQ(plan.find("Seq Scan"), std::string::npos) << plan;
+}
+
 // RaiseConcern's read finds a named enrollment by its key, as the service runs it (its role,
 // under row-level security, on the generic plan): it used to read every enrollment of the agency
 // for each batch of calls.
