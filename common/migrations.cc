@@ -28,7 +28,10 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 // own agency checks: a row is visible and writable only when its agency_id equals the
 // transaction's app.agency_id (set by Database::Transact). FORCE makes the policy bind the
 // table's owner too. Runs after every migration run, so a table added by any migration is
-// covered; idempotent.
+// covered; idempotent. A table already enabled, forced and under the current policy is left
+// alone: each of these ALTERs takes an ACCESS EXCLUSIVE lock, which waits for every running call
+// on the table and holds every new one behind it until the run commits, and a start-up with
+// nothing to migrate must not stall the replicas already serving (a rolling deployment).
 //
 // The setting is read by a sub-SELECT, which PostgreSQL evaluates once per statement (an
 // InitPlan) and can use as an index condition; a bare current_setting() call is evaluated again
@@ -46,13 +49,17 @@ DECLARE
   v_check text;
 BEGIN
   FOR t IN
-    SELECT c.oid, c.relname FROM pg_class c
+    SELECT c.oid, c.relname, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'agency_id' AND NOT a.attisdropped
     WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
   LOOP
-    EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t.relname);
-    EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t.relname);
+    IF NOT t.relrowsecurity THEN
+      EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t.relname);
+    END IF;
+    IF NOT t.relforcerowsecurity THEN
+      EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t.relname);
+    END IF;
     SELECT p.polqual::text, p.polwithcheck::text INTO v_qual, v_check
       FROM pg_policy p WHERE p.polrelid = t.oid AND p.polname = 'tenant_isolation';
     IF NOT FOUND THEN
@@ -65,6 +72,26 @@ BEGIN
   END LOOP;
 END
 $rls$)sql";
+
+// Before a run that applies migrations: the schema's tables are no longer forced under their
+// policies, so that the owner, who runs the migrations with no agency set, sees and changes the
+// rows of every agency (a backfill, rows moved to a new table); under FORCE such a migration saw
+// no row and did nothing, silently. kTenantIsolation forces every tenant table again in the same
+// transaction, so no other session ever sees a table unforced; the runtime role, which owns
+// nothing, is bound by the policies either way.
+constexpr char kLiftForceForMigrations[] = R"sql(
+DO $lift$
+DECLARE
+  t record;
+BEGIN
+  FOR t IN
+    SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND c.relforcerowsecurity
+  LOOP
+    EXECUTE format('ALTER TABLE %I NO FORCE ROW LEVEL SECURITY', t.relname);
+  END LOOP;
+END
+$lift$)sql";
 
 }  // namespace
 
@@ -107,6 +134,13 @@ absl::StatusOr<MigrationReport> ApplyMigrations(pqxx::connection& conn, const st
     for (const auto& row : tx.exec("SELECT track, version, checksum FROM schema_migrations")) {
       applied[{row[0].as<std::string>(), row[1].as<int>()}] = row[2].as<std::string>();
     }
+    bool pending = false;
+    for (const MigrationTrack& track : tracks) {
+      for (const Migration& m : *track.migrations) {
+        pending = pending || !applied.contains({track.name, m.version});
+      }
+    }
+    if (pending) tx.exec0(kLiftForceForMigrations);
     for (const MigrationTrack& track : tracks) {
       for (const Migration& m : *track.migrations) {
         const std::string checksum = MigrationChecksum(m);

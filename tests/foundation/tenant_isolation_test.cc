@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/db.h"
+#include "common/migrations.h"
 #include "tests/support/migrated_schema.h"
 #include "tests/support/service_process.h"
 #include "tests/support/test_database.h"
@@ -147,6 +148,65 @@ TEST_F(TenantIsolation, ThePolicyReadsTheAgencyOncePerStatementAlsoAfterAnUpgrad
   EXPECT_FALSE(Insert("agency-a", "agency-b").ok());
   EXPECT_EQ(CountAll("agency-a"), 1);
   EXPECT_EQ(CountAll("agency-b"), 1);
+}
+
+// A start-up with nothing to migrate takes no lock that waits for the calls of the replicas
+// already serving: a rolling deployment starts its new replicas while a long read (a report) may
+// be running. The runner used to enable and force row-level security on every table again at every
+// run, an ACCESS EXCLUSIVE lock on each, held until commit and queueing every call behind it.
+TEST_F(TenantIsolation, AStartUpWithNothingToMigrateWaitsForNoRunningCall) {
+  ASSERT_TRUE(Insert("agency-a", "agency-a").ok());
+  pqxx::connection reader(db_->UrlFor("consent"));
+  pqxx::work reading(reader);  // A call in progress: its table locked for reading until it ends.
+  reading.exec("SELECT set_config('app.agency_id', 'agency-a', true)");
+  EXPECT_EQ(reading.exec1("SELECT count(*) FROM consent.probe")[0].as<int>(), 1);
+  // A migration run that would wait for it gives up after a second instead of hanging the test.
+  ExitResult migrate =
+      RunToExit("consent", {"migrate", "--database_url=" + db_->OwnerUrlFor("consent") +
+                                           "?options=-c%20lock_timeout%3D1000"});
+  EXPECT_EQ(migrate.exit_code, 0) << migrate.log;
+  reading.commit();
+  // The wall still stands.
+  EXPECT_TRUE(db_->AdminQuery("SELECT relrowsecurity AND relforcerowsecurity FROM pg_class "
+                              "WHERE oid = 'consent.probe'::regclass")[0][0]
+                  .as<bool>());
+  EXPECT_EQ(CountAll("agency-b"), 0);
+}
+
+// A data migration (a backfill, rows moved to a new table) sees the rows of every agency, though
+// it runs as the schema owner, whom the tenant policy binds too (FORCE ROW LEVEL SECURITY) and no
+// agency is set: the runner lifts FORCE for the run and sets it again before commit. Such a
+// migration used to see no row at all.
+TEST_F(TenantIsolation, ADataMigrationSeesTheRowsOfEveryAgency) {
+  ASSERT_TRUE(Insert("agency-a", "agency-a").ok());
+  ASSERT_TRUE(Insert("agency-b", "agency-b").ok());
+  ASSERT_TRUE(Insert("agency-b", "agency-b").ok());
+  const std::vector<Migration> backfill = {
+      {1, "probe_counts",
+       "CREATE TABLE probe_counts AS SELECT agency_id AS agency, count(*) AS n FROM probe "
+       "GROUP BY agency_id; UPDATE probe SET note = 'migrated'"}};
+  pqxx::connection owner(db_->OwnerUrlFor("consent"));
+  const auto report = ApplyMigrations(owner, "consent", {{"probe", &backfill}}, "peerpath_consent");
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->applied, 1);
+  const pqxx::result counts =
+      db_->AdminQuery("SELECT agency, n FROM consent.probe_counts ORDER BY agency");
+  ASSERT_EQ(counts.size(), 2u);
+  EXPECT_EQ(counts[0][0].as<std::string>(), "agency-a");
+  EXPECT_EQ(counts[0][1].as<int>(), 1);
+  EXPECT_EQ(counts[1][1].as<int>(), 2);
+  EXPECT_EQ(
+      db_->AdminQuery("SELECT count(*) FROM consent.probe WHERE note = 'migrated'")[0][0].as<int>(),
+      3);
+  // Forced again before the run committed: the owner is bound by the policy once more, and the
+  // service's role as before.
+  EXPECT_TRUE(db_->AdminQuery("SELECT relforcerowsecurity FROM pg_class "
+                              "WHERE oid = 'consent.probe'::regclass")[0][0]
+                  .as<bool>());
+  pqxx::work as_owner(owner);
+  EXPECT_EQ(as_owner.exec1("SELECT count(*) FROM consent.probe")[0].as<int>(), 0);
+  as_owner.abort();
+  EXPECT_EQ(CountAll("agency-b"), 2);
 }
 
 TEST_F(TenantIsolation, EmptyAgencyScopeIsRefusedBeforeTheDatabase) {
