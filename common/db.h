@@ -121,6 +121,12 @@ enum class Plans {
   // at ten rows in it, the actual count in a custom plan), which PostgreSQL would otherwise plan
   // afresh at every execution, at several times the cost of running it.
   kGeneric,
+  // Its own choice, but no sequential scan where an index serves (enable_seqscan off, local to
+  // the transaction): for statements that look rows up by key in a table that grows fast. The
+  // plan a connection caches for a prepared statement is kept until the table is analysed again;
+  // one made while the table held a few pages (a sequential scan, cheaper on paper than an index
+  // lookup) reads the whole table at every execution as it grows, until autovacuum catches up.
+  kIndexScans,
 };
 
 // Scopes the rest of `tx` to `agency_id` for row-level security (app.agency_id, local to the
@@ -131,6 +137,13 @@ inline void ScopeToAgency(pqxx::transaction_base& tx, const std::string& agency_
     ExecPrepared(tx, "peerpath_set_agency_generic_plans",
                  "SELECT set_config('app.agency_id', $1, true), "
                  "set_config('plan_cache_mode', 'force_generic_plan', true)",
+                 agency_id);
+    return;
+  }
+  if (plans == Plans::kIndexScans) {
+    ExecPrepared(tx, "peerpath_set_agency_index_scans",
+                 "SELECT set_config('app.agency_id', $1, true), "
+                 "set_config('enable_seqscan', 'off', true)",
                  agency_id);
     return;
   }

@@ -63,6 +63,18 @@ struct TransitionRecord {
   absl::Time missed_deadline;  // absl::Time() when none.
 };
 
+// Scopes a sweeper transaction that reads across agencies (the policy sweeper_read), with no
+// sequential scan where an index serves (Plans::kIndexScans says why): the sweeper's prepared
+// reads of concerns due (kDueConcernsSql, kPendingNotificationsSql) run every sweep on the same
+// connections, while the table grows by every concern raised.
+extern const char kSweeperScopeSql[];
+// $1 now (microseconds), $2 how many: open or acknowledged concerns whose next deadline has come,
+// oldest first (concerns_open_by_deadline).
+extern const char kDueConcernsSql[];
+// $1 now, $2 how many: concerns whose target is still to be told and whose time to tell has come
+// (concerns_pending_notification).
+extern const char kPendingNotificationsSql[];
+
 class Store {
  public:
   // The agency's policy at `version` (0: the current one). Version 1, the built-in default, is
@@ -104,7 +116,7 @@ class Store {
                                                                   const Viewer& viewer, bool lock);
   // The concerns of `concern_ids` that exist in the agency, locked FOR UPDATE in the order of
   // their ids (so that two sweepers locking overlapping sets never wait on each other in a
-  // cycle), as the sweeper sees them (Viewer{}).
+  // cycle); routed_to_viewer is not read (nothing is routed to the sweeper).
   static std::vector<ConcernRecord> LockConcerns(pqxx::work& tx, const std::string& agency_id,
                                                  const std::vector<std::string>& concern_ids);
   static absl::StatusOr<std::optional<ConcernRecord>> FindBySourceEvent(
@@ -158,6 +170,9 @@ class Store {
   static absl::StatusOr<std::vector<ConcernRecord>> OpenForTarget(pqxx::work& tx,
                                                                   const std::string& agency_id,
                                                                   const Target& target);
+
+  // LockConcerns' statement ($1 agency, $2 the ids).
+  static const std::string& LockConcernsSql();
 
   // Across agencies (own transaction, read only): concerns whose next deadline is at or before
   // `now`, oldest deadline first, through the partial deadline index.

@@ -159,7 +159,8 @@ absl::StatusOr<SweepResult> DeadlineSweeper::SweepOnce(absl::Time now) {
   ForEachInOrder(pending->size(), db_.BackgroundWorkers(), [&](size_t i) {
     const Store::DueConcern& concern = (*pending)[i];
     auto marked = db_.TransactForAgency(
-        concern.agency_id, [&](pqxx::work& tx) -> absl::StatusOr<std::optional<ConcernRecord>> {
+        concern.agency_id,
+        [&](pqxx::work& tx) -> absl::StatusOr<std::optional<ConcernRecord>> {
           auto record = Store::MarkNotified(tx, concern.agency_id, concern.concern_id, now);
           if (record.ok() && record->has_value()) {
             const v1::Concern& c = (*record)->concern;
@@ -169,7 +170,8 @@ absl::StatusOr<SweepResult> DeadlineSweeper::SweepOnce(absl::Time now) {
                       FromProtoTimestamp(c.next_deadline())}});
           }
           return record;
-        });
+        },
+        Plans::kIndexScans);
     if (!marked.ok() || !marked->has_value()) return;
     outbox_.Wake();
     ++notified;
@@ -200,20 +202,23 @@ absl::StatusOr<int> DeadlineSweeper::ActOnChunk(const std::string& agency_id,
                                                 const std::vector<std::string>& concern_ids,
                                                 absl::Time now) {
   bool notify = false;
-  auto acted = db_.TransactForAgency(agency_id, [&](pqxx::work& tx) -> absl::StatusOr<int> {
-    DeferredWrites writes(tx);
-    SweepWrites more;
-    int count = 0;
-    for (ConcernRecord& record : Store::LockConcerns(tx, agency_id, concern_ids)) {
-      auto applied = Apply(tx, writes, more, std::move(record), now);
-      if (!applied.ok()) return applied.status();
-      if (*applied) ++count;
-    }
-    more.AddTo(writes, agency_id);
-    writes.Flush();
-    notify = !more.notifications.empty();
-    return count;
-  });
+  auto acted = db_.TransactForAgency(
+      agency_id,
+      [&](pqxx::work& tx) -> absl::StatusOr<int> {
+        DeferredWrites writes(tx);
+        SweepWrites more;
+        int count = 0;
+        for (ConcernRecord& record : Store::LockConcerns(tx, agency_id, concern_ids)) {
+          auto applied = Apply(tx, writes, more, std::move(record), now);
+          if (!applied.ok()) return applied.status();
+          if (*applied) ++count;
+        }
+        more.AddTo(writes, agency_id);
+        writes.Flush();
+        notify = !more.notifications.empty();
+        return count;
+      },
+      Plans::kIndexScans);
   if (acted.ok() && *acted > 0) AfterCommit(notify);
   return acted;
 }

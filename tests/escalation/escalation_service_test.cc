@@ -21,6 +21,7 @@
 #include "peerpath/escalation/v1/events.pb.h"
 #include "services/escalation/notification_outbox.h"
 #include "services/escalation/notifier.h"
+#include "services/escalation/store.h"
 #include "services/escalation/sweeper.h"
 #include "tests/support/local_http_server.h"
 #include "tests/support/service_process.h"
@@ -314,6 +315,72 @@ TEST_F(EscalationServiceTest, ADispatcherPassMarksItsPagesByTheirKey) {
   }
   EXPECT_NE(plan.find("notifications_pkey"), std::string::npos) << plan;
   EXPECT_EQ(plan.find("Seq Scan"), std::string::npos) << plan;
+}
+
+// The sweeper's prepared reads of concerns keep to their indexes as the table grows: plans cached
+// by the service's role on a few analysed concerns, under the sweeper's scopes, and used in later
+// transactions after 20,000 more concerns with no analyse in between (as until autovacuum catches
+// up with a burst). Without enable_seqscan off in the scopes, two of them stayed sequential scans
+// of every concern ever raised, paid at every sweep.
+TEST_F(EscalationServiceTest, TheSweepersReadsOfConcernsKeepToTheirIndexesAsTheTableGrows) {
+  db_->AdminQuery(
+      "INSERT INTO escalation.routing_policies (agency_id, version, rules, time_zone, "
+      "business_hours, created_by) VALUES ('agency-plan', 1, '[]', 'UTC', '[]', 'system:default')");
+  const auto raise = [&](int count) {
+    db_->AdminQuery(absl::StrCat(
+        "INSERT INTO escalation.concerns (agency_id, participant_id, category, severity, source, "
+        "raised_by, raised_by_role, policy_id, policy_version, target_kind, target_id, "
+        "ack_deadline, next_deadline, next_deadline_kind, notify_at, notified_at, opened_at) "
+        "SELECT p.agency_id, 'client-' || g, 'clinical_worsening', 'urgent', 'manual', 'dr-a', "
+        "'clinician', p.id, 1, 'clinical_on_call', 'clinical-on-call', now() + interval '4 hours', "
+        "now() + interval '4 hours', 'acknowledgement', now(), now(), now() "
+        "FROM generate_series(1, ",
+        count, ") g, escalation.routing_policies p WHERE p.agency_id = 'agency-plan'"));
+  };
+  raise(60);  // Their targets told when they were raised, as most are.
+  db_->AdminQuery("ANALYZE escalation.concerns");
+  pqxx::connection conn(db_->UrlFor("escalation"));
+  pqxx::nontransaction(conn).exec0("SET search_path TO escalation");
+  // Each read in a transaction of its own, scoped as the sweeper scopes it.
+  const auto plan = [&](const std::string& statement, const std::string& arguments, bool sweep) {
+    pqxx::work tx(conn);
+    if (sweep) {
+      tx.exec(escalation::kSweeperScopeSql);
+    } else {
+      ScopeToAgency(tx, "agency-plan", Plans::kIndexScans);
+    }
+    tx.exec0("SET LOCAL plan_cache_mode = force_generic_plan");
+    std::string text;
+    for (const auto& row : tx.exec("EXPLAIN EXECUTE " + statement + " (" + arguments + ")")) {
+      text += row[0].as<std::string>() + "\n";
+    }
+    tx.commit();
+    return text;
+  };
+  {
+    pqxx::nontransaction prepare(conn);
+    prepare.exec0(std::string("PREPARE due (bigint, bigint) AS ") + escalation::kDueConcernsSql);
+    prepare.exec0(std::string("PREPARE pending (bigint, bigint) AS ") +
+                  escalation::kPendingNotificationsSql);
+    prepare.exec0("PREPARE lock_chunk (text, uuid[]) AS " + escalation::Store::LockConcernsSql());
+  }
+  const std::string now_us = "(extract(epoch FROM now()) * 1000000)::bigint";
+  const std::string ids = "'agency-plan', '{0b7a1d7e-4f43-4a52-8d8e-3c1fd1a4c7a0}'";
+  plan("due", now_us + ", 100", true);  // Planned and cached.
+  plan("pending", now_us + ", 100", true);
+  plan("lock_chunk", ids, false);
+  raise(20000);
+  const struct {
+    std::string statement, arguments, index;
+    bool sweep;
+  } reads[] = {{"due", now_us + ", 100", "concerns_open_by_deadline", true},
+               {"pending", now_us + ", 100", "concerns_pending_notification", true},
+               {"lock_chunk", ids, "Index Cond", false}};
+  for (const auto& read : reads) {
+    const std::string text = plan(read.statement, read.arguments, read.sweep);
+    EXPECT_NE(text.find(read.index), std::string::npos) << read.statement << ":\n" << text;
+    EXPECT_EQ(text.find("Seq Scan"), std::string::npos) << read.statement << ":\n" << text;
+  }
 }
 
 // RaiseConcern's read finds a named enrollment by its key, as the service runs it (its role,
