@@ -303,13 +303,16 @@ std::optional<v1::PathwayVersion> PublishPathway(pqxx::work& tx, const std::stri
   return PathwayOf(r[0], 0);
 }
 
+const char kKnownPeerSupportersSql[] =
+    "SELECT x FROM unnest($1::text[]) x WHERE EXISTS (SELECT 1 FROM supporter_matches m WHERE "
+    "m.supporter_subject = x) OR EXISTS (SELECT 1 FROM supporter_matches m WHERE m.supporter_id = "
+    "(CASE WHEN x ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN "
+    "x::uuid END))";
+
 std::set<std::string> KnownPeerSupporters(pqxx::work& tx, const std::vector<std::string>& ids) {
   std::set<std::string> out;
   if (ids.empty()) return out;
-  const pqxx::result r = tx.exec_params(
-      "SELECT DISTINCT x FROM unnest($1::text[]) x JOIN supporter_matches m "
-      "ON m.supporter_subject = x OR m.supporter_id::text = x",
-      TextArrayLiteral(ids));
+  const pqxx::result r = tx.exec_params(kKnownPeerSupportersSql, TextArrayLiteral(ids));
   for (const auto& row : r) out.insert(row[0].c_str());
   return out;
 }

@@ -45,6 +45,9 @@ std::optional<v1::PathwayVersion> PublishPathway(pqxx::work& tx, const std::stri
 
 // The ids among `ids` known as peer supporters (supporter ids or subjects of any match).
 std::set<std::string> KnownPeerSupporters(pqxx::work& tx, const std::vector<std::string>& ids);
+// Its statement ($1 the ids): each id looked up by subject and, when it is a UUID, by supporter
+// id, through the indexes of migration 0015.
+extern const char kKnownPeerSupportersSql[];
 
 // Inserts an enrollment (owners, schedule, dates, gate results already set on `e`, with
 // `enrollment_id` chosen by the caller). Returns it as stored, or nullopt when the participant

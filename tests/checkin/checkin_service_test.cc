@@ -450,6 +450,25 @@ TEST_F(CheckInServiceTest, AListByEnrollmentReadsThatEnrollmentsCheckInsByItsInd
   EXPECT_EQ(plan.find("Seq Scan on check_ins"), std::string::npos) << plan;
 }
 
+// Whether an owner named for an enrollment or an appointment is a peer supporter is read by
+// index, as the service runs it (its role, under row-level security): it matched every one of the
+// agency's matches against each owner, by subject or by the supporter's id as text.
+TEST_F(CheckInServiceTest, APeerOwnerCheckLooksTheOwnersUpByIndex) {
+  db_->AdminQuery(
+      "INSERT INTO checkin.supporter_matches (agency_id, match_id, supporter_id, "
+      "supporter_subject, participant_id, active, ended_at) SELECT 'agency-' || (CASE WHEN g % 2 "
+      "= 0 THEN 'a' ELSE 'b' END), gen_random_uuid(), ('00000000-0000-4000-8000-' || lpad((g % "
+      "2000)::text, 12, '0'))::uuid, 'peer-' || (g % 2000), 'client-' || g, g % 3 <> 0, CASE "
+      "WHEN g % 3 = 0 THEN now() END FROM generate_series(1, 20000) g; "
+      "ANALYZE checkin.supporter_matches");
+  const std::string plan =
+      db_->PlanAsService("checkin", "agency-a", "text", checkin::kKnownPeerSupportersSql,
+                         "'{peer-2,00000000-0000-4000-8000-000000000004,dr-a}'");
+  EXPECT_NE(plan.find("supporter_matches_by_subject"), std::string::npos) << plan;
+  EXPECT_NE(plan.find("supporter_matches_by_supporter"), std::string::npos) << plan;
+  EXPECT_EQ(plan.find("Seq Scan on supporter_matches"), std::string::npos) << plan;
+}
+
 TEST_F(CheckInServiceTest, AnEnrollmentCarriesItsProgramIntoItsEvent) {
   consent_.Hold({"consent_information_sharing"});
   v1::CreateEnrollmentRequest request = Enrollment("early_engagement", "p-1");
