@@ -133,22 +133,21 @@ enum class Plans {
 // transaction), with a statement prepared once per connection; `plans` in the same statement.
 inline void ScopeToAgency(pqxx::transaction_base& tx, const std::string& agency_id,
                           Plans plans = Plans::kAsPostgresChooses) {
-  if (plans == Plans::kGeneric) {
-    ExecPrepared(tx, "peerpath_set_agency_generic_plans",
-                 "SELECT set_config('app.agency_id', $1, true), "
-                 "set_config('plan_cache_mode', 'force_generic_plan', true)",
-                 agency_id);
-    return;
-  }
-  if (plans == Plans::kIndexScans) {
-    ExecPrepared(tx, "peerpath_set_agency_index_scans",
-                 "SELECT set_config('app.agency_id', $1, true), "
-                 "set_config('enable_seqscan', 'off', true)",
-                 agency_id);
-    return;
-  }
-  ExecPrepared(tx, "peerpath_set_agency", "SELECT set_config('app.agency_id', $1, true)",
-               agency_id);
+  struct Scope {
+    const char* name;
+    const char* sql;
+  };
+  // In the order of Plans.
+  static constexpr Scope kScopes[] = {
+      {"peerpath_set_agency", "SELECT set_config('app.agency_id', $1, true)"},
+      {"peerpath_set_agency_generic_plans",
+       "SELECT set_config('app.agency_id', $1, true), "
+       "set_config('plan_cache_mode', 'force_generic_plan', true)"},
+      {"peerpath_set_agency_index_scans",
+       "SELECT set_config('app.agency_id', $1, true), set_config('enable_seqscan', 'off', true)"},
+  };
+  const Scope& scope = kScopes[static_cast<int>(plans)];
+  ExecPrepared(tx, scope.name, scope.sql, agency_id);
 }
 
 // Writes whose results nobody reads, sent together: each Exec renders its statement with the

@@ -7,30 +7,12 @@
 #include <string>
 #include <vector>
 
-#include "common/migrations.h"
 #include "escalation/migrations.h"
-#include "shared/migrations.h"
+#include "tests/support/migrated_schema.h"
 #include "tests/support/test_database.h"
 
 namespace peerpath::testing {
 namespace {
-
-// The escalation migrations before `version`.
-std::vector<Migration> Before(int version) {
-  std::vector<Migration> out;
-  for (const Migration& m : escalation::Migrations()) {
-    if (m.version < version) out.push_back(m);
-  }
-  return out;
-}
-
-void Migrate(const TestDatabase& db, const std::vector<Migration>& escalation) {
-  pqxx::connection owner(db.OwnerUrlFor("escalation"));
-  const auto report = ApplyMigrations(
-      owner, "escalation", {{"shared", &shared::Migrations()}, {"escalation", &escalation}},
-      "peerpath_escalation");
-  ASSERT_TRUE(report.ok()) << report.status();
-}
 
 // Versions of a routing policy: (agency, version, created_by, published how long before step 8
 // ran (negative: after), flag as stored).
@@ -60,7 +42,7 @@ std::string Flags(const TestDatabase& db, const std::string& agency) {
 // the flag from it, of every agency.
 TEST(EscalationMigrations, TimeZonesChosenByAdminsBeforeStep8AreFlaggedByStep15) {
   const auto db = TestDatabase::Create();
-  Migrate(*db, Before(15));
+  ApplyServiceMigrations(*db, "escalation", MigrationsBefore(escalation::Migrations(), 15));
   // agency-a: an admin's version before step 8 (left unflagged), one after it that named no zone
   // (inherited the missing flag), then the system's own version following the check-in log
   // (keeps its flag), then an admin's version after it that named no zone (inherits the system's).
@@ -74,12 +56,12 @@ TEST(EscalationMigrations, TimeZonesChosenByAdminsBeforeStep8AreFlaggedByStep15)
   Publish(*db, "agency-b", 2, "admin-b", "-1 day", false);
   Publish(*db, "agency-b", 3, "admin-b", "-2 days", true);
 
-  Migrate(*db, escalation::Migrations());
+  ApplyServiceMigrations(*db, "escalation", escalation::Migrations());
 
   EXPECT_EQ(Flags(*db, "agency-a"), "ttff");
   EXPECT_EQ(Flags(*db, "agency-b"), "fft");
   // Run again: nothing changes.
-  Migrate(*db, escalation::Migrations());
+  ApplyServiceMigrations(*db, "escalation", escalation::Migrations());
   EXPECT_EQ(Flags(*db, "agency-a"), "ttff");
 }
 
@@ -87,7 +69,7 @@ TEST(EscalationMigrations, TimeZonesChosenByAdminsBeforeStep8AreFlaggedByStep15)
 // agency, now that the runner lifts FORCE while it migrates.
 TEST(EscalationMigrations, Step8FlagsTheZonesAdminsPublishedBeforeIt) {
   const auto db = TestDatabase::Create();
-  Migrate(*db, Before(8));
+  ApplyServiceMigrations(*db, "escalation", MigrationsBefore(escalation::Migrations(), 8));
   db->AdminQuery(
       "INSERT INTO escalation.routing_policies (agency_id, version, rules, time_zone, "
       "business_hours, created_by) VALUES "
@@ -95,7 +77,7 @@ TEST(EscalationMigrations, Step8FlagsTheZonesAdminsPublishedBeforeIt) {
       "('agency-b', 1, '[]', 'UTC', '[]', 'system:default'), "
       "('agency-b', 2, '[]', 'Europe/Dublin', '[]', 'admin-b')");
 
-  Migrate(*db, escalation::Migrations());
+  ApplyServiceMigrations(*db, "escalation", escalation::Migrations());
 
   EXPECT_EQ(Flags(*db, "agency-a"), "t");
   EXPECT_EQ(Flags(*db, "agency-b"), "ft");

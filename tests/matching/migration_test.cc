@@ -7,34 +7,16 @@
 #include <string>
 #include <vector>
 
-#include "common/migrations.h"
 #include "matching/migrations.h"
-#include "shared/migrations.h"
+#include "tests/support/migrated_schema.h"
 #include "tests/support/test_database.h"
 
 namespace peerpath::testing {
 namespace {
 
-// The matching migrations before `version`.
-std::vector<Migration> Before(int version) {
-  std::vector<Migration> out;
-  for (const Migration& m : matching::Migrations()) {
-    if (m.version < version) out.push_back(m);
-  }
-  return out;
-}
-
-void Migrate(const TestDatabase& db, const std::vector<Migration>& matching) {
-  pqxx::connection owner(db.OwnerUrlFor("matching"));
-  const auto report = ApplyMigrations(owner, "matching",
-                                      {{"shared", &shared::Migrations()}, {"matching", &matching}},
-                                      "peerpath_matching");
-  ASSERT_TRUE(report.ok()) << report.status();
-}
-
 TEST(MatchingMigrations, BatchesBeforeBatchRowsAreBackfilledAndRequestCriteriaKeptAsJson) {
   const auto db = TestDatabase::Create();
-  Migrate(*db, Before(9));
+  ApplyServiceMigrations(*db, "matching", MigrationsBefore(matching::Migrations(), 9));
   // Two agencies' batches (three matches, one), a match started by hand (no batch), and a
   // request's criteria as the service wrote them.
   db->AdminQuery(
@@ -58,7 +40,7 @@ TEST(MatchingMigrations, BatchesBeforeBatchRowsAreBackfilledAndRequestCriteriaKe
       "   END::uuid, '\\x00'"
       " FROM matching.match_requests r");
 
-  Migrate(*db, matching::Migrations());
+  ApplyServiceMigrations(*db, "matching", matching::Migrations());
 
   const pqxx::result batches = db->AdminQuery(
       "SELECT agency_id, id::text, created_by, match_ids::text FROM matching.match_batches"

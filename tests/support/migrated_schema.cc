@@ -1,7 +1,10 @@
 #include "tests/support/migrated_schema.h"
 
+#include <gtest/gtest.h>
+
 #include <stdexcept>
 
+#include "shared/migrations.h"
 #include "tests/support/service_process.h"
 
 namespace peerpath::testing {
@@ -14,6 +17,23 @@ std::unique_ptr<Database> MigrateAndConnect(const TestDatabase& db, const std::s
   }
   return std::make_unique<Database>(
       DatabaseOptions{db.UrlFor(service), service, pool_size, std::chrono::milliseconds(5000)});
+}
+
+std::vector<Migration> MigrationsBefore(const std::vector<Migration>& migrations, int version) {
+  std::vector<Migration> out;
+  for (const Migration& m : migrations) {
+    if (m.version < version) out.push_back(m);
+  }
+  return out;
+}
+
+void ApplyServiceMigrations(const TestDatabase& db, const std::string& service,
+                            const std::vector<Migration>& migrations) {
+  pqxx::connection owner(db.OwnerUrlFor(service));
+  const auto report =
+      ApplyMigrations(owner, service, {{"shared", &shared::Migrations()}, {service, &migrations}},
+                      "peerpath_" + service);
+  ASSERT_TRUE(report.ok()) << report.status();
 }
 
 }  // namespace peerpath::testing
