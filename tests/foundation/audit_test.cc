@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "common/db.h"
 #include "tests/support/migrated_schema.h"
 #include "tests/support/service_process.h"
@@ -255,6 +256,42 @@ TEST_F(AuditLog, TheServiceRoleCannotTouchTheChainsHeads) {
     EXPECT_THROW(tx.exec(sql), pqxx::insufficient_privilege) << sql;
   }
   EXPECT_EQ(db_->AdminQuery("SELECT seq FROM consent.audit_chain_heads")[0][0].as<int64_t>(), 1);
+}
+
+// The chainer keeps to its indexes as the log grows: its plans cached on a connection while the
+// log held a few analysed rows, then 20,000 rows to chain (no analyse in between, as until
+// autovacuum catches up with a burst). It used to read the whole log at every run.
+TEST_F(AuditLog, TheChainerKeepsToItsIndexesAsTheLogGrows) {
+  const auto append = [&](int count) {
+    db_->AdminQuery(absl::StrCat(
+        "INSERT INTO consent.audit_log (agency_id, occurred_at, actor, actor_role, action, "
+        "object_type, object_id, participant_id, decision, request_id) SELECT 'agency-' || (g % "
+        "2), now(), 'clinician-9', 'clinician', 'consent.CheckAccess', 'consent', 'c-' || g, "
+        "'client-' || g, 'allowed', 'req-' || g FROM generate_series(1, ",
+        count, ") g"));
+  };
+  pqxx::connection chainer(db_->UrlFor("consent"));
+  // One run of the chainer on the connection, as its generic plans; the log's scans in it.
+  const auto chain = [&] {
+    pqxx::work tx(chainer);
+    tx.exec0("SET LOCAL plan_cache_mode = force_generic_plan");
+    tx.exec("SELECT consent.audit_chain(100000)");
+    const pqxx::row scans = tx.exec1(
+        "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables WHERE schemaname = 'consent' "
+        "AND relname = 'audit_log'");
+    tx.commit();
+    return std::make_pair(scans[0].as<int64_t>(), scans[1].as<int64_t>());
+  };
+  append(60);
+  db_->AdminQuery("ANALYZE consent.audit_log");
+  chain();  // Planned and cached.
+  append(20000);
+  const auto [sequential, by_index] = chain();
+  EXPECT_EQ(sequential, 0);
+  EXPECT_GT(by_index, 0);
+  EXPECT_EQ(
+      db_->AdminQuery("SELECT count(*) FROM consent.audit_log WHERE seq IS NULL")[0][0].as<int>(),
+      0);
 }
 
 TEST_F(AuditLog, RehashedRowBreaksTheLinkOfTheNext) {
