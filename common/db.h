@@ -119,7 +119,9 @@ enum class Plans {
   // Always the generic plan (plan_cache_mode, local to the transaction): for a statement whose
   // generic plan is as good but is estimated dearer (an unnest of array parameters is estimated
   // at ten rows in it, the actual count in a custom plan), which PostgreSQL would otherwise plan
-  // afresh at every execution, at several times the cost of running it.
+  // afresh at every execution, at several times the cost of running it. With no sequential scan
+  // where an index serves, as kIndexScans: a generic plan is made once per connection, and one
+  // made while a table was small is kept as it grows.
   kGeneric,
   // Its own choice, but no sequential scan where an index serves (enable_seqscan off, local to
   // the transaction): for statements that look rows up by key in a table that grows fast. The
@@ -142,7 +144,8 @@ inline void ScopeToAgency(pqxx::transaction_base& tx, const std::string& agency_
       {"peerpath_set_agency", "SELECT set_config('app.agency_id', $1, true)"},
       {"peerpath_set_agency_generic_plans",
        "SELECT set_config('app.agency_id', $1, true), "
-       "set_config('plan_cache_mode', 'force_generic_plan', true)"},
+       "set_config('plan_cache_mode', 'force_generic_plan', true), "
+       "set_config('enable_seqscan', 'off', true)"},
       {"peerpath_set_agency_index_scans",
        "SELECT set_config('app.agency_id', $1, true), set_config('enable_seqscan', 'off', true)"},
   };

@@ -303,18 +303,22 @@ const char kRaiseContextsSql[] = R"sql(
       SELECT $1, i.key, 'RaiseConcern', decode(i.hash, 'hex'), '' FROM i ORDER BY i.key
       ON CONFLICT DO NOTHING RETURNING idempotency_key)
     SELECT i.key IN (SELECT idempotency_key FROM claim), m.supporter_id::text,
-      m.supporter_subject, m.supervisor_subject,
-      i.caller <> '' AND EXISTS (SELECT 1 FROM supporter_matches s
-        WHERE s.participant_id = i.participant AND s.supporter_subject = i.caller AND s.active),
-      i.caller <> '' AND EXISTS (SELECT 1 FROM supporter_matches s
-        WHERE s.participant_id = i.participant AND s.supervisor_subject = i.caller AND s.active),
-      e.participant_id, e.receiving_clinician,
+      m.supporter_subject, m.supervisor_subject, supports.found IS NOT NULL,
+      supervises.found IS NOT NULL, e.participant_id, e.receiving_clinician,
       (SELECT p.id::text FROM routing_policies p WHERE p.agency_id = $1
         ORDER BY p.version DESC LIMIT 1)
     FROM i
     LEFT JOIN LATERAL (SELECT s.supporter_id, s.supporter_subject, s.supervisor_subject
       FROM supporter_matches s WHERE s.participant_id = i.participant AND s.active
       ORDER BY s.started_at DESC NULLS LAST LIMIT 1) m ON true
+    -- Looked up per call (a LIMIT is never hashed): as EXISTS, a generic plan made while the
+    -- agency had few matches hashed all of its active matches once per statement.
+    LEFT JOIN LATERAL (SELECT true AS found FROM supporter_matches s
+      WHERE i.caller <> '' AND s.participant_id = i.participant AND s.supporter_subject = i.caller
+        AND s.active LIMIT 1) supports ON true
+    LEFT JOIN LATERAL (SELECT true AS found FROM supporter_matches s
+      WHERE i.caller <> '' AND s.participant_id = i.participant AND s.supervisor_subject = i.caller
+        AND s.active LIMIT 1) supervises ON true
     LEFT JOIN enrollments e ON e.enrollment_id = i.enrollment_uuid
     ORDER BY i.n)sql";
 

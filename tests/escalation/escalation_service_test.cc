@@ -383,6 +383,59 @@ TEST_F(EscalationServiceTest, TheSweepersReadsOfConcernsKeepToTheirIndexesAsTheT
   }
 }
 
+// RaiseConcern's read of what its calls are decided on keeps to its indexes as the tables grow:
+// its generic plan, cached by the service's role under RaiseConcern's scope while the agency had a
+// few analysed matches and enrollments, used in later transactions after 20,000 more of each (no
+// analyse in between, as until autovacuum catches up with a burst). Its plan read every
+// enrollment and, three times, every active match of the agency.
+TEST_F(EscalationServiceTest, ARaisesReadOfItsContextKeepsToItsIndexesAsTheTablesGrow) {
+  const auto grow = [&](int from, int count) {
+    db_->AdminQuery(absl::StrCat(
+        "INSERT INTO escalation.supporter_matches (agency_id, match_id, supporter_id, "
+        "supporter_subject, participant_id, active, ended_at, supervisor_subject) SELECT "
+        "'agency-a', gen_random_uuid(), gen_random_uuid(), 'peer-' || (g % 500), 'client-' || g, "
+        "g % 3 <> 0, CASE WHEN g % 3 = 0 THEN now() END, 'sup-' || (g % 50) FROM "
+        "generate_series(",
+        from, ", ", from + count - 1,
+        ") g; INSERT INTO escalation.enrollments (agency_id, enrollment_id, participant_id) "
+        "SELECT 'agency-a', gen_random_uuid(), 'client-' || g FROM generate_series(",
+        from, ", ", from + count - 1, ") g"));
+  };
+  grow(1, 60);
+  db_->AdminQuery("ANALYZE escalation.supporter_matches; ANALYZE escalation.enrollments");
+  pqxx::connection conn(db_->UrlFor("escalation"));
+  pqxx::nontransaction(conn).exec0("SET search_path TO escalation");
+  pqxx::nontransaction(conn).exec0(
+      std::string("PREPARE contexts (text, text[], text[], text[], text[], text[]) AS ") +
+      escalation::kRaiseContextsSql);
+  const auto plan = [&] {
+    pqxx::work tx(conn);
+    ScopeToAgency(tx, "agency-a", Plans::kGeneric);
+    std::string text;
+    for (const auto& row : tx.exec("EXPLAIN EXECUTE contexts ('agency-a', '{k-1,k-2}', '{aa,bb}', "
+                                   "'{client-1,client-3}', '{peer-1,peer-1}', "
+                                   "'{\"\",0b7a1d7e-4f43-4a52-8d8e-3c1fd1a4c7a0}')")) {
+      text += row[0].as<std::string>() + "\n";
+    }
+    tx.commit();
+    return text;
+  };
+  plan();  // Planned and cached.
+  grow(61, 20000);
+  const std::string text = plan();
+  EXPECT_EQ(text.find("Seq Scan on supporter_matches"), std::string::npos) << text;
+  EXPECT_EQ(text.find("Seq Scan on enrollments"), std::string::npos) << text;
+  EXPECT_EQ(text.find("Seq Scan on idempotency_keys"), std::string::npos) << text;
+  // Each of its three reads of matches (the participant's supporter; whether the caller supports
+  // or supervises them) looks up the call's participant, none reads the agency's matches whole.
+  int by_participant = 0;
+  for (size_t at = 0; (at = text.find("(participant_id = i.participant)", at)) != std::string::npos;
+       ++at) {
+    ++by_participant;
+  }
+  EXPECT_EQ(by_participant, 3) << text;
+}
+
 // RaiseConcern's read finds a named enrollment by its key, as the service runs it (its role,
 // under row-level security, on the generic plan): it used to read every enrollment of the agency
 // for each batch of calls.
