@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -1241,6 +1242,76 @@ TEST_F(CheckInServiceTest, ReadingCheckInsTogetherAnswersEachAsItsOwnReadDoes) {
                                     "']::uuid[], ARRAY[]::text[], ARRAY[current_date], "
                                     "ARRAY['k']::text[], '{}')")),
                pqxx::sql_error);
+}
+
+// check_in_contexts keeps to its indexes as the tables grow: its generic plan (migration 0014),
+// cached on a connection while the agency had one check-in and its tables were analysed, used in
+// a later transaction after 20,000 more idempotency keys, check-ins, occurrences and matches (no
+// analyse in between, as until autovacuum catches up with a burst). A read of one check-in's
+// context reads a few rows of each table, none whole.
+TEST_F(CheckInServiceTest, ReadingACheckInsContextKeepsToItsIndexesAsTheTablesGrow) {
+  const std::string enrollment = Enrolled("structured_checkin", "p-1");
+  v1::RecordCheckInRequest recorded = CheckIn(enrollment, ValidAnswers("structured_checkin"));
+  recorded.set_idempotency_key("context-recorded");
+  v1::RecordCheckInResponse response;
+  ASSERT_TRUE(Record(recorded, &response).ok());
+  db_->AdminQuery(
+      "ANALYZE checkin.idempotency_keys; ANALYZE checkin.check_ins; ANALYZE "
+      "checkin.scheduled_check_ins; ANALYZE checkin.supporter_matches; ANALYZE "
+      "checkin.enrollments");
+  pqxx::connection runtime(db_->UrlFor("checkin"));
+  pqxx::nontransaction(runtime).exec0("SET search_path TO checkin");
+  constexpr char kTables[] =
+      "'idempotency_keys', 'check_ins', 'scheduled_check_ins', 'supporter_matches', "
+      "'enrollments'";
+  // Reads of the context together and alone (check_in_context_2, its plan settled after five
+  // calls), each in a transaction of its own; the rows the read read of each table.
+  const std::string together = absl::StrCat(
+      "SELECT * FROM check_in_contexts('agency-a', ARRAY['", enrollment,
+      "']::uuid[], ARRAY['']::text[], ARRAY[current_date], ARRAY['context-next']::text[], '{}')");
+  const std::string alone =
+      absl::StrCat("SELECT * FROM check_in_context_2('agency-a', '", enrollment,
+                   "', '', current_date, 'context-next', false, '{}')");
+  const auto read = [&](const std::string& sql) {
+    pqxx::work tx(runtime);
+    tx.exec(sql);
+    std::map<std::string, std::pair<int64_t, int64_t>> scans;
+    for (const auto& row : tx.exec(absl::StrCat(
+             "SELECT relname, seq_scan, coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) "
+             "FROM pg_stat_xact_user_tables WHERE schemaname = 'checkin' AND relname IN (",
+             kTables, ")"))) {
+      scans[row[0].c_str()] = {row[1].as<int64_t>(), row[2].as<int64_t>()};
+    }
+    tx.commit();
+    return scans;
+  };
+  read(together);  // Planned and cached.
+  for (int i = 0; i < 6; ++i) read(alone);
+  db_->AdminQuery(
+      "SET session_replication_role = replica; "
+      "INSERT INTO checkin.idempotency_keys (agency_id, idempotency_key, method, request_hash, "
+      "response) SELECT 'agency-a', 'grown-' || g, 'RecordCheckIn', sha256(g::text::bytea), "
+      "'\\x00' FROM generate_series(1, 20000) g; "
+      "INSERT INTO checkin.check_ins (agency_id, enrollment_id, participant_id, recorded_by, "
+      "recorded_by_role, pathway_key, pathway_version, answers, occurred_at, wellbeing) SELECT "
+      "'agency-a', ('00000000-0000-4000-8000-' || lpad((g % 500)::text, 12, '0'))::uuid, "
+      "'client-' || (g % 500), 'peer-1', 'peer_supporter', 'structured_check_in', 1, '{}', now() "
+      "- g * interval '1 minute', 3 FROM generate_series(1, 20000) g; "
+      "INSERT INTO checkin.scheduled_check_ins (agency_id, enrollment_id, due_on, window_start, "
+      "window_end) SELECT 'agency-a', ('00000000-0000-4000-8000-' || lpad(e::text, 12, "
+      "'0'))::uuid, current_date - d, now() - d * interval '1 day', now() - d * interval '1 day' "
+      "+ interval '1 hour' FROM generate_series(1, 200) e, generate_series(0, 99) d; "
+      "INSERT INTO checkin.supporter_matches (agency_id, match_id, supporter_id, "
+      "supporter_subject, participant_id, active, ended_at) SELECT 'agency-a', "
+      "gen_random_uuid(), gen_random_uuid(), 'peer-' || (g % 500), 'client-' || g, g % 3 <> 0, "
+      "CASE WHEN g % 3 = 0 THEN now() END FROM generate_series(1, 20000) g; "
+      "SET session_replication_role = DEFAULT");
+  for (const std::string& sql : {together, alone}) {
+    for (const auto& [table, scan] : read(sql)) {
+      EXPECT_EQ(scan.first, 0) << table << ": sequential scans by " << sql;
+      EXPECT_LT(scan.second, 50) << table << ": rows read by " << sql;
+    }
+  }
 }
 
 // Concurrent calls whose reads share statements each get the answer for their own enrollment:
