@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <map>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -102,6 +103,62 @@ TEST_F(DecisionRoundTripsTest, APeerSupportersInputsAndRelationshipAreOneRoundTr
   EXPECT_FALSE(unmatched.has_value());
   pqxx::nontransaction tx(*conn_);
   EXPECT_FALSE(store::ReadPeerDecisionInputs(tx, "agency-b", "p-1", "peer-7").has_value());
+}
+
+// A decision's inputs keep to their indexes as the tables grow: the functions' plans, settled on
+// this connection (after five calls) while the agency had one consent, used after 20,000 more
+// consents, emergency accesses and matches (no analyse in between, as until autovacuum catches up
+// with a burst). A decision reads a few rows of each table, none whole.
+TEST_F(DecisionRoundTripsTest, ADecisionsInputsKeepToTheirIndexesAsTheTablesGrow) {
+  const auto grant = [&](int from, int count) {
+    db_->AdminQuery(absl::StrCat(
+        "INSERT INTO consent.emergency_accesses (agency_id, participant_id, clinician_id, "
+        "concern_id, reason, data_categories, expires_at) SELECT 'agency-a', 'p-' || g, 'dr-' "
+        "|| (g % 50), gen_random_uuid(), 'safety', '{check_in_summaries}', now() + interval '1 "
+        "hour' FROM generate_series(",
+        from, ", ", from + count - 1, ") g"));
+  };
+  grant(2, 60);  // Other participants' accesses, when the plans settle.
+  db_->AdminQuery(
+      "ANALYZE consent.consents; ANALYZE consent.emergency_accesses; ANALYZE "
+      "consent.supporter_matches");
+  const std::vector<std::string> reads = {
+      "SELECT * FROM consent.decision_inputs('agency-a', 'p-1', 'dr-1')",
+      "SELECT * FROM consent.peer_decision_inputs('agency-a', 'p-1', 'peer-7')"};
+  // `sql` in a transaction of its own; the rows it read of each table.
+  auto read = [&](const std::string& sql) {
+    pqxx::work tx(*conn_);
+    tx.exec(sql);
+    std::map<std::string, std::pair<int64_t, int64_t>> scans;
+    for (const auto& row :
+         tx.exec("SELECT relname, seq_scan, coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) "
+                 "FROM pg_stat_xact_user_tables WHERE schemaname = 'consent' AND relname IN "
+                 "('consents', 'emergency_accesses', 'supporter_matches')")) {
+      scans[row[0].c_str()] = {row[1].as<int64_t>(), row[2].as<int64_t>()};
+    }
+    tx.commit();
+    return scans;
+  };
+  for (int i = 0; i < 6; ++i) {
+    for (const std::string& sql : reads) read(sql);
+  }
+  db_->AdminQuery(
+      "INSERT INTO consent.consents (agency_id, participant_id, recipient_kind, recipient_id, "
+      "purposes, data_categories, valid_from, obtained_method, obtained_by, created_by) SELECT "
+      "'agency-a', 'p-' || (g + 1), 'role', 'peer_supporter', '{peer_support}', "
+      "'{check_in_summaries}', now() - interval '1 day', 'written', 'staff-1', 'staff-1' FROM "
+      "generate_series(1, 20000) g; "
+      "INSERT INTO consent.supporter_matches (agency_id, match_id, supporter_id, "
+      "supporter_subject, participant_id, started_at) SELECT 'agency-a', gen_random_uuid(), "
+      "gen_random_uuid(), 'peer-' || (g % 500), 'p-' || (g + 1), now() FROM "
+      "generate_series(1, 20000) g");
+  grant(62, 20000);
+  for (const std::string& sql : reads) {
+    for (const auto& [table, scan] : read(sql)) {
+      EXPECT_EQ(scan.first, 0) << table << ": sequential scans by " << sql;
+      EXPECT_LT(scan.second, 50) << table << ": rows read by " << sql;
+    }
+  }
 }
 
 }  // namespace
