@@ -1261,9 +1261,6 @@ TEST_F(CheckInServiceTest, ReadingACheckInsContextKeepsToItsIndexesAsTheTablesGr
       "checkin.enrollments");
   pqxx::connection runtime(db_->UrlFor("checkin"));
   pqxx::nontransaction(runtime).exec0("SET search_path TO checkin");
-  constexpr char kTables[] =
-      "'idempotency_keys', 'check_ins', 'scheduled_check_ins', 'supporter_matches', "
-      "'enrollments'";
   // Reads of the context together and alone (check_in_context_2, its plan settled after five
   // calls), each in a transaction of its own; the rows the read read of each table.
   const std::string together = absl::StrCat(
@@ -1275,15 +1272,9 @@ TEST_F(CheckInServiceTest, ReadingACheckInsContextKeepsToItsIndexesAsTheTablesGr
   const auto read = [&](const std::string& sql) {
     pqxx::work tx(runtime);
     tx.exec(sql);
-    std::map<std::string, std::pair<int64_t, int64_t>> scans;
-    for (const auto& row : tx.exec(absl::StrCat(
-             "SELECT relname, seq_scan, coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) "
-             "FROM pg_stat_xact_user_tables WHERE schemaname = 'checkin' AND relname IN (",
-             kTables, ")"))) {
-      scans[row[0].c_str()] = {row[1].as<int64_t>(), row[2].as<int64_t>()};
-    }
+    auto reads = ReadsInTransaction(tx, "checkin");
     tx.commit();
-    return scans;
+    return reads;
   };
   read(together);  // Planned and cached.
   for (int i = 0; i < 6; ++i) read(alone);
@@ -1307,9 +1298,12 @@ TEST_F(CheckInServiceTest, ReadingACheckInsContextKeepsToItsIndexesAsTheTablesGr
       "CASE WHEN g % 3 = 0 THEN now() END FROM generate_series(1, 20000) g; "
       "SET session_replication_role = DEFAULT");
   for (const std::string& sql : {together, alone}) {
-    for (const auto& [table, scan] : read(sql)) {
-      EXPECT_EQ(scan.first, 0) << table << ": sequential scans by " << sql;
-      EXPECT_LT(scan.second, 50) << table << ": rows read by " << sql;
+    const auto reads = read(sql);
+    for (const char* table : {"idempotency_keys", "check_ins", "scheduled_check_ins",
+                              "supporter_matches", "enrollments"}) {
+      ASSERT_TRUE(reads.contains(table)) << table;
+      EXPECT_EQ(reads.at(table).sequential_scans, 0) << table << ": sequential scans by " << sql;
+      EXPECT_LT(reads.at(table).rows, 50) << table << ": rows read by " << sql;
     }
   }
 }

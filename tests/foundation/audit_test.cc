@@ -276,19 +276,17 @@ TEST_F(AuditLog, TheChainerKeepsToItsIndexesAsTheLogGrows) {
     pqxx::work tx(chainer);
     tx.exec0("SET LOCAL plan_cache_mode = force_generic_plan");
     tx.exec("SELECT consent.audit_chain(100000)");
-    const pqxx::row scans = tx.exec1(
-        "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables WHERE schemaname = 'consent' "
-        "AND relname = 'audit_log'");
+    const TableReads log = ReadsInTransaction(tx, "consent")["audit_log"];
     tx.commit();
-    return std::make_pair(scans[0].as<int64_t>(), scans[1].as<int64_t>());
+    return log;
   };
   append(60);
   db_->AdminQuery("ANALYZE consent.audit_log");
   chain();  // Planned and cached.
   append(20000);
-  const auto [sequential, by_index] = chain();
-  EXPECT_EQ(sequential, 0);
-  EXPECT_GT(by_index, 0);
+  const TableReads log = chain();
+  EXPECT_EQ(log.sequential_scans, 0);
+  EXPECT_GT(log.index_scans, 0);
   EXPECT_EQ(
       db_->AdminQuery("SELECT count(*) FROM consent.audit_log WHERE seq IS NULL")[0][0].as<int>(),
       0);

@@ -118,6 +118,18 @@ std::string TestDatabase::PlanAsService(const std::string& service, const std::s
   return plan;
 }
 
+std::map<std::string, TableReads> ReadsInTransaction(pqxx::transaction_base& tx,
+                                                     const std::string& schema) {
+  std::map<std::string, TableReads> reads;
+  for (const auto& row : tx.exec_params(
+           "SELECT relname, seq_scan, coalesce(idx_scan, 0), coalesce(seq_tup_read, 0) + "
+           "coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables WHERE schemaname = $1",
+           schema)) {
+    reads[row[0].c_str()] = {row[1].as<int64_t>(), row[2].as<int64_t>(), row[3].as<int64_t>()};
+  }
+  return reads;
+}
+
 void TestDatabase::WriteOutboxEvent(const std::string& schema, const std::string& agency_id,
                                     const google::protobuf::Message& payload,
                                     const std::string& aggregate_id) const {

@@ -7,6 +7,7 @@
 
 #include <google/protobuf/message.h>
 
+#include <map>
 #include <memory>
 #include <pqxx/pqxx>
 #include <string>
@@ -57,6 +58,16 @@ class TestDatabase {
   std::string name_;
   bool created_ = false;
 };
+
+// What the statements of `tx` so far read of each table of `schema` (pg_stat_xact_user_tables):
+// for tests that a statement reads a few rows by index, not a table whole.
+struct TableReads {
+  int64_t sequential_scans = 0;
+  int64_t index_scans = 0;
+  int64_t rows = 0;  // Read by sequential scans and fetched through indexes.
+};
+std::map<std::string, TableReads> ReadsInTransaction(pqxx::transaction_base& tx,
+                                                     const std::string& schema);
 
 // The superuser URL of the test cluster, with `database` substituted.
 std::string AdminUrl(const std::string& database);
