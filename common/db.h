@@ -131,26 +131,32 @@ enum class Plans {
   kIndexScans,
 };
 
-// Scopes the rest of `tx` to `agency_id` for row-level security (app.agency_id, local to the
-// transaction), with a statement prepared once per connection; `plans` in the same statement.
-inline void ScopeToAgency(pqxx::transaction_base& tx, const std::string& agency_id,
-                          Plans plans = Plans::kAsPostgresChooses) {
+// Sets `name` to `value` for the rest of `tx` (set_config, local to the transaction), with a
+// statement prepared once per connection; `plans` in the same statement.
+inline void ScopeToSetting(pqxx::transaction_base& tx, const char* name, const std::string& value,
+                           Plans plans = Plans::kAsPostgresChooses) {
   struct Scope {
     const char* name;
     const char* sql;
   };
   // In the order of Plans.
   static constexpr Scope kScopes[] = {
-      {"peerpath_set_agency", "SELECT set_config('app.agency_id', $1, true)"},
-      {"peerpath_set_agency_generic_plans",
-       "SELECT set_config('app.agency_id', $1, true), "
+      {"peerpath_scope", "SELECT set_config($1, $2, true)"},
+      {"peerpath_scope_generic_plans",
+       "SELECT set_config($1, $2, true), "
        "set_config('plan_cache_mode', 'force_generic_plan', true), "
        "set_config('enable_seqscan', 'off', true)"},
-      {"peerpath_set_agency_index_scans",
-       "SELECT set_config('app.agency_id', $1, true), set_config('enable_seqscan', 'off', true)"},
+      {"peerpath_scope_index_scans",
+       "SELECT set_config($1, $2, true), set_config('enable_seqscan', 'off', true)"},
   };
   const Scope& scope = kScopes[static_cast<int>(plans)];
-  ExecPrepared(tx, scope.name, scope.sql, agency_id);
+  ExecPrepared(tx, scope.name, scope.sql, name, value);
+}
+
+// Scopes the rest of `tx` to `agency_id` for row-level security (app.agency_id), `plans` with it.
+inline void ScopeToAgency(pqxx::transaction_base& tx, const std::string& agency_id,
+                          Plans plans = Plans::kAsPostgresChooses) {
+  ScopeToSetting(tx, "app.agency_id", agency_id, plans);
 }
 
 // Writes whose results nobody reads, sent together: each Exec renders its statement with the
@@ -295,11 +301,12 @@ class Database {
   }
 
   template <typename Fn>
-  auto TransactWithSetting(const char* name, const char* value, Fn&& fn)
+  auto TransactWithSetting(const char* name, const char* value, Fn&& fn,
+                           Plans plans = Plans::kAsPostgresChooses)
       -> std::invoke_result_t<Fn, pqxx::work&> {
     using Result = std::invoke_result_t<Fn, pqxx::work&>;
     return Transact([&](pqxx::work& tx) -> Result {
-      ExecPrepared(tx, "peerpath_set_setting", "SELECT set_config($1, $2, true)", name, value);
+      ScopeToSetting(tx, name, value, plans);
       return fn(tx);
     });
   }

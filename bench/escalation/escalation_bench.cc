@@ -105,7 +105,7 @@ void Print(const char* name, const Figures& f) {
 
 // EXPLAIN of `sql` as the sweeper runs it (its setting on), indented; "(failed)" if it failed.
 std::string Plan(Database& database, const std::string& sql) {
-  auto plan = database.TransactWithSetting("app.escalation_sweeper", "on",
+  auto plan = database.TransactWithSetting(kSweeperSetting, "on",
                                            [&](pqxx::work& tx) -> absl::StatusOr<std::string> {
                                              std::string text;
                                              for (const auto& row : tx.exec("EXPLAIN " + sql)) {

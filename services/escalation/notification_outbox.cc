@@ -19,9 +19,7 @@ const char kMarkDeliveredSql[] =
     "UPDATE notifications SET delivered_at = now(), attempts = attempts + 1 WHERE id = "
     "ANY($1::bigint[])";
 
-const char kDispatchScopeSql[] =
-    "SELECT set_config('app.notification_dispatch', 'on', true), set_config('enable_seqscan', "
-    "'off', true)";
+const char kDispatchSetting[] = "app.notification_dispatch";
 
 namespace {
 
@@ -137,7 +135,7 @@ void NotificationOutbox::Wake() { wake_.Wake(); }
 
 absl::StatusOr<int64_t> NotificationOutbox::DeleteOld() {
   return db_.TransactWithSetting(
-      "app.notification_dispatch", "on", [](pqxx::work& tx) -> absl::StatusOr<int64_t> {
+      kDispatchSetting, "on", [](pqxx::work& tx) -> absl::StatusOr<int64_t> {
         return static_cast<int64_t>(
             tx.exec0("DELETE FROM notifications WHERE coalesce(delivered_at, gave_up_at) < now() - "
                      "interval '30 days'")
@@ -150,61 +148,63 @@ absl::StatusOr<int> NotificationOutbox::DeliverDue(int max) {
   int handled = 0;
   while (handled < max) {
     const int limit = std::min(kPerTransaction, max - handled);
-    auto tried = db_.Transact([&](pqxx::work& tx) -> absl::StatusOr<int> {
-      ExecPrepared(tx, "escalation_dispatch_scope", kDispatchScopeSql);
-      const pqxx::result due =
-          ExecPrepared(tx, "escalation_due_notifications", kDueNotificationsSql,
-                       absl::ToInt64Microseconds(options_.give_up_after), limit);
-      int done = 0;
-      std::vector<int64_t> delivered_ids;  // Marked together at the end.
-      for (const pqxx::row& r : due) {
-        ++done;
-        Notification n;
-        n.agency_id = r[1].as<std::string>();
-        n.concern_id = r[2].as<std::string>();
-        n.reason = r[3].as<std::string>();
-        n.category = static_cast<Category>(r[4].as<int>());
-        n.severity = static_cast<Severity>(r[5].as<int>());
-        n.level = r[6].as<int>();
-        n.target = Target{static_cast<TargetKind>(r[7].as<int>()), r[8].as<std::string>()};
-        n.deadline = absl::FromUnixMicros(r[9].as<int64_t>());
-        const int attempts = r[10].as<int>() + 1;
-        if (notifier_.Deliver(n)) {
-          delivered_ids.push_back(r[0].as<int64_t>());
-          ++delivered;
-          if (delivered_ != nullptr) delivered_->Increment();
-          continue;
-        }
-        if (r[11].as<bool>()) {
-          ExecPrepared(tx, "escalation_notification_given_up",
-                       "UPDATE notifications SET gave_up_at = now(), attempts = $2 WHERE id = "
-                       "$1",
-                       r[0].as<int64_t>(), attempts);
-          if (given_up_ != nullptr) given_up_->Increment();
-          log::Error("concern notification not delivered; giving up",
-                     {{"concern_id", n.concern_id}, {"attempts", attempts}});
-        } else {
-          const absl::Duration backoff = std::min(
-              options_.max_backoff,
-              options_.first_backoff * static_cast<double>(1 << std::min(attempts - 1, 16)));
-          ExecPrepared(tx, "escalation_notification_retry",
-                       "UPDATE notifications SET attempts = $2, next_attempt_at = now() + "
-                       "$3::bigint * interval '1 microsecond' WHERE id = $1",
-                       r[0].as<int64_t>(), attempts, absl::ToInt64Microseconds(backoff));
-          if (failed_attempts_ != nullptr) failed_attempts_->Increment();
-          log::Warn("concern notification not accepted; will retry",
-                    {{"concern_id", n.concern_id}, {"attempts", attempts}});
-        }
-        // The receiver is failing: the rest of the batch waits for the next pass rather
-        // than for one timeout after another inside this transaction.
-        break;
-      }
-      if (!delivered_ids.empty()) {
-        ExecPrepared(tx, "escalation_notifications_delivered", kMarkDeliveredSql,
-                     IntegerArrayLiteral(delivered_ids));
-      }
-      return done;
-    });
+    auto tried = db_.TransactWithSetting(
+        kDispatchSetting, "on",
+        [&](pqxx::work& tx) -> absl::StatusOr<int> {
+          const pqxx::result due =
+              ExecPrepared(tx, "escalation_due_notifications", kDueNotificationsSql,
+                           absl::ToInt64Microseconds(options_.give_up_after), limit);
+          int done = 0;
+          std::vector<int64_t> delivered_ids;  // Marked together at the end.
+          for (const pqxx::row& r : due) {
+            ++done;
+            Notification n;
+            n.agency_id = r[1].as<std::string>();
+            n.concern_id = r[2].as<std::string>();
+            n.reason = r[3].as<std::string>();
+            n.category = static_cast<Category>(r[4].as<int>());
+            n.severity = static_cast<Severity>(r[5].as<int>());
+            n.level = r[6].as<int>();
+            n.target = Target{static_cast<TargetKind>(r[7].as<int>()), r[8].as<std::string>()};
+            n.deadline = absl::FromUnixMicros(r[9].as<int64_t>());
+            const int attempts = r[10].as<int>() + 1;
+            if (notifier_.Deliver(n)) {
+              delivered_ids.push_back(r[0].as<int64_t>());
+              ++delivered;
+              if (delivered_ != nullptr) delivered_->Increment();
+              continue;
+            }
+            if (r[11].as<bool>()) {
+              ExecPrepared(tx, "escalation_notification_given_up",
+                           "UPDATE notifications SET gave_up_at = now(), attempts = $2 WHERE id = "
+                           "$1",
+                           r[0].as<int64_t>(), attempts);
+              if (given_up_ != nullptr) given_up_->Increment();
+              log::Error("concern notification not delivered; giving up",
+                         {{"concern_id", n.concern_id}, {"attempts", attempts}});
+            } else {
+              const absl::Duration backoff = std::min(
+                  options_.max_backoff,
+                  options_.first_backoff * static_cast<double>(1 << std::min(attempts - 1, 16)));
+              ExecPrepared(tx, "escalation_notification_retry",
+                           "UPDATE notifications SET attempts = $2, next_attempt_at = now() + "
+                           "$3::bigint * interval '1 microsecond' WHERE id = $1",
+                           r[0].as<int64_t>(), attempts, absl::ToInt64Microseconds(backoff));
+              if (failed_attempts_ != nullptr) failed_attempts_->Increment();
+              log::Warn("concern notification not accepted; will retry",
+                        {{"concern_id", n.concern_id}, {"attempts", attempts}});
+            }
+            // The receiver is failing: the rest of the batch waits for the next pass rather
+            // than for one timeout after another inside this transaction.
+            break;
+          }
+          if (!delivered_ids.empty()) {
+            ExecPrepared(tx, "escalation_notifications_delivered", kMarkDeliveredSql,
+                         IntegerArrayLiteral(delivered_ids));
+          }
+          return done;
+        },
+        Plans::kIndexScans);
     if (!tried.ok()) return tried.status();
     handled += *tried;
     // Fewer than asked: nothing else was due (or the receiver failed); no empty transaction to

@@ -42,12 +42,12 @@ extern const char kDueNotificationsSql[];
 // The delivered ones of a pass, marked in one statement ($1 their ids; locked by the pass since
 // its read, so each one's attempts is as read).
 extern const char kMarkDeliveredSql[];
-// Scopes a dispatcher transaction: every agency's notifications, and no sequential scan. The
-// table grows by a page every few seconds under load, faster than autovacuum analyses it; a
-// plan PostgreSQL cached while it was small (a sequential scan of a few pages, cheaper on paper
-// than an index lookup for each id) read the whole table at every pass. Its statements look
-// notifications up by index only.
-extern const char kDispatchScopeSql[];
+// The setting of a dispatcher transaction: every agency's notifications (the dispatch policies).
+// Its transactions also turn sequential scans off (Plans::kIndexScans): the table grows by a page
+// every few seconds under load, faster than autovacuum analyses it, and a plan cached while it was
+// small (a sequential scan of a few pages, cheaper on paper than an index lookup for each id) read
+// the whole table at every pass. Its statements look notifications up by index only.
+extern const char kDispatchSetting[];
 
 class NotificationOutbox {
  public:

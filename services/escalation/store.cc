@@ -706,9 +706,7 @@ absl::StatusOr<std::vector<ConcernRecord>> Store::OpenForTarget(pqxx::work& tx,
   return out;
 }
 
-const char kSweeperScopeSql[] =
-    "SELECT set_config('app.escalation_sweeper', 'on', true), set_config('enable_seqscan', "
-    "'off', true)";
+const char kSweeperSetting[] = "app.escalation_sweeper";
 const char kDueConcernsSql[] =
     "SELECT agency_id, id::text FROM concerns WHERE status IN ('open', 'acknowledged') AND "
     "next_deadline <= ts_from_us($1) ORDER BY next_deadline LIMIT $2";
@@ -718,29 +716,33 @@ const char kPendingNotificationsSql[] =
 
 absl::StatusOr<std::vector<Store::DueConcern>> Store::DueConcerns(Database& db, absl::Time now,
                                                                   int limit) {
-  return db.Transact([&](pqxx::work& tx) -> absl::StatusOr<std::vector<DueConcern>> {
-    ExecPrepared(tx, "escalation_sweeper_scope", kSweeperScopeSql);
-    std::vector<DueConcern> due;
-    for (const auto& row :
-         ExecPrepared(tx, "escalation_due_concerns", kDueConcernsSql, Micros(now), limit)) {
-      due.push_back({row[0].as<std::string>(), row[1].as<std::string>()});
-    }
-    return due;
-  });
+  return db.TransactWithSetting(
+      kSweeperSetting, "on",
+      [&](pqxx::work& tx) -> absl::StatusOr<std::vector<DueConcern>> {
+        std::vector<DueConcern> due;
+        for (const auto& row :
+             ExecPrepared(tx, "escalation_due_concerns", kDueConcernsSql, Micros(now), limit)) {
+          due.push_back({row[0].as<std::string>(), row[1].as<std::string>()});
+        }
+        return due;
+      },
+      Plans::kIndexScans);
 }
 
 absl::StatusOr<std::vector<Store::DueConcern>> Store::PendingNotifications(Database& db,
                                                                            absl::Time now,
                                                                            int limit) {
-  return db.Transact([&](pqxx::work& tx) -> absl::StatusOr<std::vector<DueConcern>> {
-    ExecPrepared(tx, "escalation_sweeper_scope", kSweeperScopeSql);
-    std::vector<DueConcern> due;
-    for (const auto& row : ExecPrepared(tx, "escalation_pending_notifications",
-                                        kPendingNotificationsSql, Micros(now), limit)) {
-      due.push_back({row[0].as<std::string>(), row[1].as<std::string>()});
-    }
-    return due;
-  });
+  return db.TransactWithSetting(
+      kSweeperSetting, "on",
+      [&](pqxx::work& tx) -> absl::StatusOr<std::vector<DueConcern>> {
+        std::vector<DueConcern> due;
+        for (const auto& row : ExecPrepared(tx, "escalation_pending_notifications",
+                                            kPendingNotificationsSql, Micros(now), limit)) {
+          due.push_back({row[0].as<std::string>(), row[1].as<std::string>()});
+        }
+        return due;
+      },
+      Plans::kIndexScans);
 }
 
 absl::StatusOr<std::optional<ConcernRecord>> Store::MarkNotified(pqxx::work& tx,
@@ -760,7 +762,7 @@ absl::StatusOr<std::optional<ConcernRecord>> Store::MarkNotified(pqxx::work& tx,
 
 absl::StatusOr<Store::Counts> Store::CountOpen(Database& db, absl::Time now) {
   return db.TransactWithSetting(
-      "app.escalation_sweeper", "on", [&](pqxx::work& tx) -> absl::StatusOr<Counts> {
+      kSweeperSetting, "on", [&](pqxx::work& tx) -> absl::StatusOr<Counts> {
         Counts counts;
         for (const auto& row : tx.exec_params(
                  "SELECT severity, count(*), count(*) FILTER (WHERE next_deadline <= "

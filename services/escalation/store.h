@@ -63,11 +63,11 @@ struct TransitionRecord {
   absl::Time missed_deadline;  // absl::Time() when none.
 };
 
-// Scopes a sweeper transaction that reads across agencies (the policy sweeper_read), with no
-// sequential scan where an index serves (Plans::kIndexScans says why): the sweeper's prepared
-// reads of concerns due (kDueConcernsSql, kPendingNotificationsSql) run every sweep on the same
-// connections, while the table grows by every concern raised.
-extern const char kSweeperScopeSql[];
+// The setting of a sweeper transaction that reads across agencies (the policy sweeper_read). Its
+// reads of concerns due (kDueConcernsSql, kPendingNotificationsSql) also turn sequential scans off
+// (Plans::kIndexScans says why): they run every sweep on the same connections, while the table
+// grows by every concern raised.
+extern const char kSweeperSetting[];
 // $1 now (microseconds), $2 how many: open or acknowledged concerns whose next deadline has come,
 // oldest first (concerns_open_by_deadline).
 extern const char kDueConcernsSql[];

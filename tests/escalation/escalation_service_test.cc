@@ -304,7 +304,7 @@ TEST_F(EscalationServiceTest, ADispatcherPassMarksItsPagesByTheirKey) {
   pqxx::connection conn(db_->UrlFor("escalation"));
   pqxx::work tx(conn);
   tx.exec0("SET LOCAL search_path TO escalation");
-  tx.exec(escalation::kDispatchScopeSql);
+  ScopeToSetting(tx, escalation::kDispatchSetting, "on", Plans::kIndexScans);
   tx.exec0("SET LOCAL plan_cache_mode = force_generic_plan");
   tx.exec0(std::string("PREPARE mark (bigint[]) AS ") + escalation::kMarkDeliveredSql);
   tx.exec("EXPLAIN EXECUTE mark ('{1}')");  // Planned and cached.
@@ -345,7 +345,7 @@ TEST_F(EscalationServiceTest, TheSweepersReadsOfConcernsKeepToTheirIndexesAsTheT
   const auto plan = [&](const std::string& statement, const std::string& arguments, bool sweep) {
     pqxx::work tx(conn);
     if (sweep) {
-      tx.exec(escalation::kSweeperScopeSql);
+      ScopeToSetting(tx, escalation::kSweeperSetting, "on", Plans::kIndexScans);
     } else {
       ScopeToAgency(tx, "agency-plan", Plans::kIndexScans);
     }
