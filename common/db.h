@@ -159,6 +159,14 @@ inline void ScopeToAgency(pqxx::transaction_base& tx, const std::string& agency_
   ScopeToSetting(tx, "app.agency_id", agency_id, plans);
 }
 
+// SQL for the agency a transaction is scoped to (ScopeToAgency), for a query to name in its
+// WHERE clause ("agency_id = " PEERPATH_SQL_SCOPED_AGENCY). Row-level security admits no other
+// agency's rows anyway; a query of a table with a second read policy (a sweeper's or a replay's)
+// names it too, because PostgreSQL joins a table's policies with OR, and an index that starts
+// with agency_id cannot start from an OR: the query would read that index whole, every agency's
+// entries, for the few rows it wants.
+#define PEERPATH_SQL_SCOPED_AGENCY "current_setting('app.agency_id')"
+
 // Writes whose results nobody reads, sent together: each Exec renders its statement with the
 // arguments as quoted literals (tx.quote: escaped by libpq for this connection), and Flush sends
 // them all in one round trip, in order, inside the caller's transaction. A write path that ends

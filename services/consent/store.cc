@@ -232,7 +232,8 @@ ConsentPage ListConsents(pqxx::work& tx, const std::string& participant_id,
                          const std::string& after_id, int limit) {
   const pqxx::result r =
       tx.exec_params(absl::StrCat("SELECT ", kConsentColumns,
-                                  " FROM consents WHERE participant_id = $1"
+                                  " FROM consents WHERE agency_id = " PEERPATH_SQL_SCOPED_AGENCY
+                                  " AND participant_id = $1"
                                   " AND (cardinality($2::text[]) = 0 OR status = ANY ($2::text[]))"
                                   " AND (NULLIF($4, '') IS NULL OR (created_at, id) < (",
                                   PP_TS("$3"),
@@ -314,7 +315,9 @@ DecisionInputs LoadDecisionInputs(pqxx::work& tx, const std::string& participant
           "SELECT 'c', id::text, recipient_kind, recipient_id, array_to_string(purposes, ','), "
           "array_to_string(data_categories, ','), directive, ",
           PP_MICROS("valid_from"), ", ", PP_MICROS("valid_until"), ", status, ",
-          PP_MICROS("revoked_at"), ", false FROM (SELECT * FROM consents WHERE participant_id = $1",
+          PP_MICROS("revoked_at"),
+          ", false FROM (SELECT * FROM consents WHERE agency_id = " PEERPATH_SQL_SCOPED_AGENCY
+          " AND participant_id = $1",
           lock ? " FOR SHARE" : "",
           ") c UNION ALL "
           "SELECT 'e', id::text, 'person', clinician_id, 'treatment', "

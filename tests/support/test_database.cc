@@ -130,6 +130,43 @@ std::map<std::string, TableReads> ReadsInTransaction(pqxx::transaction_base& tx,
   return reads;
 }
 
+std::map<std::string, int64_t> IndexPagesRead(pqxx::connection& conn, const std::string& schema,
+                                              const std::function<void()>& run) {
+  const auto pages = [&] {
+    {
+      // A backend sends its counts as it goes idle after a statement, at most once a second
+      // unless the next time is forced; this statement's end is that next time.
+      pqxx::nontransaction tx(conn);
+      tx.exec("SELECT pg_stat_force_next_flush()");
+    }
+    pqxx::nontransaction tx(conn);
+    std::map<std::string, int64_t> read;
+    for (const auto& row :
+         tx.exec_params("SELECT relname, sum(idx_blks_read + idx_blks_hit)::bigint FROM "
+                        "pg_statio_user_indexes WHERE "
+                        "schemaname = $1 GROUP BY relname",
+                        schema)) {
+      read[row[0].c_str()] = row[1].as<int64_t>();
+    }
+    return read;
+  };
+  // Connections that closed send their counts as their backends exit, a moment later: the counts
+  // before are taken once they have stopped changing.
+  std::map<std::string, int64_t> before = pages();
+  for (int i = 0; i < 50; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::map<std::string, int64_t> again = pages();
+    if (again == before) break;
+    before = std::move(again);
+  }
+  run();
+  std::map<std::string, int64_t> read = pages();
+  for (auto& [table, count] : read) {
+    if (auto it = before.find(table); it != before.end()) count -= it->second;
+  }
+  return read;
+}
+
 void TestDatabase::WriteOutboxEvent(const std::string& schema, const std::string& agency_id,
                                     const google::protobuf::Message& payload,
                                     const std::string& aggregate_id) const {

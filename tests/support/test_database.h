@@ -7,6 +7,7 @@
 
 #include <google/protobuf/message.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <pqxx/pqxx>
@@ -68,6 +69,17 @@ struct TableReads {
 };
 std::map<std::string, TableReads> ReadsInTransaction(pqxx::transaction_base& tx,
                                                      const std::string& schema);
+
+// The index pages the statements `run` makes on `conn` read, per table of `schema`
+// (pg_statio_user_indexes, found in shared buffers or read, with the connection's counts flushed
+// before and after): an index scan whose condition cannot start from the index's first column
+// walks the index whole, while the rows it fetches (TableReads) are few. A lookup in an index of
+// some thousands of rows reads two or three pages. Other connections' reads count too once they
+// send theirs (a closed connection's as its backend exits: the counts before `run` are taken
+// once they stop changing), so a test keeps other readers and autovacuum away from the tables
+// while it measures.
+std::map<std::string, int64_t> IndexPagesRead(pqxx::connection& conn, const std::string& schema,
+                                              const std::function<void()>& run);
 
 // The superuser URL of the test cluster, with `database` substituted.
 std::string AdminUrl(const std::string& database);
