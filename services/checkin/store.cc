@@ -417,7 +417,8 @@ std::optional<v1::Enrollment> LoadEnrollment(pqxx::work& tx, const std::string& 
 std::vector<v1::Enrollment> ListEnrollments(pqxx::work& tx, const EnrollmentFilter& f) {
   const pqxx::result r = tx.exec_params(
       absl::StrCat("SELECT ", kEnrollmentColumns,
-                   " FROM enrollments e WHERE ($1 = '' OR e.participant_id = $1) "
+                   " FROM enrollments e WHERE e.agency_id = " PEERPATH_SQL_SCOPED_AGENCY
+                   " AND ($1 = '' OR e.participant_id = $1) "
                    "AND ($2 = '' OR e.pathway_key = $2) "
                    "AND (cardinality($3::text[]) = 0 OR e.status = ANY ($3::text[])) "
                    "AND ($4 = '' OR EXISTS (SELECT 1 FROM supporter_matches m WHERE m.active AND "
@@ -1029,7 +1030,8 @@ std::vector<v1::CheckInMissedEvent> MarkMissedOccurrences(pqxx::work& tx) {
 std::vector<v1::Enrollment> EnrollmentsSilentSince(pqxx::work& tx, absl::Time cutoff) {
   const pqxx::result r = tx.exec_params(
       absl::StrCat("SELECT ", kEnrollmentColumns,
-                   " FROM enrollments e WHERE e.status = 'active' AND e.engagement_stage <> "
+                   " FROM enrollments e WHERE e.agency_id = " PEERPATH_SQL_SCOPED_AGENCY
+                   " AND e.status = 'active' AND e.engagement_stage <> "
                    "'lost_to_follow_up' AND coalesce(e.last_contact_at, e.enrolled_at) < " PP_TS(
                        "$1") " ORDER BY e.id FOR UPDATE SKIP LOCKED"),
       Micros(cutoff));
@@ -1107,7 +1109,8 @@ std::vector<v1::Enrollment> EnrollmentsOfSupporter(pqxx::work& tx, const std::st
                                                    const std::string& supervisor_subject) {
   const pqxx::result r = tx.exec_params(
       absl::StrCat("SELECT ", kEnrollmentColumns,
-                   " FROM enrollments e WHERE e.status = 'active' AND e.routine AND EXISTS "
+                   " FROM enrollments e WHERE e.agency_id = " PEERPATH_SQL_SCOPED_AGENCY
+                   " AND e.status = 'active' AND e.routine AND EXISTS "
                    "(SELECT 1 FROM supporter_matches m WHERE m.active AND m.participant_id = "
                    "e.participant_id AND (m.supporter_subject = $1 OR m.supporter_id::text = $2) "
                    "AND ($3 = '' OR m.supervisor_subject = $3))"),

@@ -1245,67 +1245,162 @@ TEST_F(CheckInServiceTest, ReadingCheckInsTogetherAnswersEachAsItsOwnReadDoes) {
 }
 
 // check_in_contexts keeps to its indexes as the tables grow: its generic plan (migration 0014),
-// cached on a connection while the agency had one check-in and its tables were analysed, used in
-// a later transaction after 20,000 more idempotency keys, check-ins, occurrences and matches (no
-// analyse in between, as until autovacuum catches up with a burst). A read of one check-in's
-// context reads a few rows of each table, none whole.
+// cached on a connection while the agency had 60 idempotency keys, check-ins, occurrences,
+// matches and enrollments in analysed tables, used in later transactions after 20,000 more of
+// each: first as it was (no analyse in between, as until autovacuum catches up with a burst),
+// then made again after a VACUUM, which tells the planner the tables' new sizes while their
+// columns' statistics are still the old ones (as autovacuum's vacuum of a burst, before its
+// analyse). A read of one check-in's context reads a few rows and index pages of each table,
+// none whole.
 TEST_F(CheckInServiceTest, ReadingACheckInsContextKeepsToItsIndexesAsTheTablesGrow) {
   const std::string enrollment = Enrolled("structured_checkin", "p-1");
   v1::RecordCheckInRequest recorded = CheckIn(enrollment, ValidAnswers("structured_checkin"));
   recorded.set_idempotency_key("context-recorded");
   v1::RecordCheckInResponse response;
   ASSERT_TRUE(Record(recorded, &response).ok());
-  db_->AdminQuery(
-      "ANALYZE checkin.idempotency_keys; ANALYZE checkin.check_ins; ANALYZE "
-      "checkin.scheduled_check_ins; ANALYZE checkin.supporter_matches; ANALYZE "
-      "checkin.enrollments");
+  // Nothing else reads the tables while the test counts: the service stops, and autovacuum is
+  // left out of them; the test does what it would (an analyse, a vacuum).
+  service_->Signal(SIGKILL);
+  service_->WaitExit(5s);
+  const std::vector<std::string> tables = {"idempotency_keys", "check_ins", "scheduled_check_ins",
+                                           "supporter_matches", "enrollments"};
+  for (const std::string& table : tables) {
+    db_->AdminQuery("ALTER TABLE checkin." + table + " SET (autovacuum_enabled = off)");
+  }
+  // Rows `from` to `from + count - 1` of each table, other participants' (the enrollments are
+  // copies of the one enrolled).
+  const auto grow = [&](int from, int count) {
+    const std::string series =
+        absl::StrCat("generate_series(", from, ", ", from + count - 1, ") g");
+    db_->AdminQuery(absl::StrCat(
+        "SET session_replication_role = replica; "
+        "INSERT INTO checkin.idempotency_keys (agency_id, idempotency_key, method, request_hash, "
+        "response) SELECT 'agency-a', 'grown-' || g, 'RecordCheckIn', sha256(g::text::bytea), "
+        "'\\x00' FROM ",
+        series,
+        "; INSERT INTO checkin.check_ins (agency_id, enrollment_id, participant_id, recorded_by, "
+        "recorded_by_role, pathway_key, pathway_version, answers, occurred_at, wellbeing) SELECT "
+        "'agency-a', ('00000000-0000-4000-8000-' || lpad((g % 500)::text, 12, '0'))::uuid, "
+        "'client-' || (g % 500), 'peer-1', 'peer_supporter', 'structured_check_in', 1, '{}', "
+        "now() - g * interval '1 minute', 3 FROM ",
+        series,
+        "; INSERT INTO checkin.scheduled_check_ins (agency_id, enrollment_id, due_on, "
+        "window_start, window_end) SELECT 'agency-a', ('00000000-0000-4000-8000-' || "
+        "lpad((g / 100)::text, 12, '0'))::uuid, current_date - g % 100, now() - (g % 100) * "
+        "interval '1 day', now() - (g % 100) * interval '1 day' + interval '1 hour' FROM ",
+        series,
+        "; INSERT INTO checkin.supporter_matches (agency_id, match_id, supporter_id, "
+        "supporter_subject, participant_id, active, ended_at) SELECT 'agency-a', "
+        "gen_random_uuid(), gen_random_uuid(), 'peer-' || (g % 500), 'client-' || g, g % 3 <> 0, "
+        "CASE WHEN g % 3 = 0 THEN now() END FROM ",
+        series,
+        "; INSERT INTO checkin.enrollments SELECT (jsonb_populate_record(e, jsonb_build_object("
+        "'id', gen_random_uuid(), 'participant_id', 'client-' || g))).* FROM "
+        "checkin.enrollments e, ",
+        series, " WHERE e.id = '", enrollment, "'; SET session_replication_role = DEFAULT"));
+  };
+  grow(1, 60);
+  for (const std::string& table : tables) db_->AdminQuery("ANALYZE checkin." + table);
   pqxx::connection runtime(db_->UrlFor("checkin"));
   pqxx::nontransaction(runtime).exec0("SET search_path TO checkin");
   // Reads of the context together and alone (check_in_context_2, its plan settled after five
-  // calls), each in a transaction of its own; the rows the read read of each table.
+  // calls), each in a transaction of its own; the rows and index pages read of each table.
   const std::string together = absl::StrCat(
       "SELECT * FROM check_in_contexts('agency-a', ARRAY['", enrollment,
       "']::uuid[], ARRAY['']::text[], ARRAY[current_date], ARRAY['context-next']::text[], '{}')");
   const std::string alone =
       absl::StrCat("SELECT * FROM check_in_context_2('agency-a', '", enrollment,
                    "', '', current_date, 'context-next', false, '{}')");
+  struct Reads {
+    std::map<std::string, TableReads> rows;
+    std::map<std::string, int64_t> index_pages;
+  };
   const auto read = [&](const std::string& sql) {
-    pqxx::work tx(runtime);
-    tx.exec(sql);
-    auto reads = ReadsInTransaction(tx, "checkin");
-    tx.commit();
+    Reads reads;
+    reads.index_pages = IndexPagesRead(runtime, "checkin", [&] {
+      pqxx::work tx(runtime);
+      tx.exec(sql);
+      reads.rows = ReadsInTransaction(tx, "checkin");
+      tx.commit();
+    });
     return reads;
   };
-  read(together);  // Planned and cached.
-  for (int i = 0; i < 6; ++i) read(alone);
-  db_->AdminQuery(
-      "SET session_replication_role = replica; "
-      "INSERT INTO checkin.idempotency_keys (agency_id, idempotency_key, method, request_hash, "
-      "response) SELECT 'agency-a', 'grown-' || g, 'RecordCheckIn', sha256(g::text::bytea), "
-      "'\\x00' FROM generate_series(1, 20000) g; "
-      "INSERT INTO checkin.check_ins (agency_id, enrollment_id, participant_id, recorded_by, "
-      "recorded_by_role, pathway_key, pathway_version, answers, occurred_at, wellbeing) SELECT "
-      "'agency-a', ('00000000-0000-4000-8000-' || lpad((g % 500)::text, 12, '0'))::uuid, "
-      "'client-' || (g % 500), 'peer-1', 'peer_supporter', 'structured_check_in', 1, '{}', now() "
-      "- g * interval '1 minute', 3 FROM generate_series(1, 20000) g; "
-      "INSERT INTO checkin.scheduled_check_ins (agency_id, enrollment_id, due_on, window_start, "
-      "window_end) SELECT 'agency-a', ('00000000-0000-4000-8000-' || lpad(e::text, 12, "
-      "'0'))::uuid, current_date - d, now() - d * interval '1 day', now() - d * interval '1 day' "
-      "+ interval '1 hour' FROM generate_series(1, 200) e, generate_series(0, 99) d; "
-      "INSERT INTO checkin.supporter_matches (agency_id, match_id, supporter_id, "
-      "supporter_subject, participant_id, active, ended_at) SELECT 'agency-a', "
-      "gen_random_uuid(), gen_random_uuid(), 'peer-' || (g % 500), 'client-' || g, g % 3 <> 0, "
-      "CASE WHEN g % 3 = 0 THEN now() END FROM generate_series(1, 20000) g; "
-      "SET session_replication_role = DEFAULT");
-  for (const std::string& sql : {together, alone}) {
-    const auto reads = read(sql);
-    for (const char* table : {"idempotency_keys", "check_ins", "scheduled_check_ins",
-                              "supporter_matches", "enrollments"}) {
-      ASSERT_TRUE(reads.contains(table)) << table;
-      EXPECT_EQ(reads.at(table).sequential_scans, 0) << table << ": sequential scans by " << sql;
-      EXPECT_LT(reads.at(table).rows, 50) << table << ": rows read by " << sql;
+  pqxx::work(runtime).exec(together);  // Planned and cached.
+  for (int i = 0; i < 6; ++i) pqxx::work(runtime).exec(alone);
+  grow(61, 20000);
+  const auto expect_few = [&](const std::string& when) {
+    for (const std::string& sql : {together, alone}) {
+      const Reads r = read(sql);
+      for (const std::string& table : tables) {
+        ASSERT_TRUE(r.rows.contains(table)) << table;
+        EXPECT_EQ(r.rows.at(table).sequential_scans, 0)
+            << table << ": sequential scans by " << sql << " " << when;
+        EXPECT_LT(r.rows.at(table).rows, 50) << table << ": rows read by " << sql << " " << when;
+        EXPECT_LT(r.index_pages.contains(table) ? r.index_pages.at(table) : 0, 15)
+            << table << ": index pages read by " << sql << " " << when;
+      }
     }
+  };
+  expect_few("on the plans made before");
+  {
+    pqxx::connection admin(AdminUrl(db_->name()));
+    std::string vacuum = "VACUUM";
+    for (const std::string& table : tables) {
+      vacuum += (vacuum == "VACUUM" ? " checkin." : ", checkin.") + table;
+    }
+    pqxx::nontransaction(admin).exec(vacuum);
   }
+  expect_few("on plans made again after a vacuum");
+}
+
+// An agency's reads of its enrollments read its own: listing them, the sweep's silent ones and a
+// supporter's day read a few rows while another agency has 20,000 enrollments (analysed). The
+// sweep's read policy on enrollments, ORed with the agency's, leaves the agency no index
+// condition unless the query names it; these read every agency's enrollments.
+TEST_F(CheckInServiceTest, AnAgencysReadsOfItsEnrollmentsReadOnlyItsOwn) {
+  const std::string enrollment = Enrolled("structured_checkin", "p-1");
+  service_->Signal(SIGKILL);  // Nothing else reads the table while the test counts.
+  service_->WaitExit(5s);
+  db_->AdminQuery(absl::StrCat(
+      "SET session_replication_role = replica; INSERT INTO checkin.enrollments SELECT "
+      "(jsonb_populate_record(e, jsonb_build_object('id', gen_random_uuid(), 'agency_id', "
+      "'agency-b', 'participant_id', 'client-' || g))).* FROM checkin.enrollments e, "
+      "generate_series(1, 20000) g WHERE e.id = '",
+      enrollment, "'; SET session_replication_role = DEFAULT; ANALYZE checkin.enrollments"));
+  pqxx::connection runtime(db_->UrlFor("checkin"));
+  pqxx::nontransaction(runtime).exec0("SET search_path TO checkin");
+  // `read` in a transaction scoped to agency-a; what it returned and the rows it read.
+  const auto reads_of = [&](const std::function<size_t(pqxx::work&)>& read) {
+    pqxx::work tx(runtime);
+    ScopeToAgency(tx, kAgency);
+    const size_t returned = read(tx);
+    const TableReads enrollments = ReadsInTransaction(tx, "checkin")["enrollments"];
+    tx.commit();
+    return std::make_pair(returned, enrollments);
+  };
+  const auto [listed, list_reads] = reads_of([](pqxx::work& tx) {
+    checkin::EnrollmentFilter filter;
+    return checkin::ListEnrollments(tx, filter).size();
+  });
+  EXPECT_EQ(listed, 1u);
+  EXPECT_LT(list_reads.rows, 50);
+  const auto [of_participant, participant_reads] = reads_of([](pqxx::work& tx) {
+    checkin::EnrollmentFilter filter;
+    filter.participant_id = "p-1";
+    return checkin::ListEnrollments(tx, filter).size();
+  });
+  EXPECT_EQ(of_participant, 1u);
+  EXPECT_LT(participant_reads.rows, 50);
+  const auto [silent, silent_reads] = reads_of([](pqxx::work& tx) {
+    return checkin::EnrollmentsSilentSince(tx, absl::Now() + absl::Hours(1)).size();
+  });
+  EXPECT_EQ(silent, 1u);
+  EXPECT_LT(silent_reads.rows, 50);
+  const auto [supported, supported_reads] = reads_of([](pqxx::work& tx) {
+    return checkin::EnrollmentsOfSupporter(tx, "peer-1", kSupporterId, "").size();
+  });
+  EXPECT_EQ(supported, 1u);
+  EXPECT_LT(supported_reads.rows, 50);
 }
 
 // Concurrent calls whose reads share statements each get the answer for their own enrollment:
