@@ -103,16 +103,22 @@ void Print(const char* name, const Figures& f) {
               f.per_second, f.p50_ms, f.p99_ms, f.calls, f.errors);
 }
 
-// EXPLAIN of `sql` as the sweeper runs it (its setting on), indented; "(failed)" if it failed.
-std::string Plan(Database& database, const std::string& sql) {
-  auto plan = database.TransactWithSetting(kSweeperSetting, "on",
-                                           [&](pqxx::work& tx) -> absl::StatusOr<std::string> {
-                                             std::string text;
-                                             for (const auto& row : tx.exec("EXPLAIN " + sql)) {
-                                               text += "  " + row[0].as<std::string>() + "\n";
-                                             }
-                                             return text;
-                                           });
+// The plan of `sql` with `arguments`, as the sweeper runs it (its setting on, `plans`: prepared
+// on a connection, as the sweeper's statements are), indented; "(failed)" if it failed.
+std::string Plan(Database& database, const std::string& sql, const std::string& arguments,
+                 Plans plans) {
+  auto plan = database.TransactWithSetting(
+      kSweeperSetting, "on",
+      [&](pqxx::work& tx) -> absl::StatusOr<std::string> {
+        tx.exec0("PREPARE bench_plan AS " + sql);
+        std::string text;
+        for (const auto& row : tx.exec("EXPLAIN EXECUTE bench_plan (" + arguments + ")")) {
+          text += "  " + row[0].as<std::string>() + "\n";
+        }
+        tx.exec0("DEALLOCATE bench_plan");
+        return text;
+      },
+      plans);
   return plan.ok() ? *plan : "(failed)";
 }
 
@@ -367,19 +373,9 @@ void RunDatabaseBenchmarks() {
   // The plans of the sweeper's queries, as the runtime role runs them.
   const std::string now_us = std::to_string(absl::ToUnixMicros(absl::Now()));
   std::printf("sweeper query plan:\n%s\n",
-              Plan(database,
-                   "SELECT agency_id, id::text FROM concerns WHERE status IN ('open', "
-                   "'acknowledged') AND next_deadline <= ts_from_us(" +
-                       now_us + ") ORDER BY next_deadline LIMIT 500")
-                  .c_str());
+              Plan(database, kDueConcernsSql, now_us + ", 500", Plans::kIndexScans).c_str());
   std::printf("gauge count plan:\n%s\n",
-              Plan(database,
-                   "SELECT severity, count(*), count(*) FILTER (WHERE next_deadline <= "
-                   "ts_from_us(" +
-                       now_us +
-                       ")) FROM concerns WHERE status IN ('open', 'acknowledged') GROUP BY "
-                       "severity")
-                  .c_str());
+              Plan(database, kOpenCountsSql, now_us, Plans::kAsPostgresChooses).c_str());
 }
 
 }  // namespace

@@ -714,6 +714,10 @@ const char kPendingNotificationsSql[] =
     "SELECT agency_id, id::text FROM concerns WHERE notified_at IS NULL AND status IN ('open', "
     "'acknowledged') AND notify_at <= ts_from_us($1) ORDER BY notify_at LIMIT $2";
 
+const char kOpenCountsSql[] =
+    "SELECT severity, count(*), count(*) FILTER (WHERE next_deadline <= ts_from_us($1)) FROM "
+    "concerns WHERE status IN ('open', 'acknowledged') GROUP BY severity";
+
 absl::StatusOr<std::vector<Store::DueConcern>> Store::DueConcerns(Database& db, absl::Time now,
                                                                   int limit) {
   return db.TransactWithSetting(
@@ -764,11 +768,7 @@ absl::StatusOr<Store::Counts> Store::CountOpen(Database& db, absl::Time now) {
   return db.TransactWithSetting(
       kSweeperSetting, "on", [&](pqxx::work& tx) -> absl::StatusOr<Counts> {
         Counts counts;
-        for (const auto& row : tx.exec_params(
-                 "SELECT severity, count(*), count(*) FILTER (WHERE next_deadline <= "
-                 "ts_from_us($1)) FROM concerns WHERE status IN ('open', 'acknowledged') "
-                 "GROUP BY severity",
-                 Micros(now))) {
+        for (const auto& row : tx.exec_params(kOpenCountsSql, Micros(now))) {
           counts.open[row[0].as<std::string>()] = row[1].as<int64_t>();
           counts.overdue[row[0].as<std::string>()] = row[2].as<int64_t>();
         }

@@ -74,6 +74,9 @@ extern const char kDueConcernsSql[];
 // $1 now, $2 how many: concerns whose target is still to be told and whose time to tell has come
 // (concerns_pending_notification).
 extern const char kPendingNotificationsSql[];
+// $1 now: open or acknowledged concerns and the overdue among them, per severity code (the
+// gauges; the sweeper's setting, with PostgreSQL's own choice of plan).
+extern const char kOpenCountsSql[];
 
 class Store {
  public:
