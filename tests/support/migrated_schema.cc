@@ -1,7 +1,5 @@
 #include "tests/support/migrated_schema.h"
 
-#include <gtest/gtest.h>
-
 #include <stdexcept>
 
 #include "shared/migrations.h"
@@ -33,7 +31,9 @@ void ApplyServiceMigrations(const TestDatabase& db, const std::string& service,
   const auto report =
       ApplyMigrations(owner, service, {{"shared", &shared::Migrations()}, {service, &migrations}},
                       "peerpath_" + service);
-  ASSERT_TRUE(report.ok()) << report.status();
+  if (!report.ok()) {
+    throw std::runtime_error("migrating " + service + " failed: " + report.status().ToString());
+  }
 }
 
 }  // namespace peerpath::testing

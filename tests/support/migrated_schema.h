@@ -23,7 +23,8 @@ std::unique_ptr<Database> MigrateAndConnect(const TestDatabase& db, const std::s
 std::vector<Migration> MigrationsBefore(const std::vector<Migration>& migrations, int version);
 
 // Applies the shared track and `migrations` as `service`'s own track to `db`, in this process, as
-// `migrate` does (the schema owner connected, the runtime role granted); a failure fails the test.
+// `migrate` does (the schema owner connected, the runtime role granted); throws when it fails, so
+// the test stops there rather than asserting on a schema half migrated.
 void ApplyServiceMigrations(const TestDatabase& db, const std::string& service,
                             const std::vector<Migration>& migrations);
 
