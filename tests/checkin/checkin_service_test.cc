@@ -1304,52 +1304,23 @@ TEST_F(CheckInServiceTest, ReadingACheckInsContextKeepsToItsIndexesAsTheTablesGr
   pqxx::connection runtime(db_->UrlFor("checkin"));
   pqxx::nontransaction(runtime).exec0("SET search_path TO checkin");
   // Reads of the context together and alone (check_in_context_2, its plan settled after five
-  // calls), each in a transaction of its own; the rows and index pages read of each table.
+  // calls), each in a transaction of its own.
   const std::string together = absl::StrCat(
       "SELECT * FROM check_in_contexts('agency-a', ARRAY['", enrollment,
       "']::uuid[], ARRAY['']::text[], ARRAY[current_date], ARRAY['context-next']::text[], '{}')");
   const std::string alone =
       absl::StrCat("SELECT * FROM check_in_context_2('agency-a', '", enrollment,
                    "', '', current_date, 'context-next', false, '{}')");
-  struct Reads {
-    std::map<std::string, TableReads> rows;
-    std::map<std::string, int64_t> index_pages;
-  };
-  const auto read = [&](const std::string& sql) {
-    Reads reads;
-    reads.index_pages = IndexPagesRead(runtime, "checkin", [&] {
-      pqxx::work tx(runtime);
-      tx.exec(sql);
-      reads.rows = ReadsInTransaction(tx, "checkin");
-      tx.commit();
-    });
-    return reads;
-  };
   pqxx::work(runtime).exec(together);  // Planned and cached.
   for (int i = 0; i < 6; ++i) pqxx::work(runtime).exec(alone);
   grow(61, 20000);
-  const auto expect_few = [&](const std::string& when) {
+  const auto expect_few = [&](const std::string& plans) {
     for (const std::string& sql : {together, alone}) {
-      const Reads r = read(sql);
-      for (const std::string& table : tables) {
-        ASSERT_TRUE(r.rows.contains(table)) << table;
-        EXPECT_EQ(r.rows.at(table).sequential_scans, 0)
-            << table << ": sequential scans by " << sql << " " << when;
-        EXPECT_LT(r.rows.at(table).rows, 50) << table << ": rows read by " << sql << " " << when;
-        EXPECT_LT(r.index_pages.contains(table) ? r.index_pages.at(table) : 0, 15)
-            << table << ": index pages read by " << sql << " " << when;
-      }
+      ExpectFewReads(runtime, "checkin", sql, tables, 50, 15, plans);
     }
   };
   expect_few("on the plans made before");
-  {
-    pqxx::connection admin(AdminUrl(db_->name()));
-    std::string vacuum = "VACUUM";
-    for (const std::string& table : tables) {
-      vacuum += (vacuum == "VACUUM" ? " checkin." : ", checkin.") + table;
-    }
-    pqxx::nontransaction(admin).exec(vacuum);
-  }
+  Vacuum(*db_, "checkin", tables);
   expect_few("on plans made again after a vacuum");
 }
 

@@ -149,44 +149,18 @@ TEST_F(DecisionRoundTripsTest, ADecisionsInputsKeepToTheirIndexesAsTheTablesGrow
   const std::vector<std::string> reads = {
       "SELECT * FROM consent.decision_inputs('agency-a', 'p-1', 'dr-1')",
       "SELECT * FROM consent.peer_decision_inputs('agency-a', 'p-1', 'peer-7')"};
-  // `sql` in a transaction of its own; the rows and index pages it read of each table.
-  struct Reads {
-    std::map<std::string, peerpath::testing::TableReads> rows;
-    std::map<std::string, int64_t> index_pages;
-  };
-  auto read = [&](const std::string& sql) {
-    Reads reads;
-    reads.index_pages = peerpath::testing::IndexPagesRead(*conn_, "consent", [&] {
-      pqxx::work tx(*conn_);
-      tx.exec(sql);
-      reads.rows = peerpath::testing::ReadsInTransaction(tx, "consent");
-      tx.commit();
-    });
-    return reads;
-  };
   for (int i = 0; i < 6; ++i) {
     for (const std::string& sql : reads) pqxx::work(*conn_).exec(sql);
   }
   grow(62, 20000);
-  const auto expect_few = [&](const std::string& when) {
+  const std::vector<std::string> tables = {"consents", "emergency_accesses", "supporter_matches"};
+  const auto expect_few = [&](const std::string& plans) {
     for (const std::string& sql : reads) {
-      const Reads r = read(sql);
-      for (const char* table : {"consents", "emergency_accesses", "supporter_matches"}) {
-        ASSERT_TRUE(r.rows.contains(table)) << table;
-        EXPECT_EQ(r.rows.at(table).sequential_scans, 0)
-            << table << ": sequential scans by " << sql << " " << when;
-        EXPECT_LT(r.rows.at(table).rows, 50) << table << ": rows read by " << sql << " " << when;
-        EXPECT_LT(r.index_pages.contains(table) ? r.index_pages.at(table) : 0, 10)
-            << table << ": index pages read by " << sql << " " << when;
-      }
+      peerpath::testing::ExpectFewReads(*conn_, "consent", sql, tables, 50, 10, plans);
     }
   };
   expect_few("on the plans settled before");
-  {
-    pqxx::connection admin(peerpath::testing::AdminUrl(db_->name()));
-    pqxx::nontransaction(admin).exec(
-        "VACUUM consent.consents, consent.emergency_accesses, consent.supporter_matches");
-  }
+  peerpath::testing::Vacuum(*db_, "consent", tables);
   expect_few("on plans made again after a vacuum");
 }
 

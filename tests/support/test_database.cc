@@ -1,5 +1,7 @@
 #include "tests/support/test_database.h"
 
+#include <gtest/gtest.h>
+
 #include <chrono>
 #include <cstdlib>
 #include <random>
@@ -165,6 +167,48 @@ std::map<std::string, int64_t> IndexPagesRead(pqxx::connection& conn, const std:
     if (auto it = before.find(table); it != before.end()) count -= it->second;
   }
   return read;
+}
+
+StatementReads ReadsOfStatement(pqxx::connection& conn, const std::string& schema,
+                                const std::string& sql) {
+  StatementReads reads;
+  reads.index_pages = IndexPagesRead(conn, schema, [&] {
+    pqxx::work tx(conn);
+    tx.exec(sql);
+    reads.rows = ReadsInTransaction(tx, schema);
+    tx.commit();
+  });
+  return reads;
+}
+
+void ExpectFewReads(pqxx::connection& conn, const std::string& schema, const std::string& sql,
+                    const std::vector<std::string>& tables, int max_rows, int max_index_pages,
+                    const std::string& plans) {
+  const StatementReads reads = ReadsOfStatement(conn, schema, sql);
+  for (const std::string& table : tables) {
+    const auto rows = reads.rows.find(table);
+    if (rows == reads.rows.end()) {
+      ADD_FAILURE() << "no table " << schema << "." << table;
+      continue;
+    }
+    EXPECT_EQ(rows->second.sequential_scans, 0)
+        << table << ": sequential scans by " << sql << " " << plans;
+    EXPECT_LT(rows->second.rows, max_rows) << table << ": rows read by " << sql << " " << plans;
+    const auto pages = reads.index_pages.find(table);
+    EXPECT_LT(pages == reads.index_pages.end() ? 0 : pages->second, max_index_pages)
+        << table << ": index pages read by " << sql << " " << plans;
+  }
+}
+
+void Vacuum(const TestDatabase& db, const std::string& schema,
+            const std::vector<std::string>& tables) {
+  pqxx::connection admin(AdminUrl(db.name()));
+  std::string sql;
+  for (const std::string& table : tables) {
+    sql +=
+        (sql.empty() ? "VACUUM " : ", ") + admin.quote_name(schema) + "." + admin.quote_name(table);
+  }
+  pqxx::nontransaction(admin).exec(sql);
 }
 
 void TestDatabase::WriteOutboxEvent(const std::string& schema, const std::string& agency_id,

@@ -81,6 +81,27 @@ std::map<std::string, TableReads> ReadsInTransaction(pqxx::transaction_base& tx,
 std::map<std::string, int64_t> IndexPagesRead(pqxx::connection& conn, const std::string& schema,
                                               const std::function<void()>& run);
 
+// What `sql` read of each table of `schema`, run on `conn` in a transaction of its own: its rows
+// (ReadsInTransaction) and index pages (IndexPagesRead).
+struct StatementReads {
+  std::map<std::string, TableReads> rows;
+  std::map<std::string, int64_t> index_pages;
+};
+StatementReads ReadsOfStatement(pqxx::connection& conn, const std::string& schema,
+                                const std::string& sql);
+
+// Expects `sql`, run as ReadsOfStatement runs it, to read each of `tables` by index and a little:
+// no sequential scan, fewer than `max_rows` rows and fewer than `max_index_pages` index pages.
+// `plans` says which plans it ran on, for the failure message.
+void ExpectFewReads(pqxx::connection& conn, const std::string& schema, const std::string& sql,
+                    const std::vector<std::string>& tables, int max_rows, int max_index_pages,
+                    const std::string& plans);
+
+// VACUUM of `tables` of `schema` in `db`: for a test of the plans made again once autovacuum has
+// told PostgreSQL a grown table's size, before its analyse has told it what is in it.
+void Vacuum(const TestDatabase& db, const std::string& schema,
+            const std::vector<std::string>& tables);
+
 // The superuser URL of the test cluster, with `database` substituted.
 std::string AdminUrl(const std::string& database);
 
