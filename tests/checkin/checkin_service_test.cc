@@ -1374,6 +1374,47 @@ TEST_F(CheckInServiceTest, AnAgencysReadsOfItsEnrollmentsReadOnlyItsOwn) {
   EXPECT_LT(supported_reads.rows, 50);
 }
 
+// Listing an agency's enrollments reads a page at a time: with 20,000 enrollments (analysed), the
+// first page and one further on each read about a page of rows, newest first, the second
+// starting after the first's last. They read every enrollment of the agency, sorted, for each
+// page: paging through them all was quadratic.
+TEST_F(CheckInServiceTest, ListingAnAgencysEnrollmentsReadsAPageAtATime) {
+  const std::string enrollment = Enrolled("structured_checkin", "p-1");
+  service_->Signal(SIGKILL);  // Nothing else reads the table while the test counts.
+  service_->WaitExit(5s);
+  db_->AdminQuery(absl::StrCat(
+      "SET session_replication_role = replica; INSERT INTO checkin.enrollments SELECT "
+      "(jsonb_populate_record(e, jsonb_build_object('id', gen_random_uuid(), 'participant_id', "
+      "'client-' || g, 'enrolled_at', now() - g * interval '1 minute'))).* FROM "
+      "checkin.enrollments e, generate_series(1, 20000) g WHERE e.id = '",
+      enrollment, "'; SET session_replication_role = DEFAULT; ANALYZE checkin.enrollments"));
+  pqxx::connection runtime(db_->UrlFor("checkin"));
+  pqxx::nontransaction(runtime).exec0("SET search_path TO checkin");
+  const auto page = [&](const checkin::EnrollmentFilter& filter) {
+    pqxx::work tx(runtime);
+    ScopeToAgency(tx, kAgency);
+    std::vector<v1::Enrollment> listed = checkin::ListEnrollments(tx, filter);
+    const TableReads reads = ReadsInTransaction(tx, "checkin")["enrollments"];
+    tx.commit();
+    return std::make_pair(listed, reads);
+  };
+  checkin::EnrollmentFilter filter;
+  filter.limit = 51;  // A page of 50 and whether there is more, as the service asks.
+  const auto [first, first_reads] = page(filter);
+  ASSERT_EQ(first.size(), 51u);
+  EXPECT_EQ(first[0].enrollment_id(), enrollment);  // Enrolled now; the copies before.
+  EXPECT_EQ(first[1].participant_id(), "client-1");
+  EXPECT_EQ(first_reads.sequential_scans, 0);
+  EXPECT_LT(first_reads.rows, 200);
+  filter.after_enrolled_micros = absl::ToUnixMicros(FromProtoTimestamp(first[49].enrolled_at()));
+  filter.after_id = first[49].enrollment_id();
+  const auto [second, second_reads] = page(filter);
+  ASSERT_EQ(second.size(), 51u);
+  EXPECT_EQ(second[0].participant_id(), "client-50");
+  EXPECT_EQ(second_reads.sequential_scans, 0);
+  EXPECT_LT(second_reads.rows, 200);
+}
+
 // Concurrent calls whose reads share statements each get the answer for their own enrollment:
 // check-ins land on the enrollments they name, an unknown enrollment is NOT_FOUND and a
 // participant outside the caller's matches is refused, while the others around them land. The
