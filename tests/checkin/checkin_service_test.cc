@@ -1264,9 +1264,7 @@ TEST_F(CheckInServiceTest, ReadingACheckInsContextKeepsToItsIndexesAsTheTablesGr
   service_->WaitExit(5s);
   const std::vector<std::string> tables = {"idempotency_keys", "check_ins", "scheduled_check_ins",
                                            "supporter_matches", "enrollments"};
-  for (const std::string& table : tables) {
-    db_->AdminQuery("ALTER TABLE checkin." + table + " SET (autovacuum_enabled = off)");
-  }
+  AutovacuumOff(*db_, "checkin", tables);
   // Rows `from` to `from + count - 1` of each table, other participants' (the enrollments are
   // copies of the one enrolled).
   const auto grow = [&](int from, int count) {

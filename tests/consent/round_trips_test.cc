@@ -116,10 +116,8 @@ TEST_F(DecisionRoundTripsTest, ADecisionsInputsKeepToTheirIndexesAsTheTablesGrow
   // Nothing else reads the tables while the test counts: the service only migrated, and
   // autovacuum is left out of them; the test does what it would (an analyse, a vacuum).
   migrated_.reset();
-  db_->AdminQuery(
-      "ALTER TABLE consent.consents SET (autovacuum_enabled = off); ALTER TABLE "
-      "consent.emergency_accesses SET (autovacuum_enabled = off); ALTER TABLE "
-      "consent.supporter_matches SET (autovacuum_enabled = off)");
+  const std::vector<std::string> tables = {"consents", "emergency_accesses", "supporter_matches"};
+  peerpath::testing::AutovacuumOff(*db_, "consent", tables);
   const auto grow = [&](int from, int count) {
     const std::string series =
         absl::StrCat("generate_series(", from, ", ", from + count - 1, ") g");
@@ -153,7 +151,6 @@ TEST_F(DecisionRoundTripsTest, ADecisionsInputsKeepToTheirIndexesAsTheTablesGrow
     for (const std::string& sql : reads) pqxx::work(*conn_).exec(sql);
   }
   grow(62, 20000);
-  const std::vector<std::string> tables = {"consents", "emergency_accesses", "supporter_matches"};
   const auto expect_few = [&](const std::string& plans) {
     for (const std::string& sql : reads) {
       peerpath::testing::ExpectFewReads(*conn_, "consent", sql, tables, 50, 10, plans);

@@ -211,6 +211,13 @@ void Vacuum(const TestDatabase& db, const std::string& schema,
   pqxx::nontransaction(admin).exec(sql);
 }
 
+void AutovacuumOff(const TestDatabase& db, const std::string& schema,
+                   const std::vector<std::string>& tables) {
+  for (const std::string& table : tables) {
+    db.AdminQuery("ALTER TABLE " + schema + "." + table + " SET (autovacuum_enabled = off)");
+  }
+}
+
 void TestDatabase::WriteOutboxEvent(const std::string& schema, const std::string& agency_id,
                                     const google::protobuf::Message& payload,
                                     const std::string& aggregate_id) const {

@@ -102,6 +102,11 @@ void ExpectFewReads(pqxx::connection& conn, const std::string& schema, const std
 void Vacuum(const TestDatabase& db, const std::string& schema,
             const std::vector<std::string>& tables);
 
+// Keeps autovacuum off `tables` of `schema` in `db`, for a test that analyses and vacuums them
+// itself, at known moments, and counts what is read of them.
+void AutovacuumOff(const TestDatabase& db, const std::string& schema,
+                   const std::vector<std::string>& tables);
+
 // The superuser URL of the test cluster, with `database` substituted.
 std::string AdminUrl(const std::string& database);
 
