@@ -341,6 +341,24 @@ class CheckInServiceTest : public ::testing::Test {
     return stub_->RecordCheckIn(As({role}, subject, agency).get(), request, response);
   }
 
+  // Enrolls p-1 in structured_checkin, then stops the service (nothing else reads the tables
+  // while a test counts) and copies the enrollment `copies` times in the database, analysed: copy
+  // g (from 1) has participant client-g, a new id and the columns `overrides` names (arguments of
+  // jsonb_build_object, which may use g). Returns p-1's enrollment.
+  std::string EnrolledWithCopies(int copies, const std::string& overrides) {
+    const std::string enrollment = Enrolled("structured_checkin", "p-1");
+    service_->Signal(SIGKILL);
+    service_->WaitExit(5s);
+    db_->AdminQuery(absl::StrCat(
+        "SET session_replication_role = replica; INSERT INTO checkin.enrollments SELECT "
+        "(jsonb_populate_record(e, jsonb_build_object('id', gen_random_uuid(), 'participant_id', "
+        "'client-' || g, ",
+        overrides, "))).* FROM checkin.enrollments e, generate_series(1, ", copies,
+        ") g WHERE e.id = '", enrollment,
+        "'; SET session_replication_role = DEFAULT; ANALYZE checkin.enrollments"));
+    return enrollment;
+  }
+
   // Sends every request at once, each from its own thread; the responses and statuses in order.
   std::vector<v1::RecordCheckInResponse> RecordAtOnce(
       const std::vector<v1::RecordCheckInRequest>& requests, std::vector<grpc::Status>& statuses) {
@@ -1327,15 +1345,7 @@ TEST_F(CheckInServiceTest, ReadingACheckInsContextKeepsToItsIndexesAsTheTablesGr
 // sweep's read policy on enrollments, ORed with the agency's, leaves the agency no index
 // condition unless the query names it; these read every agency's enrollments.
 TEST_F(CheckInServiceTest, AnAgencysReadsOfItsEnrollmentsReadOnlyItsOwn) {
-  const std::string enrollment = Enrolled("structured_checkin", "p-1");
-  service_->Signal(SIGKILL);  // Nothing else reads the table while the test counts.
-  service_->WaitExit(5s);
-  db_->AdminQuery(absl::StrCat(
-      "SET session_replication_role = replica; INSERT INTO checkin.enrollments SELECT "
-      "(jsonb_populate_record(e, jsonb_build_object('id', gen_random_uuid(), 'agency_id', "
-      "'agency-b', 'participant_id', 'client-' || g))).* FROM checkin.enrollments e, "
-      "generate_series(1, 20000) g WHERE e.id = '",
-      enrollment, "'; SET session_replication_role = DEFAULT; ANALYZE checkin.enrollments"));
+  const std::string enrollment = EnrolledWithCopies(20000, "'agency_id', 'agency-b'");
   pqxx::connection runtime(db_->UrlFor("checkin"));
   pqxx::nontransaction(runtime).exec0("SET search_path TO checkin");
   // `read` in a transaction scoped to agency-a; what it returned and the rows it read.
@@ -1377,15 +1387,8 @@ TEST_F(CheckInServiceTest, AnAgencysReadsOfItsEnrollmentsReadOnlyItsOwn) {
 // starting after the first's last. They read every enrollment of the agency, sorted, for each
 // page: paging through them all was quadratic.
 TEST_F(CheckInServiceTest, ListingAnAgencysEnrollmentsReadsAPageAtATime) {
-  const std::string enrollment = Enrolled("structured_checkin", "p-1");
-  service_->Signal(SIGKILL);  // Nothing else reads the table while the test counts.
-  service_->WaitExit(5s);
-  db_->AdminQuery(absl::StrCat(
-      "SET session_replication_role = replica; INSERT INTO checkin.enrollments SELECT "
-      "(jsonb_populate_record(e, jsonb_build_object('id', gen_random_uuid(), 'participant_id', "
-      "'client-' || g, 'enrolled_at', now() - g * interval '1 minute'))).* FROM "
-      "checkin.enrollments e, generate_series(1, 20000) g WHERE e.id = '",
-      enrollment, "'; SET session_replication_role = DEFAULT; ANALYZE checkin.enrollments"));
+  const std::string enrollment =
+      EnrolledWithCopies(20000, "'enrolled_at', now() - g * interval '1 minute'");
   pqxx::connection runtime(db_->UrlFor("checkin"));
   pqxx::nontransaction(runtime).exec0("SET search_path TO checkin");
   const auto page = [&](const checkin::EnrollmentFilter& filter) {
