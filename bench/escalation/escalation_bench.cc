@@ -26,6 +26,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/strip.h"
 #include "common/db.h"
 #include "peerpath/escalation/v1/escalation.grpc.pb.h"
 #include "services/escalation/notifier.h"
@@ -111,12 +112,9 @@ std::string Plan(Database& database, const std::string& sql, const std::string& 
       kSweeperSetting, "on",
       [&](pqxx::work& tx) -> absl::StatusOr<std::string> {
         tx.exec0("PREPARE bench_plan AS " + sql);
-        std::string text;
-        for (const auto& row : tx.exec("EXPLAIN EXECUTE bench_plan (" + arguments + ")")) {
-          text += "  " + row[0].as<std::string>() + "\n";
-        }
+        const std::string text = testing::Explain(tx, "EXECUTE bench_plan (" + arguments + ")");
         tx.exec0("DEALLOCATE bench_plan");
-        return text;
+        return "  " + absl::StrReplaceAll(absl::StripSuffix(text, "\n"), {{"\n", "\n  "}}) + "\n";
       },
       plans);
   return plan.ok() ? *plan : "(failed)";

@@ -718,35 +718,36 @@ const char kOpenCountsSql[] =
     "SELECT severity, count(*), count(*) FILTER (WHERE next_deadline <= ts_from_us($1)) FROM "
     "concerns WHERE status IN ('open', 'acknowledged') GROUP BY severity";
 
-absl::StatusOr<std::vector<Store::DueConcern>> Store::DueConcerns(Database& db, absl::Time now,
-                                                                  int limit) {
+namespace {
+
+// The sweeper's read `sql` ($1 now, $2 how many), prepared as `name`: the agency and id of each
+// concern it finds, in a sweeper transaction on index scans.
+absl::StatusOr<std::vector<Store::DueConcern>> SweeperRead(Database& db, const char* name,
+                                                           const char* sql, absl::Time now,
+                                                           int limit) {
   return db.TransactWithSetting(
       kSweeperSetting, "on",
-      [&](pqxx::work& tx) -> absl::StatusOr<std::vector<DueConcern>> {
-        std::vector<DueConcern> due;
-        for (const auto& row :
-             ExecPrepared(tx, "escalation_due_concerns", kDueConcernsSql, Micros(now), limit)) {
-          due.push_back({row[0].as<std::string>(), row[1].as<std::string>()});
+      [&](pqxx::work& tx) -> absl::StatusOr<std::vector<Store::DueConcern>> {
+        std::vector<Store::DueConcern> found;
+        for (const auto& row : ExecPrepared(tx, name, sql, Micros(now), limit)) {
+          found.push_back({row[0].as<std::string>(), row[1].as<std::string>()});
         }
-        return due;
+        return found;
       },
       Plans::kIndexScans);
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<Store::DueConcern>> Store::DueConcerns(Database& db, absl::Time now,
+                                                                  int limit) {
+  return SweeperRead(db, "escalation_due_concerns", kDueConcernsSql, now, limit);
 }
 
 absl::StatusOr<std::vector<Store::DueConcern>> Store::PendingNotifications(Database& db,
                                                                            absl::Time now,
                                                                            int limit) {
-  return db.TransactWithSetting(
-      kSweeperSetting, "on",
-      [&](pqxx::work& tx) -> absl::StatusOr<std::vector<DueConcern>> {
-        std::vector<DueConcern> due;
-        for (const auto& row : ExecPrepared(tx, "escalation_pending_notifications",
-                                            kPendingNotificationsSql, Micros(now), limit)) {
-          due.push_back({row[0].as<std::string>(), row[1].as<std::string>()});
-        }
-        return due;
-      },
-      Plans::kIndexScans);
+  return SweeperRead(db, "escalation_pending_notifications", kPendingNotificationsSql, now, limit);
 }
 
 absl::StatusOr<std::optional<ConcernRecord>> Store::MarkNotified(pqxx::work& tx,

@@ -271,11 +271,7 @@ TEST_F(EscalationServiceTest, ADispatcherPassReadsItsPagesFromTheFrontOfABacklog
     pqxx::work tx(*admin);
     tx.exec0("SET LOCAL search_path TO escalation");
     tx.exec0(std::string("PREPARE due (bigint, integer) AS ") + escalation::kDueNotificationsSql);
-    std::string text;
-    for (const auto& row : tx.exec("EXPLAIN EXECUTE due (86400000000, 16)")) {
-      text += row[0].as<std::string>() + "\n";
-    }
-    return text;
+    return Explain(tx, "EXECUTE due (86400000000, 16)");
   };
   for (const bool analysed : {false, true}) {
     if (analysed) db_->AdminQuery("ANALYZE escalation.notifications");
@@ -309,10 +305,7 @@ TEST_F(EscalationServiceTest, ADispatcherPassMarksItsPagesByTheirKey) {
   tx.exec0(std::string("PREPARE mark (bigint[]) AS ") + escalation::kMarkDeliveredSql);
   tx.exec("EXPLAIN EXECUTE mark ('{1}')");  // Planned and cached.
   page(20000);
-  std::string plan;
-  for (const auto& row : tx.exec("EXPLAIN EXECUTE mark ('{1,2,3}')")) {
-    plan += row[0].as<std::string>() + "\n";
-  }
+  const std::string plan = Explain(tx, "EXECUTE mark ('{1,2,3}')");
   EXPECT_NE(plan.find("notifications_pkey"), std::string::npos) << plan;
   EXPECT_EQ(plan.find("Seq Scan"), std::string::npos) << plan;
 }
@@ -350,10 +343,7 @@ TEST_F(EscalationServiceTest, TheSweepersReadsOfConcernsKeepToTheirIndexesAsTheT
       ScopeToAgency(tx, "agency-plan", Plans::kIndexScans);
     }
     tx.exec0("SET LOCAL plan_cache_mode = force_generic_plan");
-    std::string text;
-    for (const auto& row : tx.exec("EXPLAIN EXECUTE " + statement + " (" + arguments + ")")) {
-      text += row[0].as<std::string>() + "\n";
-    }
+    const std::string text = Explain(tx, "EXECUTE " + statement + " (" + arguments + ")");
     tx.commit();
     return text;
   };
@@ -411,12 +401,10 @@ TEST_F(EscalationServiceTest, ARaisesReadOfItsContextKeepsToItsIndexesAsTheTable
   const auto plan = [&] {
     pqxx::work tx(conn);
     ScopeToAgency(tx, "agency-a", Plans::kGeneric);
-    std::string text;
-    for (const auto& row : tx.exec("EXPLAIN EXECUTE contexts ('agency-a', '{k-1,k-2}', '{aa,bb}', "
-                                   "'{client-1,client-3}', '{peer-1,peer-1}', "
-                                   "'{\"\",0b7a1d7e-4f43-4a52-8d8e-3c1fd1a4c7a0}')")) {
-      text += row[0].as<std::string>() + "\n";
-    }
+    const std::string text = Explain(tx,
+                                     "EXECUTE contexts ('agency-a', '{k-1,k-2}', '{aa,bb}', "
+                                     "'{client-1,client-3}', '{peer-1,peer-1}', "
+                                     "'{\"\",0b7a1d7e-4f43-4a52-8d8e-3c1fd1a4c7a0}')");
     tx.commit();
     return text;
   };
@@ -530,10 +518,9 @@ TEST_F(EscalationServiceTest, TimeHelpersAreExactAndInlined) {
                 .as<bool>(),
             true);
   for (const char* call : {"escalation.us_from_ts(now())", "escalation.ts_from_us(42)"}) {
-    std::string plan;
-    for (const auto& row : db_->AdminQuery(std::string("EXPLAIN (VERBOSE) SELECT ") + call)) {
-      plan += row[0].as<std::string>() + "\n";
-    }
+    pqxx::connection admin(AdminUrl(db_->name()));
+    pqxx::nontransaction tx(admin);
+    const std::string plan = Explain(tx, std::string("(VERBOSE) SELECT ") + call);
     EXPECT_EQ(plan.find("_from_"), std::string::npos) << plan;
   }
 }

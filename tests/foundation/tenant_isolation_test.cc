@@ -124,11 +124,7 @@ TEST_F(TenantIsolation, ThePolicyReadsTheAgencyOncePerStatementAlsoAfterAnUpgrad
   auto plan = [&] {
     auto lines =
         database_->TransactForAgency("agency-a", [](pqxx::work& tx) -> absl::StatusOr<std::string> {
-          std::string text;
-          for (const auto& row : tx.exec("EXPLAIN SELECT count(*) FROM probe")) {
-            text += row[0].as<std::string>() + "\n";
-          }
-          return text;
+          return Explain(tx, "SELECT count(*) FROM probe");
         });
     EXPECT_TRUE(lines.ok()) << lines.status();
     return lines.value_or("");

@@ -113,10 +113,12 @@ std::string TestDatabase::PlanAsService(const std::string& service, const std::s
       "set_config('plan_cache_mode', $2, true)",
       agency_id, generic ? "force_generic_plan" : "auto");
   tx.exec0("PREPARE statement_under_test (" + parameter_types + ") AS " + statement);
+  return Explain(tx, "EXECUTE statement_under_test (" + arguments + ")");
+}
+
+std::string Explain(pqxx::transaction_base& tx, const std::string& statement) {
   std::string plan;
-  for (const auto& row : tx.exec("EXPLAIN EXECUTE statement_under_test (" + arguments + ")")) {
-    plan += row[0].as<std::string>() + "\n";
-  }
+  for (const auto& row : tx.exec("EXPLAIN " + statement)) plan += row[0].as<std::string>() + "\n";
   return plan;
 }
 

@@ -60,6 +60,10 @@ class TestDatabase {
   bool created_ = false;
 };
 
+// The plan of `statement` in `tx` (EXPLAIN `statement`, its lines each ended by a newline);
+// `statement` may be an EXECUTE of a prepared statement, or begin with EXPLAIN's options.
+std::string Explain(pqxx::transaction_base& tx, const std::string& statement);
+
 // What the statements of `tx` so far read of each table of `schema` (pg_stat_xact_user_tables):
 // for tests that a statement reads a few rows by index, not a table whole.
 struct TableReads {
