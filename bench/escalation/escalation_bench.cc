@@ -3,9 +3,11 @@
 //   1. route-and-persist: RaiseConcern over gRPC on the real binary (validate, route, insert the
 //      concern with its transitions, events and audit row, store the idempotent response), with
 //      16 calls in flight, beside plain single-row INSERTs (one transaction each, 16 connections)
-//      into a table of the same database in the same run, and the database's floor: the rows a
-//      concern writes, in one statement from libpq (no read, no service); and the machine's
-//      bound: an empty RPC's and a concern's rows' processor time (16 to a transaction), added;
+//      into a table of the same database in the same run, the calls each write transaction held
+//      (the group commit's mean batch, from the service's histogram), and the database's floor:
+//      the rows a concern writes, in one statement from libpq (no read, no service); and the
+//      machine's bound: an empty RPC's and a concern's rows' processor time (16 to a
+//      transaction), added;
 //   2. the deadline sweeper (in-process) with 100,000 open concerns (beside 200,000 resolved) of
 //      which 0, then 100 are due, the open/overdue gauges' count (every 5 s in the service), and
 //      the plans of both queries (on the partial index concerns_open_by_deadline, no table scan);
@@ -248,9 +250,26 @@ void RunDatabaseBenchmarks() {
   };
   // Interleaved phases so all see the same machine load.
   const Figures plain = Hammer(kInFlight, length, insert);
+  // The group commit's batches in each RaiseConcern phase: calls per write transaction, from the
+  // service's batch-size histogram.
+  struct Batches {
+    double calls = 0, transactions = 0;
+  };
+  const auto batches = [&] {
+    const std::string metrics = testing::HttpGet(service.metrics_port(), "/metrics");
+    return Batches{testing::MetricValue(metrics, "peerpath_escalation_raise_batch_size_sum", {}),
+                   testing::MetricValue(metrics, "peerpath_escalation_raise_batch_size_count", {})};
+  };
+  const auto mean_batch = [](const Batches& before, const Batches& after) {
+    const double transactions = after.transactions - before.transactions;
+    return transactions > 0 ? (after.calls - before.calls) / transactions : 0.0;
+  };
+  const Batches before_routed = batches();
   const Figures routed = Hammer(kInFlight, length, raise);
+  const Batches after_routed = batches();
   spread = true;
   const Figures routed_spread = Hammer(kInFlight, length, raise);
+  const Batches after_spread = batches();
   // Once the service has chained the audit rows of the calls (it chains the floor's as they
   // commit, as it does RaiseConcern's).
   db->WaitForAuditChained("escalation");
@@ -276,6 +295,8 @@ void RunDatabaseBenchmarks() {
   Print("plain single-row INSERT (libpq, 1 tx each)", plain);
   Print("RaiseConcern over gRPC, one agency", routed);
   Print("RaiseConcern over gRPC, 16 agencies", routed_spread);
+  std::printf("  calls per write transaction (group commit): one agency %.1f, 16 agencies %.1f\n",
+              mean_batch(before_routed, after_routed), mean_batch(after_routed, after_spread));
   Print("RaiseConcern's rows alone (1 statement, libpq)", floor);
   std::printf(
       "ratio RaiseConcern / INSERT: %.2f (target >= 0.5); RaiseConcern p99 %.2f ms "
