@@ -110,15 +110,6 @@ Figures Hammer(int clients, absl::Duration length, const std::function<bool(int)
   return f;
 }
 
-// The service's peerpath_checkin_write_batch_size histogram: {sum, count} (check-ins written,
-// write transactions); {0, 0} when the metrics cannot be read.
-std::pair<double, double> WriteBatches(int metrics_port) {
-  using peerpath::testing::MetricValue;
-  const std::string text = peerpath::testing::HttpGet(metrics_port, "/metrics");
-  return {MetricValue(text, "peerpath_checkin_write_batch_size_sum", {}),
-          MetricValue(text, "peerpath_checkin_write_batch_size_count", {})};
-}
-
 // pgbench's transactions per second running `transaction` (a pgbench script) as each.
 double PgbenchRate(const std::string& url, const std::string& name, const std::string& transaction,
                    int clients, int seconds) {
@@ -276,11 +267,14 @@ void OverGrpc() {
               "errors", "pgbench INSERT/s", "ratio", "per commit");
   std::vector<std::pair<int, double>> insert_rates;
   for (int clients : {1, 8, 32}) {
-    const auto [before_sum, before_count] = WriteBatches(server.metrics_port());
+    // Check-ins per write transaction, from the service's histogram.
+    const auto batches = [&] {
+      return peerpath::testing::ReadHistogram(server.metrics_port(),
+                                              "peerpath_checkin_write_batch_size");
+    };
+    const peerpath::testing::HistogramTotals before = batches();
     const Figures f = Hammer(clients, absl::Seconds(seconds), record);
-    const auto [after_sum, after_count] = WriteBatches(server.metrics_port());
-    const double per_commit =
-        after_count > before_count ? (after_sum - before_sum) / (after_count - before_count) : 0.0;
+    const double per_commit = peerpath::testing::MeanBetween(before, batches());
     // The service chains the audit rows of what it committed just after; the INSERTs run once
     // it has caught up, so that they do not share the machine with it.
     db->WaitForAuditChained("checkin");

@@ -252,24 +252,15 @@ void RunDatabaseBenchmarks() {
   const Figures plain = Hammer(kInFlight, length, insert);
   // The group commit's batches in each RaiseConcern phase: calls per write transaction, from the
   // service's batch-size histogram.
-  struct Batches {
-    double calls = 0, transactions = 0;
-  };
   const auto batches = [&] {
-    const std::string metrics = testing::HttpGet(service.metrics_port(), "/metrics");
-    return Batches{testing::MetricValue(metrics, "peerpath_escalation_raise_batch_size_sum", {}),
-                   testing::MetricValue(metrics, "peerpath_escalation_raise_batch_size_count", {})};
+    return testing::ReadHistogram(service.metrics_port(), "peerpath_escalation_raise_batch_size");
   };
-  const auto mean_batch = [](const Batches& before, const Batches& after) {
-    const double transactions = after.transactions - before.transactions;
-    return transactions > 0 ? (after.calls - before.calls) / transactions : 0.0;
-  };
-  const Batches before_routed = batches();
+  const testing::HistogramTotals before_routed = batches();
   const Figures routed = Hammer(kInFlight, length, raise);
-  const Batches after_routed = batches();
+  const testing::HistogramTotals after_routed = batches();
   spread = true;
   const Figures routed_spread = Hammer(kInFlight, length, raise);
-  const Batches after_spread = batches();
+  const testing::HistogramTotals after_spread = batches();
   // Once the service has chained the audit rows of the calls (it chains the floor's as they
   // commit, as it does RaiseConcern's).
   db->WaitForAuditChained("escalation");
@@ -296,7 +287,8 @@ void RunDatabaseBenchmarks() {
   Print("RaiseConcern over gRPC, one agency", routed);
   Print("RaiseConcern over gRPC, 16 agencies", routed_spread);
   std::printf("  calls per write transaction (group commit): one agency %.1f, 16 agencies %.1f\n",
-              mean_batch(before_routed, after_routed), mean_batch(after_routed, after_spread));
+              testing::MeanBetween(before_routed, after_routed),
+              testing::MeanBetween(after_routed, after_spread));
   Print("RaiseConcern's rows alone (1 statement, libpq)", floor);
   std::printf(
       "ratio RaiseConcern / INSERT: %.2f (target >= 0.5); RaiseConcern p99 %.2f ms "

@@ -269,4 +269,14 @@ double MetricValue(const std::string& exposition, const std::string& metric,
   return sum;
 }
 
+HistogramTotals ReadHistogram(int metrics_port, const std::string& histogram) {
+  const std::string text = HttpGet(metrics_port, "/metrics");
+  return {MetricValue(text, histogram + "_sum", {}), MetricValue(text, histogram + "_count", {})};
+}
+
+double MeanBetween(const HistogramTotals& before, const HistogramTotals& after) {
+  const double count = after.count - before.count;
+  return count > 0 ? (after.sum - before.sum) / count : 0.0;
+}
+
 }  // namespace peerpath::testing

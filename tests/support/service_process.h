@@ -70,4 +70,14 @@ std::string HttpGet(int port, const std::string& path);
 double MetricValue(const std::string& exposition, const std::string& metric,
                    const std::map<std::string, std::string>& labels);
 
+// A histogram's totals (its _sum and _count) as a service exposes them on `metrics_port`; zeros
+// when the metrics cannot be read.
+struct HistogramTotals {
+  double sum = 0;
+  double count = 0;
+};
+HistogramTotals ReadHistogram(int metrics_port, const std::string& histogram);
+// The mean of what the histogram observed between two readings; 0 when it observed nothing.
+double MeanBetween(const HistogramTotals& before, const HistogramTotals& after);
+
 }  // namespace peerpath::testing
