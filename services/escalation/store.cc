@@ -665,10 +665,13 @@ absl::StatusOr<std::vector<ConcernRecord>> Store::ListConcerns(
     }
     cursor_id = parts.second;
   }
+  // Ordered by the columns themselves (not their text), so that concerns_listed, walked backwards
+  // from the cursor, gives the page in order and the scan stops once it is full; its predicate
+  // (opened_at IS NOT NULL) is stated for it.
   const std::string sql =
       absl::StrCat("SELECT * FROM (SELECT ", kConcernColumns, ", ", kRoutedToViewer,
-                   R"sql( AS routed FROM concerns c
-      WHERE c.agency_id = $1
+                   R"sql( AS routed, c.opened_at AS opened_order, c.id AS id_order FROM concerns c
+      WHERE c.agency_id = $1 AND c.opened_at IS NOT NULL
         AND (cardinality($4::text[]) = 0 OR c.status = ANY ($4::text[]))
         AND (cardinality($5::text[]) = 0 OR c.severity = ANY ($5::text[]))
         AND (cardinality($6::text[]) = 0 OR c.category = ANY ($6::text[]))
@@ -678,7 +681,7 @@ absl::StatusOr<std::vector<ConcernRecord>> Store::ListConcerns(
                          AND c.next_deadline <= ts_from_us($11)))
         AND ($12::bigint = 0 OR (c.opened_at, c.id) < (ts_from_us($12), $13::uuid))
       ) s WHERE s.routed OR s.raised_by = $3
-      ORDER BY 19 DESC, 1 DESC LIMIT $14)sql");
+      ORDER BY s.opened_order DESC, s.id_order DESC LIMIT $14)sql");
   std::vector<ConcernRecord> out;
   for (const auto& row : tx.exec_params(
            sql, agency_id, TextArrayLiteral(viewer.team_kinds), viewer.subject,

@@ -283,6 +283,83 @@ TEST_F(EscalationServiceTest, ADispatcherPassReadsItsPagesFromTheFrontOfABacklog
   }
 }
 
+// ListConcerns reads a page at a time: a clinician's list of the agency's 20,001 concerns, newest
+// first from a cursor, reads about a page of them for each page. It read all of them, checked each
+// for whether it was routed to the caller, and sorted them, for every page.
+TEST_F(EscalationServiceTest, ListingConcernsReadsAPageAtATime) {
+  const v1::Concern raised =
+      MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "k-list"));
+  // Copies opened a minute apart before it, each routed to the clinical on-call team.
+  db_->AdminQuery(
+      "INSERT INTO escalation.concerns (agency_id, participant_id, category, severity, source, "
+      "raised_by, raised_by_role, policy_id, policy_version, target_kind, target_id, "
+      "ack_deadline, next_deadline, next_deadline_kind, notify_at, notified_at, opened_at) "
+      "SELECT c.agency_id, 'copy-' || g, c.category, c.severity, c.source, c.raised_by, "
+      "c.raised_by_role, c.policy_id, c.policy_version, c.target_kind, c.target_id, "
+      "now() + interval '4 hours', now() + interval '4 hours', 'acknowledgement', now(), now(), "
+      "c.opened_at - g * interval '1 minute' FROM escalation.concerns c, "
+      "generate_series(1, 20000) g WHERE c.id = '" +
+      raised.concern_id() +
+      "'; INSERT INTO escalation.concern_transitions (agency_id, concern_id, kind, status_after, "
+      "level, target_kind, target_id, actor, occurred_at) SELECT agency_id, id, 'routed', 'open', "
+      "0, target_kind, target_id, 'system:routing', opened_at FROM escalation.concerns WHERE "
+      "participant_id LIKE 'copy-%'; ANALYZE escalation.concerns; "
+      "ANALYZE escalation.concern_transitions");
+  pqxx::connection runtime(db_->UrlFor("escalation"));
+  pqxx::nontransaction(runtime).exec0("SET search_path TO escalation");
+  const escalation::Viewer clinician{{"clinical_on_call"}, "dr-1"};
+  escalation::Store::ListFilter unfiltered;
+  unfiltered.now = absl::Now();
+  const auto page = [&](const std::string& cursor) {
+    pqxx::work tx(runtime);
+    ScopeToAgency(tx, "agency-a");
+    auto listed = escalation::Store::ListConcerns(tx, "agency-a", clinician, unfiltered, cursor,
+                                                  51);  // A page of 50, and whether there is more.
+    EXPECT_TRUE(listed.ok()) << listed.status();
+    const TableReads reads = ReadsInTransaction(tx, "escalation")["concerns"];
+    tx.commit();
+    return std::make_pair(listed.ok() ? *listed : std::vector<escalation::ConcernRecord>{}, reads);
+  };
+  const auto [first, first_reads] = page("");
+  ASSERT_EQ(first.size(), 51u);
+  EXPECT_EQ(first[0].concern.concern_id(), raised.concern_id());  // Opened last.
+  EXPECT_EQ(first[1].concern.participant_id(), "copy-1");
+  EXPECT_EQ(first[50].concern.participant_id(), "copy-50");
+  EXPECT_EQ(first_reads.sequential_scans, 0);
+  EXPECT_LT(first_reads.rows, 200);
+  const v1::Concern& last = first[49].concern;
+  const auto [second, second_reads] =
+      page(absl::StrCat(google::protobuf::util::TimeUtil::TimestampToMicroseconds(last.opened_at()),
+                        "/", last.concern_id()));
+  ASSERT_EQ(second.size(), 51u);
+  EXPECT_EQ(second[0].concern.participant_id(), "copy-50");
+  EXPECT_EQ(second[50].concern.participant_id(), "copy-100");
+  EXPECT_EQ(second_reads.sequential_scans, 0);
+  EXPECT_LT(second_reads.rows, 200);
+}
+// A lookup of one concern by agency and id keeps off concerns_listed (ListConcerns' index), on the
+// generic plan made while the table is small and not yet analysed, as after a fresh install: the
+// foreign-key check of each transition insert (as PostgreSQL runs it, as the table's owner) and
+// the locking read of the concerns an action changes. Without its partial predicate the check
+// took it, with the agency alone as its condition, and read every concern of the agency at each
+// transition written.
+TEST_F(EscalationServiceTest, LookupsOfOneConcernKeepOffTheListingIndex) {
+  pqxx::connection conn(db_->OwnerUrlFor("escalation"));
+  pqxx::work tx(conn);
+  tx.exec0("SET LOCAL plan_cache_mode = force_generic_plan");
+  tx.exec0(
+      "PREPARE fk_check (text, uuid) AS SELECT 1 FROM ONLY escalation.concerns x "
+      "WHERE agency_id = $1 AND id = $2 FOR KEY SHARE OF x");
+  const std::string fk_check =
+      Explain(tx, "EXECUTE fk_check ('agency-a', '0b7a1d7e-4f43-4a52-8d8e-3c1fd1a4c7a0')");
+  tx.commit();
+  EXPECT_EQ(fk_check.find("concerns_listed"), std::string::npos) << fk_check;
+  const std::string lock = db_->PlanAsService(
+      "escalation", "agency-a", "text, uuid[]", escalation::Store::LockConcernsSql(),
+      "'agency-a', '{0b7a1d7e-4f43-4a52-8d8e-3c1fd1a4c7a0}'", /*generic=*/true);
+  EXPECT_EQ(lock.find("concerns_listed"), std::string::npos) << lock;
+}
+
 // A pass marks the pages it delivered in one statement, by their ids in the primary key, however
 // much the table grew since PostgreSQL cached the plan: under load, the plan cached while the
 // table was small was a sequential scan (cheaper on paper), and every pass read the whole table.
