@@ -11,10 +11,13 @@
 //   2. the deadline sweeper (in-process) with 100,000 open concerns (beside 200,000 resolved) of
 //      which 0, then 100 are due, the open/overdue gauges' count (every 5 s in the service), and
 //      the plans of both queries (on the partial index concerns_open_by_deadline, no table scan);
-//   3. the pure routing function (Google Benchmark).
+//   3. ListConcerns with the sweeper's concerns (each given its ROUTED transition): a clinician's
+//      pages walked back from the newest, and a supervisor's who may see none of them;
+//   4. the pure routing function (Google Benchmark).
 //
 // PEERPATH_BENCH_SECONDS (default 5) sets the length of each timed phase.
 #include <benchmark/benchmark.h>
+#include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -24,6 +27,7 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -387,6 +391,66 @@ void RunDatabaseBenchmarks() {
               Plan(database, kDueConcernsSql, now_us + ", 500", Plans::kIndexScans).c_str());
   std::printf("gauge count plan:\n%s\n",
               Plan(database, kOpenCountsSql, now_us, Plans::kAsPostgresChooses).c_str());
+
+  // ListConcerns, a page of 50 (51 asked: whether there is more) among every concern of the agency,
+  // each routed to the clinical on-call team (the seeded ones get their ROUTED transition here).
+  db->AdminQuery(
+      "INSERT INTO escalation.concern_transitions (agency_id, concern_id, kind, status_after, "
+      "level, target_kind, target_id, actor, occurred_at) SELECT c.agency_id, c.id, 'routed', "
+      "'open', 0, c.target_kind, c.target_id, 'system:routing', c.opened_at "
+      "FROM escalation.concerns c WHERE NOT EXISTS (SELECT 1 FROM escalation.concern_transitions "
+      "t WHERE t.agency_id = c.agency_id AND t.concern_id = c.id)");
+  {
+    auto admin = db->Admin();
+    pqxx::nontransaction vacuum(*admin);
+    vacuum.exec0("VACUUM ANALYZE escalation.concern_transitions");
+  }
+  const int listed = db->AdminQuery(
+                           "SELECT count(*) FROM escalation.concerns WHERE agency_id = "
+                           "'bench'")[0][0]
+                         .as<int>();
+  Store::ListFilter unfiltered;
+  unfiltered.now = absl::Now();
+  // The milliseconds of each of `pages` pages walked back from the newest, and the concerns seen.
+  const auto walk = [&](const Viewer& viewer, int pages) {
+    std::vector<double> times;
+    std::string cursor;
+    int seen = 0;
+    for (int i = 0; i < pages; ++i) {
+      const absl::Time start = absl::Now();
+      auto page = database.TransactForAgency(
+          "bench", [&](pqxx::work& tx) -> absl::StatusOr<std::vector<ConcernRecord>> {
+            return Store::ListConcerns(tx, "bench", viewer, unfiltered, cursor, 51);
+          });
+      times.push_back(absl::ToDoubleMilliseconds(absl::Now() - start));
+      if (!page.ok()) {
+        std::printf("ListConcerns failed: %s\n", std::string(page.status().message()).c_str());
+        break;
+      }
+      seen += static_cast<int>(std::min<size_t>(page->size(), 50));
+      if (page->size() > 50) {
+        const v1::Concern& last = (*page)[49].concern;
+        cursor = absl::StrCat(
+            google::protobuf::util::TimeUtil::TimestampToMicroseconds(last.opened_at()), "/",
+            last.concern_id());
+      }
+    }
+    std::sort(times.begin(), times.end());
+    return std::make_tuple(times[times.size() / 2], times.back(), seen);
+  };
+  const auto [clinician_median, clinician_max, clinician_seen] =
+      walk(Viewer{{"clinical_on_call"}, "dr-list"}, 20);
+  const auto [none_median, none_max, none_seen] =
+      walk(Viewer{{"supervised_supporters"}, "sup-none"}, 5);
+  std::printf("\n== ListConcerns, a page of 50 among %d concerns of the agency ==\n", listed);
+  std::printf(
+      "clinician (all routed to their team), 20 pages back from the newest: median %.2f ms, "
+      "max %.2f ms (%d concerns listed)\n",
+      clinician_median, clinician_max, clinician_seen);
+  std::printf(
+      "supervisor who may see none of them, 5 pages: median %.2f ms, max %.2f ms (%d "
+      "listed; every concern of the agency read)\n",
+      none_median, none_max, none_seen);
 }
 
 }  // namespace
