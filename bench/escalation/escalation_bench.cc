@@ -334,13 +334,13 @@ void RunDatabaseBenchmarks() {
       "now() "
       "FROM generate_series(1, 100000) g, escalation.routing_policies p "
       "WHERE p.agency_id = 'bench' AND p.version = 1");
-  {
-    // As autovacuum leaves a table after a burst of inserts: statistics, and its pages marked
-    // all-visible (what index-only scans rely on).
+  // As autovacuum leaves a table after a burst of inserts: statistics, and its pages marked
+  // all-visible (what index-only scans rely on).
+  const auto vacuum_analyze = [&](const std::string& table) {
     auto admin = db->Admin();
-    pqxx::nontransaction vacuum(*admin);
-    vacuum.exec0("VACUUM ANALYZE escalation.concerns");
-  }
+    pqxx::nontransaction(*admin).exec0("VACUUM ANALYZE escalation." + table);
+  };
+  vacuum_analyze("concerns");
   const int open =
       db->AdminQuery(
             "SELECT count(*) FROM escalation.concerns WHERE status IN ('open', 'acknowledged')")
@@ -400,11 +400,7 @@ void RunDatabaseBenchmarks() {
       "'open', 0, c.target_kind, c.target_id, 'system:routing', c.opened_at "
       "FROM escalation.concerns c WHERE NOT EXISTS (SELECT 1 FROM escalation.concern_transitions "
       "t WHERE t.agency_id = c.agency_id AND t.concern_id = c.id)");
-  {
-    auto admin = db->Admin();
-    pqxx::nontransaction vacuum(*admin);
-    vacuum.exec0("VACUUM ANALYZE escalation.concern_transitions");
-  }
+  vacuum_analyze("concern_transitions");
   const int listed = db->AdminQuery(
                            "SELECT count(*) FROM escalation.concerns WHERE agency_id = "
                            "'bench'")[0][0]
