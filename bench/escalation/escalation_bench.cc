@@ -17,7 +17,6 @@
 //
 // PEERPATH_BENCH_SECONDS (default 5) sets the length of each timed phase.
 #include <benchmark/benchmark.h>
-#include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -425,10 +424,7 @@ void RunDatabaseBenchmarks() {
       }
       seen += static_cast<int>(std::min<size_t>(page->size(), 50));
       if (page->size() > 50) {
-        const v1::Concern& last = (*page)[49].concern;
-        cursor = absl::StrCat(
-            google::protobuf::util::TimeUtil::TimestampToMicroseconds(last.opened_at()), "/",
-            last.concern_id());
+        cursor = Store::ListCursor((*page)[49].concern);
       }
     }
     std::sort(times.begin(), times.end());

@@ -665,9 +665,7 @@ absl::Status EscalationService::ListConcernsImpl(const Identity& caller,
     }
     if (static_cast<int>(rows->size()) > *page_size) {
       const v1::Concern& last = (*rows)[count - 1].concern;
-      response.set_next_page_token(EncodePageToken(
-          list_name, absl::StrCat(absl::ToUnixMicros(FromProtoTimestamp(last.opened_at())), "/",
-                                  last.concern_id())));
+      response.set_next_page_token(EncodePageToken(list_name, Store::ListCursor(last)));
     }
     return Audit(tx, caller, "ListConcerns", "", request.participant_id());
   });

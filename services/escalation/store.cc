@@ -660,6 +660,11 @@ void Store::InsertBreaches(DeferredWrites& writes, const std::string& agency_id,
               TextArrayLiteral(to_kinds), TextArrayLiteral(to_ids));
 }
 
+std::string Store::ListCursor(const v1::Concern& last) {
+  return absl::StrCat(absl::ToUnixMicros(FromProtoTimestamp(last.opened_at())), "/",
+                      last.concern_id());
+}
+
 absl::StatusOr<std::vector<ConcernRecord>> Store::ListConcerns(
     pqxx::work& tx, const std::string& agency_id, const Viewer& viewer, const ListFilter& filter,
     const std::string& cursor, int limit) {

@@ -163,10 +163,12 @@ class Store {
     absl::Time now;
   };
   // Concerns the viewer may see (routed to them, or raised by them), newest first, after the
-  // cursor "<opened_at micros>/<id>".
+  // cursor (ListCursor of the last concern of the page before; empty for the first page).
   static absl::StatusOr<std::vector<ConcernRecord>> ListConcerns(
       pqxx::work& tx, const std::string& agency_id, const Viewer& viewer, const ListFilter& filter,
       const std::string& cursor, int limit);
+  // The cursor of ListConcerns' next page after `last`: "<opened_at micros>/<id>".
+  static std::string ListCursor(const v1::Concern& last);
 
   // OPEN or ACKNOWLEDGED concerns whose current target is `target`, oldest first (the
   // concerns_open_by_target index).

@@ -332,9 +332,7 @@ TEST_F(EscalationServiceTest, ListingConcernsReadsAPageAtATime) {
   EXPECT_EQ(first[1].concern.participant_id(), "copy-1");
   EXPECT_EQ(first[50].concern.participant_id(), "copy-50");
   const v1::Concern& last = first[49].concern;
-  const std::vector<escalation::ConcernRecord> second =
-      page(absl::StrCat(google::protobuf::util::TimeUtil::TimestampToMicroseconds(last.opened_at()),
-                        "/", last.concern_id()));
+  const std::vector<escalation::ConcernRecord> second = page(escalation::Store::ListCursor(last));
   ASSERT_EQ(second.size(), 51u);
   EXPECT_EQ(second[0].concern.participant_id(), "copy-50");
   EXPECT_EQ(second[50].concern.participant_id(), "copy-100");
