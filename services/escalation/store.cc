@@ -7,6 +7,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/agency_time_zones.h"
 #include "common/db.h"
@@ -660,6 +661,88 @@ void Store::InsertBreaches(DeferredWrites& writes, const std::string& agency_id,
               TextArrayLiteral(to_kinds), TextArrayLiteral(to_ids));
 }
 
+namespace {
+
+// ListConcerns' filters of concerns `c` ($4-$11) and its cursor ($12, $13).
+constexpr char kListConditions[] = R"sql(
+        AND (cardinality($4::text[]) = 0 OR c.status = ANY ($4::text[]))
+        AND (cardinality($5::text[]) = 0 OR c.severity = ANY ($5::text[]))
+        AND (cardinality($6::text[]) = 0 OR c.category = ANY ($6::text[]))
+        AND ($7 = '' OR c.target_kind = $7) AND ($8 = '' OR c.target_id = $8)
+        AND ($9 = '' OR c.participant_id = $9)
+        AND (NOT $10 OR (c.status IN ('open', 'acknowledged')
+                         AND c.next_deadline <= ts_from_us($11)))
+        AND ($12::bigint = 0 OR (c.opened_at, c.id) < (ts_from_us($12), $13::uuid)))sql";
+
+// The page of `candidates` (a query of concern ids) the viewer may see, newest first: whether each
+// is routed to the viewer is asked of the page's concerns only.
+std::string ListPageSql(const std::string& candidates) {
+  return absl::StrCat("SELECT * FROM (SELECT ", kConcernColumns, ", ", kRoutedToViewer,
+                      " AS routed, c.opened_at AS opened_order, c.id AS id_order FROM ", candidates,
+                      ") s WHERE s.routed OR s.raised_by = $3 ",
+                      "ORDER BY s.opened_order DESC, s.id_order DESC LIMIT $14");
+}
+
+// A viewer who acts for a team sees most of the agency's concerns: the page is read from
+// concerns_listed, backwards from the cursor (ordered by the columns themselves, not their text;
+// its predicate, opened_at IS NOT NULL, stated for it), until it is full.
+const std::string& TeamListSql() {
+  static const std::string* const sql = new std::string(ListPageSql(absl::StrCat(
+      "concerns c WHERE c.agency_id = $1 AND c.opened_at IS NOT NULL", kListConditions)));
+  return *sql;
+}
+
+// A viewer who acts for no team (a peer supporter, a supervisor) may see few of them: their
+// concerns are gathered from their side, each source read newest first up to a page (everything
+// a source gives is the viewer's to see), and the page is the newest of them all. The sources:
+// raised by the viewer (concerns_by_raiser); routed to them in person
+// (concern_transitions_to_person); for a supervisor, raised by a supporter they supervise
+// (concerns_by_raiser) and about a participant of such a supporter's active match
+// (concerns_by_participant), as kRoutedToViewer's supervision test.
+const std::string& PersonListSql() {
+  static const std::string* const sql = new std::string([] {
+    // The newest concerns `c` of `from` (a FROM clause and its WHERE) up to a page.
+    const auto newest = [](const std::string& from) {
+      return absl::StrCat("(SELECT c.id FROM ", from, kListConditions,
+                          " ORDER BY c.opened_at DESC, c.id DESC LIMIT $14)");
+    };
+    // The newest of each `column` value of the viewer's supervision, as their own source.
+    const auto of_each_supervised = [&](const std::string& column, const std::string& matches) {
+      return absl::StrCat(
+          "(SELECT r.id FROM (SELECT DISTINCT m.", column,
+          " FROM supporter_matches m WHERE m.agency_id = $1 AND "
+          "m.supervisor_subject = $3 AND 'supervised_supporters' = ANY ($2::text[])",
+          matches, ") s CROSS JOIN LATERAL ",
+          newest(absl::StrCat("concerns c WHERE c.agency_id = $1 AND c.",
+                              column == "supporter_subject" ? "raised_by" : "participant_id",
+                              " = s.", column)),
+          " r)");
+    };
+    const std::string raised = newest("concerns c WHERE c.agency_id = $1 AND c.raised_by = $3");
+    const std::string routed = newest(
+        "(SELECT DISTINCT t.concern_id FROM concern_transitions t WHERE t.agency_id = $1 AND "
+        "t.target_kind IN ('receiving_clinician', 'supervisor') AND t.target_id = $3) p "
+        "JOIN concerns c ON c.agency_id = $1 AND c.id = p.concern_id WHERE TRUE");
+    const std::string candidates =
+        absl::StrJoin({raised, routed, of_each_supervised("supporter_subject", ""),
+                       of_each_supervised("participant_id", " AND m.active")},
+                      " UNION ALL ");
+    return ListPageSql(
+        absl::StrCat("(SELECT * FROM concerns c WHERE c.agency_id = $1 AND c.id IN (", candidates,
+                     ") ORDER BY c.opened_at DESC, c.id DESC LIMIT $14) c"));
+  }());
+  return *sql;
+}
+
+bool ActsForATeam(const Viewer& viewer) {
+  for (const std::string& kind : viewer.team_kinds) {
+    if (kind == "clinical_on_call" || kind == "case_management_team") return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 std::string Store::ListCursor(const v1::Concern& last) {
   return absl::StrCat(absl::ToUnixMicros(FromProtoTimestamp(last.opened_at())), "/",
                       last.concern_id());
@@ -677,23 +760,7 @@ absl::StatusOr<std::vector<ConcernRecord>> Store::ListConcerns(
     }
     cursor_id = parts.second;
   }
-  // Ordered by the columns themselves (not their text), so that concerns_listed, walked backwards
-  // from the cursor, gives the page in order and the scan stops once it is full; its predicate
-  // (opened_at IS NOT NULL) is stated for it.
-  const std::string sql =
-      absl::StrCat("SELECT * FROM (SELECT ", kConcernColumns, ", ", kRoutedToViewer,
-                   R"sql( AS routed, c.opened_at AS opened_order, c.id AS id_order FROM concerns c
-      WHERE c.agency_id = $1 AND c.opened_at IS NOT NULL
-        AND (cardinality($4::text[]) = 0 OR c.status = ANY ($4::text[]))
-        AND (cardinality($5::text[]) = 0 OR c.severity = ANY ($5::text[]))
-        AND (cardinality($6::text[]) = 0 OR c.category = ANY ($6::text[]))
-        AND ($7 = '' OR c.target_kind = $7) AND ($8 = '' OR c.target_id = $8)
-        AND ($9 = '' OR c.participant_id = $9)
-        AND (NOT $10 OR (c.status IN ('open', 'acknowledged')
-                         AND c.next_deadline <= ts_from_us($11)))
-        AND ($12::bigint = 0 OR (c.opened_at, c.id) < (ts_from_us($12), $13::uuid))
-      ) s WHERE s.routed OR s.raised_by = $3
-      ORDER BY s.opened_order DESC, s.id_order DESC LIMIT $14)sql");
+  const std::string& sql = ActsForATeam(viewer) ? TeamListSql() : PersonListSql();
   std::vector<ConcernRecord> out;
   for (const auto& row : tx.exec_params(
            sql, agency_id, TextArrayLiteral(viewer.team_kinds), viewer.subject,

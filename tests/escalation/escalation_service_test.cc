@@ -9,14 +9,17 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/time_util.h"
 #include "peerpath/escalation/v1/escalation.grpc.pb.h"
 #include "peerpath/escalation/v1/events.pb.h"
 #include "services/escalation/notification_outbox.h"
@@ -58,6 +61,57 @@ class EscalationServiceTest : public ::testing::Test {
         "gen_random_uuid(), gen_random_uuid(), '" +
         supporter + "', '" + participant + "', now() - interval '" + ago + "', '" + supervisor +
         "')");
+  }
+
+  // `count` copies of concern `id` (g = 1 to count in the SQL expressions): about `participant`,
+  // raised by `raised_by`, held by `target_kind` `target_id` (c the copied concern), opened
+  // `minutes_before` minutes before it; each with the ROUTED transition to its target. Then both
+  // tables analysed, as autovacuum leaves them after a burst.
+  void CopyConcern(const std::string& id, int count, const std::string& participant,
+                   const std::string& raised_by, const std::string& target_kind,
+                   const std::string& target_id, const std::string& minutes_before) {
+    db_->AdminQuery(absl::StrCat(
+        "INSERT INTO escalation.concerns (agency_id, participant_id, category, severity, source, "
+        "raised_by, raised_by_role, policy_id, policy_version, target_kind, target_id, "
+        "ack_deadline, next_deadline, next_deadline_kind, notify_at, notified_at, opened_at) "
+        "SELECT c.agency_id, ",
+        participant, ", c.category, c.severity, c.source, ", raised_by,
+        ", c.raised_by_role, c.policy_id, c.policy_version, ", target_kind, ", ", target_id,
+        ", now() + interval '4 hours', now() + interval '4 hours', 'acknowledgement', now(), "
+        "now(), c.opened_at - (",
+        minutes_before, ") * interval '1 minute' FROM escalation.concerns c, generate_series(1, ",
+        count, ") g WHERE c.id = '", id,
+        "'; INSERT INTO escalation.concern_transitions (agency_id, concern_id, kind, status_after, "
+        "level, target_kind, target_id, actor, occurred_at) SELECT c.agency_id, c.id, 'routed', "
+        "'open', 0, c.target_kind, c.target_id, 'system:routing', c.opened_at FROM "
+        "escalation.concerns c WHERE NOT EXISTS (SELECT 1 FROM escalation.concern_transitions t "
+        "WHERE t.agency_id = c.agency_id AND t.concern_id = c.id); ANALYZE escalation.concerns; "
+        "ANALYZE escalation.concern_transitions"));
+  }
+
+  // A page of agency-a's concerns (50, and whether there is more) that `viewer` may see, after
+  // `cursor`, as the service's role lists them (through `filter`, if any); what the list read
+  // checked: no sequential scan of concerns or transitions, fewer than `max_concerns` and
+  // `max_transitions` rows read.
+  std::vector<escalation::ConcernRecord> ListPage(const escalation::Viewer& viewer,
+                                                  const std::string& cursor, int max_concerns,
+                                                  int max_transitions,
+                                                  escalation::Store::ListFilter filter = {}) {
+    pqxx::connection runtime(db_->UrlFor("escalation"));
+    pqxx::work tx(runtime);
+    tx.exec0("SET LOCAL search_path TO escalation");
+    ScopeToAgency(tx, "agency-a");
+    filter.now = absl::Now();
+    auto listed = escalation::Store::ListConcerns(tx, "agency-a", viewer, filter, cursor, 51);
+    EXPECT_TRUE(listed.ok()) << listed.status();
+    std::map<std::string, TableReads> reads = ReadsInTransaction(tx, "escalation");
+    EXPECT_EQ(reads["concerns"].sequential_scans, 0) << viewer.subject << " " << cursor;
+    EXPECT_LT(reads["concerns"].rows, max_concerns) << viewer.subject << " " << cursor;
+    EXPECT_EQ(reads["concern_transitions"].sequential_scans, 0) << viewer.subject << " " << cursor;
+    EXPECT_LT(reads["concern_transitions"].rows, max_transitions)
+        << viewer.subject << " " << cursor;
+    tx.commit();
+    return listed.ok() ? *listed : std::vector<escalation::ConcernRecord>{};
   }
 
   std::unique_ptr<ServiceProcess> Start(std::vector<std::string> args) {
@@ -290,41 +344,13 @@ TEST_F(EscalationServiceTest, ListingConcernsReadsAPageAtATime) {
   const v1::Concern raised =
       MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "k-list"));
   // Copies opened a minute apart before it, each routed to the clinical on-call team.
-  db_->AdminQuery(
-      "INSERT INTO escalation.concerns (agency_id, participant_id, category, severity, source, "
-      "raised_by, raised_by_role, policy_id, policy_version, target_kind, target_id, "
-      "ack_deadline, next_deadline, next_deadline_kind, notify_at, notified_at, opened_at) "
-      "SELECT c.agency_id, 'copy-' || g, c.category, c.severity, c.source, c.raised_by, "
-      "c.raised_by_role, c.policy_id, c.policy_version, c.target_kind, c.target_id, "
-      "now() + interval '4 hours', now() + interval '4 hours', 'acknowledgement', now(), now(), "
-      "c.opened_at - g * interval '1 minute' FROM escalation.concerns c, "
-      "generate_series(1, 20000) g WHERE c.id = '" +
-      raised.concern_id() +
-      "'; INSERT INTO escalation.concern_transitions (agency_id, concern_id, kind, status_after, "
-      "level, target_kind, target_id, actor, occurred_at) SELECT agency_id, id, 'routed', 'open', "
-      "0, target_kind, target_id, 'system:routing', opened_at FROM escalation.concerns WHERE "
-      "participant_id LIKE 'copy-%'; ANALYZE escalation.concerns; "
-      "ANALYZE escalation.concern_transitions");
-  pqxx::connection runtime(db_->UrlFor("escalation"));
-  pqxx::nontransaction(runtime).exec0("SET search_path TO escalation");
+  CopyConcern(raised.concern_id(), 20000, "'copy-' || g", "c.raised_by", "c.target_kind",
+              "c.target_id", "g");
   const escalation::Viewer clinician{{"clinical_on_call"}, "dr-1"};
-  escalation::Store::ListFilter unfiltered;
-  unfiltered.now = absl::Now();
+  // About a page of concerns read, from the index; whether each was routed to the viewer's team
+  // looked up for it (not every transition of the agency read into a hash first).
   const auto page = [&](const std::string& cursor) {
-    pqxx::work tx(runtime);
-    ScopeToAgency(tx, "agency-a");
-    auto listed = escalation::Store::ListConcerns(tx, "agency-a", clinician, unfiltered, cursor,
-                                                  51);  // A page of 50, and whether there is more.
-    EXPECT_TRUE(listed.ok()) << listed.status();
-    // About a page of concerns read, from the index; whether each was routed to the viewer's team
-    // looked up for it (not every transition of the agency read into a hash first).
-    std::map<std::string, TableReads> reads = ReadsInTransaction(tx, "escalation");
-    EXPECT_EQ(reads["concerns"].sequential_scans, 0) << cursor;
-    EXPECT_LT(reads["concerns"].rows, 200) << cursor;
-    EXPECT_EQ(reads["concern_transitions"].sequential_scans, 0) << cursor;
-    EXPECT_LT(reads["concern_transitions"].rows, 400) << cursor;
-    tx.commit();
-    return listed.ok() ? *listed : std::vector<escalation::ConcernRecord>{};
+    return ListPage(clinician, cursor, /*max_concerns=*/200, /*max_transitions=*/400);
   };
   const std::vector<escalation::ConcernRecord> first = page("");
   ASSERT_EQ(first.size(), 51u);
@@ -336,6 +362,109 @@ TEST_F(EscalationServiceTest, ListingConcernsReadsAPageAtATime) {
   ASSERT_EQ(second.size(), 51u);
   EXPECT_EQ(second[0].concern.participant_id(), "copy-50");
   EXPECT_EQ(second[50].concern.participant_id(), "copy-100");
+}
+
+// A peer supporter's and a supervisor's lists are gathered from their side (migration 0017): among
+// the agency's 20,000 other concerns, each page reads about the concerns they may see, newest
+// first. They walked the agency's concerns, testing each, until their page was full: every
+// concern of the agency read for one who sees few of them.
+TEST_F(EscalationServiceTest, ThoseWhoActForNoTeamListFromTheirOwnSide) {
+  const v1::Concern raised = MustRaise(
+      Raise(CONCERN_CATEGORY_BASIC_NEEDS, CONCERN_SEVERITY_URGENT, "k-side"), "dr-a", "clinician");
+  // sup-list supervises peer-list (matched with client-side) and peer-old (whose match with
+  // client-old has ended).
+  Match("peer-list", "client-side", "sup-list", "3 days");
+  Match("peer-old", "client-old", "sup-list", "9 days");
+  db_->AdminQuery(
+      "UPDATE escalation.supporter_matches SET active = false, ended_at = now() WHERE "
+      "supporter_subject = 'peer-old'");
+  const std::string team = "c.target_kind", team_id = "c.target_id";
+  CopyConcern(raised.concern_id(), 20000, "'copy-' || g", "'dr-a'", team, team_id, "g");
+  // Those sup-list may see, spread through the agency's history: raised by their supporters (the
+  // match ended or not), about their supporter's participant, routed to them, raised by them.
+  CopyConcern(raised.concern_id(), 30, "'other-' || g", "'peer-list'", team, team_id, "g * 600");
+  CopyConcern(raised.concern_id(), 30, "'client-side'", "'dr-a'", team, team_id, "g * 600 + 1");
+  CopyConcern(raised.concern_id(), 30, "'other-' || g", "'peer-old'", team, team_id, "g * 600 + 2");
+  CopyConcern(raised.concern_id(), 20, "'other-' || g", "'dr-a'", "'supervisor'", "'sup-list'",
+              "g * 900 + 3");
+  CopyConcern(raised.concern_id(), 20, "'other-' || g", "'sup-list'", team, team_id, "g * 900 + 4");
+  // And one they may not: about the participant of the ended match.
+  CopyConcern(raised.concern_id(), 10, "'client-old'", "'dr-a'", team, team_id, "g * 1000 + 5");
+
+  // Every page of `viewer`'s list, each checked to read a few hundred concerns at most.
+  const auto walk = [&](const escalation::Viewer& viewer,
+                        const escalation::Store::ListFilter& filter = {}) {
+    std::vector<escalation::ConcernRecord> all;
+    std::string cursor;
+    for (int pages = 0; pages < 10; ++pages) {
+      std::vector<escalation::ConcernRecord> page =
+          ListPage(viewer, cursor, /*max_concerns=*/400, /*max_transitions=*/200, filter);
+      const bool more = page.size() > 50;
+      if (more) page.resize(50);
+      all.insert(all.end(), page.begin(), page.end());
+      if (!more) break;
+      cursor = escalation::Store::ListCursor(page.back().concern);
+    }
+    return all;
+  };
+  const auto newest_first = [](const std::vector<escalation::ConcernRecord>& listed) {
+    for (size_t i = 1; i < listed.size(); ++i) {
+      const v1::Concern &before = listed[i - 1].concern, &after = listed[i].concern;
+      const absl::Time b = FromProtoTimestamp(before.opened_at()),
+                       a = FromProtoTimestamp(after.opened_at());
+      if (b < a || (b == a && before.concern_id() <= after.concern_id())) return false;
+    }
+    return true;
+  };
+
+  const std::vector<escalation::ConcernRecord> supervisor =
+      walk(escalation::Viewer{{"supervised_supporters"}, "sup-list"});
+  EXPECT_EQ(supervisor.size(), 130u);
+  EXPECT_TRUE(newest_first(supervisor));
+  std::map<std::string, int> by_source;
+  std::set<std::string> ids;
+  for (const escalation::ConcernRecord& r : supervisor) {
+    const v1::Concern& c = r.concern;
+    ids.insert(c.concern_id());
+    EXPECT_NE(c.participant_id(), "client-old");
+    // In full, but for those they raised themselves (theirs to follow, not routed to them).
+    EXPECT_EQ(r.routed_to_viewer, c.raised_by() != "sup-list") << c.raised_by();
+    ++by_source[c.raised_by() == "dr-a" && c.participant_id() != "client-side"
+                    ? "routed to them"
+                    : (c.participant_id() == "client-side" ? "their participant" : c.raised_by())];
+  }
+  EXPECT_EQ(ids.size(), 130u);  // No concern twice.
+  EXPECT_EQ(by_source, (std::map<std::string, int>{{"peer-list", 30},
+                                                   {"peer-old", 30},
+                                                   {"routed to them", 20},
+                                                   {"sup-list", 20},
+                                                   {"their participant", 30}}));
+
+  // Filtered as asked: their supporter's participant; none of them critical.
+  escalation::Store::ListFilter about;
+  about.participant_id = "client-side";
+  const std::vector<escalation::ConcernRecord> participant =
+      walk(escalation::Viewer{{"supervised_supporters"}, "sup-list"}, about);
+  EXPECT_EQ(participant.size(), 30u);
+  EXPECT_TRUE(newest_first(participant));
+  for (const escalation::ConcernRecord& r : participant) {
+    EXPECT_EQ(r.concern.participant_id(), "client-side");
+  }
+  escalation::Store::ListFilter critical;
+  critical.severities = {"critical"};
+  EXPECT_TRUE(walk(escalation::Viewer{{"supervised_supporters"}, "sup-list"}, critical).empty());
+
+  // A peer supporter: the 30 they raised, not routed to them (status only).
+  const std::vector<escalation::ConcernRecord> supporter =
+      walk(escalation::Viewer{{}, "peer-list"});
+  EXPECT_EQ(supporter.size(), 30u);
+  EXPECT_TRUE(newest_first(supporter));
+  for (const escalation::ConcernRecord& r : supporter) {
+    EXPECT_EQ(r.concern.raised_by(), "peer-list");
+    EXPECT_FALSE(r.routed_to_viewer);
+  }
+  // A supervisor of nobody, with nothing routed to them: an empty list, read at once.
+  EXPECT_TRUE(walk(escalation::Viewer{{"supervised_supporters"}, "sup-none"}).empty());
 }
 
 // A lookup of one concern by agency and id keeps off concerns_listed (ListConcerns' index), on the
