@@ -1,10 +1,12 @@
 #include "services/escalation/store.h"
 
+#include <array>
 #include <mutex>
 #include <optional>
 #include <unordered_map>
 #include <utility>
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -130,6 +132,28 @@ constexpr char kConcernColumns[] = R"sql(
   us_from_ts(c.cancelled_at), coalesce(c.cancelled_by, ''), coalesce(c.cancel_reason, ''),
   c.revision)sql";
 
+// The target kinds of teams (whoever acts for the team may act) and of named people (the target
+// id is their subject). Migration 0017's concern_transitions_to_person is partial on the person
+// kinds, and its predicate names them again: a query finds it only when it names the same ones.
+constexpr std::array<const char*, 2> kTeamTargetKinds = {"clinical_on_call",
+                                                         "case_management_team"};
+constexpr std::array<const char*, 2> kPersonTargetKinds = {"receiving_clinician", "supervisor"};
+
+// `kinds` as a list of SQL literals: 'a', 'b'.
+std::string SqlList(const std::array<const char*, 2>& kinds) {
+  return absl::StrJoin(kinds, ", ", [](std::string* out, const char* kind) {
+    absl::StrAppend(out, "'", kind, "'");
+  });
+}
+
+// Whether the viewer acts for a team: their team kinds name one of kTeamTargetKinds.
+bool ActsForATeam(const Viewer& viewer) {
+  for (const std::string& kind : viewer.team_kinds) {
+    if (absl::c_linear_search(kTeamTargetKinds, kind)) return true;
+  }
+  return false;
+}
+
 // Whether the viewer sees the concern in full ($2 team kinds, $3 subject): it is or was routed to
 // them, or (for a supervisor, kSupervisedSupporters in $2) it concerns one of their supporters:
 // raised by a supporter they supervise, or about a participant in such a supporter's active
@@ -138,19 +162,23 @@ constexpr char kConcernColumns[] = R"sql(
 // hashing it): a team sees most of its agency's concerns, so a page of them is read from
 // concerns_listed after a few lookups each, where a hashed subplan first read every transition of
 // the agency (240 ms with 330,000 of them). A viewer with no team kind (a supervisor) skips it.
-constexpr char kRoutedToViewer[] = R"sql(
-  (($2::text[] && ARRAY['clinical_on_call', 'case_management_team'] AND EXISTS (
+const std::string& RoutedToViewer() {
+  static const std::string* const sql = new std::string(
+      absl::StrCat("(($2::text[] && ARRAY[", SqlList(kTeamTargetKinds), R"sql(] AND EXISTS (
       SELECT 1 FROM concern_transitions t
       WHERE t.agency_id = c.agency_id AND t.concern_id = c.id AND t.target_kind = ANY ($2::text[])
       OFFSET 0))
    OR EXISTS (SELECT 1 FROM concern_transitions t
               WHERE t.agency_id = c.agency_id AND t.concern_id = c.id
-                AND t.target_kind IN ('receiving_clinician', 'supervisor') AND t.target_id = $3)
+                AND t.target_kind IN ()sql",
+                   SqlList(kPersonTargetKinds), R"sql() AND t.target_id = $3)
    OR ('supervised_supporters' = ANY ($2::text[]) AND EXISTS (
          SELECT 1 FROM supporter_matches m
          WHERE m.agency_id = c.agency_id AND m.supervisor_subject = $3
            AND (m.supporter_subject = c.raised_by
-                OR (m.active AND m.participant_id = c.participant_id))))))sql";
+                OR (m.active AND m.participant_id = c.participant_id))))))sql"));
+  return *sql;
+}
 
 ConcernRecord ConcernFromRow(const pqxx::row& row, bool with_viewer) {
   ConcernRecord record;
@@ -444,7 +472,7 @@ namespace {
 // which ones.
 const std::string& ConcernsAsViewer() {
   static const std::string* const sql =
-      new std::string(absl::StrCat("SELECT ", kConcernColumns, ", ", kRoutedToViewer,
+      new std::string(absl::StrCat("SELECT ", kConcernColumns, ", ", RoutedToViewer(),
                                    " FROM concerns c WHERE c.agency_id = $1"));
   return *sql;
 }
@@ -469,7 +497,7 @@ absl::StatusOr<std::optional<ConcernRecord>> Store::FindConcern(pqxx::work& tx,
 }
 
 const std::string& Store::LockConcernsSql() {
-  // Without the viewer's column (kRoutedToViewer): nothing is routed to the sweeper. Its generic
+  // Without the viewer's column (RoutedToViewer): nothing is routed to the sweeper. Its generic
   // plan, made for about ten ids, hashed the agency's transitions routed to the viewer once per
   // statement, every transition of the agency read to find none.
   static const std::string* const sql = new std::string(
@@ -677,7 +705,7 @@ constexpr char kListConditions[] = R"sql(
 // The page of `candidates` (a query of concern ids) the viewer may see, newest first: whether each
 // is routed to the viewer is asked of the page's concerns only.
 std::string ListPageSql(const std::string& candidates) {
-  return absl::StrCat("SELECT * FROM (SELECT ", kConcernColumns, ", ", kRoutedToViewer,
+  return absl::StrCat("SELECT * FROM (SELECT ", kConcernColumns, ", ", RoutedToViewer(),
                       " AS routed, c.opened_at AS opened_order, c.id AS id_order FROM ", candidates,
                       ") s WHERE s.routed OR s.raised_by = $3 ",
                       "ORDER BY s.opened_order DESC, s.id_order DESC LIMIT $14");
@@ -698,7 +726,7 @@ const std::string& TeamListSql() {
 // raised by the viewer (concerns_by_raiser); routed to them in person
 // (concern_transitions_to_person); for a supervisor, raised by a supporter they supervise
 // (concerns_by_raiser) and about a participant of such a supporter's active match
-// (concerns_by_participant), as kRoutedToViewer's supervision test.
+// (concerns_by_participant), as RoutedToViewer's supervision test.
 const std::string& PersonListSql() {
   static const std::string* const sql = new std::string([] {
     // The newest concerns `c` of `from` (a FROM clause and its WHERE) up to a page.
@@ -706,39 +734,36 @@ const std::string& PersonListSql() {
       return absl::StrCat("(SELECT c.id FROM ", from, kListConditions,
                           " ORDER BY c.opened_at DESC, c.id DESC LIMIT $14)");
     };
-    // The newest of each `column` value of the viewer's supervision, as their own source.
-    const auto of_each_supervised = [&](const std::string& column, const std::string& matches) {
+    // The newest concerns whose `concern_column` is the `match_column` of one of the viewer's
+    // supervised matches (`matches` further conditions), each value's read as its own source.
+    const auto of_each_supervised = [&](const std::string& match_column,
+                                        const std::string& concern_column,
+                                        const std::string& matches) {
       return absl::StrCat(
-          "(SELECT r.id FROM (SELECT DISTINCT m.", column,
+          "(SELECT r.id FROM (SELECT DISTINCT m.", match_column,
           " FROM supporter_matches m WHERE m.agency_id = $1 AND "
           "m.supervisor_subject = $3 AND 'supervised_supporters' = ANY ($2::text[])",
           matches, ") s CROSS JOIN LATERAL ",
-          newest(absl::StrCat("concerns c WHERE c.agency_id = $1 AND c.",
-                              column == "supporter_subject" ? "raised_by" : "participant_id",
-                              " = s.", column)),
+          newest(absl::StrCat("concerns c WHERE c.agency_id = $1 AND c.", concern_column, " = s.",
+                              match_column)),
           " r)");
     };
     const std::string raised = newest("concerns c WHERE c.agency_id = $1 AND c.raised_by = $3");
-    const std::string routed = newest(
-        "(SELECT DISTINCT t.concern_id FROM concern_transitions t WHERE t.agency_id = $1 AND "
-        "t.target_kind IN ('receiving_clinician', 'supervisor') AND t.target_id = $3) p "
-        "JOIN concerns c ON c.agency_id = $1 AND c.id = p.concern_id WHERE TRUE");
+    const std::string routed =
+        newest(absl::StrCat("(SELECT DISTINCT t.concern_id FROM concern_transitions t WHERE "
+                            "t.agency_id = $1 AND t.target_kind IN (",
+                            SqlList(kPersonTargetKinds),
+                            ") AND t.target_id = $3) p JOIN concerns c ON c.agency_id = $1 AND "
+                            "c.id = p.concern_id WHERE TRUE"));
     const std::string candidates =
-        absl::StrJoin({raised, routed, of_each_supervised("supporter_subject", ""),
-                       of_each_supervised("participant_id", " AND m.active")},
+        absl::StrJoin({raised, routed, of_each_supervised("supporter_subject", "raised_by", ""),
+                       of_each_supervised("participant_id", "participant_id", " AND m.active")},
                       " UNION ALL ");
     return ListPageSql(
         absl::StrCat("(SELECT * FROM concerns c WHERE c.agency_id = $1 AND c.id IN (", candidates,
                      ") ORDER BY c.opened_at DESC, c.id DESC LIMIT $14) c"));
   }());
   return *sql;
-}
-
-bool ActsForATeam(const Viewer& viewer) {
-  for (const std::string& kind : viewer.team_kinds) {
-    if (kind == "clinical_on_call" || kind == "case_management_team") return true;
-  }
-  return false;
 }
 
 }  // namespace

@@ -429,9 +429,15 @@ TEST_F(EscalationServiceTest, ThoseWhoActForNoTeamListFromTheirOwnSide) {
     EXPECT_NE(c.participant_id(), "client-old");
     // In full, but for those they raised themselves (theirs to follow, not routed to them).
     EXPECT_EQ(r.routed_to_viewer, c.raised_by() != "sup-list") << c.raised_by();
-    ++by_source[c.raised_by() == "dr-a" && c.participant_id() != "client-side"
-                    ? "routed to them"
-                    : (c.participant_id() == "client-side" ? "their participant" : c.raised_by())];
+    // The sources were told apart when seeded: the participant, else the raiser (dr-a raised
+    // only those routed to sup-list).
+    std::string source = c.raised_by();
+    if (c.participant_id() == "client-side") {
+      source = "their participant";
+    } else if (c.raised_by() == "dr-a") {
+      source = "routed to them";
+    }
+    ++by_source[source];
   }
   EXPECT_EQ(ids.size(), 130u);  // No concern twice.
   EXPECT_EQ(by_source, (std::map<std::string, int>{{"peer-list", 30},
@@ -1010,6 +1016,15 @@ TEST_F(EscalationServiceTest, OtherAgencyNeitherSeesNorActs) {
                                  v1::ListConcernsRequest(), &list)
                   .ok());
   EXPECT_EQ(list.concerns_size(), 0);
+  // Nor do the same subjects in another agency, whose lists are gathered from their side: the
+  // concern's raiser (peer-1) and peer-1's supervisor (sup-1).
+  for (const auto& [role, subject] : std::vector<std::pair<std::string, std::string>>{
+           {"peer_supporter", "peer-1"}, {"supervisor", "sup-1"}}) {
+    ASSERT_TRUE(
+        stub_->ListConcerns(As("agency-b", {role}, subject).get(), v1::ListConcernsRequest(), &list)
+            .ok());
+    EXPECT_EQ(list.concerns_size(), 0) << subject;
+  }
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE status = 'open'"), 1);
   EXPECT_GE(Count("SELECT count(*) FROM escalation.audit_log WHERE agency_id = 'agency-b' AND "
                   "decision = 'denied'"),
