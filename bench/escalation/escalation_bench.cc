@@ -7,7 +7,9 @@
 //      (the group commit's mean batch, from the service's histogram), and the database's floor:
 //      the rows a concern writes, in one statement from libpq (no read, no service); and the
 //      machine's bound: an empty RPC's and a concern's rows' processor time (16 to a
-//      transaction), added;
+//      transaction), added; and each phase's processor time per concern, part by part (the
+//      database server, the service, this client, the whole machine), beside what the target
+//      leaves the machine per concern;
 //   2. the deadline sweeper (in-process) with 100,000 open concerns (beside 200,000 resolved) of
 //      which 0, then 100 are due, the open/overdue gauges' count (every 5 s in the service), and
 //      the plans of both queries (on the partial index concerns_open_by_deadline, no table scan);
@@ -252,6 +254,12 @@ void RunDatabaseBenchmarks() {
       return false;
     }
   };
+  // Where each phase's processor time goes: the database server (the parent of any backend is
+  // its postmaster), the service, this client.
+  pid_t postmaster = 0;
+  testing::ProcessCpuSeconds(db->AdminQuery("SELECT pg_backend_pid()")[0][0].as<int>(), false,
+                             &postmaster);
+  const auto parts = [&] { return testing::ReadPartTimes(postmaster, service.pid()); };
   // Interleaved phases so all see the same machine load.
   const Figures plain = Hammer(kInFlight, length, insert);
   // The group commit's batches in each RaiseConcern phase: calls per write transaction, from the
@@ -260,15 +268,21 @@ void RunDatabaseBenchmarks() {
     return testing::ReadHistogram(service.metrics_port(), "peerpath_escalation_raise_batch_size");
   };
   const testing::HistogramTotals before_routed = batches();
+  const testing::PartTimes routed_start = parts();
   const Figures routed = Hammer(kInFlight, length, raise);
+  const testing::PartTimes routed_end = parts();
   const testing::HistogramTotals after_routed = batches();
   spread = true;
+  const testing::PartTimes spread_start = parts();
   const Figures routed_spread = Hammer(kInFlight, length, raise);
+  const testing::PartTimes spread_end = parts();
   const testing::HistogramTotals after_spread = batches();
   // Once the service has chained the audit rows of the calls (it chains the floor's as they
   // commit, as it does RaiseConcern's).
   db->WaitForAuditChained("escalation");
+  const testing::PartTimes floor_start = parts();
   const Figures floor = Hammer(kInFlight, length, [&](int t) { return rows_alone(t, 1); });
+  const testing::PartTimes floor_end = parts();
   // The machine's bound: every concern costs at least an RPC and its rows (with their audit
   // chaining, which the service does beside them). Each is measured alone with its processor
   // share (the rows 16 to a transaction on 2 connections, as a group commit would write them at
@@ -276,12 +290,18 @@ void RunDatabaseBenchmarks() {
   // implementation from above.
   db->WaitForAuditChained("escalation");
   Figures empty, coalesced;
+  testing::PartTimes empty_start, empty_end, coalesced_start, coalesced_end;
   const double empty_share = testing::CpuShare([&] {
+    empty_start = parts();
     empty = Hammer(kInFlight, length,
                    [&](int) { return testing::HealthStatus(service.Channel(), "") == "SERVING"; });
+    empty_end = parts();
   });
-  const double coalesced_share = testing::CpuShare(
-      [&] { coalesced = Hammer(2, length, [&](int t) { return rows_alone(t, kCoalesced); }); });
+  const double coalesced_share = testing::CpuShare([&] {
+    coalesced_start = parts();
+    coalesced = Hammer(2, length, [&](int t) { return rows_alone(t, kCoalesced); });
+    coalesced_end = parts();
+  });
   const double coalesced_rate = coalesced.per_second * kCoalesced;
   const double bound =
       testing::BoundFromCpu(empty.per_second, empty_share, coalesced_rate, coalesced_share);
@@ -308,6 +328,32 @@ void RunDatabaseBenchmarks() {
       "  an RPC and its rows per concern, nothing else: at most %.0f concerns/s, ratio %.2f\n",
       kInFlight, empty.per_second, 100 * empty_share, kCoalesced, coalesced_rate,
       100 * coalesced_share, bound, plain.per_second > 0 ? bound / plain.per_second : 0);
+  // Per concern (per call for the empty RPC), in microseconds. The service's time in the rows'
+  // phases is its audit chaining of their rows; the machine's includes the kernel's own threads.
+  std::printf(
+      "processor time per concern, us:                 database  service   client  machine\n");
+  const auto row = [](const char* name, const testing::PartTimes& t) {
+    std::printf("  %-44s %8.0f %8.0f %8.0f %8.0f\n", name, t.database, t.service, t.client,
+                t.machine);
+  };
+  row("RaiseConcern, one agency",
+      testing::PerCall(routed_start, routed_end, static_cast<double>(routed.calls)));
+  row("RaiseConcern, 16 agencies",
+      testing::PerCall(spread_start, spread_end, static_cast<double>(routed_spread.calls)));
+  row("its rows alone, 1 per statement",
+      testing::PerCall(floor_start, floor_end, static_cast<double>(floor.calls)));
+  row("its rows alone, 16 per statement",
+      testing::PerCall(coalesced_start, coalesced_end,
+                       static_cast<double>(coalesced.calls) * kCoalesced));
+  row("empty RPC (per call)",
+      testing::PerCall(empty_start, empty_end, static_cast<double>(empty.calls)));
+  const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  if (plain.per_second > 0) {
+    std::printf(
+        "  the target (0.5 x INSERT's rate) leaves the machine %.0f us per concern (%ld "
+        "processors, all busy)\n",
+        static_cast<double>(cores) * 1e6 / (0.5 * plain.per_second), cores);
+  }
 
   // 100,000 open concerns, none due; then 100 due. Beside them, 200,000 resolved ones (history
   // the sweeper and the gauges must not read).

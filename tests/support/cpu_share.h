@@ -3,11 +3,20 @@
 // The share of the machine's processor time a benchmark phase keeps busy, read from /proc/stat,
 // for the benchmarks' bound from processor time alone: when a call needs parts A and B, each
 // measured alone at rate r and busy share u, no implementation on this machine exceeds
-// 1 / (u_A / r_A + u_B / r_B) calls per second.
+// 1 / (u_A / r_A + u_B / r_B) calls per second. And where a phase's processor time went, part by
+// part (the database server, the service, the benchmark's own client), from /proc/<pid>/stat.
 
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <functional>
+#include <sstream>
 #include <string>
+#include <system_error>
+#include <vector>
 
 namespace peerpath::testing {
 
@@ -43,6 +52,68 @@ inline double CpuShare(const std::function<void()>& phase) {
 inline double BoundFromCpu(double rate_a, double share_a, double rate_b, double share_b) {
   if (rate_a <= 0 || rate_b <= 0 || share_a <= 0 || share_b <= 0) return 0.0;
   return 1.0 / (share_a / rate_a + share_b / rate_b);
+}
+
+// A process's processor time in seconds from /proc/<pid>/stat (utime + stime, and with
+// `children` the time of its children it has reaped: cutime + cstime); -1 when it cannot be read.
+// `parent`, when given, receives its parent's pid.
+inline double ProcessCpuSeconds(pid_t pid, bool children = false, pid_t* parent = nullptr) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return -1;
+  // The command name (field 2) is in parentheses and may hold spaces: fields count from its end.
+  const size_t end = line.rfind(')');
+  if (end == std::string::npos) return -1;
+  std::istringstream fields(line.substr(end + 2));
+  std::vector<std::string> f;
+  for (std::string field; fields >> field && f.size() < 15;) f.push_back(field);
+  if (f.size() < 15) return -1;
+  // From field 3 on: state, ppid, …, utime (14), stime (15), cutime (16), cstime (17).
+  if (parent != nullptr) *parent = static_cast<pid_t>(std::stol(f[1]));
+  double ticks = std::stod(f[11]) + std::stod(f[12]);
+  if (children) ticks += std::stod(f[13]) + std::stod(f[14]);
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// Processor time of a benchmark's parts, in seconds since boot: the database server (its
+// postmaster and every child, live or exited), one service process, this process (the client),
+// and the whole machine's busy time.
+struct PartTimes {
+  double database = 0;
+  double service = 0;
+  double client = 0;
+  double machine = 0;
+};
+
+// `postmaster` and `service` are pids (the postmaster's: the parent of any backend, from
+// pg_backend_pid()).
+inline PartTimes ReadPartTimes(pid_t postmaster, pid_t service) {
+  PartTimes t;
+  // The postmaster with its reaped children, and its live children: a backend that exits
+  // between two readings moves from the second sum to the first, and is counted once (one that
+  // exits during a reading, between the two sums, is missed by it: the benchmarks keep their
+  // connections open through their phases).
+  t.database = std::max(0.0, ProcessCpuSeconds(postmaster, /*children=*/true));
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    pid_t parent = 0;
+    const double seconds = ProcessCpuSeconds(static_cast<pid_t>(std::stol(name)), false, &parent);
+    if (seconds > 0 && parent == postmaster) t.database += seconds;
+  }
+  t.service = std::max(0.0, ProcessCpuSeconds(service));
+  t.client = std::max(0.0, ProcessCpuSeconds(getpid()));
+  t.machine = ReadCpuTimes().busy / static_cast<double>(sysconf(_SC_CLK_TCK));
+  return t;
+}
+
+// Processor time per call of each part over a phase of `calls` calls, in microseconds.
+inline PartTimes PerCall(const PartTimes& before, const PartTimes& after, double calls) {
+  if (calls <= 0) return {};
+  const double us = 1e6 / calls;
+  return {(after.database - before.database) * us, (after.service - before.service) * us,
+          (after.client - before.client) * us, (after.machine - before.machine) * us};
 }
 
 }  // namespace peerpath::testing

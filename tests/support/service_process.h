@@ -41,6 +41,7 @@ class ServiceProcess {
   bool WaitHealth(bool serving, const std::string& service_name = "",
                   std::chrono::milliseconds timeout = std::chrono::seconds(20));
 
+  pid_t pid() const { return pid_; }
   int grpc_port() const { return grpc_port_; }
   int metrics_port() const { return metrics_port_; }
   std::shared_ptr<grpc::Channel> Channel();
