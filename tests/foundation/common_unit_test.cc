@@ -1,12 +1,16 @@
 // Unit tests of the common library pieces that need no server or database.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
 #include "common/config.h"
 #include "common/migrations.h"
 #include "common/pagination.h"
 #include "common/status.h"
+#include "common/stop_signal.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 
@@ -174,4 +178,34 @@ TEST(Migrations, ChecksumIsSha256OfTheText) {
 }
 
 }  // namespace
+// A loop settling after a pass is not woken by the wakes that come meanwhile (a context switch
+// each, for nothing: a busy service wakes its loops after every commit); they are kept, and the
+// loop's next wait returns at once. A wake while it waits for one ends the wait.
+TEST(WakeSignal, WakesDuringTheSettleAreKeptNotDelivered) {
+  WakeSignal signal;
+  std::atomic<bool> returned{false};
+  std::thread loop([&] {
+    EXPECT_TRUE(signal.WaitForWake(absl::Seconds(30), absl::Milliseconds(500)));
+    returned = true;
+  });
+  // Most of these land during the settle (those before it are kept the same way).
+  for (int i = 0; i < 100; ++i) {
+    signal.Wake();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  loop.join();  // Ends once the settle is over: a wake is pending.
+  EXPECT_TRUE(returned);
+  // Waking the loop at each of them gave some hundred idle wake-ups.
+  EXPECT_LE(signal.IdleWakeups(), 2);
+
+  // A wake, whether it comes before the wait or during it, ends it long before the poll.
+  const absl::Time start = absl::Now();
+  std::thread waiter([&] { EXPECT_TRUE(signal.WaitForWake(absl::Seconds(30))); });
+  signal.Wake();
+  waiter.join();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
+  signal.Stop();
+  EXPECT_FALSE(signal.WaitForWake(absl::Seconds(30)));
+}
+
 }  // namespace peerpath
