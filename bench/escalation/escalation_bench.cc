@@ -289,19 +289,17 @@ void RunDatabaseBenchmarks() {
   // best); the processor time they take per concern, added, bounds the rate of any
   // implementation from above.
   db->WaitForAuditChained("escalation");
-  Figures empty, coalesced;
-  testing::PartTimes empty_start, empty_end, coalesced_start, coalesced_end;
-  const double empty_share = testing::CpuShare([&] {
-    empty_start = parts();
-    empty = Hammer(kInFlight, length,
-                   [&](int) { return testing::HealthStatus(service.Channel(), "") == "SERVING"; });
-    empty_end = parts();
+  const testing::PartTimes empty_start = parts();
+  const Figures empty = Hammer(kInFlight, length, [&](int) {
+    return testing::HealthStatus(service.Channel(), "") == "SERVING";
   });
-  const double coalesced_share = testing::CpuShare([&] {
-    coalesced_start = parts();
-    coalesced = Hammer(2, length, [&](int t) { return rows_alone(t, kCoalesced); });
-    coalesced_end = parts();
-  });
+  const testing::PartTimes empty_end = parts();
+  const testing::PartTimes coalesced_start = parts();
+  const Figures coalesced = Hammer(2, length, [&](int t) { return rows_alone(t, kCoalesced); });
+  const testing::PartTimes coalesced_end = parts();
+  const double empty_share = testing::ShareBetween(empty_start.machine, empty_end.machine);
+  const double coalesced_share =
+      testing::ShareBetween(coalesced_start.machine, coalesced_end.machine);
   const double coalesced_rate = coalesced.per_second * kCoalesced;
   const double bound =
       testing::BoundFromCpu(empty.per_second, empty_share, coalesced_rate, coalesced_share);
@@ -332,7 +330,7 @@ void RunDatabaseBenchmarks() {
   // phases is its audit chaining of their rows; the machine's includes the kernel's own threads.
   std::printf(
       "processor time per concern, us:                 database  service   client  machine\n");
-  const auto row = [](const char* name, const testing::PartTimes& t) {
+  const auto row = [](const char* name, const testing::PerCallTimes& t) {
     std::printf("  %-44s %8.0f %8.0f %8.0f %8.0f\n", name, t.database, t.service, t.client,
                 t.machine);
   };

@@ -177,7 +177,6 @@ TEST(Migrations, ChecksumIsSha256OfTheText) {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
-}  // namespace
 // A loop settling after a pass is not woken by the wakes that come meanwhile (a context switch
 // each, for nothing: a busy service wakes its loops after every commit); they are kept, and the
 // loop's next wait returns at once. A wake while it waits for one ends the wait.
@@ -208,4 +207,5 @@ TEST(WakeSignal, WakesDuringTheSettleAreKeptNotDelivered) {
   EXPECT_FALSE(signal.WaitForWake(absl::Seconds(30)));
 }
 
+}  // namespace
 }  // namespace peerpath

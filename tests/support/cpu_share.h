@@ -37,14 +37,18 @@ inline CpuTimes ReadCpuTimes() {
   return {busy, busy + idle + iowait};
 }
 
-// The share of the available processor time that `phase` kept busy, 0 to 1 (0 when /proc/stat
-// cannot be read).
+// The share of the available processor time kept busy between two readings, 0 to 1 (0 when
+// /proc/stat cannot be read).
+inline double ShareBetween(const CpuTimes& before, const CpuTimes& after) {
+  const double available = after.available - before.available;
+  return available > 0 ? (after.busy - before.busy) / available : 0.0;
+}
+
+// The share of the available processor time that `phase` kept busy.
 inline double CpuShare(const std::function<void()>& phase) {
   const CpuTimes before = ReadCpuTimes();
   phase();
-  const CpuTimes after = ReadCpuTimes();
-  const double available = after.available - before.available;
-  return available > 0 ? (after.busy - before.busy) / available : 0.0;
+  return ShareBetween(before, ReadCpuTimes());
 }
 
 // 1 / (share_a / rate_a + share_b / rate_b): the most calls per second this machine's processors
@@ -76,13 +80,13 @@ inline double ProcessCpuSeconds(pid_t pid, bool children = false, pid_t* parent 
 }
 
 // Processor time of a benchmark's parts, in seconds since boot: the database server (its
-// postmaster and every child, live or exited), one service process, this process (the client),
-// and the whole machine's busy time.
+// postmaster and every child, live or exited), one service process, this process (the client);
+// and the whole machine's (/proc/stat, in clock ticks).
 struct PartTimes {
   double database = 0;
   double service = 0;
   double client = 0;
-  double machine = 0;
+  CpuTimes machine;
 };
 
 // `postmaster` and `service` are pids (the postmaster's: the parent of any backend, from
@@ -104,16 +108,26 @@ inline PartTimes ReadPartTimes(pid_t postmaster, pid_t service) {
   }
   t.service = std::max(0.0, ProcessCpuSeconds(service));
   t.client = std::max(0.0, ProcessCpuSeconds(getpid()));
-  t.machine = ReadCpuTimes().busy / static_cast<double>(sysconf(_SC_CLK_TCK));
+  t.machine = ReadCpuTimes();
   return t;
 }
 
-// Processor time per call of each part over a phase of `calls` calls, in microseconds.
-inline PartTimes PerCall(const PartTimes& before, const PartTimes& after, double calls) {
+// Processor time per call over a phase of `calls` calls, in microseconds: of each part, and of
+// the whole machine (busy).
+struct PerCallTimes {
+  double database = 0;
+  double service = 0;
+  double client = 0;
+  double machine = 0;
+};
+
+inline PerCallTimes PerCall(const PartTimes& before, const PartTimes& after, double calls) {
   if (calls <= 0) return {};
   const double us = 1e6 / calls;
+  const double machine_seconds =
+      (after.machine.busy - before.machine.busy) / static_cast<double>(sysconf(_SC_CLK_TCK));
   return {(after.database - before.database) * us, (after.service - before.service) * us,
-          (after.client - before.client) * us, (after.machine - before.machine) * us};
+          (after.client - before.client) * us, machine_seconds * us};
 }
 
 }  // namespace peerpath::testing
