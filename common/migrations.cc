@@ -2,11 +2,18 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <map>
+#include <optional>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "common/db.h"
 #include "common/log.h"
 
@@ -73,12 +80,13 @@ BEGIN
 END
 $rls$)sql";
 
-// Before a run that applies migrations: the schema's tables are no longer forced under their
-// policies, so that the owner, who runs the migrations with no agency set, sees and changes the
-// rows of every agency (a backfill, rows moved to a new table); under FORCE such a migration saw
-// no row and did nothing, silently. kTenantIsolation forces every tenant table again in the same
-// transaction, so no other session ever sees a table unforced; the runtime role, which owns
-// nothing, is bound by the policies either way.
+// Before a transaction of a run that applies a migration not said to be schema-only (RunOptions):
+// the schema's tables are no longer forced under their policies, so that the owner, who runs the
+// migrations with no agency set, sees and changes the rows of every agency (a backfill, rows moved
+// to a new table); under FORCE such a migration saw no row and did nothing, silently.
+// kTenantIsolation forces every tenant table again in the same transaction, so no other session
+// ever sees a table unforced; the runtime role, which owns nothing, is bound by the policies either
+// way.
 constexpr char kLiftForceForMigrations[] = R"sql(
 DO $lift$
 DECLARE
@@ -110,91 +118,276 @@ std::string MigrationChecksum(const Migration& migration) {
       std::string(reinterpret_cast<const char*>(digest), static_cast<size_t>(length)));
 }
 
+namespace {
+
+// How a migration asks to be run: a comment line `-- peerpath-migration: <option>[, <option>]`.
+struct RunOptions {
+  // It changes the schema only and moves no rows, so the run need not lift FORCE on every tenant
+  // table for it (an ACCESS EXCLUSIVE lock on each, which waits for every running call).
+  bool schema_only = false;
+  // It runs alone, outside the run's transaction (CREATE or DROP INDEX CONCURRENTLY), so that the
+  // table's writes go on while it works. Implies schema_only.
+  bool concurrently = false;
+};
+
+constexpr absl::Duration kMigrationLockPoll = absl::Milliseconds(50);
+
+constexpr absl::string_view kOptionsPrefix = "-- peerpath-migration:";
+
+// The advisory lock that serialises the migration runs of `schema`, hashed.
+std::string LockKey(const std::string& schema) { return "peerpath.migrations." + schema; }
+
+std::string NameOf(const std::string& track, const Migration& m) {
+  return absl::StrFormat("%s/%04d_%s", track, m.version, m.name);
+}
+
+absl::StatusOr<RunOptions> RunOptionsOf(const std::string& track, const Migration& m) {
+  RunOptions options;
+  for (absl::string_view line : absl::StrSplit(m.sql, '\n')) {
+    line = absl::StripAsciiWhitespace(line);
+    if (!absl::ConsumePrefix(&line, kOptionsPrefix)) continue;
+    for (absl::string_view option : absl::StrSplit(line, ',')) {
+      option = absl::StripAsciiWhitespace(option);
+      if (option == "schema-only") {
+        options.schema_only = true;
+      } else if (option == "concurrently") {
+        options.schema_only = options.concurrently = true;
+      } else {
+        return absl::FailedPreconditionError(
+            absl::StrCat("migration ", NameOf(track, m), ": unknown option \"", option,
+                         "\" after \"", kOptionsPrefix, "\" (known: schema-only, concurrently)"));
+      }
+    }
+  }
+  // Run outside a transaction, a statement that failed half way is not undone (an index build
+  // leaves an invalid index), and one that succeeded may not be recorded yet when the run stops:
+  // the next run repeats it, so it must be a no-op the second time.
+  const std::string text = absl::AsciiStrToUpper(m.sql);
+  if (options.concurrently && !absl::StrContains(text, "IF NOT EXISTS") &&
+      !absl::StrContains(text, "IF EXISTS")) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("migration ", NameOf(track, m),
+                     " runs concurrently, outside a transaction, so a run stopped after it and "
+                     "before recording it repeats it: write it with IF NOT EXISTS (or IF EXISTS)"));
+  }
+  return options;
+}
+
+// A migration's failure, its status naming it (the database's message is in the log).
+absl::Status FailureOf(const std::string& track, const Migration& m, const std::exception& e) {
+  const absl::Status status = StatusFromDatabaseException(e);
+  return absl::Status(status.code(),
+                      absl::StrCat("migration ", NameOf(track, m), ": ", status.message()));
+}
+
+struct Pending {
+  const std::string* track = nullptr;
+  const Migration* migration = nullptr;
+};
+
+// One transaction of a run: every pending migration in order up to the first that runs
+// concurrently (returned, not applied), then row-level security and the runtime role's grants.
+absl::StatusOr<std::optional<Pending>> ApplyInOneTransaction(
+    pqxx::connection& conn, const std::string& schema, const std::vector<MigrationTrack>& tracks,
+    const std::map<std::pair<std::string, int>, RunOptions>& options,
+    const std::string& runtime_role, MigrationReport& report) {
+  pqxx::work tx(conn);
+  // A migration (or waiting for another replica's) may take longer than any call may.
+  tx.exec0("SET LOCAL statement_timeout TO 0");
+  // Serialises migration runs of this schema across replicas; released at commit/rollback. The
+  // session holds it already (ApplyMigrations); binaries before this one take only this.
+  tx.exec_params("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", LockKey(schema));
+  const bool exists =
+      tx.exec_params1("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema)[0]
+          .as<bool>();
+  // A DBA may have created the schema already (deploy/k8s/db/bootstrap.sql); only create it
+  // when missing, so a role without CREATE on the database can still migrate.
+  if (!exists) tx.exec0("CREATE SCHEMA " + tx.quote_name(schema));
+  tx.exec0("SET LOCAL search_path TO " + tx.quote_name(schema));
+  tx.exec0(kCreateLedger);
+
+  std::map<std::pair<std::string, int>, std::string> applied;
+  for (const auto& row : tx.exec("SELECT track, version, checksum FROM schema_migrations")) {
+    applied[{row[0].as<std::string>(), row[1].as<int>()}] = row[2].as<std::string>();
+  }
+  // The pending migrations this transaction applies, and the first of those it leaves.
+  std::vector<Pending> here;
+  std::optional<Pending> concurrent;
+  for (const MigrationTrack& track : tracks) {
+    for (const Migration& m : *track.migrations) {
+      auto it = applied.find({track.name, m.version});
+      if (it == applied.end()) {
+        if (concurrent) continue;
+        const Pending pending{&track.name, &m};
+        if (options.at({track.name, m.version}).concurrently) {
+          concurrent = pending;
+        } else {
+          here.push_back(pending);
+        }
+        continue;
+      }
+      const std::string checksum = MigrationChecksum(m);
+      if (it->second != checksum) {
+        return absl::FailedPreconditionError(absl::StrFormat(
+            "migration %s in schema %s was changed after it was applied (checksum %s, database "
+            "has %s); add a new migration instead of editing an applied one",
+            NameOf(track.name, m), schema, checksum, it->second));
+      }
+      ++report.already_applied;
+    }
+  }
+  const bool moves_rows = std::any_of(here.begin(), here.end(), [&](const Pending& p) {
+    return !options.at({*p.track, p.migration->version}).schema_only;
+  });
+  if (moves_rows) tx.exec0(kLiftForceForMigrations);
+  for (const Pending& p : here) {
+    const Migration& m = *p.migration;
+    try {
+      tx.exec(m.sql);
+    } catch (const std::exception& e) {
+      return FailureOf(*p.track, m, e);
+    }
+    tx.exec_params0(
+        "INSERT INTO schema_migrations (track, version, name, checksum) VALUES ($1, $2, $3, $4)",
+        *p.track, m.version, m.name, MigrationChecksum(m));
+    log::Info("migration applied",
+              {{"schema", schema}, {"track", *p.track}, {"version", m.version}, {"name", m.name}});
+    ++report.applied;
+  }
+  tx.exec0(kTenantIsolation);
+  if (!runtime_role.empty() &&
+      runtime_role != tx.exec1("SELECT current_user")[0].as<std::string>()) {
+    const std::optional<bool> bypasses = BypassesRowLevelSecurity(tx, runtime_role);
+    if (!bypasses.has_value()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("runtime role ", runtime_role,
+                       " does not exist (deploy/k8s/db/bootstrap.sql creates it)"));
+    }
+    if (*bypasses) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "runtime role ", runtime_role, " is a superuser or bypasses row-level security"));
+    }
+    const std::string r = tx.quote_name(runtime_role);
+    const std::string s = tx.quote_name(schema);
+    tx.exec0(absl::StrCat(
+        "GRANT USAGE ON SCHEMA ", s, " TO ", r, ";",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ", s, " TO ", r, ";",
+        "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA ", s, " TO ", r, ";",
+        "REVOKE INSERT, UPDATE, DELETE ON schema_migrations FROM ", r, ";",
+        "REVOKE UPDATE, DELETE ON audit_log FROM ", r, ";", "REVOKE DELETE ON outbox FROM ", r, ";",
+        // The chain's heads are the chainer's (audit_chain, as the owner) alone.
+        "REVOKE ALL ON audit_chain_heads FROM ", r));
+  }
+  tx.commit();
+  return concurrent;
+}
+
+// A migration that runs concurrently, alone and outside a transaction, then recorded; the caller
+// holds the schema's migration lock for its session. An invalid index of the schema is what an
+// index build that failed (or was stopped) left: never used by a read, still updated by every
+// write, and in the way of the build's IF NOT EXISTS. It is dropped first, concurrently too.
+absl::Status ApplyConcurrently(pqxx::connection& conn, const std::string& schema,
+                               const Pending& p) {
+  const Migration& m = *p.migration;
+  pqxx::nontransaction session(conn);
+  // As the run's transactions do, but for the session: reset before the connection is used again.
+  session.exec0("SET statement_timeout TO 0");
+  session.exec0("SET search_path TO " + session.quote_name(schema));
+  const pqxx::result invalid = session.exec_params(
+      "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+      "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND NOT i.indisvalid",
+      schema);
+  for (const auto& row : invalid) {
+    const std::string index = row[0].as<std::string>();
+    session.exec0("DROP INDEX CONCURRENTLY IF EXISTS " + session.quote_name(index));
+    log::Warn("invalid index dropped before a concurrent migration",
+              {{"schema", schema}, {"index", index}, {"track", *p.track}, {"version", m.version}});
+  }
+  absl::Status status;
+  try {
+    session.exec(m.sql);
+  } catch (const std::exception& e) {
+    status = FailureOf(*p.track, m, e);
+  }
+  if (status.ok()) {
+    session.exec_params0(
+        "INSERT INTO schema_migrations (track, version, name, checksum) VALUES ($1, $2, $3, $4)",
+        *p.track, m.version, m.name, MigrationChecksum(m));
+    log::Info("migration applied", {{"schema", schema},
+                                    {"track", *p.track},
+                                    {"version", m.version},
+                                    {"name", m.name},
+                                    {"concurrently", true}});
+  }
+  session.exec0("RESET search_path");
+  session.exec0("RESET statement_timeout");
+  return status;
+}
+
+}  // namespace
+
 absl::StatusOr<MigrationReport> ApplyMigrations(pqxx::connection& conn, const std::string& schema,
                                                 const std::vector<MigrationTrack>& tracks,
                                                 const std::string& runtime_role) {
-  MigrationReport report;
-  try {
-    pqxx::work tx(conn);
-    // A migration (or waiting for another replica's) may take longer than any call may.
-    tx.exec0("SET LOCAL statement_timeout TO 0");
-    // Serialises migration runs of this schema across replicas; released at commit/rollback.
-    tx.exec_params("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                   "peerpath.migrations." + schema);
-    const bool exists =
-        tx.exec_params1("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema)[0]
-            .as<bool>();
-    // A DBA may have created the schema already (deploy/k8s/db/bootstrap.sql); only create it
-    // when missing, so a role without CREATE on the database can still migrate.
-    if (!exists) tx.exec0("CREATE SCHEMA " + tx.quote_name(schema));
-    tx.exec0("SET LOCAL search_path TO " + tx.quote_name(schema));
-    tx.exec0(kCreateLedger);
-
-    std::map<std::pair<std::string, int>, std::string> applied;
-    for (const auto& row : tx.exec("SELECT track, version, checksum FROM schema_migrations")) {
-      applied[{row[0].as<std::string>(), row[1].as<int>()}] = row[2].as<std::string>();
+  std::map<std::pair<std::string, int>, RunOptions> options;
+  for (const MigrationTrack& track : tracks) {
+    for (const Migration& m : *track.migrations) {
+      absl::StatusOr<RunOptions> o = RunOptionsOf(track.name, m);
+      if (!o.ok()) return o.status();
+      options[{track.name, m.version}] = *o;
     }
-    bool pending = false;
-    for (const MigrationTrack& track : tracks) {
-      for (const Migration& m : *track.migrations) {
-        pending = pending || !applied.contains({track.name, m.version});
-      }
-    }
-    if (pending) tx.exec0(kLiftForceForMigrations);
-    for (const MigrationTrack& track : tracks) {
-      for (const Migration& m : *track.migrations) {
-        const std::string checksum = MigrationChecksum(m);
-        auto it = applied.find({track.name, m.version});
-        if (it != applied.end()) {
-          if (it->second != checksum) {
-            return absl::FailedPreconditionError(absl::StrFormat(
-                "migration %s/%04d_%s in schema %s was changed after it was applied (checksum "
-                "%s, database has %s); add a new migration instead of editing an applied one",
-                track.name, m.version, m.name, schema, checksum, it->second));
-          }
-          ++report.already_applied;
-          continue;
-        }
-        tx.exec(m.sql);
-        tx.exec_params0(
-            "INSERT INTO schema_migrations (track, version, name, checksum) "
-            "VALUES ($1, $2, $3, $4)",
-            track.name, m.version, m.name, checksum);
-        log::Info(
-            "migration applied",
-            {{"schema", schema}, {"track", track.name}, {"version", m.version}, {"name", m.name}});
-        ++report.applied;
-      }
-    }
-    tx.exec0(kTenantIsolation);
-    if (!runtime_role.empty() &&
-        runtime_role != tx.exec1("SELECT current_user")[0].as<std::string>()) {
-      const std::optional<bool> bypasses = BypassesRowLevelSecurity(tx, runtime_role);
-      if (!bypasses.has_value()) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("runtime role ", runtime_role,
-                         " does not exist (deploy/k8s/db/bootstrap.sql creates it)"));
-      }
-      if (*bypasses) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "runtime role ", runtime_role, " is a superuser or bypasses row-level security"));
-      }
-      const std::string r = tx.quote_name(runtime_role);
-      const std::string s = tx.quote_name(schema);
-      tx.exec0(
-          absl::StrCat("GRANT USAGE ON SCHEMA ", s, " TO ", r, ";",
-                       "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ", s, " TO ",
-                       r, ";", "GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA ", s, " TO ", r, ";",
-                       "REVOKE INSERT, UPDATE, DELETE ON schema_migrations FROM ", r, ";",
-                       "REVOKE UPDATE, DELETE ON audit_log FROM ", r, ";",
-                       "REVOKE DELETE ON outbox FROM ", r, ";",
-                       // The chain's heads are the chainer's (audit_chain, as the owner) alone.
-                       "REVOKE ALL ON audit_chain_heads FROM ", r));
-    }
-    tx.commit();
-  } catch (const std::exception& e) {
-    return StatusFromDatabaseException(e);
   }
+  // The schema's migration lock, held by the session for the whole run: a migration outside a
+  // transaction needs it for longer than one. It is polled for, never waited on inside a
+  // statement: a concurrent index build waits for every snapshot older than its own to end, and a
+  // replica waiting for the lock holds one, so the two would deadlock. Each transaction of the run
+  // takes the lock again (at once, the session holding it), as binaries before this one take it.
+  const std::string lock_key = LockKey(schema);
+  MigrationReport report;
+  absl::Status status;
+  bool locked = false;
+  try {
+    for (bool said = false; !locked; said = true) {
+      if (said) absl::SleepFor(kMigrationLockPoll);
+      pqxx::nontransaction session(conn);
+      locked =
+          session.exec_params1("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", lock_key)[0]
+              .as<bool>();
+      session.commit();
+      if (!locked && !said) {
+        log::Info("waiting for another migration run of the schema", {{"schema", schema}});
+      }
+    }
+    while (true) {
+      MigrationReport pass;
+      absl::StatusOr<std::optional<Pending>> concurrent =
+          ApplyInOneTransaction(conn, schema, tracks, options, runtime_role, pass);
+      if (!concurrent.ok()) {
+        status = concurrent.status();
+        break;
+      }
+      // Found applied: those this run did not apply in an earlier transaction.
+      report.already_applied = pass.already_applied - report.applied;
+      report.applied += pass.applied;
+      if (!concurrent->has_value()) break;
+      status = ApplyConcurrently(conn, schema, **concurrent);
+      if (!status.ok()) break;
+      ++report.applied;
+    }
+  } catch (const std::exception& e) {
+    status = StatusFromDatabaseException(e);
+  }
+  if (locked) {
+    try {
+      pqxx::nontransaction session(conn);
+      session.exec_params("SELECT pg_advisory_unlock(hashtextextended($1, 0))", lock_key);
+      session.commit();
+    } catch (const std::exception& e) {
+      // The connection is lost, and the lock with it.
+      log::Warn("migration lock not released", {{"schema", schema}, {"error", e.what()}});
+    }
+  }
+  if (!status.ok()) return status;
   return report;
 }
 

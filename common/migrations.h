@@ -9,6 +9,19 @@
 // migrations are recorded with a SHA-256 checksum in <schema>.schema_migrations; a migration whose
 // text changed after it was applied stops the service (FAILED_PRECONDITION): files are never
 // edited after they land.
+//
+// A migration may say how it is run, in a comment line `-- peerpath-migration: <option>, ...`:
+//   schema-only   it changes the schema and moves no rows (a new table, a function, an index), so
+//                 the run does not lift FORCE ROW LEVEL SECURITY on every tenant table for it
+//                 (which locks each table, waiting for every call on it) and locks only what its
+//                 own statements lock;
+//   concurrently  a single statement run alone, outside the run's transaction (CREATE or DROP
+//                 INDEX CONCURRENTLY, so that the table's writes go on while an index builds),
+//                 written to be repeatable (IF NOT EXISTS / IF EXISTS); an invalid index that a
+//                 failed build left in the schema is dropped first. Implies schema-only.
+// The run's transactions apply the migrations in order up to each concurrent one; an unknown
+// option, or a concurrent migration that is not repeatable, is refused before anything applies
+// (FAILED_PRECONDITION).
 
 #include <cstdint>
 #include <optional>

@@ -16,12 +16,7 @@ class TenantIsolation : public ::testing::Test {
  protected:
   void SetUp() override {
     db_ = TestDatabase::Create();
-    MigrateAndConnect(*db_, "consent");
-    // A tenant table the way any migration would add one, then the runner's next pass.
-    db_->AdminQuery(
-        "CREATE TABLE consent.probe (id serial PRIMARY KEY, agency_id text NOT NULL, note text);"
-        "ALTER TABLE consent.probe OWNER TO peerpath_consent_owner");
-    database_ = MigrateAndConnect(*db_, "consent", 2);
+    database_ = MigrateWithProbeTable(*db_, "consent");
   }
 
   absl::Status Insert(const std::string& scope, const std::string& row_agency) {
@@ -152,16 +147,14 @@ TEST_F(TenantIsolation, ThePolicyReadsTheAgencyOncePerStatementAlsoAfterAnUpgrad
 // run, an ACCESS EXCLUSIVE lock on each, held until commit and queueing every call behind it.
 TEST_F(TenantIsolation, AStartUpWithNothingToMigrateWaitsForNoRunningCall) {
   ASSERT_TRUE(Insert("agency-a", "agency-a").ok());
-  pqxx::connection reader(db_->UrlFor("consent"));
-  pqxx::work reading(reader);  // A call in progress: its table locked for reading until it ends.
-  reading.exec("SELECT set_config('app.agency_id', 'agency-a', true)");
-  EXPECT_EQ(reading.exec1("SELECT count(*) FROM consent.probe")[0].as<int>(), 1);
+  ReadInProgress reading(*db_, "consent", "agency-a", "consent.probe");
+  EXPECT_EQ(reading.rows_seen(), 1);
   // A migration run that would wait for it gives up after a second instead of hanging the test.
   ExitResult migrate =
       RunToExit("consent", {"migrate", "--database_url=" + db_->OwnerUrlFor("consent") +
                                            "?options=-c%20lock_timeout%3D1000"});
   EXPECT_EQ(migrate.exit_code, 0) << migrate.log;
-  reading.commit();
+  reading.End();
   // The wall still stands.
   EXPECT_TRUE(db_->AdminQuery("SELECT relrowsecurity AND relforcerowsecurity FROM pg_class "
                               "WHERE oid = 'consent.probe'::regclass")[0][0]

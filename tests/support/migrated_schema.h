@@ -18,6 +18,28 @@ namespace peerpath::testing {
 std::unique_ptr<Database> MigrateAndConnect(const TestDatabase& db, const std::string& service,
                                             int pool_size = 4);
 
+// MigrateAndConnect, with a tenant table `<service>.probe` (id serial, agency_id, note) added as
+// any migration would add one and put under row-level security by a second `migrate`, as every
+// run does: a table for tests of the runner and of the wall, which no service reads.
+std::unique_ptr<Database> MigrateWithProbeTable(const TestDatabase& db, const std::string& service,
+                                                int pool_size = 2);
+
+// A call in progress, as the service's runtime role: a transaction scoped to `agency` that has
+// read `table` (its rows counted in rows_seen) and so holds the table's lock for reading until
+// End(). What a migration run must not wait for.
+class ReadInProgress {
+ public:
+  ReadInProgress(const TestDatabase& db, const std::string& service, const std::string& agency,
+                 const std::string& table);
+  int rows_seen() const { return rows_seen_; }
+  void End() { tx_.commit(); }
+
+ private:
+  pqxx::connection conn_;
+  pqxx::work tx_;
+  int rows_seen_ = 0;
+};
+
 // For a data migration's test, which writes rows between two steps: the migrations of
 // `migrations` before `version`.
 std::vector<Migration> MigrationsBefore(const std::vector<Migration>& migrations, int version);
