@@ -143,8 +143,10 @@ std::string NameOf(const std::string& track, const Migration& m) {
 
 absl::StatusOr<RunOptions> RunOptionsOf(const std::string& track, const Migration& m) {
   RunOptions options;
+  std::string statements;  // The text without its comments, upper-cased.
   for (absl::string_view line : absl::StrSplit(m.sql, '\n')) {
     line = absl::StripAsciiWhitespace(line);
+    absl::StrAppend(&statements, absl::AsciiStrToUpper(line.substr(0, line.find("--"))), "\n");
     if (!absl::ConsumePrefix(&line, kOptionsPrefix)) continue;
     for (absl::string_view option : absl::StrSplit(line, ',')) {
       option = absl::StripAsciiWhitespace(option);
@@ -162,9 +164,8 @@ absl::StatusOr<RunOptions> RunOptionsOf(const std::string& track, const Migratio
   // Run outside a transaction, a statement that failed half way is not undone (an index build
   // leaves an invalid index), and one that succeeded may not be recorded yet when the run stops:
   // the next run repeats it, so it must be a no-op the second time.
-  const std::string text = absl::AsciiStrToUpper(m.sql);
-  if (options.concurrently && !absl::StrContains(text, "IF NOT EXISTS") &&
-      !absl::StrContains(text, "IF EXISTS")) {
+  if (options.concurrently && !absl::StrContains(statements, "IF NOT EXISTS") &&
+      !absl::StrContains(statements, "IF EXISTS")) {
     return absl::FailedPreconditionError(
         absl::StrCat("migration ", NameOf(track, m),
                      " runs concurrently, outside a transaction, so a run stopped after it and "

@@ -277,6 +277,7 @@ TEST_F(MigrationOptions, MalformedOptionsAreRefusedBeforeAnythingApplies) {
       Apply({fine,
              {2, "once",
               "-- peerpath-migration: concurrently\n"
+              "-- Not IF NOT EXISTS, whatever a comment says.\n"
               "CREATE INDEX CONCURRENTLY probe_once ON probe (note)"}});
   EXPECT_EQ(not_repeatable.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(absl::StrContains(not_repeatable.status().message(), "probe/0002_once"))
