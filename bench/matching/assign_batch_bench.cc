@@ -17,7 +17,6 @@
 //   PEERPATH_BENCH_MATCHING_SIZES=1000x200,10000x2000 # end-to-end sizes (default: all three)
 //   PEERPATH_BENCH_MATCHING_REPEATS=5   # fresh runs of each instance up to 10,000 (default 3)
 #include <benchmark/benchmark.h>
-#include <dirent.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/resource.h>
 
@@ -26,7 +25,6 @@
 #include <cstdlib>
 #include <fstream>
 #include <random>
-#include <sstream>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -263,33 +261,17 @@ void Seed(const TestDatabase& db, int requests, int supporters, bool mixed_units
   db.AdminQuery("ANALYZE");
 }
 
-// Peak resident set (VmHWM) of the running service serving `database`, in MiB; 0 if not found.
-double ServerPeakRssMiB(const std::string& database) {
-  double mib = 0;
-  DIR* proc = opendir("/proc");
-  if (proc == nullptr) return 0;
-  while (dirent* entry = readdir(proc)) {
-    int pid = 0;
-    if (!absl::SimpleAtoi(entry->d_name, &pid)) continue;
-    std::ifstream cmdline(absl::StrCat("/proc/", pid, "/cmdline"));
-    std::stringstream text;
-    text << cmdline.rdbuf();
-    if (text.str().find("peerpath-matching") == std::string::npos ||
-        text.str().find("/" + database) == std::string::npos) {
-      continue;
-    }
-    std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
-    std::string line;
-    while (std::getline(status, line)) {
-      if (line.rfind("VmHWM:", 0) == 0) {
-        std::vector<std::string> parts = absl::StrSplit(line, ' ', absl::SkipEmpty());
-        double kib = 0;
-        if (parts.size() >= 2 && absl::SimpleAtod(parts[1], &kib)) mib = kib / 1024.0;
-      }
-    }
+// Peak resident set (VmHWM) of process `pid`, in MiB; 0 if not found.
+double PeakRssMiB(pid_t pid) {
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) != 0) continue;
+    std::vector<std::string> parts = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    double kib = 0;
+    if (parts.size() >= 2 && absl::SimpleAtod(parts[1], &kib)) return kib / 1024.0;
   }
-  closedir(proc);
-  return mib;
+  return 0;
 }
 
 struct Service {
@@ -356,7 +338,7 @@ double AssignBatchEndToEnd(int requests, int supporters, bool mixed_units) {
         response.objective_value(), response.proven_optimal() ? "proven optimal" : "LP bound",
         100.0 * (response.objective_upper_bound() - response.objective_value()) /
             std::max(1.0, response.objective_value()),
-        ServerPeakRssMiB(service.db->name()));
+        PeakRssMiB(service.process->pid()));
   }
   return committing;
 }
