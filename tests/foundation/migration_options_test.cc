@@ -87,11 +87,12 @@ class MigrationOptions : public ::testing::Test {
     return rows[0][0].as<bool>();
   }
 
-  // Waits (up to 10 s) until a statement whose text holds `text` waits for a lock.
+  // Waits (up to 10 s) until a statement of this database (tests running beside this one have
+  // their own) whose text holds `text` waits for a lock.
   bool WaitUntilWaiting(const std::string& text) {
     for (int i = 0; i < 200; ++i) {
       if (db_->AdminQuery("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                          "AND query LIKE '%" +
+                          "AND datname = current_database() AND query LIKE '%" +
                           text + "%'")[0][0]
               .as<int>() > 0) {
         return true;
