@@ -128,6 +128,9 @@ struct RunOptions {
   // It runs alone, outside the run's transaction (CREATE or DROP INDEX CONCURRENTLY), so that the
   // table's writes go on while it works. Implies schema_only.
   bool concurrently = false;
+  // The index a concurrent CREATE INDEX builds, as PostgreSQL names it; empty for other
+  // statements.
+  std::string builds_index;
 };
 
 constexpr absl::Duration kMigrationLockPoll = absl::Milliseconds(50);
@@ -141,12 +144,37 @@ std::string NameOf(const std::string& track, const Migration& m) {
   return absl::StrFormat("%s/%04d_%s", track, m.version, m.name);
 }
 
+// The name of the index `statement` builds ("CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS]
+// name ..."), as pg_class holds it: folded to lower case unless quoted. Empty if it builds none.
+std::string IndexBuilt(absl::string_view statement) {
+  const std::vector<absl::string_view> words =
+      absl::StrSplit(statement, absl::ByAnyChar(" \t\n\r"), absl::SkipEmpty());
+  size_t i = 0;
+  auto next_is = [&](absl::string_view word) {
+    if (i < words.size() && absl::EqualsIgnoreCase(words[i], word)) {
+      ++i;
+      return true;
+    }
+    return false;
+  };
+  if (!next_is("CREATE")) return "";
+  next_is("UNIQUE");
+  if (!next_is("INDEX") || !next_is("CONCURRENTLY")) return "";
+  if (next_is("IF") && !(next_is("NOT") && next_is("EXISTS"))) return "";
+  if (i >= words.size() || absl::EqualsIgnoreCase(words[i], "ON")) return "";
+  absl::string_view name = words[i];
+  if (absl::ConsumePrefix(&name, "\"") && absl::ConsumeSuffix(&name, "\"")) {
+    return std::string(name);
+  }
+  return absl::AsciiStrToLower(name);
+}
+
 absl::StatusOr<RunOptions> RunOptionsOf(const std::string& track, const Migration& m) {
   RunOptions options;
-  std::string statements;  // The text without its comments, upper-cased.
+  std::string code;  // The text without its comments.
   for (absl::string_view line : absl::StrSplit(m.sql, '\n')) {
     line = absl::StripAsciiWhitespace(line);
-    absl::StrAppend(&statements, absl::AsciiStrToUpper(line.substr(0, line.find("--"))), "\n");
+    absl::StrAppend(&code, line.substr(0, line.find("--")), "\n");
     if (!absl::ConsumePrefix(&line, kOptionsPrefix)) continue;
     for (absl::string_view option : absl::StrSplit(line, ',')) {
       option = absl::StripAsciiWhitespace(option);
@@ -164,6 +192,7 @@ absl::StatusOr<RunOptions> RunOptionsOf(const std::string& track, const Migratio
   // Run outside a transaction, a statement that failed half way is not undone (an index build
   // leaves an invalid index), and one that succeeded may not be recorded yet when the run stops:
   // the next run repeats it, so it must be a no-op the second time.
+  const std::string statements = absl::AsciiStrToUpper(code);
   if (options.concurrently && !absl::StrContains(statements, "IF NOT EXISTS") &&
       !absl::StrContains(statements, "IF EXISTS")) {
     return absl::FailedPreconditionError(
@@ -171,6 +200,7 @@ absl::StatusOr<RunOptions> RunOptionsOf(const std::string& track, const Migratio
                      " runs concurrently, outside a transaction, so a run stopped after it and "
                      "before recording it repeats it: write it with IF NOT EXISTS (or IF EXISTS)"));
   }
+  if (options.concurrently) options.builds_index = IndexBuilt(code);
   return options;
 }
 
@@ -184,6 +214,7 @@ absl::Status FailureOf(const std::string& track, const Migration& m, const std::
 struct Pending {
   const std::string* track = nullptr;
   const Migration* migration = nullptr;
+  const RunOptions* options = nullptr;
 };
 
 // One transaction of a run: every pending migration in order up to the first that runs
@@ -219,8 +250,9 @@ absl::StatusOr<std::optional<Pending>> ApplyInOneTransaction(
       auto it = applied.find({track.name, m.version});
       if (it == applied.end()) {
         if (concurrent) continue;
-        const Pending pending{&track.name, &m};
-        if (options.at({track.name, m.version}).concurrently) {
+        const RunOptions& run = options.at({track.name, m.version});
+        const Pending pending{&track.name, &m, &run};
+        if (run.concurrently) {
           concurrent = pending;
         } else {
           here.push_back(pending);
@@ -284,9 +316,10 @@ absl::StatusOr<std::optional<Pending>> ApplyInOneTransaction(
 }
 
 // A migration that runs concurrently, alone and outside a transaction, then recorded; the caller
-// holds the schema's migration lock for its session. An invalid index of the schema is what an
-// index build that failed (or was stopped) left: never used by a read, still updated by every
-// write, and in the way of the build's IF NOT EXISTS. It is dropped first, concurrently too.
+// holds the schema's migration lock for its session. An invalid index of the name it builds is
+// what an earlier run's build that failed (or was stopped) left: never used by a read, still
+// updated by every write, and in the way of the build's IF NOT EXISTS. It is dropped first,
+// concurrently too; other invalid indexes (a DBA's REINDEX CONCURRENTLY at work) are left alone.
 absl::Status ApplyConcurrently(pqxx::connection& conn, const std::string& schema,
                                const Pending& p) {
   const Migration& m = *p.migration;
@@ -294,14 +327,16 @@ absl::Status ApplyConcurrently(pqxx::connection& conn, const std::string& schema
   // As the run's transactions do, but for the session: reset before the connection is used again.
   session.exec0("SET statement_timeout TO 0");
   session.exec0("SET search_path TO " + session.quote_name(schema));
-  const pqxx::result invalid = session.exec_params(
-      "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-      "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND NOT i.indisvalid",
-      schema);
-  for (const auto& row : invalid) {
-    const std::string index = row[0].as<std::string>();
+  const std::string& index = p.options->builds_index;
+  if (!index.empty() &&
+      !session
+           .exec_params("SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = $1 AND c.relname = $2 AND NOT i.indisvalid",
+                        schema, index)
+           .empty()) {
     session.exec0("DROP INDEX CONCURRENTLY IF EXISTS " + session.quote_name(index));
-    log::Warn("invalid index dropped before a concurrent migration",
+    log::Warn("invalid index dropped before a concurrent migration builds it again",
               {{"schema", schema}, {"index", index}, {"track", *p.track}, {"version", m.version}});
   }
   absl::Status status;

@@ -186,10 +186,10 @@ TEST_F(MigrationOptions, AnIndexBuiltConcurrentlyLetsTheTablesWritesGoOn) {
 TEST_F(MigrationOptions, AFailedConcurrentBuildIsDroppedAndBuiltAgainByTheNextRun) {
   ASSERT_TRUE(Insert("agency-a", "same").ok());
   ASSERT_TRUE(Insert("agency-a", "same").ok());
-  const std::vector<Migration> unique = {
-      {1, "unique_notes",
-       "-- peerpath-migration: concurrently\n"
-       "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS probe_unique ON probe (agency_id, note)"}};
+  const std::vector<Migration> unique = {{1, "unique_notes",
+                                          "-- peerpath-migration: concurrently\n"
+                                          "create unique index concurrently if not exists\n  "
+                                          "Probe_Unique ON probe (agency_id, note)"}};
   int locks_held = -1;
   const absl::StatusOr<MigrationReport> failed = Apply(unique, kShortLockWait, &locks_held);
   ASSERT_FALSE(failed.ok());
@@ -199,6 +199,15 @@ TEST_F(MigrationOptions, AFailedConcurrentBuildIsDroppedAndBuiltAgainByTheNextRu
   EXPECT_EQ(IndexValid("probe_unique"), std::optional<bool>(false));
   EXPECT_EQ(Recorded(), std::vector<int>{});
 
+  // Another invalid index of the schema, not the migration's (a DBA's rebuild at work), stays.
+  {
+    auto admin = db_->Admin();
+    pqxx::nontransaction dba(*admin);
+    EXPECT_THROW(dba.exec0("CREATE UNIQUE INDEX CONCURRENTLY \"Probe_Other\" ON consent.probe "
+                           "(agency_id, note)"),
+                 std::exception);
+  }
+  ASSERT_EQ(IndexValid("Probe_Other"), std::optional<bool>(false));
   db_->AdminQuery(
       "UPDATE consent.probe SET note = 'other' WHERE id = (SELECT max(id) FROM "
       "consent.probe)");
@@ -206,6 +215,7 @@ TEST_F(MigrationOptions, AFailedConcurrentBuildIsDroppedAndBuiltAgainByTheNextRu
   ASSERT_TRUE(built.ok()) << built.status();
   EXPECT_EQ(built->applied, 1);
   EXPECT_EQ(IndexValid("probe_unique"), std::optional<bool>(true));
+  EXPECT_EQ(IndexValid("Probe_Other"), std::optional<bool>(false));
   EXPECT_EQ(Recorded(), (std::vector<int>{1}));
   EXPECT_FALSE(Insert("agency-a", "same").ok());  // The index is in force.
 
