@@ -217,6 +217,20 @@ struct Pending {
   const RunOptions* options = nullptr;
 };
 
+// Records `p` as applied in the ledger, in `tx` (the run's transaction, or the session after a
+// concurrent migration), and says so in the log.
+void Record(pqxx::transaction_base& tx, const std::string& schema, const Pending& p) {
+  const Migration& m = *p.migration;
+  tx.exec_params0(
+      "INSERT INTO schema_migrations (track, version, name, checksum) VALUES ($1, $2, $3, $4)",
+      *p.track, m.version, m.name, MigrationChecksum(m));
+  log::Info("migration applied", {{"schema", schema},
+                                  {"track", *p.track},
+                                  {"version", m.version},
+                                  {"name", m.name},
+                                  {"concurrently", p.options->concurrently}});
+}
+
 // One transaction of a run: every pending migration in order up to the first that runs
 // concurrently (returned, not applied), then row-level security and the runtime role's grants.
 absl::StatusOr<std::optional<Pending>> ApplyInOneTransaction(
@@ -269,22 +283,16 @@ absl::StatusOr<std::optional<Pending>> ApplyInOneTransaction(
       ++report.already_applied;
     }
   }
-  const bool moves_rows = std::any_of(here.begin(), here.end(), [&](const Pending& p) {
-    return !options.at({*p.track, p.migration->version}).schema_only;
-  });
+  const bool moves_rows = std::any_of(here.begin(), here.end(),
+                                      [](const Pending& p) { return !p.options->schema_only; });
   if (moves_rows) tx.exec0(kLiftForceForMigrations);
   for (const Pending& p : here) {
-    const Migration& m = *p.migration;
     try {
-      tx.exec(m.sql);
+      tx.exec(p.migration->sql);
     } catch (const std::exception& e) {
-      return FailureOf(*p.track, m, e);
+      return FailureOf(*p.track, *p.migration, e);
     }
-    tx.exec_params0(
-        "INSERT INTO schema_migrations (track, version, name, checksum) VALUES ($1, $2, $3, $4)",
-        *p.track, m.version, m.name, MigrationChecksum(m));
-    log::Info("migration applied",
-              {{"schema", schema}, {"track", *p.track}, {"version", m.version}, {"name", m.name}});
+    Record(tx, schema, p);
     ++report.applied;
   }
   tx.exec0(kTenantIsolation);
@@ -345,16 +353,7 @@ absl::Status ApplyConcurrently(pqxx::connection& conn, const std::string& schema
   } catch (const std::exception& e) {
     status = FailureOf(*p.track, m, e);
   }
-  if (status.ok()) {
-    session.exec_params0(
-        "INSERT INTO schema_migrations (track, version, name, checksum) VALUES ($1, $2, $3, $4)",
-        *p.track, m.version, m.name, MigrationChecksum(m));
-    log::Info("migration applied", {{"schema", schema},
-                                    {"track", *p.track},
-                                    {"version", m.version},
-                                    {"name", m.name},
-                                    {"concurrently", true}});
-  }
+  if (status.ok()) Record(session, schema, p);
   session.exec0("RESET search_path");
   session.exec0("RESET statement_timeout");
   return status;
