@@ -7,9 +7,9 @@
 //      (the group commit's mean batch, from the service's histogram), and the database's floor:
 //      the rows a concern writes, in one statement from libpq (no read, no service); and the
 //      machine's bound: an empty RPC's and a concern's rows' processor time (16 to a
-//      transaction), added; and each phase's processor time per concern, part by part (the
-//      database server, the service, this client, the whole machine), beside what the target
-//      leaves the machine per concern;
+//      transaction, the best case; and as many as the group commit gathered), added; and each
+//      phase's processor time per concern, part by part (the database server, the service, this
+//      client, the whole machine), beside what the target leaves the machine per concern;
 //   2. the deadline sweeper (in-process) with 100,000 open concerns (beside 200,000 resolved) of
 //      which 0, then 100 are due, the open/overdue gauges' count (every 5 s in the service), and
 //      the plans of both queries (on the partial index concerns_open_by_deadline, no table scan);
@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -234,12 +235,14 @@ void RunDatabaseBenchmarks() {
       SELECT c.agency_id, c.id, 'opened', 2, 2, 0, 1, 'clinical-on-call',
         now() + interval '4 hours' FROM c)sql";
   constexpr int kCoalesced = 16;
-  for (auto& connection : connections) {
-    for (int count : {1, kCoalesced}) {
-      connection->prepare(absl::StrCat("floor_", count),
-                          absl::StrReplaceAll(floor_sql, {{"COUNT", absl::StrCat(count)}}));
-    }
-  }
+  const auto prepare_floor = [&](pqxx::connection& connection, int count) {
+    connection.prepare(absl::StrCat("floor_", count),
+                       absl::StrReplaceAll(floor_sql, {{"COUNT", absl::StrCat(count)}}));
+  };
+  for (auto& connection : connections) prepare_floor(*connection, 1);
+  // The coalesced phases write on two connections, as the group commit writes one agency's
+  // batches at best (kConcurrentRaiseWritesPerAgency).
+  for (int t : {0, 1}) prepare_floor(*connections[t], kCoalesced);
   // `per_transaction` concerns' rows in one statement (one round trip) and one transaction.
   auto rows_alone = [&](int thread, int per_transaction) {
     try {
@@ -294,15 +297,43 @@ void RunDatabaseBenchmarks() {
     return testing::HealthStatus(service.Channel(), "") == "SERVING";
   });
   const testing::PartTimes empty_end = parts();
-  const testing::PartTimes coalesced_start = parts();
-  const Figures coalesced = Hammer(2, length, [&](int t) { return rows_alone(t, kCoalesced); });
-  const testing::PartTimes coalesced_end = parts();
+  // The rows `per_transaction` to a statement on two connections: their rate in concerns and
+  // their processor time, from one phase.
+  struct Coalesced {
+    int per_transaction;
+    Figures figures;
+    testing::PartTimes start, end;
+    double Rate() const { return figures.per_second * per_transaction; }
+    double Share() const { return testing::ShareBetween(start.machine, end.machine); }
+    testing::PerCallTimes PerConcern() const {
+      return testing::PerCall(start, end, static_cast<double>(figures.calls) * per_transaction);
+    }
+  };
+  const auto coalesce = [&](int per_transaction) {
+    Coalesced c{per_transaction, {}, parts(), {}};
+    c.figures = Hammer(2, length, [&](int t) { return rows_alone(t, per_transaction); });
+    c.end = parts();
+    return c;
+  };
+  const Coalesced coalesced = coalesce(kCoalesced);
+  // And as many to a statement as the service's group commit gathered for one agency: the bound
+  // of an implementation that batches as this one does and does nothing else.
+  const int own_batch =
+      std::clamp(static_cast<int>(std::lround(testing::MeanBetween(before_routed, after_routed))),
+                 1, kCoalesced);
+  for (int t : {0, 1}) {
+    if (own_batch != 1 && own_batch != kCoalesced) prepare_floor(*connections[t], own_batch);
+  }
+  db->WaitForAuditChained("escalation");
+  const Coalesced batched = coalesce(own_batch);
   const double empty_share = testing::ShareBetween(empty_start.machine, empty_end.machine);
-  const double coalesced_share =
-      testing::ShareBetween(coalesced_start.machine, coalesced_end.machine);
-  const double coalesced_rate = coalesced.per_second * kCoalesced;
   const double bound =
-      testing::BoundFromCpu(empty.per_second, empty_share, coalesced_rate, coalesced_share);
+      testing::BoundFromCpu(empty.per_second, empty_share, coalesced.Rate(), coalesced.Share());
+  const double batched_bound =
+      testing::BoundFromCpu(empty.per_second, empty_share, batched.Rate(), batched.Share());
+  const auto ratio = [&](double rate) {
+    return plain.per_second > 0 ? rate / plain.per_second : 0;
+  };
   std::printf("\n== route-and-persist vs plain INSERT (%d in flight, %.0f s each) ==\n", kInFlight,
               absl::ToDoubleSeconds(length));
   Print("plain single-row INSERT (libpq, 1 tx each)", plain);
@@ -315,17 +346,24 @@ void RunDatabaseBenchmarks() {
   std::printf(
       "ratio RaiseConcern / INSERT: %.2f (target >= 0.5); RaiseConcern p99 %.2f ms "
       "(target < 20 ms)\n",
-      plain.per_second > 0 ? routed.per_second / plain.per_second : 0, routed.p99_ms);
+      ratio(routed.per_second), routed.p99_ms);
   std::printf(
       "the database's floor, RaiseConcern's rows alone / INSERT: %.2f (no read, no service)\n",
-      plain.per_second > 0 ? floor.per_second / plain.per_second : 0);
+      ratio(floor.per_second));
   std::printf(
       "the machine's bound, from processor time alone:\n"
-      "  empty RPC (health Check), %d in flight:       %7.0f calls/s     processor %3.0f%% busy\n"
-      "  a concern's rows, %d per tx, 2 connections:   %7.0f concerns/s  processor %3.0f%% busy\n"
-      "  an RPC and its rows per concern, nothing else: at most %.0f concerns/s, ratio %.2f\n",
-      kInFlight, empty.per_second, 100 * empty_share, kCoalesced, coalesced_rate,
-      100 * coalesced_share, bound, plain.per_second > 0 ? bound / plain.per_second : 0);
+      "  empty RPC (health Check), %d in flight:       %7.0f calls/s     processor %3.0f%% busy\n",
+      kInFlight, empty.per_second, 100 * empty_share);
+  for (const Coalesced* c : {&coalesced, &batched}) {
+    std::printf(
+        "  a concern's rows, %2d per tx, 2 connections:   %7.0f concerns/s  processor %3.0f%% "
+        "busy\n",
+        c->per_transaction, c->Rate(), 100 * c->Share());
+  }
+  std::printf(
+      "  an RPC and its rows per concern, nothing else: at most %.0f concerns/s, ratio %.2f\n"
+      "  the same at the group commit's batch (%d):     at most %.0f concerns/s, ratio %.2f\n",
+      bound, ratio(bound), own_batch, batched_bound, ratio(batched_bound));
   // Per concern (per call for the empty RPC), in microseconds. The service's time in the rows'
   // phases is its audit chaining of their rows; the machine's includes the kernel's own threads.
   std::printf(
@@ -340,9 +378,10 @@ void RunDatabaseBenchmarks() {
       testing::PerCall(spread_start, spread_end, static_cast<double>(routed_spread.calls)));
   row("its rows alone, 1 per statement",
       testing::PerCall(floor_start, floor_end, static_cast<double>(floor.calls)));
-  row("its rows alone, 16 per statement",
-      testing::PerCall(coalesced_start, coalesced_end,
-                       static_cast<double>(coalesced.calls) * kCoalesced));
+  for (const Coalesced* c : {&coalesced, &batched}) {
+    row(absl::StrCat("its rows alone, ", c->per_transaction, " per statement").c_str(),
+        c->PerConcern());
+  }
   row("empty RPC (per call)",
       testing::PerCall(empty_start, empty_end, static_cast<double>(empty.calls)));
   const long cores = sysconf(_SC_NPROCESSORS_ONLN);
