@@ -2,8 +2,9 @@
 //
 //   1. route-and-persist: RaiseConcern over gRPC on the real binary (validate, route, insert the
 //      concern with its transitions, events and audit row, store the idempotent response), with
-//      16 calls in flight, beside plain single-row INSERTs (one transaction each, 16 connections)
-//      into a table of the same database in the same run, the calls each write transaction held
+//      16 calls in flight, all of one agency, then one of each of 16 agencies, beside plain
+//      single-row INSERTs (one transaction each, as many connections as calls in flight) into a
+//      table of the same database in the same run, the calls each write transaction held
 //      (the group commit's mean batch, from the service's histogram), and the database's floor:
 //      the rows a concern writes, in one statement from libpq (no read, no service); and the
 //      machine's bound: an empty RPC's and a concern's rows' processor time (16 to a
@@ -17,7 +18,8 @@
 //      pages walked back from the newest, and a supervisor's who may see none of them;
 //   4. the pure routing function (Google Benchmark).
 //
-// PEERPATH_BENCH_SECONDS (default 5) sets the length of each timed phase.
+// PEERPATH_BENCH_SECONDS (default 5) sets the length of each timed phase;
+// PEERPATH_BENCH_ESCALATION_IN_FLIGHT (default 16, at most 256) the calls in flight in phase 1.
 #include <benchmark/benchmark.h>
 #include <grpcpp/grpcpp.h>
 
@@ -33,6 +35,7 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
@@ -132,7 +135,19 @@ std::string Plan(Database& database, const std::string& sql, const std::string& 
 void RunDatabaseBenchmarks() {
   const char* seconds_env = std::getenv("PEERPATH_BENCH_SECONDS");
   const absl::Duration length = absl::Seconds(seconds_env ? std::atoi(seconds_env) : 5);
-  constexpr int kInFlight = 16;
+  // PEERPATH_BENCH_ESCALATION_IN_FLIGHT (default 16) sets the calls in flight in every phase
+  // (and the INSERT's connections, and the agencies of the spread phase): the group commit's
+  // batches grow with it, and so do the latencies.
+  int in_flight = 16;
+  if (const char* env = std::getenv("PEERPATH_BENCH_ESCALATION_IN_FLIGHT"); env != nullptr) {
+    if (!absl::SimpleAtoi(env, &in_flight) || in_flight < 1 || in_flight > 256) {
+      std::fprintf(stderr,
+                   "PEERPATH_BENCH_ESCALATION_IN_FLIGHT must be a whole number from 1 to 256, not "
+                   "\"%s\"\n",
+                   env);
+      std::exit(2);
+    }
+  }
   auto db = testing::TestDatabase::Create();
   testing::ServiceProcess service(
       "escalation", db->UrlFor("escalation"),
@@ -145,7 +160,7 @@ void RunDatabaseBenchmarks() {
   const std::string token = testing::TokenFor("bench", {"clinician"}, "dr-bench");
   // One agency per caller thread: the audit chain of an agency is appended one at a time.
   std::vector<std::string> agency_tokens;
-  for (int t = 0; t < kInFlight; ++t) {
+  for (int t = 0; t < in_flight; ++t) {
     agency_tokens.push_back(
         testing::TokenFor(absl::StrCat("bench-", t), {"clinician"}, "dr-bench"));
   }
@@ -166,7 +181,7 @@ void RunDatabaseBenchmarks() {
   };
   for (int i = 0; i < 50; ++i) raise(0);  // Warm-up: pool, policy version 1.
   spread = true;
-  for (int t = 0; t < kInFlight; ++t) raise(t);
+  for (int t = 0; t < in_flight; ++t) raise(t);
   spread = false;
 
   db->AdminQuery(
@@ -174,7 +189,7 @@ void RunDatabaseBenchmarks() {
       "agency_id text NOT NULL, participant_id text NOT NULL, severity text NOT NULL, "
       "created_at timestamptz NOT NULL DEFAULT now())");
   std::vector<std::unique_ptr<pqxx::connection>> connections;
-  for (int i = 0; i < kInFlight; ++i) {
+  for (int i = 0; i < in_flight; ++i) {
     connections.push_back(std::make_unique<pqxx::connection>(testing::AdminUrl(db->name())));
   }
   auto insert = [&](int thread) {
@@ -264,7 +279,7 @@ void RunDatabaseBenchmarks() {
                              &postmaster);
   const auto parts = [&] { return testing::ReadPartTimes(postmaster, service.pid()); };
   // Interleaved phases so all see the same machine load.
-  const Figures plain = Hammer(kInFlight, length, insert);
+  const Figures plain = Hammer(in_flight, length, insert);
   // The group commit's batches in each RaiseConcern phase: calls per write transaction, from the
   // service's batch-size histogram.
   const auto batches = [&] {
@@ -272,19 +287,19 @@ void RunDatabaseBenchmarks() {
   };
   const testing::HistogramTotals before_routed = batches();
   const testing::PartTimes routed_start = parts();
-  const Figures routed = Hammer(kInFlight, length, raise);
+  const Figures routed = Hammer(in_flight, length, raise);
   const testing::PartTimes routed_end = parts();
   const testing::HistogramTotals after_routed = batches();
   spread = true;
   const testing::PartTimes spread_start = parts();
-  const Figures routed_spread = Hammer(kInFlight, length, raise);
+  const Figures routed_spread = Hammer(in_flight, length, raise);
   const testing::PartTimes spread_end = parts();
   const testing::HistogramTotals after_spread = batches();
   // Once the service has chained the audit rows of the calls (it chains the floor's as they
   // commit, as it does RaiseConcern's).
   db->WaitForAuditChained("escalation");
   const testing::PartTimes floor_start = parts();
-  const Figures floor = Hammer(kInFlight, length, [&](int t) { return rows_alone(t, 1); });
+  const Figures floor = Hammer(in_flight, length, [&](int t) { return rows_alone(t, 1); });
   const testing::PartTimes floor_end = parts();
   // The machine's bound: every concern costs at least an RPC and its rows (with their audit
   // chaining, which the service does beside them). Each is measured alone with its processor
@@ -293,7 +308,7 @@ void RunDatabaseBenchmarks() {
   // implementation from above.
   db->WaitForAuditChained("escalation");
   const testing::PartTimes empty_start = parts();
-  const Figures empty = Hammer(kInFlight, length, [&](int) {
+  const Figures empty = Hammer(in_flight, length, [&](int) {
     return testing::HealthStatus(service.Channel(), "") == "SERVING";
   });
   const testing::PartTimes empty_end = parts();
@@ -334,13 +349,14 @@ void RunDatabaseBenchmarks() {
   const auto ratio = [&](double rate) {
     return plain.per_second > 0 ? rate / plain.per_second : 0;
   };
-  std::printf("\n== route-and-persist vs plain INSERT (%d in flight, %.0f s each) ==\n", kInFlight,
+  std::printf("\n== route-and-persist vs plain INSERT (%d in flight, %.0f s each) ==\n", in_flight,
               absl::ToDoubleSeconds(length));
   Print("plain single-row INSERT (libpq, 1 tx each)", plain);
   Print("RaiseConcern over gRPC, one agency", routed);
-  Print("RaiseConcern over gRPC, 16 agencies", routed_spread);
-  std::printf("  calls per write transaction (group commit): one agency %.1f, 16 agencies %.1f\n",
-              testing::MeanBetween(before_routed, after_routed),
+  const std::string agencies = absl::StrCat(in_flight, " agencies");
+  Print(absl::StrCat("RaiseConcern over gRPC, ", agencies).c_str(), routed_spread);
+  std::printf("  calls per write transaction (group commit): one agency %.1f, %s %.1f\n",
+              testing::MeanBetween(before_routed, after_routed), agencies.c_str(),
               testing::MeanBetween(after_routed, after_spread));
   Print("RaiseConcern's rows alone (1 statement, libpq)", floor);
   std::printf(
@@ -353,7 +369,7 @@ void RunDatabaseBenchmarks() {
   std::printf(
       "the machine's bound, from processor time alone:\n"
       "  empty RPC (health Check), %d in flight:       %7.0f calls/s     processor %3.0f%% busy\n",
-      kInFlight, empty.per_second, 100 * empty_share);
+      in_flight, empty.per_second, 100 * empty_share);
   for (const Coalesced* c : {&coalesced, &batched}) {
     std::printf(
         "  a concern's rows, %2d per tx, 2 connections:   %7.0f concerns/s  processor %3.0f%% "
@@ -374,7 +390,7 @@ void RunDatabaseBenchmarks() {
   };
   row("RaiseConcern, one agency",
       testing::PerCall(routed_start, routed_end, static_cast<double>(routed.calls)));
-  row("RaiseConcern, 16 agencies",
+  row(absl::StrCat("RaiseConcern, ", agencies).c_str(),
       testing::PerCall(spread_start, spread_end, static_cast<double>(routed_spread.calls)));
   row("its rows alone, 1 per statement",
       testing::PerCall(floor_start, floor_end, static_cast<double>(floor.calls)));
