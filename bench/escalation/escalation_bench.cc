@@ -189,7 +189,8 @@ void RunDatabaseBenchmarks() {
       "agency_id text NOT NULL, participant_id text NOT NULL, severity text NOT NULL, "
       "created_at timestamptz NOT NULL DEFAULT now())");
   std::vector<std::unique_ptr<pqxx::connection>> connections;
-  for (int i = 0; i < in_flight; ++i) {
+  // One per call in flight, and two at least for the coalesced phases.
+  for (int i = 0; i < std::max(in_flight, 2); ++i) {
     connections.push_back(std::make_unique<pqxx::connection>(testing::AdminUrl(db->name())));
   }
   auto insert = [&](int thread) {
@@ -353,7 +354,7 @@ void RunDatabaseBenchmarks() {
               absl::ToDoubleSeconds(length));
   Print("plain single-row INSERT (libpq, 1 tx each)", plain);
   Print("RaiseConcern over gRPC, one agency", routed);
-  const std::string agencies = absl::StrCat(in_flight, " agencies");
+  const std::string agencies = in_flight == 1 ? "1 agency" : absl::StrCat(in_flight, " agencies");
   Print(absl::StrCat("RaiseConcern over gRPC, ", agencies).c_str(), routed_spread);
   std::printf("  calls per write transaction (group commit): one agency %.1f, %s %.1f\n",
               testing::MeanBetween(before_routed, after_routed), agencies.c_str(),
@@ -395,7 +396,7 @@ void RunDatabaseBenchmarks() {
   row("its rows alone, 1 per statement",
       testing::PerCall(floor_start, floor_end, static_cast<double>(floor.calls)));
   for (const Coalesced* c : {&coalesced, &batched}) {
-    row(absl::StrCat("its rows alone, ", c->per_transaction, " per statement").c_str(),
+    row(absl::StrCat("its rows, ", c->per_transaction, " per statement, 2 connections").c_str(),
         c->PerConcern());
   }
   row("empty RPC (per call)",
