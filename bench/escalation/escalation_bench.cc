@@ -135,9 +135,9 @@ std::string Plan(Database& database, const std::string& sql, const std::string& 
 void RunDatabaseBenchmarks() {
   const char* seconds_env = std::getenv("PEERPATH_BENCH_SECONDS");
   const absl::Duration length = absl::Seconds(seconds_env ? std::atoi(seconds_env) : 5);
-  // PEERPATH_BENCH_ESCALATION_IN_FLIGHT (default 16) sets the calls in flight in every phase
-  // (and the INSERT's connections, and the agencies of the spread phase): the group commit's
-  // batches grow with it, and so do the latencies.
+  // PEERPATH_BENCH_ESCALATION_IN_FLIGHT (default 16) sets the calls in flight of every phase but
+  // the coalesced rows' (two connections), the agencies of the spread phase with them: the group
+  // commit's batches grow with it, and so do the latencies.
   int in_flight = 16;
   if (const char* env = std::getenv("PEERPATH_BENCH_ESCALATION_IN_FLIGHT"); env != nullptr) {
     if (!absl::SimpleAtoi(env, &in_flight) || in_flight < 1 || in_flight > 256) {
