@@ -17,8 +17,9 @@
 //                 own statements lock;
 //   concurrently  a single statement run alone, outside the run's transaction (CREATE or DROP
 //                 INDEX CONCURRENTLY, so that the table's writes go on while an index builds),
-//                 written to be repeatable (IF NOT EXISTS / IF EXISTS); an invalid index that a
-//                 failed build left in the schema is dropped first. Implies schema-only.
+//                 written to be repeatable (IF NOT EXISTS / IF EXISTS); an invalid index of the
+//                 name it builds (what a failed build left) is dropped first, other invalid
+//                 indexes are left alone. Implies schema-only.
 // The run's transactions apply the migrations in order up to each concurrent one; an unknown
 // option, or a concurrent migration that is not repeatable, is refused before anything applies
 // (FAILED_PRECONDITION).
