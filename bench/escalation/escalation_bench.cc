@@ -11,6 +11,10 @@
 //      transaction, the best case; and as many as the group commit gathered), added; and each
 //      phase's processor time per concern, part by part (the database server, the service, this
 //      client, the whole machine), beside what the target leaves the machine per concern;
+//   1b. route-and-persist from check-in's event log: 4,000 ConcernRaisedEvents per second of
+//      phase length, of one agency, served by a real peerpath-checkin and consumed by a second
+//      escalation binary started once they are in the log; concerns per second from the first
+//      page applied to the last, beside the INSERT rate, and processor time per concern;
 //   2. the deadline sweeper (in-process) with 100,000 open concerns (beside 200,000 resolved) of
 //      which 0, then 100 are due, the open/overdue gauges' count (every 5 s in the service), and
 //      the plans of both queries (on the partial index concerns_open_by_deadline, no table scan);
@@ -28,6 +32,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <set>
@@ -40,6 +46,8 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
 #include "common/db.h"
+#include "common/time_util.h"
+#include "peerpath/checkin/v1/events.pb.h"
 #include "peerpath/escalation/v1/escalation.grpc.pb.h"
 #include "services/escalation/notifier.h"
 #include "services/escalation/routing.h"
@@ -130,6 +138,115 @@ std::string Plan(Database& database, const std::string& sql, const std::string& 
       },
       plans);
   return plan.ok() ? *plan : "(failed)";
+}
+
+// Route-and-persist of the concerns check-in raises, the way most concerns arrive: `count`
+// ConcernRaisedEvents of one agency in check-in's event log (served by a real peerpath-checkin),
+// consumed by an escalation binary started once they are all in the log (--checkin_address),
+// each routed and written with its transitions, events, audit row, page and watch-feed note.
+// The rate counts from the first page applied to the last, from the consumer's stored position.
+void RouteFromCheckInLog(testing::TestDatabase& db, int count, double insert_rate,
+                         pid_t postmaster) {
+  std::printf("\n== route-and-persist from check-in's event log (%d concerns of one agency) ==\n",
+              count);
+  testing::ServiceProcess checkin("checkin", db.UrlFor("checkin"), {"--log_level=info"});
+  if (!checkin.WaitListening() || !checkin.WaitHealth(true)) {
+    std::printf("check-in did not start:\n%s\n", checkin.Log().c_str());
+    return;
+  }
+  {
+    auto admin = db.Admin();
+    pqxx::work tx(*admin);
+    admin->prepare("bench_emit",
+                   "INSERT INTO checkin.outbox (agency_id, event_type, aggregate_id, payload) "
+                   "VALUES ('bench-log', 'peerpath.checkin.v1.ConcernRaisedEvent', $1, $2)");
+    const absl::Time raised = absl::Now();
+    for (int i = 0; i < count; ++i) {
+      checkin::v1::ConcernRaisedEvent e;
+      e.set_enrollment_id("5f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b");
+      e.set_participant_id(absl::StrCat("client-", i % 997));
+      e.set_supporter_id("peer-bench");
+      e.set_category(common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING);
+      e.set_severity(common::v1::CONCERN_SEVERITY_URGENT);
+      e.set_source(checkin::v1::CONCERN_SOURCE_ROUTING_RULE);
+      e.set_check_in_id("0b7e2a41-3c6d-4f58-9e1a-2b3c4d5e6f70");
+      e.set_receiving_clinician("dr-bench");
+      *e.mutable_raised_at() = ToProtoTimestamp(raised);
+      tx.exec_prepared0("bench_emit", e.enrollment_id(), pqxx::binarystring(e.SerializeAsString()));
+    }
+    tx.commit();
+  }
+  const std::filesystem::path token_file =
+      std::filesystem::temp_directory_path() / absl::StrCat("escalation-bench-token-", getpid());
+  std::ofstream(token_file) << testing::TokenFor("platform", {"service"}, "svc-escalation");
+  testing::ServiceProcess consumer(
+      "escalation", db.UrlFor("escalation"),
+      {"--deadline_sweep_interval=1h", "--log_level=info",
+       absl::StrCat("--checkin_address=127.0.0.1:", checkin.grpc_port()),
+       "--service_token_file=" + token_file.string()});
+  // The consumer's stored position, and the log's end once check-in has numbered every event
+  // (it numbers them as it serves its first page).
+  int64_t last = 0;
+  const auto watcher = db.Admin();
+  const auto position = [&] {
+    pqxx::nontransaction tx(*watcher);
+    if (last == 0) {
+      const pqxx::result r = tx.exec(
+          "SELECT coalesce(max(position), 0) FROM checkin.outbox HAVING count(*) FILTER (WHERE "
+          "position IS NULL) = 0");
+      if (!r.empty()) last = r[0][0].as<int64_t>();
+    }
+    return tx
+        .exec1(
+            "SELECT coalesce(max(position), 0) FROM escalation.consumer_positions WHERE "
+            "source = 'checkin'")[0]
+        .as<int64_t>();
+  };
+  // From the first page applied (its events not counted) to the last.
+  int64_t first = 0;
+  absl::Time first_at, last_at;
+  testing::PartTimes start, end;
+  double checkin_start = 0;
+  const absl::Time give_up = absl::Now() + absl::Minutes(5);
+  while (absl::Now() < give_up) {
+    const int64_t at = position();
+    if (first == 0 && at > 0) {
+      first = at;
+      first_at = absl::Now();
+      start = testing::ReadPartTimes(postmaster, consumer.pid());
+      checkin_start = testing::ProcessCpuSeconds(checkin.pid());
+    }
+    if (last > 0 && at >= last) {
+      last_at = absl::Now();
+      end = testing::ReadPartTimes(postmaster, consumer.pid());
+      break;
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+  const double checkin_seconds = testing::ProcessCpuSeconds(checkin.pid()) - checkin_start;
+  std::filesystem::remove(token_file);
+  if (last_at == absl::Time() || first >= last) {
+    std::printf("the log was not consumed in time (position %lld of %lld):\n%s\n",
+                static_cast<long long>(position()), static_cast<long long>(last),
+                consumer.Log().c_str());
+    return;
+  }
+  const double routed = static_cast<double>(last - first);
+  const double seconds = absl::ToDoubleSeconds(last_at - first_at);
+  const int concerns =
+      db.AdminQuery("SELECT count(*) FROM escalation.concerns WHERE agency_id = 'bench-log'")[0][0]
+          .as<int>();
+  std::printf("concerns from the log: %.0f/s (%.0f in %.2f s after the first page; %d stored)\n",
+              routed / seconds, routed, seconds, concerns);
+  if (insert_rate > 0) {
+    std::printf("ratio to plain INSERT: %.2f (the target's 0.5 is RaiseConcern's, above)\n",
+                routed / seconds / insert_rate);
+  }
+  const testing::PerCallTimes t = testing::PerCall(start, end, routed);
+  std::printf(
+      "processor time per concern, us: database %.0f, escalation %.0f, check-in %.0f, machine "
+      "%.0f\n",
+      t.database, t.service, checkin_seconds * 1e6 / routed, t.machine);
 }
 
 void RunDatabaseBenchmarks() {
@@ -407,6 +524,9 @@ void RunDatabaseBenchmarks() {
         "processors, all busy)\n",
         static_cast<double>(cores) * 1e6 / (0.5 * plain.per_second), cores);
   }
+
+  RouteFromCheckInLog(*db, std::max(2000, static_cast<int>(4000 * absl::ToDoubleSeconds(length))),
+                      plain.per_second, postmaster);
 
   // 100,000 open concerns, none due; then 100 due. Beside them, 200,000 resolved ones (history
   // the sweeper and the gauges must not read).
