@@ -198,12 +198,17 @@ EscalationService::EscalationService(ServiceContext& context, EscalationOptions 
                                    checkin::v1::ListEventsResponse>(
         context, checkin,
         // The pages of the concerns a page of check-in events opened go out once it committed.
-        ConsumerOptions{.source = "checkin",
-                        .after_commit =
-                            [this] {
-                              outbox_->Wake();
-                              feed_->Wake();
-                            }},
+        ConsumerOptions{
+            .source = "checkin",
+            .apply_batch =
+                [this](pqxx::work& tx, const std::vector<const common::v1::Event*>& events) {
+                  return ApplyCheckInEvents(tx, events);
+                },
+            .after_commit =
+                [this] {
+                  outbox_->Wake();
+                  feed_->Wake();
+                }},
         [this](pqxx::work& tx, const common::v1::Event& event) {
           return ApplyCheckInEvent(tx, event);
         });
@@ -1341,61 +1346,126 @@ absl::Status EscalationService::ApplyCheckInEvent(pqxx::work& tx, const common::
     return absl::OkStatus();
   }
   if (!event.payload().Is<checkin::v1::ConcernRaisedEvent>()) return absl::OkStatus();
-  checkin::v1::ConcernRaisedEvent raised;
-  if (!event.payload().UnpackTo(&raised)) {
-    return absl::InvalidArgumentError("ConcernRaisedEvent payload unreadable");
+  return ApplyConcernsRaised(tx, {&event});
+}
+
+absl::Status EscalationService::ApplyCheckInEvents(
+    pqxx::work& tx, const std::vector<const common::v1::Event*>& events) {
+  // Consecutive ConcernRaisedEvents together; every other event alone, in between (an event that
+  // changes the agency's time zone publishes a routing policy the concerns after it take).
+  std::vector<const common::v1::Event*> raised;
+  for (const common::v1::Event* event : events) {
+    if (event->payload().Is<checkin::v1::ConcernRaisedEvent>()) {
+      raised.push_back(event);
+      continue;
+    }
+    if (!raised.empty()) {
+      if (absl::Status st = ApplyConcernsRaised(tx, raised); !st.ok()) return st;
+      raised.clear();
+    }
+    if (absl::Status st = ApplyCheckInEvent(tx, *event); !st.ok()) return st;
   }
-  // Exactly one concern per event, whatever the delivery count.
-  auto existing = Store::FindBySourceEvent(tx, event.agency_id(), event.event_id());
-  if (!existing.ok()) return existing.status();
-  if (existing->has_value()) return absl::OkStatus();
-  ConcernRecord record;
-  v1::Concern& c = record.concern;
-  c.set_agency_id(event.agency_id());
-  c.set_participant_id(raised.participant_id().empty() ? "unknown" : raised.participant_id());
-  if (IsUuid(raised.enrollment_id())) c.set_enrollment_id(raised.enrollment_id());
-  // Never dropped: an unspecified severity is critical, an unspecified category clinical
-  // worsening.
-  c.set_category(raised.category() == common::v1::CONCERN_CATEGORY_UNSPECIFIED ||
-                         !common::v1::ConcernCategory_IsValid(raised.category())
-                     ? common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING
-                     : raised.category());
-  c.set_severity(raised.severity() == common::v1::CONCERN_SEVERITY_UNSPECIFIED ||
-                         !common::v1::ConcernSeverity_IsValid(raised.severity())
-                     ? common::v1::CONCERN_SEVERITY_CRITICAL
-                     : raised.severity());
-  c.set_source(SourceFromCheckIn(raised.source()));
-  c.set_source_event_id(event.event_id());
-  if (raised.cause_case() == checkin::v1::ConcernRaisedEvent::kCheckInId &&
-      IsUuid(raised.check_in_id())) {
-    c.set_source_check_in_id(raised.check_in_id());
+  return raised.empty() ? absl::OkStatus() : ApplyConcernsRaised(tx, raised);
+}
+
+// The agency is the transaction's scope (row-level security); $1 names it for the indexes.
+const char kRaisedContextsSql[] = R"sql(
+    SELECT opened.found IS NOT NULL, m.supporter_id::text, m.supporter_subject,
+      m.supervisor_subject,
+      (SELECT p.id::text FROM routing_policies p WHERE p.agency_id = $1
+        ORDER BY p.version DESC LIMIT 1)
+    FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS i (event_id, participant, n)
+    -- Looked up per event (a LIMIT is never hashed): as EXISTS, the plan hashed every concern of
+    -- the agency once per run.
+    LEFT JOIN LATERAL (SELECT true AS found FROM concerns c
+      WHERE c.agency_id = $1 AND c.source_event_id = i.event_id LIMIT 1) opened ON true
+    LEFT JOIN LATERAL (SELECT s.supporter_id, s.supporter_subject, s.supervisor_subject
+      FROM supporter_matches s WHERE s.participant_id = i.participant AND s.active
+      ORDER BY s.started_at DESC NULLS LAST LIMIT 1) m ON true
+    ORDER BY i.n)sql";
+
+absl::Status EscalationService::ApplyConcernsRaised(
+    pqxx::work& tx, const std::vector<const common::v1::Event*>& events) {
+  std::vector<checkin::v1::ConcernRaisedEvent> raised(events.size());
+  BinaryArray event_ids(BinaryArray::Of::kText), participants(BinaryArray::Of::kText);
+  for (size_t i = 0; i < events.size(); ++i) {
+    if (!events[i]->payload().UnpackTo(&raised[i])) {
+      return absl::InvalidArgumentError("ConcernRaisedEvent payload unreadable");
+    }
+    event_ids.AddText(events[i]->event_id());
+    participants.AddText(raised[i].participant_id());
   }
-  c.set_raised_by("system:checkin");
-  c.set_raised_by_role("service");
-  const absl::Time now = now_();
-  absl::Time opened = raised.has_raised_at() ? FromProtoTimestamp(raised.raised_at())
-                                             : FromProtoTimestamp(event.occurred_at());
-  if (opened == absl::UnixEpoch() || opened > now) opened = now;
-  *c.mutable_opened_at() = ToProtoTimestamp(opened);
-  PersonDirectory people;
-  if (!raised.receiving_clinician().empty())
-    people.receiving_clinician = raised.receiving_clinician();
-  if (!raised.supporter_id().empty()) people.peer_supporters.insert(raised.supporter_id());
-  if (auto supporter = ActiveSupporterOf(tx, raised.participant_id())) {
-    people.peer_supporters.insert(supporter->subject);
-    if (!supporter->supervisor_subject.empty()) people.supervisor = supporter->supervisor_subject;
+  const std::string& agency_id = events.front()->agency_id();
+  // On its generic plan, with no sequential scan where an index serves, for the rest of the
+  // consumer's transaction: PostgreSQL would plan the read afresh for every run (an unnest is
+  // estimated at ten rows in a generic plan), and a plan made while the agency had few concerns
+  // and matches would read them whole as they grow.
+  ScopeToAgency(tx, agency_id, Plans::kGeneric);
+  const pqxx::result known = ExecPrepared(tx, "escalation_raised_contexts", kRaisedContextsSql,
+                                          agency_id, event_ids.Bytes(), participants.Bytes());
+  if (known.size() != events.size()) {
+    throw std::runtime_error("the check-in concerns' read answered a row count unlike theirs");
   }
+  std::string latest_policy_id = known[0][4].is_null() ? "" : known[0][4].as<std::string>();
   OpeningWrites opening;
-  opening.agency_id = event.agency_id();
-  auto opened_concern = OpenConcern(tx, std::move(record), people, now, opening);
-  if (!opened_concern.ok()) return opened_concern.status();
-  // The page is written with the concern: sent once the consumer's transaction commits
-  // (after_commit wakes the outbox), never for a concern that rolled back.
-  ConcernChangeNote note;
-  note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
-  note.concern = opened_concern->concern;
-  note.occurred_at = now;
-  opening.feed.push_back(std::move(note));  // Relayed once the consumer's transaction commits.
+  opening.agency_id = agency_id;
+  std::set<std::string> opened_here;  // A log never holds an event twice; never opened twice.
+  const absl::Time now = now_();
+  for (size_t i = 0; i < events.size(); ++i) {
+    const common::v1::Event& event = *events[i];
+    const checkin::v1::ConcernRaisedEvent& r = raised[i];
+    // Exactly one concern per event, whatever the delivery count.
+    if (known[i][0].as<bool>() || !opened_here.insert(event.event_id()).second) continue;
+    ConcernRecord record;
+    v1::Concern& c = record.concern;
+    c.set_agency_id(agency_id);
+    c.set_participant_id(r.participant_id().empty() ? "unknown" : r.participant_id());
+    if (IsUuid(r.enrollment_id())) c.set_enrollment_id(r.enrollment_id());
+    // Never dropped: an unspecified severity is critical, an unspecified category clinical
+    // worsening.
+    c.set_category(r.category() == common::v1::CONCERN_CATEGORY_UNSPECIFIED ||
+                           !common::v1::ConcernCategory_IsValid(r.category())
+                       ? common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING
+                       : r.category());
+    c.set_severity(r.severity() == common::v1::CONCERN_SEVERITY_UNSPECIFIED ||
+                           !common::v1::ConcernSeverity_IsValid(r.severity())
+                       ? common::v1::CONCERN_SEVERITY_CRITICAL
+                       : r.severity());
+    c.set_source(SourceFromCheckIn(r.source()));
+    c.set_source_event_id(event.event_id());
+    if (r.cause_case() == checkin::v1::ConcernRaisedEvent::kCheckInId && IsUuid(r.check_in_id())) {
+      c.set_source_check_in_id(r.check_in_id());
+    }
+    c.set_raised_by("system:checkin");
+    c.set_raised_by_role("service");
+    absl::Time opened = r.has_raised_at() ? FromProtoTimestamp(r.raised_at())
+                                          : FromProtoTimestamp(event.occurred_at());
+    if (opened == absl::UnixEpoch() || opened > now) opened = now;
+    *c.mutable_opened_at() = ToProtoTimestamp(opened);
+    PersonDirectory people;
+    if (!r.receiving_clinician().empty()) people.receiving_clinician = r.receiving_clinician();
+    if (!r.supporter_id().empty()) people.peer_supporters.insert(r.supporter_id());
+    if (!known[i][1].is_null()) {
+      people.peer_supporters.insert(known[i][2].c_str());
+      if (const std::string supervisor = known[i][3].c_str(); !supervisor.empty()) {
+        people.supervisor = supervisor;
+      }
+    }
+    // The first concern of an agency without a policy stores the built-in version 1; the
+    // others take it.
+    auto opened_concern =
+        OpenConcern(tx, std::move(record), people, now, opening, latest_policy_id);
+    if (!opened_concern.ok()) return opened_concern.status();
+    latest_policy_id = opened_concern->policy_id;
+    // The page is written with the concern: sent once the consumer's transaction commits
+    // (after_commit wakes the outbox), never for a concern that rolled back.
+    ConcernChangeNote note;
+    note.kind = v1::CONCERN_CHANGE_KIND_OPENED;
+    note.concern = opened_concern->concern;
+    note.occurred_at = now;
+    opening.feed.push_back(std::move(note));  // Relayed once the consumer's transaction commits.
+  }
+  if (opening.concerns.empty()) return absl::OkStatus();
   DeferredWrites writes(tx);
   opening.WriteTo(writes);
   writes.Flush();

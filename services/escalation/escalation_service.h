@@ -34,6 +34,11 @@ using EscalationServiceBase =
 // arrays $2..$6): claims each key and reads what each call is decided on, a row per call in
 // their order.
 extern const char kRaiseContextsSql[];
+// The check-in consumer's read for a run of ConcernRaisedEvents of one agency ($1; the events'
+// ids and participants as the text arrays $2, $3): per event, whether it opened a concern already
+// and its participant's active supporter, with the agency's newest routing policy; a row per
+// event in their order.
+extern const char kRaisedContextsSql[];
 
 // The service's own settings (main.cc reads them from flags and the environment).
 struct EscalationOptions {
@@ -88,8 +93,15 @@ class EscalationService final : public EscalationServiceBase {
   grpc::Status WatchConcerns(grpc::ServerContext* context, const v1::WatchConcernsRequest* request,
                              grpc::ServerWriter<v1::WatchConcernsResponse>* writer) override;
 
-  // Applies one check-in ConcernRaisedEvent inside the consumer's transaction (public for tests).
+  // Applies one check-in event inside the consumer's transaction (public for tests): a
+  // ConcernRaisedEvent opens its concern (once, whatever the delivery count), the enrollment and
+  // program-policy events keep what RaiseConcern and routing read of them.
   absl::Status ApplyCheckInEvent(pqxx::work& tx, const common::v1::Event& event);
+  // The same for a run of consecutive events of one agency (the consumer's batch handler), with
+  // the same effect as applying them one by one: consecutive ConcernRaisedEvents take one read
+  // and one write of every table for all of them.
+  absl::Status ApplyCheckInEvents(pqxx::work& tx,
+                                  const std::vector<const common::v1::Event*>& events);
 
  private:
   struct Change;  // A concern changed by a person, for the shared lock-check-write path.
@@ -146,6 +158,12 @@ class EscalationService final : public EscalationServiceBase {
                                             const std::string& latest_policy_id = "");
 
   RoutingPolicy DefaultPolicyFor() const;
+
+  // Opens the concerns of ConcernRaisedEvents of one agency (consecutive in the log), each event
+  // at most once; INVALID_ARGUMENT for an unreadable payload, OpenConcern's error for a concern
+  // that cannot be routed (the consumer then applies the events one by one and sets it aside).
+  absl::Status ApplyConcernsRaised(pqxx::work& tx,
+                                   const std::vector<const common::v1::Event*>& events);
 
   ServiceContext& context_;
   Authorizer authorizer_;

@@ -517,17 +517,6 @@ std::vector<ConcernRecord> Store::LockConcerns(pqxx::work& tx, const std::string
   return out;
 }
 
-absl::StatusOr<std::optional<ConcernRecord>> Store::FindBySourceEvent(
-    pqxx::work& tx, const std::string& agency_id, const std::string& source_event_id) {
-  static const std::string* const sql = new std::string(
-      absl::StrCat("SELECT ", kConcernColumns,
-                   " FROM concerns c WHERE c.agency_id = $1 AND c.source_event_id = $2"));
-  pqxx::result rows =
-      ExecPrepared(tx, "escalation_find_by_source_event", *sql, agency_id, source_event_id);
-  if (rows.empty()) return std::optional<ConcernRecord>();
-  return std::optional<ConcernRecord>(ConcernFromRow(rows[0], false));
-}
-
 namespace {
 
 // The writes below, at once (ImmediateWrites) or with the caller's others (DeferredWrites).

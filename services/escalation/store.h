@@ -122,8 +122,6 @@ class Store {
   // cycle); routed_to_viewer is not read (nothing is routed to the sweeper).
   static std::vector<ConcernRecord> LockConcerns(pqxx::work& tx, const std::string& agency_id,
                                                  const std::vector<std::string>& concern_ids);
-  static absl::StatusOr<std::optional<ConcernRecord>> FindBySourceEvent(
-      pqxx::work& tx, const std::string& agency_id, const std::string& source_event_id);
 
   // Writes the concern's mutable columns (state, level, target, deadlines, actors, outcome) and
   // counts up its revision, the row's and `record`'s (read under the row's lock, they are equal).

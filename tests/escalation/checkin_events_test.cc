@@ -207,6 +207,79 @@ TEST_F(CheckInEventsTest, RoutingPoliciesFollowTheProgramPolicysTimeZoneUntilAnA
   EXPECT_EQ(current().version(), 5);
 }
 
+// A page of the log is applied in runs (one read and one write of every table for a run of
+// concerns), with the effect of applying its events one by one: each concern takes the routing
+// policy of its place in the log and its own participant's supervisor; and a page holding an event
+// that can never apply is redone one event at a time, the event set aside, the rest opened.
+TEST_F(CheckInEventsTest, APageOfTheLogOpensItsConcernsAsOneByOneWould) {
+  const auto raised = [](const std::string& participant, common::v1::ConcernCategory category) {
+    checkin::v1::ConcernRaisedEvent e = Raised(category, common::v1::CONCERN_SEVERITY_URGENT);
+    e.set_participant_id(participant);
+    return e;
+  };
+  const auto applied_through = [&](int position) {
+    for (int i = 0; i < 200; ++i) {
+      if (Count("SELECT coalesce(max(position), 0) FROM escalation.consumer_positions WHERE "
+                "source = 'checkin'") >= position) {
+        return true;
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  };
+  // client-4's active supporter is supervised by sup-4 (from the matching log); client-5 has none.
+  db_->AdminQuery(
+      "INSERT INTO escalation.supporter_matches (agency_id, match_id, supporter_id, "
+      "supporter_subject, participant_id, started_at, supervisor_subject) VALUES ('agency-a', "
+      "gen_random_uuid(), gen_random_uuid(), 'peer-4', 'client-4', now(), 'sup-4')");
+  // The whole page is in the log before the consumer reads it.
+  escalation_.reset();
+  Emit(raised("client-1", common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING));
+  checkin::v1::ProgramPolicyChangedEvent changed;
+  changed.set_time_zone("Europe/Paris");
+  Emit(changed, "agency-a");
+  Emit(raised("client-4", common::v1::CONCERN_CATEGORY_ROLE_BOUNDARY));
+  Emit(raised("client-5", common::v1::CONCERN_CATEGORY_ROLE_BOUNDARY));
+  escalation_ = StartEscalation();
+  ASSERT_TRUE(applied_through(4)) << escalation_->Log();
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.consumer_failures"), 0);
+  // Opened before the zone changed: the built-in version 1, stored by this concern.
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE participant_id = 'client-1' "
+                  "AND policy_version = 1 AND target_kind = 'receiving_clinician'"),
+            1);
+  // After it: version 2 (Europe/Paris), each participant's own supervisor or, with none, the
+  // chain's next level.
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE participant_id = 'client-4' "
+                  "AND policy_version = 2 AND target_kind = 'supervisor' AND "
+                  "target_id = 'sup-4'"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE participant_id = 'client-5' "
+                  "AND policy_version = 2 AND target_kind = 'case_management_team'"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concern_transitions"), 6);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.outbox WHERE event_type IN "
+                  "('peerpath.escalation.v1.ConcernOpenedEvent', "
+                  "'peerpath.escalation.v1.ConcernRoutedEvent')"),
+            6);
+
+  // A concern whose payload cannot be read, between two that can, in one page.
+  escalation_.reset();
+  Emit(raised("client-6", common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING));
+  db_->AdminQuery(
+      "INSERT INTO checkin.outbox (agency_id, event_type, aggregate_id, payload) VALUES "
+      "('agency-a', 'peerpath.checkin.v1.ConcernRaisedEvent', 'unreadable', '\\xff'::bytea)");
+  Emit(raised("client-7", common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING));
+  escalation_ = StartEscalation();
+  ASSERT_TRUE(applied_through(7)) << escalation_->Log();
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.consumer_failures WHERE source = 'checkin' "
+                  "AND event_type = 'peerpath.checkin.v1.ConcernRaisedEvent'"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE participant_id IN "
+                  "('client-6', 'client-7')"),
+            2);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns"), 5);
+}
+
 TEST_F(CheckInEventsTest, ConcernsRaisedByHandUseTheEnrollmentTheCheckInLogDescribes) {
   const std::string enrollment = "6a1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4c";
   checkin::v1::EnrollmentStartedEvent started;

@@ -637,6 +637,54 @@ TEST_F(EscalationServiceTest, ARaisesReadOfItsContextKeepsToItsIndexesAsTheTable
   EXPECT_EQ(by_participant, 3) << text;
 }
 
+// The check-in consumer's read of a run of ConcernRaisedEvents keeps to its indexes as the tables
+// grow: its generic plan, cached under the consumer's scope while the agency had a few concerns
+// and matches, used after 20,000 more of each (no analyse in between). Each event is looked up by
+// its id among the concerns and by its participant among the matches; neither is read whole.
+TEST_F(EscalationServiceTest, TheCheckInConsumersReadKeepsToItsIndexesAsTheTablesGrow) {
+  const v1::Concern raised =
+      MustRaise(Raise(CONCERN_CATEGORY_BASIC_NEEDS, CONCERN_SEVERITY_URGENT, "k-log"));
+  const auto grow = [&](int from, int count) {
+    const std::string series = absl::StrCat("generate_series(", from, ", ", from + count - 1, ")");
+    db_->AdminQuery(absl::StrCat(
+        "INSERT INTO escalation.supporter_matches (agency_id, match_id, supporter_id, "
+        "supporter_subject, participant_id, supervisor_subject) SELECT 'agency-a', "
+        "gen_random_uuid(), gen_random_uuid(), 'peer-' || (g % 500), 'client-' || g, 'sup-' || "
+        "(g % 50) FROM ",
+        series,
+        " g; INSERT INTO escalation.concerns (agency_id, participant_id, category, severity, "
+        "source, source_event_id, raised_by, raised_by_role, policy_id, policy_version, "
+        "target_kind, target_id, ack_deadline, next_deadline, next_deadline_kind, notify_at, "
+        "notified_at, opened_at) SELECT c.agency_id, 'client-' || g, c.category, c.severity, "
+        "'check_in_rule', 'event-' || g, 'system:checkin', 'service', c.policy_id, "
+        "c.policy_version, c.target_kind, c.target_id, now() + interval '4 hours', now() + "
+        "interval '4 hours', 'acknowledgement', now(), now(), c.opened_at FROM "
+        "escalation.concerns c, ",
+        series, " g WHERE c.id = '", raised.concern_id(), "'"));
+  };
+  grow(1, 60);
+  db_->AdminQuery("ANALYZE escalation.supporter_matches; ANALYZE escalation.concerns");
+  pqxx::connection conn(db_->UrlFor("escalation"));
+  pqxx::nontransaction(conn).exec0("SET search_path TO escalation");
+  pqxx::nontransaction(conn).exec0(std::string("PREPARE raised (text, text[], text[]) AS ") +
+                                   escalation::kRaisedContextsSql);
+  const auto plan = [&] {
+    pqxx::work tx(conn);
+    ScopeToAgency(tx, "agency-a", Plans::kGeneric);
+    const std::string text =
+        Explain(tx, "EXECUTE raised ('agency-a', '{event-1,event-new}', '{client-1,client-new}')");
+    tx.commit();
+    return text;
+  };
+  plan();  // Planned and cached.
+  grow(61, 20000);
+  const std::string text = plan();
+  EXPECT_EQ(text.find("Seq Scan on concerns"), std::string::npos) << text;
+  EXPECT_EQ(text.find("Seq Scan on supporter_matches"), std::string::npos) << text;
+  EXPECT_NE(text.find("concerns_by_source_event"), std::string::npos) << text;
+  EXPECT_NE(text.find("(participant_id = i.participant)"), std::string::npos) << text;
+}
+
 // RaiseConcern's read finds a named enrollment by its key, as the service runs it (its role,
 // under row-level security, on the generic plan): it used to read every enrollment of the agency
 // for each batch of calls.
