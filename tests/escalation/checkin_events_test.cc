@@ -56,6 +56,18 @@ class CheckInEventsTest : public ::testing::Test {
 
   int Count(const std::string& sql) { return db_->AdminQuery(sql)[0][0].as<int>(); }
 
+  // Waits until the consumer applied the check-in log through `position`.
+  bool WaitApplied(int position) {
+    for (int i = 0; i < 200; ++i) {
+      if (Count("SELECT coalesce(max(position), 0) FROM escalation.consumer_positions WHERE "
+                "source = 'checkin'") >= position) {
+        return true;
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  }
+
   bool WaitForConcerns(int n) {
     for (int i = 0; i < 200; ++i) {
       if (Count("SELECT count(*) FROM escalation.concerns") >= n) return true;
@@ -146,15 +158,7 @@ TEST_F(CheckInEventsTest, RoutingPoliciesFollowTheProgramPolicysTimeZoneUntilAnA
     checkin::v1::ProgramPolicyChangedEvent changed;
     changed.set_time_zone(zone);
     Emit(changed, "agency-a");
-    ++emitted;
-    for (int i = 0; i < 200; ++i) {
-      if (Count("SELECT coalesce(max(position), 0) FROM escalation.consumer_positions WHERE "
-                "source = 'checkin'") >= emitted) {
-        return true;
-      }
-      std::this_thread::sleep_for(50ms);
-    }
-    return false;
+    return WaitApplied(++emitted);
   };
   // Named before the agency's policy exists: the built-in version 1 takes it.
   ASSERT_TRUE(set_zone("America/New_York")) << escalation_->Log();
@@ -217,16 +221,6 @@ TEST_F(CheckInEventsTest, APageOfTheLogOpensItsConcernsAsOneByOneWould) {
     e.set_participant_id(participant);
     return e;
   };
-  const auto applied_through = [&](int position) {
-    for (int i = 0; i < 200; ++i) {
-      if (Count("SELECT coalesce(max(position), 0) FROM escalation.consumer_positions WHERE "
-                "source = 'checkin'") >= position) {
-        return true;
-      }
-      std::this_thread::sleep_for(50ms);
-    }
-    return false;
-  };
   // client-4's active supporter is supervised by sup-4 (from the matching log); client-5 has none.
   db_->AdminQuery(
       "INSERT INTO escalation.supporter_matches (agency_id, match_id, supporter_id, "
@@ -241,7 +235,7 @@ TEST_F(CheckInEventsTest, APageOfTheLogOpensItsConcernsAsOneByOneWould) {
   Emit(raised("client-4", common::v1::CONCERN_CATEGORY_ROLE_BOUNDARY));
   Emit(raised("client-5", common::v1::CONCERN_CATEGORY_ROLE_BOUNDARY));
   escalation_ = StartEscalation();
-  ASSERT_TRUE(applied_through(4)) << escalation_->Log();
+  ASSERT_TRUE(WaitApplied(4)) << escalation_->Log();
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.consumer_failures"), 0);
   // Opened before the zone changed: the built-in version 1, stored by this concern.
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE participant_id = 'client-1' "
@@ -270,7 +264,7 @@ TEST_F(CheckInEventsTest, APageOfTheLogOpensItsConcernsAsOneByOneWould) {
       "('agency-a', 'peerpath.checkin.v1.ConcernRaisedEvent', 'unreadable', '\\xff'::bytea)");
   Emit(raised("client-7", common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING));
   escalation_ = StartEscalation();
-  ASSERT_TRUE(applied_through(7)) << escalation_->Log();
+  ASSERT_TRUE(WaitApplied(7)) << escalation_->Log();
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.consumer_failures WHERE source = 'checkin' "
                   "AND event_type = 'peerpath.checkin.v1.ConcernRaisedEvent'"),
             1);
