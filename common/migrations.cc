@@ -354,8 +354,14 @@ absl::Status ApplyConcurrently(pqxx::connection& conn, const std::string& schema
     status = FailureOf(*p.track, m, e);
   }
   if (status.ok()) Record(session, schema, p);
-  session.exec0("RESET search_path");
-  session.exec0("RESET statement_timeout");
+  try {
+    session.exec0("RESET search_path");
+    session.exec0("RESET statement_timeout");
+  } catch (const std::exception&) {
+    // A migration that failed with its connection lost fails these too: its status, which names
+    // it, is the run's.
+    if (status.ok()) throw;
+  }
   return status;
 }
 

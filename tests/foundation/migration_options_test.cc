@@ -225,6 +225,21 @@ TEST_F(MigrationOptions, AFailedConcurrentBuildIsDroppedAndBuiltAgainByTheNextRu
   EXPECT_EQ(again->already_applied, 1);
 }
 
+// A concurrent migration that fails with its connection lost (the server restarted, the session
+// ended by an administrator) is named in the run's error, as any failed migration is: the run's
+// reset of its session settings fails too, and its error took the migration's place.
+TEST_F(MigrationOptions, AConcurrentMigrationThatLosesItsConnectionIsNamedInTheError) {
+  const std::vector<Migration> lost = {{1, "lost_connection",
+                                        "-- peerpath-migration: concurrently\n"
+                                        "DROP INDEX IF EXISTS nothing_here;\n"
+                                        "SELECT pg_terminate_backend(pg_backend_pid())"}};
+  const absl::StatusOr<MigrationReport> failed = Apply(lost);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_TRUE(absl::StrContains(failed.status().message(), "probe/0001_lost_connection"))
+      << failed.status();
+  EXPECT_EQ(Recorded(), std::vector<int>{});
+}
+
 // Concurrent and transactional migrations apply in their order, each once, with two replicas
 // migrating at once; a second run changes nothing.
 TEST_F(MigrationOptions, MigrationsApplyInOrderOnceAcrossReplicas) {
