@@ -12,9 +12,9 @@
 //      phase's processor time per concern, part by part (the database server, the service, this
 //      client, the whole machine), beside what the target leaves the machine per concern;
 //   1b. route-and-persist from check-in's event log: 4,000 ConcernRaisedEvents per second of
-//      phase length, of one agency, served by a real peerpath-checkin and consumed by a second
-//      escalation binary started once they are in the log; concerns per second from the first
-//      page applied to the last, beside the INSERT rate, and processor time per concern;
+//      phase length, of one agency, then as many of 16 agencies in turn, served by a real
+//      peerpath-checkin and consumed by a second escalation binary; concerns per second from the
+//      first page applied to the last, beside the INSERT rate, and processor time per concern;
 //   2. the deadline sweeper (in-process) with 100,000 open concerns (beside 200,000 resolved) of
 //      which 0, then 100 are due, the open/overdue gauges' count (every 5 s in the service), and
 //      the plans of both queries (on the partial index concerns_open_by_deadline, no table scan);
@@ -141,25 +141,27 @@ std::string Plan(Database& database, const std::string& sql, const std::string& 
 }
 
 // Route-and-persist of the concerns check-in raises, the way most concerns arrive: `count`
-// ConcernRaisedEvents of one agency in check-in's event log (served by a real peerpath-checkin),
-// consumed by an escalation binary started once they are all in the log (--checkin_address),
-// each routed and written with its transitions, events, audit row, page and watch-feed note.
-// The rate counts from the first page applied to the last, from the consumer's stored position.
+// ConcernRaisedEvents in check-in's event log (served by a real peerpath-checkin), all of one
+// agency, then as many of 16 agencies in turn (a county's log, where the consumer's runs of one
+// agency are one event long), consumed by an escalation binary started once the first are in the
+// log (--checkin_address), each routed and written with its transitions, events, audit row, page
+// and watch-feed note. The rate counts from the first page applied to the last, from the
+// consumer's stored position.
 void RouteFromCheckInLog(testing::TestDatabase& db, int count, double insert_rate,
                          pid_t postmaster) {
-  std::printf("\n== route-and-persist from check-in's event log (%d concerns of one agency) ==\n",
-              count);
+  std::printf("\n== route-and-persist from check-in's event log (%d concerns each) ==\n", count);
   testing::ServiceProcess checkin("checkin", db.UrlFor("checkin"), {"--log_level=info"});
   if (!checkin.WaitListening() || !checkin.WaitHealth(true)) {
     std::printf("check-in did not start:\n%s\n", checkin.Log().c_str());
     return;
   }
-  {
-    auto admin = db.Admin();
+  const auto admin = db.Admin();
+  admin->prepare("bench_emit",
+                 "INSERT INTO checkin.outbox (agency_id, event_type, aggregate_id, payload) "
+                 "VALUES ($1, 'peerpath.checkin.v1.ConcernRaisedEvent', $2, $3)");
+  // `count` events in one transaction, of `agencies` agencies in turn.
+  const auto emit = [&](int agencies) {
     pqxx::work tx(*admin);
-    admin->prepare("bench_emit",
-                   "INSERT INTO checkin.outbox (agency_id, event_type, aggregate_id, payload) "
-                   "VALUES ('bench-log', 'peerpath.checkin.v1.ConcernRaisedEvent', $1, $2)");
     const absl::Time raised = absl::Now();
     for (int i = 0; i < count; ++i) {
       checkin::v1::ConcernRaisedEvent e;
@@ -172,10 +174,12 @@ void RouteFromCheckInLog(testing::TestDatabase& db, int count, double insert_rat
       e.set_check_in_id("0b7e2a41-3c6d-4f58-9e1a-2b3c4d5e6f70");
       e.set_receiving_clinician("dr-bench");
       *e.mutable_raised_at() = ToProtoTimestamp(raised);
-      tx.exec_prepared0("bench_emit", e.enrollment_id(), pqxx::binarystring(e.SerializeAsString()));
+      tx.exec_prepared0("bench_emit", absl::StrCat("bench-log-", i % agencies), e.enrollment_id(),
+                        pqxx::binarystring(e.SerializeAsString()));
     }
     tx.commit();
-  }
+  };
+  emit(1);
   const std::filesystem::path token_file =
       std::filesystem::temp_directory_path() / absl::StrCat("escalation-bench-token-", getpid());
   std::ofstream(token_file) << testing::TokenFor("platform", {"service"}, "svc-escalation");
@@ -184,17 +188,16 @@ void RouteFromCheckInLog(testing::TestDatabase& db, int count, double insert_rat
       {"--deadline_sweep_interval=1h", "--log_level=info",
        absl::StrCat("--checkin_address=127.0.0.1:", checkin.grpc_port()),
        "--service_token_file=" + token_file.string()});
-  // The consumer's stored position, and the log's end once check-in has numbered every event
-  // (it numbers them as it serves its first page).
-  int64_t last = 0;
   const auto watcher = db.Admin();
-  const auto position = [&] {
+  // The consumer's stored position; and the log's end, once check-in has numbered every event
+  // (it numbers them as it serves a page), into `end`.
+  const auto position = [&](int64_t* end) {
     pqxx::nontransaction tx(*watcher);
-    if (last == 0) {
+    if (*end == 0) {
       const pqxx::result r = tx.exec(
           "SELECT coalesce(max(position), 0) FROM checkin.outbox HAVING count(*) FILTER (WHERE "
           "position IS NULL) = 0");
-      if (!r.empty()) last = r[0][0].as<int64_t>();
+      if (!r.empty()) *end = r[0][0].as<int64_t>();
     }
     return tx
         .exec1(
@@ -202,51 +205,61 @@ void RouteFromCheckInLog(testing::TestDatabase& db, int count, double insert_rat
             "source = 'checkin'")[0]
         .as<int64_t>();
   };
-  // From the first page applied (its events not counted) to the last.
-  int64_t first = 0;
-  absl::Time first_at, last_at;
-  testing::PartTimes start, end;
-  double checkin_start = 0;
-  const absl::Time give_up = absl::Now() + absl::Minutes(5);
-  while (absl::Now() < give_up) {
-    const int64_t at = position();
-    if (first == 0 && at > 0) {
-      first = at;
-      first_at = absl::Now();
-      start = testing::ReadPartTimes(postmaster, consumer.pid());
-      checkin_start = testing::ProcessCpuSeconds(checkin.pid());
+  // Drains what was emitted after position `before`; false when it was not consumed in time.
+  const auto drain = [&](const char* name, int64_t before) {
+    int64_t first = 0, last = 0;
+    absl::Time first_at, last_at;
+    testing::PartTimes start, end;
+    double checkin_start = 0;
+    const absl::Time give_up = absl::Now() + absl::Minutes(5);
+    while (absl::Now() < give_up) {
+      const int64_t at = position(&last);
+      if (first == 0 && at > before) {
+        // From the first page applied (its events not counted) to the last.
+        first = at;
+        first_at = absl::Now();
+        start = testing::ReadPartTimes(postmaster, consumer.pid());
+        checkin_start = testing::ProcessCpuSeconds(checkin.pid());
+      }
+      if (last > before && at >= last) {
+        last_at = absl::Now();
+        end = testing::ReadPartTimes(postmaster, consumer.pid());
+        break;
+      }
+      std::this_thread::sleep_for(5ms);
     }
-    if (last > 0 && at >= last) {
-      last_at = absl::Now();
-      end = testing::ReadPartTimes(postmaster, consumer.pid());
-      break;
+    if (last_at == absl::Time() || first >= last) {
+      std::printf("the log was not consumed in time (position %lld of %lld):\n%s\n",
+                  static_cast<long long>(position(&last)), static_cast<long long>(last),
+                  consumer.Log().c_str());
+      return int64_t{0};
     }
-    std::this_thread::sleep_for(5ms);
+    const double checkin_seconds = testing::ProcessCpuSeconds(checkin.pid()) - checkin_start;
+    const double routed = static_cast<double>(last - first);
+    const double seconds = absl::ToDoubleSeconds(last_at - first_at);
+    std::printf(
+        "%-24s %7.0f concerns/s, ratio to plain INSERT %.2f (%.0f in %.2f s after the "
+        "first page)\n",
+        name, routed / seconds, insert_rate > 0 ? routed / seconds / insert_rate : 0.0, routed,
+        seconds);
+    const testing::PerCallTimes t = testing::PerCall(start, end, routed);
+    std::printf(
+        "  processor time per concern, us: database %.0f, escalation %.0f, check-in %.0f, "
+        "machine %.0f\n",
+        t.database, t.service, checkin_seconds * 1e6 / routed, t.machine);
+    return last;
+  };
+  const int64_t one_agency = drain("one agency", 0);
+  if (one_agency > 0) {
+    emit(16);
+    if (drain("16 agencies in turn", one_agency) > 0) {
+      std::printf("concerns stored: %d (the target's 0.5 is RaiseConcern's, above)\n",
+                  db.AdminQuery("SELECT count(*) FROM escalation.concerns WHERE agency_id LIKE "
+                                "'bench-log-%'")[0][0]
+                      .as<int>());
+    }
   }
-  const double checkin_seconds = testing::ProcessCpuSeconds(checkin.pid()) - checkin_start;
   std::filesystem::remove(token_file);
-  if (last_at == absl::Time() || first >= last) {
-    std::printf("the log was not consumed in time (position %lld of %lld):\n%s\n",
-                static_cast<long long>(position()), static_cast<long long>(last),
-                consumer.Log().c_str());
-    return;
-  }
-  const double routed = static_cast<double>(last - first);
-  const double seconds = absl::ToDoubleSeconds(last_at - first_at);
-  const int concerns =
-      db.AdminQuery("SELECT count(*) FROM escalation.concerns WHERE agency_id = 'bench-log'")[0][0]
-          .as<int>();
-  std::printf("concerns from the log: %.0f/s (%.0f in %.2f s after the first page; %d stored)\n",
-              routed / seconds, routed, seconds, concerns);
-  if (insert_rate > 0) {
-    std::printf("ratio to plain INSERT: %.2f (the target's 0.5 is RaiseConcern's, above)\n",
-                routed / seconds / insert_rate);
-  }
-  const testing::PerCallTimes t = testing::PerCall(start, end, routed);
-  std::printf(
-      "processor time per concern, us: database %.0f, escalation %.0f, check-in %.0f, machine "
-      "%.0f\n",
-      t.database, t.service, checkin_seconds * 1e6 / routed, t.machine);
 }
 
 void RunDatabaseBenchmarks() {
