@@ -1,5 +1,7 @@
 #include "common/event_consumer.h"
 
+#include <map>
+
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/time_util.h"
@@ -111,10 +113,26 @@ absl::StatusOr<int> EventConsumer::ApplyInTransaction(const EventPage& page, boo
     int count = 0;
     const common::v1::Event* last = nullptr;
     if (!isolate && options_.apply_batch) {
-      // Runs of consecutive events of one agency, one handler call (and one scope) each.
-      std::vector<const common::v1::Event*> run;
-      auto flush = [&]() -> absl::Status {
-        if (run.empty()) return absl::OkStatus();
+      // Runs of events of one agency, one handler call (and one scope) each: consecutive events,
+      // or (runs_by_agency) every event of the agency in the page, agencies in the order they
+      // first appear.
+      std::vector<std::vector<const common::v1::Event*>> runs;
+      std::map<std::string, size_t> run_of_agency;
+      for (const common::v1::Event& event : page.events) {
+        if (event.position() <= position) continue;  // Delivered before: already took effect.
+        last = &event;
+        if (options_.runs_by_agency) {
+          const auto [at, added] = run_of_agency.try_emplace(event.agency_id(), runs.size());
+          if (added) runs.emplace_back();
+          runs[at->second].push_back(&event);
+        } else {
+          if (runs.empty() || runs.back().front()->agency_id() != event.agency_id()) {
+            runs.emplace_back();
+          }
+          runs.back().push_back(&event);
+        }
+      }
+      for (const std::vector<const common::v1::Event*>& run : runs) {
         ScopeToAgency(tx, run.front()->agency_id());
         absl::Status status;
         try {
@@ -124,18 +142,7 @@ absl::StatusOr<int> EventConsumer::ApplyInTransaction(const EventPage& page, boo
         }
         if (!status.ok()) return status;
         count += static_cast<int>(run.size());
-        last = run.back();
-        run.clear();
-        return absl::OkStatus();
-      };
-      for (const common::v1::Event& event : page.events) {
-        if (event.position() <= position) continue;  // Delivered before: already took effect.
-        if (!run.empty() && run.front()->agency_id() != event.agency_id()) {
-          if (absl::Status st = flush(); !st.ok()) return st;
-        }
-        run.push_back(&event);
       }
-      if (absl::Status st = flush(); !st.ok()) return st;
     } else {
       for (const common::v1::Event& event : page.events) {
         if (event.position() <= position) continue;  // Delivered before: already took effect.

@@ -44,6 +44,11 @@ struct ConsumerOptions {
   // Optional: applies a page's events in runs of one agency. When a run fails permanently the
   // page is redone one event at a time with the EventHandler, which sets the culprit aside.
   EventBatchHandler apply_batch = nullptr;
+  // With apply_batch: a page's events are applied in one run per agency, each agency's in log
+  // order, instead of runs of consecutive events. Only for a handler whose effect on one agency
+  // never depends on another agency's events (each agency's result is then the same as in log
+  // order); it keeps the runs long in a log where many agencies' events alternate.
+  bool runs_by_agency = false;
   // Optional: called after a page's transaction committed with at least one event applied (for
   // work the effects start, such as delivering the notifications they wrote).
   std::function<void()> after_commit = nullptr;

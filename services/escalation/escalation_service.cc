@@ -204,6 +204,8 @@ EscalationService::EscalationService(ServiceContext& context, EscalationOptions 
                 [this](pqxx::work& tx, const std::vector<const common::v1::Event*>& events) {
                   return ApplyCheckInEvents(tx, events);
                 },
+            // What an event does to one agency never depends on another agency's events.
+            .runs_by_agency = true,
             .after_commit =
                 [this] {
                   outbox_->Wake();

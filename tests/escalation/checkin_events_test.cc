@@ -233,9 +233,13 @@ TEST_F(CheckInEventsTest, APageOfTheLogOpensItsConcernsAsOneByOneWould) {
   changed.set_time_zone("Europe/Paris");
   Emit(changed, "agency-a");
   Emit(raised("client-4", common::v1::CONCERN_CATEGORY_ROLE_BOUNDARY));
+  // Another agency's concern between them (a page's events are applied an agency at a time).
+  db_->WriteOutboxEvent("checkin", "agency-b",
+                        raised("client-4", common::v1::CONCERN_CATEGORY_ROLE_BOUNDARY),
+                        "5f1d2c3b-4a59-4e6f-8a7b-9c0d1e2f3a4b");
   Emit(raised("client-5", common::v1::CONCERN_CATEGORY_ROLE_BOUNDARY));
   escalation_ = StartEscalation();
-  ASSERT_TRUE(WaitApplied(4)) << escalation_->Log();
+  ASSERT_TRUE(WaitApplied(5)) << escalation_->Log();
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.consumer_failures"), 0);
   // Opened before the zone changed: the built-in version 1, stored by this concern.
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE participant_id = 'client-1' "
@@ -250,11 +254,20 @@ TEST_F(CheckInEventsTest, APageOfTheLogOpensItsConcernsAsOneByOneWould) {
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE participant_id = 'client-5' "
                   "AND policy_version = 2 AND target_kind = 'case_management_team'"),
             1);
-  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concern_transitions"), 6);
+  // agency-b's: its own built-in policy (in UTC), and no supervisor (client-4's match is
+  // agency-a's).
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE agency_id = 'agency-b' AND "
+                  "participant_id = 'client-4' AND policy_version = 1 AND target_kind = "
+                  "'case_management_team'"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.routing_policies WHERE agency_id = "
+                  "'agency-b' AND time_zone = 'UTC'"),
+            1);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concern_transitions"), 8);
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.outbox WHERE event_type IN "
                   "('peerpath.escalation.v1.ConcernOpenedEvent', "
                   "'peerpath.escalation.v1.ConcernRoutedEvent')"),
-            6);
+            8);
 
   // A concern whose payload cannot be read, between two that can, in one page.
   escalation_.reset();
@@ -264,14 +277,14 @@ TEST_F(CheckInEventsTest, APageOfTheLogOpensItsConcernsAsOneByOneWould) {
       "('agency-a', 'peerpath.checkin.v1.ConcernRaisedEvent', 'unreadable', '\\xff'::bytea)");
   Emit(raised("client-7", common::v1::CONCERN_CATEGORY_CLINICAL_WORSENING));
   escalation_ = StartEscalation();
-  ASSERT_TRUE(WaitApplied(7)) << escalation_->Log();
+  ASSERT_TRUE(WaitApplied(8)) << escalation_->Log();
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.consumer_failures WHERE source = 'checkin' "
                   "AND event_type = 'peerpath.checkin.v1.ConcernRaisedEvent'"),
             1);
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns WHERE participant_id IN "
                   "('client-6', 'client-7')"),
             2);
-  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns"), 5);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.concerns"), 6);
 }
 
 TEST_F(CheckInEventsTest, ConcernsRaisedByHandUseTheEnrollmentTheCheckInLogDescribes) {

@@ -310,6 +310,47 @@ TEST_F(EventLogTest, BatchHandlerTakesRunsOfOneAgencyAndFallsBackPerEventOnAPerm
   EXPECT_EQ(Applied(), 7);
 }
 
+// With runs_by_agency, a page's events of one agency are one run, in log order, wherever the
+// other agencies' events fall between them; the stored position is the page's last event.
+TEST_F(EventLogTest, RunsByAgencyTakeEveryEventOfAnAgencyInThePageTogether) {
+  // a b a b a (days 1-5).
+  for (int day = 1; day <= 5; ++day) {
+    ASSERT_TRUE(Append(day % 2 == 1 ? "agency-a" : "agency-b", day).ok());
+  }
+  std::vector<std::vector<int>> runs;
+  EventConsumer consumer(
+      *database_,
+      ConsumerOptions{
+          .source = "self",
+          .apply_batch =
+              [&](pqxx::work& tx, const std::vector<const Event*>& events) {
+                std::vector<int> days;
+                for (const Event* e : events) {
+                  days.push_back(DayOf(*e));
+                  EXPECT_EQ(
+                      tx.exec1("SELECT current_setting('app.agency_id')")[0].as<std::string>(),
+                      e->agency_id());
+                  tx.exec_params0(
+                      "INSERT INTO applied (agency_id, event_id, day) VALUES ($1, $2, $3)",
+                      e->agency_id(), e->event_id(), DayOf(*e));
+                }
+                runs.push_back(days);
+                return absl::OkStatus();
+              },
+          .runs_by_agency = true},
+      [this](int64_t after, int size) { return log_->Read(after, size, {}); },
+      [](pqxx::work&, const Event&) { return absl::InternalError("not called"); });
+  EXPECT_EQ(consumer.PollOnce().value_or(-1), 5);
+  EXPECT_EQ(runs, (std::vector<std::vector<int>>{{1, 3, 5}, {2, 4}}));
+  EXPECT_EQ(Applied(), 5);
+  EXPECT_EQ(consumer.Position().value_or(-1), 5);
+  // Nothing after it: nothing applied again.
+  runs.clear();
+  EXPECT_EQ(consumer.PollOnce().value_or(-1), 0);
+  EXPECT_TRUE(runs.empty());
+  EXPECT_EQ(Applied(), 5);
+}
+
 TEST_F(EventLogTest, BackgroundConsumerCatchesUpAndStops) {
   for (int day = 1; day <= 7; ++day) ASSERT_TRUE(Append("agency-a", day).ok());
   auto consumer = Consumer();
