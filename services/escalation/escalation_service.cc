@@ -1411,7 +1411,7 @@ absl::Status EscalationService::ApplyConcernsRaised(
   std::string latest_policy_id = known[0][4].is_null() ? "" : known[0][4].as<std::string>();
   OpeningWrites opening;
   opening.agency_id = agency_id;
-  std::set<std::string> opened_here;  // A log never holds an event twice; never opened twice.
+  std::set<std::string> opened_here;  // Should a run hold an event twice, it opens once.
   const absl::Time now = now_();
   for (size_t i = 0; i < events.size(); ++i) {
     const common::v1::Event& event = *events[i];
