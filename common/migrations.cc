@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
@@ -169,12 +170,92 @@ std::string IndexBuilt(absl::string_view statement) {
   return absl::AsciiStrToLower(name);
 }
 
+// `sql` without its comments (`--` to the end of the line, and `/* */`, nested as PostgreSQL
+// nests them), each replaced by a space; with `blank_literals` the text of string literals and
+// dollar-quoted bodies too (an empty '' for each), so that only the statements' own words remain.
+// Quoted identifiers are kept as they are.
+std::string WithoutComments(absl::string_view sql, bool blank_literals) {
+  const auto word_char = [](char c) {
+    return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_';
+  };
+  // The end of the quoted text starting at `start` with `quote`, a doubled quote standing for
+  // itself (and, in an E'' literal, a backslash escaping the next character).
+  const auto quoted_end = [&](size_t start, char quote, bool backslash_escapes) {
+    size_t i = start + 1;
+    while (i < sql.size()) {
+      if (backslash_escapes && sql[i] == '\\') {
+        i += 2;
+      } else if (sql[i] == quote) {
+        if (i + 1 < sql.size() && sql[i + 1] == quote) {
+          i += 2;
+        } else {
+          return i + 1;
+        }
+      } else {
+        ++i;
+      }
+    }
+    return sql.size();
+  };
+  std::string out;
+  size_t i = 0;
+  while (i < sql.size()) {
+    const char c = sql[i];
+    const char next = i + 1 < sql.size() ? sql[i + 1] : '\0';
+    if (c == '-' && next == '-') {
+      i = std::min(sql.find('\n', i), sql.size());
+      out += ' ';
+    } else if (c == '/' && next == '*') {
+      int depth = 0;
+      while (i < sql.size()) {
+        if (sql.substr(i, 2) == "/*") {
+          ++depth;
+          i += 2;
+        } else if (sql.substr(i, 2) == "*/") {
+          i += 2;
+          if (--depth == 0) break;
+        } else {
+          ++i;
+        }
+      }
+      out += ' ';
+    } else if (c == '\'') {
+      const bool escapes =
+          i > 0 && (sql[i - 1] == 'E' || sql[i - 1] == 'e') && (i < 2 || !word_char(sql[i - 2]));
+      const size_t end = std::min(quoted_end(i, '\'', escapes), sql.size());
+      absl::StrAppend(&out, blank_literals ? "''" : sql.substr(i, end - i));
+      i = end;
+    } else if (c == '"') {
+      const size_t end = quoted_end(i, '"', false);
+      absl::StrAppend(&out, sql.substr(i, end - i));
+      i = end;
+    } else if (c == '$' && (i == 0 || !word_char(sql[i - 1])) &&
+               !absl::ascii_isdigit(static_cast<unsigned char>(next))) {
+      // A dollar quote, $tag$ ... $tag$ (a parameter is $ and digits).
+      size_t tag_end = i + 1;
+      while (tag_end < sql.size() && word_char(sql[tag_end])) ++tag_end;
+      if (tag_end < sql.size() && sql[tag_end] == '$') {
+        const absl::string_view tag = sql.substr(i, tag_end - i + 1);
+        const size_t close = sql.find(tag, tag_end + 1);
+        const size_t end = close == absl::string_view::npos ? sql.size() : close + tag.size();
+        absl::StrAppend(&out, blank_literals ? "''" : sql.substr(i, end - i));
+        i = end;
+      } else {
+        out += c;
+        ++i;
+      }
+    } else {
+      out += c;
+      ++i;
+    }
+  }
+  return out;
+}
+
 absl::StatusOr<RunOptions> RunOptionsOf(const std::string& track, const Migration& m) {
   RunOptions options;
-  std::string code;  // The text without its comments.
   for (absl::string_view line : absl::StrSplit(m.sql, '\n')) {
     line = absl::StripAsciiWhitespace(line);
-    absl::StrAppend(&code, line.substr(0, line.find("--")), "\n");
     if (!absl::ConsumePrefix(&line, kOptionsPrefix)) continue;
     for (absl::string_view option : absl::StrSplit(line, ',')) {
       option = absl::StripAsciiWhitespace(option);
@@ -191,8 +272,12 @@ absl::StatusOr<RunOptions> RunOptionsOf(const std::string& track, const Migratio
   }
   // Run outside a transaction, a statement that failed half way is not undone (an index build
   // leaves an invalid index), and one that succeeded may not be recorded yet when the run stops:
-  // the next run repeats it, so it must be a no-op the second time.
-  const std::string statements = absl::AsciiStrToUpper(code);
+  // the next run repeats it, so it must be a no-op the second time: IF [NOT] EXISTS among its own
+  // words, not a comment's or a string's.
+  const std::string code = absl::AsciiStrToUpper(WithoutComments(m.sql, /*blank_literals=*/true));
+  const std::vector<absl::string_view> words =
+      absl::StrSplit(code, absl::ByAnyChar(" \t\n\r(),;"), absl::SkipEmpty());
+  const std::string statements = absl::StrJoin(words, " ");
   if (options.concurrently && !absl::StrContains(statements, "IF NOT EXISTS") &&
       !absl::StrContains(statements, "IF EXISTS")) {
     return absl::FailedPreconditionError(
@@ -200,7 +285,9 @@ absl::StatusOr<RunOptions> RunOptionsOf(const std::string& track, const Migratio
                      " runs concurrently, outside a transaction, so a run stopped after it and "
                      "before recording it repeats it: write it with IF NOT EXISTS (or IF EXISTS)"));
   }
-  if (options.concurrently) options.builds_index = IndexBuilt(code);
+  if (options.concurrently) {
+    options.builds_index = IndexBuilt(WithoutComments(m.sql, /*blank_literals=*/false));
+  }
   return options;
 }
 

@@ -240,6 +240,24 @@ TEST_F(MigrationOptions, AConcurrentMigrationThatLosesItsConnectionIsNamedInTheE
   EXPECT_EQ(Recorded(), std::vector<int>{});
 }
 
+// What a concurrent migration's comments and strings hold never decides how it runs: quotes in
+// a comment start no string, a `--` in a string starts no comment, and the index it builds is
+// named from its statement, after a block comment spanning lines.
+TEST_F(MigrationOptions, AConcurrentMigrationIsReadWithItsCommentsAndStringsAside) {
+  const std::vector<Migration> migrations = {
+      {1, "commented",
+       "-- peerpath-migration: concurrently\n"
+       "-- The note's index (it's for the list's filter).\n"
+       "/* Built concurrently: /* nested */ writes go on.\n   Second line. */\n"
+       "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"Probe_Notes\" ON probe (note) "
+       "WHERE note <> '--' -- the placeholder\n"}};
+  const absl::StatusOr<MigrationReport> applied = Apply(migrations);
+  ASSERT_TRUE(applied.ok()) << applied.status();
+  EXPECT_EQ(applied->applied, 1);
+  EXPECT_EQ(IndexValid("Probe_Notes"), std::optional<bool>(true));
+  EXPECT_EQ(Recorded(), std::vector<int>{1});
+}
+
 // Concurrent and transactional migrations apply in their order, each once, with two replicas
 // migrating at once; a second run changes nothing.
 TEST_F(MigrationOptions, MigrationsApplyInOrderOnceAcrossReplicas) {
@@ -310,6 +328,23 @@ TEST_F(MigrationOptions, MalformedOptionsAreRefusedBeforeAnythingApplies) {
       << not_repeatable.status();
   EXPECT_TRUE(absl::StrContains(not_repeatable.status().message(), "IF NOT EXISTS"))
       << not_repeatable.status();
+  EXPECT_EQ(Recorded(), std::vector<int>{});
+
+  // Words in a block comment or a string are not the statement's.
+  for (const std::string& sql :
+       {std::string("-- peerpath-migration: concurrently\n/* IF NOT EXISTS, it says */\n"
+                    "CREATE INDEX CONCURRENTLY probe_block ON probe (note)"),
+        std::string("-- peerpath-migration: concurrently\n"
+                    "CREATE INDEX CONCURRENTLY probe_literal ON probe (note) "
+                    "WHERE note <> 'IF NOT EXISTS'"),
+        std::string("-- peerpath-migration: concurrently\n"
+                    "CREATE INDEX CONCURRENTLY probe_dollar ON probe (note) "
+                    "WHERE note <> $q$ IF EXISTS $q$")}) {
+    const absl::StatusOr<MigrationReport> commented = Apply({fine, {2, "commented", sql}});
+    EXPECT_EQ(commented.status().code(), absl::StatusCode::kFailedPrecondition) << sql;
+    EXPECT_TRUE(absl::StrContains(commented.status().message(), "IF NOT EXISTS"))
+        << commented.status();
+  }
   EXPECT_EQ(Recorded(), std::vector<int>{});
 
   // Outside a transaction, two statements would be two steps that can stop between them:
