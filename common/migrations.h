@@ -18,9 +18,9 @@
 //   concurrently  a single statement run alone, outside the run's transaction (CREATE or DROP
 //                 INDEX CONCURRENTLY, so that the table's writes go on while an index builds),
 //                 written to be repeatable (IF NOT EXISTS / IF EXISTS in the statement itself,
-//                 not in a comment or a string); an invalid index of the
-//                 name it builds (what a failed build left) is dropped first, other invalid
-//                 indexes are left alone. Implies schema-only.
+//                 not in a comment or a string); an invalid index of the name it builds (what
+//                 a failed build left) is dropped first, other invalid indexes are left alone.
+//                 Implies schema-only.
 // The run's transactions apply the migrations in order up to each concurrent one; an unknown
 // option, or a concurrent migration that is not repeatable, is refused before anything applies
 // (FAILED_PRECONDITION).
