@@ -85,6 +85,24 @@ class EventLogTest : public ::testing::Test {
 
   int Applied() { return db_->AdminQuery("SELECT count(*) FROM consent.applied")[0][0].as<int>(); }
 
+  // A batch handler that records each run's days in `runs`, checks that the transaction is
+  // scoped to the run's agency, and applies the run's events one by one with `apply`.
+  static EventBatchHandler RecordingRuns(std::vector<std::vector<int>>& runs, EventHandler apply) {
+    return [&runs, apply](pqxx::work& tx, const std::vector<const Event*>& events) {
+      std::vector<int> days;
+      for (const Event* e : events) {
+        days.push_back(DayOf(*e));
+        EXPECT_EQ(tx.exec1("SELECT current_setting('app.agency_id')")[0].as<std::string>(),
+                  e->agency_id());
+      }
+      runs.push_back(days);
+      for (const Event* e : events) {
+        if (absl::Status st = apply(tx, *e); !st.ok()) return st;
+      }
+      return absl::OkStatus();
+    };
+  }
+
   std::unique_ptr<TestDatabase> db_;
   std::unique_ptr<Database> database_;
   std::unique_ptr<EventLog> log_;
@@ -258,25 +276,7 @@ TEST_F(EventLogTest, BatchHandlerTakesRunsOfOneAgencyAndFallsBackPerEventOnAPerm
     return absl::OkStatus();
   };
   EventConsumer consumer(
-      *database_,
-      ConsumerOptions{
-          .source = "self",
-          .apply_batch =
-              [&](pqxx::work& tx, const std::vector<const Event*>& events) {
-                std::vector<int> days;
-                for (const Event* e : events) {
-                  days.push_back(DayOf(*e));
-                  // The transaction is scoped to the run's agency.
-                  EXPECT_EQ(
-                      tx.exec1("SELECT current_setting('app.agency_id')")[0].as<std::string>(),
-                      e->agency_id());
-                }
-                runs.push_back(days);
-                for (const Event* e : events) {
-                  if (absl::Status st = insert(tx, *e); !st.ok()) return st;
-                }
-                return absl::OkStatus();
-              }},
+      *database_, ConsumerOptions{.source = "self", .apply_batch = RecordingRuns(runs, insert)},
       [this](int64_t after, int size) { return log_->Read(after, size, {}); }, insert);
   // The whole page fails in the batch (day 4), is rolled back and redone one event at a time:
   // four apply, day 4 is set aside.
@@ -318,28 +318,16 @@ TEST_F(EventLogTest, RunsByAgencyTakeEveryEventOfAnAgencyInThePageTogether) {
     ASSERT_TRUE(Append(day % 2 == 1 ? "agency-a" : "agency-b", day).ok());
   }
   std::vector<std::vector<int>> runs;
+  const EventHandler insert = [](pqxx::work& tx, const Event& event) {
+    tx.exec_params0("INSERT INTO applied (agency_id, event_id, day) VALUES ($1, $2, $3)",
+                    event.agency_id(), event.event_id(), DayOf(event));
+    return absl::OkStatus();
+  };
   EventConsumer consumer(
       *database_,
       ConsumerOptions{
-          .source = "self",
-          .apply_batch =
-              [&](pqxx::work& tx, const std::vector<const Event*>& events) {
-                std::vector<int> days;
-                for (const Event* e : events) {
-                  days.push_back(DayOf(*e));
-                  EXPECT_EQ(
-                      tx.exec1("SELECT current_setting('app.agency_id')")[0].as<std::string>(),
-                      e->agency_id());
-                  tx.exec_params0(
-                      "INSERT INTO applied (agency_id, event_id, day) VALUES ($1, $2, $3)",
-                      e->agency_id(), e->event_id(), DayOf(*e));
-                }
-                runs.push_back(days);
-                return absl::OkStatus();
-              },
-          .runs_by_agency = true},
-      [this](int64_t after, int size) { return log_->Read(after, size, {}); },
-      [](pqxx::work&, const Event&) { return absl::InternalError("not called"); });
+          .source = "self", .apply_batch = RecordingRuns(runs, insert), .runs_by_agency = true},
+      [this](int64_t after, int size) { return log_->Read(after, size, {}); }, insert);
   EXPECT_EQ(consumer.PollOnce().value_or(-1), 5);
   EXPECT_EQ(runs, (std::vector<std::vector<int>>{{1, 3, 5}, {2, 4}}));
   EXPECT_EQ(Applied(), 5);
