@@ -222,7 +222,7 @@ std::string WithoutComments(absl::string_view sql, bool blank_literals) {
     } else if (c == '\'') {
       const bool escapes =
           i > 0 && (sql[i - 1] == 'E' || sql[i - 1] == 'e') && (i < 2 || !word_char(sql[i - 2]));
-      const size_t end = std::min(quoted_end(i, '\'', escapes), sql.size());
+      const size_t end = quoted_end(i, '\'', escapes);
       absl::StrAppend(&out, blank_literals ? "''" : sql.substr(i, end - i));
       i = end;
     } else if (c == '"') {
@@ -270,6 +270,7 @@ absl::StatusOr<RunOptions> RunOptionsOf(const std::string& track, const Migratio
       }
     }
   }
+  if (!options.concurrently) return options;
   // Run outside a transaction, a statement that failed half way is not undone (an index build
   // leaves an invalid index), and one that succeeded may not be recorded yet when the run stops:
   // the next run repeats it, so it must be a no-op the second time: IF [NOT] EXISTS among its own
@@ -278,16 +279,14 @@ absl::StatusOr<RunOptions> RunOptionsOf(const std::string& track, const Migratio
   const std::vector<absl::string_view> words =
       absl::StrSplit(code, absl::ByAnyChar(" \t\n\r(),;"), absl::SkipEmpty());
   const std::string statements = absl::StrJoin(words, " ");
-  if (options.concurrently && !absl::StrContains(statements, "IF NOT EXISTS") &&
+  if (!absl::StrContains(statements, "IF NOT EXISTS") &&
       !absl::StrContains(statements, "IF EXISTS")) {
     return absl::FailedPreconditionError(
         absl::StrCat("migration ", NameOf(track, m),
                      " runs concurrently, outside a transaction, so a run stopped after it and "
                      "before recording it repeats it: write it with IF NOT EXISTS (or IF EXISTS)"));
   }
-  if (options.concurrently) {
-    options.builds_index = IndexBuilt(WithoutComments(m.sql, /*blank_literals=*/false));
-  }
+  options.builds_index = IndexBuilt(WithoutComments(m.sql, /*blank_literals=*/false));
   return options;
 }
 

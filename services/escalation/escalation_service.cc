@@ -1411,13 +1411,12 @@ absl::Status EscalationService::ApplyConcernsRaised(
   std::string latest_policy_id = known[0][4].is_null() ? "" : known[0][4].as<std::string>();
   OpeningWrites opening;
   opening.agency_id = agency_id;
-  std::set<std::string> opened_here;  // Should a run hold an event twice, it opens once.
   const absl::Time now = now_();
   for (size_t i = 0; i < events.size(); ++i) {
     const common::v1::Event& event = *events[i];
     const checkin::v1::ConcernRaisedEvent& r = raised[i];
-    // Exactly one concern per event, whatever the delivery count.
-    if (known[i][0].as<bool>() || !opened_here.insert(event.event_id()).second) continue;
+    // Exactly one concern per event, whatever the delivery count (a log holds an event once).
+    if (known[i][0].as<bool>()) continue;
     ConcernRecord record;
     v1::Concern& c = record.concern;
     c.set_agency_id(agency_id);

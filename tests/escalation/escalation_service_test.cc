@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -61,6 +62,29 @@ class EscalationServiceTest : public ::testing::Test {
         "gen_random_uuid(), gen_random_uuid(), '" +
         supporter + "', '" + participant + "', now() - interval '" + ago + "', '" + supervisor +
         "')");
+  }
+
+  // The plan of `statement` (prepared with `parameter_types`, executed with `arguments`) as the
+  // service's role runs it under agency-a's scope on its generic plan (Plans::kGeneric), after
+  // `between` ran: the statement is planned and cached on the connection first, as a service's
+  // connection keeps its generic plan while the tables change under it.
+  std::string CachedGenericPlanAfter(const std::string& parameter_types,
+                                     const std::string& statement, const std::string& arguments,
+                                     const std::function<void()>& between) {
+    pqxx::connection conn(db_->UrlFor("escalation"));
+    pqxx::nontransaction(conn).exec0("SET search_path TO escalation");
+    pqxx::nontransaction(conn).exec0("PREPARE statement_under_test (" + parameter_types + ") AS " +
+                                     statement);
+    const auto plan = [&] {
+      pqxx::work tx(conn);
+      ScopeToAgency(tx, "agency-a", Plans::kGeneric);
+      const std::string text = Explain(tx, "EXECUTE statement_under_test (" + arguments + ")");
+      tx.commit();
+      return text;
+    };
+    plan();  // Planned and cached.
+    between();
+    return plan();
   }
 
   // `count` copies of concern `id` (g = 1 to count in the SQL expressions): about `participant`,
@@ -606,24 +630,11 @@ TEST_F(EscalationServiceTest, ARaisesReadOfItsContextKeepsToItsIndexesAsTheTable
   };
   grow(1, 60);
   db_->AdminQuery("ANALYZE escalation.supporter_matches; ANALYZE escalation.enrollments");
-  pqxx::connection conn(db_->UrlFor("escalation"));
-  pqxx::nontransaction(conn).exec0("SET search_path TO escalation");
-  pqxx::nontransaction(conn).exec0(
-      std::string("PREPARE contexts (text, text[], text[], text[], text[], text[]) AS ") +
-      escalation::kRaiseContextsSql);
-  const auto plan = [&] {
-    pqxx::work tx(conn);
-    ScopeToAgency(tx, "agency-a", Plans::kGeneric);
-    const std::string text = Explain(tx,
-                                     "EXECUTE contexts ('agency-a', '{k-1,k-2}', '{aa,bb}', "
-                                     "'{client-1,client-3}', '{peer-1,peer-1}', "
-                                     "'{\"\",0b7a1d7e-4f43-4a52-8d8e-3c1fd1a4c7a0}')");
-    tx.commit();
-    return text;
-  };
-  plan();  // Planned and cached.
-  grow(61, 20000);
-  const std::string text = plan();
+  const std::string text = CachedGenericPlanAfter(
+      "text, text[], text[], text[], text[], text[]", escalation::kRaiseContextsSql,
+      "'agency-a', '{k-1,k-2}', '{aa,bb}', '{client-1,client-3}', '{peer-1,peer-1}', "
+      "'{\"\",0b7a1d7e-4f43-4a52-8d8e-3c1fd1a4c7a0}'",
+      [&] { grow(61, 20000); });
   EXPECT_EQ(text.find("Seq Scan on supporter_matches"), std::string::npos) << text;
   EXPECT_EQ(text.find("Seq Scan on enrollments"), std::string::npos) << text;
   EXPECT_EQ(text.find("Seq Scan on idempotency_keys"), std::string::npos) << text;
@@ -664,21 +675,9 @@ TEST_F(EscalationServiceTest, TheCheckInConsumersReadKeepsToItsIndexesAsTheTable
   };
   grow(1, 60);
   db_->AdminQuery("ANALYZE escalation.supporter_matches; ANALYZE escalation.concerns");
-  pqxx::connection conn(db_->UrlFor("escalation"));
-  pqxx::nontransaction(conn).exec0("SET search_path TO escalation");
-  pqxx::nontransaction(conn).exec0(std::string("PREPARE raised (text, text[], text[]) AS ") +
-                                   escalation::kRaisedContextsSql);
-  const auto plan = [&] {
-    pqxx::work tx(conn);
-    ScopeToAgency(tx, "agency-a", Plans::kGeneric);
-    const std::string text =
-        Explain(tx, "EXECUTE raised ('agency-a', '{event-1,event-new}', '{client-1,client-new}')");
-    tx.commit();
-    return text;
-  };
-  plan();  // Planned and cached.
-  grow(61, 20000);
-  const std::string text = plan();
+  const std::string text = CachedGenericPlanAfter(
+      "text, text[], text[]", escalation::kRaisedContextsSql,
+      "'agency-a', '{event-1,event-new}', '{client-1,client-new}'", [&] { grow(61, 20000); });
   EXPECT_EQ(text.find("Seq Scan on concerns"), std::string::npos) << text;
   EXPECT_EQ(text.find("Seq Scan on supporter_matches"), std::string::npos) << text;
   EXPECT_NE(text.find("concerns_by_source_event"), std::string::npos) << text;
