@@ -128,10 +128,14 @@ bootstrap_database() {
 # and removed when the calling script exits (also on failure or Ctrl-C). Exports the superuser
 # URL the tests and benchmarks use (PEERPATH_TEST_PG_ADMIN_URL); services under test connect as
 # their own roles. Durability does not matter here (fsync off, unless PEERPATH_PG_FSYNC=on).
+# The tests' and benchmarks' own files (service logs, token files, keys) go into a scratch folder
+# beside the cluster (TEST_TMPDIR, TMPDIR), so what a crashed test leaves goes with it.
 start_throwaway_postgres() {
   PEERPATH_THROWAWAY_PG="$(mktemp -d /tmp/peerpath-test-pg.XXXXXX)"
   trap 'stop_postgres "$PEERPATH_THROWAWAY_PG"; rm -rf "$PEERPATH_THROWAWAY_PG"' EXIT
   trap 'exit 130' INT TERM
+  mkdir -m 1777 "$PEERPATH_THROWAWAY_PG/scratch"
+  export TEST_TMPDIR="$PEERPATH_THROWAWAY_PG/scratch" TMPDIR="$PEERPATH_THROWAWAY_PG/scratch"
   local port
   port="$(free_port)"
   say "starting PostgreSQL 15 on 127.0.0.1:$port ($PEERPATH_THROWAWAY_PG)"

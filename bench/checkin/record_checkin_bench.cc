@@ -128,6 +128,7 @@ double PgbenchRate(const std::string& url, const std::string& name, const std::s
   char buffer[512];
   while (fgets(buffer, sizeof buffer, pipe) != nullptr) output += buffer;
   pclose(pipe);
+  std::remove(script.c_str());
   std::smatch m;
   if (std::regex_search(output, m, std::regex(R"(tps = ([0-9.]+))"))) return std::stod(m[1]);
   std::fprintf(stderr, "pgbench failed:\n%s\n", output.c_str());

@@ -180,14 +180,11 @@ void RouteFromCheckInLog(testing::TestDatabase& db, int count, double insert_rat
     tx.commit();
   };
   emit(1);
-  const std::filesystem::path token_file =
-      std::filesystem::temp_directory_path() / absl::StrCat("escalation-bench-token-", getpid());
-  std::ofstream(token_file) << testing::TokenFor("platform", {"service"}, "svc-escalation");
+  const testing::TokenFile token_file("platform", {"service"}, "svc-escalation");
   testing::ServiceProcess consumer(
       "escalation", db.UrlFor("escalation"),
       {"--deadline_sweep_interval=1h", "--log_level=info",
-       absl::StrCat("--checkin_address=127.0.0.1:", checkin.grpc_port()),
-       "--service_token_file=" + token_file.string()});
+       absl::StrCat("--checkin_address=127.0.0.1:", checkin.grpc_port()), token_file.Flag()});
   const auto watcher = db.Admin();
   // The consumer's stored position; and the log's end, once check-in has numbered every event
   // (it numbers them as it serves a page), into `end`.
@@ -259,7 +256,6 @@ void RouteFromCheckInLog(testing::TestDatabase& db, int count, double insert_rat
                       .as<int>());
     }
   }
-  std::filesystem::remove(token_file);
 }
 
 void RunDatabaseBenchmarks() {

@@ -227,14 +227,13 @@ class CheckInServiceTest : public ::testing::Test {
     builder.RegisterService(&consent_);
     consent_server_ = builder.BuildAndStart();
     ASSERT_NE(consent_server_, nullptr);
-    token_file_ = ::testing::TempDir() + "/checkin-service-token-" + std::to_string(getpid());
-    { std::ofstream(token_file_) << TokenFor("peerpath", {"service"}, "peerpath-checkin"); }
+    token_file_ = std::make_unique<TokenFile>("peerpath", std::vector<std::string>{"service"},
+                                              "peerpath-checkin");
     db_ = TestDatabase::Create();
     service_ = std::make_unique<ServiceProcess>(
         "checkin", db_->UrlFor("checkin"),
         std::vector<std::string>{"--consent_address=127.0.0.1:" + std::to_string(consent_port_),
-                                 "--service_token_file=" + token_file_,
-                                 "--checkin_sweep_interval=300ms"});
+                                 token_file_->Flag(), "--checkin_sweep_interval=300ms"});
     ASSERT_TRUE(service_->WaitListening()) << service_->Log();
     ASSERT_TRUE(service_->WaitHealth(true)) << service_->Log();
     stub_ = v1::CheckInService::NewStub(service_->Channel());
@@ -375,7 +374,7 @@ class CheckInServiceTest : public ::testing::Test {
   FakeConsent consent_;
   int consent_port_ = 0;
   std::unique_ptr<grpc::Server> consent_server_;
-  std::string token_file_;
+  std::unique_ptr<TokenFile> token_file_;
   std::unique_ptr<TestDatabase> db_;
   std::unique_ptr<ServiceProcess> service_;
   std::unique_ptr<v1::CheckInService::Stub> stub_;
@@ -1749,13 +1748,11 @@ TEST_F(CheckInServiceTest, MatchingEventsFeedWhoMayRecord) {
   started.set_supervisor_subject("supervisor-7");
   emit(started);
 
-  const std::string token_file =
-      ::testing::TempDir() + "/checkin-consumer-token-" + std::to_string(getpid());
-  { std::ofstream(token_file) << TokenFor("peerpath", {"service"}, "peerpath-checkin"); }
-  ServiceProcess consumer("checkin", db_->UrlFor("checkin"),
-                          {"--matching_address=127.0.0.1:" + std::to_string(matching->grpc_port()),
-                           "--consent_address=127.0.0.1:" + std::to_string(consent_port_),
-                           "--service_token_file=" + token_file});
+  const TokenFile token_file("peerpath", {"service"}, "peerpath-checkin");
+  ServiceProcess consumer(
+      "checkin", db_->UrlFor("checkin"),
+      {"--matching_address=127.0.0.1:" + std::to_string(matching->grpc_port()),
+       "--consent_address=127.0.0.1:" + std::to_string(consent_port_), token_file.Flag()});
   ASSERT_TRUE(consumer.WaitHealth(true)) << consumer.Log();
   auto wait_for = [&](const std::string& sql, int expected) {
     for (int i = 0; i < 100 && Count(sql) != expected; ++i) std::this_thread::sleep_for(100ms);
@@ -2015,14 +2012,12 @@ TEST_F(CheckInServiceTest, SweeperMarksMissedWindowsAndStagesDisengagement) {
 TEST_F(CheckInServiceTest, EscalationSafetyConcernStopsRoutineEngagement) {
   auto escalation = std::make_unique<ServiceProcess>("escalation", db_->UrlFor("escalation"));
   ASSERT_TRUE(escalation->WaitHealth(true)) << escalation->Log();
-  const std::string token_file =
-      ::testing::TempDir() + "/checkin-escalation-token-" + std::to_string(getpid());
-  { std::ofstream(token_file) << TokenFor("peerpath", {"service"}, "peerpath-checkin"); }
+  const TokenFile token_file("peerpath", {"service"}, "peerpath-checkin");
   ServiceProcess consumer(
       "checkin", db_->UrlFor("checkin"),
       {"--escalation_address=127.0.0.1:" + std::to_string(escalation->grpc_port()),
-       "--consent_address=127.0.0.1:" + std::to_string(consent_port_),
-       "--service_token_file=" + token_file, "--checkin_sweep_interval=0s"});
+       "--consent_address=127.0.0.1:" + std::to_string(consent_port_), token_file.Flag(),
+       "--checkin_sweep_interval=0s"});
   ASSERT_TRUE(consumer.WaitHealth(true)) << consumer.Log();
   const std::string first = Enrolled("structured_checkin", "p-1");
   const std::string second = Enrolled("early_engagement", "p-1");

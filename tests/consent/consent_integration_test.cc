@@ -97,20 +97,18 @@ class ConsentServiceTest : public ::testing::Test {
   std::vector<std::string> StartProducer(const std::string& service) {
     producer_ = std::make_unique<ServiceProcess>(service, db_->UrlFor(service));
     EXPECT_TRUE(producer_->WaitHealth(true)) << producer_->Log();
-    const std::string token_file =
-        ::testing::TempDir() + "/consent-service-token-" + std::to_string(getpid());
-    { std::ofstream(token_file) << TokenFor(kAgency, {"service"}, "svc-consent"); }
+    token_file_ =
+        std::make_unique<TokenFile>(kAgency, std::vector<std::string>{"service"}, "svc-consent");
     return {absl::StrCat("--", service, "_address=127.0.0.1:", producer_->grpc_port()),
-            "--service_token_file=" + token_file};
+            token_file_->Flag()};
   }
 
   // Restarts the consent service consuming `escalation`'s log, as a service identity.
   void StartConsentWith(const FakeEscalationLog& escalation) {
-    const std::string token_file =
-        ::testing::TempDir() + "/consent-escalation-token-" + std::to_string(getpid());
-    { std::ofstream(token_file) << TokenFor(kAgency, {"service"}, "svc-consent"); }
-    StartConsent({absl::StrCat("--escalation_address=127.0.0.1:", escalation.port()),
-                  "--service_token_file=" + token_file});
+    token_file_ =
+        std::make_unique<TokenFile>(kAgency, std::vector<std::string>{"service"}, "svc-consent");
+    StartConsent(
+        {absl::StrCat("--escalation_address=127.0.0.1:", escalation.port()), token_file_->Flag()});
   }
 
   // Commits an event into a producer's outbox the way its own transactions do.
@@ -226,6 +224,7 @@ class ConsentServiceTest : public ::testing::Test {
   }
 
   std::unique_ptr<TestDatabase> db_;
+  std::unique_ptr<TokenFile> token_file_;  // The consent service's, when it consumes a log.
   std::unique_ptr<ServiceProcess> producer_;
   std::unique_ptr<ServiceProcess> server_;
   std::unique_ptr<v1::ConsentService::Stub> stub_;

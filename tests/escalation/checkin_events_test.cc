@@ -28,19 +28,17 @@ class CheckInEventsTest : public ::testing::Test {
     checkin_ = std::make_unique<ServiceProcess>("checkin", db_->UrlFor("checkin"));
     ASSERT_TRUE(checkin_->WaitListening()) << checkin_->Log();
     ASSERT_TRUE(checkin_->WaitHealth(true)) << checkin_->Log();
-    token_file_ = std::filesystem::temp_directory_path() /
-                  absl::StrCat("escalation-token-", getpid(), "-", rand());
-    std::ofstream(token_file_) << TokenFor("platform", {"service"}, "svc-escalation");
+    token_file_ = std::make_unique<TokenFile>("platform", std::vector<std::string>{"service"},
+                                              "svc-escalation");
     escalation_ = StartEscalation();
   }
-  void TearDown() override { std::filesystem::remove(token_file_); }
 
   std::unique_ptr<ServiceProcess> StartEscalation() {
     auto process = std::make_unique<ServiceProcess>(
         "escalation", db_->UrlFor("escalation"),
         std::vector<std::string>{
             absl::StrCat("--checkin_address=127.0.0.1:", checkin_->grpc_port()),
-            "--service_token_file=" + token_file_.string()});
+            token_file_->Flag()});
     EXPECT_TRUE(process->WaitListening()) << process->Log();
     EXPECT_TRUE(process->WaitHealth(true)) << process->Log();
     return process;
@@ -77,9 +75,9 @@ class CheckInEventsTest : public ::testing::Test {
   }
 
   std::unique_ptr<TestDatabase> db_;
+  std::unique_ptr<TokenFile> token_file_;
   std::unique_ptr<ServiceProcess> checkin_;
   std::unique_ptr<ServiceProcess> escalation_;
-  std::filesystem::path token_file_;
 };
 
 checkin::v1::ConcernRaisedEvent Raised(common::v1::ConcernCategory category,

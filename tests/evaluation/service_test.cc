@@ -46,19 +46,17 @@ class EvaluationServiceTest : public ::testing::Test {
     matching_ = std::make_unique<ServiceProcess>("matching", db_->UrlFor("matching"));
     ASSERT_TRUE(checkin_->WaitHealth(true)) << checkin_->Log();
     ASSERT_TRUE(matching_->WaitHealth(true)) << matching_->Log();
-    token_file_ = std::filesystem::temp_directory_path() /
-                  absl::StrCat("evaluation-token-", getpid(), "-", rand());
-    std::ofstream(token_file_) << TokenFor("platform", {"service"}, "svc-evaluation");
+    token_file_ = std::make_unique<TokenFile>("platform", std::vector<std::string>{"service"},
+                                              "svc-evaluation");
     StartEvaluation(false);
   }
-  void TearDown() override { std::filesystem::remove(token_file_); }
 
   void StartEvaluation(bool replay) {
     evaluation_.reset();
     std::vector<std::string> args = {
         absl::StrCat("--checkin_address=127.0.0.1:", checkin_->grpc_port()),
-        absl::StrCat("--matching_address=127.0.0.1:", matching_->grpc_port()),
-        "--service_token_file=" + token_file_.string(), "--gauge_interval=200ms"};
+        absl::StrCat("--matching_address=127.0.0.1:", matching_->grpc_port()), token_file_->Flag(),
+        "--gauge_interval=200ms"};
     if (replay) args.push_back("--replay_read_models");
     evaluation_ = std::make_unique<ServiceProcess>("evaluation", db_->UrlFor("evaluation"), args);
     ASSERT_TRUE(evaluation_->WaitHealth(true)) << evaluation_->Log();
@@ -164,11 +162,11 @@ class EvaluationServiceTest : public ::testing::Test {
   }
 
   std::unique_ptr<TestDatabase> db_;
+  std::unique_ptr<TokenFile> token_file_;
   std::unique_ptr<ServiceProcess> checkin_;
   std::unique_ptr<ServiceProcess> matching_;
   std::unique_ptr<ServiceProcess> evaluation_;
   std::unique_ptr<ev::EvaluationService::Stub> stub_;
-  std::filesystem::path token_file_;
   std::map<std::string, int> emitted_;
 };
 

@@ -180,27 +180,26 @@ TEST_F(EventLogRpc, ConsumerWaitsOutAProducerOutageAndCatchesUp) {
                 .exit_code,
             0);
   Database consumer_db({db_->UrlFor("evaluation"), "evaluation", 2});
-  const std::string token_file =
-      ::testing::TempDir() + "/service-token-" + std::to_string(getpid());
-  { std::ofstream(token_file) << TokenFor("platform", {"service"}, "svc-evaluation"); }
+  const TokenFile token_file("platform", {"service"}, "svc-evaluation");
   const int port = producer_->grpc_port();
   auto channel =
       grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials());
   std::shared_ptr<ConsentService::Stub> stub = ConsentService::NewStub(channel);
   std::vector<std::string> applied;
   std::mutex mu;
-  EventConsumer consumer(consumer_db,
-                         ConsumerOptions{.source = "consent",
-                                         .idle_poll = absl::Milliseconds(50),
-                                         .min_backoff = absl::Milliseconds(50),
-                                         .max_backoff = absl::Milliseconds(400)},
-                         ListEventsFetcher<ListEventsRequest, ListEventsResponse>(
-                             stub, std::make_shared<ServiceToken>(token_file), absl::Seconds(2)),
-                         [&](pqxx::work&, const common::v1::Event& event) {
-                           std::lock_guard<std::mutex> lock(mu);
-                           applied.push_back(event.aggregate_id());
-                           return absl::OkStatus();
-                         });
+  EventConsumer consumer(
+      consumer_db,
+      ConsumerOptions{.source = "consent",
+                      .idle_poll = absl::Milliseconds(50),
+                      .min_backoff = absl::Milliseconds(50),
+                      .max_backoff = absl::Milliseconds(400)},
+      ListEventsFetcher<ListEventsRequest, ListEventsResponse>(
+          stub, std::make_shared<ServiceToken>(token_file.path()), absl::Seconds(2)),
+      [&](pqxx::work&, const common::v1::Event& event) {
+        std::lock_guard<std::mutex> lock(mu);
+        applied.push_back(event.aggregate_id());
+        return absl::OkStatus();
+      });
   Emit("agency-a", "c-1");
   ASSERT_EQ(consumer.PollOnce().value_or(-1), 1);
 

@@ -1243,13 +1243,11 @@ TEST_F(MatchingServiceTest, WorkloadCountsCheckInsAndOpenConcernsFromOtherServic
   resolved.set_participant_id("p-1");
   concerns.Add(kAgency, resolved, now);
 
-  const std::string token_file =
-      ::testing::TempDir() + "/matching-service-token-" + std::to_string(getpid());
-  { std::ofstream(token_file) << TokenFor("platform", {"service"}, "svc-matching"); }
-  ServiceProcess consuming("matching", db_->UrlFor("matching"),
-                           {"--checkin_address=127.0.0.1:" + std::to_string(checkin_port),
-                            "--escalation_address=127.0.0.1:" + std::to_string(escalation_port),
-                            "--service_token_file=" + token_file});
+  const TokenFile token_file("platform", {"service"}, "svc-matching");
+  ServiceProcess consuming(
+      "matching", db_->UrlFor("matching"),
+      {"--checkin_address=127.0.0.1:" + std::to_string(checkin_port),
+       "--escalation_address=127.0.0.1:" + std::to_string(escalation_port), token_file.Flag()});
   ASSERT_TRUE(consuming.WaitHealth(true)) << consuming.Log();
   auto stub = v1::MatchingService::NewStub(consuming.Channel());
   v1::GetSupporterWorkloadRequest request;

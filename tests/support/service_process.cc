@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
 #include "tests/support/test_tokens.h"
 
 extern char** environ;
@@ -28,7 +29,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 std::string TempLogPath(const std::string& service) {
-  std::string pattern = absl::StrCat("/tmp/peerpath-", service, "-XXXXXX");
+  std::string pattern = absl::StrCat(::testing::TempDir(), "peerpath-", service, "-XXXXXX");
   int fd = mkstemp(pattern.data());
   if (fd >= 0) close(fd);
   return pattern;

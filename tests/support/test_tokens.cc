@@ -12,6 +12,7 @@
 
 #include "absl/time/clock.h"
 #include "common/auth.h"
+#include "gtest/gtest.h"
 
 namespace peerpath::testing {
 namespace {
@@ -35,9 +36,9 @@ TestKeys MakeKeys() {
   if (ec == nullptr || rsa == nullptr) throw std::runtime_error("key generation failed");
   keys.ec_private_pem = Pem(ec.get(), true);
   keys.rsa_private_pem = Pem(rsa.get(), true);
-  char path[] = "/tmp/peerpath-test-keys-XXXXXX";
-  const int fd = mkstemp(path);
-  if (fd < 0) throw std::runtime_error("cannot create key file");
+  std::string path = ::testing::TempDir() + "peerpath-test-keys-XXXXXX";
+  const int fd = mkstemp(path.data());
+  if (fd < 0) throw std::runtime_error("cannot create key file in " + ::testing::TempDir());
   close(fd);
   std::ofstream(path) << Pem(ec.get(), false) << Pem(rsa.get(), false);
   keys.public_keys_file = path;
@@ -68,6 +69,25 @@ std::string TokenFor(const std::string& agency, const std::vector<std::string>& 
   if (!token.ok()) throw std::runtime_error(std::string(token.status().message()));
   return *token;
 }
+
+TokenFile::TokenFile(const std::string& agency, const std::vector<std::string>& roles,
+                     const std::string& subject) {
+  std::string path = ::testing::TempDir() + "peerpath-service-token-XXXXXX";
+  const int fd = mkstemp(path.data());  // Mode 0600.
+  if (fd < 0) throw std::runtime_error("cannot create a token file in " + ::testing::TempDir());
+  const std::string token = TokenFor(agency, roles, subject);
+  const bool written = write(fd, token.data(), token.size()) == static_cast<ssize_t>(token.size());
+  close(fd);
+  path_ = path;
+  if (!written) {
+    unlink(path_.c_str());
+    throw std::runtime_error("cannot write the token file " + path_);
+  }
+}
+
+TokenFile::~TokenFile() { unlink(path_.c_str()); }
+
+std::string TokenFile::Flag() const { return "--service_token_file=" + path_; }
 
 std::string UntrustedPrivateKey() {
   std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> ec(EVP_EC_gen("P-256"), EVP_PKEY_free);

@@ -26,6 +26,25 @@ std::vector<std::string> TokenFlags();
 std::string TokenFor(const std::string& agency, const std::vector<std::string>& roles,
                      const std::string& subject = "staff-1");
 
+// A service's --service_token_file for the life of this object: TokenFor(agency, roles, subject)
+// in a file of its own under the test's temporary folder, readable by its owner only (as a
+// deployment's mounted token is), and removed again when the object goes.
+class TokenFile {
+ public:
+  TokenFile(const std::string& agency, const std::vector<std::string>& roles,
+            const std::string& subject);
+  ~TokenFile();
+  TokenFile(const TokenFile&) = delete;
+  TokenFile& operator=(const TokenFile&) = delete;
+
+  const std::string& path() const { return path_; }
+  // "--service_token_file=<path>".
+  std::string Flag() const;
+
+ private:
+  std::string path_;
+};
+
 // A freshly generated key pair no service trusts (PEM private key).
 std::string UntrustedPrivateKey();
 
