@@ -4,8 +4,10 @@
 //   1. events applied per second: check-in events (check-ins with wellbeing scores, REACHED
 //      contact attempts) through the real EventConsumer (pages of 500, one transaction per page
 //      with the stored position) into the read models: with a per-event handler, then the same
-//      log delivered again (duplicates: nothing changes), then with the batch handler the
-//      service uses (ApplyCheckInBatch) into an empty database;
+//      log delivered again (duplicates: nothing changes), then as the service consumes it
+//      (CheckInConsumerOptions: the batch handler, one run per agency of a page) into an empty
+//      database; then a county's log of 16 agencies in turn, in runs of consecutive events (one
+//      event each there) and as the service consumes it;
 //   2. GetProgramReport's computation (BuildProgramReport: every scope, suppression) over an
 //      agency whose check-in history holds 1 million and 10 million check-ins, beside a plain SQL
 //      GROUP BY over the raw check-in rows computing only the check-in measures (contacts per
@@ -46,7 +48,9 @@ std::string Uuid(int kind, int64_t i) {
   return absl::StrFormat("%08d-0000-4000-8000-%012d", kind, i);
 }
 
-std::vector<common::v1::Event> CheckInLog(int64_t n) {
+// `n` check-in events; with more than one agency, agency i % agencies writes event i (a county's
+// log, where agencies' events alternate), each enrollment staying with one agency.
+std::vector<common::v1::Event> CheckInLog(int64_t n, int agencies = 1) {
   std::vector<common::v1::Event> log;
   log.reserve(static_cast<size_t>(n));
   const absl::Time start = absl::FromCivil(absl::CivilDay(2026, 1, 1), absl::UTCTimeZone());
@@ -54,8 +58,8 @@ std::vector<common::v1::Event> CheckInLog(int64_t n) {
     common::v1::Event e;
     e.set_position(i);
     e.set_event_id(Uuid(99, i));
-    e.set_agency_id("bench");
-    const int64_t enrollment = i % 2000;
+    e.set_agency_id(agencies == 1 ? "bench" : absl::StrCat("bench-", i % agencies));
+    const int64_t enrollment = i % 2000;  // 2000 is a multiple of every agency count used.
     const absl::Time at = start + absl::Minutes(i * 3);
     if (i % 10 == 0) {
       checkin::v1::ContactAttemptRecordedEvent a;
@@ -130,32 +134,51 @@ void ApplyThroughput(int seconds) {
   std::printf("after both: %s contacts counted, %s events recorded (each once)\n",
               rows[0][0].c_str(), rows[0][1].c_str());
 
-  // The same log through a consumer with the service's batch handler (ApplyCheckInBatch: a run
-  // of one agency's check-in events in one statement), into an empty database: what the
-  // evaluation service's check-in consumer does.
-  auto batch_db = testing::TestDatabase::Create();
-  auto batch = testing::MigrateAndConnect(*batch_db, "evaluation", 2);
-  EventConsumer batched(*batch,
-                        ConsumerOptions{.source = "checkin", .apply_batch = ApplyCheckInBatch},
-                        fetch, ApplyCheckInEvent);
-  const auto t0 = Clock::now();
-  for (;;) {
-    auto page = batched.PollOnce();
-    if (!page.ok()) {
-      std::printf("batch apply failed: %s\n", std::string(page.status().message()).c_str());
-      return;
+  // The same log consumed as the service does (ApplyCheckInBatch: a run of one agency's check-in
+  // events in one statement), into an empty database. Then a county's log of 16 agencies in
+  // turn, whose consecutive events are never one agency's: in runs of consecutive events, and
+  // in one run per agency of a page (runs_by_agency, as the service consumes).
+  const auto batched = [&](const char* label, const std::vector<common::v1::Event>& events,
+                           const ConsumerOptions& options) {
+    EventFetcher fetch_events = [&events](int64_t after,
+                                          int page_size) -> absl::StatusOr<EventPage> {
+      EventPage page;
+      page.head_position = static_cast<int64_t>(events.size());
+      for (int64_t i = after; i < static_cast<int64_t>(events.size()) &&
+                              page.events.size() < static_cast<size_t>(page_size);
+           ++i) {
+        page.events.push_back(events[static_cast<size_t>(i)]);
+      }
+      return page;
+    };
+    auto batch_db = testing::TestDatabase::Create();
+    auto batch = testing::MigrateAndConnect(*batch_db, "evaluation", 2);
+    EventConsumer consumer(*batch, options, fetch_events, ApplyCheckInEvent);
+    const auto t0 = Clock::now();
+    for (;;) {
+      auto page = consumer.PollOnce();
+      if (!page.ok()) {
+        std::printf("batch apply failed: %s\n", std::string(page.status().message()).c_str());
+        return;
+      }
+      if (auto position = consumer.Position(); position.ok() && *position >= n) break;
     }
-    if (auto position = batched.Position(); position.ok() && *position >= n) break;
-  }
-  const double ms = Ms(Clock::now() - t0);
-  const auto same = batch_db->AdminQuery(
-      "SELECT (SELECT sum(contacts) FROM evaluation.supporter_contacts_month), (SELECT count(*) "
-      "FROM evaluation.wellbeing_month)");
-  std::printf(
-      "%-40s %9.0f events/s  (%lld events, %.0f ms; %s contacts, %s enrollment-months; "
-      "target >= 20,000/s)\n",
-      "consumer with the batch handler (service)", static_cast<double>(n) / (ms / 1000.0),
-      static_cast<long long>(n), ms, same[0][0].c_str(), same[0][1].c_str());
+    const double ms = Ms(Clock::now() - t0);
+    const auto same = batch_db->AdminQuery(
+        "SELECT (SELECT sum(contacts) FROM evaluation.supporter_contacts_month), (SELECT "
+        "count(*) FROM evaluation.wellbeing_month)");
+    std::printf(
+        "%-40s %9.0f events/s  (%lld events, %.0f ms; %s contacts, %s enrollment-months; "
+        "target >= 20,000/s)\n",
+        label, static_cast<double>(n) / (ms / 1000.0), static_cast<long long>(n), ms,
+        same[0][0].c_str(), same[0][1].c_str());
+  };
+  ConsumerOptions consecutive = CheckInConsumerOptions();
+  consecutive.runs_by_agency = false;
+  batched("consumer with the batch handler (service)", log, CheckInConsumerOptions());
+  const std::vector<common::v1::Event> county = CheckInLog(n, 16);
+  batched("16 agencies in turn, consecutive runs", county, consecutive);
+  batched("16 agencies in turn (service)", county, CheckInConsumerOptions());
 }
 
 constexpr int64_t kParticipants = 10000;

@@ -301,8 +301,9 @@ const RoleRules& EvaluationService::Rules() {
 
 template <typename Service, typename ListRequest, typename ListResponse>
 void EvaluationService::StartConsumer(Source& source, const std::string& address,
-                                      EventHandler apply, EventBatchHandler apply_batch) {
+                                      EventHandler apply, ConsumerOptions options) {
   if (address.empty()) return;
+  options.source = source.name;
   EventFetcher fetch =
       FetcherOf<Service, ListRequest, ListResponse>(context_, address, source.name);
   std::shared_ptr<SourceTracker> tracker = source.tracker;
@@ -334,8 +335,7 @@ void EvaluationService::StartConsumer(Source& source, const std::string& address
     return page;
   };
   source.consumer = std::make_unique<EventConsumer>(
-      context_.db, ConsumerOptions{.source = source.name, .apply_batch = std::move(apply_batch)},
-      std::move(tracked), std::move(apply), &context_.metrics);
+      context_.db, std::move(options), std::move(tracked), std::move(apply), &context_.metrics);
   source.consumer->Start();
 }
 
@@ -378,16 +378,16 @@ EvaluationService::EvaluationService(ServiceContext& context, EvaluationOptions 
   add("consent", "peerpath.consent.v1.ConsentService", v1::EVENT_SOURCE_CONSENT);
   StartConsumer<checkin::v1::CheckInService, checkin::v1::ListEventsRequest,
                 checkin::v1::ListEventsResponse>(sources_[0], options_.checkin_address,
-                                                 ApplyCheckInEvent, ApplyCheckInBatch);
+                                                 ApplyCheckInEvent, CheckInConsumerOptions());
   StartConsumer<matching::v1::MatchingService, matching::v1::ListEventsRequest,
                 matching::v1::ListEventsResponse>(sources_[1], options_.matching_address,
-                                                  ApplyMatchingEvent);
+                                                  ApplyMatchingEvent, {});
   StartConsumer<escalation::v1::EscalationService, escalation::v1::ListEventsRequest,
                 escalation::v1::ListEventsResponse>(sources_[2], options_.escalation_address,
-                                                    ApplyEscalationEvent);
+                                                    ApplyEscalationEvent, {});
   StartConsumer<consent::v1::ConsentService, consent::v1::ListEventsRequest,
                 consent::v1::ListEventsResponse>(sources_[3], options_.consent_address,
-                                                 ApplyConsentEvent);
+                                                 ApplyConsentEvent, {});
 
   // The first refresh one interval after start (the schema may still be migrating now).
   gauge_thread_ = std::thread([this] {

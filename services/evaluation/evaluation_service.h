@@ -85,9 +85,10 @@ class EvaluationService final : public v1::EvaluationService::Service {
     std::unique_ptr<EventConsumer> consumer;  // Null when the address is not configured.
   };
 
+  // Consumes `source`'s log at `address` (none when empty), keyed by its name.
   template <typename Service, typename ListRequest, typename ListResponse>
   void StartConsumer(Source& source, const std::string& address, EventHandler apply,
-                     EventBatchHandler apply_batch = nullptr);
+                     ConsumerOptions options);
 
   ServiceContext& context_;
   EvaluationOptions options_;

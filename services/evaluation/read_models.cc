@@ -451,6 +451,11 @@ absl::Status ApplyCheckInBatch(pqxx::work& tx,
   return absl::OkStatus();
 }
 
+ConsumerOptions CheckInConsumerOptions() {
+  return ConsumerOptions{
+      .source = "checkin", .apply_batch = ApplyCheckInBatch, .runs_by_agency = true};
+}
+
 absl::Status ApplyMatchingEvent(pqxx::work& tx, const common::v1::Event& event) {
   namespace m = matching::v1;
   const std::string& type = event.type();

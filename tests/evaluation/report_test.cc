@@ -10,6 +10,7 @@
 #include <random>
 
 #include "absl/strings/str_format.h"
+#include "common/event_consumer.h"
 #include "common/time_util.h"
 #include "peerpath/checkin/v1/events.pb.h"
 #include "peerpath/consent/v1/events.pb.h"
@@ -263,6 +264,35 @@ Program MainProgram() {
     f.set_rating(i % 5 + 1);
     *f.mutable_recorded_at() = Ts(At(3, 6));
     p.Emit(Source::kMatching, f);
+  }
+  return p;
+}
+
+// An agency in Los Angeles: UTC-8 until 8 March 2026, UTC-7 after. Its March runs from
+// 2026-03-01T08:00Z to 2026-04-01T07:00Z. Its time zone is named in the middle of its log.
+Program LosAngelesProgram() {
+  Program p("agency-la");
+  const std::string ee = "early_engagement";
+  // f01..f12 enrolled at 05:00Z on 1 March: 28 February in Los Angeles. Each has a check-in at
+  // 06:00Z on 1 March logged before the agency's zone was: it is dated 1 March (UTC then).
+  for (int i = 1; i <= 12; ++i) {
+    p.Enroll(Person("f", i), i, ee, At(3, 1, 5));
+    p.Match(Person("f", i), i, Person("sup", i), At(2, 20));
+    p.CheckIn(Person("f", i), i, 0, Person("sup", i), At(3, 1, 6), 3);
+  }
+  cv::ProgramPolicyChangedEvent policy;
+  policy.set_time_zone("America/Los_Angeles");
+  p.Emit(Source::kCheckIn, policy);
+  // a01..a11 enrolled at 02:00Z on 1 April: still 31 March there.
+  for (int i = 1; i <= 11; ++i) p.Enroll(Person("a", i), 100 + i, ee, At(4, 1, 2));
+  // Then each supporter's contacts: 07:00Z on 1 March (28 February there), 10 March, and two at
+  // 03:00Z and 03:30Z on 1 April (31 March there): with the one above, four in the local March
+  // (three in the UTC one).
+  for (int i = 1; i <= 12; ++i) {
+    p.CheckIn(Person("f", i), i, 1, Person("sup", i), At(3, 1, 7), 3);
+    p.CheckIn(Person("f", i), i, 2, Person("sup", i), At(3, 10), 3);
+    p.CheckIn(Person("f", i), i, 3, Person("sup", i), At(4, 1, 3), 4);
+    p.CheckIn(Person("f", i), i, 4, Person("sup", i), At(4, 1, 3, 30), 4);
   }
   return p;
 }
@@ -547,6 +577,63 @@ TEST_F(ReportTest, BatchedCheckInApplyEqualsOneByOne) {
   EXPECT_EQ(Report(p.agency()).SerializeAsString(), live);
 }
 
+// A county's check-in log, where two agencies' events alternate, through the consumer as the
+// service runs it (the batch handler, one run per agency of each page): each agency's report is
+// the one its own events applied one by one give, the Los Angeles time zone named mid-page
+// included (the contacts before it stay dated in UTC).
+TEST_F(ReportTest, AgenciesInTurnThroughTheConsumerReportAsEachAlone) {
+  Program main = MainProgram();
+  Program la = LosAngelesProgram();
+  for (Program* p : {&main, &la}) {
+    for (const Delivery& d : p->deliveries()) Apply(d);
+  }
+  RecordOutcomes(main);
+  const std::string main_alone = Report(main.agency()).SerializeAsString();
+  const std::string la_alone = Report(la.agency()).SerializeAsString();
+  EXPECT_EQ(Report(la.agency()).time_zone(), "America/Los_Angeles");
+  auto reset = db_->Transact([](pqxx::work& tx) { return ev::ResetReadModels(tx); });
+  ASSERT_TRUE(reset.ok()) << reset;
+
+  // The other sources one by one; the check-in events of both agencies in turn, numbered anew.
+  std::vector<common::v1::Event> log;
+  std::vector<std::vector<const common::v1::Event*>> each(2);
+  for (int i = 0; i < 2; ++i) {
+    for (const Delivery& d : (i == 0 ? main : la).deliveries()) {
+      if (d.source == Source::kCheckIn) {
+        each[static_cast<size_t>(i)].push_back(&d.event);
+      } else {
+        Apply(d);
+      }
+    }
+  }
+  for (size_t k = 0; k < std::max(each[0].size(), each[1].size()); ++k) {
+    for (const auto& events : each) {
+      if (k >= events.size()) continue;
+      log.push_back(*events[k]);
+      log.back().set_position(static_cast<int64_t>(log.size()));
+    }
+  }
+  ASSERT_LT(std::ssize(log), 500);  // One page: Los Angeles's policy event is inside its run.
+  EventFetcher fetch = [&log](int64_t after, int page_size) -> absl::StatusOr<EventPage> {
+    EventPage page;
+    page.head_position = static_cast<int64_t>(log.size());
+    for (int64_t i = after; i < page.head_position && std::ssize(page.events) < page_size; ++i) {
+      page.events.push_back(log[static_cast<size_t>(i)]);
+    }
+    return page;
+  };
+  EventConsumer consumer(*db_, ev::CheckInConsumerOptions(), fetch, ev::ApplyCheckInEvent);
+  for (int round = 0; round < 100; ++round) {
+    auto applied = consumer.PollOnce();
+    ASSERT_TRUE(applied.ok()) << applied.status();
+    if (*consumer.Position() == std::ssize(log)) break;
+  }
+  ASSERT_EQ(*consumer.Position(), std::ssize(log));
+  EXPECT_EQ(Report(main.agency()).SerializeAsString(), main_alone);
+  EXPECT_EQ(Report(la.agency()).SerializeAsString(), la_alone);
+  EXPECT_EQ(Report(la.agency()).time_zone(), "America/Los_Angeles");
+}
+
 TEST_F(ReportTest, TenIsSuppressedElevenIsShownAndTotalsDoNotGiveItBack) {
   // Agency A: 20 early engagement and 10 step-down enrollments. Agency B: 20 and 11.
   for (const auto& [agency, step_down] :
@@ -690,31 +777,7 @@ TEST_F(ReportTest, FactsTakeTheirEnrollmentsProgramAlsoWhenItEndedBeforeThePerio
 }
 
 TEST_F(ReportTest, PeriodsAndLocalDaysAreTheAgencysTimeZone) {
-  // An agency in Los Angeles: UTC-8 until 8 March 2026, UTC-7 after. Its March runs from
-  // 2026-03-01T08:00Z to 2026-04-01T07:00Z.
-  Program p("agency-la");
-  const std::string ee = "early_engagement";
-  // f01..f12 enrolled at 05:00Z on 1 March: 28 February in Los Angeles. Each has a check-in at
-  // 06:00Z on 1 March logged before the agency's zone was: it is dated 1 March (UTC then).
-  for (int i = 1; i <= 12; ++i) {
-    p.Enroll(Person("f", i), i, ee, At(3, 1, 5));
-    p.Match(Person("f", i), i, Person("sup", i), At(2, 20));
-    p.CheckIn(Person("f", i), i, 0, Person("sup", i), At(3, 1, 6), 3);
-  }
-  cv::ProgramPolicyChangedEvent policy;
-  policy.set_time_zone("America/Los_Angeles");
-  p.Emit(Source::kCheckIn, policy);
-  // a01..a11 enrolled at 02:00Z on 1 April: still 31 March there.
-  for (int i = 1; i <= 11; ++i) p.Enroll(Person("a", i), 100 + i, ee, At(4, 1, 2));
-  // Then each supporter's contacts: 07:00Z on 1 March (28 February there), 10 March, and two at
-  // 03:00Z and 03:30Z on 1 April (31 March there): with the one above, four in the local March
-  // (three in the UTC one).
-  for (int i = 1; i <= 12; ++i) {
-    p.CheckIn(Person("f", i), i, 1, Person("sup", i), At(3, 1, 7), 3);
-    p.CheckIn(Person("f", i), i, 2, Person("sup", i), At(3, 10), 3);
-    p.CheckIn(Person("f", i), i, 3, Person("sup", i), At(4, 1, 3), 4);
-    p.CheckIn(Person("f", i), i, 4, Person("sup", i), At(4, 1, 3, 30), 4);
-  }
+  Program p = LosAngelesProgram();
   for (const Delivery& d : p.deliveries()) Apply(d);
 
   const ev::v1::ProgramReport r = Report(p.agency());
@@ -746,6 +809,7 @@ TEST_F(ReportTest, PeriodsAndLocalDaysAreTheAgencysTimeZone) {
 
   // An older policy delivered late does not bring its zone back; an unknown zone is refused.
   Delivery late = p.deliveries().front();
+  cv::ProgramPolicyChangedEvent policy;
   policy.set_time_zone("Asia/Tokyo");
   late.source = Source::kCheckIn;
   late.event.set_event_id(Uuid(98, 1));
@@ -768,7 +832,7 @@ TEST_F(ReportTest, PeriodsAndLocalDaysAreTheAgencysTimeZone) {
   cv::EnrollmentStartedEvent started;
   started.set_enrollment_id(Uuid(1, 1));
   started.set_participant_id("p1");
-  started.set_pathway_key(ee);
+  started.set_pathway_key("early_engagement");
   started.set_time_zone("America/New_York");
   *started.mutable_enrolled_at() = Ts(At(3, 2));
   ny.Emit(Source::kCheckIn, started);
