@@ -1,6 +1,7 @@
 #include "common/event_consumer.h"
 
 #include <map>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -72,13 +73,29 @@ absl::StatusOr<int64_t> EventConsumer::Position() {
   });
 }
 
-absl::StatusOr<int> EventConsumer::PollOnce() {
+absl::StatusOr<int> EventConsumer::PollOnce() { return Poll(nullptr); }
+
+absl::StatusOr<int> EventConsumer::Poll(std::future<PageAhead>* ahead) {
   auto position = Position();
   if (!position.ok()) return position.status();
-  auto page = fetch_(*position, options_.page_size);
+  std::optional<absl::StatusOr<EventPage>> fetched;
+  if (ahead != nullptr && ahead->valid()) {
+    PageAhead next = ahead->get();
+    // Another replica may have moved the position meanwhile: then the page is fetched again.
+    if (next.after == *position) fetched = std::move(next.page);
+  }
+  if (!fetched) fetched = fetch_(*position, options_.page_size);
+  absl::StatusOr<EventPage>& page = *fetched;
   if (!page.ok()) {
     if (fetch_errors_ != nullptr) fetch_errors_->Increment();
     return page.status();
+  }
+  if (ahead != nullptr && !page->events.empty() &&
+      page->head_position > page->events.back().position()) {
+    const int64_t after = page->events.back().position();
+    *ahead = std::async(std::launch::async, [this, after] {
+      return PageAhead{after, fetch_(after, options_.page_size)};
+    });
   }
   auto applied = Apply(*page);
   if (applied.ok()) {
@@ -209,8 +226,14 @@ void EventConsumer::ObserveLag(const EventPage& page, int64_t position) {
 
 void EventConsumer::Run() {
   absl::Duration backoff = options_.min_backoff;
+  std::future<PageAhead> ahead;
+  bool failed = false;
   while (!stop_.stopped()) {
-    auto applied = PollOnce();
+    // After a failed round, each retry fetches only the page it retries, so what watches the
+    // fetches (evaluation's pipeline status) sees the same page asked for again.
+    auto applied = Poll(failed ? nullptr : &ahead);
+    failed = !applied.ok();
+    if (failed && ahead.valid()) ahead.get();  // Waits for it (within the fetch's deadline).
     absl::Duration wait;
     if (!applied.ok()) {
       log::Warn("event consumer: retrying",

@@ -14,6 +14,7 @@
 #include <prometheus/registry.h>
 
 #include <functional>
+#include <future>
 #include <pqxx/pqxx>
 #include <string>
 #include <thread>
@@ -72,7 +73,9 @@ class EventConsumer {
   EventConsumer& operator=(const EventConsumer&) = delete;
   ~EventConsumer();
 
-  // Polls in a background thread until Stop() (which the destructor calls too).
+  // Polls in a background thread until Stop() (which the destructor calls too). While a page
+  // applies and the producer has more after it, the next page is fetched beside it; it is used
+  // only if the stored position is then where that fetch started (never after a failed round).
   void Start();
   void Stop();
 
@@ -84,6 +87,15 @@ class EventConsumer {
   absl::StatusOr<int64_t> Position();
 
  private:
+  // A page fetched while the one before it applied, and where it starts.
+  struct PageAhead {
+    int64_t after = 0;
+    absl::StatusOr<EventPage> page;
+  };
+
+  // PollOnce; with `ahead`, takes the page in it when it starts at the stored position, and
+  // fetches the next page into it while this one applies when the producer has more.
+  absl::StatusOr<int> Poll(std::future<PageAhead>* ahead);
   absl::StatusOr<int> Apply(const EventPage& page);
   // Applies `events` in one transaction; with `isolate`, each in a savepoint so a permanent
   // failure of one is recorded and the rest still apply.

@@ -5,7 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <condition_variable>
 #include <future>
+#include <mutex>
 #include <thread>
 
 #include "common/event_consumer.h"
@@ -348,6 +351,67 @@ TEST_F(EventLogTest, BackgroundConsumerCatchesUpAndStops) {
   }
   EXPECT_EQ(Applied(), 7);
   consumer->Stop();
+}
+
+// While a page applies, the background consumer fetches the next one. A page fetched ahead of a
+// failed round is dropped, and each retry fetches only its own page again: every event applies
+// once, in log order.
+TEST_F(EventLogTest, TheNextPageIsFetchedWhileAPageAppliesAndDroppedAfterAFailure) {
+  for (int day = 1; day <= 8; ++day) ASSERT_TRUE(Append("agency-a", day).ok());
+  std::mutex mu;
+  std::condition_variable fetched;
+  std::vector<int64_t> afters;  // Where each fetch started.
+  std::vector<int> order;       // Days applied, in order.
+  bool overlapped = false;
+  int failures = 0;
+  auto consumer = std::make_unique<EventConsumer>(
+      *database_,
+      ConsumerOptions{.source = "ahead",
+                      .page_size = 2,
+                      .idle_poll = absl::Milliseconds(20),
+                      .min_backoff = absl::Milliseconds(10)},
+      [&](int64_t after, int size) {
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          afters.push_back(after);
+        }
+        fetched.notify_all();
+        return log_->Read(after, size, {});
+      },
+      [&](pqxx::work& tx, const Event& event) -> absl::Status {
+        const int day = DayOf(event);
+        {
+          std::unique_lock<std::mutex> lock(mu);
+          if (day == 1) {
+            // The first page stays open until the second page has been asked for.
+            overlapped = fetched.wait_for(lock, std::chrono::seconds(5), [&] {
+              return std::find(afters.begin(), afters.end(), 2) != afters.end();
+            });
+          }
+          if (day == 3 && failures < 2) {
+            ++failures;
+            return absl::UnavailableError("database busy");  // The second page's first two tries.
+          }
+          order.push_back(day);
+        }
+        tx.exec_params0("INSERT INTO applied (agency_id, event_id, day) VALUES ($1, $2, $3)",
+                        event.agency_id(), event.event_id(), day);
+        return absl::OkStatus();
+      });
+  consumer->Start();
+  for (int i = 0; i < 200 && Applied() < 8; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  consumer->Stop();
+  EXPECT_TRUE(overlapped);
+  EXPECT_EQ(Applied(), 8);
+  EXPECT_EQ(order, (std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8}));
+  // Page 1 with page 2 ahead; page 2 (fails) with page 3 ahead, which is dropped; page 2 alone,
+  // twice (fails, then applies); page 3 with page 4 ahead; page 4 is the last, so nothing ahead;
+  // then the idle polls.
+  ASSERT_GE(afters.size(), 8u);
+  EXPECT_EQ(std::vector<int64_t>(afters.begin(), afters.begin() + 8),
+            (std::vector<int64_t>{0, 2, 4, 2, 2, 4, 6, 8}));
 }
 
 TEST_F(EventLogTest, SubscribersBeyondTheCapAreTurnedAway) {
