@@ -268,8 +268,9 @@ std::vector<v1::EnrollmentRoutineStoppedEvent> StopRoutineEngagement(
 // Makes an enrollment routine again; returns it as stored.
 v1::Enrollment ResumeRoutine(pqxx::work& tx, const std::string& enrollment_id);
 
-// Agencies with active enrollments (maintenance transaction: every agency).
+// Agencies with active enrollments (maintenance transaction: every agency), in order; its query.
 std::vector<std::string> AgenciesWithActiveEnrollments(pqxx::work& tx);
+extern const char kActiveAgenciesSql[];
 
 // Marks DUE occurrences whose window ended MISSED and returns them with the event they need.
 std::vector<v1::CheckInMissedEvent> MarkMissedOccurrences(pqxx::work& tx);

@@ -1381,6 +1381,49 @@ TEST_F(CheckInServiceTest, AnAgencysReadsOfItsEnrollmentsReadOnlyItsOwn) {
   EXPECT_LT(supported_reads.rows, 50);
 }
 
+// The sweep finds the agencies with active enrollments by one index descent per agency: with
+// 20,000 more enrollments in three other agencies, and an agency whose enrollments all ended, it
+// reads a few index pages. With DISTINCT it read every enrollment (a sequential scan).
+TEST_F(CheckInServiceTest, TheSweepFindsItsAgenciesWithoutReadingEveryEnrollment) {
+  const std::string ended = "g % 100 = 0";
+  EnrolledWithCopies(
+      20000,
+      absl::StrCat("'agency_id', CASE WHEN ", ended,
+                   " THEN 'agency-gone' ELSE 'agency-' || (ARRAY['x', 'y', 'z'])[1 + g % "
+                   "3] END, 'status', CASE WHEN ",
+                   ended, " THEN 'ended' ELSE 'active' END, 'ended_at', CASE WHEN ", ended,
+                   " THEN now() END, 'ended_by', CASE WHEN ", ended,
+                   " THEN 'staff-1' END, 'end_reason', CASE WHEN ", ended, " THEN 'moved' END"));
+  ASSERT_EQ(Count("SELECT count(*) FROM checkin.enrollments WHERE agency_id = 'agency-gone' AND "
+                  "status = 'ended'"),
+            200);
+  pqxx::connection runtime(db_->UrlFor("checkin"));
+  pqxx::nontransaction(runtime).exec0("SET search_path TO checkin");
+  std::vector<std::string> agencies;
+  TableReads rows;
+  const std::map<std::string, int64_t> pages = IndexPagesRead(runtime, "checkin", [&] {
+    pqxx::work tx(runtime);
+    tx.exec0("SET LOCAL app.maintenance = 'on'");  // As the sweep's transaction.
+    agencies = checkin::AgenciesWithActiveEnrollments(tx);
+    rows = ReadsInTransaction(tx, "checkin")["enrollments"];
+    tx.commit();
+  });
+  pqxx::work tx(runtime);
+  tx.exec0("SET LOCAL app.maintenance = 'on'");
+  std::string plan;
+  for (const auto& row : tx.exec(std::string("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) ") +
+                                 checkin::kActiveAgenciesSql)) {
+    plan += std::string(row[0].c_str()) + "\n";
+  }
+  EXPECT_EQ(agencies, (std::vector<std::string>{kAgency, "agency-x", "agency-y", "agency-z"}));
+  EXPECT_EQ(rows.sequential_scans, 0) << plan;
+  // The descents may pass ended enrollments (the planner takes the narrower (agency_id, id)
+  // index and filters on status): here agency-gone's 200.
+  EXPECT_LT(rows.rows, 300) << plan;
+  ASSERT_TRUE(pages.contains("enrollments"));
+  EXPECT_LT(pages.at("enrollments"), 30) << plan;
+}
+
 // Listing an agency's enrollments reads a page at a time: with 20,000 enrollments (analysed), the
 // first page and one further on each read about a page of rows, newest first, the second
 // starting after the first's last. They read every enrollment of the agency, sorted, for each
