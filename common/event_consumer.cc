@@ -2,6 +2,7 @@
 
 #include <map>
 #include <optional>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -93,9 +94,13 @@ absl::StatusOr<int> EventConsumer::Poll(std::future<PageAhead>* ahead) {
   if (ahead != nullptr && !page->events.empty() &&
       page->head_position > page->events.back().position()) {
     const int64_t after = page->events.back().position();
-    *ahead = std::async(std::launch::async, [this, after] {
-      return PageAhead{after, fetch_(after, options_.page_size)};
-    });
+    try {
+      *ahead = std::async(std::launch::async, [this, after] {
+        return PageAhead{after, fetch_(after, options_.page_size)};
+      });
+    } catch (const std::system_error&) {
+      // No thread to spare: the next page is fetched after this one applies, as PollOnce does.
+    }
   }
   auto applied = Apply(*page);
   if (applied.ok()) {

@@ -90,22 +90,25 @@ std::vector<common::v1::Event> CheckInLog(int64_t n, int agencies = 1) {
   return log;
 }
 
+// Serves `log` (positions 1..n, in order) as its producer's ListEvents would.
+EventFetcher FetcherOf(const std::vector<common::v1::Event>& log) {
+  return [&log](int64_t after, int page_size) -> absl::StatusOr<EventPage> {
+    EventPage page;
+    page.head_position = std::ssize(log);
+    for (int64_t i = after; i < std::ssize(log) && std::ssize(page.events) < page_size; ++i) {
+      page.events.push_back(log[static_cast<size_t>(i)]);
+    }
+    return page;
+  };
+}
+
 void ApplyThroughput(int seconds) {
   auto test_db = testing::TestDatabase::Create();
   auto db = testing::MigrateAndConnect(*test_db, "evaluation", 2);
   const int64_t n = std::max<int64_t>(20000, int64_t{20000} * seconds);
   const std::vector<common::v1::Event> log = CheckInLog(n);
-  EventFetcher fetch = [&log](int64_t after, int page_size) -> absl::StatusOr<EventPage> {
-    EventPage page;
-    page.head_position = static_cast<int64_t>(log.size());
-    for (int64_t i = after; i < static_cast<int64_t>(log.size()) &&
-                            page.events.size() < static_cast<size_t>(page_size);
-         ++i) {
-      page.events.push_back(log[static_cast<size_t>(i)]);
-    }
-    return page;
-  };
-  EventConsumer consumer(*db, ConsumerOptions{.source = "checkin"}, fetch, ApplyCheckInEvent);
+  EventConsumer consumer(*db, ConsumerOptions{.source = "checkin"}, FetcherOf(log),
+                         ApplyCheckInEvent);
   auto run = [&](const char* label) {
     const auto t0 = Clock::now();
     int64_t applied = 0;
@@ -140,20 +143,9 @@ void ApplyThroughput(int seconds) {
   // in one run per agency of a page (runs_by_agency, as the service consumes).
   const auto batched = [&](const char* label, const std::vector<common::v1::Event>& events,
                            const ConsumerOptions& options) {
-    EventFetcher fetch_events = [&events](int64_t after,
-                                          int page_size) -> absl::StatusOr<EventPage> {
-      EventPage page;
-      page.head_position = static_cast<int64_t>(events.size());
-      for (int64_t i = after; i < static_cast<int64_t>(events.size()) &&
-                              page.events.size() < static_cast<size_t>(page_size);
-           ++i) {
-        page.events.push_back(events[static_cast<size_t>(i)]);
-      }
-      return page;
-    };
     auto batch_db = testing::TestDatabase::Create();
     auto batch = testing::MigrateAndConnect(*batch_db, "evaluation", 2);
-    EventConsumer consumer(*batch, options, fetch_events, ApplyCheckInEvent);
+    EventConsumer consumer(*batch, options, FetcherOf(events), ApplyCheckInEvent);
     const auto t0 = Clock::now();
     for (;;) {
       auto page = consumer.PollOnce();
