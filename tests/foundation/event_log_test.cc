@@ -399,7 +399,13 @@ TEST_F(EventLogTest, TheNextPageIsFetchedWhileAPageAppliesAndDroppedAfterAFailur
         return absl::OkStatus();
       });
   consumer->Start();
-  for (int i = 0; i < 200 && Applied() < 8; ++i) {
+  // Until every event applied and the consumer has asked after the last one (its first idle
+  // poll), which may come just after the last page's commit.
+  const auto fetches = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return afters.size();
+  };
+  for (int i = 0; i < 200 && (Applied() < 8 || fetches() < 8); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(25));
   }
   consumer->Stop();
