@@ -34,6 +34,7 @@
 #include "services/evaluation/evaluation_service.h"
 #include "services/evaluation/read_models.h"
 #include "services/evaluation/report_store.h"
+#include "tests/support/log_fetcher.h"
 #include "tests/support/migrated_schema.h"
 #include "tests/support/test_database.h"
 
@@ -90,24 +91,12 @@ std::vector<common::v1::Event> CheckInLog(int64_t n, int agencies = 1) {
   return log;
 }
 
-// Serves `log` (positions 1..n, in order) as its producer's ListEvents would.
-EventFetcher FetcherOf(const std::vector<common::v1::Event>& log) {
-  return [&log](int64_t after, int page_size) -> absl::StatusOr<EventPage> {
-    EventPage page;
-    page.head_position = std::ssize(log);
-    for (int64_t i = after; i < std::ssize(log) && std::ssize(page.events) < page_size; ++i) {
-      page.events.push_back(log[static_cast<size_t>(i)]);
-    }
-    return page;
-  };
-}
-
 void ApplyThroughput(int seconds) {
   auto test_db = testing::TestDatabase::Create();
   auto db = testing::MigrateAndConnect(*test_db, "evaluation", 2);
   const int64_t n = std::max<int64_t>(20000, int64_t{20000} * seconds);
   const std::vector<common::v1::Event> log = CheckInLog(n);
-  EventConsumer consumer(*db, ConsumerOptions{.source = "checkin"}, FetcherOf(log),
+  EventConsumer consumer(*db, ConsumerOptions{.source = "checkin"}, testing::FetcherOver(log),
                          ApplyCheckInEvent);
   auto run = [&](const char* label) {
     const auto t0 = Clock::now();
@@ -145,7 +134,7 @@ void ApplyThroughput(int seconds) {
                            const ConsumerOptions& options) {
     auto batch_db = testing::TestDatabase::Create();
     auto batch = testing::MigrateAndConnect(*batch_db, "evaluation", 2);
-    EventConsumer consumer(*batch, options, FetcherOf(events), ApplyCheckInEvent);
+    EventConsumer consumer(*batch, options, testing::FetcherOver(events), ApplyCheckInEvent);
     const auto t0 = Clock::now();
     for (;;) {
       auto page = consumer.PollOnce();

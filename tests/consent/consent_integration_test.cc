@@ -2,11 +2,9 @@
 // real PostgreSQL database.
 #include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <fstream>
 #include <future>
 #include <thread>
 

@@ -19,6 +19,7 @@
 #include "services/evaluation/evaluation_service.h"
 #include "services/evaluation/read_models.h"
 #include "services/evaluation/report_store.h"
+#include "tests/support/log_fetcher.h"
 #include "tests/support/migrated_schema.h"
 #include "tests/support/test_database.h"
 
@@ -614,15 +615,8 @@ TEST_F(ReportTest, AgenciesInTurnThroughTheConsumerReportAsEachAlone) {
     }
   }
   ASSERT_LT(std::ssize(log), 500);  // One page: Los Angeles's policy event is inside its run.
-  EventFetcher fetch = [&log](int64_t after, int page_size) -> absl::StatusOr<EventPage> {
-    EventPage page;
-    page.head_position = static_cast<int64_t>(log.size());
-    for (int64_t i = after; i < page.head_position && std::ssize(page.events) < page_size; ++i) {
-      page.events.push_back(log[static_cast<size_t>(i)]);
-    }
-    return page;
-  };
-  EventConsumer consumer(*db_, ev::CheckInConsumerOptions(), fetch, ev::ApplyCheckInEvent);
+  EventConsumer consumer(*db_, ev::CheckInConsumerOptions(), FetcherOver(log),
+                         ev::ApplyCheckInEvent);
   for (int round = 0; round < 100; ++round) {
     auto applied = consumer.PollOnce();
     ASSERT_TRUE(applied.ok()) << applied.status();

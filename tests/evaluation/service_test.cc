@@ -5,8 +5,6 @@
 // others; a restart with --replay_read_models rebuilds the same report from position 0.
 #include <gtest/gtest.h>
 
-#include <filesystem>
-#include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"

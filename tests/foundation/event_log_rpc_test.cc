@@ -2,9 +2,7 @@
 // gRPC from the real binary, only for the `service` role, and a consumer that keeps polling with
 // backoff while the producer is down and catches up when it is back.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
-#include <fstream>
 #include <mutex>
 #include <thread>
 

@@ -71,6 +71,13 @@ class EventLogTest : public ::testing::Test {
     return page.value_or(EventPage{});
   }
 
+  // The effect every consumer here applies: the event recorded in `applied`, under its agency.
+  static absl::Status Record(pqxx::work& tx, const Event& event) {
+    tx.exec_params0("INSERT INTO applied (agency_id, event_id, day) VALUES ($1, $2, $3)",
+                    event.agency_id(), event.event_id(), DayOf(event));
+    return absl::OkStatus();
+  }
+
   // A consumer reading this same log and recording each event in `applied`.
   std::unique_ptr<EventConsumer> Consumer(std::function<absl::Status(const Event&)> check = {}) {
     return std::make_unique<EventConsumer>(
@@ -80,9 +87,7 @@ class EventLogTest : public ::testing::Test {
           if (check) {
             if (absl::Status s = check(event); !s.ok()) return s;
           }
-          tx.exec_params0("INSERT INTO applied (agency_id, event_id, day) VALUES ($1, $2, $3)",
-                          event.agency_id(), event.event_id(), DayOf(event));
-          return absl::OkStatus();
+          return Record(tx, event);
         });
   }
 
@@ -274,9 +279,7 @@ TEST_F(EventLogTest, BatchHandlerTakesRunsOfOneAgencyAndFallsBackPerEventOnAPerm
   std::vector<std::vector<int>> runs;
   auto insert = [](pqxx::work& tx, const Event& event) -> absl::Status {
     if (DayOf(event) == 4) return absl::InvalidArgumentError("unreadable");
-    tx.exec_params0("INSERT INTO applied (agency_id, event_id, day) VALUES ($1, $2, $3)",
-                    event.agency_id(), event.event_id(), DayOf(event));
-    return absl::OkStatus();
+    return Record(tx, event);
   };
   EventConsumer consumer(
       *database_, ConsumerOptions{.source = "self", .apply_batch = RecordingRuns(runs, insert)},
@@ -321,16 +324,11 @@ TEST_F(EventLogTest, RunsByAgencyTakeEveryEventOfAnAgencyInThePageTogether) {
     ASSERT_TRUE(Append(day % 2 == 1 ? "agency-a" : "agency-b", day).ok());
   }
   std::vector<std::vector<int>> runs;
-  const EventHandler insert = [](pqxx::work& tx, const Event& event) {
-    tx.exec_params0("INSERT INTO applied (agency_id, event_id, day) VALUES ($1, $2, $3)",
-                    event.agency_id(), event.event_id(), DayOf(event));
-    return absl::OkStatus();
-  };
   EventConsumer consumer(
       *database_,
       ConsumerOptions{
-          .source = "self", .apply_batch = RecordingRuns(runs, insert), .runs_by_agency = true},
-      [this](int64_t after, int size) { return log_->Read(after, size, {}); }, insert);
+          .source = "self", .apply_batch = RecordingRuns(runs, Record), .runs_by_agency = true},
+      [this](int64_t after, int size) { return log_->Read(after, size, {}); }, Record);
   EXPECT_EQ(consumer.PollOnce().value_or(-1), 5);
   EXPECT_EQ(runs, (std::vector<std::vector<int>>{{1, 3, 5}, {2, 4}}));
   EXPECT_EQ(Applied(), 5);
@@ -394,9 +392,7 @@ TEST_F(EventLogTest, TheNextPageIsFetchedWhileAPageAppliesAndDroppedAfterAFailur
           }
           order.push_back(day);
         }
-        tx.exec_params0("INSERT INTO applied (agency_id, event_id, day) VALUES ($1, $2, $3)",
-                        event.agency_id(), event.event_id(), day);
-        return absl::OkStatus();
+        return Record(tx, event);
       });
   consumer->Start();
   // Until every event applied and the consumer has asked after the last one (its first idle

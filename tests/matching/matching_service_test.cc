@@ -3,10 +3,8 @@
 // supporter's capacity (also concurrently), re-matching, follow-ups, batch assignment, the
 // relationship check other services rely on, events exactly once, and the refusals.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <atomic>
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <set>

@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <fstream>
 #include <memory>
 #include <stdexcept>
 
@@ -29,6 +28,22 @@ std::string Pem(EVP_PKEY* key, bool private_key) {
   return std::string(data, static_cast<size_t>(size));
 }
 
+// Writes `content` to a new file named `prefix` and six random characters in the test's temporary
+// folder, readable by its owner only (mkstemp); returns its path.
+std::string WriteOwnFile(const std::string& prefix, const std::string& content) {
+  std::string path = ::testing::TempDir() + prefix + "XXXXXX";
+  const int fd = mkstemp(path.data());
+  if (fd < 0) throw std::runtime_error("cannot create " + prefix + " in " + ::testing::TempDir());
+  const bool written =
+      write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size());
+  close(fd);
+  if (!written) {
+    unlink(path.c_str());
+    throw std::runtime_error("cannot write " + path);
+  }
+  return path;
+}
+
 TestKeys MakeKeys() {
   TestKeys keys;
   std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> ec(EVP_EC_gen("P-256"), EVP_PKEY_free);
@@ -36,11 +51,8 @@ TestKeys MakeKeys() {
   if (ec == nullptr || rsa == nullptr) throw std::runtime_error("key generation failed");
   keys.ec_private_pem = Pem(ec.get(), true);
   keys.rsa_private_pem = Pem(rsa.get(), true);
-  std::string path = ::testing::TempDir() + "peerpath-test-keys-XXXXXX";
-  const int fd = mkstemp(path.data());
-  if (fd < 0) throw std::runtime_error("cannot create key file in " + ::testing::TempDir());
-  close(fd);
-  std::ofstream(path) << Pem(ec.get(), false) << Pem(rsa.get(), false);
+  const std::string path =
+      WriteOwnFile("peerpath-test-keys-", Pem(ec.get(), false) + Pem(rsa.get(), false));
   keys.public_keys_file = path;
   // Removed when the test process ends.
   static const std::string to_remove = path;
@@ -71,19 +83,8 @@ std::string TokenFor(const std::string& agency, const std::vector<std::string>& 
 }
 
 TokenFile::TokenFile(const std::string& agency, const std::vector<std::string>& roles,
-                     const std::string& subject) {
-  std::string path = ::testing::TempDir() + "peerpath-service-token-XXXXXX";
-  const int fd = mkstemp(path.data());  // Mode 0600.
-  if (fd < 0) throw std::runtime_error("cannot create a token file in " + ::testing::TempDir());
-  const std::string token = TokenFor(agency, roles, subject);
-  const bool written = write(fd, token.data(), token.size()) == static_cast<ssize_t>(token.size());
-  close(fd);
-  path_ = path;
-  if (!written) {
-    unlink(path_.c_str());
-    throw std::runtime_error("cannot write the token file " + path_);
-  }
-}
+                     const std::string& subject)
+    : path_(WriteOwnFile("peerpath-service-token-", TokenFor(agency, roles, subject))) {}
 
 TokenFile::~TokenFile() { unlink(path_.c_str()); }
 
