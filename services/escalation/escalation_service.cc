@@ -83,11 +83,9 @@ void SetOverdue(v1::Concern& concern, absl::Time now) {
                       FromProtoTimestamp(concern.next_deadline()) <= now);
 }
 
-// Group commit of RaiseConcern: this many write transactions at once (the connection pool's
-// default size), of them at most two of one agency (the agency's calls arriving meanwhile queue
-// for its next), so that calls of many agencies, which never share a transaction, still run side
-// by side as they did one transaction per call.
-constexpr int kConcurrentRaiseWrites = 8;
+// Group commit of RaiseConcern: at most two write transactions of one agency at once (the
+// agency's calls arriving meanwhile queue for its next), of EscalationOptions::raise_writes in
+// all, so that calls of many agencies, which never share a transaction, still run side by side.
 constexpr int kConcurrentRaiseWritesPerAgency = 2;
 
 AuditEntry AuditOf(const Identity& caller, const std::string& rpc, const std::string& concern_id,
@@ -160,7 +158,7 @@ EscalationService::EscalationService(ServiceContext& context, EscalationOptions 
       time_zone_(options.zone),
       raises_(
           GroupCommitOptions{.max_batch = options.max_raise_batch,
-                             .max_concurrent = kConcurrentRaiseWrites,
+                             .max_concurrent = options.raise_writes,
                              .max_concurrent_per_group = kConcurrentRaiseWritesPerAgency},
           [this](const std::vector<const RaiseCall*>& calls) { return RaiseBatch(calls); },
           [](const RaiseCall& c) { return c.idempotent.agency_id; },

@@ -2,6 +2,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "common/server.h"
 #include "escalation/migrations.h"
 #include "services/escalation/escalation_service.h"
@@ -27,11 +28,29 @@ ABSL_FLAG(std::string, escalation_max_raise_batch, "",
           "escalation: most concurrent RaiseConcern calls of one agency written in one "
           "transaction (group commit), 1 to 256; 1 writes each call alone (env "
           "PEERPATH_ESCALATION_MAX_RAISE_BATCH; default 16)");
+ABSL_FLAG(std::string, escalation_raise_writes, "",
+          "escalation: RaiseConcern write transactions at once, of all agencies together, 1 to "
+          "64 (at most 2 of one agency); about the database server's processors and one more "
+          "(env PEERPATH_ESCALATION_RAISE_WRITES; default 3)");
 
 using peerpath::ExitOnBadConfiguration;
 using peerpath::FlagOrEnv;
 
 namespace {
+
+// The flag's value, else the environment's, else `fallback`: a whole number from 1 to `most`, or
+// the service exits naming the flag.
+int WholeNumber(const std::string& flag_value, const std::string& flag, const char* env,
+                int fallback, int most) {
+  const std::string text = FlagOrEnv(flag_value, env, absl::StrCat(fallback));
+  int value = 0;
+  if (!absl::SimpleAtoi(text, &value) || value < 1 || value > most) {
+    ExitOnBadConfiguration(
+        "peerpath-escalation",
+        absl::StrCat("--", flag, " '", text, "' is not a whole number from 1 to ", most));
+  }
+  return value;
+}
 
 peerpath::escalation::EscalationOptions OptionsFromFlags() {
   peerpath::escalation::EscalationOptions options;
@@ -57,13 +76,12 @@ peerpath::escalation::EscalationOptions OptionsFromFlags() {
       FlagOrEnv(absl::GetFlag(FLAGS_checkin_address), "PEERPATH_CHECKIN_ADDRESS");
   options.matching_address =
       FlagOrEnv(absl::GetFlag(FLAGS_matching_address), "PEERPATH_MATCHING_ADDRESS");
-  const std::string batch = FlagOrEnv(absl::GetFlag(FLAGS_escalation_max_raise_batch),
-                                      "PEERPATH_ESCALATION_MAX_RAISE_BATCH", "16");
-  if (!absl::SimpleAtoi(batch, &options.max_raise_batch) || options.max_raise_batch < 1 ||
-      options.max_raise_batch > 256) {
-    ExitOnBadConfiguration("peerpath-escalation", "--escalation_max_raise_batch '" + batch +
-                                                      "' is not a whole number from 1 to 256");
-  }
+  options.max_raise_batch =
+      WholeNumber(absl::GetFlag(FLAGS_escalation_max_raise_batch), "escalation_max_raise_batch",
+                  "PEERPATH_ESCALATION_MAX_RAISE_BATCH", options.max_raise_batch, 256);
+  options.raise_writes =
+      WholeNumber(absl::GetFlag(FLAGS_escalation_raise_writes), "escalation_raise_writes",
+                  "PEERPATH_ESCALATION_RAISE_WRITES", options.raise_writes, 64);
   return options;
 }
 

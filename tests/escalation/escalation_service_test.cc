@@ -15,6 +15,7 @@
 #include <optional>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/escaping.h"
@@ -227,13 +228,7 @@ class EscalationServiceTest : public ::testing::Test {
     auto lock = db_->Admin();
     pqxx::work held(*lock);
     held.exec0("LOCK TABLE escalation.idempotency_keys IN SHARE MODE");
-    // Calls waiting for the lock (not the service's background work, which may wait on locks of
-    // its own).
-    auto blocked = [&] {
-      return Count(
-          "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = "
-          "current_database() AND query LIKE '%INSERT INTO idempotency_keys%'");
-    };
+    auto blocked = [&] { return RaisesWaitingOnALock(); };
     responses.assign(calls.size(), v1::RaiseConcernResponse());
     statuses.assign(calls.size(), grpc::Status());
     std::vector<std::thread> threads;
@@ -255,15 +250,25 @@ class EscalationServiceTest : public ::testing::Test {
     }
     // All of them in the service: the two in their transactions, the others queued behind them
     // (none reaches the database).
-    auto in_flight = [&] {
-      return MetricValue(HttpGet(service_->metrics_port(), "/metrics"),
-                         "peerpath_escalation_raise_calls_in_flight", {});
-    };
-    for (int tries = 0; tries < 400 && in_flight() < calls.size(); ++tries) {
+    for (int tries = 0; tries < 400 && RaisesInFlight() < calls.size(); ++tries) {
       std::this_thread::sleep_for(25ms);
     }
-    ASSERT_EQ(in_flight(), calls.size());
+    ASSERT_EQ(RaisesInFlight(), calls.size());
     EXPECT_EQ(blocked(), 2);
+  }
+
+  // RaiseConcern calls whose key claim waits on a lock (not the service's background work, which
+  // may wait on locks of its own).
+  int RaisesWaitingOnALock() {
+    return Count(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = "
+        "current_database() AND query LIKE '%INSERT INTO idempotency_keys%'");
+  }
+
+  // The service's RaiseConcern calls waiting for their write transaction or in it.
+  double RaisesInFlight() {
+    return MetricValue(HttpGet(service_->metrics_port(), "/metrics"),
+                       "peerpath_escalation_raise_calls_in_flight", {});
   }
 
   void RaiseCriticalConcernsTwoHoursOverdue(int count);
@@ -1004,13 +1009,70 @@ TEST_F(EscalationServiceTest, ACallTheDatabaseRefusesFailsNoOtherCallOfItsTransa
             0);
 }
 
-TEST_F(EscalationServiceTest, AMaxRaiseBatchOutOfRangeIsRefusedAtStart) {
-  for (const std::string bad : {"0", "257", "many"}) {
-    ServiceProcess refused("escalation", db_->UrlFor("escalation"),
-                           {"--escalation_max_raise_batch=" + bad});
-    EXPECT_EQ(refused.WaitExit(30s), std::optional<int>(2)) << refused.Log();
-    EXPECT_NE(refused.Log().find("--escalation_max_raise_batch '" + bad + "'"), std::string::npos)
-        << refused.Log();
+TEST_F(EscalationServiceTest, AGroupCommitSettingOutOfRangeIsRefusedAtStart) {
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+      {"escalation_max_raise_batch", {"0", "257", "many"}},
+      {"escalation_raise_writes", {"0", "65", "-1", "few"}},
+  };
+  for (const auto& [flag, values] : cases) {
+    for (const std::string& bad : values) {
+      ServiceProcess refused("escalation", db_->UrlFor("escalation"), {"--" + flag + "=" + bad});
+      EXPECT_EQ(refused.WaitExit(30s), std::optional<int>(2)) << refused.Log();
+      EXPECT_NE(refused.Log().find("--" + flag + " '" + bad + "'"), std::string::npos)
+          << refused.Log();
+    }
+  }
+}
+
+// --escalation_raise_writes bounds the RaiseConcern write transactions of all agencies together:
+// calls of more agencies than that, whose key claims wait on a table lock, hold that many
+// transactions and the rest wait in the service (the default 3, then 1). Once the lock goes,
+// every call is raised.
+TEST_F(EscalationServiceTest, RaiseWritesBoundTheTransactionsOfAllAgenciesTogether) {
+  const std::vector<std::tuple<std::string, int, int>> cases = {
+      {"", 3, 5},
+      {"--escalation_raise_writes=1", 1, 3},
+  };
+  for (const auto& [flag, writes, agencies] : cases) {
+    SCOPED_TRACE(flag.empty() ? "default" : flag);
+    std::vector<std::string> args = {"--deadline_sweep_interval=1h"};
+    if (!flag.empty()) args.push_back(flag);
+    service_ = Start(args);
+    auto lock = db_->Admin();
+    pqxx::work held(*lock);
+    held.exec0("LOCK TABLE escalation.idempotency_keys IN SHARE MODE");
+    std::vector<grpc::Status> statuses(agencies);
+    std::vector<std::thread> threads;
+    absl::Cleanup join = [&] {
+      held.abort();
+      for (auto& t : threads) t.join();
+    };
+    for (int i = 0; i < agencies; ++i) {
+      threads.emplace_back([&, i] {
+        v1::RaiseConcernResponse response;
+        statuses[i] =
+            stub_->RaiseConcern(As(absl::StrCat("writes-agency-", i), {"clinician"}, "dr-1").get(),
+                                Raise(CONCERN_CATEGORY_CLINICAL_WORSENING, CONCERN_SEVERITY_URGENT,
+                                      absl::StrCat("writes-", writes, "-", i)),
+                                &response);
+      });
+    }
+    for (int tries = 0;
+         tries < 400 && (RaisesInFlight() < agencies || RaisesWaitingOnALock() < writes); ++tries) {
+      std::this_thread::sleep_for(25ms);
+    }
+    ASSERT_EQ(RaisesInFlight(), agencies);
+    // A call past the bound would reach the lock within this time.
+    std::this_thread::sleep_for(300ms);
+    EXPECT_EQ(RaisesWaitingOnALock(), writes);
+    std::move(join).Invoke();
+    for (int i = 0; i < agencies; ++i) {
+      EXPECT_TRUE(statuses[i].ok()) << i << ": " << statuses[i].error_message();
+      EXPECT_EQ(Count(absl::StrCat("SELECT count(*) FROM escalation.concerns WHERE agency_id = "
+                                   "'writes-agency-",
+                                   i, "' AND participant_id = 'client-42'")),
+                writes == 3 ? 1 : 2);
+    }
   }
 }
 
