@@ -109,22 +109,34 @@ void NotificationOutbox::Start(const StopSignal& stopping) {
         }
         next_clean_up = absl::Now() + absl::Hours(1);
       }
-      // One transaction's worth on this thread; when all of it went out, more may be due (a
-      // burst of escalations): the rest goes through several connections at once, each POST
-      // waiting on the receiver (SKIP LOCKED gives each worker its own notifications).
-      auto delivered = DeliverDue(kPerTransaction);
-      if (!delivered.ok()) {
-        log::Warn("notification delivery pass failed",
-                  {{"code", absl::StatusCodeToString(delivered.status().code())}});
-      } else if (*delivered == kPerTransaction) {
-        const int workers = db_.BackgroundWorkers();
-        ForEachInOrder(workers, workers, [&](size_t) {
-          auto more = DeliverDue();
-          if (!more.ok()) {
-            log::Warn("notification delivery pass failed",
-                      {{"code", absl::StatusCodeToString(more.status().code())}});
-          }
-        });
+      // A transaction's worth at a time on this thread while each delivers all it found (more
+      // may be due: a burst of escalations). When the receiver took most of such a transaction's
+      // time (a webhook answering in milliseconds), the rest goes through several connections at
+      // once, each waiting on the receiver beside the others (SKIP LOCKED gives each worker its
+      // own notifications). When the database's part was the larger (a receiver that answers at
+      // once, as the log), more connections would only take turns on it, and those finding the
+      // others' rows locked would read nothing.
+      for (bool more = true; more && !stopping.stopped();) {
+        const absl::Time start = absl::Now();
+        absl::Duration receiving;
+        auto delivered = DeliverDue(kPerTransaction, &receiving);
+        if (!delivered.ok()) {
+          log::Warn("notification delivery pass failed",
+                    {{"code", absl::StatusCodeToString(delivered.status().code())}});
+          break;
+        }
+        more = *delivered == kPerTransaction;
+        if (more && receiving > (absl::Now() - start) / 2) {
+          const int workers = db_.BackgroundWorkers();
+          ForEachInOrder(workers, workers, [&](size_t) {
+            auto rest = DeliverDue();
+            if (!rest.ok()) {
+              log::Warn("notification delivery pass failed",
+                        {{"code", absl::StatusCodeToString(rest.status().code())}});
+            }
+          });
+          more = false;
+        }
       }
       if (!wake_.WaitForWake(options_.poll, options_.min_gap)) return;
     }
@@ -143,7 +155,9 @@ absl::StatusOr<int64_t> NotificationOutbox::DeleteOld() {
       });
 }
 
-absl::StatusOr<int> NotificationOutbox::DeliverDue(int max) {
+absl::StatusOr<int> NotificationOutbox::DeliverDue(int max) { return DeliverDue(max, nullptr); }
+
+absl::StatusOr<int> NotificationOutbox::DeliverDue(int max, absl::Duration* receiving) {
   int delivered = 0;
   int handled = 0;
   while (handled < max) {
@@ -168,7 +182,10 @@ absl::StatusOr<int> NotificationOutbox::DeliverDue(int max) {
             n.target = Target{static_cast<TargetKind>(r[7].as<int>()), r[8].as<std::string>()};
             n.deadline = absl::FromUnixMicros(r[9].as<int64_t>());
             const int attempts = r[10].as<int>() + 1;
-            if (notifier_.Deliver(n)) {
+            const absl::Time posted = absl::Now();
+            const bool accepted = notifier_.Deliver(n);
+            if (receiving != nullptr) *receiving += absl::Now() - posted;
+            if (accepted) {
               delivered_ids.push_back(r[0].as<int64_t>());
               ++delivered;
               if (delivered_ != nullptr) delivered_->Increment();

@@ -6,8 +6,9 @@
 // and retries a failed delivery with backoff until it succeeds or `give_up_after` has passed.
 // Wake() after a commit delivers at once, or `min_gap` after the last pass; otherwise the thread
 // looks every `poll`. The pages a pass delivered are marked in one statement. A backlog is
-// delivered through up to four connections at once. Delivered notifications are kept 30 days,
-// then deleted.
+// delivered a transaction at a time, through up to four connections at once when the receiver
+// takes most of a transaction's time (a webhook), on one when the database does. Delivered
+// notifications are kept 30 days, then deleted.
 
 #include <prometheus/counter.h>
 #include <prometheus/registry.h>
@@ -76,6 +77,9 @@ class NotificationOutbox {
   absl::StatusOr<int64_t> DeleteOld();
 
  private:
+  // DeliverDue, adding the time the notifier took to `receiving` (when set).
+  absl::StatusOr<int> DeliverDue(int max, absl::Duration* receiving);
+
   Database& db_;
   Notifier& notifier_;
   const NotificationOutboxOptions options_;

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
@@ -729,6 +730,85 @@ TEST_F(EscalationServiceTest, ABacklogOfPagesGoesOutThroughSeveralConnectionsAtO
   EXPECT_EQ(Count(delivered), 40);
   EXPECT_EQ(pager.bodies().size(), 40u) << "each page once";
   EXPECT_GE(pager.most_at_once(), 2) << "the backlog went through several connections at once";
+}
+
+// Delivers each page after `per_page`; counts the pages, the threads that delivered them and the
+// most delivered at once.
+class TimedNotifier final : public escalation::Notifier {
+ public:
+  explicit TimedNotifier(absl::Duration per_page) : per_page_(per_page) {}
+
+  bool Deliver(const escalation::Notification&) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      threads_.insert(std::this_thread::get_id());
+      most_at_once_ = std::max(most_at_once_, ++running_);
+    }
+    absl::SleepFor(per_page_);
+    std::lock_guard<std::mutex> lock(mu_);
+    --running_;
+    ++delivered_;
+    return true;
+  }
+
+  int delivered() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return delivered_;
+  }
+  size_t threads() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return threads_.size();
+  }
+  int most_at_once() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return most_at_once_;
+  }
+
+ private:
+  const absl::Duration per_page_;
+  mutable std::mutex mu_;
+  std::set<std::thread::id> threads_;
+  int running_ = 0;
+  int most_at_once_ = 0;
+  int delivered_ = 0;
+};
+
+// A backlog of 200 pages goes out a transaction at a time on the dispatcher's own thread when the
+// receiver answers at once (the database is the slower part: more connections would only take
+// turns on it), and through several connections at once when the receiver takes 10 ms a page.
+// (Each worker of a fan-out delivers 100 at most, so 200 cannot all go through one.)
+TEST_F(EscalationServiceTest, ABacklogGoesThroughSeveralConnectionsOnlyWhenTheReceiverIsSlower) {
+  service_->Signal(SIGKILL);  // Its own dispatcher out of the way.
+  service_->WaitExit(5s);
+  Database db(DatabaseOptions{.url = db_->UrlFor("escalation"), .schema = "escalation"});
+  const std::vector<std::pair<absl::Duration, bool>> receivers = {{absl::ZeroDuration(), false},
+                                                                  {absl::Milliseconds(10), true}};
+  for (const auto& [per_page, several] : receivers) {
+    SCOPED_TRACE(absl::FormatDuration(per_page));
+    db_->AdminQuery(
+        "INSERT INTO escalation.notifications (agency_id, concern_id, reason, category, "
+        "severity, level, target_kind, target_id, deadline) SELECT 'agency-a', "
+        "gen_random_uuid(), 'opened', 1, 3, 0, 1, 'clinical-on-call', now() + interval '15 "
+        "minutes' FROM generate_series(1, 200)");
+    TimedNotifier notifier(per_page);
+    StopSignal stopping;
+    {
+      escalation::NotificationOutbox outbox(db, notifier, nullptr);
+      outbox.Start(stopping);
+      for (int i = 0; i < 400 && notifier.delivered() < 200; ++i) {
+        std::this_thread::sleep_for(25ms);
+      }
+      stopping.Notify();
+    }
+    EXPECT_EQ(notifier.delivered(), 200);
+    if (several) {
+      EXPECT_GE(notifier.most_at_once(), 2);
+    } else {
+      EXPECT_EQ(notifier.threads(), 1u);
+      EXPECT_EQ(notifier.most_at_once(), 1);
+    }
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.notifications WHERE delivered_at IS NULL"), 0);
 }
 
 TEST_F(EscalationServiceTest, CriticalSafetyConcernGoesToClinicalOnCallWithin15Minutes) {
