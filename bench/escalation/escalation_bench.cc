@@ -5,7 +5,9 @@
 //      16 calls in flight, all of one agency, then one of each of 16 agencies, beside plain
 //      single-row INSERTs (one transaction each, as many connections as calls in flight) into a
 //      table of the same database in the same run, the calls each write transaction held
-//      (the group commit's mean batch, from the service's histogram), and the database's floor:
+//      (the group commit's mean batch, from the service's histogram), what the service's
+//      background work (page delivery, event and feed positions, audit chaining) had left at
+//      each phase's end, and the database's floor:
 //      the rows a concern writes, in one statement from libpq (no read, no service); and the
 //      machine's bound: an empty RPC's and a concern's rows' processor time (16 to a
 //      transaction, the best case; and as many as the group commit gathered), added; and each
@@ -412,15 +414,33 @@ void RunDatabaseBenchmarks() {
   const auto batches = [&] {
     return testing::ReadHistogram(service.metrics_port(), "peerpath_escalation_raise_batch_size");
   };
+  // What the service's background work had not caught up with when a phase ended: pages not yet
+  // delivered, watch-feed rows without a position, audit rows not chained (a phase that left
+  // work behind would look faster than it is); and events without a position, which a consumer's
+  // read gives them (none reads the log here: a deployment's evaluation service would, at a cost
+  // this phase does not show).
+  const auto left_behind = [&] {
+    return db
+        ->AdminQuery(
+            "SELECT (SELECT count(*) FROM escalation.notifications WHERE delivered_at IS NULL "
+            "AND gave_up_at IS NULL) || ' pages, ' || (SELECT count(*) FROM "
+            "escalation.watch_feed WHERE position IS NULL) || ' feed rows, ' || (SELECT "
+            "count(*) FROM escalation.audit_log WHERE seq IS NULL) || ' audit rows (and ' || "
+            "(SELECT count(*) FROM escalation.outbox WHERE position IS NULL) || ' events no "
+            "consumer read)'")[0][0]
+        .as<std::string>();
+  };
   const testing::HistogramTotals before_routed = batches();
   const testing::PartTimes routed_start = parts();
   const Figures routed = Hammer(in_flight, length, raise);
   const testing::PartTimes routed_end = parts();
+  const std::string routed_left = left_behind();
   const testing::HistogramTotals after_routed = batches();
   spread = true;
   const testing::PartTimes spread_start = parts();
   const Figures routed_spread = Hammer(in_flight, length, raise);
   const testing::PartTimes spread_end = parts();
+  const std::string spread_left = left_behind();
   const testing::HistogramTotals after_spread = batches();
   // Once the service has chained the audit rows of the calls (it chains the floor's as they
   // commit, as it does RaiseConcern's).
@@ -482,6 +502,9 @@ void RunDatabaseBenchmarks() {
   std::printf("  calls per write transaction (group commit): one agency %.1f, %s %.1f\n",
               testing::MeanBetween(before_routed, after_routed), agencies.c_str(),
               testing::MeanBetween(after_routed, after_spread));
+  std::printf(
+      "  left behind at the phase's end (the service's background work): one agency %s; %s %s\n",
+      routed_left.c_str(), agencies.c_str(), spread_left.c_str());
   Print("RaiseConcern's rows alone (1 statement, libpq)", floor);
   std::printf(
       "ratio RaiseConcern / INSERT: %.2f (target >= 0.5); RaiseConcern p99 %.2f ms "
