@@ -27,6 +27,9 @@ namespace {
 // replica, or another worker, skips them): one scan and one commit for a burst of pages rather
 // than one each.
 constexpr int kPerTransaction = 16;
+// A pass on the dispatcher's own thread ends after this many pages, and the next follows after
+// `min_gap` (a wake of its own), so that a long backlog still lets the hourly clean-up run.
+constexpr int kPerPass = 1024;
 
 }  // namespace
 
@@ -116,7 +119,12 @@ void NotificationOutbox::Start(const StopSignal& stopping) {
       // own notifications). When the database's part was the larger (a receiver that answers at
       // once, as the log), more connections would only take turns on it, and those finding the
       // others' rows locked would read nothing.
+      int passed = 0;
       for (bool more = true; more && !stopping.stopped();) {
+        if (passed >= kPerPass) {
+          wake_.Wake();
+          break;
+        }
         const absl::Time start = absl::Now();
         absl::Duration receiving;
         auto delivered = DeliverDue(kPerTransaction, &receiving);
@@ -125,6 +133,7 @@ void NotificationOutbox::Start(const StopSignal& stopping) {
                     {{"code", absl::StatusCodeToString(delivered.status().code())}});
           break;
         }
+        passed += *delivered;
         more = *delivered == kPerTransaction;
         if (more && receiving > (absl::Now() - start) / 2) {
           const int workers = db_.BackgroundWorkers();

@@ -811,6 +811,33 @@ TEST_F(EscalationServiceTest, ABacklogGoesThroughSeveralConnectionsOnlyWhenTheRe
   EXPECT_EQ(Count("SELECT count(*) FROM escalation.notifications WHERE delivered_at IS NULL"), 0);
 }
 
+// A pass of the dispatcher's own thread ends after 1,024 pages, and the next follows of itself:
+// 2,500 pages owed and nothing committed meanwhile (no wake) all go out, though the dispatcher
+// otherwise looks only every hour here.
+TEST_F(EscalationServiceTest, ALongBacklogGoesOutPassAfterPassWithoutAWake) {
+  service_->Signal(SIGKILL);  // Its own dispatcher out of the way.
+  service_->WaitExit(5s);
+  Database db(DatabaseOptions{.url = db_->UrlFor("escalation"), .schema = "escalation"});
+  db_->AdminQuery(
+      "INSERT INTO escalation.notifications (agency_id, concern_id, reason, category, severity, "
+      "level, target_kind, target_id, deadline) SELECT 'agency-a', gen_random_uuid(), 'opened', "
+      "1, 3, 0, 1, 'clinical-on-call', now() + interval '15 minutes' FROM "
+      "generate_series(1, 2500)");
+  TimedNotifier notifier(absl::ZeroDuration());
+  StopSignal stopping;
+  {
+    escalation::NotificationOutbox outbox(
+        db, notifier, nullptr, {.poll = absl::Hours(1), .min_gap = absl::ZeroDuration()});
+    outbox.Start(stopping);
+    for (int i = 0; i < 800 && notifier.delivered() < 2500; ++i) {
+      std::this_thread::sleep_for(25ms);
+    }
+    stopping.Notify();
+  }
+  EXPECT_EQ(notifier.delivered(), 2500);
+  EXPECT_EQ(Count("SELECT count(*) FROM escalation.notifications WHERE delivered_at IS NULL"), 0);
+}
+
 TEST_F(EscalationServiceTest, CriticalSafetyConcernGoesToClinicalOnCallWithin15Minutes) {
   const v1::Concern c =
       MustRaise(Raise(CONCERN_CATEGORY_IMMEDIATE_SAFETY, CONCERN_SEVERITY_CRITICAL, "k-1"));
