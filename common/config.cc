@@ -8,6 +8,7 @@
 #include "absl/flags/reflection.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/auth.h"
@@ -114,6 +115,17 @@ std::string FlagOrEnv(const std::string& flag_value, const char* env, const std:
   if (!flag_value.empty()) return flag_value;
   const char* value = std::getenv(env);
   return value != nullptr && *value != '\0' ? value : fallback;
+}
+
+int WholeNumberFlagOrEnv(const std::string& program, const std::string& flag,
+                         const std::string& flag_value, const char* env, int fallback, int most) {
+  const std::string text = FlagOrEnv(flag_value, env, absl::StrCat(fallback));
+  int value = 0;
+  if (!absl::SimpleAtoi(text, &value) || value < 1 || value > most) {
+    ExitOnBadConfiguration(
+        program, absl::StrCat("--", flag, " '", text, "' is not a whole number from 1 to ", most));
+  }
+  return value;
 }
 
 void ExitOnBadConfiguration(const std::string& program, const std::string& message) {

@@ -76,6 +76,11 @@ absl::StatusOr<ServerConfig> ServerConfigFromFlags(const ServerDefaults& default
 std::string FlagOrEnv(const std::string& flag_value, const char* env,
                       const std::string& fallback = "");
 
+// FlagOrEnv for a whole number from 1 to `most` (`fallback` when neither is set); any other value
+// is bad configuration: "--<flag> '<value>' is not a whole number from 1 to <most>".
+int WholeNumberFlagOrEnv(const std::string& program, const std::string& flag,
+                         const std::string& flag_value, const char* env, int fallback, int most);
+
 // Bad configuration at start-up is fatal, never a silent default: prints "<program>: <message>"
 // and exits with code 2.
 [[noreturn]] void ExitOnBadConfiguration(const std::string& program, const std::string& message);

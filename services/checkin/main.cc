@@ -2,7 +2,6 @@
 #include <cstdlib>
 
 #include "absl/flags/flag.h"
-#include "absl/strings/numbers.h"
 #include "absl/time/time.h"
 #include "checkin/migrations.h"
 #include "common/log.h"
@@ -63,14 +62,10 @@ int main(int argc, char** argv) {
                   "peerpath-checkin",
                   "--checkin_sweep_interval '" + sweep + "' is not a duration of 0 or more");
             }
-            const std::string batch = FlagOrEnv(absl::GetFlag(FLAGS_checkin_max_write_batch),
-                                                "PEERPATH_CHECKIN_MAX_WRITE_BATCH", "64");
-            if (!absl::SimpleAtoi(batch, &options.max_write_batch) || options.max_write_batch < 1 ||
-                options.max_write_batch > 256) {
-              peerpath::ExitOnBadConfiguration(
-                  "peerpath-checkin",
-                  "--checkin_max_write_batch '" + batch + "' is not a whole number from 1 to 256");
-            }
+            options.max_write_batch = peerpath::WholeNumberFlagOrEnv(
+                "peerpath-checkin", "checkin_max_write_batch",
+                absl::GetFlag(FLAGS_checkin_max_write_batch), "PEERPATH_CHECKIN_MAX_WRITE_BATCH",
+                options.max_write_batch, 256);
             std::unique_ptr<peerpath::checkin::ConsentGates> gates;
             if (!options.consent_address.empty()) {
               auto grpc_gates =

@@ -1,8 +1,6 @@
 // peerpath-escalation: flags and wiring only.
 
 #include "absl/flags/flag.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
 #include "common/server.h"
 #include "escalation/migrations.h"
 #include "services/escalation/escalation_service.h"
@@ -38,20 +36,6 @@ using peerpath::FlagOrEnv;
 
 namespace {
 
-// The flag's value, else the environment's, else `fallback`: a whole number from 1 to `most`, or
-// the service exits naming the flag.
-int WholeNumber(const std::string& flag_value, const std::string& flag, const char* env,
-                int fallback, int most) {
-  const std::string text = FlagOrEnv(flag_value, env, absl::StrCat(fallback));
-  int value = 0;
-  if (!absl::SimpleAtoi(text, &value) || value < 1 || value > most) {
-    ExitOnBadConfiguration(
-        "peerpath-escalation",
-        absl::StrCat("--", flag, " '", text, "' is not a whole number from 1 to ", most));
-  }
-  return value;
-}
-
 peerpath::escalation::EscalationOptions OptionsFromFlags() {
   peerpath::escalation::EscalationOptions options;
   const std::string zone =
@@ -76,12 +60,14 @@ peerpath::escalation::EscalationOptions OptionsFromFlags() {
       FlagOrEnv(absl::GetFlag(FLAGS_checkin_address), "PEERPATH_CHECKIN_ADDRESS");
   options.matching_address =
       FlagOrEnv(absl::GetFlag(FLAGS_matching_address), "PEERPATH_MATCHING_ADDRESS");
-  options.max_raise_batch =
-      WholeNumber(absl::GetFlag(FLAGS_escalation_max_raise_batch), "escalation_max_raise_batch",
-                  "PEERPATH_ESCALATION_MAX_RAISE_BATCH", options.max_raise_batch, 256);
+  options.max_raise_batch = peerpath::WholeNumberFlagOrEnv(
+      "peerpath-escalation", "escalation_max_raise_batch",
+      absl::GetFlag(FLAGS_escalation_max_raise_batch), "PEERPATH_ESCALATION_MAX_RAISE_BATCH",
+      options.max_raise_batch, 256);
   options.raise_writes =
-      WholeNumber(absl::GetFlag(FLAGS_escalation_raise_writes), "escalation_raise_writes",
-                  "PEERPATH_ESCALATION_RAISE_WRITES", options.raise_writes, 64);
+      peerpath::WholeNumberFlagOrEnv("peerpath-escalation", "escalation_raise_writes",
+                                     absl::GetFlag(FLAGS_escalation_raise_writes),
+                                     "PEERPATH_ESCALATION_RAISE_WRITES", options.raise_writes, 64);
   return options;
 }
 

@@ -8,8 +8,8 @@
 // looks every `poll`. The pages a pass delivered are marked in one statement. A backlog is
 // delivered a transaction at a time, through up to four connections at once when the receiver
 // takes most of a transaction's time (a webhook), on one when the database does, in passes of up
-// to 1,024 pages that follow each other `min_gap` apart. Delivered
-// notifications are kept 30 days, then deleted.
+// to 1,024 pages that follow each other `min_gap` apart. Delivered notifications are kept 30
+// days, then deleted.
 
 #include <prometheus/counter.h>
 #include <prometheus/registry.h>
